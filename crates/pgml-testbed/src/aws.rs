@@ -1,0 +1,235 @@
+//! AWS clients aimed at the sandbox's EBS simulator (ebssim, in front of moto), and a small
+//! client for the simulator's admin API (`<proxy>/_sim`: faults, stats, nodes).
+//!
+//! The admin client is blocking (std `TcpStream`, HTTP/1.1, `Connection: close`): the
+//! simulator runs in another process on loopback, so calling it from an async test is fine.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use serde_json::{Value, json};
+
+use crate::sandbox::{NodeInfo, Sandbox};
+
+/// Static credentials: moto accepts any.
+pub const TEST_ACCESS_KEY: &str = "testing";
+pub const TEST_SECRET_KEY: &str = "testing";
+
+/// The AMI `run_instance` helpers use: one moto 5.2 ships in every region.
+pub const TEST_AMI: &str = "ami-12c6146b";
+
+/// SDK config for the sandbox: the proxy as endpoint, static credentials, the sandbox's
+/// region and the given retry behaviour.
+pub async fn sdk_config(sb: &Sandbox, retry: RetryConfig) -> aws_config::SdkConfig {
+    let creds = aws_sdk_ec2::config::Credentials::new(
+        TEST_ACCESS_KEY,
+        TEST_SECRET_KEY,
+        None,
+        None,
+        "pgml-testbed",
+    );
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(&sb.aws.endpoint)
+        .region(aws_config::Region::new(sb.region.clone()))
+        .credentials_provider(creds)
+        .retry_config(retry)
+        .load()
+        .await
+}
+
+/// An EC2 client through the simulator with the SDK's standard retries.
+pub async fn ec2_client(sb: &Sandbox) -> aws_sdk_ec2::Client {
+    ec2_client_with(sb, RetryConfig::standard()).await
+}
+
+/// An EC2 client with the given retries, e.g. `RetryConfig::disabled()` to see injected
+/// faults exactly as AWS sends them.
+pub async fn ec2_client_with(sb: &Sandbox, retry: RetryConfig) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(sb, retry).await)
+}
+
+/// An EBS direct API client through the simulator (forwarded to moto unchanged; moto knows
+/// only snapshots begun with StartSnapshot there).
+pub async fn ebs_client(sb: &Sandbox) -> aws_sdk_ebs::Client {
+    ebs_client_with(sb, RetryConfig::standard()).await
+}
+
+pub async fn ebs_client_with(sb: &Sandbox, retry: RetryConfig) -> aws_sdk_ebs::Client {
+    aws_sdk_ebs::Client::new(&sdk_config(sb, retry).await)
+}
+
+/// The by-id name Nitro instances give an EBS volume's NVMe device:
+/// `vol-0abc` → `nvme-Amazon_Elastic_Block_Store_vol0abc`.
+pub fn ebs_link_name(volume_id: &str) -> String {
+    format!(
+        "nvme-Amazon_Elastic_Block_Store_vol{}",
+        volume_id.strip_prefix("vol-").unwrap_or(volume_id)
+    )
+}
+
+/// Where the simulator puts a volume's by-id link on a node.
+pub fn ebs_link(node: &NodeInfo, volume_id: &str) -> PathBuf {
+    node.dev_dir.join(ebs_link_name(volume_id))
+}
+
+/// The admin API of the EBS simulator.
+#[derive(Clone, Debug)]
+pub struct SimAdmin {
+    /// `host:port`
+    addr: String,
+    /// path prefix, normally `/_sim`
+    prefix: String,
+}
+
+impl SimAdmin {
+    /// From the admin base URL, e.g. `http://127.0.0.1:4567/_sim`.
+    pub fn new(admin_url: &str) -> anyhow::Result<Self> {
+        let rest = admin_url
+            .strip_prefix("http://")
+            .with_context(|| format!("admin URL {admin_url} is not http://"))?;
+        let (addr, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        Ok(Self {
+            addr: addr.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn from_sandbox(sb: &Sandbox) -> Self {
+        Self::new(&sb.aws.admin).expect("sandbox.json aws.admin is an http:// URL")
+    }
+
+    /// One request; `path` is relative to the admin prefix (e.g. `/faults`). Returns the
+    /// JSON answer, or an error carrying the simulator's message for non-2xx answers.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = TcpStream::connect(&self.addr)
+            .with_context(|| format!("connecting to the EBS simulator at {}", self.addr))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let req = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.prefix,
+            self.addr,
+            body.len()
+        );
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, payload) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("malformed answer from the simulator: {text:?}"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))?;
+        if !(200..300).contains(&status) {
+            bail!("ebssim {method} {path}: HTTP {status}: {payload}");
+        }
+        if payload.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(payload)
+            .with_context(|| format!("ebssim {method} {path}: not JSON: {payload}"))
+    }
+
+    /// Adds a fault rule (see `tests/testbed/ebssim/README.md`); returns it with its `id`.
+    pub fn add_fault(&self, rule: Value) -> anyhow::Result<Value> {
+        self.call("POST", "/faults", Some(&rule))
+    }
+
+    /// Adds a fault rule that is removed when the guard drops (also on panic).
+    pub fn fault(&self, rule: Value) -> anyhow::Result<FaultGuard> {
+        let r = self.add_fault(rule)?;
+        let id = r["id"]
+            .as_str()
+            .context("fault rule without id")?
+            .to_string();
+        Ok(FaultGuard {
+            admin: self.clone(),
+            id,
+        })
+    }
+
+    pub fn clear_fault(&self, id: &str) -> anyhow::Result<()> {
+        self.call("DELETE", &format!("/faults/{id}"), None)
+            .map(|_| ())
+    }
+
+    /// Removes every fault rule (all tests'): for harness setup/teardown, not inside tests
+    /// that run in parallel.
+    pub fn clear_all_faults(&self) -> anyhow::Result<()> {
+        self.call("DELETE", "/faults", None).map(|_| ())
+    }
+
+    pub fn faults(&self) -> anyhow::Result<Value> {
+        self.call("GET", "/faults", None)
+    }
+
+    /// `{"since": epoch, "actions": {Action: {ok, throttled, error, total, ms}}, "total": {...}}`
+    pub fn stats(&self) -> anyhow::Result<Value> {
+        self.call("GET", "/stats", None)
+    }
+
+    /// One action's count for one outcome (`ok`, `throttled`, `error`, `total`).
+    pub fn count(&self, action: &str, outcome: &str) -> anyhow::Result<u64> {
+        Ok(self.stats()?["actions"][action][outcome]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    pub fn reset_stats(&self) -> anyhow::Result<()> {
+        self.call("POST", "/stats/reset", None).map(|_| ())
+    }
+
+    pub fn register_node(&self, instance_id: &str, dev_dir: &Path) -> anyhow::Result<Value> {
+        self.call(
+            "POST",
+            "/nodes",
+            Some(&json!({"instance_id": instance_id, "dev_dir": dev_dir})),
+        )
+    }
+
+    /// Turns on EC2-style per-action token buckets, e.g.
+    /// `{"enabled": true, "scale": 1.0, "buckets": {"AttachVolume": {"size": 5, "refill": 1}}}`.
+    pub fn set_ratelimits(&self, cfg: Value) -> anyhow::Result<Value> {
+        self.call("POST", "/ratelimits", Some(&cfg))
+    }
+
+    pub fn clear_ratelimits(&self) -> anyhow::Result<()> {
+        self.call("DELETE", "/ratelimits", None).map(|_| ())
+    }
+
+    /// The simulator's records (nodes, volumes, attachments, snapshots, rules).
+    pub fn state(&self) -> anyhow::Result<Value> {
+        self.call("GET", "/state", None)
+    }
+}
+
+/// A fault rule that is removed on drop.
+#[derive(Debug)]
+pub struct FaultGuard {
+    admin: SimAdmin,
+    pub id: String,
+}
+
+impl FaultGuard {
+    pub fn clear(self) {}
+}
+
+impl Drop for FaultGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.admin.clear_fault(&self.id) {
+            eprintln!("could not clear fault rule {}: {e:#}", self.id);
+        }
+    }
+}

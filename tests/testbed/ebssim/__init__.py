@@ -1,0 +1,1 @@
+"""ebssim: the EBS data-plane simulator, an HTTP proxy in front of moto (see README.md)."""
