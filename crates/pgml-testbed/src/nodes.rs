@@ -1,0 +1,78 @@
+//! Run commands inside a simulated node: `nsenter -t <ns_pid> -m -- <argv>`.
+//!
+//! Each node has its own mount namespace with private `/var/run/zfs`, `/var/lib/zfs` and
+//! `/var/lock/zfs`, so `zpool`/`zfs` run this way reach that node's own zfs-fuse daemon.
+//! Everything is an argument vector; nothing goes through a shell.
+
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::sandbox::NodeInfo;
+
+fn nsenter_args(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<Vec<String>> {
+    if argv.is_empty() {
+        bail!("node_exec on {}: empty argv", node.name);
+    }
+    let mut args = vec![
+        "-t".to_string(),
+        node.ns_pid.to_string(),
+        "-m".to_string(),
+        "--".to_string(),
+    ];
+    args.extend(argv.iter().map(|s| s.to_string()));
+    Ok(args)
+}
+
+/// A `std::process::Command` that runs `argv` inside the node (stdin closed).
+pub fn node_command(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<Command> {
+    let mut c = Command::new("nsenter");
+    c.args(nsenter_args(node, argv)?).stdin(Stdio::null());
+    Ok(c)
+}
+
+/// Runs `argv` inside the node and returns its output, whatever its exit status.
+pub fn node_exec(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<Output> {
+    node_command(node, argv)?
+        .output()
+        .with_context(|| format!("running {argv:?} on node {}", node.name))
+}
+
+/// Runs `argv` inside the node; fails (with its stderr) unless it exits 0; returns stdout.
+pub fn node_exec_ok(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<String> {
+    let out = node_exec(node, argv)?;
+    check(node, argv, out)
+}
+
+fn check(node: &NodeInfo, argv: &[&str], out: Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{argv:?} on node {} exited {}: {}",
+            node.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{argv:?} on node {}: stdout not UTF-8", node.name))
+}
+
+/// Async [`node_exec`], for tests that must not block the runtime.
+pub async fn node_exec_async(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<Output> {
+    tokio::process::Command::new("nsenter")
+        .args(nsenter_args(node, argv)?)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {argv:?} on node {}", node.name))
+}
+
+/// Async [`node_exec_ok`].
+pub async fn node_exec_ok_async(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<String> {
+    let out = node_exec_async(node, argv).await?;
+    check(node, argv, out)
+}
+
+/// The zfs-fuse daemon of this node is alive and answering (`zpool list` works inside).
+pub fn zfs_answers(node: &NodeInfo) -> bool {
+    node_exec(node, &["zpool", "list", "-H"]).is_ok_and(|o| o.status.success())
+}
