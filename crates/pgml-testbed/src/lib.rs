@@ -1,0 +1,11 @@
+//! Test-bed support: everything a test needs to reach the running sandbox.
+//!
+//! The sandbox (see `tests/testbed/README.md`) is started by `make sandbox-up` or `make test`.
+//! A test that runs without it fails loudly and says how to start it; nothing is skipped.
+
+pub mod aws;
+pub mod kube;
+pub mod nodes;
+pub mod sandbox;
+
+pub use sandbox::Sandbox;

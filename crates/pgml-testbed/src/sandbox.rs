@@ -1,0 +1,110 @@
+//! The running sandbox, as described by `<sandbox>/sandbox.json`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// A simulated node: a Kubernetes Node backed by a moto EC2 instance, with its own mount
+/// namespace and zfs-fuse daemon.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub instance_id: String,
+    pub az: String,
+    #[serde(default)]
+    pub instance_type: String,
+    /// A process holding the node's mount namespace (`nsenter -t ns_pid -m`).
+    pub ns_pid: u32,
+    pub root: PathBuf,
+    pub dev_dir: PathBuf,
+    pub mnt_dir: PathBuf,
+    #[serde(default)]
+    pub zfs_pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubeInfo {
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AwsInfo {
+    /// The EBS simulator proxy: what every AWS SDK client points at.
+    pub endpoint: String,
+    /// moto itself, behind the proxy (for checks that must bypass the simulator).
+    pub moto: String,
+    /// The simulator's admin API base URL (`.../_sim`).
+    pub admin: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Sandbox {
+    #[serde(skip)]
+    pub dir: PathBuf,
+    pub region: String,
+    pub kube: KubeInfo,
+    pub aws: AwsInfo,
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl Sandbox {
+    /// The sandbox directory: `$PGML_SANDBOX`, else `<repo>/.sandbox`.
+    pub fn dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("PGML_SANDBOX") {
+            return PathBuf::from(d);
+        }
+        repo_root().join(".sandbox")
+    }
+
+    /// Loads the running sandbox once per test process. Panics with a clear message when
+    /// the sandbox is not running: a test that needs it must fail, not skip.
+    pub fn get() -> &'static Sandbox {
+        static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+        SANDBOX.get_or_init(|| match Self::load(&Self::dir()) {
+            Ok(s) => s,
+            Err(e) => panic!(
+                "the test bed is not running ({e:#}). Start it with `make sandbox-up` \
+                 (or run the whole suite with `make test`)"
+            ),
+        })
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Sandbox> {
+        let file = dir.join("sandbox.json");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let mut s: Sandbox = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", file.display()))?;
+        s.dir = dir.to_path_buf();
+        if s.nodes.is_empty() {
+            bail!("{} lists no simulated nodes", file.display());
+        }
+        Ok(s)
+    }
+
+    pub fn node(&self, name: &str) -> &NodeInfo {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no simulated node named {name} in the sandbox"))
+    }
+
+    /// The kubectl built with the control plane.
+    pub fn kubectl(&self) -> PathBuf {
+        self.dir.join("bin").join("kubectl")
+    }
+}
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crate lives in <repo>/crates/<name>")
+        .to_path_buf()
+}
