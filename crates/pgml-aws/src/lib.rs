@@ -1,0 +1,74 @@
+//! The EC2/EBS adapter of pgml-operator.
+//!
+//! Controllers talk to AWS only through the [`Ec2`] trait: a small surface of the calls the
+//! operator needs, with errors already classified ([`AwsError`]) so that a reconciler can
+//! decide between backing off, retrying, waiting for a spec change, or treating "already
+//! gone" as success. [`SdkEc2`] implements it over aws-sdk-ec2.
+
+mod error;
+mod sdk;
+mod token;
+mod types;
+
+pub use error::{AwsError, ErrorKind};
+pub use sdk::{SdkEc2, sdk_config};
+pub use token::{client_token, device_name_hint};
+pub use types::*;
+
+use async_trait::async_trait;
+
+/// The EC2 calls the operator makes. Every mutating call is idempotent: creations carry a
+/// deterministic client token, deletions and detachments treat "not found" as done.
+#[async_trait]
+pub trait Ec2: Send + Sync {
+    /// The instance behind a node, or `None` when EC2 does not know it.
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, AwsError>;
+
+    /// EBS limits of an instance type (bandwidth, IOPS, attachment slots).
+    async fn instance_type_limits(
+        &self,
+        instance_type: &str,
+    ) -> Result<InstanceTypeLimits, AwsError>;
+
+    /// Creates a volume. Repeating the call with the same `client_token` returns the same
+    /// volume instead of making a second one.
+    async fn create_volume(&self, req: &CreateVolume) -> Result<Volume, AwsError>;
+
+    /// All volumes matching the tag filters, in one call (pages followed).
+    async fn find_volumes(&self, tags: &[(String, String)]) -> Result<Vec<Volume>, AwsError>;
+
+    /// Volumes by ID; IDs that do not exist are left out of the answer rather than failing it.
+    async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError>;
+
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<AttachmentState, AwsError>;
+
+    /// Detaches; a volume already detached (or gone) is success.
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), AwsError>;
+
+    /// Changes size, IOPS or throughput of a volume in place.
+    async fn modify_volume(&self, req: &ModifyVolume) -> Result<(), AwsError>;
+
+    /// Deletes; a volume already gone is success.
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError>;
+
+    /// One crash-consistent set of snapshots of volumes attached to one instance
+    /// (EC2 CreateSnapshots). The capture instant is the request.
+    async fn create_snapshot_set(&self, req: &CreateSnapshotSet)
+    -> Result<Vec<Snapshot>, AwsError>;
+
+    /// Snapshots matching the tag filters.
+    async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError>;
+
+    /// Deletes; a snapshot already gone is success.
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError>;
+}

@@ -1,0 +1,483 @@
+//! [`Ec2`] over aws-sdk-ec2.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types as t;
+
+use crate::error::{AwsError, classify};
+use crate::{
+    Attachment, AttachmentState, CreateSnapshotSet, CreateVolume, Ec2, Instance,
+    InstanceTypeLimits, ModifyVolume, Snapshot, Volume, VolumeType,
+};
+
+/// Loads the AWS configuration the usual way: region, credentials (the instance role, IRSA
+/// or Pod Identity — never keys in our objects) and `AWS_ENDPOINT_URL` from the environment.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// The production [`Ec2`]: aws-sdk-ec2 with the SDK's standard retries for transient
+/// failures; throttling that outlasts them comes back as [`crate::ErrorKind::Throttled`]
+/// for the controller to back off per object.
+#[derive(Clone)]
+pub struct SdkEc2 {
+    client: Client,
+}
+
+impl SdkEc2 {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        SdkEc2 {
+            client: Client::new(config),
+        }
+    }
+
+    pub fn from_client(client: Client) -> Self {
+        SdkEc2 { client }
+    }
+}
+
+fn err<E, R>(action: &'static str, e: SdkError<E, R>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    let status = e.raw_response().map(|r| r.status_code());
+    let code = e.code().map(str::to_string);
+    let message = e
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{e}"));
+    let kind = classify(code.as_deref(), status);
+    AwsError::new(
+        action,
+        kind,
+        code.unwrap_or_else(|| sdk_error_name(&e).to_string()),
+        message,
+    )
+}
+
+fn sdk_error_name<E, R>(e: &SdkError<E, R>) -> &'static str {
+    match e {
+        SdkError::ConstructionFailure(_) => "ConstructionFailure",
+        SdkError::TimeoutError(_) => "Timeout",
+        SdkError::DispatchFailure(_) => "DispatchFailure",
+        SdkError::ResponseError(_) => "ResponseError",
+        SdkError::ServiceError(_) => "ServiceError",
+        _ => "Unknown",
+    }
+}
+
+/// The HTTP status of a raw response, whatever its type.
+pub trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn tag_map(tags: &[t::Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn tag_spec(resource: t::ResourceType, tags: &BTreeMap<String, String>) -> t::TagSpecification {
+    let mut spec = t::TagSpecification::builder().resource_type(resource);
+    for (k, v) in tags {
+        spec = spec.tags(t::Tag::builder().key(k).value(v).build());
+    }
+    spec.build()
+}
+
+fn tag_filters(tags: &[(String, String)]) -> Vec<t::Filter> {
+    tags.iter()
+        .map(|(k, v)| {
+            t::Filter::builder()
+                .name(format!("tag:{k}"))
+                .values(v)
+                .build()
+        })
+        .collect()
+}
+
+fn volume(v: &t::Volume) -> Volume {
+    Volume {
+        volume_id: v.volume_id().unwrap_or_default().to_string(),
+        availability_zone: v.availability_zone().unwrap_or_default().to_string(),
+        state: v
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        volume_type: v
+            .volume_type()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        size_gib: v.size().unwrap_or_default(),
+        iops: v.iops(),
+        throughput_mibps: v.throughput(),
+        encrypted: v.encrypted().unwrap_or(false),
+        snapshot_id: v
+            .snapshot_id()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        attachments: v
+            .attachments()
+            .iter()
+            .map(|a| Attachment {
+                instance_id: a.instance_id().unwrap_or_default().to_string(),
+                device: a.device().unwrap_or_default().to_string(),
+                state: a
+                    .state()
+                    .map(|s| AttachmentState::parse(s.as_str()))
+                    .unwrap_or(AttachmentState::Unknown),
+            })
+            .collect(),
+        tags: tag_map(v.tags()),
+    }
+}
+
+fn snapshot(s: &t::Snapshot) -> Snapshot {
+    Snapshot {
+        snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
+        volume_id: s.volume_id().unwrap_or_default().to_string(),
+        state: s
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        progress: s.progress().map(str::to_string),
+        volume_size_gib: s.volume_size(),
+        tags: tag_map(s.tags()),
+    }
+}
+
+fn snapshot_info(s: &t::SnapshotInfo) -> Snapshot {
+    Snapshot {
+        snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
+        volume_id: s.volume_id().unwrap_or_default().to_string(),
+        state: s
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        progress: s.progress().map(str::to_string),
+        volume_size_gib: s.volume_size(),
+        tags: tag_map(s.tags()),
+    }
+}
+
+#[async_trait]
+impl Ec2 for SdkEc2 {
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, AwsError> {
+        let out = match self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = err("DescribeInstances", e);
+                return if e.is_not_found() { Ok(None) } else { Err(e) };
+            }
+        };
+        let found = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id));
+        Ok(found.map(|i| Instance {
+            instance_id: instance_id.to_string(),
+            availability_zone: i
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap_or_default()
+                .to_string(),
+            instance_type: i
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            state: i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
+            block_devices: i
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| {
+                    Some((
+                        m.device_name()?.to_string(),
+                        m.ebs()?.volume_id()?.to_string(),
+                    ))
+                })
+                .collect(),
+            root_device_name: i.root_device_name().map(str::to_string),
+        }))
+    }
+
+    async fn instance_type_limits(
+        &self,
+        instance_type: &str,
+    ) -> Result<InstanceTypeLimits, AwsError> {
+        let out = self
+            .client
+            .describe_instance_types()
+            .instance_types(t::InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(|e| err("DescribeInstanceTypes", e))?;
+        let Some(info) = out.instance_types().first() else {
+            return Err(AwsError::new(
+                "DescribeInstanceTypes",
+                crate::ErrorKind::NotFound,
+                "InvalidInstanceType",
+                format!("EC2 does not know instance type {instance_type}"),
+            ));
+        };
+        let ebs = info.ebs_info();
+        let opt = ebs.and_then(|e| e.ebs_optimized_info());
+        Ok(InstanceTypeLimits {
+            instance_type: instance_type.to_string(),
+            baseline_iops: opt.and_then(|o| o.baseline_iops()).map(i64::from),
+            maximum_iops: opt.and_then(|o| o.maximum_iops()).map(i64::from),
+            // EC2 reports MB/s; the operator speaks MiB/s like the volume API.
+            baseline_throughput_mibps: opt
+                .and_then(|o| o.baseline_throughput_in_m_bps())
+                .map(|mb| (mb * 1e6 / 1_048_576.0) as i64),
+            maximum_throughput_mibps: opt
+                .and_then(|o| o.maximum_throughput_in_m_bps())
+                .map(|mb| (mb * 1e6 / 1_048_576.0) as i64),
+            maximum_ebs_attachments: ebs.and_then(|e| e.maximum_ebs_attachments()).map(i64::from),
+            nvme_supported: ebs
+                .and_then(|e| e.nvme_support())
+                .is_some_and(|n| n.as_str() != "unsupported"),
+        })
+    }
+
+    async fn create_volume(&self, req: &CreateVolume) -> Result<Volume, AwsError> {
+        let vt = match req.volume_type {
+            VolumeType::Gp3 => t::VolumeType::Gp3,
+            VolumeType::Io2 => t::VolumeType::Io2,
+        };
+        let out = self
+            .client
+            .create_volume()
+            .availability_zone(&req.availability_zone)
+            .volume_type(vt)
+            .size(req.size_gib)
+            .set_iops(req.iops)
+            .set_throughput(req.throughput_mibps)
+            .encrypted(req.encrypted)
+            .set_kms_key_id(req.kms_key_id.clone())
+            .set_snapshot_id(req.snapshot_id.clone())
+            .set_volume_initialization_rate(req.volume_initialization_rate_mibps)
+            .client_token(&req.client_token)
+            .tag_specifications(tag_spec(t::ResourceType::Volume, &req.tags))
+            .send()
+            .await
+            .map_err(|e| err("CreateVolume", e))?;
+        Ok(Volume {
+            volume_id: out.volume_id().unwrap_or_default().to_string(),
+            availability_zone: out.availability_zone().unwrap_or_default().to_string(),
+            state: out
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            volume_type: out
+                .volume_type()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            size_gib: out.size().unwrap_or(req.size_gib),
+            iops: out.iops(),
+            throughput_mibps: out.throughput(),
+            encrypted: out.encrypted().unwrap_or(req.encrypted),
+            snapshot_id: out
+                .snapshot_id()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            attachments: vec![],
+            tags: tag_map(out.tags()),
+        })
+    }
+
+    async fn find_volumes(&self, tags: &[(String, String)]) -> Result<Vec<Volume>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_volumes()
+            .set_filters(Some(tag_filters(tags)))
+            .into_paginator()
+            .send();
+        let mut vols = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeVolumes", e))?;
+            vols.extend(page.volumes().iter().map(volume));
+        }
+        Ok(vols)
+    }
+
+    async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // A filter on volume-id (unlike VolumeIds) does not fail the whole call when one of
+        // the IDs no longer exists: the missing one is simply absent from the answer.
+        let filter = t::Filter::builder()
+            .name("volume-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        let out = self
+            .client
+            .describe_volumes()
+            .filters(filter)
+            .send()
+            .await
+            .map_err(|e| err("DescribeVolumes", e))?;
+        Ok(out.volumes().iter().map(volume).collect())
+    }
+
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<AttachmentState, AwsError> {
+        let out = self
+            .client
+            .attach_volume()
+            .volume_id(volume_id)
+            .instance_id(instance_id)
+            .device(device)
+            .send()
+            .await
+            .map_err(|e| err("AttachVolume", e))?;
+        Ok(out
+            .state()
+            .map(|s| AttachmentState::parse(s.as_str()))
+            .unwrap_or(AttachmentState::Unknown))
+    }
+
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), AwsError> {
+        match self
+            .client
+            .detach_volume()
+            .volume_id(volume_id)
+            .instance_id(instance_id)
+            .force(force)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = err("DetachVolume", e);
+                // Already detached (IncorrectState "is in the 'available' state") or gone.
+                if e.is_not_found() || e.code == "IncorrectState" && e.message.contains("available")
+                {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn modify_volume(&self, req: &ModifyVolume) -> Result<(), AwsError> {
+        self.client
+            .modify_volume()
+            .volume_id(&req.volume_id)
+            .set_size(req.size_gib)
+            .set_iops(req.iops)
+            .set_throughput(req.throughput_mibps)
+            .send()
+            .await
+            .map_err(|e| err("ModifyVolume", e))?;
+        Ok(())
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError> {
+        match self
+            .client
+            .delete_volume()
+            .volume_id(volume_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = err("DeleteVolume", e);
+                if e.is_not_found() { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn create_snapshot_set(
+        &self,
+        req: &CreateSnapshotSet,
+    ) -> Result<Vec<Snapshot>, AwsError> {
+        let spec = t::InstanceSpecification::builder()
+            .instance_id(&req.instance_id)
+            .exclude_boot_volume(true)
+            .set_exclude_data_volume_ids(Some(req.exclude_volume_ids.clone()))
+            .build();
+        let out = self
+            .client
+            .create_snapshots()
+            .instance_specification(spec)
+            .description(&req.description)
+            .copy_tags_from_source(t::CopyTagsFromSource::Volume)
+            .tag_specifications(tag_spec(t::ResourceType::Snapshot, &req.tags))
+            .send()
+            .await
+            .map_err(|e| err("CreateSnapshots", e))?;
+        Ok(out.snapshots().iter().map(snapshot_info).collect())
+    }
+
+    async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(tag_filters(tags)))
+            .into_paginator()
+            .send();
+        let mut snaps = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeSnapshots", e))?;
+            snaps.extend(page.snapshots().iter().map(snapshot));
+        }
+        Ok(snaps)
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
+        match self
+            .client
+            .delete_snapshot()
+            .snapshot_id(snapshot_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = err("DeleteSnapshot", e);
+                if e.is_not_found() { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Plain data the adapter exchanges with controllers (no SDK types leak out).
+
+use std::collections::BTreeMap;
+
+/// Tag keys the operator sets on everything it creates, so that the AWS side can be
+/// rebuilt, audited and cleaned up from AWS alone — and so IAM conditions can restrict the
+/// operator to its own resources.
+pub mod tags {
+    pub const MANAGED_BY: &str = "pgml.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "pgml-operator";
+    pub const NAMESPACE: &str = "pgml.io/namespace";
+    pub const POOL: &str = "pgml.io/zfspool";
+    pub const POOL_UID: &str = "pgml.io/zfspool-uid";
+    pub const MEMBER: &str = "pgml.io/member-index";
+    pub const SNAPSHOT: &str = "pgml.io/ebssnapshot";
+    pub const SNAPSHOT_UID: &str = "pgml.io/ebssnapshot-uid";
+    pub const POOL_GUID: &str = "pgml.io/pool-guid";
+    pub const LAYOUT: &str = "pgml.io/layout";
+    pub const NAME: &str = "Name";
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeType {
+    Gp3,
+    Io2,
+}
+
+impl VolumeType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VolumeType::Gp3 => "gp3",
+            VolumeType::Io2 => "io2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub instance_id: String,
+    pub availability_zone: String,
+    pub instance_type: String,
+    pub state: String,
+    /// Volume IDs attached to the instance, by device name.
+    pub block_devices: BTreeMap<String, String>,
+    pub root_device_name: Option<String>,
+}
+
+/// EBS limits of an instance type (DescribeInstanceTypes → EbsInfo).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceTypeLimits {
+    pub instance_type: String,
+    pub baseline_iops: Option<i64>,
+    pub maximum_iops: Option<i64>,
+    pub baseline_throughput_mibps: Option<i64>,
+    pub maximum_throughput_mibps: Option<i64>,
+    pub maximum_ebs_attachments: Option<i64>,
+    pub nvme_supported: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateVolume {
+    pub availability_zone: String,
+    pub volume_type: VolumeType,
+    pub size_gib: i32,
+    pub iops: Option<i32>,
+    pub throughput_mibps: Option<i32>,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub volume_initialization_rate_mibps: Option<i32>,
+    pub tags: BTreeMap<String, String>,
+    pub client_token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModifyVolume {
+    pub volume_id: String,
+    pub size_gib: Option<i32>,
+    pub iops: Option<i32>,
+    pub throughput_mibps: Option<i32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachmentState {
+    Attaching,
+    Attached,
+    Detaching,
+    Detached,
+    Busy,
+    Unknown,
+}
+
+impl AttachmentState {
+    pub fn parse(s: &str) -> AttachmentState {
+        match s {
+            "attaching" => AttachmentState::Attaching,
+            "attached" => AttachmentState::Attached,
+            "detaching" => AttachmentState::Detaching,
+            "detached" => AttachmentState::Detached,
+            "busy" => AttachmentState::Busy,
+            _ => AttachmentState::Unknown,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub instance_id: String,
+    pub device: String,
+    pub state: AttachmentState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub volume_id: String,
+    pub availability_zone: String,
+    /// `creating`, `available`, `in-use`, `deleting`, `deleted`, `error`.
+    pub state: String,
+    pub volume_type: String,
+    pub size_gib: i32,
+    pub iops: Option<i32>,
+    pub throughput_mibps: Option<i32>,
+    pub encrypted: bool,
+    pub snapshot_id: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateSnapshotSet {
+    pub instance_id: String,
+    /// Attached data volumes to leave out (everything attached that is not a pool member).
+    pub exclude_volume_ids: Vec<String>,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub snapshot_id: String,
+    pub volume_id: String,
+    /// `pending`, `completed`, `error`, `recoverable`, `recovering`.
+    pub state: String,
+    pub progress: Option<String>,
+    pub volume_size_gib: Option<i32>,
+    pub tags: BTreeMap<String, String>,
+}
