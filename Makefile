@@ -1,0 +1,48 @@
+# pgml-operator — see README.md. Everything a target needs, it installs itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO   ?= cargo
+VENV    := .venv
+PY      := $(CURDIR)/$(VENV)/bin/python
+SANDBOX := PYTHONPATH=$(CURDIR)/tests/testbed $(PY) -m sandbox
+
+.PHONY: help deps build crds crds-check lint unit test sandbox-up sandbox-down dev clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+deps: ## install Debian packages, the Python venv (moto) and build the Kubernetes control plane
+	@scripts/deps.sh >/dev/null
+
+build: ## build the operator, the agent and the tools
+	$(CARGO) build --workspace --bins
+
+crds: ## regenerate crds/ from the Rust types
+	$(CARGO) run -q -p pgml-api --bin crdgen -- crds
+
+crds-check: ## fail when crds/ is not what the Rust types generate
+	@tmp=$$(mktemp -d) && $(CARGO) run -q -p pgml-api --bin crdgen -- $$tmp && \
+	  if ! diff -ru crds $$tmp; then echo "crds/ is stale: run 'make crds' and commit" >&2; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+
+lint: ## rustfmt and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: ## unit tests only (no sandbox needed)
+	$(CARGO) test --workspace --lib --bins
+
+test: ## everything: unit tests and the tests against the sandbox (installs what is missing)
+	@scripts/test.sh
+
+sandbox-up: deps build ## start the sandbox detached (.sandbox/kubeconfig, .sandbox/env)
+	@$(SANDBOX) up --k8s-bin "$$(scripts/deps.sh 2>/dev/null | tail -n1)" --python $(PY)
+
+sandbox-down: ## stop the sandbox
+	@if [ -x $(PY) ]; then $(SANDBOX) down; fi
+
+dev: deps build ## the sandbox with the operator and agents running, examples applied; Ctrl-C ends it
+	@scripts/dev.sh
+
+clean: sandbox-down
+	rm -rf target $(VENV)

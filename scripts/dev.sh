@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# make dev: the sandbox, the operator on the host, one agent inside each simulated node's
+# mount namespace, the manifests in examples/ applied, and what `kubectl get` shows.
+# Stays up until Ctrl-C, then tears everything down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+py=$root/.venv/bin/python
+sandbox() { PYTHONPATH=$root/tests/testbed "$py" -m sandbox "$@"; }
+target=${CARGO_TARGET_DIR:-$root/target}
+
+k8s_bin=$(scripts/deps.sh | tail -n1)
+sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "dev: stopping"
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  sandbox down
+}
+trap cleanup INT TERM EXIT
+
+# shellcheck disable=SC1091
+source .sandbox/env
+logs=.sandbox/logs
+"$target/debug/pgml-operator" --log-format text >"$logs/pgml-operator.log" 2>&1 &
+pids+=($!)
+while read -r name ns_pid dev_dir mnt_dir; do
+  nsenter -t "$ns_pid" -m -- env NODE_NAME="$name" PGML_DEV_DIR="$dev_dir" PGML_MOUNT_ROOT="$mnt_dir" \
+    KUBECONFIG="$KUBECONFIG" "$target/debug/pgml-agent" --log-format text >"$logs/pgml-agent-$name.log" 2>&1 &
+  pids+=($!)
+done < <("$py" -c 'import json,sys; [print(n["name"], n["ns_pid"], n["dev_dir"], n["mnt_dir"]) for n in json.load(open(sys.argv[1]))["nodes"]]' .sandbox/sandbox.json)
+
+kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n demo -f examples/
+sleep 5
+echo
+for kind in nodes zfspools ebssnapshots pgmlclusters; do
+  echo "\$ kubectl get $kind${kind:+ -n demo}"
+  kubectl get "$kind" -n demo -o wide 2>&1 || true
+  echo
+done
+cat <<MSG
+dev: running. In another terminal:
+  source .sandbox/env          # KUBECONFIG, AWS_ENDPOINT_URL, kubectl on PATH
+  kubectl get zfspools -n demo
+  kubectl describe zfspool -n demo <name>
+  aws ec2 describe-volumes     # (with the AWS CLI) what the operator made in the simulated EC2
+Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, kube-apiserver.log, ebssim.log, ...)
+Ctrl-C stops everything.
+MSG
+while true; do
+  for p in "${pids[@]}"; do
+    if ! kill -0 "$p" 2>/dev/null; then echo "dev: a process exited; see $logs"; fi
+  done
+  sleep 30
+done

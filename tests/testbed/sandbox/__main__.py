@@ -1,0 +1,184 @@
+"""`python -m sandbox up|down|status|env` — the whole test bed, detached.
+
+up      builds nothing; starts etcd + kube-apiserver + kube-controller-manager (binaries
+        from $PGML_K8S_BIN, see tests/testbed/k8s/build.sh), installs crds/, starts moto
+        behind the EBS simulator on an XFS reflink store, then the simulated nodes (one
+        EC2 instance, one Node object and one mount namespace with its own zfs-fuse each),
+        and writes sandbox.json, kubeconfig and env into the sandbox folder.
+down    stops all of it and removes the state (the logs stay).
+status  says what runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+from . import aws, k8s, nodes, store
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+REGION = "us-east-1"
+# Three nodes in three zones, named as EKS names them, so that the manifests in examples/
+# apply unchanged here and read like what a user has.
+NODES = [
+    ("ip-10-0-1-10.ec2.internal", "us-east-1a"),
+    ("ip-10-0-2-10.ec2.internal", "us-east-1b"),
+    ("ip-10-0-3-10.ec2.internal", "us-east-1c"),
+]
+INSTANCE_TYPE = "m7i.xlarge"
+
+
+def sandbox_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("PGML_SANDBOX") or REPO / ".sandbox").resolve()
+
+
+def _log(msg: str) -> None:
+    print(f"sandbox: {msg}", file=sys.stderr, flush=True)
+
+
+def _node_manifest(name: str, az: str, instance_id: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "topology.kubernetes.io/region": REGION,
+                "topology.kubernetes.io/zone": az,
+                "node.kubernetes.io/instance-type": INSTANCE_TYPE,
+                "type": "kwok",
+            },
+            # Marks the node as simulated, for kwok to run its Pods.
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+        },
+        "spec": {"providerID": f"aws:///{az}/{instance_id}"},
+    }
+
+
+def _write_state(d: pathlib.Path, state: dict) -> None:
+    tmp = d / "sandbox.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(d / "sandbox.json")
+
+
+def _write_env(d: pathlib.Path, state: dict) -> None:
+    lines = {
+        "PGML_SANDBOX": str(d),
+        "KUBECONFIG": state["kube"]["kubeconfig"],
+        "AWS_ENDPOINT_URL": state["aws"]["endpoint"],
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "PGML_SIM_ADMIN": state["aws"]["admin"],
+    }
+    text = "".join(f"export {k}={json.dumps(v)}\n" for k, v in lines.items())
+    text += f'export PATH={json.dumps(str(d / "bin"))}:"$PATH"\n'
+    (d / "env").write_text(text)
+
+
+def up(args) -> int:
+    d = sandbox_dir()
+    if (d / "sandbox.json").exists():
+        _log(f"{d} holds a sandbox already; stopping it first")
+        down(args)
+    bin_dir = pathlib.Path(args.k8s_bin or os.environ.get("PGML_K8S_BIN", ""))
+    if not (bin_dir / "kube-apiserver").exists():
+        _log("no Kubernetes binaries: pass --k8s-bin or set PGML_K8S_BIN "
+             "(tests/testbed/k8s/build.sh prints the folder)")
+        return 2
+    logs = d / "logs"
+    d.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(exist_ok=True)
+    venv_python = args.python or sys.executable
+
+    state: dict = {"region": REGION, "nodes": [], "dir": str(d)}
+    # Written after each step, so `down` can stop whatever a failed `up` started.
+    try:
+        _log("starting the image store (XFS, reflink)")
+        store_dir = store.start(d)
+        _log("starting etcd, kube-apiserver, kube-controller-manager")
+        kube = k8s.start(d, bin_dir, logs)
+        state["kube"] = kube
+        _write_state(d, state)
+        crds = k8s.install_crds(d, REPO / "crds")
+        _log(f"installed {len(crds)} CRDs")
+        _log("starting moto and the EBS simulator")
+        state["aws"] = aws.start(d, store_dir, logs, venv_python)
+        _write_state(d, state)
+        for name, az in NODES:
+            instance_id = aws.run_instance(state["aws"]["endpoint"], az, INSTANCE_TYPE)
+            info = nodes.start_node(d, name, logs)
+            info.update(instance_id=instance_id, az=az, instance_type=INSTANCE_TYPE)
+            state["nodes"].append(info)
+            _write_state(d, state)
+            aws.register_node(state["aws"]["admin"], instance_id, info["dev_dir"])
+            k8s.kubectl(d, "apply", "--server-side", "--field-manager=pgml-sandbox", "-f", "-",
+                        input=json.dumps(_node_manifest(name, az, instance_id)))
+            _log(f"node {name}: {instance_id} in {az}, zfs-fuse pid {info.get('zfs_pid')}")
+    except BaseException as e:
+        _log(f"start failed: {e}")
+        down(args)
+        return 1
+    _write_env(d, state)
+    _log(f"up: source {d / 'env'} to use kubectl and the AWS CLI against it")
+    print(d)
+    return 0
+
+
+def down(args) -> int:
+    d = sandbox_dir()
+    f = d / "sandbox.json"
+    state = json.loads(f.read_text()) if f.exists() else {}
+    for info in reversed(state.get("nodes", [])):
+        try:
+            nodes.stop_node(info)
+        except Exception as e:  # keep going: the rest must still stop
+            _log(f"stopping node {info.get('name')}: {e}")
+    if "aws" in state:
+        aws.stop(state["aws"])
+    if "kube" in state:
+        k8s.stop(state["kube"])
+    store.stop(d)
+    for p in ("sandbox.json", "env", "kubeconfig"):
+        (d / p).unlink(missing_ok=True)
+    for p in ("k8s", "nodes", "bin", "store"):
+        shutil.rmtree(d / p, ignore_errors=True)
+    if state:
+        _log("down")
+    return 0
+
+
+def status(args) -> int:
+    f = sandbox_dir() / "sandbox.json"
+    if not f.exists():
+        print("no sandbox")
+        return 1
+    state = json.loads(f.read_text())
+    out = {"kube": k8s.status(state["kube"]) if "kube" in state else None}
+    out["nodes"] = {n["name"]: nodes.node_status(n) for n in state.get("nodes", [])}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("up", help="start the sandbox, detached")
+    u.add_argument("--k8s-bin", help="folder with kube-apiserver, etcd, ... (default $PGML_K8S_BIN)")
+    u.add_argument("--python", help="python of the venv with moto (default: this one)")
+    sub.add_parser("down", help="stop the sandbox")
+    sub.add_parser("status", help="what runs")
+    args = p.parse_args()
+    return {"up": up, "down": down, "status": status}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
