@@ -3,6 +3,7 @@ serves the admin API under /_sim/."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -117,6 +118,7 @@ class Sim:
         self.limiter = faults.RateLimiter()
         self.rngs = faults.RuleRng()
         self.attach_lock = threading.Lock()
+        self.create_lock = threading.Lock()  # ClientToken check + create as one step
         self.tls = threading.local()  # .auth: the Authorization header of the current request
         self.resume_pending_attachments()
 
@@ -215,6 +217,48 @@ class Sim:
 
     # ---- volumes -----------------------------------------------------------------------
     def do_CreateVolume(self, params, fwd) -> Reply:
+        token = params.get("ClientToken")
+        if not token:
+            return self._create_volume(params, fwd)
+        # EC2 makes a create with a ClientToken idempotent (moto does not): the same token
+        # with the same parameters answers the volume made the first time; with other
+        # parameters it is IdempotentParameterMismatch. The operator's crash safety rests on
+        # this, so the simulator keeps the tokens (in its persisted state).
+        fingerprint = hashlib.sha256(
+            json.dumps(sorted((k, v) for k, v in params.items() if k != "ClientToken")).encode()
+        ).hexdigest()
+        with self.create_lock:
+            with self.store.lock:
+                seen = self.store.data.setdefault("client_tokens", {}).get(token)
+            if seen is None:
+                r = self._create_volume(params, fwd)
+                if r.ok:
+                    vol = _t(ET.fromstring(r.body), "volumeId")
+                    with self.store.lock:
+                        self.store.data["client_tokens"][token] = {"fingerprint": fingerprint, "volume_id": vol}
+                        self.store.save()
+                return r
+        if seen["fingerprint"] != fingerprint:
+            return ec2_error(400, "IdempotentParameterMismatch",
+                             f"The client token {token} was used before with other parameters.")
+        return self._volume_as_create_response(seen["volume_id"])
+
+    def _volume_as_create_response(self, vol: str) -> Reply:
+        """The CreateVolume answer for a volume that exists (or existed): its fields as
+        DescribeVolumes has them, or only its ID and state `deleted` once it is gone."""
+        out = ET.Element(f"{{{EC2_NS}}}CreateVolumeResponse")
+        ET.SubElement(out, f"{{{EC2_NS}}}requestId").text = str(uuid.uuid4())
+        items = self.moto_volumes({"VolumeId.1": vol})
+        if items:
+            for child in items[0]:
+                if child.tag != f"{{{EC2_NS}}}attachmentSet":
+                    out.append(child)
+        else:
+            ET.SubElement(out, f"{{{EC2_NS}}}volumeId").text = vol
+            ET.SubElement(out, f"{{{EC2_NS}}}status").text = "deleted"
+        return Reply(200, [("Content-Type", "text/xml")], _xml(out))
+
+    def _create_volume(self, params, fwd) -> Reply:
         snap = params.get("SnapshotId")
         if snap:
             st = self.snapshot_forced_state(snap)
