@@ -8,4 +8,4 @@ pub mod kube;
 pub mod nodes;
 pub mod sandbox;
 
-pub use sandbox::Sandbox;
+pub use sandbox::{Sandbox, workspace_bin};

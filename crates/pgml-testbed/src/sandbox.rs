@@ -78,8 +78,8 @@ impl Sandbox {
         let file = dir.join("sandbox.json");
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        let mut s: Sandbox = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", file.display()))?;
+        let mut s: Sandbox =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         s.dir = dir.to_path_buf();
         if s.nodes.is_empty() {
             bail!("{} lists no simulated nodes", file.display());
@@ -107,4 +107,22 @@ pub fn repo_root() -> PathBuf {
         .nth(2)
         .expect("crate lives in <repo>/crates/<name>")
         .to_path_buf()
+}
+
+/// A binary of this workspace (built by `cargo build --workspace` before the tests run):
+/// tests live in another package, so Cargo's `CARGO_BIN_EXE_*` does not reach them.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // <target>/debug/deps/<test>-<hash> → <target>/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> folder");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as `make test` does)",
+        bin.display()
+    );
+    bin
 }

@@ -107,7 +107,7 @@ def up(args) -> int:
         kube = k8s.start(d, bin_dir, logs)
         state["kube"] = kube
         _write_state(d, state)
-        crds = k8s.install_crds(d, REPO / "crds")
+        crds = k8s.install_crds(d, pathlib.Path(args.crds))
         _log(f"installed {len(crds)} CRDs")
         _log("starting moto and the EBS simulator")
         state["aws"] = aws.start(d, store_dir, logs, venv_python)
@@ -174,6 +174,7 @@ def main() -> int:
     u = sub.add_parser("up", help="start the sandbox, detached")
     u.add_argument("--k8s-bin", help="folder with kube-apiserver, etcd, ... (default $PGML_K8S_BIN)")
     u.add_argument("--python", help="python of the venv with moto (default: this one)")
+    u.add_argument("--crds", default=str(REPO / "crds"), help="CRD folder to install (default: crds/)")
     sub.add_parser("down", help="stop the sandbox")
     sub.add_parser("status", help="what runs")
     args = p.parse_args()
