@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from . import proc
 
 TESTBED_DIR = Path(__file__).resolve().parent.parent  # tests/testbed: holds the ebssim package
 
@@ -31,40 +31,32 @@ EC2_VERSION = "2016-11-15"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return proc.free_ports(1)[0]
 
 
-def _spawn(argv: list[str], log_file: Path, cwd: Path | None = None) -> subprocess.Popen:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab")
-    try:
-        return subprocess.Popen(
-            argv,
-            cwd=str(cwd) if cwd else None,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own session and process group: detached from ours
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    finally:
-        out.close()
+def _spawn(argv: list[str], log_file: Path, cwd: Path) -> int:
+    return proc.spawn(argv, log_file, cwd=cwd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def _tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
+def _name(state: dict, component: str) -> str | None:
+    """What /proc shows for a component (the interpreter), to guard against pid reuse;
+    None for a state from before start() recorded its argv (then there is no guard)."""
+    argv = (state.get("argv") or {}).get(component)
+    return os.path.basename(argv[0]) if argv else None
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log_file: Path, timeout: float = 60.0) -> None:
+def _stop(state: dict, component: str) -> None:
+    pid = (state.get("pids") or {}).get(component)
+    if pid and not proc.terminate(int(pid), _name(state, component)):
+        raise RuntimeError(f"{component} (pid {pid}) survived SIGKILL")
+
+
+def _wait_http(url: str, pid: int, log_file: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before serving {url}:\n{_tail(log_file)}")
+        if not proc.alive(pid):
+            raise RuntimeError(f"{log_file.stem} (pid {pid}) exited with {proc.exit_code(pid)} "
+                               f"before serving {url}:\n{proc.log_tail(log_file, 20)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 r.read()
@@ -74,100 +66,71 @@ def _wait_http(url: str, proc: subprocess.Popen, log_file: Path, timeout: float 
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n{_tail(log_file)}")
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n{proc.log_tail(log_file, 20)}")
         time.sleep(0.1)
+
+
+def _ebssim_argv(venv_python: str, store_dir: Path, port: int, moto_url: str) -> list[str]:
+    return [venv_python, "-m", "ebssim", "--store", str(store_dir), "--port", str(port), "--moto", moto_url]
 
 
 def start(sandbox_dir: Path, store_dir: Path, log_dir: Path, venv_python: str) -> dict:
     """Start moto_server and ebssim on free loopback ports; wait until both answer.
 
     Returns {"endpoint": proxy URL (what AWS SDKs use), "moto": moto URL,
-             "admin": proxy URL + "/_sim", "pids": {"moto": pid, "ebssim": pid}}.
+             "admin": proxy URL + "/_sim", "pids": {"moto": pid, "ebssim": pid},
+             "argv": {"moto": [...], "ebssim": [...]}}.
     """
     sandbox_dir, store_dir, log_dir = Path(sandbox_dir), Path(store_dir), Path(log_dir)
     store_dir.mkdir(parents=True, exist_ok=True)
-    moto_port, sim_port = free_port(), free_port()
-    while sim_port == moto_port:
-        sim_port = free_port()
+    moto_port, sim_port = proc.free_ports(2)
     moto_url = f"http://127.0.0.1:{moto_port}"
     sim_url = f"http://127.0.0.1:{sim_port}"
-
-    moto_log = log_dir / "moto.log"
-    moto = _spawn([venv_python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)], moto_log, cwd=sandbox_dir)
-    try:
-        _wait_http(moto_url + "/moto-api/data.json", moto, moto_log)
-        sim_log = log_dir / "ebssim.log"
-        sim = _spawn(
-            [venv_python, "-m", "ebssim", "--store", str(store_dir), "--port", str(sim_port), "--moto", moto_url],
-            sim_log,
-            cwd=TESTBED_DIR,
-        )
-        try:
-            _wait_http(sim_url + "/_sim/health", sim, sim_log)
-        except Exception:
-            _kill_group(sim.pid)
-            raise
-    except Exception:
-        _kill_group(moto.pid)
-        raise
-    return {
+    state = {
         "endpoint": sim_url,
         "moto": moto_url,
         "admin": sim_url + "/_sim",
-        "pids": {"moto": moto.pid, "ebssim": sim.pid},
+        "pids": {},
+        "argv": {
+            "moto": [venv_python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+            "ebssim": _ebssim_argv(venv_python, store_dir, sim_port, moto_url),
+        },
     }
+    try:
+        moto_log = log_dir / "moto.log"
+        state["pids"]["moto"] = _spawn(state["argv"]["moto"], moto_log, cwd=sandbox_dir)
+        _wait_http(moto_url + "/moto-api/data.json", state["pids"]["moto"], moto_log)
+        sim_log = log_dir / "ebssim.log"
+        state["pids"]["ebssim"] = _spawn(state["argv"]["ebssim"], sim_log, cwd=TESTBED_DIR)
+        _wait_http(sim_url + "/_sim/health", state["pids"]["ebssim"], sim_log)
+    except BaseException:
+        stop(state)
+        raise
+    return state
 
 
 def restart_ebssim(state: dict, store_dir: Path, log_dir: Path, venv_python: str) -> dict:
     """Kill the proxy and start it again on the same port with the same store (its records
     survive in <store>/state.json). Returns the updated state."""
-    _kill_group(state["pids"]["ebssim"])
+    _stop(state, "ebssim")
     port = urllib.parse.urlsplit(state["endpoint"]).port
+    argv = _ebssim_argv(venv_python, store_dir, port, state["moto"])
     sim_log = Path(log_dir) / "ebssim.log"
-    sim = _spawn(
-        [venv_python, "-m", "ebssim", "--store", str(store_dir), "--port", str(port), "--moto", state["moto"]],
-        sim_log,
-        cwd=TESTBED_DIR,
-    )
-    _wait_http(state["endpoint"] + "/_sim/health", sim, sim_log)
-    return dict(state, pids=dict(state["pids"], ebssim=sim.pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as gone
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def _kill_group(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the process group led by pid (made by start_new_session), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
+    pid = _spawn(argv, sim_log, cwd=TESTBED_DIR)
+    _wait_http(state["endpoint"] + "/_sim/health", pid, sim_log)
+    return dict(state, pids=dict(state["pids"], ebssim=pid), argv=dict(state.get("argv") or {}, ebssim=argv))
 
 
 def stop(state: dict) -> None:
-    """Stop ebssim, then moto (the process groups start() made)."""
-    pids = state.get("pids", {})
+    """Stop ebssim, then moto (the process groups start() made; SIGTERM, then SIGKILL).
+    Idempotent and best effort: it does not raise (`down` goes on to stop the rest), a
+    process that survived SIGKILL is reported on stderr. A pid that no longer runs the
+    interpreter start() used is left alone."""
     for name in ("ebssim", "moto"):
-        if pids.get(name):
-            _kill_group(int(pids[name]))
+        try:
+            _stop(state, name)
+        except RuntimeError as e:
+            print(f"aws.stop: {e}", file=sys.stderr, flush=True)
 
 
 def _admin(admin_url: str, method: str, path: str, body=None):

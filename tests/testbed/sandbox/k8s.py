@@ -40,8 +40,6 @@ import json
 import os
 import pathlib
 import secrets
-import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -52,6 +50,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import proc
 
 KUBE_VERSION = "v1.35.4"
 SERVICE_CIDR = "10.0.0.0/24"
@@ -80,105 +80,11 @@ class K8sError(RuntimeError):
 # --------------------------------------------------------------------------- processes
 
 
-def _state(pid: int) -> str | None:
-    try:
-        text = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split(" ", 1)[0]
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours still answers kill(0): reap it
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    return _state(pid) not in ("Z", "X", None)
-
-
-def _is_ours(pid: int | None, name: str) -> bool:
-    """True if pid is alive and runs our binary under `name` (guards against pid reuse)."""
-    if not _alive(pid):
-        return False
-    try:
-        argv0 = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
-    except OSError:
-        return False
-    return os.path.basename(argv0.decode(errors="replace")) == name
-
-
-def _terminate(pid: int | None, name: str, grace: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the process group, SIGKILL if still alive after `grace` seconds (grace=0:
-    SIGKILL at once, like a crash)."""
-    if not _is_ours(pid, name):
-        return
-    steps = [(signal.SIGTERM, grace)] if grace > 0 else []
-    steps.append((signal.SIGKILL, 5.0))
-    for sig, wait in steps:
-        try:
-            os.killpg(pid, sig)  # its own session: pgid == pid
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-    if _alive(pid):
+def _stop(pid: int | None, name: str, grace: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the component's process group, SIGKILL after `grace` seconds (grace=0:
+    SIGKILL at once, like a crash). A pid that no longer runs `name` is left alone."""
+    if not proc.terminate(pid, name, grace):
         raise K8sError(f"{name} (pid {pid}) survived SIGKILL")
-
-
-def _spawn(argv: list[str], log_file: pathlib.Path) -> int:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        stamp = datetime.datetime.now().isoformat(timespec="seconds")
-        log.write(f"\n==== {stamp} start: {argv!r}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group: survives the caller
-            close_fds=True,
-        )
-    # Detached on purpose: whoever stops it uses the pid, not this Popen object.
-    proc.returncode = 0  # keep Popen.__del__ from warning about a running child
-    return proc.pid
-
-
-def _log_tail(log_file: pathlib.Path, lines: int = 30) -> str:
-    try:
-        text = log_file.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (bound together, so they differ, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # --------------------------------------------------------------------------- PKI
@@ -401,8 +307,8 @@ def _wait_http(url: str, ctx: ssl.SSLContext, pid: int, name: str, log_file: pat
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise K8sError(f"{name} exited during start-up; last log lines:\n{_log_tail(log_file)}")
+        if not proc.alive(pid):
+            raise K8sError(f"{name} exited during start-up; last log lines:\n{proc.log_tail(log_file)}")
         try:
             code, body = _get(url, ctx, timeout=5.0)
             if code == 200:
@@ -411,15 +317,15 @@ def _wait_http(url: str, ctx: ssl.SSLContext, pid: int, name: str, log_file: pat
         except (OSError, ssl.SSLError) as e:
             last = repr(e)
         time.sleep(0.3)
-    raise K8sError(f"{name} not healthy at {url} after {timeout:.0f}s ({last}); log:\n{_log_tail(log_file)}")
+    raise K8sError(f"{name} not healthy at {url} after {timeout:.0f}s ({last}); log:\n{proc.log_tail(log_file)}")
 
 
 def _wait_etcd(port: int, pid: int, log_file: pathlib.Path, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/health"
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise K8sError(f"etcd exited during start-up; last log lines:\n{_log_tail(log_file)}")
+        if not proc.alive(pid):
+            raise K8sError(f"etcd exited during start-up; last log lines:\n{proc.log_tail(log_file)}")
         try:
             with urllib.request.urlopen(url, timeout=3.0) as r:
                 if r.status == 200 and json.loads(r.read()).get("health") == "true":
@@ -427,7 +333,7 @@ def _wait_etcd(port: int, pid: int, log_file: pathlib.Path, timeout: float = STA
         except (OSError, ValueError):
             pass
         time.sleep(0.2)
-    raise K8sError(f"etcd not healthy after {timeout:.0f}s; log:\n{_log_tail(log_file)}")
+    raise K8sError(f"etcd not healthy after {timeout:.0f}s; log:\n{proc.log_tail(log_file)}")
 
 
 def _wait_apiserver(state: dict) -> None:
@@ -484,7 +390,7 @@ def start(
     log_dir.mkdir(parents=True, exist_ok=True)
     _make_pki(pki)
 
-    etcd_port, peer_port, api_port, kcm_port = _free_ports(4)
+    etcd_port, peer_port, api_port, kcm_port = proc.free_ports(4)
     server = f"https://127.0.0.1:{api_port}"
 
     tokens: dict[str, str] = {"admin": secrets.token_hex(16)}
@@ -581,14 +487,14 @@ def start(
     }
 
     try:
-        pid = _spawn(argv["etcd"], log_dir / "etcd.log")
+        pid = proc.spawn(argv["etcd"], log_dir / "etcd.log")
         state["pids"]["etcd"] = pid
         _wait_etcd(etcd_port, pid, log_dir / "etcd.log")
 
-        state["pids"]["kube-apiserver"] = _spawn(argv["kube-apiserver"], log_dir / "kube-apiserver.log")
+        state["pids"]["kube-apiserver"] = proc.spawn(argv["kube-apiserver"], log_dir / "kube-apiserver.log")
         _wait_apiserver(state)
 
-        pid = _spawn(argv["kube-controller-manager"], log_dir / "kube-controller-manager.log")
+        pid = proc.spawn(argv["kube-controller-manager"], log_dir / "kube-controller-manager.log")
         state["pids"]["kube-controller-manager"] = pid
         # Its serving cert is self-signed in memory: health is checked without verification.
         insecure = ssl.create_default_context()
@@ -603,10 +509,20 @@ def start(
 
 
 def stop(state: dict) -> None:
-    """SIGTERM each component (newest first), SIGKILL after a few seconds. Idempotent."""
+    """SIGTERM each component (newest first), SIGKILL after a few seconds. Idempotent.
+
+    kube-controller-manager goes first: while its watches are open, kube-apiserver's
+    graceful shutdown waits for them. Raises K8sError if a component survived SIGKILL
+    (after trying to stop the others)."""
     pids = state.get("pids") or {}
+    errors = []
     for name in reversed(COMPONENTS):
-        _terminate(pids.get(name), name)
+        try:
+            _stop(pids.get(name), name)
+        except K8sError as e:
+            errors.append(str(e))
+    if errors:
+        raise K8sError("; ".join(errors))
 
 
 def restart_apiserver(state: dict, down_seconds: float = 0.0,
@@ -614,18 +530,18 @@ def restart_apiserver(state: dict, down_seconds: float = 0.0,
     """Stop kube-apiserver (SIGTERM, SIGKILL after `grace` seconds; grace=0 kills it at
     once, like a crash), stay down `down_seconds`, start it again with the same flags and
     wait for /readyz. etcd keeps the data. Updates state["pids"] in place; returns state."""
-    _terminate(state["pids"].get("kube-apiserver"), "kube-apiserver", grace)
+    _stop(state["pids"].get("kube-apiserver"), "kube-apiserver", grace)
     if down_seconds:
         time.sleep(down_seconds)
     log = pathlib.Path(state["log_dir"]) / "kube-apiserver.log"
-    state["pids"]["kube-apiserver"] = _spawn(state["argv"]["kube-apiserver"], log)
+    state["pids"]["kube-apiserver"] = proc.spawn(state["argv"]["kube-apiserver"], log)
     _wait_apiserver(state)
     return state
 
 
 def status(state: dict) -> dict:
     """{component: True/False} – process alive (and apiserver /readyz answering 200)."""
-    out = {name: _is_ours(state.get("pids", {}).get(name), name) for name in COMPONENTS}
+    out = {name: proc.is_ours(state.get("pids", {}).get(name), name) for name in COMPONENTS}
     if out["kube-apiserver"]:
         try:
             out["kube-apiserver"] = _get(state["server"] + "/readyz", _client_ctx(state))[0] == 200

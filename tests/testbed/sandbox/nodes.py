@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import subprocess
 import time
+
+from . import proc
 
 # The directories zfs-fuse and its clients share: socket, pool cache, lock.
 ZFS_STATE_DIRS = ("/var/run/zfs", "/var/lib/zfs", "/var/lock/zfs")
@@ -30,34 +31,6 @@ class NodeError(RuntimeError):
 
 def _nsenter(ns_pid: int, argv: list[str]) -> list[str]:
     return ["nsenter", "-t", str(ns_pid), "-m", "--", *argv]
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie of ours still answers kill(0); reap it if it is our child.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    return _state(pid) not in ("Z", "X", None)
-
-
-def _state(pid: int) -> str | None:
-    try:
-        text = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: the state follows the last ')'.
-    return text[text.rindex(")") + 2 :].split(" ", 1)[0]
 
 
 def _mnt_ns(pid: int) -> str | None:
@@ -86,7 +59,7 @@ def _wait_pool_list(ns_pid: int, zfs_pid: int, log_file: pathlib.Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     last = ""
     while time.monotonic() < deadline:
-        if not _alive(zfs_pid):
+        if not proc.alive(zfs_pid):
             raise NodeError(f"zfs-fuse (pid {zfs_pid}) exited at start; see {log_file}")
         r = subprocess.run(
             _nsenter(ns_pid, ["zpool", "list", "-H"]),
@@ -117,14 +90,10 @@ def start_node(sandbox_dir: pathlib.Path, name: str, log_dir: pathlib.Path) -> d
     for d in ZFS_STATE_DIRS:
         pathlib.Path(d).mkdir(parents=True, exist_ok=True)
 
-    holder = subprocess.Popen(
+    ns_pid = proc.spawn(
         ["unshare", "-m", "--propagation", "private", "--", "sleep", "infinity"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        log_dir / f"ns-{name}.log",
     )
-    ns_pid = holder.pid
     info = {
         "name": name,
         "ns_pid": ns_pid,
@@ -138,8 +107,9 @@ def start_node(sandbox_dir: pathlib.Path, name: str, log_dir: pathlib.Path) -> d
         host_ns = _mnt_ns(os.getpid())
         deadline = time.monotonic() + 10
         while _mnt_ns(ns_pid) in (host_ns, None):
-            if holder.poll() is not None:
-                raise NodeError(f"namespace holder for {name} exited ({holder.returncode})")
+            if not proc.alive(ns_pid):
+                raise NodeError(f"namespace holder for {name} exited ({proc.exit_code(ns_pid)}): "
+                                f"{proc.log_tail(log_dir / f'ns-{name}.log', 5)}")
             if time.monotonic() > deadline:
                 raise NodeError(f"namespace holder for {name} never left the host namespace")
             time.sleep(0.02)
@@ -153,56 +123,13 @@ def start_node(sandbox_dir: pathlib.Path, name: str, log_dir: pathlib.Path) -> d
             )
 
         log_file = log_dir / f"zfs-{name}.log"
-        with open(log_file, "ab") as log:
-            # nsenter with only -m execs zfs-fuse itself, so this pid is the daemon's.
-            daemon = subprocess.Popen(
-                _nsenter(ns_pid, ["zfs-fuse", "--no-daemon", "--no-kstat-mount"]),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        info["zfs_pid"] = daemon.pid
-        _wait_pool_list(ns_pid, daemon.pid, log_file)
+        # nsenter with only -m execs zfs-fuse itself, so this pid is the daemon's.
+        info["zfs_pid"] = proc.spawn(_nsenter(ns_pid, ["zfs-fuse", "--no-daemon", "--no-kstat-mount"]), log_file)
+        _wait_pool_list(ns_pid, info["zfs_pid"], log_file)
     except BaseException:
         stop_node(info)
         raise
     return info
-
-
-def _terminate(pid: int | None, timeout: float) -> bool:
-    """SIGTERM, wait, then SIGKILL. True when the process is gone."""
-    if not _alive(pid):
-        return True
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _is_our(pid: int | None, comm: str) -> bool:
-    """Guards against a recycled pid: only signal a process that is still what we started."""
-    if not pid:
-        return False
-    try:
-        return pathlib.Path(f"/proc/{pid}/comm").read_text().strip() == comm
-    except OSError:
-        return False
 
 
 def stop_node(info: dict) -> None:
@@ -213,10 +140,10 @@ def stop_node(info: dict) -> None:
     """
     zfs_pid = info.get("zfs_pid")
     ns_pid = info.get("ns_pid")
-    if _is_our(zfs_pid, "zfs-fuse") and not _terminate(zfs_pid, STOP_TIMEOUT):
+    if not proc.terminate(zfs_pid, "zfs-fuse", STOP_TIMEOUT, group=False):
         raise NodeError(f"zfs-fuse pid {zfs_pid} of node {info.get('name')} would not stop")
     # Destroying the namespace (its last process exiting) drops every mount in it.
-    if _is_our(ns_pid, "sleep") and not _terminate(ns_pid, 5):
+    if not proc.terminate(ns_pid, "sleep", 5, group=False):
         raise NodeError(f"namespace holder pid {ns_pid} of node {info.get('name')} would not stop")
 
 
@@ -224,13 +151,14 @@ def node_status(info: dict) -> dict:
     """Whether the holder and the daemon are alive."""
     return {
         "name": info.get("name"),
-        "ns_alive": _is_our(info.get("ns_pid"), "sleep") and _alive(info.get("ns_pid")),
-        "zfs_alive": _is_our(info.get("zfs_pid"), "zfs-fuse") and _alive(info.get("zfs_pid")),
+        "ns_alive": proc.is_ours(info.get("ns_pid"), "sleep"),
+        "zfs_alive": proc.is_ours(info.get("zfs_pid"), "zfs-fuse"),
     }
 
 
 if __name__ == "__main__":
-    # Smoke test: python3 nodes.py /tmp/sbx  (starts two nodes, lists pools, stops them)
+    # Smoke test, from tests/testbed: python3 -m sandbox.nodes /tmp/sbx
+    # (starts two nodes, lists pools, stops them)
     import json
     import sys
 
