@@ -1,0 +1,630 @@
+//! `PgmlCluster`: a PostgresML primary with streaming replicas, each instance on its own
+//! node with its own storage (a ZfsPool of EBS volumes, or an ext4 PVC).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, Time, is_empty_map};
+use crate::zfspool::ZfsPoolTemplate;
+
+/// PostgresML's published image (Ubuntu, PostgreSQL 15 with the pgml extension).
+pub const DEFAULT_IMAGE: &str = "ghcr.io/postgresml/postgresml:2.10.0";
+
+/// A cron schedule as the CEL rule below accepts it.
+const CRON_RULE: &str = "self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*/,-]+ +[0-9*/,-]+ +[0-9*/,?LW-]+ +[0-9A-Za-z*/,-]+ +[0-9A-Za-z*/,?L#-]+)$')";
+const CRON_MESSAGE: &str = "must be a cron schedule: 5 fields (minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\") or @hourly, @daily, @weekly, @monthly";
+
+/// Parameters the operator sets itself; a user value would break replication or backups.
+pub const MANAGED_PARAMETERS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "archive_mode",
+    "archive_command",
+    "restore_command",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
+fn parameters_schema(_: &mut SchemaGenerator) -> Schema {
+    let managed = MANAGED_PARAMETERS
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    json_schema!({
+        "type": "object",
+        "maxProperties": 256,
+        "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, k.size() <= 63 && k.matches('^[a-z][a-z0-9_.]*$'))",
+                "message": "PostgreSQL parameter names are lowercase letters, digits, _ and . (e.g. shared_buffers, pgml.venv)",
+            },
+            {
+                "rule": format!("self.all(k, !(k in [{managed}]))"),
+                "message": "listen_addresses, port, data_directory, hba_file, ident_file, config_file, archive_mode, archive_command, restore_command, primary_conninfo, primary_slot_name and recovery_target* are managed by the operator",
+            }
+        ]
+    })
+}
+
+/// PostgreSQL configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresConfig {
+    /// postgresql.conf parameters, as strings (`shared_buffers: 8GB`,
+    /// `max_connections: "200"`). `shared_preload_libraries` always includes `pgml`. On ZFS
+    /// the operator also sets `full_page_writes: "off"`, `wal_init_zero: "off"` and
+    /// `wal_recycle: "off"` unless given here. Replication, archiving and file locations are
+    /// managed by the operator and refused here.
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    #[schemars(schema_with = "parameters_schema")]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Extra pg_hba.conf lines, added after the operator's own (local, replication and
+    /// operator access), e.g. `host all all 10.0.0.0/8 scram-sha-256`. At most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 512),
+            regex(pattern = r"^(local|host|hostssl|hostnossl|hostgssenc|hostnogssenc)\s[^\n\r]+$")
+        )
+    )]
+    pub pg_hba: Vec<String>,
+}
+
+/// Storage from a StorageClass (the EBS CSI driver with ext4): the path without ZFS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0")
+    .message("volumes can grow but never shrink: size cannot decrease").field_path(".size"))]
+pub struct PvcStorage {
+    /// StorageClass of the PVC, normally one of the EBS CSI driver (`ebs.csi.aws.com`)
+    /// with `csi.storage.k8s.io/fstype: ext4`. Unset: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub storage_class_name: Option<String>,
+
+    /// Size of each instance's volume, a Kubernetes quantity (`100Gi`). Can grow when the
+    /// class allows expansion, never shrink.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
+        .message("size must be a positive Kubernetes quantity such as 100Gi"))]
+    pub size: String,
+}
+
+/// A ZfsPool per instance, made from this template on the instance's node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZfsStorage {
+    /// The pool every instance gets: volumes, layout, datasets and policies, as in a
+    /// ZfsPool's spec (without nodeName, chosen per instance, and restoreFrom, chosen by
+    /// the operator when it seeds a replica). The pool of instance `<cluster>-<n>` is named
+    /// after it. Its datasets must include `pgdata`.
+    #[x_kube(validation = Rule::new("self.datasets.exists(d, d.name == 'pgdata')")
+        .message("the datasets must include one named pgdata, which holds PostgreSQL's data directory"))]
+    pub template: ZfsPoolTemplate,
+}
+
+/// Where each instance keeps its data: exactly one of `zfs` or `persistentVolumeClaim`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.zfs) != has(self.persistentVolumeClaim)")
+        .message("storage must set exactly one of zfs or persistentVolumeClaim"),
+    validation = Rule::new("has(self.zfs) == has(oldSelf.zfs)")
+        .message("storage cannot switch between zfs and persistentVolumeClaim; create a new cluster and restore into it"),
+)]
+pub struct Storage {
+    /// A ZfsPool of EBS volumes per instance, striped (raid0) or with parity (raidz1). The
+    /// recommended storage: consistent snapshots without pausing writes, and room to scale
+    /// I/O by adding volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs: Option<ZfsStorage>,
+    /// One ext4 PVC per instance from a StorageClass. Snapshots freeze the file system for
+    /// a moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcStorage>,
+}
+
+/// Where pgBackRest finds its AWS credentials. Never keys: there is no field for them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CredentialsMode {
+    /// The EC2 instance profile of the node (`repo1-s3-key-type=auto`), as the PostgresML
+    /// guide recommends. The role needs s3:ListBucket on the bucket and
+    /// s3:GetObject/PutObject/DeleteObject on the path.
+    #[default]
+    InstanceRole,
+    /// IAM Roles for Service Accounts (`repo1-s3-key-type=web-id`): the instance pods'
+    /// service account is annotated with `serviceAccountRoleArn`.
+    #[serde(rename = "IRSA")]
+    Irsa,
+    /// EKS Pod Identity: the role is associated with the instance pods' service account in
+    /// EKS; nothing to set here.
+    PodIdentity,
+}
+
+/// AWS credentials for pgBackRest.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'IRSA' || has(self.serviceAccountRoleArn)")
+        .message("mode IRSA needs serviceAccountRoleArn").field_path(".serviceAccountRoleArn"),
+    validation = Rule::new("self.mode == 'IRSA' || !has(self.serviceAccountRoleArn)")
+        .message("serviceAccountRoleArn is only used with mode IRSA").field_path(".serviceAccountRoleArn"),
+)]
+pub struct S3Credentials {
+    /// `InstanceRole` (default: the node's EC2 instance profile), `IRSA` or `PodIdentity`.
+    #[serde(default)]
+    pub mode: CredentialsMode,
+    /// IAM role ARN for IRSA (`arn:aws:iam::123456789012:role/pgbackrest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 2048),
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+    )]
+    pub service_account_role_arn: Option<String>,
+}
+
+/// The S3 repository.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Repository {
+    /// Bucket name.
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    )]
+    pub bucket: String,
+    /// Bucket region, e.g. `us-east-1`.
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    )]
+    pub region: String,
+    /// Repository path in the bucket (`repo1-path`). Unset: `/pgbackrest/<namespace>/<cluster>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+/?$")
+    )]
+    pub path: Option<String>,
+    /// S3 endpoint for S3-compatible stores or VPC endpoints, e.g.
+    /// `s3.us-east-1.amazonaws.com` or `https://minio.example:9000`. Unset: AWS's endpoint
+    /// for the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+    )]
+    pub endpoint: Option<String>,
+}
+
+/// When pgBackRest takes backups.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSchedule {
+    /// Cron schedule of full backups, e.g. `0 2 * * 0` (Sundays 02:00). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
+    pub full: Option<String>,
+    /// Cron schedule of incremental backups, e.g. `0 2 * * 1-6`. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
+    pub incremental: Option<String>,
+}
+
+/// How long pgBackRest keeps backups.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// Full backups to keep (`repo1-retention-full`, default 2); WAL needed by older ones
+    /// expires with them.
+    #[serde(default = "default_full_retention")]
+    #[schemars(range(min = 1, max = 9999))]
+    pub full: i32,
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        Self {
+            full: default_full_retention(),
+        }
+    }
+}
+
+fn default_full_retention() -> i32 {
+    2
+}
+
+/// pgBackRest: WAL archiving and base backups to S3.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBackRest {
+    /// The S3 repository.
+    pub s3: S3Repository,
+    /// Where AWS credentials come from. Default: the node's EC2 instance role.
+    #[serde(default)]
+    pub credentials: S3Credentials,
+    /// When full and incremental backups run. WAL is archived continuously regardless.
+    #[serde(default)]
+    pub schedule: BackupSchedule,
+    /// How many backups to keep.
+    #[serde(default)]
+    pub retention: BackupRetention,
+}
+
+/// Which instance scheduled snapshots are taken of.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SnapshotSourceRole {
+    /// A ready replica (the primary is used only when it is the sole instance).
+    #[default]
+    Replica,
+    /// Always the primary.
+    Primary,
+}
+
+/// How many scheduled snapshots to keep. A snapshot is kept if any rule keeps it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.keepLast + self.hourly + self.daily + self.weekly > 0")
+    .message("retention must keep at least one snapshot"))]
+pub struct SnapshotRetention {
+    /// Keep the newest N (default 3).
+    #[serde(default = "default_keep_last")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub keep_last: i32,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub hourly: i32,
+    /// Keep the newest snapshot of each of the last N days (default 7).
+    #[serde(default = "default_daily")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub daily: i32,
+    /// Keep the newest snapshot of each of the last N weeks.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub weekly: i32,
+}
+
+impl Default for SnapshotRetention {
+    fn default() -> Self {
+        Self {
+            keep_last: default_keep_last(),
+            hourly: 0,
+            daily: default_daily(),
+            weekly: 0,
+        }
+    }
+}
+
+fn default_keep_last() -> i32 {
+    3
+}
+
+fn default_daily() -> i32 {
+    7
+}
+
+/// Scheduled EbsSnapshots of the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotBackups {
+    /// Cron schedule, e.g. `0 */6 * * *`. Unset: no scheduled snapshots (replicas are
+    /// still seeded from fresh ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
+    pub schedule: Option<String>,
+    /// How many to keep (default: the last 3 and one a day for 7 days). Older ones are
+    /// deleted with their AWS snapshots.
+    #[serde(default)]
+    pub retention: SnapshotRetention,
+    /// `Replica` (default) or `Primary`: which instance is snapshotted. Snapshotting a
+    /// replica never touches the primary.
+    #[serde(default)]
+    pub source: SnapshotSourceRole,
+}
+
+/// Backups: WAL archive and base backups with pgBackRest, and EBS snapshots.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backups {
+    /// Continuous WAL archiving and base backups to S3 with pgBackRest. Unset: no archive
+    /// (point-in-time recovery impossible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgbackrest: Option<PgBackRest>,
+    /// Scheduled EBS snapshots and their retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotBackups>,
+}
+
+/// How a new replica gets its first copy of the data.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SeedFrom {
+    /// Restore its pool from an EbsSnapshot of a replica (a fresh one, or the newest
+    /// completed one if recent): instantaneous whatever the database size. Falls back to
+    /// PgBasebackup when storage is a PVC without snapshots available.
+    #[default]
+    Snapshot,
+    /// Stream a copy from the primary with pg_basebackup: slow for large databases, loads
+    /// the primary.
+    PgBasebackup,
+}
+
+/// Replica settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replicas {
+    /// `Snapshot` (default) or `PgBasebackup`.
+    #[serde(default)]
+    pub seed_from: SeedFrom,
+}
+
+/// A PostgresML database: a primary and streaming replicas, each instance on its own node
+/// with its own ZFS pool of EBS volumes (or ext4 PVC), with pgBackRest archiving and EBS
+/// snapshot backups.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "pgml.io",
+    version = "v1alpha1",
+    kind = "PgmlCluster",
+    doc = "A PostgresML database on EC2: a primary and streaming replicas, each on its own node with a ZFS pool of EBS volumes (or an ext4 PVC), with pgBackRest archiving and EBS snapshot backups.",
+    plural = "pgmlclusters",
+    namespaced,
+    status = "PgmlClusterStatus",
+    shortname = "pgmlc",
+    category = "pgml",
+    printcolumn(name = "Instances", type_ = "integer", json_path = ".spec.instances", description = "Desired instances"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances", description = "Instances ready"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary", description = "Instance that is the primary"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", priority = 1),
+    printcolumn(name = "Last Snapshot", type_ = "string", json_path = ".status.lastSnapshot.name", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$')")
+        .message("a PgmlCluster name must be a DNS label of at most 45 characters starting with a letter: its instances, services and ZFS pools are named after it"),
+    validation = Rule::new("!has(self.spec.primary) || self.spec.primary.startsWith(self.metadata.name + '-')")
+        .message("primary must name one of this cluster's instances, <cluster name>-<n>").field_path(".spec.primary"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PgmlClusterSpec {
+    /// Number of PostgreSQL instances (1–16): one primary and instances − 1 streaming
+    /// replicas, each on its own node.
+    #[serde(default = "default_instances")]
+    #[schemars(range(min = 1, max = 16))]
+    pub instances: i32,
+
+    /// Container image with PostgreSQL and the pgml extension. Default:
+    /// ghcr.io/postgresml/postgresml:2.10.0.
+    #[serde(default = "default_image")]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(
+            pattern = r"^[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+        )
+    )]
+    pub image: String,
+
+    /// PostgreSQL parameters and pg_hba.conf lines.
+    #[serde(default)]
+    pub postgresql: PostgresConfig,
+
+    /// CPU and memory for each instance's PostgreSQL container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Where each instance keeps its data: `zfs` (a ZfsPool of EBS volumes per instance)
+    /// or `persistentVolumeClaim` (ext4 from a StorageClass).
+    pub storage: Storage,
+
+    /// WAL archiving and backups with pgBackRest, and scheduled EBS snapshots.
+    #[serde(default)]
+    pub backups: Backups,
+
+    /// How replicas are seeded.
+    #[serde(default)]
+    pub replicas: Replicas,
+
+    /// Affinity for the instance pods, on top of the operator's anti-affinity that keeps
+    /// instances on different nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Node labels the instance pods (and so their pools) must land on.
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations for the instance pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Switchover: name the instance that should be primary (e.g. `main-2`). The operator
+    /// stops writes on the current primary, waits for the target to catch up, promotes it
+    /// and makes the old primary follow. Unset: the operator picks (and fails over on its
+    /// own when the primary is lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub primary: Option<String>,
+}
+
+fn default_instances() -> i32 {
+    1
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+
+/// One-word state of the cluster for `kubectl get`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ClusterPhase {
+    Pending,
+    Creating,
+    Healthy,
+    Degraded,
+    Switchover,
+    Failover,
+    Scaling,
+    Failed,
+}
+
+/// Role of an instance.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum InstanceRole {
+    Primary,
+    Replica,
+}
+
+/// What the operator last observed of the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PgmlClusterStatus {
+    /// `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pending, Creating, Healthy, Degraded, Switchover, Failover, Scaling or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClusterPhase>,
+
+    /// Standard conditions: Ready, Progressing, Degraded, ContinuousArchiving,
+    /// LastBackupSucceeded, SpecValid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Each instance: where it runs, its role, readiness and replication position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub instances: Vec<InstanceStatus>,
+
+    /// The instance currently accepting writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+
+    /// The instance being promoted during a switchover or failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+
+    /// Instances that are ready (primary accepting writes, replicas streaming).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_instances: Option<i32>,
+
+    /// The newest completed EbsSnapshot of this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<SnapshotRef>,
+
+    /// WAL archiving to the pgBackRest repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archiving: Option<ArchivingStatus>,
+
+    /// The last pgBackRest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRef>,
+}
+
+/// One PostgreSQL instance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Instance name (`<cluster>-<n>`), also the name of its pod and ZfsPool or PVC.
+    pub name: String,
+    /// Node the instance runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Availability zone of the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// The instance's ZfsPool (or PVC) name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Primary or Replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<InstanceRole>,
+    /// PostgreSQL accepts connections (and, for a replica, streams from the primary).
+    #[serde(default)]
+    pub ready: bool,
+    /// Current WAL position: written LSN on the primary, replayed LSN on a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// How far a replica's replay is behind the primary, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// How the replica was seeded: the EbsSnapshot name or `pg_basebackup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded_from: Option<String>,
+}
+
+/// A reference to an EbsSnapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRef {
+    /// EbsSnapshot name.
+    pub name: String,
+    /// Its capture time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_time: Option<Time>,
+}
+
+/// State of WAL archiving.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchivingStatus {
+    /// Last WAL segment archived (pg_stat_archiver.last_archived_wal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<String>,
+    /// When it was archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_time: Option<Time>,
+    /// Last WAL segment that failed to archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
+    /// When archiving last failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_time: Option<Time>,
+}
+
+/// The last pgBackRest backup.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRef {
+    /// pgBackRest backup label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// full, diff or incr.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub backup_type: Option<String>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Whether it succeeded.
+    #[serde(default)]
+    pub succeeded: bool,
+}

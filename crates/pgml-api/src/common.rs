@@ -1,0 +1,85 @@
+//! Pieces shared by the three kinds: conditions, tag maps and the schema helpers that keep
+//! CEL rules within the apiserver's cost budget.
+
+use std::collections::BTreeMap;
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+/// Condition types every kind reports.
+pub mod condition {
+    /// The object does what its spec asks (pool imported and healthy, snapshot completed,
+    /// cluster serving with every instance ready).
+    pub const READY: &str = "Ready";
+    /// The operator or agent is working toward the spec (creating, attaching, resizing…).
+    pub const PROGRESSING: &str = "Progressing";
+    /// Serving, but with reduced redundancy or performance (a RAIDZ1 member lost, a replica
+    /// down).
+    pub const DEGRADED: &str = "Degraded";
+    /// ZfsPool: every EBS volume is attached to the pool's node and its device is visible.
+    pub const VOLUMES_ATTACHED: &str = "VolumesAttached";
+    /// ZfsPool: a resilver is running after a member was replaced.
+    pub const RESILVERING: &str = "Resilvering";
+    /// PgmlCluster: WAL archiving to the pgBackRest repository works.
+    pub const CONTINUOUS_ARCHIVING: &str = "ContinuousArchiving";
+    /// PgmlCluster: the last scheduled snapshot or backup succeeded.
+    pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
+    /// The spec is valid against checks the schema cannot express (see `crate::validate`).
+    pub const SPEC_VALID: &str = "SpecValid";
+
+    /// `status` values of a condition.
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+    pub const UNKNOWN: &str = "Unknown";
+}
+
+/// Label and tag keys the operator sets on what it creates; users may not set them.
+pub mod keys {
+    /// Prefix of every label, annotation and AWS tag key the operator owns.
+    pub const PREFIX: &str = "pgml.io/";
+    pub const CLUSTER: &str = "pgml.io/cluster";
+    pub const INSTANCE: &str = "pgml.io/instance";
+    pub const POOL: &str = "pgml.io/pool";
+    pub const POOL_GUID: &str = "pgml.io/pool-guid";
+    pub const MEMBER_INDEX: &str = "pgml.io/member-index";
+    pub const SNAPSHOT: &str = "pgml.io/snapshot";
+    pub const NAMESPACE: &str = "pgml.io/namespace";
+}
+
+/// Extra AWS tags a user adds to what the operator creates.
+pub type Tags = BTreeMap<String, String>;
+
+/// Most user tags allowed on one object. AWS allows 50 per resource; the operator keeps the
+/// rest for its own `pgml.io/*` tags.
+pub const MAX_USER_TAGS: u32 = 40;
+
+/// Schema of a user `tags` map: AWS's limits (keys 1–128, values 0–256 characters, no `aws:`
+/// prefix) plus our reserved `pgml.io/` prefix. Keys have no `maxLength` in a structural
+/// schema, so every key rule starts with a size check to bound the CEL cost.
+pub fn tags_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": MAX_USER_TAGS,
+        "additionalProperties": { "type": "string", "maxLength": 256 },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, k.size() >= 1 && k.size() <= 128)",
+                "message": "tag keys must be 1 to 128 characters long",
+            },
+            {
+                "rule": "self.all(k, !k.startsWith('aws:') && !k.startsWith('pgml.io/'))",
+                "message": "tag keys starting with aws: (AWS) or pgml.io/ (this operator) are reserved",
+            }
+        ]
+    })
+}
+
+/// Serde helper for `#[serde(default = ...)]` on booleans that default to true.
+pub(crate) fn yes() -> bool {
+    true
+}
+
+/// Drops empty maps/lists from serialized specs so a round trip stays byte-identical.
+pub(crate) fn is_empty_map<K, V>(m: &BTreeMap<K, V>) -> bool {
+    m.is_empty()
+}

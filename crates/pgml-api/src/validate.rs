@@ -1,0 +1,686 @@
+//! Checks the CRD schema cannot make: they need another object (the snapshot a pool restores
+//! from, the node's instance type) or more than a CEL rule should do (a full cron parse,
+//! ZFS property values).
+//!
+//! Where they are enforced: the operator runs them at the start of every reconcile, before it
+//! touches AWS or a node. A failure sets the `SpecValid` condition to False with the error's
+//! [`SpecError::reason`], emits one Warning event, and the object waits for a spec change; no
+//! admission webhook is involved, so the API works without one.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::cluster::PgmlCluster;
+use crate::ebs::{EbsVolumes, limits};
+use crate::snapshot::{EbsSnapshot, SnapshotPhase};
+use crate::zfspool::{Layout, ZfsPoolSpec, ZfsPoolTemplate};
+
+/// A spec that is well-formed but cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SpecError {
+    #[error("{field}: {message}")]
+    InvalidSchedule { field: String, message: String },
+
+    #[error("ZFS property {name}: {message}")]
+    InvalidZfsProperty { name: String, message: String },
+
+    #[error(
+        "{wanted} volumes do not fit: instance type {instance_type} can attach {available} more EBS volumes"
+    )]
+    TooManyVolumes {
+        wanted: i32,
+        available: i32,
+        instance_type: String,
+    },
+
+    #[error("restoreFrom: EbsSnapshot {name} is {phase}, not Completed")]
+    SnapshotNotCompleted { name: String, phase: String },
+
+    #[error(
+        "restoreFrom: EbsSnapshot {name} holds {snapshot} volumes but the pool asks for {pool}"
+    )]
+    RestoreVolumeCount {
+        name: String,
+        snapshot: i32,
+        pool: i32,
+    },
+
+    #[error("restoreFrom: EbsSnapshot {name} is of a {snapshot} pool but this pool is {pool}")]
+    RestoreLayout {
+        name: String,
+        snapshot: String,
+        pool: String,
+    },
+
+    #[error(
+        "restoreFrom: volumes of {pool} GiB are smaller than member {member}'s snapshot of {snapshot} GiB"
+    )]
+    RestoreTooSmall {
+        member: i32,
+        snapshot: i64,
+        pool: i64,
+    },
+
+    #[error("primary: {name} is not an instance of this cluster (instances: {known})")]
+    UnknownPrimary { name: String, known: String },
+
+    #[error(
+        "consistency Fsfreeze: PgmlCluster {cluster} keeps its data on ZFS, which has no fsfreeze"
+    )]
+    FsfreezeOnZfs { cluster: String },
+}
+
+impl SpecError {
+    /// CamelCase reason for the `SpecValid` condition and the Warning event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpecError::InvalidSchedule { .. } => "InvalidSchedule",
+            SpecError::InvalidZfsProperty { .. } => "InvalidZfsProperty",
+            SpecError::TooManyVolumes { .. } => "TooManyVolumes",
+            SpecError::SnapshotNotCompleted { .. } => "SnapshotNotCompleted",
+            SpecError::RestoreVolumeCount { .. }
+            | SpecError::RestoreLayout { .. }
+            | SpecError::RestoreTooSmall { .. } => "RestoreMismatch",
+            SpecError::UnknownPrimary { .. } => "UnknownPrimary",
+            SpecError::FsfreezeOnZfs { .. } => "FsfreezeOnZfs",
+        }
+    }
+
+    /// Whether waiting may fix it without a spec change (the snapshot completing).
+    pub fn may_resolve_by_itself(&self) -> bool {
+        matches!(self, SpecError::SnapshotNotCompleted { .. })
+    }
+}
+
+/// ZFS properties the agent knows how to set, with a check of their value. User properties
+/// (`module:name`) are passed through.
+pub fn check_zfs_properties(props: &BTreeMap<String, String>) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    for (name, value) in props {
+        if name.contains(':') {
+            continue;
+        }
+        let check: Result<(), String> = match name.as_str() {
+            "recordsize" => check_record_size(value),
+            "compression" => one_of(
+                value,
+                &[
+                    "on",
+                    "off",
+                    "lz4",
+                    "lzjb",
+                    "gzip",
+                    "gzip-1",
+                    "gzip-6",
+                    "gzip-9",
+                    "zle",
+                    "zstd",
+                    "zstd-fast",
+                ],
+            ),
+            "atime" | "relatime" | "readonly" | "exec" | "setuid" | "devices" => {
+                one_of(value, &["on", "off"])
+            }
+            "xattr" => one_of(value, &["on", "off", "sa", "dir"]),
+            "logbias" => one_of(value, &["latency", "throughput"]),
+            "sync" => one_of(value, &["standard", "always", "disabled"]),
+            "primarycache" | "secondarycache" => one_of(value, &["all", "none", "metadata"]),
+            "redundant_metadata" => one_of(value, &["all", "most", "some", "none"]),
+            "dnodesize" => one_of(value, &["legacy", "auto", "1k", "2k", "4k", "8k", "16k"]),
+            "checksum" => one_of(
+                value,
+                &[
+                    "on",
+                    "off",
+                    "fletcher2",
+                    "fletcher4",
+                    "sha256",
+                    "sha512",
+                    "skein",
+                    "edonr",
+                    "blake3",
+                ],
+            ),
+            "copies" => one_of(value, &["1", "2", "3"]),
+            "quota" | "refquota" | "reservation" | "refreservation" => check_size_or_none(value),
+            other => Err(format!(
+                "{other} is not a property the agent sets; use a user property (module:{other}) for metadata"
+            )),
+        };
+        if let Err(message) = check {
+            errors.push(SpecError::InvalidZfsProperty {
+                name: name.clone(),
+                message,
+            });
+        }
+    }
+    errors
+}
+
+fn one_of(value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{value} is not one of {}", allowed.join(", ")))
+    }
+}
+
+fn parse_size(value: &str) -> Option<u64> {
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &value[digits.len()..];
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn check_record_size(value: &str) -> Result<(), String> {
+    match parse_size(value) {
+        Some(n) if n.is_power_of_two() && (512..=1 << 20).contains(&n) => Ok(()),
+        _ => Err(format!(
+            "{value} must be a power of two from 512 to 1M (e.g. 32K)"
+        )),
+    }
+}
+
+fn check_size_or_none(value: &str) -> Result<(), String> {
+    if value == "none" || parse_size(value).is_some() {
+        Ok(())
+    } else {
+        Err(format!("{value} must be a size such as 100G, or none"))
+    }
+}
+
+/// Checks a pool template's ZFS properties (pool-wide and per dataset).
+pub fn check_pool_template(template: &ZfsPoolTemplate) -> Vec<SpecError> {
+    let mut errors = check_zfs_properties(&template.filesystem_properties);
+    for dataset in &template.datasets {
+        errors.extend(check_zfs_properties(&dataset.properties));
+    }
+    errors
+}
+
+/// Checks that `volumes` fit on an instance with `free_attachments` EBS attachment slots
+/// left (from the instance type's limit minus what is attached already).
+pub fn check_attachments(
+    volumes: &EbsVolumes,
+    free_attachments: i32,
+    instance_type: &str,
+) -> Result<(), SpecError> {
+    if volumes.count > free_attachments {
+        return Err(SpecError::TooManyVolumes {
+            wanted: volumes.count,
+            available: free_attachments,
+            instance_type: instance_type.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a pool can be restored from `snapshot`: completed, same layout and member
+/// count, and volumes at least as large as each member's snapshot.
+pub fn check_restore(pool: &ZfsPoolSpec, snapshot: &EbsSnapshot) -> Result<(), SpecError> {
+    let name = snapshot.metadata.name.clone().unwrap_or_default();
+    let status = snapshot.status.clone().unwrap_or_default();
+    if status.phase != Some(SnapshotPhase::Completed) {
+        let phase = status
+            .phase
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "not started".into());
+        return Err(SpecError::SnapshotNotCompleted { name, phase });
+    }
+    let layout = pool.template.layout.as_str();
+    if let Some(snap_layout) = status.layout.as_deref()
+        && snap_layout != layout
+    {
+        return Err(SpecError::RestoreLayout {
+            name,
+            snapshot: snap_layout.into(),
+            pool: layout.into(),
+        });
+    }
+    let members = status.snapshots.len() as i32;
+    if members != pool.template.volumes.count {
+        return Err(SpecError::RestoreVolumeCount {
+            name,
+            snapshot: members,
+            pool: pool.template.volumes.count,
+        });
+    }
+    for member in &status.snapshots {
+        if let Some(size) = member.size_gib
+            && size > pool.template.volumes.size_gib
+        {
+            return Err(SpecError::RestoreTooSmall {
+                member: member.member_index,
+                snapshot: size,
+                pool: pool.template.volumes.size_gib,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks a PgmlCluster: schedules parse as cron, pool properties are known, and a
+/// switchover target names an instance the status lists.
+pub fn check_cluster(cluster: &PgmlCluster) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    let spec = &cluster.spec;
+    if let Some(pgbr) = &spec.backups.pgbackrest {
+        for (field, expr) in [
+            ("backups.pgbackrest.schedule.full", &pgbr.schedule.full),
+            (
+                "backups.pgbackrest.schedule.incremental",
+                &pgbr.schedule.incremental,
+            ),
+        ] {
+            if let Some(expr) = expr
+                && let Err(message) = check_cron(expr)
+            {
+                errors.push(SpecError::InvalidSchedule {
+                    field: field.into(),
+                    message,
+                });
+            }
+        }
+    }
+    if let Some(snapshots) = &spec.backups.snapshots
+        && let Some(expr) = &snapshots.schedule
+        && let Err(message) = check_cron(expr)
+    {
+        errors.push(SpecError::InvalidSchedule {
+            field: "backups.snapshots.schedule".into(),
+            message,
+        });
+    }
+    if let Some(zfs) = &spec.storage.zfs {
+        errors.extend(check_pool_template(&zfs.template));
+    }
+    if let (Some(primary), Some(status)) = (&spec.primary, &cluster.status)
+        && !status.instances.is_empty()
+        && !status.instances.iter().any(|i| &i.name == primary)
+    {
+        let known = status
+            .instances
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        errors.push(SpecError::UnknownPrimary {
+            name: primary.clone(),
+            known,
+        });
+    }
+    errors
+}
+
+/// The most a pool's volumes deliver, capped by the instance type's EBS limits when known.
+pub fn performance_ceiling(
+    volumes: &EbsVolumes,
+    layout: Layout,
+    instance_iops: Option<i64>,
+    instance_throughput_mibps: Option<i64>,
+) -> crate::zfspool::PerformanceCeiling {
+    // Reads touch every member; count all of them. (raidz1 writes pay parity, which the
+    // status documents rather than models.)
+    let _ = layout;
+    let n = i64::from(volumes.count);
+    let volume_iops = n * volumes.effective_iops();
+    let volume_tp = n * volumes.effective_throughput_mibps();
+    let iops = instance_iops.map_or(volume_iops, |cap| cap.min(volume_iops));
+    let tp = instance_throughput_mibps.map_or(volume_tp, |cap| cap.min(volume_tp));
+    let limited = iops < volume_iops || tp < volume_tp;
+    crate::zfspool::PerformanceCeiling {
+        volume_iops,
+        volume_throughput_mibps: volume_tp,
+        instance_iops,
+        instance_throughput_mibps,
+        iops,
+        throughput_mibps: tp,
+        limited_by: if limited { "Instance" } else { "Volumes" }.to_string(),
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Parses a 5-field cron expression (or an `@daily`-style macro) and checks every value is in
+/// range. The schema only checks the shape.
+pub fn check_cron(expr: &str) -> Result<(), String> {
+    let expr = expr.trim();
+    if let Some(name) = expr.strip_prefix('@') {
+        return match name {
+            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
+                Ok(())
+            }
+            _ => Err(format!("@{name} is not a known schedule macro")),
+        };
+    }
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "{expr:?} has {} fields; cron needs 5 (minute hour day-of-month month day-of-week)",
+            fields.len()
+        ));
+    }
+    let specs: [(&str, u32, u32, &[&str]); 5] = [
+        ("minute", 0, 59, &[]),
+        ("hour", 0, 23, &[]),
+        ("day of month", 1, 31, &[]),
+        ("month", 1, 12, &MONTHS),
+        ("day of week", 0, 7, &DAYS),
+    ];
+    for (field, (what, min, max, names)) in fields.iter().zip(specs) {
+        check_cron_field(field, min, max, names).map_err(|e| format!("{what} {field:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_cron_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<(), String> {
+    let value = |s: &str| -> Result<u32, String> {
+        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
+            // Months are 1-based, days of week 0-based.
+            return Ok(i as u32 + min);
+        }
+        let n: u32 = s.parse().map_err(|_| format!("{s} is not a number"))?;
+        if n < min || n > max {
+            return Err(format!("{n} is outside {min}-{max}"));
+        }
+        Ok(n)
+    };
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (part, None),
+        };
+        if let Some(step) = step {
+            let s: u32 = step
+                .parse()
+                .map_err(|_| format!("step {step} is not a number"))?;
+            if s == 0 || s > max {
+                return Err(format!("step {s} must be 1-{max}"));
+            }
+        }
+        if range == "*" || range == "?" {
+            continue;
+        }
+        match range.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (value(a)?, value(b)?);
+                if a > b {
+                    return Err(format!("range {a}-{b} runs backwards"));
+                }
+            }
+            None => {
+                value(range)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The AWS per-type size limits, for callers that want them without the schema.
+pub fn size_limits(volume_type: crate::ebs::VolumeType) -> (i64, i64) {
+    match volume_type {
+        crate::ebs::VolumeType::Gp3 => (limits::GP3_MIN_GIB, limits::GP3_MAX_GIB),
+        crate::ebs::VolumeType::Io2 => (limits::IO2_MIN_GIB, limits::IO2_MAX_GIB),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{EbsSnapshotStatus, MemberSnapshot};
+    use crate::zfspool::ZfsPoolSpec;
+
+    fn pool(yaml: &str) -> ZfsPoolSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn cron_accepts_common_schedules() {
+        for ok in [
+            "0 3 * * *",
+            "*/15 * * * *",
+            "0 2 * * 0",
+            "0 2 * * 1-6",
+            "0 0 1 JAN,JUL *",
+            "30 4 * * MON-FRI",
+            "@daily",
+            "@hourly",
+            "0 */6 * * *",
+            "0 0 * * 7",
+        ] {
+            assert_eq!(check_cron(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn cron_rejects_out_of_range_and_malformed() {
+        for (bad, why) in [
+            ("60 * * * *", "60 is outside 0-59"),
+            ("0 24 * * *", "24 is outside 0-23"),
+            ("0 0 0 * *", "0 is outside 1-31"),
+            ("0 0 * 13 *", "13 is outside 1-12"),
+            ("0 0 * * 8", "8 is outside 0-7"),
+            ("*/0 * * * *", "step 0"),
+            ("0 5-2 * * *", "runs backwards"),
+            ("0 0 * *", "has 4 fields"),
+            ("@sometimes", "not a known schedule macro"),
+            ("0 0 * * FUNDAY", "FUNDAY is not a number"),
+        ] {
+            let err = check_cron(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn zfs_properties_are_checked() {
+        let props: BTreeMap<String, String> = [
+            ("recordsize", "32K"),
+            ("compression", "lz4"),
+            ("atime", "off"),
+            ("com.example:owner", "dba"),
+            ("quota", "none"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        assert_eq!(check_zfs_properties(&props), vec![]);
+
+        let bad: BTreeMap<String, String> = [
+            ("recordsize", "33K"),
+            ("logbias", "fast"),
+            ("recordsze", "32K"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let errors = check_zfs_properties(&bad);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().all(|e| e.reason() == "InvalidZfsProperty"));
+        assert!(errors[0].to_string().contains("logbias"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn default_template_properties_are_valid() {
+        let p = pool("nodeName: n\nvolumes: {sizeGiB: 10}");
+        assert_eq!(check_pool_template(&p.template), vec![]);
+    }
+
+    #[test]
+    fn attachments_limit_the_volume_count() {
+        let p = pool("nodeName: n\nvolumes: {count: 8, sizeGiB: 10}");
+        assert_eq!(
+            check_attachments(&p.template.volumes, 8, "m7i.large"),
+            Ok(())
+        );
+        let err = check_attachments(&p.template.volumes, 5, "m7i.large").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "8 volumes do not fit: instance type m7i.large can attach 5 more EBS volumes"
+        );
+    }
+
+    fn snapshot(phase: Option<SnapshotPhase>, layout: &str, sizes: &[i64]) -> EbsSnapshot {
+        let mut s = EbsSnapshot::new(
+            "nightly",
+            serde_yaml::from_str("source: {zfsPool: {name: p}}").unwrap(),
+        );
+        s.status = Some(EbsSnapshotStatus {
+            phase,
+            layout: Some(layout.into()),
+            snapshots: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| MemberSnapshot {
+                    member_index: i as i32,
+                    size_gib: Some(size),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn restore_needs_a_completed_matching_snapshot() {
+        let p = pool("nodeName: n\nlayout: raidz1\nvolumes: {count: 3, sizeGiB: 100}");
+        let ok = snapshot(Some(SnapshotPhase::Completed), "raidz1", &[100, 100, 100]);
+        assert_eq!(check_restore(&p, &ok), Ok(()));
+
+        let pending = snapshot(Some(SnapshotPhase::Finalizing), "raidz1", &[100, 100, 100]);
+        let err = check_restore(&p, &pending).unwrap_err();
+        assert!(err.may_resolve_by_itself());
+        assert_eq!(
+            err.to_string(),
+            "restoreFrom: EbsSnapshot nightly is Finalizing, not Completed"
+        );
+
+        let raid0 = snapshot(Some(SnapshotPhase::Completed), "raid0", &[100, 100, 100]);
+        assert!(matches!(
+            check_restore(&p, &raid0),
+            Err(SpecError::RestoreLayout { .. })
+        ));
+
+        let four = snapshot(
+            Some(SnapshotPhase::Completed),
+            "raidz1",
+            &[100, 100, 100, 100],
+        );
+        assert!(matches!(
+            check_restore(&p, &four),
+            Err(SpecError::RestoreVolumeCount {
+                snapshot: 4,
+                pool: 3,
+                ..
+            })
+        ));
+
+        let bigger = snapshot(Some(SnapshotPhase::Completed), "raidz1", &[100, 200, 100]);
+        let err = check_restore(&p, &bigger).unwrap_err();
+        assert_eq!(err.reason(), "RestoreMismatch");
+        assert!(matches!(
+            err,
+            SpecError::RestoreTooSmall {
+                member: 1,
+                snapshot: 200,
+                pool: 100
+            }
+        ));
+    }
+
+    #[test]
+    fn cluster_checks_schedules_and_switchover_target() {
+        let mut c: PgmlCluster = serde_yaml::from_str(
+            "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main}\nspec:\n  storage: {persistentVolumeClaim: {size: 10Gi}}\n  primary: main-9\n  backups:\n    pgbackrest: {s3: {bucket: bkt, region: us-east-1}, schedule: {full: '0 25 * * *'}}\n    snapshots: {schedule: '@daily'}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            check_cluster(&c).len(),
+            1,
+            "no status yet: the primary is not checked"
+        );
+        c.status = Some(crate::cluster::PgmlClusterStatus {
+            instances: ["main-1", "main-2"]
+                .iter()
+                .map(|n| crate::cluster::InstanceStatus {
+                    name: n.to_string(),
+                    node: None,
+                    availability_zone: None,
+                    pool: None,
+                    role: None,
+                    ready: true,
+                    lsn: None,
+                    lag_bytes: None,
+                    seeded_from: None,
+                })
+                .collect(),
+            ..Default::default()
+        });
+        let errors = check_cluster(&c);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            "backups.pgbackrest.schedule.full: hour \"25\": 25 is outside 0-23"
+        );
+        assert_eq!(
+            errors[1].to_string(),
+            "primary: main-9 is not an instance of this cluster (instances: main-1, main-2)"
+        );
+    }
+
+    #[test]
+    fn performance_ceiling_caps_at_the_instance() {
+        let p = pool(
+            "nodeName: n\nvolumes: {count: 4, sizeGiB: 250, iops: 6000, throughputMiBps: 500}",
+        );
+        let free = performance_ceiling(&p.template.volumes, p.template.layout, None, None);
+        assert_eq!(
+            (free.iops, free.throughput_mibps, free.limited_by.as_str()),
+            (24000, 2000, "Volumes")
+        );
+        // m7i.large: 40000 IOPS, 1250 MiB/s maximum EBS throughput.
+        let capped = performance_ceiling(
+            &p.template.volumes,
+            p.template.layout,
+            Some(40000),
+            Some(1250),
+        );
+        assert_eq!(
+            (
+                capped.iops,
+                capped.throughput_mibps,
+                capped.limited_by.as_str()
+            ),
+            (24000, 1250, "Instance")
+        );
+        let baseline = pool("nodeName: n\nvolumes: {count: 4, sizeGiB: 250}");
+        let b = performance_ceiling(
+            &baseline.template.volumes,
+            baseline.template.layout,
+            None,
+            None,
+        );
+        assert_eq!((b.iops, b.throughput_mibps), (12000, 500));
+        let io2 = pool("nodeName: n\nvolumes: {type: io2, count: 2, sizeGiB: 100, iops: 10000}");
+        let i = performance_ceiling(&io2.template.volumes, io2.template.layout, None, None);
+        assert_eq!((i.iops, i.throughput_mibps), (20000, 2 * 2560));
+    }
+
+    #[test]
+    fn size_limits_per_type() {
+        assert_eq!(size_limits(crate::ebs::VolumeType::Gp3), (1, 65536));
+        assert_eq!(size_limits(crate::ebs::VolumeType::Io2), (4, 65536));
+    }
+}
