@@ -15,9 +15,8 @@ pub async fn client() -> Client {
 }
 
 pub async fn client_for(sandbox: &Sandbox) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&sandbox.kube.kubeconfig).unwrap_or_else(|e| {
-        panic!("reading {}: {e}", sandbox.kube.kubeconfig.display())
-    });
+    let kubeconfig = Kubeconfig::read_from(&sandbox.kube.kubeconfig)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", sandbox.kube.kubeconfig.display()));
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("sandbox kubeconfig is usable");
@@ -46,7 +45,10 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
-        TestNamespace { client: client.clone(), name }
+        TestNamespace {
+            client: client.clone(),
+            name,
+        }
     }
 
     pub fn name(&self) -> &str {

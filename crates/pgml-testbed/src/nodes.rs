@@ -53,7 +53,8 @@ fn check(node: &NodeInfo, argv: &[&str], out: Output) -> anyhow::Result<String> 
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    String::from_utf8(out.stdout).with_context(|| format!("{argv:?} on node {}: stdout not UTF-8", node.name))
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("{argv:?} on node {}: stdout not UTF-8", node.name))
 }
 
 /// Async [`node_exec`], for tests that must not block the runtime.

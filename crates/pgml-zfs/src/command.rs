@@ -134,7 +134,11 @@ fn zfs<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Command {
 pub fn create_pool(dialect: Dialect, spec: &PoolSpec) -> Result<Command> {
     let min = spec.layout.min_devices();
     if spec.devices.len() < min {
-        return Err(ZfsError::TooFewDevices { layout: spec.layout.name(), min, got: spec.devices.len() });
+        return Err(ZfsError::TooFewDevices {
+            layout: spec.layout.name(),
+            min,
+            got: spec.devices.len(),
+        });
     }
     let mut seen = BTreeSet::new();
     for d in &spec.devices {
@@ -145,7 +149,11 @@ pub fn create_pool(dialect: Dialect, spec: &PoolSpec) -> Result<Command> {
     let mut c = zpool(["create"]);
     if let Some(a) = spec.ashift {
         if !(9..=16).contains(&a) || (dialect == Dialect::ZfsFuse && a > 13) {
-            return Err(ZfsError::InvalidName { kind: "ashift", value: a.to_string(), reason: "out of range" });
+            return Err(ZfsError::InvalidName {
+                kind: "ashift",
+                value: a.to_string(),
+                reason: "out of range",
+            });
         }
         c = c.arg("-o").arg(format!("ashift={a}"));
     }
@@ -164,7 +172,10 @@ pub fn create_pool(dialect: Dialect, spec: &PoolSpec) -> Result<Command> {
     if spec.layout == Layout::Raidz1 {
         c = c.arg("raidz1");
     }
-    Ok(Command { args: [c.args, spec.devices.iter().map(|d| d.to_string()).collect()].concat(), ..c })
+    Ok(Command {
+        args: [c.args, spec.devices.iter().map(|d| d.to_string()).collect()].concat(),
+        ..c
+    })
 }
 
 /// `zfs create` with properties mapped for the dialect (see [`map_properties`] for what
@@ -181,7 +192,10 @@ pub fn create_dataset(
         c = c.arg("-p");
     }
     let (props, _) = map_properties(dialect, properties);
-    for p in props.iter().filter(|p| p.name() != "mountpoint" || mount.is_none()) {
+    for p in props
+        .iter()
+        .filter(|p| p.name() != "mountpoint" || mount.is_none())
+    {
         c = c.arg("-o").arg(p.arg());
     }
     if let Some(m) = mount {
@@ -220,7 +234,10 @@ pub fn import_pool(dialect: Dialect, spec: &ImportSpec) -> Result<Command> {
     let mut c = zpool(["import"]);
     if !spec.mount {
         if dialect == Dialect::ZfsFuse {
-            return Err(ZfsError::Unsupported { dialect, what: "import without mounting (-N)" });
+            return Err(ZfsError::Unsupported {
+                dialect,
+                what: "import without mounting (-N)",
+            });
         }
         c = c.arg("-N");
     }
@@ -285,7 +302,15 @@ pub fn status(dialect: Dialect, pool: Option<&PoolName>) -> Command {
 }
 
 /// The columns [`list_pools`] asks for, in order: both dialects know these names.
-pub const LIST_COLUMNS: &[&str] = &["name", "size", "allocated", "free", "health", "guid", "altroot"];
+pub const LIST_COLUMNS: &[&str] = &[
+    "name",
+    "size",
+    "allocated",
+    "free",
+    "health",
+    "guid",
+    "altroot",
+];
 
 /// `zpool list -H [-p] -o name,size,allocated,free,health,guid,altroot [pool]`.
 pub fn list_pools(dialect: Dialect, pool: Option<&PoolName>) -> Command {
@@ -336,7 +361,9 @@ pub fn set_pool_property(pool: &PoolName, prop: &Property) -> Command {
 /// `zfs set <prop>=<value> <dataset>` (mapped for the dialect; `None` if dropped there).
 pub fn set_property(dialect: Dialect, dataset: &DatasetName, prop: &Property) -> Option<Command> {
     let (props, _) = map_properties(dialect, std::slice::from_ref(prop));
-    props.first().map(|p| zfs(["set".to_string(), p.arg(), dataset.to_string()]))
+    props
+        .first()
+        .map(|p| zfs(["set".to_string(), p.arg(), dataset.to_string()]))
 }
 
 /// A member as `zpool replace`/`online` name it: by path, or by the GUID `zpool status`
@@ -358,13 +385,23 @@ impl DeviceRef {
 
 /// `zpool replace <pool> <old> <new>`: resilvers onto `new`. Never `-f`.
 pub fn replace_device(pool: &PoolName, old: &DeviceRef, new: &DevicePath) -> Command {
-    zpool(["replace".to_string(), pool.to_string(), old.arg(), new.to_string()])
+    zpool([
+        "replace".to_string(),
+        pool.to_string(),
+        old.arg(),
+        new.to_string(),
+    ])
 }
 
 /// `zpool online -e <pool> <device>`: grow into a larger device. zfs-fuse accepts `-e`
 /// (its usage text does not show it).
 pub fn online_expand(pool: &PoolName, device: &DeviceRef) -> Command {
-    zpool(["online".to_string(), "-e".into(), pool.to_string(), device.arg()])
+    zpool([
+        "online".to_string(),
+        "-e".into(),
+        pool.to_string(),
+        device.arg(),
+    ])
 }
 
 /// `zpool online <pool> <device>`.
@@ -377,6 +414,9 @@ pub fn online(pool: &PoolName, device: &DeviceRef) -> Command {
 pub fn labelclear(dialect: Dialect, device: &DevicePath) -> Result<Command> {
     match dialect {
         Dialect::OpenZfs => Ok(zpool(["labelclear", device.as_str()])),
-        Dialect::ZfsFuse => Err(ZfsError::Unsupported { dialect, what: "zpool labelclear" }),
+        Dialect::ZfsFuse => Err(ZfsError::Unsupported {
+            dialect,
+            what: "zpool labelclear",
+        }),
     }
 }

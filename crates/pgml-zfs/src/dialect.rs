@@ -86,7 +86,10 @@ pub fn detect(exit_code: Option<i32>, stdout: &str, stderr: &str) -> Result<Dete
 }
 
 fn first_line(s: &str) -> &str {
-    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
 #[cfg(test)]
@@ -95,7 +98,12 @@ mod tests {
 
     #[test]
     fn openzfs() {
-        let d = detect(Some(0), "zfs-2.2.2-0ubuntu9.1\nzfs-kmod-2.2.2-0ubuntu9\n", "").unwrap();
+        let d = detect(
+            Some(0),
+            "zfs-2.2.2-0ubuntu9.1\nzfs-kmod-2.2.2-0ubuntu9\n",
+            "",
+        )
+        .unwrap();
         assert_eq!(d.dialect, Dialect::OpenZfs);
         assert_eq!(d.version.as_deref(), Some("2.2.2-0ubuntu9.1"));
         assert_eq!(d.kmod_version.as_deref(), Some("2.2.2-0ubuntu9"));
@@ -112,7 +120,14 @@ mod tests {
     #[test]
     fn neither() {
         assert!(detect(None, "", "").is_err());
-        assert!(detect(Some(127), "", "nsenter: failed to execute zfs: No such file or directory").is_err());
+        assert!(
+            detect(
+                Some(127),
+                "",
+                "nsenter: failed to execute zfs: No such file or directory"
+            )
+            .is_err()
+        );
         assert!(detect(Some(0), "something else\n", "").is_err());
     }
 }

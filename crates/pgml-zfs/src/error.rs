@@ -18,7 +18,10 @@ pub enum ZfsError {
 
     /// The request is well-formed but the dialect has no way to do it.
     #[error("{what} is not supported by {dialect}")]
-    Unsupported { dialect: Dialect, what: &'static str },
+    Unsupported {
+        dialect: Dialect,
+        what: &'static str,
+    },
 
     /// A layout needs more (or fewer) devices than given.
     #[error("{layout} needs at least {min} devices, got {got}")]

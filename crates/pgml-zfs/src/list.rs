@@ -22,18 +22,39 @@ pub struct PoolListEntry {
 
 /// The default columns of `zpool list -H[p]` on OpenZFS 2.x.
 pub const OPENZFS_DEFAULT_COLUMNS: &[&str] = &[
-    "name", "size", "allocated", "free", "checkpoint", "expandsize", "fragmentation", "capacity",
-    "dedupratio", "health", "altroot",
+    "name",
+    "size",
+    "allocated",
+    "free",
+    "checkpoint",
+    "expandsize",
+    "fragmentation",
+    "capacity",
+    "dedupratio",
+    "health",
+    "altroot",
 ];
 
 /// The default columns of `zpool list -H` on zfs-fuse (pool version 23).
-pub const ZFS_FUSE_DEFAULT_COLUMNS: &[&str] =
-    &["name", "size", "allocated", "free", "capacity", "dedupratio", "health", "altroot"];
+pub const ZFS_FUSE_DEFAULT_COLUMNS: &[&str] = &[
+    "name",
+    "size",
+    "allocated",
+    "free",
+    "capacity",
+    "dedupratio",
+    "health",
+    "altroot",
+];
 
 /// Parses tab-separated `zpool list -H` output whose columns are `columns` (as given to `-o`,
 /// or one of the default sets). Sizes may be exact or human.
 pub fn parse_zpool_list(out: &str, columns: &[&str]) -> Result<Vec<PoolListEntry>> {
-    let col = |name: &str| columns.iter().position(|c| *c == name || (name == "allocated" && *c == "alloc"));
+    let col = |name: &str| {
+        columns
+            .iter()
+            .position(|c| *c == name || (name == "allocated" && *c == "alloc"))
+    };
     let name_i = col("name").ok_or_else(|| ZfsError::parse("zpool list", "no name column", ""))?;
     let mut pools = Vec::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
@@ -41,7 +62,11 @@ pub fn parse_zpool_list(out: &str, columns: &[&str]) -> Result<Vec<PoolListEntry
         if fields.len() != columns.len() {
             return Err(ZfsError::parse(
                 "zpool list",
-                format!("expected {} tab-separated fields, found {}", columns.len(), fields.len()),
+                format!(
+                    "expected {} tab-separated fields, found {}",
+                    columns.len(),
+                    fields.len()
+                ),
                 line,
             ));
         }
@@ -51,7 +76,9 @@ pub fn parse_zpool_list(out: &str, columns: &[&str]) -> Result<Vec<PoolListEntry
             size: get("size").and_then(parse_bytes),
             allocated: get("allocated").and_then(parse_bytes),
             free: get("free").and_then(parse_bytes),
-            health: get("health").map(Health::parse).unwrap_or(Health::Unknown(String::new())),
+            health: get("health")
+                .map(Health::parse)
+                .unwrap_or(Health::Unknown(String::new())),
             guid: get("guid").and_then(|g| g.parse().ok()),
             altroot: get("altroot").map(str::to_string),
         });
@@ -91,7 +118,11 @@ pub fn parse_zfs_get(out: &str) -> Result<Vec<PropertyValue>> {
                     value: value.to_string(),
                     source: source.to_string(),
                 }),
-                _ => Err(ZfsError::parse("zfs get", "expected 4 tab-separated fields", line)),
+                _ => Err(ZfsError::parse(
+                    "zfs get",
+                    "expected 4 tab-separated fields",
+                    line,
+                )),
             }
         })
         .collect()
@@ -118,7 +149,11 @@ pub fn parse_zpool_get(out: &str) -> Result<Vec<PropertyValue>> {
                     value: value.into(),
                     source: it.collect::<Vec<_>>().join(" "),
                 }),
-                _ => Err(ZfsError::parse("zpool get", "expected NAME PROPERTY VALUE [SOURCE]", line)),
+                _ => Err(ZfsError::parse(
+                    "zpool get",
+                    "expected NAME PROPERTY VALUE [SOURCE]",
+                    line,
+                )),
             }
         })
         .collect()
@@ -128,7 +163,9 @@ pub fn parse_zpool_get(out: &str) -> Result<Vec<PropertyValue>> {
 pub fn by_name(values: &[PropertyValue]) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut m: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for v in values {
-        m.entry(v.name.clone()).or_default().insert(v.property.clone(), v.value.clone());
+        m.entry(v.name.clone())
+            .or_default()
+            .insert(v.property.clone(), v.value.clone());
     }
     m
 }

@@ -47,14 +47,22 @@ impl PoolName {
             return Err(invalid(K, &s, "longer than 200 characters"));
         }
         if !s.chars().all(is_component_char) {
-            return Err(invalid(K, &s, "only letters, digits and _ - . : are allowed"));
+            return Err(invalid(
+                K,
+                &s,
+                "only letters, digits and _ - . : are allowed",
+            ));
         }
         if RESERVED_POOL_PREFIXES.iter().any(|p| s.starts_with(p)) {
             return Err(invalid(K, &s, "starts with a reserved vdev keyword"));
         }
         let b = s.as_bytes();
         if b[0] == b'c' && b.len() > 1 && b[1].is_ascii_digit() {
-            return Err(invalid(K, &s, "looks like a Solaris device name (c<digit>…)"));
+            return Err(invalid(
+                K,
+                &s,
+                "looks like a Solaris device name (c<digit>…)",
+            ));
         }
         Ok(PoolName(s))
     }
@@ -88,7 +96,11 @@ impl DatasetName {
                 return Err(invalid(K, &s, "`.` or `..` component"));
             }
             if !part.chars().all(is_component_char) {
-                return Err(invalid(K, &s, "only letters, digits and _ - . : are allowed"));
+                return Err(invalid(
+                    K,
+                    &s,
+                    "only letters, digits and _ - . : are allowed",
+                ));
             }
         }
         Ok(DatasetName(s))
@@ -140,7 +152,11 @@ fn check_abs_path(kind: &'static str, s: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '+' | '@'))
         {
-            return Err(invalid(kind, s, "only letters, digits and _ - . : + @ are allowed"));
+            return Err(invalid(
+                kind,
+                s,
+                "only letters, digits and _ - . : + @ are allowed",
+            ));
         }
     }
     Ok(())
@@ -157,7 +173,11 @@ impl DevicePath {
         let s = s.into();
         check_abs_path("device path", &s)?;
         if s == "/" {
-            return Err(invalid("device path", &s, "the root folder is not a device"));
+            return Err(invalid(
+                "device path",
+                &s,
+                "the root folder is not a device",
+            ));
         }
         Ok(DevicePath(s))
     }
@@ -243,25 +263,33 @@ pub(crate) fn check_property_name(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 256
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | ':' | '-'));
+        && s.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | ':' | '-')
+        });
     if ok {
         Ok(())
     } else {
-        Err(invalid("property name", s, "lower-case letters, digits and _ . : - only"))
+        Err(invalid(
+            "property name",
+            s,
+            "lower-case letters, digits and _ . : - only",
+        ))
     }
 }
 
 /// A property value: printable ASCII, no spaces or commas (so it can never be mistaken for
 /// a second `-o` list item), at most 1024 characters.
 pub(crate) fn check_property_value(s: &str) -> Result<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 1024
-        && s.chars().all(|c| c.is_ascii_graphic() && c != ',');
+    let ok =
+        !s.is_empty() && s.len() <= 1024 && s.chars().all(|c| c.is_ascii_graphic() && c != ',');
     if ok {
         Ok(())
     } else {
-        Err(invalid("property value", s, "printable ASCII without spaces or commas"))
+        Err(invalid(
+            "property value",
+            s,
+            "printable ASCII without spaces or commas",
+        ))
     }
 }
 
@@ -274,7 +302,10 @@ mod tests {
         for ok in ["tank", "pgml-db1", "a", "db_1.x:y"] {
             assert!(PoolName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-f", "1tank", "mirror1", "raidz", "log", "spares", "c0d0", "a b", "a/b", "tänk", "a\nb"] {
+        for bad in [
+            "", "-f", "1tank", "mirror1", "raidz", "log", "spares", "c0d0", "a b", "a/b", "tänk",
+            "a\nb",
+        ] {
             assert!(PoolName::new(bad).is_err(), "{bad}");
         }
     }
@@ -283,15 +314,35 @@ mod tests {
     fn dataset_names() {
         assert!(DatasetName::new("tank/pgdata/wal").is_ok());
         assert_eq!(DatasetName::new("tank/x").unwrap().pool().as_str(), "tank");
-        for bad in ["tank/", "tank//x", "tank/..", "tank/x@snap", "-o/x", "tank/a b", "/tank"] {
+        for bad in [
+            "tank/",
+            "tank//x",
+            "tank/..",
+            "tank/x@snap",
+            "-o/x",
+            "tank/a b",
+            "/tank",
+        ] {
             assert!(DatasetName::new(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn paths() {
-        assert!(DevicePath::new("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0").is_ok());
-        for bad in ["dev/x", "/dev/../etc/passwd", "/dev/x/", "/dev//x", "/dev/a b", "/", "/dev/$(x)", "-f"] {
+        assert!(
+            DevicePath::new("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0")
+                .is_ok()
+        );
+        for bad in [
+            "dev/x",
+            "/dev/../etc/passwd",
+            "/dev/x/",
+            "/dev//x",
+            "/dev/a b",
+            "/",
+            "/dev/$(x)",
+            "-f",
+        ] {
             assert!(DevicePath::new(bad).is_err(), "{bad}");
         }
         assert!(HostPath::new("/").is_ok());
@@ -300,7 +351,10 @@ mod tests {
 
     #[test]
     fn guids() {
-        assert_eq!(Guid::parse("16863254040485926458").unwrap().0, 16863254040485926458);
+        assert_eq!(
+            Guid::parse("16863254040485926458").unwrap().0,
+            16863254040485926458
+        );
         assert!(Guid::parse("18446744073709551616").is_err());
         assert!(Guid::parse("-1").is_err());
     }

@@ -39,18 +39,53 @@ impl Property {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Adjustment {
     /// Set with another value (`compression=lz4` → `compression=on` on zfs-fuse).
-    Replaced { requested: Property, used: Property, reason: &'static str },
+    Replaced {
+        requested: Property,
+        used: Property,
+        reason: &'static str,
+    },
     /// Not set at all: the dialect has no such property.
-    Dropped { requested: Property, reason: &'static str },
+    Dropped {
+        requested: Property,
+        reason: &'static str,
+    },
 }
 
 /// The native dataset properties of pool version 23 (zfs-fuse), as `zfs get all` lists them.
 const ZFS_FUSE_NATIVE: &[&str] = &[
-    "aclinherit", "aclmode", "atime", "canmount", "casesensitivity", "checksum", "compression",
-    "copies", "dedup", "devices", "exec", "logbias", "mlslabel", "mountpoint", "nbmand",
-    "normalization", "primarycache", "quota", "readonly", "recordsize", "refquota",
-    "refreservation", "reservation", "secondarycache", "setuid", "sharenfs", "sharesmb",
-    "snapdir", "utf8only", "version", "vscan", "xattr", "zoned",
+    "aclinherit",
+    "aclmode",
+    "atime",
+    "canmount",
+    "casesensitivity",
+    "checksum",
+    "compression",
+    "copies",
+    "dedup",
+    "devices",
+    "exec",
+    "logbias",
+    "mlslabel",
+    "mountpoint",
+    "nbmand",
+    "normalization",
+    "primarycache",
+    "quota",
+    "readonly",
+    "recordsize",
+    "refquota",
+    "refreservation",
+    "reservation",
+    "secondarycache",
+    "setuid",
+    "sharenfs",
+    "sharesmb",
+    "snapdir",
+    "utf8only",
+    "version",
+    "vscan",
+    "xattr",
+    "zoned",
 ];
 
 /// Maps requested dataset properties onto what `dialect` accepts.
@@ -66,11 +101,21 @@ pub fn map_properties(dialect: Dialect, props: &[Property]) -> (Vec<Property>, V
         match map_one(dialect, p) {
             Mapped::Keep => used.push(p.clone()),
             Mapped::Replace(value, reason) => {
-                let q = Property { name: p.name.clone(), value: value.to_string() };
-                adjustments.push(Adjustment::Replaced { requested: p.clone(), used: q.clone(), reason });
+                let q = Property {
+                    name: p.name.clone(),
+                    value: value.to_string(),
+                };
+                adjustments.push(Adjustment::Replaced {
+                    requested: p.clone(),
+                    used: q.clone(),
+                    reason,
+                });
                 used.push(q);
             }
-            Mapped::Drop(reason) => adjustments.push(Adjustment::Dropped { requested: p.clone(), reason }),
+            Mapped::Drop(reason) => adjustments.push(Adjustment::Dropped {
+                requested: p.clone(),
+                reason,
+            }),
         }
     }
     (used, adjustments)
@@ -108,7 +153,10 @@ pub fn postgres_defaults() -> Vec<Property> {
         ("logbias", "throughput"),
     ]
     .into_iter()
-    .map(|(n, v)| Property { name: n.into(), value: v.into() })
+    .map(|(n, v)| Property {
+        name: n.into(),
+        value: v.into(),
+    })
     .collect()
 }
 
@@ -122,7 +170,11 @@ mod tests {
 
     #[test]
     fn openzfs_keeps_everything() {
-        let props = [p("compression", "zstd-3"), p("xattr", "sa"), p("dnodesize", "auto")];
+        let props = [
+            p("compression", "zstd-3"),
+            p("xattr", "sa"),
+            p("dnodesize", "auto"),
+        ];
         let (used, adj) = map_properties(Dialect::OpenZfs, &props);
         assert_eq!(used, props);
         assert!(adj.is_empty());
@@ -144,9 +196,18 @@ mod tests {
         let args: Vec<_> = used.iter().map(Property::arg).collect();
         assert_eq!(
             args,
-            ["compression=on", "compression=on", "compression=gzip-6", "xattr=on", "atime=off", "pgml.io:pool=db1"]
+            [
+                "compression=on",
+                "compression=on",
+                "compression=gzip-6",
+                "xattr=on",
+                "atime=off",
+                "pgml.io:pool=db1"
+            ]
         );
         assert_eq!(adj.len(), 5);
-        assert!(matches!(&adj[3], Adjustment::Dropped { requested, .. } if requested.name() == "relatime"));
+        assert!(
+            matches!(&adj[3], Adjustment::Dropped { requested, .. } if requested.name() == "relatime")
+        );
     }
 }

@@ -48,7 +48,10 @@ mod tests {
         assert_eq!(parse_bytes("2126008811520"), Some(2126008811520));
         assert_eq!(parse_bytes("616K"), Some(616 * 1024));
         assert_eq!(parse_bytes("1000M"), Some(1000 << 20));
-        assert_eq!(parse_bytes("1.23G"), Some((1.23f64 * (1u64 << 30) as f64).round() as u64));
+        assert_eq!(
+            parse_bytes("1.23G"),
+            Some((1.23f64 * (1u64 << 30) as f64).round() as u64)
+        );
         assert_eq!(parse_bytes("0B"), Some(0));
         assert_eq!(parse_bytes("0"), Some(0));
         assert_eq!(parse_bytes("-"), None);

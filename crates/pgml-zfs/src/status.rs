@@ -70,7 +70,9 @@ impl Health {
 pub enum VdevKind {
     /// The pool itself (first line of the tree).
     Root,
-    Raidz { parity: u8 },
+    Raidz {
+        parity: u8,
+    },
     Mirror,
     Draid,
     /// A member being replaced: its children are the old and the new device.
@@ -88,7 +90,13 @@ impl VdevKind {
         if depth == 0 && matches!(name, "logs" | "cache" | "spares" | "special" | "dedup") {
             return VdevKind::Group(name.to_string());
         }
-        let base = name.rsplit_once('-').map_or(name, |(b, n)| if n.bytes().all(|c| c.is_ascii_digit()) { b } else { name });
+        let base = name.rsplit_once('-').map_or(name, |(b, n)| {
+            if n.bytes().all(|c| c.is_ascii_digit()) {
+                b
+            } else {
+                name
+            }
+        });
         match base {
             "raidz" | "raidz1" => VdevKind::Raidz { parity: 1 },
             "raidz2" => VdevKind::Raidz { parity: 2 },
@@ -146,7 +154,10 @@ impl Vdev {
     /// The EBS volume ID (`vol-0123…`) behind a Nitro by-id name
     /// (`…/nvme-Amazon_Elastic_Block_Store_vol0123…[-part1]`), from the name or `was` path.
     pub fn ebs_volume_id(&self) -> Option<String> {
-        [Some(self.name.as_str()), self.was.as_deref()].into_iter().flatten().find_map(ebs_volume_id)
+        [Some(self.name.as_str()), self.was.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(ebs_volume_id)
     }
 
     /// Every leaf below (or this one), depth first.
@@ -222,14 +233,22 @@ impl Scan {
         };
         let percent_done = t.find("% done").and_then(|i| {
             let before = &t[..i];
-            let start = before.rfind(|c: char| c == ' ' || c == ',').map_or(0, |j| j + 1);
+            let start = before
+                .rfind(|c: char| c == ' ' || c == ',')
+                .map_or(0, |j| j + 1);
             parse_percent(&before[start..])
         });
         let errors = t.find(" errors").and_then(|i| {
             let before = &t[..i];
             before.rsplit(' ').next().and_then(parse_count)
         });
-        Some(Scan { kind, state, percent_done, errors, text: t.to_string() })
+        Some(Scan {
+            kind,
+            state,
+            percent_done,
+            errors,
+            text: t.to_string(),
+        })
     }
 }
 
@@ -268,7 +287,9 @@ impl PoolStatus {
 
     /// Stripe (all top-level vdevs are devices), one raidz1, or something else.
     pub fn layout(&self) -> ObservedLayout {
-        let Some(root) = &self.root else { return ObservedLayout::Other };
+        let Some(root) = &self.root else {
+            return ObservedLayout::Other;
+        };
         match root.children.as_slice() {
             [] => ObservedLayout::Other,
             [one] if one.kind == (VdevKind::Raidz { parity: 1 }) => ObservedLayout::Raidz1,
@@ -279,7 +300,9 @@ impl PoolStatus {
 
     /// A resilver is running.
     pub fn resilvering(&self) -> bool {
-        self.scan.as_ref().is_some_and(|s| s.kind == ScanKind::Resilver && s.state == ScanState::InProgress)
+        self.scan
+            .as_ref()
+            .is_some_and(|s| s.kind == ScanKind::Resilver && s.state == ScanState::InProgress)
     }
 }
 
@@ -301,8 +324,10 @@ fn key_line(line: &str) -> Option<(&str, &str)> {
     }
     let t = line.trim_start();
     let (k, v) = t.split_once(':')?;
-    (!k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase()) && (v.is_empty() || v.starts_with(' ')))
-        .then(|| (k, v.trim()))
+    (!k.is_empty()
+        && k.bytes().all(|b| b.is_ascii_lowercase())
+        && (v.is_empty() || v.starts_with(' ')))
+    .then(|| (k, v.trim()))
 }
 
 struct Builder {
@@ -380,7 +405,11 @@ impl Builder {
         let v = (!value.is_empty()).then(|| value.to_string());
         match key {
             "id" => {
-                self.pool.id = Some(value.parse().map_err(|_| ZfsError::parse(command, "bad pool id", line))?);
+                self.pool.id = Some(
+                    value
+                        .parse()
+                        .map_err(|_| ZfsError::parse(command, "bad pool id", line))?,
+                );
             }
             "state" => self.pool.state = Health::parse(value),
             "status" => self.pool.status = v,
@@ -429,7 +458,11 @@ impl Builder {
         }
         let root_indent = *self.root_indent.get_or_insert(indent);
         if indent < root_indent || (indent - root_indent) % 2 != 0 {
-            return Err(ZfsError::parse(command, "vdev line with unexpected indentation", line));
+            return Err(ZfsError::parse(
+                command,
+                "vdev line with unexpected indentation",
+                line,
+            ));
         }
         let depth = (indent - root_indent) / 2;
         let vdev = self.vdev_from(tokens, depth, command, line)?;
@@ -443,9 +476,19 @@ impl Builder {
         Ok(())
     }
 
-    fn vdev_from(&self, tokens: Vec<&str>, depth: usize, command: &'static str, line: &str) -> Result<Vdev> {
+    fn vdev_from(
+        &self,
+        tokens: Vec<&str>,
+        depth: usize,
+        command: &'static str,
+        line: &str,
+    ) -> Result<Vdev> {
         let name = tokens[0].to_string();
-        let kind = if depth == 0 && self.pool.root.is_none() && self.stack.is_empty() && name == self.pool.name {
+        let kind = if depth == 0
+            && self.pool.root.is_none()
+            && self.stack.is_empty()
+            && name == self.pool.name
+        {
             VdevKind::Root
         } else {
             VdevKind::of(&name, depth)
@@ -471,14 +514,20 @@ impl Builder {
         }
         // Counters follow the state in a status table (not for spares, not in import lists).
         if self.table && rest.len() >= 3 {
-            if let (Some(r), Some(w), Some(c)) = (parse_count(rest[0]), parse_count(rest[1]), parse_count(rest[2])) {
+            if let (Some(r), Some(w), Some(c)) = (
+                parse_count(rest[0]),
+                parse_count(rest[1]),
+                parse_count(rest[2]),
+            ) {
                 (v.read_errors, v.write_errors, v.checksum_errors) = (Some(r), Some(w), Some(c));
                 rest = &rest[3..];
             }
         }
         if !rest.is_empty() {
             let note = rest.join(" ");
-            v.was = note.strip_prefix("was ").map(|p| p.split_whitespace().next().unwrap_or("").to_string());
+            v.was = note
+                .strip_prefix("was ")
+                .map(|p| p.split_whitespace().next().unwrap_or("").to_string());
             v.resilvering = note.contains("(resilvering)");
             v.note = Some(note);
         }
@@ -486,7 +535,9 @@ impl Builder {
     }
 
     fn pop(&mut self) {
-        let Some((depth, v)) = self.stack.pop() else { return };
+        let Some((depth, v)) = self.stack.pop() else {
+            return;
+        };
         if let Some((_, parent)) = self.stack.last_mut() {
             parent.children.push(v);
         } else if depth == 0 && v.kind == VdevKind::Root {
@@ -507,7 +558,11 @@ impl Builder {
         self.close_config();
         self.pool.scan = self.scan_text.as_deref().and_then(Scan::parse);
         if matches!(self.pool.state, Health::Unknown(ref s) if s.is_empty()) {
-            return Err(ZfsError::parse(command, "pool without a state line", &self.pool.name));
+            return Err(ZfsError::parse(
+                command,
+                "pool without a state line",
+                &self.pool.name,
+            ));
         }
         // zfs-fuse marks the member being resilvered onto only with `<size> resilvered`.
         if self.pool.resilvering() {
@@ -520,7 +575,10 @@ impl Builder {
 }
 
 fn mark_zfs_fuse_resilvering(v: &mut Vdev) {
-    if v.note.as_deref().is_some_and(|n| n.ends_with(" resilvered")) {
+    if v.note
+        .as_deref()
+        .is_some_and(|n| n.ends_with(" resilvered"))
+    {
         v.resilvering = true;
     }
     for c in &mut v.children {

@@ -5,7 +5,12 @@ use pgml_zfs::*;
 
 fn devs(n: usize) -> Vec<DevicePath> {
     (0..n)
-        .map(|i| DevicePath::new(format!("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc{i:013}")).unwrap())
+        .map(|i| {
+            DevicePath::new(format!(
+                "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc{i:013}"
+            ))
+            .unwrap()
+        })
         .collect()
 }
 
@@ -30,11 +35,32 @@ fn create_raidz1_per_dialect() {
     let head = &o.args[..o.args.len() - 5];
     assert_eq!(
         head,
-        ["create", "-o", "ashift=12", "-o", "autoexpand=on", "-O", "recordsize=32K", "-O", "compression=lz4", "-O",
-         "atime=off", "-O", "xattr=sa", "-O", "logbias=throughput", "-m", "none", "db1", "raidz1"]
+        [
+            "create",
+            "-o",
+            "ashift=12",
+            "-o",
+            "autoexpand=on",
+            "-O",
+            "recordsize=32K",
+            "-O",
+            "compression=lz4",
+            "-O",
+            "atime=off",
+            "-O",
+            "xattr=sa",
+            "-O",
+            "logbias=throughput",
+            "-m",
+            "none",
+            "db1",
+            "raidz1"
+        ]
     );
     let f = create_pool(Dialect::ZfsFuse, &s).unwrap();
-    assert!(f.args.contains(&"compression=on".to_string()) && f.args.contains(&"xattr=on".to_string()));
+    assert!(
+        f.args.contains(&"compression=on".to_string()) && f.args.contains(&"xattr=on".to_string())
+    );
     assert!(!f.args.iter().any(|a| a == "-f"));
     assert_eq!(f.args.last().unwrap(), s.devices[4].as_str());
 }
@@ -45,21 +71,48 @@ fn create_stripe_and_refusals() {
     let c = create_pool(Dialect::OpenZfs, &s).unwrap();
     assert!(!c.args.contains(&"raidz1".to_string()));
     assert_eq!(c.args[c.args.len() - 5], "db1");
-    assert!(matches!(create_pool(Dialect::OpenZfs, &spec(Layout::Raidz1, 2)), Err(ZfsError::TooFewDevices { .. })));
+    assert!(matches!(
+        create_pool(Dialect::OpenZfs, &spec(Layout::Raidz1, 2)),
+        Err(ZfsError::TooFewDevices { .. })
+    ));
     let mut dup = spec(Layout::Stripe, 2);
     dup.devices.push(dup.devices[0].clone());
-    assert!(matches!(create_pool(Dialect::OpenZfs, &dup), Err(ZfsError::DuplicateDevice(_))));
+    assert!(matches!(
+        create_pool(Dialect::OpenZfs, &dup),
+        Err(ZfsError::DuplicateDevice(_))
+    ));
 }
 
 #[test]
 fn datasets_imports_and_the_rest() {
     let ds = DatasetName::new("db1/pgdata").unwrap();
     let mnt = Mount::At(HostPath::new("/var/lib/pgml/db1/pgdata").unwrap());
-    let c = create_dataset(Dialect::ZfsFuse, &ds, &postgres_defaults(), Some(&mnt), false);
+    let c = create_dataset(
+        Dialect::ZfsFuse,
+        &ds,
+        &postgres_defaults(),
+        Some(&mnt),
+        false,
+    );
     assert_eq!(
         c.argv(),
-        ["zfs", "create", "-o", "recordsize=32K", "-o", "compression=on", "-o", "atime=off", "-o", "xattr=on", "-o",
-         "logbias=throughput", "-o", "mountpoint=/var/lib/pgml/db1/pgdata", "db1/pgdata"]
+        [
+            "zfs",
+            "create",
+            "-o",
+            "recordsize=32K",
+            "-o",
+            "compression=on",
+            "-o",
+            "atime=off",
+            "-o",
+            "xattr=on",
+            "-o",
+            "logbias=throughput",
+            "-o",
+            "mountpoint=/var/lib/pgml/db1/pgdata",
+            "db1/pgdata"
+        ]
     );
 
     let imp = ImportSpec {
@@ -72,27 +125,76 @@ fn datasets_imports_and_the_rest() {
     };
     assert_eq!(
         import_pool(Dialect::ZfsFuse, &imp).unwrap().args,
-        ["import", "-d", "/dev/disk/by-id", "-R", "/mnt/alt", "1571646023327248049", "db1restore"]
+        [
+            "import",
+            "-d",
+            "/dev/disk/by-id",
+            "-R",
+            "/mnt/alt",
+            "1571646023327248049",
+            "db1restore"
+        ]
     );
-    let no_mount = ImportSpec { mount: false, ..imp };
-    assert!(matches!(import_pool(Dialect::ZfsFuse, &no_mount), Err(ZfsError::Unsupported { .. })));
-    assert_eq!(import_pool(Dialect::OpenZfs, &no_mount).unwrap().args[1], "-N");
+    let no_mount = ImportSpec {
+        mount: false,
+        ..imp
+    };
+    assert!(matches!(
+        import_pool(Dialect::ZfsFuse, &no_mount),
+        Err(ZfsError::Unsupported { .. })
+    ));
+    assert_eq!(
+        import_pool(Dialect::OpenZfs, &no_mount).unwrap().args[1],
+        "-N"
+    );
 
     let pool = PoolName::new("db1").unwrap();
-    assert_eq!(status(Dialect::OpenZfs, Some(&pool)).args, ["status", "-P", "-p", "db1"]);
-    assert_eq!(status(Dialect::ZfsFuse, Some(&pool)).args, ["status", "db1"]);
-    assert_eq!(list_pools(Dialect::ZfsFuse, None).args, ["list", "-H", "-o", "name,size,allocated,free,health,guid,altroot"]);
+    assert_eq!(
+        status(Dialect::OpenZfs, Some(&pool)).args,
+        ["status", "-P", "-p", "db1"]
+    );
+    assert_eq!(
+        status(Dialect::ZfsFuse, Some(&pool)).args,
+        ["status", "db1"]
+    );
+    assert_eq!(
+        list_pools(Dialect::ZfsFuse, None).args,
+        [
+            "list",
+            "-H",
+            "-o",
+            "name,size,allocated,free,health,guid,altroot"
+        ]
+    );
     assert_eq!(list_pools(Dialect::OpenZfs, Some(&pool)).args[2], "-p");
-    assert_eq!(get_pool_properties(Dialect::ZfsFuse, &pool, &["guid"]).unwrap().args, ["get", "guid", "db1"]);
+    assert_eq!(
+        get_pool_properties(Dialect::ZfsFuse, &pool, &["guid"])
+            .unwrap()
+            .args,
+        ["get", "guid", "db1"]
+    );
     assert!(get_properties(&ds, &["used", "bad,prop"]).is_err());
     assert_eq!(
         replace_device(&pool, &DeviceRef::Guid(Guid(42)), &devs(1)[0]).args,
         ["replace", "db1", "42", devs(1)[0].as_str()]
     );
-    assert_eq!(online_expand(&pool, &DeviceRef::Path(devs(1)[0].clone())).args[..3], ["online", "-e", "db1"]);
+    assert_eq!(
+        online_expand(&pool, &DeviceRef::Path(devs(1)[0].clone())).args[..3],
+        ["online", "-e", "db1"]
+    );
     assert!(labelclear(Dialect::ZfsFuse, &devs(1)[0]).is_err());
-    assert_eq!(set_pool_property(&pool, &Property::new("autoexpand", "on").unwrap()).args, ["set", "autoexpand=on", "db1"]);
-    assert_eq!(set_property(Dialect::ZfsFuse, &ds, &Property::new("relatime", "on").unwrap()), None);
+    assert_eq!(
+        set_pool_property(&pool, &Property::new("autoexpand", "on").unwrap()).args,
+        ["set", "autoexpand=on", "db1"]
+    );
+    assert_eq!(
+        set_property(
+            Dialect::ZfsFuse,
+            &ds,
+            &Property::new("relatime", "on").unwrap()
+        ),
+        None
+    );
     assert_eq!(export_pool(&pool, false).args, ["export", "db1"]);
     assert_eq!(destroy_pool(&pool, false).args, ["destroy", "db1"]);
 }

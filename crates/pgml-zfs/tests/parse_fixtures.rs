@@ -16,7 +16,10 @@ fn one(out: &str) -> PoolStatus {
 }
 
 fn states(p: &PoolStatus) -> Vec<&str> {
-    p.members().iter().map(|m| m.state.as_ref().unwrap().as_str()).collect()
+    p.members()
+        .iter()
+        .map(|m| m.state.as_ref().unwrap().as_str())
+        .collect()
 }
 
 #[test]
@@ -28,9 +31,18 @@ fn openzfs_raidz1_online() {
     assert_eq!(p.scan, None);
     let m = p.members();
     assert_eq!(m.len(), 5);
-    assert_eq!(m[0].path(), Some("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0f3c5a7e9b1d2468a-part1"));
-    assert_eq!(m[0].ebs_volume_id().as_deref(), Some("vol-0f3c5a7e9b1d2468a"));
-    assert!(m.iter().all(|v| v.read_errors == Some(0) && v.checksum_errors == Some(0)));
+    assert_eq!(
+        m[0].path(),
+        Some("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0f3c5a7e9b1d2468a-part1")
+    );
+    assert_eq!(
+        m[0].ebs_volume_id().as_deref(),
+        Some("vol-0f3c5a7e9b1d2468a")
+    );
+    assert!(
+        m.iter()
+            .all(|v| v.read_errors == Some(0) && v.checksum_errors == Some(0))
+    );
     assert_eq!(p.errors.as_deref(), Some("No known data errors"));
 }
 
@@ -40,18 +52,30 @@ fn openzfs_raid0_online_with_finished_scrub() {
     assert_eq!(p.layout(), ObservedLayout::Stripe);
     assert_eq!(p.members().len(), 4);
     let s = p.scan.unwrap();
-    assert_eq!((s.kind, s.state, s.errors), (ScanKind::Scrub, ScanState::Finished, Some(0)));
+    assert_eq!(
+        (s.kind, s.state, s.errors),
+        (ScanKind::Scrub, ScanState::Finished, Some(0))
+    );
 }
 
 #[test]
 fn openzfs_degraded_unavail_member_named_by_guid() {
     let p = one(fx!("openzfs/status-P-raidz1-degraded-unavail.txt"));
     assert_eq!(p.state, Health::Degraded);
-    assert_eq!(states(&p), ["ONLINE", "ONLINE", "UNAVAIL", "ONLINE", "ONLINE"]);
+    assert_eq!(
+        states(&p),
+        ["ONLINE", "ONLINE", "UNAVAIL", "ONLINE", "ONLINE"]
+    );
     let gone = p.members()[2];
     assert_eq!(gone.guid(), Some(6882813384505467204));
-    assert_eq!(gone.path(), Some("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0f3c5a7e9b1d2468c-part1"));
-    assert_eq!(gone.ebs_volume_id().as_deref(), Some("vol-0f3c5a7e9b1d2468c"));
+    assert_eq!(
+        gone.path(),
+        Some("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0f3c5a7e9b1d2468c-part1")
+    );
+    assert_eq!(
+        gone.ebs_volume_id().as_deref(),
+        Some("vol-0f3c5a7e9b1d2468c")
+    );
     assert!(p.status.unwrap().contains("label is missing or invalid."));
 }
 
@@ -60,7 +84,10 @@ fn openzfs_degraded_removed_member() {
     let p = one(fx!("openzfs/status-P-raidz1-degraded-removed.txt"));
     assert_eq!(p.state, Health::Degraded);
     assert_eq!(p.members()[4].state, Some(Health::Removed));
-    assert_eq!(p.root.as_ref().unwrap().children[0].state, Some(Health::Degraded));
+    assert_eq!(
+        p.root.as_ref().unwrap().children[0].state,
+        Some(Health::Degraded)
+    );
 }
 
 #[test]
@@ -68,14 +95,24 @@ fn openzfs_resilvering() {
     let p = one(fx!("openzfs/status-P-raidz1-resilvering.txt"));
     assert!(p.resilvering());
     let s = p.scan.as_ref().unwrap();
-    assert_eq!((s.kind, s.state), (ScanKind::Resilver, ScanState::InProgress));
+    assert_eq!(
+        (s.kind, s.state),
+        (ScanKind::Resilver, ScanState::InProgress)
+    );
     assert_eq!(s.percent_done, Some(14.91));
     let raidz = &p.root.as_ref().unwrap().children[0];
     assert_eq!(raidz.children[2].kind, VdevKind::Replacing);
     let m = p.members();
-    assert_eq!(m.len(), 6, "old and new member both listed under replacing-2");
+    assert_eq!(
+        m.len(),
+        6,
+        "old and new member both listed under replacing-2"
+    );
     assert!(m[3].resilvering && m[3].note.as_deref() == Some("(resilvering)"));
-    assert_eq!(m[3].ebs_volume_id().as_deref(), Some("vol-0f3c5a7e9b1d24683"));
+    assert_eq!(
+        m[3].ebs_volume_id().as_deref(),
+        Some("vol-0f3c5a7e9b1d24683")
+    );
 }
 
 #[test]
@@ -83,7 +120,10 @@ fn openzfs_resilvered() {
     let p = one(fx!("openzfs/status-P-raidz1-resilvered.txt"));
     assert!(!p.resilvering());
     let s = p.scan.unwrap();
-    assert_eq!((s.kind, s.state, s.errors), (ScanKind::Resilver, ScanState::Finished, Some(0)));
+    assert_eq!(
+        (s.kind, s.state, s.errors),
+        (ScanKind::Resilver, ScanState::Finished, Some(0))
+    );
 }
 
 #[test]
@@ -94,7 +134,10 @@ fn openzfs_raid0_member_lost() {
     assert_eq!(root.state, Some(Health::Unavail));
     assert_eq!(root.note.as_deref(), Some("insufficient replicas"));
     let bad = p.members()[1];
-    assert_eq!((bad.state.clone(), bad.read_errors, bad.write_errors), (Some(Health::Faulted), Some(3), Some(19)));
+    assert_eq!(
+        (bad.state.clone(), bad.read_errors, bad.write_errors),
+        (Some(Health::Faulted), Some(3), Some(19))
+    );
 }
 
 #[test]
@@ -102,13 +145,19 @@ fn openzfs_list_default_and_chosen_columns() {
     let l = parse_zpool_list(fx!("openzfs/list-Hp.txt"), OPENZFS_DEFAULT_COLUMNS).unwrap();
     assert_eq!(l.len(), 2);
     assert_eq!(l[1].name, "tank");
-    assert_eq!((l[1].size, l[1].allocated, l[1].free), (Some(536870912000), Some(8816738304), Some(528054173696)));
+    assert_eq!(
+        (l[1].size, l[1].allocated, l[1].free),
+        (Some(536870912000), Some(8816738304), Some(528054173696))
+    );
     assert_eq!(l[1].health, Health::Degraded);
     assert_eq!(l[1].altroot, None);
     let l = parse_zpool_list(fx!("openzfs/list-Hp-o.txt"), LIST_COLUMNS).unwrap();
     assert_eq!(l[1].guid, Some(14370293499042966157));
     assert_eq!(l[1].altroot.as_deref(), Some("/mnt/restore"));
-    assert!(parse_zpool_list(fx!("openzfs/list-Hp.txt"), LIST_COLUMNS).is_err(), "column count checked");
+    assert!(
+        parse_zpool_list(fx!("openzfs/list-Hp.txt"), LIST_COLUMNS).is_err(),
+        "column count checked"
+    );
 }
 
 #[test]
@@ -129,11 +178,20 @@ fn openzfs_import_list() {
     assert_eq!(pools[0].id, Some(14370293499042966157));
     assert_eq!(pools[0].state, Health::Online);
     assert_eq!(pools[0].layout(), ObservedLayout::Raidz1);
-    assert_eq!(pools[0].members()[4].ebs_volume_id().as_deref(), Some("vol-0f3c5a7e9b1d2468e"));
+    assert_eq!(
+        pools[0].members()[4].ebs_volume_id().as_deref(),
+        Some("vol-0f3c5a7e9b1d2468e")
+    );
     assert_eq!(pools[1].state, Health::Unavail);
     assert_eq!(states(&pools[1]), ["ONLINE", "UNAVAIL", "ONLINE", "ONLINE"]);
     assert_eq!(pools[1].members()[1].note.as_deref(), Some("cannot open"));
-    assert!(pools[1].action.as_deref().unwrap().ends_with("Attach the missing devices and try again."));
+    assert!(
+        pools[1]
+            .action
+            .as_deref()
+            .unwrap()
+            .ends_with("Attach the missing devices and try again.")
+    );
 }
 
 #[test]
@@ -149,12 +207,18 @@ const REC: &str = "/tmp/pgml-zfs-record/nodes/rec/dev/disk/by-id/nvme-Amazon_Ela
 #[test]
 fn fuse_raidz1_online() {
     let p = one(fx!("zfs-fuse/status-raidz1-online.txt"));
-    assert_eq!((p.name.as_str(), p.state.clone(), p.layout()), ("tank", Health::Online, ObservedLayout::Raidz1));
+    assert_eq!(
+        (p.name.as_str(), p.state.clone(), p.layout()),
+        ("tank", Health::Online, ObservedLayout::Raidz1)
+    );
     assert_eq!(p.scan, None, "`scrub: none requested`");
     let m = p.members();
     assert_eq!(m.len(), 5);
     assert_eq!(m[0].path(), Some(format!("{REC}000").as_str()));
-    assert_eq!(m[0].ebs_volume_id().as_deref(), Some("vol-0abc0000000000000"));
+    assert_eq!(
+        m[0].ebs_volume_id().as_deref(),
+        Some("vol-0abc0000000000000")
+    );
 }
 
 #[test]
@@ -163,15 +227,25 @@ fn fuse_raid0_and_all() {
     assert_eq!(p.layout(), ObservedLayout::Stripe);
     assert_eq!(p.members().len(), 4);
     let all = parse_status(fx!("zfs-fuse/status-all.txt")).unwrap();
-    assert_eq!(all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["fast", "tank"]);
-    assert!(parse_status(fx!("zfs-fuse/list-H-empty.txt")).unwrap().is_empty());
+    assert_eq!(
+        all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["fast", "tank"]
+    );
+    assert!(
+        parse_status(fx!("zfs-fuse/list-H-empty.txt"))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn fuse_degraded() {
     let p = one(fx!("zfs-fuse/status-raidz1-degraded.txt"));
     assert_eq!(p.state, Health::Degraded);
-    assert_eq!(states(&p), ["ONLINE", "ONLINE", "UNAVAIL", "ONLINE", "ONLINE"]);
+    assert_eq!(
+        states(&p),
+        ["ONLINE", "ONLINE", "UNAVAIL", "ONLINE", "ONLINE"]
+    );
     let gone = p.members()[2];
     assert!(gone.guid().is_some());
     assert_eq!(gone.path(), Some(format!("{REC}002").as_str()));
@@ -186,12 +260,18 @@ fn fuse_resilvering_and_resilvered() {
     assert_eq!(s.percent_done, Some(40.77));
     let m = p.members();
     assert_eq!(m.len(), 6);
-    let new = m.iter().find(|v| v.path() == Some(format!("{REC}005").as_str()) && v.guid().is_none()).unwrap();
+    let new = m
+        .iter()
+        .find(|v| v.path() == Some(format!("{REC}005").as_str()) && v.guid().is_none())
+        .unwrap();
     assert!(new.resilvering);
     let p = one(fx!("zfs-fuse/status-raidz1-resilvered.txt"));
     assert_eq!(p.state, Health::Online);
     let s = p.scan.clone().unwrap();
-    assert_eq!((s.kind, s.state, s.errors), (ScanKind::Resilver, ScanState::Finished, Some(0)));
+    assert_eq!(
+        (s.kind, s.state, s.errors),
+        (ScanKind::Resilver, ScanState::Finished, Some(0))
+    );
     assert!(p.members().iter().all(|v| !v.resilvering));
 }
 
@@ -212,11 +292,23 @@ fn fuse_list_human_sizes() {
     let tank = &l[1];
     assert!(tank.allocated.unwrap() > 3 << 30 && tank.size.unwrap() > 4 << 30);
     // record.py asked for these (LIST_COLUMNS plus capacity).
-    let cols = ["name", "size", "allocated", "free", "capacity", "health", "guid", "altroot"];
+    let cols = [
+        "name",
+        "size",
+        "allocated",
+        "free",
+        "capacity",
+        "health",
+        "guid",
+        "altroot",
+    ];
     let l = parse_zpool_list(fx!("zfs-fuse/list-H-o.txt"), &cols).unwrap();
     assert!(l.iter().all(|p| p.guid.is_some() && p.altroot.is_none()));
     let l = parse_zpool_list(fx!("zfs-fuse/list-H-o-altroot.txt"), &cols).unwrap();
-    assert_eq!(l[0].altroot.as_deref(), Some("/tmp/pgml-zfs-record/nodes/rec/mnt/alt"));
+    assert_eq!(
+        l[0].altroot.as_deref(),
+        Some("/tmp/pgml-zfs-record/nodes/rec/mnt/alt")
+    );
 }
 
 #[test]
@@ -230,7 +322,10 @@ fn fuse_get() {
     assert_eq!(guid.len(), 1);
     assert!(Guid::parse(&guid[0].value).is_ok());
     let all = parse_zpool_get(fx!("zfs-fuse/zpool-get-all.txt")).unwrap();
-    assert!(all.iter().any(|v| v.property == "ashift" && v.value == "12" && v.source == "local"));
+    assert!(
+        all.iter()
+            .any(|v| v.property == "ashift" && v.value == "12" && v.source == "local")
+    );
 }
 
 #[test]
@@ -238,12 +333,18 @@ fn fuse_import_lists() {
     let p = parse_import_list(fx!("zfs-fuse/import-list.txt")).unwrap();
     assert_eq!(p.len(), 1);
     assert!(p[0].id.is_some());
-    assert_eq!((p[0].state.clone(), p[0].layout()), (Health::Online, ObservedLayout::Raidz1));
+    assert_eq!(
+        (p[0].state.clone(), p[0].layout()),
+        (Health::Online, ObservedLayout::Raidz1)
+    );
     let p = parse_import_list(fx!("zfs-fuse/import-list-degraded.txt")).unwrap();
     assert_eq!(p[0].state, Health::Degraded);
     assert_eq!(p[0].members()[2].note.as_deref(), Some("cannot open"));
     let p = parse_import_list(fx!("zfs-fuse/import-list-faulted.txt")).unwrap();
     assert_eq!(p[0].state, Health::Unavail);
-    assert_eq!(p[0].root.as_ref().unwrap().note.as_deref(), Some("missing device"));
+    assert_eq!(
+        p[0].root.as_ref().unwrap().note.as_deref(),
+        Some("missing device")
+    );
     assert_eq!(p[0].members().len(), 3);
 }

@@ -12,7 +12,8 @@ use pgml_testbed::nodes::{node_exec, node_exec_ok, zfs_answers};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_zfs::command::{self, Layout, Mount, PoolSpec};
 use pgml_zfs::{
-    DatasetName, DevicePath, Dialect, Health, HostPath, LIST_COLUMNS, ObservedLayout, PoolName, postgres_defaults,
+    DatasetName, DevicePath, Dialect, Health, HostPath, LIST_COLUMNS, ObservedLayout, PoolName,
+    postgres_defaults,
 };
 
 const MEMBERS: usize = 5;
@@ -38,7 +39,10 @@ fn dialect(node: &NodeInfo) -> anyhow::Result<Dialect> {
 
 fn pool_names(node: &NodeInfo, d: Dialect) -> anyhow::Result<Vec<String>> {
     let out = run(node, &command::list_pools(d, None))?;
-    Ok(pgml_zfs::parse_zpool_list(&out, LIST_COLUMNS)?.into_iter().map(|p| p.name).collect())
+    Ok(pgml_zfs::parse_zpool_list(&out, LIST_COLUMNS)?
+        .into_iter()
+        .map(|p| p.name)
+        .collect())
 }
 
 /// Destroys the pool and removes links and images, even when the test fails half-way.
@@ -68,9 +72,16 @@ fn sparse_image(path: &Path) -> anyhow::Result<()> {
 #[test]
 fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
     let sb = Sandbox::get();
-    ensure!(sb.nodes.len() >= 2, "this test needs two simulated nodes, the sandbox has {}", sb.nodes.len());
+    ensure!(
+        sb.nodes.len() >= 2,
+        "this test needs two simulated nodes, the sandbox has {}",
+        sb.nodes.len()
+    );
     let (a, b) = (&sb.nodes[0], &sb.nodes[1]);
-    ensure!(zfs_answers(a) && zfs_answers(b), "both nodes' zfs-fuse daemons must answer");
+    ensure!(
+        zfs_answers(a) && zfs_answers(b),
+        "both nodes' zfs-fuse daemons must answer"
+    );
     let d = dialect(a)?;
     assert_eq!(d, dialect(b)?);
 
@@ -80,7 +91,12 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
     let pool = PoolName::new(format!("e2e{}", &stamp[8..]))?;
     let images = sb.dir.join("tmp").join(format!("zfs-node-{stamp}"));
     std::fs::create_dir_all(&images)?;
-    let mut cleanup = Cleanup { node: a, pool: pool.clone(), links: Vec::new(), images: images.clone() };
+    let mut cleanup = Cleanup {
+        node: a,
+        pool: pool.clone(),
+        links: Vec::new(),
+        images: images.clone(),
+    };
 
     // What the EBS simulator does on AttachVolume: an image and a by-id link in the node.
     let mut devices = Vec::new();
@@ -89,7 +105,9 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
         let vol = format!("{stamp}{i:x}");
         let img = images.join(format!("vol-{vol}.img"));
         sparse_image(&img)?;
-        let link = a.dev_dir.join(format!("nvme-Amazon_Elastic_Block_Store_vol{vol}"));
+        let link = a
+            .dev_dir
+            .join(format!("nvme-Amazon_Elastic_Block_Store_vol{vol}"));
         std::os::unix::fs::symlink(&img, &link)?;
         cleanup.links.push(link.clone());
         devices.push(DevicePath::new(link.to_string_lossy().into_owned())?);
@@ -110,26 +128,55 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
 
     // Isolation: the pool exists in node A's daemon only, and both daemons still answer.
     assert!(pool_names(a, d)?.contains(&pool.to_string()));
-    assert!(!pool_names(b, d)?.contains(&pool.to_string()), "node B's zfs-fuse sees node A's pool");
+    assert!(
+        !pool_names(b, d)?.contains(&pool.to_string()),
+        "node B's zfs-fuse sees node A's pool"
+    );
     assert!(zfs_answers(a) && zfs_answers(b));
 
     // A dataset mounted under the node's mount folder, data written and read back inside.
     let ds = DatasetName::from(pool.clone()).child("pgdata")?;
     let mnt = a.mnt_dir.join(pool.as_str()).join("pgdata");
     let mount = Mount::At(HostPath::new(mnt.to_string_lossy().into_owned())?);
-    run(a, &command::create_dataset(d, &ds, &postgres_defaults(), Some(&mount), false))?;
+    run(
+        a,
+        &command::create_dataset(d, &ds, &postgres_defaults(), Some(&mount), false),
+    )?;
     let blob = mnt.join("blob").to_string_lossy().into_owned();
-    node_exec_ok(a, &["dd", "if=/dev/urandom", &format!("of={blob}"), "bs=1M", "count=32", "conv=fsync", "status=none"])?;
+    node_exec_ok(
+        a,
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={blob}"),
+            "bs=1M",
+            "count=32",
+            "conv=fsync",
+            "status=none",
+        ],
+    )?;
     let written = node_exec_ok(a, &["sha256sum", &blob])?;
     node_exec_ok(a, &["zpool", "scrub", pool.as_str()])?;
     assert_eq!(node_exec_ok(a, &["sha256sum", &blob])?, written);
-    assert!(!Path::new(&blob).exists(), "the dataset mount leaked into the host namespace");
+    assert!(
+        !Path::new(&blob).exists(),
+        "the dataset mount leaked into the host namespace"
+    );
 
-    let props = pgml_zfs::parse_zfs_get(&run(a, &command::get_properties(&ds, &["recordsize", "compression", "atime", "xattr", "mountpoint"])?)?)?;
+    let props = pgml_zfs::parse_zfs_get(&run(
+        a,
+        &command::get_properties(
+            &ds,
+            &["recordsize", "compression", "atime", "xattr", "mountpoint"],
+        )?,
+    )?)?;
     let props = pgml_zfs::list::by_name(&props);
     let p = &props[ds.as_str()];
     assert_eq!(p["recordsize"], "32768");
-    assert_eq!(p["compression"], if d == Dialect::ZfsFuse { "on" } else { "lz4" });
+    assert_eq!(
+        p["compression"],
+        if d == Dialect::ZfsFuse { "on" } else { "lz4" }
+    );
     assert_eq!(p["atime"], "off");
     assert_eq!(p["mountpoint"], mnt.to_string_lossy());
 
@@ -147,7 +194,8 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
         assert_eq!(m.path(), Some(dev.as_str()));
         assert_eq!(m.ebs_volume_id().as_deref(), Some(vol.as_str()));
     }
-    let sizes = pgml_zfs::parse_zpool_list(&run(a, &command::list_pools(d, Some(&pool)))?, LIST_COLUMNS)?;
+    let sizes =
+        pgml_zfs::parse_zpool_list(&run(a, &command::list_pools(d, Some(&pool)))?, LIST_COLUMNS)?;
     assert_eq!(sizes[0].health, Health::Online);
     assert!(sizes[0].allocated.unwrap() >= 32 << 20, "{:?}", sizes[0]);
 

@@ -148,7 +148,7 @@ def down(args) -> int:
     store.stop(d)
     for p in ("sandbox.json", "env", "kubeconfig"):
         (d / p).unlink(missing_ok=True)
-    for p in ("k8s", "nodes", "bin", "store"):
+    for p in ("k8s", "nodes", "bin", "store", "tmp"):
         shutil.rmtree(d / p, ignore_errors=True)
     if state:
         _log("down")
