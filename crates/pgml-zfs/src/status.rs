@@ -233,9 +233,7 @@ impl Scan {
         };
         let percent_done = t.find("% done").and_then(|i| {
             let before = &t[..i];
-            let start = before
-                .rfind(|c: char| c == ' ' || c == ',')
-                .map_or(0, |j| j + 1);
+            let start = before.rfind([' ', ',']).map_or(0, |j| j + 1);
             parse_percent(&before[start..])
         });
         let errors = t.find(" errors").and_then(|i| {
@@ -457,7 +455,7 @@ impl Builder {
             return Ok(());
         }
         let root_indent = *self.root_indent.get_or_insert(indent);
-        if indent < root_indent || (indent - root_indent) % 2 != 0 {
+        if indent < root_indent || !(indent - root_indent).is_multiple_of(2) {
             return Err(ZfsError::parse(
                 command,
                 "vdev line with unexpected indentation",
@@ -513,15 +511,16 @@ impl Builder {
             return Err(ZfsError::parse(command, "vdev line without a state", line));
         }
         // Counters follow the state in a status table (not for spares, not in import lists).
-        if self.table && rest.len() >= 3 {
-            if let (Some(r), Some(w), Some(c)) = (
+        if self.table
+            && rest.len() >= 3
+            && let (Some(r), Some(w), Some(c)) = (
                 parse_count(rest[0]),
                 parse_count(rest[1]),
                 parse_count(rest[2]),
-            ) {
-                (v.read_errors, v.write_errors, v.checksum_errors) = (Some(r), Some(w), Some(c));
-                rest = &rest[3..];
-            }
+            )
+        {
+            (v.read_errors, v.write_errors, v.checksum_errors) = (Some(r), Some(w), Some(c));
+            rest = &rest[3..];
         }
         if !rest.is_empty() {
             let note = rest.join(" ");
@@ -565,10 +564,10 @@ impl Builder {
             ));
         }
         // zfs-fuse marks the member being resilvered onto only with `<size> resilvered`.
-        if self.pool.resilvering() {
-            if let Some(root) = self.pool.root.as_mut() {
-                mark_zfs_fuse_resilvering(root);
-            }
+        if self.pool.resilvering()
+            && let Some(root) = self.pool.root.as_mut()
+        {
+            mark_zfs_fuse_resilvering(root);
         }
         Ok(self.pool)
     }

@@ -265,8 +265,10 @@ async fn flow(sb: &Sandbox, ec2: &SdkEc2, made: &mut Made) -> anyhow::Result<()>
     // Node B finds the copy by its GUID, the same as the source pool's, and imports it
     // under another name; it was never exported (a crash copy), hence -f.
     let dev_b = HostPath::new(b.dev_dir.to_string_lossy().into_owned())?;
-    let importable =
-        pgml_zfs::parse_import_list(&run(b, &command::list_importable(&[dev_b.clone()]))?)?;
+    let importable = pgml_zfs::parse_import_list(&run(
+        b,
+        &command::list_importable(std::slice::from_ref(&dev_b)),
+    )?)?;
     let copy = importable
         .iter()
         .find(|p| p.name == pool.as_str())
