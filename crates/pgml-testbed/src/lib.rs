@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod kube;
 pub mod nodes;
+pub mod procs;
 pub mod sandbox;
 
 pub use sandbox::{Sandbox, workspace_bin};

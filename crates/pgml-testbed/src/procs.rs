@@ -1,0 +1,185 @@
+//! The operator and the node agents as real processes, the way they run in a cluster:
+//! the operator on the host with the sandbox's kubeconfig and AWS endpoint, one agent per
+//! node inside that node's mount namespace. Tests kill them (gracefully or with SIGKILL at
+//! any moment) and start them again.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{NodeInfo, Sandbox, workspace_bin};
+
+/// A running binary of ours. Dropping it kills it (SIGKILL), so a failing test leaves
+/// nothing behind.
+pub struct Proc {
+    name: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: String, command: Vec<String>, env: Vec<(String, String)>, log: PathBuf) -> Proc {
+        let mut p = Proc {
+            name,
+            command,
+            env,
+            log,
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    /// Starts the process (again), appending to the same log.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> &PathBuf {
+        &self.log
+    }
+
+    /// The log so far (for assertions and for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash at any line would; waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to `timeout`) for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether it is still running (false once it exited on its own).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn common_env(sb: &Sandbox) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "KUBECONFIG".into(),
+            sb.kube.kubeconfig.display().to_string(),
+        ),
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("PGML_LOG_FORMAT".into(), "json".into()),
+    ];
+    if let Ok(v) = std::env::var("RUST_LOG") {
+        env.push(("RUST_LOG".into(), v));
+    }
+    env
+}
+
+fn log_file(sb: &Sandbox, name: &str) -> PathBuf {
+    let dir = sb.dir.join("logs").join("tests");
+    std::fs::create_dir_all(&dir).expect("test log folder");
+    dir.join(format!("{name}.log"))
+}
+
+/// The operator, watching one namespace (so that tests running side by side do not act on
+/// each other's objects), with AWS pointed at the simulator.
+pub fn operator(sb: &Sandbox, namespace: &str) -> Proc {
+    let mut env = common_env(sb);
+    env.extend([
+        ("AWS_ENDPOINT_URL".into(), sb.aws.endpoint.clone()),
+        (
+            "AWS_ACCESS_KEY_ID".into(),
+            crate::aws::TEST_ACCESS_KEY.into(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            crate::aws::TEST_SECRET_KEY.into(),
+        ),
+        ("AWS_REGION".into(), sb.region.clone()),
+        ("PGML_WATCH_NAMESPACE".into(), namespace.into()),
+    ]);
+    let bin = workspace_bin("pgml-operator").display().to_string();
+    Proc::spawn(
+        format!("pgml-operator[{namespace}]"),
+        vec![bin],
+        env,
+        log_file(sb, &format!("operator-{namespace}")),
+    )
+}
+
+/// A node agent inside `node`'s mount namespace, watching one namespace.
+pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
+    let mut env = common_env(sb);
+    env.extend([
+        ("NODE_NAME".into(), node.name.clone()),
+        ("PGML_DEV_DIR".into(), node.dev_dir.display().to_string()),
+        ("PGML_MOUNT_ROOT".into(), node.mnt_dir.display().to_string()),
+        ("PGML_WATCH_NAMESPACE".into(), namespace.into()),
+    ]);
+    let bin = workspace_bin("pgml-agent").display().to_string();
+    let command = vec![
+        "nsenter".into(),
+        "-t".into(),
+        node.ns_pid.to_string(),
+        "-m".into(),
+        "--".into(),
+        bin,
+    ];
+    Proc::spawn(
+        format!("pgml-agent[{}/{namespace}]", node.name),
+        command,
+        env,
+        log_file(sb, &format!("agent-{}-{namespace}", node.name)),
+    )
+}
