@@ -36,8 +36,11 @@ kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/de
 kubectl apply -n demo -f examples/
 sleep 5
 echo
-for kind in nodes zfspools ebssnapshots pgmlclusters; do
-  echo "\$ kubectl get $kind${kind:+ -n demo}"
+echo "\$ kubectl get nodes -L topology.kubernetes.io/zone"
+kubectl get nodes -L topology.kubernetes.io/zone
+echo
+for kind in zfspools ebssnapshots pgmlclusters; do
+  echo "\$ kubectl get $kind -n demo -o wide"
   kubectl get "$kind" -n demo -o wide 2>&1 || true
   echo
 done
@@ -50,9 +53,12 @@ dev: running. In another terminal:
 Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, kube-apiserver.log, ebssim.log, ...)
 Ctrl-C stops everything.
 MSG
+# Report a process that exits (once), and keep the rest running until Ctrl-C.
 while true; do
+  alive=()
   for p in "${pids[@]}"; do
-    if ! kill -0 "$p" 2>/dev/null; then echo "dev: a process exited; see $logs"; fi
+    if kill -0 "$p" 2>/dev/null; then alive+=("$p"); else echo "dev: process $p exited; see $logs"; fi
   done
-  sleep 30
+  pids=("${alive[@]}")
+  sleep 10
 done

@@ -26,6 +26,17 @@ pub mod condition {
     pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
     /// The spec is valid against checks the schema cannot express (see `crate::validate`).
     pub const SPEC_VALID: &str = "SpecValid";
+    /// ZfsPool: the volumes buy more IOPS or throughput than the instance type can use.
+    pub const PERFORMANCE_LIMITED: &str = "PerformanceLimited";
+    /// ZfsPool (agent): the pool is imported on the node.
+    pub const POOL_IMPORTED: &str = "PoolImported";
+    /// ZfsPool (agent): `zpool status` says ONLINE.
+    pub const POOL_HEALTHY: &str = "PoolHealthy";
+    /// ZfsPool (agent): every member's device was found on the node.
+    pub const DEVICES_FOUND: &str = "DevicesFound";
+    /// ZfsPool (agent): the pool was exported or destroyed for deletion; the controller may
+    /// detach the volumes.
+    pub const POOL_RELEASED: &str = "PoolReleased";
 
     /// `status` values of a condition.
     pub const TRUE: &str = "True";
@@ -33,10 +44,20 @@ pub mod condition {
     pub const UNKNOWN: &str = "Unknown";
 }
 
-/// Label and tag keys the operator sets on what it creates; users may not set them.
+/// Label and tag keys the operator sets on what it creates; users may not set them. The
+/// AWS tags let the AWS side be rebuilt, audited and cleaned up from AWS alone, and let IAM
+/// conditions restrict the operator to its own resources (`pgml.io/managed-by`).
 pub mod keys {
     /// Prefix of every label, annotation and AWS tag key the operator owns.
     pub const PREFIX: &str = "pgml.io/";
+    pub const MANAGED_BY: &str = "pgml.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "pgml-operator";
+    /// UID of the ZfsPool a volume belongs to: what the controller finds its volumes by.
+    pub const POOL_UID: &str = "pgml.io/pool-uid";
+    pub const SNAPSHOT_UID: &str = "pgml.io/snapshot-uid";
+    pub const LAYOUT: &str = "pgml.io/layout";
+    /// AWS's display name tag.
+    pub const NAME: &str = "Name";
     pub const CLUSTER: &str = "pgml.io/cluster";
     pub const INSTANCE: &str = "pgml.io/instance";
     pub const POOL: &str = "pgml.io/pool";

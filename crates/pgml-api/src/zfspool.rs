@@ -238,6 +238,8 @@ pub struct RestoreFrom {
     shortname = "zp",
     shortname = "zpool",
     category = "pgml",
+    // The node agent lists and watches only its own node's pools (`spec.nodeName=<node>`).
+    selectable = ".spec.nodeName",
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName", description = "Node whose EC2 instance the volumes are attached to"),
     printcolumn(name = "Layout", type_ = "string", json_path = ".spec.layout", description = "raid0 or raidz1"),
     printcolumn(name = "Volumes", type_ = "integer", json_path = ".spec.volumes.count", description = "Number of EBS volumes"),

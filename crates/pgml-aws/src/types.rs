@@ -2,23 +2,6 @@
 
 use std::collections::BTreeMap;
 
-/// Tag keys the operator sets on everything it creates, so that the AWS side can be
-/// rebuilt, audited and cleaned up from AWS alone — and so IAM conditions can restrict the
-/// operator to its own resources.
-pub mod tags {
-    pub const MANAGED_BY: &str = "pgml.io/managed-by";
-    pub const MANAGED_BY_VALUE: &str = "pgml-operator";
-    pub const NAMESPACE: &str = "pgml.io/namespace";
-    pub const POOL: &str = "pgml.io/zfspool";
-    pub const POOL_UID: &str = "pgml.io/zfspool-uid";
-    pub const MEMBER: &str = "pgml.io/member-index";
-    pub const SNAPSHOT: &str = "pgml.io/ebssnapshot";
-    pub const SNAPSHOT_UID: &str = "pgml.io/ebssnapshot-uid";
-    pub const POOL_GUID: &str = "pgml.io/pool-guid";
-    pub const LAYOUT: &str = "pgml.io/layout";
-    pub const NAME: &str = "Name";
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VolumeType {
     Gp3,
