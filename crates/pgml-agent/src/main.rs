@@ -1,9 +1,28 @@
 //! pgml-agent: the node agent that builds and watches ZFS pools on EBS volumes.
 
-use std::path::PathBuf;
+mod decide;
+mod devices;
+mod exec;
+mod observe;
+mod reconcile;
+mod report;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
+use futures::StreamExt;
+use kube::runtime::{Controller, watcher};
+use pgml_api::zfspool::ZfsPool;
 use pgml_runtime::{LogFormat, init_logging, shutdown_signal};
+use pgml_zfs::HostPath;
+
+use crate::devices::Discovery;
+use crate::exec::Runner;
+use crate::reconcile::{Ctx, error_policy, reconcile};
 
 /// The node side of pgml-operator: finds the node's EBS volumes by volume ID, builds
 /// RAID0/RAIDZ1 ZFS pools on them, and reports pool health. Runs as a DaemonSet, one per
@@ -32,6 +51,23 @@ struct Args {
     #[arg(long, env = "PGML_ZFS", default_value = "zfs")]
     zfs: PathBuf,
 
+    /// Where NVMe serial numbers are read (`<sys-block>/<nvmeXnY>/device/serial`).
+    #[arg(long, env = "PGML_SYS_BLOCK", default_value = "/sys/block")]
+    sys_block: PathBuf,
+
+    /// Confirm each by-id link's NVMe serial equals its volume ID (Nitro). Links that do not
+    /// point at a /dev/nvme* device (image files in the test bed) are never checked.
+    #[arg(long, env = "PGML_CHECK_NVME_SERIAL", default_value_t = true, action = clap::ArgAction::Set)]
+    check_nvme_serial: bool,
+
+    /// Seconds between two health checks of a pool (also done on every change).
+    #[arg(long, env = "PGML_RESYNC_SECONDS", default_value_t = 15)]
+    resync_seconds: u64,
+
+    /// Seconds any zpool/zfs/blkid command may take before it is killed.
+    #[arg(long, env = "PGML_COMMAND_TIMEOUT_SECONDS", default_value_t = 120)]
+    command_timeout_seconds: u64,
+
     /// Log line format.
     #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -53,16 +89,51 @@ async fn main() -> anyhow::Result<()> {
         "starting pgml-agent"
     );
     let client = kube::Client::try_default().await?;
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     if nodes.get_opt(&args.node_name).await?.is_none() {
         anyhow::bail!(
             "node {} does not exist in the cluster; check NODE_NAME",
             args.node_name
         );
     }
-    tracing::info!("node found; waiting for work");
+    let runner = Runner {
+        zpool: args.zpool.clone(),
+        zfs: args.zfs.clone(),
+        timeout: Duration::from_secs(args.command_timeout_seconds),
+    };
+    let probe = runner.run(&pgml_zfs::dialect::version_probe()).await?;
+    let detected = pgml_zfs::detect(probe.code, &probe.stdout, &probe.stderr)?;
+    tracing::info!(dialect = %detected.dialect, version = ?detected.version, kmod_version = ?detected.kmod_version, "ZFS detected");
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        runner,
+        discovery: Discovery {
+            dev_dir: args.dev_dir.clone(),
+            sys_block: args.sys_block.clone(),
+            check_serial: args.check_nvme_serial,
+        },
+        mount_root: HostPath::new(args.mount_root.to_string_lossy().into_owned())
+            .context("--mount-root")?,
+        dialect: detected.dialect,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        lock: tokio::sync::Mutex::new(()),
+        expanded: Mutex::new(HashMap::new()),
+    });
+    HostPath::new(args.dev_dir.to_string_lossy().into_owned()).context("--dev-dir")?;
 
-    shutdown_signal().await;
+    // Only this node's pools: spec.nodeName is a selectable field of the CRD.
+    let pools: kube::Api<ZfsPool> = kube::Api::all(client);
+    let selector = format!("spec.nodeName={}", args.node_name);
+    tracing::info!(selector, "watching ZfsPools");
+    Controller::new(pools, watcher::Config::default().fields(&selector))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
     tracing::info!("stopped");
     Ok(())
 }

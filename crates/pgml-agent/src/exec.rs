@@ -1,0 +1,102 @@
+//! Runs the commands pgml-zfs builds: a program and its arguments (no shell), each with a
+//! timeout, killed when it runs over.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use pgml_zfs::Command;
+
+/// What a command printed and how it ended.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{command}: could not start: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{command}: no answer within {timeout:?}")]
+    Timeout { command: String, timeout: Duration },
+    #[error("{command}: exited {code:?}: {stderr}")]
+    Failed {
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+}
+
+/// Where `zpool` and `zfs` are, and how long any command may take.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    pub zpool: PathBuf,
+    pub zfs: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Runner {
+    fn program(&self, c: &Command) -> PathBuf {
+        match c.program.as_str() {
+            "zpool" => self.zpool.clone(),
+            "zfs" => self.zfs.clone(),
+            other => PathBuf::from(other),
+        }
+    }
+
+    /// Runs `c` and returns its output whatever its exit status.
+    pub async fn run(&self, c: &Command) -> Result<Output, ExecError> {
+        let child = tokio::process::Command::new(self.program(c))
+            .args(&c.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                command: c.to_string(),
+                source,
+            })?;
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| ExecError::Timeout {
+                command: c.to_string(),
+                timeout: self.timeout,
+            })?
+            .map_err(|source| ExecError::Spawn {
+                command: c.to_string(),
+                source,
+            })?;
+        let out = Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        tracing::debug!(command = %c, code = ?out.code, "ran");
+        Ok(out)
+    }
+
+    /// Runs `c`; an exit status other than 0 is an error carrying its stderr.
+    pub async fn ok(&self, c: &Command) -> Result<String, ExecError> {
+        let out = self.run(c).await?;
+        if !out.success() {
+            return Err(ExecError::Failed {
+                command: c.to_string(),
+                code: out.code,
+                stderr: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
+    }
+}

@@ -1,0 +1,188 @@
+//! Reading the node: devices, the imported pool, importable pools, datasets. Produces the
+//! [`Observed`] that [`crate::decide`] judges, plus the raw facts the status report needs.
+
+use std::collections::BTreeSet;
+
+use pgml_api::zfspool::ZfsPool;
+use pgml_zfs::{Dialect, HostPath, PoolListEntry, PoolName, PoolStatus, command};
+
+use crate::decide::{Imported, Member, Observed, PoolMember, SeenPool};
+use crate::devices::{Lookup, blkid_probe, parse_blkid_type};
+use crate::reconcile::{Ctx, Error};
+
+/// What was read, beyond what `decide` needs.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    pub observed: Observed,
+    /// The imported pool's name (ours, or the one found by our recorded GUID).
+    pub imported_name: Option<PoolName>,
+    pub list: Option<PoolListEntry>,
+    pub status: Option<PoolStatus>,
+    /// Indexes whose link exists but whose NVMe serial names another volume.
+    pub stale: Vec<(i32, String)>,
+    /// `(index, volume ID, size GiB)` as the controller reported them.
+    pub sizes: Vec<(i32, Option<i64>)>,
+}
+
+pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts, Error> {
+    let spec = &pool.spec.template;
+    let status = pool.status.clone().unwrap_or_default();
+    let count = spec.volumes.count.max(0) as usize;
+    let mut members = Vec::new();
+    let mut stale = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..count as i32 {
+        let v = status.volumes.iter().find(|v| v.index == i);
+        let volume_id = v.and_then(|v| v.volume_id.clone());
+        let device = match volume_id.as_deref().map(|id| ctx.discovery.find(id)) {
+            Some(Lookup::Found { path, .. }) => Some(path.to_string_lossy().into_owned()),
+            Some(Lookup::Stale { serial, .. }) => {
+                stale.push((i, serial));
+                None
+            }
+            _ => None,
+        };
+        sizes.push((i, v.and_then(|v| v.size_gib)));
+        members.push(Member {
+            index: i,
+            attached: v.and_then(|v| v.attachment_state.as_deref()) == Some("attached"),
+            volume_id,
+            device,
+            signature: None,
+        });
+    }
+    let recorded_guid = status.pool_guid.as_deref().and_then(|g| g.parse().ok());
+
+    let listed = pgml_zfs::parse_zpool_list(
+        &ctx.runner
+            .ok(&command::list_pools(ctx.dialect, None))
+            .await?,
+        command::LIST_COLUMNS,
+    )?;
+    let list = listed
+        .iter()
+        .find(|p| p.name == name.as_str())
+        .or_else(|| {
+            listed
+                .iter()
+                .find(|p| recorded_guid.is_some() && p.guid == recorded_guid)
+        })
+        .cloned();
+    let mut imported = None;
+    let mut imported_name = None;
+    let mut pool_status = None;
+    let mut missing_datasets = Vec::new();
+    if let Some(l) = &list {
+        let n = PoolName::new(l.name.clone())?;
+        let st = pgml_zfs::parse_status(
+            &ctx.runner
+                .ok(&command::status(ctx.dialect, Some(&n)))
+                .await?,
+        )?
+        .into_iter()
+        .next();
+        if let Some(st) = &st {
+            imported = Some(Imported {
+                guid: l.guid,
+                health: st.state.as_str().to_string(),
+                members: st
+                    .members()
+                    .into_iter()
+                    .map(|v| PoolMember {
+                        volume_id: v.ebs_volume_id(),
+                        handle: match (v.guid(), v.path()) {
+                            (Some(g), _) => g.to_string(),
+                            (None, Some(p)) if v.name.starts_with('/') => p.to_string(),
+                            _ => v.name.clone(),
+                        },
+                        state: v
+                            .state
+                            .as_ref()
+                            .map_or("UNKNOWN", |s| s.as_str())
+                            .to_string(),
+                    })
+                    .collect(),
+                resilvering: st.resilvering(),
+            });
+        }
+        if pool.metadata.deletion_timestamp.is_none() {
+            let have = datasets(ctx, &n).await?;
+            missing_datasets = spec
+                .datasets
+                .iter()
+                .filter(|d| !have.contains(&format!("{n}/{}", d.name)))
+                .map(|d| d.name.clone())
+                .collect();
+        }
+        imported_name = Some(n);
+        pool_status = st;
+    }
+
+    let mut importable = Vec::new();
+    let all_present = count > 0 && members.iter().all(|m| m.device.is_some() && m.attached);
+    if imported.is_none() && all_present && pool.metadata.deletion_timestamp.is_none() {
+        let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
+        // Exit 1 with "no pools available" is an answer, not a failure.
+        let out = ctx
+            .runner
+            .run(&command::list_importable(std::slice::from_ref(&dir)))
+            .await?;
+        importable = pgml_zfs::parse_import_list(&out.stdout)?
+            .into_iter()
+            .map(|p| SeenPool {
+                guid: p.id,
+                volume_ids: p
+                    .members()
+                    .iter()
+                    .filter_map(|v| v.ebs_volume_id())
+                    .collect(),
+                name: p.name,
+            })
+            .collect();
+        for m in &mut members {
+            if let Some(dev) = &m.device {
+                let out = ctx.runner.run(&blkid_probe(dev)).await?;
+                m.signature = parse_blkid_type(&out.stdout);
+            }
+        }
+    }
+
+    let grown = imported.is_some() && ctx.sizes_changed(pool, &sizes);
+    Ok(Facts {
+        observed: Observed {
+            pool_name: name.to_string(),
+            layout: spec.layout,
+            deleting: pool.metadata.deletion_timestamp.is_some(),
+            reclaim: spec.reclaim_policy,
+            replacement: spec.member_replacement,
+            restore: pool.spec.restore_from.is_some(),
+            count,
+            members,
+            recorded_guid,
+            imported,
+            importable,
+            missing_datasets,
+            grown,
+        },
+        imported_name,
+        list,
+        status: pool_status,
+        stale,
+        sizes,
+    })
+}
+
+/// `zfs list -H -o name -r <pool>`: the pool's datasets.
+async fn datasets(ctx: &Ctx, pool: &PoolName) -> Result<BTreeSet<String>, Error> {
+    let c = pgml_zfs::Command::new("zfs", ["list", "-H", "-o", "name", "-r", pool.as_str()]);
+    let out = ctx.runner.ok(&c).await?;
+    Ok(out.lines().map(|l| l.trim().to_string()).collect())
+}
+
+/// `openzfs` or `zfs-fuse`, as `status.zfsDialect` spells it.
+pub fn dialect_name(d: Dialect) -> &'static str {
+    match d {
+        Dialect::OpenZfs => "openzfs",
+        Dialect::ZfsFuse => "zfs-fuse",
+    }
+}

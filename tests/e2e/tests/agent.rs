@@ -1,0 +1,698 @@
+//! The node agent, the real binary, inside a simulated node's mount namespace, against the
+//! sandbox's apiserver. The test plays the controller's part itself (volumes through the EC2
+//! adapter, attached, their IDs applied to status with field manager `pgml-operator`), so
+//! that only the agent's half of the contract (docs/design/zfspool.md) is under test.
+//!
+//! Each test uses its own node (an agent acts on every pool of its node), so they can run
+//! side by side.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use aws_config::retry::RetryConfig;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use pgml_api::zfspool::ZfsPool;
+use pgml_aws::{CreateVolume, Ec2, SdkEc2, VolumeType, client_token};
+use pgml_testbed::aws::{ebs_link, sdk_config};
+use pgml_testbed::kube::TestNamespace;
+use pgml_testbed::nodes::{node_exec, node_exec_ok};
+use pgml_testbed::sandbox::NodeInfo;
+use pgml_testbed::{Sandbox, workspace_bin};
+use serde_json::{Value, json};
+
+const TEST_FINALIZER: &str = "pgml.io/agent-test";
+
+/// The agent binary running inside a node; killed when dropped.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(sb: &Sandbox, node: &NodeInfo, tag: &str) -> anyhow::Result<Agent> {
+        let bin = workspace_bin("pgml-agent");
+        let log = sb
+            .dir
+            .join("logs")
+            .join(format!("agent-{}-{tag}.log", node.name));
+        let file = std::fs::File::create(&log)?;
+        let child = std::process::Command::new("nsenter")
+            .args(["-t", &node.ns_pid.to_string(), "-m", "--"])
+            .arg(&bin)
+            .args(["--dev-dir", &node.dev_dir.to_string_lossy()])
+            .args(["--mount-root", &node.mnt_dir.to_string_lossy()])
+            .args(["--log-format", "text", "--resync-seconds", "3"])
+            .env("NODE_NAME", &node.name)
+            .env("KUBECONFIG", &sb.kube.kubeconfig)
+            .env("RUST_LOG", "pgml_agent=debug,info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting pgml-agent in the node")?;
+        Ok(Agent { child, log })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a test made in EC2, removed at the end whatever happened.
+#[derive(Default)]
+struct Made {
+    attached: Vec<(String, String)>,
+    volumes: Vec<String>,
+}
+
+impl Made {
+    async fn clean(&self, ec2: &SdkEc2) {
+        for (vol, iid) in &self.attached {
+            let _ = ec2.detach_volume(vol, iid, true).await;
+        }
+        for v in &self.volumes {
+            let _ = ec2.delete_volume(v).await;
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.subsec_nanos() ^ (std::process::id() << 12)
+}
+
+/// Creates `n` 1 GiB gp3 volumes in the node's zone and attaches them; returns their IDs
+/// once every by-id link is there.
+async fn volumes_on(
+    ec2: &SdkEc2,
+    node: &NodeInfo,
+    n: usize,
+    run_id: &str,
+    made: &mut Made,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let v = ec2
+            .create_volume(&CreateVolume {
+                availability_zone: node.az.clone(),
+                volume_type: VolumeType::Gp3,
+                size_gib: 1,
+                iops: Some(3000),
+                throughput_mibps: Some(125),
+                encrypted: true,
+                kms_key_id: None,
+                snapshot_id: None,
+                volume_initialization_rate_mibps: None,
+                tags: BTreeMap::from([("pgml.io/test".into(), format!("agent-{run_id}"))]),
+                client_token: client_token(&[run_id, &i.to_string()]),
+            })
+            .await?;
+        made.volumes.push(v.volume_id.clone());
+        let used: Vec<String> = ec2
+            .describe_instance(&node.instance_id)
+            .await?
+            .context("node instance")?
+            .block_devices
+            .keys()
+            .cloned()
+            .collect();
+        let hint = (0..52)
+            .filter_map(pgml_aws::device_name_hint)
+            .find(|h| !used.contains(h))
+            .context("no free device name")?;
+        ec2.attach_volume(&v.volume_id, &node.instance_id, &hint)
+            .await?;
+        made.attached
+            .push((v.volume_id.clone(), node.instance_id.clone()));
+        ids.push(v.volume_id);
+    }
+    for v in &ids {
+        let link = ebs_link(node, v);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !link.exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not appear",
+                link.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(ids)
+}
+
+/// A ZfsPool on `node`, with the test's finalizer standing in for the controller's.
+async fn create_pool(
+    api: &Api<ZfsPool>,
+    name: &str,
+    node: &NodeInfo,
+    count: usize,
+    layout: &str,
+    reclaim: &str,
+) -> anyhow::Result<ZfsPool> {
+    let obj: ZfsPool = serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1",
+        "kind": "ZfsPool",
+        "metadata": {"name": name, "finalizers": [TEST_FINALIZER]},
+        "spec": {
+            "nodeName": node.name,
+            "volumes": {"count": count, "sizeGiB": 1},
+            "layout": layout,
+            "reclaimPolicy": reclaim,
+        },
+    }))?;
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// The controller's part of status: volume IDs, attached, sizes (field manager pgml-operator).
+async fn apply_controller_status(
+    api: &Api<ZfsPool>,
+    name: &str,
+    volumes: &[String],
+) -> anyhow::Result<()> {
+    let vols: Vec<Value> = volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            json!({"index": i, "volumeId": v, "state": "in-use",
+                   "attachmentState": "attached", "sizeGiB": 1, "type": "gp3"})
+        })
+        .collect();
+    api.patch_status(
+        name,
+        &PatchParams::apply("pgml-operator").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "pgml.io/v1alpha1",
+            "kind": "ZfsPool",
+            "status": {"phase": "Importing", "volumes": vols},
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+fn condition<'a>(p: &'a ZfsPool, type_: &str) -> Option<&'a pgml_api::common::Condition> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn is_true(p: &ZfsPool, type_: &str) -> bool {
+    condition(p, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Polls the object until `ok` holds; the agent's log is in the error otherwise.
+async fn wait_for(
+    api: &Api<ZfsPool>,
+    name: &str,
+    agent: &Agent,
+    secs: u64,
+    what: &str,
+    ok: impl Fn(&ZfsPool) -> bool,
+) -> anyhow::Result<ZfsPool> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let p = api.get(name).await?;
+        if ok(&p) {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name}: {what} not reached in {secs}s; status: {:#?}\nagent log:\n{}",
+                p.status,
+                agent.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn ready(p: &ZfsPool) -> bool {
+    is_true(p, "PoolImported") && is_true(p, "PoolHealthy") && is_true(p, "DevicesFound")
+}
+
+async fn remove_finalizer(api: &Api<ZfsPool>, name: &str) -> anyhow::Result<()> {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `zpool status` of one pool inside the node, parsed.
+fn pool_status(node: &NodeInfo, pool: &str) -> anyhow::Result<pgml_zfs::PoolStatus> {
+    let out = node_exec_ok(node, &["zpool", "status", pool])?;
+    pgml_zfs::parse_status(&out)?
+        .into_iter()
+        .next()
+        .context("no pool in zpool status")
+}
+
+fn pool_names(node: &NodeInfo) -> anyhow::Result<Vec<String>> {
+    Ok(node_exec_ok(node, &["zpool", "list", "-H", "-o", "name"])?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+fn importable(node: &NodeInfo) -> anyhow::Result<Vec<pgml_zfs::PoolStatus>> {
+    let out = node_exec(
+        node,
+        &["zpool", "import", "-d", &node.dev_dir.to_string_lossy()],
+    )?;
+    Ok(pgml_zfs::parse_import_list(&String::from_utf8_lossy(
+        &out.stdout,
+    ))?)
+}
+
+fn dataset_props(node: &NodeInfo, ds: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let out = node_exec_ok(
+        node,
+        &[
+            "zfs",
+            "get",
+            "-H",
+            "-o",
+            "property,value",
+            "mountpoint,mounted,recordsize,compression,atime,logbias,xattr",
+            ds,
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// The pool as the spec asks: layout, members by by-id path in member order, datasets
+/// mounted under the node's mount root with the mapped properties, and the status the
+/// agent reported for it.
+fn check_built(node: &NodeInfo, p: &ZfsPool, vols: &[String], raidz1: bool) -> anyhow::Result<()> {
+    let name = p.pool_name();
+    let st = pool_status(node, &name)?;
+    assert_eq!(st.state, pgml_zfs::Health::Online);
+    let want = if raidz1 {
+        pgml_zfs::ObservedLayout::Raidz1
+    } else {
+        pgml_zfs::ObservedLayout::Stripe
+    };
+    assert_eq!(st.layout(), want, "{name}: {st:#?}");
+    let members: Vec<String> = st
+        .members()
+        .iter()
+        .map(|m| m.ebs_volume_id().unwrap_or_else(|| m.name.clone()))
+        .collect();
+    assert_eq!(members, vols, "members by-id, in member order");
+    for m in st.members() {
+        assert!(
+            m.name
+                .starts_with(&node.dev_dir.to_string_lossy().into_owned()),
+            "member {} is not a by-id path",
+            m.name
+        );
+    }
+    for (ds, rs, logbias) in [
+        ("pgdata", "32K", "throughput"),
+        ("pgwal", "128K", "latency"),
+    ] {
+        let props = dataset_props(node, &format!("{name}/{ds}"))?;
+        let mp = node.mnt_dir.join(&name).join(ds);
+        assert_eq!(props["mountpoint"], mp.to_string_lossy(), "{props:?}");
+        assert_eq!(props["mounted"], "yes");
+        assert_eq!(props["recordsize"], rs);
+        assert_eq!(props["logbias"], logbias);
+        // lz4 → on and xattr sa → on on zfs-fuse (logged as adjustments by the agent).
+        assert_eq!(props["compression"], "on");
+        assert_eq!(props["atime"], "off");
+        assert_eq!(props["xattr"], "on");
+    }
+    let s = p.status.as_ref().context("status")?;
+    assert_eq!(s.health.as_deref(), Some("ONLINE"));
+    assert_eq!(s.zfs_dialect.as_deref(), Some("zfs-fuse"));
+    assert!(
+        s.pool_guid
+            .as_deref()
+            .is_some_and(|g| g.parse::<u64>().is_ok())
+    );
+    assert!(s.size.is_some());
+    assert!(s.size_bytes.is_some_and(|b| b > 0));
+    assert!(s.free_bytes.is_some_and(|b| b > 0));
+    assert!(s.allocated_bytes.is_some());
+    for (i, v) in vols.iter().enumerate() {
+        let vs = s
+            .volumes
+            .iter()
+            .find(|x| x.index == i as i32)
+            .context("volume entry")?;
+        assert_eq!(
+            vs.volume_id.as_deref(),
+            Some(v.as_str()),
+            "controller's field kept"
+        );
+        assert_eq!(vs.attachment_state.as_deref(), Some("attached"));
+        assert_eq!(
+            vs.device.as_deref(),
+            Some(ebs_link(node, v).to_string_lossy().as_ref())
+        );
+        assert_eq!(vs.member_state.as_deref(), Some("ONLINE"));
+    }
+    for c in &s.conditions {
+        if ["PoolImported", "PoolHealthy", "DevicesFound"].contains(&c.type_.as_str()) {
+            assert_eq!(c.observed_generation, p.metadata.generation, "{c:?}");
+        }
+    }
+    assert_eq!(s.phase, Some(pgml_api::zfspool::PoolPhase::Importing));
+    check_ownership(p)?;
+    Ok(())
+}
+
+/// The agent's managed-fields entry holds only agent fields; the controller's entry still
+/// holds the volume IDs.
+fn check_ownership(p: &ZfsPool) -> anyhow::Result<()> {
+    let mf = p
+        .metadata
+        .managed_fields
+        .as_ref()
+        .context("managedFields")?;
+    let agent = mf
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("pgml-agent"))
+        .context("no pgml-agent managed fields")?;
+    assert_eq!(agent.subresource.as_deref(), Some("status"));
+    assert_eq!(agent.operation.as_deref(), Some("Apply"));
+    let fields = serde_json::to_string(&agent.fields_v1)?;
+    for controller_field in [
+        "f:volumeId",
+        "f:attachmentState",
+        "f:phase",
+        "f:sizeGiB",
+        "f:state\"",
+        "f:instanceId",
+    ] {
+        assert!(
+            !fields.contains(controller_field),
+            "pgml-agent owns {controller_field}: {fields}"
+        );
+    }
+    assert!(fields.contains("f:memberState") && fields.contains("f:poolGuid"));
+    let ctrl = mf
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("pgml-operator"))
+        .context("no pgml-operator managed fields")?;
+    let cf = serde_json::to_string(&ctrl.fields_v1)?;
+    assert!(
+        cf.contains("f:volumeId") && !cf.contains("f:memberState"),
+        "{cf}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn builds_raid0_and_raidz1_reports_and_releases_them() -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    let node = &sb.nodes[0];
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, "agent-build").await;
+    let mut made = Made::default();
+    let result = build_flow(sb, node, &ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
+}
+
+async fn build_flow(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    ec2: &SdkEc2,
+    ns: &TestNamespace,
+    made: &mut Made,
+) -> anyhow::Result<()> {
+    let api: Api<ZfsPool> = ns.api();
+    let run_id = format!("{:08x}", rand_u32());
+    let agent = Agent::start(sb, node, &run_id)?;
+    let (stripe, raidz) = (format!("s{run_id}"), format!("z{run_id}"));
+    create_pool(&api, &stripe, node, 4, "raid0", "Delete").await?;
+    create_pool(&api, &raidz, node, 5, "raidz1", "Retain").await?;
+
+    // Before the controller reports volumes: the agent says what it waits for.
+    let p = wait_for(&api, &stripe, &agent, 30, "waiting reported", |p| {
+        condition(p, "PoolImported").is_some_and(|c| c.reason == "WaitingForVolumes")
+    })
+    .await?;
+    assert_eq!(
+        condition(&p, "DevicesFound").map(|c| c.status.as_str()),
+        Some("Unknown")
+    );
+
+    let sv = volumes_on(ec2, node, 4, &format!("{run_id}s"), made).await?;
+    let zv = volumes_on(ec2, node, 5, &format!("{run_id}z"), made).await?;
+    apply_controller_status(&api, &stripe, &sv).await?;
+    apply_controller_status(&api, &raidz, &zv).await?;
+
+    let s = wait_for(&api, &stripe, &agent, 90, "raid0 ready", ready).await?;
+    let z = wait_for(&api, &raidz, &agent, 90, "raidz1 ready", ready).await?;
+    check_built(node, &s, &sv, false)?;
+    check_built(node, &z, &zv, true)?;
+    let log = agent.log();
+    assert!(log.contains("ZFS detected"), "{log}");
+    assert!(
+        log.contains("property adjusted"),
+        "adjustments are logged: {log}"
+    );
+
+    // Resyncs (every 3 s) that find nothing new write nothing.
+    let (rv_s, rv_z) = (
+        s.metadata.resource_version.clone(),
+        z.metadata.resource_version.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(api.get(&stripe).await?.metadata.resource_version, rv_s);
+    assert_eq!(api.get(&raidz).await?.metadata.resource_version, rv_z);
+
+    // Deletion: Retain exports (importable afterwards), Delete destroys.
+    api.delete(&raidz, &DeleteParams::default()).await?;
+    api.delete(&stripe, &DeleteParams::default()).await?;
+    let z = wait_for(&api, &raidz, &agent, 60, "raidz1 released", |p| {
+        is_true(p, "PoolReleased")
+    })
+    .await?;
+    let s = wait_for(&api, &stripe, &agent, 60, "raid0 released", |p| {
+        is_true(p, "PoolReleased")
+    })
+    .await?;
+    assert_eq!(condition(&z, "PoolReleased").unwrap().reason, "Exported");
+    assert_eq!(condition(&s, "PoolReleased").unwrap().reason, "Destroyed");
+    let names = pool_names(node)?;
+    assert!(
+        !names.contains(&raidz) && !names.contains(&stripe),
+        "{names:?}"
+    );
+    let imp = importable(node)?;
+    let exported = imp
+        .iter()
+        .find(|p| p.name == raidz)
+        .context("the Retain pool is importable after export")?;
+    assert_eq!(
+        exported.id.map(|g| g.to_string()),
+        z.status.as_ref().and_then(|s| s.pool_guid.clone()),
+        "importable under the GUID the agent reported"
+    );
+    assert!(
+        !imp.iter().any(|p| p.name == stripe),
+        "the Delete pool was destroyed"
+    );
+    // The agent released them; the test (as the controller) lets the objects go.
+    remove_finalizer(&api, &raidz).await?;
+    remove_finalizer(&api, &stripe).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_killed_mid_build_converges() -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    let node = &sb.nodes[1];
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, "agent-kill").await;
+    let mut made = Made::default();
+    let result = kill_flow(sb, node, &ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
+}
+
+async fn kill_flow(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    ec2: &SdkEc2,
+    ns: &TestNamespace,
+    made: &mut Made,
+) -> anyhow::Result<()> {
+    let api: Api<ZfsPool> = ns.api();
+    let run_id = format!("{:08x}", rand_u32());
+    let name = format!("k{run_id}");
+    create_pool(&api, &name, node, 5, "raidz1", "Delete").await?;
+    let vols = volumes_on(ec2, node, 5, &run_id, made).await?;
+    apply_controller_status(&api, &name, &vols).await?;
+
+    // Killed at once, and after a few short random spans; then the moment the pool
+    // appears (before or while its datasets are created).
+    for (round, ms) in [0u64, 300, 700, 1100].into_iter().enumerate() {
+        let mut a = Agent::start(sb, node, &format!("{run_id}-{round}"))?;
+        tokio::time::sleep(Duration::from_millis(ms + u64::from(rand_u32() % 200))).await;
+        a.kill();
+    }
+    let mut a = Agent::start(sb, node, &format!("{run_id}-appear"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pool_names(node)?.contains(&name) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+
+    let agent = Agent::start(sb, node, &format!("{run_id}-final"))?;
+    let p = wait_for(&api, &name, &agent, 90, "ready after restarts", ready).await?;
+    check_built(node, &p, &vols, true)?;
+    let same_name = pool_names(node)?.iter().filter(|n| **n == name).count();
+    assert_eq!(same_name, 1, "exactly one pool");
+    assert!(
+        !importable(node)?.iter().any(|p| p
+            .members()
+            .iter()
+            .any(|m| m.ebs_volume_id().is_some_and(|v| vols.contains(&v)))),
+        "no second (exported) pool on these volumes"
+    );
+    assert!(!agent.log().contains("CommandFailed"), "{}", agent.log());
+
+    api.delete(&name, &DeleteParams::default()).await?;
+    wait_for(&api, &name, &agent, 60, "released", |p| {
+        is_true(p, "PoolReleased")
+    })
+    .await?;
+    assert!(!pool_names(node)?.contains(&name));
+    remove_finalizer(&api, &name).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_devices_with_a_foreign_pool_or_a_file_system() -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    let node = &sb.nodes[2];
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, "agent-foreign").await;
+    let mut made = Made::default();
+    let result = foreign_flow(sb, node, &ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
+}
+
+async fn foreign_flow(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    ec2: &SdkEc2,
+    ns: &TestNamespace,
+    made: &mut Made,
+) -> anyhow::Result<()> {
+    let api: Api<ZfsPool> = ns.api();
+    let run_id = format!("{:08x}", rand_u32());
+    let vols = volumes_on(ec2, node, 4, &run_id, made).await?;
+    let link = |v: &str| ebs_link(node, v).to_string_lossy().into_owned();
+
+    // Someone else's pool on the first two volumes, exported (importable, not active).
+    let foreign = format!("f{run_id}");
+    node_exec_ok(
+        node,
+        &[
+            "zpool",
+            "create",
+            "-m",
+            "none",
+            &foreign,
+            &link(&vols[0]),
+            &link(&vols[1]),
+        ],
+    )?;
+    node_exec_ok(node, &["zpool", "export", &foreign])?;
+    // A file system on the fourth.
+    node_exec_ok(node, &["mkfs.ext4", "-q", "-F", &link(&vols[3])])?;
+
+    let agent = Agent::start(sb, node, &run_id)?;
+    let (a, b) = (format!("a{run_id}"), format!("b{run_id}"));
+    create_pool(&api, &a, node, 3, "raid0", "Delete").await?;
+    create_pool(&api, &b, node, 1, "raid0", "Delete").await?;
+    apply_controller_status(&api, &a, &vols[..3]).await?;
+    apply_controller_status(&api, &b, &vols[3..]).await?;
+
+    let pa = wait_for(&api, &a, &agent, 60, "refusal (labels)", |p| {
+        condition(p, "PoolImported")
+            .is_some_and(|c| c.status == "False" && c.reason == "DeviceInUse")
+    })
+    .await?;
+    let msg = &condition(&pa, "PoolImported").unwrap().message;
+    assert!(
+        msg.contains(&link(&vols[0])) || msg.contains(&link(&vols[1])),
+        "names the device: {msg}"
+    );
+    assert!(msg.contains(&foreign), "names the pool: {msg}");
+    let pb = wait_for(&api, &b, &agent, 60, "refusal (file system)", |p| {
+        condition(p, "PoolImported")
+            .is_some_and(|c| c.status == "False" && c.reason == "DeviceInUse")
+    })
+    .await?;
+    let msg = &condition(&pb, "PoolImported").unwrap().message;
+    assert!(
+        msg.contains(&link(&vols[3])) && msg.contains("ext4"),
+        "{msg}"
+    );
+
+    // Nothing was created over, nothing destroyed.
+    let names = pool_names(node)?;
+    assert!(!names.contains(&a) && !names.contains(&b), "{names:?}");
+    assert!(importable(node)?.iter().any(|p| p.name == foreign));
+    let blkid = node_exec_ok(node, &["blkid", "-p", "-o", "export", &link(&vols[3])])?;
+    assert!(blkid.contains("TYPE=ext4"), "{blkid}");
+
+    // Never built: released at once.
+    api.delete(&a, &DeleteParams::default()).await?;
+    api.delete(&b, &DeleteParams::default()).await?;
+    for n in [&a, &b] {
+        let p = wait_for(&api, n, &agent, 30, "released", |p| {
+            is_true(p, "PoolReleased")
+        })
+        .await?;
+        assert_eq!(condition(&p, "PoolReleased").unwrap().reason, "NotImported");
+        remove_finalizer(&api, n).await?;
+    }
+    assert!(importable(node)?.iter().any(|p| p.name == foreign));
+    Ok(())
+}
