@@ -83,24 +83,6 @@ fn examples_round_trip_through_the_rust_types() {
     }
 }
 
-/// `None` when every field in `sent` is in `got` with the same value; `got` may have more.
-pub fn missing_or_changed(sent: &Value, got: &Value, at: &str) -> Option<String> {
-    match (sent, got) {
-        (Value::Object(s), Value::Object(g)) => s.iter().find_map(|(k, v)| match g.get(k) {
-            None => Some(format!("{at}.{k} is missing")),
-            Some(gv) => missing_or_changed(v, gv, &format!("{at}.{k}")),
-        }),
-        (Value::Array(s), Value::Array(g)) if s.len() == g.len() => s
-            .iter()
-            .zip(g)
-            .enumerate()
-            .find_map(|(i, (a, b))| missing_or_changed(a, b, &format!("{at}[{i}]"))),
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
-        _ if sent == got => None,
-        _ => Some(format!("{at}: sent {sent}, got {got}")),
-    }
-}
-
 #[test]
 fn there_are_enough_invalid_cases_and_updates() {
     let cases = invalid_cases();

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod kube;
+pub mod manifests;
 pub mod nodes;
 pub mod procs;
 pub mod sandbox;

@@ -77,3 +77,23 @@ pub async fn node_exec_ok_async(node: &NodeInfo, argv: &[&str]) -> anyhow::Resul
 pub fn zfs_answers(node: &NodeInfo) -> bool {
     node_exec(node, &["zpool", "list", "-H"]).is_ok_and(|o| o.status.success())
 }
+
+/// Runs a ZFS command built by pgml-zfs inside the node; its stdout, or an error with stderr.
+pub fn node_zfs(node: &NodeInfo, c: &pgml_zfs::Command) -> anyhow::Result<String> {
+    let argv = c.argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    node_exec_ok(node, &argv)
+}
+
+/// The ZFS dialect the node's tools speak (zfs-fuse in the sandbox).
+pub fn node_dialect(node: &NodeInfo) -> anyhow::Result<pgml_zfs::Dialect> {
+    let probe = pgml_zfs::dialect::version_probe().argv();
+    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
+    let out = node_exec(node, &probe)?;
+    Ok(pgml_zfs::detect(
+        out.status.code(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )?
+    .dialect)
+}

@@ -14,7 +14,7 @@ use aws_config::retry::RetryConfig;
 use pgml_aws::{CreateSnapshotSet, CreateVolume, Ec2, ErrorKind, SdkEc2, VolumeType, client_token};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{ebs_link, sdk_config};
-use pgml_testbed::nodes::{node_exec, node_exec_ok};
+use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_zfs};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_zfs::command::{self, ImportSpec, ImportTarget, Layout, Mount, PoolSpec};
 use pgml_zfs::{
@@ -22,24 +22,6 @@ use pgml_zfs::{
 };
 
 const MEMBERS: usize = 5;
-
-fn run(node: &NodeInfo, c: &pgml_zfs::Command) -> anyhow::Result<String> {
-    let argv = c.argv();
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    node_exec_ok(node, &argv)
-}
-
-fn dialect(node: &NodeInfo) -> anyhow::Result<Dialect> {
-    let probe = pgml_zfs::dialect::version_probe().argv();
-    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
-    let out = node_exec(node, &probe)?;
-    Ok(pgml_zfs::detect(
-        out.status.code(),
-        &String::from_utf8_lossy(&out.stdout),
-        &String::from_utf8_lossy(&out.stderr),
-    )?
-    .dialect)
-}
 
 async fn wait_for_link(node: &NodeInfo, volume_id: &str) -> anyhow::Result<DevicePath> {
     let link = ebs_link(node, volume_id);
@@ -106,7 +88,7 @@ async fn pool_snapshot_restored_on_another_node() -> anyhow::Result<()> {
 
 async fn flow(sb: &Sandbox, ec2: &SdkEc2, made: &mut Made) -> anyhow::Result<()> {
     let (a, b) = (&sb.nodes[0], &sb.nodes[1]);
-    let d = dialect(a)?;
+    let d = node_dialect(a)?;
     let run_id = format!("{:08x}", rand_u32());
     let pool = PoolName::new(format!("snap{run_id}"))?;
     let tags = BTreeMap::from([("pgml.io/test".to_string(), format!("ebs-zfs-{run_id}"))]);
@@ -186,11 +168,11 @@ async fn flow(sb: &Sandbox, ec2: &SdkEc2, made: &mut Made) -> anyhow::Result<()>
         mount: Mount::None,
         altroot: Some(HostPath::new(a.mnt_dir.to_string_lossy().into_owned())?),
     };
-    run(a, &command::create_pool(d, &spec)?)?;
+    node_zfs(a, &command::create_pool(d, &spec)?)?;
     let destroy_a = scopeguard(a, &pool);
     let ds = DatasetName::from(pool.clone()).child("pgdata")?;
     let rel = HostPath::new(format!("/{pool}/pgdata"))?;
-    run(
+    node_zfs(
         a,
         &command::create_dataset(d, &ds, &postgres_defaults(), Some(&Mount::At(rel)), false),
     )?;
@@ -265,7 +247,7 @@ async fn flow(sb: &Sandbox, ec2: &SdkEc2, made: &mut Made) -> anyhow::Result<()>
     // Node B finds the copy by its GUID, the same as the source pool's, and imports it
     // under another name; it was never exported (a crash copy), hence -f.
     let dev_b = HostPath::new(b.dev_dir.to_string_lossy().into_owned())?;
-    let importable = pgml_zfs::parse_import_list(&run(
+    let importable = pgml_zfs::parse_import_list(&node_zfs(
         b,
         &command::list_importable(std::slice::from_ref(&dev_b)),
     )?)?;
@@ -280,7 +262,7 @@ async fn flow(sb: &Sandbox, ec2: &SdkEc2, made: &mut Made) -> anyhow::Result<()>
         "the restored copy has the source pool's GUID"
     );
     let restored = PoolName::new(format!("rest{run_id}"))?;
-    run(
+    node_zfs(
         b,
         &command::import_pool(
             d,
@@ -295,7 +277,7 @@ async fn flow(sb: &Sandbox, ec2: &SdkEc2, made: &mut Made) -> anyhow::Result<()>
         )?,
     )?;
     let destroy_b = scopeguard(b, &restored);
-    let st = pgml_zfs::parse_status(&run(b, &command::status(d, Some(&restored)))?)?;
+    let st = pgml_zfs::parse_status(&node_zfs(b, &command::status(d, Some(&restored)))?)?;
     assert_eq!(st[0].state, Health::Online);
     assert_eq!(st[0].members().len(), MEMBERS);
     // The dataset keeps its mount point under node B's root and holds the data as it was
@@ -334,7 +316,7 @@ fn write_durably(node: &NodeInfo, path: &str, content: &str) -> anyhow::Result<(
 }
 
 fn pool_guid(node: &NodeInfo, d: Dialect, pool: &PoolName) -> anyhow::Result<Guid> {
-    let out = run(node, &command::get_pool_properties(d, pool, &["guid"])?)?;
+    let out = node_zfs(node, &command::get_pool_properties(d, pool, &["guid"])?)?;
     let props = pgml_zfs::parse_zpool_get(&out)?;
     let g = props
         .iter()
@@ -350,7 +332,7 @@ impl Drop for PoolGuard<'_> {
     fn drop(&mut self) {
         // zfs-fuse answers "pool is busy" for a moment after a dataset was last used.
         for attempt in 1..=10 {
-            match run(self.0, &command::destroy_pool(&self.1, true)) {
+            match node_zfs(self.0, &command::destroy_pool(&self.1, true)) {
                 Ok(_) => return,
                 Err(e) if attempt == 10 => {
                     eprintln!("cleanup: destroying {} on {}: {e:#}", self.1, self.0.name)

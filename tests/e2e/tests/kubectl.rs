@@ -5,9 +5,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
 use pgml_testbed::Sandbox;
 use pgml_testbed::kube::{TestNamespace, client};
 
@@ -45,17 +42,6 @@ fn apply(ns: &str, yaml: &str) {
         "-f",
         file.to_str().unwrap(),
     ]);
-}
-
-async fn ensure_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let pp = PatchParams::apply("pgml-e2e-crds").force();
-    for crd in pgml_api::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &pp, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
-    }
 }
 
 /// Retries while the apiserver catches up (new CRDs take a moment to reach discovery and
@@ -129,7 +115,7 @@ spec:
 #[tokio::test]
 async fn get_prints_the_columns_of_each_kind() {
     let client = client().await;
-    ensure_crds(&client).await;
+    pgml_testbed::kube::ensure_crds(&client, pgml_api::crds()).await;
     let ns = TestNamespace::new(&client, "kubectl-get").await;
     let n = ns.name();
     apply(n, POOL);
@@ -235,7 +221,7 @@ async fn get_prints_the_columns_of_each_kind() {
 #[tokio::test]
 async fn explain_prints_the_field_docs() {
     let client = client().await;
-    ensure_crds(&client).await;
+    pgml_testbed::kube::ensure_crds(&client, pgml_api::crds()).await;
     for (path, sentences) in [
         ("zfspool", vec!["A ZFS pool on one node"]),
         (

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use pgml_testbed::Sandbox;
-use pgml_testbed::nodes::{node_exec, node_exec_ok, zfs_answers};
+use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_zfs, zfs_answers};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_zfs::command::{self, Layout, Mount, PoolSpec};
 use pgml_zfs::{
@@ -19,26 +19,8 @@ use pgml_zfs::{
 const MEMBERS: usize = 5;
 const IMAGE_BYTES: u64 = 256 << 20;
 
-fn run(node: &NodeInfo, c: &pgml_zfs::Command) -> anyhow::Result<String> {
-    let argv = c.argv();
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    node_exec_ok(node, &argv)
-}
-
-fn dialect(node: &NodeInfo) -> anyhow::Result<Dialect> {
-    let probe = pgml_zfs::dialect::version_probe().argv();
-    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
-    let out = node_exec(node, &probe)?;
-    let d = pgml_zfs::detect(
-        out.status.code(),
-        &String::from_utf8_lossy(&out.stdout),
-        &String::from_utf8_lossy(&out.stderr),
-    )?;
-    Ok(d.dialect)
-}
-
 fn pool_names(node: &NodeInfo, d: Dialect) -> anyhow::Result<Vec<String>> {
-    let out = run(node, &command::list_pools(d, None))?;
+    let out = node_zfs(node, &command::list_pools(d, None))?;
     Ok(pgml_zfs::parse_zpool_list(&out, LIST_COLUMNS)?
         .into_iter()
         .map(|p| p.name)
@@ -55,7 +37,7 @@ struct Cleanup<'a> {
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        let _ = run(self.node, &command::destroy_pool(&self.pool, false));
+        let _ = node_zfs(self.node, &command::destroy_pool(&self.pool, false));
         for l in &self.links {
             let _ = std::fs::remove_file(l);
         }
@@ -82,8 +64,8 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
         zfs_answers(a) && zfs_answers(b),
         "both nodes' zfs-fuse daemons must answer"
     );
-    let d = dialect(a)?;
-    assert_eq!(d, dialect(b)?);
+    let d = node_dialect(a)?;
+    assert_eq!(d, node_dialect(b)?);
 
     // Unique per run: 16 hex digits from the clock, then the member index (17 like EBS).
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
@@ -124,7 +106,7 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
         mount: Mount::None,
         altroot: None,
     };
-    run(a, &command::create_pool(d, &spec)?)?;
+    node_zfs(a, &command::create_pool(d, &spec)?)?;
 
     // Isolation: the pool exists in node A's daemon only, and both daemons still answer.
     assert!(pool_names(a, d)?.contains(&pool.to_string()));
@@ -138,7 +120,7 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
     let ds = DatasetName::from(pool.clone()).child("pgdata")?;
     let mnt = a.mnt_dir.join(pool.as_str()).join("pgdata");
     let mount = Mount::At(HostPath::new(mnt.to_string_lossy().into_owned())?);
-    run(
+    node_zfs(
         a,
         &command::create_dataset(d, &ds, &postgres_defaults(), Some(&mount), false),
     )?;
@@ -163,7 +145,7 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
         "the dataset mount leaked into the host namespace"
     );
 
-    let props = pgml_zfs::parse_zfs_get(&run(
+    let props = pgml_zfs::parse_zfs_get(&node_zfs(
         a,
         &command::get_properties(
             &ds,
@@ -181,7 +163,7 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
     assert_eq!(p["mountpoint"], mnt.to_string_lossy());
 
     // zpool status parses as an ONLINE raidz1 over exactly our five by-id links.
-    let st = pgml_zfs::parse_status(&run(a, &command::status(d, Some(&pool)))?)?;
+    let st = pgml_zfs::parse_status(&node_zfs(a, &command::status(d, Some(&pool)))?)?;
     assert_eq!(st.len(), 1);
     let st = &st[0];
     assert_eq!(st.name, pool.as_str());
@@ -194,12 +176,14 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
         assert_eq!(m.path(), Some(dev.as_str()));
         assert_eq!(m.ebs_volume_id().as_deref(), Some(vol.as_str()));
     }
-    let sizes =
-        pgml_zfs::parse_zpool_list(&run(a, &command::list_pools(d, Some(&pool)))?, LIST_COLUMNS)?;
+    let sizes = pgml_zfs::parse_zpool_list(
+        &node_zfs(a, &command::list_pools(d, Some(&pool)))?,
+        LIST_COLUMNS,
+    )?;
     assert_eq!(sizes[0].health, Health::Online);
     assert!(sizes[0].allocated.unwrap() >= 32 << 20, "{:?}", sizes[0]);
 
-    run(a, &command::destroy_pool(&pool, false))?;
+    node_zfs(a, &command::destroy_pool(&pool, false))?;
     assert!(!pool_names(a, d)?.contains(&pool.to_string()));
     drop(cleanup);
     Ok(())

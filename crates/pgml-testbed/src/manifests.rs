@@ -1,0 +1,106 @@
+//! The repository's manifests as tests read them: `examples/` and the invalid cases in
+//! `tests/manifests/invalid/` (each with the message it must be rejected with).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::sandbox::repo_root;
+
+/// `*.yaml` files in a repository folder, sorted.
+pub fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join(dir))
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A YAML file as JSON.
+pub fn load(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// An invalid-manifest case: the file, the message expected, and the object it updates
+/// (for transition rules).
+pub struct Case {
+    pub path: PathBuf,
+    pub expect: String,
+    pub object: Value,
+    pub before: Option<Value>,
+}
+
+impl Case {
+    pub fn name(&self) -> String {
+        file_name(&self.path)
+    }
+
+    /// Cases whose rule is an OpenAPI constraint (minimum, pattern, enum, list keys,
+    /// unknown fields), enforced by the apiserver's schema validation rather than CEL.
+    pub fn is_openapi(&self) -> bool {
+        [
+            "should be",
+            "should match",
+            "Unsupported value",
+            "Duplicate value",
+            "unknown field",
+        ]
+        .iter()
+        .any(|p| self.expect.starts_with(p))
+    }
+}
+
+/// Every case in `tests/manifests/invalid/`: `NN-name.yaml` with a `# expect: <message>`
+/// header, plus `NN-name.before.yaml` when the case is an update.
+pub fn invalid_cases() -> Vec<Case> {
+    yaml_files("tests/manifests/invalid")
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".before.yaml"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let expect = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} has no '# expect: ' line", path.display()))
+                .trim()
+                .to_string();
+            let before_path =
+                PathBuf::from(path.to_string_lossy().replace(".yaml", ".before.yaml"));
+            let before = before_path.exists().then(|| load(&before_path));
+            Case {
+                object: load(&path),
+                path,
+                expect,
+                before,
+            }
+        })
+        .collect()
+}
+
+/// `None` when every field in `sent` is in `got` with the same value. `got` may have more:
+/// the apiserver adds the schema's defaults (layout, encrypted, datasets…) to what it
+/// stores, and those are not a change to what the user wrote. Lists must match in length
+/// and element by element; numbers compare by value (`1` and `1.0` are one JSON number).
+pub fn missing_or_changed(sent: &Value, got: &Value, at: &str) -> Option<String> {
+    match (sent, got) {
+        (Value::Object(s), Value::Object(g)) => s.iter().find_map(|(k, v)| match g.get(k) {
+            None => Some(format!("{at}.{k} was dropped")),
+            Some(gv) => missing_or_changed(v, gv, &format!("{at}.{k}")),
+        }),
+        (Value::Array(s), Value::Array(g)) if s.len() == g.len() => s
+            .iter()
+            .zip(g)
+            .enumerate()
+            .find_map(|(i, (a, b))| missing_or_changed(a, b, &format!("{at}[{i}]"))),
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        _ if sent == got => None,
+        _ => Some(format!("{at}: sent {sent}, read back {got}")),
+    }
+}
