@@ -1,7 +1,11 @@
 //! pgml-operator: the controllers for PgmlCluster, ZfsPool and EbsSnapshot.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::Parser;
 use kube::Client;
+use pgml_operator::{Context, Settings};
 use pgml_runtime::{LogFormat, init_logging, shutdown_signal};
 
 /// Runs PostgresML on EC2: provisions gp3/io2 EBS volumes for ZFS pools, orchestrates
@@ -23,6 +27,12 @@ struct Args {
     /// Log filter when RUST_LOG is not set (e.g. `info`, `pgml_operator=debug,info`).
     #[arg(long, env = "PGML_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// During a ZfsPool's deletion, how long to wait for the node agent to release the pool
+    /// before reporting it Degraded (the volumes stay attached until the agent releases it
+    /// or the node is gone), in seconds.
+    #[arg(long, env = "PGML_RELEASE_TIMEOUT_SECONDS", default_value_t = 600)]
+    release_timeout_seconds: u64,
 }
 
 const API_GROUP: &str = "pgml.io";
@@ -36,9 +46,17 @@ async fn main() -> anyhow::Result<()> {
 
     let client = Client::try_default().await?;
     check_crds(&client).await?;
-    tracing::info!("custom resources are served; waiting for work");
+    tracing::info!("custom resources are served; starting the ZfsPool controller");
 
-    shutdown_signal().await;
+    let aws = pgml_aws::sdk_config().await;
+    let ec2 = Arc::new(pgml_aws::SdkEc2::new(&aws));
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        release_timeout: Duration::from_secs(args.release_timeout_seconds),
+        ..Settings::default()
+    };
+    let ctx = Context::new(client, ec2, settings);
+    pgml_operator::run_until(ctx, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

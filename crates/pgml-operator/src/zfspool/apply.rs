@@ -1,0 +1,488 @@
+//! Apply: bring EC2 to the spec — create the missing members (recording each ID at once),
+//! attach them, grow them — then write the controller's status if it changed.
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use pgml_api::validate;
+use pgml_api::zfspool::{VolumeModification, VolumeStatus, ZfsPoolStatus};
+use pgml_api::{ZfsPool, condition as c};
+use pgml_aws::{AttachmentState, Volume};
+use std::collections::BTreeMap;
+
+use super::build::{self, AttachStep, Budget, PoolRef};
+use super::dereference::{self, Target};
+use super::error::Error;
+use super::status::{self, AgentView, Facts, reason};
+use super::{Context, FIELD_MANAGER, events};
+
+/// Server-side apply of the controller's status fields on the status subresource.
+pub async fn write_status(ctx: &Context, pool: &ZfsPool, s: &ZfsPoolStatus) -> Result<(), Error> {
+    let ns = pool
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(Error::Incomplete("namespace"))?;
+    let name = pool
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(Error::Incomplete("name"))?;
+    let body = serde_json::json!({
+        "apiVersion": "pgml.io/v1alpha1",
+        "kind": "ZfsPool",
+        "status": s,
+    });
+    Api::<ZfsPool>::namespaced(ctx.client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes `new` unless it equals the controller's part of `written`, then publishes the
+/// Events its changes from `observed` deserve. Returns whether it wrote.
+pub async fn commit(
+    ctx: &Context,
+    pool: &ZfsPool,
+    observed: &ZfsPoolStatus,
+    written: &ZfsPoolStatus,
+    new: &ZfsPoolStatus,
+) -> Result<bool, Error> {
+    if status::owned_view(written) == *new {
+        return Ok(false);
+    }
+    write_status(ctx, pool, new).await?;
+    for (warning, reason, note) in status::notices(observed, new) {
+        events::publish(ctx, pool, warning, &reason, note).await;
+    }
+    for v in &new.volumes {
+        let was = observed.volumes.iter().find(|o| o.index == v.index);
+        let now_attached = v.attachment_state.as_deref() == Some("attached");
+        if now_attached && was.and_then(|o| o.attachment_state.as_deref()) != Some("attached") {
+            let note = format!(
+                "member {} ({}) is attached to {}",
+                v.index,
+                v.volume_id.as_deref().unwrap_or("?"),
+                new.instance_id.as_deref().unwrap_or("?")
+            );
+            events::publish(ctx, pool, false, "VolumeAttached", note).await;
+        }
+    }
+    Ok(true)
+}
+
+pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
+    let observed = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let now = status::now();
+
+    let errors = validate::check_pool_template(&pool.spec.template);
+    if let Some(first) = errors.first() {
+        let msg = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let new = status::blocked(
+            &observed,
+            generation,
+            Some((first.reason(), &msg)),
+            "InvalidSpec",
+            &msg,
+            &now,
+        );
+        commit(ctx, pool, &observed, &observed, &new).await?;
+        return Ok(Action::await_change());
+    }
+
+    let target = match dereference::resolve(ctx, &pool.spec.node_name).await? {
+        Ok(t) => t,
+        Err(u) => {
+            let new = status::blocked(&observed, generation, None, u.reason, &u.message, &now);
+            commit(ctx, pool, &observed, &observed, &new).await?;
+            return Ok(Action::requeue(ctx.settings.ready_requeue));
+        }
+    };
+    let pref = PoolRef::of(pool).ok_or(Error::Incomplete("uid, namespace or name"))?;
+    let count = pool.spec.template.volumes.count.max(0) as usize;
+    let found = ctx.ec2.find_volumes(&build::pool_filter(pref.uid)).await?;
+    let mut members = build::sort_members(&found, count);
+    if !members.extra.is_empty() {
+        let ids: Vec<&str> = members.extra.iter().map(|v| v.volume_id.as_str()).collect();
+        tracing::warn!(
+            ?ids,
+            "volumes tagged for this pool that fill no member slot"
+        );
+    }
+    let lost = recover_unlisted(ctx, &observed, &mut members).await?;
+
+    let max = target
+        .limits
+        .as_ref()
+        .and_then(|l| l.maximum_ebs_attachments);
+    if let Some(free) = build::free_attachments(max, &target.instance, &members)
+        && let Err(e) = validate::check_attachments(
+            &pool.spec.template.volumes,
+            free,
+            &target.instance.instance_type,
+        )
+    {
+        let msg = e.to_string();
+        let new = status::blocked(
+            &observed,
+            generation,
+            Some((e.reason(), &msg)),
+            e.reason(),
+            &msg,
+            &now,
+        );
+        commit(ctx, pool, &observed, &observed, &new).await?;
+        // Slots free up when other volumes detach: look again later.
+        return Ok(Action::requeue(ctx.settings.ready_requeue * 5));
+    }
+
+    let mut facts = facts(pool, &target, &observed, &members);
+    let mut written = observed.clone();
+
+    // Create what is missing, recording each ID before anything else happens.
+    for i in 0..count {
+        if members.slots[i].is_some() || lost.contains_key(&i) {
+            continue;
+        }
+        let req = build::create_request(&pref, i, &target.instance.availability_zone);
+        let v = ctx.ec2.create_volume(&req).await?;
+        tracing::info!(volume = %v.volume_id, member = i, "created volume");
+        facts
+            .volumes
+            .push(build::volume_status(i, &v, &facts.instance_id, None));
+        members.slots[i] = Some(v.clone());
+        let new = status::compute(&facts, &observed, &now);
+        write_status(ctx, pool, &new).await?;
+        written = new;
+        let note = format!(
+            "created {} ({} GiB {}) as member {i} in {}",
+            v.volume_id,
+            req.size_gib,
+            req.volume_type.as_str(),
+            req.availability_zone
+        );
+        events::publish(ctx, pool, false, "VolumeCreated", note).await;
+    }
+    if let Some((i, id)) = lost.iter().next() {
+        facts.attach_problem = Some((
+            "MemberLost".into(),
+            format!(
+                "member {i}'s volume {id} no longer exists in EC2; the operator does not replace it on its own yet"
+            ),
+        ));
+    }
+
+    let attach = attach_members(ctx, &target, &members, &mut facts, &observed, &now).await;
+    let grow = match attach {
+        Ok(()) => grow_members(ctx, pool, &members, &mut facts, &now).await,
+        Err(e) => Err(e),
+    };
+    let new = status::compute(&facts, &observed, &now);
+    commit(ctx, pool, &observed, &written, &new).await?;
+    grow?;
+
+    let ready = status::is_true(&new, c::READY);
+    let stuck = facts.attach_problem.is_some() || facts.budget_wait.is_some();
+    let settled = ready && new.phase != Some(pgml_api::zfspool::PoolPhase::Resizing);
+    Ok(Action::requeue(if settled || stuck {
+        ctx.settings.ready_requeue
+    } else {
+        ctx.settings.progress_requeue
+    }))
+}
+
+/// A member whose ID the status records but the tag search did not return: EC2 may not
+/// list a new volume by tag yet (eventual consistency), or its tags were removed. One
+/// DescribeVolumes by ID settles it; a volume EC2 no longer knows is reported, never
+/// silently recreated. Returns the lost members.
+async fn recover_unlisted(
+    ctx: &Context,
+    observed: &ZfsPoolStatus,
+    members: &mut build::Members,
+) -> Result<BTreeMap<usize, String>, Error> {
+    let unlisted: Vec<(usize, String)> = observed
+        .volumes
+        .iter()
+        .filter_map(|v| Some((usize::try_from(v.index).ok()?, v.volume_id.clone()?)))
+        .filter(|(i, id)| {
+            *i < members.slots.len()
+                && members.slots[*i].is_none()
+                && !members.extra.iter().any(|v| &v.volume_id == id)
+        })
+        .collect();
+    let mut lost = BTreeMap::new();
+    if unlisted.is_empty() {
+        return Ok(lost);
+    }
+    let ids: Vec<String> = unlisted.iter().map(|(_, id)| id.clone()).collect();
+    let known = ctx.ec2.describe_volumes(&ids).await?;
+    for (i, id) in unlisted {
+        match known
+            .iter()
+            .find(|v| v.volume_id == id && !matches!(v.state.as_str(), "deleting" | "deleted"))
+        {
+            Some(v) => members.slots[i] = Some(v.clone()),
+            None => {
+                lost.insert(i, id);
+            }
+        }
+    }
+    Ok(lost)
+}
+
+fn facts(
+    pool: &ZfsPool,
+    target: &Target,
+    observed: &ZfsPoolStatus,
+    members: &build::Members,
+) -> Facts {
+    let spec = &pool.spec.template;
+    let instance_id = target.instance.instance_id.clone();
+    let old_mods: BTreeMap<i32, VolumeModification> = observed
+        .volumes
+        .iter()
+        .filter_map(|v| Some((v.index, v.modification.clone()?)))
+        .collect();
+    let volumes: Vec<VolumeStatus> = members
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let v = v.as_ref()?;
+            let m = old_mods
+                .get(&(i as i32))
+                .map(|m| build::settle_modification(m, v));
+            Some(build::volume_status(i, v, &instance_id, m))
+        })
+        .collect();
+    let performance = target.limits.as_ref().map(|l| {
+        validate::performance_ceiling(
+            &spec.volumes,
+            spec.layout,
+            l.maximum_iops,
+            l.maximum_throughput_mibps,
+        )
+    });
+    Facts {
+        generation: pool.metadata.generation,
+        node_name: pool.spec.node_name.clone(),
+        pool_name: pool.pool_name(),
+        layout: spec.layout,
+        count: spec.volumes.count.max(0) as usize,
+        instance_id,
+        instance_type: target.instance.instance_type.clone(),
+        availability_zone: target.instance.availability_zone.clone(),
+        volumes,
+        performance: performance.or_else(|| {
+            Some(validate::performance_ceiling(
+                &spec.volumes,
+                spec.layout,
+                None,
+                None,
+            ))
+        }),
+        recent_modifications: observed.recent_modifications.clone(),
+        attach_problem: None,
+        budget_wait: None,
+        agent: AgentView::read(observed),
+    }
+}
+
+fn set_attachment(facts: &mut Facts, index: usize, state: &str) {
+    if let Some(v) = facts.volumes.iter_mut().find(|v| v.index == index as i32) {
+        v.attachment_state = Some(state.to_string());
+    }
+}
+
+/// Attaches every available member to the instance; reports members attached elsewhere,
+/// attachments that last, and attach limits as the VolumesAttached condition.
+async fn attach_members(
+    ctx: &Context,
+    target: &Target,
+    members: &build::Members,
+    facts: &mut Facts,
+    observed: &ZfsPoolStatus,
+    now: &pgml_api::common::Time,
+) -> Result<(), Error> {
+    let instance_id = target.instance.instance_id.clone();
+    let mut used = build::used_devices(&target.instance, members);
+    // How long the pool has been waiting for its volumes (for attachments that last).
+    let waiting_since = status::condition(observed, c::VOLUMES_ATTACHED)
+        .filter(|c| c.status == c::FALSE)
+        .map(|c| now.0.as_second() - c.last_transition_time.0.as_second())
+        .unwrap_or(0);
+    for (i, slot) in members.slots.iter().enumerate() {
+        let Some(v) = slot else { continue };
+        match build::attach_step(v, &instance_id) {
+            AttachStep::Attached | AttachStep::NotReady(_) => {}
+            AttachStep::InProgress(state) => {
+                if state == AttachmentState::Attaching
+                    && waiting_since > ctx.settings.attach_timeout.as_secs() as i64
+                {
+                    facts.attach_problem = Some((
+                        "AttachmentStuck".into(),
+                        format!(
+                            "member {i} ({}) has been attaching to {instance_id} for over {}s; EC2 has not finished it",
+                            v.volume_id,
+                            ctx.settings.attach_timeout.as_secs()
+                        ),
+                    ));
+                }
+            }
+            AttachStep::Elsewhere(other) => {
+                facts.attach_problem = Some((
+                    reason::ATTACHED_ELSEWHERE.into(),
+                    format!(
+                        "member {i} ({}) is attached to instance {other}, not {instance_id} of node {}; the operator does not take volumes from other instances",
+                        v.volume_id, facts.node_name
+                    ),
+                ));
+            }
+            AttachStep::Attach => {
+                let Some(device) = build::pick_device(i, &used) else {
+                    facts.attach_problem = Some((
+                        reason::ATTACHMENT_LIMIT.into(),
+                        format!("no free device name on {instance_id} for member {i}"),
+                    ));
+                    continue;
+                };
+                match ctx
+                    .ec2
+                    .attach_volume(&v.volume_id, &instance_id, &device)
+                    .await
+                {
+                    Ok(state) => {
+                        tracing::info!(volume = %v.volume_id, %device, ?state, "attach requested");
+                        used.insert(device);
+                        set_attachment(facts, i, build::attachment_word(state));
+                    }
+                    Err(e) if e.code == "AttachmentLimitExceeded" => {
+                        facts.attach_problem =
+                            Some((reason::ATTACHMENT_LIMIT.into(), e.to_string()));
+                    }
+                    Err(e) if e.code == "VolumeInUse" => {
+                        facts.attach_problem = Some((reason::VOLUME_IN_USE.into(), e.to_string()));
+                    }
+                    Err(e)
+                        if e.code == "InvalidParameterValue"
+                            && e.message.contains("already in use") =>
+                    {
+                        // Our view of the instance's devices was stale: next time, another name.
+                        used.insert(device);
+                        tracing::info!(volume = %v.volume_id, "device name taken; retrying with another");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Grows members below the spec with ModifyVolume, within AWS's 4 per volume per 24 h.
+async fn grow_members(
+    ctx: &Context,
+    pool: &ZfsPool,
+    members: &build::Members,
+    facts: &mut Facts,
+    now: &pgml_api::common::Time,
+) -> Result<(), Error> {
+    let spec = &pool.spec.template.volumes;
+    let in_flight = |i: usize| {
+        facts.volumes.iter().any(|v| {
+            v.index == i as i32
+                && v.modification
+                    .as_ref()
+                    .is_some_and(|m| m.state == "modifying")
+        })
+    };
+    let plan: Vec<(usize, pgml_aws::ModifyVolume)> = members
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let v: &Volume = v.as_ref()?;
+            (matches!(v.state.as_str(), "available" | "in-use") && !in_flight(i))
+                .then(|| build::growth(v, spec).map(|m| (i, m)))
+                .flatten()
+        })
+        .collect();
+    let secs =
+        |ts: &[pgml_api::common::Time]| ts.iter().map(|t| t.0.as_second()).collect::<Vec<_>>();
+    let t = now.0.as_second();
+    let recent = secs(&facts.recent_modifications);
+    if plan.is_empty() {
+        facts.recent_modifications = to_times(&build::prune_recent(&recent, t, false));
+        return Ok(());
+    }
+    match build::modification_budget(&recent, t) {
+        Budget::SpentUntil(at) => {
+            let when = k8s_openapi::jiff::Timestamp::from_second(at)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            facts.budget_wait = Some(format!(
+                "the spec asks for larger volumes, but AWS allows 4 modifications per volume in 24 hours and they are spent; the next can start at {when}"
+            ));
+            Ok(())
+        }
+        Budget::Available { .. } => {
+            let mut started = false;
+            let mut result = Ok(());
+            for (i, m) in plan {
+                match ctx.ec2.modify_volume(&m).await {
+                    Ok(()) => {
+                        started = true;
+                        tracing::info!(volume = %m.volume_id, ?m, "modification requested");
+                        if let Some(v) = facts.volumes.iter_mut().find(|v| v.index == i as i32) {
+                            v.modification = Some(VolumeModification {
+                                state: "modifying".into(),
+                                progress: Some(0),
+                                start_time: Some(now.clone()),
+                                target_size_gib: m.size_gib.map(i64::from),
+                                target_iops: m.iops.map(i64::from),
+                                target_throughput_mibps: m.throughput_mibps.map(i64::from),
+                                target_type: None,
+                                message: None,
+                            });
+                        }
+                    }
+                    Err(e) if e.code == "IncorrectModificationState" => {
+                        tracing::info!(volume = %m.volume_id, "a modification is still running; waiting");
+                    }
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            facts.recent_modifications = to_times(&build::prune_recent(&recent, t, started));
+            if started {
+                events::publish(
+                    ctx,
+                    pool,
+                    false,
+                    "VolumesModifying",
+                    "EBS is growing the volumes to the new spec".into(),
+                )
+                .await;
+            }
+            result
+        }
+    }
+}
+
+fn to_times(secs: &[i64]) -> Vec<pgml_api::common::Time> {
+    secs.iter()
+        .filter_map(|s| k8s_openapi::jiff::Timestamp::from_second(*s).ok())
+        .map(pgml_api::common::Time)
+        .collect()
+}

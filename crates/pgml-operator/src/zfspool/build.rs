@@ -1,0 +1,591 @@
+//! Pure builders: what the pool's volumes should be, how to ask EC2 for them, and which
+//! changes to make next. No client, no clock (time comes in as an argument): every decision
+//! here is tested without a server.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pgml_api::common::keys;
+use pgml_api::ebs::VolumeType as ApiVolumeType;
+use pgml_api::zfspool::{VolumeModification, VolumeStatus};
+use pgml_api::{EbsVolumes, ZfsPool};
+use pgml_aws::{AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeType};
+
+/// AWS allows this many modifications per volume in a rolling 24 hours.
+pub const MODIFICATIONS_PER_DAY: usize = 4;
+const DAY_SECONDS: i64 = 24 * 3600;
+
+/// The identity of a pool the builders need: its UID, namespace, name and spec.
+pub struct PoolRef<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub volumes: &'a EbsVolumes,
+}
+
+impl<'a> PoolRef<'a> {
+    pub fn of(pool: &'a ZfsPool) -> Option<PoolRef<'a>> {
+        Some(PoolRef {
+            uid: pool.metadata.uid.as_deref()?,
+            namespace: pool.metadata.namespace.as_deref()?,
+            name: pool.metadata.name.as_deref()?,
+            volumes: &pool.spec.template.volumes,
+        })
+    }
+}
+
+/// The tag filter that finds every volume of the pool, in one DescribeVolumes.
+pub fn pool_filter(uid: &str) -> Vec<(String, String)> {
+    vec![(keys::POOL_UID.to_string(), uid.to_string())]
+}
+
+/// The tags of member `index`: the contract's `pgml.io/*` set, `Name`, plus the user's
+/// (which cannot use the reserved prefixes: the schema refuses them).
+pub fn volume_tags(pool: &PoolRef, index: usize) -> BTreeMap<String, String> {
+    let mut tags = pool.volumes.tags.clone();
+    for (k, v) in [
+        (keys::MANAGED_BY, keys::MANAGED_BY_VALUE.to_string()),
+        (keys::NAMESPACE, pool.namespace.to_string()),
+        (keys::POOL, pool.name.to_string()),
+        (keys::POOL_UID, pool.uid.to_string()),
+        (keys::MEMBER_INDEX, index.to_string()),
+        (
+            keys::NAME,
+            format!("{}/{}-{index}", pool.namespace, pool.name),
+        ),
+    ] {
+        tags.insert(k.to_string(), v);
+    }
+    tags
+}
+
+/// The ClientToken of member `index`, generation `member_generation` (0 for the first
+/// volume of that index; a replacement gets the next): EC2 returns the same volume for a
+/// repeated create instead of making a second one.
+pub fn volume_token(uid: &str, index: usize, member_generation: u32) -> String {
+    pgml_aws::client_token(&[uid, &index.to_string(), &member_generation.to_string()])
+}
+
+fn aws_type(t: ApiVolumeType) -> VolumeType {
+    match t {
+        ApiVolumeType::Gp3 => VolumeType::Gp3,
+        ApiVolumeType::Io2 => VolumeType::Io2,
+    }
+}
+
+/// The CreateVolume for member `index` in the instance's zone. IOPS/throughput are sent
+/// only when the spec sets them (gp3 defaults to its baseline).
+pub fn create_request(pool: &PoolRef, index: usize, az: &str) -> CreateVolume {
+    let v = pool.volumes;
+    CreateVolume {
+        availability_zone: az.to_string(),
+        volume_type: aws_type(v.volume_type),
+        size_gib: v.size_gib as i32,
+        iops: v.iops.map(|i| i as i32),
+        throughput_mibps: match v.volume_type {
+            ApiVolumeType::Gp3 => v.throughput_mibps.map(|t| t as i32),
+            ApiVolumeType::Io2 => None,
+        },
+        encrypted: v.encrypted,
+        kms_key_id: v.kms_key_id.clone(),
+        snapshot_id: None,
+        volume_initialization_rate_mibps: None,
+        tags: volume_tags(pool, index),
+        client_token: volume_token(pool.uid, index, 0),
+    }
+}
+
+/// The volumes EC2 found for the pool, sorted into member slots. A volume being deleted
+/// does not fill a slot; two live volumes claiming one index, or an index beyond `count`,
+/// are `extra` (reported, never deleted by the controller).
+#[derive(Debug, Default, PartialEq)]
+pub struct Members {
+    pub slots: Vec<Option<Volume>>,
+    pub extra: Vec<Volume>,
+}
+
+pub fn sort_members(found: &[Volume], count: usize) -> Members {
+    let mut m = Members {
+        slots: vec![None; count],
+        extra: vec![],
+    };
+    let mut sorted: Vec<&Volume> = found
+        .iter()
+        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
+        .collect();
+    sorted.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+    for v in sorted {
+        let index = v
+            .tags
+            .get(keys::MEMBER_INDEX)
+            .and_then(|i| i.parse::<usize>().ok());
+        match index {
+            Some(i) if i < count && m.slots[i].is_none() => m.slots[i] = Some(v.clone()),
+            _ => m.extra.push(v.clone()),
+        }
+    }
+    m
+}
+
+/// What to do about one member's attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachStep {
+    /// Attached to our instance.
+    Attached,
+    /// Attaching (or detaching) on our instance: wait and look again.
+    InProgress(AttachmentState),
+    /// Available: attach it.
+    Attach,
+    /// Still `creating`, or in `error`: nothing to do now.
+    NotReady(String),
+    /// Attached to another instance: never steal it.
+    Elsewhere(String),
+}
+
+pub fn attach_step(v: &Volume, instance_id: &str) -> AttachStep {
+    let live = v
+        .attachments
+        .iter()
+        .find(|a| a.state != AttachmentState::Detached);
+    match live {
+        Some(a) if a.instance_id != instance_id => AttachStep::Elsewhere(a.instance_id.clone()),
+        Some(a) if a.state == AttachmentState::Attached => AttachStep::Attached,
+        Some(a) => AttachStep::InProgress(a.state),
+        None if v.state == "available" => AttachStep::Attach,
+        None => AttachStep::NotReady(v.state.clone()),
+    }
+}
+
+/// The device name to ask for: member `index`'s hint unless another device holds it, else
+/// the first free hint. The name is only a hint on Nitro, but it must be unique.
+pub fn pick_device(index: usize, used: &BTreeSet<String>) -> Option<String> {
+    let preferred = pgml_aws::device_name_hint(index)?;
+    if !used.contains(&preferred) {
+        return Some(preferred);
+    }
+    (0..)
+        .map_while(pgml_aws::device_name_hint)
+        .find(|d| !used.contains(d))
+}
+
+/// Device names taken on the instance: its block-device mappings and our members'
+/// attachments (which a fresh DescribeInstances may not show yet).
+pub fn used_devices(instance: &Instance, members: &Members) -> BTreeSet<String> {
+    let mut used: BTreeSet<String> = instance.block_devices.keys().cloned().collect();
+    for v in members.slots.iter().flatten() {
+        for a in &v.attachments {
+            if a.instance_id == instance.instance_id && a.state != AttachmentState::Detached {
+                used.insert(a.device.clone());
+            }
+        }
+    }
+    used
+}
+
+/// Attachment slots free for this pool: the type's limit minus what is attached that is not
+/// ours (root volume, other pools). `None` when the limit is unknown.
+pub fn free_attachments(
+    max_attachments: Option<i64>,
+    instance: &Instance,
+    members: &Members,
+) -> Option<i32> {
+    let ours: BTreeSet<&str> = members
+        .slots
+        .iter()
+        .flatten()
+        .map(|v| v.volume_id.as_str())
+        .collect();
+    let others = instance
+        .block_devices
+        .values()
+        .filter(|id| !ours.contains(id.as_str()))
+        .count() as i64;
+    max_attachments.map(|m| (m - others).max(0) as i32)
+}
+
+/// The ModifyVolume that brings a member up to the spec, if it is below it. Only growth:
+/// shrinking is refused at admission, and a value above the spec is left alone.
+pub fn growth(v: &Volume, spec: &EbsVolumes) -> Option<ModifyVolume> {
+    let size = (i64::from(v.size_gib) < spec.size_gib).then_some(spec.size_gib as i32);
+    let iops = spec
+        .iops
+        .filter(|want| v.iops.is_none_or(|have| i64::from(have) < *want))
+        .map(|i| i as i32);
+    let throughput = match spec.volume_type {
+        ApiVolumeType::Gp3 => spec
+            .throughput_mibps
+            .filter(|want| {
+                v.throughput_mibps
+                    .is_none_or(|have| i64::from(have) < *want)
+            })
+            .map(|t| t as i32),
+        ApiVolumeType::Io2 => None,
+    };
+    (size.is_some() || iops.is_some() || throughput.is_some()).then(|| ModifyVolume {
+        volume_id: v.volume_id.clone(),
+        size_gib: size,
+        iops,
+        throughput_mibps: throughput,
+    })
+}
+
+/// Whether another round of modifications may start now (`recent`: epoch seconds of the
+/// pool's modification rounds; each round modifies every member once, so a round spends one
+/// of each volume's 4 per rolling 24 hours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Available {
+        left: usize,
+    },
+    /// Spent: the next round may start at this epoch second.
+    SpentUntil(i64),
+}
+
+pub fn modification_budget(recent: &[i64], now: i64) -> Budget {
+    let mut within: Vec<i64> = recent
+        .iter()
+        .copied()
+        .filter(|t| now - t < DAY_SECONDS)
+        .collect();
+    within.sort_unstable();
+    if within.len() < MODIFICATIONS_PER_DAY {
+        return Budget::Available {
+            left: MODIFICATIONS_PER_DAY - within.len(),
+        };
+    }
+    // The round that frees a slot is the one that makes the window hold one fewer than 4.
+    let oldest_that_matters = within[within.len() - MODIFICATIONS_PER_DAY];
+    Budget::SpentUntil(oldest_that_matters + DAY_SECONDS)
+}
+
+/// `recentModifications` with the ones older than 24 hours dropped (and `now` added when a
+/// round starts), at most 16 kept as the schema allows.
+pub fn prune_recent(recent: &[i64], now: i64, started: bool) -> Vec<i64> {
+    let mut out: Vec<i64> = recent
+        .iter()
+        .copied()
+        .filter(|t| now - t < DAY_SECONDS)
+        .collect();
+    if started {
+        out.push(now);
+    }
+    out.sort_unstable();
+    let skip = out.len().saturating_sub(16);
+    out.split_off(skip)
+}
+
+/// The controller's fields of `status.volumes[index]` from what EC2 reports.
+pub fn volume_status(
+    index: usize,
+    v: &Volume,
+    instance_id: &str,
+    modification: Option<VolumeModification>,
+) -> VolumeStatus {
+    let attachment = v
+        .attachments
+        .iter()
+        .find(|a| a.instance_id == instance_id && a.state != AttachmentState::Detached);
+    VolumeStatus {
+        index: index as i32,
+        volume_id: Some(v.volume_id.clone()),
+        availability_zone: Some(v.availability_zone.clone()).filter(|s| !s.is_empty()),
+        state: Some(v.state.clone()).filter(|s| !s.is_empty()),
+        attachment_state: Some(
+            attachment
+                .map(|a| attachment_word(a.state))
+                .unwrap_or("detached")
+                .to_string(),
+        ),
+        volume_type: Some(v.volume_type.clone()).filter(|s| !s.is_empty()),
+        size_gib: Some(i64::from(v.size_gib)),
+        iops: v.iops.map(i64::from),
+        throughput_mibps: v.throughput_mibps.map(i64::from),
+        modification,
+        device: None,
+        member_state: None,
+    }
+}
+
+pub fn attachment_word(s: AttachmentState) -> &'static str {
+    match s {
+        AttachmentState::Attaching => "attaching",
+        AttachmentState::Attached => "attached",
+        AttachmentState::Detaching => "detaching",
+        AttachmentState::Detached => "detached",
+        AttachmentState::Busy => "busy",
+        AttachmentState::Unknown => "unknown",
+    }
+}
+
+/// A modification in flight is `completed` once EC2 reports the targets it asked for.
+pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModification {
+    if m.state != "modifying" {
+        return m.clone();
+    }
+    let reached = m.target_size_gib.is_none_or(|t| i64::from(v.size_gib) >= t)
+        && m.target_iops
+            .is_none_or(|t| v.iops.is_some_and(|i| i64::from(i) >= t))
+        && m.target_throughput_mibps
+            .is_none_or(|t| v.throughput_mibps.is_some_and(|i| i64::from(i) >= t));
+    let mut out = m.clone();
+    if reached {
+        out.state = "completed".into();
+        out.progress = Some(100);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgml_aws::Attachment;
+
+    fn spec(yaml: &str) -> EbsVolumes {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn pool_ref(v: &EbsVolumes) -> PoolRef<'_> {
+        PoolRef {
+            uid: "uid-1",
+            namespace: "db",
+            name: "tank",
+            volumes: v,
+        }
+    }
+
+    fn vol(id: &str, index: Option<usize>, state: &str) -> Volume {
+        let mut tags = BTreeMap::new();
+        if let Some(i) = index {
+            tags.insert(keys::MEMBER_INDEX.to_string(), i.to_string());
+        }
+        Volume {
+            volume_id: id.into(),
+            availability_zone: "us-east-1a".into(),
+            state: state.into(),
+            volume_type: "gp3".into(),
+            size_gib: 100,
+            iops: Some(3000),
+            throughput_mibps: Some(125),
+            encrypted: true,
+            snapshot_id: None,
+            attachments: vec![],
+            tags,
+        }
+    }
+
+    #[test]
+    fn tags_follow_the_contract_and_keep_user_tags() {
+        let v = spec("sizeGiB: 10\ntags: {team: data}");
+        let tags = volume_tags(&pool_ref(&v), 2);
+        let want: BTreeMap<String, String> = [
+            ("pgml.io/managed-by", "pgml-operator"),
+            ("pgml.io/namespace", "db"),
+            ("pgml.io/pool", "tank"),
+            ("pgml.io/pool-uid", "uid-1"),
+            ("pgml.io/member-index", "2"),
+            ("Name", "db/tank-2"),
+            ("team", "data"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(tags, want);
+        assert_eq!(
+            pool_filter("uid-1"),
+            vec![("pgml.io/pool-uid".to_string(), "uid-1".to_string())]
+        );
+    }
+
+    #[test]
+    fn tokens_are_per_uid_index_and_member_generation() {
+        let a = volume_token("uid-1", 0, 0);
+        assert_eq!(a, volume_token("uid-1", 0, 0));
+        assert_eq!(a, pgml_aws::client_token(&["uid-1", "0", "0"]));
+        assert_ne!(a, volume_token("uid-1", 1, 0));
+        assert_ne!(a, volume_token("uid-1", 0, 1));
+        assert_ne!(a, volume_token("uid-2", 0, 0));
+    }
+
+    #[test]
+    fn create_requests_carry_spec_zone_token_and_tags() {
+        let gp3 = spec("sizeGiB: 50\niops: 6000\nthroughputMiBps: 250");
+        let r = create_request(&pool_ref(&gp3), 3, "us-east-1b");
+        assert_eq!(r.availability_zone, "us-east-1b");
+        assert_eq!(r.volume_type, VolumeType::Gp3);
+        assert_eq!(
+            (r.size_gib, r.iops, r.throughput_mibps),
+            (50, Some(6000), Some(250))
+        );
+        assert!(r.encrypted);
+        assert_eq!(r.client_token, volume_token("uid-1", 3, 0));
+        assert_eq!(r.tags["pgml.io/member-index"], "3");
+
+        let baseline = create_request(&pool_ref(&spec("sizeGiB: 10")), 0, "z");
+        assert_eq!((baseline.iops, baseline.throughput_mibps), (None, None));
+
+        let io2 = create_request(
+            &pool_ref(&spec("type: io2\nsizeGiB: 100\niops: 20000")),
+            0,
+            "z",
+        );
+        assert_eq!(io2.volume_type, VolumeType::Io2);
+        assert_eq!((io2.iops, io2.throughput_mibps), (Some(20000), None));
+    }
+
+    #[test]
+    fn members_are_sorted_by_index_tag_and_duplicates_are_extra() {
+        let found = vec![
+            vol("vol-b", Some(1), "available"),
+            vol("vol-a", Some(0), "in-use"),
+            vol("vol-c", Some(1), "available"),
+            vol("vol-d", Some(7), "available"),
+            vol("vol-e", Some(2), "deleting"),
+            vol("vol-f", None, "available"),
+        ];
+        let m = sort_members(&found, 3);
+        let ids: Vec<Option<&str>> = m
+            .slots
+            .iter()
+            .map(|s| s.as_ref().map(|v| v.volume_id.as_str()))
+            .collect();
+        assert_eq!(ids, vec![Some("vol-a"), Some("vol-b"), None]);
+        let extra: Vec<&str> = m.extra.iter().map(|v| v.volume_id.as_str()).collect();
+        assert_eq!(extra, vec!["vol-c", "vol-d", "vol-f"]);
+    }
+
+    #[test]
+    fn attach_steps() {
+        let mut v = vol("vol-a", Some(0), "available");
+        assert_eq!(attach_step(&v, "i-1"), AttachStep::Attach);
+        v.state = "creating".into();
+        assert_eq!(
+            attach_step(&v, "i-1"),
+            AttachStep::NotReady("creating".into())
+        );
+        v.state = "in-use".into();
+        v.attachments = vec![Attachment {
+            instance_id: "i-1".into(),
+            device: "/dev/xvdba".into(),
+            state: AttachmentState::Attaching,
+        }];
+        assert_eq!(
+            attach_step(&v, "i-1"),
+            AttachStep::InProgress(AttachmentState::Attaching)
+        );
+        v.attachments[0].state = AttachmentState::Attached;
+        assert_eq!(attach_step(&v, "i-1"), AttachStep::Attached);
+        assert_eq!(attach_step(&v, "i-2"), AttachStep::Elsewhere("i-1".into()));
+    }
+
+    #[test]
+    fn devices_skip_names_in_use() {
+        let used: BTreeSet<String> = ["/dev/xvda", "/dev/xvdba", "/dev/xvdbb"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(pick_device(2, &used).as_deref(), Some("/dev/xvdbc"));
+        assert_eq!(pick_device(0, &used).as_deref(), Some("/dev/xvdbc"));
+        assert_eq!(
+            pick_device(1, &BTreeSet::new()).as_deref(),
+            Some("/dev/xvdbb")
+        );
+    }
+
+    #[test]
+    fn free_attachments_exclude_our_members() {
+        let instance = Instance {
+            instance_id: "i-1".into(),
+            availability_zone: "us-east-1a".into(),
+            instance_type: "m7i.large".into(),
+            state: "running".into(),
+            block_devices: [("/dev/xvda", "vol-root"), ("/dev/xvdba", "vol-a")]
+                .iter()
+                .map(|(d, v)| (d.to_string(), v.to_string()))
+                .collect(),
+            root_device_name: Some("/dev/xvda".into()),
+        };
+        let m = sort_members(&[vol("vol-a", Some(0), "in-use")], 4);
+        assert_eq!(free_attachments(Some(32), &instance, &m), Some(31));
+        assert_eq!(free_attachments(None, &instance, &m), None);
+    }
+
+    #[test]
+    fn growth_only_raises_what_is_below_spec() {
+        let v = vol("vol-a", Some(0), "in-use");
+        assert_eq!(growth(&v, &spec("sizeGiB: 100")), None);
+        assert_eq!(
+            growth(&v, &spec("sizeGiB: 200\niops: 3000")),
+            Some(ModifyVolume {
+                volume_id: "vol-a".into(),
+                size_gib: Some(200),
+                iops: None,
+                throughput_mibps: None
+            })
+        );
+        assert_eq!(
+            growth(&v, &spec("sizeGiB: 100\niops: 6000\nthroughputMiBps: 500")),
+            Some(ModifyVolume {
+                volume_id: "vol-a".into(),
+                size_gib: None,
+                iops: Some(6000),
+                throughput_mibps: Some(500)
+            })
+        );
+        // Larger than the spec (grown by hand): left alone.
+        assert_eq!(growth(&v, &spec("sizeGiB: 50")), None);
+    }
+
+    #[test]
+    fn budget_allows_four_rounds_per_rolling_day() {
+        let now = 100 * DAY_SECONDS;
+        assert_eq!(modification_budget(&[], now), Budget::Available { left: 4 });
+        let three = [now - 3600, now - 7200, now - 10_000];
+        assert_eq!(
+            modification_budget(&three, now),
+            Budget::Available { left: 1 }
+        );
+        let four = [now - 3600, now - 7200, now - 10_000, now - 20_000];
+        assert_eq!(
+            modification_budget(&four, now),
+            Budget::SpentUntil(now - 20_000 + DAY_SECONDS)
+        );
+        // Rounds older than a day no longer count.
+        let old = [now - DAY_SECONDS - 1, now - 1, now - 2, now - 3];
+        assert_eq!(
+            modification_budget(&old, now),
+            Budget::Available { left: 1 }
+        );
+        assert_eq!(
+            prune_recent(&old, now, true),
+            vec![now - 3, now - 2, now - 1, now]
+        );
+    }
+
+    #[test]
+    fn volume_status_reports_our_attachment_and_settles_modifications() {
+        let mut v = vol("vol-a", Some(0), "in-use");
+        v.attachments = vec![Attachment {
+            instance_id: "i-1".into(),
+            device: "/dev/xvdba".into(),
+            state: AttachmentState::Attached,
+        }];
+        let s = volume_status(0, &v, "i-1", None);
+        assert_eq!(s.attachment_state.as_deref(), Some("attached"));
+        assert_eq!(s.volume_id.as_deref(), Some("vol-a"));
+        assert_eq!((s.size_gib, s.iops), (Some(100), Some(3000)));
+        assert_eq!(
+            volume_status(0, &v, "i-2", None)
+                .attachment_state
+                .as_deref(),
+            Some("detached")
+        );
+
+        let m = VolumeModification {
+            state: "modifying".into(),
+            target_size_gib: Some(200),
+            ..Default::default()
+        };
+        assert_eq!(settle_modification(&m, &v).state, "modifying");
+        v.size_gib = 200;
+        assert_eq!(settle_modification(&m, &v).state, "completed");
+    }
+}

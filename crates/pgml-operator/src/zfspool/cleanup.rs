@@ -1,0 +1,326 @@
+//! Deletion behind the `pgml.io/volumes` finalizer: wait for the agent to release the pool
+//! (or for the node to be gone), detach every volume, delete them for `Delete`, leave them
+//! detached and tagged for `Retain`. Already gone is success.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use pgml_api::zfspool::{PoolPhase, ReclaimPolicy, ZfsPoolStatus};
+use pgml_api::{ZfsPool, condition as c};
+use pgml_aws::{AttachmentState, Volume};
+
+use super::apply::commit;
+use super::build;
+use super::dereference;
+use super::error::Error;
+use super::status::{self, reason};
+use super::{Context, events};
+
+/// What deletion does next, decided from what was observed (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The agent still holds the pool on a live node.
+    WaitForAgent { overdue: bool },
+    /// Detach these (volume, instance) pairs; `force` when the node is gone.
+    Detach(Vec<(String, String)>),
+    /// Some volumes are still detaching: look again.
+    WaitForDetach(Vec<String>),
+    /// Delete these detached volumes (`Delete` policy).
+    Delete(Vec<String>),
+    /// Nothing left to do: the finalizer may go.
+    Done,
+}
+
+pub fn next_step(
+    volumes: &[Volume],
+    policy: ReclaimPolicy,
+    released: bool,
+    node_gone: bool,
+    waited: Duration,
+    timeout: Duration,
+) -> Step {
+    if !released && !node_gone {
+        return Step::WaitForAgent {
+            overdue: waited > timeout,
+        };
+    }
+    let live: Vec<&Volume> = volumes
+        .iter()
+        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
+        .collect();
+    let mut detach = vec![];
+    let mut detaching = vec![];
+    for v in &live {
+        for a in &v.attachments {
+            match a.state {
+                AttachmentState::Detached => {}
+                AttachmentState::Detaching => detaching.push(v.volume_id.clone()),
+                _ => detach.push((v.volume_id.clone(), a.instance_id.clone())),
+            }
+        }
+    }
+    if !detach.is_empty() {
+        return Step::Detach(detach);
+    }
+    if !detaching.is_empty() {
+        return Step::WaitForDetach(detaching);
+    }
+    match policy {
+        ReclaimPolicy::Retain => Step::Done,
+        ReclaimPolicy::Delete if live.is_empty() => Step::Done,
+        ReclaimPolicy::Delete => Step::Delete(live.iter().map(|v| v.volume_id.clone()).collect()),
+    }
+}
+
+pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
+    let observed = pool.status.clone().unwrap_or_default();
+    let uid = pool
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or(Error::Incomplete("uid"))?;
+    let node_name = &pool.spec.node_name;
+    let node_gone = dereference::node(ctx, node_name).await?.is_none();
+    let released = status::is_true(&observed, c::POOL_RELEASED);
+    let waited = pool
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| (status::now().0.as_second() - t.0.as_second()).max(0) as u64)
+        .unwrap_or(0);
+
+    // Every volume of the pool: by tag, plus any the status lists that the tag search
+    // missed, so nothing is left unaccounted for.
+    let mut volumes = if released || node_gone {
+        ctx.ec2.find_volumes(&build::pool_filter(uid)).await?
+    } else {
+        vec![]
+    };
+    if released || node_gone {
+        let unlisted: Vec<String> = observed
+            .volumes
+            .iter()
+            .filter_map(|v| v.volume_id.clone())
+            .filter(|id| !volumes.iter().any(|v| &v.volume_id == id))
+            .collect();
+        if !unlisted.is_empty() {
+            volumes.extend(ctx.ec2.describe_volumes(&unlisted).await?);
+        }
+    }
+
+    let policy = pool.spec.template.reclaim_policy;
+    let step = next_step(
+        &volumes,
+        policy,
+        released,
+        node_gone,
+        Duration::from_secs(waited),
+        ctx.settings.release_timeout,
+    );
+    let why = match &step {
+        Step::WaitForAgent { .. } => format!(
+            "waiting for the node agent on {node_name} to {} pool {} (PoolReleased)",
+            if policy == ReclaimPolicy::Delete {
+                "destroy"
+            } else {
+                "export"
+            },
+            pool.pool_name()
+        ),
+        Step::Detach(v) => format!("detaching {} volume(s)", v.len()),
+        Step::WaitForDetach(v) => format!("waiting for {} volume(s) to detach", v.len()),
+        Step::Delete(v) => format!("deleting {} volume(s)", v.len()),
+        Step::Done => String::new(),
+    };
+    record(ctx, pool, &observed, &volumes, &step, &why, waited).await?;
+
+    match step {
+        Step::WaitForAgent { .. } => Err(Error::waiting(why, ctx.settings.progress_requeue)),
+        Step::Detach(pairs) => {
+            for (vol, instance) in &pairs {
+                ctx.ec2.detach_volume(vol, instance, node_gone).await?;
+                tracing::info!(volume = %vol, %instance, force = node_gone, "detach requested");
+            }
+            Err(Error::waiting(why, Duration::from_secs(2)))
+        }
+        Step::WaitForDetach(_) => Err(Error::waiting(why, Duration::from_secs(2))),
+        Step::Delete(ids) => {
+            for id in &ids {
+                ctx.ec2.delete_volume(id).await?;
+            }
+            let note = format!("deleted {} volume(s): {}", ids.len(), ids.join(", "));
+            events::publish(ctx, pool, false, "VolumesDeleted", note).await;
+            Ok(Action::await_change())
+        }
+        Step::Done => {
+            if policy == ReclaimPolicy::Retain && !volumes.is_empty() {
+                let ids: Vec<&str> = volumes.iter().map(|v| v.volume_id.as_str()).collect();
+                let note = format!(
+                    "kept {} volume(s) detached and tagged pgml.io/pool-uid={uid}: {}",
+                    ids.len(),
+                    ids.join(", ")
+                );
+                events::publish(ctx, pool, false, "VolumesRetained", note).await;
+            }
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Deletion progress in status: phase Deleting, Progressing with what it waits for, and
+/// Degraded once the agent is overdue.
+async fn record(
+    ctx: &Context,
+    pool: &ZfsPool,
+    observed: &ZfsPoolStatus,
+    volumes: &[Volume],
+    step: &Step,
+    why: &str,
+    waited: u64,
+) -> Result<(), Error> {
+    let now = status::now();
+    let g = pool.metadata.generation;
+    let mut s = status::owned_view(observed);
+    let old = s.conditions.clone();
+    s.phase = Some(PoolPhase::Deleting);
+    if !why.is_empty() {
+        let r = match step {
+            Step::WaitForAgent { .. } => reason::WAITING_FOR_RELEASE,
+            _ => reason::DELETING,
+        };
+        status::set_condition(
+            &mut s.conditions,
+            &old,
+            c::PROGRESSING,
+            true,
+            r,
+            why,
+            status::Stamp {
+                generation: g,
+                now: &now,
+            },
+        );
+        status::set_condition(
+            &mut s.conditions,
+            &old,
+            c::READY,
+            false,
+            reason::DELETING,
+            "the pool is being deleted",
+            status::Stamp {
+                generation: g,
+                now: &now,
+            },
+        );
+    }
+    if let Step::WaitForAgent { overdue: true } = step {
+        let msg = format!(
+            "deletion has waited {waited}s for the node agent on {} to release pool {}; the volumes stay attached until it does (or the node is gone)",
+            pool.spec.node_name,
+            pool.pool_name()
+        );
+        status::set_condition(
+            &mut s.conditions,
+            &old,
+            c::DEGRADED,
+            true,
+            reason::AGENT_NOT_RELEASING,
+            msg,
+            status::Stamp {
+                generation: g,
+                now: &now,
+            },
+        );
+    }
+    // Attachment states as EC2 now reports them.
+    let by_id: BTreeMap<&str, &Volume> =
+        volumes.iter().map(|v| (v.volume_id.as_str(), v)).collect();
+    let instance = s.instance_id.clone().unwrap_or_default();
+    for vs in &mut s.volumes {
+        if let Some(v) = vs.volume_id.as_deref().and_then(|id| by_id.get(id)) {
+            let fresh =
+                build::volume_status(vs.index as usize, v, &instance, vs.modification.clone());
+            vs.state = fresh.state;
+            vs.attachment_state = fresh.attachment_state;
+        }
+    }
+    commit(ctx, pool, observed, observed, &s).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgml_aws::Attachment;
+
+    fn vol(id: &str, state: &str, att: Option<AttachmentState>) -> Volume {
+        Volume {
+            volume_id: id.into(),
+            availability_zone: "z".into(),
+            state: state.into(),
+            volume_type: "gp3".into(),
+            size_gib: 10,
+            iops: None,
+            throughput_mibps: None,
+            encrypted: true,
+            snapshot_id: None,
+            attachments: att
+                .map(|s| Attachment {
+                    instance_id: "i-1".into(),
+                    device: "/dev/xvdba".into(),
+                    state: s,
+                })
+                .into_iter()
+                .collect(),
+            tags: Default::default(),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn waits_for_the_agent_unless_the_node_is_gone() {
+        let v = [vol("vol-a", "in-use", Some(AttachmentState::Attached))];
+        let s = |released, gone, waited| {
+            next_step(
+                &v,
+                ReclaimPolicy::Retain,
+                released,
+                gone,
+                Duration::from_secs(waited),
+                T,
+            )
+        };
+        assert_eq!(s(false, false, 10), Step::WaitForAgent { overdue: false });
+        assert_eq!(s(false, false, 601), Step::WaitForAgent { overdue: true });
+        let detach = Step::Detach(vec![("vol-a".into(), "i-1".into())]);
+        assert_eq!(s(true, false, 10), detach);
+        assert_eq!(s(false, true, 10), detach);
+    }
+
+    #[test]
+    fn retain_stops_at_detached_and_delete_deletes() {
+        let detached = [
+            vol("vol-a", "available", None),
+            vol("vol-b", "deleted", None),
+        ];
+        assert_eq!(
+            next_step(&detached, ReclaimPolicy::Retain, true, false, T, T),
+            Step::Done
+        );
+        assert_eq!(
+            next_step(&detached, ReclaimPolicy::Delete, true, false, T, T),
+            Step::Delete(vec!["vol-a".into()])
+        );
+        assert_eq!(
+            next_step(&[], ReclaimPolicy::Delete, true, false, T, T),
+            Step::Done
+        );
+        let detaching = [vol("vol-a", "in-use", Some(AttachmentState::Detaching))];
+        assert_eq!(
+            next_step(&detaching, ReclaimPolicy::Delete, true, false, T, T),
+            Step::WaitForDetach(vec!["vol-a".into()])
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The ZfsPool controller: the AWS side of a pool (instance, volumes, attachments,
+//! modifications). A thin reconcile over dereference → validate → build → apply → status;
+//! the node agent does the ZFS side (see docs/design/zfspool.md).
+
+pub mod apply;
+pub mod build;
+pub mod cleanup;
+pub mod dereference;
+pub mod error;
+pub mod events;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use pgml_api::ZfsPool;
+use pgml_aws::{Ec2, InstanceTypeLimits};
+use tokio::sync::Mutex;
+
+pub use error::{Class, Error};
+
+/// The finalizer that keeps a ZfsPool until its volumes are detached (and deleted).
+pub const FINALIZER: &str = "pgml.io/volumes";
+/// The field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "pgml-operator";
+
+/// Timing knobs (defaults suit production; tests shorten them).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Look at a Ready (or blocked) pool again after this long: EC2 sends no events.
+    pub ready_requeue: Duration,
+    /// Look again this soon while volumes are being created, attached or modified.
+    pub progress_requeue: Duration,
+    /// Report an attachment still `attaching` after this long.
+    pub attach_timeout: Duration,
+    /// During deletion, report the agent as overdue (Degraded) after this long.
+    pub release_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            namespace: None,
+            ready_requeue: Duration::from_secs(60),
+            progress_requeue: Duration::from_secs(5),
+            attach_timeout: Duration::from_secs(300),
+            release_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub ec2: Arc<dyn Ec2>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// EBS limits per instance type (`None`: EC2 does not know the type).
+    limits: Mutex<HashMap<String, Option<InstanceTypeLimits>>>,
+    /// Consecutive failures per object, for the error policy's backoff.
+    failures: std::sync::Mutex<HashMap<ObjectRef<ZfsPool>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, ec2: Arc<dyn Ec2>, settings: Settings) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: "pgml-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            ec2,
+            settings,
+            limits: Mutex::default(),
+            failures: std::sync::Mutex::default(),
+        })
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ZfsPool>, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(ctx: Arc<Context>) {
+    run_until(ctx, std::future::pending()).await
+}
+
+/// Runs the controller until `shutdown` resolves, then finishes the reconciles in flight.
+pub async fn run_until(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let pools: Api<ZfsPool> = match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    // Node changes rarely matter (a node's instance does not change under it) and EC2 sends
+    // no events: the periodic requeue observes both.
+    Controller::new(pools, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(pool = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pool
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::Incomplete("namespace"))?;
+    let api: Api<ZfsPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, pool.clone(), |event| async {
+        match event {
+            Finalizer::Apply(p) => apply::reconcile(&p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup::cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer);
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&ObjectRef::from_obj(&*pool));
+        }
+        Err(e) => {
+            tracing::info!(pool = %ObjectRef::from_obj(&*pool), class = e.class().as_str(), error = %e, "reconcile did not finish");
+            events::report_error(&ctx, &pool, e).await;
+        }
+    }
+    result
+}
+
+/// Per-object backoff with jitter; never a hot loop.
+fn error_policy(pool: Arc<ZfsPool>, e: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Waiting { retry, .. } = e {
+        return Action::requeue(*retry);
+    }
+    let attempt = {
+        let mut f = ctx.failures();
+        let n = f.entry(ObjectRef::from_obj(&*pool)).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    let delay = error::backoff(e.class(), attempt);
+    Action::requeue(error::jitter(delay, rand::random::<f64>()))
+}
