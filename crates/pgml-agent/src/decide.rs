@@ -115,11 +115,16 @@ pub fn decide(o: &Observed) -> Action {
     if o.deleting {
         return match (&o.imported, o.reclaim) {
             (None, _) => Action::Released,
+            // Never export or destroy a same-named pool that is not ours.
+            (Some(imp), _) if not_ours(o, imp).is_some() => Action::Released,
             (Some(_), ReclaimPolicy::Retain) => Action::Export,
             (Some(_), ReclaimPolicy::Delete) => Action::Destroy,
         };
     }
     if let Some(imp) = &o.imported {
+        if let Some(refusal) = not_ours(o, imp) {
+            return refusal;
+        }
         if !o.missing_datasets.is_empty() {
             return Action::CreateDatasets(o.missing_datasets.clone());
         }
@@ -153,6 +158,34 @@ pub fn decide(o: &Observed) -> Action {
         return Action::Wait(Wait::Devices(absent));
     }
     build(o)
+}
+
+/// A pool imported under our name that is not ours: not our recorded GUID, and none of its
+/// members is one of our volumes (another pool of the same name on this node).
+fn not_ours(o: &Observed, imp: &Imported) -> Option<Action> {
+    if o.recorded_guid.is_some() && o.recorded_guid == imp.guid {
+        return None;
+    }
+    let ours = |v: &Option<String>| {
+        o.members
+            .iter()
+            .any(|m| m.volume_id.is_some() && m.volume_id == *v)
+    };
+    if imp.members.iter().any(|m| ours(&m.volume_id)) {
+        return None;
+    }
+    let device = imp
+        .members
+        .first()
+        .map_or_else(|| o.pool_name.clone(), |m| m.handle.clone());
+    Some(Action::Refuse {
+        device,
+        reason: format!(
+            "belongs to another pool named {} already imported on this node (GUID {})",
+            o.pool_name,
+            imp.guid.map_or("unknown".into(), |g| g.to_string())
+        ),
+    })
 }
 
 /// All devices present, nothing imported: import, refuse or create.
@@ -402,6 +435,24 @@ mod tests {
         }
         o.members[1].signature = Some("zfs_member".into());
         assert!(matches!(decide(&o), Action::Refuse { .. }));
+    }
+
+    #[test]
+    fn never_adopts_a_same_named_pool_on_other_volumes() {
+        let mut o = base(Layout::Raid0, 2);
+        let mut imp = imported(2);
+        for m in &mut imp.members {
+            m.volume_id = Some("vol-99".into());
+        }
+        o.imported = Some(imp);
+        assert!(matches!(decide(&o), Action::Refuse { .. }));
+        let mut d = o.clone();
+        d.deleting = true;
+        d.reclaim = ReclaimPolicy::Delete;
+        assert_eq!(decide(&d), Action::Released, "never destroys another pool");
+        // Ours by the recorded GUID even if members were all replaced since.
+        o.recorded_guid = Some(7);
+        assert_eq!(decide(&o), Action::Steady);
     }
 
     #[test]

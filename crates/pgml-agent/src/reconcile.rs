@@ -128,6 +128,13 @@ pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Err
             break;
         }
     }
+    if outcome.refused.is_some() && facts.observed.imported.is_some() {
+        // A same-named pool that is not ours: report nothing of it.
+        facts.observed.imported = None;
+        facts.imported_name = None;
+        facts.list = None;
+        facts.status = None;
+    }
     write_status(&pool, &ctx, &facts, &outcome).await?;
     Ok(Requeue::requeue(ctx.resync))
 }
@@ -323,7 +330,11 @@ fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome) -> 
         Some(ResilverStatus {
             in_progress: scan.state == ScanState::InProgress,
             member_index,
-            percent_done: scan.percent_done.map(|p| p.round() as i32),
+            // zfs-fuse prints no percentage once finished ("resilver completed after …").
+            percent_done: scan
+                .percent_done
+                .map(|p| p.round() as i32)
+                .or((scan.state == ScanState::Finished).then_some(100)),
             ..Default::default()
         })
     });

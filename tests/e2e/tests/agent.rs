@@ -3,8 +3,8 @@
 //! adapter, attached, their IDs applied to status with field manager `pgml-operator`), so
 //! that only the agent's half of the contract (docs/design/zfspool.md) is under test.
 //!
-//! Each test uses its own node (an agent acts on every pool of its node), so they can run
-//! side by side.
+//! An agent acts on every pool of its node, so two tests on one node take that node's lock;
+//! tests on different nodes run side by side.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pgml_api::zfspool::ZfsPool;
 use pgml_aws::{CreateVolume, Ec2, SdkEc2, VolumeType, client_token};
-use pgml_testbed::aws::{ebs_link, sdk_config};
+use pgml_testbed::aws::{SimAdmin, ebs_link, sdk_config};
 use pgml_testbed::kube::TestNamespace;
 use pgml_testbed::nodes::{node_exec, node_exec_ok};
 use pgml_testbed::sandbox::NodeInfo;
@@ -25,6 +25,13 @@ use pgml_testbed::{Sandbox, workspace_bin};
 use serde_json::{Value, json};
 
 const TEST_FINALIZER: &str = "pgml.io/agent-test";
+
+/// One agent per node at a time (tests in this file run in one process).
+static NODE_LOCKS: [tokio::sync::Mutex<()>; 3] = [
+    tokio::sync::Mutex::const_new(()),
+    tokio::sync::Mutex::const_new(()),
+    tokio::sync::Mutex::const_new(()),
+];
 
 /// The agent binary running inside a node; killed when dropped.
 struct Agent {
@@ -432,6 +439,7 @@ fn check_ownership(p: &ZfsPool) -> anyhow::Result<()> {
 #[tokio::test]
 async fn builds_raid0_and_raidz1_reports_and_releases_them() -> anyhow::Result<()> {
     let sb = Sandbox::get();
+    let _node = NODE_LOCKS[0].lock().await;
     let node = &sb.nodes[0];
     let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
     let client = pgml_testbed::kube::client().await;
@@ -529,12 +537,42 @@ async fn build_flow(
     // The agent released them; the test (as the controller) lets the objects go.
     remove_finalizer(&api, &raidz).await?;
     remove_finalizer(&api, &stripe).await?;
+
+    // A new object over the retained volumes: the exported pool is imported (same GUID),
+    // not created over, with its data sets mounted again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(&raidz).await?.is_some() {
+        ensure!(Instant::now() < deadline, "{raidz} was not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    create_pool(&api, &raidz, node, 5, "raidz1", "Delete").await?;
+    apply_controller_status(&api, &raidz, &zv).await?;
+    let again = wait_for(&api, &raidz, &agent, 90, "re-imported", ready).await?;
+    assert_eq!(
+        again.status.as_ref().and_then(|s| s.pool_guid.clone()),
+        z.status.as_ref().and_then(|s| s.pool_guid.clone()),
+        "the same pool, imported"
+    );
+    check_built(node, &again, &zv, true)?;
+    let log = agent.log();
+    assert!(log.contains("importing pool"), "{log}");
+    api.delete(&raidz, &DeleteParams::default()).await?;
+    let gone = wait_for(&api, &raidz, &agent, 60, "re-imported pool released", |p| {
+        is_true(p, "PoolReleased")
+    })
+    .await?;
+    assert_eq!(
+        condition(&gone, "PoolReleased").unwrap().reason,
+        "Destroyed"
+    );
+    remove_finalizer(&api, &raidz).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn agent_killed_mid_build_converges() -> anyhow::Result<()> {
     let sb = Sandbox::get();
+    let _node = NODE_LOCKS[1].lock().await;
     let node = &sb.nodes[1];
     let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
     let client = pgml_testbed::kube::client().await;
@@ -603,6 +641,7 @@ async fn kill_flow(
 #[tokio::test]
 async fn refuses_devices_with_a_foreign_pool_or_a_file_system() -> anyhow::Result<()> {
     let sb = Sandbox::get();
+    let _node = NODE_LOCKS[2].lock().await;
     let node = &sb.nodes[2];
     let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
     let client = pgml_testbed::kube::client().await;
@@ -694,5 +733,129 @@ async fn foreign_flow(
         remove_finalizer(&api, n).await?;
     }
     assert!(importable(node)?.iter().any(|p| p.name == foreign));
+    Ok(())
+}
+
+#[tokio::test]
+async fn lost_raidz1_member_is_reported_and_replaced() -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    let _node = NODE_LOCKS[0].lock().await;
+    let node = &sb.nodes[0];
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, "agent-replace").await;
+    let mut made = Made::default();
+    let result = replace_flow(sb, node, &ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
+}
+
+async fn replace_flow(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    ec2: &SdkEc2,
+    ns: &TestNamespace,
+    made: &mut Made,
+) -> anyhow::Result<()> {
+    let api: Api<ZfsPool> = ns.api();
+    let run_id = format!("{:08x}", rand_u32());
+    let name = format!("r{run_id}");
+    let agent = Agent::start(sb, node, &run_id)?;
+    create_pool(&api, &name, node, 3, "raidz1", "Delete").await?;
+    let mut vols = volumes_on(ec2, node, 3, &run_id, made).await?;
+    apply_controller_status(&api, &name, &vols).await?;
+    wait_for(&api, &name, &agent, 60, "ready", ready).await?;
+
+    // Data written before the failure, with its checksum.
+    let file = node.mnt_dir.join(&name).join("pgdata").join("table");
+    let file = file.to_string_lossy().into_owned();
+    node_exec_ok(
+        node,
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={file}"),
+            "bs=1M",
+            "count=8",
+            "conv=fsync",
+            "status=none",
+        ],
+    )?;
+    let sum = node_exec_ok(node, &["sha256sum", &file])?;
+
+    // Member 1's volume fails: its image is gone. zfs-fuse notices on I/O.
+    let admin = SimAdmin::from_sandbox(sb);
+    admin.add_fault(json!({"kind": "volume_fail", "volume_id": vols[1]}))?;
+    node_exec_ok(
+        node,
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={file}.2"),
+            "bs=1M",
+            "count=4",
+            "conv=fsync",
+            "status=none",
+        ],
+    )?;
+    let _ = node_exec(node, &["zpool", "scrub", &name]);
+    let p = wait_for(&api, &name, &agent, 90, "DEGRADED reported", |p| {
+        p.status.as_ref().and_then(|s| s.health.as_deref()) == Some("DEGRADED")
+    })
+    .await?;
+    let s = p.status.as_ref().unwrap();
+    let m1 = s.volumes.iter().find(|v| v.index == 1).unwrap();
+    assert_ne!(m1.member_state.as_deref(), Some("ONLINE"), "{s:#?}");
+    assert!(
+        m1.device.is_none(),
+        "the failed volume has no device: {m1:?}"
+    );
+    let healthy = condition(&p, "PoolHealthy").unwrap();
+    assert_eq!(
+        (healthy.status.as_str(), healthy.reason.as_str()),
+        ("False", "Degraded")
+    );
+    assert!(healthy.message.contains(&vols[1]), "{}", healthy.message);
+    assert_eq!(condition(&p, "DevicesFound").unwrap().status, "False");
+    // Readable throughout.
+    assert_eq!(node_exec_ok(node, &["sha256sum", &file])?, sum);
+
+    // The controller's part: a replacement volume for index 1, attached, recorded.
+    let new = volumes_on(ec2, node, 1, &format!("{run_id}r"), made).await?;
+    vols[1] = new[0].clone();
+    apply_controller_status(&api, &name, &vols).await?;
+    let p = wait_for(&api, &name, &agent, 120, "ONLINE after the replace", |p| {
+        ready(p)
+            && p.status.as_ref().is_some_and(|s| {
+                s.health.as_deref() == Some("ONLINE")
+                    && s.resilver.as_ref().is_some_and(|r| !r.in_progress)
+                    && s.volumes
+                        .iter()
+                        .all(|v| v.member_state.as_deref() == Some("ONLINE"))
+            })
+    })
+    .await?;
+    let st = pool_status(node, &name)?;
+    let members: Vec<String> = st
+        .members()
+        .iter()
+        .filter_map(|m| m.ebs_volume_id())
+        .collect();
+    assert_eq!(members, vols, "the new volume took member 1's place");
+    let log = agent.log();
+    assert!(log.contains("replacing member"), "{log}");
+    let r = p.status.as_ref().unwrap().resilver.clone().unwrap();
+    assert_eq!(r.percent_done, Some(100), "{r:?}");
+    assert_eq!(node_exec_ok(node, &["sha256sum", &file])?, sum);
+
+    api.delete(&name, &DeleteParams::default()).await?;
+    wait_for(&api, &name, &agent, 60, "released", |p| {
+        is_true(p, "PoolReleased")
+    })
+    .await?;
+    remove_finalizer(&api, &name).await?;
     Ok(())
 }
