@@ -64,6 +64,9 @@ pub struct Observed {
     pub importable: Vec<SeenPool>,
     /// Datasets of the spec that do not exist yet (only when imported).
     pub missing_datasets: Vec<String>,
+    /// Datasets of the spec mounted elsewhere than it asks (a restored copy keeps its
+    /// source's mount points).
+    pub misplaced_datasets: Vec<String>,
     /// A member's volume grew since the pool last expanded.
     pub grown: bool,
 }
@@ -94,6 +97,8 @@ pub enum Action {
     },
     Create,
     CreateDatasets(Vec<String>),
+    /// `zfs set mountpoint=` where the spec asks.
+    SetMountPoints(Vec<String>),
     /// `zpool online -e` every member.
     Expand,
     /// `zpool replace <pool> <old> <new>`.
@@ -127,6 +132,9 @@ pub fn decide(o: &Observed) -> Action {
         }
         if !o.missing_datasets.is_empty() {
             return Action::CreateDatasets(o.missing_datasets.clone());
+        }
+        if !o.misplaced_datasets.is_empty() {
+            return Action::SetMountPoints(o.misplaced_datasets.clone());
         }
         if let Some(r) = replacement(o, imp) {
             return r;
@@ -302,6 +310,7 @@ mod tests {
             imported: None,
             importable: vec![],
             missing_datasets: vec![],
+            misplaced_datasets: vec![],
             grown: false,
         }
     }
@@ -359,6 +368,10 @@ mod tests {
         o.missing_datasets = vec!["pgwal".into()];
         assert_eq!(decide(&o), Action::CreateDatasets(vec!["pgwal".into()]));
         o.missing_datasets.clear();
+        // A restored copy mounted where its source was.
+        o.misplaced_datasets = vec!["pgdata".into()];
+        assert_eq!(decide(&o), Action::SetMountPoints(vec!["pgdata".into()]));
+        o.misplaced_datasets.clear();
         o.grown = true;
         assert_eq!(decide(&o), Action::Expand);
     }

@@ -27,6 +27,8 @@ pub enum Serial {
 #[derive(Clone, Debug)]
 pub struct Discovery {
     pub dev_dir: PathBuf,
+    /// Where NVMe block devices live (`/dev`): a link resolving elsewhere is not checked.
+    pub dev_root: PathBuf,
     pub sys_block: PathBuf,
     pub check_serial: bool,
 }
@@ -72,7 +74,7 @@ impl Discovery {
 
     /// The NVMe serial of `/dev/nvmeXnY`, when the target is one and the check is on.
     fn serial_of(&self, target: &Path) -> Option<String> {
-        if !self.check_serial || target.parent() != Some(Path::new("/dev")) {
+        if !self.check_serial || target.parent() != Some(self.dev_root.as_path()) {
             return None;
         }
         let name = target.file_name()?.to_str()?;
@@ -118,6 +120,7 @@ mod tests {
         std::fs::write(&img, b"").unwrap();
         let d = Discovery {
             dev_dir: dir.clone(),
+            dev_root: PathBuf::from("/dev"),
             sys_block: dir.join("sys"),
             check_serial: true,
         };
@@ -133,6 +136,47 @@ mod tests {
         // Dangling: the image went away.
         std::os::unix::fs::symlink(dir.join("gone"), link_path(&dir, "vol-02")).unwrap();
         assert_eq!(d.find("vol-02"), Lookup::Missing);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nvme_serial_confirms_or_contradicts_the_link() {
+        let dir = std::env::temp_dir().join(format!("pgml-agent-nvme-{}", std::process::id()));
+        let (dev, sys, byid) = (dir.join("dev"), dir.join("sys"), dir.join("by-id"));
+        for d in [&dev, &sys.join("nvme1n1/device"), &byid] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(dev.join("nvme1n1"), b"").unwrap();
+        // The kernel pads the serial with spaces.
+        std::fs::write(sys.join("nvme1n1/device/serial"), "vol0abc   \n").unwrap();
+        std::os::unix::fs::symlink(dev.join("nvme1n1"), link_path(&byid, "vol-0abc")).unwrap();
+        std::os::unix::fs::symlink(dev.join("nvme1n1"), link_path(&byid, "vol-0def")).unwrap();
+        let mut d = Discovery {
+            dev_dir: byid.clone(),
+            dev_root: std::fs::canonicalize(&dev).unwrap(),
+            sys_block: sys.clone(),
+            check_serial: true,
+        };
+        assert!(matches!(
+            d.find("vol-0abc"),
+            Lookup::Found {
+                serial: Serial::Confirmed,
+                ..
+            }
+        ));
+        // A stale link: it points at another volume's device.
+        match d.find("vol-0def") {
+            Lookup::Stale { serial, .. } => assert_eq!(serial, "vol0abc"),
+            other => panic!("{other:?}"),
+        }
+        d.check_serial = false;
+        assert!(matches!(
+            d.find("vol-0def"),
+            Lookup::Found {
+                serial: Serial::NotChecked,
+                ..
+            }
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         runner,
         discovery: Discovery {
             dev_dir: args.dev_dir.clone(),
+            dev_root: PathBuf::from("/dev"),
             sys_block: args.sys_block.clone(),
             check_serial: args.check_nvme_serial,
         },

@@ -1,14 +1,14 @@
 //! Reading the node: devices, the imported pool, importable pools, datasets. Produces the
 //! [`Observed`] that [`crate::decide`] judges, plus the raw facts the status report needs.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use pgml_api::zfspool::ZfsPool;
 use pgml_zfs::{Dialect, HostPath, PoolListEntry, PoolName, PoolStatus, command};
 
 use crate::decide::{Imported, Member, Observed, PoolMember, SeenPool};
 use crate::devices::{Lookup, blkid_probe, parse_blkid_type};
-use crate::reconcile::{Ctx, Error};
+use crate::reconcile::{Ctx, Error, relative_mount};
 
 /// What was read, beyond what `decide` needs.
 #[derive(Clone, Debug)]
@@ -72,6 +72,7 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     let mut imported_name = None;
     let mut pool_status = None;
     let mut missing_datasets = Vec::new();
+    let mut misplaced_datasets = Vec::new();
     if let Some(l) = &list {
         let n = PoolName::new(l.name.clone())?;
         let st = pgml_zfs::parse_status(
@@ -107,12 +108,22 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
         }
         if pool.metadata.deletion_timestamp.is_none() {
             let have = datasets(ctx, &n).await?;
-            missing_datasets = spec
-                .datasets
-                .iter()
-                .filter(|d| !have.contains(&format!("{n}/{}", d.name)))
-                .map(|d| d.name.clone())
-                .collect();
+            // With an altroot, ZFS shows mount points below it.
+            let root = l
+                .altroot
+                .as_deref()
+                .filter(|r| r.starts_with('/'))
+                .unwrap_or("")
+                .trim_end_matches('/');
+            for d in &spec.datasets {
+                match have.get(&format!("{n}/{}", d.name)) {
+                    None => missing_datasets.push(d.name.clone()),
+                    Some(shown) if *shown != format!("{root}{}", relative_mount(pool, d)) => {
+                        misplaced_datasets.push(d.name.clone())
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         imported_name = Some(n);
         pool_status = st;
@@ -162,6 +173,7 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
             imported,
             importable,
             missing_datasets,
+            misplaced_datasets,
             grown,
         },
         imported_name,
@@ -172,11 +184,18 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     })
 }
 
-/// `zfs list -H -o name -r <pool>`: the pool's datasets.
-async fn datasets(ctx: &Ctx, pool: &PoolName) -> Result<BTreeSet<String>, Error> {
-    let c = pgml_zfs::Command::new("zfs", ["list", "-H", "-o", "name", "-r", pool.as_str()]);
+/// `zfs list -H -o name,mountpoint -r <pool>`: the pool's datasets and where they mount.
+async fn datasets(ctx: &Ctx, pool: &PoolName) -> Result<BTreeMap<String, String>, Error> {
+    let c = pgml_zfs::Command::new(
+        "zfs",
+        ["list", "-H", "-o", "name,mountpoint", "-r", pool.as_str()],
+    );
     let out = ctx.runner.ok(&c).await?;
-    Ok(out.lines().map(|l| l.trim().to_string()).collect())
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, m)| (n.trim().to_string(), m.trim().to_string()))
+        .collect())
 }
 
 /// `openzfs` or `zfs-fuse`, as `status.zfsDialect` spells it.

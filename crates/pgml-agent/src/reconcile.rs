@@ -81,7 +81,36 @@ struct Outcome {
 
 pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
     let _one_at_a_time = ctx.lock.lock().await;
-    let name = PoolName::new(pool.pool_name())?;
+    let name = match PoolName::new(pool.pool_name()) {
+        Ok(n) => n,
+        Err(e) => {
+            // The schema admits a few names ZFS refuses (`c0…`): say so, wait for a change.
+            let mut verdicts = vec![Verdict::new(
+                cond::POOL_IMPORTED,
+                "False",
+                "InvalidPoolName",
+                e.to_string(),
+            )];
+            if pool.metadata.deletion_timestamp.is_some() {
+                // No pool can exist under a name ZFS refuses: nothing to release.
+                verdicts.push(Verdict::new(
+                    cond::POOL_RELEASED,
+                    "True",
+                    "NotImported",
+                    "no pool of this object can exist on the node",
+                ));
+            }
+            let desired = AgentStatus {
+                pool_guid: pool.status.as_ref().and_then(|s| s.pool_guid.clone()),
+                zfs_dialect: Some(dialect_name(ctx.dialect).to_string()),
+                conditions: conditions(&verdicts, &pool, Timestamp::now()),
+                ..Default::default()
+            }
+            .normalized();
+            apply_if_changed(&pool, &ctx, desired).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
     let mut outcome = Outcome::default();
     let mut facts = observe(&pool, &ctx, &name).await?;
     // Each step changes what is observed; a handful of steps reach steady state
@@ -191,6 +220,22 @@ async fn act(
                 .filter(|ds| names.contains(&ds.name))
             {
                 create_dataset(pool, ctx, &actual, ds).await?;
+            }
+        }
+        Action::SetMountPoints(names) => {
+            for ds in pool
+                .spec
+                .template
+                .datasets
+                .iter()
+                .filter(|ds| names.contains(&ds.name))
+            {
+                let full = DatasetName::from(actual.clone()).child(&ds.name)?;
+                let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
+                if let Some(c) = command::set_property(d, &full, &prop) {
+                    tracing::info!(dataset = %full, command = %c, "moving mount point");
+                    ctx.runner.ok(&c).await?;
+                }
             }
         }
         Action::Expand => {
@@ -547,7 +592,11 @@ async fn write_status(
     facts: &Facts,
     outcome: &Outcome,
 ) -> Result<(), Error> {
-    let desired = agent_status(pool, ctx, facts, outcome);
+    apply_if_changed(pool, ctx, agent_status(pool, ctx, facts, outcome)).await
+}
+
+/// Server-side apply of the agent's fields, skipped when they are what is stored already.
+async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Result<(), Error> {
     let current = AgentStatus::extract(&pool.status.clone().unwrap_or_default()).normalized();
     if desired == current {
         return Ok(());

@@ -16,7 +16,9 @@ use aws_config::retry::RetryConfig;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pgml_api::zfspool::ZfsPool;
-use pgml_aws::{CreateVolume, Ec2, SdkEc2, VolumeType, client_token};
+use pgml_aws::{
+    CreateSnapshotSet, CreateVolume, Ec2, ModifyVolume, SdkEc2, VolumeType, client_token,
+};
 use pgml_testbed::aws::{SimAdmin, ebs_link, sdk_config};
 use pgml_testbed::kube::TestNamespace;
 use pgml_testbed::nodes::{node_exec, node_exec_ok};
@@ -85,6 +87,7 @@ impl Drop for Agent {
 struct Made {
     attached: Vec<(String, String)>,
     volumes: Vec<String>,
+    snapshots: Vec<String>,
 }
 
 impl Made {
@@ -94,6 +97,9 @@ impl Made {
         }
         for v in &self.volumes {
             let _ = ec2.delete_volume(v).await;
+        }
+        for sn in &self.snapshots {
+            let _ = ec2.delete_snapshot(sn).await;
         }
     }
 }
@@ -114,8 +120,19 @@ async fn volumes_on(
     run_id: &str,
     made: &mut Made,
 ) -> anyhow::Result<Vec<String>> {
+    volumes_from(ec2, node, &vec![None; n], run_id, made).await
+}
+
+/// As [`volumes_on`], each volume made from the given snapshot (or empty).
+async fn volumes_from(
+    ec2: &SdkEc2,
+    node: &NodeInfo,
+    snapshots: &[Option<String>],
+    run_id: &str,
+    made: &mut Made,
+) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
-    for i in 0..n {
+    for (i, snapshot_id) in snapshots.iter().enumerate() {
         let v = ec2
             .create_volume(&CreateVolume {
                 availability_zone: node.az.clone(),
@@ -125,7 +142,7 @@ async fn volumes_on(
                 throughput_mibps: Some(125),
                 encrypted: true,
                 kms_key_id: None,
-                snapshot_id: None,
+                snapshot_id: snapshot_id.clone(),
                 volume_initialization_rate_mibps: None,
                 tags: BTreeMap::from([("pgml.io/test".into(), format!("agent-{run_id}"))]),
                 client_token: client_token(&[run_id, &i.to_string()]),
@@ -174,7 +191,20 @@ async fn create_pool(
     layout: &str,
     reclaim: &str,
 ) -> anyhow::Result<ZfsPool> {
-    let obj: ZfsPool = serde_json::from_value(json!({
+    create_pool_with(api, name, node, count, layout, reclaim, json!({})).await
+}
+
+/// As [`create_pool`], with more spec fields merged in (e.g. `restoreFrom`).
+async fn create_pool_with(
+    api: &Api<ZfsPool>,
+    name: &str,
+    node: &NodeInfo,
+    count: usize,
+    layout: &str,
+    reclaim: &str,
+    extra: Value,
+) -> anyhow::Result<ZfsPool> {
+    let mut obj = json!({
         "apiVersion": "pgml.io/v1alpha1",
         "kind": "ZfsPool",
         "metadata": {"name": name, "finalizers": [TEST_FINALIZER]},
@@ -184,7 +214,11 @@ async fn create_pool(
             "layout": layout,
             "reclaimPolicy": reclaim,
         },
-    }))?;
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        obj["spec"][k] = v.clone();
+    }
+    let obj: ZfsPool = serde_json::from_value(obj)?;
     Ok(api.create(&PostParams::default(), &obj).await?)
 }
 
@@ -194,12 +228,21 @@ async fn apply_controller_status(
     name: &str,
     volumes: &[String],
 ) -> anyhow::Result<()> {
+    apply_controller_status_sized(api, name, volumes, 1).await
+}
+
+async fn apply_controller_status_sized(
+    api: &Api<ZfsPool>,
+    name: &str,
+    volumes: &[String],
+    size_gib: i64,
+) -> anyhow::Result<()> {
     let vols: Vec<Value> = volumes
         .iter()
         .enumerate()
         .map(|(i, v)| {
             json!({"index": i, "volumeId": v, "state": "in-use",
-                   "attachmentState": "attached", "sizeGiB": 1, "type": "gp3"})
+                   "attachmentState": "attached", "sizeGiB": size_gib, "type": "gp3"})
         })
         .collect();
     api.patch_status(
@@ -857,5 +900,216 @@ async fn replace_flow(
     })
     .await?;
     remove_finalizer(&api, &name).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn grown_volumes_grow_the_pool() -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    let _node = NODE_LOCKS[1].lock().await;
+    let node = &sb.nodes[1];
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, "agent-grow").await;
+    let mut made = Made::default();
+    let result = grow_flow(sb, node, &ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
+}
+
+async fn grow_flow(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    ec2: &SdkEc2,
+    ns: &TestNamespace,
+    made: &mut Made,
+) -> anyhow::Result<()> {
+    let api: Api<ZfsPool> = ns.api();
+    let run_id = format!("{:08x}", rand_u32());
+    let name = format!("g{run_id}");
+    let agent = Agent::start(sb, node, &run_id)?;
+    create_pool(&api, &name, node, 2, "raid0", "Delete").await?;
+    let vols = volumes_on(ec2, node, 2, &run_id, made).await?;
+    apply_controller_status(&api, &name, &vols).await?;
+    let p = wait_for(&api, &name, &agent, 60, "ready", ready).await?;
+    let before = p
+        .status
+        .as_ref()
+        .and_then(|s| s.size_bytes)
+        .context("size")?;
+
+    // The controller's part: ModifyVolume to 2 GiB, then the new size in status.
+    for v in &vols {
+        ec2.modify_volume(&ModifyVolume {
+            volume_id: v.clone(),
+            size_gib: Some(2),
+            iops: None,
+            throughput_mibps: None,
+        })
+        .await?;
+    }
+    let expands_before = agent.log().matches("expanding member").count();
+    apply_controller_status_sized(&api, &name, &vols, 2).await?;
+    // The agent runs `zpool online -e` on every member once it sees the larger size.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.log().matches("expanding member").count() < expands_before + vols.len() {
+        ensure!(Instant::now() < deadline, "no online -e: {}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for v in &vols {
+        let len = std::fs::metadata(ebs_link(node, v))?.len();
+        assert_eq!(len, 2 << 30, "{v} grew");
+    }
+    // zfs-fuse does not re-read a file vdev's size on `online -e` (OpenZFS does); it does
+    // when the pool is imported again with autoexpand=on, which the agent set at creation.
+    // Done here by hand: the agent never exports a live pool to grow it.
+    let n = node.dev_dir.to_string_lossy().into_owned();
+    let root = node.mnt_dir.to_string_lossy().into_owned();
+    node_exec_ok(node, &["zpool", "export", &name])?;
+    // The agent may import it first (it is importable under our name and GUID).
+    let out = node_exec(node, &["zpool", "import", "-d", &n, "-R", &root, &name])?;
+    ensure!(
+        out.status.success() || pool_names(node)?.contains(&name),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = wait_for(&api, &name, &agent, 60, "grown", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.size_bytes)
+            .is_some_and(|b| b > before + (1 << 30))
+    })
+    .await?;
+    assert!(ready(&p));
+
+    api.delete(&name, &DeleteParams::default()).await?;
+    wait_for(&api, &name, &agent, 60, "released", |p| {
+        is_true(p, "PoolReleased")
+    })
+    .await?;
+    remove_finalizer(&api, &name).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn restored_copy_is_imported_under_its_own_name() -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    // Both nodes, in index order (other tests take one lock each).
+    let _b = NODE_LOCKS[1].lock().await;
+    let _a = NODE_LOCKS[2].lock().await;
+    let (a, b) = (&sb.nodes[2], &sb.nodes[1]);
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, "agent-restore").await;
+    let mut made = Made::default();
+    let result = restore_flow(sb, a, b, &ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
+}
+
+async fn restore_flow(
+    sb: &Sandbox,
+    a: &NodeInfo,
+    b: &NodeInfo,
+    ec2: &SdkEc2,
+    ns: &TestNamespace,
+    made: &mut Made,
+) -> anyhow::Result<()> {
+    let api: Api<ZfsPool> = ns.api();
+    let run_id = format!("{:08x}", rand_u32());
+    let (src, dst) = (format!("o{run_id}"), format!("copy{run_id}"));
+    let agent_a = Agent::start(sb, a, &format!("{run_id}-src"))?;
+    create_pool(&api, &src, a, 3, "raidz1", "Delete").await?;
+    let vols = volumes_on(ec2, a, 3, &run_id, made).await?;
+    apply_controller_status(&api, &src, &vols).await?;
+    let s = wait_for(&api, &src, &agent_a, 60, "source ready", ready).await?;
+    let file = a.mnt_dir.join(&src).join("pgdata").join("table");
+    let script = "printf %s \"$1\" | dd of=\"$0\" conv=fsync status=none";
+    node_exec_ok(
+        a,
+        &["sh", "-c", script, &file.to_string_lossy(), "captured"],
+    )?;
+
+    // One crash-consistent set of the live (never exported) pool.
+    let others: Vec<String> = ec2
+        .describe_instance(&a.instance_id)
+        .await?
+        .context("instance")?
+        .block_devices
+        .values()
+        .filter(|v| !vols.contains(v))
+        .cloned()
+        .collect();
+    let set = ec2
+        .create_snapshot_set(&CreateSnapshotSet {
+            instance_id: a.instance_id.clone(),
+            exclude_volume_ids: others,
+            description: format!("agent e2e {src}"),
+            tags: BTreeMap::from([("pgml.io/test".into(), format!("agent-{run_id}"))]),
+        })
+        .await?;
+    made.snapshots
+        .extend(set.iter().map(|s| s.snapshot_id.clone()));
+    let snaps: Vec<Option<String>> = vols
+        .iter()
+        .map(|v| {
+            set.iter()
+                .find(|s| s.volume_id == *v)
+                .map(|s| s.snapshot_id.clone())
+        })
+        .collect();
+    ensure!(
+        snaps.iter().all(Option::is_some),
+        "a snapshot per member: {set:?}"
+    );
+
+    // The copy on node B under another name: imported by GUID with -f (never exported),
+    // renamed, its data sets mounted where the new object asks.
+    let agent_b = Agent::start(sb, b, &format!("{run_id}-dst"))?;
+    create_pool_with(
+        &api,
+        &dst,
+        b,
+        3,
+        "raidz1",
+        "Delete",
+        json!({"restoreFrom": {"ebsSnapshotName": format!("snap-of-{src}")}}),
+    )
+    .await?;
+    let copies = volumes_from(ec2, b, &snaps, &format!("{run_id}c"), made).await?;
+    apply_controller_status(&api, &dst, &copies).await?;
+    let d = wait_for(&api, &dst, &agent_b, 90, "copy ready", ready).await?;
+    assert_eq!(
+        d.status.as_ref().and_then(|s| s.pool_guid.clone()),
+        s.status.as_ref().and_then(|s| s.pool_guid.clone()),
+        "a restored copy keeps its source's GUID"
+    );
+    check_built(b, &d, &copies, true)?;
+    let log = agent_b.log();
+    assert!(
+        log.contains("importing pool") && log.contains(" -f "),
+        "{log}"
+    );
+    assert!(log.contains("moving mount point"), "{log}");
+    let copied = b.mnt_dir.join(&dst).join("pgdata").join("table");
+    assert_eq!(
+        node_exec_ok(b, &["cat", &copied.to_string_lossy()])?,
+        "captured"
+    );
+
+    for (n, agent) in [(&dst, &agent_b), (&src, &agent_a)] {
+        api.delete(n, &DeleteParams::default()).await?;
+        wait_for(&api, n, agent, 60, "released", |p| {
+            is_true(p, "PoolReleased")
+        })
+        .await?;
+        remove_finalizer(&api, n).await?;
+    }
     Ok(())
 }
