@@ -527,7 +527,12 @@ fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict> {
             cond::POOL_HEALTHY,
             "False",
             &capitalized(&i.health),
-            format!("zpool status: {}{}", i.health, not_online(i)),
+            format!(
+                "zpool status: {}{}{}",
+                i.health,
+                not_online(i),
+                lost_hint(o.layout, &i.health)
+            ),
         ),
         None => Verdict::new(
             cond::POOL_HEALTHY,
@@ -577,6 +582,19 @@ fn not_online(i: &crate::decide::Imported) -> String {
     }
 }
 
+/// What a platform engineer needs to hear when a pool lost more than it can survive.
+fn lost_hint(layout: Layout, health: &str) -> &'static str {
+    match (layout, health) {
+        (_, "ONLINE" | "DEGRADED") => "",
+        (Layout::Raid0, _) => {
+            "; a raid0 pool does not survive losing a member: its data must come back from an EbsSnapshot (restoreFrom); the agent deleted nothing"
+        }
+        (Layout::Raidz1, _) => {
+            "; more members are lost than raidz1 survives: restore from an EbsSnapshot (restoreFrom); the agent deleted nothing"
+        }
+    }
+}
+
 fn capitalized(s: &str) -> String {
     let lower = s.to_ascii_lowercase();
     let mut c = lower.chars();
@@ -611,4 +629,169 @@ async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Re
     .await?;
     tracing::info!(pool = %pool.name_any(), health = ?desired.health, "status written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Imported, Member, Observed, PoolMember};
+    use pgml_api::common::Time;
+    use pgml_api::zfspool::{MemberReplacement, ReclaimPolicy};
+
+    fn pool(deleting: bool) -> ZfsPool {
+        let mut p: ZfsPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+            "metadata": {"name": "tank", "namespace": "db", "generation": 2},
+            "spec": {"nodeName": "n1", "volumes": {"count": 2, "sizeGiB": 10}},
+        }))
+        .unwrap();
+        if deleting {
+            p.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        }
+        p
+    }
+
+    fn facts(imported: Option<Imported>) -> Facts {
+        Facts {
+            observed: Observed {
+                pool_name: "tank".into(),
+                layout: Layout::Raid0,
+                deleting: false,
+                reclaim: ReclaimPolicy::Retain,
+                replacement: MemberReplacement::Automatic,
+                restore: false,
+                count: 2,
+                members: (0..2)
+                    .map(|i| Member {
+                        index: i,
+                        volume_id: Some(format!("vol-0{i}")),
+                        attached: true,
+                        device: Some(format!("/d/vol0{i}")),
+                        signature: None,
+                    })
+                    .collect(),
+                recorded_guid: None,
+                imported,
+                importable: vec![],
+                missing_datasets: vec![],
+                misplaced_datasets: vec![],
+                grown: false,
+            },
+            imported_name: None,
+            list: None,
+            status: None,
+            stale: vec![],
+            sizes: vec![],
+        }
+    }
+
+    fn find<'a>(v: &'a [Verdict], t: &str) -> &'a Verdict {
+        v.iter().find(|v| v.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn refusal_names_the_device_and_no_release_before_deletion() {
+        let out = Outcome {
+            refused: Some(("/d/vol01".into(), "carries a ext4 file system".into())),
+            ..Default::default()
+        };
+        let v = verdicts(&pool(false), &facts(None), &out);
+        let imported = find(&v, cond::POOL_IMPORTED);
+        assert_eq!(
+            (imported.status, imported.reason.as_str()),
+            ("False", "DeviceInUse")
+        );
+        assert!(imported.message.contains("/d/vol01") && imported.message.contains("ext4"));
+        assert_eq!(find(&v, cond::POOL_HEALTHY).status, "Unknown");
+        assert_eq!(find(&v, cond::DEVICES_FOUND).status, "True");
+        assert!(!v.iter().any(|v| v.type_ == cond::POOL_RELEASED));
+    }
+
+    #[test]
+    fn lost_raid0_member_is_reported_with_what_to_do() {
+        let mut f = facts(Some(Imported {
+            guid: Some(1),
+            health: "UNAVAIL".into(),
+            members: vec![
+                PoolMember {
+                    volume_id: Some("vol-00".into()),
+                    handle: "/d/vol00".into(),
+                    state: "ONLINE".into(),
+                },
+                PoolMember {
+                    volume_id: Some("vol-01".into()),
+                    handle: "/d/vol01".into(),
+                    state: "UNAVAIL".into(),
+                },
+            ],
+            resilvering: false,
+        }));
+        f.observed.members[1].device = None;
+        let v = verdicts(&pool(false), &f, &Outcome::default());
+        let healthy = find(&v, cond::POOL_HEALTHY);
+        assert_eq!(
+            (healthy.status, healthy.reason.as_str()),
+            ("False", "Unavail")
+        );
+        assert!(
+            healthy.message.contains("vol-01 UNAVAIL"),
+            "{}",
+            healthy.message
+        );
+        assert!(
+            healthy.message.contains("EbsSnapshot"),
+            "{}",
+            healthy.message
+        );
+        let devices = find(&v, cond::DEVICES_FOUND);
+        assert_eq!(devices.status, "False");
+        assert!(devices.message.contains("vol-01 (member 1)"));
+        assert_eq!(find(&v, cond::POOL_IMPORTED).status, "True");
+    }
+
+    #[test]
+    fn release_is_reported_once_and_kept() {
+        let mut f = facts(None);
+        f.observed.deleting = true;
+        let out = Outcome {
+            released: Some("Exported"),
+            ..Default::default()
+        };
+        let p = pool(true);
+        let v = verdicts(&p, &f, &out);
+        let r = find(&v, cond::POOL_RELEASED);
+        assert_eq!((r.status, r.reason.as_str()), ("True", "Exported"));
+        // The next resync finds nothing imported; the reason stays Exported.
+        let mut p2 = p.clone();
+        p2.status = Some(pgml_api::zfspool::ZfsPoolStatus {
+            conditions: conditions(&v, &p, Timestamp::now()),
+            ..Default::default()
+        });
+        let out = Outcome {
+            released: Some("NotImported"),
+            ..Default::default()
+        };
+        let v2 = verdicts(&p2, &f, &out);
+        assert_eq!(find(&v2, cond::POOL_RELEASED).reason, "Exported");
+        // A failed export is not a release.
+        let out = Outcome {
+            failed: Some("pool is busy".into()),
+            ..Default::default()
+        };
+        let r = verdicts(&p, &f, &out);
+        let r = find(&r, cond::POOL_RELEASED);
+        assert_eq!((r.status, r.reason.as_str()), ("False", "ReleaseFailed"));
+    }
+
+    #[test]
+    fn mount_points_relative_to_the_mount_root() {
+        let mut p = pool(false);
+        let ds = p.spec.template.datasets[0].clone();
+        assert_eq!(relative_mount(&p, &ds), "/tank/pgdata");
+        let mut explicit = ds.clone();
+        explicit.mount_point = Some("/data/pg".into());
+        assert_eq!(relative_mount(&p, &explicit), "/data/pg");
+        p.spec.pool_name = Some("other".into());
+        assert_eq!(relative_mount(&p, &ds), "/other/pgdata");
+    }
 }
