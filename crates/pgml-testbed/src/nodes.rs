@@ -97,3 +97,20 @@ pub fn node_dialect(node: &NodeInfo) -> anyhow::Result<pgml_zfs::Dialect> {
     )?
     .dialect)
 }
+
+/// Destroys a pool inside the node. zfs-fuse answers "pool is busy" for a moment after a
+/// dataset was last used (its FUSE mount lets go late), so a busy pool is tried again for
+/// up to ten seconds before the error is returned.
+pub fn node_destroy_pool(node: &NodeInfo, pool: &pgml_zfs::PoolName) -> anyhow::Result<()> {
+    let destroy = pgml_zfs::command::destroy_pool(pool, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match node_zfs(node, &destroy) {
+            Ok(_) => return Ok(()),
+            Err(e) if format!("{e:#}").contains("busy") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use aws_config::retry::RetryConfig;
 use pgml_aws::{CreateSnapshotSet, CreateVolume, Ec2, ErrorKind, SdkEc2, VolumeType, client_token};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{ebs_link, sdk_config};
-use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_zfs};
+use pgml_testbed::nodes::{node_destroy_pool, node_dialect, node_exec_ok, node_zfs};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_zfs::command::{self, ImportSpec, ImportTarget, Layout, Mount, PoolSpec};
 use pgml_zfs::{
@@ -330,15 +330,8 @@ struct PoolGuard<'a>(&'a NodeInfo, PoolName);
 
 impl Drop for PoolGuard<'_> {
     fn drop(&mut self) {
-        // zfs-fuse answers "pool is busy" for a moment after a dataset was last used.
-        for attempt in 1..=10 {
-            match node_zfs(self.0, &command::destroy_pool(&self.1, true)) {
-                Ok(_) => return,
-                Err(e) if attempt == 10 => {
-                    eprintln!("cleanup: destroying {} on {}: {e:#}", self.1, self.0.name)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(500)),
-            }
+        if let Err(e) = node_destroy_pool(self.0, &self.1) {
+            eprintln!("cleanup: destroying {} on {}: {e:#}", self.1, self.0.name);
         }
     }
 }

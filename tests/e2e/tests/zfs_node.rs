@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use pgml_testbed::Sandbox;
-use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_zfs, zfs_answers};
+use pgml_testbed::nodes::{node_destroy_pool, node_dialect, node_exec_ok, node_zfs, zfs_answers};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_zfs::command::{self, Layout, Mount, PoolSpec};
 use pgml_zfs::{
@@ -37,7 +37,7 @@ struct Cleanup<'a> {
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        let _ = node_zfs(self.node, &command::destroy_pool(&self.pool, false));
+        let _ = node_destroy_pool(self.node, &self.pool);
         for l in &self.links {
             let _ = std::fs::remove_file(l);
         }
@@ -183,7 +183,7 @@ fn raidz1_pool_in_one_node_beside_another() -> anyhow::Result<()> {
     assert_eq!(sizes[0].health, Health::Online);
     assert!(sizes[0].allocated.unwrap() >= 32 << 20, "{:?}", sizes[0]);
 
-    node_zfs(a, &command::destroy_pool(&pool, false))?;
+    node_destroy_pool(a, &pool)?;
     assert!(!pool_names(a, d)?.contains(&pool.to_string()));
     drop(cleanup);
     Ok(())
