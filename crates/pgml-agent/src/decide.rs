@@ -66,9 +66,18 @@ pub struct Observed {
     pub missing_datasets: Vec<String>,
     /// Datasets of the spec mounted elsewhere than it asks (a restored copy keeps its
     /// source's mount points).
-    pub misplaced_datasets: Vec<String>,
+    pub misplaced_datasets: Vec<(String, Placement)>,
     /// A member's volume grew since the pool last expanded.
     pub grown: bool,
+}
+
+/// What is wrong with where a dataset is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Its `mountpoint` is not the one the spec asks for.
+    Elsewhere,
+    /// Right `mountpoint`, not mounted (a remount that failed, e.g. "dataset is busy").
+    Unmounted,
 }
 
 /// Why nothing can be done yet.
@@ -97,8 +106,8 @@ pub enum Action {
     },
     Create,
     CreateDatasets(Vec<String>),
-    /// `zfs set mountpoint=` where the spec asks.
-    SetMountPoints(Vec<String>),
+    /// `zfs set mountpoint=` where the spec asks, or `zfs mount` where it already points.
+    Mount(Vec<(String, Placement)>),
     /// `zpool online -e` every member.
     Expand,
     /// `zpool replace <pool> <old> <new>`.
@@ -134,7 +143,7 @@ pub fn decide(o: &Observed) -> Action {
             return Action::CreateDatasets(o.missing_datasets.clone());
         }
         if !o.misplaced_datasets.is_empty() {
-            return Action::SetMountPoints(o.misplaced_datasets.clone());
+            return Action::Mount(o.misplaced_datasets.clone());
         }
         if let Some(r) = replacement(o, imp) {
             return r;
@@ -369,8 +378,11 @@ mod tests {
         assert_eq!(decide(&o), Action::CreateDatasets(vec!["pgwal".into()]));
         o.missing_datasets.clear();
         // A restored copy mounted where its source was.
-        o.misplaced_datasets = vec!["pgdata".into()];
-        assert_eq!(decide(&o), Action::SetMountPoints(vec!["pgdata".into()]));
+        o.misplaced_datasets = vec![("pgdata".into(), Placement::Elsewhere)];
+        assert_eq!(
+            decide(&o),
+            Action::Mount(vec![("pgdata".into(), Placement::Elsewhere)])
+        );
         o.misplaced_datasets.clear();
         o.grown = true;
         assert_eq!(decide(&o), Action::Expand);

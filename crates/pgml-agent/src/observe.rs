@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use pgml_api::zfspool::ZfsPool;
 use pgml_zfs::{Dialect, HostPath, PoolListEntry, PoolName, PoolStatus, command};
 
-use crate::decide::{Imported, Member, Observed, PoolMember, SeenPool};
+use crate::decide::{Imported, Member, Observed, Placement, PoolMember, SeenPool};
 use crate::devices::{Lookup, blkid_probe, parse_blkid_type};
 use crate::reconcile::{Ctx, Error, relative_mount};
 
@@ -116,10 +116,14 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
                 .unwrap_or("")
                 .trim_end_matches('/');
             for d in &spec.datasets {
+                let want = format!("{root}{}", relative_mount(pool, d));
                 match have.get(&format!("{n}/{}", d.name)) {
                     None => missing_datasets.push(d.name.clone()),
-                    Some(shown) if *shown != format!("{root}{}", relative_mount(pool, d)) => {
-                        misplaced_datasets.push(d.name.clone())
+                    Some(m) if m.mountpoint != want => {
+                        misplaced_datasets.push((d.name.clone(), Placement::Elsewhere))
+                    }
+                    Some(m) if !m.mounted => {
+                        misplaced_datasets.push((d.name.clone(), Placement::Unmounted))
                     }
                     Some(_) => {}
                 }
@@ -184,17 +188,40 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     })
 }
 
-/// `zfs list -H -o name,mountpoint -r <pool>`: the pool's datasets and where they mount.
-async fn datasets(ctx: &Ctx, pool: &PoolName) -> Result<BTreeMap<String, String>, Error> {
+/// A dataset's mount as `zfs list` shows it.
+#[derive(Clone, Debug)]
+struct Mounted {
+    mountpoint: String,
+    mounted: bool,
+}
+
+/// `zfs list -H -o name,mountpoint,mounted -r <pool>`: the datasets and their mounts.
+async fn datasets(ctx: &Ctx, pool: &PoolName) -> Result<BTreeMap<String, Mounted>, Error> {
     let c = pgml_zfs::Command::new(
         "zfs",
-        ["list", "-H", "-o", "name,mountpoint", "-r", pool.as_str()],
+        [
+            "list",
+            "-H",
+            "-o",
+            "name,mountpoint,mounted",
+            "-r",
+            pool.as_str(),
+        ],
     );
     let out = ctx.runner.ok(&c).await?;
     Ok(out
         .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(n, m)| (n.trim().to_string(), m.trim().to_string()))
+        .filter_map(|l| {
+            let mut f = l.split('\t').map(str::trim);
+            let (name, mountpoint, mounted) = (f.next()?, f.next()?, f.next()?);
+            Some((
+                name.to_string(),
+                Mounted {
+                    mountpoint: mountpoint.to_string(),
+                    mounted: mounted == "yes",
+                },
+            ))
+        })
         .collect())
 }
 

@@ -17,7 +17,7 @@ use pgml_zfs::{
     map_properties,
 };
 
-use crate::decide::{Action, Wait, decide};
+use crate::decide::{Action, Placement, Wait, decide};
 use crate::devices::Discovery;
 use crate::exec::{ExecError, Runner};
 use crate::observe::{Facts, dialect_name, observe};
@@ -222,20 +222,24 @@ async fn act(
                 create_dataset(pool, ctx, &actual, ds).await?;
             }
         }
-        Action::SetMountPoints(names) => {
-            for ds in pool
-                .spec
-                .template
-                .datasets
-                .iter()
-                .filter(|ds| names.contains(&ds.name))
-            {
+        Action::Mount(which) => {
+            for (name, placement) in which {
+                let Some(ds) = pool.spec.template.datasets.iter().find(|d| d.name == *name) else {
+                    continue;
+                };
                 let full = DatasetName::from(actual.clone()).child(&ds.name)?;
-                let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
-                if let Some(c) = command::set_property(d, &full, &prop) {
-                    tracing::info!(dataset = %full, command = %c, "moving mount point");
-                    ctx.runner.ok(&c).await?;
-                }
+                let c = match placement {
+                    Placement::Elsewhere => {
+                        let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
+                        let Some(c) = command::set_property(d, &full, &prop) else {
+                            continue;
+                        };
+                        c
+                    }
+                    Placement::Unmounted => pgml_zfs::Command::new("zfs", ["mount", full.as_str()]),
+                };
+                tracing::info!(dataset = %full, command = %c, "mounting where the spec asks");
+                ctx.runner.ok(&c).await?;
             }
         }
         Action::Expand => {
@@ -450,7 +454,26 @@ fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict> {
         )
     });
 
+    let pending: Vec<&str> = o
+        .missing_datasets
+        .iter()
+        .map(String::as_str)
+        .chain(o.misplaced_datasets.iter().map(|(n, _)| n.as_str()))
+        .collect();
     let imported = match (&o.imported, outcome) {
+        // Imported, but not yet as the spec asks: not usable, so not True.
+        (Some(_), _) if !pending.is_empty() => Verdict::new(
+            cond::POOL_IMPORTED,
+            "False",
+            "DatasetsPending",
+            format!(
+                "pool imported; datasets {pending:?} not created or not mounted yet{}",
+                outcome
+                    .failed
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            ),
+        ),
         (Some(i), _) => Verdict::new(
             cond::POOL_IMPORTED,
             "True",
@@ -781,6 +804,25 @@ mod tests {
         let r = verdicts(&p, &f, &out);
         let r = find(&r, cond::POOL_RELEASED);
         assert_eq!((r.status, r.reason.as_str()), ("False", "ReleaseFailed"));
+    }
+
+    #[test]
+    fn imported_with_datasets_pending_is_not_imported_yet() {
+        let mut f = facts(Some(Imported {
+            guid: Some(1),
+            health: "ONLINE".into(),
+            members: vec![],
+            resilvering: false,
+        }));
+        f.observed.misplaced_datasets = vec![("pgwal".into(), Placement::Unmounted)];
+        let out = Outcome {
+            failed: Some("dataset is busy".into()),
+            ..Default::default()
+        };
+        let v = verdicts(&pool(false), &f, &out);
+        let i = find(&v, cond::POOL_IMPORTED);
+        assert_eq!((i.status, i.reason.as_str()), ("False", "DatasetsPending"));
+        assert!(i.message.contains("pgwal") && i.message.contains("busy"));
     }
 
     #[test]
