@@ -36,6 +36,8 @@ struct Args {
 }
 
 const API_GROUP: &str = "pgml.io";
+/// How long in-flight reconciles may run after SIGTERM.
+const GRACE: Duration = Duration::from_secs(5);
 const KINDS: [&str; 3] = ["PgmlCluster", "ZfsPool", "EbsSnapshot"];
 
 #[tokio::main]
@@ -46,8 +48,6 @@ async fn main() -> anyhow::Result<()> {
 
     let client = Client::try_default().await?;
     check_crds(&client).await?;
-    tracing::info!("custom resources are served; starting the ZfsPool controller");
-
     let aws = pgml_aws::sdk_config().await;
     let ec2 = Arc::new(pgml_aws::SdkEc2::new(&aws));
     let settings = Settings {
@@ -56,7 +56,24 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     let ctx = Context::new(client, ec2, settings);
-    pgml_operator::run_until(ctx, shutdown_signal()).await;
+    // Logged once everything that could be slow is done: the SIGTERM handler comes next.
+    tracing::info!("custom resources are served; waiting for work");
+    // The signal is awaited here, not inside the controller, so it is heard from the first
+    // instant; the controller then gets a grace period to finish the reconciles in flight
+    // (each is idempotent, so one cut short is redone by the next process).
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let controller = pgml_operator::run_until(ctx, async move { stopped.notified().await });
+    tokio::pin!(controller);
+    tokio::select! {
+        _ = &mut controller => {}
+        _ = shutdown_signal() => {
+            stop.notify_one();
+            if tokio::time::timeout(GRACE, controller).await.is_err() {
+                tracing::warn!(grace = ?GRACE, "reconciles still running after the grace period; stopping anyway");
+            }
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -139,6 +139,9 @@ async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Context>) -> Result<Action, Erro
         Ok(_) => {
             ctx.failures().remove(&ObjectRef::from_obj(&*pool));
         }
+        Err(e @ Error::Waiting { .. }) => {
+            tracing::debug!(pool = %ObjectRef::from_obj(&*pool), what = %e, "deletion waiting");
+        }
         Err(e) => {
             tracing::info!(pool = %ObjectRef::from_obj(&*pool), class = e.class().as_str(), error = %e, "reconcile did not finish");
             events::report_error(&ctx, &pool, e).await;
