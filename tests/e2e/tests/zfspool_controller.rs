@@ -142,24 +142,59 @@ fn tags(v: &Volume) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Plays the agent: `PoolReleased=True`, applied with the agent's field manager.
-async fn release(api: &Api<ZfsPool>, name: &str) {
-    let body = json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "ZfsPool",
-        "status": {"conditions": [{
-            "type": "PoolReleased", "status": "True", "reason": "Exported",
-            "message": "pool exported (played by the test)",
-            "lastTransitionTime": "2026-01-01T00:00:00Z",
-        }]},
-    });
+/// Plays the agent: applies `status` (its fields only) with the agent's field manager.
+async fn agent_reports(api: &Api<ZfsPool>, name: &str, status: serde_json::Value) {
+    let body = json!({"apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool", "status": status});
     api.patch_status(
         name,
         &PatchParams::apply("pgml-agent").force(),
         &Patch::Apply(&body),
     )
     .await
-    .expect("applying PoolReleased as pgml-agent");
+    .expect("applying the agent's status as pgml-agent");
+}
+
+fn agent_condition(type_: &str, status: &str, reason: &str) -> serde_json::Value {
+    json!({
+        "type": type_, "status": status, "reason": reason,
+        "message": "played by the test", "lastTransitionTime": "2026-01-01T00:00:00Z",
+    })
+}
+
+/// Plays the agent's part of deletion: `PoolReleased=True`.
+async fn release(api: &Api<ZfsPool>, name: &str) {
+    agent_reports(
+        api,
+        name,
+        json!({"conditions": [agent_condition("PoolReleased", "True", "Exported")]}),
+    )
+    .await;
+}
+
+async fn wait_event(ns: &TestNamespace, object: &str, type_: &str, reason: &str) -> String {
+    let events: Api<Event> = ns.api();
+    let start = Instant::now();
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .expect("listing events")
+            .items
+            .into_iter()
+            .find(|e| {
+                e.type_.as_deref() == Some(type_)
+                    && e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object)
+            });
+        if let Some(e) = found {
+            return e.note.unwrap_or_default();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no {type_} event {reason} for {object}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// The pool's volumes are what the spec says, in the node's zone, tagged and attached.
@@ -310,6 +345,59 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
         "a reconcile with nothing to do wrote: {:?}",
         later.status
     );
+
+    for reason in ["VolumeCreated", "VolumeAttached"] {
+        wait_event(&ns, "stripe", "Normal", reason).await;
+    }
+
+    // The agent reports the pool imported and healthy: Ready, Online, a PoolReady event.
+    agent_reports(
+        &api,
+        "stripe",
+        json!({"health": "ONLINE", "conditions": [
+            agent_condition("PoolImported", "True", "Created"),
+            agent_condition("PoolHealthy", "True", "Online"),
+        ]}),
+    )
+    .await;
+    let p = wait_for(&api, "stripe", "Ready=True", Duration::from_secs(20), |p| {
+        cond_is(p, "Ready", "True")
+    })
+    .await;
+    assert_eq!(
+        p.status.as_ref().unwrap().phase,
+        Some(pgml_api::zfspool::PoolPhase::Online)
+    );
+    wait_event(&ns, "stripe", "Normal", "PoolReady").await;
+
+    // A raid0 member lost: Degraded names it and says the data must come from a snapshot.
+    agent_reports(
+        &api,
+        "stripe",
+        json!({"health": "FAULTED", "volumes": [{"index": 2, "memberState": "UNAVAIL"}],
+        "conditions": [
+            agent_condition("PoolImported", "True", "Created"),
+            agent_condition("PoolHealthy", "False", "Faulted"),
+        ]}),
+    )
+    .await;
+    let p = wait_for(
+        &api,
+        "stripe",
+        "Degraded=True",
+        Duration::from_secs(20),
+        |p| cond_is(p, "Degraded", "True"),
+    )
+    .await;
+    let s = p.status.clone().unwrap();
+    let d = cond(&s, "Degraded").unwrap();
+    assert_eq!(d.reason, "PoolFaulted");
+    assert!(d.message.contains("member 2 (vol-"), "{}", d.message);
+    assert!(d.message.contains("snapshot"), "{}", d.message);
+    assert_eq!(s.phase, Some(pgml_api::zfspool::PoolPhase::Failed));
+    assert_eq!(cond(&s, "Ready").unwrap().status, "False");
+    let note = wait_event(&ns, "stripe", "Warning", "PoolFaulted").await;
+    assert!(note.contains("snapshot"), "{note}");
 
     // Deletion waits for the agent, then detaches and keeps the volumes.
     api.delete("stripe", &DeleteParams::default())
@@ -582,6 +670,101 @@ async fn throttling_still_converges_with_bounded_calls() {
     api.delete("busy", &DeleteParams::default()).await.unwrap();
     release(&api, "busy").await;
     wait_gone(&api, "busy", Duration::from_secs(60)).await;
+    assert_eq!(volumes_of(&uid).await.len(), 0);
+    ns.cleanup().await;
+}
+
+/// A member found attached to another instance is reported (condition and Warning Event)
+/// and left there: the controller never takes a volume from another instance.
+#[tokio::test]
+async fn a_member_attached_elsewhere_is_reported_not_stolen() {
+    let _serial = SERIAL.lock().await;
+    let sb = Sandbox::get();
+    let (node, other) = (&sb.nodes[0], &sb.nodes[1]);
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "zpctl-elsewhere").await;
+    let api: Api<ZfsPool> = ns.api();
+    let ctl = start_controller(&ns).await;
+    let p = create(
+        &api,
+        &pool_yaml(
+            "pair",
+            &node.name,
+            "  reclaimPolicy: Delete\n  volumes: {count: 2, sizeGiB: 5}\n",
+        ),
+    )
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    wait_for(
+        &api,
+        "pair",
+        "VolumesAttached=True",
+        Duration::from_secs(60),
+        |p| cond_is(p, "VolumesAttached", "True"),
+    )
+    .await;
+
+    // With the controller stopped, someone moves member 1 to another instance.
+    drop(ctl);
+    let ec2 = pgml_testbed::aws::ec2_client(sb).await;
+    let moved = volumes_of(&uid)
+        .await
+        .into_iter()
+        .find(|v| tags(v)["pgml.io/member-index"] == "1")
+        .unwrap();
+    let moved_id = moved.volume_id().unwrap().to_string();
+    ec2.detach_volume()
+        .volume_id(&moved_id)
+        .instance_id(&node.instance_id)
+        .send()
+        .await
+        .unwrap();
+    ec2.attach_volume()
+        .volume_id(&moved_id)
+        .instance_id(&other.instance_id)
+        .device("/dev/xvdzz")
+        .send()
+        .await
+        .unwrap();
+
+    let _ctl = start_controller(&ns).await;
+    let p = wait_for(
+        &api,
+        "pair",
+        "VolumesAttached=False AttachedToAnotherInstance",
+        Duration::from_secs(30),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| cond(s, "VolumesAttached"))
+                .is_some_and(|c| c.reason == "AttachedToAnotherInstance")
+        },
+    )
+    .await;
+    let c = cond(p.status.as_ref().unwrap(), "VolumesAttached").unwrap();
+    assert!(
+        c.message.contains(&moved_id) && c.message.contains(&other.instance_id),
+        "{}",
+        c.message
+    );
+    wait_event(&ns, "pair", "Warning", "AttachedToAnotherInstance").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = volumes_of(&uid)
+        .await
+        .into_iter()
+        .find(|v| v.volume_id() == Some(moved_id.as_str()))
+        .unwrap();
+    assert_eq!(v.attachments().len(), 1);
+    assert_eq!(
+        v.attachments()[0].instance_id(),
+        Some(other.instance_id.as_str()),
+        "not stolen"
+    );
+
+    // Cleanup: deletion detaches whatever instance holds the pool's volumes, then deletes.
+    api.delete("pair", &DeleteParams::default()).await.unwrap();
+    release(&api, "pair").await;
+    wait_gone(&api, "pair", Duration::from_secs(60)).await;
     assert_eq!(volumes_of(&uid).await.len(), 0);
     ns.cleanup().await;
 }
