@@ -233,3 +233,26 @@ impl Drop for FaultGuard {
         }
     }
 }
+
+/// Every volume moto holds with tag `key=value` (straight from the SDK, bypassing the
+/// operator's own adapter), sorted by ID.
+pub async fn volumes_tagged(
+    sb: &Sandbox,
+    key: &str,
+    value: &str,
+) -> Vec<aws_sdk_ec2::types::Volume> {
+    let ec2 = ec2_client(sb).await;
+    let filter = aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build();
+    let out = ec2
+        .describe_volumes()
+        .filters(filter)
+        .send()
+        .await
+        .expect("DescribeVolumes through the simulator");
+    let mut v = out.volumes().to_vec();
+    v.sort_by_key(|v| v.volume_id().unwrap_or_default().to_string());
+    v
+}

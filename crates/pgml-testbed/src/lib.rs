@@ -9,5 +9,6 @@ pub mod manifests;
 pub mod nodes;
 pub mod procs;
 pub mod sandbox;
+pub mod wait;
 
 pub use sandbox::{Sandbox, workspace_bin};
