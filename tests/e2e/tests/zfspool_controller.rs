@@ -37,13 +37,18 @@ impl Drop for Running {
 }
 
 async fn start_controller(ns: &TestNamespace) -> Running {
+    start_controller_with(ns, |_| {}).await
+}
+
+async fn start_controller_with(ns: &TestNamespace, tweak: impl FnOnce(&mut Settings)) -> Running {
     let sb = Sandbox::get();
     let ec2 = pgml_aws::SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let settings = Settings {
+    let mut settings = Settings {
         namespace: Some(ns.name().to_string()),
         progress_requeue: Duration::from_secs(1),
         ..Settings::default()
     };
+    tweak(&mut settings);
     let ctx = Context::new(ns.client().clone(), Arc::new(ec2), settings);
     Running(tokio::spawn(pgml_operator::run(ctx)))
 }
@@ -765,6 +770,94 @@ async fn a_member_attached_elsewhere_is_reported_not_stolen() {
     api.delete("pair", &DeleteParams::default()).await.unwrap();
     release(&api, "pair").await;
     wait_gone(&api, "pair", Duration::from_secs(60)).await;
+    assert_eq!(volumes_of(&uid).await.len(), 0);
+    ns.cleanup().await;
+}
+
+/// An attachment that stays `attaching` (the simulator holds it) is reported once it lasts
+/// longer than the configured timeout; when EC2 finishes it, the pool moves on.
+#[tokio::test]
+async fn an_attachment_that_lasts_is_reported() {
+    let _serial = SERIAL.lock().await;
+    let sb = Sandbox::get();
+    let node = &sb.nodes[2];
+    let sim = SimAdmin::from_sandbox(sb);
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "zpctl-stuck").await;
+    let api: Api<ZfsPool> = ns.api();
+    let ctl = start_controller(&ns).await;
+    let p = create(
+        &api,
+        &pool_yaml(
+            "slow",
+            &node.name,
+            "  reclaimPolicy: Delete\n  volumes: {count: 2, sizeGiB: 5}\n",
+        ),
+    )
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    wait_for(
+        &api,
+        "slow",
+        "VolumesAttached=True",
+        Duration::from_secs(60),
+        |p| cond_is(p, "VolumesAttached", "True"),
+    )
+    .await;
+
+    // Member 0 is detached behind the controller's back; its next attach hangs in EC2.
+    drop(ctl);
+    let member0 = volumes_of(&uid)
+        .await
+        .into_iter()
+        .find(|v| tags(v)["pgml.io/member-index"] == "0")
+        .unwrap();
+    let id = member0.volume_id().unwrap().to_string();
+    let stuck = sim
+        .fault(json!({"kind": "attach_stuck", "volume_id": id}))
+        .unwrap();
+    pgml_testbed::aws::ec2_client(sb)
+        .await
+        .detach_volume()
+        .volume_id(&id)
+        .instance_id(&node.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let _ctl = start_controller_with(&ns, |s| s.attach_timeout = Duration::from_secs(2)).await;
+    let p = wait_for(
+        &api,
+        "slow",
+        "VolumesAttached=False AttachmentStuck",
+        Duration::from_secs(30),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| cond(s, "VolumesAttached"))
+                .is_some_and(|c| c.reason == "AttachmentStuck")
+        },
+    )
+    .await;
+    let s = p.status.clone().unwrap();
+    assert!(cond(&s, "VolumesAttached").unwrap().message.contains(&id));
+    let v0 = s.volumes.iter().find(|v| v.index == 0).unwrap();
+    assert_eq!(v0.attachment_state.as_deref(), Some("attaching"));
+
+    // EC2 finishes the attachment: the pool is whole again.
+    stuck.clear();
+    wait_for(
+        &api,
+        "slow",
+        "VolumesAttached=True again",
+        Duration::from_secs(30),
+        |p| cond_is(p, "VolumesAttached", "True"),
+    )
+    .await;
+    assert!(ebs_link(node, &id).exists());
+
+    api.delete("slow", &DeleteParams::default()).await.unwrap();
+    release(&api, "slow").await;
+    wait_gone(&api, "slow", Duration::from_secs(60)).await;
     assert_eq!(volumes_of(&uid).await.len(), 0);
     ns.cleanup().await;
 }

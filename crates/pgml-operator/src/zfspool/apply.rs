@@ -191,7 +191,13 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     grow?;
 
     let ready = status::is_true(&new, c::READY);
-    let stuck = facts.attach_problem.is_some() || facts.budget_wait.is_some();
+    // Blocked on something EC2 or a user must change: look again slowly. An attachment that
+    // lasts is still awaited at the progress pace.
+    let stuck = facts.budget_wait.is_some()
+        || facts
+            .attach_problem
+            .as_ref()
+            .is_some_and(|(r, _)| r != reason::ATTACHMENT_STUCK);
     let settled = ready && new.phase != Some(pgml_api::zfspool::PoolPhase::Resizing);
     Ok(Action::requeue(if settled || stuck {
         ctx.settings.ready_requeue
@@ -329,7 +335,7 @@ async fn attach_members(
                     && waiting_since > ctx.settings.attach_timeout.as_secs() as i64
                 {
                     facts.attach_problem = Some((
-                        "AttachmentStuck".into(),
+                        reason::ATTACHMENT_STUCK.into(),
                         format!(
                             "member {i} ({}) has been attaching to {instance_id} for over {}s; EC2 has not finished it",
                             v.volume_id,

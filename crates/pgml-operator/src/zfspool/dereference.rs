@@ -65,6 +65,15 @@ pub async fn resolve(ctx: &Context, node_name: &str) -> Result<Result<Target, Un
             message: format!("EC2 does not know instance {instance_id} of node {node_name}"),
         }));
     };
+    if matches!(instance.state.as_str(), "shutting-down" | "terminated") {
+        return Ok(Err(Unresolved {
+            reason: reason::INSTANCE_NOT_FOUND,
+            message: format!(
+                "instance {instance_id} of node {node_name} is {}",
+                instance.state
+            ),
+        }));
+    }
     let limits = limits(ctx, &instance.instance_type).await?;
     Ok(Ok(Target { instance, limits }))
 }

@@ -27,6 +27,8 @@ pub mod reason {
     pub const ATTACHED: &str = "Attached";
     pub const ATTACHED_ELSEWHERE: &str = "AttachedToAnotherInstance";
     pub const ATTACHMENT_LIMIT: &str = "AttachmentLimitExceeded";
+    /// Still `attaching` after the attach timeout: reported, still awaited.
+    pub const ATTACHMENT_STUCK: &str = "AttachmentStuck";
     pub const VOLUME_IN_USE: &str = "VolumeInUse";
     pub const WAITING_FOR_AGENT: &str = "WaitingForAgent";
     pub const POOL_ONLINE: &str = "PoolOnline";
@@ -396,7 +398,11 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
     };
     set(c::READY, ready, &ready_reason, ready_msg.clone());
 
-    let blocked_attach = f.attach_problem.is_some() && !all_attached;
+    let blocked_attach = f
+        .attach_problem
+        .as_ref()
+        .is_some_and(|(r, _)| r != reason::ATTACHMENT_STUCK)
+        && !all_attached;
     let (progressing, prog_reason, prog_msg) = if let Some(m) = &f.budget_wait {
         (false, reason::MODIFICATION_BUDGET.to_string(), m.clone())
     } else if modifying {
@@ -474,6 +480,7 @@ pub fn notices(observed: &ZfsPoolStatus, new: &ZfsPoolStatus) -> Vec<Notice> {
         [
             reason::ATTACHED_ELSEWHERE,
             reason::ATTACHMENT_LIMIT,
+            reason::ATTACHMENT_STUCK,
             reason::VOLUME_IN_USE,
         ]
         .contains(&n.reason.as_str())
@@ -670,6 +677,27 @@ mod tests {
         assert!(
             n.iter()
                 .any(|(w, r, _)| *w && r == reason::ATTACHED_ELSEWHERE),
+            "{n:?}"
+        );
+    }
+
+    #[test]
+    fn a_lasting_attachment_is_reported_but_still_progressing() {
+        let mut f = facts(&["attached", "attaching", "attached"]);
+        f.attach_problem = Some((
+            reason::ATTACHMENT_STUCK.into(),
+            "member 1 attaching for 300s".into(),
+        ));
+        let s = compute(&f, &Default::default(), &t(1));
+        assert_eq!(
+            cond(&s, c::VOLUMES_ATTACHED).reason,
+            reason::ATTACHMENT_STUCK
+        );
+        assert_eq!(cond(&s, c::PROGRESSING).status, c::TRUE);
+        let n = notices(&ZfsPoolStatus::default(), &s);
+        assert!(
+            n.iter()
+                .any(|(w, r, _)| *w && r == reason::ATTACHMENT_STUCK),
             "{n:?}"
         );
     }
