@@ -534,8 +534,9 @@ async fn io2_raidz1_pool_grows_then_is_deleted() {
     ns.cleanup().await;
 }
 
-/// A node without providerID: a condition and one Warning Event, no volumes; deleting the
-/// node lets deletion proceed without the agent.
+/// A node without providerID: a condition and one Warning Event, no volumes; a pool that
+/// never had volumes is deleted without waiting for an agent. A pool asking for a restore
+/// (not implemented yet) gets no empty volumes in its place.
 #[tokio::test]
 async fn node_without_provider_id_is_a_condition_and_a_warning() {
     let _serial = SERIAL.lock().await;
@@ -593,14 +594,49 @@ async fn node_without_provider_id_is_a_condition_and_a_warning() {
     );
     assert!(volumes_of(&uid).await.is_empty());
 
-    nodes
-        .delete(&node_name, &DeleteParams::default())
-        .await
-        .unwrap();
+    // Never provisioned: deletion has nothing to wait for, even with the node still there.
     api.delete("orphan", &DeleteParams::default())
         .await
         .unwrap();
     wait_gone(&api, "orphan", Duration::from_secs(30)).await;
+    nodes
+        .delete(&node_name, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // restoreFrom is not implemented: no empty volumes are made in its place.
+    let p = create(
+        &api,
+        &pool_yaml(
+            "restored",
+            &Sandbox::get().nodes[0].name,
+            "  volumes: {count: 2, sizeGiB: 10}\n  restoreFrom: {ebsSnapshotName: nightly}\n",
+        ),
+    )
+    .await;
+    wait_for(
+        &api,
+        "restored",
+        "Ready=False RestoreNotImplemented",
+        Duration::from_secs(30),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| cond(s, "Ready"))
+                .is_some_and(|c| c.reason == "RestoreNotImplemented")
+        },
+    )
+    .await;
+    wait_event(&ns, "restored", "Warning", "RestoreNotImplemented").await;
+    assert!(
+        volumes_of(p.metadata.uid.as_deref().unwrap())
+            .await
+            .is_empty()
+    );
+    api.delete("restored", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&api, "restored", Duration::from_secs(30)).await;
     ns.cleanup().await;
 }
 

@@ -99,6 +99,22 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
+    if pool.spec.restore_from.is_some() && observed.volumes.is_empty() {
+        // Creating empty volumes for a pool that asked for a restore would hand its users an
+        // empty database: refuse until restores are implemented.
+        let msg = "restoreFrom is not implemented by this controller yet; no volumes were created";
+        let new = status::blocked(
+            &observed,
+            generation,
+            None,
+            reason::RESTORE_UNSUPPORTED,
+            msg,
+            &now,
+        );
+        commit(ctx, pool, &observed, &observed, &new).await?;
+        return Ok(Action::await_change());
+    }
+
     let target = match dereference::resolve(ctx, &pool.spec.node_name).await? {
         Ok(t) => t,
         Err(u) => {

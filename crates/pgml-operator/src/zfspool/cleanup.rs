@@ -82,6 +82,9 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .ok_or(Error::Incomplete("uid"))?;
     let node_name = &pool.spec.node_name;
     let node_gone = dereference::node(ctx, node_name).await?.is_none();
+    // A pool whose status never recorded a volume has nothing for the agent to release;
+    // the tag search below still catches a volume created just before a crash.
+    let never_provisioned = observed.volumes.iter().all(|v| v.volume_id.is_none());
     let released = status::is_true(&observed, c::POOL_RELEASED);
     let waited = pool
         .metadata
@@ -92,11 +95,12 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
 
     // Every volume of the pool: by tag, plus any the status lists that the tag search
     // missed, so nothing is left unaccounted for.
-    let mut volumes = if released || node_gone {
+    let mut volumes = if released || node_gone || never_provisioned {
         ctx.ec2.find_volumes(&build::pool_filter(uid)).await?
     } else {
         vec![]
     };
+    let released = released || (never_provisioned && volumes.is_empty());
     if released || node_gone {
         let unlisted: Vec<String> = observed
             .volumes

@@ -41,6 +41,7 @@ pub mod reason {
     pub const WITHIN_INSTANCE_LIMITS: &str = "WithinInstanceLimits";
     pub const INSTANCE_LIMITED: &str = "InstanceLimited";
     pub const DELETING: &str = "Deleting";
+    pub const RESTORE_UNSUPPORTED: &str = "RestoreNotImplemented";
     pub const WAITING_FOR_RELEASE: &str = "WaitingForAgentRelease";
     pub const AGENT_NOT_RELEASING: &str = "AgentNotReleasing";
 }
@@ -470,6 +471,7 @@ pub fn notices(observed: &ZfsPoolStatus, new: &ZfsPoolStatus) -> Vec<Notice> {
             reason::NODE_NOT_FOUND,
             reason::NODE_WITHOUT_PROVIDER_ID,
             reason::INSTANCE_NOT_FOUND,
+            reason::RESTORE_UNSUPPORTED,
         ]
         .contains(&n.reason.as_str())
         {
