@@ -34,7 +34,16 @@ done < <("$py" -c 'import json,sys; [print(n["name"], n["ns_pid"], n["dev_dir"],
 
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n demo -f examples/
-sleep 5
+# The pools built from new volumes become Ready once the operator has provisioned and
+# attached their EBS volumes and the agents have built them; a pool restored from a
+# snapshot waits for that snapshot.
+fresh=$(kubectl get zfspools -n demo -o jsonpath='{range .items[?(!@.spec.restoreFrom)]}zfspool/{.metadata.name} {end}' 2>/dev/null || true)
+if [ -z "$fresh" ]; then
+  fresh=$(kubectl get zfspools -n demo -o go-template='{{range .items}}{{if not .spec.restoreFrom}}zfspool/{{.metadata.name}} {{end}}{{end}}')
+fi
+echo "dev: waiting for $fresh to be Ready"
+# shellcheck disable=SC2086
+kubectl wait -n demo --for=condition=Ready --timeout=180s $fresh || echo "dev: not Ready yet; see $logs"
 echo
 echo "\$ kubectl get nodes -L topology.kubernetes.io/zone"
 kubectl get nodes -L topology.kubernetes.io/zone
