@@ -424,6 +424,16 @@ pub struct VolumeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_id: Option<String>,
 
+    /// Incremented each time the member is replaced; part of its EC2 ClientToken.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: i32,
+
+    /// The volume this member's current one replaced, until the operator has deleted it
+    /// (detached once the replacement is recorded, deleted once the new member is ONLINE
+    /// and the pool is ONLINE again): a crash never forgets a volume of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_volume_id: Option<String>,
+
     /// Availability zone of the volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
@@ -470,6 +480,10 @@ pub struct VolumeStatus {
     /// The EBS modification in progress or last made on this volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modification: Option<VolumeModification>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// An EBS ModifyVolume on one volume.
