@@ -51,6 +51,11 @@ struct Args {
     #[arg(long, env = "PGML_ZFS", default_value = "zfs")]
     zfs: PathBuf,
 
+    /// Watch only this namespace's ZfsPools (default: all namespaces). Tests run one agent
+    /// per node and namespace; a DaemonSet leaves it unset.
+    #[arg(long, env = "PGML_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+
     /// Where NVMe serial numbers are read (`<sys-block>/<nvmeXnY>/device/serial`).
     #[arg(long, env = "PGML_SYS_BLOCK", default_value = "/sys/block")]
     sys_block: PathBuf,
@@ -101,8 +106,16 @@ async fn main() -> anyhow::Result<()> {
         zfs: args.zfs.clone(),
         timeout: Duration::from_secs(args.command_timeout_seconds),
     };
-    let probe = runner.run(&pgml_zfs::dialect::version_probe()).await?;
-    let detected = pgml_zfs::detect(probe.code, &probe.stdout, &probe.stderr)?;
+    tracing::info!("node found; waiting for work");
+    // ZFS may come up after the agent (a module still loading, a daemon starting): wait for
+    // it rather than crash-loop, and stay stoppable meanwhile.
+    let detected = tokio::select! {
+        d = detect_dialect(&runner) => d,
+        _ = shutdown_signal() => {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+    };
     tracing::info!(dialect = %detected.dialect, version = ?detected.version, kmod_version = ?detected.kmod_version, "ZFS detected");
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -123,9 +136,12 @@ async fn main() -> anyhow::Result<()> {
     HostPath::new(args.dev_dir.to_string_lossy().into_owned()).context("--dev-dir")?;
 
     // Only this node's pools: spec.nodeName is a selectable field of the CRD.
-    let pools: kube::Api<ZfsPool> = kube::Api::all(client);
+    let pools: kube::Api<ZfsPool> = match &args.namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    };
     let selector = format!("spec.nodeName={}", args.node_name);
-    tracing::info!(selector, "watching ZfsPools");
+    tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
     Controller::new(pools, watcher::Config::default().fields(&selector))
         .graceful_shutdown_on(shutdown_signal())
         .run(reconcile, error_policy, ctx)
@@ -137,4 +153,20 @@ async fn main() -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `zfs version` until it answers in a dialect the agent speaks.
+async fn detect_dialect(runner: &Runner) -> pgml_zfs::Detected {
+    loop {
+        let probe = pgml_zfs::dialect::version_probe();
+        let err = match runner.run(&probe).await {
+            Ok(out) => match pgml_zfs::detect(out.code, &out.stdout, &out.stderr) {
+                Ok(d) => return d,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %err, "cannot tell which ZFS this node runs; retrying in 10s");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 }

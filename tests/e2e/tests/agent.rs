@@ -42,7 +42,8 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(sb: &Sandbox, node: &NodeInfo, tag: &str) -> anyhow::Result<Agent> {
+    /// Watches `ns` only, so that objects other tests leave on the node are not touched.
+    fn start(sb: &Sandbox, node: &NodeInfo, ns: &str, tag: &str) -> anyhow::Result<Agent> {
         let bin = workspace_bin("pgml-agent");
         let log = sb
             .dir
@@ -56,6 +57,7 @@ impl Agent {
             .args(["--mount-root", &node.mnt_dir.to_string_lossy()])
             .args(["--log-format", "text", "--resync-seconds", "3"])
             .env("NODE_NAME", &node.name)
+            .env("PGML_WATCH_NAMESPACE", ns)
             .env("KUBECONFIG", &sb.kube.kubeconfig)
             .env("RUST_LOG", "pgml_agent=debug,info")
             .stdin(Stdio::null())
@@ -505,7 +507,7 @@ async fn build_flow(
 ) -> anyhow::Result<()> {
     let api: Api<ZfsPool> = ns.api();
     let run_id = format!("{:08x}", rand_u32());
-    let agent = Agent::start(sb, node, &run_id)?;
+    let agent = Agent::start(sb, node, ns.name(), &run_id)?;
     let (stripe, raidz) = (format!("s{run_id}"), format!("z{run_id}"));
     create_pool(&api, &stripe, node, 4, "raid0", "Delete").await?;
     create_pool(&api, &raidz, node, 5, "raidz1", "Retain").await?;
@@ -646,18 +648,18 @@ async fn kill_flow(
     // Killed at once, and after a few short random spans; then the moment the pool
     // appears (before or while its datasets are created).
     for (round, ms) in [0u64, 300, 700, 1100].into_iter().enumerate() {
-        let mut a = Agent::start(sb, node, &format!("{run_id}-{round}"))?;
+        let mut a = Agent::start(sb, node, ns.name(), &format!("{run_id}-{round}"))?;
         tokio::time::sleep(Duration::from_millis(ms + u64::from(rand_u32() % 200))).await;
         a.kill();
     }
-    let mut a = Agent::start(sb, node, &format!("{run_id}-appear"))?;
+    let mut a = Agent::start(sb, node, ns.name(), &format!("{run_id}-appear"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pool_names(node)?.contains(&name) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     a.kill();
 
-    let agent = Agent::start(sb, node, &format!("{run_id}-final"))?;
+    let agent = Agent::start(sb, node, ns.name(), &format!("{run_id}-final"))?;
     let p = wait_for(&api, &name, &agent, 90, "ready after restarts", ready).await?;
     check_built(node, &p, &vols, true)?;
     let same_name = pool_names(node)?.iter().filter(|n| **n == name).count();
@@ -731,7 +733,7 @@ async fn foreign_flow(
     // A file system on the fourth.
     node_exec_ok(node, &["mkfs.ext4", "-q", "-F", &link(&vols[3])])?;
 
-    let agent = Agent::start(sb, node, &run_id)?;
+    let agent = Agent::start(sb, node, ns.name(), &run_id)?;
     let (a, b) = (format!("a{run_id}"), format!("b{run_id}"));
     create_pool(&api, &a, node, 3, "raid0", "Delete").await?;
     create_pool(&api, &b, node, 1, "raid0", "Delete").await?;
@@ -809,7 +811,7 @@ async fn replace_flow(
     let api: Api<ZfsPool> = ns.api();
     let run_id = format!("{:08x}", rand_u32());
     let name = format!("r{run_id}");
-    let agent = Agent::start(sb, node, &run_id)?;
+    let agent = Agent::start(sb, node, ns.name(), &run_id)?;
     create_pool(&api, &name, node, 3, "raidz1", "Delete").await?;
     let mut vols = volumes_on(ec2, node, 3, &run_id, made).await?;
     apply_controller_status(&api, &name, &vols).await?;
@@ -933,7 +935,7 @@ async fn grow_flow(
     let api: Api<ZfsPool> = ns.api();
     let run_id = format!("{:08x}", rand_u32());
     let name = format!("g{run_id}");
-    let agent = Agent::start(sb, node, &run_id)?;
+    let agent = Agent::start(sb, node, ns.name(), &run_id)?;
     create_pool(&api, &name, node, 2, "raid0", "Delete").await?;
     let vols = volumes_on(ec2, node, 2, &run_id, made).await?;
     apply_controller_status(&api, &name, &vols).await?;
@@ -1027,7 +1029,7 @@ async fn restore_flow(
     let api: Api<ZfsPool> = ns.api();
     let run_id = format!("{:08x}", rand_u32());
     let (src, dst) = (format!("o{run_id}"), format!("copy{run_id}"));
-    let agent_a = Agent::start(sb, a, &format!("{run_id}-src"))?;
+    let agent_a = Agent::start(sb, a, ns.name(), &format!("{run_id}-src"))?;
     create_pool(&api, &src, a, 3, "raidz1", "Delete").await?;
     let vols = volumes_on(ec2, a, 3, &run_id, made).await?;
     apply_controller_status(&api, &src, &vols).await?;
@@ -1074,7 +1076,7 @@ async fn restore_flow(
 
     // The copy on node B under another name: imported by GUID with -f (never exported),
     // renamed, its data sets mounted where the new object asks.
-    let agent_b = Agent::start(sb, b, &format!("{run_id}-dst"))?;
+    let agent_b = Agent::start(sb, b, ns.name(), &format!("{run_id}-dst"))?;
     create_pool_with(
         &api,
         &dst,
