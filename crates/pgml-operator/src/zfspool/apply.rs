@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use super::build::{self, AttachStep, Budget, PoolRef};
 use super::dereference::{self, Target};
 use super::error::Error;
-use super::status::{self, AgentView, Facts, reason};
+use super::repair::{self, Decision, MemberView, Retire};
+use super::status::{self, AgentView, Facts, RepairView, reason};
 use super::{Context, FIELD_MANAGER, events};
 
 /// Server-side apply of the controller's status fields on the status subresource.
@@ -126,7 +127,7 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     let pref = PoolRef::of(pool).ok_or(Error::Incomplete("uid, namespace or name"))?;
     let count = pool.spec.template.volumes.count.max(0) as usize;
     let found = ctx.ec2.find_volumes(&build::pool_filter(pref.uid)).await?;
-    let mut members = build::sort_members(&found, count);
+    let mut members = build::sort_members(&found, count, &observed.volumes);
     if !members.extra.is_empty() {
         let ids: Vec<&str> = members.extra.iter().map(|v| v.volume_id.as_str()).collect();
         tracing::warn!(
@@ -134,7 +135,7 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
             "volumes tagged for this pool that fill no member slot"
         );
     }
-    let lost = recover_unlisted(ctx, &observed, &mut members).await?;
+    let mut gone = recover_unlisted(ctx, &observed, &mut members).await?;
 
     let max = target
         .limits
@@ -161,43 +162,95 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(ctx.settings.ready_requeue * 5));
     }
 
-    let mut facts = facts(pool, &target, &observed, &members);
+    let mut facts = facts(pool, &target, &observed, &members, &gone);
     let mut written = observed.clone();
+
+    // A lost member: replace it (raidz1, Automatic, only one lost), or report it.
+    let views = member_views(&facts, &members);
+    let decision = repair::decide(
+        pool.spec.template.layout,
+        pool.spec.template.member_replacement,
+        &views,
+        facts.agent.health.as_deref(),
+        facts.agent.resilvering,
+    );
+    if let Decision::Replace {
+        index,
+        old,
+        generation,
+        loss,
+    } = &decision
+    {
+        // The next generation and the volume it replaces are recorded before anything is
+        // created: a crash from here on creates the same replacement (same ClientToken) and
+        // still knows the old volume.
+        *entry_mut(&mut facts.volumes, *index) = VolumeStatus {
+            index: *index as i32,
+            generation: *generation,
+            replaced_volume_id: Some(old.clone()),
+            ..Default::default()
+        };
+        if let Some(v) = members.slots[*index].take() {
+            members.retired.push((*index, v));
+        }
+        gone.remove(index);
+        facts.repair = repair_view(&decision, &facts);
+        let new = status::compute(&facts, &observed, &now);
+        write_status(ctx, pool, &new).await?;
+        written = new;
+        tracing::warn!(member = index, volume = %old, %loss, generation, "member lost; replacing it");
+        let note = format!(
+            "member {index} ({old}) of pool {} is lost: {loss}; replacing it with a new volume (member generation {generation})",
+            facts.pool_name
+        );
+        events::publish(ctx, pool, true, reason::MEMBER_LOST, note).await;
+    }
 
     // Create what is missing, recording each ID before anything else happens.
     for i in 0..count {
-        if members.slots[i].is_some() || lost.contains_key(&i) {
+        if members.slots[i].is_some() || gone.contains_key(&i) {
             continue;
         }
-        let req = build::create_request(&pref, i, &target.instance.availability_zone);
-        let v = ctx.ec2.create_volume(&req).await?;
-        tracing::info!(volume = %v.volume_id, member = i, "created volume");
-        facts
+        let (generation, replaced) = facts
             .volumes
-            .push(build::volume_status(i, &v, &facts.instance_id, None));
+            .iter()
+            .find(|v| v.index == i as i32)
+            .map_or((0, None), |v| (v.generation, v.replaced_volume_id.clone()));
+        let req = build::create_request(
+            &pref,
+            i,
+            generation.max(0) as u32,
+            &target.instance.availability_zone,
+        );
+        let v = ctx.ec2.create_volume(&req).await?;
+        tracing::info!(volume = %v.volume_id, member = i, generation, "created volume");
+        *entry_mut(&mut facts.volumes, i) = VolumeStatus {
+            generation,
+            replaced_volume_id: replaced.clone(),
+            ..build::volume_status(i, &v, &facts.instance_id, None)
+        };
         members.slots[i] = Some(v.clone());
+        facts.repair = repair_view(&decision, &facts);
         let new = status::compute(&facts, &observed, &now);
         write_status(ctx, pool, &new).await?;
         written = new;
         let note = format!(
-            "created {} ({} GiB {}) as member {i} in {}",
+            "created {} ({} GiB {}) as member {i} in {}{}",
             v.volume_id,
             req.size_gib,
             req.volume_type.as_str(),
-            req.availability_zone
+            req.availability_zone,
+            replaced.map_or(String::new(), |old| format!(", replacing {old}"))
         );
         events::publish(ctx, pool, false, "VolumeCreated", note).await;
     }
-    if let Some((i, id)) = lost.iter().next() {
-        facts.attach_problem = Some((
-            "MemberLost".into(),
-            format!(
-                "member {i}'s volume {id} no longer exists in EC2; the operator does not replace it on its own yet"
-            ),
-        ));
-    }
 
-    let attach = attach_members(ctx, &target, &members, &mut facts, &observed, &now).await;
+    let retire = retire_replaced(ctx, pool, &target, &members, &mut facts).await;
+    let attach = match retire {
+        Ok(()) => attach_members(ctx, &target, &members, &mut facts, &observed, &now).await,
+        Err(e) => Err(e),
+    };
+    facts.repair = repair_view(&decision, &facts);
     let grow = match attach {
         Ok(()) => grow_members(ctx, pool, &members, &mut facts, &now).await,
         Err(e) => Err(e),
@@ -210,6 +263,10 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     // Blocked on something EC2 or a user must change: look again slowly. An attachment that
     // lasts is still awaited at the progress pace.
     let stuck = facts.budget_wait.is_some()
+        || matches!(
+            facts.repair,
+            RepairView::Manual(_) | RepairView::TooMany(_) | RepairView::Raid0(_)
+        )
         || facts
             .attach_problem
             .as_ref()
@@ -224,8 +281,9 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
 
 /// A member whose ID the status records but the tag search did not return: EC2 may not
 /// list a new volume by tag yet (eventual consistency), or its tags were removed. One
-/// DescribeVolumes by ID settles it; a volume EC2 no longer knows is reported, never
-/// silently recreated. Returns the lost members.
+/// DescribeVolumes by ID settles it (for replaced volumes too); a member volume EC2 no
+/// longer knows is lost, never silently recreated under the same generation. Returns the
+/// members whose volume is gone.
 async fn recover_unlisted(
     ctx: &Context,
     observed: &ZfsPoolStatus,
@@ -241,24 +299,201 @@ async fn recover_unlisted(
                 && !members.extra.iter().any(|v| &v.volume_id == id)
         })
         .collect();
-    let mut lost = BTreeMap::new();
-    if unlisted.is_empty() {
-        return Ok(lost);
+    let retired_unlisted: Vec<(usize, String)> = observed
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            Some((
+                usize::try_from(v.index).ok()?,
+                v.replaced_volume_id.clone()?,
+            ))
+        })
+        .filter(|(_, id)| {
+            !members.retired.iter().any(|(_, v)| &v.volume_id == id) && v_not_current(observed, id)
+        })
+        .collect();
+    let mut gone = BTreeMap::new();
+    if unlisted.is_empty() && retired_unlisted.is_empty() {
+        return Ok(gone);
     }
-    let ids: Vec<String> = unlisted.iter().map(|(_, id)| id.clone()).collect();
+    let ids: Vec<String> = unlisted
+        .iter()
+        .chain(&retired_unlisted)
+        .map(|(_, id)| id.clone())
+        .collect();
     let known = ctx.ec2.describe_volumes(&ids).await?;
-    for (i, id) in unlisted {
-        match known
+    let live = |id: &str| {
+        known
             .iter()
             .find(|v| v.volume_id == id && !matches!(v.state.as_str(), "deleting" | "deleted"))
-        {
+    };
+    for (i, id) in unlisted {
+        match live(&id) {
             Some(v) => members.slots[i] = Some(v.clone()),
             None => {
-                lost.insert(i, id);
+                gone.insert(i, id);
             }
         }
     }
-    Ok(lost)
+    for (i, id) in retired_unlisted {
+        if let Some(v) = live(&id) {
+            members.retired.push((i, v.clone()));
+        }
+    }
+    Ok(gone)
+}
+
+/// Whether `id` is no member's current volume.
+fn v_not_current(observed: &ZfsPoolStatus, id: &str) -> bool {
+    !observed
+        .volumes
+        .iter()
+        .any(|v| v.volume_id.as_deref() == Some(id))
+}
+
+/// The entry of member `index` in `volumes`, added when missing.
+fn entry_mut(volumes: &mut Vec<VolumeStatus>, index: usize) -> &mut VolumeStatus {
+    let pos = match volumes.iter().position(|v| v.index == index as i32) {
+        Some(p) => p,
+        None => {
+            volumes.push(VolumeStatus {
+                index: index as i32,
+                ..Default::default()
+            });
+            volumes.len() - 1
+        }
+    };
+    &mut volumes[pos]
+}
+
+/// Each member as the repair decision sees it: its volume, generation, replaced volume,
+/// EC2 state (`None`: gone) and the agent's state when the agent's report is about it.
+fn member_views(facts: &Facts, members: &build::Members) -> Vec<MemberView> {
+    (0..facts.count)
+        .map(|i| {
+            let e = facts.volumes.iter().find(|v| v.index == i as i32);
+            let volume_id = e.and_then(|e| e.volume_id.clone());
+            let ec2_state = members.slots[i].as_ref().map(|v| v.state.clone());
+            MemberView {
+                index: i,
+                member_state: volume_id
+                    .as_deref()
+                    .and_then(|id| facts.agent.member_state(i as i32, id))
+                    .or_else(|| {
+                        // A lost device has no by-id link, so the agent reports no device
+                        // for it; its state still describes the recorded volume unless a
+                        // replacement is under way.
+                        e.filter(|e| e.replaced_volume_id.is_none())
+                            .and_then(|_| facts.agent.reported_state(i as i32))
+                            .filter(|s| repair::LOST_MEMBER_STATES.contains(s))
+                    })
+                    .map(str::to_string),
+                volume_id,
+                generation: e.map_or(0, |e| e.generation),
+                replaced: e.and_then(|e| e.replaced_volume_id.clone()),
+                ec2_state,
+            }
+        })
+        .collect()
+}
+
+/// Where the repair stands, for the conditions.
+fn repair_view(decision: &Decision, facts: &Facts) -> RepairView {
+    let describe = |lost: &[repair::Lost]| lost.iter().map(ToString::to_string).collect();
+    match decision {
+        Decision::Manual(l) => return RepairView::Manual(describe(l)),
+        Decision::TooMany(l) => return RepairView::TooMany(describe(l)),
+        Decision::Raid0(l) => return RepairView::Raid0(describe(l)),
+        Decision::Healthy | Decision::Replace { .. } => {}
+    }
+    let agent = &facts.agent;
+    for v in &facts.volumes {
+        let Some(old) = v.replaced_volume_id.clone() else {
+            continue;
+        };
+        let state = v
+            .volume_id
+            .as_deref()
+            .and_then(|id| agent.member_state(v.index, id));
+        let done = state == Some("ONLINE")
+            && agent.health.as_deref() == Some("ONLINE")
+            && !agent.resilvering;
+        if done {
+            continue;
+        }
+        return match (&v.volume_id, state) {
+            (Some(new), Some(_)) => RepairView::Resilvering {
+                index: v.index,
+                old,
+                new: new.clone(),
+                percent: agent.resilver_percent,
+            },
+            (new, _) => RepairView::Replacing {
+                index: v.index,
+                old,
+                new: new.clone(),
+                attached: v.attachment_state.as_deref() == Some("attached"),
+            },
+        };
+    }
+    RepairView::None
+}
+
+/// The volumes members replaced: detached at once, deleted once the new member is ONLINE
+/// in an ONLINE pool, dropped from status only when EC2 no longer has them.
+async fn retire_replaced(
+    ctx: &Context,
+    pool: &ZfsPool,
+    target: &Target,
+    members: &build::Members,
+    facts: &mut Facts,
+) -> Result<(), Error> {
+    let instance_id = target.instance.instance_id.clone();
+    let agent = facts.agent.clone();
+    for e in facts.volumes.iter_mut() {
+        let Some(old) = e.replaced_volume_id.clone() else {
+            continue;
+        };
+        let v = members
+            .retired
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| v.volume_id == old);
+        let state = e
+            .volume_id
+            .as_deref()
+            .and_then(|id| agent.member_state(e.index, id));
+        match repair::retire_step(
+            v,
+            &instance_id,
+            state,
+            agent.health.as_deref(),
+            agent.resilvering,
+        ) {
+            Retire::Wait => {}
+            Retire::Forget => {
+                tracing::info!(member = e.index, volume = %old, "replaced volume no longer exists");
+                e.replaced_volume_id = None;
+            }
+            Retire::Detach => {
+                ctx.ec2.detach_volume(&old, &instance_id, false).await?;
+                tracing::info!(member = e.index, volume = %old, "detach of the replaced volume requested");
+            }
+            Retire::Delete => {
+                ctx.ec2.delete_volume(&old).await?;
+                tracing::info!(member = e.index, volume = %old, "replaced volume deleted");
+                e.replaced_volume_id = None;
+                let note = format!(
+                    "member {}: {} replaced {old}, resilvered, pool {} ONLINE; deleted {old}",
+                    e.index,
+                    e.volume_id.as_deref().unwrap_or("?"),
+                    facts.pool_name
+                );
+                events::publish(ctx, pool, false, reason::MEMBER_REPLACED, note).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn facts(
@@ -266,6 +501,7 @@ fn facts(
     target: &Target,
     observed: &ZfsPoolStatus,
     members: &build::Members,
+    gone: &BTreeMap<usize, String>,
 ) -> Facts {
     let spec = &pool.spec.template;
     let instance_id = target.instance.instance_id.clone();
@@ -279,11 +515,38 @@ fn facts(
         .iter()
         .enumerate()
         .filter_map(|(i, v)| {
-            let v = v.as_ref()?;
+            let recorded = observed.volumes.iter().find(|o| o.index == i as i32);
+            let (generation, replaced) =
+                recorded.map_or((0, None), |o| (o.generation, o.replaced_volume_id.clone()));
+            let Some(v) = v.as_ref() else {
+                // Gone from EC2: kept (state deleted) until the member is replaced. A member
+                // still to be created keeps its generation and replaced volume.
+                return match gone.get(&i) {
+                    Some(id) => Some(VolumeStatus {
+                        index: i as i32,
+                        volume_id: Some(id.clone()),
+                        state: Some("deleted".into()),
+                        attachment_state: Some("detached".into()),
+                        generation,
+                        replaced_volume_id: replaced,
+                        ..Default::default()
+                    }),
+                    None => (generation != 0 || replaced.is_some()).then(|| VolumeStatus {
+                        index: i as i32,
+                        generation,
+                        replaced_volume_id: replaced,
+                        ..Default::default()
+                    }),
+                };
+            };
             let m = old_mods
                 .get(&(i as i32))
                 .map(|m| build::settle_modification(m, v));
-            Some(build::volume_status(i, v, &instance_id, m))
+            Some(VolumeStatus {
+                generation,
+                replaced_volume_id: replaced,
+                ..build::volume_status(i, v, &instance_id, m)
+            })
         })
         .collect();
     let performance = target.limits.as_ref().map(|l| {
@@ -316,6 +579,7 @@ fn facts(
         attach_problem: None,
         budget_wait: None,
         agent: AgentView::read(observed),
+        repair: RepairView::None,
     }
 }
 

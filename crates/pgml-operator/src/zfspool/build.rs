@@ -72,9 +72,15 @@ fn aws_type(t: ApiVolumeType) -> VolumeType {
     }
 }
 
-/// The CreateVolume for member `index` in the instance's zone. IOPS/throughput are sent
-/// only when the spec sets them (gp3 defaults to its baseline).
-pub fn create_request(pool: &PoolRef, index: usize, az: &str) -> CreateVolume {
+/// The CreateVolume for member `index`, generation `member_generation`, in the instance's
+/// zone. IOPS/throughput are sent only when the spec sets them (gp3 defaults to its
+/// baseline). A replacement carries the same tags as the volume it replaces.
+pub fn create_request(
+    pool: &PoolRef,
+    index: usize,
+    member_generation: u32,
+    az: &str,
+) -> CreateVolume {
     let v = pool.volumes;
     CreateVolume {
         availability_zone: az.to_string(),
@@ -90,36 +96,76 @@ pub fn create_request(pool: &PoolRef, index: usize, az: &str) -> CreateVolume {
         snapshot_id: None,
         volume_initialization_rate_mibps: None,
         tags: volume_tags(pool, index),
-        client_token: volume_token(pool.uid, index, 0),
+        client_token: volume_token(pool.uid, index, member_generation),
     }
 }
 
 /// The volumes EC2 found for the pool, sorted into member slots. A volume being deleted
 /// does not fill a slot; two live volumes claiming one index, or an index beyond `count`,
-/// are `extra` (reported, never deleted by the controller).
+/// are `extra` (reported, never deleted by the controller). A volume a member replaced
+/// (`replacedVolumeId` in status) is `retired`: detached, then deleted by the controller.
 #[derive(Debug, Default, PartialEq)]
 pub struct Members {
     pub slots: Vec<Option<Volume>>,
     pub extra: Vec<Volume>,
+    /// (member index, the volume it replaced).
+    pub retired: Vec<(usize, Volume)>,
 }
 
-pub fn sort_members(found: &[Volume], count: usize) -> Members {
+/// Sorts `found` into slots. The volume status records for a member takes its slot; a
+/// member status records no volume for (never created, or a replacement not recorded yet
+/// after a crash) takes the first volume tagged with its index that status does not name.
+pub fn sort_members(found: &[Volume], count: usize, recorded: &[VolumeStatus]) -> Members {
     let mut m = Members {
         slots: vec![None; count],
         extra: vec![],
+        retired: vec![],
     };
     let mut sorted: Vec<&Volume> = found
         .iter()
         .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
         .collect();
     sorted.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+    let entry = |i: usize| recorded.iter().find(|r| r.index == i as i32);
+    let named = |id: &str| {
+        recorded.iter().any(|r| {
+            r.volume_id.as_deref() == Some(id) || r.replaced_volume_id.as_deref() == Some(id)
+        })
+    };
+    let mut rest = Vec::new();
     for v in sorted {
+        if let Some(r) = recorded
+            .iter()
+            .find(|r| r.replaced_volume_id.as_deref() == Some(v.volume_id.as_str()))
+            .filter(|r| r.volume_id.as_deref() != Some(v.volume_id.as_str()))
+        {
+            m.retired.push((r.index.max(0) as usize, v.clone()));
+            continue;
+        }
+        match recorded
+            .iter()
+            .find(|r| r.volume_id.as_deref() == Some(v.volume_id.as_str()))
+        {
+            Some(r) if (r.index as usize) < count && r.index >= 0 => {
+                m.slots[r.index as usize] = Some(v.clone())
+            }
+            _ => rest.push(v),
+        }
+    }
+    for v in rest {
         let index = v
             .tags
             .get(keys::MEMBER_INDEX)
             .and_then(|i| i.parse::<usize>().ok());
         match index {
-            Some(i) if i < count && m.slots[i].is_none() => m.slots[i] = Some(v.clone()),
+            Some(i)
+                if i < count
+                    && m.slots[i].is_none()
+                    && entry(i).is_none_or(|r| r.volume_id.is_none())
+                    && !named(&v.volume_id) =>
+            {
+                m.slots[i] = Some(v.clone())
+            }
             _ => m.extra.push(v.clone()),
         }
     }
@@ -171,7 +217,8 @@ pub fn pick_device(index: usize, used: &BTreeSet<String>) -> Option<String> {
 /// attachments (which a fresh DescribeInstances may not show yet).
 pub fn used_devices(instance: &Instance, members: &Members) -> BTreeSet<String> {
     let mut used: BTreeSet<String> = instance.block_devices.keys().cloned().collect();
-    for v in members.slots.iter().flatten() {
+    let retired = members.retired.iter().map(|(_, v)| v);
+    for v in members.slots.iter().flatten().chain(retired) {
         for a in &v.attachments {
             if a.instance_id == instance.instance_id && a.state != AttachmentState::Detached {
                 used.insert(a.device.clone());
@@ -192,6 +239,7 @@ pub fn free_attachments(
         .slots
         .iter()
         .flatten()
+        .chain(members.retired.iter().map(|(_, v)| v))
         .map(|v| v.volume_id.as_str())
         .collect();
     let others = instance
@@ -273,7 +321,8 @@ pub fn prune_recent(recent: &[i64], now: i64, started: bool) -> Vec<i64> {
     out.split_off(skip)
 }
 
-/// The controller's fields of `status.volumes[index]` from what EC2 reports.
+/// The controller's fields of `status.volumes[index]` from what EC2 reports (the member's
+/// generation and replaced volume are the caller's to fill in).
 pub fn volume_status(
     index: usize,
     v: &Volume,
@@ -302,6 +351,8 @@ pub fn volume_status(
         modification,
         device: None,
         member_state: None,
+        generation: 0,
+        replaced_volume_id: None,
     }
 }
 
@@ -408,7 +459,7 @@ mod tests {
     #[test]
     fn create_requests_carry_spec_zone_token_and_tags() {
         let gp3 = spec("sizeGiB: 50\niops: 6000\nthroughputMiBps: 250");
-        let r = create_request(&pool_ref(&gp3), 3, "us-east-1b");
+        let r = create_request(&pool_ref(&gp3), 3, 0, "us-east-1b");
         assert_eq!(r.availability_zone, "us-east-1b");
         assert_eq!(r.volume_type, VolumeType::Gp3);
         assert_eq!(
@@ -419,11 +470,16 @@ mod tests {
         assert_eq!(r.client_token, volume_token("uid-1", 3, 0));
         assert_eq!(r.tags["pgml.io/member-index"], "3");
 
-        let baseline = create_request(&pool_ref(&spec("sizeGiB: 10")), 0, "z");
+        let baseline = create_request(&pool_ref(&spec("sizeGiB: 10")), 0, 0, "z");
+        // A replacement: the next generation's token, the same tags.
+        let second = create_request(&pool_ref(&gp3), 3, 1, "us-east-1b");
+        assert_eq!(second.client_token, volume_token("uid-1", 3, 1));
+        assert_eq!(second.tags, r.tags);
         assert_eq!((baseline.iops, baseline.throughput_mibps), (None, None));
 
         let io2 = create_request(
             &pool_ref(&spec("type: io2\nsizeGiB: 100\niops: 20000")),
+            0,
             0,
             "z",
         );
@@ -441,7 +497,7 @@ mod tests {
             vol("vol-e", Some(2), "deleting"),
             vol("vol-f", None, "available"),
         ];
-        let m = sort_members(&found, 3);
+        let m = sort_members(&found, 3, &[]);
         let ids: Vec<Option<&str>> = m
             .slots
             .iter()
@@ -450,6 +506,68 @@ mod tests {
         assert_eq!(ids, vec![Some("vol-a"), Some("vol-b"), None]);
         let extra: Vec<&str> = m.extra.iter().map(|v| v.volume_id.as_str()).collect();
         assert_eq!(extra, vec!["vol-c", "vol-d", "vol-f"]);
+    }
+
+    fn recorded(i: i32, id: Option<&str>, replaced: Option<&str>) -> VolumeStatus {
+        VolumeStatus {
+            index: i,
+            volume_id: id.map(str::to_string),
+            replaced_volume_id: replaced.map(str::to_string),
+            generation: i32::from(replaced.is_some()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recorded_volumes_keep_their_slot_and_replaced_ones_retire() {
+        // Member 1 was replaced: vol-a (failed) retired, vol-z recorded; both carry index 1.
+        let found = vec![
+            vol("vol-a", Some(1), "error"),
+            vol("vol-b", Some(0), "in-use"),
+            vol("vol-z", Some(1), "available"),
+        ];
+        let rec = [
+            recorded(0, Some("vol-b"), None),
+            recorded(1, Some("vol-z"), Some("vol-a")),
+        ];
+        let m = sort_members(&found, 2, &rec);
+        let ids: Vec<Option<&str>> = m
+            .slots
+            .iter()
+            .map(|s| s.as_ref().map(|v| v.volume_id.as_str()))
+            .collect();
+        assert_eq!(ids, vec![Some("vol-b"), Some("vol-z")]);
+        assert_eq!(m.retired.len(), 1);
+        assert_eq!(
+            (m.retired[0].0, m.retired[0].1.volume_id.as_str()),
+            (1, "vol-a")
+        );
+        assert!(m.extra.is_empty());
+
+        // A crash between CreateVolume and recording it: status names no volume for member
+        // 1, so the replacement found by its tag takes the slot (its token would return it).
+        let rec = [
+            recorded(0, Some("vol-b"), None),
+            recorded(1, None, Some("vol-a")),
+        ];
+        let m = sort_members(&found, 2, &rec);
+        assert_eq!(
+            m.slots[1].as_ref().map(|v| v.volume_id.as_str()),
+            Some("vol-z")
+        );
+        assert_eq!(m.retired.len(), 1);
+
+        // Status names vol-a as member 1 (before any replacement): vol-z is extra.
+        let rec = [
+            recorded(0, Some("vol-b"), None),
+            recorded(1, Some("vol-a"), None),
+        ];
+        let m = sort_members(&found, 2, &rec);
+        assert_eq!(
+            m.slots[1].as_ref().map(|v| v.volume_id.as_str()),
+            Some("vol-a")
+        );
+        assert_eq!(m.extra.len(), 1);
     }
 
     #[test]
@@ -503,7 +621,7 @@ mod tests {
                 .collect(),
             root_device_name: Some("/dev/xvda".into()),
         };
-        let m = sort_members(&[vol("vol-a", Some(0), "in-use")], 4);
+        let m = sort_members(&[vol("vol-a", Some(0), "in-use")], 4, &[]);
         assert_eq!(free_attachments(Some(32), &instance, &m), Some(31));
         assert_eq!(free_attachments(None, &instance, &m), None);
     }

@@ -84,7 +84,10 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     let node_gone = dereference::node(ctx, node_name).await?.is_none();
     // A pool whose status never recorded a volume has nothing for the agent to release;
     // the tag search below still catches a volume created just before a crash.
-    let never_provisioned = observed.volumes.iter().all(|v| v.volume_id.is_none());
+    let never_provisioned = observed
+        .volumes
+        .iter()
+        .all(|v| v.volume_id.is_none() && v.replaced_volume_id.is_none());
     let released = status::is_true(&observed, c::POOL_RELEASED);
     let waited = pool
         .metadata
@@ -93,8 +96,8 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .map(|t| (status::now().0.as_second() - t.0.as_second()).max(0) as u64)
         .unwrap_or(0);
 
-    // Every volume of the pool: by tag, plus any the status lists that the tag search
-    // missed, so nothing is left unaccounted for.
+    // Every volume of the pool: by tag, plus any the status lists (members and the volumes
+    // they replaced) that the tag search missed, so nothing is left unaccounted for.
     let mut volumes = if released || node_gone || never_provisioned {
         ctx.ec2.find_volumes(&build::pool_filter(uid)).await?
     } else {
@@ -105,7 +108,8 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         let unlisted: Vec<String> = observed
             .volumes
             .iter()
-            .filter_map(|v| v.volume_id.clone())
+            .flat_map(|v| [v.volume_id.clone(), v.replaced_volume_id.clone()])
+            .flatten()
             .filter(|id| !volumes.iter().any(|v| &v.volume_id == id))
             .collect();
         if !unlisted.is_empty() {

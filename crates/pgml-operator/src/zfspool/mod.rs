@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod dereference;
 pub mod error;
 pub mod events;
+pub mod repair;
 pub mod status;
 
 use std::collections::HashMap;

@@ -44,6 +44,14 @@ pub mod reason {
     pub const RESTORE_UNSUPPORTED: &str = "RestoreNotImplemented";
     pub const WAITING_FOR_RELEASE: &str = "WaitingForAgentRelease";
     pub const AGENT_NOT_RELEASING: &str = "AgentNotReleasing";
+    /// A lost raidz1 member's replacement is being created, attached and handed to the agent.
+    pub const MEMBER_REPLACING: &str = "MemberReplacing";
+    /// The agent resilvers the replacement.
+    pub const RESILVERING: &str = "Resilvering";
+    /// A raidz1 member is lost and `memberReplacement` is Manual.
+    pub const MEMBER_LOST: &str = "MemberLost";
+    /// Event: a replacement finished and the replaced volume was deleted.
+    pub const MEMBER_REPLACED: &str = "MemberReplaced";
 }
 
 /// A second-precision now: what the apiserver stores, so a round trip compares equal.
@@ -196,6 +204,11 @@ pub struct AgentView {
     pub health: Option<String>,
     /// (index, volume ID, member state) of members not ONLINE.
     pub sick_members: Vec<(i32, Option<String>, String)>,
+    /// (index, device, member state) as the agent reported them.
+    pub members: Vec<(i32, Option<String>, Option<String>)>,
+    /// A resilver runs (`status.resilver.inProgress`).
+    pub resilvering: bool,
+    pub resilver_percent: Option<i32>,
 }
 
 impl AgentView {
@@ -212,7 +225,74 @@ impl AgentView {
                     (st != "ONLINE").then(|| (v.index, v.volume_id.clone(), st.to_string()))
                 })
                 .collect(),
+            members: s
+                .volumes
+                .iter()
+                .map(|v| (v.index, v.device.clone(), v.member_state.clone()))
+                .collect(),
+            resilvering: s.resilver.as_ref().is_some_and(|r| r.in_progress),
+            resilver_percent: s.resilver.as_ref().and_then(|r| r.percent_done),
         }
+    }
+
+    /// The agent's state of member `index`, when its report is about `volume_id`: the agent
+    /// writes a member's device (the volume's by-id link) and its state from the same pass,
+    /// so a device naming another volume means the state describes that other volume (the
+    /// report predates a replacement).
+    pub fn member_state(&self, index: i32, volume_id: &str) -> Option<&str> {
+        let (_, device, state) = self.members.iter().find(|(i, _, _)| *i == index)?;
+        let link = format!(
+            "nvme-Amazon_Elastic_Block_Store_vol{}",
+            volume_id.strip_prefix("vol-").unwrap_or(volume_id)
+        );
+        let named = device
+            .as_deref()
+            .and_then(|d| d.rsplit('/').next())
+            .is_some_and(|name| name == link);
+        named.then_some(state.as_deref()).flatten()
+    }
+
+    /// The agent's state of member `index`, whatever volume it describes.
+    pub fn reported_state(&self, index: i32) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|(i, _, _)| *i == index)
+            .and_then(|(_, _, s)| s.as_deref())
+    }
+}
+
+/// Where the repair of lost members stands, for the conditions.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub enum RepairView {
+    #[default]
+    None,
+    /// Member `index`'s replacement `new` (not created yet: `None`) for `old` is being
+    /// created, attached or handed to the agent.
+    Replacing {
+        index: i32,
+        old: String,
+        new: Option<String>,
+        attached: bool,
+    },
+    /// The agent resilvers member `index`'s replacement.
+    Resilvering {
+        index: i32,
+        old: String,
+        new: String,
+        percent: Option<i32>,
+    },
+    /// Lost raidz1 members with `memberReplacement: Manual` (descriptions).
+    Manual(Vec<String>),
+    /// More lost than raidz1 survives (descriptions).
+    TooMany(Vec<String>),
+    /// Lost raid0 members (descriptions).
+    Raid0(Vec<String>),
+}
+
+impl RepairView {
+    /// A repair under way or needed: the pool is not Ready.
+    pub fn active(&self) -> bool {
+        *self != RepairView::None
     }
 }
 
@@ -236,6 +316,7 @@ pub struct Facts {
     /// A growth waiting for the modification budget: the message.
     pub budget_wait: Option<String>,
     pub agent: AgentView,
+    pub repair: RepairView,
 }
 
 fn attached(v: &VolumeStatus) -> bool {
@@ -259,8 +340,10 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
     );
 
     let n_attached = f.volumes.iter().filter(|v| attached(v)).count();
-    let all_attached = n_attached == f.count && f.volumes.len() == f.count;
-    let missing = f.count.saturating_sub(f.volumes.len());
+    // An entry without a volume is a member whose replacement is still to be created.
+    let with_volume = f.volumes.iter().filter(|v| v.volume_id.is_some()).count();
+    let all_attached = n_attached == f.count && with_volume == f.count;
+    let missing = f.count.saturating_sub(with_volume);
     let (att_reason, att_msg) = if all_attached {
         (
             reason::ATTACHED.to_string(),
@@ -323,28 +406,87 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (degraded, deg_reason, deg_msg) = match health {
-        Some("FAULTED") | Some("UNAVAIL") => {
-            let advice = match f.layout {
-                Layout::Raid0 => {
-                    "a raid0 pool cannot lose a member: the data must come back from a snapshot (an EbsSnapshot restored with restoreFrom); nothing was deleted"
-                }
-                Layout::Raidz1 => {
-                    "more members were lost than raidz1 can survive: the data must come back from a snapshot; nothing was deleted"
-                }
+    let advice = match f.layout {
+        Layout::Raid0 => {
+            "a raid0 pool cannot lose a member: the data must come back from a snapshot (an EbsSnapshot restored with restoreFrom); nothing was deleted"
+        }
+        Layout::Raidz1 => {
+            "more members were lost than raidz1 can survive: the data must come back from a snapshot; nothing was deleted"
+        }
+    };
+    let (degraded, deg_reason, deg_msg) = match (health, &f.repair) {
+        (Some("FAULTED") | Some("UNAVAIL"), _)
+        | (_, RepairView::Raid0(_))
+        | (_, RepairView::TooMany(_)) => {
+            let mut named = members(&f.agent.sick_members);
+            if let RepairView::Raid0(lost) | RepairView::TooMany(lost) = &f.repair {
+                let more = lost.join(", ");
+                named = if named.is_empty() {
+                    more
+                } else {
+                    format!("{named}; {more}")
+                };
+            }
+            let state = match health {
+                Some(h @ ("FAULTED" | "UNAVAIL")) => h.to_string(),
+                _ => "losing members".to_string(),
             };
-            let m = members(&f.agent.sick_members);
             (
                 true,
                 reason::POOL_FAULTED,
-                format!(
-                    "pool {} is {}: {m}; {advice}",
-                    f.pool_name,
-                    health.unwrap_or_default()
-                ),
+                format!("pool {} is {state}: {named}; {advice}", f.pool_name),
             )
         }
-        Some("DEGRADED") => (
+        (_, RepairView::Manual(lost)) => (
+            true,
+            reason::MEMBER_LOST,
+            format!(
+                "pool {}: {}; spec.memberReplacement is Manual, so the operator does not replace it: set spec.memberReplacement to Automatic to have it replace the member (a new volume, zpool replace, resilver) while the pool stays online",
+                f.pool_name,
+                lost.join(", ")
+            ),
+        ),
+        (
+            _,
+            RepairView::Resilvering {
+                index,
+                old,
+                new,
+                percent,
+            },
+        ) => (
+            true,
+            reason::RESILVERING,
+            format!(
+                "member {index}: {new} replaces the lost {old}; the pool is resilvering{}",
+                percent.map_or(String::new(), |p| format!(" ({p}% done)"))
+            ),
+        ),
+        (
+            _,
+            RepairView::Replacing {
+                index,
+                old,
+                new,
+                attached,
+            },
+        ) => (
+            true,
+            reason::MEMBER_REPLACING,
+            match (new, attached) {
+                (None, _) => {
+                    format!("member {index} ({old}) is lost; creating its replacement volume")
+                }
+                (Some(n), false) => {
+                    format!("member {index} ({old}) is lost; attaching its replacement {n}")
+                }
+                (Some(n), true) => format!(
+                    "member {index} ({old}) is lost; waiting for the node agent on {} to replace it with {n} (zpool replace)",
+                    f.node_name
+                ),
+            },
+        ),
+        (Some("DEGRADED"), _) => (
             true,
             reason::POOL_DEGRADED,
             format!(
@@ -370,9 +512,13 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
         ),
         _ => (false, reason::HEALTHY, "no member is lost".into()),
     };
-    set(c::DEGRADED, degraded, deg_reason, deg_msg);
+    set(c::DEGRADED, degraded, deg_reason, deg_msg.clone());
 
-    let ready = all_attached && f.agent.imported && f.agent.healthy;
+    let repairing = matches!(
+        f.repair,
+        RepairView::Replacing { .. } | RepairView::Resilvering { .. }
+    );
+    let ready = all_attached && f.agent.imported && f.agent.healthy && !f.repair.active();
     let modifying = f.volumes.iter().any(|v| {
         v.modification
             .as_ref()
@@ -386,6 +532,8 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
                 f.pool_name, f.node_name
             ),
         )
+    } else if f.repair.active() {
+        (deg_reason.to_string(), deg_msg)
     } else if !all_attached {
         (att_reason.clone(), att_msg.clone())
     } else {
@@ -404,7 +552,12 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
         .as_ref()
         .is_some_and(|(r, _)| r != reason::ATTACHMENT_STUCK)
         && !all_attached;
-    let (progressing, prog_reason, prog_msg) = if let Some(m) = &f.budget_wait {
+    let (progressing, prog_reason, prog_msg) = if repairing {
+        (true, ready_reason, ready_msg)
+    } else if f.repair.active() {
+        // Lost members the operator does not replace: nothing moves until someone acts.
+        (false, ready_reason, ready_msg)
+    } else if let Some(m) = &f.budget_wait {
         (false, reason::MODIFICATION_BUDGET.to_string(), m.clone())
     } else if modifying {
         (
@@ -421,9 +574,13 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
     };
     set(c::PROGRESSING, progressing, &prog_reason, prog_msg);
 
-    let phase = match health {
-        Some("FAULTED") | Some("UNAVAIL") => PoolPhase::Failed,
-        Some("DEGRADED") => PoolPhase::Degraded,
+    let phase = match (health, &f.repair) {
+        (Some("FAULTED") | Some("UNAVAIL"), _)
+        | (_, RepairView::Raid0(_) | RepairView::TooMany(_)) => PoolPhase::Failed,
+        (_, RepairView::Resilvering { .. }) => PoolPhase::Resilvering,
+        (_, RepairView::Replacing { .. } | RepairView::Manual(_)) | (Some("DEGRADED"), _) => {
+            PoolPhase::Degraded
+        }
         _ if missing > 0 => PoolPhase::Creating,
         _ if !all_attached => PoolPhase::Attaching,
         _ if modifying => PoolPhase::Resizing,
@@ -491,7 +648,10 @@ pub fn notices(observed: &ZfsPoolStatus, new: &ZfsPoolStatus) -> Vec<Notice> {
     }
     for t in [c::DEGRADED, c::PERFORMANCE_LIMITED] {
         if let Some(n) = changed(t).filter(|n| n.status == c::TRUE) {
-            out.push((true, n.reason.clone(), n.message.clone()));
+            // A repair under way is news, not a warning (MemberLost was the warning).
+            let progress =
+                [reason::MEMBER_REPLACING, reason::RESILVERING].contains(&n.reason.as_str());
+            out.push((!progress, n.reason.clone(), n.message.clone()));
         }
     }
     if let Some(n) = changed(c::PROGRESSING).filter(|n| n.reason == reason::MODIFICATION_BUDGET) {
@@ -641,6 +801,7 @@ mod tests {
             healthy: false,
             health: Some("FAULTED".into()),
             sick_members: vec![(1, Some("vol-1".into()), "UNAVAIL".into())],
+            ..Default::default()
         };
         let s = compute(&f, &Default::default(), &t(1));
         let d = cond(&s, c::DEGRADED);
@@ -660,6 +821,147 @@ mod tests {
         let s = compute(&f, &Default::default(), &t(1));
         assert_eq!(cond(&s, c::DEGRADED).reason, reason::POOL_DEGRADED);
         assert_eq!(s.phase, Some(PoolPhase::Degraded));
+    }
+
+    #[test]
+    fn a_replacement_is_reported_until_the_pool_is_online() {
+        let mut f = facts(&["attached"; 3]);
+        f.layout = Layout::Raidz1;
+        f.agent = AgentView {
+            imported: true,
+            healthy: false,
+            health: Some("DEGRADED".into()),
+            ..Default::default()
+        };
+        // Recorded, not created yet: an entry without a volume.
+        f.volumes[1] = VolumeStatus {
+            index: 1,
+            generation: 1,
+            replaced_volume_id: Some("vol-1".into()),
+            ..Default::default()
+        };
+        f.repair = RepairView::Replacing {
+            index: 1,
+            old: "vol-1".into(),
+            new: None,
+            attached: false,
+        };
+        let s = compute(&f, &Default::default(), &t(1));
+        let d = cond(&s, c::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            (c::TRUE, reason::MEMBER_REPLACING)
+        );
+        assert!(
+            d.message.contains("member 1 (vol-1) is lost"),
+            "{}",
+            d.message
+        );
+        assert_eq!(cond(&s, c::READY).reason, reason::MEMBER_REPLACING);
+        assert_eq!(cond(&s, c::PROGRESSING).status, c::TRUE);
+        assert_eq!(s.phase, Some(PoolPhase::Degraded));
+        assert_eq!(s.volumes[1].generation, 1);
+        // Progress, not a warning (MemberLost was the warning).
+        let n = notices(&Default::default(), &s);
+        assert!(
+            n.iter()
+                .any(|(w, r, _)| !*w && r == reason::MEMBER_REPLACING),
+            "{n:?}"
+        );
+
+        f.repair = RepairView::Resilvering {
+            index: 1,
+            old: "vol-1".into(),
+            new: "vol-9".into(),
+            percent: Some(40),
+        };
+        let s2 = compute(&f, &s, &t(5));
+        let d = cond(&s2, c::DEGRADED);
+        assert_eq!(d.reason, reason::RESILVERING);
+        assert!(d.message.contains("40% done"), "{}", d.message);
+        assert_eq!(s2.phase, Some(PoolPhase::Resilvering));
+        assert_eq!(d.last_transition_time, t(1), "still Degraded since t=1");
+
+        // Done: the agent says ONLINE, nothing is replaced any longer.
+        f.volumes[1] = vol(1, "attached");
+        f.repair = RepairView::None;
+        f.agent.health = Some("ONLINE".into());
+        f.agent.healthy = true;
+        let s3 = compute(&f, &s2, &t(9));
+        assert_eq!(cond(&s3, c::DEGRADED).status, c::FALSE);
+        assert_eq!(cond(&s3, c::READY).status, c::TRUE);
+        assert_eq!(s3.phase, Some(PoolPhase::Online));
+    }
+
+    #[test]
+    fn manual_replacement_tells_the_user_what_to_do() {
+        let mut f = facts(&["attached"; 3]);
+        f.layout = Layout::Raidz1;
+        f.repair = RepairView::Manual(vec![
+            "member 2 (vol-2) is lost: its volume is in EBS state error".into(),
+        ]);
+        let s = compute(&f, &Default::default(), &t(1));
+        let d = cond(&s, c::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            (c::TRUE, reason::MEMBER_LOST)
+        );
+        assert!(d.message.contains("member 2 (vol-2)"), "{}", d.message);
+        assert!(
+            d.message.contains("memberReplacement to Automatic"),
+            "{}",
+            d.message
+        );
+        assert_eq!(cond(&s, c::PROGRESSING).status, c::FALSE);
+        assert_eq!(s.phase, Some(PoolPhase::Degraded));
+        let n = notices(&Default::default(), &s);
+        assert!(
+            n.iter().any(|(w, r, _)| *w && r == reason::MEMBER_LOST),
+            "{n:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_raid0_member_is_faulted_before_the_agent_says_so() {
+        let mut f = facts(&["attached"; 3]);
+        f.repair = RepairView::Raid0(vec![
+            "member 0 (vol-0) is lost: its volume is in EBS state error".into(),
+        ]);
+        let s = compute(&f, &Default::default(), &t(1));
+        let d = cond(&s, c::DEGRADED);
+        assert_eq!(d.reason, reason::POOL_FAULTED);
+        assert!(d.message.contains("member 0 (vol-0)"), "{}", d.message);
+        assert!(d.message.contains("snapshot"), "{}", d.message);
+        assert_eq!(s.phase, Some(PoolPhase::Failed));
+        assert_eq!(cond(&s, c::READY).status, c::FALSE);
+    }
+
+    #[test]
+    fn member_states_count_only_when_the_report_is_about_the_volume() {
+        let s = ZfsPoolStatus {
+            volumes: vec![
+                VolumeStatus {
+                    index: 0,
+                    volume_id: Some("vol-0new".into()),
+                    device: Some("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0old".into()),
+                    member_state: Some("UNAVAIL".into()),
+                    ..Default::default()
+                },
+                VolumeStatus {
+                    index: 1,
+                    volume_id: Some("vol-0b".into()),
+                    device: Some("/x/nvme-Amazon_Elastic_Block_Store_vol0b".into()),
+                    member_state: Some("ONLINE".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let a = AgentView::read(&s);
+        assert_eq!(a.member_state(0, "vol-0new"), None);
+        assert_eq!(a.member_state(0, "vol-0old"), Some("UNAVAIL"));
+        assert_eq!(a.reported_state(0), Some("UNAVAIL"));
+        assert_eq!(a.member_state(1, "vol-0b"), Some("ONLINE"));
     }
 
     #[test]
