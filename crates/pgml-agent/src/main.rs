@@ -3,6 +3,7 @@
 mod decide;
 mod devices;
 mod exec;
+mod judge;
 mod observe;
 mod reconcile;
 mod report;

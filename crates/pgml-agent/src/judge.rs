@@ -1,0 +1,489 @@
+//! Judging what was observed: the agent's status fields and its four conditions, from the
+//! facts of one reconcile and how its last step ended. Pure, so tested without a node.
+
+use k8s_openapi::jiff::Timestamp;
+use pgml_api::zfspool::{Layout, ResilverStatus, ZfsPool};
+use pgml_zfs::{ScanKind, ScanState};
+
+use crate::decide::Wait;
+use crate::observe::{Facts, dialect_name};
+use crate::reconcile::Ctx;
+use crate::report::{AgentStatus, AgentVolume, Verdict, cond, conditions};
+
+/// How the last step ended, for the conditions.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub refused: Option<(String, String)>,
+    pub failed: Option<String>,
+    pub released: Option<&'static str>,
+    pub wait: Option<Wait>,
+}
+
+/// The agent's status from what was observed and how the last step ended.
+pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome) -> AgentStatus {
+    let o = &facts.observed;
+    let existing = pool.status.clone().unwrap_or_default();
+    let imported = o.imported.as_ref();
+    let index_of = |vol: &str| {
+        o.members
+            .iter()
+            .find(|m| m.volume_id.as_deref() == Some(vol))
+            .map(|m| m.index)
+    };
+    let volumes = o
+        .members
+        .iter()
+        .map(|m| AgentVolume {
+            index: m.index,
+            device: m.device.clone(),
+            member_state: imported.and_then(|i| {
+                i.members
+                    .iter()
+                    .find(|p| p.volume_id.is_some() && p.volume_id == m.volume_id)
+                    .map(|p| p.state.clone())
+            }),
+        })
+        .collect();
+    let resilver = facts.status.as_ref().and_then(|st| {
+        let scan = st.scan.as_ref().filter(|s| s.kind == ScanKind::Resilver)?;
+        let member_index = st
+            .members()
+            .iter()
+            .find(|v| v.resilvering)
+            .and_then(|v| v.ebs_volume_id())
+            .and_then(|v| index_of(&v));
+        Some(ResilverStatus {
+            in_progress: scan.state == ScanState::InProgress,
+            member_index,
+            // zfs-fuse prints no percentage once finished ("resilver completed after …").
+            percent_done: scan
+                .percent_done
+                .map(|p| p.round() as i32)
+                .or((scan.state == ScanState::Finished).then_some(100)),
+            ..Default::default()
+        })
+    });
+    let list = facts.list.as_ref();
+    AgentStatus {
+        pool_guid: list
+            .and_then(|l| l.guid)
+            .map(|g| g.to_string())
+            .or(existing.pool_guid.clone()),
+        zfs_dialect: Some(dialect_name(ctx.dialect).to_string()),
+        health: imported.map(|i| i.health.clone()),
+        size: list.and_then(|l| l.size).map(crate::report::human_size),
+        size_bytes: list.and_then(|l| l.size).map(|b| b as i64),
+        allocated_bytes: list.and_then(|l| l.allocated).map(|b| b as i64),
+        free_bytes: list.and_then(|l| l.free).map(|b| b as i64),
+        volumes,
+        resilver,
+        conditions: conditions(&verdicts(pool, facts, outcome), pool, Timestamp::now()),
+    }
+    .normalized()
+}
+
+pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict> {
+    let o = &facts.observed;
+    let mut v = Vec::new();
+    let unknown: Vec<i32> = (0..o.count as i32)
+        .filter(|i| {
+            !o.members
+                .iter()
+                .any(|m| m.index == *i && m.volume_id.is_some())
+        })
+        .collect();
+    let absent: Vec<String> = o
+        .members
+        .iter()
+        .filter(|m| m.volume_id.is_some() && m.device.is_none())
+        .map(|m| {
+            let vol = m.volume_id.clone().unwrap_or_default();
+            match facts.stale.iter().find(|(i, _)| *i == m.index) {
+                Some((_, serial)) => format!(
+                    "{vol} (member {}): its link points at NVMe serial {serial}",
+                    m.index
+                ),
+                None => format!("{vol} (member {})", m.index),
+            }
+        })
+        .collect();
+    v.push(if !unknown.is_empty() {
+        Verdict::new(
+            cond::DEVICES_FOUND,
+            "Unknown",
+            "WaitingForVolumes",
+            format!("no volume ID yet for members {unknown:?}"),
+        )
+    } else if absent.is_empty() {
+        Verdict::new(
+            cond::DEVICES_FOUND,
+            "True",
+            "Found",
+            format!("all {} devices found by volume ID", o.count),
+        )
+    } else {
+        Verdict::new(
+            cond::DEVICES_FOUND,
+            "False",
+            "Missing",
+            format!("no device for {}", absent.join(", ")),
+        )
+    });
+
+    let pending: Vec<&str> = o
+        .missing_datasets
+        .iter()
+        .map(String::as_str)
+        .chain(o.misplaced_datasets.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    let imported = match (&o.imported, outcome) {
+        // Imported, but not yet as the spec asks: not usable, so not True.
+        (Some(_), _) if !pending.is_empty() => Verdict::new(
+            cond::POOL_IMPORTED,
+            "False",
+            "DatasetsPending",
+            format!(
+                "pool imported; datasets {pending:?} not created or not mounted yet{}",
+                outcome
+                    .failed
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            ),
+        ),
+        (Some(i), _) => Verdict::new(
+            cond::POOL_IMPORTED,
+            "True",
+            "Imported",
+            format!(
+                "pool {} (GUID {}) is imported",
+                facts
+                    .imported_name
+                    .as_ref()
+                    .map_or(o.pool_name.as_str(), |n| n.as_str()),
+                i.guid.map_or("unknown".into(), |g| g.to_string())
+            ),
+        ),
+        (
+            None,
+            Outcome {
+                refused: Some((device, reason)),
+                ..
+            },
+        ) => Verdict::new(
+            cond::POOL_IMPORTED,
+            "False",
+            "DeviceInUse",
+            format!(
+                "device {device} {reason}; the agent never creates over existing data (clear the device or restore it)"
+            ),
+        ),
+        (
+            None,
+            Outcome {
+                failed: Some(e), ..
+            },
+        ) => Verdict::new(cond::POOL_IMPORTED, "False", "CommandFailed", e.clone()),
+        (None, _) if o.deleting => Verdict::new(
+            cond::POOL_IMPORTED,
+            "False",
+            "Released",
+            "the pool was released for deletion",
+        ),
+        (None, Outcome { wait: Some(w), .. }) => match w {
+            Wait::VolumeIds => Verdict::new(
+                cond::POOL_IMPORTED,
+                "False",
+                "WaitingForVolumes",
+                "the controller has not reported every volume yet",
+            ),
+            Wait::Attachment(i) => Verdict::new(
+                cond::POOL_IMPORTED,
+                "False",
+                "WaitingForAttachment",
+                format!("members {i:?} are not attached yet"),
+            ),
+            Wait::Devices(i) => Verdict::new(
+                cond::POOL_IMPORTED,
+                "False",
+                "WaitingForDevices",
+                format!("members {i:?} have no device yet"),
+            ),
+        },
+        (None, _) => Verdict::new(
+            cond::POOL_IMPORTED,
+            "False",
+            "NotImported",
+            "the pool is not imported",
+        ),
+    };
+    v.push(imported);
+
+    v.push(match &o.imported {
+        Some(i) if i.health == "ONLINE" => {
+            Verdict::new(cond::POOL_HEALTHY, "True", "Online", "zpool status: ONLINE")
+        }
+        Some(i) => Verdict::new(
+            cond::POOL_HEALTHY,
+            "False",
+            &capitalized(&i.health),
+            format!(
+                "zpool status: {}{}{}",
+                i.health,
+                not_online(i),
+                lost_hint(o.layout, &i.health)
+            ),
+        ),
+        None => Verdict::new(
+            cond::POOL_HEALTHY,
+            "Unknown",
+            "NotImported",
+            "the pool is not imported",
+        ),
+    });
+
+    if o.deleting {
+        let prev = pool.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == cond::POOL_RELEASED && c.status == "True")
+        });
+        v.push(match (prev, outcome.released, &outcome.failed) {
+            (Some(p), _, _) => Verdict::new(cond::POOL_RELEASED, "True", &p.reason.clone(), p.message.clone()),
+            (None, Some(how), _) => Verdict::new(cond::POOL_RELEASED, "True", how, match how {
+                "Exported" => "pool exported (reclaimPolicy Retain); the volumes can be detached",
+                "Destroyed" => "pool destroyed (reclaimPolicy Delete); the volumes can be detached and deleted",
+                _ => "no pool of this object is imported on the node; the volumes can be detached",
+            }),
+            (None, None, Some(e)) => Verdict::new(cond::POOL_RELEASED, "False", "ReleaseFailed", e.clone()),
+            (None, None, None) => Verdict::new(cond::POOL_RELEASED, "False", "Releasing", "releasing the pool"),
+        });
+    }
+    v
+}
+
+fn not_online(i: &crate::decide::Imported) -> String {
+    let bad: Vec<String> = i
+        .members
+        .iter()
+        .filter(|m| m.state != "ONLINE")
+        .map(|m| {
+            format!(
+                "{} {}",
+                m.volume_id.as_deref().unwrap_or(&m.handle),
+                m.state
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        String::new()
+    } else {
+        format!("; members: {}", bad.join(", "))
+    }
+}
+
+/// What a platform engineer needs to hear when a pool lost more than it can survive.
+fn lost_hint(layout: Layout, health: &str) -> &'static str {
+    match (layout, health) {
+        (_, "ONLINE" | "DEGRADED") => "",
+        (Layout::Raid0, _) => {
+            "; a raid0 pool does not survive losing a member: its data must come back from an EbsSnapshot (restoreFrom); the agent deleted nothing"
+        }
+        (Layout::Raidz1, _) => {
+            "; more members are lost than raidz1 survives: restore from an EbsSnapshot (restoreFrom); the agent deleted nothing"
+        }
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let lower = s.to_ascii_lowercase();
+    let mut c = lower.chars();
+    match c.next() {
+        Some(f) if f.is_ascii_alphabetic() => f.to_ascii_uppercase().to_string() + c.as_str(),
+        _ => "Unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Imported, Member, Observed, Placement, PoolMember};
+    use crate::reconcile::relative_mount;
+    use pgml_api::common::Time;
+    use pgml_api::zfspool::{MemberReplacement, ReclaimPolicy};
+
+    fn pool(deleting: bool) -> ZfsPool {
+        let mut p: ZfsPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+            "metadata": {"name": "tank", "namespace": "db", "generation": 2},
+            "spec": {"nodeName": "n1", "volumes": {"count": 2, "sizeGiB": 10}},
+        }))
+        .unwrap();
+        if deleting {
+            p.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        }
+        p
+    }
+
+    fn facts(imported: Option<Imported>) -> Facts {
+        Facts {
+            observed: Observed {
+                pool_name: "tank".into(),
+                layout: Layout::Raid0,
+                deleting: false,
+                reclaim: ReclaimPolicy::Retain,
+                replacement: MemberReplacement::Automatic,
+                restore: false,
+                count: 2,
+                members: (0..2)
+                    .map(|i| Member {
+                        index: i,
+                        volume_id: Some(format!("vol-0{i}")),
+                        attached: true,
+                        device: Some(format!("/d/vol0{i}")),
+                        signature: None,
+                    })
+                    .collect(),
+                recorded_guid: None,
+                imported,
+                importable: vec![],
+                missing_datasets: vec![],
+                misplaced_datasets: vec![],
+                grown: false,
+            },
+            imported_name: None,
+            list: None,
+            status: None,
+            stale: vec![],
+            sizes: vec![],
+        }
+    }
+
+    fn find<'a>(v: &'a [Verdict], t: &str) -> &'a Verdict {
+        v.iter().find(|v| v.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn refusal_names_the_device_and_no_release_before_deletion() {
+        let out = Outcome {
+            refused: Some(("/d/vol01".into(), "carries a ext4 file system".into())),
+            ..Default::default()
+        };
+        let v = verdicts(&pool(false), &facts(None), &out);
+        let imported = find(&v, cond::POOL_IMPORTED);
+        assert_eq!(
+            (imported.status, imported.reason.as_str()),
+            ("False", "DeviceInUse")
+        );
+        assert!(imported.message.contains("/d/vol01") && imported.message.contains("ext4"));
+        assert_eq!(find(&v, cond::POOL_HEALTHY).status, "Unknown");
+        assert_eq!(find(&v, cond::DEVICES_FOUND).status, "True");
+        assert!(!v.iter().any(|v| v.type_ == cond::POOL_RELEASED));
+    }
+
+    #[test]
+    fn lost_raid0_member_is_reported_with_what_to_do() {
+        let mut f = facts(Some(Imported {
+            guid: Some(1),
+            health: "UNAVAIL".into(),
+            members: vec![
+                PoolMember {
+                    volume_id: Some("vol-00".into()),
+                    handle: "/d/vol00".into(),
+                    state: "ONLINE".into(),
+                },
+                PoolMember {
+                    volume_id: Some("vol-01".into()),
+                    handle: "/d/vol01".into(),
+                    state: "UNAVAIL".into(),
+                },
+            ],
+            resilvering: false,
+        }));
+        f.observed.members[1].device = None;
+        let v = verdicts(&pool(false), &f, &Outcome::default());
+        let healthy = find(&v, cond::POOL_HEALTHY);
+        assert_eq!(
+            (healthy.status, healthy.reason.as_str()),
+            ("False", "Unavail")
+        );
+        assert!(
+            healthy.message.contains("vol-01 UNAVAIL"),
+            "{}",
+            healthy.message
+        );
+        assert!(
+            healthy.message.contains("EbsSnapshot"),
+            "{}",
+            healthy.message
+        );
+        let devices = find(&v, cond::DEVICES_FOUND);
+        assert_eq!(devices.status, "False");
+        assert!(devices.message.contains("vol-01 (member 1)"));
+        assert_eq!(find(&v, cond::POOL_IMPORTED).status, "True");
+    }
+
+    #[test]
+    fn release_is_reported_once_and_kept() {
+        let mut f = facts(None);
+        f.observed.deleting = true;
+        let out = Outcome {
+            released: Some("Exported"),
+            ..Default::default()
+        };
+        let p = pool(true);
+        let v = verdicts(&p, &f, &out);
+        let r = find(&v, cond::POOL_RELEASED);
+        assert_eq!((r.status, r.reason.as_str()), ("True", "Exported"));
+        // The next resync finds nothing imported; the reason stays Exported.
+        let mut p2 = p.clone();
+        p2.status = Some(pgml_api::zfspool::ZfsPoolStatus {
+            conditions: conditions(&v, &p, Timestamp::now()),
+            ..Default::default()
+        });
+        let out = Outcome {
+            released: Some("NotImported"),
+            ..Default::default()
+        };
+        let v2 = verdicts(&p2, &f, &out);
+        assert_eq!(find(&v2, cond::POOL_RELEASED).reason, "Exported");
+        // A failed export is not a release.
+        let out = Outcome {
+            failed: Some("pool is busy".into()),
+            ..Default::default()
+        };
+        let r = verdicts(&p, &f, &out);
+        let r = find(&r, cond::POOL_RELEASED);
+        assert_eq!((r.status, r.reason.as_str()), ("False", "ReleaseFailed"));
+    }
+
+    #[test]
+    fn imported_with_datasets_pending_is_not_imported_yet() {
+        let mut f = facts(Some(Imported {
+            guid: Some(1),
+            health: "ONLINE".into(),
+            members: vec![],
+            resilvering: false,
+        }));
+        f.observed.misplaced_datasets = vec![("pgwal".into(), Placement::Unmounted)];
+        let out = Outcome {
+            failed: Some("dataset is busy".into()),
+            ..Default::default()
+        };
+        let v = verdicts(&pool(false), &f, &out);
+        let i = find(&v, cond::POOL_IMPORTED);
+        assert_eq!((i.status, i.reason.as_str()), ("False", "DatasetsPending"));
+        assert!(i.message.contains("pgwal") && i.message.contains("busy"));
+    }
+
+    #[test]
+    fn mount_points_relative_to_the_mount_root() {
+        let mut p = pool(false);
+        let ds = p.spec.template.datasets[0].clone();
+        assert_eq!(relative_mount(&p, &ds), "/tank/pgdata");
+        let mut explicit = ds.clone();
+        explicit.mount_point = Some("/data/pg".into());
+        assert_eq!(relative_mount(&p, &explicit), "/data/pg");
+        p.spec.pool_name = Some("other".into());
+        assert_eq!(relative_mount(&p, &ds), "/other/pgdata");
+    }
+}
