@@ -23,10 +23,6 @@ use crate::judge::{Outcome, agent_status};
 use crate::observe::{Facts, dialect_name, observe};
 use crate::report::{AgentStatus, FIELD_MANAGER, Verdict, cond, conditions};
 
-/// The mount root `ZfsPool::mount_point` defaults under; the agent mounts every dataset
-/// under its own `--mount-root` instead (the pool's altroot), at the same relative path.
-pub const API_MOUNT_ROOT: &str = "/var/lib/pgml";
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -307,15 +303,10 @@ fn pool_spec(pool: &ZfsPool, ctx: &Ctx, name: &PoolName, facts: &Facts) -> Resul
     })
 }
 
-/// The dataset's mount point relative to the agent's mount root (the pool's altroot):
-/// the API's default `/var/lib/pgml/<pool>/<name>` becomes `/<pool>/<name>`; an explicit
-/// mount point is taken as a path below the mount root.
+/// The dataset's mount point relative to the agent's mount root (the pool's altroot), as
+/// the API defines it.
 pub fn relative_mount(pool: &ZfsPool, ds: &Dataset) -> String {
-    let m = pool.mount_point(ds);
-    match m.strip_prefix(API_MOUNT_ROOT) {
-        Some(rest) if rest.starts_with('/') => rest.to_string(),
-        _ => m,
-    }
+    pool.mount_point(ds)
 }
 
 async fn create_dataset(

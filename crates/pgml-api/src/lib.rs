@@ -101,7 +101,7 @@ mod tests {
         assert_eq!(pool.spec.template.datasets.len(), 2);
         assert_eq!(
             pool.mount_point(&pool.spec.template.datasets[0]),
-            "/var/lib/pgml/analytics/pgdata"
+            "/analytics/pgdata"
         );
         assert_eq!(pool.spec.template.volumes.volume_type, VolumeType::Gp3);
         assert!(pool.spec.template.volumes.encrypted);

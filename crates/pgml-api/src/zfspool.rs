@@ -11,18 +11,18 @@ use crate::common::{Condition, Time, is_empty_map};
 use crate::ebs::EbsVolumes;
 
 /// ZFS pool names: what `zpool create` accepts, narrowed to what is also a readable DNS
-/// label (no `.`/`:`, no reserved words like `mirror` or `log` as whole names).
+/// label (no `.`/`:`; see [`RESERVED_POOL_PREFIXES`] for the names ZFS refuses).
 pub const POOL_NAME_PATTERN: &str = r"^[a-z][a-z0-9_-]{0,47}$";
 /// One dataset component below the pool: no `/`, `@` or `%`, no leading dash.
 pub const DATASET_NAME_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
 /// Absolute paths whose components start with a letter, digit or `_`: no `.`/`..`, no
 /// spaces, nothing a shell or `zfs set mountpoint=` could misread.
 pub const MOUNT_POINT_PATTERN: &str = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$";
-/// Pool names ZFS refuses (`zpool create` treats them as vdev keywords).
-pub const RESERVED_POOL_NAMES: &[&str] = &[
-    "mirror", "raidz", "raidz1", "raidz2", "raidz3", "draid", "spare", "log", "cache", "special",
-    "dedup",
-];
+/// Pool names ZFS refuses: any name starting with one of these (`zpool create` reads them
+/// as vdev keywords)…
+pub const RESERVED_POOL_PREFIXES: &[&str] = &["mirror", "raidz", "draid", "spare"];
+/// …and these whole names. Names like `c0…` (Solaris disks) are refused too.
+pub const RESERVED_POOL_NAMES: &[&str] = &["log", "cache", "special", "dedup"];
 
 /// How the volumes are combined.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -79,8 +79,10 @@ pub struct Dataset {
     #[schemars(length(min = 1, max = 63), regex(pattern = DATASET_NAME_PATTERN))]
     pub name: String,
 
-    /// Where the dataset is mounted on the node: an absolute path of plain components (no
-    /// `.` or `..`). Unset: `/var/lib/pgml/<poolName>/<name>`.
+    /// Where the dataset is mounted, as a path below the node agent's mount root (the
+    /// agent's `--mount-root`, `/var/lib/pgml` by default): `/db/pgdata` mounts at
+    /// `/var/lib/pgml/db/pgdata` on the node. Plain components only (no `.` or `..`), so a
+    /// dataset can never be mounted outside the mount root. Unset: `/<poolName>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = MOUNT_POINT_PATTERN))]
     pub mount_point: Option<String>,
@@ -251,6 +253,8 @@ pub struct RestoreFrom {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.poolName) || self.metadata.name.matches('^[a-z][a-z0-9_-]{0,47}$')")
         .message("metadata.name cannot be used as a ZFS pool name (lowercase letter first, then letters, digits, _ or -, at most 48); set spec.poolName"),
+    validation = Rule::new("!(has(self.spec.poolName) ? self.spec.poolName : self.metadata.name).matches('^(mirror|raidz|draid|spare|c[0-9])') && !((has(self.spec.poolName) ? self.spec.poolName : self.metadata.name) in ['log', 'cache', 'special', 'dedup'])")
+        .message("the pool name (spec.poolName, else metadata.name) cannot start with mirror, raidz, draid or spare, be log, cache, special or dedup, or look like a disk (c0…): ZFS refuses such names"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ZfsPoolSpec {
@@ -266,13 +270,11 @@ pub struct ZfsPoolSpec {
     pub node_name: String,
 
     /// Name of the pool on the node (`zpool list`). Unset: the object's name. A lowercase
-    /// letter, then letters, digits, `_` or `-`, at most 48 characters; ZFS keywords
-    /// (mirror, raidz, log, spare…) are refused. Fixed once set.
+    /// letter, then letters, digits, `_` or `-`, at most 48 characters; names ZFS refuses
+    /// (starting with mirror, raidz, draid or spare; log; c0…) are refused. Fixed once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 48), regex(pattern = POOL_NAME_PATTERN))]
     #[x_kube(
-        validation = Rule::new("!(self in ['mirror', 'raidz', 'raidz1', 'raidz2', 'raidz3', 'draid', 'spare', 'log', 'cache', 'special', 'dedup'])")
-            .message("poolName cannot be a ZFS keyword (mirror, raidz, draid, spare, log, cache, special, dedup)"),
         validation = Rule::new("self == oldSelf").message("poolName cannot change once the pool exists"),
     )]
     pub pool_name: Option<String>,
@@ -297,12 +299,13 @@ impl ZfsPool {
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 
-    /// Mount point of a dataset, defaulted as documented on `Dataset.mountPoint`.
+    /// Mount point of a dataset below the agent's mount root, defaulted as documented on
+    /// `Dataset.mountPoint`.
     pub fn mount_point(&self, dataset: &Dataset) -> String {
         dataset
             .mount_point
             .clone()
-            .unwrap_or_else(|| format!("/var/lib/pgml/{}/{}", self.pool_name(), dataset.name))
+            .unwrap_or_else(|| format!("/{}/{}", self.pool_name(), dataset.name))
     }
 }
 

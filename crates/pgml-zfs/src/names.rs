@@ -23,7 +23,8 @@ fn is_component_char(c: char) -> bool {
 }
 
 /// Keywords zpool reads as vdev types or that it reserves as pool names.
-const RESERVED_POOL_PREFIXES: &[&str] = &["mirror", "raidz", "draid", "spare", "log"];
+// As libzfs checks them (zpool_name_valid): these as prefixes, `log` as a whole name.
+const RESERVED_POOL_PREFIXES: &[&str] = &["mirror", "raidz", "draid", "spare"];
 
 /// A pool name: a letter, then letters, digits, `_ - . :`; at most 200 characters, not a
 /// vdev keyword (`mirror`, `raidz…`, `draid…`, `spare…`, `log…`) and not `c<digit>…`.
@@ -55,6 +56,9 @@ impl PoolName {
         }
         if RESERVED_POOL_PREFIXES.iter().any(|p| s.starts_with(p)) {
             return Err(invalid(K, &s, "starts with a reserved vdev keyword"));
+        }
+        if s == "log" {
+            return Err(invalid(K, &s, "is a reserved vdev keyword"));
         }
         let b = s.as_bytes();
         if b[0] == b'c' && b.len() > 1 && b[1].is_ascii_digit() {
