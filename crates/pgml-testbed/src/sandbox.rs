@@ -87,6 +87,12 @@ impl Sandbox {
         Ok(s)
     }
 
+    /// The node reserved for tests that break storage on purpose (the sandbox's last): a
+    /// raid0 pool that lost a member can leave that node's zfs-fuse hung.
+    pub fn sacrificial_node(&self) -> &NodeInfo {
+        self.nodes.last().expect("the sandbox has nodes")
+    }
+
     pub fn node(&self, name: &str) -> &NodeInfo {
         self.nodes
             .iter()

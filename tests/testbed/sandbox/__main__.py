@@ -23,11 +23,14 @@ from . import aws, k8s, nodes, store
 REPO = pathlib.Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
 # Three nodes in three zones, named as EKS names them, so that the manifests in examples/
-# apply unchanged here and read like what a user has.
+# apply unchanged here and read like what a user has. A fourth, in the first zone, is for
+# tests that break a node's storage on purpose: a raid0 pool that lost a member suspends
+# its I/O, and zfs-fuse then hangs every command on that node.
 NODES = [
     ("ip-10-0-1-10.ec2.internal", "us-east-1a"),
     ("ip-10-0-2-10.ec2.internal", "us-east-1b"),
     ("ip-10-0-3-10.ec2.internal", "us-east-1c"),
+    ("ip-10-0-1-20.ec2.internal", "us-east-1a"),
 ]
 INSTANCE_TYPE = "m7i.xlarge"
 
