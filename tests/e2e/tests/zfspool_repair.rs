@@ -1,0 +1,376 @@
+//! Repair end to end with the real binaries: the operator on the host, the agent inside the
+//! node's mount namespace. A RAIDZ1 member's volume fails (its image disappears, EC2 shows
+//! `error`): the pool turns Degraded, the operator creates and attaches a replacement, the
+//! agent runs `zpool replace` and resilvers, the pool is Ready/ONLINE again, reads never
+//! stopped, the data is intact, and the failed volume is deleted — nothing leaked. A RAID0
+//! member lost is FAULTED with a clear condition, and nothing is deleted.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use pgml_api::ZfsPool;
+use pgml_api::common::keys;
+use pgml_testbed::Sandbox;
+use pgml_testbed::aws::{SimAdmin, volumes_tagged};
+use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
+use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_zfs};
+use pgml_testbed::procs::{self, Proc};
+use pgml_testbed::sandbox::NodeInfo;
+use pgml_testbed::wait::{condition, has_condition, wait_for, wait_gone};
+use pgml_zfs::{Health, PoolName};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn manifest(name: &str, node: &NodeInfo, layout: &str, count: usize) -> ZfsPool {
+    let text = format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  layout: {layout}\n  reclaimPolicy: Delete\n  volumes: {{count: {count}, type: gp3, sizeGiB: 1}}\n",
+        node.name
+    );
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A pool name no other test (or an earlier run's leftovers) uses on the node.
+fn unique(prefix: &str, ns: &str) -> String {
+    format!("{prefix}-{}", ns.rsplit('-').next().unwrap_or("x"))
+}
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- log: {}\n", p.log_path().display()))
+        .collect()
+}
+
+fn member_ids(p: &ZfsPool) -> Vec<String> {
+    let mut v: Vec<(i32, String)> = p
+        .status
+        .iter()
+        .flat_map(|s| s.volumes.iter())
+        .filter_map(|v| Some((v.index, v.volume_id.clone()?)))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, id)| id).collect()
+}
+
+fn sha256(node: &NodeInfo, file: &str) -> anyhow::Result<String> {
+    let out = node_exec_ok(node, &["sha256sum", file])?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Writes `mib` MiB of random data to `file` inside the node, fsync'ed.
+fn write_file(node: &NodeInfo, file: &str, mib: u32) -> anyhow::Result<()> {
+    node_exec_ok(
+        node,
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={file}"),
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+            "status=none",
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Reads `file` in a loop on its own thread until stopped; returns each read's checksum
+/// (or error).
+struct Reader {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Result<String, String>>>,
+}
+
+impl Reader {
+    fn start(node: &NodeInfo, file: &str) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, node, file) = (stop.clone(), node.clone(), file.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut reads = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                reads.push(sha256(&node, &file).map_err(|e| format!("{e:#}")));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            reads
+        });
+        Reader { stop, handle }
+    }
+
+    fn finish(self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("reader thread")
+    }
+}
+
+fn describe(sb: &Sandbox, ns: &str, name: &str) -> String {
+    let out = std::process::Command::new(sb.kubectl())
+        .args([
+            "--kubeconfig",
+            &sb.kube.kubeconfig.display().to_string(),
+            "-n",
+            ns,
+        ])
+        .args(["describe", "zfspool", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn degraded_reason(p: &ZfsPool) -> Option<String> {
+    condition(p, "Degraded")
+        .filter(|c| c["status"] == "True")
+        .and_then(|c| c["reason"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, "repair").await;
+    let node = &sb.nodes[0];
+    let operator = procs::operator(sb, ns.name());
+    let agent = procs::agent(sb, node, ns.name());
+    let api: Api<ZfsPool> = ns.api();
+    let name = &unique("parity", ns.name());
+    api.create(&PostParams::default(), &manifest(name, node, "raidz1", 5))
+        .await
+        .unwrap();
+    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let before = member_ids(&p);
+    assert_eq!(before.len(), 5);
+
+    // Data written (fsync'ed) before the failure, and its checksum.
+    let file = node
+        .mnt_dir
+        .join(name)
+        .join("pgdata")
+        .join("table")
+        .to_string_lossy()
+        .into_owned();
+    write_file(node, &file, 16).unwrap();
+    let sum = sha256(node, &file).unwrap();
+
+    // Member 2's volume fails: its image is gone, EC2 says `error`.
+    let lost = before[2].clone();
+    let admin = SimAdmin::from_sandbox(sb);
+    let _fault = admin
+        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
+        .unwrap();
+    // Nothing nudges zfs-fuse (no write, no scrub): the operator sees EC2's `error`, and
+    // the agent's next pass over the changed member list finds the device gone.
+    let reader = Reader::start(node, &file);
+
+    // Degraded, replaced, resilvered, Ready again; the reasons on the way are recorded.
+    let start = Instant::now();
+    let mut reasons: Vec<String> = Vec::new();
+    let mut phases: Vec<String> = Vec::new();
+    let done = loop {
+        let p = api.get(name).await.unwrap();
+        if let Some(r) = degraded_reason(&p)
+            && reasons.last() != Some(&r)
+        {
+            reasons.push(r);
+        }
+        if let Some(ph) = p.status.as_ref().and_then(|s| s.phase)
+            && phases.last() != Some(&format!("{ph:?}"))
+        {
+            phases.push(format!("{ph:?}"));
+        }
+        let s = p.status.clone().unwrap_or_default();
+        let m2 = s.volumes.iter().find(|v| v.index == 2).cloned();
+        let finished = has_condition(&p, "Ready", "True")
+            && has_condition(&p, "Degraded", "False")
+            && s.health.as_deref() == Some("ONLINE")
+            && m2.as_ref().is_some_and(|v| {
+                v.generation == 1
+                    && v.replaced_volume_id.is_none()
+                    && v.volume_id.as_deref() != Some(lost.as_str())
+                    && v.member_state.as_deref() == Some("ONLINE")
+            });
+        if finished {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "not repaired in 300s; Degraded reasons so far {reasons:?}; status: {:#}\n{}",
+            serde_json::to_value(&s).unwrap(),
+            logs(&[&operator, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let repair_secs = start.elapsed().as_secs();
+    let reads = reader.finish();
+    eprintln!(
+        "repair took {repair_secs}s; Degraded reasons {reasons:?}; phases {phases:?}; {} reads during it",
+        reads.len()
+    );
+    assert!(
+        reasons.iter().any(|r| r == "MemberReplacing"),
+        "Degraded went through MemberReplacing: {reasons:?}"
+    );
+    assert!(!reads.is_empty(), "the file was read during the repair");
+    for (i, r) in reads.iter().enumerate() {
+        assert_eq!(r.as_deref(), Ok(sum.as_str()), "read {i} during the repair");
+    }
+    assert_eq!(
+        sha256(node, &file).unwrap(),
+        sum,
+        "checksum after the repair"
+    );
+
+    // The pool on the node is ONLINE on exactly the volumes in status.
+    let after = member_ids(&done);
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[..2], before[..2]);
+    assert_eq!(after[3..], before[3..]);
+    assert_ne!(after[2], lost);
+    let d = node_dialect(node).unwrap();
+    let pn = PoolName::new(name).unwrap();
+    let out = node_zfs(node, &pgml_zfs::command::status(d, Some(&pn))).unwrap();
+    let st = &pgml_zfs::parse_status(&out).unwrap()[0];
+    assert_eq!(st.state, Health::Online, "{out}");
+    let on_node: BTreeSet<String> = st
+        .members()
+        .iter()
+        .filter_map(|m| m.ebs_volume_id())
+        .collect();
+    assert_eq!(on_node, after.iter().cloned().collect(), "{out}");
+
+    // moto holds exactly the pool's 5 volumes: the failed one was deleted; the replacement
+    // carries member 2's tags.
+    let in_moto = volumes_tagged(sb, keys::POOL_UID, &uid).await;
+    let ids: BTreeSet<String> = in_moto
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect();
+    assert_eq!(ids, after.iter().cloned().collect(), "volumes in moto");
+    let in_ns = volumes_tagged(sb, keys::NAMESPACE, ns.name()).await;
+    assert_eq!(in_ns.len(), 5, "nothing leaked in the namespace");
+    let new = in_moto
+        .iter()
+        .find(|v| v.volume_id() == Some(after[2].as_str()))
+        .unwrap();
+    let tag = |k: &str| {
+        new.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_string)
+    };
+    assert_eq!(tag(keys::MEMBER_INDEX).as_deref(), Some("2"));
+    assert_eq!(
+        tag(keys::MANAGED_BY).as_deref(),
+        Some(keys::MANAGED_BY_VALUE)
+    );
+    assert_eq!(tag(keys::NAME), Some(format!("{}/{name}-2", ns.name())));
+
+    // kubectl describe tells the story.
+    let text = describe(sb, ns.name(), name);
+    for needle in ["MemberLost", "MemberReplaced", "VolumeCreated"] {
+        assert!(
+            text.contains(needle),
+            "kubectl describe lacks {needle}:\n{text}"
+        );
+    }
+
+    // Delete: zero volumes.
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, name, READY_TIMEOUT).await;
+    assert!(
+        volumes_tagged(sb, keys::NAMESPACE, ns.name())
+            .await
+            .is_empty(),
+        "Delete left volumes"
+    );
+    drop((operator, agent));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn lost_raid0_member_is_faulted_and_nothing_is_deleted() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, "repair0").await;
+    let node = &sb.nodes[1];
+    let operator = procs::operator(sb, ns.name());
+    let agent = procs::agent(sb, node, ns.name());
+    let api: Api<ZfsPool> = ns.api();
+    let name = &unique("stripe", ns.name());
+    api.create(&PostParams::default(), &manifest(name, node, "raid0", 3))
+        .await
+        .unwrap();
+    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let before = member_ids(&p);
+    let lost = before[1].clone();
+    let admin = SimAdmin::from_sandbox(sb);
+    let _fault = admin
+        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
+        .unwrap();
+
+    let p = wait_for(
+        &api,
+        name,
+        "Degraded PoolFaulted",
+        READY_TIMEOUT,
+        |o: &ZfsPool| degraded_reason(o).as_deref() == Some("PoolFaulted"),
+    )
+    .await;
+    let d = condition(&p, "Degraded").unwrap();
+    let msg = d["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("member 1"), "{msg}");
+    assert!(msg.contains(&lost), "{msg}");
+    assert!(msg.contains("snapshot"), "{msg}");
+    assert!(msg.contains("nothing was deleted"), "{msg}");
+    assert!(!has_condition(&p, "Ready", "True"));
+    // A while later, still nothing replaced or deleted.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let p = api.get(name).await.unwrap();
+    assert_eq!(member_ids(&p), before, "members unchanged");
+    let ids: Vec<String> = volumes_tagged(sb, keys::POOL_UID, &uid)
+        .await
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect();
+    let mut want = before.clone();
+    want.sort();
+    assert_eq!(
+        ids,
+        want,
+        "every volume still in moto{}",
+        logs(&[&operator, &agent])
+    );
+    let text = describe(sb, ns.name(), name);
+    assert!(text.contains("PoolFaulted"), "{text}");
+
+    // Delete: the agent destroys what is left of the pool, the operator deletes every
+    // volume (the failed one too).
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, name, READY_TIMEOUT).await;
+    assert!(
+        volumes_tagged(sb, keys::NAMESPACE, ns.name())
+            .await
+            .is_empty(),
+        "Delete left volumes"
+    );
+    drop((operator, agent));
+    ns.cleanup().await;
+}
