@@ -374,3 +374,83 @@ async fn lost_raid0_member_is_faulted_and_nothing_is_deleted() {
     drop((operator, agent));
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn operator_killed_during_the_repair_leaks_nothing() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, "repairkill").await;
+    let node = &sb.nodes[2];
+    let mut operator = procs::operator(sb, ns.name());
+    let agent = procs::agent(sb, node, ns.name());
+    let api: Api<ZfsPool> = ns.api();
+    let name = &unique("crash", ns.name());
+    api.create(&PostParams::default(), &manifest(name, node, "raidz1", 3))
+        .await
+        .unwrap();
+    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let before = member_ids(&p);
+    let lost = before[0].clone();
+    let admin = SimAdmin::from_sandbox(sb);
+    let _fault = admin
+        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
+        .unwrap();
+    // Each start reconciles at once (and sees EC2's `error`): SIGKILL at 20 random moments
+    // lands inside the record → create → attach → detach → delete sequence.
+    for _ in 0..20 {
+        let ms = rand::random_range(100..900);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        operator.kill();
+        operator.start();
+    }
+    let p = wait_for(
+        &api,
+        name,
+        "repaired after the kills",
+        Duration::from_secs(300),
+        |o: &ZfsPool| {
+            let s = o.status.clone().unwrap_or_default();
+            has_condition(o, "Ready", "True")
+                && s.health.as_deref() == Some("ONLINE")
+                && s.volumes.iter().all(|v| {
+                    v.replaced_volume_id.is_none() && v.volume_id.as_deref() != Some(lost.as_str())
+                })
+        },
+    )
+    .await;
+    let m0 = p
+        .status
+        .as_ref()
+        .and_then(|s| s.volumes.iter().find(|v| v.index == 0).cloned())
+        .unwrap();
+    assert_eq!(m0.generation, 1, "one replacement, whatever the crashes");
+    let after = member_ids(&p);
+    let in_moto: BTreeSet<String> = volumes_tagged(sb, keys::NAMESPACE, ns.name())
+        .await
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect();
+    assert_eq!(
+        in_moto,
+        after.iter().cloned().collect(),
+        "moto holds exactly the members in status{}",
+        logs(&[&operator, &agent])
+    );
+    assert_eq!(volumes_tagged(sb, keys::POOL_UID, &uid).await.len(), 3);
+
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, name, READY_TIMEOUT).await;
+    assert!(
+        volumes_tagged(sb, keys::NAMESPACE, ns.name())
+            .await
+            .is_empty(),
+        "Delete left volumes"
+    );
+    drop((operator, agent));
+    ns.cleanup().await;
+}
