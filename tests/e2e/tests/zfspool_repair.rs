@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_testbed::Sandbox;
@@ -306,7 +306,8 @@ async fn lost_raid0_member_is_faulted_and_nothing_is_deleted() {
     let client = client().await;
     ensure_crds(&client, pgml_api::crds()).await;
     let ns = TestNamespace::new(&client, "repair0").await;
-    let node = &sb.nodes[1];
+    // A raid0 pool that lost a member can hang its node's zfs-fuse: the node kept for that.
+    let node = sb.sacrificial_node();
     let operator = procs::operator(sb, ns.name());
     let agent = procs::agent(sb, node, ns.name());
     let api: Api<ZfsPool> = ns.api();
@@ -381,7 +382,7 @@ async fn operator_killed_during_the_repair_leaks_nothing() {
     let client = client().await;
     ensure_crds(&client, pgml_api::crds()).await;
     let ns = TestNamespace::new(&client, "repairkill").await;
-    let node = &sb.nodes[2];
+    let node = &sb.nodes[1];
     let mut operator = procs::operator(sb, ns.name());
     let agent = procs::agent(sb, node, ns.name());
     let api: Api<ZfsPool> = ns.api();
@@ -442,6 +443,101 @@ async fn operator_killed_during_the_repair_leaks_nothing() {
         logs(&[&operator, &agent])
     );
     assert_eq!(volumes_tagged(sb, keys::POOL_UID, &uid).await.len(), 3);
+
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, name, READY_TIMEOUT).await;
+    assert!(
+        volumes_tagged(sb, keys::NAMESPACE, ns.name())
+            .await
+            .is_empty(),
+        "Delete left volumes"
+    );
+    drop((operator, agent));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn manual_replacement_waits_until_the_user_switches_to_automatic() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, "repairman").await;
+    let node = &sb.nodes[0];
+    let operator = procs::operator(sb, ns.name());
+    let agent = procs::agent(sb, node, ns.name());
+    let api: Api<ZfsPool> = ns.api();
+    let name = &unique("manual", ns.name());
+    let mut pool = manifest(name, node, "raidz1", 3);
+    pool.spec.template.member_replacement = pgml_api::zfspool::MemberReplacement::Manual;
+    api.create(&PostParams::default(), &pool).await.unwrap();
+    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let before = member_ids(&p);
+    let lost = before[1].clone();
+    let admin = SimAdmin::from_sandbox(sb);
+    let _fault = admin
+        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
+        .unwrap();
+    let p = wait_for(
+        &api,
+        name,
+        "Degraded MemberLost",
+        READY_TIMEOUT,
+        |o: &ZfsPool| degraded_reason(o).as_deref() == Some("MemberLost"),
+    )
+    .await;
+    let d = condition(&p, "Degraded").unwrap();
+    let msg = d["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("member 1 ({lost})")), "{msg}");
+    assert!(msg.contains("memberReplacement to Automatic"), "{msg}");
+    // Nothing is done while the policy is Manual.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = api.get(name).await.unwrap();
+    assert_eq!(member_ids(&p), before, "members unchanged while Manual");
+    assert_eq!(
+        volumes_tagged(sb, keys::POOL_UID, &uid).await.len(),
+        3,
+        "no volume created while Manual"
+    );
+
+    // The user switches to Automatic, as the condition says: the member is replaced.
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"memberReplacement": "Automatic"}})),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(
+        &api,
+        name,
+        "repaired",
+        Duration::from_secs(300),
+        |o: &ZfsPool| {
+            let s = o.status.clone().unwrap_or_default();
+            has_condition(o, "Ready", "True")
+                && s.health.as_deref() == Some("ONLINE")
+                && s.volumes.iter().all(|v| {
+                    v.replaced_volume_id.is_none() && v.volume_id.as_deref() != Some(lost.as_str())
+                })
+        },
+    )
+    .await;
+    let after = member_ids(&p);
+    let in_moto: BTreeSet<String> = volumes_tagged(sb, keys::POOL_UID, &uid)
+        .await
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect();
+    assert_eq!(
+        in_moto,
+        after.iter().cloned().collect(),
+        "{}",
+        logs(&[&operator, &agent])
+    );
 
     api.delete(name, &DeleteParams::default()).await.unwrap();
     wait_gone(&api, name, READY_TIMEOUT).await;
