@@ -256,3 +256,10 @@ pub async fn volumes_tagged(
     v.sort_by_key(|v| v.volume_id().unwrap_or_default().to_string());
     v
 }
+
+/// The IDs of `vols` (those that have one), collected as the caller needs them.
+pub fn volume_ids<C: FromIterator<String>>(vols: &[aws_sdk_ec2::types::Volume]) -> C {
+    vols.iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect()
+}

@@ -57,6 +57,23 @@ fn check(node: &NodeInfo, argv: &[&str], out: Output) -> anyhow::Result<String> 
         .with_context(|| format!("{argv:?} on node {}: stdout not UTF-8", node.name))
 }
 
+/// Writes `mib` MiB of random data to `file` inside the node, fsync'ed.
+pub fn node_write_random(node: &NodeInfo, file: &str, mib: u32) -> anyhow::Result<()> {
+    node_exec_ok(
+        node,
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={file}"),
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+            "status=none",
+        ],
+    )
+    .map(|_| ())
+}
+
 /// Async [`node_exec`], for tests that must not block the runtime.
 pub async fn node_exec_async(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<Output> {
     tokio::process::Command::new("nsenter")

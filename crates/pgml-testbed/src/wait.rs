@@ -33,22 +33,45 @@ pub async fn wait_for<K>(
 where
     K: Clone + DeserializeOwned + Debug + Serialize,
 {
+    let every = Duration::from_millis(500);
+    try_wait_for(api, name, what, timeout, every, String::new, ok)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// As [`wait_for`], polling every `every` and returning an error instead of panicking:
+/// the object's status after `timeout`, then `context()` (e.g. a process's log).
+pub async fn try_wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    context: impl Fn() -> String,
+    ok: impl Fn(&K) -> bool,
+) -> anyhow::Result<K>
+where
+    K: Clone + DeserializeOwned + Debug + Serialize,
+{
     let start = Instant::now();
     loop {
         let obj = api
             .get(name)
             .await
-            .unwrap_or_else(|e| panic!("reading {name}: {e}"));
+            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
         if ok(&obj) {
-            return obj;
+            return Ok(obj);
         }
         if start.elapsed() > timeout {
             let status = serde_json::to_value(&obj)
                 .map(|v| v["status"].clone())
                 .unwrap_or_default();
-            panic!("{name}: {what} not reached in {timeout:?}; status: {status:#}");
+            anyhow::bail!(
+                "{name}: {what} not reached in {timeout:?}; status: {status:#}\n{}",
+                context()
+            );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

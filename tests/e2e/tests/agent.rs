@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use aws_config::retry::RetryConfig;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -21,8 +21,9 @@ use pgml_aws::{
 };
 use pgml_testbed::aws::{SimAdmin, ebs_link, sdk_config};
 use pgml_testbed::kube::TestNamespace;
-use pgml_testbed::nodes::{node_exec, node_exec_ok};
+use pgml_testbed::nodes::{node_exec, node_exec_ok, node_write_random};
 use pgml_testbed::sandbox::NodeInfo;
+use pgml_testbed::wait::{has_condition, try_wait_for};
 use pgml_testbed::{Sandbox, workspace_bin};
 use serde_json::{Value, json};
 
@@ -104,6 +105,26 @@ impl Made {
             let _ = ec2.delete_snapshot(sn).await;
         }
     }
+}
+
+/// Runs `flow` with an EC2 client and a fresh namespace named after `prefix`; what it made
+/// in EC2 is removed whatever happened, the namespace only when it passed (kept to look at
+/// otherwise).
+async fn in_namespace(
+    prefix: &str,
+    flow: impl AsyncFnOnce(&SdkEc2, &TestNamespace, &mut Made) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let sb = Sandbox::get();
+    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
+    let client = pgml_testbed::kube::client().await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let mut made = Made::default();
+    let result = flow(&ec2, &ns, &mut made).await;
+    made.clean(&ec2).await;
+    if result.is_ok() {
+        ns.cleanup().await;
+    }
+    result
 }
 
 fn rand_u32() -> u32 {
@@ -268,10 +289,6 @@ fn condition<'a>(p: &'a ZfsPool, type_: &str) -> Option<&'a pgml_api::common::Co
         .find(|c| c.type_ == type_)
 }
 
-fn is_true(p: &ZfsPool, type_: &str) -> bool {
-    condition(p, type_).is_some_and(|c| c.status == "True")
-}
-
 /// Polls the object until `ok` holds; the agent's log is in the error otherwise.
 async fn wait_for(
     api: &Api<ZfsPool>,
@@ -281,25 +298,28 @@ async fn wait_for(
     what: &str,
     ok: impl Fn(&ZfsPool) -> bool,
 ) -> anyhow::Result<ZfsPool> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let p = api.get(name).await?;
-        if ok(&p) {
-            return Ok(p);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name}: {what} not reached in {secs}s; status: {:#?}\nagent log:\n{}",
-                p.status,
-                agent.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let (timeout, every) = (Duration::from_secs(secs), Duration::from_millis(300));
+    let log = || format!("agent log:\n{}", agent.log());
+    try_wait_for(api, name, what, timeout, every, log, ok).await
+}
+
+/// Deletes the pool and waits (60s) until the agent reports `PoolReleased=True`.
+async fn delete_and_release(
+    api: &Api<ZfsPool>,
+    name: &str,
+    agent: &Agent,
+) -> anyhow::Result<ZfsPool> {
+    api.delete(name, &DeleteParams::default()).await?;
+    wait_for(api, name, agent, 60, "released", |p| {
+        has_condition(p, "PoolReleased", "True")
+    })
+    .await
 }
 
 fn ready(p: &ZfsPool) -> bool {
-    is_true(p, "PoolImported") && is_true(p, "PoolHealthy") && is_true(p, "DevicesFound")
+    has_condition(p, "PoolImported", "True")
+        && has_condition(p, "PoolHealthy", "True")
+        && has_condition(p, "DevicesFound", "True")
 }
 
 async fn remove_finalizer(api: &Api<ZfsPool>, name: &str) -> anyhow::Result<()> {
@@ -486,16 +506,10 @@ async fn builds_raid0_and_raidz1_reports_and_releases_them() -> anyhow::Result<(
     let sb = Sandbox::get();
     let _node = NODE_LOCKS[0].lock().await;
     let node = &sb.nodes[0];
-    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let client = pgml_testbed::kube::client().await;
-    let ns = TestNamespace::new(&client, "agent-build").await;
-    let mut made = Made::default();
-    let result = build_flow(sb, node, &ec2, &ns, &mut made).await;
-    made.clean(&ec2).await;
-    if result.is_ok() {
-        ns.cleanup().await;
-    }
-    result
+    in_namespace("agent-build", async |ec2, ns, made| {
+        build_flow(sb, node, ec2, ns, made).await
+    })
+    .await
 }
 
 async fn build_flow(
@@ -551,11 +565,11 @@ async fn build_flow(
     api.delete(&raidz, &DeleteParams::default()).await?;
     api.delete(&stripe, &DeleteParams::default()).await?;
     let z = wait_for(&api, &raidz, &agent, 60, "raidz1 released", |p| {
-        is_true(p, "PoolReleased")
+        has_condition(p, "PoolReleased", "True")
     })
     .await?;
     let s = wait_for(&api, &stripe, &agent, 60, "raid0 released", |p| {
-        is_true(p, "PoolReleased")
+        has_condition(p, "PoolReleased", "True")
     })
     .await?;
     assert_eq!(condition(&z, "PoolReleased").unwrap().reason, "Exported");
@@ -603,7 +617,7 @@ async fn build_flow(
     assert!(log.contains("importing pool"), "{log}");
     api.delete(&raidz, &DeleteParams::default()).await?;
     let gone = wait_for(&api, &raidz, &agent, 60, "re-imported pool released", |p| {
-        is_true(p, "PoolReleased")
+        has_condition(p, "PoolReleased", "True")
     })
     .await?;
     assert_eq!(
@@ -619,16 +633,10 @@ async fn agent_killed_mid_build_converges() -> anyhow::Result<()> {
     let sb = Sandbox::get();
     let _node = NODE_LOCKS[1].lock().await;
     let node = &sb.nodes[1];
-    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let client = pgml_testbed::kube::client().await;
-    let ns = TestNamespace::new(&client, "agent-kill").await;
-    let mut made = Made::default();
-    let result = kill_flow(sb, node, &ec2, &ns, &mut made).await;
-    made.clean(&ec2).await;
-    if result.is_ok() {
-        ns.cleanup().await;
-    }
-    result
+    in_namespace("agent-kill", async |ec2, ns, made| {
+        kill_flow(sb, node, ec2, ns, made).await
+    })
+    .await
 }
 
 async fn kill_flow(
@@ -676,11 +684,7 @@ async fn kill_flow(
     assert!(!log.contains("creating pool"), "{log}");
     assert!(!log.contains("refusing"), "{log}");
 
-    api.delete(&name, &DeleteParams::default()).await?;
-    wait_for(&api, &name, &agent, 60, "released", |p| {
-        is_true(p, "PoolReleased")
-    })
-    .await?;
+    delete_and_release(&api, &name, &agent).await?;
     assert!(!pool_names(node)?.contains(&name));
     remove_finalizer(&api, &name).await?;
     Ok(())
@@ -691,16 +695,10 @@ async fn refuses_devices_with_a_foreign_pool_or_a_file_system() -> anyhow::Resul
     let sb = Sandbox::get();
     let _node = NODE_LOCKS[2].lock().await;
     let node = &sb.nodes[2];
-    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let client = pgml_testbed::kube::client().await;
-    let ns = TestNamespace::new(&client, "agent-foreign").await;
-    let mut made = Made::default();
-    let result = foreign_flow(sb, node, &ec2, &ns, &mut made).await;
-    made.clean(&ec2).await;
-    if result.is_ok() {
-        ns.cleanup().await;
-    }
-    result
+    in_namespace("agent-foreign", async |ec2, ns, made| {
+        foreign_flow(sb, node, ec2, ns, made).await
+    })
+    .await
 }
 
 async fn foreign_flow(
@@ -774,7 +772,7 @@ async fn foreign_flow(
     api.delete(&b, &DeleteParams::default()).await?;
     for n in [&a, &b] {
         let p = wait_for(&api, n, &agent, 30, "released", |p| {
-            is_true(p, "PoolReleased")
+            has_condition(p, "PoolReleased", "True")
         })
         .await?;
         assert_eq!(condition(&p, "PoolReleased").unwrap().reason, "NotImported");
@@ -789,16 +787,10 @@ async fn lost_raidz1_member_is_reported_and_replaced() -> anyhow::Result<()> {
     let sb = Sandbox::get();
     let _node = NODE_LOCKS[0].lock().await;
     let node = &sb.nodes[0];
-    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let client = pgml_testbed::kube::client().await;
-    let ns = TestNamespace::new(&client, "agent-replace").await;
-    let mut made = Made::default();
-    let result = replace_flow(sb, node, &ec2, &ns, &mut made).await;
-    made.clean(&ec2).await;
-    if result.is_ok() {
-        ns.cleanup().await;
-    }
-    result
+    in_namespace("agent-replace", async |ec2, ns, made| {
+        replace_flow(sb, node, ec2, ns, made).await
+    })
+    .await
 }
 
 async fn replace_flow(
@@ -820,18 +812,7 @@ async fn replace_flow(
     // Data written before the failure, with its checksum.
     let file = node.mnt_dir.join(&name).join("pgdata").join("table");
     let file = file.to_string_lossy().into_owned();
-    node_exec_ok(
-        node,
-        &[
-            "dd",
-            "if=/dev/urandom",
-            &format!("of={file}"),
-            "bs=1M",
-            "count=8",
-            "conv=fsync",
-            "status=none",
-        ],
-    )?;
+    node_write_random(node, &file, 8)?;
     let sum = node_exec_ok(node, &["sha256sum", &file])?;
 
     // Member 1's volume fails: its image is gone. zfs-fuse notices on I/O.
@@ -899,11 +880,7 @@ async fn replace_flow(
     assert_eq!(r.percent_done, Some(100), "{r:?}");
     assert_eq!(node_exec_ok(node, &["sha256sum", &file])?, sum);
 
-    api.delete(&name, &DeleteParams::default()).await?;
-    wait_for(&api, &name, &agent, 60, "released", |p| {
-        is_true(p, "PoolReleased")
-    })
-    .await?;
+    delete_and_release(&api, &name, &agent).await?;
     remove_finalizer(&api, &name).await?;
     Ok(())
 }
@@ -913,16 +890,10 @@ async fn grown_volumes_grow_the_pool() -> anyhow::Result<()> {
     let sb = Sandbox::get();
     let _node = NODE_LOCKS[1].lock().await;
     let node = &sb.nodes[1];
-    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let client = pgml_testbed::kube::client().await;
-    let ns = TestNamespace::new(&client, "agent-grow").await;
-    let mut made = Made::default();
-    let result = grow_flow(sb, node, &ec2, &ns, &mut made).await;
-    made.clean(&ec2).await;
-    if result.is_ok() {
-        ns.cleanup().await;
-    }
-    result
+    in_namespace("agent-grow", async |ec2, ns, made| {
+        grow_flow(sb, node, ec2, ns, made).await
+    })
+    .await
 }
 
 async fn grow_flow(
@@ -990,11 +961,7 @@ async fn grow_flow(
     .await?;
     assert!(ready(&p));
 
-    api.delete(&name, &DeleteParams::default()).await?;
-    wait_for(&api, &name, &agent, 60, "released", |p| {
-        is_true(p, "PoolReleased")
-    })
-    .await?;
+    delete_and_release(&api, &name, &agent).await?;
     remove_finalizer(&api, &name).await?;
     Ok(())
 }
@@ -1006,16 +973,10 @@ async fn restored_copy_is_imported_under_its_own_name() -> anyhow::Result<()> {
     let _b = NODE_LOCKS[1].lock().await;
     let _a = NODE_LOCKS[2].lock().await;
     let (a, b) = (&sb.nodes[2], &sb.nodes[1]);
-    let ec2 = SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
-    let client = pgml_testbed::kube::client().await;
-    let ns = TestNamespace::new(&client, "agent-restore").await;
-    let mut made = Made::default();
-    let result = restore_flow(sb, a, b, &ec2, &ns, &mut made).await;
-    made.clean(&ec2).await;
-    if result.is_ok() {
-        ns.cleanup().await;
-    }
-    result
+    in_namespace("agent-restore", async |ec2, ns, made| {
+        restore_flow(sb, a, b, ec2, ns, made).await
+    })
+    .await
 }
 
 async fn restore_flow(
@@ -1109,11 +1070,7 @@ async fn restore_flow(
     );
 
     for (n, agent) in [(&dst, &agent_b), (&src, &agent_a)] {
-        api.delete(n, &DeleteParams::default()).await?;
-        wait_for(&api, n, agent, 60, "released", |p| {
-            is_true(p, "PoolReleased")
-        })
-        .await?;
+        delete_and_release(&api, n, agent).await?;
         remove_finalizer(&api, n).await?;
     }
     Ok(())

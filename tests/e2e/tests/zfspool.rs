@@ -11,7 +11,7 @@ use kube::api::{DeleteParams, PostParams};
 use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::volumes_tagged;
+use pgml_testbed::aws::{volume_ids, volumes_tagged};
 use pgml_testbed::kube::{TestNamespace, client};
 use pgml_testbed::nodes::{node_dialect, node_zfs};
 use pgml_testbed::procs::{self, Proc};
@@ -104,11 +104,7 @@ async fn check_nothing_leaked(sb: &Sandbox, ns: &str, pools: &[ZfsPool]) {
                 .flat_map(|s| s.volumes.iter().filter_map(|v| v.volume_id.clone()))
         })
         .collect();
-    let in_moto: BTreeSet<String> = volumes_tagged(sb, keys::NAMESPACE, ns)
-        .await
-        .iter()
-        .filter_map(|v| v.volume_id().map(str::to_string))
-        .collect();
+    let in_moto: BTreeSet<String> = volume_ids(&volumes_tagged(sb, keys::NAMESPACE, ns).await);
     assert_eq!(
         in_moto, in_status,
         "volumes in moto vs. volumes in the pools' status"
@@ -123,6 +119,14 @@ async fn check_nothing_leaked(sb: &Sandbox, ns: &str, pools: &[ZfsPool]) {
             p.metadata.name
         );
     }
+}
+
+/// Waits until the pool is `Ready=True`; `what` names the wait in the panic.
+async fn wait_ready(api: &Api<ZfsPool>, name: &str, what: &str) -> ZfsPool {
+    wait_for(api, name, what, READY_TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await
 }
 
 async fn delete_all(api: &Api<ZfsPool>, names: &[String]) {
@@ -174,10 +178,7 @@ async fn raid0_and_raidz1_pools_reach_ready() {
     }
     let mut ready = Vec::new();
     for p in &pools {
-        let obj = wait_for(&api, &p.name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
-            has_condition(o, "Ready", "True")
-        })
-        .await;
+        let obj = wait_ready(&api, &p.name, "Ready").await;
         check_on_node(sb, p, &obj);
         let s = obj.status.as_ref().unwrap();
         assert_eq!(s.health.as_deref(), Some("ONLINE"));
@@ -260,14 +261,7 @@ async fn operator_killed_at_random_moments_while_provisioning() {
     assert_eq!(kills, 20);
     let mut ready = Vec::new();
     for p in &pools {
-        let obj = wait_for(
-            &api,
-            &p.name,
-            "Ready after the kills",
-            READY_TIMEOUT,
-            |o: &ZfsPool| has_condition(o, "Ready", "True"),
-        )
-        .await;
+        let obj = wait_ready(&api, &p.name, "Ready after the kills").await;
         check_on_node(sb, p, &obj);
         ready.push(obj);
     }
@@ -300,14 +294,7 @@ async fn operator_killed_at_random_moments_while_provisioning() {
         }
     }
     for p in &more {
-        let obj = wait_for(
-            &api,
-            &p.name,
-            "Ready after agent kills",
-            READY_TIMEOUT,
-            |o: &ZfsPool| has_condition(o, "Ready", "True"),
-        )
-        .await;
+        let obj = wait_ready(&api, &p.name, "Ready after agent kills").await;
         check_on_node(sb, p, &obj);
         ready.push(obj);
     }

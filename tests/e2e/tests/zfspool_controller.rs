@@ -12,17 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
-use aws_sdk_ec2::types::{Filter, Volume};
+use aws_sdk_ec2::types::Volume;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pgml_api::ZfsPool;
+use pgml_api::common::keys;
 use pgml_api::zfspool::ZfsPoolStatus;
 use pgml_operator::{Context, Settings};
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{SimAdmin, ebs_link, sdk_config};
+use pgml_testbed::aws::{SimAdmin, ebs_link, sdk_config, volumes_tagged};
 use pgml_testbed::kube::{TestNamespace, client};
+use pgml_testbed::wait::{condition, has_condition, wait_for, wait_gone};
 use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -73,68 +75,6 @@ fn cond<'a>(
     s.conditions.iter().find(|c| c.type_ == t)
 }
 
-fn cond_is(p: &ZfsPool, t: &str, status: &str) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| cond(s, t))
-        .is_some_and(|c| c.status == status)
-}
-
-async fn wait_for(
-    api: &Api<ZfsPool>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&ZfsPool) -> bool,
-) -> ZfsPool {
-    let start = Instant::now();
-    loop {
-        let p = api.get(name).await.expect("reading the ZfsPool");
-        if ok(&p) {
-            return p;
-        }
-        if start.elapsed() > timeout {
-            panic!(
-                "{name}: {what} not reached in {timeout:?}; status: {}",
-                serde_json::to_string_pretty(&p.status).unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn wait_gone(api: &Api<ZfsPool>, name: &str, timeout: Duration) {
-    let start = Instant::now();
-    while let Some(p) = api.get_opt(name).await.expect("reading the ZfsPool") {
-        if start.elapsed() > timeout {
-            panic!(
-                "{name} still exists after {timeout:?}: {}",
-                serde_json::to_string_pretty(&p.status).unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Every volume moto holds for a pool (by its UID tag), straight from the SDK.
-async fn volumes_of(uid: &str) -> Vec<Volume> {
-    let ec2 = pgml_testbed::aws::ec2_client(Sandbox::get()).await;
-    let out = ec2
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("tag:pgml.io/pool-uid")
-                .values(uid)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeVolumes");
-    let mut v = out.volumes().to_vec();
-    v.sort_by_key(|v| v.volume_id().unwrap_or_default().to_string());
-    v
-}
-
 fn tags(v: &Volume) -> BTreeMap<String, String> {
     v.tags()
         .iter()
@@ -176,6 +116,33 @@ async fn release(api: &Api<ZfsPool>, name: &str) {
     .await;
 }
 
+/// Waits up to `secs` for `VolumesAttached=True`.
+async fn wait_attached(api: &Api<ZfsPool>, name: &str, secs: u64) -> ZfsPool {
+    wait_for(
+        api,
+        name,
+        "VolumesAttached=True",
+        Duration::from_secs(secs),
+        |p| has_condition(p, "VolumesAttached", "True"),
+    )
+    .await
+}
+
+/// Deletes the pool, plays the agent's release, waits (60s) until it is gone and checks
+/// that moto holds no volume of it.
+async fn delete_leaves_nothing(api: &Api<ZfsPool>, name: &str, uid: &str) {
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    release(api, name).await;
+    wait_gone(api, name, Duration::from_secs(60)).await;
+    assert_eq!(
+        volumes_tagged(Sandbox::get(), keys::POOL_UID, uid)
+            .await
+            .len(),
+        0,
+        "Delete leaves no volume"
+    );
+}
+
 async fn wait_event(ns: &TestNamespace, object: &str, type_: &str, reason: &str) -> String {
     let events: Api<Event> = ns.api();
     let start = Instant::now();
@@ -215,7 +182,7 @@ async fn check_volumes(
     let uid = p.metadata.uid.as_deref().unwrap();
     let name = p.metadata.name.as_deref().unwrap();
     let ns = p.metadata.namespace.as_deref().unwrap();
-    let vols = volumes_of(uid).await;
+    let vols = volumes_tagged(Sandbox::get(), keys::POOL_UID, uid).await;
     assert_eq!(vols.len(), count, "volumes of {name} in moto");
     let status = p.status.clone().unwrap();
     let mut indexes = vec![];
@@ -299,14 +266,7 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
     .await;
     let uid = p.metadata.uid.clone().unwrap();
 
-    let p = wait_for(
-        &api,
-        "stripe",
-        "VolumesAttached=True",
-        Duration::from_secs(90),
-        |p| cond_is(p, "VolumesAttached", "True"),
-    )
-    .await;
+    let p = wait_attached(&api, "stripe", 90).await;
     let vols = check_volumes(&p, node, 4, "gp3", 20, 4000, Some(400)).await;
     for v in &vols {
         assert_eq!(tags(v)["team"], "data");
@@ -366,7 +326,7 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
     )
     .await;
     let p = wait_for(&api, "stripe", "Ready=True", Duration::from_secs(20), |p| {
-        cond_is(p, "Ready", "True")
+        has_condition(p, "Ready", "True")
     })
     .await;
     assert_eq!(
@@ -391,7 +351,7 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
         "stripe",
         "Degraded=True",
         Duration::from_secs(20),
-        |p| cond_is(p, "Degraded", "True"),
+        |p| has_condition(p, "Degraded", "True"),
     )
     .await;
     let s = p.status.clone().unwrap();
@@ -413,12 +373,7 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
         "stripe",
         "Deleting, waiting for the agent",
         Duration::from_secs(30),
-        |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| cond(s, "Progressing"))
-                .is_some_and(|c| c.reason == "WaitingForAgentRelease")
-        },
+        |p| condition(p, "Progressing").is_some_and(|c| c["reason"] == "WaitingForAgentRelease"),
     )
     .await;
     assert_eq!(
@@ -426,7 +381,7 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
         Some(pgml_api::zfspool::PoolPhase::Deleting)
     );
     assert!(
-        volumes_of(&uid)
+        volumes_tagged(Sandbox::get(), keys::POOL_UID, &uid)
             .await
             .iter()
             .all(|v| !v.attachments().is_empty()),
@@ -434,7 +389,7 @@ async fn gp3_raid0_pool_is_provisioned_then_retained() {
     );
     release(&api, "stripe").await;
     wait_gone(&api, "stripe", Duration::from_secs(60)).await;
-    let left = volumes_of(&uid).await;
+    let left = volumes_tagged(Sandbox::get(), keys::POOL_UID, &uid).await;
     assert_eq!(left.len(), 4, "Retain keeps every volume");
     for v in &left {
         assert_eq!(
@@ -480,14 +435,7 @@ async fn io2_raidz1_pool_grows_then_is_deleted() {
     )
     .await;
     let uid = p.metadata.uid.clone().unwrap();
-    let p = wait_for(
-        &api,
-        "parity",
-        "VolumesAttached=True",
-        Duration::from_secs(90),
-        |p| cond_is(p, "VolumesAttached", "True"),
-    )
-    .await;
+    let p = wait_attached(&api, "parity", 90).await;
     check_volumes(&p, node, 3, "io2", 10, 1000, None).await;
     assert_eq!(
         cond(p.status.as_ref().unwrap(), "Ready").unwrap().reason,
@@ -525,12 +473,7 @@ async fn io2_raidz1_pool_grows_then_is_deleted() {
     }
     check_volumes(&p, node, 3, "io2", 12, 1200, None).await;
 
-    api.delete("parity", &DeleteParams::default())
-        .await
-        .unwrap();
-    release(&api, "parity").await;
-    wait_gone(&api, "parity", Duration::from_secs(60)).await;
-    assert_eq!(volumes_of(&uid).await.len(), 0, "Delete leaves no volume");
+    delete_leaves_nothing(&api, "parity", &uid).await;
     ns.cleanup().await;
 }
 
@@ -566,12 +509,7 @@ async fn node_without_provider_id_is_a_condition_and_a_warning() {
         "orphan",
         "Ready=False NodeWithoutProviderID",
         Duration::from_secs(30),
-        |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| cond(s, "Ready"))
-                .is_some_and(|c| c.reason == "NodeWithoutProviderID")
-        },
+        |p| condition(p, "Ready").is_some_and(|c| c["reason"] == "NodeWithoutProviderID"),
     )
     .await;
     let ready = cond(p.status.as_ref().unwrap(), "Ready").unwrap();
@@ -592,7 +530,11 @@ async fn node_without_provider_id_is_a_condition_and_a_warning() {
         1,
         "{warnings:?}"
     );
-    assert!(volumes_of(&uid).await.is_empty());
+    assert!(
+        volumes_tagged(Sandbox::get(), keys::POOL_UID, &uid)
+            .await
+            .is_empty()
+    );
 
     // Never provisioned: deletion has nothing to wait for, even with the node still there.
     api.delete("orphan", &DeleteParams::default())
@@ -619,19 +561,18 @@ async fn node_without_provider_id_is_a_condition_and_a_warning() {
         "restored",
         "Ready=False RestoreNotImplemented",
         Duration::from_secs(30),
-        |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| cond(s, "Ready"))
-                .is_some_and(|c| c.reason == "RestoreNotImplemented")
-        },
+        |p| condition(p, "Ready").is_some_and(|c| c["reason"] == "RestoreNotImplemented"),
     )
     .await;
     wait_event(&ns, "restored", "Warning", "RestoreNotImplemented").await;
     assert!(
-        volumes_of(p.metadata.uid.as_deref().unwrap())
-            .await
-            .is_empty()
+        volumes_tagged(
+            Sandbox::get(),
+            keys::POOL_UID,
+            p.metadata.uid.as_deref().unwrap()
+        )
+        .await
+        .is_empty()
     );
     api.delete("restored", &DeleteParams::default())
         .await
@@ -668,14 +609,7 @@ async fn throttling_still_converges_with_bounded_calls() {
     ];
     let before = sim.stats().unwrap();
     let _ctl = start_controller(&ns).await;
-    let p = wait_for(
-        &api,
-        "busy",
-        "VolumesAttached=True",
-        Duration::from_secs(120),
-        |p| cond_is(p, "VolumesAttached", "True"),
-    )
-    .await;
+    let p = wait_attached(&api, "busy", 120).await;
     // moto reports no throughput for a gp3 volume created at the baseline.
     check_volumes(&p, node, 5, "gp3", 10, 3000, None).await;
     let after = sim.stats().unwrap();
@@ -708,10 +642,7 @@ async fn throttling_still_converges_with_bounded_calls() {
     assert!(delta("DescribeVolumes", "total") <= 60, "{report:?}");
     drop(_faults);
 
-    api.delete("busy", &DeleteParams::default()).await.unwrap();
-    release(&api, "busy").await;
-    wait_gone(&api, "busy", Duration::from_secs(60)).await;
-    assert_eq!(volumes_of(&uid).await.len(), 0);
+    delete_leaves_nothing(&api, "busy", &uid).await;
     ns.cleanup().await;
 }
 
@@ -736,19 +667,12 @@ async fn a_member_attached_elsewhere_is_reported_not_stolen() {
     )
     .await;
     let uid = p.metadata.uid.clone().unwrap();
-    wait_for(
-        &api,
-        "pair",
-        "VolumesAttached=True",
-        Duration::from_secs(60),
-        |p| cond_is(p, "VolumesAttached", "True"),
-    )
-    .await;
+    wait_attached(&api, "pair", 60).await;
 
     // With the controller stopped, someone moves member 1 to another instance.
     drop(ctl);
     let ec2 = pgml_testbed::aws::ec2_client(sb).await;
-    let moved = volumes_of(&uid)
+    let moved = volumes_tagged(Sandbox::get(), keys::POOL_UID, &uid)
         .await
         .into_iter()
         .find(|v| tags(v)["pgml.io/member-index"] == "1")
@@ -775,10 +699,8 @@ async fn a_member_attached_elsewhere_is_reported_not_stolen() {
         "VolumesAttached=False AttachedToAnotherInstance",
         Duration::from_secs(30),
         |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| cond(s, "VolumesAttached"))
-                .is_some_and(|c| c.reason == "AttachedToAnotherInstance")
+            condition(p, "VolumesAttached")
+                .is_some_and(|c| c["reason"] == "AttachedToAnotherInstance")
         },
     )
     .await;
@@ -790,7 +712,7 @@ async fn a_member_attached_elsewhere_is_reported_not_stolen() {
     );
     wait_event(&ns, "pair", "Warning", "AttachedToAnotherInstance").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let v = volumes_of(&uid)
+    let v = volumes_tagged(Sandbox::get(), keys::POOL_UID, &uid)
         .await
         .into_iter()
         .find(|v| v.volume_id() == Some(moved_id.as_str()))
@@ -803,10 +725,7 @@ async fn a_member_attached_elsewhere_is_reported_not_stolen() {
     );
 
     // Cleanup: deletion detaches whatever instance holds the pool's volumes, then deletes.
-    api.delete("pair", &DeleteParams::default()).await.unwrap();
-    release(&api, "pair").await;
-    wait_gone(&api, "pair", Duration::from_secs(60)).await;
-    assert_eq!(volumes_of(&uid).await.len(), 0);
+    delete_leaves_nothing(&api, "pair", &uid).await;
     ns.cleanup().await;
 }
 
@@ -832,18 +751,11 @@ async fn an_attachment_that_lasts_is_reported() {
     )
     .await;
     let uid = p.metadata.uid.clone().unwrap();
-    wait_for(
-        &api,
-        "slow",
-        "VolumesAttached=True",
-        Duration::from_secs(60),
-        |p| cond_is(p, "VolumesAttached", "True"),
-    )
-    .await;
+    wait_attached(&api, "slow", 60).await;
 
     // Member 0 is detached behind the controller's back; its next attach hangs in EC2.
     drop(ctl);
-    let member0 = volumes_of(&uid)
+    let member0 = volumes_tagged(Sandbox::get(), keys::POOL_UID, &uid)
         .await
         .into_iter()
         .find(|v| tags(v)["pgml.io/member-index"] == "0")
@@ -866,12 +778,7 @@ async fn an_attachment_that_lasts_is_reported() {
         "slow",
         "VolumesAttached=False AttachmentStuck",
         Duration::from_secs(30),
-        |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| cond(s, "VolumesAttached"))
-                .is_some_and(|c| c.reason == "AttachmentStuck")
-        },
+        |p| condition(p, "VolumesAttached").is_some_and(|c| c["reason"] == "AttachmentStuck"),
     )
     .await;
     let s = p.status.clone().unwrap();
@@ -886,14 +793,11 @@ async fn an_attachment_that_lasts_is_reported() {
         "slow",
         "VolumesAttached=True again",
         Duration::from_secs(30),
-        |p| cond_is(p, "VolumesAttached", "True"),
+        |p| has_condition(p, "VolumesAttached", "True"),
     )
     .await;
     assert!(ebs_link(node, &id).exists());
 
-    api.delete("slow", &DeleteParams::default()).await.unwrap();
-    release(&api, "slow").await;
-    wait_gone(&api, "slow", Duration::from_secs(60)).await;
-    assert_eq!(volumes_of(&uid).await.len(), 0);
+    delete_leaves_nothing(&api, "slow", &uid).await;
     ns.cleanup().await;
 }

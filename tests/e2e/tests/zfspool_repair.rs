@@ -15,9 +15,9 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{SimAdmin, volumes_tagged};
+use pgml_testbed::aws::{FaultGuard, SimAdmin, volume_ids, volumes_tagged};
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
-use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_zfs};
+use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_write_random, node_zfs};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_testbed::wait::{condition, has_condition, wait_for, wait_gone};
@@ -64,23 +64,6 @@ fn sha256(node: &NodeInfo, file: &str) -> anyhow::Result<String> {
         .next()
         .unwrap_or_default()
         .to_string())
-}
-
-/// Writes `mib` MiB of random data to `file` inside the node, fsync'ed.
-fn write_file(node: &NodeInfo, file: &str, mib: u32) -> anyhow::Result<()> {
-    node_exec_ok(
-        node,
-        &[
-            "dd",
-            "if=/dev/urandom",
-            &format!("of={file}"),
-            "bs=1M",
-            &format!("count={mib}"),
-            "conv=fsync",
-            "status=none",
-        ],
-    )
-    .map(|_| ())
 }
 
 /// Reads `file` in a loop on its own thread until stopped; returns each read's checksum
@@ -131,6 +114,54 @@ fn degraded_reason(p: &ZfsPool) -> Option<String> {
         .and_then(|c| c["reason"].as_str().map(str::to_string))
 }
 
+/// Waits until the pool is `Ready=True`.
+async fn wait_ready(api: &Api<ZfsPool>, name: &str) -> ZfsPool {
+    wait_for(api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await
+}
+
+/// Fails `volume_id` in the simulator (its image is gone, EC2 says `error`) until the guard
+/// drops.
+fn fail_volume(sb: &Sandbox, volume_id: &str) -> FaultGuard {
+    SimAdmin::from_sandbox(sb)
+        .fault(json!({"kind": "volume_fail", "volume_id": volume_id}))
+        .unwrap()
+}
+
+/// Ready and ONLINE, no replacement pending, and `lost` is no longer a member.
+fn repaired_without(o: &ZfsPool, lost: &str) -> bool {
+    let s = o.status.clone().unwrap_or_default();
+    has_condition(o, "Ready", "True")
+        && s.health.as_deref() == Some("ONLINE")
+        && s.volumes
+            .iter()
+            .all(|v| v.replaced_volume_id.is_none() && v.volume_id.as_deref() != Some(lost))
+}
+
+/// Deletes the pool, waits until it is gone, and checks no volume is left in `ns`.
+async fn delete_leaves_nothing(sb: &Sandbox, api: &Api<ZfsPool>, name: &str, ns: &str) {
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(api, name, READY_TIMEOUT).await;
+    assert!(
+        volumes_tagged(sb, keys::NAMESPACE, ns).await.is_empty(),
+        "Delete left volumes"
+    );
+}
+
+/// Waits until `Degraded=True` with `reason`; returns the pool and the condition's message.
+async fn wait_degraded(api: &Api<ZfsPool>, name: &str, reason: &str) -> (ZfsPool, String) {
+    let what = format!("Degraded {reason}");
+    let p = wait_for(api, name, &what, READY_TIMEOUT, |o: &ZfsPool| {
+        degraded_reason(o).as_deref() == Some(reason)
+    })
+    .await;
+    let d = condition(&p, "Degraded").unwrap();
+    let msg = d["message"].as_str().unwrap_or_default().to_string();
+    (p, msg)
+}
+
 #[tokio::test]
 async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
     let sb = Sandbox::get();
@@ -145,10 +176,7 @@ async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
     api.create(&PostParams::default(), &manifest(name, node, "raidz1", 5))
         .await
         .unwrap();
-    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
-        has_condition(o, "Ready", "True")
-    })
-    .await;
+    let p = wait_ready(&api, name).await;
     let uid = p.metadata.uid.clone().unwrap();
     let before = member_ids(&p);
     assert_eq!(before.len(), 5);
@@ -161,15 +189,12 @@ async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
         .join("table")
         .to_string_lossy()
         .into_owned();
-    write_file(node, &file, 16).unwrap();
+    node_write_random(node, &file, 16).unwrap();
     let sum = sha256(node, &file).unwrap();
 
     // Member 2's volume fails: its image is gone, EC2 says `error`.
     let lost = before[2].clone();
-    let admin = SimAdmin::from_sandbox(sb);
-    let _fault = admin
-        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
-        .unwrap();
+    let _fault = fail_volume(sb, &lost);
     // Nothing nudges zfs-fuse (no write, no scrub): the operator sees EC2's `error`, and
     // the agent's next pass over the changed member list finds the device gone.
     let reader = Reader::start(node, &file);
@@ -253,10 +278,7 @@ async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
     // moto holds exactly the pool's 5 volumes: the failed one was deleted; the replacement
     // carries member 2's tags.
     let in_moto = volumes_tagged(sb, keys::POOL_UID, &uid).await;
-    let ids: BTreeSet<String> = in_moto
-        .iter()
-        .filter_map(|v| v.volume_id().map(str::to_string))
-        .collect();
+    let ids: BTreeSet<String> = volume_ids(&in_moto);
     assert_eq!(ids, after.iter().cloned().collect(), "volumes in moto");
     let in_ns = volumes_tagged(sb, keys::NAMESPACE, ns.name()).await;
     assert_eq!(in_ns.len(), 5, "nothing leaked in the namespace");
@@ -288,14 +310,7 @@ async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
     }
 
     // Delete: zero volumes.
-    api.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_gone(&api, name, READY_TIMEOUT).await;
-    assert!(
-        volumes_tagged(sb, keys::NAMESPACE, ns.name())
-            .await
-            .is_empty(),
-        "Delete left volumes"
-    );
+    delete_leaves_nothing(sb, &api, name, ns.name()).await;
     drop((operator, agent));
     ns.cleanup().await;
 }
@@ -315,28 +330,13 @@ async fn lost_raid0_member_is_faulted_and_nothing_is_deleted() {
     api.create(&PostParams::default(), &manifest(name, node, "raid0", 3))
         .await
         .unwrap();
-    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
-        has_condition(o, "Ready", "True")
-    })
-    .await;
+    let p = wait_ready(&api, name).await;
     let uid = p.metadata.uid.clone().unwrap();
     let before = member_ids(&p);
     let lost = before[1].clone();
-    let admin = SimAdmin::from_sandbox(sb);
-    let _fault = admin
-        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
-        .unwrap();
+    let _fault = fail_volume(sb, &lost);
 
-    let p = wait_for(
-        &api,
-        name,
-        "Degraded PoolFaulted",
-        READY_TIMEOUT,
-        |o: &ZfsPool| degraded_reason(o).as_deref() == Some("PoolFaulted"),
-    )
-    .await;
-    let d = condition(&p, "Degraded").unwrap();
-    let msg = d["message"].as_str().unwrap_or_default();
+    let (p, msg) = wait_degraded(&api, name, "PoolFaulted").await;
     assert!(msg.contains("member 1"), "{msg}");
     assert!(msg.contains(&lost), "{msg}");
     assert!(msg.contains("snapshot"), "{msg}");
@@ -346,11 +346,7 @@ async fn lost_raid0_member_is_faulted_and_nothing_is_deleted() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let p = api.get(name).await.unwrap();
     assert_eq!(member_ids(&p), before, "members unchanged");
-    let ids: Vec<String> = volumes_tagged(sb, keys::POOL_UID, &uid)
-        .await
-        .iter()
-        .filter_map(|v| v.volume_id().map(str::to_string))
-        .collect();
+    let ids: Vec<String> = volume_ids(&volumes_tagged(sb, keys::POOL_UID, &uid).await);
     let mut want = before.clone();
     want.sort();
     assert_eq!(
@@ -364,14 +360,7 @@ async fn lost_raid0_member_is_faulted_and_nothing_is_deleted() {
 
     // Delete: the agent destroys what is left of the pool, the operator deletes every
     // volume (the failed one too).
-    api.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_gone(&api, name, READY_TIMEOUT).await;
-    assert!(
-        volumes_tagged(sb, keys::NAMESPACE, ns.name())
-            .await
-            .is_empty(),
-        "Delete left volumes"
-    );
+    delete_leaves_nothing(sb, &api, name, ns.name()).await;
     drop((operator, agent));
     ns.cleanup().await;
 }
@@ -390,17 +379,11 @@ async fn operator_killed_during_the_repair_leaks_nothing() {
     api.create(&PostParams::default(), &manifest(name, node, "raidz1", 3))
         .await
         .unwrap();
-    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
-        has_condition(o, "Ready", "True")
-    })
-    .await;
+    let p = wait_ready(&api, name).await;
     let uid = p.metadata.uid.clone().unwrap();
     let before = member_ids(&p);
     let lost = before[0].clone();
-    let admin = SimAdmin::from_sandbox(sb);
-    let _fault = admin
-        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
-        .unwrap();
+    let _fault = fail_volume(sb, &lost);
     // Each start reconciles at once (and sees EC2's `error`): SIGKILL at 20 random moments
     // lands inside the record → create → attach → detach → delete sequence.
     for _ in 0..20 {
@@ -414,14 +397,7 @@ async fn operator_killed_during_the_repair_leaks_nothing() {
         name,
         "repaired after the kills",
         Duration::from_secs(300),
-        |o: &ZfsPool| {
-            let s = o.status.clone().unwrap_or_default();
-            has_condition(o, "Ready", "True")
-                && s.health.as_deref() == Some("ONLINE")
-                && s.volumes.iter().all(|v| {
-                    v.replaced_volume_id.is_none() && v.volume_id.as_deref() != Some(lost.as_str())
-                })
-        },
+        |o: &ZfsPool| repaired_without(o, &lost),
     )
     .await;
     let m0 = p
@@ -431,11 +407,8 @@ async fn operator_killed_during_the_repair_leaks_nothing() {
         .unwrap();
     assert_eq!(m0.generation, 1, "one replacement, whatever the crashes");
     let after = member_ids(&p);
-    let in_moto: BTreeSet<String> = volumes_tagged(sb, keys::NAMESPACE, ns.name())
-        .await
-        .iter()
-        .filter_map(|v| v.volume_id().map(str::to_string))
-        .collect();
+    let in_moto: BTreeSet<String> =
+        volume_ids(&volumes_tagged(sb, keys::NAMESPACE, ns.name()).await);
     assert_eq!(
         in_moto,
         after.iter().cloned().collect(),
@@ -444,14 +417,7 @@ async fn operator_killed_during_the_repair_leaks_nothing() {
     );
     assert_eq!(volumes_tagged(sb, keys::POOL_UID, &uid).await.len(), 3);
 
-    api.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_gone(&api, name, READY_TIMEOUT).await;
-    assert!(
-        volumes_tagged(sb, keys::NAMESPACE, ns.name())
-            .await
-            .is_empty(),
-        "Delete left volumes"
-    );
+    delete_leaves_nothing(sb, &api, name, ns.name()).await;
     drop((operator, agent));
     ns.cleanup().await;
 }
@@ -470,27 +436,12 @@ async fn manual_replacement_waits_until_the_user_switches_to_automatic() {
     let mut pool = manifest(name, node, "raidz1", 3);
     pool.spec.template.member_replacement = pgml_api::zfspool::MemberReplacement::Manual;
     api.create(&PostParams::default(), &pool).await.unwrap();
-    let p = wait_for(&api, name, "Ready", READY_TIMEOUT, |o: &ZfsPool| {
-        has_condition(o, "Ready", "True")
-    })
-    .await;
+    let p = wait_ready(&api, name).await;
     let uid = p.metadata.uid.clone().unwrap();
     let before = member_ids(&p);
     let lost = before[1].clone();
-    let admin = SimAdmin::from_sandbox(sb);
-    let _fault = admin
-        .fault(json!({"kind": "volume_fail", "volume_id": lost}))
-        .unwrap();
-    let p = wait_for(
-        &api,
-        name,
-        "Degraded MemberLost",
-        READY_TIMEOUT,
-        |o: &ZfsPool| degraded_reason(o).as_deref() == Some("MemberLost"),
-    )
-    .await;
-    let d = condition(&p, "Degraded").unwrap();
-    let msg = d["message"].as_str().unwrap_or_default();
+    let _fault = fail_volume(sb, &lost);
+    let (_, msg) = wait_degraded(&api, name, "MemberLost").await;
     assert!(msg.contains(&format!("member 1 ({lost})")), "{msg}");
     assert!(msg.contains("memberReplacement to Automatic"), "{msg}");
     // Nothing is done while the policy is Manual.
@@ -516,22 +467,11 @@ async fn manual_replacement_waits_until_the_user_switches_to_automatic() {
         name,
         "repaired",
         Duration::from_secs(300),
-        |o: &ZfsPool| {
-            let s = o.status.clone().unwrap_or_default();
-            has_condition(o, "Ready", "True")
-                && s.health.as_deref() == Some("ONLINE")
-                && s.volumes.iter().all(|v| {
-                    v.replaced_volume_id.is_none() && v.volume_id.as_deref() != Some(lost.as_str())
-                })
-        },
+        |o: &ZfsPool| repaired_without(o, &lost),
     )
     .await;
     let after = member_ids(&p);
-    let in_moto: BTreeSet<String> = volumes_tagged(sb, keys::POOL_UID, &uid)
-        .await
-        .iter()
-        .filter_map(|v| v.volume_id().map(str::to_string))
-        .collect();
+    let in_moto: BTreeSet<String> = volume_ids(&volumes_tagged(sb, keys::POOL_UID, &uid).await);
     assert_eq!(
         in_moto,
         after.iter().cloned().collect(),
@@ -539,14 +479,7 @@ async fn manual_replacement_waits_until_the_user_switches_to_automatic() {
         logs(&[&operator, &agent])
     );
 
-    api.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_gone(&api, name, READY_TIMEOUT).await;
-    assert!(
-        volumes_tagged(sb, keys::NAMESPACE, ns.name())
-            .await
-            .is_empty(),
-        "Delete left volumes"
-    );
+    delete_leaves_nothing(sb, &api, name, ns.name()).await;
     drop((operator, agent));
     ns.cleanup().await;
 }
