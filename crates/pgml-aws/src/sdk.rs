@@ -149,32 +149,30 @@ fn volume(v: &t::Volume) -> Volume {
     }
 }
 
+/// `Snapshot` (DescribeSnapshots) and `SnapshotInfo` (CreateSnapshots) carry the same
+/// fields under two SDK types.
+macro_rules! snapshot_of {
+    ($s:expr) => {
+        Snapshot {
+            snapshot_id: $s.snapshot_id().unwrap_or_default().to_string(),
+            volume_id: $s.volume_id().unwrap_or_default().to_string(),
+            state: $s
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            progress: $s.progress().map(str::to_string),
+            volume_size_gib: $s.volume_size(),
+            tags: tag_map($s.tags()),
+        }
+    };
+}
+
 fn snapshot(s: &t::Snapshot) -> Snapshot {
-    Snapshot {
-        snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
-        volume_id: s.volume_id().unwrap_or_default().to_string(),
-        state: s
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
-        progress: s.progress().map(str::to_string),
-        volume_size_gib: s.volume_size(),
-        tags: tag_map(s.tags()),
-    }
+    snapshot_of!(s)
 }
 
 fn snapshot_info(s: &t::SnapshotInfo) -> Snapshot {
-    Snapshot {
-        snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
-        volume_id: s.volume_id().unwrap_or_default().to_string(),
-        state: s
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
-        progress: s.progress().map(str::to_string),
-        volume_size_gib: s.volume_size(),
-        tags: tag_map(s.tags()),
-    }
+    snapshot_of!(s)
 }
 
 #[async_trait]
