@@ -18,7 +18,7 @@ use clap::Parser;
 use futures::StreamExt;
 use kube::runtime::{Controller, watcher};
 use pgml_api::zfspool::ZfsPool;
-use pgml_runtime::{LogFormat, init_logging, shutdown_signal};
+use pgml_runtime::{LogFormat, Shutdown, init_logging};
 use pgml_zfs::HostPath;
 
 use crate::devices::Discovery;
@@ -87,6 +87,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format, &args.log_level);
+    let shutdown = Shutdown::install();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %args.node_name,
@@ -112,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     // it rather than crash-loop, and stay stoppable meanwhile.
     let detected = tokio::select! {
         d = detect_dialect(&runner) => d,
-        _ = shutdown_signal() => {
+        _ = shutdown.requested() => {
             tracing::info!("stopped");
             return Ok(());
         }
@@ -144,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
     let selector = format!("spec.nodeName={}", args.node_name);
     tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
     Controller::new(pools, watcher::Config::default().fields(&selector))
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on(async move { shutdown.requested().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

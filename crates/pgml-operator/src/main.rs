@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use kube::Client;
 use pgml_operator::{Context, Settings};
-use pgml_runtime::{LogFormat, init_logging, shutdown_signal};
+use pgml_runtime::{LogFormat, Shutdown, init_logging};
 
 /// Runs PostgresML on EC2: provisions gp3/io2 EBS volumes for ZFS pools, orchestrates
 /// standby.signal-aware EBS snapshots, and manages PostgresML clusters on them.
@@ -44,6 +44,7 @@ const KINDS: [&str; 3] = ["PgmlCluster", "ZfsPool", "EbsSnapshot"];
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format, &args.log_level);
+    let shutdown = Shutdown::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?args.namespace, "starting pgml-operator");
 
     let client = Client::try_default().await?;
@@ -56,10 +57,9 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     let ctx = Context::new(client, ec2, settings);
-    // Logged once everything that could be slow is done: the SIGTERM handler comes next.
     tracing::info!("custom resources are served; waiting for work");
-    // The signal is awaited here, not inside the controller, so it is heard from the first
-    // instant; the controller then gets a grace period to finish the reconciles in flight
+    // The stop request is awaited here, not inside the controller (kube polls its trigger
+    // late); the controller then gets a grace period to finish the reconciles in flight
     // (each is idempotent, so one cut short is redone by the next process).
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopped = stop.clone();
@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::pin!(controller);
     tokio::select! {
         _ = &mut controller => {}
-        _ = shutdown_signal() => {
+        _ = shutdown.requested() => {
             stop.notify_one();
             if tokio::time::timeout(GRACE, controller).await.is_err() {
                 tracing::warn!(grace = ?GRACE, "reconciles still running after the grace period; stopping anyway");

@@ -30,14 +30,36 @@ pub fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM from the kubelet, or Ctrl-C).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = which, "shutdown requested");
+/// The stop request (SIGTERM from the kubelet, or Ctrl-C), heard from the moment
+/// [`Shutdown::install`] is called: a signal that arrives during start-up is kept, never
+/// left to the default action that would kill the process wherever it is.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Registers the SIGTERM and SIGINT handlers. Call it first thing in `main`, inside the
+    /// tokio runtime.
+    pub fn install() -> Shutdown {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = which, "shutdown requested");
+            let _ = tx.send(true);
+        });
+        Shutdown { rx }
+    }
+
+    /// Resolves once a stop was asked for (at once if it already was).
+    pub async fn requested(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
 }
