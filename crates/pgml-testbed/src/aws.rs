@@ -263,3 +263,26 @@ pub fn volume_ids<C: FromIterator<String>>(vols: &[aws_sdk_ec2::types::Volume]) 
         .filter_map(|v| v.volume_id().map(str::to_string))
         .collect()
 }
+
+/// What a test made in EC2 through the operator's adapter, removed at the end whatever
+/// happened (detached, then deleted; already-gone counts as done).
+#[derive(Default)]
+pub struct Made {
+    pub attached: Vec<(String, String)>,
+    pub volumes: Vec<String>,
+    pub snapshots: Vec<String>,
+}
+
+impl Made {
+    pub async fn clean(&self, ec2: &dyn pgml_aws::Ec2) {
+        for (vol, iid) in &self.attached {
+            let _ = ec2.detach_volume(vol, iid, true).await;
+        }
+        for v in &self.volumes {
+            let _ = ec2.delete_volume(v).await;
+        }
+        for s in &self.snapshots {
+            let _ = ec2.delete_snapshot(s).await;
+        }
+    }
+}

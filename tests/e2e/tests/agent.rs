@@ -19,7 +19,7 @@ use pgml_api::zfspool::ZfsPool;
 use pgml_aws::{
     CreateSnapshotSet, CreateVolume, Ec2, ModifyVolume, SdkEc2, VolumeType, client_token,
 };
-use pgml_testbed::aws::{SimAdmin, ebs_link, sdk_config};
+use pgml_testbed::aws::{Made, SimAdmin, ebs_link, sdk_config};
 use pgml_testbed::kube::TestNamespace;
 use pgml_testbed::nodes::{node_exec, node_exec_ok, node_write_random};
 use pgml_testbed::sandbox::NodeInfo;
@@ -82,28 +82,6 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// What a test made in EC2, removed at the end whatever happened.
-#[derive(Default)]
-struct Made {
-    attached: Vec<(String, String)>,
-    volumes: Vec<String>,
-    snapshots: Vec<String>,
-}
-
-impl Made {
-    async fn clean(&self, ec2: &SdkEc2) {
-        for (vol, iid) in &self.attached {
-            let _ = ec2.detach_volume(vol, iid, true).await;
-        }
-        for v in &self.volumes {
-            let _ = ec2.delete_volume(v).await;
-        }
-        for sn in &self.snapshots {
-            let _ = ec2.delete_snapshot(sn).await;
-        }
     }
 }
 

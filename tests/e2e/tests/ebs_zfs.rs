@@ -13,7 +13,7 @@ use anyhow::{Context, ensure};
 use aws_config::retry::RetryConfig;
 use pgml_aws::{CreateSnapshotSet, CreateVolume, Ec2, ErrorKind, SdkEc2, VolumeType, client_token};
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{ebs_link, sdk_config};
+use pgml_testbed::aws::{Made, ebs_link, sdk_config};
 use pgml_testbed::nodes::{node_destroy_pool, node_dialect, node_exec_ok, node_zfs};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_zfs::command::{self, ImportSpec, ImportTarget, Layout, Mount, PoolSpec};
@@ -50,28 +50,6 @@ fn volume_request(az: &str, token: String, tags: &BTreeMap<String, String>) -> C
         volume_initialization_rate_mibps: None,
         tags: tags.clone(),
         client_token: token,
-    }
-}
-
-/// What a test made in EC2, removed at the end whatever happened.
-#[derive(Default)]
-struct Made {
-    attached: Vec<(String, String)>,
-    volumes: Vec<String>,
-    snapshots: Vec<String>,
-}
-
-impl Made {
-    async fn clean(&self, ec2: &SdkEc2) {
-        for (vol, iid) in &self.attached {
-            let _ = ec2.detach_volume(vol, iid, true).await;
-        }
-        for v in &self.volumes {
-            let _ = ec2.delete_volume(v).await;
-        }
-        for s in &self.snapshots {
-            let _ = ec2.delete_snapshot(s).await;
-        }
     }
 }
 

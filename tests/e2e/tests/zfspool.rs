@@ -129,6 +129,18 @@ async fn wait_ready(api: &Api<ZfsPool>, name: &str, what: &str) -> ZfsPool {
     .await
 }
 
+/// Creates the pools (reclaimPolicy Delete, so the test leaves nothing behind).
+async fn create_all(api: &Api<ZfsPool>, sb: &Sandbox, pools: &[Pool]) {
+    for p in pools {
+        api.create(
+            &PostParams::default(),
+            &manifest(p, &sb.nodes[p.node], "Delete"),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 async fn delete_all(api: &Api<ZfsPool>, names: &[String]) {
     for n in names {
         let _ = api.delete(n, &DeleteParams::default()).await;
@@ -168,14 +180,7 @@ async fn raid0_and_raidz1_pools_reach_ready() {
             volumes: "type: io2, sizeGiB: 4, iops: 4000",
         },
     ];
-    for p in &pools {
-        api.create(
-            &PostParams::default(),
-            &manifest(p, &sb.nodes[p.node], "Delete"),
-        )
-        .await
-        .unwrap();
-    }
+    create_all(&api, sb, &pools).await;
     let mut ready = Vec::new();
     for p in &pools {
         let obj = wait_ready(&api, &p.name, "Ready").await;
@@ -241,14 +246,7 @@ async fn operator_killed_at_random_moments_while_provisioning() {
             volumes: "type: gp3, sizeGiB: 1",
         })
         .collect();
-    for p in &pools {
-        api.create(
-            &PostParams::default(),
-            &manifest(p, &sb.nodes[p.node], "Delete"),
-        )
-        .await
-        .unwrap();
-    }
+    create_all(&api, sb, &pools).await;
     // SIGKILL at 20 random moments in the first seconds, when creates and attaches happen.
     let mut kills = 0;
     for _ in 0..20 {
@@ -277,14 +275,7 @@ async fn operator_killed_at_random_moments_while_provisioning() {
             volumes: "type: gp3, sizeGiB: 1",
         })
         .collect();
-    for p in &more {
-        api.create(
-            &PostParams::default(),
-            &manifest(p, &sb.nodes[p.node], "Delete"),
-        )
-        .await
-        .unwrap();
-    }
+    create_all(&api, sb, &more).await;
     for _ in 0..10 {
         let ms = rand::rng().random_range(100..900);
         tokio::time::sleep(Duration::from_millis(ms)).await;
