@@ -65,6 +65,8 @@ pub mod keys {
     pub const MEMBER_INDEX: &str = "pgml.io/member-index";
     pub const SNAPSHOT: &str = "pgml.io/snapshot";
     pub const NAMESPACE: &str = "pgml.io/namespace";
+    /// Label on an EbsSnapshot: the node whose agent prepares its capture.
+    pub const NODE: &str = "pgml.io/node";
 }
 
 /// Extra AWS tags a user adds to what the operator creates.

@@ -228,6 +228,16 @@ pub struct EbsSnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 
+    /// Node whose agent prepares the capture (stamps standby.signal, freezes ext4). The
+    /// operator also labels the object `pgml.io/node=<node>` so each agent watches only its
+    /// own node's snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
+    /// What the node agent did to prepare the capture (written by the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldStatus>,
+
     /// The ZfsPool actually captured (for cluster sources, the instance's pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zfs_pool: Option<String>,
@@ -320,6 +330,49 @@ pub struct MemberSnapshot {
     pub size_gib: Option<i64>,
 }
 
+/// Where the node agent's hold on the source is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HoldState {
+    /// Prepared (standby.signal stamped, file system frozen as asked) until `deadline`:
+    /// the operator may capture now.
+    Held,
+    /// Undone after the capture (or after the object went away).
+    Released,
+    /// The deadline passed before the capture: undone; the capture must not happen.
+    Expired,
+    /// The agent could not prepare (no data directory under `standbySignal: Always`,
+    /// fsfreeze refused, source not mounted); see `message`.
+    Failed,
+}
+
+/// The node agent's hold on the source around the capture. Written only by the agent
+/// (field manager `pgml-agent`); see docs/design/ebssnapshot.md.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldStatus {
+    /// Held, Released, Expired or Failed.
+    pub state: HoldState,
+    /// When the source was prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_at: Option<Time>,
+    /// The hold ends by itself at this instant, whoever is alive: the file system is thawed
+    /// and standby.signal removed. The operator captures only before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// When the hold was undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+    /// The file system (ext4) is frozen while Held.
+    #[serde(default)]
+    pub frozen: bool,
+    /// Where the source is mounted on the node (the pool's datasets or the ext4 mount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+    /// Why the hold failed or expired, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// What was done with standby.signal.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -332,4 +385,7 @@ pub struct StandbySignalStatus {
     /// The data directory it was written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// It was already there (the source is a standby): left in place, never removed.
+    #[serde(default)]
+    pub already_present: bool,
 }

@@ -63,3 +63,35 @@ impl Shutdown {
         let _ = rx.wait_for(|stop| *stop).await;
     }
 }
+
+/// The environment variable naming the failpoints armed in this process (comma-separated).
+pub const FAILPOINTS_ENV: &str = "PGML_FAILPOINTS";
+
+/// Dies here, at once and without cleaning up (as SIGKILL would), when `name` is armed in
+/// `PGML_FAILPOINTS`. Crash tests arm one failpoint per run so that a process is "killed
+/// at every step" deterministically; unarmed, it costs one environment lookup.
+pub fn failpoint(name: &str) {
+    if armed(std::env::var(FAILPOINTS_ENV).ok().as_deref(), name) {
+        // stderr is unbuffered: the line is in the log before the process is gone.
+        eprintln!("failpoint {name}: aborting the process");
+        std::process::abort();
+    }
+}
+
+fn armed(list: Option<&str>, name: &str) -> bool {
+    list.is_some_and(|l| l.split(',').any(|p| p.trim() == name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::armed;
+
+    #[test]
+    fn failpoints_match_whole_names_only() {
+        assert!(armed(Some("a.b,snapshot.capture"), "snapshot.capture"));
+        assert!(armed(Some(" snapshot.capture "), "snapshot.capture"));
+        assert!(!armed(Some("snapshot.capture-done"), "snapshot.capture"));
+        assert!(!armed(None, "snapshot.capture"));
+        assert!(!armed(Some(""), "snapshot.capture"));
+    }
+}

@@ -53,6 +53,30 @@ impl Proc {
         self.child = Some(child);
     }
 
+    /// Sets (or replaces) an environment variable for the next [`Proc::start`], e.g.
+    /// `PGML_FAILPOINTS` to have the process die at a chosen step.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// Removes an environment variable for the next [`Proc::start`].
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Waits until the process exits by itself (e.g. at a failpoint); true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -97,11 +121,16 @@ impl Proc {
     }
 
     /// Whether it is still running (false once it exited on its own).
+    /// An exited process is forgotten, so that [`Proc::start`] may start it again.
     pub fn running(&mut self) -> bool {
-        match self.child.as_mut() {
+        let alive = match self.child.as_mut() {
             Some(c) => c.try_wait().ok().flatten().is_none(),
             None => false,
+        };
+        if !alive {
+            self.child = None;
         }
+        alive
     }
 }
 
@@ -166,6 +195,14 @@ pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
         ("PGML_DEV_DIR".into(), node.dev_dir.display().to_string()),
         ("PGML_MOUNT_ROOT".into(), node.mnt_dir.display().to_string()),
         ("PGML_WATCH_NAMESPACE".into(), namespace.into()),
+        (
+            "PGML_STATE_DIR".into(),
+            node.root
+                .join("agent-state")
+                .join(namespace)
+                .display()
+                .to_string(),
+        ),
     ]);
     let bin = workspace_bin("pgml-agent").display().to_string();
     let command = vec![
