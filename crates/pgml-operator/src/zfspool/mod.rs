@@ -93,12 +93,8 @@ impl Context {
     }
 }
 
-/// Runs the controller until the process is asked to stop.
-pub async fn run(ctx: Arc<Context>) {
-    run_until(ctx, std::future::pending()).await
-}
-
-/// Runs the controller until `shutdown` resolves, then finishes the reconciles in flight.
+/// Runs the ZfsPool controller until `shutdown` resolves, then finishes the reconciles in
+/// flight.
 pub async fn run_until(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
