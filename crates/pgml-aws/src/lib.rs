@@ -62,9 +62,25 @@ pub trait Ec2: Send + Sync {
     async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError>;
 
     /// One crash-consistent set of snapshots of volumes attached to one instance
-    /// (EC2 CreateSnapshots). The capture instant is the request.
+    /// (EC2 CreateSnapshots, boot volume excluded, `exclude_volume_ids` left out, the
+    /// request's tags and each volume's tags on every snapshot). The capture instant is the
+    /// request. Not idempotent (EC2 takes no client token here): callers tag the set with
+    /// something that finds it again after a crash.
     async fn create_snapshot_set(&self, req: &CreateSnapshotSet)
     -> Result<Vec<Snapshot>, AwsError>;
+
+    /// Snapshots by ID; IDs that do not exist (deleted) are left out of the answer.
+    async fn describe_snapshots(&self, ids: &[String]) -> Result<Vec<Snapshot>, AwsError>;
+
+    /// Every volume attached (or attaching, detaching) to an instance, boot volume included.
+    async fn attached_volumes(&self, instance_id: &str) -> Result<Vec<Volume>, AwsError>;
+
+    /// Adds (or overwrites) tags on resources; idempotent.
+    async fn create_tags(
+        &self,
+        resource_ids: &[String],
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AwsError>;
 
     /// Snapshots matching the tag filters.
     async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError>;

@@ -162,13 +162,21 @@ macro_rules! snapshot_of {
                 .unwrap_or_default(),
             progress: $s.progress().map(str::to_string),
             volume_size_gib: $s.volume_size(),
+            start_time: $s.start_time().map(|t| t.secs()),
+            state_message: None,
             tags: tag_map($s.tags()),
         }
     };
 }
 
 fn snapshot(s: &t::Snapshot) -> Snapshot {
-    snapshot_of!(s)
+    Snapshot {
+        state_message: s
+            .state_message()
+            .filter(|m| !m.is_empty())
+            .map(str::to_string),
+        ..snapshot_of!(s)
+    }
 }
 
 fn snapshot_info(s: &t::SnapshotInfo) -> Snapshot {
@@ -432,7 +440,9 @@ impl Ec2 for SdkEc2 {
         let spec = t::InstanceSpecification::builder()
             .instance_id(&req.instance_id)
             .exclude_boot_volume(true)
-            .set_exclude_data_volume_ids(Some(req.exclude_volume_ids.clone()))
+            .set_exclude_data_volume_ids(
+                (!req.exclude_volume_ids.is_empty()).then(|| req.exclude_volume_ids.clone()),
+            )
             .build();
         let out = self
             .client
@@ -440,11 +450,79 @@ impl Ec2 for SdkEc2 {
             .instance_specification(spec)
             .description(&req.description)
             .copy_tags_from_source(t::CopyTagsFromSource::Volume)
-            .tag_specifications(tag_spec(t::ResourceType::Snapshot, &req.tags))
+            .set_tag_specifications(
+                (!req.tags.is_empty())
+                    .then(|| vec![tag_spec(t::ResourceType::Snapshot, &req.tags)]),
+            )
             .send()
             .await
             .map_err(|e| err("CreateSnapshots", e))?;
         Ok(out.snapshots().iter().map(snapshot_info).collect())
+    }
+
+    async fn describe_snapshots(&self, ids: &[String]) -> Result<Vec<Snapshot>, AwsError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // As for volumes: a filter leaves a deleted snapshot out instead of failing the call.
+        let filter = t::Filter::builder()
+            .name("snapshot-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        let mut pages = self
+            .client
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter)
+            .into_paginator()
+            .send();
+        let mut snaps = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeSnapshots", e))?;
+            snaps.extend(page.snapshots().iter().map(snapshot));
+        }
+        Ok(snaps)
+    }
+
+    async fn attached_volumes(&self, instance_id: &str) -> Result<Vec<Volume>, AwsError> {
+        let filter = t::Filter::builder()
+            .name("attachment.instance-id")
+            .values(instance_id)
+            .build();
+        let mut pages = self
+            .client
+            .describe_volumes()
+            .filters(filter)
+            .into_paginator()
+            .send();
+        let mut vols = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeVolumes", e))?;
+            vols.extend(page.volumes().iter().map(volume));
+        }
+        Ok(vols)
+    }
+
+    async fn create_tags(
+        &self,
+        resource_ids: &[String],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        if resource_ids.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .create_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| t::Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| err("CreateTags", e))?;
+        Ok(())
     }
 
     async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError> {

@@ -115,6 +115,8 @@ pub struct CreateSnapshotSet {
     /// Attached data volumes to leave out (everything attached that is not a pool member).
     pub exclude_volume_ids: Vec<String>,
     pub description: String,
+    /// Tags every snapshot of the set gets in the same call (on top of its volume's tags,
+    /// copied with CopyTagsFromSource), so the set can be found by them from the start.
     pub tags: BTreeMap<String, String>,
 }
 
@@ -126,5 +128,9 @@ pub struct Snapshot {
     pub state: String,
     pub progress: Option<String>,
     pub volume_size_gib: Option<i32>,
+    /// When EBS took the point in time (the request), in seconds since the epoch.
+    pub start_time: Option<i64>,
+    /// Why the snapshot is in `error`, when AWS says.
+    pub state_message: Option<String>,
     pub tags: BTreeMap<String, String>,
 }
