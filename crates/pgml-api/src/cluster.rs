@@ -9,14 +9,12 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, Time, is_empty_map};
+pub use crate::schedule::SnapshotRetention;
+use crate::schedule::{CRON_MESSAGE, CRON_RULE, ScheduleStatus, SnapshotSchedule};
 use crate::zfspool::ZfsPoolTemplate;
 
 /// PostgresML's published image (Ubuntu, PostgreSQL 15 with the pgml extension).
 pub const DEFAULT_IMAGE: &str = "ghcr.io/postgresml/postgresml:2.10.0";
-
-/// A cron schedule as the CEL rule below accepts it.
-const CRON_RULE: &str = "self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*/,-]+ +[0-9*/,-]+ +[0-9*/,?LW-]+ +[0-9A-Za-z*/,-]+ +[0-9A-Za-z*/,?L#-]+)$')";
-const CRON_MESSAGE: &str = "must be a cron schedule: 5 fields (minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\") or @hourly, @daily, @weekly, @monthly";
 
 /// Parameters the operator sets itself; a user value would break replication or backups.
 pub const MANAGED_PARAMETERS: &[&str] = &[
@@ -284,63 +282,14 @@ pub enum SnapshotSourceRole {
     Primary,
 }
 
-/// How many scheduled snapshots to keep. A snapshot is kept if any rule keeps it.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.keepLast + self.hourly + self.daily + self.weekly > 0")
-    .message("retention must keep at least one snapshot"))]
-pub struct SnapshotRetention {
-    /// Keep the newest N (default 3).
-    #[serde(default = "default_keep_last")]
-    #[schemars(range(min = 0, max = 1000))]
-    pub keep_last: i32,
-    /// Keep the newest snapshot of each of the last N hours.
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 1000))]
-    pub hourly: i32,
-    /// Keep the newest snapshot of each of the last N days (default 7).
-    #[serde(default = "default_daily")]
-    #[schemars(range(min = 0, max = 1000))]
-    pub daily: i32,
-    /// Keep the newest snapshot of each of the last N weeks.
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 1000))]
-    pub weekly: i32,
-}
-
-impl Default for SnapshotRetention {
-    fn default() -> Self {
-        Self {
-            keep_last: default_keep_last(),
-            hourly: 0,
-            daily: default_daily(),
-            weekly: 0,
-        }
-    }
-}
-
-fn default_keep_last() -> i32 {
-    3
-}
-
-fn default_daily() -> i32 {
-    7
-}
-
 /// Scheduled EbsSnapshots of the cluster.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotBackups {
-    /// Cron schedule, e.g. `0 */6 * * *`. Unset: no scheduled snapshots (replicas are
-    /// still seeded from fresh ones).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
-    pub schedule: Option<String>,
-    /// How many to keep (default: the last 3 and one a day for 7 days). Older ones are
-    /// deleted with their AWS snapshots.
-    #[serde(default)]
-    pub retention: SnapshotRetention,
+    /// `schedule` (unset: no scheduled snapshots; replicas are still seeded from fresh
+    /// ones), `retention` and `deletionPolicy`, as on a ZfsPool's `spec.snapshots`.
+    #[serde(flatten)]
+    pub scheduled: SnapshotSchedule,
     /// `Replica` (default) or `Primary`: which instance is snapshotted. Snapshotting a
     /// replica never touches the primary.
     #[serde(default)]
@@ -548,6 +497,10 @@ pub struct PgmlClusterStatus {
     /// The last pgBackRest backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<BackupRef>,
+
+    /// The snapshot scheduler's last and next slot.
+    #[serde(flatten)]
+    pub schedule: ScheduleStatus,
 }
 
 /// One PostgreSQL instance.

@@ -67,6 +67,13 @@ pub mod keys {
     pub const NAMESPACE: &str = "pgml.io/namespace";
     /// Label on an EbsSnapshot: the node whose agent prepares its capture.
     pub const NODE: &str = "pgml.io/node";
+    /// Label on an EbsSnapshot a schedule created: `<Kind>.<name>` of the object whose
+    /// schedule made it (see `crate::schedule::scheduled_by`). Retention deletes only
+    /// objects carrying it, never snapshots made by hand.
+    pub const SCHEDULED_BY: &str = "pgml.io/scheduled-by";
+    /// Annotation on a scheduled EbsSnapshot: the schedule slot it was made for (RFC 3339,
+    /// UTC).
+    pub const SCHEDULE_SLOT: &str = "pgml.io/schedule-slot";
 }
 
 /// Extra AWS tags a user adds to what the operator creates.

@@ -11,7 +11,9 @@
 
 pub mod cluster;
 pub mod common;
+pub mod cron;
 pub mod ebs;
+pub mod schedule;
 pub mod snapshot;
 pub mod validate;
 pub mod zfspool;

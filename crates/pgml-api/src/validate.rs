@@ -292,7 +292,7 @@ pub fn check_cluster(cluster: &PgmlCluster) -> Vec<SpecError> {
         }
     }
     if let Some(snapshots) = &spec.backups.snapshots
-        && let Some(expr) = &snapshots.schedule
+        && let Some(expr) = &snapshots.scheduled.schedule
         && let Err(message) = check_cron(expr)
     {
         errors.push(SpecError::InvalidSchedule {
@@ -348,84 +348,26 @@ pub fn performance_ceiling(
     }
 }
 
-const MONTHS: [&str; 12] = [
-    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-];
-const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-
 /// Parses a 5-field cron expression (or an `@daily`-style macro) and checks every value is in
-/// range. The schema only checks the shape.
+/// range and that it can fire. The schema only checks the shape. The scheduler evaluates
+/// schedules with the same parser ([`crate::cron::Cron`]), so what passes here is exactly
+/// what runs.
 pub fn check_cron(expr: &str) -> Result<(), String> {
-    let expr = expr.trim();
-    if let Some(name) = expr.strip_prefix('@') {
-        return match name {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
-                Ok(())
-            }
-            _ => Err(format!("@{name} is not a known schedule macro")),
-        };
-    }
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "{expr:?} has {} fields; cron needs 5 (minute hour day-of-month month day-of-week)",
-            fields.len()
-        ));
-    }
-    let specs: [(&str, u32, u32, &[&str]); 5] = [
-        ("minute", 0, 59, &[]),
-        ("hour", 0, 23, &[]),
-        ("day of month", 1, 31, &[]),
-        ("month", 1, 12, &MONTHS),
-        ("day of week", 0, 7, &DAYS),
-    ];
-    for (field, (what, min, max, names)) in fields.iter().zip(specs) {
-        check_cron_field(field, min, max, names).map_err(|e| format!("{what} {field:?}: {e}"))?;
-    }
-    Ok(())
+    crate::cron::Cron::parse(expr).map(|_| ())
 }
 
-fn check_cron_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<(), String> {
-    let value = |s: &str| -> Result<u32, String> {
-        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
-            // Months are 1-based, days of week 0-based.
-            return Ok(i as u32 + min);
-        }
-        let n: u32 = s.parse().map_err(|_| format!("{s} is not a number"))?;
-        if n < min || n > max {
-            return Err(format!("{n} is outside {min}-{max}"));
-        }
-        Ok(n)
-    };
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (part, None),
-        };
-        if let Some(step) = step {
-            let s: u32 = step
-                .parse()
-                .map_err(|_| format!("step {step} is not a number"))?;
-            if s == 0 || s > max {
-                return Err(format!("step {s} must be 1-{max}"));
-            }
-        }
-        if range == "*" || range == "?" {
-            continue;
-        }
-        match range.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (value(a)?, value(b)?);
-                if a > b {
-                    return Err(format!("range {a}-{b} runs backwards"));
-                }
-            }
-            None => {
-                value(range)?;
-            }
-        }
-    }
-    Ok(())
+/// Checks a ZfsPool's snapshot schedule (`spec.snapshots.schedule`).
+pub fn check_pool_schedule(pool: &ZfsPoolSpec) -> Vec<SpecError> {
+    pool.snapshots
+        .as_ref()
+        .and_then(|s| s.schedule.as_deref())
+        .and_then(|expr| check_cron(expr).err())
+        .map(|message| SpecError::InvalidSchedule {
+            field: "snapshots.schedule".into(),
+            message,
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The AWS per-type size limits, for callers that want them without the schema.
@@ -481,6 +423,23 @@ mod tests {
             let err = check_cron(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn pool_schedule_is_checked() {
+        let ok = pool("nodeName: n\nvolumes: {sizeGiB: 10}\nsnapshots: {schedule: '*/5 * * * *'}");
+        assert_eq!(check_pool_schedule(&ok), vec![]);
+        let none = pool("nodeName: n\nvolumes: {sizeGiB: 10}");
+        assert_eq!(check_pool_schedule(&none), vec![]);
+        let bad = pool("nodeName: n\nvolumes: {sizeGiB: 10}\nsnapshots: {schedule: '0 0 31 2 *'}");
+        let errors = check_pool_schedule(&bad);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].reason(), "InvalidSchedule");
+        assert!(
+            errors[0].to_string().starts_with("snapshots.schedule: "),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, Time, is_empty_map};
 use crate::ebs::EbsVolumes;
+use crate::schedule::{ScheduleStatus, SnapshotSchedule};
 
 /// ZFS pool names: what `zpool create` accepts, narrowed to what is also a readable DNS
 /// label (no `.`/`:`; see [`RESERVED_POOL_PREFIXES`] for the names ZFS refuses).
@@ -288,6 +289,15 @@ pub struct ZfsPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("restoreFrom cannot change once the pool exists"))]
     pub restore_from: Option<RestoreFrom>,
+    /// Scheduled EbsSnapshots of this pool and how many to keep, e.g.
+    /// `{schedule: "0 */6 * * *", retention: {keepLast: 4, daily: 7}}`. Each slot creates
+    /// an EbsSnapshot named `<pool>-<yyyymmddhhmm>` (UTC) labelled `pgml.io/scheduled-by`;
+    /// retention deletes only those. The snapshots are not owned by the pool: they outlive
+    /// its deletion, which is what disaster recovery needs (delete them by hand, or by
+    /// label, when they are no longer wanted). A PgmlCluster's pools are snapshotted
+    /// through the cluster's `backups.snapshots` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotSchedule>,
 }
 
 impl ZfsPool {
@@ -398,6 +408,9 @@ pub struct ZfsPoolStatus {
     /// The snapshot this pool was restored from, once the restore has been done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// The snapshot scheduler's last and next slot (`spec.snapshots`).
+    #[serde(flatten)]
+    pub schedule: ScheduleStatus,
 }
 
 /// One-word state of a pool for `kubectl get`.
