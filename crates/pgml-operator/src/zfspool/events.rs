@@ -3,13 +3,16 @@
 
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
-use pgml_api::ZfsPool;
 
 use super::Context;
 use super::error::Error;
 
-/// Publishes one Event about `pool`. A failure to publish is logged, never fatal.
-pub async fn publish(ctx: &Context, pool: &ZfsPool, warning: bool, reason: &str, note: String) {
+/// Publishes one Event about `obj` (a ZfsPool or an EbsSnapshot). A failure to publish is
+/// logged, never fatal.
+pub async fn publish<K>(ctx: &Context, obj: &K, warning: bool, reason: &str, note: String)
+where
+    K: Resource<DynamicType = ()>,
+{
     let ev = Event {
         type_: if warning {
             EventType::Warning
@@ -21,19 +24,22 @@ pub async fn publish(ctx: &Context, pool: &ZfsPool, warning: bool, reason: &str,
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish an event");
     }
 }
 
 /// Every reconcile error becomes a Warning Event whose reason is the error's class
 /// (waiting during deletion is not an error and stays quiet).
-pub async fn report_error(ctx: &Context, pool: &ZfsPool, e: &Error) {
+pub async fn report_error<K>(ctx: &Context, obj: &K, e: &Error)
+where
+    K: Resource<DynamicType = ()>,
+{
     let class = e.class();
     if class == super::error::Class::Waiting {
         return;
     }
-    publish(ctx, pool, true, class.as_str(), e.to_string()).await;
+    publish(ctx, obj, true, class.as_str(), e.to_string()).await;
 }
 
 /// Event notes are limited to 1 KiB.

@@ -46,6 +46,11 @@ pub struct Settings {
     pub attach_timeout: Duration,
     /// During deletion, report the agent as overdue (Degraded) after this long.
     pub release_timeout: Duration,
+    /// EbsSnapshot: fail with AgentNotResponding when the node agent has not answered a
+    /// hold request (status.hold) after this long.
+    pub agent_timeout: Duration,
+    /// EbsSnapshot: the longest a CreateSnapshots call may take when no hold bounds it.
+    pub capture_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -56,6 +61,8 @@ impl Default for Settings {
             progress_requeue: Duration::from_secs(5),
             attach_timeout: Duration::from_secs(300),
             release_timeout: Duration::from_secs(600),
+            agent_timeout: Duration::from_secs(120),
+            capture_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -68,8 +75,9 @@ pub struct Context {
     pub settings: Settings,
     /// EBS limits per instance type (`None`: EC2 does not know the type).
     limits: Mutex<HashMap<String, Option<InstanceTypeLimits>>>,
-    /// Consecutive failures per object, for the error policy's backoff.
-    failures: std::sync::Mutex<HashMap<ObjectRef<ZfsPool>, u32>>,
+    /// Consecutive failures per object (`Kind/namespace/name`), for the error policies'
+    /// backoff.
+    failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -88,9 +96,36 @@ impl Context {
         })
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ZfsPool>, u32>> {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Forgets the failures of `key` (a reconcile succeeded).
+    pub fn succeeded(&self, key: &str) {
+        self.failures().remove(key);
+    }
+
+    /// Counts one more failure of `key`; returns how many came before it.
+    pub fn failed(&self, key: &str) -> u32 {
+        let mut f = self.failures();
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+}
+
+/// The backoff key of an object: `Kind/namespace/name`.
+pub fn object_key<K: kube::Resource>(obj: &K) -> String
+where
+    K::DynamicType: Default,
+{
+    let dt = K::DynamicType::default();
+    format!(
+        "{}/{}/{}",
+        K::kind(&dt),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Runs the ZfsPool controller until `shutdown` resolves, then finishes the reconciles in
@@ -133,15 +168,13 @@ async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Context>) -> Result<Action, Erro
     .await
     .map_err(Error::from_finalizer);
     match &result {
-        Ok(_) => {
-            ctx.failures().remove(&ObjectRef::from_obj(&*pool));
-        }
+        Ok(_) => ctx.succeeded(&object_key(&*pool)),
         Err(e @ Error::Waiting { .. }) => {
             tracing::debug!(pool = %ObjectRef::from_obj(&*pool), what = %e, "deletion waiting");
         }
         Err(e) => {
             tracing::info!(pool = %ObjectRef::from_obj(&*pool), class = e.class().as_str(), error = %e, "reconcile did not finish");
-            events::report_error(&ctx, &pool, e).await;
+            events::report_error(&ctx, &*pool, e).await;
         }
     }
     result
@@ -152,12 +185,7 @@ fn error_policy(pool: Arc<ZfsPool>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Error::Waiting { retry, .. } = e {
         return Action::requeue(*retry);
     }
-    let attempt = {
-        let mut f = ctx.failures();
-        let n = f.entry(ObjectRef::from_obj(&*pool)).or_insert(0);
-        *n += 1;
-        *n - 1
-    };
+    let attempt = ctx.failed(&object_key(&*pool));
     let delay = error::backoff(e.class(), attempt);
     Action::requeue(error::jitter(delay, rand::random::<f64>()))
 }
