@@ -100,21 +100,14 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    if pool.spec.restore_from.is_some() && observed.volumes.is_empty() {
-        // Creating empty volumes for a pool that asked for a restore would hand its users an
-        // empty database: refuse until restores are implemented.
-        let msg = "restoreFrom is not implemented by this controller yet; no volumes were created";
-        let new = status::blocked(
-            &observed,
-            generation,
-            None,
-            reason::RESTORE_UNSUPPORTED,
-            msg,
-            &now,
-        );
-        commit(ctx, pool, &observed, &observed, &new).await?;
-        return Ok(Action::await_change());
-    }
+    let restore = match restore_plan(pool, ctx, &observed).await? {
+        Ok(r) => r,
+        Err(blocked) => {
+            let new = blocked.status(&observed, generation, &now);
+            commit(ctx, pool, &observed, &observed, &new).await?;
+            return Ok(Action::requeue(blocked.retry(&ctx.settings)));
+        }
+    };
 
     let target = match dereference::resolve(ctx, &pool.spec.node_name).await? {
         Ok(t) => t,
@@ -216,12 +209,15 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
             .iter()
             .find(|v| v.index == i as i32)
             .map_or((0, None), |v| (v.generation, v.replaced_volume_id.clone()));
-        let req = build::create_request(
+        let mut req = build::create_request(
             &pref,
             i,
             generation.max(0) as u32,
             &target.instance.availability_zone,
         );
+        if let Some(r) = restore.as_ref().filter(|_| generation == 0) {
+            req = build::restored(req, &r.sources[&i], r.rate_mibps);
+        }
         let v = ctx.ec2.create_volume(&req).await?;
         tracing::info!(volume = %v.volume_id, member = i, generation, "created volume");
         *entry_mut(&mut facts.volumes, i) = VolumeStatus {
@@ -235,16 +231,24 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, pool, &new).await?;
         written = new;
         let note = format!(
-            "created {} ({} GiB {}) as member {i} in {}{}",
+            "created {} ({} GiB {}) as member {i} in {}{}{}",
             v.volume_id,
             req.size_gib,
             req.volume_type.as_str(),
             req.availability_zone,
+            req.snapshot_id
+                .as_deref()
+                .map_or(String::new(), |s| format!(" from snapshot {s}")),
             replaced.map_or(String::new(), |old| format!(", replacing {old}"))
         );
         events::publish(ctx, pool, false, "VolumeCreated", note).await;
     }
 
+    if let Some(r) = &restore
+        && members.slots.iter().all(Option::is_some)
+    {
+        facts.restored_from = Some(r.name.clone());
+    }
     let retire = retire_replaced(ctx, pool, &target, &members, &mut facts).await;
     let attach = match retire {
         Ok(()) => attach_members(ctx, &target, &members, &mut facts, &observed, &now).await,
@@ -580,6 +584,7 @@ fn facts(
         budget_wait: None,
         agent: AgentView::read(observed),
         repair: RepairView::None,
+        restored_from: None,
     }
 }
 
@@ -771,4 +776,98 @@ fn to_times(secs: &[i64]) -> Vec<pgml_api::common::Time> {
         .filter_map(|s| k8s_openapi::jiff::Timestamp::from_second(*s).ok())
         .map(pgml_api::common::Time)
         .collect()
+}
+
+/// Where a restored pool's members come from.
+struct Restore {
+    name: String,
+    sources: BTreeMap<usize, String>,
+    rate_mibps: Option<i32>,
+}
+
+/// Why a restore cannot go on: the snapshot is missing, not Completed yet, or does not fit
+/// the pool (SpecValid=False). Nothing is created meanwhile.
+struct RestoreBlocked {
+    spec_error: Option<&'static str>,
+    reason: &'static str,
+    message: String,
+    waiting: bool,
+}
+
+impl RestoreBlocked {
+    fn status(
+        &self,
+        observed: &ZfsPoolStatus,
+        generation: Option<i64>,
+        now: &pgml_api::common::Time,
+    ) -> ZfsPoolStatus {
+        let spec_error = self.spec_error.map(|r| (r, self.message.as_str()));
+        status::blocked(
+            observed,
+            generation,
+            spec_error,
+            self.reason,
+            &self.message,
+            now,
+        )
+    }
+
+    fn retry(&self, settings: &super::Settings) -> std::time::Duration {
+        if self.waiting {
+            settings.progress_requeue
+        } else {
+            settings.ready_requeue
+        }
+    }
+}
+
+/// `spec.restoreFrom`, while the pool still has members to create from it (once every
+/// member exists, `status.restoredFrom` is set and the snapshot is no longer needed).
+async fn restore_plan(
+    pool: &ZfsPool,
+    ctx: &Context,
+    observed: &ZfsPoolStatus,
+) -> Result<Result<Option<Restore>, RestoreBlocked>, Error> {
+    let Some(from) = &pool.spec.restore_from else {
+        return Ok(Ok(None));
+    };
+    if observed.restored_from.is_some() {
+        return Ok(Ok(None));
+    }
+    let ns = pool.metadata.namespace.as_deref().unwrap_or_default();
+    let name = &from.ebs_snapshot_name;
+    let api: Api<pgml_api::EbsSnapshot> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(snap) = api.get_opt(name).await? else {
+        return Ok(Err(RestoreBlocked {
+            spec_error: None,
+            reason: reason::SNAPSHOT_NOT_FOUND,
+            message: format!(
+                "restoreFrom: EbsSnapshot {name} does not exist; no volumes were created"
+            ),
+            waiting: false,
+        }));
+    };
+    if let Err(e) = validate::check_restore(&pool.spec, &snap) {
+        let waiting = e.may_resolve_by_itself();
+        return Ok(Err(RestoreBlocked {
+            spec_error: (!waiting).then(|| e.reason()),
+            reason: e.reason(),
+            message: format!("{e}; no volumes were created"),
+            waiting,
+        }));
+    }
+    let count = pool.spec.template.volumes.count.max(0) as usize;
+    match build::restore_sources(&snap, count) {
+        Ok(sources) => Ok(Ok(Some(Restore {
+            name: name.clone(),
+            sources,
+            rate_mibps: from.volume_initialization_rate_mibps,
+        }))),
+        Err(m) => Ok(Err(RestoreBlocked {
+            spec_error: Some("RestoreMismatch"),
+            reason: "RestoreMismatch",
+            message: format!("restoreFrom: {m}; no volumes were created"),
+            waiting: false,
+        })),
+    }
 }

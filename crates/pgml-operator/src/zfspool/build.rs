@@ -100,6 +100,44 @@ pub fn create_request(
     }
 }
 
+/// Member index → the EBS snapshot its volume is created from, for a pool restored from
+/// `snapshot` (already checked with `validate::check_restore`). `Err` names a member the
+/// set has no snapshot ID for.
+pub fn restore_sources(
+    snapshot: &pgml_api::EbsSnapshot,
+    count: usize,
+) -> Result<BTreeMap<usize, String>, String> {
+    let members = snapshot
+        .status
+        .as_ref()
+        .map(|s| s.snapshots.as_slice())
+        .unwrap_or_default();
+    (0..count)
+        .map(|i| {
+            members
+                .iter()
+                .find(|m| m.member_index == i as i32)
+                .and_then(|m| m.snapshot_id.clone())
+                .map(|id| (i, id))
+                .ok_or_else(|| {
+                    format!(
+                        "EbsSnapshot {} has no snapshot for member {i}",
+                        snapshot.metadata.name.as_deref().unwrap_or("?")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `req` made from `snapshot_id` (the first volume of a restored member; a later
+/// generation replaces a lost member and is resilvered, so it starts empty), with EBS's
+/// volume initialization rate when the spec asks for one.
+pub fn restored(mut req: CreateVolume, snapshot_id: &str, rate_mibps: Option<i32>) -> CreateVolume {
+    req.snapshot_id = Some(snapshot_id.to_string());
+    req.volume_initialization_rate_mibps = rate_mibps;
+    req
+}
+
 /// The volumes EC2 found for the pool, sorted into member slots. A volume being deleted
 /// does not fill a slot; two live volumes claiming one index, or an index beyond `count`,
 /// are `extra` (reported, never deleted by the controller). A volume a member replaced
@@ -705,5 +743,41 @@ mod tests {
         assert_eq!(settle_modification(&m, &v).state, "modifying");
         v.size_gib = 200;
         assert_eq!(settle_modification(&m, &v).state, "completed");
+    }
+
+    #[test]
+    fn restored_members_come_from_their_own_snapshot() {
+        let snap: pgml_api::EbsSnapshot = serde_yaml::from_str(
+            r#"
+apiVersion: pgml.io/v1alpha1
+kind: EbsSnapshot
+metadata: {name: nightly}
+spec: {source: {zfsPool: {name: tank}}}
+status:
+  phase: Completed
+  snapshots:
+  - {memberIndex: 1, snapshotId: snap-b}
+  - {memberIndex: 0, snapshotId: snap-a}
+"#,
+        )
+        .unwrap();
+        let m = restore_sources(&snap, 2).unwrap();
+        assert_eq!(m[&0], "snap-a");
+        assert_eq!(m[&1], "snap-b");
+        let e = restore_sources(&snap, 3).unwrap_err();
+        assert!(e.contains("member 2"), "{e}");
+
+        let v = spec("{count: 2, type: gp3, sizeGiB: 10}");
+        let req = restored(
+            create_request(&pool_ref(&v), 1, 0, "us-east-1c"),
+            &m[&1],
+            Some(200),
+        );
+        assert_eq!(req.snapshot_id.as_deref(), Some("snap-b"));
+        assert_eq!(req.volume_initialization_rate_mibps, Some(200));
+        assert_eq!(req.availability_zone, "us-east-1c");
+        // Same token as any first volume of that member: a repeated create is the same one.
+        assert_eq!(req.client_token, volume_token("uid-1", 1, 0));
+        assert_eq!(req.tags[keys::MEMBER_INDEX], "1");
     }
 }

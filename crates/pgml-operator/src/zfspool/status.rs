@@ -41,7 +41,8 @@ pub mod reason {
     pub const WITHIN_INSTANCE_LIMITS: &str = "WithinInstanceLimits";
     pub const INSTANCE_LIMITED: &str = "InstanceLimited";
     pub const DELETING: &str = "Deleting";
-    pub const RESTORE_UNSUPPORTED: &str = "RestoreNotImplemented";
+    /// `restoreFrom` names an EbsSnapshot that does not exist (yet).
+    pub const SNAPSHOT_NOT_FOUND: &str = "SnapshotNotFound";
     pub const WAITING_FOR_RELEASE: &str = "WaitingForAgentRelease";
     pub const AGENT_NOT_RELEASING: &str = "AgentNotReleasing";
     /// A lost raidz1 member's replacement is being created, attached and handed to the agent.
@@ -317,6 +318,8 @@ pub struct Facts {
     pub budget_wait: Option<String>,
     pub agent: AgentView,
     pub repair: RepairView,
+    /// The EbsSnapshot every member was created from, once all were.
+    pub restored_from: Option<String>,
 }
 
 fn attached(v: &VolumeStatus) -> bool {
@@ -601,7 +604,10 @@ pub fn compute(f: &Facts, observed: &ZfsPoolStatus, now: &Time) -> ZfsPoolStatus
         volumes,
         performance: f.performance.clone(),
         recent_modifications: f.recent_modifications.clone(),
-        restored_from: observed.restored_from.clone(),
+        restored_from: f
+            .restored_from
+            .clone()
+            .or_else(|| observed.restored_from.clone()),
         ..Default::default()
     }
 }
@@ -628,7 +634,7 @@ pub fn notices(observed: &ZfsPoolStatus, new: &ZfsPoolStatus) -> Vec<Notice> {
             reason::NODE_NOT_FOUND,
             reason::NODE_WITHOUT_PROVIDER_ID,
             reason::INSTANCE_NOT_FOUND,
-            reason::RESTORE_UNSUPPORTED,
+            reason::SNAPSHOT_NOT_FOUND,
         ]
         .contains(&n.reason.as_str())
         {
