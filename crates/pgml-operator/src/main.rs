@@ -33,6 +33,11 @@ struct Args {
     /// or the node is gone), in seconds.
     #[arg(long, env = "PGML_RELEASE_TIMEOUT_SECONDS", default_value_t = 600)]
     release_timeout_seconds: u64,
+
+    /// How long an EbsSnapshot waits for the node agent to hold its source (standby.signal,
+    /// fsfreeze) before it fails with AgentNotResponding, in seconds.
+    #[arg(long, env = "PGML_AGENT_TIMEOUT_SECONDS", default_value_t = 120)]
+    agent_timeout_seconds: u64,
 }
 
 const API_GROUP: &str = "pgml.io";
@@ -54,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         namespace: args.namespace.clone(),
         release_timeout: Duration::from_secs(args.release_timeout_seconds),
+        agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
         ..Settings::default()
     };
     let ctx = Context::new(client, ec2, settings);
