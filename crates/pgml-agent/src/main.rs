@@ -3,6 +3,7 @@
 mod decide;
 mod devices;
 mod exec;
+mod hold;
 mod judge;
 mod observe;
 mod reconcile;
@@ -74,6 +75,15 @@ struct Args {
     #[arg(long, env = "PGML_COMMAND_TIMEOUT_SECONDS", default_value_t = 120)]
     command_timeout_seconds: u64,
 
+    /// Where hold records are kept (one JSON file per EbsSnapshot UID being held): a host
+    /// folder that survives agent restarts, so a restarted agent undoes what it did.
+    #[arg(long, env = "PGML_STATE_DIR", default_value = "/var/lib/pgml-agent")]
+    state_dir: PathBuf,
+
+    /// The fsfreeze program (util-linux), for ext4 snapshot holds.
+    #[arg(long, env = "PGML_FSFREEZE", default_value = "fsfreeze")]
+    fsfreeze: PathBuf,
+
     /// Log line format.
     #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -103,20 +113,43 @@ async fn main() -> anyhow::Result<()> {
             args.node_name
         );
     }
+    tracing::info!("node found; waiting for work");
+    let hold = Arc::new(hold::HoldCtx::new(
+        client.clone(),
+        hold::record::Store::open(&args.state_dir).context("--state-dir")?,
+        hold::guard::Freezer::beside_agent(args.fsfreeze.clone())
+            .context("finding pgml-freeze-guard")?,
+        args.dev_dir.clone(),
+        args.sys_block.clone(),
+        args.mount_root.clone(),
+    ));
+    // Snapshot holds do not need ZFS (ext4 sources): they run from the start, beside the
+    // pools.
+    let holds = tokio::spawn(hold::run(
+        hold,
+        args.node_name.clone(),
+        args.namespace.clone(),
+        shutdown.clone(),
+    ));
+    run_pools(&args, client, shutdown).await?;
+    // Holds in place are seen through before the process ends.
+    let _ = holds.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The ZfsPool side: waits for ZFS, then reconciles this node's pools until shutdown.
+async fn run_pools(args: &Args, client: kube::Client, shutdown: Shutdown) -> anyhow::Result<()> {
     let runner = Runner {
         zpool: args.zpool.clone(),
         zfs: args.zfs.clone(),
         timeout: Duration::from_secs(args.command_timeout_seconds),
     };
-    tracing::info!("node found; waiting for work");
     // ZFS may come up after the agent (a module still loading, a daemon starting): wait for
     // it rather than crash-loop, and stay stoppable meanwhile.
     let detected = tokio::select! {
         d = detect_dialect(&runner) => d,
-        _ = shutdown.requested() => {
-            tracing::info!("stopped");
-            return Ok(());
-        }
+        _ = shutdown.requested() => return Ok(()),
     };
     tracing::info!(dialect = %detected.dialect, version = ?detected.version, kmod_version = ?detected.kmod_version, "ZFS detected");
     let ctx = Arc::new(Ctx {
@@ -153,7 +186,6 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -1,0 +1,176 @@
+//! pgml-freeze-guard: freezes one file system and guarantees it is thawed by a deadline.
+//!
+//! The node agent starts it in its own process group for an ext4 snapshot hold, so that the
+//! thaw happens at the deadline even if the agent dies or hangs meanwhile:
+//!
+//! ```text
+//! pgml-freeze-guard --id <snapshot uid> --deadline-unix-ms <ms> [--fsfreeze <program>] <mount>
+//! ```
+//!
+//! It runs `fsfreeze -f <mount>`, prints `frozen`, then waits until the deadline or a
+//! SIGTERM/SIGINT/SIGHUP (the agent's "the capture is done"), runs `fsfreeze -u <mount>`,
+//! prints `thawed <milliseconds frozen>` and exits 0. A freeze that fails prints
+//! `error <message>` and exits 1 without thawing (the file system was not frozen by us).
+//! `--id` is not used here: it is how the agent recognises its guard in /proc.
+
+use std::io::Write;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Args {
+    mount: String,
+    deadline_unix_ms: u64,
+    fsfreeze: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut mount = None;
+    let mut deadline = None;
+    let mut fsfreeze = "fsfreeze".to_string();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--id" => {
+                it.next().ok_or("--id needs a value")?;
+            }
+            "--deadline-unix-ms" => {
+                let v = it.next().ok_or("--deadline-unix-ms needs a value")?;
+                deadline = Some(
+                    v.parse::<u64>()
+                        .map_err(|e| format!("--deadline-unix-ms {v}: {e}"))?,
+                );
+            }
+            "--fsfreeze" => fsfreeze = it.next().ok_or("--fsfreeze needs a value")?,
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s => {
+                if mount.replace(s.to_string()).is_some() {
+                    return Err("one mount point only".into());
+                }
+            }
+        }
+    }
+    Ok(Args {
+        mount: mount.ok_or("the mount point is missing")?,
+        deadline_unix_ms: deadline.ok_or("--deadline-unix-ms is missing")?,
+        fsfreeze,
+    })
+}
+
+/// Prints one line on stdout; a reader that went away (the agent died) is no reason to stop.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn fsfreeze(program: &str, flag: &str, mount: &str) -> Result<(), String> {
+    let out = Command::new(program)
+        .args([flag, mount])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{program} {flag} {mount}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// The termination signals, blocked so that they are only ever received by `sigtimedwait`:
+/// none of them can kill the guard between the freeze and the thaw.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a zeroed, stack-owned sigset_t; the process is still
+    // single-threaded, so the mask applies to the only thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits until `until` or one of `set`'s signals; returns the signal, if one came.
+fn wait_signal(set: &libc::sigset_t, until: Instant) -> Option<i32> {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `set` and `ts` are valid for the call; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+        if sig > 0 {
+            return Some(sig);
+        }
+        // EAGAIN (timed out) or EINTR: the loop rechecks the clock.
+    }
+}
+
+fn main() -> ExitCode {
+    let set = block_signals();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!("error {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let Some(left) = args.deadline_unix_ms.checked_sub(now_ms).filter(|l| *l > 0) else {
+        say("error the deadline has passed; not freezing");
+        return ExitCode::from(1);
+    };
+    let until = Instant::now() + Duration::from_millis(left);
+    if let Err(e) = fsfreeze(&args.fsfreeze, "-f", &args.mount) {
+        say(&format!("error {e}"));
+        return ExitCode::from(1);
+    }
+    let frozen_at = Instant::now();
+    say("frozen");
+    let why = match wait_signal(&set, until) {
+        Some(sig) => format!("signal {sig}"),
+        None => "deadline".to_string(),
+    };
+    // Thawing is the whole point: try again for a few seconds rather than give up at once.
+    let mut last = Ok(());
+    for attempt in 0..20 {
+        last = fsfreeze(&args.fsfreeze, "-u", &args.mount);
+        match &last {
+            Ok(()) => break,
+            // Thawed already (someone ran fsfreeze -u): that is what we wanted.
+            Err(e) if e.contains("Invalid argument") => {
+                last = Ok(());
+                break;
+            }
+            Err(_) if attempt < 19 => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => {}
+        }
+    }
+    let ms = frozen_at.elapsed().as_millis();
+    match last {
+        Ok(()) => {
+            say(&format!("thawed {ms}"));
+            eprintln!(
+                "pgml-freeze-guard: {} thawed after {ms} ms ({why})",
+                args.mount
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("error {e}"));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Where an EBS volume is mounted on the node: its by-id link → the block device (a real
+//! node) or the loop device backed by the link's image file (the test bed) → its device
+//! number → the mount in `/proc/self/mountinfo`.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// A device number, as mountinfo prints it (`259:1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DevNum {
+    pub fn parse(s: &str) -> Option<DevNum> {
+        let (a, b) = s.trim().split_once(':')?;
+        Some(DevNum {
+            major: a.parse().ok()?,
+            minor: b.parse().ok()?,
+        })
+    }
+
+    /// From `st_rdev` (Linux's encoding, as glibc's `major()`/`minor()` decode it).
+    pub fn from_rdev(dev: u64) -> DevNum {
+        DevNum {
+            major: (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32,
+            minor: ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32,
+        }
+    }
+}
+
+/// One line of `/proc/<pid>/mountinfo` (proc(5)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount IDs grow in mount order.
+    pub id: u64,
+    pub dev: DevNum,
+    /// The folder of the file system mounted here (`/` unless a bind mount of a subfolder).
+    pub root: String,
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            if f.len() < 5 || r.len() < 2 {
+                return None;
+            }
+            Some(MountEntry {
+                id: f[0].parse().ok()?,
+                dev: DevNum::parse(f[2])?,
+                root: unescape(f[3]),
+                mount_point: unescape(f[4]),
+                fstype: r[0].to_string(),
+                source: unescape(r[1]),
+            })
+        })
+        .collect()
+}
+
+/// The mount of device `dev` to use: one of the whole file system (root `/`) before bind
+/// mounts of a subfolder, then the first mounted (kubelet's globalmount, made at staging,
+/// before the pods' bind mounts of it).
+pub fn mount_of(entries: &[MountEntry], dev: DevNum) -> Option<&MountEntry> {
+    entries
+        .iter()
+        .filter(|e| e.dev == dev)
+        .min_by_key(|e| (e.root != "/", e.id))
+}
+
+/// The loop device (`loopN`, its device number) whose backing file is `file`.
+pub fn loop_backed_by(sys_block: &Path, file: &Path) -> Option<(String, DevNum)> {
+    let want = std::fs::canonicalize(file).ok()?;
+    let rd = std::fs::read_dir(sys_block).ok()?;
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("loop"))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        let dir = sys_block.join(&n);
+        let backing = std::fs::read_to_string(dir.join("loop/backing_file")).ok()?;
+        let backing = backing.trim_end_matches('\n');
+        // A deleted image is never the volume's current one.
+        if backing.ends_with(" (deleted)") {
+            return None;
+        }
+        if std::fs::canonicalize(backing).ok()? != want {
+            return None;
+        }
+        let dev = DevNum::parse(&std::fs::read_to_string(dir.join("dev")).ok()?)?;
+        Some((n, dev))
+    })
+}
+
+/// What the volume's by-id link leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// A block device (a real node's NVMe namespace).
+    Block { path: PathBuf, dev: DevNum },
+    /// An image file attached to a loop device (the test bed).
+    Loop {
+        image: PathBuf,
+        loop_name: String,
+        dev: DevNum,
+    },
+}
+
+impl Device {
+    pub fn dev(&self) -> DevNum {
+        match self {
+            Device::Block { dev, .. } | Device::Loop { dev, .. } => *dev,
+        }
+    }
+}
+
+/// Resolves a by-id link to the device whose file system is mounted.
+pub fn resolve_link(link: &Path, sys_block: &Path) -> Result<Device, String> {
+    let target = std::fs::canonicalize(link)
+        .map_err(|e| format!("{}: {e} (volume not attached?)", link.display()))?;
+    let meta = std::fs::metadata(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    if meta.file_type().is_block_device() {
+        return Ok(Device::Block {
+            dev: DevNum::from_rdev(meta.rdev()),
+            path: target,
+        });
+    }
+    if meta.is_file() {
+        return match loop_backed_by(sys_block, &target) {
+            Some((loop_name, dev)) => Ok(Device::Loop {
+                image: target,
+                loop_name,
+                dev,
+            }),
+            None => Err(format!(
+                "{} is an image file no loop device is attached to",
+                target.display()
+            )),
+        };
+    }
+    Err(format!(
+        "{} → {} is neither a block device nor an image file",
+        link.display(),
+        target.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p1 rw
+23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
+301 22 259:4 / /var/lib/kubelet/pods/abc/volumes/kubernetes.io~csi/pvc-1/mount rw,relatime shared:200 - ext4 /dev/nvme2n1 rw
+300 22 259:4 / /var/lib/kubelet/plugins/kubernetes.io/csi/ebs.csi.aws.com/x/globalmount rw,relatime shared:199 - ext4 /dev/nvme2n1 rw
+302 22 259:4 /sub /srv/bind rw - ext4 /dev/nvme2n1 rw
+410 22 7:3 / /tmp/node\\040a/kubelet/pv1/globalmount rw,relatime - ext4 /dev/loop3 rw
+411 22 0:55 / /tank rw - fuse zfs-fuse rw
+";
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let e = parse_mountinfo(MOUNTINFO);
+        assert_eq!(e.len(), 7);
+        assert_eq!(
+            e[0].dev,
+            DevNum {
+                major: 259,
+                minor: 1
+            }
+        );
+        assert_eq!(e[0].fstype, "ext4");
+        let l = e.iter().find(|e| e.source == "/dev/loop3").unwrap();
+        assert_eq!(l.mount_point, "/tmp/node a/kubelet/pv1/globalmount");
+        assert_eq!(parse_mountinfo("garbage\n\n1 2 3"), vec![]);
+    }
+
+    #[test]
+    fn the_whole_filesystem_mount_is_chosen_over_binds() {
+        let e = parse_mountinfo(MOUNTINFO);
+        let m = mount_of(
+            &e,
+            DevNum {
+                major: 259,
+                minor: 4,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            m.mount_point,
+            "/var/lib/kubelet/plugins/kubernetes.io/csi/ebs.csi.aws.com/x/globalmount"
+        );
+        assert!(
+            mount_of(
+                &e,
+                DevNum {
+                    major: 259,
+                    minor: 9
+                }
+            )
+            .is_none()
+        );
+        let l = mount_of(&e, DevNum { major: 7, minor: 3 }).unwrap();
+        assert_eq!(l.source, "/dev/loop3");
+    }
+
+    #[test]
+    fn device_numbers() {
+        assert_eq!(DevNum::parse("7:3\n"), Some(DevNum { major: 7, minor: 3 }));
+        assert_eq!(DevNum::parse("7"), None);
+        // makedev(259, 4) and a large minor.
+        assert_eq!(
+            DevNum::from_rdev((259 << 8) | 4),
+            DevNum {
+                major: 259,
+                minor: 4
+            }
+        );
+        let big = ((1000u64 & 0xfff) << 8) | ((300u64 & 0xff) | ((300u64 & !0xff) << 12));
+        assert_eq!(
+            DevNum::from_rdev(big),
+            DevNum {
+                major: 1000,
+                minor: 300
+            }
+        );
+    }
+
+    #[test]
+    fn loop_device_found_by_its_backing_file() {
+        let d = std::env::temp_dir().join(format!("pgml-mounts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let sys = d.join("sys");
+        let img = d.join("store/vol-1.img");
+        let other = d.join("store/vol-2.img");
+        std::fs::create_dir_all(d.join("store")).unwrap();
+        std::fs::write(&img, b"").unwrap();
+        std::fs::write(&other, b"").unwrap();
+        for (n, file, dev) in [
+            ("loop0", format!("{}\n", other.display()), "7:0\n"),
+            ("loop1", format!("{} (deleted)\n", img.display()), "7:1\n"),
+            ("loop2", format!("{}\n", img.display()), "7:2\n"),
+        ] {
+            std::fs::create_dir_all(sys.join(n).join("loop")).unwrap();
+            std::fs::write(sys.join(n).join("loop/backing_file"), file).unwrap();
+            std::fs::write(sys.join(n).join("dev"), dev).unwrap();
+        }
+        // A loop device with nothing attached has no loop/backing_file.
+        std::fs::create_dir_all(sys.join("loop7")).unwrap();
+        std::fs::create_dir_all(sys.join("nvme0n1")).unwrap();
+        // The by-id link points at the image.
+        let link = d.join("nvme-Amazon_Elastic_Block_Store_vol1");
+        std::os::unix::fs::symlink(&img, &link).unwrap();
+        assert_eq!(
+            resolve_link(&link, &sys).unwrap(),
+            Device::Loop {
+                image: img.clone(),
+                loop_name: "loop2".into(),
+                dev: DevNum { major: 7, minor: 2 }
+            }
+        );
+        std::fs::remove_dir_all(sys.join("loop2")).unwrap();
+        assert!(
+            resolve_link(&link, &sys)
+                .unwrap_err()
+                .contains("no loop device")
+        );
+        let dangling = d.join("nvme-Amazon_Elastic_Block_Store_vol9");
+        std::os::unix::fs::symlink(d.join("gone.img"), &dangling).unwrap();
+        assert!(resolve_link(&dangling, &sys).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
