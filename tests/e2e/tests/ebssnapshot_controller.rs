@@ -1,0 +1,278 @@
+//! The EbsSnapshot controller end to end with the real operator and agent: a snapshot of a
+//! Ready 4-volume raid0 ZfsPool with `standbySignal: Never` goes straight to the capture
+//! (no hold, the agent untouched) and reaches Completed with the set in member order and
+//! tagged in AWS; deletion policies Delete and Retain; a snapshot AWS fails is Failed
+//! SnapshotError and leaves nothing; sources missing or not ready.
+
+mod snapshot_common;
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::PostParams;
+use pgml_api::common::keys;
+use pgml_api::snapshot::SnapshotPhase;
+use pgml_api::{EbsSnapshot, PgmlCluster};
+use pgml_testbed::aws::SimAdmin;
+use pgml_testbed::wait::{condition, wait_for, wait_gone};
+use serde_json::json;
+use snapshot_common::*;
+
+/// Snapshot IDs of the status, in member order.
+fn member_ids(s: &EbsSnapshot) -> Vec<(i32, String, String)> {
+    s.status
+        .iter()
+        .flat_map(|s| s.snapshots.iter())
+        .map(|m| {
+            (
+                m.member_index,
+                m.volume_id.clone().unwrap_or_default(),
+                m.snapshot_id.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn never_stamped_snapshot_of_a_raid0_pool_completes_without_the_agent() {
+    let f = Fixture::start("snapctl", &[0]).await;
+    let node = &f.sb.nodes[0];
+    let pool_name = f.unique("snapsrc");
+    let pool = f.ready_pool(&pool_name, node, "raid0", 4).await;
+    let (_, _) = fake_pgdata(node, &pool_name);
+    let pool_status = pool.status.clone().unwrap();
+    let guid = pool_status
+        .pool_guid
+        .clone()
+        .expect("agent reports the GUID");
+
+    f.snapshot("never", &pool_name, "standbySignal: Never\n")
+        .await;
+    let s = f.wait_phase("never", SnapshotPhase::Completed).await;
+    let st = s.status.clone().unwrap();
+
+    // The set: one snapshot per member, in member order, of the pool's volumes.
+    let members = member_ids(&s);
+    assert_eq!(
+        members.iter().map(|m| m.0).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    for (i, vol, snap) in &members {
+        let want = pool_status
+            .volumes
+            .iter()
+            .find(|v| v.index == *i)
+            .and_then(|v| v.volume_id.clone())
+            .unwrap();
+        assert_eq!(vol, &want, "member {i} volume");
+        assert!(snap.starts_with("snap-"), "member {i}: {snap}");
+    }
+    assert!(
+        st.snapshots
+            .iter()
+            .all(|m| m.state.as_deref() == Some("completed"))
+    );
+    assert_eq!(st.volume_count, Some(4));
+    assert_eq!(st.layout.as_deref(), Some("raid0"));
+    assert_eq!(st.pool_guid.as_deref(), Some(guid.as_str()));
+    assert_eq!(st.zfs_pool.as_deref(), Some(pool_name.as_str()));
+    assert_eq!(st.node_name.as_deref(), Some(node.name.as_str()));
+    assert_eq!(st.instance_id.as_deref(), Some(node.instance_id.as_str()));
+    assert_eq!(st.consistency.as_deref(), Some("None"));
+    assert_eq!(st.size_gib, Some(4));
+    assert!(st.capture_time.is_some() && st.completion_time.is_some());
+    assert!(st.hold.is_none(), "no hold asked: {:?}", st.hold);
+    let ready = condition(&s, "Ready").unwrap();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["observedGeneration"], json!(s.metadata.generation));
+    assert_eq!(
+        s.labels().get(keys::NODE).map(String::as_str),
+        Some(node.name.as_str())
+    );
+    assert!(s.finalizers().iter().any(|x| x == "pgml.io/snapshots"));
+    assert!(!has_standby_signal(node, &pool_name));
+
+    // AWS: the set is found by its UID tag alone and each snapshot says what it is.
+    let uid = s.metadata.uid.clone().unwrap();
+    let tagged = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
+    assert_eq!(tagged.len(), 4, "{tagged:?}");
+    for t in &tagged {
+        let id = t.snapshot_id().unwrap();
+        let (i, vol, _) = members.iter().find(|m| m.2 == id).expect("in status");
+        assert_eq!(t.volume_id(), Some(vol.as_str()));
+        assert_eq!(tag(t, keys::MEMBER_INDEX), Some(i.to_string().as_str()));
+        assert_eq!(tag(t, keys::SNAPSHOT), Some("never"));
+        assert_eq!(tag(t, keys::NAMESPACE), Some(f.name()));
+        assert_eq!(tag(t, keys::POOL), Some(pool_name.as_str()));
+        assert_eq!(tag(t, keys::POOL_GUID), Some(guid.as_str()));
+        assert_eq!(tag(t, keys::LAYOUT), Some("raid0"));
+        assert_eq!(tag(t, keys::MANAGED_BY), Some("pgml-operator"));
+        assert_eq!(
+            tag(t, keys::NAME),
+            Some(format!("{}/never-{i}", f.name()).as_str())
+        );
+    }
+
+    // A no-op reconcile writes nothing: the object stays as it is.
+    let rv = s.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = f.snapshots().get("never").await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version, rv,
+        "a settled snapshot was rewritten"
+    );
+
+    assert_nothing_leaked(&f).await;
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn delete_policy_removes_the_aws_snapshots_and_retain_keeps_them() {
+    let f = Fixture::start("snappol", &[1]).await;
+    let node = &f.sb.nodes[1];
+    let pool_name = f.unique("policy");
+    f.ready_pool(&pool_name, node, "raid0", 2).await;
+    f.snapshot(
+        "drop",
+        &pool_name,
+        "standbySignal: Never\ndeletionPolicy: Delete\n",
+    )
+    .await;
+    f.snapshot(
+        "keep",
+        &pool_name,
+        "standbySignal: Never\ndeletionPolicy: Retain\n",
+    )
+    .await;
+    let drop = f.wait_phase("drop", SnapshotPhase::Completed).await;
+    let keep = f.wait_phase("keep", SnapshotPhase::Completed).await;
+    let drop_uid = drop.metadata.uid.clone().unwrap();
+    let keep_uid = keep.metadata.uid.clone().unwrap();
+    assert_eq!(
+        snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &drop_uid)
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &keep_uid)
+            .await
+            .len(),
+        2
+    );
+
+    f.delete_snapshot("drop").await;
+    f.delete_snapshot("keep").await;
+    wait_gone(&f.snapshots(), "drop", SNAPSHOT_TIMEOUT).await;
+    wait_gone(&f.snapshots(), "keep", SNAPSHOT_TIMEOUT).await;
+
+    assert!(
+        snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &drop_uid)
+            .await
+            .is_empty(),
+        "Delete left AWS snapshots"
+    );
+    let kept = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &keep_uid).await;
+    assert_eq!(kept.len(), 2, "Retain must keep the set");
+    for k in &kept {
+        assert_eq!(tag(k, keys::SNAPSHOT), Some("keep"));
+        assert_eq!(tag(k, keys::NAMESPACE), Some(f.name()));
+    }
+    let ids: Vec<String> = kept
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .collect();
+    delete_in_moto(f.sb, &ids).await;
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_aws_fails_is_failed_snapshot_error_and_leaves_nothing() {
+    let f = Fixture::start("snaperr", &[2]).await;
+    let node = &f.sb.nodes[2];
+    let pool_name = f.unique("errsrc");
+    let pool = f.ready_pool(&pool_name, node, "raid0", 2).await;
+    let member1 = pool.status.unwrap().volumes[1].volume_id.clone().unwrap();
+    // The next snapshot of member 1's volume ends in `error`.
+    let _fault = SimAdmin::from_sandbox(f.sb)
+        .fault(json!({"kind": "snapshot_error", "count": 1, "volume_id": member1}))
+        .unwrap();
+    f.snapshot("broken", &pool_name, "standbySignal: Never\n")
+        .await;
+    let s = f.wait_phase("broken", SnapshotPhase::Failed).await;
+    assert_eq!(ready_reason(&s), "SnapshotError", "{:?}", s.status);
+    let msg = condition(&s, "Ready").unwrap()["message"].to_string();
+    assert!(msg.contains("error"), "{msg}");
+    let uid = s.metadata.uid.clone().unwrap();
+    // The whole set is deleted, the healthy member's snapshot too.
+    let mut left = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
+    }
+    assert!(left.is_empty(), "a failed set left {left:?}");
+    let events = warning_reasons(&f, "broken").await;
+    assert!(events.contains(&"SnapshotError".to_string()), "{events:?}");
+    f.finish().await;
+}
+
+/// Reasons of the Warning Events about an object.
+async fn warning_reasons(f: &Fixture, name: &str) -> Vec<String> {
+    let api: kube::Api<k8s_openapi::api::events::v1::Event> = f.ns.api();
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn sources_missing_fail_and_sources_not_ready_wait() {
+    let f = Fixture::start("snapsrc", &[]).await;
+    // A pool that does not exist: Failed SourceNotFound, nothing taken.
+    f.snapshot("nothing", "no-such-pool", "").await;
+    let s = f.wait_phase("nothing", SnapshotPhase::Failed).await;
+    assert_eq!(ready_reason(&s), "SourceNotFound");
+
+    // A cluster that reports no instances yet: Pending, SourceNotReady, until it does.
+    let cluster: PgmlCluster = serde_yaml::from_str(
+        "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main}\nspec:\n  instances: 2\n  storage: {zfs: {template: {volumes: {count: 1, type: gp3, sizeGiB: 1}}}}\n",
+    )
+    .unwrap();
+    let api: kube::Api<PgmlCluster> = f.ns.api();
+    api.create(&PostParams::default(), &cluster).await.unwrap();
+    let obj: EbsSnapshot = serde_yaml::from_str(
+        "apiVersion: pgml.io/v1alpha1\nkind: EbsSnapshot\nmetadata: {name: of-cluster}\nspec: {source: {cluster: {name: main}}}\n",
+    )
+    .unwrap();
+    f.snapshots()
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let s = wait_for(
+        &f.snapshots(),
+        "of-cluster",
+        "SourceNotReady",
+        SNAPSHOT_TIMEOUT,
+        |s: &EbsSnapshot| ready_reason(s) == "SourceNotReady",
+    )
+    .await;
+    assert_eq!(phase_of(&s), Some(SnapshotPhase::Pending));
+    let prog = condition(&s, "Progressing").unwrap();
+    assert_eq!(prog["status"], "False");
+    assert!(
+        prog["message"].as_str().unwrap().contains("no instances"),
+        "{prog}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = f.snapshots().get("of-cluster").await.unwrap();
+    assert_eq!(phase_of(&still), Some(SnapshotPhase::Pending));
+    f.finish().await;
+}
