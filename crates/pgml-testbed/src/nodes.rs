@@ -131,3 +131,74 @@ pub fn node_destroy_pool(node: &NodeInfo, pool: &pgml_zfs::PoolName) -> anyhow::
         }
     }
 }
+
+/// Whether `path` exists inside the node (`test -e`, so a FUSE or loop mount only the node
+/// sees counts).
+pub fn node_path_exists(node: &NodeInfo, path: &str) -> anyhow::Result<bool> {
+    Ok(node_exec(node, &["test", "-e", path])?.status.success())
+}
+
+/// An ext4 file system made on a loop device over an EBS volume's image file and mounted
+/// inside the node, as the EBS CSI driver stages a volume (`…/globalmount`). Dropping it
+/// thaws (in case), unmounts and detaches the loop device, also when a test fails.
+pub struct NodeExt4 {
+    node: NodeInfo,
+    /// The loop device, e.g. `/dev/loop5`.
+    pub loop_dev: String,
+    /// Where it is mounted inside the node.
+    pub mount: String,
+    mounted: bool,
+}
+
+impl NodeExt4 {
+    /// `losetup -f --show <image>`, `mkfs.ext4`, `mount` at `mount` (created) — all inside
+    /// the node's mount namespace.
+    pub fn create(
+        node: &NodeInfo,
+        image: &std::path::Path,
+        mount: &str,
+    ) -> anyhow::Result<NodeExt4> {
+        let image = image.to_str().context("image path is not UTF-8")?;
+        let loop_dev = node_exec_ok(node, &["losetup", "-f", "--show", image])?
+            .trim()
+            .to_string();
+        let mut fs = NodeExt4 {
+            node: node.clone(),
+            loop_dev,
+            mount: mount.to_string(),
+            mounted: false,
+        };
+        node_exec_ok(node, &["mkfs.ext4", "-q", &fs.loop_dev])?;
+        node_exec_ok(node, &["mkdir", "-p", mount])?;
+        node_exec_ok(node, &["mount", "-t", "ext4", &fs.loop_dev, mount])?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    /// Unmounts and detaches now (what drop does), reporting failures.
+    pub fn remove(mut self) -> anyhow::Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> anyhow::Result<()> {
+        if self.mounted {
+            // A file system left frozen cannot be unmounted; not frozen answers an error.
+            let _ = node_exec(&self.node, &["fsfreeze", "-u", &self.mount]);
+            node_exec_ok(&self.node, &["umount", &self.mount])?;
+            self.mounted = false;
+        }
+        if !self.loop_dev.is_empty() {
+            node_exec_ok(&self.node, &["losetup", "-d", &self.loop_dev])?;
+            self.loop_dev.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NodeExt4 {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("cleaning up {} on {}: {e:#}", self.mount, self.node.name);
+        }
+    }
+}
