@@ -44,6 +44,9 @@ pub enum Error {
     /// Undoing failed (thaw, removal): retried, the record is kept.
     #[error("{0}")]
     Undo(String),
+    /// The deadline passed before the hold was in place.
+    #[error("the deadline passed while preparing")]
+    Expired,
 }
 
 /// What the hold watcher and the sweep share.
@@ -278,8 +281,8 @@ async fn prepare(
     };
     failpoint("hold.after-record");
     match hold_steps(obj, &mut rec, ctx).await {
-        Ok(true) => Ok(Some(rec.deadline_ms)),
-        Ok(false) => {
+        Ok(()) => Ok(Some(rec.deadline_ms)),
+        Err(Error::Expired) => {
             end_hold(ctx, rec, End::Expired).await?;
             Ok(None)
         }
@@ -293,10 +296,10 @@ async fn prepare(
     }
 }
 
-/// Stamp, freeze, report Held. False when the deadline passed meanwhile.
-async fn hold_steps(obj: &EbsSnapshot, rec: &mut Record, ctx: &HoldCtx) -> Result<bool, Error> {
+/// Stamp, freeze, report Held ([`Error::Expired`] when the deadline passes meanwhile).
+async fn hold_steps(obj: &EbsSnapshot, rec: &mut Record, ctx: &HoldCtx) -> Result<(), Error> {
     if rec.expired(now_ms()) {
-        return Ok(false);
+        return Err(Error::Expired);
     }
     let st = obj.status.clone().unwrap_or_default();
     let source = locate(obj, ctx).await?;
@@ -308,7 +311,7 @@ async fn hold_steps(obj: &EbsSnapshot, rec: &mut Record, ctx: &HoldCtx) -> Resul
         failpoint("hold.after-freeze");
     }
     if rec.expired(now_ms()) {
-        return Ok(false);
+        return Err(Error::Expired);
     }
     ctx.api(&rec.namespace)
         .patch_status(
@@ -323,7 +326,7 @@ async fn hold_steps(obj: &EbsSnapshot, rec: &mut Record, ctx: &HoldCtx) -> Resul
     }
     failpoint("hold.after-held");
     tracing::info!(snapshot = %rec.name, uid = %rec.uid, mount = ?rec.mount_path, stamp = ?rec.stamp, frozen = rec.freeze.is_some(), "hold: Held");
-    Ok(true)
+    Ok(())
 }
 
 /// The source's mounts: a ZfsPool's dataset mount points, or the mount of the ext4 volume.
@@ -393,9 +396,13 @@ fn stamp(
     match &rec.stamp {
         Stamp::AlreadyPresent { .. } => return Ok(()),
         Stamp::Ours { path } => {
-            // Carrying on: the file may not have been written before the agent died.
-            let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-            datadir::create_signal(dir).map_err(|e| io(dir, e))?;
+            // Carrying on: the file may not have been written before the agent died. Only
+            // looked at when it is there: the file system may be frozen by now, and any
+            // write (even an open for writing) would block until the thaw.
+            if std::fs::symlink_metadata(path).is_err() {
+                let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+                datadir::create_signal(dir).map_err(|e| io(dir, e))?;
+            }
             return Ok(());
         }
         Stamp::None if policy == StandbySignal::Never => return Ok(()),
@@ -453,6 +460,9 @@ async fn freeze(ctx: &HoldCtx, rec: &mut Record, source: &Source) -> Result<(), 
             .thaw(&rec.uid, None, &f.mount, &output)
             .await
             .map_err(Error::Undo)?;
+    }
+    if rec.expired(now_ms()) {
+        return Err(Error::Expired);
     }
     rec.freeze = Some(Freeze {
         mount: mount.clone(),
