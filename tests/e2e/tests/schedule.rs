@@ -1,0 +1,320 @@
+//! Scheduled EbsSnapshots of a bare ZfsPool, end to end with the real operator and agent:
+//! a schedule of every minute with keep-last 3, watched over five minutes, leaves exactly
+//! three Completed sets, in Kubernetes and in moto. Schedules the apiserver or the
+//! operator cannot run are refused and reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use pgml_api::common::keys;
+use pgml_api::schedule::scheduled_by;
+use pgml_api::snapshot::SnapshotPhase;
+use pgml_api::{EbsSnapshot, ZfsPool};
+use pgml_testbed::Sandbox;
+use pgml_testbed::aws::ec2_client;
+use pgml_testbed::kube::{TestNamespace, client};
+use pgml_testbed::procs::{self, Proc};
+use pgml_testbed::wait::{has_condition, wait_for, wait_gone};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn pool_manifest(name: &str, node: &str, extra: &str) -> ZfsPool {
+    let text = format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  reclaimPolicy: Delete\n  volumes: {{count: 2, type: gp3, sizeGiB: 1}}\n{extra}"
+    );
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn phase(s: &EbsSnapshot) -> Option<SnapshotPhase> {
+    s.status.as_ref().and_then(|st| st.phase)
+}
+
+async fn scheduled(api: &Api<EbsSnapshot>, label: &str) -> Vec<EbsSnapshot> {
+    let lp = ListParams::default().labels(&format!("{}={label}", keys::SCHEDULED_BY));
+    let mut items = api.list(&lp).await.expect("listing EbsSnapshots").items;
+    items.sort_by_key(|s| s.metadata.name.clone());
+    items
+}
+
+/// The AWS snapshots moto holds for the namespace, grouped into sets by
+/// `pgml.io/snapshot-uid`: uid → (snapshot IDs, `pgml.io/pool` tag of each).
+async fn sets_in_moto(sb: &Sandbox, ns: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let ec2 = ec2_client(sb).await;
+    let filter = aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{}", keys::NAMESPACE))
+        .values(ns)
+        .build();
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter)
+        .send()
+        .await
+        .expect("DescribeSnapshots through the simulator");
+    let tag = |s: &aws_sdk_ec2::types::Snapshot, k: &str| {
+        s.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut sets: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for s in out.snapshots() {
+        sets.entry(tag(s, keys::SNAPSHOT_UID)).or_default().push((
+            s.snapshot_id().unwrap_or_default().to_string(),
+            tag(s, keys::POOL),
+        ));
+    }
+    sets
+}
+
+/// A schedule of every minute, keep-last 3, over five minutes: one EbsSnapshot per
+/// minute, named after its slot; retention keeps the 3 newest Completed; once the schedule
+/// is removed (retention still set) exactly 3 remain, all Completed, and moto holds
+/// exactly their 3 sets of 2 snapshots, tagged with the pool. Deleting them (policy Delete)
+/// leaves nothing in moto.
+#[tokio::test]
+async fn every_minute_with_keep_last_3_leaves_exactly_3_sets() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "sched").await;
+    let node = &sb.nodes[0];
+    let _operator: Proc = procs::operator(sb, ns.name());
+    let _agent: Proc = procs::agent(sb, node, ns.name());
+    let pools: Api<ZfsPool> = ns.api();
+    let snaps: Api<EbsSnapshot> = ns.api();
+    let name = "every-minute";
+    let label = scheduled_by("ZfsPool", name);
+
+    pools
+        .create(&PostParams::default(), &pool_manifest(name, &node.name, ""))
+        .await
+        .unwrap();
+    wait_for(&pools, name, "Ready", READY_TIMEOUT, |p: &ZfsPool| {
+        has_condition(p, "Ready", "True")
+    })
+    .await;
+
+    let retention = serde_json::json!({"keepLast": 3, "hourly": 0, "daily": 0, "weekly": 0});
+    let patch = serde_json::json!({"spec": {"snapshots": {"schedule": "* * * * *", "retention": retention}}});
+    pools
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let started = Instant::now();
+
+    // Watch for five minutes: every slot's snapshot appears and completes, and retention
+    // never lets more than 3 Completed (plus the one just finished) pile up.
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut most_completed = 0;
+    while started.elapsed() < Duration::from_secs(5 * 60 + 10) {
+        let now = scheduled(&snaps, &label).await;
+        let completed = now
+            .iter()
+            .filter(|s| phase(s) == Some(SnapshotPhase::Completed))
+            .count();
+        most_completed = most_completed.max(completed);
+        for s in &now {
+            seen.insert(s.metadata.name.clone().unwrap());
+            assert_ne!(
+                phase(s),
+                Some(SnapshotPhase::Failed),
+                "a scheduled snapshot failed: {:#?}",
+                s.status
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(
+        most_completed <= 4,
+        "retention let {most_completed} Completed snapshots stand"
+    );
+    assert!(
+        (5..=6).contains(&seen.len()),
+        "one snapshot per minute over five minutes, got {seen:?}"
+    );
+    for n in &seen {
+        let stamp = n
+            .strip_prefix(&format!("{name}-"))
+            .expect("named after the pool");
+        assert!(
+            stamp.len() == 12 && stamp.chars().all(|c| c.is_ascii_digit()),
+            "{n}: <pool>-<yyyymmddhhmm>"
+        );
+    }
+
+    // The status names the last one and the next slot.
+    let pool = pools.get(name).await.unwrap();
+    let st = pool.status.clone().unwrap().schedule;
+    assert!(
+        seen.contains(st.last_scheduled_snapshot.as_deref().unwrap()),
+        "{st:?}"
+    );
+    let next = st.next_schedule_time.clone().expect("nextScheduleTime").0;
+    let last = st.last_schedule_time.clone().expect("lastScheduleTime").0;
+    assert_eq!(next.as_second() - last.as_second(), 60, "{st:?}");
+    assert!(
+        has_condition(&pool, "Ready", "True"),
+        "the ZfsPool controller's status survived the scheduler's applies"
+    );
+
+    // Stop the schedule, keep the retention: the last one completes and is kept.
+    let patch =
+        serde_json::json!({"spec": {"snapshots": {"schedule": null, "retention": retention}}});
+    pools
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let remaining = loop {
+        let now = scheduled(&snaps, &label).await;
+        let settled = now.len() == 3
+            && now.iter().all(|s| {
+                phase(s) == Some(SnapshotPhase::Completed)
+                    && s.metadata.deletion_timestamp.is_none()
+            });
+        if settled {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled at 3 Completed: {:#?}",
+            now.iter()
+                .map(|s| (
+                    s.metadata.name.clone(),
+                    phase(s),
+                    s.metadata.deletion_timestamp.clone()
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    // The newest three of what was made.
+    let newest: Vec<String> = seen.iter().rev().take(3).rev().cloned().collect();
+    let kept: Vec<String> = remaining
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(kept, newest);
+
+    // moto: exactly those three sets, two snapshots each, tagged with the pool. Snapshots of
+    // pruned objects are deleted by the EbsSnapshot controller's finalizer.
+    let uids: BTreeSet<String> = remaining
+        .iter()
+        .map(|s| s.metadata.uid.clone().unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sets = sets_in_moto(sb, ns.name()).await;
+        if sets.keys().cloned().collect::<BTreeSet<_>>() == uids {
+            for (uid, members) in &sets {
+                assert_eq!(members.len(), 2, "set {uid}: {members:?}");
+                assert!(members.iter().all(|(_, pool)| pool == name), "{members:?}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto holds sets {:?}, the objects {uids:?}",
+            sets.keys().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // The snapshots outlive the pool: no owner reference.
+    assert!(
+        remaining
+            .iter()
+            .all(|s| s.metadata.owner_references.is_none()),
+        "scheduled snapshots must not be owned by the pool"
+    );
+    pools.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&pools, name, READY_TIMEOUT).await;
+    assert_eq!(
+        scheduled(&snaps, &label).await.len(),
+        3,
+        "they outlived the pool"
+    );
+
+    // Deleting them (policy Delete) empties moto.
+    for s in &kept {
+        snaps.delete(s, &DeleteParams::default()).await.unwrap();
+    }
+    for s in &kept {
+        wait_gone(&snaps, s, Duration::from_secs(60)).await;
+    }
+    assert!(sets_in_moto(sb, ns.name()).await.is_empty());
+    ns.cleanup().await;
+}
+
+/// The apiserver refuses a ZfsPool whose schedule is not cron; one that looks like cron
+/// but names no real time passes admission and the operator reports it, scheduling
+/// nothing.
+#[tokio::test]
+async fn schedules_that_cannot_run_are_refused_or_reported() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "sched-bad").await;
+    let pools: Api<ZfsPool> = ns.api();
+    // No such node: the ZfsPool controller creates nothing, the scheduler still judges.
+    let node = "ip-10-9-9-9.ec2.internal";
+
+    let bad = pool_manifest(
+        "not-cron",
+        node,
+        "  snapshots: {schedule: 'every 5 minutes'}\n",
+    );
+    let err = pools
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("a schedule that is not cron is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("must be a cron schedule"), "{msg}");
+
+    let _operator: Proc = procs::operator(sb, ns.name());
+    let never = pool_manifest("feb-31", node, "  snapshots: {schedule: '0 0 31 2 *'}\n");
+    pools.create(&PostParams::default(), &never).await.unwrap();
+    let events: Api<Event> = ns.api();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let note = loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("InvalidSchedule")
+                    && e.involved_object.name.as_deref() == Some("feb-31")
+            });
+        if let Some(e) = found {
+            break e.message.unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "no InvalidSchedule event");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(note.contains("never fires"), "{note}");
+    let pool = pools.get("feb-31").await.unwrap();
+    let st = pool.status.map(|s| s.schedule).unwrap_or_default();
+    assert_eq!(st.next_schedule_time, None);
+    let snaps: Api<EbsSnapshot> = ns.api();
+    assert!(
+        snaps
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    pools
+        .delete("feb-31", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&pools, "feb-31", READY_TIMEOUT).await;
+    ns.cleanup().await;
+}
