@@ -546,7 +546,8 @@ async fn node_without_provider_id_is_a_condition_and_a_warning() {
         .await
         .unwrap();
 
-    // restoreFrom is not implemented: no empty volumes are made in its place.
+    // restoreFrom names a snapshot that does not exist: no empty volumes are made in its
+    // place.
     let p = create(
         &api,
         &pool_yaml(
@@ -559,12 +560,12 @@ async fn node_without_provider_id_is_a_condition_and_a_warning() {
     wait_for(
         &api,
         "restored",
-        "Ready=False RestoreNotImplemented",
+        "Ready=False SnapshotNotFound",
         Duration::from_secs(30),
-        |p| condition(p, "Ready").is_some_and(|c| c["reason"] == "RestoreNotImplemented"),
+        |p| condition(p, "Ready").is_some_and(|c| c["reason"] == "SnapshotNotFound"),
     )
     .await;
-    wait_event(&ns, "restored", "Warning", "RestoreNotImplemented").await;
+    wait_event(&ns, "restored", "Warning", "SnapshotNotFound").await;
     assert!(
         volumes_tagged(
             Sandbox::get(),
