@@ -136,7 +136,7 @@ fn millis(t: &Option<pgml_api::common::Time>) -> i64 {
 
 #[tokio::test]
 async fn zfs_hold_stamps_while_held_releases_and_expires() {
-    let bed = ZfsBed::start("hold", 0, "holdz").await;
+    let mut bed = ZfsBed::start("hold", 0, "holdz").await;
     let node = bed.node;
 
     // standbySignal Always and no data directory yet: the hold fails, nothing is stamped.
@@ -260,6 +260,30 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     assert!(hold.message.is_some_and(|m| m.contains("deadline")));
     assert!(st.standby_signal.unwrap().removed);
     assert!(!bed.record_exists(&o));
+
+    // Stopped (SIGTERM) while Held: the agent sees the hold through to its end before it
+    // exits, rather than leave standby.signal to whoever comes next.
+    let mut s = bed.snapshot("shutdown", "Auto", 4).await;
+    s.phase("Preparing").await;
+    let o = wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
+    let deadline = millis(&o.status.unwrap().hold.unwrap().deadline);
+    assert!(
+        bed.agent.stop(HOLD_TIMEOUT),
+        "a clean exit\n{}",
+        tail(&bed.agent)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        now >= deadline,
+        "exited {} ms before the deadline",
+        deadline - now
+    );
+    assert_eq!(hold_state(&s.get().await), Some(HoldState::Expired));
+    assert!(!bed.signal_exists());
+    bed.agent.start();
 
     bed.teardown().await;
 }
