@@ -273,6 +273,7 @@ async fn reconcile<K: Scheduled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Actio
     for victim in retention::prune(&ours, &label, &sched.retention) {
         match snaps.delete(&victim, &DeleteParams::background()).await {
             Ok(_) => {
+                tracing::info!(source = %name, snapshot = %victim, "scheduled snapshot pruned");
                 let note = format!("deleted EbsSnapshot {victim} (retention)");
                 publish(&ctx, &*obj, false, reason::SNAPSHOT_PRUNED, note).await;
             }
@@ -318,11 +319,15 @@ async fn create<K: Scheduled>(
     };
     match api.create(&pp, &snap).await {
         Ok(_) => {
+            // Crash test: the object exists, the status does not say so yet.
+            pgml_runtime::failpoint("schedule.after-create");
+            tracing::info!(source = %obj.name_any(), snapshot = %name, %slot, "scheduled snapshot created");
             let note = format!("created EbsSnapshot {name} for the {slot} slot");
             publish(ctx, obj, false, reason::SNAPSHOT_SCHEDULED, note).await;
             Ok(Some(name))
         }
         Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            tracing::info!(source = %obj.name_any(), snapshot = %name, %slot, "scheduled snapshot already exists");
             let existing = api.get(&name).await?;
             let ours = existing
                 .labels()
@@ -363,4 +368,63 @@ async fn write_status<K: Scheduled>(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(source: &str, primary: Option<&str>) -> PgmlCluster {
+        let mut c: PgmlCluster = serde_yaml::from_str(&format!(
+            "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {{name: main}}\nspec:\n  storage: {{persistentVolumeClaim: {{size: 10Gi}}}}\n  backups: {{snapshots: {{schedule: '@daily', source: {source}}}}}\n"
+        ))
+        .unwrap();
+        c.status = Some(pgml_api::PgmlClusterStatus {
+            current_primary: primary.map(str::to_string),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn cluster_snapshots_name_the_primary_only_when_asked() {
+        let replica = cluster("Replica", Some("main-1")).snapshot_source();
+        assert_eq!(
+            replica.cluster,
+            Some(ClusterSource {
+                name: "main".into(),
+                instance: None
+            })
+        );
+        let primary = cluster("Primary", Some("main-1")).snapshot_source();
+        assert_eq!(primary.cluster.unwrap().instance.as_deref(), Some("main-1"));
+        // No primary known yet: the EbsSnapshot controller decides.
+        let unknown = cluster("Primary", None).snapshot_source();
+        assert_eq!(unknown.cluster.unwrap().instance, None);
+        assert_eq!(
+            cluster("Replica", None)
+                .schedule()
+                .unwrap()
+                .schedule
+                .as_deref(),
+            Some("@daily")
+        );
+    }
+
+    #[test]
+    fn a_pool_snapshots_itself() {
+        let pool: ZfsPool = serde_yaml::from_str(
+            "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {name: analytics}\nspec: {nodeName: n, volumes: {sizeGiB: 10}, snapshots: {schedule: '*/5 * * * *'}}",
+        )
+        .unwrap();
+        let src = pool.snapshot_source();
+        assert_eq!(src.zfs_pool.unwrap().name, "analytics");
+        assert!(src.cluster.is_none() && src.persistent_volume_claim.is_none());
+        let sched = pool.schedule().unwrap();
+        assert_eq!(sched.retention.keep_last, 3);
+        assert_eq!(
+            sched.deletion_policy,
+            pgml_api::snapshot::DeletionPolicy::Delete
+        );
+    }
 }

@@ -48,6 +48,8 @@ fn name(s: &EbsSnapshot) -> String {
 
 /// A calendar bucket in UTC: hours since the epoch, the civil day, the ISO week.
 type Bucket = (i32, i32, i32);
+/// The bucket of an instant, for one rule.
+type BucketOf = fn(Timestamp) -> Bucket;
 
 fn hour(t: Timestamp) -> Bucket {
     (t.as_second().div_euclid(3600) as i32, 0, 0)
@@ -90,8 +92,7 @@ pub fn prune(all: &[EbsSnapshot], scheduled_by: &str, r: &SnapshotRetention) -> 
         .take(r.keep_last.max(0) as usize)
         .map(|(_, n, _)| n.as_str())
         .collect();
-    let rules: [(i32, fn(Timestamp) -> Bucket); 3] =
-        [(r.hourly, hour), (r.daily, day), (r.weekly, week)];
+    let rules: [(i32, BucketOf); 3] = [(r.hourly, hour), (r.daily, day), (r.weekly, week)];
     for (count, bucket) in rules {
         let mut left = count.max(0);
         let mut last = None;
