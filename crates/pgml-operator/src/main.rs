@@ -38,6 +38,11 @@ struct Args {
     /// fsfreeze) before it fails with AgentNotResponding, in seconds.
     #[arg(long, env = "PGML_AGENT_TIMEOUT_SECONDS", default_value_t = 120)]
     agent_timeout_seconds: u64,
+
+    /// How long an EbsSnapshot waits for a source that does not exist (applied in the same
+    /// batch, say) before it fails with SourceNotFound, in seconds.
+    #[arg(long, env = "PGML_SOURCE_TIMEOUT_SECONDS", default_value_t = 300)]
+    source_timeout_seconds: u64,
 }
 
 const API_GROUP: &str = "pgml.io";
@@ -60,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         release_timeout: Duration::from_secs(args.release_timeout_seconds),
         agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
+        source_timeout: Duration::from_secs(args.source_timeout_seconds),
         ..Settings::default()
     };
     let ctx = Context::new(client, ec2, settings);

@@ -234,12 +234,39 @@ async fn warning_reasons(f: &Fixture, name: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn sources_missing_fail_and_sources_not_ready_wait() {
-    let f = Fixture::start("snapsrc", &[]).await;
-    // A pool that does not exist: Failed SourceNotFound, nothing taken.
+async fn missing_sources_are_awaited_then_fail_and_unready_ones_wait() {
+    let mut f = Fixture::start("snapsrc", &[0]).await;
+    // A short wait for missing sources, so the test sees both ends of it.
+    f.operator.stop(Duration::from_secs(10));
+    f.operator.set_env("PGML_SOURCE_TIMEOUT_SECONDS", "15");
+    f.operator.start();
+    let node = &f.sb.nodes[0];
+
+    // Applied before its pool (as `kubectl apply -f dir/` does, alphabetically): it waits
+    // Pending with SourceNotFound, then proceeds once the pool is Ready.
+    let late = f.unique("latepool");
+    f.snapshot("early", &late, "standbySignal: Never\n").await;
     f.snapshot("nothing", "no-such-pool", "").await;
+    let s = wait_for(
+        &f.snapshots(),
+        "early",
+        "Pending SourceNotFound",
+        SNAPSHOT_TIMEOUT,
+        |s: &EbsSnapshot| ready_reason(s) == "SourceNotFound",
+    )
+    .await;
+    assert_eq!(phase_of(&s), Some(SnapshotPhase::Pending));
+    f.ready_pool(&late, node, "raid0", 1).await;
+    f.wait_phase("early", SnapshotPhase::Completed).await;
+
+    // A pool that never comes: Failed SourceNotFound once the wait is over.
     let s = f.wait_phase("nothing", SnapshotPhase::Failed).await;
     assert_eq!(ready_reason(&s), "SourceNotFound");
+    assert!(
+        warning_reasons(&f, "nothing")
+            .await
+            .contains(&"SourceNotFound".to_string())
+    );
 
     // A cluster that reports no instances yet: Pending, SourceNotReady, until it does.
     let cluster: PgmlCluster = serde_yaml::from_str(

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use pgml_api::EbsSnapshot;
 use pgml_api::common::Time;
@@ -126,8 +127,20 @@ async fn pending(run: &mut Run<'_>) -> Result<Action, Error> {
     failpoint("snapshot.after-finalizer");
     let src = match source::resolve(run.ctx, run.snap).await? {
         Ok(s) => s,
-        Err(u) if u.reason == reason::SOURCE_NOT_FOUND => {
-            return run.fail(u.reason, u.message, false).await;
+        Err(u)
+            if u.reason == reason::SOURCE_NOT_FOUND
+                && plan::gave_up_on_source(
+                    run.snap.metadata.creation_timestamp.as_ref().map(secs),
+                    secs(&run.now),
+                    run.ctx.settings.source_timeout.as_secs() as i64,
+                ) =>
+        {
+            let message = format!(
+                "{} (waited {}s after the snapshot's creation); no snapshot was taken",
+                u.message,
+                run.ctx.settings.source_timeout.as_secs()
+            );
+            return run.fail(u.reason, message, false).await;
         }
         Err(u) => {
             let s = run.with_phase(P::Pending, u.reason, &u.message);
@@ -318,19 +331,22 @@ async fn capture(run: &mut Run<'_>, deadline: Option<i64>) -> Result<Action, Err
         ),
     };
     let started = now();
+    // The bound and the lateness are measured to the millisecond: the deadline is a whole
+    // second (as stored), and a second's slack could let a capture postdate the release.
+    let started_ms = Timestamp::now().as_millisecond();
     let bound = match deadline {
-        Some(d) => Duration::from_secs((d - secs(&started)).max(0) as u64),
+        Some(d) => Duration::from_millis((d * 1000 - started_ms).max(0) as u64),
         None => ctx.settings.capture_timeout,
     };
     let answer = tokio::time::timeout(bound, ctx.ec2.create_snapshot_set(&req)).await;
     failpoint("snapshot.after-capture");
-    let returned = secs(&now());
-    let late = deadline.is_some_and(|d| returned >= d);
+    let returned_ms = Timestamp::now().as_millisecond();
+    let late = deadline.is_some_and(|d| returned_ms >= d * 1000);
     let snaps = match answer {
         Err(_) if deadline.is_some() => {
             let msg = format!(
-                "CreateSnapshots did not answer within the hold ({}s): the capture may postdate the release, so the set is deleted",
-                bound.as_secs()
+                "CreateSnapshots did not answer within the hold ({} ms): the capture may postdate the release, so the set is deleted",
+                bound.as_millis()
             );
             return run.fail(reason::HOLD_DEADLINE_EXCEEDED, msg, true).await;
         }
@@ -356,8 +372,8 @@ async fn capture(run: &mut Run<'_>, deadline: Option<i64>) -> Result<Action, Err
     tracing::info!(snapshot = %run.id.name, count = snaps.len(), late, "CreateSnapshots answered");
     if late {
         let msg = format!(
-            "CreateSnapshots answered after the hold's deadline ({}s after it began): the capture may postdate the release, so the set is deleted",
-            returned - secs(&started)
+            "CreateSnapshots answered after the hold's deadline ({} ms after the request): the capture may postdate the release, so the set is deleted",
+            returned_ms - started_ms
         );
         return run.fail(reason::HOLD_DEADLINE_EXCEEDED, msg, true).await;
     }

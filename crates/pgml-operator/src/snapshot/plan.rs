@@ -105,6 +105,12 @@ pub fn member_tags(snap: &SnapRef, index: i32) -> BTreeMap<String, String> {
     ])
 }
 
+/// Whether a snapshot whose source does not exist has waited long enough for it (a source
+/// applied in the same batch arrives within moments): `created` and `now` in seconds.
+pub fn gave_up_on_source(created: Option<i64>, now: i64, timeout: i64) -> bool {
+    created.is_none_or(|c| now - c >= timeout)
+}
+
 /// What to do about the agent's hold while Preparing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HoldStep {
@@ -423,6 +429,13 @@ mod tests {
         let m = member_tags(&r, 2);
         assert_eq!(m[keys::MEMBER_INDEX], "2");
         assert_eq!(m[keys::NAME], "ns/nightly-2");
+    }
+
+    #[test]
+    fn a_missing_source_is_awaited_for_a_while() {
+        assert!(!gave_up_on_source(Some(100), 150, 300));
+        assert!(gave_up_on_source(Some(100), 400, 300));
+        assert!(gave_up_on_source(None, 400, 300));
     }
 
     #[test]

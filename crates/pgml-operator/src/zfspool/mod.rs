@@ -51,6 +51,9 @@ pub struct Settings {
     pub agent_timeout: Duration,
     /// EbsSnapshot: the longest a CreateSnapshots call may take when no hold bounds it.
     pub capture_timeout: Duration,
+    /// EbsSnapshot: how long after its creation a snapshot waits for a source that does not
+    /// exist (applied in the same batch, say) before it fails with SourceNotFound.
+    pub source_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             release_timeout: Duration::from_secs(600),
             agent_timeout: Duration::from_secs(120),
             capture_timeout: Duration::from_secs(60),
+            source_timeout: Duration::from_secs(300),
         }
     }
 }
