@@ -303,3 +303,98 @@ async fn missing_sources_are_awaited_then_fail_and_unready_ones_wait() {
     assert_eq!(phase_of(&still), Some(SnapshotPhase::Pending));
     f.finish().await;
 }
+
+/// A PVC bound to an EBS CSI volume attached to a node: the source resolves through the PV
+/// and EC2 to the node (label), one member; with standbySignal Never and consistency None
+/// there is nothing to hold, and the set completes.
+#[tokio::test]
+async fn a_pvc_on_an_ebs_csi_volume_is_captured() {
+    use aws_config::retry::RetryConfig;
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use pgml_aws::Ec2;
+
+    let f = Fixture::start("snappvc", &[]).await;
+    let node = &f.sb.nodes[1];
+    let ec2 =
+        pgml_aws::SdkEc2::new(&pgml_testbed::aws::sdk_config(f.sb, RetryConfig::standard()).await);
+    let mut made = pgml_testbed::aws::Made::default();
+    let vol = ec2
+        .create_volume(&pgml_aws::CreateVolume {
+            availability_zone: node.az.clone(),
+            volume_type: pgml_aws::VolumeType::Gp3,
+            size_gib: 1,
+            iops: None,
+            throughput_mibps: None,
+            encrypted: false,
+            kms_key_id: None,
+            snapshot_id: None,
+            volume_initialization_rate_mibps: None,
+            tags: [("test".to_string(), f.name().to_string())].into(),
+            client_token: pgml_aws::client_token(&[f.name(), "pvc"]),
+        })
+        .await
+        .unwrap();
+    made.volumes.push(vol.volume_id.clone());
+    ec2.attach_volume(&vol.volume_id, &node.instance_id, "/dev/xvdzz")
+        .await
+        .unwrap();
+    made.attached
+        .push((vol.volume_id.clone(), node.instance_id.clone()));
+
+    let pv_name = format!("pv-{}", f.name());
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": vol.volume_id, "fsType": "ext4"},
+            "claimRef": {"namespace": f.name(), "name": "data"},
+        },
+    }))
+    .unwrap();
+    let pvs: kube::Api<PersistentVolume> = kube::Api::all(f.ns.client().clone());
+    pvs.create(&PostParams::default(), &pv).await.unwrap();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }))
+    .unwrap();
+    f.ns.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+
+    let obj: EbsSnapshot = serde_yaml::from_str(
+        "apiVersion: pgml.io/v1alpha1\nkind: EbsSnapshot\nmetadata: {name: of-pvc}\nspec:\n  source: {persistentVolumeClaim: {name: data}}\n  standbySignal: Never\n  consistency: None\n",
+    )
+    .unwrap();
+    f.snapshots()
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let s = f.wait_phase("of-pvc", SnapshotPhase::Completed).await;
+    let st = s.status.clone().unwrap();
+    assert_eq!(st.source.as_deref(), Some("PersistentVolumeClaim/data"));
+    assert_eq!(st.node_name.as_deref(), Some(node.name.as_str()));
+    assert_eq!(st.instance_id.as_deref(), Some(node.instance_id.as_str()));
+    assert_eq!(st.consistency.as_deref(), Some("None"));
+    assert!(st.zfs_pool.is_none() && st.layout.is_none());
+    assert_eq!(member_ids(&s).len(), 1);
+    assert_eq!(member_ids(&s)[0].1, vol.volume_id);
+    assert_eq!(
+        s.labels().get(keys::NODE).map(String::as_str),
+        Some(node.name.as_str())
+    );
+    assert_nothing_leaked(&f).await;
+
+    f.delete_snapshot("of-pvc").await;
+    wait_gone(&f.snapshots(), "of-pvc", SNAPSHOT_TIMEOUT).await;
+    made.clean(&ec2).await;
+    let _ = pvs.delete(&pv_name, &Default::default()).await;
+    f.finish().await;
+}
