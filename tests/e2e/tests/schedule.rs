@@ -318,3 +318,149 @@ async fn schedules_that_cannot_run_are_refused_or_reported() {
     wait_gone(&pools, "feb-31", READY_TIMEOUT).await;
     ns.cleanup().await;
 }
+
+/// `<pool>-<yyyymmddhhmm>` → the stamp.
+fn stamp_of(name: &str) -> String {
+    name[name.len() - 12..].to_string()
+}
+
+/// The operator killed right after it created a slot's EbsSnapshot, before its status said
+/// so, and started again at once: the same slot gets AlreadyExists, counted as done — one
+/// object, then recorded in status. Then the operator is down for more than two slots:
+/// started again, it makes only the latest missed slot, none of the ones before it.
+#[tokio::test]
+async fn a_crash_after_create_and_downtime_make_no_extra_snapshots() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "sched-crash").await;
+    let node = &sb.nodes[1];
+    let mut operator: Proc = procs::operator(sb, ns.name());
+    operator.kill();
+    operator.set_env("PGML_FAILPOINTS", "schedule.after-create");
+    operator.start();
+    let _agent: Proc = procs::agent(sb, node, ns.name());
+    let pools: Api<ZfsPool> = ns.api();
+    let snaps: Api<EbsSnapshot> = ns.api();
+    let name = "crashy";
+    let label = scheduled_by("ZfsPool", name);
+    pools
+        .create(&PostParams::default(), &pool_manifest(name, &node.name, ""))
+        .await
+        .unwrap();
+    wait_for(&pools, name, "Ready", READY_TIMEOUT, |p: &ZfsPool| {
+        has_condition(p, "Ready", "True")
+    })
+    .await;
+    let patch = serde_json::json!({"spec": {"snapshots": {"schedule": "* * * * *",
+        "retention": {"keepLast": 3, "hourly": 0, "daily": 0, "weekly": 0}}}});
+    pools
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    assert!(
+        operator.wait_exit(Duration::from_secs(90)),
+        "the failpoint did not fire: {}",
+        operator.log()
+    );
+    let made = scheduled(&snaps, &label).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    let first = made[0].metadata.name.clone().unwrap();
+    let last_of = |p: &ZfsPool| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.schedule.last_scheduled_snapshot.clone())
+    };
+    assert_eq!(last_of(&pools.get(name).await.unwrap()), None);
+
+    operator.unset_env("PGML_FAILPOINTS");
+    operator.start();
+    wait_for(
+        &pools,
+        name,
+        "the crashed slot recorded",
+        Duration::from_secs(30),
+        |p: &ZfsPool| last_of(p).as_deref() == Some(first.as_str()),
+    )
+    .await;
+    assert_eq!(
+        scheduled(&snaps, &label)
+            .await
+            .iter()
+            .filter(|s| stamp_of(s.metadata.name.as_deref().unwrap()) == stamp_of(&first))
+            .count(),
+        1
+    );
+    wait_for(&snaps, &first, "Completed", Duration::from_secs(60), |s| {
+        phase(s) == Some(SnapshotPhase::Completed)
+    })
+    .await;
+
+    // Down for more than two slots.
+    assert!(operator.stop(Duration::from_secs(10)), "graceful stop");
+    let before: BTreeSet<String> = scheduled(&snaps, &label)
+        .await
+        .into_iter()
+        .map(|s| s.metadata.name.unwrap())
+        .collect();
+    let last_before = pools.get(name).await.unwrap();
+    let last_before = last_of(&last_before).unwrap();
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    let restarted_at = k8s_openapi::jiff::Timestamp::now();
+    operator.start();
+    let after = wait_for(
+        &pools,
+        name,
+        "a snapshot after the downtime",
+        Duration::from_secs(30),
+        |p: &ZfsPool| last_of(p).is_some_and(|l| l != last_before),
+    )
+    .await;
+    let caught_up = last_of(&after).unwrap();
+    // The latest slot at or before the restart (or the one after it, when the first
+    // reconcile fell just past a minute's end).
+    let floor = restarted_at.as_second() - restarted_at.as_second().rem_euclid(60);
+    let expected: Vec<String> = [floor, floor + 60]
+        .iter()
+        .map(|&s| {
+            let slot = k8s_openapi::jiff::Timestamp::from_second(s).unwrap();
+            pgml_api::schedule::scheduled_snapshot_name(name, slot)
+        })
+        .collect();
+    assert!(
+        expected.contains(&caught_up),
+        "{caught_up} not in {expected:?}"
+    );
+    let now: BTreeSet<String> = scheduled(&snaps, &label)
+        .await
+        .into_iter()
+        .map(|s| s.metadata.name.unwrap())
+        .collect();
+    let missed: Vec<&String> = now
+        .iter()
+        .filter(|n| !before.contains(*n) && stamp_of(n) < stamp_of(&caught_up))
+        .collect();
+    assert!(missed.is_empty(), "missed slots were made up: {missed:?}");
+    assert!(
+        stamp_of(&caught_up) > stamp_of(&last_before),
+        "{last_before} → {caught_up}"
+    );
+
+    let _ = pools
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"snapshots": null}})),
+        )
+        .await;
+    for s in &now {
+        let _ = snaps.delete(s, &DeleteParams::default()).await;
+    }
+    for s in &now {
+        wait_gone(&snaps, s, Duration::from_secs(90)).await;
+    }
+    pools.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&pools, name, READY_TIMEOUT).await;
+    assert!(sets_in_moto(sb, ns.name()).await.is_empty());
+    ns.cleanup().await;
+}
