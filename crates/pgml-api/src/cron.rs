@@ -6,7 +6,7 @@
 //! - 5 fields: minute (0–59), hour (0–23), day of month (1–31), month (1–12 or
 //!   `JAN`–`DEC`), day of week (0–7 or `SUN`–`SAT`, 0 and 7 both Sunday; names in any
 //!   case);
-//! - each field a comma list of `*` (or `?`), `N`, `A-B`, each optionally `/STEP`; `N/STEP`
+//! - each field a comma list of `*` (`?` too in the day fields), `N`, `A-B`, each optionally `/STEP`; `N/STEP`
 //!   means `N-<last>/STEP`; `*` and `N/STEP` in day of week stop at 6 (Saturday), so 7 is
 //!   Sunday only when written;
 //! - the standard day rule: when both day of month and day of week are restricted (neither
@@ -51,6 +51,8 @@ struct FieldSpec {
     /// Where `*` and `N/STEP` stop (6 for day of week, whose 7 is an alias).
     open_max: u32,
     names: &'static [&'static str],
+    /// Whether `?` (no specific value) is allowed: the day fields only, as in the CRD rule.
+    question: bool,
 }
 
 const FIELDS: [FieldSpec; 5] = [
@@ -60,6 +62,7 @@ const FIELDS: [FieldSpec; 5] = [
         max: 59,
         open_max: 59,
         names: &[],
+        question: false,
     },
     FieldSpec {
         what: "hour",
@@ -67,6 +70,7 @@ const FIELDS: [FieldSpec; 5] = [
         max: 23,
         open_max: 23,
         names: &[],
+        question: false,
     },
     FieldSpec {
         what: "day of month",
@@ -74,6 +78,7 @@ const FIELDS: [FieldSpec; 5] = [
         max: 31,
         open_max: 31,
         names: &[],
+        question: true,
     },
     FieldSpec {
         what: "month",
@@ -81,6 +86,7 @@ const FIELDS: [FieldSpec; 5] = [
         max: 12,
         open_max: 12,
         names: &MONTHS,
+        question: false,
     },
     FieldSpec {
         what: "day of week",
@@ -88,6 +94,7 @@ const FIELDS: [FieldSpec; 5] = [
         max: 7,
         open_max: 6,
         names: &DAYS,
+        question: true,
     },
 ];
 
@@ -123,6 +130,9 @@ fn parse_field(field: &str, spec: &FieldSpec) -> Result<(u64, bool), String> {
             }
             None => None,
         };
+        if range == "?" && !spec.question {
+            return Err("? is only for day of month and day of week".into());
+        }
         let (from, to) = if range == "*" || range == "?" {
             star |= step.unwrap_or(1) == 1 && field == part;
             (spec.min, spec.open_max)

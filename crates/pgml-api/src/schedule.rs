@@ -11,9 +11,13 @@ use k8s_openapi::jiff::tz::TimeZone;
 use crate::common::Time;
 use crate::snapshot::DeletionPolicy;
 
-/// A cron schedule as the CEL rule below accepts it; [`crate::validate::check_cron`]
-/// checks the values and [`crate::cron`] evaluates it.
-pub(crate) const CRON_RULE: &str = "self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*/,-]+ +[0-9*/,-]+ +[0-9*/,?LW-]+ +[0-9A-Za-z*/,-]+ +[0-9A-Za-z*/,?L#-]+)$')";
+/// A cron schedule as the CEL rule below accepts it: a macro, or 5 fields of comma lists of
+/// `*`, values and ranges in the field's range (names for months and days), each with an
+/// optional step no larger than the field's maximum; `?` only in the day fields. What it
+/// cannot see (a range that runs backwards, a date no month has) is refused by
+/// [`crate::validate::check_cron`], which parses with the evaluator, [`crate::cron`].
+/// Generated per field; keep the fields in step with `cron::FIELDS`.
+pub(crate) const CRON_RULE: &str = "self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/([1-9]|[1-5][0-9]))?(,([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/([1-9]|[1-5][0-9]))?)* +([*]|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/([1-9]|1[0-9]|2[0-3]))?(,([*]|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/([1-9]|1[0-9]|2[0-3]))?)* +([*?]|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/([1-9]|[12][0-9]|3[01]))?(,([*?]|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/([1-9]|[12][0-9]|3[01]))?)* +([*]|(0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-(0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/([1-9]|1[0-2]))?(,([*]|(0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-(0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/([1-9]|1[0-2]))?)* +([*?]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-7])?(,([*?]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-7])?)*)$')";
 pub(crate) const CRON_MESSAGE: &str = "must be a cron schedule: 5 fields (minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\") or @hourly, @daily, @weekly, @monthly";
 
 /// How many scheduled snapshots to keep. A snapshot is kept if any rule keeps it; only
@@ -153,6 +157,80 @@ pub fn scheduled_snapshot_name(name: &str, slot: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the CRD's cron rule (with kube-cel, as the apiserver would) on `expr`.
+    fn admitted(expr: &str) -> bool {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"schedule": {
+                "type": "string",
+                "x-kubernetes-validations": [{"rule": CRON_RULE, "message": CRON_MESSAGE}],
+            }},
+        });
+        kube_cel::Validator::new()
+            .validate(&schema, &serde_json::json!({ "schedule": expr }), None)
+            .is_ok()
+    }
+
+    /// Admission and the operator's parser agree: what the CEL rule refuses the parser
+    /// refuses too, and the only expressions the rule lets through that the parser refuses
+    /// are those a regular expression cannot judge (backward ranges, dates no month has).
+    #[test]
+    fn the_cel_rule_and_the_parser_agree() {
+        for ok in [
+            "* * * * *",
+            "0 3 * * *",
+            "*/15 * * * *",
+            "5,35 */6 * * *",
+            "0 9-17/4 * * *",
+            "10/20 * * * *",
+            "0 0 1 JAN,jul *",
+            "30 4 * * MON-FRI",
+            "0 0 13 * FRI",
+            "0 0 ? * sun",
+            "0 0 * * 7",
+            "0 0 * * */7",
+            "59 23 31 12 6",
+            "@daily",
+            "@hourly",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+            "@midnight",
+        ] {
+            assert!(admitted(ok), "CEL refused {ok}");
+            assert_eq!(crate::validate::check_cron(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "60 * * * *",
+            "0 24 * * *",
+            "0 0 0 * *",
+            "0 0 32 * *",
+            "0 0 * 13 *",
+            "0 0 * * 8",
+            "*/0 * * * *",
+            "*/60 * * * *",
+            "0 */24 * * *",
+            "0 0 * * */8",
+            "0 0 * *",
+            "0 0 * * * *",
+            "@sometimes",
+            "0 0 * * FUNDAY",
+            "0 0 L * *",
+            "0 0 * * 5#3",
+            "? * * * *",
+            "every night",
+            "1,,2 * * * *",
+        ] {
+            assert!(!admitted(bad), "CEL admitted {bad}");
+            assert!(crate::validate::check_cron(bad).is_err(), "{bad}");
+        }
+        for parser_only in ["0 5-2 * * *", "0 0 31 2 *", "0 0 30 2 *"] {
+            assert!(admitted(parser_only), "{parser_only}");
+            assert!(crate::validate::check_cron(parser_only).is_err());
+        }
+    }
 
     #[test]
     fn names_are_deterministic_and_fit() {
