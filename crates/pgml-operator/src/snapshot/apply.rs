@@ -52,13 +52,17 @@ impl Run<'_> {
 
     /// Fails the snapshot with `why`; `delete` first deletes every snapshot the object
     /// made (a set that must not be used).
+    /// The failure is recorded first: a set found later (this deletion cut short, a call
+    /// that answers after all) is deleted by the Failed phase's sweep, never adopted.
     async fn fail(&mut self, why: &str, message: String, delete: bool) -> Result<Action, Error> {
-        let mut s = self.with_phase(P::Failed, why, &message);
-        if delete {
-            delete_all(self.ctx, &self.id, &mut s.snapshots).await?;
-        }
+        let s = self.with_phase(P::Failed, why, &message);
         tracing::warn!(snapshot = %self.id.name, reason = why, %message, "snapshot failed");
         self.commit(s).await?;
+        if delete {
+            let mut s = owned_view(&self.written);
+            delete_all(self.ctx, &self.id, &mut s.snapshots).await?;
+            self.commit(s).await?;
+        }
         Ok(Action::requeue(self.ctx.settings.ready_requeue))
     }
 }
