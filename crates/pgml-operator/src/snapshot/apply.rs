@@ -492,10 +492,16 @@ async fn sweep(run: &Run<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Strays appear only from calls a dead process left in flight (seconds), so a settled
+/// object is swept rarely: a tag-filtered DescribeSnapshots per object is not free.
+fn settled_requeue(run: &Run<'_>) -> Action {
+    Action::requeue(run.ctx.settings.ready_requeue * 10)
+}
+
 /// Completed: keep the set alone, delete strays now and then.
 async fn settled(run: &mut Run<'_>) -> Result<Action, Error> {
     sweep(run).await?;
-    Ok(Action::requeue(run.ctx.settings.ready_requeue))
+    Ok(settled_requeue(run))
 }
 
 /// Failed: a failed set has no snapshot worth keeping; late answers are deleted too.
@@ -509,5 +515,5 @@ async fn failed(run: &mut Run<'_>) -> Result<Action, Error> {
         tracing::warn!(snapshot = %run.id.name, aws = %s.snapshot_id, "deleting a snapshot of a failed set");
         run.ctx.ec2.delete_snapshot(&s.snapshot_id).await?;
     }
-    Ok(Action::requeue(run.ctx.settings.ready_requeue))
+    Ok(settled_requeue(run))
 }
