@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import faults
+from . import direct, faults
 from .state import Store
 
 log = logging.getLogger("ebssim")
@@ -742,7 +742,15 @@ class Handler(BaseHTTPRequestHandler):
             return sim.forward(self.command, self.path, headers, b)
 
         try:
-            if action and service in ("ec2", None):
+            split = urllib.parse.urlsplit(self.path)
+            ours = None
+            if service == "ebs" and self.command == "GET":
+                ours = direct.answer(sim.store, split.path, dict(urllib.parse.parse_qsl(split.query)))
+            if ours is not None:
+                reply = Reply(*ours)
+                outcome = "ok" if reply.ok else "error"
+                name = "ebs:" + ("ListChangedBlocks" if split.path.endswith("changedblocks") else "ListSnapshotBlocks")
+            elif action and service in ("ec2", None):
                 sim.tls.auth = auth
                 reply, outcome = sim.ec2(action, params, fwd)
                 name = action
