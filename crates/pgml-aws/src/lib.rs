@@ -82,6 +82,10 @@ pub trait Ec2: Send + Sync {
         tags: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), AwsError>;
 
+    /// Bytes that differ between two snapshots of one volume (EBS direct API
+    /// ListChangedBlocks: changed blocks × block size), `first` the older.
+    async fn changed_bytes(&self, first: &str, second: &str) -> Result<i64, AwsError>;
+
     /// Snapshots matching the tag filters.
     async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError>;
 

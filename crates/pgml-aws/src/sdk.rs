@@ -27,17 +27,20 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 #[derive(Clone)]
 pub struct SdkEc2 {
     client: Client,
+    /// The EBS direct APIs (ListChangedBlocks), same credentials and endpoint.
+    ebs: aws_sdk_ebs::Client,
 }
 
 impl SdkEc2 {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         SdkEc2 {
             client: Client::new(config),
+            ebs: aws_sdk_ebs::Client::new(config),
         }
     }
 
-    pub fn from_client(client: Client) -> Self {
-        SdkEc2 { client }
+    pub fn from_clients(client: Client, ebs: aws_sdk_ebs::Client) -> Self {
+        SdkEc2 { client, ebs }
     }
 }
 
@@ -523,6 +526,23 @@ impl Ec2 for SdkEc2 {
             .await
             .map_err(|e| err("CreateTags", e))?;
         Ok(())
+    }
+
+    async fn changed_bytes(&self, first: &str, second: &str) -> Result<i64, AwsError> {
+        let mut pages = self
+            .ebs
+            .list_changed_blocks()
+            .first_snapshot_id(first)
+            .second_snapshot_id(second)
+            .into_paginator()
+            .send();
+        let mut bytes = 0i64;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("ListChangedBlocks", e))?;
+            let block = i64::from(page.block_size().unwrap_or(512 * 1024));
+            bytes += page.changed_blocks().len() as i64 * block;
+        }
+        Ok(bytes)
     }
 
     async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError> {

@@ -398,3 +398,34 @@ async fn a_pvc_on_an_ebs_csi_volume_is_captured() {
     let _ = pvs.delete(&pv_name, &Default::default()).await;
     f.finish().await;
 }
+
+/// Two sets of one pool with 6 MiB written between them: the second says how much changed
+/// since the first (ListChangedBlocks per member), the first has nothing to compare with.
+#[tokio::test]
+async fn consecutive_sets_report_what_changed_between_them() {
+    let f = Fixture::start("snapdiff", &[2]).await;
+    let node = &f.sb.nodes[2];
+    let pool = f.unique("diffsrc");
+    f.ready_pool(&pool, node, "raid0", 2).await;
+    fake_pgdata(node, &pool);
+    f.snapshot("first", &pool, "standbySignal: Never\n").await;
+    let first = f.wait_phase("first", SnapshotPhase::Completed).await;
+    assert!(first.status.as_ref().unwrap().changed_bytes.is_none());
+    assert!(first.status.as_ref().unwrap().previous_snapshot.is_none());
+
+    let more = format!("{}/base/16385", pgdata(node, &pool));
+    pgml_testbed::nodes::node_write_random(node, &more, 6).unwrap();
+    pgml_testbed::nodes::node_exec_ok(node, &["sync"]).unwrap();
+    // The capture times are whole seconds: the second set must start in a later one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.snapshot("second", &pool, "standbySignal: Never\n").await;
+    let second = f.wait_phase("second", SnapshotPhase::Completed).await;
+    let st = second.status.clone().unwrap();
+    assert_eq!(st.previous_snapshot.as_deref(), Some("first"));
+    let changed = st.changed_bytes.expect("changedBytes");
+    assert!(
+        (6 << 20..1 << 30).contains(&changed),
+        "6 MiB written between the sets, {changed} bytes reported changed"
+    );
+    f.finish().await;
+}

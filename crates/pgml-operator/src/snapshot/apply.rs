@@ -468,6 +468,10 @@ async fn finalizing(run: &mut Run<'_>) -> Result<Action, Error> {
                 run.written.source.as_deref().unwrap_or("the source")
             );
             let mut new = run.with_phase(P::Completed, reason::COMPLETED, &msg);
+            if let Some((prev, bytes)) = changed_since_previous(run, &s.snapshots).await? {
+                new.previous_snapshot = Some(prev);
+                new.changed_bytes = Some(bytes);
+            }
             new.snapshots = s.snapshots;
             new.size_gib = Some(size);
             new.completion_time = Some(run.now.clone());
@@ -476,6 +480,38 @@ async fn finalizing(run: &mut Run<'_>) -> Result<Action, Error> {
             Ok(Action::requeue(run.ctx.settings.ready_requeue))
         }
     }
+}
+
+/// The bytes changed since the previous Completed set of the same source (EBS direct API
+/// ListChangedBlocks per member), where the API answers; `None` otherwise. Best effort: a
+/// refusal never holds the set back.
+async fn changed_since_previous(
+    run: &Run<'_>,
+    members: &[MemberSnapshot],
+) -> Result<Option<(String, i64)>, Error> {
+    let api: kube::Api<EbsSnapshot> =
+        kube::Api::namespaced(run.ctx.client.clone(), &run.id.namespace);
+    let others = api.list(&Default::default()).await?.items;
+    let Some((prev, pairs)) = plan::previous_set(
+        &others,
+        &run.id.name,
+        run.written.source.as_deref(),
+        run.written.capture_time.as_ref().map(secs),
+        members,
+    ) else {
+        return Ok(None);
+    };
+    let mut total = 0;
+    for (first, second) in &pairs {
+        match run.ctx.ec2.changed_bytes(first, second).await {
+            Ok(b) => total += b,
+            Err(e) => {
+                tracing::info!(snapshot = %run.id.name, error = %e, "ListChangedBlocks does not answer; changedBytes left unset");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some((prev, total)))
 }
 
 /// Deletes the snapshots tagged with the UID that status does not name.

@@ -344,6 +344,46 @@ pub fn strays(found: &[Snapshot], members: &[MemberSnapshot]) -> Vec<String> {
         .collect()
 }
 
+/// The Completed set of the same source captured last before `captured` (seconds), and the
+/// pairs (its snapshot, ours) of each member, for ListChangedBlocks. Only a set with the
+/// same members (same volumes) compares.
+pub fn previous_set(
+    others: &[pgml_api::EbsSnapshot],
+    name: &str,
+    source: Option<&str>,
+    captured: Option<i64>,
+    members: &[MemberSnapshot],
+) -> Option<(String, Vec<(String, String)>)> {
+    let source = source?;
+    let captured = captured?;
+    let prev = others
+        .iter()
+        .filter(|o| o.metadata.name.as_deref() != Some(name))
+        .filter_map(|o| Some((o.metadata.name.clone()?, o.status.as_ref()?)))
+        .filter(|(_, s)| {
+            s.phase == Some(pgml_api::snapshot::SnapshotPhase::Completed)
+                && s.source.as_deref() == Some(source)
+        })
+        .filter_map(|(n, s)| Some((s.capture_time.as_ref()?.0.as_second(), n, s)))
+        .filter(|(t, _, _)| *t < captured)
+        .max_by_key(|(t, n, _)| (*t, n.clone()))?;
+    let (_, prev_name, prev) = prev;
+    if prev.snapshots.len() != members.len() {
+        return None;
+    }
+    let pairs = members
+        .iter()
+        .map(|m| {
+            let p = prev
+                .snapshots
+                .iter()
+                .find(|p| p.member_index == m.member_index && p.volume_id == m.volume_id)?;
+            Some((p.snapshot_id.clone()?, m.snapshot_id.clone()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((prev_name, pairs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +589,50 @@ mod tests {
             matches!(progress(&mut m, &d[1..]), Progress::Failed(w) if w.contains("no longer exists"))
         );
         assert_eq!(m[0].state.as_deref(), Some("deleted"));
+    }
+
+    fn completed(name: &str, source: &str, at: i64, snaps: &[&str]) -> pgml_api::EbsSnapshot {
+        let members: Vec<String> = snaps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{{memberIndex: {i}, volumeId: vol-{i}, snapshotId: {s}}}"))
+            .collect();
+        let t = k8s_openapi::jiff::Timestamp::from_second(at).unwrap();
+        serde_yaml::from_str(&format!(
+            "apiVersion: pgml.io/v1alpha1\nkind: EbsSnapshot\nmetadata: {{name: {name}}}\nspec: {{source: {{zfsPool: {{name: p}}}}}}\nstatus: {{phase: Completed, source: {source}, captureTime: '{t}', snapshots: [{}]}}\n",
+            members.join(", ")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_previous_set_is_the_last_completed_one_of_the_same_source() {
+        let mut ours = members(2);
+        ours[0].snapshot_id = Some("snap-n0".into());
+        ours[1].snapshot_id = Some("snap-n1".into());
+        let others = vec![
+            completed("old", "ZfsPool/p", 100, &["snap-a0", "snap-a1"]),
+            completed("last", "ZfsPool/p", 200, &["snap-b0", "snap-b1"]),
+            completed("other", "ZfsPool/q", 250, &["snap-c0", "snap-c1"]),
+            completed("later", "ZfsPool/p", 400, &["snap-d0", "snap-d1"]),
+        ];
+        let (name, pairs) =
+            previous_set(&others, "new", Some("ZfsPool/p"), Some(300), &ours).unwrap();
+        assert_eq!(name, "last");
+        assert_eq!(
+            pairs,
+            [
+                ("snap-b0".to_string(), "snap-n0".to_string()),
+                ("snap-b1".to_string(), "snap-n1".to_string())
+            ]
+        );
+        assert!(previous_set(&others, "new", Some("ZfsPool/p"), Some(100), &ours).is_none());
+        // Another member count, or a replaced volume: nothing to compare.
+        let three = vec![completed("x", "ZfsPool/p", 10, &["s0", "s1", "s2"])];
+        assert!(previous_set(&three, "new", Some("ZfsPool/p"), Some(300), &ours).is_none());
+        let mut moved = ours.clone();
+        moved[1].volume_id = Some("vol-9".into());
+        assert!(previous_set(&others, "new", Some("ZfsPool/p"), Some(300), &moved).is_none());
     }
 
     #[test]
