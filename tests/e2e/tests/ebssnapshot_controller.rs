@@ -429,3 +429,89 @@ async fn consecutive_sets_report_what_changed_between_them() {
     );
     f.finish().await;
 }
+
+/// No agent answers on the pool's node: Failed AgentNotResponding after the (shortened)
+/// agent timeout, nothing taken. An agent that cannot stamp under `Always` (no data
+/// directory) fails the hold: Failed HoldFailed.
+#[tokio::test]
+async fn holds_that_do_not_come_fail_the_snapshot() {
+    let mut f = Fixture::start("snapnohold", &[1]).await;
+    f.operator.stop(Duration::from_secs(10));
+    f.operator.set_env("PGML_AGENT_TIMEOUT_SECONDS", "6");
+    f.operator.start();
+    let node = &f.sb.nodes[1];
+    let pool = f.unique("nohold");
+    f.ready_pool(&pool, node, "raid0", 1).await;
+
+    // Always, and the pool holds no data directory: the agent refuses the hold.
+    f.snapshot("always", &pool, "standbySignal: Always\n").await;
+    let s = f.wait_phase("always", SnapshotPhase::Failed).await;
+    assert_eq!(ready_reason(&s), "HoldFailed", "{:?}", s.status);
+    assert!(
+        condition(&s, "Ready").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("data directory"),
+        "{:?}",
+        condition(&s, "Ready")
+    );
+
+    // The agent is gone: nobody answers.
+    for a in &mut f.agents {
+        a.stop(Duration::from_secs(30));
+    }
+    f.snapshot("orphan", &pool, "").await;
+    let s = f.wait_phase("orphan", SnapshotPhase::Failed).await;
+    assert_eq!(ready_reason(&s), "AgentNotResponding", "{:?}", s.status);
+    assert!(
+        s.status
+            .as_ref()
+            .unwrap()
+            .snapshots
+            .iter()
+            .all(|m| m.snapshot_id.is_none())
+    );
+    for name in ["always", "orphan"] {
+        let uid = f.snapshots().get(name).await.unwrap().metadata.uid.unwrap();
+        assert!(
+            snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid)
+                .await
+                .is_empty()
+        );
+    }
+    for a in &mut f.agents {
+        a.start();
+    }
+    f.finish().await;
+}
+
+/// EC2 throttles the member tagging past the SDK's retries: the controller backs off this
+/// object (a Warning Throttled), then adopts the set it already made — still one set.
+#[tokio::test]
+async fn throttled_tagging_backs_off_and_adopts_the_set() {
+    let f = Fixture::start("snapthr", &[2]).await;
+    let node = &f.sb.nodes[2];
+    let pool = f.unique("thrsrc");
+    f.ready_pool(&pool, node, "raid0", 2).await;
+    // Every CreateTags naming member 0 of this snapshot, 4 times: more than the SDK retries.
+    let _throttle = SimAdmin::from_sandbox(f.sb)
+        .fault(json!({
+            "kind": "throttle", "action": "CreateTags",
+            "match": format!("{}/thr-0", f.name()), "count": 4,
+        }))
+        .unwrap();
+    f.snapshot("thr", &pool, "standbySignal: Never\n").await;
+    let s = f.wait_phase("thr", SnapshotPhase::Completed).await;
+    let uid = s.metadata.uid.clone().unwrap();
+    let tagged = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
+    assert_eq!(tagged.len(), 2, "one set: {tagged:?}");
+    assert!(tagged.iter().all(|t| tag(t, keys::MEMBER_INDEX).is_some()));
+    let warnings = warning_reasons(&f, "thr").await;
+    assert!(warnings.contains(&"Throttled".to_string()), "{warnings:?}");
+    assert!(
+        f.operator.log().contains("adopting the set"),
+        "{}",
+        f.logs()
+    );
+    f.finish().await;
+}
