@@ -14,6 +14,7 @@ use super::build::{self, AttachStep, Budget, PoolRef};
 use super::dereference::{self, Target};
 use super::error::Error;
 use super::repair::{self, Decision, MemberView, Retire};
+use super::restore;
 use super::status::{self, AgentView, Facts, RepairView, reason};
 use super::{Context, FIELD_MANAGER, events};
 
@@ -100,7 +101,7 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let restore = match restore_plan(pool, ctx, &observed).await? {
+    let restore = match restore::plan(pool, ctx, &observed).await? {
         Ok(r) => r,
         Err(blocked) => {
             let new = blocked.status(&observed, generation, &now);
@@ -776,98 +777,4 @@ fn to_times(secs: &[i64]) -> Vec<pgml_api::common::Time> {
         .filter_map(|s| k8s_openapi::jiff::Timestamp::from_second(*s).ok())
         .map(pgml_api::common::Time)
         .collect()
-}
-
-/// Where a restored pool's members come from.
-struct Restore {
-    name: String,
-    sources: BTreeMap<usize, String>,
-    rate_mibps: Option<i32>,
-}
-
-/// Why a restore cannot go on: the snapshot is missing, not Completed yet, or does not fit
-/// the pool (SpecValid=False). Nothing is created meanwhile.
-struct RestoreBlocked {
-    spec_error: Option<&'static str>,
-    reason: &'static str,
-    message: String,
-    waiting: bool,
-}
-
-impl RestoreBlocked {
-    fn status(
-        &self,
-        observed: &ZfsPoolStatus,
-        generation: Option<i64>,
-        now: &pgml_api::common::Time,
-    ) -> ZfsPoolStatus {
-        let spec_error = self.spec_error.map(|r| (r, self.message.as_str()));
-        status::blocked(
-            observed,
-            generation,
-            spec_error,
-            self.reason,
-            &self.message,
-            now,
-        )
-    }
-
-    fn retry(&self, settings: &super::Settings) -> std::time::Duration {
-        if self.waiting {
-            settings.progress_requeue
-        } else {
-            settings.ready_requeue
-        }
-    }
-}
-
-/// `spec.restoreFrom`, while the pool still has members to create from it (once every
-/// member exists, `status.restoredFrom` is set and the snapshot is no longer needed).
-async fn restore_plan(
-    pool: &ZfsPool,
-    ctx: &Context,
-    observed: &ZfsPoolStatus,
-) -> Result<Result<Option<Restore>, RestoreBlocked>, Error> {
-    let Some(from) = &pool.spec.restore_from else {
-        return Ok(Ok(None));
-    };
-    if observed.restored_from.is_some() {
-        return Ok(Ok(None));
-    }
-    let ns = pool.metadata.namespace.as_deref().unwrap_or_default();
-    let name = &from.ebs_snapshot_name;
-    let api: Api<pgml_api::EbsSnapshot> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(snap) = api.get_opt(name).await? else {
-        return Ok(Err(RestoreBlocked {
-            spec_error: None,
-            reason: reason::SNAPSHOT_NOT_FOUND,
-            message: format!(
-                "restoreFrom: EbsSnapshot {name} does not exist; no volumes were created"
-            ),
-            waiting: false,
-        }));
-    };
-    if let Err(e) = validate::check_restore(&pool.spec, &snap) {
-        let waiting = e.may_resolve_by_itself();
-        return Ok(Err(RestoreBlocked {
-            spec_error: (!waiting).then(|| e.reason()),
-            reason: e.reason(),
-            message: format!("{e}; no volumes were created"),
-            waiting,
-        }));
-    }
-    let count = pool.spec.template.volumes.count.max(0) as usize;
-    match build::restore_sources(&snap, count) {
-        Ok(sources) => Ok(Ok(Some(Restore {
-            name: name.clone(),
-            sources,
-            rate_mibps: from.volume_initialization_rate_mibps,
-        }))),
-        Err(m) => Ok(Err(RestoreBlocked {
-            spec_error: Some("RestoreMismatch"),
-            reason: "RestoreMismatch",
-            message: format!("restoreFrom: {m}; no volumes were created"),
-            waiting: false,
-        })),
-    }
 }

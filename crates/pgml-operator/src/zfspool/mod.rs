@@ -9,6 +9,7 @@ pub mod dereference;
 pub mod error;
 pub mod events;
 pub mod repair;
+pub mod restore;
 pub mod status;
 
 use std::collections::HashMap;
