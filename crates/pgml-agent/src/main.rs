@@ -8,6 +8,7 @@ mod judge;
 mod observe;
 mod reconcile;
 mod report;
+mod stop;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -177,15 +178,17 @@ async fn run_pools(args: &Args, client: kube::Client, shutdown: Shutdown) -> any
     };
     let selector = format!("spec.nodeName={}", args.node_name);
     tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
-    Controller::new(pools, watcher::Config::default().fields(&selector))
-        .graceful_shutdown_on(async move { shutdown.requested().await })
+    let controller = Controller::new(pools, watcher::Config::default().fields(&selector));
+    let stop = stop::trigger(shutdown.clone(), controller.store());
+    let running = controller
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    stop::run_until_stopped(running, shutdown, "ZfsPools").await;
     Ok(())
 }
 

@@ -162,16 +162,17 @@ pub async fn run(ctx: Arc<HoldCtx>, node: String, namespace: Option<String>, shu
     };
     let selector = format!("{}={node}", keys::NODE);
     tracing::info!(selector, ?namespace, state_dir = ?ctx.store, "watching EbsSnapshots");
-    let stop = shutdown.clone();
-    Controller::new(api, watcher::Config::default().labels(&selector))
-        .graceful_shutdown_on(async move { stop.requested().await })
+    let controller = Controller::new(api, watcher::Config::default().labels(&selector));
+    let stop = crate::stop::trigger(shutdown.clone(), controller.store());
+    let running = controller
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "hold controller event");
             }
-        })
-        .await;
+        });
+    crate::stop::run_until_stopped(running, shutdown, "EbsSnapshot holds").await;
     drain(&ctx).await;
     sweeper.abort();
 }
