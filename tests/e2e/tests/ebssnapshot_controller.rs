@@ -515,3 +515,50 @@ async fn throttled_tagging_backs_off_and_adopts_the_set() {
     );
     f.finish().await;
 }
+
+/// A cluster source goes through `status.instances[].pool` (written here as the cluster
+/// controller of issue 5 will): unset instance → the ready replica's pool.
+#[tokio::test]
+async fn a_cluster_source_snapshots_its_ready_replica_s_pool() {
+    use kube::api::{Patch, PatchParams};
+
+    let f = Fixture::start("snapcl", &[1]).await;
+    let node = &f.sb.nodes[1];
+    let pool = f.unique("replica");
+    f.ready_pool(&pool, node, "raid0", 1).await;
+    let api: kube::Api<PgmlCluster> = f.ns.api();
+    let cluster: PgmlCluster = serde_yaml::from_str(
+        "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main}\nspec:\n  instances: 2\n  storage: {zfs: {template: {volumes: {count: 1, type: gp3, sizeGiB: 1}}}}\n",
+    )
+    .unwrap();
+    api.create(&PostParams::default(), &cluster).await.unwrap();
+    let status = json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+        "status": {"instances": [
+            {"name": "main-1", "pool": "not-this-one", "role": "Primary", "ready": true},
+            {"name": "main-2", "pool": pool, "role": "Replica", "ready": true},
+        ]},
+    });
+    api.patch_status(
+        "main",
+        &PatchParams::apply("e2e-cluster-status").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
+    let obj: EbsSnapshot = serde_yaml::from_str(
+        "apiVersion: pgml.io/v1alpha1\nkind: EbsSnapshot\nmetadata: {name: of-cluster}\nspec: {source: {cluster: {name: main}}, standbySignal: Never}\n",
+    )
+    .unwrap();
+    f.snapshots()
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let s = f.wait_phase("of-cluster", SnapshotPhase::Completed).await;
+    let st = s.status.clone().unwrap();
+    assert_eq!(st.source.as_deref(), Some("PgmlCluster/main (main-2)"));
+    assert_eq!(st.zfs_pool.as_deref(), Some(pool.as_str()));
+    assert_eq!(st.node_name.as_deref(), Some(node.name.as_str()));
+    assert_eq!(st.snapshots.len(), 1);
+    f.finish().await;
+}
