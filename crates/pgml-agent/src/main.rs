@@ -107,14 +107,6 @@ async fn main() -> anyhow::Result<()> {
         "starting pgml-agent"
     );
     let client = kube::Client::try_default().await?;
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-    if nodes.get_opt(&args.node_name).await?.is_none() {
-        anyhow::bail!(
-            "node {} does not exist in the cluster; check NODE_NAME",
-            args.node_name
-        );
-    }
-    tracing::info!("node found; waiting for work");
     let hold = Arc::new(hold::HoldCtx::new(
         client.clone(),
         hold::record::Store::open(&args.state_dir).context("--state-dir")?,
@@ -124,6 +116,31 @@ async fn main() -> anyhow::Result<()> {
         args.sys_block.clone(),
         args.mount_root.clone(),
     ));
+    // Holds an earlier agent left end at their deadline even if the API server never
+    // answers this one.
+    let sweeper = hold::spawn_sweeper(hold.clone());
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    loop {
+        match nodes.get_opt(&args.node_name).await {
+            Ok(Some(_)) => break,
+            Ok(None) => anyhow::bail!(
+                "node {} does not exist in the cluster; check NODE_NAME",
+                args.node_name
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this node from the API server; retrying in 5s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.requested() => {
+                        hold::drain(&hold).await;
+                        tracing::info!("stopped");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("node found; waiting for work");
     // Snapshot holds do not need ZFS (ext4 sources): they run from the start, beside the
     // pools.
     let holds = tokio::spawn(hold::run(
@@ -135,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
     run_pools(&args, client, shutdown).await?;
     // Holds in place are seen through before the process ends.
     let _ = holds.await;
+    sweeper.abort();
     tracing::info!("stopped");
     Ok(())
 }

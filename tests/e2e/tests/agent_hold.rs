@@ -44,6 +44,9 @@ impl ZfsBed {
         let client = client().await;
         ensure_crds(&client, pgml_api::crds()).await;
         let ns = TestNamespace::new(&client, prefix).await;
+        // ZFS pool names are the node's: one a failed run left behind must not collide.
+        let suffix = ns.name().rsplit('-').next().unwrap_or_default();
+        let pool = &format!("{pool}-{suffix}");
         let node = &sb.nodes[node];
         let mut operator = procs::operator(sb, ns.name());
         let agent = procs::agent(sb, node, ns.name());
@@ -110,6 +113,14 @@ impl ZfsBed {
         )
     }
 
+    fn record_gone(&self, o: &EbsSnapshot) -> bool {
+        record_gone(
+            self.node,
+            self.ns.name(),
+            o.metadata.uid.as_deref().unwrap(),
+        )
+    }
+
     /// Snapshots first (no finalizer: the operator never saw them), then the pool with
     /// the operator back to delete its volume.
     async fn teardown(mut self) {
@@ -150,7 +161,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
             .is_some_and(|m| m.contains("no PostgreSQL data directory")),
         "{hold:?}"
     );
-    assert!(!bed.record_exists(&o));
+    assert!(bed.record_gone(&o));
     assert!(!bed.signal_exists());
 
     fake_pgdata(node, &bed.pgdata);
@@ -193,7 +204,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     assert!(millis(&hold.released_at) < millis(&hold.deadline));
     assert_eq!(st.frozen_millis, None);
     assert!(
-        !bed.record_exists(&o),
+        bed.record_gone(&o),
         "the record is deleted after the release"
     );
     assert_eq!(
@@ -259,7 +270,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     );
     assert!(hold.message.is_some_and(|m| m.contains("deadline")));
     assert!(st.standby_signal.unwrap().removed);
-    assert!(!bed.record_exists(&o));
+    assert!(bed.record_gone(&o));
 
     // Stopped (SIGTERM) while Held: the agent sees the hold through to its end before it
     // exits, rather than leave standby.signal to whoever comes next.
@@ -350,7 +361,7 @@ async fn killed_at(bed: &mut ZfsBed, i: usize, fp: &str) {
     }
     let o = wait_hold(&s, HoldState::Released, HOLD_TIMEOUT, &bed.agent).await;
     assert!(!bed.signal_exists(), "standby.signal left after {fp}");
-    assert!(!bed.record_exists(&o), "hold record left after {fp}");
+    assert!(bed.record_gone(&o), "hold record left after {fp}");
     assert!(o.status.unwrap().standby_signal.unwrap().removed);
 }
 
@@ -387,7 +398,51 @@ async fn zfs_hold_agent_killed_at_each_failpoint() {
         !bed.signal_exists(),
         "standby.signal left past the deadline"
     );
-    assert!(!bed.record_exists(&o));
+    assert!(bed.record_gone(&o));
+
+    // Restarted while the API server does not answer it: the sweep still ends the hold on
+    // the node at its deadline; the status follows once the API server answers again.
+    let mut s = bed.snapshot("api-down", "Auto", 4).await;
+    s.phase("Preparing").await;
+    let o = wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
+    let deadline = millis(&o.status.as_ref().unwrap().hold.as_ref().unwrap().deadline);
+    let uid = o.metadata.uid.clone().unwrap();
+    bed.agent.kill();
+    let sb = Sandbox::get();
+    let good = sb.kube.kubeconfig.display().to_string();
+    let bad = std::env::temp_dir().join(format!("kubeconfig-unreachable-{}", bed.ns.name()));
+    let text = std::fs::read_to_string(&sb.kube.kubeconfig).unwrap();
+    assert!(
+        text.contains(&sb.kube.server),
+        "the kubeconfig names its server"
+    );
+    std::fs::write(&bad, text.replace(&sb.kube.server, "https://127.0.0.1:1")).unwrap();
+    bed.agent.set_env("KUBECONFIG", &bad.display().to_string());
+    bed.agent.start();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(
+        (deadline - now).max(0) as u64 + 2_500,
+    ))
+    .await;
+    assert!(
+        !bed.signal_exists(),
+        "standby.signal left past the deadline with the API server away\n{}",
+        tail(&bed.agent)
+    );
+    let record =
+        std::fs::read_to_string(state_dir(bed.node, bed.ns.name()).join(format!("{uid}.json")))
+            .expect("the record stays until the status is written");
+    assert!(record.contains("\"undone\""), "{record}");
+    assert_eq!(hold_state(&s.get().await), Some(HoldState::Held));
+    bed.agent.kill();
+    bed.agent.set_env("KUBECONFIG", &good);
+    bed.agent.start();
+    let o = wait_hold(&s, HoldState::Expired, HOLD_TIMEOUT, &bed.agent).await;
+    assert!(bed.record_gone(&o));
+    let _ = std::fs::remove_file(&bad);
 
     bed.teardown().await;
 }

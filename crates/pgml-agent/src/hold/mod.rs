@@ -142,20 +142,21 @@ fn until(deadline_ms: i64) -> Requeue {
     Requeue::requeue(Duration::from_millis(ms))
 }
 
-/// Runs the hold side until shutdown: first every record left by an earlier agent, then the
-/// watcher of this node's EbsSnapshots beside a sweep every second. At shutdown, holds in
-/// place are seen through to their end (at most their deadline) before returning.
+/// The sweep, every second from now on, over every record (those an earlier agent left
+/// first): it needs nothing but the state directory and the clock to end a hold at its
+/// deadline, so it starts before the API server has answered at all.
+pub fn spawn_sweeper(ctx: Arc<HoldCtx>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            sweep(&ctx).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Runs the watcher of this node's EbsSnapshots until shutdown; then the holds in place are
+/// seen through to their end (at most their deadline) before returning.
 pub async fn run(ctx: Arc<HoldCtx>, node: String, namespace: Option<String>, shutdown: Shutdown) {
-    sweep(&ctx).await;
-    let sweeper = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                sweep(&ctx).await;
-            }
-        })
-    };
     let api: Api<EbsSnapshot> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -174,11 +175,10 @@ pub async fn run(ctx: Arc<HoldCtx>, node: String, namespace: Option<String>, shu
         });
     crate::stop::run_until_stopped(running, shutdown, "EbsSnapshot holds").await;
     drain(&ctx).await;
-    sweeper.abort();
 }
 
 /// Waits (sweeping) until no hold is left, or every deadline has passed and been acted on.
-async fn drain(ctx: &HoldCtx) {
+pub async fn drain(ctx: &HoldCtx) {
     let latest = |ctx: &HoldCtx| {
         ctx.store
             .uids()

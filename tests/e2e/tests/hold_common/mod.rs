@@ -155,6 +155,19 @@ pub fn state_dir(node: &NodeInfo, namespace: &str) -> PathBuf {
     node.root.join("agent-state").join(namespace)
 }
 
+/// Whether the record is gone, or goes within 3 seconds: the agent deletes it right after
+/// the status write the test saw.
+pub fn record_gone(node: &NodeInfo, namespace: &str, uid: &str) -> bool {
+    let start = std::time::Instant::now();
+    while record_exists(node, namespace, uid) {
+        if start.elapsed() > Duration::from_secs(3) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 pub fn record_exists(node: &NodeInfo, namespace: &str, uid: &str) -> bool {
     state_dir(node, namespace)
         .join(format!("{uid}.json"))
