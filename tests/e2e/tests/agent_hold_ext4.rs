@@ -236,6 +236,7 @@ async fn ext4_frozen_while_held_thawed_at_release_or_deadline() {
     assert!(sig.stamped && !sig.removed && !sig.already_present);
     let uid = o.metadata.uid.clone().unwrap();
     assert_eq!(guards_of(&uid).len(), 1, "one freeze guard");
+    assert!(bed.record_exists(&o), "the hold record while Held");
     let mut w = bed.start_write(30);
     assert!(
         still_blocked(&mut w, Duration::from_millis(1500)),
