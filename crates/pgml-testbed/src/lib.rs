@@ -7,6 +7,7 @@ pub mod aws;
 pub mod kube;
 pub mod manifests;
 pub mod nodes;
+pub mod pg;
 pub mod procs;
 pub mod sandbox;
 pub mod wait;
