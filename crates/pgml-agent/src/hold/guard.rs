@@ -176,6 +176,11 @@ impl Freezer {
         if o.thawed_ms.is_some() {
             return Ok(o.thawed_ms);
         }
+        if o.error.is_some() && !o.frozen {
+            // Its freeze failed (e.g. the file system was frozen by someone else): nothing
+            // of ours to thaw, and someone else's freeze is not ours to end.
+            return Ok(None);
+        }
         // The guard is gone (killed, or it never ran) and did not say it thawed: the file
         // system may still be frozen.
         let out = tokio::process::Command::new(&self.fsfreeze)
@@ -246,6 +251,41 @@ mod tests {
             uid
         ));
         assert!(!is_guard_cmdline(b"", uid));
+    }
+
+    /// A freezer with no guard running (an empty /proc) and `fsfreeze` standing in.
+    fn freezer(dir: &Path, fsfreeze: &str) -> Freezer {
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        Freezer {
+            guard: dir.join(GUARD_BIN),
+            fsfreeze: PathBuf::from(fsfreeze),
+            proc_dir: dir.join("proc"),
+        }
+    }
+
+    #[tokio::test]
+    async fn thaw_without_a_guard_uses_what_it_printed() {
+        let d = std::env::temp_dir().join(format!("pgml-guard-thaw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let out = d.join("u.guard");
+        let failing = freezer(&d, "false");
+        // It thawed and said so: nothing else to do (fsfreeze, failing, is not run).
+        std::fs::write(&out, "frozen\nthawed 1234\n").unwrap();
+        assert_eq!(failing.thaw("u", None, "/m", &out).await, Ok(Some(1234)));
+        // Its freeze failed: someone else's freeze is not ours to end.
+        std::fs::write(&out, "error fsfreeze -f /m: Device or resource busy\n").unwrap();
+        assert_eq!(failing.thaw("u", None, "/m", &out).await, Ok(None));
+        // Frozen and gone without a word: fsfreeze -u is run, and its failure reported.
+        std::fs::write(&out, "frozen\n").unwrap();
+        assert!(failing.thaw("u", None, "/m", &out).await.is_err());
+        assert_eq!(
+            freezer(&d, "true").thaw("u", None, "/m", &out).await,
+            Ok(None)
+        );
+        // Killed before it printed anything (maybe mid-freeze): thawed too.
+        std::fs::write(&out, "").unwrap();
+        assert!(failing.thaw("u", None, "/m", &out).await.is_err());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -71,7 +71,9 @@ async fn hold_steps(obj: &EbsSnapshot, rec: &mut Record, ctx: &HoldCtx) -> Resul
     }
     let st = obj.status.clone().unwrap_or_default();
     let source = locate(obj, ctx).await?;
-    rec.mount_path = source.mounts.first().map(|m| m.display().to_string());
+    if rec.mount_path.is_none() {
+        rec.mount_path = source.mounts.first().map(|m| m.display().to_string());
+    }
     stamp(ctx, rec, &source, obj.spec.standby_signal)?;
     failpoint("hold.after-stamp");
     if st.consistency.as_deref() == Some("Fsfreeze") {

@@ -14,10 +14,9 @@ use crate::report::FIELD_MANAGER;
 /// Releases a hold: undo on the node, then report and forget.
 pub(super) async fn end_hold(ctx: &HoldCtx, mut rec: Record, end: End) -> Result<(), Error> {
     let message = match end {
-        End::Expired => Some(
-            "the deadline passed before the capture was over: standby.signal removed, file system thawed"
-                .to_string(),
-        ),
+        End::Expired => {
+            Some("the deadline passed before the capture was over: the hold was undone".into())
+        }
         _ => None,
     };
     undo(ctx, &mut rec, end, message).await?;
