@@ -272,6 +272,44 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     assert!(st.standby_signal.unwrap().removed);
     assert!(bed.record_gone(&o));
 
+    // Deleted while Held, with the controller's finalizer still on it: released on the
+    // deletionTimestamp, reported on the deleting object.
+    let mut obj = snapshot("deleting", bed.source(), "Auto", 30);
+    obj.metadata.finalizers = Some(vec!["pgml.io/snapshots".into()]);
+    let mut s = FakeOperator::create(&bed.api, &obj, &bed.node.name, bed.status()).await;
+    s.phase("Preparing").await;
+    wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
+    assert!(bed.signal_exists());
+    s.delete().await;
+    let o = wait_hold(&s, HoldState::Released, HOLD_TIMEOUT, &bed.agent).await;
+    assert!(o.metadata.deletion_timestamp.is_some());
+    assert!(!bed.signal_exists(), "standby.signal removed on deletion");
+    assert!(bed.record_gone(&o));
+    bed.api
+        .patch(
+            "deleting",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+
+    // Gone while Held (no finalizer): the sweep finds it gone and releases.
+    let mut s = bed.snapshot("gone", "Auto", 30).await;
+    s.phase("Preparing").await;
+    let o = wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
+    s.delete().await;
+    wait_gone(&bed.api, "gone", HOLD_TIMEOUT).await;
+    let start = Instant::now();
+    while bed.signal_exists() && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !bed.signal_exists(),
+        "standby.signal left after the object went away"
+    );
+    assert!(bed.record_gone(&o));
+
     // Stopped (SIGTERM) while Held: the agent sees the hold through to its end before it
     // exits, rather than leave standby.signal to whoever comes next.
     let mut s = bed.snapshot("shutdown", "Auto", 4).await;
