@@ -25,7 +25,7 @@ fn guard(fsfreeze: &str, deadline: &str) -> Command {
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    .stderr(Stdio::piped());
     c
 }
 
@@ -65,6 +65,18 @@ fn thaws_at_once_on_sigterm() {
     let ms = thawed_ms(&out.stdout);
     assert!(ms < 5_000, "thawed after {ms} ms");
     assert!(start.elapsed() < Duration::from_secs(5));
+    // Its log lines (the agent's stream) are JSON.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let messages: Vec<String> = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(v["mount"], "/mnt/x");
+            v["message"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(messages, ["frozen", "thawed"]);
 }
 
 #[test]

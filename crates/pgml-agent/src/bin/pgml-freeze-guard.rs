@@ -63,6 +63,34 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// One JSON log line on stderr (the agent's log stream, which log pipelines read as JSON).
+fn log(level: &str, message: &str, mount: &str, detail: &str) {
+    fn quoted(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    eprintln!(
+        "{{\"unix_ms\":{unix_ms},\"level\":{},\"message\":{},\"mount\":{},\"detail\":{},\"target\":\"pgml_freeze_guard\"}}",
+        quoted(level),
+        quoted(message),
+        quoted(mount),
+        quoted(detail)
+    );
+}
+
 fn fsfreeze(program: &str, flag: &str, mount: &str) -> Result<(), String> {
     let out = Command::new(program)
         .args([flag, mount])
@@ -134,11 +162,18 @@ fn main() -> ExitCode {
     };
     let until = Instant::now() + Duration::from_millis(left);
     if let Err(e) = fsfreeze(&args.fsfreeze, "-f", &args.mount) {
+        log("ERROR", "freeze failed", &args.mount, &e);
         say(&format!("error {e}"));
         return ExitCode::from(1);
     }
     let frozen_at = Instant::now();
     say("frozen");
+    log(
+        "INFO",
+        "frozen",
+        &args.mount,
+        &format!("thawed in {left} ms at the latest"),
+    );
     let why = match wait_signal(&set, until) {
         Some(sig) => format!("signal {sig}"),
         None => "deadline".to_string(),
@@ -162,13 +197,16 @@ fn main() -> ExitCode {
     match last {
         Ok(()) => {
             say(&format!("thawed {ms}"));
-            eprintln!(
-                "pgml-freeze-guard: {} thawed after {ms} ms ({why})",
-                args.mount
+            log(
+                "INFO",
+                "thawed",
+                &args.mount,
+                &format!("after {ms} ms ({why})"),
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
+            log("ERROR", "thaw failed", &args.mount, &e);
             say(&format!("error {e}"));
             ExitCode::from(1)
         }
