@@ -402,5 +402,38 @@ async fn ext4_hold_agent_killed_at_each_failpoint() {
         killed_at(&mut bed, i, fp).await;
         eprintln!("{fp}: {:?}", start.elapsed());
     }
+
+    // Killed while frozen, and its state directory wiped: the restarted agent rebuilds the
+    // record from status.hold, finds the guard by its command line and undoes everything.
+    bed.agent.stop(Duration::from_secs(20));
+    bed.agent.start();
+    let mut s = bed.snapshot("wiped", 20).await;
+    s.phase("Preparing").await;
+    let o = wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
+    bed.agent.kill();
+    let dir = state_dir(bed.node, bed.ns.name());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!bed.record_exists(&o));
+    bed.agent.start();
+    s.phase("Capturing").await;
+    let mut w = bed.start_write(30);
+    assert!(
+        still_blocked(&mut w, Duration::from_millis(1500)),
+        "thawed too early"
+    );
+    assert!(bed.signal_exists());
+    s.phase("Finalizing").await;
+    let o = wait_hold(&s, HoldState::Released, HOLD_TIMEOUT, &bed.agent).await;
+    finish(&mut w, Duration::from_secs(5));
+    bed.assert_writable("after a release from a rebuilt record");
+    assert!(
+        !bed.signal_exists(),
+        "standby.signal left with the record lost"
+    );
+    let uid = o.metadata.uid.clone().unwrap();
+    assert!(guards_of(&uid).is_empty());
+    assert!(bed.record_gone(&o));
+    assert!(o.status.unwrap().standby_signal.unwrap().removed);
+
     bed.teardown().await;
 }

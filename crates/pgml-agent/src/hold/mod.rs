@@ -203,10 +203,21 @@ async fn reconcile(obj: Arc<EbsSnapshot>, ctx: Arc<HoldCtx>) -> Result<Requeue, 
     let uid = obj.uid().unwrap_or_default();
     let lock = ctx.lock(&uid);
     let _one = lock.lock().await;
-    let rec = ctx.store.read(&uid)?;
-    if rec.is_none() && ctx.is_finished(&uid) {
-        return Ok(Requeue::await_change());
-    }
+    let rec = match ctx.store.read(&uid)? {
+        Some(r) => Some(r),
+        // Ended by this process: a watch event from before the end must not start again.
+        None if ctx.is_finished(&uid) => return Ok(Requeue::await_change()),
+        // Held, but the record is lost (state directory wiped): rebuilt from the status,
+        // so that what the hold did is still undone in time.
+        None => match record::Record::from_status(&obj) {
+            Some(r) => {
+                tracing::warn!(snapshot = %r.name, uid = %r.uid, "hold record missing; rebuilt from status.hold");
+                ctx.store.write(&r)?;
+                Some(r)
+            }
+            None => None,
+        },
+    };
     match (next(Some(&view(&obj)), rec.as_ref(), now_ms()), rec) {
         (Next::Prepare, rec) => {
             let deadline = prepare::prepare(&obj, rec, &ctx).await?;

@@ -5,7 +5,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use pgml_api::snapshot::{EbsSnapshot, HoldState};
 use serde::{Deserialize, Serialize};
+
+use super::datadir::STANDBY_SIGNAL;
 
 /// standby.signal as the hold left it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -94,6 +97,50 @@ impl Record {
 
     pub fn expired(&self, now_ms: i64) -> bool {
         now_ms >= self.deadline_ms
+    }
+
+    /// The record of a hold rebuilt from the status the agent wrote (`hold: Held`), when the
+    /// state directory lost it (wiped, or not kept across a node's reboot): what it says is
+    /// enough to undo the hold in time — the standby.signal it created, the freeze.
+    pub fn from_status(obj: &EbsSnapshot) -> Option<Record> {
+        let st = obj.status.as_ref()?;
+        let h = st.hold.as_ref().filter(|h| h.state == HoldState::Held)?;
+        let held_at_ms = h.held_at.as_ref()?.0.as_millisecond();
+        let deadline_ms = h.deadline.as_ref()?.0.as_millisecond();
+        let signal = |dir: &Option<String>| {
+            dir.as_ref()
+                .map(|d| format!("{}/{STANDBY_SIGNAL}", d.trim_end_matches('/')))
+        };
+        let stamp = match &st.standby_signal {
+            Some(s) if s.already_present => Stamp::AlreadyPresent {
+                path: signal(&s.path)?,
+            },
+            Some(s) if s.stamped && !s.removed => Stamp::Ours {
+                path: signal(&s.path)?,
+            },
+            _ => Stamp::None,
+        };
+        let freeze = match (h.frozen, &h.mount_path) {
+            (true, Some(m)) => Some(Freeze {
+                mount: m.clone(),
+                guard_pid: None,
+                frozen_at_ms: Some(held_at_ms),
+            }),
+            (true, None) => return None,
+            (false, _) => None,
+        };
+        Some(Record {
+            uid: obj.metadata.uid.clone()?,
+            namespace: obj.metadata.namespace.clone()?,
+            name: obj.metadata.name.clone()?,
+            held_at_ms,
+            deadline_ms,
+            mount_path: h.mount_path.clone(),
+            stamp,
+            freeze,
+            held: true,
+            undone: None,
+        })
     }
 }
 
@@ -274,6 +321,54 @@ mod tests {
         .unwrap();
         assert_eq!(minimal.stamp, Stamp::None);
         assert!(!minimal.held);
+    }
+
+    #[test]
+    fn a_lost_record_is_rebuilt_from_the_held_status() {
+        let obj = |status: serde_json::Value| -> EbsSnapshot {
+            serde_json::from_value(json!({
+                "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+                "metadata": {"name": "s", "namespace": "db", "uid": UID},
+                "spec": {"source": {"persistentVolumeClaim": {"name": "p"}}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let held = json!({"state": "Held", "heldAt": "2027-01-15T08:00:00Z",
+                          "deadline": "2027-01-15T08:00:10Z", "frozen": true,
+                          "mountPath": "/k/globalmount"});
+        let r = Record::from_status(&obj(json!({
+            "phase": "Capturing", "hold": held,
+            "standbySignal": {"stamped": true, "removed": false,
+                              "path": "/k/globalmount/pgdata", "alreadyPresent": false},
+        })))
+        .unwrap();
+        assert_eq!(
+            r.stamp,
+            Stamp::Ours {
+                path: "/k/globalmount/pgdata/standby.signal".into()
+            }
+        );
+        assert_eq!(r.deadline_ms - r.held_at_ms, 10_000);
+        assert_eq!(r.freeze.as_ref().unwrap().mount, "/k/globalmount");
+        assert!(r.held && r.undone.is_none());
+        assert_eq!((r.uid.as_str(), r.namespace.as_str()), (UID, "db"));
+        // A standby's own signal stays the standby's.
+        let r = Record::from_status(&obj(json!({
+            "hold": held,
+            "standbySignal": {"stamped": true, "removed": false, "path": "/d",
+                              "alreadyPresent": true},
+        })))
+        .unwrap();
+        assert!(matches!(r.stamp, Stamp::AlreadyPresent { .. }));
+        // Nothing to rebuild from a hold that is not Held, or from no hold.
+        let mut ended = held.clone();
+        ended["state"] = json!("Released");
+        assert_eq!(Record::from_status(&obj(json!({"hold": ended}))), None);
+        assert_eq!(
+            Record::from_status(&obj(json!({"phase": "Preparing"}))),
+            None
+        );
     }
 
     #[test]
