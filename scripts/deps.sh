@@ -4,7 +4,9 @@
 #     PostgreSQL 15, openssl;
 #   - a Python venv (.venv) with moto[server] for the simulated EC2;
 #   - the Kubernetes control plane (kube-apiserver, etcd, kube-controller-manager,
-#     kubectl) built from Go modules into ~/.cache/pgml-operator (kept between runs).
+#     kubectl) built from Go modules into ~/.cache/pgml-operator (kept between runs);
+#   - kwok (the simulated nodes' kubelet), built from its Go module into the same cache
+#     (tests/testbed/kwok/build.sh; the sandbox finds it there).
 # Prints the Kubernetes bin dir on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +32,5 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+bash tests/testbed/kwok/build.sh >&2
 bash tests/testbed/k8s/build.sh

@@ -4,7 +4,9 @@ up      builds nothing; starts etcd + kube-apiserver + kube-controller-manager (
         from $PGML_K8S_BIN, see tests/testbed/k8s/build.sh), installs crds/, starts moto
         behind the EBS simulator on an XFS reflink store, then the simulated nodes (one
         EC2 instance, one Node object and one mount namespace with its own zfs-fuse each),
-        and writes sandbox.json, kubeconfig and env into the sandbox folder.
+        then kwok (binary from tests/testbed/kwok/build.sh), which keeps those Nodes Ready
+        and runs the Pods bound to them, and writes sandbox.json, kubeconfig and env into
+        the sandbox folder.
 down    stops all of it and removes the state (the logs stay).
 status  says what runs.
 """
@@ -18,7 +20,7 @@ import pathlib
 import shutil
 import sys
 
-from . import aws, k8s, nodes, store
+from . import aws, k8s, kwok, nodes, store
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
@@ -57,11 +59,26 @@ def _node_manifest(name: str, az: str, instance_id: str) -> dict:
                 "node.kubernetes.io/instance-type": INSTANCE_TYPE,
                 "type": "kwok",
             },
-            # Marks the node as simulated, for kwok to run its Pods.
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            # Marks the node as simulated: kwok manages exactly the nodes with it.
+            "annotations": {kwok.NODE_ANNOTATION[0]: kwok.NODE_ANNOTATION[1]},
         },
         "spec": {"providerID": f"aws:///{az}/{instance_id}"},
     }
+
+
+def _node_ip(name: str) -> str:
+    """The private IP an EC2 node name stands for: ip-10-0-1-10.ec2.internal -> 10.0.1.10."""
+    return name.split(".", 1)[0].removeprefix("ip-").replace("-", ".")
+
+
+def _node_addresses(name: str) -> dict:
+    """The status addresses a kubelet on EC2 reports (kwok keeps those it finds, and gives a
+    Pod its node's InternalIP as hostIP)."""
+    return {"status": {"addresses": [
+        {"type": "InternalIP", "address": _node_ip(name)},
+        {"type": "InternalDNS", "address": name},
+        {"type": "Hostname", "address": name},
+    ]}}
 
 
 def _write_state(d: pathlib.Path, state: dict) -> None:
@@ -124,7 +141,16 @@ def up(args) -> int:
             aws.register_node(state["aws"]["admin"], instance_id, info["dev_dir"])
             k8s.kubectl(d, "apply", "--server-side", "--field-manager=pgml-sandbox", "-f", "-",
                         input=json.dumps(_node_manifest(name, az, instance_id)))
+            k8s.kubectl(d, "patch", "node", name, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(_node_addresses(name)))
             _log(f"node {name}: {instance_id} in {az}, zfs-fuse pid {info.get('zfs_pid')}")
+        _log("starting kwok (the simulated nodes' kubelet)")
+        state["kwok"] = kwok.start(d, pathlib.Path(kube["kubeconfig"]), logs,
+                                   pathlib.Path(args.kwok_bin) if args.kwok_bin else None)
+        _write_state(d, state)
+        k8s.kubectl(d, "wait", "--for=condition=Ready", "--timeout=60s",
+                    *(f"node/{name}" for name, _ in NODES), timeout=90)
+        _log(f"kwok pid {state['kwok']['pid']}: nodes Ready")
     except BaseException as e:
         _log(f"start failed: {e}")
         down(args)
@@ -139,6 +165,11 @@ def down(args) -> int:
     d = sandbox_dir()
     f = d / "sandbox.json"
     state = json.loads(f.read_text()) if f.exists() else {}
+    if "kwok" in state:
+        try:
+            kwok.stop(state["kwok"])
+        except Exception as e:  # keep going: the rest must still stop
+            _log(f"stopping kwok: {e}")
     for info in reversed(state.get("nodes", [])):
         try:
             nodes.stop_node(info)
@@ -151,7 +182,7 @@ def down(args) -> int:
     store.stop(d)
     for p in ("sandbox.json", "env", "kubeconfig"):
         (d / p).unlink(missing_ok=True)
-    for p in ("k8s", "nodes", "bin", "store", "tmp"):
+    for p in ("k8s", "kwok", "nodes", "bin", "store", "tmp"):
         shutil.rmtree(d / p, ignore_errors=True)
     if state:
         _log("down")
@@ -165,6 +196,7 @@ def status(args) -> int:
         return 1
     state = json.loads(f.read_text())
     out = {"kube": k8s.status(state["kube"]) if "kube" in state else None}
+    out["kwok"] = kwok.status(state["kwok"]) if "kwok" in state else None
     out["nodes"] = {n["name"]: nodes.node_status(n) for n in state.get("nodes", [])}
     print(json.dumps(out, indent=2))
     return 0
@@ -176,6 +208,8 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start the sandbox, detached")
     u.add_argument("--k8s-bin", help="folder with kube-apiserver, etcd, ... (default $PGML_K8S_BIN)")
+    u.add_argument("--kwok-bin", help="folder with kwok and stages.yaml (default $PGML_KWOK_BIN, "
+                   "else where tests/testbed/kwok/build.sh puts them)")
     u.add_argument("--python", help="python of the venv with moto (default: this one)")
     u.add_argument("--crds", default=str(REPO / "crds"), help="CRD folder to install (default: crds/)")
     sub.add_parser("down", help="stop the sandbox")
