@@ -2,7 +2,7 @@
 //! facts of one reconcile and how its last step ended. Pure, so tested without a node.
 
 use k8s_openapi::jiff::Timestamp;
-use pgml_api::zfspool::{Layout, ResilverStatus, ZfsPool};
+use pgml_api::zfspool::{DatasetStatus, Layout, ResilverStatus, ZfsPool};
 use pgml_zfs::{ScanKind, ScanState};
 
 use crate::decide::Wait;
@@ -77,6 +77,16 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
         free_bytes: list.and_then(|l| l.free).map(|b| b as i64),
         volumes,
         resilver,
+        datasets: facts
+            .datasets
+            .iter()
+            .map(|(name, mount, mounted)| DatasetStatus {
+                name: name.clone(),
+                // "-" or "legacy" or "none": not a path anything can mount.
+                mount_path: mount.starts_with('/').then(|| mount.clone()),
+                mounted: *mounted,
+            })
+            .collect(),
         conditions: conditions(&verdicts(pool, facts, outcome), pool, Timestamp::now()),
     }
     .normalized()
@@ -355,6 +365,7 @@ mod tests {
             status: None,
             stale: vec![],
             sizes: vec![],
+            datasets: vec![],
         }
     }
 

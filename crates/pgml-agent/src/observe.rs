@@ -22,6 +22,8 @@ pub struct Facts {
     pub stale: Vec<(i32, String)>,
     /// `(index, volume ID, size GiB)` as the controller reported them.
     pub sizes: Vec<(i32, Option<i64>)>,
+    /// The spec's datasets where ZFS has them: `(name, mount point, mounted)`.
+    pub datasets: Vec<(String, String, bool)>,
 }
 
 pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts, Error> {
@@ -73,6 +75,7 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     let mut pool_status = None;
     let mut missing_datasets = Vec::new();
     let mut misplaced_datasets = Vec::new();
+    let mut found_datasets = Vec::new();
     if let Some(l) = &list {
         let n = PoolName::new(l.name.clone())?;
         let st = pgml_zfs::parse_status(
@@ -117,6 +120,9 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
                 .trim_end_matches('/');
             for d in &spec.datasets {
                 let want = format!("{root}{}", relative_mount(pool, d));
+                if let Some(m) = have.get(&format!("{n}/{}", d.name)) {
+                    found_datasets.push((d.name.clone(), m.mountpoint.clone(), m.mounted));
+                }
                 match have.get(&format!("{n}/{}", d.name)) {
                     None => missing_datasets.push(d.name.clone()),
                     Some(m) if m.mountpoint != want => {
@@ -185,6 +191,7 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
         status: pool_status,
         stale,
         sizes,
+        datasets: found_datasets,
     })
 }
 

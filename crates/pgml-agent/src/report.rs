@@ -3,7 +3,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 use pgml_api::common::{Condition, Time};
-use pgml_api::zfspool::{ResilverStatus, ZfsPool, ZfsPoolStatus};
+use pgml_api::zfspool::{DatasetStatus, ResilverStatus, ZfsPool, ZfsPoolStatus};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -52,6 +52,8 @@ pub struct AgentStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resilver: Option<ResilverStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<DatasetStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
@@ -84,6 +86,7 @@ impl AgentStatus {
                 })
                 .collect(),
             resilver: s.resilver.clone(),
+            datasets: s.datasets.clone(),
             conditions,
         }
     }
@@ -93,6 +96,7 @@ impl AgentStatus {
         self.volumes
             .retain(|v| v.device.is_some() || v.member_state.is_some());
         self.volumes.sort_by_key(|v| v.index);
+        self.datasets.sort_by(|a, b| a.name.cmp(&b.name));
         self.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
         self
     }

@@ -393,6 +393,12 @@ pub struct ZfsPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resilver: Option<ResilverStatus>,
 
+    /// Each dataset of the spec as the node agent sees it: where it is mounted on the node
+    /// (what a local PersistentVolume or a pod's hostPath points at) and whether it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub datasets: Vec<DatasetStatus>,
+
     /// The most the pool can deliver: the volumes' IOPS and throughput added up, capped by
     /// the instance type's EBS limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -538,6 +544,20 @@ pub struct VolumeModification {
     /// AWS's message when the modification failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A dataset as mounted on the node (written by the agent).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatus {
+    /// The dataset's name below the pool (`pgdata`).
+    pub name: String,
+    /// Absolute path on the node where it is mounted (below the agent's mount root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+    /// ZFS reports it mounted there.
+    #[serde(default)]
+    pub mounted: bool,
 }
 
 /// Progress of a resilver, from `zpool status`.

@@ -52,15 +52,25 @@ fn snapshot_manifest(name: &str, pool: &str) -> EbsSnapshot {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-/// Where a pool's dataset is mounted on its node, as ZFS says.
-fn mount_point(node: &NodeInfo, dataset: &str) -> String {
-    node_exec_ok(
+/// Where a pool's `pgdata` dataset is mounted on its node: as the agent reports it in
+/// `status.datasets` (what a local PersistentVolume points at), checked against ZFS.
+fn pgdata_mount(pool: &ZfsPool, node: &NodeInfo) -> String {
+    let status = pool.status.as_ref().expect("status");
+    let ds = status
+        .datasets
+        .iter()
+        .find(|d| d.name == "pgdata")
+        .unwrap_or_else(|| panic!("no pgdata in status.datasets: {status:#?}"));
+    assert!(ds.mounted, "{ds:?}");
+    let path = ds.mount_path.clone().expect("mountPath");
+    let zfs_name = format!("{}/pgdata", status.pool_name.as_deref().expect("poolName"));
+    let zfs = node_exec_ok(
         node,
-        &["zfs", "get", "-H", "-o", "value", "mountpoint", dataset],
+        &["zfs", "get", "-H", "-o", "value", "mountpoint", &zfs_name],
     )
-    .unwrap_or_else(|e| panic!("{e:#}"))
-    .trim()
-    .to_string()
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(path, zfs.trim(), "status.datasets disagrees with zfs get");
+    path
 }
 
 async fn wait_pool_ready(api: &Api<ZfsPool>, name: &str, logs: &dyn Fn() -> String) -> ZfsPool {
@@ -112,11 +122,8 @@ async fn snapshot_of_a_loaded_primary_restores_as_a_streaming_standby() {
         .create(&pp, &pool_manifest("pg-primary", ns.name(), src_node, None))
         .await
         .unwrap();
-    wait_pool_ready(&pools, "pg-primary", &logs).await;
-    let src_mount = mount_point(
-        src_node,
-        &format!("{}/pgdata", zpool_name("pg-primary", ns.name())),
-    );
+    let src = wait_pool_ready(&pools, "pg-primary", &logs).await;
+    let src_mount = pgdata_mount(&src, src_node);
     let primary = Postgres::new(src_node, &format!("{src_mount}/data"), free_port());
     primary.initdb().unwrap();
     primary.start().unwrap();
@@ -249,10 +256,7 @@ async fn snapshot_of_a_loaded_primary_restores_as_a_streaming_standby() {
             .and_then(|s| s.restored_from.as_deref()),
         Some("pg-snap")
     );
-    let dst_mount = mount_point(
-        dst_node,
-        &format!("{}/pgdata", zpool_name("pg-copy", ns.name())),
-    );
+    let dst_mount = pgdata_mount(&copy, dst_node);
     let standby = Postgres::new(dst_node, &format!("{dst_mount}/data"), free_port());
     assert!(
         standby.has_standby_signal(),
