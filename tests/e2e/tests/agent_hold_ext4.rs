@@ -51,6 +51,18 @@ impl Ext4Bed {
             .availability_zone(&node.az)
             .size(1)
             .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
+            // Found by its namespace if a failed run leaves it behind.
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(pgml_api::common::keys::NAMESPACE)
+                            .value(ns.name())
+                            .build(),
+                    )
+                    .build(),
+            )
             .send()
             .await
             .expect("CreateVolume")
