@@ -1,0 +1,282 @@
+//! What to do next, from what this instance sees of itself and of its cluster: the rules of
+//! docs/design/pgmlcluster.md ("The instance manager's contract"), in their order, as a pure
+//! function. The caller observes, calls [`decide`], carries out the one action, and looks
+//! again.
+
+use std::collections::BTreeMap;
+
+use crate::report::{InstanceReport, Lsn};
+
+/// This instance's PostgreSQL, as found on disk and by asking it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Local {
+    /// PGDATA holds a cluster (`PG_VERSION`).
+    pub initialized: bool,
+    /// A postmaster of this PGDATA runs.
+    pub running: bool,
+    /// `postmaster.pid` is there (whether or not its postmaster runs).
+    pub pid_file: bool,
+    pub standby_signal: bool,
+    /// What PostgreSQL answered, when it runs and answers.
+    pub sql: Option<Sql>,
+    /// The final LSN when this instance stopped cleanly as a primary (a demotion, or a
+    /// clean shutdown found at start-up) and has not started since.
+    pub demoted_lsn: Option<Lsn>,
+}
+
+/// What the running server answered.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sql {
+    pub in_recovery: bool,
+    pub current_lsn: Option<Lsn>,
+    pub receive_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    pub timeline: Option<u32>,
+    pub streaming: bool,
+}
+
+/// Another instance of the cluster, as its Pod shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Peer {
+    /// The controller fenced it (`pgml.io/fenced: "true"` on its Pod).
+    pub fenced: bool,
+    /// Its manager's last report, if any.
+    pub report: Option<InstanceReport>,
+}
+
+impl Peer {
+    fn fenced(&self) -> bool {
+        self.fenced || self.report.as_ref().is_some_and(|r| r.fenced)
+    }
+
+    /// Runs as a primary and nothing stops it: the one state in which no other instance may
+    /// promote or start as primary.
+    fn acting_primary(&self) -> bool {
+        !self.fenced() && self.report.as_ref().is_some_and(|r| r.acting_primary())
+    }
+}
+
+/// The cluster, as this instance reads it (PgmlCluster status and the cluster's Pods).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub me: String,
+    /// Its own Pod carries `pgml.io/fenced: "true"`.
+    pub fenced: bool,
+    pub target_primary: Option<String>,
+    pub current_primary: Option<String>,
+    /// `status.instances[].name`.
+    pub instances: Vec<String>,
+    /// `spec.replicas.seedFrom: PgBasebackup`.
+    pub seed_from_basebackup: bool,
+    /// Every other instance whose Pod exists, by name. An instance missing here is gone.
+    pub peers: BTreeMap<String, Peer>,
+}
+
+impl View {
+    fn is_target(&self) -> bool {
+        self.target_primary.as_deref() == Some(self.me.as_str())
+    }
+
+    /// It is `targetPrimary` and no other instance is or was primary (`currentPrimary`
+    /// unset or itself).
+    pub fn meant_primary(&self) -> bool {
+        self.is_target() && self.current_primary.as_deref().is_none_or(|c| c == self.me)
+    }
+
+    /// Another instance that runs as primary, unfenced and not demoted.
+    fn other_acting_primary(&self) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.acting_primary())
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The address to stream from: an acting primary's, the target first, then the
+    /// current primary, then any.
+    pub fn primary_address(&self) -> Option<String> {
+        let order = [
+            self.target_primary.as_deref(),
+            self.current_primary.as_deref(),
+        ];
+        let pick = |name: &str| {
+            self.peers
+                .get(name)
+                .filter(|p| p.acting_primary())
+                .and_then(|p| p.report.as_ref())
+                .map(|r| r.address.clone())
+                .filter(|a| !a.is_empty())
+        };
+        order
+            .iter()
+            .flatten()
+            .filter(|n| **n != self.me)
+            .find_map(|n| pick(n))
+            .or_else(|| self.other_acting_primary().and_then(pick))
+    }
+}
+
+/// How PostgreSQL is to be started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAs {
+    /// Without `standby.signal` (a stray one is removed first).
+    Primary,
+    /// With `standby.signal`, `primary_conninfo` to this address (none known: empty, and
+    /// set by a reload once a primary reports), the slot and `recovery_target_timeline`.
+    Replica { primary: Option<String> },
+}
+
+/// The one next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Fenced and running: `pg_ctl stop -m immediate`.
+    StopImmediate,
+    Initdb,
+    Basebackup {
+        from: String,
+    },
+    Start {
+        /// `postmaster.pid` is there but no postmaster of this PGDATA runs.
+        remove_stale_pid: bool,
+        /// Remove `standby.signal` first (only ever for [`StartAs::Primary`]).
+        remove_standby_signal: bool,
+        start_as: StartAs,
+    },
+    Promote,
+    /// CHECKPOINT, stop fast, report the final LSN, write `standby.signal`.
+    Demote,
+    /// Running as a replica: keep `primary_conninfo` pointed at this primary (reload when
+    /// it changes). `note` says what it waits for, if anything.
+    Follow {
+        primary: Option<String>,
+        note: Option<String>,
+    },
+    /// Running as the primary: keep a slot per other instance.
+    Primary,
+    /// Nothing to do until something changes; why.
+    Wait(String),
+}
+
+/// The next step for this instance (rules 1–6 of the contract, in order).
+pub fn decide(view: &View, local: &Local) -> Action {
+    // 1. Fenced: stop at once, never start.
+    if view.fenced {
+        return if local.running {
+            Action::StopImmediate
+        } else {
+            Action::Wait("fenced: PostgreSQL stays stopped".into())
+        };
+    }
+    // 2. Empty PGDATA.
+    if !local.initialized {
+        if local.running {
+            return Action::Wait("a postmaster runs on an empty PGDATA".into());
+        }
+        if view.meant_primary() {
+            if let Some(other) = view.other_acting_primary() {
+                return Action::Wait(format!("{other} runs as primary: no initdb"));
+            }
+            return Action::Initdb;
+        }
+        if view.seed_from_basebackup {
+            return match view.primary_address() {
+                Some(from) => Action::Basebackup { from },
+                None => Action::Wait("empty PGDATA: waiting for a primary to copy".into()),
+            };
+        }
+        return Action::Wait("empty PGDATA: waiting to be seeded from a snapshot".into());
+    }
+    // 3. Before any start.
+    if !local.running {
+        return start(view, local);
+    }
+    let Some(sql) = &local.sql else {
+        return Action::Wait("PostgreSQL is starting".into());
+    };
+    if !sql.in_recovery {
+        // 5. Demote when another is to be primary; 6. else keep the slots.
+        return match view.target_primary.as_deref() {
+            Some(t) if t != view.me => Action::Demote,
+            _ => Action::Primary,
+        };
+    }
+    // 4. Promote, once the old primary cannot write any more.
+    let primary = view.primary_address();
+    if view.is_target() {
+        return match promotion_blocker(view, sql) {
+            None => Action::Promote,
+            Some(note) => Action::Follow {
+                primary,
+                note: Some(note),
+            },
+        };
+    }
+    Action::Follow {
+        primary,
+        note: None,
+    }
+}
+
+fn start(view: &View, local: &Local) -> Action {
+    let remove_stale_pid = local.pid_file;
+    if view.meant_primary() {
+        if let Some(other) = view.other_acting_primary() {
+            return Action::Wait(format!(
+                "{other} still runs as primary: not starting as primary"
+            ));
+        }
+        return Action::Start {
+            remove_stale_pid,
+            remove_standby_signal: local.standby_signal,
+            start_as: StartAs::Primary,
+        };
+    }
+    let primary = view.primary_address();
+    if local.demoted_lsn.is_some() && primary.is_none() {
+        return Action::Wait(format!(
+            "demoted: waiting for {} to report role primary",
+            view.target_primary.as_deref().unwrap_or("a new primary")
+        ));
+    }
+    Action::Start {
+        remove_stale_pid,
+        remove_standby_signal: false,
+        start_as: StartAs::Replica { primary },
+    }
+}
+
+/// Why this standby may not promote yet (None: it may). Never while another instance
+/// acts as primary; the old primary must have demoted (its final LSN replayed here), been
+/// fenced, or be gone.
+fn promotion_blocker(view: &View, sql: &Sql) -> Option<String> {
+    if let Some(other) = view.other_acting_primary() {
+        return Some(format!(
+            "{other} runs as primary: waiting for it to demote or be fenced"
+        ));
+    }
+    let old = view.current_primary.as_deref().filter(|c| *c != view.me)?;
+    let peer = view.peers.get(old)?; // gone
+    if peer.fenced() {
+        return None;
+    }
+    let Some(report) = peer.report.as_ref().filter(|r| r.demoted) else {
+        return Some(format!(
+            "waiting for {old} to demote or be fenced before promoting"
+        ));
+    };
+    let Some(last) = report.lsn.as_deref().and_then(Lsn::parse) else {
+        return Some(format!("{old} demoted without a final LSN"));
+    };
+    // The final LSN is where the shutdown checkpoint record starts: replayed once replay
+    // has gone past it.
+    match sql.replay_lsn {
+        Some(r) if r > last => None,
+        r => Some(format!(
+            "replaying {old}'s WAL up to its final LSN {last} (at {})",
+            r.map(|l| l.to_string()).unwrap_or_else(|| "nothing".into())
+        )),
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,441 @@
+use super::*;
+use crate::report::Role;
+
+fn view(me: &str, target: Option<&str>, current: Option<&str>) -> View {
+    View {
+        me: me.into(),
+        target_primary: target.map(Into::into),
+        current_primary: current.map(Into::into),
+        instances: vec!["c-1".into(), "c-2".into()],
+        ..Default::default()
+    }
+}
+
+fn report(role: Role, running: bool, address: &str) -> InstanceReport {
+    InstanceReport {
+        role,
+        running,
+        address: address.into(),
+        ..Default::default()
+    }
+}
+
+fn with_peer(mut v: View, name: &str, fenced: bool, r: Option<InstanceReport>) -> View {
+    v.peers.insert(name.into(), Peer { fenced, report: r });
+    v
+}
+
+fn initialized() -> Local {
+    Local {
+        initialized: true,
+        ..Default::default()
+    }
+}
+
+fn standby(replay: &str) -> Local {
+    Local {
+        initialized: true,
+        running: true,
+        pid_file: true,
+        standby_signal: true,
+        sql: Some(Sql {
+            in_recovery: true,
+            replay_lsn: Lsn::parse(replay),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn primary_running() -> Local {
+    Local {
+        initialized: true,
+        running: true,
+        pid_file: true,
+        sql: Some(Sql {
+            in_recovery: false,
+            current_lsn: Lsn::parse("0/5000000"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn fenced_stops_at_once_and_never_starts() {
+    let mut v = view("c-1", Some("c-1"), Some("c-1"));
+    v.fenced = true;
+    assert_eq!(decide(&v, &primary_running()), Action::StopImmediate);
+    assert!(matches!(decide(&v, &initialized()), Action::Wait(_)));
+    assert!(matches!(decide(&v, &Local::default()), Action::Wait(_)));
+}
+
+#[test]
+fn initdb_only_for_the_bootstrap_primary() {
+    let empty = Local::default();
+    assert_eq!(
+        decide(&view("c-1", Some("c-1"), None), &empty),
+        Action::Initdb
+    );
+    assert_eq!(
+        decide(&view("c-1", Some("c-1"), Some("c-1")), &empty),
+        Action::Initdb
+    );
+    // Someone else has been primary: never a new cluster beside theirs.
+    assert!(matches!(
+        decide(&view("c-1", Some("c-1"), Some("c-2")), &empty),
+        Action::Wait(_)
+    ));
+    // Not the target: wait for a snapshot.
+    assert!(matches!(
+        decide(&view("c-2", Some("c-1"), Some("c-1")), &empty),
+        Action::Wait(_)
+    ));
+    assert!(matches!(
+        decide(&view("c-2", None, None), &empty),
+        Action::Wait(_)
+    ));
+}
+
+#[test]
+fn basebackup_when_asked_for_and_a_primary_reports() {
+    let mut v = view("c-2", Some("c-1"), Some("c-1"));
+    v.seed_from_basebackup = true;
+    assert!(matches!(decide(&v, &Local::default()), Action::Wait(_)));
+    let v = with_peer(
+        v,
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "10.0.0.1:5432")),
+    );
+    assert_eq!(
+        decide(&v, &Local::default()),
+        Action::Basebackup {
+            from: "10.0.0.1:5432".into()
+        }
+    );
+}
+
+#[test]
+fn meant_primary_removes_a_stray_standby_signal_and_a_stale_pid() {
+    let local = Local {
+        initialized: true,
+        pid_file: true,
+        standby_signal: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        decide(&view("c-1", Some("c-1"), Some("c-1")), &local),
+        Action::Start {
+            remove_stale_pid: true,
+            remove_standby_signal: true,
+            start_as: StartAs::Primary
+        }
+    );
+}
+
+#[test]
+fn standby_signal_is_kept_unless_meant_to_be_primary() {
+    let local = Local {
+        initialized: true,
+        standby_signal: true,
+        ..Default::default()
+    };
+    // A replica, a target whose old primary is not out of the way yet, no target at all.
+    for v in [
+        view("c-2", Some("c-1"), Some("c-1")),
+        view("c-2", Some("c-2"), Some("c-1")),
+        view("c-2", None, None),
+    ] {
+        match decide(&v, &local) {
+            Action::Start {
+                remove_standby_signal,
+                start_as,
+                ..
+            } => {
+                assert!(!remove_standby_signal, "{v:?}");
+                assert!(matches!(start_as, StartAs::Replica { .. }), "{v:?}");
+            }
+            other => panic!("{v:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn stale_pid_removed_only_when_no_postmaster_runs() {
+    // Running: whatever happens next, nothing is started, so the pid file is never touched.
+    for (v, local) in [
+        (view("c-1", Some("c-1"), Some("c-1")), primary_running()),
+        (view("c-2", Some("c-1"), Some("c-1")), standby("0/1")),
+        (
+            view("c-1", Some("c-1"), Some("c-1")),
+            Local {
+                sql: None,
+                ..primary_running()
+            },
+        ),
+    ] {
+        assert!(
+            !matches!(decide(&v, &local), Action::Start { .. }),
+            "{v:?} {local:?}"
+        );
+    }
+    // Not running, no pid file: nothing to remove.
+    match decide(&view("c-2", Some("c-1"), Some("c-1")), &initialized()) {
+        Action::Start {
+            remove_stale_pid, ..
+        } => assert!(!remove_stale_pid),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_replica_starts_following_the_reported_primary() {
+    let v = with_peer(
+        view("c-2", Some("c-1"), Some("c-1")),
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "127.0.0.1:5500")),
+    );
+    assert_eq!(
+        decide(&v, &initialized()),
+        Action::Start {
+            remove_stale_pid: false,
+            remove_standby_signal: false,
+            start_as: StartAs::Replica {
+                primary: Some("127.0.0.1:5500".into())
+            }
+        }
+    );
+    assert_eq!(
+        decide(&v, &standby("0/1")),
+        Action::Follow {
+            primary: Some("127.0.0.1:5500".into()),
+            note: None
+        }
+    );
+}
+
+#[test]
+fn never_two_primaries_a_replica_waits_while_the_old_primary_runs() {
+    let running_old = with_peer(
+        view("c-2", Some("c-2"), Some("c-1")),
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "127.0.0.1:5500")),
+    );
+    assert!(matches!(
+        decide(&running_old, &standby("9/0")),
+        Action::Follow { note: Some(_), .. }
+    ));
+    // Even when currentPrimary names nobody, an acting primary elsewhere blocks it.
+    let unnamed = with_peer(
+        view("c-2", Some("c-2"), None),
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "127.0.0.1:5500")),
+    );
+    assert!(matches!(
+        decide(&unnamed, &standby("9/0")),
+        Action::Follow { note: Some(_), .. }
+    ));
+    // Nor does it start as primary, nor initdb, beside one.
+    let stopped = Local {
+        initialized: true,
+        ..Default::default()
+    };
+    assert!(matches!(decide(&unnamed, &stopped), Action::Wait(_)));
+    assert!(matches!(
+        decide(&unnamed, &Local::default()),
+        Action::Wait(_)
+    ));
+    // The old primary stopped but said nothing (a crash): wait for the controller to fence.
+    let silent = with_peer(
+        view("c-2", Some("c-2"), Some("c-1")),
+        "c-1",
+        false,
+        Some(report(Role::None, false, "127.0.0.1:5500")),
+    );
+    assert!(matches!(
+        decide(&silent, &standby("9/0")),
+        Action::Follow { note: Some(_), .. }
+    ));
+    let no_report = with_peer(view("c-2", Some("c-2"), Some("c-1")), "c-1", false, None);
+    assert!(matches!(
+        decide(&no_report, &standby("9/0")),
+        Action::Follow { note: Some(_), .. }
+    ));
+}
+
+#[test]
+fn switchover_promotes_once_the_final_lsn_is_replayed() {
+    let mut demoted = report(Role::None, false, "127.0.0.1:5500");
+    demoted.demoted = true;
+    demoted.lsn = Some("0/6000028".into());
+    let v = with_peer(
+        view("c-2", Some("c-2"), Some("c-1")),
+        "c-1",
+        false,
+        Some(demoted.clone()),
+    );
+    assert!(matches!(
+        decide(&v, &standby("0/5FFFFF0")),
+        Action::Follow { note: Some(_), .. }
+    ));
+    // Replay at the start of the checkpoint record has not replayed it yet.
+    assert!(matches!(
+        decide(&v, &standby("0/6000028")),
+        Action::Follow { note: Some(_), .. }
+    ));
+    assert_eq!(decide(&v, &standby("0/60000A0")), Action::Promote);
+    // Demoted without a final LSN proves nothing.
+    demoted.lsn = None;
+    let v = with_peer(
+        view("c-2", Some("c-2"), Some("c-1")),
+        "c-1",
+        false,
+        Some(demoted),
+    );
+    assert!(matches!(
+        decide(&v, &standby("9/0")),
+        Action::Follow { note: Some(_), .. }
+    ));
+}
+
+#[test]
+fn failover_promotes_when_the_old_primary_is_fenced_or_gone() {
+    // Fenced by annotation while its stale report still says running primary.
+    let fenced = with_peer(
+        view("c-2", Some("c-2"), Some("c-1")),
+        "c-1",
+        true,
+        Some(report(Role::Primary, true, "127.0.0.1:5500")),
+    );
+    assert_eq!(decide(&fenced, &standby("0/1")), Action::Promote);
+    // Its Pod is gone.
+    let gone = view("c-2", Some("c-2"), Some("c-1"));
+    assert_eq!(decide(&gone, &standby("0/1")), Action::Promote);
+}
+
+#[test]
+fn only_the_target_promotes() {
+    let gone = view("c-2", Some("c-3"), Some("c-1"));
+    assert!(matches!(
+        decide(&gone, &standby("0/1")),
+        Action::Follow { note: None, .. }
+    ));
+}
+
+#[test]
+fn demote_when_another_is_the_target() {
+    assert_eq!(
+        decide(&view("c-1", Some("c-2"), Some("c-1")), &primary_running()),
+        Action::Demote
+    );
+    assert_eq!(
+        decide(&view("c-1", Some("c-1"), Some("c-1")), &primary_running()),
+        Action::Primary
+    );
+    // No target: the controller has no opinion; keep running.
+    assert_eq!(
+        decide(&view("c-1", None, None), &primary_running()),
+        Action::Primary
+    );
+}
+
+#[test]
+fn demoted_waits_for_the_new_primary_then_follows_it() {
+    let local = Local {
+        initialized: true,
+        standby_signal: true,
+        demoted_lsn: Lsn::parse("0/6000028"),
+        ..Default::default()
+    };
+    let waiting = with_peer(
+        view("c-1", Some("c-2"), Some("c-1")),
+        "c-2",
+        false,
+        Some(report(Role::Replica, true, "127.0.0.1:5501")),
+    );
+    assert!(matches!(decide(&waiting, &local), Action::Wait(_)));
+    let promoted = with_peer(
+        view("c-1", Some("c-2"), Some("c-1")),
+        "c-2",
+        false,
+        Some(report(Role::Primary, true, "127.0.0.1:5501")),
+    );
+    assert_eq!(
+        decide(&promoted, &local),
+        Action::Start {
+            remove_stale_pid: false,
+            remove_standby_signal: false,
+            start_as: StartAs::Replica {
+                primary: Some("127.0.0.1:5501".into())
+            }
+        }
+    );
+}
+
+#[test]
+fn demoted_and_made_target_again_starts_as_primary() {
+    let local = Local {
+        initialized: true,
+        standby_signal: true,
+        demoted_lsn: Lsn::parse("0/6000028"),
+        ..Default::default()
+    };
+    let v = view("c-1", Some("c-1"), Some("c-1"));
+    assert_eq!(
+        decide(&v, &local),
+        Action::Start {
+            remove_stale_pid: false,
+            remove_standby_signal: true,
+            start_as: StartAs::Primary
+        }
+    );
+}
+
+#[test]
+fn never_follows_a_fenced_or_demoted_primary_or_itself() {
+    let mut demoted = report(Role::Primary, true, "127.0.0.1:5500");
+    demoted.demoted = true;
+    let v = with_peer(
+        view("c-2", Some("c-1"), Some("c-1")),
+        "c-1",
+        false,
+        Some(demoted),
+    );
+    assert_eq!(v.primary_address(), None);
+    let v = with_peer(
+        view("c-2", Some("c-1"), Some("c-1")),
+        "c-1",
+        true,
+        Some(report(Role::Primary, true, "127.0.0.1:5500")),
+    );
+    assert_eq!(v.primary_address(), None);
+    // The target first, when two report primary (a moment of a switchover seen late).
+    let v = with_peer(
+        with_peer(
+            view("c-3", Some("c-2"), Some("c-1")),
+            "c-1",
+            false,
+            Some(report(Role::Primary, true, "a:1")),
+        ),
+        "c-2",
+        false,
+        Some(report(Role::Primary, true, "b:2")),
+    );
+    assert_eq!(v.primary_address().as_deref(), Some("b:2"));
+}
+
+#[test]
+fn a_starting_server_is_left_alone() {
+    let local = Local {
+        sql: None,
+        ..primary_running()
+    };
+    assert!(matches!(
+        decide(&view("c-1", Some("c-2"), Some("c-1")), &local),
+        Action::Wait(_)
+    ));
+}

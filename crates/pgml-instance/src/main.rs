@@ -1,0 +1,175 @@
+//! pgml-instance: the entry point of each PgmlCluster instance Pod. It owns the PostgreSQL
+//! process and its data directory and reports what it sees in its Pod's annotation
+//! `pgml.io/instance-status` (docs/design/pgmlcluster.md, "The instance manager's contract").
+
+mod decide;
+mod manager;
+mod postgres;
+mod report;
+mod view;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use pgml_runtime::{LogFormat, Shutdown, init_logging};
+
+use crate::manager::Manager;
+use crate::postgres::{Pg, drop_to_postgres};
+
+#[derive(Parser, Debug)]
+#[command(name = "pgml-instance", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run and supervise this instance's PostgreSQL until SIGTERM.
+    Run(Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct Args {
+    /// This instance's Pod (downward API); also the instance's name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: String,
+    /// The PgmlCluster this instance belongs to.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster_name: String,
+    /// PostgreSQL's data directory.
+    #[arg(long, env = "PGDATA")]
+    pgdata: PathBuf,
+    #[arg(long, env = "PGPORT", default_value_t = 5432)]
+    pgport: u16,
+    /// The host other instances reach this one at (default: POD_IP).
+    #[arg(long, env = "PGML_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    #[arg(long, env = "POD_IP", hide = true)]
+    pod_ip: Option<String>,
+    /// PostgreSQL's bin folder (default: `pg_config --bindir`, else
+    /// /usr/lib/postgresql/15/bin).
+    #[arg(long, env = "PGML_PG_BIN")]
+    pg_bin: Option<PathBuf>,
+    /// Folder of the server's Unix socket.
+    #[arg(long, env = "PGML_SOCKET_DIR", default_value = "/tmp")]
+    socket_dir: PathBuf,
+    #[arg(long, env = "PGML_LISTEN_ADDRESSES", default_value = "*")]
+    listen_addresses: String,
+    /// The superuser initdb creates and this process connects as.
+    #[arg(long, env = "PGML_SUPERUSER", default_value = "postgres")]
+    superuser: String,
+    /// pg_hba method for local (socket) connections at initdb.
+    #[arg(long, env = "PGML_LOCAL_AUTH", default_value = "peer")]
+    local_auth: String,
+    /// pg_hba method for TCP connections (replication included) at initdb.
+    #[arg(long, env = "PGML_HOST_AUTH", default_value = "scram-sha-256")]
+    host_auth: String,
+    /// The replication Secret, mounted (`username`, `password`); optional.
+    #[arg(
+        long,
+        env = "PGML_REPLICATION_SECRET_DIR",
+        default_value = "/etc/pgml/replication"
+    )]
+    replication_secret_dir: PathBuf,
+    /// Seconds between two looks (each also on SIGTERM).
+    #[arg(long, env = "PGML_INTERVAL_SECONDS", default_value_t = 2)]
+    interval_seconds: u64,
+    #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    #[arg(long, env = "PGML_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn simple(s: &str, what: &str, extra: &str) -> anyhow::Result<()> {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    {
+        bail!("{what} {s:?} has characters it may not have");
+    }
+    Ok(())
+}
+
+fn pg_bin(given: Option<PathBuf>) -> PathBuf {
+    if let Some(b) = given {
+        return b;
+    }
+    std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.join("pg_ctl").exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cmd::Run(args) = Cli::parse().command;
+    init_logging(args.log_format, &args.log_level);
+    let shutdown = Shutdown::install();
+    let host = args
+        .advertise_host
+        .clone()
+        .or(args.pod_ip.clone())
+        .context("PGML_ADVERTISE_HOST (or POD_IP) is needed: other instances stream from it")?;
+    simple(&host, "PGML_ADVERTISE_HOST", ".-:_")?;
+    simple(&args.listen_addresses, "PGML_LISTEN_ADDRESSES", ".-:_*, ")?;
+    simple(&args.superuser, "PGML_SUPERUSER", "_")?;
+    simple(&args.local_auth, "PGML_LOCAL_AUTH", "-")?;
+    simple(&args.host_auth, "PGML_HOST_AUTH", "-")?;
+    let socket = args.socket_dir.to_string_lossy();
+    simple(&socket, "PGML_SOCKET_DIR", "/._-")?;
+    let pg = Pg {
+        bin: pg_bin(args.pg_bin.clone()),
+        data: args.pgdata.clone(),
+        port: args.pgport,
+        socket_dir: args.socket_dir.clone(),
+        listen_addresses: args.listen_addresses.clone(),
+        superuser: args.superuser.clone(),
+        local_auth: args.local_auth.clone(),
+        host_auth: args.host_auth.clone(),
+        drop_to: drop_to_postgres()?,
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        instance = %args.pod_name,
+        cluster = %args.cluster_name,
+        pgdata = %pg.data.display(),
+        port = pg.port,
+        pg_bin = %pg.bin.display(),
+        "starting pgml-instance"
+    );
+    let client = kube::Client::try_default().await?;
+    let mut m = Manager::new(
+        pg,
+        kube::Api::namespaced(client.clone(), &args.pod_namespace),
+        kube::Api::namespaced(client, &args.pod_namespace),
+        args.cluster_name.clone(),
+        args.pod_name.clone(),
+        format!("{host}:{}", args.pgport),
+        args.replication_secret_dir.clone(),
+    );
+    m.recover_demotion().await;
+    let every = Duration::from_secs(args.interval_seconds.max(1));
+    loop {
+        tokio::select! {
+            _ = m.tick() => {}
+            _ = shutdown.requested() => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.requested() => break,
+        }
+    }
+    m.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! The loop: observe PostgreSQL and the cluster, decide, act once, report; again on every
+//! tick. Carries the little state that is not on disk: when PostgreSQL was last started
+//! (restart back-off), and the final LSN of a demotion.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use pgml_api::PgmlCluster;
+use pgml_runtime::failpoint;
+
+use crate::decide::{Action, Local, StartAs, View, decide};
+use crate::postgres::{Credentials, Pg, managed_conf};
+use crate::report::{InstanceReport, Lsn, Role, STATUS_ANNOTATION, slot_name};
+use crate::view;
+
+/// A report is written when it changes, and at least this often.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// A server that ran this long before it exited starts again without delay.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+pub struct Manager {
+    pub pg: Pg,
+    pub pods: Api<Pod>,
+    pub clusters: Api<PgmlCluster>,
+    pub cluster: String,
+    pub me: String,
+    pub address: String,
+    pub secret_dir: PathBuf,
+    demoted_lsn: Option<Lsn>,
+    last_start: Option<Instant>,
+    crashes: u32,
+    was_running: bool,
+    replication_role_ready: bool,
+    last_report: Option<(InstanceReport, Instant)>,
+}
+
+/// Delay before the n-th consecutive restart of a server that keeps exiting.
+pub fn backoff(crashes: u32) -> Duration {
+    match crashes {
+        0 => Duration::ZERO,
+        n => Duration::from_secs((1u64 << (n - 1).min(5)).min(30)),
+    }
+}
+
+impl Manager {
+    pub fn new(
+        pg: Pg,
+        pods: Api<Pod>,
+        clusters: Api<PgmlCluster>,
+        cluster: String,
+        me: String,
+        address: String,
+        secret_dir: PathBuf,
+    ) -> Manager {
+        Manager {
+            pg,
+            pods,
+            clusters,
+            cluster,
+            me,
+            address,
+            secret_dir,
+            demoted_lsn: None,
+            last_start: None,
+            crashes: 0,
+            was_running: false,
+            replication_role_ready: false,
+            last_report: None,
+        }
+    }
+
+    /// At start-up: a data directory that was shut down cleanly as a primary may have been
+    /// demoted by an earlier run of this process that died before it reported; say so again
+    /// (with the final LSN) so that a switchover can complete.
+    pub async fn recover_demotion(&mut self) {
+        if !self.pg.initialized() || self.pg.postmaster_running() {
+            return;
+        }
+        match self.pg.control_data().await {
+            Ok(cd) if cd.state == "shut down" => self.demoted_lsn = cd.checkpoint,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "pg_controldata"),
+        }
+    }
+
+    async fn observe(&self) -> Local {
+        let running = self.pg.postmaster_running();
+        let sql = if running {
+            self.pg.sql_state().await.ok()
+        } else {
+            None
+        };
+        Local {
+            initialized: self.pg.initialized(),
+            running,
+            pid_file: self.pg.has_pid_file(),
+            standby_signal: self.pg.has_standby_signal(),
+            sql,
+            demoted_lsn: self.demoted_lsn,
+        }
+    }
+
+    /// One look: observe, decide, act, report.
+    pub async fn tick(&mut self) {
+        let local = self.observe().await;
+        if self.was_running && !local.running {
+            let short = self.last_start.is_none_or(|t| t.elapsed() < STABLE_RUN);
+            self.crashes = if short { self.crashes + 1 } else { 1 };
+            tracing::warn!(crashes = self.crashes, "PostgreSQL exited by itself");
+        }
+        if local.running && self.last_start.is_some_and(|t| t.elapsed() >= STABLE_RUN) {
+            self.crashes = 0;
+        }
+        self.was_running = local.running;
+        let fetched = view::fetch(&self.clusters, &self.pods, &self.cluster, &self.me).await;
+        let (fenced, message) = match &fetched {
+            Ok(v) => {
+                let action = decide(v, &local);
+                tracing::debug!(?action, "decided");
+                (v.fenced, self.act(action, v, &local).await)
+            }
+            // No decision on a partial view: what runs keeps running, nothing starts.
+            Err(e) => (false, format!("{e:#}")),
+        };
+        let after = self.observe().await;
+        self.was_running = after.running;
+        self.report(&after, fenced, message).await;
+    }
+
+    /// Carries out one action; what to say about it in the report.
+    async fn act(&mut self, action: Action, view: &View, local: &Local) -> String {
+        let result = match action {
+            Action::Wait(why) => return why,
+            Action::StopImmediate => {
+                tracing::warn!("fenced: stopping PostgreSQL immediately");
+                self.pg
+                    .stop("immediate")
+                    .await
+                    .map(|_| "fenced: stopped".to_string())
+            }
+            Action::Initdb => {
+                tracing::info!("empty PGDATA and bootstrap primary: initdb");
+                failpoint("instance.before-initdb");
+                self.pg.initdb().await.map(|_| "initialized".to_string())
+            }
+            Action::Basebackup { from } => {
+                tracing::info!(%from, "empty PGDATA: pg_basebackup");
+                let creds = self.credentials();
+                self.pg
+                    .basebackup(&from, creds.as_ref())
+                    .await
+                    .map(|_| format!("copied from {from}"))
+            }
+            Action::Start {
+                remove_stale_pid,
+                remove_standby_signal,
+                start_as,
+            } => {
+                self.start(remove_stale_pid, remove_standby_signal, start_as)
+                    .await
+            }
+            Action::Promote => {
+                tracing::info!("promoting");
+                failpoint("instance.before-promote");
+                self.pg.promote().await.map(|_| "promoted".to_string())
+            }
+            Action::Demote => self.demote(view).await,
+            Action::Follow { primary, note } => self
+                .follow(primary.as_deref())
+                .await
+                .map(|_| note.unwrap_or_default()),
+            Action::Primary => self.keep_primary(view).await,
+        };
+        let _ = local;
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "action failed");
+            format!("{e:#}")
+        })
+    }
+
+    fn credentials(&self) -> Option<Credentials> {
+        Credentials::read(&self.secret_dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "replication secret ignored");
+            None
+        })
+    }
+
+    async fn start(
+        &mut self,
+        remove_stale_pid: bool,
+        remove_standby_signal: bool,
+        start_as: StartAs,
+    ) -> anyhow::Result<String> {
+        let wait = backoff(self.crashes);
+        if let Some(t) = self.last_start
+            && t.elapsed() < wait
+        {
+            return Ok(format!(
+                "PostgreSQL exited {} times; starting again in {:?}",
+                self.crashes,
+                wait - t.elapsed()
+            ));
+        }
+        if remove_stale_pid && self.pg.remove_pid_file()? {
+            tracing::info!("removed a stale postmaster.pid (no postmaster of this PGDATA runs)");
+        }
+        let creds = self.credentials();
+        let primary = match &start_as {
+            StartAs::Primary => {
+                if remove_standby_signal && self.pg.remove_standby_signal()? {
+                    tracing::warn!(
+                        "removed a stray standby.signal: this instance is meant to be primary"
+                    );
+                }
+                None
+            }
+            StartAs::Replica { primary } => {
+                self.pg.write_standby_signal()?;
+                primary.clone()
+            }
+        };
+        self.pg.write_conf(&managed_conf(
+            &self.pg,
+            &self.me,
+            primary.as_deref(),
+            creds.as_ref(),
+        )?)?;
+        failpoint("instance.before-start");
+        tracing::info!(as_ = ?start_as, "starting PostgreSQL");
+        self.last_start = Some(Instant::now());
+        self.pg.start().await?;
+        self.demoted_lsn = None;
+        Ok(match start_as {
+            StartAs::Primary => "started as primary".into(),
+            StartAs::Replica { primary: Some(p) } => format!("started as a replica of {p}"),
+            StartAs::Replica { primary: None } => "started as a replica (no primary yet)".into(),
+        })
+    }
+
+    async fn demote(&mut self, view: &View) -> anyhow::Result<String> {
+        tracing::info!(target = ?view.target_primary, "demoting: checkpoint, fast stop");
+        self.pg.checkpoint().await?;
+        failpoint("instance.before-demote-stop");
+        self.pg.stop("fast").await?;
+        failpoint("instance.after-demote-stop");
+        let cd = self.pg.control_data().await?;
+        self.demoted_lsn = cd.checkpoint;
+        self.pg.write_standby_signal()?;
+        let creds = self.credentials();
+        self.pg.write_conf(&managed_conf(
+            &self.pg,
+            &self.me,
+            view.primary_address().as_deref(),
+            creds.as_ref(),
+        )?)?;
+        tracing::info!(final_lsn = ?cd.checkpoint.map(|l| l.to_string()), "demoted");
+        Ok(format!(
+            "demoted at {}",
+            cd.checkpoint.map(|l| l.to_string()).unwrap_or_default()
+        ))
+    }
+
+    /// A running replica streams from the primary that reports; a change is a reload. With
+    /// no primary reporting, the last one stays configured (its WAL may still be arriving).
+    async fn follow(&mut self, primary: Option<&str>) -> anyhow::Result<()> {
+        if let Some(p) = primary {
+            let creds = self.credentials();
+            let conf = managed_conf(&self.pg, &self.me, Some(p), creds.as_ref())?;
+            if self.pg.write_conf(&conf)? {
+                tracing::info!(primary = %p, "following a new primary: reloading");
+                self.pg.reload().await?;
+            }
+        }
+        // Slots copied from a primary (a snapshot, a demotion) would hold WAL here forever.
+        self.pg
+            .sync_slots(&format!("{}_", slot_name(&self.cluster)), &[])
+            .await
+    }
+
+    async fn keep_primary(&mut self, view: &View) -> anyhow::Result<String> {
+        if !self.replication_role_ready {
+            if let Some(creds) = self.credentials() {
+                self.pg.ensure_replication_role(&creds).await?;
+            }
+            self.replication_role_ready = true;
+        }
+        let wanted: Vec<String> = view
+            .instances
+            .iter()
+            .filter(|i| **i != self.me)
+            .map(|i| slot_name(i))
+            .collect();
+        self.pg
+            .sync_slots(&format!("{}_", slot_name(&self.cluster)), &wanted)
+            .await?;
+        Ok(String::new())
+    }
+
+    fn build_report(&self, local: &Local, fenced: bool, message: String) -> InstanceReport {
+        let sql = local.sql.as_ref();
+        let role = match sql {
+            Some(s) if local.running && s.in_recovery => Role::Replica,
+            Some(_) if local.running => Role::Primary,
+            _ => Role::None,
+        };
+        let demoted = !local.running && self.demoted_lsn.is_some();
+        let lsn = match (role, sql) {
+            (Role::Primary, Some(s)) => s.current_lsn,
+            (Role::Replica, Some(s)) => s.replay_lsn,
+            _ if demoted => self.demoted_lsn,
+            _ => None,
+        };
+        let fmt = |l: Option<Lsn>| l.map(|l| l.to_string());
+        InstanceReport {
+            role,
+            running: local.running,
+            ready: match role {
+                Role::Primary => true,
+                Role::Replica => sql.is_some_and(|s| s.streaming),
+                Role::None => false,
+            },
+            lsn: fmt(lsn),
+            receive_lsn: fmt(sql.and_then(|s| s.receive_lsn)),
+            replay_lsn: fmt(sql.and_then(|s| s.replay_lsn)),
+            timeline: sql.and_then(|s| s.timeline),
+            streaming: sql.is_some_and(|s| s.streaming),
+            address: self.address.clone(),
+            standby_signal: local.standby_signal,
+            fenced,
+            demoted,
+            updated: Timestamp::now().to_string(),
+            message,
+        }
+    }
+
+    async fn report(&mut self, local: &Local, fenced: bool, message: String) {
+        let r = self.build_report(local, fenced, message);
+        if let Some((last, at)) = &self.last_report
+            && last.same_as(&r)
+            && at.elapsed() < REPORT_EVERY
+        {
+            return;
+        }
+        let json = match serde_json::to_string(&r) {
+            Ok(j) => j,
+            Err(e) => return tracing::error!(error = %e, "report not serializable"),
+        };
+        let patch = serde_json::json!({"metadata": {"annotations": {STATUS_ANNOTATION: json}}});
+        match self
+            .pods
+            .patch(&self.me, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                if self
+                    .last_report
+                    .as_ref()
+                    .is_none_or(|(l, _)| !l.same_as(&r))
+                {
+                    tracing::info!(role = ?r.role, running = r.running, ready = r.ready, demoted = r.demoted, fenced = r.fenced, message = %r.message, "status");
+                }
+                self.last_report = Some((r, Instant::now()));
+            }
+            Err(e) => tracing::warn!(error = %e, "writing the instance status"),
+        }
+    }
+
+    /// SIGTERM: stop PostgreSQL fast, say so, and let the process exit.
+    pub async fn shutdown(&mut self) {
+        if self.pg.postmaster_running() {
+            tracing::info!("stopping PostgreSQL (fast)");
+            if let Err(e) = self.pg.stop("fast").await {
+                tracing::error!(error = %format!("{e:#}"), "pg_ctl stop -m fast");
+            }
+        }
+        let local = self.observe().await;
+        let fenced = self.last_report.as_ref().is_some_and(|(r, _)| r.fenced);
+        self.last_report = None;
+        self.report(&local, fenced, "instance manager stopped".into())
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        let s: Vec<u64> = (0..9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(s, [0, 1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
+    }
+}

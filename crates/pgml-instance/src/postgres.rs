@@ -1,0 +1,698 @@
+//! This instance's PostgreSQL: its files in PGDATA, the programs that drive it (`initdb`,
+//! `pg_ctl`, `pg_basebackup`, `pg_controldata`, `psql`), each an argument vector, run as the
+//! `postgres` user (through `runuser` when this process is root, as in the test bed).
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::decide::Sql;
+use crate::report::Lsn;
+
+/// The include file this process owns in PGDATA, rewritten before every start.
+pub const MANAGED_CONF: &str = "pgml-instance.conf";
+/// Settings that live in [`MANAGED_CONF`]; a copy in postgresql.auto.conf (read last by
+/// PostgreSQL) would override them, so it is removed from there.
+const MANAGED_KEYS: &[&str] = &[
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "primary_conninfo",
+    "primary_slot_name",
+    "recovery_target_timeline",
+];
+
+/// Replication credentials (`username`, `password` files of the replication Secret).
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl Credentials {
+    /// Reads `<dir>/username` and `<dir>/password`; None when the folder or a file is not
+    /// there. Values are refused unless made of characters that need no quoting in a
+    /// connection string (the controller's are base64url).
+    pub fn read(dir: &Path) -> anyhow::Result<Option<Credentials>> {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string());
+        let (Ok(username), Ok(password)) = (read("username"), read("password")) else {
+            return Ok(None);
+        };
+        let user_ok = !username.is_empty()
+            && username.len() <= 63
+            && username
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !username.starts_with(|c: char| c.is_ascii_digit());
+        if !user_ok {
+            bail!("the replication user name must be lowercase letters, digits and _");
+        }
+        let pw_ok = !password.is_empty()
+            && password
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c));
+        if !pw_ok {
+            bail!("the replication password holds characters outside base64url");
+        }
+        Ok(Some(Credentials { username, password }))
+    }
+}
+
+/// How this instance's PostgreSQL is reached and run.
+#[derive(Clone, Debug)]
+pub struct Pg {
+    pub bin: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub listen_addresses: String,
+    pub superuser: String,
+    pub local_auth: String,
+    pub host_auth: String,
+    /// The `postgres` user's uid/gid when this process is root (programs are run through
+    /// `runuser`, files written are given to it); None when already unprivileged.
+    pub drop_to: Option<(u32, u32)>,
+}
+
+/// What pg_controldata says of a stopped cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlData {
+    /// `Database cluster state` (e.g. `shut down`, `shut down in recovery`, `in production`).
+    pub state: String,
+    /// `Latest checkpoint location`.
+    pub checkpoint: Option<Lsn>,
+}
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `postgres` user's uid and gid when this process runs as root.
+pub fn drop_to_postgres() -> anyhow::Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam reads a static buffer; it is copied out at once, before any other
+    // call could reuse it (this runs once at start-up, before any thread calls it again).
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        bail!("running as root, but there is no postgres user to run PostgreSQL as");
+    }
+    // SAFETY: pw is non-null and points at a valid passwd entry.
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+impl Pg {
+    fn file(&self, name: &str) -> PathBuf {
+        self.data.join(name)
+    }
+
+    /// A PostgreSQL program, as `postgres`.
+    pub fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut c = if self.drop_to.is_some() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        c.stdin(Stdio::null()).kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = self.command(program);
+        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, c.output())
+            .await
+            .with_context(|| format!("{program} did not finish in {COMMAND_TIMEOUT:?}"))?
+            .with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn initialized(&self) -> bool {
+        self.file("PG_VERSION").exists()
+    }
+
+    pub fn has_pid_file(&self) -> bool {
+        self.file("postmaster.pid").exists()
+    }
+
+    pub fn has_standby_signal(&self) -> bool {
+        self.file("standby.signal").exists()
+    }
+
+    /// Whether a postmaster of THIS data directory runs: the PID in `postmaster.pid` is
+    /// alive and its working directory (a postmaster works in its PGDATA) is this very
+    /// directory, by device and inode. `pg_ctl status` checks the PID only, which a copy
+    /// restored from a snapshot fools: the PID it carries is its source's postmaster, alive
+    /// wherever PIDs are shared (on one host, or a PID reused in the Pod).
+    pub fn postmaster_running(&self) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.file("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return false;
+        };
+        let (Ok(cwd), Ok(data)) = (
+            std::fs::metadata(format!("/proc/{pid}/cwd")),
+            std::fs::metadata(&self.data),
+        ) else {
+            return false;
+        };
+        cwd.dev() == data.dev() && cwd.ino() == data.ino()
+    }
+
+    /// Runs SQL (`-c`) through psql on the Unix socket; rows of fields.
+    pub async fn query(&self, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+        let port = self.port.to_string();
+        let mut c = self.command("psql");
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "\u{1f}",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .arg("-h")
+        .arg(&self.socket_dir)
+        .args([
+            "-p",
+            &port,
+            "-U",
+            &self.superuser,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+            .await
+            .context("psql did not answer in 30 s")?
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\u{1f}').map(str::to_string).collect())
+            .collect())
+    }
+
+    /// Runs a script given on stdin (so that nothing in it shows in a process list).
+    async fn script(&self, sql: &str) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let mut c = self.command("psql");
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &port, "-U", &self.superuser, "-d", "postgres"])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().context("running psql")?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(sql.as_bytes()).await?;
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .context("psql did not finish in 30 s")??;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// Role, WAL positions, timeline and receiver state, in one query.
+    pub async fn sql_state(&self) -> anyhow::Result<Sql> {
+        let rows = self
+            .query(
+                "SELECT pg_is_in_recovery(), \
+                 CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END, \
+                 coalesce(pg_last_wal_receive_lsn()::text, ''), \
+                 coalesce(pg_last_wal_replay_lsn()::text, ''), \
+                 CASE WHEN pg_is_in_recovery() \
+                   THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver)::text, \
+                                 (SELECT timeline_id FROM pg_control_checkpoint())::text) \
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END, \
+                 coalesce((SELECT status FROM pg_stat_wal_receiver), '')",
+            )
+            .await?;
+        let row = rows.first().context("no row")?;
+        let f = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
+        Ok(Sql {
+            in_recovery: f(0) == "t",
+            current_lsn: Lsn::parse(f(1)),
+            receive_lsn: Lsn::parse(f(2)),
+            replay_lsn: Lsn::parse(f(3)),
+            timeline: f(4).parse().ok(),
+            streaming: f(5) == "streaming",
+        })
+    }
+
+    /// Creates PGDATA (given to postgres when root) and a new cluster in it.
+    pub async fn initdb(&self) -> anyhow::Result<()> {
+        self.prepare_dir()?;
+        let data = self.data.to_string_lossy().into_owned();
+        let local = format!("--auth-local={}", self.local_auth);
+        let host = format!("--auth-host={}", self.host_auth);
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                &self.superuser,
+                &local,
+                &host,
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+        )
+        .await?;
+        let hba = format!(
+            "\n# pgml-instance: replication and clients from other hosts\nhost replication all all {0}\nhost all all all {0}\n",
+            self.host_auth
+        );
+        self.append(&self.file("pg_hba.conf"), &hba)
+    }
+
+    /// Copies the primary at `from` (`host:port`) into an empty PGDATA.
+    pub async fn basebackup(&self, from: &str, creds: Option<&Credentials>) -> anyhow::Result<()> {
+        self.prepare_dir()?;
+        let (host, port) = split_address(from)?;
+        let data = self.data.to_string_lossy().into_owned();
+        let user = creds.map_or(self.superuser.as_str(), |c| c.username.as_str());
+        let mut c = self.command("pg_basebackup");
+        c.args([
+            "-D", &data, "-h", host, "-p", port, "-U", user, "-X", "stream", "-c", "fast", "-w",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some(creds) = creds {
+            c.env("PGPASSWORD", &creds.password);
+        }
+        let out = c.output().await.context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn prepare_dir(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data)
+            .with_context(|| format!("creating {}", self.data.display()))?;
+        self.give(&self.data)?;
+        std::fs::set_permissions(
+            &self.data,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        Ok(())
+    }
+
+    fn give(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some((uid, gid)) = self.drop_to {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn append(&self, path: &Path, text: &str) -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Writes a file of PGDATA atomically (temporary file, fsync, rename, fsync of the
+    /// folder), owned by postgres, mode 0600.
+    fn write_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.file(name);
+        let tmp = self.file(&format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        self.give(&tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> anyhow::Result<()> {
+        std::fs::File::open(&self.data)?.sync_all()?;
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> anyhow::Result<bool> {
+        match std::fs::remove_file(self.file(name)) {
+            Ok(()) => {
+                self.sync_dir()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing {name}")),
+        }
+    }
+
+    pub fn remove_pid_file(&self) -> anyhow::Result<bool> {
+        self.remove("postmaster.pid")
+    }
+
+    pub fn remove_standby_signal(&self) -> anyhow::Result<bool> {
+        self.remove("standby.signal")
+    }
+
+    pub fn write_standby_signal(&self) -> anyhow::Result<()> {
+        if !self.has_standby_signal() {
+            self.write_file("standby.signal", "")?;
+        }
+        Ok(())
+    }
+
+    /// Writes [`MANAGED_CONF`] (returns whether it changed), makes sure postgresql.conf
+    /// includes it, and takes the same keys out of postgresql.auto.conf.
+    pub fn write_conf(&self, text: &str) -> anyhow::Result<bool> {
+        let conf = self.file("postgresql.conf");
+        let main = std::fs::read_to_string(&conf)
+            .with_context(|| format!("reading {}", conf.display()))?;
+        let include = format!("include_if_exists = '{MANAGED_CONF}'");
+        if !main.lines().any(|l| l.trim() == include) {
+            self.append(
+                &conf,
+                &format!("\n# pgml-instance: managed settings, read last\n{include}\n"),
+            )?;
+        }
+        let auto = self.file("postgresql.auto.conf");
+        if let Ok(text) = std::fs::read_to_string(&auto) {
+            let kept = strip_keys(&text, MANAGED_KEYS);
+            if kept != text {
+                self.write_file("postgresql.auto.conf", &kept)?;
+            }
+        }
+        if std::fs::read_to_string(self.file(MANAGED_CONF)).is_ok_and(|t| t == text) {
+            return Ok(false);
+        }
+        self.write_file(MANAGED_CONF, text)?;
+        Ok(true)
+    }
+
+    /// `pg_ctl start` without waiting: the server's output goes to this process's own
+    /// (the container log); readiness is seen by the next look.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let data = self.data.to_string_lossy().into_owned();
+        let mut c = self.command("pg_ctl");
+        c.args(["-D", &data, "-W", "start"])
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let st = c.status().await.context("running pg_ctl start")?;
+        if !st.success() {
+            bail!("pg_ctl start exited {st}");
+        }
+        Ok(())
+    }
+
+    pub async fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", mode, "-w", "-t", "90", "stop"],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "-w", "-t", "60", "promote"])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        self.query("SELECT pg_reload_conf()").await.map(|_| ())
+    }
+
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        self.query("CHECKPOINT").await.map(|_| ())
+    }
+
+    pub async fn control_data(&self) -> anyhow::Result<ControlData> {
+        let data = self.data.to_string_lossy().into_owned();
+        let out = self.run("pg_controldata", &["-D", &data]).await?;
+        Ok(parse_control_data(&out))
+    }
+
+    /// Keeps exactly the physical slots `wanted` among those named `<prefix>…` (this
+    /// cluster's); others are left alone. A slot in use is never dropped.
+    pub async fn sync_slots(&self, prefix: &str, wanted: &[String]) -> anyhow::Result<()> {
+        let rows = self
+            .query(
+                "SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+            )
+            .await?;
+        for name in wanted {
+            if !valid_slot(name) {
+                bail!("{name:?} is not a valid slot name");
+            }
+            if !rows.iter().any(|r| r.first() == Some(name)) {
+                self.query(&format!(
+                    "SELECT pg_create_physical_replication_slot('{name}', true)"
+                ))
+                .await?;
+                tracing::info!(slot = %name, "replication slot created");
+            }
+        }
+        for r in &rows {
+            let (Some(name), Some(active)) = (r.first(), r.get(1)) else {
+                continue;
+            };
+            if name.starts_with(prefix)
+                && !wanted.contains(name)
+                && active == "f"
+                && valid_slot(name)
+            {
+                self.query(&format!("SELECT pg_drop_replication_slot('{name}')"))
+                    .await?;
+                tracing::info!(slot = %name, "replication slot dropped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the replication role (or sets its password), from the replication Secret.
+    pub async fn ensure_replication_role(&self, creds: &Credentials) -> anyhow::Result<()> {
+        let u = &creds.username;
+        self.script(&format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{u}') THEN CREATE ROLE \"{u}\" WITH REPLICATION LOGIN; END IF; END$$;\nALTER ROLE \"{u}\" WITH REPLICATION LOGIN PASSWORD '{}';\n",
+            creds.password
+        ))
+        .await
+    }
+}
+
+fn valid_slot(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `host:port` → (host, port), the port checked to be a number.
+pub fn split_address(a: &str) -> anyhow::Result<(&str, &str)> {
+    let (h, p) = a
+        .rsplit_once(':')
+        .with_context(|| format!("{a:?} is not host:port"))?;
+    if h.is_empty() || p.parse::<u16>().is_err() {
+        bail!("{a:?} is not host:port");
+    }
+    Ok((h, p))
+}
+
+fn strip_keys(text: &str, keys: &[&str]) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !keys.contains(&key)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if text.ends_with('\n') && !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+pub fn parse_control_data(out: &str) -> ControlData {
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches(':').trim().to_string())
+    };
+    ControlData {
+        state: field("Database cluster state").unwrap_or_default(),
+        checkpoint: field("Latest checkpoint location")
+            .as_deref()
+            .and_then(Lsn::parse),
+    }
+}
+
+/// The managed settings: where to listen, and how to follow a primary when in recovery.
+pub fn managed_conf(
+    pg: &Pg,
+    instance: &str,
+    primary: Option<&str>,
+    creds: Option<&Credentials>,
+) -> anyhow::Result<String> {
+    let conninfo = match primary {
+        Some(a) => {
+            let (host, port) = split_address(a)?;
+            if !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
+            {
+                bail!("{host:?} is not a host name or address");
+            }
+            let user = creds.map_or(pg.superuser.as_str(), |c| c.username.as_str());
+            let mut s = format!("host={host} port={port} user={user} application_name={instance}");
+            if let Some(c) = creds {
+                s += &format!(" password={}", c.password);
+            }
+            s
+        }
+        None => String::new(),
+    };
+    Ok(format!(
+        "# Written by pgml-instance before each start and when the primary changes. Do not edit.\n\
+         port = {}\n\
+         listen_addresses = '{}'\n\
+         unix_socket_directories = '{}'\n\
+         hot_standby = on\n\
+         primary_conninfo = '{conninfo}'\n\
+         primary_slot_name = '{}'\n\
+         recovery_target_timeline = 'latest'\n",
+        pg.port,
+        pg.listen_addresses,
+        pg.socket_dir.display(),
+        crate::report::slot_name(instance),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_data_fields() {
+        let out = "pg_control version number:            1300\n\
+                   Database cluster state:               shut down\n\
+                   Latest checkpoint location:           0/6000028\n\
+                   Latest checkpoint's REDO location:    0/6000028\n";
+        assert_eq!(
+            parse_control_data(out),
+            ControlData {
+                state: "shut down".into(),
+                checkpoint: Lsn::parse("0/6000028")
+            }
+        );
+    }
+
+    #[test]
+    fn auto_conf_loses_managed_keys_only() {
+        let t = "# Do not edit this file manually!\nprimary_conninfo = 'host=x'\nwork_mem = '8MB'\nport=5433\n";
+        assert_eq!(
+            strip_keys(t, MANAGED_KEYS),
+            "# Do not edit this file manually!\nwork_mem = '8MB'\n"
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            split_address("10.0.0.1:5432").unwrap(),
+            ("10.0.0.1", "5432")
+        );
+        assert!(split_address("10.0.0.1").is_err());
+        assert!(split_address("h:x").is_err());
+        assert!(split_address(":5432").is_err());
+    }
+
+    #[test]
+    fn conf_for_a_replica_and_a_primary() {
+        let pg = Pg {
+            bin: "/b".into(),
+            data: "/d".into(),
+            port: 5433,
+            socket_dir: "/tmp".into(),
+            listen_addresses: "*".into(),
+            superuser: "postgres".into(),
+            local_auth: "peer".into(),
+            host_auth: "scram-sha-256".into(),
+            drop_to: None,
+        };
+        let creds = Credentials {
+            username: "streaming_replica".into(),
+            password: "abc-_".into(),
+        };
+        let t = managed_conf(&pg, "main-2", Some("10.0.0.1:5432"), Some(&creds)).unwrap();
+        assert!(t.contains("primary_conninfo = 'host=10.0.0.1 port=5432 user=streaming_replica application_name=main-2 password=abc-_'"), "{t}");
+        assert!(t.contains("primary_slot_name = 'main_2'"));
+        assert!(t.contains("recovery_target_timeline = 'latest'"));
+        assert!(t.contains("port = 5433"));
+        let t = managed_conf(&pg, "main-1", None, None).unwrap();
+        assert!(t.contains("primary_conninfo = ''"));
+        assert!(managed_conf(&pg, "main-1", Some("a'b:5432"), None).is_err());
+    }
+
+    #[test]
+    fn credentials_are_checked() {
+        let dir = std::env::temp_dir().join(format!("pgml-inst-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Credentials::read(&dir).unwrap().is_none());
+        std::fs::write(dir.join("username"), "streaming_replica\n").unwrap();
+        std::fs::write(dir.join("password"), "a'b").unwrap();
+        assert!(Credentials::read(&dir).is_err());
+        std::fs::write(dir.join("password"), "Zm9v_-").unwrap();
+        let c = Credentials::read(&dir).unwrap().unwrap();
+        assert_eq!(c.username, "streaming_replica");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
