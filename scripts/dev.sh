@@ -44,6 +44,19 @@ fi
 echo "dev: waiting for $fresh to be Ready"
 # shellcheck disable=SC2086
 kubectl wait -n demo --for=condition=Ready --timeout=180s $fresh || echo "dev: not Ready yet; see $logs"
+# Then the snapshots of those pools, and the pools restored from them.
+snaps=$(kubectl get ebssnapshots -n demo -o go-template='{{range .items}}{{if .spec.source.zfsPool}}ebssnapshot/{{.metadata.name}} {{end}}{{end}}')
+if [ -n "$snaps" ]; then
+  echo "dev: waiting for $snaps to be Completed"
+  # shellcheck disable=SC2086
+  kubectl wait -n demo --for=jsonpath='{.status.phase}'=Completed --timeout=120s $snaps || echo "dev: not Completed yet; see $logs"
+fi
+restored=$(kubectl get zfspools -n demo -o go-template='{{range .items}}{{if .spec.restoreFrom}}zfspool/{{.metadata.name}} {{end}}{{end}}')
+if [ -n "$restored" ]; then
+  echo "dev: waiting for $restored (restored from snapshots) to be Ready"
+  # shellcheck disable=SC2086
+  kubectl wait -n demo --for=condition=Ready --timeout=180s $restored || echo "dev: not Ready yet; see $logs"
+fi
 echo
 echo "\$ kubectl get nodes -L topology.kubernetes.io/zone"
 kubectl get nodes -L topology.kubernetes.io/zone
@@ -58,6 +71,7 @@ dev: running. In another terminal:
   source .sandbox/env          # KUBECONFIG, AWS_ENDPOINT_URL, kubectl on PATH
   kubectl get zfspools -n demo
   kubectl describe zfspool -n demo <name>
+  kubectl describe ebssnapshot -n demo analytics-nightly
   aws ec2 describe-volumes     # (with the AWS CLI) what the operator made in the simulated EC2
 Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, kube-apiserver.log, ebssim.log, ...)
 Ctrl-C stops everything.
