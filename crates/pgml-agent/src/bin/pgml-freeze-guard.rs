@@ -94,6 +94,8 @@ fn log(level: &str, message: &str, mount: &str, detail: &str) {
 fn fsfreeze(program: &str, flag: &str, mount: &str) -> Result<(), String> {
     let out = Command::new(program)
         .args([flag, mount])
+        // Its messages are matched ("Invalid argument"): untranslated.
+        .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("{program}: {e}"))?;

@@ -185,6 +185,8 @@ impl Freezer {
         // system may still be frozen.
         let out = tokio::process::Command::new(&self.fsfreeze)
             .args(["-u", mount])
+            // Its messages are matched below: untranslated.
+            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .output()
             .await
@@ -192,8 +194,9 @@ impl Freezer {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             tracing::warn!(uid, mount, "the guard was gone; thawed with fsfreeze -u");
-        } else if !stderr.contains("Invalid argument") {
-            // "Invalid argument" is "not frozen": nothing to do.
+        } else if !stderr.contains("Invalid argument") && !stderr.contains("No such file") {
+            // "Invalid argument" is "not frozen"; a mount point that is gone (unmounted,
+            // the node rebooted) holds no frozen file system: nothing to do.
             return Err(format!("fsfreeze -u {mount}: {}", stderr.trim()));
         }
         Ok(None)
@@ -285,6 +288,13 @@ mod tests {
         // Killed before it printed anything (maybe mid-freeze): thawed too.
         std::fs::write(&out, "").unwrap();
         assert!(failing.thaw("u", None, "/m", &out).await.is_err());
+        // The mount point is gone (a reboot, an unmount): nothing can be frozen there.
+        // (`ls -u <missing>` answers as fsfreeze does: "No such file or directory".)
+        let missing = d.join("not-mounted").display().to_string();
+        assert_eq!(
+            freezer(&d, "ls").thaw("u", None, &missing, &out).await,
+            Ok(None)
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
