@@ -533,6 +533,11 @@ pub struct InstanceStatus {
     /// How the replica was seeded: the EbsSnapshot name or `pg_basebackup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded_from: Option<String>,
+    /// The operator fenced this instance (a primary it failed over from): its Pod carries
+    /// `pgml.io/fenced: "true"` and PostgreSQL stays stopped so it can never come back as a
+    /// second primary. Rebuild it (scale down and up) to get a replica again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 /// A reference to an EbsSnapshot.

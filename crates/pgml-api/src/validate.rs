@@ -583,6 +583,7 @@ mod tests {
                     lsn: None,
                     lag_bytes: None,
                     seeded_from: None,
+                    fenced: false,
                 })
                 .collect(),
             ..Default::default()

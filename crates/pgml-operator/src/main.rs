@@ -43,6 +43,17 @@ struct Args {
     /// batch, say) before it fails with SourceNotFound, in seconds.
     #[arg(long, env = "PGML_SOURCE_TIMEOUT_SECONDS", default_value_t = 300)]
     source_timeout_seconds: u64,
+
+    /// Image whose /usr/local/bin/pgml-instance the PgmlCluster Pods' init container copies
+    /// in (the operator's own image). Default: ghcr.io/pgml/pgml-operator:<this version>.
+    #[arg(long, env = "PGML_INSTANCE_IMAGE")]
+    instance_image: Option<String>,
+
+    /// How long a PgmlCluster's primary may be lost (Pod gone or down, node NotReady,
+    /// PostgreSQL not running) before the operator fences it and promotes the most advanced
+    /// ready replica, in seconds.
+    #[arg(long, env = "PGML_FAILOVER_GRACE_SECONDS", default_value_t = 30)]
+    failover_grace_seconds: u64,
 }
 
 const API_GROUP: &str = "pgml.io";
@@ -66,6 +77,11 @@ async fn main() -> anyhow::Result<()> {
         release_timeout: Duration::from_secs(args.release_timeout_seconds),
         agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
         source_timeout: Duration::from_secs(args.source_timeout_seconds),
+        instance_image: args
+            .instance_image
+            .clone()
+            .unwrap_or_else(pgml_operator::zfspool::default_instance_image),
+        failover_grace: Duration::from_secs(args.failover_grace_seconds),
         ..Settings::default()
     };
     let ctx = Context::new(client, ec2, settings);

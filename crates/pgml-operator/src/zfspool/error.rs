@@ -47,6 +47,11 @@ pub enum Error {
     #[error("the object has no {0}")]
     Incomplete(&'static str),
 
+    /// Anything else that cannot go on (no randomness from the OS, a body that does not
+    /// build).
+    #[error("{0}")]
+    Other(String),
+
     /// Deletion is waiting (for the agent's release, a detach): not a failure.
     #[error("{what}")]
     Waiting { what: String, retry: Duration },
@@ -66,7 +71,7 @@ impl Error {
             }
             Error::Kube(_) => Class::Transient,
             Error::Finalizer(_) => Class::Transient,
-            Error::Incomplete(_) => Class::Permanent,
+            Error::Incomplete(_) | Error::Other(_) => Class::Permanent,
             Error::Waiting { .. } => Class::Waiting,
         }
     }

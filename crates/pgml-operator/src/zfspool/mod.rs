@@ -55,6 +55,17 @@ pub struct Settings {
     /// EbsSnapshot: how long after its creation a snapshot waits for a source that does not
     /// exist (applied in the same batch, say) before it fails with SourceNotFound.
     pub source_timeout: Duration,
+    /// PgmlCluster: the image whose `/usr/local/bin/pgml-instance` the instance Pods' init
+    /// container copies in (the operator's own image).
+    pub instance_image: String,
+    /// PgmlCluster: how long the primary may be lost (Pod gone or down, node NotReady,
+    /// PostgreSQL not running) before the operator fails over.
+    pub failover_grace: Duration,
+}
+
+/// The operator's image, `ghcr.io/pgml/pgml-operator:<version>`.
+pub fn default_instance_image() -> String {
+    format!("ghcr.io/pgml/pgml-operator:{}", env!("CARGO_PKG_VERSION"))
 }
 
 impl Default for Settings {
@@ -68,6 +79,8 @@ impl Default for Settings {
             agent_timeout: Duration::from_secs(120),
             capture_timeout: Duration::from_secs(60),
             source_timeout: Duration::from_secs(300),
+            instance_image: default_instance_image(),
+            failover_grace: Duration::from_secs(30),
         }
     }
 }
@@ -83,6 +96,9 @@ pub struct Context {
     /// Consecutive failures per object (`Kind/namespace/name`), for the error policies'
     /// backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Since when a condition has held, per key (e.g. a cluster's primary lost): timers
+    /// that need no status field (a restart starts them again, which only waits longer).
+    since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -98,6 +114,7 @@ impl Context {
             settings,
             limits: Mutex::default(),
             failures: std::sync::Mutex::default(),
+            since: std::sync::Mutex::default(),
         })
     }
 
@@ -108,6 +125,21 @@ impl Context {
     /// Forgets the failures of `key` (a reconcile succeeded).
     pub fn succeeded(&self, key: &str) {
         self.failures().remove(key);
+    }
+
+    /// How long `key` has held: starts its timer when `holds` and none runs, stops it when
+    /// not (`None`).
+    pub fn held_for(&self, key: &str, holds: bool) -> Option<Duration> {
+        let mut m = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        if !holds {
+            m.remove(key);
+            return None;
+        }
+        Some(
+            m.entry(key.to_string())
+                .or_insert_with(std::time::Instant::now)
+                .elapsed(),
+        )
     }
 
     /// Counts one more failure of `key`; returns how many came before it.

@@ -1,0 +1,758 @@
+//! The reconcile of a PgmlCluster: read what exists (`world`), decide the instances
+//! (placement, scaling, seeding) and the primary (`roles`), build the objects (`build`),
+//! apply only what differs (`compare`), then write the status (`status`).
+
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::controller::Action;
+use pgml_api::PgmlCluster;
+use pgml_api::cluster::{InstanceRole, InstanceStatus, PgmlClusterStatus, SeedFrom};
+use pgml_api::snapshot::SnapshotPhase;
+use serde_json::{Value, json};
+
+use super::build::{Builder, Instance};
+use super::compare::covers;
+use super::names::{self, PG_BASEBACKUP, PGDATA_DATASET, SecretKind};
+use super::placement;
+use super::reported::{Reported, lag_bytes};
+use super::roles::{self, Member, PodState, Roles};
+use super::secrets;
+use super::status::{self, Notice, Summary};
+use super::world::World;
+use crate::zfspool::status::now;
+use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
+
+/// Field manager of the marks the controller changes on live Pods (role label, fence):
+/// a Pod's spec is immutable, so these are applied apart from the Pod that created it.
+pub const MARKS_MANAGER: &str = "pgml-operator-marks";
+
+/// An instance as recorded in status (or adopted from its objects) or just placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub n: u32,
+    pub name: String,
+    pub node: String,
+    pub zone: Option<String>,
+    pub seeded_from: Option<String>,
+    pub fenced: bool,
+}
+
+/// What is known of a stored object before applying.
+enum Stored {
+    Known(Option<Value>),
+    Fetch,
+}
+
+struct Run<'a> {
+    ctx: &'a Context,
+    cluster: &'a PgmlCluster,
+    b: Builder<'a>,
+    w: World,
+    notes: Vec<Notice>,
+    building: Vec<String>,
+}
+
+fn api_for(ctx: &Context, desired: &Value) -> Option<(Api<DynamicObject>, String)> {
+    let av = desired["apiVersion"].as_str()?;
+    let kind = desired["kind"].as_str()?;
+    let (group, version) = av.split_once('/').unwrap_or(("", av));
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let name = desired["metadata"]["name"].as_str()?.to_string();
+    let api = match desired["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        None => Api::all_with(ctx.client.clone(), &ar),
+    };
+    Some((api, name))
+}
+
+/// The fields an apply would set, without the type (a typed object serializes it, a
+/// dynamic one may not).
+fn content(desired: &Value) -> Value {
+    let mut v = desired.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
+    }
+    v
+}
+
+fn to_value<T: serde::Serialize>(o: &T) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+fn deleting<K: kube::Resource>(o: &K) -> bool {
+    o.meta().deletion_timestamp.is_some()
+}
+
+impl Run<'_> {
+    fn note(&mut self, warning: bool, reason: &str, note: String) {
+        self.notes.push((warning, reason.into(), note));
+    }
+
+    /// Server-side applies `desired` unless the stored object already has every field of
+    /// it. Returns whether it wrote.
+    async fn ensure(&self, desired: &Value, stored: Stored) -> Result<bool, Error> {
+        let (api, name) = api_for(self.ctx, desired).ok_or(Error::Incomplete("kind or name"))?;
+        let stored = match stored {
+            Stored::Known(v) => v,
+            Stored::Fetch => api.get_opt(&name).await?.map(|o| to_value(&o)),
+        };
+        if stored.is_some_and(|s| covers(&s, &content(desired))) {
+            return Ok(false);
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Deletes an object; already gone is fine.
+    async fn delete(&self, desired: &Value) -> Result<bool, Error> {
+        let (api, name) = api_for(self.ctx, desired).ok_or(Error::Incomplete("kind or name"))?;
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The credentials Secrets, created once. An existing one is never read (only its
+    /// metadata is) nor rewritten.
+    async fn ensure_secrets(&mut self) -> Result<(), Error> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.b.c.namespace);
+        for kind in SecretKind::ALL {
+            let name = self.b.c.secret(kind);
+            if api.get_metadata_opt(&name).await?.is_some() {
+                continue;
+            }
+            let password = secrets::password()
+                .map_err(|e| Error::Other(format!("no randomness from the OS: {e}")))?;
+            let secret: Secret = serde_json::from_value(self.b.secret(kind, &password))
+                .map_err(|e| Error::Other(format!("building Secret {name}: {e}")))?;
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api.create(&pp, &secret).await {
+                Ok(_) => self.note(
+                    false,
+                    "SecretCreated",
+                    format!("created Secret {name} (user {})", kind.username()),
+                ),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// ConfigMap, Services and the instances' RBAC.
+    async fn ensure_shared(&mut self) -> Result<(), Error> {
+        let mut bodies = vec![self.b.config_map()];
+        bodies.extend(self.b.services());
+        bodies.extend(self.b.rbac());
+        for body in bodies {
+            if self.ensure(&body, Stored::Fetch).await? {
+                let what = format!(
+                    "{} {}",
+                    body["kind"].as_str().unwrap_or_default(),
+                    body["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                tracing::info!(cluster = %self.b.c.name, namespace = %self.b.c.namespace, object = %what, "applied");
+            }
+        }
+        Ok(())
+    }
+
+    /// The instances recorded in status, plus any whose pool or Pod exists without a
+    /// record (a status write lost after the objects were made).
+    fn recorded(&self, observed: &PgmlClusterStatus) -> Vec<Rec> {
+        let c = &self.b.c;
+        let mut recs: Vec<Rec> = observed
+            .instances
+            .iter()
+            .filter_map(|i| {
+                Some(Rec {
+                    n: c.index_of(&i.name)?,
+                    name: i.name.clone(),
+                    node: i.node.clone()?,
+                    zone: i.availability_zone.clone(),
+                    seeded_from: i.seeded_from.clone(),
+                    fenced: i.fenced,
+                })
+            })
+            .collect();
+        let adopt_pools = self
+            .w
+            .pools
+            .iter()
+            .filter(|(_, p)| !deleting(*p))
+            .map(|(name, p)| {
+                let seeded = p
+                    .spec
+                    .restore_from
+                    .as_ref()
+                    .map(|r| r.ebs_snapshot_name.clone());
+                (name.clone(), p.spec.node_name.clone(), seeded)
+            });
+        let adopt_pods = self
+            .w
+            .pods
+            .iter()
+            .filter(|(_, p)| !deleting(*p))
+            .filter_map(|(name, p)| {
+                let node = p.spec.as_ref()?.node_name.clone()?;
+                Some((name.clone(), node, None))
+            });
+        for (name, node, seeded_from) in adopt_pools.chain(adopt_pods).collect::<Vec<_>>() {
+            let Some(n) = c.index_of(&name) else { continue };
+            if recs.iter().any(|r| r.n == n) {
+                continue;
+            }
+            let zone = self.w.node(&node).and_then(|f| f.zone.clone());
+            recs.push(Rec {
+                n,
+                name,
+                node,
+                zone,
+                seeded_from,
+                fenced: false,
+            });
+        }
+        recs.sort_by_key(|r| r.n);
+        recs
+    }
+
+    /// The highest instance number in use by any object (a removed instance's objects may
+    /// still be going away).
+    fn highest_index(&self, recs: &[Rec]) -> u32 {
+        let c = &self.b.c;
+        let names = self
+            .w
+            .pools
+            .keys()
+            .chain(self.w.pods.keys())
+            .chain(self.w.pvcs.keys());
+        names
+            .filter_map(|n| c.index_of(n))
+            .chain(recs.iter().map(|r| r.n))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Deletes an instance's objects: Pod, claim, pool, volume and seed.
+    async fn remove(&mut self, r: &Rec) -> Result<(), Error> {
+        let i = self.instance(r, false);
+        let mut bodies = vec![self.b.pod(&i), self.b.pvc(&i)];
+        bodies.extend(self.b.pool(&i));
+        if self.cluster.spec.storage.zfs.is_some() {
+            bodies.push(self.b.pv(&i, ""));
+            bodies.push(self.b.seed_snapshot(r.n, ""));
+        }
+        for body in &bodies {
+            self.delete(body).await?;
+        }
+        tracing::info!(cluster = %self.b.c.name, instance = %r.name, "instance removed (scale down)");
+        Ok(())
+    }
+
+    fn instance(&self, r: &Rec, primary: bool) -> Instance {
+        Instance {
+            n: r.n,
+            name: r.name.clone(),
+            node: r.node.clone(),
+            primary,
+            fenced: r.fenced,
+            restore_from: r.seeded_from.clone().filter(|s| s != PG_BASEBACKUP),
+        }
+    }
+
+    /// The seed snapshot of a new instance: made of a donor, awaited until Completed.
+    /// True once the pool may be restored from it.
+    async fn seed_ready(
+        &mut self,
+        r: &Rec,
+        seed: &str,
+        members: &[Member],
+        current: Option<&str>,
+    ) -> Result<bool, Error> {
+        let phase = self
+            .w
+            .snapshots
+            .get(seed)
+            .map(|s| s.status.as_ref().and_then(|st| st.phase));
+        match phase {
+            Some(Some(SnapshotPhase::Completed)) => return Ok(true),
+            Some(Some(SnapshotPhase::Failed)) => {
+                let body = self.b.seed_snapshot(r.n, "");
+                self.delete(&body).await?;
+                self.note(true, "SeedFailed", format!("EbsSnapshot {seed} to seed {} failed; it is deleted and a new one will be taken", r.name));
+                self.building.push(format!(
+                    "{}: its seed snapshot failed, taking another",
+                    r.name
+                ));
+            }
+            Some(p) => {
+                let p = p
+                    .map(|p| format!("{p:?}"))
+                    .unwrap_or_else(|| "Pending".into());
+                self.building
+                    .push(format!("{}: seed snapshot {seed} is {p}", r.name));
+            }
+            None => match donor(members, current, &r.name) {
+                Some(d) => {
+                    let body = self.b.seed_snapshot(r.n, &d);
+                    self.ensure(&body, Stored::Known(None)).await?;
+                    self.note(
+                        false,
+                        "Seeding",
+                        format!("taking EbsSnapshot {seed} of {d} to seed {}", r.name),
+                    );
+                    self.building
+                        .push(format!("{}: seed snapshot {seed} of {d} requested", r.name));
+                }
+                None => self.building.push(format!(
+                    "{}: waiting for a ready instance to snapshot",
+                    r.name
+                )),
+            },
+        }
+        Ok(false)
+    }
+
+    /// An instance's pool, volume, claim and Pod, in that order, each once the one before
+    /// is usable.
+    async fn ensure_instance(
+        &mut self,
+        r: &Rec,
+        roles: &Roles,
+        members: &[Member],
+    ) -> Result<(), Error> {
+        let current = roles.current.as_deref();
+        let i = self.instance(r, current == Some(r.name.as_str()));
+        if self.cluster.spec.storage.zfs.is_some() {
+            let pool = self.w.pools.get(&r.name).cloned();
+            if let Some(p) = &pool
+                && deleting(p)
+            {
+                self.building
+                    .push(format!("{}: its ZfsPool is being deleted", r.name));
+                return Ok(());
+            }
+            if pool.is_none()
+                && let Some(seed) = i.restore_from.clone()
+                && !self.seed_ready(r, &seed, members, current).await?
+            {
+                return Ok(());
+            }
+            let body = self.b.pool(&i).ok_or(Error::Incomplete("storage.zfs"))?;
+            if self
+                .ensure(&body, Stored::Known(pool.as_ref().map(to_value)))
+                .await?
+                && pool.is_none()
+            {
+                let from = i
+                    .restore_from
+                    .as_ref()
+                    .map(|s| format!(", restored from EbsSnapshot {s}"))
+                    .unwrap_or_default();
+                self.note(
+                    false,
+                    "PoolCreated",
+                    format!("created ZfsPool {} on node {}{from}", r.name, r.node),
+                );
+            }
+            let path = pool
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.datasets.iter().find(|d| d.name == PGDATA_DATASET))
+                .and_then(|d| d.mount_path.clone());
+            let Some(path) = path else {
+                self.building.push(format!(
+                    "{}: waiting for ZfsPool {} to mount pgdata",
+                    r.name, r.name
+                ));
+                return Ok(());
+            };
+            if self.ensure(&self.b.pv(&i, &path), Stored::Fetch).await? {
+                self.note(
+                    false,
+                    "VolumeBound",
+                    format!(
+                        "PersistentVolume {} at {path} on {} for {}",
+                        self.b.c.pv_name(r.n),
+                        r.node,
+                        r.name
+                    ),
+                );
+            }
+        }
+        let pvc = self.w.pvcs.get(&r.name).map(to_value);
+        let created = pvc.is_none();
+        if self.ensure(&self.b.pvc(&i), Stored::Known(pvc)).await? && created {
+            tracing::info!(cluster = %self.b.c.name, instance = %r.name, "claim created");
+        }
+        self.ensure_pod(r, &i, roles, members).await?;
+        self.drop_seed(r, members).await
+    }
+
+    async fn ensure_pod(
+        &mut self,
+        r: &Rec,
+        i: &Instance,
+        roles: &Roles,
+        members: &[Member],
+    ) -> Result<(), Error> {
+        let Some(pod) = self.w.pods.get(&r.name).cloned() else {
+            // The primary's Pod is gone: recreating it now would hide the loss. When a
+            // replica can take over, the failover grace decides first.
+            let current = roles.current.as_deref() == Some(r.name.as_str());
+            let settled = roles.current == roles.target;
+            if current
+                && settled
+                && !r.fenced
+                && roles::failover_candidate(members, &r.name).is_some()
+            {
+                self.building.push(format!(
+                    "{}: the primary's Pod is gone; failing over after the grace period",
+                    r.name
+                ));
+                return Ok(());
+            }
+            self.ensure(&self.b.pod(i), Stored::Known(None)).await?;
+            let fenced = if r.fenced { " (fenced)" } else { "" };
+            self.note(
+                false,
+                "PodCreated",
+                format!("created Pod {} on node {}{fenced}", r.name, r.node),
+            );
+            return Ok(());
+        };
+        if deleting(&pod) {
+            self.building
+                .push(format!("{}: its Pod is being deleted", r.name));
+            return Ok(());
+        }
+        let marks = self.b.pod_marks(i);
+        if covers(&to_value(&pod.metadata), &marks) {
+            return Ok(());
+        }
+        let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": marks});
+        Api::<Pod>::namespaced(self.ctx.client.clone(), &self.b.c.namespace)
+            .patch(
+                &r.name,
+                &PatchParams::apply(MARKS_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        if r.fenced && pod.annotations().get(names::FENCED).map(String::as_str) != Some("true") {
+            self.note(
+                true,
+                "Fencing",
+                format!(
+                    "annotated Pod {} {}=true: its PostgreSQL stops and stays stopped",
+                    r.name,
+                    names::FENCED
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes the seed snapshot once its instance streams from the primary.
+    async fn drop_seed(&mut self, r: &Rec, members: &[Member]) -> Result<(), Error> {
+        let Some(seed) = r.seeded_from.as_deref().filter(|s| *s != PG_BASEBACKUP) else {
+            return Ok(());
+        };
+        if self.w.snapshots.get(seed).is_none_or(deleting) {
+            return Ok(());
+        }
+        let streaming = members
+            .iter()
+            .find(|m| m.name == r.name)
+            .and_then(|m| m.reported.as_ref())
+            .is_some_and(|rep| rep.streaming);
+        if streaming && self.delete(&self.b.seed_snapshot(r.n, "")).await? {
+            self.note(
+                false,
+                "SeedDeleted",
+                format!(
+                    "{} streams from the primary; deleted its seed EbsSnapshot {seed}",
+                    r.name
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The instance a new one is seeded from: a ready replica, else the primary when ready.
+pub fn donor(members: &[Member], current: Option<&str>, new: &str) -> Option<String> {
+    let replica = members
+        .iter()
+        .filter(|m| m.name != new && Some(m.name.as_str()) != current && m.promotable())
+        .map(|m| m.name.clone())
+        .min_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+    replica.or_else(|| {
+        members
+            .iter()
+            .find(|m| Some(m.name.as_str()) == current && m.ready())
+            .map(|m| m.name.clone())
+    })
+}
+
+fn pod_state(pod: Option<&Pod>) -> PodState {
+    let Some(p) = pod else {
+        return PodState::Absent;
+    };
+    if deleting(p) {
+        return PodState::Terminating;
+    }
+    match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Running") => PodState::Running,
+        Some("Failed" | "Succeeded" | "Unknown") => PodState::Down,
+        _ => PodState::Pending,
+    }
+}
+
+fn members(recs: &[Rec], w: &World) -> Vec<Member> {
+    recs.iter()
+        .map(|r| {
+            let pod = w.pods.get(&r.name);
+            Member {
+                name: r.name.clone(),
+                pod: pod_state(pod),
+                node_ready: match w.node(&r.node) {
+                    Some(n) => n.ready,
+                    None => Some(false),
+                },
+                reported: pod.and_then(|p| {
+                    Reported::parse(
+                        p.annotations()
+                            .get(names::INSTANCE_STATUS)
+                            .map(String::as_str),
+                    )
+                }),
+                fenced: r.fenced,
+            }
+        })
+        .collect()
+}
+
+/// The status entries of the instances.
+pub fn instance_statuses(
+    recs: &[Rec],
+    members: &[Member],
+    current: Option<&str>,
+) -> Vec<InstanceStatus> {
+    let primary_lsn = members
+        .iter()
+        .find(|m| Some(m.name.as_str()) == current)
+        .and_then(|m| m.reported.as_ref())
+        .filter(|r| r.is_primary())
+        .and_then(|r| r.lsn.clone());
+    recs.iter()
+        .zip(members)
+        .map(|(r, m)| {
+            let is_primary = current == Some(r.name.as_str());
+            let lsn = m
+                .reported
+                .as_ref()
+                .and_then(|x| x.position())
+                .map(String::from);
+            let lag = match (&primary_lsn, &lsn, is_primary) {
+                (Some(p), Some(l), false) => lag_bytes(p, l),
+                _ => None,
+            };
+            InstanceStatus {
+                name: r.name.clone(),
+                node: Some(r.node.clone()),
+                availability_zone: r.zone.clone(),
+                pool: Some(r.name.clone()),
+                role: if r.fenced {
+                    None
+                } else if is_primary {
+                    Some(InstanceRole::Primary)
+                } else {
+                    Some(InstanceRole::Replica)
+                },
+                ready: m.ready(),
+                lsn,
+                lag_bytes: lag,
+                seeded_from: r.seeded_from.clone(),
+                fenced: r.fenced,
+            }
+        })
+        .collect()
+}
+
+pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> {
+    let b = Builder::new(cluster, &ctx.settings.instance_image)
+        .ok_or(Error::Incomplete("namespace or name"))?;
+    let w = World::load(ctx, &b.c).await?;
+    let mut run = Run {
+        ctx,
+        cluster,
+        b,
+        w,
+        notes: vec![],
+        building: vec![],
+    };
+    let observed = cluster.status.clone().unwrap_or_default();
+    let spec = &cluster.spec;
+
+    run.ensure_secrets().await?;
+    run.ensure_shared().await?;
+
+    // Instances: scale down (highest numbers first, never the primary), then place new
+    // ones.
+    let mut recs = run.recorded(&observed);
+    let keep = |r: &Rec| {
+        Some(r.name.as_str()) == observed.current_primary.as_deref()
+            || Some(r.name.as_str()) == observed.target_primary.as_deref()
+    };
+    let desired = spec.instances.max(1) as usize;
+    while recs.len() > desired {
+        let Some(at) = recs.iter().rposition(|r| !keep(r)) else {
+            break;
+        };
+        let r = recs.remove(at);
+        run.remove(&r).await?;
+    }
+    let bootstrap = recs.is_empty() && observed.current_primary.is_none();
+    let mut unplaced = None;
+    let mut next = run.highest_index(&recs);
+    while recs.len() < desired {
+        let used: Vec<(String, Option<String>)> = recs
+            .iter()
+            .map(|r| (r.node.clone(), r.zone.clone()))
+            .collect();
+        let Some(node) =
+            placement::choose(&run.w.nodes, &used, &spec.node_selector, &spec.tolerations)
+        else {
+            unplaced = Some(format!(
+                "no node for another instance: {} needed, {} placed; an instance needs a Ready node matching nodeSelector, tolerating its taints, with no other instance of this cluster",
+                desired,
+                recs.len()
+            ));
+            break;
+        };
+        next += 1;
+        let seeded_from = if bootstrap && recs.is_empty() {
+            None
+        } else if spec.storage.zfs.is_some() && spec.replicas.seed_from == SeedFrom::Snapshot {
+            Some(run.b.c.seed(next))
+        } else {
+            Some(PG_BASEBACKUP.to_string())
+        };
+        recs.push(Rec {
+            n: next,
+            name: run.b.c.instance(next),
+            node: node.name.clone(),
+            zone: node.zone.clone(),
+            seeded_from,
+            fenced: false,
+        });
+    }
+
+    // Who is primary.
+    let mut ms = members(&recs, &run.w);
+    let current = observed.current_primary.as_deref();
+    let settled = observed
+        .target_primary
+        .as_deref()
+        .is_none_or(|t| Some(t) == current);
+    let lost = settled
+        && current
+            .and_then(|c| ms.iter().find(|m| m.name == c))
+            .is_some_and(roles::lost);
+    let key = format!("{}/primary-lost", crate::zfspool::object_key(cluster));
+    let lost_for = ctx.held_for(&key, lost);
+    let first = recs
+        .first()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| run.b.c.instance(1));
+    let decided = roles::decide(&roles::Input {
+        first: &first,
+        current,
+        target: observed.target_primary.as_deref(),
+        wanted: spec.primary.as_deref(),
+        members: &ms,
+        lost_for,
+        grace: ctx.settings.failover_grace,
+    });
+    for f in &decided.fence {
+        for r in recs.iter_mut().filter(|r| &r.name == f) {
+            r.fenced = true;
+        }
+        for m in ms.iter_mut().filter(|m| &m.name == f) {
+            m.fenced = true;
+        }
+        tracing::warn!(cluster = %run.b.c.name, instance = %f, "fencing the lost primary");
+    }
+    if let Some((kind, from, to)) = &decided.started {
+        tracing::info!(cluster = %run.b.c.name, ?kind, %from, %to, "change of primary started");
+    }
+
+    for r in recs.clone() {
+        run.ensure_instance(&r, &decided, &ms).await?;
+    }
+
+    let summary = Summary {
+        desired: desired as i32,
+        instances: instance_statuses(&recs, &ms, decided.current.as_deref()),
+        current: decided.current.clone(),
+        target: decided.target.clone(),
+        building: run.building.clone(),
+        roles_waiting: decided.waiting.clone(),
+        unplaced,
+        spec_errors: pgml_api::validate::check_cluster(cluster)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    };
+    let new = status::compute(&summary, &observed, cluster.metadata.generation, &now());
+    status::commit(ctx, cluster, &observed, &new).await?;
+    for (warning, why, note) in std::mem::take(&mut run.notes) {
+        events::publish(ctx, cluster, warning, &why, note).await;
+    }
+
+    let s = &ctx.settings;
+    Ok(if lost_for.is_some() || decided.target != decided.current {
+        Action::requeue(std::time::Duration::from_secs(2))
+    } else if !summary.building.is_empty() || summary.unplaced.is_some() {
+        Action::requeue(s.progress_requeue)
+    } else {
+        Action::requeue(s.ready_requeue)
+    })
+}
+
+/// The PersistentVolumes of a cluster (cluster-scoped, so outside the garbage collector's
+/// reach): what the finalizer deletes.
+pub async fn delete_volumes(ctx: &Context, cluster: &PgmlCluster) -> Result<usize, Error> {
+    let (Some(ns), Some(name)) = (&cluster.metadata.namespace, &cluster.metadata.name) else {
+        return Err(Error::Incomplete("namespace or name"));
+    };
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "{}={name},{}={ns}",
+        pgml_api::common::keys::CLUSTER,
+        pgml_api::common::keys::NAMESPACE
+    ));
+    let mut n = 0;
+    for pv in api.list(&lp).await?.items {
+        let pv_name = pv.name_any();
+        match api.delete(&pv_name, &DeleteParams::background()).await {
+            Ok(_) => n += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}

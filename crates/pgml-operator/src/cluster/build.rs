@@ -1,0 +1,555 @@
+//! The objects of a cluster, built from the PgmlCluster and what the reconcile decided, as
+//! the JSON bodies that are server-side applied. No client: everything here is tested
+//! from YAML.
+
+use pgml_api::PgmlCluster;
+use pgml_api::common::keys;
+use pgml_api::zfspool::{Layout, RestoreFrom, ZfsPoolSpec};
+use serde_json::{Value, json};
+
+use super::config;
+use super::names::{self, ClusterRef, SecretKind};
+
+/// Where the instance's volume is mounted in its Pod.
+pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+/// PGDATA: a folder below the mount (an ext4 volume's root holds lost+found).
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+pub const CONTROLLER_DIR: &str = "/controller";
+pub const CONFIG_DIR: &str = "/etc/pgml/config";
+pub const SECRETS_DIR: &str = "/etc/pgml/secrets";
+pub const PORT: i32 = 5432;
+/// Where the operator's image keeps the instance manager.
+pub const INSTANCE_BINARY: &str = "/usr/local/bin/pgml-instance";
+
+/// What every builder needs.
+pub struct Builder<'a> {
+    pub c: ClusterRef,
+    pub cluster: &'a PgmlCluster,
+    /// The image holding `pgml-instance` (the operator's).
+    pub instance_image: &'a str,
+}
+
+/// One instance as decided by the reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub n: u32,
+    pub name: String,
+    pub node: String,
+    pub primary: bool,
+    pub fenced: bool,
+    /// The EbsSnapshot its pool is restored from.
+    pub restore_from: Option<String>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(cluster: &'a PgmlCluster, instance_image: &'a str) -> Option<Builder<'a>> {
+        Some(Builder {
+            c: ClusterRef {
+                namespace: cluster.metadata.namespace.clone()?,
+                name: cluster.metadata.name.clone()?,
+            },
+            cluster,
+            instance_image,
+        })
+    }
+
+    fn owner(&self) -> Value {
+        json!([{
+            "apiVersion": "pgml.io/v1alpha1",
+            "kind": "PgmlCluster",
+            "name": self.c.name,
+            "uid": self.cluster.metadata.uid.clone().unwrap_or_default(),
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }])
+    }
+
+    fn meta(&self, name: &str, labels: std::collections::BTreeMap<String, String>) -> Value {
+        json!({
+            "name": name,
+            "namespace": self.c.namespace,
+            "labels": labels,
+            "ownerReferences": self.owner(),
+        })
+    }
+
+    /// The ZfsPool of an instance: the cluster's template on the instance's node.
+    pub fn pool(&self, i: &Instance) -> Option<Value> {
+        let zfs = self.cluster.spec.storage.zfs.as_ref()?;
+        let spec = ZfsPoolSpec {
+            node_name: i.node.clone(),
+            pool_name: Some(self.c.pool_name(i.n)),
+            template: zfs.template.clone(),
+            restore_from: i.restore_from.as_ref().map(|s| RestoreFrom {
+                ebs_snapshot_name: s.clone(),
+                volume_initialization_rate_mibps: None,
+            }),
+            snapshots: None,
+        };
+        Some(json!({
+            "apiVersion": "pgml.io/v1alpha1",
+            "kind": "ZfsPool",
+            "metadata": self.meta(&i.name, self.c.instance_labels(i.n)),
+            "spec": spec,
+        }))
+    }
+
+    /// Usable size of an instance's storage, as a quantity.
+    pub fn capacity(&self) -> String {
+        if let Some(zfs) = &self.cluster.spec.storage.zfs {
+            let v = &zfs.template.volumes;
+            let data = match zfs.template.layout {
+                Layout::Raidz1 => (v.count - 1).max(1),
+                _ => v.count,
+            };
+            return format!("{}Gi", v.size_gib * i64::from(data));
+        }
+        self.cluster
+            .spec
+            .storage
+            .persistent_volume_claim
+            .as_ref()
+            .map(|p| p.size.clone())
+            .unwrap_or_default()
+    }
+
+    /// The local PersistentVolume over the pool's `pgdata` dataset, pre-bound to the PVC.
+    /// Cluster-scoped: no owner reference (the finalizer deletes it).
+    pub fn pv(&self, i: &Instance, path: &str) -> Value {
+        let mut labels = self.c.instance_labels(i.n);
+        labels.insert(keys::NAMESPACE.into(), self.c.namespace.clone());
+        json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": self.c.pv_name(i.n), "labels": labels},
+            "spec": {
+                "capacity": {"storage": self.capacity()},
+                "accessModes": ["ReadWriteOnce"],
+                "volumeMode": "Filesystem",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": names::STORAGE_CLASS,
+                "local": {"path": path},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": self.c.namespace, "name": i.name},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [i.node]}
+                ]}]}},
+            },
+        })
+    }
+
+    /// The instance's claim: bound to its PV on ZFS, from the StorageClass on ext4 (with
+    /// the node preselected, as the scheduler would, since the Pod is not scheduled).
+    pub fn pvc(&self, i: &Instance) -> Value {
+        let mut meta = self.meta(&i.name, self.c.instance_labels(i.n));
+        let mut spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": self.capacity()}},
+        });
+        match &self.cluster.spec.storage.persistent_volume_claim {
+            Some(p) => {
+                if let Some(class) = &p.storage_class_name {
+                    spec["storageClassName"] = json!(class);
+                }
+                meta["annotations"] = json!({"volume.kubernetes.io/selected-node": i.node});
+            }
+            None => {
+                spec["storageClassName"] = json!(names::STORAGE_CLASS);
+                spec["volumeName"] = json!(self.c.pv_name(i.n));
+            }
+        }
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec})
+    }
+
+    /// The metadata the controller changes on a live Pod: the role label and the fence.
+    pub fn pod_marks(&self, i: &Instance) -> Value {
+        let mut labels = self.c.instance_labels(i.n);
+        labels.insert(
+            names::ROLE.into(),
+            if i.primary {
+                names::ROLE_PRIMARY
+            } else {
+                names::ROLE_REPLICA
+            }
+            .into(),
+        );
+        let mut meta = json!({"name": i.name, "namespace": self.c.namespace, "labels": labels});
+        if i.fenced {
+            meta["annotations"] = json!({names::FENCED: "true"});
+        }
+        meta
+    }
+
+    /// The instance's Pod on its node: the init container copies the instance manager in,
+    /// the main container runs it with the cluster's image.
+    pub fn pod(&self, i: &Instance) -> Value {
+        let spec = &self.cluster.spec;
+        let mut meta = self.pod_marks(i);
+        meta["ownerReferences"] = self.owner();
+        let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+        let mut env = vec![
+            json!({"name": "POD_NAME"}),
+            json!({"name": "POD_NAMESPACE"}),
+            json!({"name": "PGML_ADVERTISE_HOST"}),
+        ];
+        for (e, path) in env
+            .iter_mut()
+            .zip(["metadata.name", "metadata.namespace", "status.podIP"])
+        {
+            e.as_object_mut()
+                .expect("an object")
+                .extend(field(path).as_object().expect("an object").clone());
+        }
+        for (k, v) in [
+            ("CLUSTER_NAME", self.c.name.clone()),
+            ("PGDATA", PGDATA.into()),
+            ("PGPORT", PORT.to_string()),
+            ("PGML_CONFIG_DIR", CONFIG_DIR.into()),
+            ("PGML_SECRETS_DIR", SECRETS_DIR.into()),
+        ] {
+            env.push(json!({"name": k, "value": v}));
+        }
+        let mut main = json!({
+            "name": "postgres",
+            "image": spec.image,
+            "command": [format!("{CONTROLLER_DIR}/pgml-instance"), "run"],
+            "env": env,
+            "ports": [{"name": "postgres", "containerPort": PORT, "protocol": "TCP"}],
+            "volumeMounts": [
+                {"name": "pgdata", "mountPath": DATA_MOUNT},
+                {"name": "controller", "mountPath": CONTROLLER_DIR},
+                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
+                {"name": "superuser", "mountPath": format!("{SECRETS_DIR}/superuser"), "readOnly": true},
+                {"name": "replication", "mountPath": format!("{SECRETS_DIR}/replication"), "readOnly": true},
+            ],
+        });
+        if let Some(r) = &spec.resources {
+            main["resources"] = json!(r);
+        }
+        let mut pod_spec = json!({
+            "nodeName": i.node,
+            "serviceAccountName": self.c.service_account(),
+            "initContainers": [{
+                "name": "bootstrap-controller",
+                "image": self.instance_image,
+                "command": ["cp", INSTANCE_BINARY, format!("{CONTROLLER_DIR}/pgml-instance")],
+                "volumeMounts": [{"name": "controller", "mountPath": CONTROLLER_DIR}],
+            }],
+            "containers": [main],
+            "volumes": [
+                {"name": "pgdata", "persistentVolumeClaim": {"claimName": i.name}},
+                {"name": "controller", "emptyDir": {}},
+                {"name": "config", "configMap": {"name": self.c.config()}},
+                {"name": "superuser", "secret": {"secretName": self.c.secret(SecretKind::Superuser)}},
+                {"name": "replication", "secret": {"secretName": self.c.secret(SecretKind::Replication)}},
+            ],
+            "affinity": self.affinity(),
+        });
+        if !spec.node_selector.is_empty() {
+            pod_spec["nodeSelector"] = json!(spec.node_selector);
+        }
+        if !spec.tolerations.is_empty() {
+            pod_spec["tolerations"] = json!(spec.tolerations);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec})
+    }
+
+    /// The user's affinity plus the operator's: never two instances on one node.
+    fn affinity(&self) -> Value {
+        let mut a = self
+            .cluster
+            .spec
+            .affinity
+            .as_ref()
+            .map(|a| json!(a))
+            .unwrap_or_else(|| json!({}));
+        let term = json!({
+            "labelSelector": {"matchLabels": self.c.labels()},
+            "topologyKey": "kubernetes.io/hostname",
+        });
+        let anti = &mut a["podAntiAffinity"];
+        if anti.is_null() {
+            *anti = json!({});
+        }
+        let req = &mut anti["requiredDuringSchedulingIgnoredDuringExecution"];
+        match req.as_array_mut() {
+            Some(list) => list.push(term),
+            None => *req = json!([term]),
+        }
+        a
+    }
+
+    /// `C-rw` (the primary), `C-ro` (replicas), `C-r` (any instance).
+    pub fn services(&self) -> Vec<Value> {
+        let mut rw = self.c.labels();
+        rw.insert(names::ROLE.into(), names::ROLE_PRIMARY.into());
+        let mut ro = self.c.labels();
+        ro.insert(names::ROLE.into(), names::ROLE_REPLICA.into());
+        [
+            (self.c.service_rw(), rw),
+            (self.c.service_ro(), ro),
+            (self.c.service_r(), self.c.labels()),
+        ]
+        .into_iter()
+        .map(|(name, selector)| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": self.meta(&name, self.c.labels()),
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": selector,
+                    "ports": [{"name": "postgres", "port": PORT, "targetPort": PORT, "protocol": "TCP"}],
+                },
+            })
+        })
+        .collect()
+    }
+
+    pub fn config_map(&self) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self.meta(&self.c.config(), self.c.labels()),
+            "data": {
+                "postgresql.conf": config::postgresql_conf(&self.cluster.spec),
+                "pg_hba.conf": config::pg_hba(&self.cluster.spec),
+            },
+        })
+    }
+
+    /// A credentials Secret, made once. `password` comes from [`super::secrets`].
+    pub fn secret(&self, kind: SecretKind, password: &str) -> Value {
+        let user = kind.username();
+        let mut data = json!({"username": user, "password": password});
+        if kind == SecretKind::App {
+            data["dbname"] = json!("app");
+            data["uri"] = json!(format!(
+                "postgresql://{user}:{password}@{}.{}.svc:{PORT}/app",
+                self.c.service_rw(),
+                self.c.namespace
+            ));
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/basic-auth",
+            "metadata": self.meta(&self.c.secret(kind), self.c.labels()),
+            "stringData": data,
+        })
+    }
+
+    /// The instance Pods' identity: they read their cluster and its Pods, and annotate
+    /// their own Pod.
+    pub fn rbac(&self) -> Vec<Value> {
+        let name = self.c.service_account();
+        vec![
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": self.meta(&name, self.c.labels())}),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": self.meta(&name, self.c.labels()),
+                "rules": [
+                    {"apiGroups": ["pgml.io"], "resources": ["pgmlclusters"], "resourceNames": [self.c.name], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                ],
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": self.meta(&name, self.c.labels()),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.c.namespace}],
+            }),
+        ]
+    }
+
+    /// The EbsSnapshot a new instance is restored from, of `donor`.
+    pub fn seed_snapshot(&self, n: u32, donor: &str) -> Value {
+        json!({
+            "apiVersion": "pgml.io/v1alpha1",
+            "kind": "EbsSnapshot",
+            "metadata": self.meta(&self.c.seed(n), self.c.instance_labels(n)),
+            "spec": {"source": {"cluster": {"name": self.c.name, "instance": donor}}},
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(spec: &str) -> PgmlCluster {
+        serde_yaml::from_str(&format!(
+            "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {{name: main, namespace: db, uid: u-1}}\nspec:\n{spec}"
+        ))
+        .unwrap()
+    }
+
+    const ZFS: &str = "  instances: 3\n  storage: {zfs: {template: {volumes: {count: 3, sizeGiB: 10}, layout: raidz1, reclaimPolicy: Delete}}}\n";
+
+    fn inst(n: u32, primary: bool) -> Instance {
+        Instance {
+            n,
+            name: format!("main-{n}"),
+            node: format!("node-{n}"),
+            primary,
+            fenced: false,
+            restore_from: None,
+        }
+    }
+
+    #[test]
+    fn pool_is_the_template_on_the_node_named_per_namespace() {
+        let c = cluster(ZFS);
+        let b = Builder::new(&c, "op:1").unwrap();
+        let mut i = inst(2, false);
+        i.restore_from = Some("main-2-seed".into());
+        let p = b.pool(&i).unwrap();
+        assert_eq!(p["metadata"]["name"], "main-2");
+        assert_eq!(p["metadata"]["labels"]["pgml.io/instance"], "main-2");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(p["spec"]["nodeName"], "node-2");
+        assert_eq!(p["spec"]["poolName"], b.c.pool_name(2));
+        assert_eq!(p["spec"]["layout"], "raidz1");
+        assert_eq!(p["spec"]["reclaimPolicy"], "Delete");
+        assert_eq!(p["spec"]["volumes"]["count"], 3);
+        assert_eq!(p["spec"]["restoreFrom"]["ebsSnapshotName"], "main-2-seed");
+        assert!(
+            b.pool(&inst(1, true)).unwrap()["spec"]
+                .get("restoreFrom")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn pv_and_pvc_are_prebound_on_the_node() {
+        let c = cluster(ZFS);
+        let b = Builder::new(&c, "op:1").unwrap();
+        let pv = b.pv(&inst(1, true), "/var/lib/pgml/main-1-abc/pgdata");
+        assert_eq!(
+            pv["spec"]["local"]["path"],
+            "/var/lib/pgml/main-1-abc/pgdata"
+        );
+        assert_eq!(pv["spec"]["capacity"]["storage"], "20Gi");
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["claimRef"]["name"], "main-1");
+        assert_eq!(pv["spec"]["claimRef"]["namespace"], "db");
+        assert_eq!(
+            pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+                [0],
+            "node-1"
+        );
+        assert!(pv["metadata"].get("ownerReferences").is_none());
+        let pvc = b.pvc(&inst(1, true));
+        assert_eq!(pvc["spec"]["volumeName"], b.c.pv_name(1));
+        assert_eq!(pvc["spec"]["storageClassName"], "pgml-zfs");
+
+        let ext4 =
+            cluster("  storage: {persistentVolumeClaim: {storageClassName: gp3, size: 50Gi}}\n");
+        let b = Builder::new(&ext4, "op:1").unwrap();
+        assert!(b.pool(&inst(1, true)).is_none());
+        let pvc = b.pvc(&inst(1, true));
+        assert_eq!(pvc["spec"]["storageClassName"], "gp3");
+        assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "50Gi");
+        assert!(pvc["spec"].get("volumeName").is_none());
+        assert_eq!(
+            pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+            "node-1"
+        );
+    }
+
+    #[test]
+    fn pod_runs_the_instance_manager_on_its_node() {
+        let c = cluster(&format!(
+            "{ZFS}  image: pg:1\n  resources: {{limits: {{memory: 1Gi}}}}\n  nodeSelector: {{pool: db}}\n  tolerations: [{{key: dedicated, operator: Exists}}]\n  affinity: {{podAntiAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: [{{topologyKey: zone, labelSelector: {{matchLabels: {{app: x}}}}}}]}}}}\n"
+        ));
+        let b = Builder::new(&c, "ghcr.io/pgml/pgml-operator:9").unwrap();
+        let mut i = inst(2, false);
+        i.fenced = true;
+        let pod = b.pod(&i);
+        assert_eq!(pod["metadata"]["labels"]["pgml.io/role"], "replica");
+        assert_eq!(pod["metadata"]["labels"]["pgml.io/cluster"], "main");
+        assert_eq!(pod["metadata"]["annotations"]["pgml.io/fenced"], "true");
+        let s = &pod["spec"];
+        assert_eq!(s["nodeName"], "node-2");
+        assert_eq!(
+            s["initContainers"][0]["image"],
+            "ghcr.io/pgml/pgml-operator:9"
+        );
+        assert_eq!(s["initContainers"][0]["command"][1], INSTANCE_BINARY);
+        let main = &s["containers"][0];
+        assert_eq!(main["image"], "pg:1");
+        assert_eq!(main["command"], json!(["/controller/pgml-instance", "run"]));
+        assert_eq!(main["resources"]["limits"]["memory"], "1Gi");
+        let env = main["env"].as_array().unwrap();
+        let get = |k: &str| env.iter().find(|e| e["name"] == k).cloned().unwrap();
+        assert_eq!(
+            get("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            get("PGML_ADVERTISE_HOST")["valueFrom"]["fieldRef"]["fieldPath"],
+            "status.podIP"
+        );
+        assert_eq!(get("CLUSTER_NAME")["value"], "main");
+        assert_eq!(get("PGDATA")["value"], PGDATA);
+        assert_eq!(get("PGPORT")["value"], "5432");
+        assert_eq!(
+            s["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "main-2"
+        );
+        assert_eq!(s["nodeSelector"]["pool"], "db");
+        assert_eq!(s["tolerations"][0]["key"], "dedicated");
+        let anti =
+            s["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .unwrap();
+        assert_eq!(anti.len(), 2, "the user's term and the operator's");
+        assert_eq!(
+            anti[1]["labelSelector"]["matchLabels"]["pgml.io/cluster"],
+            "main"
+        );
+        assert!(
+            b.pod(&inst(1, true))["metadata"]
+                .get("annotations")
+                .is_none()
+        );
+        assert_eq!(
+            b.pod(&inst(1, true))["metadata"]["labels"]["pgml.io/role"],
+            "primary"
+        );
+    }
+
+    #[test]
+    fn services_select_by_role_and_secrets_carry_credentials() {
+        let c = cluster(ZFS);
+        let b = Builder::new(&c, "op").unwrap();
+        let s = b.services();
+        assert_eq!(s[0]["metadata"]["name"], "main-rw");
+        assert_eq!(s[0]["spec"]["selector"]["pgml.io/role"], "primary");
+        assert_eq!(s[1]["metadata"]["name"], "main-ro");
+        assert_eq!(s[1]["spec"]["selector"]["pgml.io/role"], "replica");
+        assert_eq!(s[2]["metadata"]["name"], "main-r");
+        assert!(s[2]["spec"]["selector"].get("pgml.io/role").is_none());
+        let app = b.secret(SecretKind::App, "pw");
+        assert_eq!(
+            app["stringData"]["uri"],
+            "postgresql://app:pw@main-rw.db.svc:5432/app"
+        );
+        assert_eq!(
+            b.secret(SecretKind::Replication, "x")["stringData"]["username"],
+            "streaming_replica"
+        );
+        let cm = b.config_map();
+        assert!(
+            cm["data"]["postgresql.conf"]
+                .as_str()
+                .unwrap()
+                .contains("full_page_writes = 'off'")
+        );
+        let seed = b.seed_snapshot(3, "main-2");
+        assert_eq!(seed["metadata"]["name"], "main-3-seed");
+        assert_eq!(seed["spec"]["source"]["cluster"]["instance"], "main-2");
+    }
+}

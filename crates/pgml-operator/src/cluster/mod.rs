@@ -1,0 +1,158 @@
+//! The PgmlCluster controller (docs/design/pgmlcluster.md): every Kubernetes object of a
+//! cluster — per instance a ZfsPool, local PersistentVolume and claim (or an ext4 claim)
+//! and a Pod; the Services, Secrets, ConfigMap and RBAC — and who is primary. A thin
+//! reconcile over dereference (`world`) → decide (`placement`, `roles`, pure) → build
+//! (`build`, pure) → apply (`apply`, only what differs) → status (`status`).
+//!
+//! The instance manager in each Pod runs PostgreSQL and reports in the Pod's
+//! `pgml.io/instance-status` annotation; the node agent builds the pools.
+
+pub mod apply;
+pub mod build;
+pub mod compare;
+pub mod config;
+pub mod names;
+pub mod placement;
+pub mod reported;
+pub mod roles;
+pub mod secrets;
+pub mod status;
+pub mod world;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Service};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
+
+use crate::zfspool::{Context, Error, error, events, object_key};
+
+/// The finalizer that keeps a ZFS-backed PgmlCluster until its PersistentVolumes (which
+/// the garbage collector cannot reach: they are cluster-scoped) are deleted.
+pub const FINALIZER: &str = "pgml.io/persistent-volumes";
+
+fn api<K>(ctx: &Context) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+/// Runs the PgmlCluster controller until `shutdown` resolves.
+pub async fn run_until(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let owned = || {
+        watcher::Config::default()
+            .labels(pgml_api::common::keys::CLUSTER)
+            .any_semantic()
+    };
+    let controller = Controller::new(
+        api::<PgmlCluster>(&ctx),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    // A node going NotReady may start a failover: wake the clusters with an instance there.
+    let on_node = move |node: Node| {
+        let name = node.name_any();
+        store
+            .state()
+            .iter()
+            .filter(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    s.instances
+                        .iter()
+                        .any(|i| i.node.as_deref() == Some(name.as_str()))
+                })
+            })
+            .map(|c| ObjectRef::from_obj(&**c))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns(api::<Pod>(&ctx), owned())
+        .owns(api::<ZfsPool>(&ctx), owned())
+        .owns(api::<PersistentVolumeClaim>(&ctx), owned())
+        .owns(api::<Service>(&ctx), owned())
+        .owns(api::<ConfigMap>(&ctx), owned())
+        .owns(api::<EbsSnapshot>(&ctx), owned())
+        .watches(
+            Api::<Node>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            on_node,
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(cluster: Arc<PgmlCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cluster.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let result = if cluster.spec.storage.zfs.is_some() {
+        let api: Api<PgmlCluster> = Api::namespaced(ctx.client.clone(), &ns);
+        finalizer(&api, FINALIZER, cluster.clone(), |event| async {
+            match event {
+                Finalizer::Apply(c) => apply::reconcile(&c, &ctx).await,
+                Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
+            }
+        })
+        .await
+        .map_err(Error::from_finalizer)
+    } else if cluster.metadata.deletion_timestamp.is_some() {
+        Ok(Action::await_change())
+    } else {
+        apply::reconcile(&cluster, &ctx).await
+    };
+    let key = object_key(&*cluster);
+    match &result {
+        Ok(_) => ctx.succeeded(&key),
+        Err(e) => {
+            tracing::info!(cluster = %key, class = e.class().as_str(), error = %e, "reconcile did not finish");
+            events::report_error(&ctx, &*cluster, e).await;
+        }
+    }
+    result
+}
+
+/// Deletion: the namespaced objects go with the garbage collector (owner references);
+/// the PersistentVolumes are deleted here.
+async fn cleanup(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> {
+    let n = apply::delete_volumes(ctx, cluster).await?;
+    if n > 0 {
+        events::publish(
+            ctx,
+            cluster,
+            false,
+            "VolumesDeleted",
+            format!("deleted {n} PersistentVolumes of the cluster"),
+        )
+        .await;
+    }
+    tracing::info!(cluster = %object_key(cluster), volumes = n, "cluster deleted; its PersistentVolumes are deleted");
+    Ok(Action::await_change())
+}
+
+/// Per-object backoff with jitter; never a hot loop.
+fn error_policy(cluster: Arc<PgmlCluster>, e: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Waiting { retry, .. } = e {
+        return Action::requeue(*retry);
+    }
+    let attempt = ctx.failed(&object_key(&*cluster));
+    let delay = error::backoff(e.class(), attempt);
+    Action::requeue(error::jitter(delay, rand::random::<f64>()))
+}

@@ -1,0 +1,351 @@
+//! Who is primary: bootstrap, switchover on request, failover when the primary is lost.
+//! Pure: the reconcile gathers the facts, this decides, the reconcile writes.
+
+use std::time::Duration;
+
+use super::reported::{Reported, parse_lsn};
+
+/// The state of an instance's Pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodState {
+    Absent,
+    /// Being deleted.
+    Terminating,
+    Pending,
+    Running,
+    /// Failed, Succeeded or Unknown: its containers are not coming back.
+    Down,
+}
+
+/// What the decision needs of one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub pod: PodState,
+    /// The node's Ready condition (`None`: never reported).
+    pub node_ready: Option<bool>,
+    pub reported: Option<Reported>,
+    /// Fenced by the controller (recorded in status).
+    pub fenced: bool,
+}
+
+impl Member {
+    /// Ready to serve: its manager says so, and it is not fenced nor on its way out.
+    pub fn ready(&self) -> bool {
+        !self.fenced
+            && !matches!(
+                self.pod,
+                PodState::Absent | PodState::Terminating | PodState::Down
+            )
+            && self.node_ready != Some(false)
+            && self.reported.as_ref().is_some_and(|r| r.ready && !r.fenced)
+    }
+
+    /// A replica that could be promoted.
+    pub fn promotable(&self) -> bool {
+        self.ready() && self.reported.as_ref().is_some_and(|r| !r.is_primary())
+    }
+
+    fn replay(&self) -> u64 {
+        self.reported
+            .as_ref()
+            .and_then(|r| r.position())
+            .and_then(parse_lsn)
+            .unwrap_or(0)
+    }
+}
+
+/// Whether the primary is lost: its Pod gone, being deleted or down, its node NotReady,
+/// or its manager reporting PostgreSQL not running (and not because it was asked to stop).
+/// A Pod still starting (Pending, nothing reported) is not lost.
+pub fn lost(m: &Member) -> bool {
+    matches!(
+        m.pod,
+        PodState::Absent | PodState::Terminating | PodState::Down
+    ) || m.node_ready == Some(false)
+        || m.reported
+            .as_ref()
+            .is_some_and(|r| !r.running && !r.demoted && !r.fenced)
+}
+
+/// The replica a failover promotes: the ready one with the highest replay LSN (ties: the
+/// lowest instance name, for a stable choice).
+pub fn failover_candidate<'a>(members: &'a [Member], current: &str) -> Option<&'a Member> {
+    members
+        .iter()
+        .filter(|m| m.name != current && m.promotable())
+        .max_by(|a, b| {
+            a.replay()
+                .cmp(&b.replay())
+                .then_with(|| b.name.cmp(&a.name))
+        })
+}
+
+/// What kind of change of primary is under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Switchover,
+    Failover,
+}
+
+/// The facts of one decision.
+pub struct Input<'a> {
+    /// The first instance: primary at bootstrap.
+    pub first: &'a str,
+    pub current: Option<&'a str>,
+    pub target: Option<&'a str>,
+    /// `spec.primary`.
+    pub wanted: Option<&'a str>,
+    pub members: &'a [Member],
+    /// How long the current primary has been lost (`None`: it is not).
+    pub lost_for: Option<Duration>,
+    pub grace: Duration,
+}
+
+/// The decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub current: Option<String>,
+    pub target: Option<String>,
+    /// Instances to fence now.
+    pub fence: Vec<String>,
+    /// A change that started now: (kind, from, to).
+    pub started: Option<(Transition, String, String)>,
+    /// The target reported itself primary: (from, to).
+    pub completed: Option<(Option<String>, String)>,
+    /// Why a requested or needed change waits (for the status message).
+    pub waiting: Option<String>,
+}
+
+pub fn decide(i: &Input) -> Roles {
+    let mut r = Roles {
+        current: i.current.map(Into::into),
+        target: i.target.map(Into::into),
+        ..Roles::default()
+    };
+    let (current, target) = match (i.current, i.target) {
+        (None, None) => {
+            r.current = Some(i.first.into());
+            r.target = Some(i.first.into());
+            return r;
+        }
+        (Some(c), None) => (c, c),
+        (None, Some(t)) => {
+            r.current = Some(t.into());
+            return r;
+        }
+        (Some(c), Some(t)) => (c, t),
+    };
+    let member = |n: &str| i.members.iter().find(|m| m.name == n);
+    if target != current {
+        let promoted = member(target)
+            .and_then(|m| m.reported.as_ref())
+            .is_some_and(Reported::serves_as_primary);
+        if promoted {
+            r.current = Some(target.into());
+            r.completed = Some((Some(current.into()), target.into()));
+        }
+        return r;
+    }
+    if let Some(lost_for) = i.lost_for {
+        let Some(cand) = failover_candidate(i.members, current) else {
+            r.waiting = Some(format!(
+                "primary {current} is lost and no ready replica can take over"
+            ));
+            return r;
+        };
+        if lost_for < i.grace {
+            r.waiting = Some(format!(
+                "primary {current} is lost; failing over to {} after {}s unless it comes back",
+                cand.name,
+                i.grace.as_secs()
+            ));
+            return r;
+        }
+        r.fence.push(current.into());
+        r.target = Some(cand.name.clone());
+        r.started = Some((Transition::Failover, current.into(), cand.name.clone()));
+        return r;
+    }
+    if let Some(wanted) = i.wanted.filter(|w| *w != current) {
+        match member(wanted) {
+            Some(m) if m.promotable() => {
+                r.target = Some(wanted.into());
+                r.started = Some((Transition::Switchover, current.into(), wanted.into()));
+            }
+            Some(_) => {
+                r.waiting = Some(format!(
+                    "switchover to {wanted} waits until it is a ready replica"
+                ))
+            }
+            None => {
+                r.waiting = Some(format!(
+                    "spec.primary names {wanted}, which is not an instance of this cluster"
+                ))
+            }
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(role: &str, ready: bool, running: bool, lsn: &str) -> Reported {
+        Reported {
+            role: Some(role.into()),
+            ready,
+            running,
+            lsn: Some(lsn.into()),
+            replay_lsn: (role == "replica").then(|| lsn.into()),
+            ..Reported::default()
+        }
+    }
+
+    fn m(name: &str, pod: PodState, reported: Option<Reported>) -> Member {
+        Member {
+            name: name.into(),
+            pod,
+            node_ready: Some(true),
+            reported,
+            fenced: false,
+        }
+    }
+
+    fn three() -> Vec<Member> {
+        vec![
+            m(
+                "c-1",
+                PodState::Running,
+                Some(rep("primary", true, true, "0/900")),
+            ),
+            m(
+                "c-2",
+                PodState::Running,
+                Some(rep("replica", true, true, "0/500")),
+            ),
+            m(
+                "c-3",
+                PodState::Running,
+                Some(rep("replica", true, true, "0/700")),
+            ),
+        ]
+    }
+
+    fn input<'a>(
+        members: &'a [Member],
+        current: Option<&'a str>,
+        target: Option<&'a str>,
+    ) -> Input<'a> {
+        Input {
+            first: "c-1",
+            current,
+            target,
+            wanted: None,
+            members,
+            lost_for: None,
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn bootstrap_makes_the_first_instance_primary() {
+        let r = decide(&input(&[], None, None));
+        assert_eq!(r.current.as_deref(), Some("c-1"));
+        assert_eq!(r.target.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn switchover_targets_a_ready_replica_then_completes_when_it_reports_primary() {
+        let mut ms = three();
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.wanted = Some("c-2");
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-2"));
+        assert_eq!(r.current.as_deref(), Some("c-1"));
+        assert_eq!(
+            r.started,
+            Some((Transition::Switchover, "c-1".into(), "c-2".into()))
+        );
+
+        // Not yet promoted: nothing changes.
+        let r = decide(&input(&ms, Some("c-1"), Some("c-2")));
+        assert_eq!((r.current.as_deref(), r.completed), (Some("c-1"), None));
+        ms[1].reported = Some(rep("primary", true, true, "0/a00"));
+        let r = decide(&input(&ms, Some("c-1"), Some("c-2")));
+        assert_eq!(r.current.as_deref(), Some("c-2"));
+        assert_eq!(r.completed, Some((Some("c-1".into()), "c-2".into())));
+
+        // A replica that is not ready is not switched to.
+        let mut ms = three();
+        ms[2].reported.as_mut().unwrap().ready = false;
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.wanted = Some("c-3");
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-1"));
+        assert!(r.waiting.unwrap().contains("c-3"));
+    }
+
+    #[test]
+    fn failover_waits_for_the_grace_then_fences_and_picks_the_most_advanced_replica() {
+        let mut ms = three();
+        ms[0].pod = PodState::Absent;
+        assert!(lost(&ms[0]));
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.lost_for = Some(Duration::from_secs(10));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-1"));
+        assert!(r.fence.is_empty());
+        assert!(r.waiting.is_some());
+        i.lost_for = Some(Duration::from_secs(31));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-3"));
+        assert_eq!(r.current.as_deref(), Some("c-1"));
+        assert_eq!(r.fence, ["c-1"]);
+        assert_eq!(
+            r.started,
+            Some((Transition::Failover, "c-1".into(), "c-3".into()))
+        );
+
+        // No ready replica: nothing to do but wait.
+        for x in &mut ms[1..] {
+            x.reported.as_mut().unwrap().ready = false;
+        }
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.lost_for = Some(Duration::from_secs(300));
+        let r = decide(&i);
+        assert!(r.fence.is_empty());
+        assert_eq!(r.target.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn what_counts_as_lost() {
+        let mut p = m("c-1", PodState::Pending, None);
+        assert!(!lost(&p), "a starting pod is not lost");
+        p.reported = Some(rep("primary", false, false, "0/1"));
+        assert!(lost(&p));
+        p.reported.as_mut().unwrap().demoted = true;
+        assert!(!lost(&p), "a demoted primary stopped on purpose");
+        let mut p = m(
+            "c-1",
+            PodState::Running,
+            Some(rep("primary", true, true, "0/1")),
+        );
+        assert!(!lost(&p));
+        p.node_ready = Some(false);
+        assert!(lost(&p));
+        p.node_ready = None;
+        p.pod = PodState::Down;
+        assert!(lost(&p));
+    }
+
+    #[test]
+    fn ties_pick_the_lowest_name_and_fenced_replicas_never_win() {
+        let mut ms = three();
+        ms[2].reported = Some(rep("replica", true, true, "0/500"));
+        assert_eq!(failover_candidate(&ms, "c-1").unwrap().name, "c-2");
+        ms[1].fenced = true;
+        assert_eq!(failover_candidate(&ms, "c-1").unwrap().name, "c-3");
+    }
+}

@@ -1,0 +1,469 @@
+//! The status the controller owns (phase, instances, primaries, conditions), computed from
+//! what the reconcile saw; written by server-side apply only when it changed; the Events
+//! its change deserves.
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use pgml_api::PgmlCluster;
+use pgml_api::cluster::{ClusterPhase, InstanceStatus, PgmlClusterStatus};
+use pgml_api::common::{Condition, Time, condition as c};
+
+use crate::zfspool::status::{Stamp, set_condition};
+use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
+
+/// Condition types the cluster controller writes.
+pub const OWNED_CONDITIONS: [&str; 4] = [c::DEGRADED, c::PROGRESSING, c::READY, c::SPEC_VALID];
+
+/// Condition reasons and Event reasons.
+pub mod reason {
+    pub const HEALTHY: &str = "Healthy";
+    pub const CREATING: &str = "Creating";
+    pub const SCALING: &str = "Scaling";
+    pub const SWITCHOVER: &str = "Switchover";
+    pub const FAILOVER: &str = "Failover";
+    pub const INSTANCES_NOT_READY: &str = "InstancesNotReady";
+    pub const PRIMARY_NOT_READY: &str = "PrimaryNotReady";
+    pub const NO_NODE: &str = "NoNodeAvailable";
+    pub const FENCED: &str = "InstancesFenced";
+    pub const SPEC_VALID: &str = "Valid";
+    pub const SPEC_INVALID: &str = "Invalid";
+    pub const STABLE: &str = "Stable";
+    // Events only.
+    pub const PRIMARY_CHANGED: &str = "PrimaryChanged";
+    pub const SWITCHING_OVER: &str = "SwitchingOver";
+    pub const FAILING_OVER: &str = "FailingOver";
+    pub const INSTANCE_PLACED: &str = "InstancePlaced";
+    pub const INSTANCE_REMOVED: &str = "InstanceRemoved";
+    pub const FENCED_EVENT: &str = "Fenced";
+}
+
+/// Instances in numeric order (`main-2` before `main-10`).
+pub fn sort_instances(list: &mut [InstanceStatus]) {
+    list.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
+}
+
+/// The controller's part of a status, in a canonical order.
+pub fn owned_view(s: &PgmlClusterStatus) -> PgmlClusterStatus {
+    let mut conditions: Vec<Condition> = s
+        .conditions
+        .iter()
+        .filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let mut instances = s.instances.clone();
+    sort_instances(&mut instances);
+    PgmlClusterStatus {
+        observed_generation: s.observed_generation,
+        phase: s.phase,
+        conditions,
+        instances,
+        current_primary: s.current_primary.clone(),
+        target_primary: s.target_primary.clone(),
+        ready_instances: s.ready_instances,
+        ..Default::default()
+    }
+}
+
+/// What the reconcile found, for the status.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub desired: i32,
+    pub instances: Vec<InstanceStatus>,
+    pub current: Option<String>,
+    pub target: Option<String>,
+    /// Instances whose objects are not all there yet, with why (seeding, pool not mounted…).
+    pub building: Vec<String>,
+    /// Why a needed change of primary waits.
+    pub roles_waiting: Option<String>,
+    /// Why an instance could not be placed.
+    pub unplaced: Option<String>,
+    pub spec_errors: Vec<String>,
+}
+
+fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'static str, String) {
+    use ClusterPhase as P;
+    let ready = s.instances.iter().filter(|i| i.ready).count() as i32;
+    let primary_ready = s
+        .current
+        .as_ref()
+        .is_some_and(|p| s.instances.iter().any(|i| &i.name == p && i.ready));
+    if s.target != s.current
+        && let (Some(cur), Some(tgt)) = (&s.current, &s.target)
+    {
+        let failover = s.instances.iter().any(|i| &i.name == cur && i.fenced);
+        return if failover {
+            (
+                P::Failover,
+                reason::FAILOVER,
+                format!("failing over from {cur} to {tgt}"),
+            )
+        } else {
+            (
+                P::Switchover,
+                reason::SWITCHOVER,
+                format!("switching over from {cur} to {tgt}"),
+            )
+        };
+    }
+    if s.instances.is_empty() {
+        let why = s
+            .unplaced
+            .clone()
+            .unwrap_or_else(|| "no instance placed yet".into());
+        return (P::Pending, reason::NO_NODE, why);
+    }
+    let detail = |base: String| {
+        let mut m = base;
+        for extra in s.building.iter().chain(&s.roles_waiting).chain(&s.unplaced) {
+            m.push_str("; ");
+            m.push_str(extra);
+        }
+        m
+    };
+    let counts = format!("{ready} of {} instances ready", s.desired);
+    let ever_served = matches!(
+        observed,
+        Some(P::Healthy | P::Degraded | P::Scaling | P::Switchover | P::Failover)
+    );
+    if !primary_ready {
+        return if ever_served {
+            (
+                P::Degraded,
+                reason::PRIMARY_NOT_READY,
+                detail(format!("the primary is not ready; {counts}")),
+            )
+        } else {
+            (P::Creating, reason::CREATING, detail(counts))
+        };
+    }
+    if ready == s.desired && s.instances.len() as i32 == s.desired {
+        return (P::Healthy, reason::HEALTHY, counts);
+    }
+    if !s.building.is_empty() || s.instances.len() as i32 != s.desired {
+        let why = if ever_served {
+            reason::SCALING
+        } else {
+            reason::CREATING
+        };
+        let phase = if ever_served { P::Scaling } else { P::Creating };
+        return (phase, why, detail(counts));
+    }
+    (P::Degraded, reason::INSTANCES_NOT_READY, detail(counts))
+}
+
+/// The new status: the controller's fields only.
+pub fn compute(
+    s: &Summary,
+    observed: &PgmlClusterStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> PgmlClusterStatus {
+    use ClusterPhase as P;
+    let stamp = Stamp { generation, now };
+    let old = owned_view(observed).conditions;
+    let (phase, why, message) = phase_of(s, observed.phase);
+    let mut instances = s.instances.clone();
+    sort_instances(&mut instances);
+    let mut out = PgmlClusterStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        ready_instances: Some(instances.iter().filter(|i| i.ready).count() as i32),
+        current_primary: s.current.clone(),
+        target_primary: s.target.clone(),
+        instances,
+        ..Default::default()
+    };
+    let conds = &mut out.conditions;
+    set_condition(
+        conds,
+        &old,
+        c::READY,
+        phase == P::Healthy,
+        why,
+        &message,
+        stamp,
+    );
+    let progressing = matches!(
+        phase,
+        P::Creating | P::Scaling | P::Switchover | P::Failover
+    );
+    let (pwhy, pmsg) = if progressing {
+        (why, message.as_str())
+    } else {
+        (reason::STABLE, "")
+    };
+    set_condition(conds, &old, c::PROGRESSING, progressing, pwhy, pmsg, stamp);
+    let fenced: Vec<&str> = out
+        .instances
+        .iter()
+        .filter(|i| i.fenced)
+        .map(|i| i.name.as_str())
+        .collect();
+    let degraded = matches!(phase, P::Degraded | P::Failover) || !fenced.is_empty();
+    let (dwhy, dmsg) = if matches!(phase, P::Degraded | P::Failover) {
+        (why, message.clone())
+    } else if !fenced.is_empty() {
+        (
+            reason::FENCED,
+            format!(
+                "fenced after a failover, not serving: {}",
+                fenced.join(", ")
+            ),
+        )
+    } else {
+        (reason::HEALTHY, String::new())
+    };
+    set_condition(conds, &old, c::DEGRADED, degraded, dwhy, dmsg, stamp);
+    let valid = s.spec_errors.is_empty();
+    set_condition(
+        conds,
+        &old,
+        c::SPEC_VALID,
+        valid,
+        if valid {
+            reason::SPEC_VALID
+        } else {
+            reason::SPEC_INVALID
+        },
+        s.spec_errors.join("; "),
+        stamp,
+    );
+    out
+}
+
+/// An Event: (warning?, reason, note).
+pub type Notice = (bool, String, String);
+
+/// Events a status change deserves: the phase, the primary, instances placed, removed
+/// and fenced.
+pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+    let mut out = vec![];
+    let find = |s: &PgmlClusterStatus, n: &str| s.instances.iter().find(|i| i.name == n).cloned();
+    for i in &new.instances {
+        match find(old, &i.name) {
+            None => out.push((
+                false,
+                reason::INSTANCE_PLACED.into(),
+                format!(
+                    "{} placed on node {} ({}){}",
+                    i.name,
+                    i.node.as_deref().unwrap_or("?"),
+                    i.availability_zone.as_deref().unwrap_or("no zone"),
+                    i.seeded_from
+                        .as_ref()
+                        .map(|s| format!(", seeded from {s}"))
+                        .unwrap_or_default()
+                ),
+            )),
+            Some(o) if i.fenced && !o.fenced => out.push((
+                true,
+                reason::FENCED_EVENT.into(),
+                format!("{} fenced: its PostgreSQL must stay stopped so it cannot come back as a second primary", i.name),
+            )),
+            _ => {}
+        }
+    }
+    for o in &old.instances {
+        if find(new, &o.name).is_none() {
+            out.push((
+                false,
+                reason::INSTANCE_REMOVED.into(),
+                format!("{} removed", o.name),
+            ));
+        }
+    }
+    if new.target_primary != old.target_primary
+        && new.target_primary != new.current_primary
+        && let (Some(cur), Some(tgt)) = (&new.current_primary, &new.target_primary)
+    {
+        let failover = find(new, cur).is_some_and(|i| i.fenced);
+        out.push(if failover {
+            (
+                true,
+                reason::FAILING_OVER.into(),
+                format!("primary {cur} is lost: fenced it and promoting {tgt}, the most advanced ready replica"),
+            )
+        } else {
+            (false, reason::SWITCHING_OVER.into(), format!("switching over from {cur} to {tgt}"))
+        });
+    }
+    if new.current_primary != old.current_primary
+        && let Some(cur) = &new.current_primary
+    {
+        let note = match &old.current_primary {
+            Some(was) => format!("{cur} is the primary (was {was}); the -rw Service follows"),
+            None => format!("{cur} is the primary"),
+        };
+        out.push((false, reason::PRIMARY_CHANGED.into(), note));
+    }
+    if new.phase != old.phase
+        && let Some(p) = new.phase
+    {
+        let ready = new.conditions.iter().find(|x| x.type_ == c::READY);
+        let msg = ready.map(|r| r.message.clone()).unwrap_or_default();
+        let warn = matches!(p, ClusterPhase::Degraded | ClusterPhase::Failed);
+        out.push((warn, format!("{p:?}"), msg));
+    }
+    out
+}
+
+/// Writes `new` unless it equals the controller's part of `observed`, then publishes the
+/// Events of the change. Returns whether it wrote.
+pub async fn commit(
+    ctx: &Context,
+    cluster: &PgmlCluster,
+    observed: &PgmlClusterStatus,
+    new: &PgmlClusterStatus,
+) -> Result<bool, Error> {
+    if owned_view(observed) == owned_view(new) {
+        return Ok(false);
+    }
+    let ns = cluster
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(Error::Incomplete("namespace"))?;
+    let name = cluster
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(Error::Incomplete("name"))?;
+    let body = serde_json::json!({
+        "apiVersion": "pgml.io/v1alpha1",
+        "kind": "PgmlCluster",
+        "status": owned_view(new),
+    });
+    Api::<PgmlCluster>::namespaced(ctx.client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    for (warning, why, note) in notices(observed, new) {
+        events::publish(ctx, cluster, warning, &why, note).await;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn inst(name: &str, ready: bool) -> InstanceStatus {
+        InstanceStatus {
+            name: name.into(),
+            node: Some("n".into()),
+            availability_zone: Some("z".into()),
+            pool: Some(name.into()),
+            role: None,
+            ready,
+            lsn: None,
+            lag_bytes: None,
+            seeded_from: None,
+            fenced: false,
+        }
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn summary(ready: &[bool]) -> Summary {
+        Summary {
+            desired: ready.len() as i32,
+            instances: ready
+                .iter()
+                .enumerate()
+                .map(|(i, r)| inst(&format!("c-{}", i + 1), *r))
+                .collect(),
+            current: Some("c-1".into()),
+            target: Some("c-1".into()),
+            ..Summary::default()
+        }
+    }
+
+    fn cond<'a>(s: &'a PgmlClusterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn phases_follow_readiness() {
+        let empty = PgmlClusterStatus::default();
+        let s = compute(&summary(&[false, false]), &empty, Some(1), &now());
+        assert_eq!(s.phase, Some(ClusterPhase::Creating));
+        assert_eq!(cond(&s, c::PROGRESSING).status, "True");
+        let healthy = compute(&summary(&[true, true]), &s, Some(1), &now());
+        assert_eq!(healthy.phase, Some(ClusterPhase::Healthy));
+        assert_eq!(cond(&healthy, c::READY).status, "True");
+        assert_eq!(cond(&healthy, c::READY).observed_generation, Some(1));
+        assert_eq!(healthy.ready_instances, Some(2));
+        let degraded = compute(&summary(&[true, false]), &healthy, Some(1), &now());
+        assert_eq!(degraded.phase, Some(ClusterPhase::Degraded));
+        assert_eq!(cond(&degraded, c::DEGRADED).status, "True");
+        let primary_down = compute(&summary(&[false, true]), &healthy, Some(1), &now());
+        assert_eq!(primary_down.phase, Some(ClusterPhase::Degraded));
+        assert_eq!(
+            cond(&primary_down, c::READY).reason,
+            reason::PRIMARY_NOT_READY
+        );
+    }
+
+    #[test]
+    fn an_unchanged_summary_gives_an_equal_status_even_later() {
+        let first = compute(
+            &summary(&[true, true]),
+            &PgmlClusterStatus::default(),
+            Some(2),
+            &now(),
+        );
+        let later = Time(Timestamp::from_second(1_800_000_999).unwrap());
+        let again = compute(&summary(&[true, true]), &first, Some(2), &later);
+        assert_eq!(owned_view(&first), owned_view(&again));
+    }
+
+    #[test]
+    fn failover_is_a_warning_naming_both() {
+        let healthy = compute(
+            &summary(&[true, true, true]),
+            &PgmlClusterStatus::default(),
+            Some(1),
+            &now(),
+        );
+        let mut s = summary(&[false, true, true]);
+        s.instances[0].fenced = true;
+        s.target = Some("c-3".into());
+        let fo = compute(&s, &healthy, Some(1), &now());
+        assert_eq!(fo.phase, Some(ClusterPhase::Failover));
+        let n = notices(&healthy, &fo);
+        let ev = n
+            .iter()
+            .find(|(_, r, _)| r == reason::FAILING_OVER)
+            .unwrap();
+        assert!(ev.0);
+        assert!(ev.2.contains("c-1") && ev.2.contains("c-3"), "{}", ev.2);
+        assert!(n.iter().any(|(w, r, _)| *w && r == reason::FENCED_EVENT));
+        s.current = Some("c-3".into());
+        let done = compute(&s, &fo, Some(1), &now());
+        assert!(
+            notices(&fo, &done)
+                .iter()
+                .any(|(_, r, n)| r == reason::PRIMARY_CHANGED && n.contains("was c-1"))
+        );
+        assert_eq!(
+            cond(&done, c::DEGRADED).status,
+            "True",
+            "a fenced instance degrades the cluster"
+        );
+    }
+
+    #[test]
+    fn instances_sort_numerically() {
+        let mut l = vec![inst("c-10", true), inst("c-2", true), inst("c-1", true)];
+        sort_instances(&mut l);
+        let names: Vec<&str> = l.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["c-1", "c-2", "c-10"]);
+    }
+}
