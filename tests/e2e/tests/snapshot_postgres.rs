@@ -240,6 +240,19 @@ async fn snapshot_of_a_loaded_primary_restores_as_a_streaming_standby() {
         max_gap_ms < 2000.0,
         "commits paused for {max_gap_ms} ms during the run (capture at {capture})"
     );
+    // What the run saw, for the record (`--nocapture` shows it).
+    // Status times have one-second resolution.
+    let held_s = match (&hold.held_at, &hold.released_at) {
+        (Some(a), Some(b)) => b.0.duration_since(a.0).as_secs(),
+        _ => -1,
+    };
+    let tps = report
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .unwrap_or("tps = ?");
+    println!(
+        "snapshot_postgres: standby.signal held {held_s} s (releasedAt - heldAt, 1 s resolution); commits within 2 s of the capture: {around}; longest gap between commits: {max_gap_ms:.0} ms; pgbench {tps}"
+    );
 
     // The set restored on another node.
     pools
