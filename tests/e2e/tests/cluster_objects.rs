@@ -1,0 +1,655 @@
+//! The PgmlCluster controller at the object level, with the real operator and node agents
+//! on the sandbox (kube-apiserver + kube-controller-manager, kwok playing the kubelet,
+//! moto behind the EBS simulator, zfs-fuse nodes). No instance manager runs: the tests
+//! write each Pod's `pgml.io/instance-status` annotation as it would, to drive status
+//! aggregation, switchover and failover.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use pgml_api::common::keys;
+use pgml_api::{PgmlCluster, ZfsPool};
+use pgml_testbed::Sandbox;
+use pgml_testbed::aws::volumes_tagged;
+use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
+use pgml_testbed::procs::{self, Proc};
+use pgml_testbed::wait::{has_condition, wait_gone};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+const CLUSTER: &str = "main";
+
+struct Fixture {
+    sb: &'static Sandbox,
+    ns: TestNamespace,
+    operator: Proc,
+    agents: Vec<Proc>,
+}
+
+impl Fixture {
+    async fn start(prefix: &str, env: &[(&str, &str)]) -> Fixture {
+        let sb = Sandbox::get();
+        let client = client().await;
+        ensure_crds(&client, pgml_api::crds()).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let mut operator = procs::operator(sb, ns.name());
+        if !env.is_empty() {
+            operator.stop(Duration::from_secs(10));
+            for (k, v) in env {
+                operator.set_env(k, v);
+            }
+            operator.start();
+        }
+        let agents = (0..3)
+            .map(|i| procs::agent(sb, &sb.nodes[i], ns.name()))
+            .collect();
+        Fixture {
+            sb,
+            ns,
+            operator,
+            agents,
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut s = format!("--- operator log: {}\n", self.operator.log_path().display());
+        for a in &self.agents {
+            s += &format!("--- agent log: {}\n", a.log_path().display());
+        }
+        s
+    }
+
+    fn clusters(&self) -> Api<PgmlCluster> {
+        self.ns.api()
+    }
+    fn pods(&self) -> Api<Pod> {
+        self.ns.api()
+    }
+
+    /// Applies the cluster as `kubectl apply --server-side` would.
+    async fn apply(&self, manifest: &Value) {
+        self.clusters()
+            .patch(
+                CLUSTER,
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(manifest),
+            )
+            .await
+            .expect("applying the PgmlCluster");
+    }
+
+    async fn wait_cluster(&self, what: &str, ok: impl Fn(&PgmlCluster) -> bool) -> PgmlCluster {
+        wait_obj(&self.clusters(), CLUSTER, what, &self.logs(), ok).await
+    }
+
+    async fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Pod) -> bool) -> Pod {
+        wait_obj(&self.pods(), name, what, &self.logs(), ok).await
+    }
+
+    /// Writes a Pod's instance-status annotation, as its instance manager would.
+    async fn report(&self, pod: &str, status: Value) {
+        let body =
+            json!({"metadata": {"annotations": {"pgml.io/instance-status": status.to_string()}}});
+        self.pods()
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap_or_else(|e| panic!("annotating {pod}: {e}"));
+    }
+
+    async fn finish(mut self) {
+        self.operator.stop(Duration::from_secs(10));
+        for a in &mut self.agents {
+            a.stop(Duration::from_secs(10));
+        }
+        self.ns.cleanup().await;
+    }
+}
+
+/// Polls `name` (absent counts as not yet) until `ok`; panics with its status and the logs.
+async fn wait_obj<K>(api: &Api<K>, name: &str, what: &str, logs: &str, ok: impl Fn(&K) -> bool) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let got = api
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading {name}: {e}"));
+        if let Some(o) = &got
+            && ok(o)
+        {
+            return o.clone();
+        }
+        if Instant::now() > deadline {
+            let status = got.map(|o| serde_json::to_value(&o).unwrap()["status"].clone());
+            panic!("{name}: {what} not reached in {TIMEOUT:?}; status: {status:#?}\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn manifest(instances: i32, extra: Value) -> Value {
+    let mut m = json!({
+        "apiVersion": "pgml.io/v1alpha1",
+        "kind": "PgmlCluster",
+        "metadata": {"name": CLUSTER},
+        "spec": {
+            "instances": instances,
+            "replicas": {"seedFrom": "PgBasebackup"},
+            "postgresql": {"parameters": {"shared_buffers": "256MB"}},
+            "storage": {"zfs": {"template": {
+                "volumes": {"count": 2, "sizeGiB": 1},
+                "layout": "raid0",
+                "reclaimPolicy": "Delete",
+            }}},
+        },
+    });
+    if let (Some(spec), Some(extra)) = (m["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    m
+}
+
+fn primary(lsn: &str) -> Value {
+    json!({"role": "primary", "running": true, "ready": true, "lsn": lsn, "timeline": 1})
+}
+
+fn replica(replay: &str) -> Value {
+    json!({"role": "replica", "running": true, "ready": true, "lsn": replay, "receiveLsn": replay, "replayLsn": replay, "streaming": true, "timeline": 1})
+}
+
+fn instance_names() -> Vec<String> {
+    (1..=3).map(|n| format!("{CLUSTER}-{n}")).collect()
+}
+
+fn role_of(p: &Pod) -> Option<String> {
+    p.labels().get("pgml.io/role").cloned()
+}
+
+/// The resourceVersion of every object of the cluster, by kind/name.
+async fn versions(f: &Fixture) -> BTreeMap<String, String> {
+    let lp = ListParams::default().labels(&format!("{}={CLUSTER}", keys::CLUSTER));
+    let mut out = BTreeMap::new();
+    let mut put = |kind: &str, name: String, rv: Option<String>| {
+        out.insert(format!("{kind}/{name}"), rv.unwrap_or_default());
+    };
+    let c = f.clusters().get(CLUSTER).await.unwrap();
+    put("PgmlCluster", c.name_any(), c.resource_version());
+    macro_rules! each {
+        ($kind:ty, $api:expr) => {
+            for o in $api.list(&lp).await.unwrap().items {
+                put(stringify!($kind), o.name_any(), o.resource_version());
+            }
+        };
+    }
+    each!(ZfsPool, f.ns.api::<ZfsPool>());
+    each!(Pod, f.pods());
+    each!(PersistentVolumeClaim, f.ns.api::<PersistentVolumeClaim>());
+    each!(Service, f.ns.api::<Service>());
+    each!(Secret, f.ns.api::<Secret>());
+    each!(ConfigMap, f.ns.api::<ConfigMap>());
+    let pvs: Api<PersistentVolume> = Api::all(f.ns.client().clone());
+    let lp_pv = ListParams::default().labels(&format!("{}={}", keys::NAMESPACE, f.ns.name()));
+    for o in pvs.list(&lp_pv).await.unwrap().items {
+        put("PersistentVolume", o.name_any(), o.resource_version());
+    }
+    out
+}
+
+/// The versions once they stop moving (two reads 3 s apart agree).
+async fn settled_versions(f: &Fixture) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = versions(f).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = versions(f).await;
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Three instances: three pools in three zones with their volumes, PVs on the pools'
+/// pgdata mounts, claims, Pods, Services, Secrets and ConfigMap; the status from the
+/// reports; a second apply writes nothing; no secret in any log; deletion cleans up.
+#[tokio::test]
+async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing() {
+    let started = Instant::now();
+    let f = Fixture::start("clobj", &[]).await;
+    let m = manifest(3, json!({}));
+    f.apply(&m).await;
+
+    let pools: Api<ZfsPool> = f.ns.api();
+    let logs = f.logs();
+    for name in instance_names() {
+        wait_obj(&pools, &name, "Ready", &logs, |p: &ZfsPool| {
+            has_condition(p, "Ready", "True")
+        })
+        .await;
+    }
+    for name in instance_names() {
+        f.wait_pod(&name, "Running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    }
+    let c = f
+        .wait_cluster("3 instances placed", |c| {
+            c.status.as_ref().is_some_and(|s| s.instances.len() == 3)
+        })
+        .await;
+    let st = c.status.clone().unwrap();
+    assert_eq!(st.current_primary.as_deref(), Some("main-1"));
+    assert_eq!(st.target_primary.as_deref(), Some("main-1"));
+
+    // Pools: one per instance, three zones, on the placed node, with their volumes in EC2.
+    let list = pools.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(list.len(), 3, "exactly three pools");
+    let zones: BTreeSet<String> = st
+        .instances
+        .iter()
+        .filter_map(|i| i.availability_zone.clone())
+        .collect();
+    assert_eq!(zones.len(), 3, "three zones: {:?}", st.instances);
+    let pvs: Api<PersistentVolume> = Api::all(f.ns.client().clone());
+    for i in &st.instances {
+        let pool = list
+            .iter()
+            .find(|p| p.name_any() == i.name)
+            .expect("pool of instance");
+        assert_eq!(Some(&pool.spec.node_name), i.node.as_ref());
+        assert!(
+            pool.spec
+                .pool_name
+                .as_deref()
+                .unwrap()
+                .starts_with(&format!("{}-", i.name))
+        );
+        assert_eq!(pool.owner_references()[0].kind, "PgmlCluster");
+        let uid = pool.uid().unwrap();
+        let vols = volumes_tagged(f.sb, keys::POOL_UID, &uid).await;
+        assert_eq!(vols.len(), 2, "{}: {vols:?}", i.name);
+        let zone = i.availability_zone.clone().unwrap();
+        assert!(
+            vols.iter()
+                .all(|v| v.availability_zone() == Some(zone.as_str()))
+        );
+
+        // The PV is the pool's pgdata mount, on its node, pre-bound to the claim.
+        let mount = pool
+            .status
+            .as_ref()
+            .unwrap()
+            .datasets
+            .iter()
+            .find(|d| d.name == "pgdata")
+            .unwrap()
+            .mount_path
+            .clone()
+            .unwrap();
+        let pv = pvs
+            .list(&ListParams::default().labels(&format!("{}={}", keys::INSTANCE, i.name)))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|p| p.labels().get(keys::NAMESPACE).map(String::as_str) == Some(f.ns.name()))
+            .expect("PV of the instance");
+        let spec = pv.spec.clone().unwrap();
+        assert_eq!(spec.local.unwrap().path, mount);
+        assert_eq!(
+            spec.claim_ref.unwrap().name.as_deref(),
+            Some(i.name.as_str())
+        );
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain")
+        );
+
+        let pvc =
+            f.ns.api::<PersistentVolumeClaim>()
+                .get(&i.name)
+                .await
+                .unwrap();
+        assert_eq!(pvc.spec.unwrap().volume_name, Some(pv.name_any()));
+
+        let pod = f.pods().get(&i.name).await.unwrap();
+        let ps = pod.spec.clone().unwrap();
+        assert_eq!(ps.node_name, i.node);
+        assert_eq!(
+            ps.containers[0].command.as_ref().unwrap()[0],
+            "/controller/pgml-instance"
+        );
+        let want_role = if i.name == "main-1" {
+            "primary"
+        } else {
+            "replica"
+        };
+        assert_eq!(role_of(&pod).as_deref(), Some(want_role));
+    }
+    let services: BTreeSet<String> =
+        f.ns.api::<Service>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+    assert_eq!(
+        services,
+        ["main-r", "main-ro", "main-rw"].map(String::from).into()
+    );
+    let secrets =
+        f.ns.api::<Secret>()
+            .list(&ListParams::default().labels("pgml.io/cluster=main"))
+            .await
+            .unwrap()
+            .items;
+    let names: BTreeSet<String> = secrets.iter().map(|s| s.name_any()).collect();
+    assert_eq!(
+        names,
+        ["main-app", "main-replication", "main-superuser"]
+            .map(String::from)
+            .into()
+    );
+    let cm = f.ns.api::<ConfigMap>().get("main-config").await.unwrap();
+    let conf = cm.data.as_ref().unwrap()["postgresql.conf"].clone();
+    assert!(conf.contains("shared_preload_libraries = 'pgml'"), "{conf}");
+    assert!(conf.contains("full_page_writes = 'off'"), "{conf}");
+    assert!(conf.contains("shared_buffers = '256MB'"), "{conf}");
+
+    // Status from the instance managers' reports.
+    f.report("main-1", primary("0/5000000")).await;
+    f.report("main-2", replica("0/4000000")).await;
+    f.report("main-3", replica("0/4FFFF00")).await;
+    let c = f
+        .wait_cluster("Healthy with 3 ready", |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.ready_instances == Some(3) && format!("{:?}", s.phase) == "Some(Healthy)"
+            })
+        })
+        .await;
+    let st = c.status.clone().unwrap();
+    let lag: BTreeMap<&str, Option<i64>> = st
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i.lag_bytes))
+        .collect();
+    assert_eq!(lag["main-1"], None);
+    assert_eq!(lag["main-2"], Some(0x1000000));
+    assert_eq!(lag["main-3"], Some(0x100));
+    assert!(has_condition(&c, "Ready", "True"));
+    let ready = pgml_testbed::wait::condition(&c, "Ready").unwrap();
+    assert_eq!(ready["observedGeneration"], json!(c.metadata.generation));
+
+    // A second apply of the same YAML, then an operator restart (which reconciles
+    // everything again): not one object is written.
+    // (First let the others settle: the PV binder and kwok write the claims' and Pods'
+    // status after their creation.)
+    let before = settled_versions(&f).await;
+    f.apply(&m).await;
+    let mut f = f;
+    f.operator.stop(Duration::from_secs(10));
+    f.operator.start();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = versions(&f).await;
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        changed.is_empty() && before.len() == after.len(),
+        "objects were rewritten by a no-op reconcile: {changed:?}\n{}",
+        f.logs()
+    );
+
+    // No secret in any log, nor in an Event.
+    let mut passwords = vec![];
+    for s in &secrets {
+        let pw = s.data.as_ref().unwrap()["password"].0.clone();
+        passwords.push(String::from_utf8(pw).unwrap());
+    }
+    let mut logs = f.operator.log();
+    for a in &f.agents {
+        logs += &a.log();
+    }
+    let events =
+        f.ns.api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    let notes: String = events
+        .items
+        .iter()
+        .filter_map(|e| e.note.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for pw in &passwords {
+        assert_eq!(pw.len(), 43);
+        assert!(!logs.contains(pw.as_str()), "a password is in a log");
+        assert!(!notes.contains(pw.as_str()), "a password is in an Event");
+    }
+    assert!(notes.contains("main-1 is the primary"), "{notes}");
+
+    // Deletion: the pools go (their volumes deleted, reclaimPolicy Delete), the PVs too.
+    let uids: Vec<String> = pools
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.uid().unwrap())
+        .collect();
+    f.clusters()
+        .delete(CLUSTER, &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_gone(&f.clusters(), CLUSTER, TIMEOUT).await;
+    for name in instance_names() {
+        wait_gone(&pools, &name, TIMEOUT).await;
+    }
+    for uid in &uids {
+        let vols = volumes_tagged(f.sb, keys::POOL_UID, uid).await;
+        assert!(vols.is_empty(), "volumes left: {vols:?}");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = pvs
+            .list(&ListParams::default().labels(&format!("{}={}", keys::NAMESPACE, f.ns.name())))
+            .await
+            .unwrap()
+            .items;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PVs left: {:?}",
+            left.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("three instances: {:?}", started.elapsed());
+    f.finish().await;
+}
+
+/// The addresses behind the -rw Service.
+async fn rw_addresses(f: &Fixture) -> Vec<String> {
+    let slices: Api<EndpointSlice> = f.ns.api();
+    let lp = ListParams::default().labels("kubernetes.io/service-name=main-rw");
+    slices
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .flat_map(|e| e.addresses.clone())
+        .collect()
+}
+
+async fn wait_rw_is(f: &Fixture, pod: &str) {
+    let ip = f
+        .wait_pod(pod, "an IP", |p| {
+            p.status.as_ref().and_then(|s| s.pod_ip.clone()).is_some()
+        })
+        .await;
+    let ip = ip.status.unwrap().pod_ip.unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let got = rw_addresses(f).await;
+        if got == [ip.clone()] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "main-rw endpoints {got:?}, want [{ip}] ({pod})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Switchover on request, then failover when the primary's Pod is deleted: the old primary
+/// fenced, the most advanced ready replica targeted, roles and the -rw Service following
+/// once it reports itself primary.
+#[tokio::test]
+async fn switchover_then_failover_at_the_object_level() {
+    let started = Instant::now();
+    let f = Fixture::start("clrole", &[("PGML_FAILOVER_GRACE_SECONDS", "5")]).await;
+    f.apply(&manifest(3, json!({}))).await;
+    for name in instance_names() {
+        f.wait_pod(&name, "Running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    }
+    f.report("main-1", primary("0/3000000")).await;
+    f.report("main-2", replica("0/3000000")).await;
+    f.report("main-3", replica("0/2000000")).await;
+    f.wait_cluster("Healthy", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.ready_instances == Some(3))
+    })
+    .await;
+    wait_rw_is(&f, "main-1").await;
+
+    // Switchover to main-2.
+    f.apply(&manifest(3, json!({"primary": "main-2"}))).await;
+    let c = f
+        .wait_cluster("targetPrimary main-2", |c| {
+            c.status.as_ref().and_then(|s| s.target_primary.as_deref()) == Some("main-2")
+        })
+        .await;
+    let st = c.status.unwrap();
+    assert_eq!(
+        st.current_primary.as_deref(),
+        Some("main-1"),
+        "not before main-2 reports primary"
+    );
+    assert_eq!(format!("{:?}", st.phase), "Some(Switchover)");
+    assert!(
+        !st.instances.iter().any(|i| i.fenced),
+        "a switchover fences nobody"
+    );
+    // The old primary demotes, the target promotes (as the instance managers would).
+    f.report("main-1", json!({"role": "replica", "running": false, "ready": false, "demoted": true, "lsn": "0/3000100"})).await;
+    f.report("main-2", primary("0/3000100")).await;
+    f.wait_cluster("currentPrimary main-2", |c| {
+        c.status.as_ref().and_then(|s| s.current_primary.as_deref()) == Some("main-2")
+    })
+    .await;
+    f.wait_pod("main-2", "role primary", |p| {
+        role_of(p).as_deref() == Some("primary")
+    })
+    .await;
+    f.wait_pod("main-1", "role replica", |p| {
+        role_of(p).as_deref() == Some("replica")
+    })
+    .await;
+    wait_rw_is(&f, "main-2").await;
+    f.report("main-1", replica("0/3000100")).await;
+    f.report("main-3", replica("0/3000000")).await;
+    f.wait_cluster("Healthy after the switchover", |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.ready_instances == Some(3) && format!("{:?}", s.phase) == "Some(Healthy)"
+        })
+    })
+    .await;
+
+    // Failover: the primary's Pod is deleted; main-3 is the most advanced replica.
+    f.report("main-1", replica("0/3000200")).await;
+    f.report("main-3", replica("0/3000300")).await;
+    let lost_at = Instant::now();
+    f.pods()
+        .delete("main-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let c = f
+        .wait_cluster("failing over to main-3", |c| {
+            c.status.as_ref().and_then(|s| s.target_primary.as_deref()) == Some("main-3")
+        })
+        .await;
+    assert!(
+        lost_at.elapsed() >= Duration::from_secs(5),
+        "failed over before the grace: {:?}",
+        lost_at.elapsed()
+    );
+    let st = c.status.unwrap();
+    assert_eq!(format!("{:?}", st.phase), "Some(Failover)");
+    assert!(
+        st.instances.iter().any(|i| i.name == "main-2" && i.fenced),
+        "{:?}",
+        st.instances
+    );
+    // The old primary comes back fenced.
+    f.wait_pod("main-2", "fenced", |p| {
+        p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
+    })
+    .await;
+    let events =
+        f.ns.api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    let failing = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("FailingOver"))
+        .expect("a FailingOver event");
+    assert_eq!(failing.type_.as_deref(), Some("Warning"));
+    let note = failing.note.clone().unwrap_or_default();
+    assert!(note.contains("main-2") && note.contains("main-3"), "{note}");
+
+    // main-3 reports itself primary: it becomes the current primary, the labels and the
+    // -rw Service follow.
+    f.report("main-3", primary("0/3000400")).await;
+    f.wait_cluster("currentPrimary main-3", |c| {
+        c.status.as_ref().and_then(|s| s.current_primary.as_deref()) == Some("main-3")
+    })
+    .await;
+    f.wait_pod("main-3", "role primary", |p| {
+        role_of(p).as_deref() == Some("primary")
+    })
+    .await;
+    wait_rw_is(&f, "main-3").await;
+    let c = f.clusters().get(CLUSTER).await.unwrap();
+    assert!(
+        has_condition(&c, "Degraded", "True"),
+        "a fenced instance degrades the cluster"
+    );
+    eprintln!("switchover and failover: {:?}", started.elapsed());
+    f.finish().await;
+}
