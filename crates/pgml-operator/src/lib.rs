@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod schedule;
 pub mod snapshot;
+pub mod ssa;
 pub mod zfspool;
 
 use std::future::Future;

@@ -1,16 +1,17 @@
 //! The status fields the controller owns, its conditions per phase, the server-side apply
 //! that writes them (skipped when nothing changed), and the Events a change deserves.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use pgml_api::EbsSnapshot;
 use pgml_api::common::{Condition, Time, condition as c, keys};
 use pgml_api::snapshot::{EbsSnapshotStatus, SnapshotPhase};
 
 use super::plan::reason;
+use crate::ssa;
 use crate::zfspool::status::{Stamp, set_condition};
-use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
+use crate::zfspool::{Context, Error, events};
 
 /// Condition types the controller writes.
 pub const OWNED_CONDITIONS: [&str; 2] = [c::READY, c::PROGRESSING];
@@ -18,13 +19,7 @@ pub const OWNED_CONDITIONS: [&str; 2] = [c::READY, c::PROGRESSING];
 /// The controller's part of a status: without the agent's `hold`, `standbySignal`,
 /// `frozenMillis` and `lsn`, conditions sorted, members sorted by index.
 pub fn owned_view(s: &EbsSnapshotStatus) -> EbsSnapshotStatus {
-    let mut conditions: Vec<Condition> = s
-        .conditions
-        .iter()
-        .filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()))
-        .cloned()
-        .collect();
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let conditions = ssa::owned_conditions(&s.conditions, &OWNED_CONDITIONS);
     let mut snapshots = s.snapshots.clone();
     snapshots.sort_by_key(|m| m.member_index);
     EbsSnapshotStatus {
@@ -96,37 +91,6 @@ pub fn progressing_since(s: &EbsSnapshotStatus) -> Option<i64> {
         .map(|c| secs(&c.last_transition_time))
 }
 
-/// Server-side apply of the controller's fields on the status subresource.
-async fn write(ctx: &Context, snap: &EbsSnapshot, s: &EbsSnapshotStatus) -> Result<(), Error> {
-    let (ns, name) = names(snap)?;
-    let body = serde_json::json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "EbsSnapshot",
-        "status": owned_view(s),
-    });
-    Api::<EbsSnapshot>::namespaced(ctx.client.clone(), ns)
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    Ok(())
-}
-
-fn names(snap: &EbsSnapshot) -> Result<(&str, &str), Error> {
-    Ok((
-        snap.metadata
-            .namespace
-            .as_deref()
-            .ok_or(Error::Incomplete("namespace"))?,
-        snap.metadata
-            .name
-            .as_deref()
-            .ok_or(Error::Incomplete("name"))?,
-    ))
-}
-
 /// Writes `new` unless it equals the controller's part of `written`, then publishes the
 /// Events its change from `written` deserves. Returns whether it wrote.
 pub async fn commit(
@@ -138,7 +102,7 @@ pub async fn commit(
     if owned_view(written) == owned_view(new) {
         return Ok(false);
     }
-    write(ctx, snap, new).await?;
+    ssa::apply_status(&ctx.client, snap, &owned_view(new)).await?;
     for (warning, why, note) in notices(written, new) {
         events::publish(ctx, snap, warning, &why, note).await;
     }
@@ -157,20 +121,8 @@ pub async fn label_node(ctx: &Context, snap: &EbsSnapshot, node: &str) -> Result
     if labelled {
         return Ok(());
     }
-    let (ns, name) = names(snap)?;
-    let body = serde_json::json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "EbsSnapshot",
-        "metadata": {"name": name, "labels": {keys::NODE: node}},
-    });
-    Api::<EbsSnapshot>::namespaced(ctx.client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    Ok(())
+    let labels = BTreeMap::from([(keys::NODE, node)]);
+    ssa::apply_labels(&ctx.client, snap, &labels).await
 }
 
 /// An Event a status change deserves: (warning?, reason, note).

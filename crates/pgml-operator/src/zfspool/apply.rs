@@ -1,8 +1,6 @@
 //! Apply: bring EC2 to the spec — create the missing members (recording each ID at once),
 //! attach them, grow them — then write the controller's status if it changed.
 
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use pgml_api::validate;
 use pgml_api::zfspool::{VolumeModification, VolumeStatus, ZfsPoolStatus};
@@ -16,33 +14,12 @@ use super::error::Error;
 use super::repair::{self, Decision, MemberView, Retire};
 use super::restore;
 use super::status::{self, AgentView, Facts, RepairView, reason};
-use super::{Context, FIELD_MANAGER, events};
+use super::{Context, events};
+use crate::ssa;
 
 /// Server-side apply of the controller's status fields on the status subresource.
 pub async fn write_status(ctx: &Context, pool: &ZfsPool, s: &ZfsPoolStatus) -> Result<(), Error> {
-    let ns = pool
-        .metadata
-        .namespace
-        .as_deref()
-        .ok_or(Error::Incomplete("namespace"))?;
-    let name = pool
-        .metadata
-        .name
-        .as_deref()
-        .ok_or(Error::Incomplete("name"))?;
-    let body = serde_json::json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "ZfsPool",
-        "status": s,
-    });
-    Api::<ZfsPool>::namespaced(ctx.client.clone(), ns)
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    Ok(())
+    ssa::apply_status(&ctx.client, pool, s).await
 }
 
 /// Writes `new` unless it equals the controller's part of `written`, then publishes the

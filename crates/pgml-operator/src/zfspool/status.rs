@@ -6,6 +6,8 @@ use k8s_openapi::jiff::Timestamp;
 use pgml_api::common::{Condition, Time, condition as c};
 use pgml_api::zfspool::{Layout, PerformanceCeiling, PoolPhase, VolumeStatus, ZfsPoolStatus};
 
+use crate::ssa;
+
 /// Condition types the controller writes (the agent writes the others).
 pub const OWNED_CONDITIONS: [&str; 6] = [
     c::READY,
@@ -63,13 +65,7 @@ pub fn now() -> Time {
 /// The controller's part of a status: its fields, its conditions (sorted by type) and its
 /// fields of each volume entry (sorted by index).
 pub fn owned_view(s: &ZfsPoolStatus) -> ZfsPoolStatus {
-    let mut conditions: Vec<Condition> = s
-        .conditions
-        .iter()
-        .filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()))
-        .cloned()
-        .collect();
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let conditions = ssa::owned_conditions(&s.conditions, &OWNED_CONDITIONS);
     let mut volumes: Vec<VolumeStatus> = s
         .volumes
         .iter()
