@@ -42,6 +42,48 @@ impl SdkEc2 {
     pub fn from_clients(client: Client, ebs: aws_sdk_ebs::Client) -> Self {
         SdkEc2 { client, ebs }
     }
+
+    /// Every volume that matches `filters`, all pages.
+    async fn volumes_where(&self, filters: Vec<t::Filter>) -> Result<Vec<Volume>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_volumes()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut vols = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeVolumes", e))?;
+            vols.extend(page.volumes().iter().map(volume));
+        }
+        Ok(vols)
+    }
+
+    /// Every snapshot of this account that matches `filters`, all pages.
+    async fn snapshots_where(&self, filters: Vec<t::Filter>) -> Result<Vec<Snapshot>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut snaps = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeSnapshots", e))?;
+            snaps.extend(page.snapshots().iter().map(snapshot));
+        }
+        Ok(snaps)
+    }
+}
+
+/// A deletion whose target is already gone has done its job.
+fn gone_is_done<T>(r: Result<T, AwsError>) -> Result<(), AwsError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn err<E, R>(action: &'static str, e: SdkError<E, R>) -> AwsError
@@ -323,18 +365,7 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn find_volumes(&self, tags: &[(String, String)]) -> Result<Vec<Volume>, AwsError> {
-        let mut pages = self
-            .client
-            .describe_volumes()
-            .set_filters(Some(tag_filters(tags)))
-            .into_paginator()
-            .send();
-        let mut vols = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| err("DescribeVolumes", e))?;
-            vols.extend(page.volumes().iter().map(volume));
-        }
-        Ok(vols)
+        self.volumes_where(tag_filters(tags)).await
     }
 
     async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError> {
@@ -421,19 +452,13 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError> {
-        match self
+        let r = self
             .client
             .delete_volume()
             .volume_id(volume_id)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = err("DeleteVolume", e);
-                if e.is_not_found() { Ok(()) } else { Err(e) }
-            }
-        }
+            .await;
+        gone_is_done(r.map_err(|e| err("DeleteVolume", e)))
     }
 
     async fn create_snapshot_set(
@@ -472,19 +497,7 @@ impl Ec2 for SdkEc2 {
             .name("snapshot-id")
             .set_values(Some(ids.to_vec()))
             .build();
-        let mut pages = self
-            .client
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(filter)
-            .into_paginator()
-            .send();
-        let mut snaps = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| err("DescribeSnapshots", e))?;
-            snaps.extend(page.snapshots().iter().map(snapshot));
-        }
-        Ok(snaps)
+        self.snapshots_where(vec![filter]).await
     }
 
     async fn attached_volumes(&self, instance_id: &str) -> Result<Vec<Volume>, AwsError> {
@@ -492,18 +505,7 @@ impl Ec2 for SdkEc2 {
             .name("attachment.instance-id")
             .values(instance_id)
             .build();
-        let mut pages = self
-            .client
-            .describe_volumes()
-            .filters(filter)
-            .into_paginator()
-            .send();
-        let mut vols = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| err("DescribeVolumes", e))?;
-            vols.extend(page.volumes().iter().map(volume));
-        }
-        Ok(vols)
+        self.volumes_where(vec![filter]).await
     }
 
     async fn create_tags(
@@ -546,34 +548,16 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn find_snapshots(&self, tags: &[(String, String)]) -> Result<Vec<Snapshot>, AwsError> {
-        let mut pages = self
-            .client
-            .describe_snapshots()
-            .owner_ids("self")
-            .set_filters(Some(tag_filters(tags)))
-            .into_paginator()
-            .send();
-        let mut snaps = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| err("DescribeSnapshots", e))?;
-            snaps.extend(page.snapshots().iter().map(snapshot));
-        }
-        Ok(snaps)
+        self.snapshots_where(tag_filters(tags)).await
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
-        match self
+        let r = self
             .client
             .delete_snapshot()
             .snapshot_id(snapshot_id)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = err("DeleteSnapshot", e);
-                if e.is_not_found() { Ok(()) } else { Err(e) }
-            }
-        }
+            .await;
+        gone_is_done(r.map_err(|e| err("DeleteSnapshot", e)))
     }
 }
