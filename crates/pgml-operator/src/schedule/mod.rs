@@ -72,8 +72,8 @@ pub trait Scheduled:
     fn schedule(&self) -> Option<&SnapshotSchedule>;
     /// The EbsSnapshot source a slot snapshots.
     fn snapshot_source(&self) -> SnapshotSource;
-    /// The scheduler's part of the status.
-    fn schedule_status(&self) -> ScheduleStatus;
+    /// The scheduler's part of the status, when there is a status.
+    fn schedule_field(&self) -> Option<&ScheduleStatus>;
     /// The name of the object of this kind that `s` snapshots, if it snapshots one.
     fn is_source_of(s: &EbsSnapshot) -> Option<String>;
 }
@@ -93,11 +93,8 @@ impl Scheduled for ZfsPool {
         }
     }
 
-    fn schedule_status(&self) -> ScheduleStatus {
-        self.status
-            .as_ref()
-            .map(|s| s.schedule.clone())
-            .unwrap_or_default()
+    fn schedule_field(&self) -> Option<&ScheduleStatus> {
+        self.status.as_ref().map(|s| &s.schedule)
     }
 
     fn is_source_of(s: &EbsSnapshot) -> Option<String> {
@@ -128,11 +125,8 @@ impl Scheduled for PgmlCluster {
         }
     }
 
-    fn schedule_status(&self) -> ScheduleStatus {
-        self.status
-            .as_ref()
-            .map(|s| s.schedule.clone())
-            .unwrap_or_default()
+    fn schedule_field(&self) -> Option<&ScheduleStatus> {
+        self.status.as_ref().map(|s| &s.schedule)
     }
 
     fn is_source_of(s: &EbsSnapshot) -> Option<String> {
@@ -204,7 +198,7 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 async fn reconcile<K: Scheduled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::Incomplete("namespace"))?;
     let name = obj.name_any();
-    let observed = obj.schedule_status();
+    let observed = obj.schedule_field().cloned().unwrap_or_default();
     let Some(sched) = obj.schedule() else {
         // No schedule: forget the status fields; scheduled snapshots stay as they are.
         if observed != ScheduleStatus::default() {
