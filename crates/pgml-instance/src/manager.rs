@@ -121,7 +121,7 @@ impl Manager {
             Ok(v) => {
                 let action = decide(v, &local);
                 tracing::debug!(?action, "decided");
-                (v.fenced, self.act(action, v, &local).await)
+                (v.fenced, self.act(action, v).await)
             }
             // No decision on a partial view: what runs keeps running, nothing starts.
             Err(e) => (false, format!("{e:#}")),
@@ -132,7 +132,7 @@ impl Manager {
     }
 
     /// Carries out one action; what to say about it in the report.
-    async fn act(&mut self, action: Action, view: &View, local: &Local) -> String {
+    async fn act(&mut self, action: Action, view: &View) -> String {
         let result = match action {
             Action::Wait(why) => return why,
             Action::StopImmediate => {
@@ -175,7 +175,6 @@ impl Manager {
                 .map(|_| note.unwrap_or_default()),
             Action::Primary => self.keep_primary(view).await,
         };
-        let _ = local;
         result.unwrap_or_else(|e| {
             tracing::warn!(error = %format!("{e:#}"), "action failed");
             format!("{e:#}")
@@ -242,7 +241,7 @@ impl Manager {
     }
 
     async fn demote(&mut self, view: &View) -> anyhow::Result<String> {
-        tracing::info!(target = ?view.target_primary, "demoting: checkpoint, fast stop");
+        tracing::info!(new_primary = ?view.target_primary, "demoting: checkpoint, fast stop");
         self.pg.checkpoint().await?;
         failpoint("instance.before-demote-stop");
         self.pg.stop("fast").await?;

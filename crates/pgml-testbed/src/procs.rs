@@ -220,3 +220,56 @@ pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
         log_file(sb, &format!("agent-{}-{namespace}", node.name)),
     )
 }
+
+/// An instance manager (`pgml-instance run`) inside `node`'s mount namespace, the way the
+/// instance Pod `name` of PgmlCluster `cluster` runs it: PGDATA on the node's pool, its own
+/// port, advertised and listening on 127.0.0.1, the socket in the host-shared /tmp, trust
+/// authentication (the test bed has no secrets), a look every second.
+pub fn instance(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    namespace: &str,
+    cluster: &str,
+    name: &str,
+    pgdata: &str,
+    port: u16,
+) -> Proc {
+    let mut env = common_env(sb);
+    env.extend([
+        ("POD_NAME".into(), name.into()),
+        ("POD_NAMESPACE".into(), namespace.into()),
+        ("CLUSTER_NAME".into(), cluster.into()),
+        ("PGDATA".into(), pgdata.into()),
+        ("PGPORT".into(), port.to_string()),
+        ("PGML_ADVERTISE_HOST".into(), "127.0.0.1".into()),
+        ("PGML_LISTEN_ADDRESSES".into(), "127.0.0.1".into()),
+        ("PGML_SOCKET_DIR".into(), crate::pg::SOCKET_DIR.into()),
+        ("PGML_PG_BIN".into(), crate::pg::PG_BIN.into()),
+        ("PGML_LOCAL_AUTH".into(), "trust".into()),
+        ("PGML_HOST_AUTH".into(), "trust".into()),
+        ("PGML_INTERVAL_SECONDS".into(), "1".into()),
+        (
+            "PGML_REPLICATION_SECRET_DIR".into(),
+            node.root
+                .join("no-replication-secret")
+                .display()
+                .to_string(),
+        ),
+    ]);
+    let bin = workspace_bin("pgml-instance").display().to_string();
+    let command = vec![
+        "nsenter".into(),
+        "-t".into(),
+        node.ns_pid.to_string(),
+        "-m".into(),
+        "--".into(),
+        bin,
+        "run".into(),
+    ];
+    Proc::spawn(
+        format!("pgml-instance[{namespace}/{name}]"),
+        command,
+        env,
+        log_file(sb, &format!("instance-{namespace}-{name}")),
+    )
+}

@@ -1,0 +1,607 @@
+//! PgmlCluster at the data level, with real PostgreSQL 15 run by the instance manager
+//! (`pgml-instance run`) inside the simulated nodes, on ZfsPools built by the real operator
+//! and agents. The test plays the cluster controller (issue 5's, written in parallel): it
+//! creates the PgmlCluster, the instance Pods (Pending: nothing runs them; the instance
+//! managers only read and annotate them), the pools and the seed snapshot, and writes
+//! `status.targetPrimary/currentPrimary/instances` with server-side apply under its own
+//! field manager. The PgmlCluster and its Pods live in a namespace of their own that no
+//! operator watches (the operator binary now carries the cluster controller, which would
+//! otherwise act on them); the pools and the snapshot live in a second namespace, watched by
+//! the operator and the agents.
+//!
+//! One run, in order: (a) the bootstrap primary runs initdb and reports primary/ready;
+//! (b) a replica seeded from an EbsSnapshot of the primary starts as a standby (the copy's
+//! stale postmaster.pid removed, standby.signal kept), streams through its slot and has the
+//! data; (c) a stray standby.signal put in the stopped primary's PGDATA is removed and it
+//! comes back as primary; (d) a switchover: the old primary demotes first, the new one
+//! promotes, the old one follows; (e) a failover: the primary's manager and PostgreSQL
+//! killed, its Pod fenced, the replica promotes, the old one restarted stays stopped.
+//! Through (d) and (e) both servers and both annotations are sampled: never two writable
+//! primaries, never two instances reporting a running primary unless one is fenced.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use pgml_api::snapshot::SnapshotPhase;
+use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
+use pgml_testbed::Sandbox;
+use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
+use pgml_testbed::nodes::{node_exec, node_exec_ok};
+use pgml_testbed::pg::{PG_BIN, Postgres, SOCKET_DIR, free_port};
+use pgml_testbed::procs::{self, Proc};
+use pgml_testbed::sandbox::NodeInfo;
+use pgml_testbed::wait::{has_condition, try_wait_for, wait_gone};
+use serde_json::{Value, json};
+
+const READY: Duration = Duration::from_secs(240);
+const ROLE: Duration = Duration::from_secs(60);
+const CLUSTER: &str = "pgc";
+const CONTROLLER: &str = "pgml-e2e-controller";
+
+fn zpool_name(name: &str, ns: &str) -> String {
+    format!("{name}-{}", &ns[ns.len() - 6..])
+}
+
+fn pool_manifest(name: &str, ns: &str, node: &NodeInfo, restore_from: Option<&str>) -> ZfsPool {
+    let restore = restore_from
+        .map(|s| format!("  restoreFrom: {{ebsSnapshotName: {s}}}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  poolName: {}\n  layout: raid0\n  reclaimPolicy: Delete\n  volumes: {{count: 2, type: gp3, sizeGiB: 1}}\n  datasets:\n  - name: pgdata\n    properties: {{recordsize: 8K}}\n{restore}",
+        node.name,
+        zpool_name(name, ns)
+    );
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn cluster_manifest() -> PgmlCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+        "metadata": {"name": CLUSTER},
+        "spec": {
+            "instances": 2,
+            "storage": {"zfs": {"template": {
+                "layout": "raid0",
+                "volumes": {"count": 2, "type": "gp3", "sizeGiB": 1},
+                "datasets": [{"name": "pgdata"}]
+            }}}
+        }
+    }))
+    .unwrap()
+}
+
+/// The instance's Pod as the controller will make it; here it never runs, it carries the
+/// labels and annotations.
+fn pod_manifest(name: &str, node: &NodeInfo) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"pgml.io/cluster": CLUSTER, "pgml.io/instance": name}},
+        "spec": {
+            "nodeName": node.name,
+            "containers": [{"name": "postgres", "image": pgml_api::cluster::DEFAULT_IMAGE,
+                            "command": ["/controller/pgml-instance", "run"]}]
+        }
+    }))
+    .unwrap()
+}
+
+/// What the controller would have written in `PgmlCluster.status`.
+struct ClusterStatus {
+    target: String,
+    current: Option<String>,
+    instances: Vec<(String, String)>,
+}
+
+async fn apply_status(api: &Api<PgmlCluster>, s: &ClusterStatus) {
+    let instances: Vec<Value> = s
+        .instances
+        .iter()
+        .map(|(n, node)| json!({"name": n, "node": node, "pool": n}))
+        .collect();
+    let mut status = json!({"targetPrimary": s.target, "instances": instances});
+    if let Some(c) = &s.current {
+        status["currentPrimary"] = json!(c);
+    }
+    let patch = json!({"apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster", "status": status});
+    api.patch_status(
+        CLUSTER,
+        &PatchParams::apply(CONTROLLER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("status apply: {e}"));
+}
+
+fn annotation_of(p: &Pod, key: &str) -> Option<String> {
+    p.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+fn report_of(p: &Pod) -> Option<Value> {
+    serde_json::from_str(&annotation_of(p, "pgml.io/instance-status")?).ok()
+}
+
+/// Waits until the instance's report satisfies `ok`; the report.
+async fn wait_report(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    logs: &dyn Fn() -> String,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + ROLE;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(p) = pods.get(name).await {
+            last = report_of(&p);
+            if last.as_ref().is_some_and(&ok) {
+                return last.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!(
+        "{name} never reported {what} within {ROLE:?}; last report: {}\n{}",
+        last.map(|v| v.to_string()).unwrap_or_default(),
+        logs()
+    );
+}
+
+fn is(r: &Value, key: &str) -> bool {
+    r[key].as_bool() == Some(true)
+}
+
+fn primary_ready(r: &Value) -> bool {
+    r["role"] == "primary" && is(r, "running") && is(r, "ready")
+}
+
+fn replica_streaming(r: &Value) -> bool {
+    r["role"] == "replica" && is(r, "running") && is(r, "streaming")
+}
+
+/// Where a pool's dataset is mounted on its node, as ZFS says.
+fn mount_point(node: &NodeInfo, dataset: &str) -> String {
+    node_exec_ok(
+        node,
+        &["zfs", "get", "-H", "-o", "value", "mountpoint", dataset],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+    .trim()
+    .to_string()
+}
+
+async fn wait_pool_ready(api: &Api<ZfsPool>, name: &str, logs: &dyn Fn() -> String) -> ZfsPool {
+    try_wait_for(
+        api,
+        name,
+        "Ready",
+        READY,
+        Duration::from_millis(500),
+        logs,
+        |p| has_condition(p, "Ready", "True"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn data_file(node: &NodeInfo, pgdata: &str, file: &str) -> bool {
+    node_exec(node, &["test", "-e", &format!("{pgdata}/{file}")]).is_ok_and(|o| o.status.success())
+}
+
+/// `pg_is_in_recovery()` = false on the server at `port`: Some(true) when it accepts writes,
+/// Some(false) in recovery, None when it does not answer.
+async fn writable(port: u16) -> Option<bool> {
+    let out = tokio::process::Command::new(format!("{PG_BIN}/psql"))
+        .args(["-X", "-A", "-t", "-h", SOCKET_DIR, "-p", &port.to_string()])
+        .args([
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT pg_is_in_recovery()",
+        ])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim() == "f")
+}
+
+/// One look at both instances, from the servers and from the annotations.
+#[derive(Debug, Clone)]
+struct Sample {
+    at_ms: u128,
+    writable: [Option<bool>; 2],
+    /// The report says running primary, not demoted, and the Pod is not fenced.
+    reports_primary: [bool; 2],
+}
+
+/// Samples both instances every 100 ms until stopped.
+fn sampler(
+    pods: Api<Pod>,
+    names: [String; 2],
+    ports: [u16; 2],
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let (w0, w1) = tokio::join!(writable(ports[0]), writable(ports[1]));
+            let mut reports_primary = [false; 2];
+            for (i, n) in names.iter().enumerate() {
+                if let Ok(p) = pods.get(n).await {
+                    let fenced = annotation_of(&p, "pgml.io/fenced").as_deref() == Some("true");
+                    reports_primary[i] = report_of(&p).is_some_and(|r| {
+                        r["role"] == "primary" && is(&r, "running") && !is(&r, "demoted")
+                    }) && !fenced;
+                }
+            }
+            samples.push(Sample {
+                at_ms: t0.elapsed().as_millis(),
+                writable: [w0, w1],
+                reports_primary,
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        samples
+    })
+}
+
+fn assert_one_primary(samples: &[Sample], phase: &str) {
+    assert!(samples.len() > 5, "{phase}: too few samples: {samples:?}");
+    for s in samples {
+        assert!(
+            s.writable != [Some(true), Some(true)],
+            "{phase}: two writable primaries at {} ms: {s:?}",
+            s.at_ms
+        );
+        assert!(
+            s.reports_primary != [true, true],
+            "{phase}: two instances report running primary at {} ms: {s:?}",
+            s.at_ms
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_manager_bootstrap_seed_switchover_failover() {
+    let started = Instant::now();
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    // Storage (pools, snapshot) where the operator and agents look; the cluster (PgmlCluster,
+    // Pods) where only the instance managers and this test look.
+    let storage = TestNamespace::new(&client, "pgc-data").await;
+    let ns = TestNamespace::new(&client, "pgc-inst").await;
+    let (node1, node2) = (&sb.nodes[0], &sb.nodes[1]);
+    let (name1, name2) = (format!("{CLUSTER}-1"), format!("{CLUSTER}-2"));
+    let operator: Proc = procs::operator(sb, storage.name());
+    let agents: Vec<Proc> = [node1, node2]
+        .iter()
+        .map(|n| procs::agent(sb, n, storage.name()))
+        .collect();
+    let mut log_paths = format!("operator log: {}", operator.log_path().display());
+    for a in &agents {
+        log_paths += &format!("\nagent log: {}", a.log_path().display());
+    }
+    let pools: Api<ZfsPool> = storage.api();
+    let snaps: Api<EbsSnapshot> = storage.api();
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let pp = PostParams::default();
+
+    clusters.create(&pp, &cluster_manifest()).await.unwrap();
+    pools
+        .create(&pp, &pool_manifest(&name1, storage.name(), node1, None))
+        .await
+        .unwrap();
+    pods.create(&pp, &pod_manifest(&name1, node1))
+        .await
+        .unwrap();
+    pods.create(&pp, &pod_manifest(&name2, node2))
+        .await
+        .unwrap();
+    let mut status = ClusterStatus {
+        target: name1.clone(),
+        current: None,
+        instances: vec![(name1.clone(), node1.name.clone())],
+    };
+    apply_status(&clusters, &status).await;
+    {
+        let logs = || log_paths.clone();
+        wait_pool_ready(&pools, &name1, &logs).await;
+    }
+
+    // (a) Bootstrap: initdb, started, reported primary and ready.
+    let pgdata1 = format!(
+        "{}/data",
+        mount_point(
+            node1,
+            &format!("{}/pgdata", zpool_name(&name1, storage.name()))
+        )
+    );
+    let port1 = free_port();
+    let mut inst1 = procs::instance(sb, node1, ns.name(), CLUSTER, &name1, &pgdata1, port1);
+    log_paths += &format!("\ninstance log: {}", inst1.log_path().display());
+    let logs = || log_paths.clone();
+    let r = wait_report(&pods, &name1, "primary/ready", &logs, primary_ready).await;
+    assert_eq!(r["address"], format!("127.0.0.1:{port1}"), "{r}");
+    assert!(
+        !is(&r, "standbySignal") && !is(&r, "fenced") && !is(&r, "demoted"),
+        "{r}"
+    );
+    assert!(r["lsn"].is_string() && r["timeline"] == 1, "{r}");
+    let pg1 = Postgres::new(node1, &pgdata1, port1);
+    assert!(!pg1.in_recovery().unwrap());
+    status.current = Some(name1.clone());
+    apply_status(&clusters, &status).await;
+    pg1.sql("CREATE TABLE items (id bigserial PRIMARY KEY, note text NOT NULL)")
+        .unwrap();
+    pg1.sql("INSERT INTO items (note) SELECT 'before the snapshot ' || g FROM generate_series(1, 1000) g")
+        .unwrap();
+    eprintln!("(a) bootstrap primary ready at {:?}", started.elapsed());
+
+    // (b) Scale to 2: the new instance in status (its slot appears on the primary), a seed
+    // snapshot of the primary, a pool restored from it, the instance manager on the copy.
+    status.instances.push((name2.clone(), node2.name.clone()));
+    apply_status(&clusters, &status).await;
+    let slot2 = name2.replace('-', "_");
+    pg1.wait_sql(
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot2}'"),
+        Duration::from_secs(30),
+        |n| n == "1",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    let seed = format!("{name2}-seed");
+    let snap: EbsSnapshot = serde_yaml::from_str(&format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: EbsSnapshot\nmetadata: {{name: {seed}}}\nspec:\n  source: {{zfsPool: {{name: {name1}}}}}\n  freezeTimeoutSeconds: 20\n"
+    ))
+    .unwrap();
+    snaps.create(&pp, &snap).await.unwrap();
+    let snap = try_wait_for(
+        &snaps,
+        &seed,
+        "Completed",
+        READY,
+        Duration::from_millis(250),
+        &logs,
+        |s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.phase)
+                .is_some_and(|p| matches!(p, SnapshotPhase::Completed | SnapshotPhase::Failed))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        snap.status.as_ref().and_then(|s| s.phase),
+        Some(SnapshotPhase::Completed),
+        "{:#?}\n{}",
+        snap.status,
+        logs()
+    );
+    pools
+        .create(
+            &pp,
+            &pool_manifest(&name2, storage.name(), node2, Some(&seed)),
+        )
+        .await
+        .unwrap();
+    wait_pool_ready(&pools, &name2, &logs).await;
+    let pgdata2 = format!(
+        "{}/data",
+        mount_point(
+            node2,
+            &format!("{}/pgdata", zpool_name(&name2, storage.name()))
+        )
+    );
+    assert!(
+        data_file(node2, &pgdata2, "standby.signal"),
+        "the seed must carry standby.signal"
+    );
+    assert!(
+        data_file(node2, &pgdata2, "postmaster.pid"),
+        "the seed of a running primary carries its postmaster.pid"
+    );
+    let port2 = free_port();
+    let mut inst2 = procs::instance(sb, node2, ns.name(), CLUSTER, &name2, &pgdata2, port2);
+    log_paths += &format!("\ninstance log: {}", inst2.log_path().display());
+    let logs = || log_paths.clone();
+    let r = wait_report(&pods, &name2, "replica/streaming", &logs, replica_streaming).await;
+    assert!(is(&r, "standbySignal") && is(&r, "ready"), "{r}");
+    assert!(
+        inst2.log().contains("removed a stale postmaster.pid"),
+        "{}",
+        inst2.log()
+    );
+    let pg2 = Postgres::new(node2, &pgdata2, port2);
+    assert!(pg2.in_recovery().unwrap());
+    assert_eq!(pg2.sql("SELECT count(*) FROM items").unwrap(), "1000");
+    let id = pg1
+        .sql("INSERT INTO items (note) VALUES ('streamed') RETURNING id")
+        .unwrap();
+    pg2.wait_sql(
+        &format!("SELECT count(*) FROM items WHERE id = {id}"),
+        Duration::from_secs(30),
+        |n| n == "1",
+    )
+    .unwrap();
+    assert_eq!(
+        pg1.sql(&format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot2}'"
+        ))
+        .unwrap(),
+        "t",
+        "the replica streams through its slot"
+    );
+    assert_eq!(
+        pg1.sql("SELECT application_name FROM pg_stat_replication")
+            .unwrap(),
+        name2
+    );
+    eprintln!("(b) seeded replica streaming at {:?}", started.elapsed());
+
+    // (c) A stray standby.signal in the stopped primary's PGDATA (a crash during a
+    // snapshot's hold leaves one): removed at start, back as primary.
+    assert!(inst1.stop(Duration::from_secs(60)), "{}", inst1.log());
+    assert!(!pg1.running(), "SIGTERM stops PostgreSQL");
+    node_exec_ok(
+        node1,
+        &[
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "touch",
+            &format!("{pgdata1}/standby.signal"),
+        ],
+    )
+    .unwrap();
+    inst1.start();
+    let r = wait_report(&pods, &name1, "primary/ready again", &logs, primary_ready).await;
+    assert!(!is(&r, "standbySignal"), "{r}");
+    assert!(!data_file(node1, &pgdata1, "standby.signal"));
+    assert!(!pg1.in_recovery().unwrap());
+    assert!(
+        inst1.log().contains("removed a stray standby.signal"),
+        "{}",
+        inst1.log()
+    );
+    wait_report(&pods, &name2, "streaming again", &logs, replica_streaming).await;
+    eprintln!(
+        "(c) stray standby.signal handled at {:?}",
+        started.elapsed()
+    );
+
+    // (d) Switchover to instance 2, sampled throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let names = [name1.clone(), name2.clone()];
+    let sampling = sampler(pods.clone(), names.clone(), [port1, port2], stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    status.target = name2.clone();
+    apply_status(&clusters, &status).await;
+    let r = wait_report(
+        &pods,
+        &name2,
+        "primary after switchover",
+        &logs,
+        primary_ready,
+    )
+    .await;
+    assert_eq!(r["timeline"], 2, "{r}");
+    status.current = Some(name2.clone());
+    apply_status(&clusters, &status).await;
+    wait_report(
+        &pods,
+        &name1,
+        "replica of the new primary",
+        &logs,
+        replica_streaming,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampling.await.unwrap();
+    assert_one_primary(&samples, "switchover");
+    assert!(
+        samples.iter().any(|s| s.writable == [None, Some(false)]
+            || s.writable == [Some(false), Some(false)]
+            || s.writable == [None, None]),
+        "a moment with no primary between the demotion and the promotion: {samples:?}"
+    );
+    assert!(inst1.log().contains("\"demoted\""), "{}", inst1.log());
+    assert!(pg1.in_recovery().unwrap() && !pg2.in_recovery().unwrap());
+    let id = pg2
+        .sql("INSERT INTO items (note) VALUES ('after switchover') RETURNING id")
+        .unwrap();
+    pg1.wait_sql(
+        &format!("SELECT count(*) FROM items WHERE id = {id}"),
+        Duration::from_secs(30),
+        |n| n == "1",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert_eq!(pg1.sql("SELECT count(*) FROM items").unwrap(), "1002");
+    let slot1 = name1.replace('-', "_");
+    pg2.wait_sql(
+        &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot1}'"),
+        Duration::from_secs(30),
+        |a| a == "t",
+    )
+    .unwrap();
+    eprintln!(
+        "(d) switchover done at {:?} ({} samples)",
+        started.elapsed(),
+        samples.len()
+    );
+
+    // (e) Failover: instance 2 (primary) loses its manager and PostgreSQL at once, the
+    // controller fences its Pod and makes instance 1 the target.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampling = sampler(pods.clone(), names.clone(), [port1, port2], stop.clone());
+    inst2.kill();
+    pg2.stop("immediate").unwrap();
+    pods.patch(
+        &name2,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"pgml.io/fenced": "true"}}})),
+    )
+    .await
+    .unwrap();
+    status.target = name1.clone();
+    apply_status(&clusters, &status).await;
+    let r = wait_report(
+        &pods,
+        &name1,
+        "primary after failover",
+        &logs,
+        primary_ready,
+    )
+    .await;
+    assert_eq!(r["timeline"], 3, "{r}");
+    status.current = Some(name1.clone());
+    apply_status(&clusters, &status).await;
+    assert!(!pg1.in_recovery().unwrap());
+    pg1.sql("INSERT INTO items (note) VALUES ('after failover')")
+        .unwrap();
+    assert_eq!(pg1.sql("SELECT count(*) FROM items").unwrap(), "1003");
+    // The fenced instance's manager comes back: PostgreSQL stays down.
+    inst2.start();
+    let r = wait_report(&pods, &name2, "fenced", &logs, |r| {
+        is(r, "fenced") && !is(r, "running")
+    })
+    .await;
+    assert_eq!(r["role"], "none", "{r}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!pg2.running(), "a fenced instance started PostgreSQL");
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampling.await.unwrap();
+    assert_one_primary(&samples, "failover");
+    eprintln!("(e) failover done at {:?}", started.elapsed());
+
+    // Clean up: managers stop their servers; pools and the seed snapshot deleted.
+    assert!(inst1.stop(Duration::from_secs(60)), "{}", inst1.log());
+    assert!(inst2.stop(Duration::from_secs(60)), "{}", inst2.log());
+    assert!(!pg1.running() && !pg2.running());
+    drop((pg1, pg2));
+    for name in [&name2, &name1] {
+        pools.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    snaps.delete(&seed, &DeleteParams::default()).await.unwrap();
+    for name in [&name2, &name1] {
+        wait_gone(&pools, name, READY).await;
+    }
+    wait_gone(&snaps, &seed, READY).await;
+    drop(agents);
+    drop(operator);
+    ns.cleanup().await;
+    storage.cleanup().await;
+    eprintln!("done in {:?}", started.elapsed());
+}
