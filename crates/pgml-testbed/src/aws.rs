@@ -241,20 +241,51 @@ pub async fn volumes_tagged(
     key: &str,
     value: &str,
 ) -> Vec<aws_sdk_ec2::types::Volume> {
-    let ec2 = ec2_client(sb).await;
-    let filter = aws_sdk_ec2::types::Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build();
-    let out = ec2
+    let out = ec2_client(sb)
+        .await
         .describe_volumes()
-        .filters(filter)
+        .filters(tag_filter(key, value))
         .send()
         .await
         .expect("DescribeVolumes through the simulator");
     let mut v = out.volumes().to_vec();
     v.sort_by_key(|v| v.volume_id().unwrap_or_default().to_string());
     v
+}
+
+/// Every live snapshot of the account moto holds with tag `key=value` (straight from the
+/// SDK), sorted by ID.
+pub async fn snapshots_tagged(
+    sb: &Sandbox,
+    key: &str,
+    value: &str,
+) -> Vec<aws_sdk_ec2::types::Snapshot> {
+    let out = ec2_client(sb)
+        .await
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag_filter(key, value))
+        .send()
+        .await
+        .expect("DescribeSnapshots through the simulator");
+    let mut v = out.snapshots().to_vec();
+    v.sort_by_key(|s| s.snapshot_id().unwrap_or_default().to_string());
+    v
+}
+
+fn tag_filter(key: &str, value: &str) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+/// The value of a snapshot's tag `key`.
+pub fn snapshot_tag<'a>(s: &'a aws_sdk_ec2::types::Snapshot, key: &str) -> Option<&'a str> {
+    s.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 /// The IDs of `vols` (those that have one), collected as the caller needs them.

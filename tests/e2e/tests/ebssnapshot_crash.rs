@@ -8,10 +8,9 @@ mod snapshot_common;
 
 use std::time::Duration;
 
-use pgml_api::EbsSnapshot;
 use pgml_api::common::keys;
-use pgml_api::snapshot::{HoldState, SnapshotPhase};
-use pgml_testbed::wait::{try_wait_for, wait_gone};
+use pgml_api::snapshot::SnapshotPhase;
+use pgml_testbed::wait::wait_gone;
 use snapshot_common::*;
 
 const FAILPOINTS: [&str; 5] = [
@@ -51,21 +50,10 @@ fn expect_death_and_restart(f: &mut Fixture, fp: &str) {
 /// Waits until the agent has released its hold (or never held) and standby.signal is gone.
 async fn wait_released(f: &Fixture, name: &str, node: usize, pool: &str) {
     let n = &f.sb.nodes[node];
-    let logs = f.logs();
-    try_wait_for(
-        &f.snapshots(),
-        name,
-        "hold released",
-        Duration::from_secs(60),
-        Duration::from_millis(250),
-        || logs.clone(),
-        |s: &EbsSnapshot| {
-            let hold = s.status.as_ref().and_then(|s| s.hold.as_ref());
-            hold.is_none_or(|h| matches!(h.state, HoldState::Released | HoldState::Expired))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    f.wait_snapshot(name, "hold released", Duration::from_secs(60), |s| {
+        hold_over(s).unwrap_or(true)
+    })
+    .await;
     assert!(
         !has_standby_signal(n, pool),
         "{name}: standby.signal left in the source's PGDATA\n{}",

@@ -15,7 +15,6 @@ use pgml_api::EbsSnapshot;
 use pgml_api::common::keys;
 use pgml_api::snapshot::{HoldState, SnapshotPhase};
 use pgml_testbed::aws::SimAdmin;
-use pgml_testbed::wait::try_wait_for;
 use serde_json::json;
 use snapshot_common::*;
 use tokio::sync::Mutex;
@@ -24,23 +23,10 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// Waits until the agent has undone its hold (Released or Expired).
 async fn wait_hold_over(f: &Fixture, name: &str) -> EbsSnapshot {
-    let logs = f.logs();
-    try_wait_for(
-        &f.snapshots(),
-        name,
-        "hold released",
-        Duration::from_secs(60),
-        Duration::from_millis(250),
-        || logs.clone(),
-        |s: &EbsSnapshot| {
-            s.status
-                .as_ref()
-                .and_then(|s| s.hold.as_ref())
-                .is_some_and(|h| matches!(h.state, HoldState::Released | HoldState::Expired))
-        },
-    )
+    f.wait_snapshot(name, "hold released", Duration::from_secs(60), |s| {
+        hold_over(s) == Some(true)
+    })
     .await
-    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[tokio::test]

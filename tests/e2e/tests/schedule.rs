@@ -14,10 +14,11 @@ use pgml_api::schedule::scheduled_by;
 use pgml_api::snapshot::SnapshotPhase;
 use pgml_api::{EbsSnapshot, ZfsPool};
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::ec2_client;
+use pgml_testbed::aws::{snapshot_tag, snapshots_tagged};
 use pgml_testbed::kube::{TestNamespace, client};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::wait::{has_condition, wait_for, wait_gone};
+use serde_json::{Value, json};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -32,6 +33,31 @@ fn phase(s: &EbsSnapshot) -> Option<SnapshotPhase> {
     s.status.as_ref().and_then(|st| st.phase)
 }
 
+/// Creates a pool on `node` and waits until it is Ready.
+async fn ready_pool(pools: &Api<ZfsPool>, name: &str, node: &str) {
+    pools
+        .create(&PostParams::default(), &pool_manifest(name, node, ""))
+        .await
+        .unwrap();
+    wait_for(pools, name, "Ready", READY_TIMEOUT, |p: &ZfsPool| {
+        has_condition(p, "Ready", "True")
+    })
+    .await;
+}
+
+/// Merges `snapshots` (schedule and retention) into the pool's spec.
+async fn set_snapshots(pools: &Api<ZfsPool>, name: &str, snapshots: Value) {
+    let patch = json!({"spec": {"snapshots": snapshots}});
+    pools
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+fn keep_last_3() -> Value {
+    json!({"keepLast": 3, "hourly": 0, "daily": 0, "weekly": 0})
+}
+
 async fn scheduled(api: &Api<EbsSnapshot>, label: &str) -> Vec<EbsSnapshot> {
     let lp = ListParams::default().labels(&format!("{}={label}", keys::SCHEDULED_BY));
     let mut items = api.list(&lp).await.expect("listing EbsSnapshots").items;
@@ -42,28 +68,11 @@ async fn scheduled(api: &Api<EbsSnapshot>, label: &str) -> Vec<EbsSnapshot> {
 /// The AWS snapshots moto holds for the namespace, grouped into sets by
 /// `pgml.io/snapshot-uid`: uid → (snapshot IDs, `pgml.io/pool` tag of each).
 async fn sets_in_moto(sb: &Sandbox, ns: &str) -> BTreeMap<String, Vec<(String, String)>> {
-    let ec2 = ec2_client(sb).await;
-    let filter = aws_sdk_ec2::types::Filter::builder()
-        .name(format!("tag:{}", keys::NAMESPACE))
-        .values(ns)
-        .build();
-    let out = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter)
-        .send()
-        .await
-        .expect("DescribeSnapshots through the simulator");
     let tag = |s: &aws_sdk_ec2::types::Snapshot, k: &str| {
-        s.tags()
-            .iter()
-            .find(|t| t.key() == Some(k))
-            .and_then(|t| t.value())
-            .unwrap_or_default()
-            .to_string()
+        snapshot_tag(s, k).unwrap_or_default().to_string()
     };
     let mut sets: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for s in out.snapshots() {
+    for s in &snapshots_tagged(sb, keys::NAMESPACE, ns).await {
         sets.entry(tag(s, keys::SNAPSHOT_UID)).or_default().push((
             s.snapshot_id().unwrap_or_default().to_string(),
             tag(s, keys::POOL),
@@ -90,21 +99,11 @@ async fn every_minute_with_keep_last_3_leaves_exactly_3_sets() {
     let name = "every-minute";
     let label = scheduled_by("ZfsPool", name);
 
-    pools
-        .create(&PostParams::default(), &pool_manifest(name, &node.name, ""))
-        .await
-        .unwrap();
-    wait_for(&pools, name, "Ready", READY_TIMEOUT, |p: &ZfsPool| {
-        has_condition(p, "Ready", "True")
-    })
-    .await;
+    ready_pool(&pools, name, &node.name).await;
 
-    let retention = serde_json::json!({"keepLast": 3, "hourly": 0, "daily": 0, "weekly": 0});
-    let patch = serde_json::json!({"spec": {"snapshots": {"schedule": "* * * * *", "retention": retention}}});
-    pools
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    let retention = keep_last_3();
+    let every_minute = json!({"schedule": "* * * * *", "retention": retention});
+    set_snapshots(&pools, name, every_minute).await;
     let started = Instant::now();
 
     // Watch for five minutes: every slot's snapshot appears and completes, and retention
@@ -163,12 +162,12 @@ async fn every_minute_with_keep_last_3_leaves_exactly_3_sets() {
     );
 
     // Stop the schedule, keep the retention: the last one completes and is kept.
-    let patch =
-        serde_json::json!({"spec": {"snapshots": {"schedule": null, "retention": retention}}});
-    pools
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    set_snapshots(
+        &pools,
+        name,
+        json!({"schedule": null, "retention": retention}),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let remaining = loop {
         let now = scheduled(&snaps, &label).await;
@@ -343,20 +342,9 @@ async fn a_crash_after_create_and_downtime_make_no_extra_snapshots() {
     let snaps: Api<EbsSnapshot> = ns.api();
     let name = "crashy";
     let label = scheduled_by("ZfsPool", name);
-    pools
-        .create(&PostParams::default(), &pool_manifest(name, &node.name, ""))
-        .await
-        .unwrap();
-    wait_for(&pools, name, "Ready", READY_TIMEOUT, |p: &ZfsPool| {
-        has_condition(p, "Ready", "True")
-    })
-    .await;
-    let patch = serde_json::json!({"spec": {"snapshots": {"schedule": "* * * * *",
-        "retention": {"keepLast": 3, "hourly": 0, "daily": 0, "weekly": 0}}}});
-    pools
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    ready_pool(&pools, name, &node.name).await;
+    let every_minute = json!({"schedule": "* * * * *", "retention": keep_last_3()});
+    set_snapshots(&pools, name, every_minute).await;
 
     assert!(
         operator.wait_exit(Duration::from_secs(90)),
@@ -450,7 +438,7 @@ async fn a_crash_after_create_and_downtime_make_no_extra_snapshots() {
         .patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"spec": {"snapshots": null}})),
+            &Patch::Merge(&json!({"spec": {"snapshots": null}})),
         )
         .await;
     for s in &now {

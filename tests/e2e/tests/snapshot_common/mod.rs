@@ -12,10 +12,13 @@ use std::time::Duration;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use pgml_api::common::keys;
-use pgml_api::snapshot::SnapshotPhase;
+use pgml_api::snapshot::{HoldState, SnapshotPhase};
 use pgml_api::{EbsSnapshot, ZfsPool};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::ec2_client;
+// Not every test that shares this module uses every helper (as `dead_code` above).
+#[allow(unused_imports)]
+pub use pgml_testbed::aws::{snapshot_tag as tag, snapshots_tagged};
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::nodes::{node_command, node_exec, node_exec_ok, node_write_random};
 use pgml_testbed::procs::{self, Proc};
@@ -125,41 +128,45 @@ impl Fixture {
             .unwrap()
     }
 
-    /// Waits until the snapshot reaches `phase`.
-    pub async fn wait_phase(&self, name: &str, phase: SnapshotPhase) -> EbsSnapshot {
+    /// Waits until the snapshot is `what` (`done` says so), failing with the logs' places.
+    pub async fn wait_snapshot(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&EbsSnapshot) -> bool,
+    ) -> EbsSnapshot {
         let logs = self.logs();
         try_wait_for(
             &self.snapshots(),
             name,
-            &format!("{phase:?}"),
-            SNAPSHOT_TIMEOUT,
+            what,
+            timeout,
             Duration::from_millis(250),
             || logs.clone(),
-            |s: &EbsSnapshot| phase_of(s) == Some(phase),
+            done,
         )
         .await
         .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Waits until the snapshot reaches `phase`.
+    pub async fn wait_phase(&self, name: &str, phase: SnapshotPhase) -> EbsSnapshot {
+        self.wait_snapshot(name, &format!("{phase:?}"), SNAPSHOT_TIMEOUT, |s| {
+            phase_of(s) == Some(phase)
+        })
+        .await
+    }
+
     /// Waits until the snapshot is Completed or Failed.
     pub async fn wait_settled(&self, name: &str) -> EbsSnapshot {
-        let logs = self.logs();
-        try_wait_for(
-            &self.snapshots(),
-            name,
-            "Completed or Failed",
-            SNAPSHOT_TIMEOUT,
-            Duration::from_millis(250),
-            || logs.clone(),
-            |s: &EbsSnapshot| {
-                matches!(
-                    phase_of(s),
-                    Some(SnapshotPhase::Completed | SnapshotPhase::Failed)
-                )
-            },
-        )
+        self.wait_snapshot(name, "Completed or Failed", SNAPSHOT_TIMEOUT, |s| {
+            matches!(
+                phase_of(s),
+                Some(SnapshotPhase::Completed | SnapshotPhase::Failed)
+            )
+        })
         .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub async fn delete_snapshot(&self, name: &str) {
@@ -205,6 +212,15 @@ impl Fixture {
 
 pub fn phase_of(s: &EbsSnapshot) -> Option<SnapshotPhase> {
     s.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Whether the agent's hold is over, `None` when it never held.
+pub fn hold_over(s: &EbsSnapshot) -> Option<bool> {
+    let hold = s.status.as_ref()?.hold.as_ref()?;
+    Some(matches!(
+        hold.state,
+        HoldState::Released | HoldState::Expired
+    ))
 }
 
 /// The Ready condition's reason.
@@ -304,36 +320,6 @@ pub fn has_standby_signal(node: &NodeInfo, pool: &str) -> bool {
     node_exec(node, &["test", "-e", &f])
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// Every live snapshot moto holds with tag `key=value`.
-pub async fn snapshots_tagged(
-    sb: &Sandbox,
-    key: &str,
-    value: &str,
-) -> Vec<aws_sdk_ec2::types::Snapshot> {
-    let ec2 = ec2_client(sb).await;
-    let filter = aws_sdk_ec2::types::Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build();
-    let out = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter)
-        .send()
-        .await
-        .expect("DescribeSnapshots through the simulator");
-    let mut v = out.snapshots().to_vec();
-    v.sort_by_key(|s| s.snapshot_id().unwrap_or_default().to_string());
-    v
-}
-
-pub fn tag<'a>(s: &'a aws_sdk_ec2::types::Snapshot, key: &str) -> Option<&'a str> {
-    s.tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
 }
 
 /// The snapshot IDs in the status of every EbsSnapshot of the namespace.
