@@ -653,3 +653,155 @@ async fn switchover_then_failover_at_the_object_level() {
     eprintln!("switchover and failover: {:?}", started.elapsed());
     f.finish().await;
 }
+
+/// Where a pool's pgdata dataset is mounted on its node (the agent's report).
+fn pgdata_mount(pool: &ZfsPool) -> Option<String> {
+    pool.status
+        .as_ref()?
+        .datasets
+        .iter()
+        .find(|d| d.name == "pgdata")?
+        .mount_path
+        .clone()
+}
+
+/// Scaling 1 → 2 seeds the new replica from a fresh EbsSnapshot of the primary (with
+/// standby.signal in the copy), restores its pool on a node of another zone, then makes
+/// its volume, claim and Pod; the seed goes once the replica streams. Scaling back to 1
+/// removes the replica's objects, never the primary's.
+#[tokio::test]
+async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica() {
+    use pgml_testbed::nodes::{node_exec_ok, node_path_exists};
+    let started = Instant::now();
+    let f = Fixture::start("clseed", &[]).await;
+    let mut m = manifest(1, json!({}));
+    m["spec"]["replicas"]["seedFrom"] = json!("Snapshot");
+    f.apply(&m).await;
+    let pools: Api<ZfsPool> = f.ns.api();
+    let logs = f.logs();
+    let p1 = wait_obj(&pools, "main-1", "pgdata mounted", &logs, |p: &ZfsPool| {
+        pgdata_mount(p).is_some()
+    })
+    .await;
+    f.wait_pod("main-1", "Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    // What initdb would have left in PGDATA (<mount>/pgdata), on the primary's node.
+    let node1 =
+        f.sb.nodes
+            .iter()
+            .find(|n| n.name == p1.spec.node_name)
+            .unwrap();
+    let pgdata = format!("{}/pgdata", pgdata_mount(&p1).unwrap());
+    node_exec_ok(node1, &["mkdir", "-p", &format!("{pgdata}/global")]).unwrap();
+    node_exec_ok(node1, &["touch", &format!("{pgdata}/PG_VERSION")]).unwrap();
+    node_exec_ok(
+        node1,
+        &[
+            "truncate",
+            "-s",
+            "8192",
+            &format!("{pgdata}/global/pg_control"),
+        ],
+    )
+    .unwrap();
+    node_exec_ok(node1, &["sync"]).unwrap();
+    f.report("main-1", primary("0/3000000")).await;
+    f.wait_cluster("Healthy", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| format!("{:?}", s.phase) == "Some(Healthy)")
+    })
+    .await;
+
+    // 1 → 2.
+    m["spec"]["instances"] = json!(2);
+    f.apply(&m).await;
+    let c = f
+        .wait_cluster("main-2 placed", |c| {
+            c.status.as_ref().is_some_and(|s| s.instances.len() == 2)
+        })
+        .await;
+    let i2 = c.status.unwrap().instances[1].clone();
+    assert_eq!(i2.seeded_from.as_deref(), Some("main-2-seed"));
+    assert_ne!(i2.node.as_deref(), Some(p1.spec.node_name.as_str()));
+    let snaps: Api<pgml_api::EbsSnapshot> = f.ns.api();
+    let seed = wait_obj(&snaps, "main-2-seed", "the seed snapshot", &logs, |_| true).await;
+    let src = seed.spec.source.cluster.clone().expect("a cluster source");
+    assert_eq!(
+        (src.name.as_str(), src.instance.as_deref()),
+        ("main", Some("main-1"))
+    );
+    let p2 = wait_obj(
+        &pools,
+        "main-2",
+        "restored and mounted",
+        &logs,
+        |p: &ZfsPool| pgdata_mount(p).is_some() && has_condition(p, "Ready", "True"),
+    )
+    .await;
+    assert_eq!(
+        p2.spec
+            .restore_from
+            .as_ref()
+            .map(|r| r.ebs_snapshot_name.as_str()),
+        Some("main-2-seed")
+    );
+    let node2 =
+        f.sb.nodes
+            .iter()
+            .find(|n| n.name == p2.spec.node_name)
+            .unwrap();
+    let copy = format!("{}/pgdata", pgdata_mount(&p2).unwrap());
+    assert!(
+        node_path_exists(node2, &format!("{copy}/standby.signal")).unwrap(),
+        "the restored copy starts as a standby"
+    );
+    assert!(
+        !node_path_exists(node1, &format!("{pgdata}/standby.signal")).unwrap(),
+        "the primary keeps no standby.signal"
+    );
+    f.wait_pod("main-2", "Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    assert!(
+        f.ns.api::<PersistentVolumeClaim>()
+            .get_opt("main-2")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // The replica streams: the seed is deleted, seededFrom stays.
+    f.report("main-2", replica("0/3000000")).await;
+    wait_gone(&snaps, "main-2-seed", TIMEOUT).await;
+    let c = f
+        .wait_cluster("Healthy with 2", |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.ready_instances == Some(2) && format!("{:?}", s.phase) == "Some(Healthy)"
+            })
+        })
+        .await;
+    assert_eq!(
+        c.status.unwrap().instances[1].seeded_from.as_deref(),
+        Some("main-2-seed")
+    );
+
+    // 2 → 1: the replica goes, the primary stays.
+    m["spec"]["instances"] = json!(1);
+    f.apply(&m).await;
+    f.wait_cluster("one instance", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.instances.len() == 1 && s.instances[0].name == "main-1")
+    })
+    .await;
+    wait_gone(&f.pods(), "main-2", TIMEOUT).await;
+    wait_gone(&pools, "main-2", TIMEOUT).await;
+    wait_gone(&f.ns.api::<PersistentVolumeClaim>(), "main-2", TIMEOUT).await;
+    assert!(f.pods().get_opt("main-1").await.unwrap().is_some());
+    eprintln!("seed and scale: {:?}", started.elapsed());
+    f.finish().await;
+}

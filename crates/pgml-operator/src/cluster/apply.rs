@@ -28,6 +28,9 @@ use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
 /// Field manager of the marks the controller changes on live Pods (role label, fence):
 /// a Pod's spec is immutable, so these are applied apart from the Pod that created it.
 pub const MARKS_MANAGER: &str = "pgml-operator-marks";
+/// Field manager of the seed EbsSnapshots: the EbsSnapshot controller applies their
+/// labels as `pgml-operator`, an apply that would drop a spec made by the same manager.
+pub const SEED_MANAGER: &str = "pgml-operator-cluster";
 
 /// An instance as recorded in status (or adopted from its objects) or just placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +98,15 @@ impl Run<'_> {
     /// Server-side applies `desired` unless the stored object already has every field of
     /// it. Returns whether it wrote.
     async fn ensure(&self, desired: &Value, stored: Stored) -> Result<bool, Error> {
+        self.ensure_as(FIELD_MANAGER, desired, stored).await
+    }
+
+    async fn ensure_as(
+        &self,
+        manager: &str,
+        desired: &Value,
+        stored: Stored,
+    ) -> Result<bool, Error> {
         let (api, name) = api_for(self.ctx, desired).ok_or(Error::Incomplete("kind or name"))?;
         let stored = match stored {
             Stored::Known(v) => v,
@@ -105,7 +117,7 @@ impl Run<'_> {
         }
         api.patch(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(desired),
         )
         .await?;
@@ -308,7 +320,8 @@ impl Run<'_> {
             None => match donor(members, current, &r.name) {
                 Some(d) => {
                     let body = self.b.seed_snapshot(r.n, &d);
-                    self.ensure(&body, Stored::Known(None)).await?;
+                    self.ensure_as(SEED_MANAGER, &body, Stored::Known(None))
+                        .await?;
                     self.note(
                         false,
                         "Seeding",
