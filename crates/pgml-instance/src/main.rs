@@ -76,7 +76,8 @@ struct Args {
         default_value = "/etc/pgml/replication"
     )]
     replication_secret_dir: PathBuf,
-    /// Seconds between two looks (each also on SIGTERM).
+    /// Seconds between two looks; the PgmlCluster or a Pod of the cluster changing brings
+    /// the next one forward.
     #[arg(long, env = "PGML_INTERVAL_SECONDS", default_value_t = 2)]
     interval_seconds: u64,
     #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
@@ -148,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
         "starting pgml-instance"
     );
     let client = kube::Client::try_default().await?;
+    let changed = view::watch_changes(client.clone(), &args.pod_namespace, &args.cluster_name);
     let mut m = Manager::new(
         pg,
         kube::Api::namespaced(client.clone(), &args.pod_namespace),
@@ -166,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = changed.notified() => {}
             _ = shutdown.requested() => break,
         }
     }

@@ -1,6 +1,11 @@
 //! The cluster as this instance reads it: its PgmlCluster and the cluster's Pods.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
@@ -29,6 +34,36 @@ pub async fn fetch(
         .await
         .context("listing the cluster's Pods")?;
     build(&c, &list.items, me)
+}
+
+/// Watches the PgmlCluster and the cluster's Pods; notifies on every change (a missed
+/// watch only delays the next look to the regular tick).
+pub fn watch_changes(client: kube::Client, namespace: &str, cluster: &str) -> Arc<Notify> {
+    let notify = Arc::new(Notify::new());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let clusters: Api<PgmlCluster> = Api::namespaced(client, namespace);
+    let pod_events = watcher(
+        pods,
+        watcher::Config::default().labels(&format!("{CLUSTER_LABEL}={cluster}")),
+    )
+    .default_backoff()
+    .map(|_| ())
+    .boxed();
+    let cluster_events = watcher(
+        clusters,
+        watcher::Config::default().fields(&format!("metadata.name={cluster}")),
+    )
+    .default_backoff()
+    .map(|_| ())
+    .boxed();
+    let n = notify.clone();
+    tokio::spawn(async move {
+        let mut events = futures::stream::select(pod_events, cluster_events);
+        while events.next().await.is_some() {
+            n.notify_one();
+        }
+    });
+    notify
 }
 
 /// The view from already-read objects (pure, for tests).
