@@ -805,3 +805,63 @@ async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica()
     eprintln!("seed and scale: {:?}", started.elapsed());
     f.finish().await;
 }
+
+/// The ext4 path: a claim of the given class per instance (node preselected), no pool, no
+/// PersistentVolume and so no finalizer; replicas get empty storage (pg_basebackup).
+#[tokio::test]
+async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
+    let started = Instant::now();
+    let f = Fixture::start("clext4", &[]).await;
+    let mut m = manifest(2, json!({}));
+    m["spec"]["storage"] =
+        json!({"persistentVolumeClaim": {"storageClassName": "gp3-ext4", "size": "2Gi"}});
+    m["spec"]["replicas"] = json!({});
+    f.apply(&m).await;
+    let c = f
+        .wait_cluster("2 instances with Pods", |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.instances.len() == 2 && s.phase.is_some())
+        })
+        .await;
+    let st = c.status.clone().unwrap();
+    assert_eq!(
+        st.instances[1].seeded_from.as_deref(),
+        Some("pg_basebackup")
+    );
+    assert!(
+        c.finalizers().is_empty(),
+        "no PV, no finalizer: {:?}",
+        c.finalizers()
+    );
+    let claims: Api<PersistentVolumeClaim> = f.ns.api();
+    for i in &st.instances {
+        let pvc = wait_obj(&claims, &i.name, "the claim", &f.logs(), |_| true).await;
+        let spec = pvc.spec.clone().unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("gp3-ext4"));
+        assert_eq!(spec.volume_name, None);
+        assert_eq!(
+            pvc.annotations().get("volume.kubernetes.io/selected-node"),
+            i.node.as_ref()
+        );
+        let pod = f.wait_pod(&i.name, "created", |_| true).await;
+        assert_eq!(pod.spec.unwrap().node_name, i.node);
+    }
+    assert_ne!(st.instances[0].node, st.instances[1].node);
+    let pools =
+        f.ns.api::<ZfsPool>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    assert!(pools.items.is_empty(), "no pool on the ext4 path");
+    f.clusters()
+        .delete(CLUSTER, &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_gone(&f.clusters(), CLUSTER, TIMEOUT).await;
+    for i in &st.instances {
+        wait_gone(&claims, &i.name, TIMEOUT).await;
+    }
+    eprintln!("ext4: {:?}", started.elapsed());
+    f.finish().await;
+}

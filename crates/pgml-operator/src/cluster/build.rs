@@ -205,6 +205,10 @@ impl<'a> Builder<'a> {
             ("PGPORT", PORT.to_string()),
             ("PGML_CONFIG_DIR", CONFIG_DIR.into()),
             ("PGML_SECRETS_DIR", SECRETS_DIR.into()),
+            (
+                "PGML_REPLICATION_SECRET_DIR",
+                format!("{SECRETS_DIR}/replication"),
+            ),
         ] {
             env.push(json!({"name": k, "value": v}));
         }
@@ -495,6 +499,10 @@ mod tests {
         assert_eq!(get("CLUSTER_NAME")["value"], "main");
         assert_eq!(get("PGDATA")["value"], PGDATA);
         assert_eq!(get("PGPORT")["value"], "5432");
+        assert_eq!(
+            get("PGML_REPLICATION_SECRET_DIR")["value"],
+            "/etc/pgml/secrets/replication"
+        );
         assert_eq!(
             s["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "main-2"
