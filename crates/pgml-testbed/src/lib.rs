@@ -4,6 +4,7 @@
 //! A test that runs without it fails loudly and says how to start it; nothing is skipped.
 
 pub mod aws;
+pub mod failpoint;
 pub mod kube;
 pub mod manifests;
 pub mod nodes;

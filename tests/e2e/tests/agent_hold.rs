@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hold_common::*;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use pgml_api::snapshot::HoldState;
 use pgml_api::{EbsSnapshot, ZfsPool};
 use pgml_testbed::Sandbox;
@@ -23,7 +23,6 @@ use pgml_testbed::wait::{has_condition, wait_for, wait_gone};
 use serde_json::json;
 
 const POOL_TIMEOUT: Duration = Duration::from_secs(180);
-const HOLD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A namespace with a Ready single-volume pool on one node, its agent running and the
 /// operator stopped (so that only the test writes the controller's EbsSnapshot fields).
@@ -36,6 +35,7 @@ struct ZfsBed {
     /// The pool's pgdata dataset mount, holding a fake data directory.
     pgdata: String,
     api: Api<EbsSnapshot>,
+    records: Records,
 }
 
 impl ZfsBed {
@@ -66,6 +66,7 @@ impl ZfsBed {
         assert!(operator.stop(Duration::from_secs(20)), "operator stops");
         let pgdata = format!("{}/{pool}/pgdata", node.mnt_dir.display());
         let api = ns.api();
+        let records = Records::of(node, ns.name());
         ZfsBed {
             ns,
             node,
@@ -74,6 +75,7 @@ impl ZfsBed {
             pool: pool.to_string(),
             pgdata,
             api,
+            records,
         }
     }
 
@@ -105,32 +107,10 @@ impl ZfsBed {
         .await
     }
 
-    fn record_exists(&self, o: &EbsSnapshot) -> bool {
-        record_exists(
-            self.node,
-            self.ns.name(),
-            o.metadata.uid.as_deref().unwrap(),
-        )
-    }
-
-    fn record_gone(&self, o: &EbsSnapshot) -> bool {
-        record_gone(
-            self.node,
-            self.ns.name(),
-            o.metadata.uid.as_deref().unwrap(),
-        )
-    }
-
     /// Snapshots first (no finalizer: the operator never saw them), then the pool with
     /// the operator back to delete its volume.
     async fn teardown(mut self) {
-        let snaps = self.api.list(&ListParams::default()).await.unwrap();
-        for s in snaps {
-            let _ = self
-                .api
-                .delete(&s.metadata.name.unwrap(), &DeleteParams::default())
-                .await;
-        }
+        delete_snapshots(&self.api).await;
         self.operator.start();
         let pools: Api<ZfsPool> = self.ns.api();
         let _ = pools.delete(&self.pool, &DeleteParams::default()).await;
@@ -139,10 +119,6 @@ impl ZfsBed {
         self.agent.stop(Duration::from_secs(20));
         self.ns.cleanup().await;
     }
-}
-
-fn millis(t: &Option<pgml_api::common::Time>) -> i64 {
-    t.as_ref().expect("timestamp").0.as_millisecond()
 }
 
 #[tokio::test]
@@ -161,7 +137,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
             .is_some_and(|m| m.contains("no PostgreSQL data directory")),
         "{hold:?}"
     );
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
     assert!(!bed.signal_exists());
 
     fake_pgdata(node, &bed.pgdata);
@@ -184,7 +160,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     assert!(bed.signal_exists(), "standby.signal while Held");
     // Owned like PG_VERSION, readable by its owner only.
     assert_eq!(owner_and_mode(node, &bed.signal()), "999:999:600");
-    assert!(bed.record_exists(&o), "the hold record while Held");
+    assert!(bed.records.exists(&o), "the hold record while Held");
     assert_agent_fields_only(&o);
     assert_eq!(st.phase, Some(pgml_api::snapshot::SnapshotPhase::Preparing));
 
@@ -204,7 +180,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     assert!(millis(&hold.released_at) < millis(&hold.deadline));
     assert_eq!(st.frozen_millis, None);
     assert!(
-        bed.record_gone(&o),
+        bed.records.gone(&o),
         "the record is deleted after the release"
     );
     assert_eq!(
@@ -270,7 +246,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     );
     assert!(hold.message.is_some_and(|m| m.contains("deadline")));
     assert!(st.standby_signal.unwrap().removed);
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
 
     // Deleted while Held, with the controller's finalizer still on it: released on the
     // deletionTimestamp, reported on the deleting object.
@@ -284,7 +260,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
     let o = wait_hold(&s, HoldState::Released, HOLD_TIMEOUT, &bed.agent).await;
     assert!(o.metadata.deletion_timestamp.is_some());
     assert!(!bed.signal_exists(), "standby.signal removed on deletion");
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
     bed.api
         .patch(
             "deleting",
@@ -308,7 +284,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
         !bed.signal_exists(),
         "standby.signal left after the object went away"
     );
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
 
     // Stopped (SIGTERM) while Held: the agent sees the hold through to its end before it
     // exits, rather than leave standby.signal to whoever comes next.
@@ -321,10 +297,7 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
         "a clean exit\n{}",
         tail(&bed.agent)
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     assert!(
         now >= deadline,
         "exited {} ms before the deadline",
@@ -340,30 +313,15 @@ async fn zfs_hold_stamps_while_held_releases_and_expires() {
 /// Kills the agent at `fp` during one snapshot's flow, restarts it unarmed, and checks that
 /// the flow still ends with nothing of the hold left.
 async fn killed_at(bed: &mut ZfsBed, i: usize, fp: &str) {
-    bed.agent.stop(Duration::from_secs(20));
-    bed.agent.set_env("PGML_FAILPOINTS", fp);
-    bed.agent.start();
+    arm(&mut bed.agent, fp);
     let mut s = bed.snapshot(&format!("kill-{i}"), "Auto", 20).await;
     s.phase("Preparing").await;
-    let died = |agent: &mut Proc| {
-        assert!(
-            agent.wait_exit(HOLD_TIMEOUT),
-            "the agent did not die at {fp}\n{}",
-            tail(agent)
-        );
-        assert!(
-            agent.log().contains(&format!("failpoint {fp}")),
-            "{}",
-            tail(agent)
-        );
-        agent.unset_env("PGML_FAILPOINTS");
-    };
     match fp {
         "hold.after-record" | "hold.after-stamp" => {
-            died(&mut bed.agent);
+            died_at(&mut bed.agent, fp);
             let o = s.get().await;
             assert!(
-                bed.record_exists(&o),
+                bed.records.exists(&o),
                 "the record is written before anything"
             );
             assert_eq!(bed.signal_exists(), fp == "hold.after-stamp");
@@ -377,7 +335,7 @@ async fn killed_at(bed: &mut ZfsBed, i: usize, fp: &str) {
         }
         "hold.after-held" => {
             wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
-            died(&mut bed.agent);
+            died_at(&mut bed.agent, fp);
             bed.agent.start();
             // The operator may be capturing right now: a restarted agent keeps the stamp.
             s.phase("Capturing").await;
@@ -392,14 +350,14 @@ async fn killed_at(bed: &mut ZfsBed, i: usize, fp: &str) {
         _ => {
             wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
             s.phase("Finalizing").await;
-            died(&mut bed.agent);
+            died_at(&mut bed.agent, fp);
             assert!(bed.signal_exists(), "died before removing it");
             bed.agent.start();
         }
     }
     let o = wait_hold(&s, HoldState::Released, HOLD_TIMEOUT, &bed.agent).await;
     assert!(!bed.signal_exists(), "standby.signal left after {fp}");
-    assert!(bed.record_gone(&o), "hold record left after {fp}");
+    assert!(bed.records.gone(&o), "hold record left after {fp}");
     assert!(o.status.unwrap().standby_signal.unwrap().removed);
 }
 
@@ -420,9 +378,7 @@ async fn zfs_hold_agent_killed_at_each_failpoint() {
 
     // Dead across the deadline with nobody releasing: the restarted agent expires the hold
     // at once (start-up pass) and removes standby.signal.
-    bed.agent.stop(Duration::from_secs(20));
-    bed.agent.set_env("PGML_FAILPOINTS", "hold.after-held");
-    bed.agent.start();
+    arm(&mut bed.agent, "hold.after-held");
     let mut s = bed.snapshot("dead-past-deadline", "Auto", 3).await;
     s.phase("Preparing").await;
     wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
@@ -436,7 +392,7 @@ async fn zfs_hold_agent_killed_at_each_failpoint() {
         !bed.signal_exists(),
         "standby.signal left past the deadline"
     );
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
 
     // Restarted while the API server does not answer it: the sweep still ends the hold on
     // the node at its deadline; the status follows once the API server answers again.
@@ -444,7 +400,6 @@ async fn zfs_hold_agent_killed_at_each_failpoint() {
     s.phase("Preparing").await;
     let o = wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
     let deadline = millis(&o.status.as_ref().unwrap().hold.as_ref().unwrap().deadline);
-    let uid = o.metadata.uid.clone().unwrap();
     bed.agent.kill();
     let sb = Sandbox::get();
     let good = sb.kube.kubeconfig.display().to_string();
@@ -457,10 +412,7 @@ async fn zfs_hold_agent_killed_at_each_failpoint() {
     std::fs::write(&bad, text.replace(&sb.kube.server, "https://127.0.0.1:1")).unwrap();
     bed.agent.set_env("KUBECONFIG", &bad.display().to_string());
     bed.agent.start();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     tokio::time::sleep(Duration::from_millis(
         (deadline - now).max(0) as u64 + 2_500,
     ))
@@ -470,16 +422,15 @@ async fn zfs_hold_agent_killed_at_each_failpoint() {
         "standby.signal left past the deadline with the API server away\n{}",
         tail(&bed.agent)
     );
-    let record =
-        std::fs::read_to_string(state_dir(bed.node, bed.ns.name()).join(format!("{uid}.json")))
-            .expect("the record stays until the status is written");
+    let record = std::fs::read_to_string(bed.records.path(&o))
+        .expect("the record stays until the status is written");
     assert!(record.contains("\"undone\""), "{record}");
     assert_eq!(hold_state(&s.get().await), Some(HoldState::Held));
     bed.agent.kill();
     bed.agent.set_env("KUBECONFIG", &good);
     bed.agent.start();
     let o = wait_hold(&s, HoldState::Expired, HOLD_TIMEOUT, &bed.agent).await;
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
     let _ = std::fs::remove_file(&bad);
 
     bed.teardown().await;

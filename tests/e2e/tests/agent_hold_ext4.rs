@@ -9,11 +9,10 @@
 mod hold_common;
 
 use std::process::Child;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hold_common::*;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
 use pgml_api::EbsSnapshot;
 use pgml_api::snapshot::HoldState;
 use pgml_testbed::Sandbox;
@@ -23,8 +22,6 @@ use pgml_testbed::nodes::{NodeExt4, node_command, node_exec, node_path_exists};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
 use serde_json::json;
-
-const HOLD_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Ext4Bed {
     ns: TestNamespace,
@@ -36,6 +33,7 @@ struct Ext4Bed {
     fs: NodeExt4,
     pgdata: String,
     writes: u32,
+    records: Records,
 }
 
 impl Ext4Bed {
@@ -99,6 +97,7 @@ impl Ext4Bed {
         fake_pgdata(node, &pgdata);
         let agent = procs::agent(sb, node, ns.name());
         let api = ns.api();
+        let records = Records::of(node, ns.name());
         Ext4Bed {
             ns,
             node,
@@ -109,6 +108,7 @@ impl Ext4Bed {
             fs,
             pgdata,
             writes: 0,
+            records,
         }
     }
 
@@ -155,30 +155,8 @@ impl Ext4Bed {
         );
     }
 
-    fn record_exists(&self, o: &EbsSnapshot) -> bool {
-        record_exists(
-            self.node,
-            self.ns.name(),
-            o.metadata.uid.as_deref().unwrap(),
-        )
-    }
-
-    fn record_gone(&self, o: &EbsSnapshot) -> bool {
-        record_gone(
-            self.node,
-            self.ns.name(),
-            o.metadata.uid.as_deref().unwrap(),
-        )
-    }
-
     async fn teardown(mut self) {
-        let snaps = self.api.list(&ListParams::default()).await.unwrap();
-        for s in snaps {
-            let _ = self
-                .api
-                .delete(&s.metadata.name.unwrap(), &DeleteParams::default())
-                .await;
-        }
+        delete_snapshots(&self.api).await;
         self.agent.stop(Duration::from_secs(20));
         self.fs
             .remove()
@@ -220,17 +198,6 @@ fn finish(c: &mut Child, limit: Duration) -> (Option<i32>, Duration) {
     panic!("the write did not finish within {limit:?}: the file system stayed frozen");
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn millis(t: &Option<pgml_api::common::Time>) -> i64 {
-    t.as_ref().expect("timestamp").0.as_millisecond()
-}
-
 #[tokio::test]
 async fn ext4_frozen_while_held_thawed_at_release_or_deadline() {
     let mut bed = Ext4Bed::start("holdext4", 2).await;
@@ -248,7 +215,7 @@ async fn ext4_frozen_while_held_thawed_at_release_or_deadline() {
     assert!(sig.stamped && !sig.removed && !sig.already_present);
     let uid = o.metadata.uid.clone().unwrap();
     assert_eq!(guards_of(&uid).len(), 1, "one freeze guard");
-    assert!(bed.record_exists(&o), "the hold record while Held");
+    assert!(bed.records.exists(&o), "the hold record while Held");
     let mut w = bed.start_write(30);
     assert!(
         still_blocked(&mut w, Duration::from_millis(1500)),
@@ -266,7 +233,7 @@ async fn ext4_frozen_while_held_thawed_at_release_or_deadline() {
     assert!(st.standby_signal.unwrap().removed);
     assert!(!bed.signal_exists(), "standby.signal removed at release");
     assert!(guards_of(&uid).is_empty(), "the guard exited");
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
     assert_agent_fields_only(&o);
 
     // The "operator" dies and the agent is SIGKILLed while frozen: the guard thaws at the
@@ -308,7 +275,7 @@ async fn ext4_frozen_while_held_thawed_at_release_or_deadline() {
         .frozen_millis
         .expect("frozenMillis from the guard's output");
     assert!((2_000..4_500).contains(&frozen), "frozenMillis {frozen}");
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
 
     // The guard is SIGKILLed while frozen: the agent thaws with fsfreeze -u itself.
     let mut s = bed.snapshot("guard-killed", 20).await;
@@ -340,23 +307,12 @@ async fn ext4_frozen_while_held_thawed_at_release_or_deadline() {
 /// The agent killed at `fp` in one snapshot's flow, restarted unarmed: the flow ends with
 /// the file system thawed, no guard, no standby.signal of ours and no record.
 async fn killed_at(bed: &mut Ext4Bed, i: usize, fp: &str) {
-    bed.agent.stop(Duration::from_secs(20));
-    bed.agent.set_env("PGML_FAILPOINTS", fp);
-    bed.agent.start();
+    arm(&mut bed.agent, fp);
     let mut s = bed.snapshot(&format!("kill-{i}"), 20).await;
     s.phase("Preparing").await;
-    let died = |agent: &mut Proc| {
-        assert!(
-            agent.wait_exit(HOLD_TIMEOUT),
-            "the agent did not die at {fp}\n{}",
-            tail(agent)
-        );
-        assert!(agent.log().contains(&format!("failpoint {fp}")));
-        agent.unset_env("PGML_FAILPOINTS");
-    };
     match fp {
         "hold.after-record" | "hold.after-stamp" | "hold.after-freeze" => {
-            died(&mut bed.agent);
+            died_at(&mut bed.agent, fp);
             if fp == "hold.after-freeze" {
                 let mut w = bed.start_write(30);
                 assert!(still_blocked(&mut w, Duration::from_millis(500)));
@@ -376,7 +332,7 @@ async fn killed_at(bed: &mut Ext4Bed, i: usize, fp: &str) {
         }
         "hold.after-held" => {
             wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
-            died(&mut bed.agent);
+            died_at(&mut bed.agent, fp);
             bed.agent.start();
             s.phase("Capturing").await;
             let mut w = bed.start_write(30);
@@ -391,7 +347,7 @@ async fn killed_at(bed: &mut Ext4Bed, i: usize, fp: &str) {
         _ => {
             wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
             s.phase("Finalizing").await;
-            died(&mut bed.agent);
+            died_at(&mut bed.agent, fp);
             bed.agent.start();
         }
     }
@@ -400,7 +356,7 @@ async fn killed_at(bed: &mut Ext4Bed, i: usize, fp: &str) {
     bed.assert_writable(fp);
     assert!(guards_of(&uid).is_empty(), "a guard left after {fp}");
     assert!(!bed.signal_exists(), "standby.signal left after {fp}");
-    assert!(bed.record_gone(&o), "hold record left after {fp}");
+    assert!(bed.records.gone(&o), "hold record left after {fp}");
     let st = o.status.unwrap();
     assert!(st.standby_signal.unwrap().removed);
     assert!(st.frozen_millis.is_some(), "{fp}: frozenMillis");
@@ -423,9 +379,8 @@ async fn ext4_hold_agent_killed_at_each_failpoint() {
     s.phase("Preparing").await;
     let o = wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
     bed.agent.kill();
-    let dir = state_dir(bed.node, bed.ns.name());
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(!bed.record_exists(&o));
+    std::fs::remove_dir_all(&bed.records.dir).unwrap();
+    assert!(!bed.records.exists(&o));
     bed.agent.start();
     s.phase("Capturing").await;
     let mut w = bed.start_write(30);
@@ -444,7 +399,7 @@ async fn ext4_hold_agent_killed_at_each_failpoint() {
     );
     let uid = o.metadata.uid.clone().unwrap();
     assert!(guards_of(&uid).is_empty());
-    assert!(bed.record_gone(&o));
+    assert!(bed.records.gone(&o));
     assert!(o.status.unwrap().standby_signal.unwrap().removed);
 
     bed.teardown().await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use pgml_api::common::keys;
 use pgml_api::snapshot::SnapshotPhase;
+use pgml_testbed::failpoint;
 use pgml_testbed::wait::wait_gone;
 use snapshot_common::*;
 
@@ -23,27 +24,14 @@ const FAILPOINTS: [&str; 5] = [
 
 /// Restarts the operator with `failpoint` armed (or none).
 fn restart_operator(f: &mut Fixture, failpoint: Option<&str>) {
-    f.operator.stop(Duration::from_secs(10));
-    match failpoint {
-        Some(fp) => f.operator.set_env("PGML_FAILPOINTS", fp),
-        None => f.operator.unset_env("PGML_FAILPOINTS"),
-    }
-    f.operator.start();
+    failpoint::restart_armed(&mut f.operator, failpoint, Duration::from_secs(10));
 }
 
 /// The operator dies at its armed failpoint; then it is started again, unarmed.
 fn expect_death_and_restart(f: &mut Fixture, fp: &str) {
-    assert!(
-        f.operator.wait_exit(Duration::from_secs(60)),
-        "the operator did not reach failpoint {fp}\n{}",
-        f.logs()
-    );
-    assert!(
-        f.operator.log().contains(&format!("failpoint {fp}")),
-        "the operator exited, but not at {fp}\n{}",
-        f.logs()
-    );
-    f.operator.unset_env("PGML_FAILPOINTS");
+    if let Err(e) = failpoint::died_at(&mut f.operator, fp, Duration::from_secs(60)) {
+        panic!("the operator: {e}\n{}", f.logs());
+    }
     f.operator.start();
 }
 

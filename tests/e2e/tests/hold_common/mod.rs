@@ -6,13 +6,14 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pgml_api::EbsSnapshot;
-use pgml_api::common::keys;
+use pgml_api::common::{Time, keys};
 use pgml_api::snapshot::HoldState;
+use pgml_testbed::failpoint;
 use pgml_testbed::nodes::node_exec_ok;
 use pgml_testbed::procs::Proc;
 use pgml_testbed::sandbox::NodeInfo;
@@ -21,6 +22,9 @@ use serde_json::{Value, json};
 
 /// The field manager the test writes the controller's fields with.
 pub const TEST_OPERATOR: &str = "test-operator";
+
+/// How long the agent may take for a step of the hold.
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Every agent failpoint of the hold, in flow order (docs/design/ebssnapshot.md).
 pub const FAILPOINTS: &[&str] = &[
@@ -150,28 +154,74 @@ pub async fn wait_hold(
     .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Where the agent of `namespace` on `node` keeps its hold records (as procs::agent sets it).
-pub fn state_dir(node: &NodeInfo, namespace: &str) -> PathBuf {
-    node.root.join("agent-state").join(namespace)
+/// The hold records the agent of one namespace keeps on a node (where procs::agent puts
+/// them), one file per snapshot UID.
+pub struct Records {
+    pub dir: PathBuf,
 }
 
-/// Whether the record is gone, or goes within 3 seconds: the agent deletes it right after
-/// the status write the test saw.
-pub fn record_gone(node: &NodeInfo, namespace: &str, uid: &str) -> bool {
-    let start = std::time::Instant::now();
-    while record_exists(node, namespace, uid) {
-        if start.elapsed() > Duration::from_secs(3) {
-            return false;
+impl Records {
+    pub fn of(node: &NodeInfo, namespace: &str) -> Records {
+        Records {
+            dir: node.root.join("agent-state").join(namespace),
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    true
+
+    pub fn path(&self, o: &EbsSnapshot) -> PathBuf {
+        let uid = o.metadata.uid.as_deref().expect("uid");
+        self.dir.join(format!("{uid}.json"))
+    }
+
+    pub fn exists(&self, o: &EbsSnapshot) -> bool {
+        self.path(o).exists()
+    }
+
+    /// Whether the record is gone, or goes within 3 seconds: the agent deletes it right
+    /// after the status write the test saw.
+    pub fn gone(&self, o: &EbsSnapshot) -> bool {
+        let start = std::time::Instant::now();
+        while self.exists(o) {
+            if start.elapsed() > Duration::from_secs(3) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
-pub fn record_exists(node: &NodeInfo, namespace: &str, uid: &str) -> bool {
-    state_dir(node, namespace)
-        .join(format!("{uid}.json"))
-        .exists()
+/// Deletes every EbsSnapshot of the test (none has a finalizer: the operator never saw
+/// them).
+pub async fn delete_snapshots(api: &Api<EbsSnapshot>) {
+    for s in api.list(&ListParams::default()).await.unwrap() {
+        let _ = api
+            .delete(&s.metadata.name.unwrap(), &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Restarts the agent with failpoint `fp` armed.
+pub fn arm(agent: &mut Proc, fp: &str) {
+    failpoint::restart_armed(agent, Some(fp), Duration::from_secs(20));
+}
+
+/// The agent dies at its armed failpoint `fp`; it is disarmed for its next start.
+pub fn died_at(agent: &mut Proc, fp: &str) {
+    if let Err(e) = failpoint::died_at(agent, fp, HOLD_TIMEOUT) {
+        panic!("the agent: {e}\n{}", tail(agent));
+    }
+}
+
+/// Milliseconds since the epoch of a status time.
+pub fn millis(t: &Option<Time>) -> i64 {
+    t.as_ref().expect("timestamp").0.as_millisecond()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// PIDs of running freeze guards of snapshot `uid` (found by command line, as the agent
