@@ -62,6 +62,13 @@ async fn create_pod(api: &Api<Pod>, p: &Pod) -> Pod {
         .unwrap_or_else(|e| panic!("creating pod {:?}: {e}", p.metadata.name))
 }
 
+/// Creates the Pod and waits until kwok has it Running and Ready.
+async fn run_pod(api: &Api<Pod>, p: &Pod) -> Pod {
+    create_pod(api, p).await;
+    let name = p.metadata.name.as_deref().expect("pod name");
+    wait_for(api, name, "Running and Ready", TIMEOUT, running_and_ready).await
+}
+
 /// Every sandbox node is Ready, with the providerID, zone and labels the sandbox gave it,
 /// the InternalIP of its name, no taint, and a node Lease that kwok keeps renewing.
 #[tokio::test]
@@ -151,20 +158,12 @@ async fn a_pod_bound_to_a_node_runs_and_goes_when_deleted() {
     let pods: Api<Pod> = ns.api();
     let node = &sb.nodes[1 % sb.nodes.len()];
 
-    let p = create_pod(
+    let p = run_pod(
         &pods,
         &pod("instance-1", &node.name, json!({"app": "x"}), true),
     )
     .await;
     let uid = p.metadata.uid.clone().unwrap();
-    let p = wait_for(
-        &pods,
-        "instance-1",
-        "Running and Ready",
-        TIMEOUT,
-        running_and_ready,
-    )
-    .await;
     let s = p.status.as_ref().unwrap();
     assert!(has_condition(&p, "Initialized", "True"), "{s:?}");
     assert!(has_condition(&p, "ContainersReady", "True"), "{s:?}");
@@ -191,17 +190,9 @@ async fn a_pod_bound_to_a_node_runs_and_goes_when_deleted() {
     );
 
     // A second Pod on the same node gets another IP.
-    create_pod(
+    let p2 = run_pod(
         &pods,
         &pod("instance-2", &node.name, json!({"app": "y"}), false),
-    )
-    .await;
-    let p2 = wait_for(
-        &pods,
-        "instance-2",
-        "Running and Ready",
-        TIMEOUT,
-        running_and_ready,
     )
     .await;
     assert_ne!(p2.status.unwrap().pod_ip.unwrap(), ip.to_string());
@@ -218,17 +209,9 @@ async fn a_pod_bound_to_a_node_runs_and_goes_when_deleted() {
         start.elapsed()
     );
     // ... and the same name can be used again at once, as the operator will on a restart.
-    create_pod(
+    let again = run_pod(
         &pods,
         &pod("instance-1", &node.name, json!({"app": "x"}), true),
-    )
-    .await;
-    let again = wait_for(
-        &pods,
-        "instance-1",
-        "Running and Ready",
-        TIMEOUT,
-        running_and_ready,
     )
     .await;
     assert_ne!(again.metadata.uid.unwrap(), uid);
@@ -255,7 +238,7 @@ async fn a_service_gets_the_pod_ip_in_its_endpointslice() {
     }))
     .unwrap();
     services.create(&PostParams::default(), &svc).await.unwrap();
-    create_pod(
+    let p = run_pod(
         &pods,
         &pod(
             "primary",
@@ -263,14 +246,6 @@ async fn a_service_gets_the_pod_ip_in_its_endpointslice() {
             json!({"pgml.io/role": "primary"}),
             false,
         ),
-    )
-    .await;
-    let p = wait_for(
-        &pods,
-        "primary",
-        "Running and Ready",
-        TIMEOUT,
-        running_and_ready,
     )
     .await;
     let ip = p.status.unwrap().pod_ip.unwrap();
