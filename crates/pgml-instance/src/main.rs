@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use pgml_runtime::{LogFormat, Shutdown, init_logging};
 
-use crate::manager::Manager;
+use crate::manager::{Identity, Manager};
 use crate::postgres::{Pg, drop_to_postgres};
 
 #[derive(Parser, Debug)]
@@ -76,6 +76,13 @@ struct Args {
         default_value = "/etc/pgml/replication"
     )]
     replication_secret_dir: PathBuf,
+    /// The cluster's ConfigMap: its `postgresql.conf` is included before this process's own
+    /// settings, its `pg_hba.conf` is the `hba_file`. Files absent: initdb's own are used.
+    #[arg(long, env = "PGML_CONFIG_DIR", default_value = "/etc/pgml/config")]
+    config_dir: PathBuf,
+    /// The Secrets, mounted: `superuser/{username,password}` sets the superuser's password.
+    #[arg(long, env = "PGML_SECRETS_DIR", default_value = "/etc/pgml/secrets")]
+    secrets_dir: PathBuf,
     /// Seconds between two looks; the PgmlCluster or a Pod of the cluster changing brings
     /// the next one forward.
     #[arg(long, env = "PGML_INTERVAL_SECONDS", default_value_t = 2)]
@@ -137,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         superuser: args.superuser.clone(),
         local_auth: args.local_auth.clone(),
         host_auth: args.host_auth.clone(),
+        config_dir: Some(args.config_dir.clone()),
         drop_to: drop_to_postgres()?,
     };
     tracing::info!(
@@ -152,12 +160,15 @@ async fn main() -> anyhow::Result<()> {
     let changed = view::watch_changes(client.clone(), &args.pod_namespace, &args.cluster_name);
     let mut m = Manager::new(
         pg,
-        kube::Api::namespaced(client.clone(), &args.pod_namespace),
-        kube::Api::namespaced(client, &args.pod_namespace),
-        args.cluster_name.clone(),
-        args.pod_name.clone(),
-        format!("{host}:{}", args.pgport),
-        args.replication_secret_dir.clone(),
+        client,
+        &args.pod_namespace,
+        Identity {
+            cluster: args.cluster_name.clone(),
+            instance: args.pod_name.clone(),
+            address: format!("{host}:{}", args.pgport),
+            replication_secret: args.replication_secret_dir.clone(),
+            superuser_secret: args.secrets_dir.join("superuser"),
+        },
     );
     m.recover_demotion().await;
     let every = Duration::from_secs(args.interval_seconds.max(1));

@@ -30,12 +30,23 @@ pub struct Manager {
     pub me: String,
     pub address: String,
     pub secret_dir: PathBuf,
+    pub superuser_secret_dir: PathBuf,
     demoted_lsn: Option<Lsn>,
     last_start: Option<Instant>,
     crashes: u32,
     was_running: bool,
     replication_role_ready: bool,
     last_report: Option<(InstanceReport, Instant)>,
+}
+
+/// Who this instance is, and where its secrets are.
+pub struct Identity {
+    pub cluster: String,
+    pub instance: String,
+    /// `host:port` reported to the other instances.
+    pub address: String,
+    pub replication_secret: PathBuf,
+    pub superuser_secret: PathBuf,
 }
 
 /// Delay before the n-th consecutive restart of a server that keeps exiting.
@@ -47,23 +58,16 @@ pub fn backoff(crashes: u32) -> Duration {
 }
 
 impl Manager {
-    pub fn new(
-        pg: Pg,
-        pods: Api<Pod>,
-        clusters: Api<PgmlCluster>,
-        cluster: String,
-        me: String,
-        address: String,
-        secret_dir: PathBuf,
-    ) -> Manager {
+    pub fn new(pg: Pg, client: kube::Client, namespace: &str, who: Identity) -> Manager {
         Manager {
             pg,
-            pods,
-            clusters,
-            cluster,
-            me,
-            address,
-            secret_dir,
+            pods: Api::namespaced(client.clone(), namespace),
+            clusters: Api::namespaced(client, namespace),
+            cluster: who.cluster,
+            me: who.instance,
+            address: who.address,
+            secret_dir: who.replication_secret,
+            superuser_secret_dir: who.superuser_secret,
             demoted_lsn: None,
             last_start: None,
             crashes: 0,
@@ -284,6 +288,11 @@ impl Manager {
         if !self.replication_role_ready {
             if let Some(creds) = self.credentials() {
                 self.pg.ensure_replication_role(&creds).await?;
+            }
+            match Credentials::read(&self.superuser_secret_dir) {
+                Ok(Some(su)) => self.pg.set_superuser_password(&su).await?,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "superuser secret ignored"),
             }
             self.replication_role_ready = true;
         }

@@ -76,6 +76,8 @@ pub struct Pg {
     pub superuser: String,
     pub local_auth: String,
     pub host_auth: String,
+    /// The cluster's ConfigMap (`postgresql.conf`, `pg_hba.conf`), when mounted.
+    pub config_dir: Option<PathBuf>,
     /// The `postgres` user's uid/gid when this process is root (programs are run through
     /// `runuser`, files written are given to it); None when already unprivileged.
     pub drop_to: Option<(u32, u32)>,
@@ -516,6 +518,23 @@ impl Pg {
         Ok(())
     }
 
+    /// Sets the superuser's password (from the superuser Secret), for password access over
+    /// TCP.
+    pub async fn set_superuser_password(&self, creds: &Credentials) -> anyhow::Result<()> {
+        if creds.username != self.superuser {
+            bail!(
+                "the superuser Secret names {:?}, PostgreSQL's superuser is {:?}",
+                creds.username,
+                self.superuser
+            );
+        }
+        self.script(&format!(
+            "ALTER ROLE \"{}\" WITH PASSWORD '{}';\n",
+            self.superuser, creds.password
+        ))
+        .await
+    }
+
     /// Creates the replication role (or sets its password), from the replication Secret.
     pub async fn ensure_replication_role(&self, creds: &Credentials) -> anyhow::Result<()> {
         let u = &creds.username;
@@ -600,8 +619,26 @@ pub fn managed_conf(
         }
         None => String::new(),
     };
+    // The operator's parameters first, so that the settings below win over them.
+    let mut operator = String::new();
+    if let Some(dir) = &pg.config_dir {
+        for (file, line) in [
+            ("postgresql.conf", "include_if_exists"),
+            ("pg_hba.conf", "hba_file"),
+        ] {
+            let path = dir.join(file);
+            if path.exists() {
+                let p = path.to_string_lossy();
+                if p.contains(['\'', '\\', '\n']) {
+                    bail!("{p:?}: a configuration path cannot hold quotes or newlines");
+                }
+                operator += &format!("{line} = '{p}'\n");
+            }
+        }
+    }
     Ok(format!(
         "# Written by pgml-instance before each start and when the primary changes. Do not edit.\n\
+         {operator}\
          port = {}\n\
          listen_addresses = '{}'\n\
          unix_socket_directories = '{}'\n\
@@ -666,6 +703,7 @@ mod tests {
             superuser: "postgres".into(),
             local_auth: "peer".into(),
             host_auth: "scram-sha-256".into(),
+            config_dir: None,
             drop_to: None,
         };
         let creds = Credentials {
@@ -680,6 +718,39 @@ mod tests {
         let t = managed_conf(&pg, "main-1", None, None).unwrap();
         assert!(t.contains("primary_conninfo = ''"));
         assert!(managed_conf(&pg, "main-1", Some("a'b:5432"), None).is_err());
+        assert!(!t.contains("hba_file"));
+    }
+
+    #[test]
+    fn the_operators_config_comes_first() {
+        let dir = std::env::temp_dir().join(format!("pgml-inst-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("postgresql.conf"), "work_mem = '8MB'\n").unwrap();
+        std::fs::write(dir.join("pg_hba.conf"), "local all all peer\n").unwrap();
+        let pg = Pg {
+            bin: "/b".into(),
+            data: "/d".into(),
+            port: 5432,
+            socket_dir: "/tmp".into(),
+            listen_addresses: "*".into(),
+            superuser: "postgres".into(),
+            local_auth: "peer".into(),
+            host_auth: "scram-sha-256".into(),
+            config_dir: Some(dir.clone()),
+            drop_to: None,
+        };
+        let t = managed_conf(&pg, "main-1", None, None).unwrap();
+        let include = t
+            .find(&format!(
+                "include_if_exists = '{}/postgresql.conf'",
+                dir.display()
+            ))
+            .expect("include");
+        let hba = t
+            .find(&format!("hba_file = '{}/pg_hba.conf'", dir.display()))
+            .expect("hba_file");
+        assert!(include < t.find("port =").unwrap() && hba < t.find("port =").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -224,7 +224,9 @@ pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
 /// An instance manager (`pgml-instance run`) inside `node`'s mount namespace, the way the
 /// instance Pod `name` of PgmlCluster `cluster` runs it: PGDATA on the node's pool, its own
 /// port, advertised and listening on 127.0.0.1, the socket in the host-shared /tmp, trust
-/// authentication (the test bed has no secrets), a look every second.
+/// authentication (the test bed has no secrets), initdb's own configuration (the
+/// operator's ConfigMap preloads pgml, which the test bed's PostgreSQL lacks), a look every
+/// second.
 pub fn instance(
     sb: &Sandbox,
     node: &NodeInfo,
