@@ -205,14 +205,7 @@ async fn a_snapshot_aws_fails_is_failed_snapshot_error_and_leaves_nothing() {
     assert!(msg.contains("error"), "{msg}");
     let uid = s.metadata.uid.clone().unwrap();
     // The whole set is deleted, the healthy member's snapshot too.
-    let mut left = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
-    for _ in 0..20 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        left = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
-    }
+    let left = set_left_after(f.sb, &uid, Duration::from_secs(10)).await;
     assert!(left.is_empty(), "a failed set left {left:?}");
     let events = warning_reasons(&f, "broken").await;
     assert!(events.contains(&"SnapshotError".to_string()), "{events:?}");

@@ -88,13 +88,8 @@ async fn a_held_snapshot_is_stamped_captured_once_and_released() {
 
     // A restore of the set starts as a standby: the stamp is in the copy.
     let copy = f.unique("stampcopy");
-    f.pools()
-        .create(
-            &Default::default(),
-            &pool_manifest(&copy, other, "raid0", 4, Some("stamped")),
-        )
-        .await
-        .unwrap();
+    f.create_pool(&copy, other, "raid0", 4, Some("stamped"))
+        .await;
     f.wait_pool_ready(&copy).await;
     assert!(
         has_standby_signal(other, &copy),
@@ -128,14 +123,7 @@ async fn a_capture_answered_after_the_deadline_fails_and_leaves_nothing() {
     let s = f.wait_phase("slow", SnapshotPhase::Failed).await;
     assert_eq!(ready_reason(&s), "HoldDeadlineExceeded", "{:?}", s.status);
     let uid = s.metadata.uid.clone().unwrap();
-    let mut left = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
-    for _ in 0..60 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        left = snapshots_tagged(f.sb, keys::SNAPSHOT_UID, &uid).await;
-    }
+    let left = set_left_after(f.sb, &uid, Duration::from_secs(30)).await;
     assert!(
         left.is_empty(),
         "a late set was kept: {left:?}\n{}",

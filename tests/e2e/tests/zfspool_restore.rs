@@ -8,7 +8,6 @@ mod snapshot_common;
 
 use std::collections::BTreeMap;
 
-use kube::api::PostParams;
 use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_api::snapshot::SnapshotPhase;
@@ -46,13 +45,8 @@ async fn a_snapshot_restored_on_another_node_has_the_data() {
     node_write(src_node, &late, "late\n");
 
     let copy = f.unique("copy");
-    f.pools()
-        .create(
-            &PostParams::default(),
-            &pool_manifest(&copy, dst_node, "raid0", 4, Some("seed")),
-        )
-        .await
-        .unwrap();
+    f.create_pool(&copy, dst_node, "raid0", 4, Some("seed"))
+        .await;
     let p = f.wait_pool_ready(&copy).await;
     let st = p.status.clone().unwrap();
     assert_eq!(st.restored_from.as_deref(), Some("seed"));
@@ -137,13 +131,7 @@ async fn a_snapshot_that_does_not_fit_the_pool_creates_nothing() {
     ];
     for (name, layout, count, from, _, _) in cases {
         let name = f.unique(name);
-        f.pools()
-            .create(
-                &PostParams::default(),
-                &pool_manifest(&name, node, layout, count, Some(from)),
-            )
-            .await
-            .unwrap();
+        f.create_pool(&name, node, layout, count, Some(from)).await;
     }
     for (name, _, _, _, why, says) in cases {
         let name = f.unique(name);

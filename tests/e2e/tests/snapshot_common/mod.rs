@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
@@ -89,14 +89,26 @@ impl Fixture {
         layout: &str,
         count: usize,
     ) -> ZfsPool {
+        self.create_pool(name, node, layout, count, None).await;
+        self.wait_pool_ready(name).await
+    }
+
+    /// Creates a pool (see [`pool_manifest`]).
+    pub async fn create_pool(
+        &self,
+        name: &str,
+        node: &NodeInfo,
+        layout: &str,
+        count: usize,
+        restore_from: Option<&str>,
+    ) {
         self.pools()
             .create(
                 &PostParams::default(),
-                &pool_manifest(name, node, layout, count, None),
+                &pool_manifest(name, node, layout, count, restore_from),
             )
             .await
             .unwrap();
-        self.wait_pool_ready(name).await
     }
 
     pub async fn wait_pool_ready(&self, name: &str) -> ZfsPool {
@@ -320,6 +332,23 @@ pub fn has_standby_signal(node: &NodeInfo, pool: &str) -> bool {
     node_exec(node, &["test", "-e", &f])
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// The AWS snapshots of the set of EbsSnapshot `uid` that are still there after up to
+/// `timeout` of waiting for them to go.
+pub async fn set_left_after(
+    sb: &Sandbox,
+    uid: &str,
+    timeout: Duration,
+) -> Vec<aws_sdk_ec2::types::Snapshot> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = snapshots_tagged(sb, keys::SNAPSHOT_UID, uid).await;
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The snapshot IDs in the status of every EbsSnapshot of the namespace.
