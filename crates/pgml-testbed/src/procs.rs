@@ -161,6 +161,21 @@ fn log_file(sb: &Sandbox, name: &str) -> PathBuf {
     dir.join(format!("{name}.log"))
 }
 
+/// The command line that runs workspace binary `bin` with `args` inside `node`'s mount
+/// namespace.
+fn in_node(node: &NodeInfo, bin: &str, args: &[&str]) -> Vec<String> {
+    let mut command = vec![
+        "nsenter".into(),
+        "-t".into(),
+        node.ns_pid.to_string(),
+        "-m".into(),
+        "--".into(),
+        workspace_bin(bin).display().to_string(),
+    ];
+    command.extend(args.iter().map(|a| a.to_string()));
+    command
+}
+
 /// The operator, watching one namespace (so that tests running side by side do not act on
 /// each other's objects), with AWS pointed at the simulator.
 pub fn operator(sb: &Sandbox, namespace: &str) -> Proc {
@@ -187,6 +202,11 @@ pub fn operator(sb: &Sandbox, namespace: &str) -> Proc {
     )
 }
 
+/// Where the agent of `namespace` on `node` keeps its state (the hold records).
+pub fn agent_state_dir(node: &NodeInfo, namespace: &str) -> PathBuf {
+    node.root.join("agent-state").join(namespace)
+}
+
 /// A node agent inside `node`'s mount namespace, watching one namespace.
 pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
     let mut env = common_env(sb);
@@ -197,25 +217,12 @@ pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
         ("PGML_WATCH_NAMESPACE".into(), namespace.into()),
         (
             "PGML_STATE_DIR".into(),
-            node.root
-                .join("agent-state")
-                .join(namespace)
-                .display()
-                .to_string(),
+            agent_state_dir(node, namespace).display().to_string(),
         ),
     ]);
-    let bin = workspace_bin("pgml-agent").display().to_string();
-    let command = vec![
-        "nsenter".into(),
-        "-t".into(),
-        node.ns_pid.to_string(),
-        "-m".into(),
-        "--".into(),
-        bin,
-    ];
     Proc::spawn(
         format!("pgml-agent[{}/{namespace}]", node.name),
-        command,
+        in_node(node, "pgml-agent", &[]),
         env,
         log_file(sb, &format!("agent-{}-{namespace}", node.name)),
     )
@@ -258,19 +265,9 @@ pub fn instance(
                 .to_string(),
         ),
     ]);
-    let bin = workspace_bin("pgml-instance").display().to_string();
-    let command = vec![
-        "nsenter".into(),
-        "-t".into(),
-        node.ns_pid.to_string(),
-        "-m".into(),
-        "--".into(),
-        bin,
-        "run".into(),
-    ];
     Proc::spawn(
         format!("pgml-instance[{namespace}/{name}]"),
-        command,
+        in_node(node, "pgml-instance", &["run"]),
         env,
         log_file(sb, &format!("instance-{namespace}-{name}")),
     )

@@ -15,7 +15,7 @@ use pgml_api::common::{Time, keys};
 use pgml_api::snapshot::HoldState;
 use pgml_testbed::failpoint;
 use pgml_testbed::nodes::node_exec_ok;
-use pgml_testbed::procs::Proc;
+use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_testbed::wait::try_wait_for;
 use serde_json::{Value, json};
@@ -154,8 +154,7 @@ pub async fn wait_hold(
     .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The hold records the agent of one namespace keeps on a node (where procs::agent puts
-/// them), one file per snapshot UID.
+/// The hold records the agent of one namespace keeps on a node, one file per snapshot UID.
 pub struct Records {
     pub dir: PathBuf,
 }
@@ -163,7 +162,7 @@ pub struct Records {
 impl Records {
     pub fn of(node: &NodeInfo, namespace: &str) -> Records {
         Records {
-            dir: node.root.join("agent-state").join(namespace),
+            dir: procs::agent_state_dir(node, namespace),
         }
     }
 
