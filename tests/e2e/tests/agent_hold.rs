@@ -334,9 +334,7 @@ async fn killed_at(bed: &mut ZfsBed, i: usize, fp: &str) {
             s.phase("Finalizing").await;
         }
         "hold.after-held" => {
-            wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
-            died_at(&mut bed.agent, fp);
-            bed.agent.start();
+            killed_while_held(&s, &mut bed.agent, fp).await;
             // The operator may be capturing right now: a restarted agent keeps the stamp.
             s.phase("Capturing").await;
             tokio::time::sleep(Duration::from_secs(2)).await;

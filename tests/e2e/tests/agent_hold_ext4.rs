@@ -331,9 +331,7 @@ async fn killed_at(bed: &mut Ext4Bed, i: usize, fp: &str) {
             }
         }
         "hold.after-held" => {
-            wait_hold(&s, HoldState::Held, HOLD_TIMEOUT, &bed.agent).await;
-            died_at(&mut bed.agent, fp);
-            bed.agent.start();
+            killed_while_held(&s, &mut bed.agent, fp).await;
             s.phase("Capturing").await;
             let mut w = bed.start_write(30);
             assert!(

@@ -211,6 +211,14 @@ pub fn died_at(agent: &mut Proc, fp: &str) {
     }
 }
 
+/// Waits until the agent holds, then until it dies at its armed failpoint `fp` (after the
+/// Held write), and starts it again unarmed.
+pub async fn killed_while_held(s: &FakeOperator, agent: &mut Proc, fp: &str) {
+    wait_hold(s, HoldState::Held, HOLD_TIMEOUT, agent).await;
+    died_at(agent, fp);
+    agent.start();
+}
+
 /// Milliseconds since the epoch of a status time.
 pub fn millis(t: &Option<Time>) -> i64 {
     t.as_ref().expect("timestamp").0.as_millisecond()
