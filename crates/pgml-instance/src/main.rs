@@ -18,6 +18,9 @@ use pgml_runtime::{LogFormat, Shutdown, init_logging};
 use crate::manager::{Identity, Manager};
 use crate::postgres::{Pg, drop_to_postgres};
 
+/// The shortest time between two looks brought forward by a change.
+const MIN_GAP: Duration = Duration::from_millis(300);
+
 #[derive(Parser, Debug)]
 #[command(name = "pgml-instance", version, about, long_about)]
 struct Cli {
@@ -179,7 +182,8 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = changed.notified() => {}
+            // Its own report is a change too: a short pause keeps that from looping.
+            _ = changed.notified() => tokio::time::sleep(MIN_GAP).await,
             _ = shutdown.requested() => break,
         }
     }

@@ -35,6 +35,8 @@ pub struct Manager {
     last_start: Option<Instant>,
     crashes: u32,
     was_running: bool,
+    /// This process is stopping PostgreSQL (fenced, demotion): its exit is no crash.
+    stopping: bool,
     replication_role_ready: bool,
     last_report: Option<(InstanceReport, Instant)>,
 }
@@ -72,6 +74,7 @@ impl Manager {
             last_start: None,
             crashes: 0,
             was_running: false,
+            stopping: false,
             replication_role_ready: false,
             last_report: None,
         }
@@ -111,15 +114,7 @@ impl Manager {
     /// One look: observe, decide, act, report.
     pub async fn tick(&mut self) {
         let local = self.observe().await;
-        if self.was_running && !local.running {
-            let short = self.last_start.is_none_or(|t| t.elapsed() < STABLE_RUN);
-            self.crashes = if short { self.crashes + 1 } else { 1 };
-            tracing::warn!(crashes = self.crashes, "PostgreSQL exited by itself");
-        }
-        if local.running && self.last_start.is_some_and(|t| t.elapsed() >= STABLE_RUN) {
-            self.crashes = 0;
-        }
-        self.was_running = local.running;
+        self.seen(local.running);
         let fetched = view::fetch(&self.clusters, &self.pods, &self.cluster, &self.me).await;
         let (fenced, message) = match &fetched {
             Ok(v) => {
@@ -131,8 +126,23 @@ impl Manager {
             Err(e) => (false, format!("{e:#}")),
         };
         let after = self.observe().await;
-        self.was_running = after.running;
+        self.seen(after.running);
+        self.stopping = false;
         self.report(&after, fenced, message).await;
+    }
+
+    /// Counts a postmaster that went away without being stopped by this process (for the
+    /// restart back-off), and forgets the count once one has run long enough.
+    fn seen(&mut self, running: bool) {
+        if self.was_running && !running && !self.stopping {
+            let short = self.last_start.is_none_or(|t| t.elapsed() < STABLE_RUN);
+            self.crashes = if short { self.crashes + 1 } else { 1 };
+            tracing::warn!(crashes = self.crashes, "PostgreSQL exited by itself");
+        }
+        if running && self.last_start.is_some_and(|t| t.elapsed() >= STABLE_RUN) {
+            self.crashes = 0;
+        }
+        self.was_running = running;
     }
 
     /// Carries out one action; what to say about it in the report.
@@ -141,6 +151,7 @@ impl Manager {
             Action::Wait(why) => return why,
             Action::StopImmediate => {
                 tracing::warn!("fenced: stopping PostgreSQL immediately");
+                self.stopping = true;
                 self.pg
                     .stop("immediate")
                     .await
@@ -170,7 +181,15 @@ impl Manager {
             Action::Promote => {
                 tracing::info!("promoting");
                 failpoint("instance.before-promote");
-                self.pg.promote().await.map(|_| "promoted".to_string())
+                match self.pg.promote().await {
+                    // The slots at once: the old primary follows as soon as this reports,
+                    // and a missing slot costs its WAL receiver a 5 s retry.
+                    Ok(()) => self
+                        .keep_primary(view)
+                        .await
+                        .map(|_| "promoted".to_string()),
+                    Err(e) => Err(e),
+                }
             }
             Action::Demote => self.demote(view).await,
             Action::Follow { primary, note } => self
@@ -202,10 +221,10 @@ impl Manager {
         if let Some(t) = self.last_start
             && t.elapsed() < wait
         {
+            // No countdown in the message: the report would change at every look.
             return Ok(format!(
-                "PostgreSQL exited {} times; starting again in {:?}",
-                self.crashes,
-                wait - t.elapsed()
+                "PostgreSQL exited {} times in a row; next start {wait:?} after the last",
+                self.crashes
             ));
         }
         if remove_stale_pid && self.pg.remove_pid_file()? {
@@ -235,7 +254,14 @@ impl Manager {
         failpoint("instance.before-start");
         tracing::info!(as_ = ?start_as, "starting PostgreSQL");
         self.last_start = Some(Instant::now());
-        self.pg.start().await?;
+        // pg_ctl waits a little (and sees a postmaster that exits at once); a server still
+        // recovering after that is left to the next looks.
+        let started = self.pg.start().await;
+        if !self.pg.postmaster_running() {
+            self.crashes += 1;
+            started?;
+            anyhow::bail!("PostgreSQL did not start (its log is this process's output)");
+        }
         self.demoted_lsn = None;
         Ok(match start_as {
             StartAs::Primary => "started as primary".into(),
@@ -247,6 +273,7 @@ impl Manager {
     async fn demote(&mut self, view: &View) -> anyhow::Result<String> {
         tracing::info!(new_primary = ?view.target_primary, "demoting: checkpoint, fast stop");
         self.pg.checkpoint().await?;
+        self.stopping = true;
         failpoint("instance.before-demote-stop");
         self.pg.stop("fast").await?;
         failpoint("instance.after-demote-stop");

@@ -435,12 +435,13 @@ impl Pg {
         Ok(true)
     }
 
-    /// `pg_ctl start` without waiting: the server's output goes to this process's own
-    /// (the container log); readiness is seen by the next look.
+    /// `pg_ctl start`, waiting at most 5 s (a standby replaying a long way is not ready
+    /// by then: the caller checks whether the postmaster runs instead). The server's
+    /// output goes to this process's own (the container log).
     pub async fn start(&self) -> anyhow::Result<()> {
         let data = self.data.to_string_lossy().into_owned();
         let mut c = self.command("pg_ctl");
-        c.args(["-D", &data, "-W", "start"])
+        c.args(["-D", &data, "-w", "-t", "5", "start"])
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
         let st = c.status().await.context("running pg_ctl start")?;

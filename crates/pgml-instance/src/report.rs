@@ -58,13 +58,18 @@ pub struct InstanceReport {
 }
 
 impl InstanceReport {
-    /// The same report but for its time stamp: what decides whether it must be rewritten.
+    /// The same report but for its time stamp and WAL positions: what decides whether it
+    /// must be rewritten now (positions move at every look on a busy primary; they go out
+    /// with the periodic rewrite, or with any other change such as `demoted`).
     pub fn same_as(&self, other: &InstanceReport) -> bool {
-        let mut a = self.clone();
-        a.updated.clear();
-        let mut b = other.clone();
-        b.updated.clear();
-        a == b
+        let strip = |r: &InstanceReport| InstanceReport {
+            updated: String::new(),
+            lsn: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            ..r.clone()
+        };
+        strip(self) == strip(other)
     }
 
     /// Runs as a primary, as far as its report says.
@@ -137,14 +142,20 @@ mod tests {
     }
 
     #[test]
-    fn the_time_stamp_alone_is_no_change() {
+    fn the_time_stamp_or_positions_alone_are_no_change() {
         let a = InstanceReport {
             updated: "2026-01-01T00:00:00Z".into(),
+            lsn: Some("0/1".into()),
             ..Default::default()
         };
         let mut b = a.clone();
         b.updated = "2026-01-01T00:00:10Z".into();
+        b.lsn = Some("0/2".into());
+        b.replay_lsn = Some("0/2".into());
         assert!(a.same_as(&b));
+        b.demoted = true;
+        assert!(!a.same_as(&b));
+        b.demoted = false;
         b.ready = true;
         assert!(!a.same_as(&b));
     }

@@ -605,3 +605,183 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     storage.cleanup().await;
     eprintln!("done in {:?}", started.elapsed());
 }
+
+/// `replicas.seedFrom: PgBasebackup` on plain directories (no pools: the operator and agents
+/// are not needed): the replica copies the primary with pg_basebackup and streams; a
+/// replica's postmaster killed is started again by its manager; a manager that dies between
+/// the demotion's stop and its report (failpoint `instance.after-demote-stop`) leaves the
+/// switchover waiting (the new primary never promotes beside a primary that may still
+/// write), and once restarted it reports the demotion from the data directory and the
+/// switchover completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
+    let started = Instant::now();
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, "pgc-bb").await;
+    let (node1, node2) = (&sb.nodes[0], &sb.nodes[1]);
+    let (name1, name2) = (format!("{CLUSTER}-1"), format!("{CLUSTER}-2"));
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let pp = PostParams::default();
+    let mut cluster = cluster_manifest();
+    cluster.spec.replicas.seed_from = pgml_api::cluster::SeedFrom::PgBasebackup;
+    clusters.create(&pp, &cluster).await.unwrap();
+    pods.create(&pp, &pod_manifest(&name1, node1))
+        .await
+        .unwrap();
+    pods.create(&pp, &pod_manifest(&name2, node2))
+        .await
+        .unwrap();
+    let mut status = ClusterStatus {
+        target: name1.clone(),
+        current: None,
+        instances: vec![
+            (name1.clone(), node1.name.clone()),
+            (name2.clone(), node2.name.clone()),
+        ],
+    };
+    apply_status(&clusters, &status).await;
+
+    let root = format!("/tmp/pgml-test-{}", ns.name());
+    let (pgdata1, pgdata2) = (format!("{root}/{name1}"), format!("{root}/{name2}"));
+    let (port1, port2) = (free_port(), free_port());
+    let mut inst1 = procs::instance(sb, node1, ns.name(), CLUSTER, &name1, &pgdata1, port1);
+    let mut inst2 = procs::instance(sb, node2, ns.name(), CLUSTER, &name2, &pgdata2, port2);
+    let log_paths = format!(
+        "instance logs: {} {}",
+        inst1.log_path().display(),
+        inst2.log_path().display()
+    );
+    let logs = || log_paths.clone();
+    wait_report(&pods, &name1, "primary/ready", &logs, primary_ready).await;
+    status.current = Some(name1.clone());
+    apply_status(&clusters, &status).await;
+    let pg1 = Postgres::new(node1, &pgdata1, port1);
+    pg1.sql("CREATE TABLE items (id bigserial PRIMARY KEY, note text NOT NULL)")
+        .unwrap();
+    pg1.sql("INSERT INTO items (note) SELECT 'row ' || g FROM generate_series(1, 100) g")
+        .unwrap();
+    // The replica waited for the primary's report, then copied it.
+    wait_report(&pods, &name2, "replica/streaming", &logs, replica_streaming).await;
+    assert!(inst2.log().contains("pg_basebackup"), "{}", inst2.log());
+    let pg2 = Postgres::new(node2, &pgdata2, port2);
+    pg2.wait_sql("SELECT count(*) FROM items", Duration::from_secs(30), |n| {
+        n == "100"
+    })
+    .unwrap();
+    eprintln!("basebackup replica streaming at {:?}", started.elapsed());
+
+    // The replica's postmaster dies: its manager starts it again.
+    let pid = std::fs::read_to_string(format!("{pgdata2}/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + ROLE;
+    while !inst2.log().contains("PostgreSQL exited by itself") {
+        assert!(Instant::now() < deadline, "{}", inst2.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A new postmaster (another PID), in recovery, streaming.
+    let deadline = Instant::now() + ROLE;
+    loop {
+        let now = std::fs::read_to_string(format!("{pgdata2}/postmaster.pid")).unwrap_or_default();
+        if now
+            .lines()
+            .next()
+            .is_some_and(|l| !l.is_empty() && l.trim() != pid)
+            && pg2.running()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new postmaster: {}",
+            inst2.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pg2.wait_sql("SELECT status FROM pg_stat_wal_receiver", ROLE, |s| {
+        s == "streaming"
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", inst2.log()));
+    assert!(pg2.in_recovery().unwrap());
+    wait_report(
+        &pods,
+        &name2,
+        "streaming after a crash",
+        &logs,
+        replica_streaming,
+    )
+    .await;
+    eprintln!("replica restarted after a crash at {:?}", started.elapsed());
+
+    // A manager that dies right after stopping the primary for a switchover.
+    assert!(inst1.stop(Duration::from_secs(60)), "{}", inst1.log());
+    inst1.set_env("PGML_FAILPOINTS", "instance.after-demote-stop");
+    inst1.start();
+    wait_report(&pods, &name1, "primary again", &logs, primary_ready).await;
+    wait_report(&pods, &name2, "streaming again", &logs, replica_streaming).await;
+    pg1.sql("INSERT INTO items (note) VALUES ('last on the old primary')")
+        .unwrap();
+    status.target = name2.clone();
+    apply_status(&clusters, &status).await;
+    assert!(inst1.wait_exit(ROLE), "{}", inst1.log());
+    assert!(!pg1.running());
+    // Its last report still says running primary: the target must not promote.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        pg2.in_recovery().unwrap(),
+        "promoted beside a silent primary"
+    );
+    inst1.unset_env("PGML_FAILPOINTS");
+    inst1.start();
+    let r = wait_report(
+        &pods,
+        &name2,
+        "primary after the switchover",
+        &logs,
+        primary_ready,
+    )
+    .await;
+    assert_eq!(r["timeline"], 2, "{r}");
+    status.current = Some(name2.clone());
+    apply_status(&clusters, &status).await;
+    wait_report(
+        &pods,
+        &name1,
+        "replica of the new primary",
+        &logs,
+        replica_streaming,
+    )
+    .await;
+    assert_eq!(pg2.sql("SELECT count(*) FROM items").unwrap(), "101");
+    let id = pg2
+        .sql("INSERT INTO items (note) VALUES ('new primary') RETURNING id")
+        .unwrap();
+    pg1.wait_sql(
+        &format!("SELECT count(*) FROM items WHERE id = {id}"),
+        Duration::from_secs(30),
+        |n| n == "1",
+    )
+    .unwrap();
+    eprintln!("switchover resumed at {:?}", started.elapsed());
+
+    assert!(inst1.stop(Duration::from_secs(60)), "{}", inst1.log());
+    assert!(inst2.stop(Duration::from_secs(60)), "{}", inst2.log());
+    assert!(!pg1.running() && !pg2.running());
+    drop((pg1, pg2));
+    let _ = std::fs::remove_dir_all(&root);
+    ns.cleanup().await;
+}
