@@ -69,6 +69,9 @@ pub fn watch_changes(client: kube::Client, namespace: &str, cluster: &str) -> Ar
 /// The view from already-read objects (pure, for tests).
 pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
     let status = c.status.clone().unwrap_or_default();
+    // The controller records a fence in status too (a recreated Pod may not carry the
+    // annotation yet): either is enough.
+    let fenced_in_status = |name: &str| status.instances.iter().any(|i| i.name == name && i.fenced);
     let mut fenced = None;
     let mut peers = BTreeMap::new();
     for p in pods {
@@ -78,7 +81,8 @@ pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
         let ann = p.metadata.annotations.as_ref();
         let is_fenced = ann
             .and_then(|a| a.get(FENCED_ANNOTATION))
-            .is_some_and(|v| v == "true");
+            .is_some_and(|v| v == "true")
+            || fenced_in_status(name);
         if name == me {
             fenced = Some(is_fenced);
             continue;
@@ -126,7 +130,7 @@ mod tests {
             "spec": {"storage": {"zfs": {"template": {"volumes": {"sizeGiB": 10}, "datasets": [{"name": "pgdata"}]}}},
                      "replicas": {"seedFrom": "PgBasebackup"}},
             "status": {"targetPrimary": "c-2", "currentPrimary": "c-1",
-                       "instances": [{"name": "c-1"}, {"name": "c-2"}]}
+                       "instances": [{"name": "c-1"}, {"name": "c-2"}, {"name": "c-3", "fenced": true}]}
         }))
         .unwrap()
     }
@@ -145,7 +149,7 @@ mod tests {
         assert!(!v.fenced);
         assert_eq!(v.target_primary.as_deref(), Some("c-2"));
         assert_eq!(v.current_primary.as_deref(), Some("c-1"));
-        assert_eq!(v.instances, ["c-1", "c-2"]);
+        assert_eq!(v.instances, ["c-1", "c-2", "c-3"]);
         assert!(v.seed_from_basebackup);
         let p = &v.peers["c-1"];
         assert!(p.fenced);
@@ -156,6 +160,16 @@ mod tests {
             v.peers["c-2"].report.is_none(),
             "an unreadable report is no report"
         );
+    }
+
+    #[test]
+    fn a_fence_recorded_in_status_counts_without_the_annotation() {
+        let pods = [
+            pod("c-2", serde_json::json!({})),
+            pod("c-3", serde_json::json!({})),
+        ];
+        assert!(build(&cluster(), &pods, "c-3").unwrap().fenced);
+        assert!(build(&cluster(), &pods, "c-2").unwrap().peers["c-3"].fenced);
     }
 
     #[test]
