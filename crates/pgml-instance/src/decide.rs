@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::report::{InstanceReport, Lsn};
+use crate::report::{InstanceReport, Lsn, Role};
 
 /// This instance's PostgreSQL, as found on disk and by asking it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -193,9 +193,24 @@ pub fn decide(view: &View, local: &Local) -> Action {
         return Action::Wait("PostgreSQL is starting".into());
     };
     if !sql.in_recovery {
-        // 5. Demote when another is to be primary; 6. else keep the slots.
+        // 5. Demote when another is to be primary, once it streams from here (only WAL
+        // sent before the stop reaches it: a target that is not connected could never
+        // replay up to the final LSN, and would wait for ever); 6. else keep the slots.
         return match view.target_primary.as_deref() {
-            Some(t) if t != view.me => Action::Demote,
+            Some(t) if t != view.me => {
+                let streams = view
+                    .peers
+                    .get(t)
+                    .and_then(|p| p.report.as_ref())
+                    .is_some_and(|r| r.running && r.streaming && r.role == Role::Replica);
+                if streams {
+                    Action::Demote
+                } else {
+                    Action::Wait(format!(
+                        "{t} is to be primary: waiting for it to stream before demoting"
+                    ))
+                }
+            }
             _ => Action::Primary,
         };
     }

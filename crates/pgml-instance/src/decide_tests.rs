@@ -327,11 +327,33 @@ fn only_the_target_promotes() {
 }
 
 #[test]
-fn demote_when_another_is_the_target() {
-    assert_eq!(
-        decide(&view("c-1", Some("c-2"), Some("c-1")), &primary_running()),
-        Action::Demote
+fn demote_when_another_is_the_target_and_streams() {
+    let mut streaming = report(Role::Replica, true, "127.0.0.1:5501");
+    streaming.streaming = true;
+    let v = with_peer(
+        view("c-1", Some("c-2"), Some("c-1")),
+        "c-2",
+        false,
+        Some(streaming.clone()),
     );
+    assert_eq!(decide(&v, &primary_running()), Action::Demote);
+    // Not connected (or not reporting, or gone): it could never get the final WAL.
+    streaming.streaming = false;
+    for v in [
+        with_peer(
+            view("c-1", Some("c-2"), Some("c-1")),
+            "c-2",
+            false,
+            Some(streaming),
+        ),
+        with_peer(view("c-1", Some("c-2"), Some("c-1")), "c-2", false, None),
+        view("c-1", Some("c-2"), Some("c-1")),
+    ] {
+        assert!(
+            matches!(decide(&v, &primary_running()), Action::Wait(_)),
+            "{v:?}"
+        );
+    }
     assert_eq!(
         decide(&view("c-1", Some("c-1"), Some("c-1")), &primary_running()),
         Action::Primary

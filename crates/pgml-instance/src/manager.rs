@@ -272,6 +272,14 @@ impl Manager {
 
     async fn demote(&mut self, view: &View) -> anyhow::Result<String> {
         tracing::info!(new_primary = ?view.target_primary, "demoting: checkpoint, fast stop");
+        // The target's report may be a moment old: ask the server who streams from it.
+        if let Some(target) = view.target_primary.as_deref()
+            && !self.pg.streams_to(target).await?
+        {
+            return Ok(format!(
+                "{target} is to be primary: waiting for it to stream from here before demoting"
+            ));
+        }
         self.pg.checkpoint().await?;
         self.stopping = true;
         failpoint("instance.before-demote-stop");

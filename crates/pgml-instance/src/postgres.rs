@@ -472,6 +472,25 @@ impl Pg {
         self.query("SELECT pg_reload_conf()").await.map(|_| ())
     }
 
+    /// Whether a standby named `application_name` streams from this server right now.
+    pub async fn streams_to(&self, application_name: &str) -> anyhow::Result<bool> {
+        if !application_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("{application_name:?} is not an instance name");
+        }
+        let rows = self
+            .query(&format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{application_name}' AND state = 'streaming'"
+            ))
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|n| n != "0"))
+    }
+
     pub async fn checkpoint(&self) -> anyhow::Result<()> {
         self.query("CHECKPOINT").await.map(|_| ())
     }

@@ -732,7 +732,10 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     inst1.set_env("PGML_FAILPOINTS", "instance.after-demote-stop");
     inst1.start();
     wait_report(&pods, &name1, "primary again", &logs, primary_ready).await;
-    wait_report(&pods, &name2, "streaming again", &logs, replica_streaming).await;
+    pg2.wait_sql("SELECT status FROM pg_stat_wal_receiver", ROLE, |s| {
+        s == "streaming"
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     pg1.sql("INSERT INTO items (note) VALUES ('last on the old primary')")
         .unwrap();
     status.target = name2.clone();
@@ -777,6 +780,29 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     )
     .unwrap();
     eprintln!("switchover resumed at {:?}", started.elapsed());
+
+    // Fencing a running instance stops its PostgreSQL at once, and it stays down.
+    pods.patch(
+        &name1,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"pgml.io/fenced": "true"}}})),
+    )
+    .await
+    .unwrap();
+    let r = wait_report(&pods, &name1, "fenced and stopped", &logs, |r| {
+        is(r, "fenced") && !is(r, "running")
+    })
+    .await;
+    assert_eq!(r["role"], "none", "{r}");
+    assert!(!pg1.running());
+    assert!(
+        inst1
+            .log()
+            .contains("fenced: stopping PostgreSQL immediately")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!pg1.running(), "a fenced instance started again");
+    assert!(!pg2.in_recovery().unwrap(), "the primary is untouched");
 
     assert!(inst1.stop(Duration::from_secs(60)), "{}", inst1.log());
     assert!(inst2.stop(Duration::from_secs(60)), "{}", inst2.log());
