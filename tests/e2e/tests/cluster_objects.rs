@@ -394,8 +394,22 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
 
     // A second apply of the same YAML, then an operator restart (which reconciles
     // everything again): not one object is written.
-    // (First let the others settle: the PV binder and kwok write the claims' and Pods'
-    // status after their creation.)
+    // (First let the others settle: kube-controller-manager's PV binder binds the
+    // pre-bound claims on its next pass, up to 15 s later, and kwok writes the Pods'
+    // status.)
+    let claims: Api<PersistentVolumeClaim> = f.ns.api();
+    for name in instance_names() {
+        wait_obj(
+            &claims,
+            &name,
+            "Bound",
+            &f.logs(),
+            |c: &PersistentVolumeClaim| {
+                c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+            },
+        )
+        .await;
+    }
     let before = settled_versions(&f).await;
     f.apply(&m).await;
     let mut f = f;
@@ -528,7 +542,10 @@ async fn wait_rw_is(f: &Fixture, pod: &str) {
 async fn switchover_then_failover_at_the_object_level() {
     let started = Instant::now();
     let f = Fixture::start("clrole", &[("PGML_FAILOVER_GRACE_SECONDS", "5")]).await;
-    f.apply(&manifest(3, json!({}))).await;
+    // One volume per pool: each node's attachment slots are shared by every test.
+    let mut m = manifest(3, json!({}));
+    m["spec"]["storage"]["zfs"]["template"]["volumes"]["count"] = json!(1);
+    f.apply(&m).await;
     for name in instance_names() {
         f.wait_pod(&name, "Running", |p| {
             p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -547,7 +564,8 @@ async fn switchover_then_failover_at_the_object_level() {
     wait_rw_is(&f, "main-1").await;
 
     // Switchover to main-2.
-    f.apply(&manifest(3, json!({"primary": "main-2"}))).await;
+    m["spec"]["primary"] = json!("main-2");
+    f.apply(&m).await;
     let c = f
         .wait_cluster("targetPrimary main-2", |c| {
             c.status.as_ref().and_then(|s| s.target_primary.as_deref()) == Some("main-2")
@@ -676,6 +694,7 @@ async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica()
     let f = Fixture::start("clseed", &[]).await;
     let mut m = manifest(1, json!({}));
     m["spec"]["replicas"]["seedFrom"] = json!("Snapshot");
+    m["spec"]["storage"]["zfs"]["template"]["volumes"]["count"] = json!(1);
     f.apply(&m).await;
     let pools: Api<ZfsPool> = f.ns.api();
     let logs = f.logs();
