@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the sandbox and the tests need, and nothing twice:
 #   - Debian packages: zfs-fuse (real zpool/zfs), xfsprogs (reflink image store),
-#     PostgreSQL 15, openssl;
+#     PostgreSQL 15, pgBackRest (2.45 on Debian 12: WAL archiving to the simulated S3), openssl;
 #   - a Python venv (.venv) with moto[server] for the simulated EC2;
 #   - the Kubernetes control plane (kube-apiserver, etcd, kube-controller-manager,
 #     kubectl) built from Go modules into ~/.cache/pgml-operator (kept between runs);
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in zfs-fuse xfsprogs postgresql-15 postgresql-contrib openssl util-linux iproute2 procps; do
+for pkg in zfs-fuse xfsprogs postgresql-15 postgresql-contrib pgbackrest openssl util-linux iproute2 procps; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -317,3 +317,68 @@ impl Made {
         }
     }
 }
+
+/// One S3 REST call (path style) to moto through the EBS simulator, which forwards every
+/// non-EC2 request to moto as it came. moto checks no signature but routes by the
+/// credential scope, so a fixed unsigned `Authorization` naming service `s3` will do (as
+/// the sandbox's own EC2 calls do). Returns the status and the body.
+pub fn s3_call(sb: &Sandbox, method: &str, path_and_query: &str) -> anyhow::Result<(u16, String)> {
+    let addr = sb
+        .aws
+        .endpoint
+        .strip_prefix("http://")
+        .with_context(|| format!("endpoint {} is not http://", sb.aws.endpoint))?
+        .trim_end_matches('/')
+        .to_string();
+    let mut s = TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20240101/{}/s3/aws4_request, \
+         SignedHeaders=host, Signature=0",
+        sb.region
+    );
+    let req = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\n\
+         x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nx-amz-date: 20240101T000000Z\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed S3 answer: {text:?}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, payload.to_string()))
+}
+
+/// S3 CreateBucket in the sandbox's region (moto; an existing bucket of ours is fine).
+pub fn s3_create_bucket(sb: &Sandbox, bucket: &str) -> anyhow::Result<()> {
+    let (status, body) = s3_call(sb, "PUT", &format!("/{bucket}"))?;
+    if !(200..300).contains(&status) && !body.contains("BucketAlreadyOwnedByYou") {
+        bail!("S3 CreateBucket {bucket}: HTTP {status}: {body}");
+    }
+    Ok(())
+}
+
+/// S3 ListObjectsV2: the keys under `prefix` (up to 1000, enough for a test).
+pub fn s3_list_keys(sb: &Sandbox, bucket: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let (status, body) = s3_call(
+        sb,
+        "GET",
+        &format!("/{bucket}?list-type=2&max-keys=1000&prefix={prefix}"),
+    )?;
+    if status != 200 {
+        bail!("S3 ListObjectsV2 {bucket}/{prefix}: HTTP {status}: {body}");
+    }
+    Ok(body
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect())
+}

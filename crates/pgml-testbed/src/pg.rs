@@ -150,6 +150,62 @@ impl Postgres {
         Ok(())
     }
 
+    /// Like [`Postgres::start`], with these variables added to the server's environment
+    /// (its `archive_command` inherits them, as it would a Pod's): what an instance
+    /// manager started with IRSA's or the test bed's pgBackRest variables does.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(&self.log);
+        let pg_ctl = pg_bin("pg_ctl");
+        let opts = format!("-p {} -k {SOCKET_DIR}", self.port);
+        self.as_postgres_env(
+            &[
+                pg_ctl.to_str().unwrap(),
+                "-D",
+                &self.data_dir,
+                "-l",
+                self.log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                &opts,
+                "start",
+            ],
+            env,
+        )
+        .with_context(|| format!("pg_ctl start; server log: {}", self.log_tail()))?;
+        Ok(())
+    }
+
+    /// Runs a program as `postgres` inside the node with extra environment variables
+    /// (`runuser` keeps them); its output, whatever its exit status.
+    pub fn run_as_postgres_env(
+        &self,
+        argv: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<std::process::Output> {
+        let mut full = vec!["runuser", "-u", "postgres", "--"];
+        full.extend_from_slice(argv);
+        node_command(&self.node, &full)?
+            .envs(env.iter().copied())
+            .output()
+            .with_context(|| format!("running {argv:?} on node {}", self.node.name))
+    }
+
+    fn as_postgres_env(&self, argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+        let out = self.run_as_postgres_env(argv, env)?;
+        if !out.status.success() {
+            bail!(
+                "{argv:?} on node {} exited {}: {}{}",
+                self.node.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Stops the server (`fast` or `immediate`).
     pub fn stop(&self, mode: &str) -> anyhow::Result<()> {
         let pg_ctl = pg_bin("pg_ctl");

@@ -42,6 +42,19 @@ pub struct AwsInfo {
     pub admin: String,
 }
 
+/// The HTTPS front of moto's S3 (`tests/testbed/sandbox/s3tls.py`), for clients that speak
+/// only HTTPS (pgBackRest): its certificate is signed by a CA made at sandbox start.
+#[derive(Clone, Debug, Deserialize)]
+pub struct S3TlsInfo {
+    /// `https://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// `127.0.0.1` (the certificate names it as a DNS name and an IP address).
+    pub host: String,
+    pub port: u16,
+    /// The CA that signed the front's certificate (readable by `postgres`).
+    pub ca_file: PathBuf,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct Sandbox {
     #[serde(skip)]
@@ -50,6 +63,9 @@ pub struct Sandbox {
     pub kube: KubeInfo,
     pub aws: AwsInfo,
     pub nodes: Vec<NodeInfo>,
+    /// Absent in a sandbox started before the HTTPS front existed: see [`Sandbox::s3_tls`].
+    #[serde(default)]
+    pub s3: Option<S3TlsInfo>,
 }
 
 impl Sandbox {
@@ -98,6 +114,17 @@ impl Sandbox {
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no simulated node named {name} in the sandbox"))
+    }
+
+    /// The HTTPS front of moto's S3; panics, saying to restart the sandbox, when it has none.
+    pub fn s3_tls(&self) -> &S3TlsInfo {
+        self.s3.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{} has no HTTPS S3 front (`s3` in sandbox.json): restart the sandbox \
+                 (`make sandbox-down sandbox-up`)",
+                self.dir.display()
+            )
+        })
     }
 
     /// The kubectl built with the control plane.

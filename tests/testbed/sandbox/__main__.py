@@ -2,8 +2,9 @@
 
 up      builds nothing; starts etcd + kube-apiserver + kube-controller-manager (binaries
         from $PGML_K8S_BIN, see tests/testbed/k8s/build.sh), installs crds/, starts moto
-        behind the EBS simulator on an XFS reflink store, then the simulated nodes (one
-        EC2 instance, one Node object and one mount namespace with its own zfs-fuse each),
+        behind the EBS simulator on an XFS reflink store, an HTTPS front to moto's S3
+        (for pgBackRest; CA and certificate made by openssl in tls/), then the
+        simulated nodes (one EC2 instance, one Node object and one mount namespace with its own zfs-fuse each),
         then kwok (binary from tests/testbed/kwok/build.sh), which keeps those Nodes Ready
         and runs the Pods bound to them, and writes sandbox.json, kubeconfig and env into
         the sandbox folder.
@@ -20,7 +21,7 @@ import pathlib
 import shutil
 import sys
 
-from . import aws, k8s, kwok, nodes, store
+from . import aws, k8s, kwok, nodes, proc, s3tls, store
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
@@ -97,6 +98,8 @@ def _write_env(d: pathlib.Path, state: dict) -> None:
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "PGML_SIM_ADMIN": state["aws"]["admin"],
+        "PGML_S3_TLS_ENDPOINT": state["s3"]["endpoint"],
+        "PGML_S3_CA_FILE": state["s3"]["ca_file"],
     }
     text = "".join(f"export {k}={json.dumps(v)}\n" for k, v in lines.items())
     text += f'export PATH={json.dumps(str(d / "bin"))}:"$PATH"\n'
@@ -131,6 +134,9 @@ def up(args) -> int:
         _log(f"installed {len(crds)} CRDs")
         _log("starting moto and the EBS simulator")
         state["aws"] = aws.start(d, store_dir, logs, venv_python)
+        _write_state(d, state)
+        _log("starting the HTTPS front of moto's S3 (for pgBackRest)")
+        state["s3"] = s3tls.start(d, logs, venv_python, state["aws"]["moto"])
         _write_state(d, state)
         for name, az in NODES:
             instance_id = aws.run_instance(state["aws"]["endpoint"], az, INSTANCE_TYPE)
@@ -175,6 +181,8 @@ def down(args) -> int:
             nodes.stop_node(info)
         except Exception as e:  # keep going: the rest must still stop
             _log(f"stopping node {info.get('name')}: {e}")
+    if "s3" in state:
+        s3tls.stop(state["s3"])
     if "aws" in state:
         aws.stop(state["aws"])
     if "kube" in state:
@@ -182,7 +190,7 @@ def down(args) -> int:
     store.stop(d)
     for p in ("sandbox.json", "env", "kubeconfig"):
         (d / p).unlink(missing_ok=True)
-    for p in ("k8s", "kwok", "nodes", "bin", "store", "tmp"):
+    for p in ("k8s", "kwok", "nodes", "bin", "store", "tmp", "tls"):
         shutil.rmtree(d / p, ignore_errors=True)
     if state:
         _log("down")
@@ -197,6 +205,8 @@ def status(args) -> int:
     state = json.loads(f.read_text())
     out = {"kube": k8s.status(state["kube"]) if "kube" in state else None}
     out["kwok"] = kwok.status(state["kwok"]) if "kwok" in state else None
+    if "s3" in state:
+        out["s3"] = {"endpoint": state["s3"]["endpoint"], "alive": proc.alive(state["s3"].get("pid"))}
     out["nodes"] = {n["name"]: nodes.node_status(n) for n in state.get("nodes", [])}
     print(json.dumps(out, indent=2))
     return 0
