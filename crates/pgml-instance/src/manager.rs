@@ -14,7 +14,7 @@ use pgml_runtime::failpoint;
 
 use crate::decide::{Action, Local, StartAs, View, decide};
 use crate::postgres::{Credentials, Pg, managed_conf};
-use crate::report::{InstanceReport, Lsn, Role, STATUS_ANNOTATION, slot_name};
+use crate::report::{self, InstanceReport, Lsn, STATUS_ANNOTATION, slot_name};
 use crate::view;
 
 /// A report is written when it changes, and at least this often.
@@ -343,45 +343,14 @@ impl Manager {
         Ok(String::new())
     }
 
-    fn build_report(&self, local: &Local, fenced: bool, message: String) -> InstanceReport {
-        let sql = local.sql.as_ref();
-        let role = match sql {
-            Some(s) if local.running && s.in_recovery => Role::Replica,
-            Some(_) if local.running => Role::Primary,
-            _ => Role::None,
-        };
-        let demoted = !local.running && self.demoted_lsn.is_some();
-        let lsn = match (role, sql) {
-            (Role::Primary, Some(s)) => s.current_lsn,
-            (Role::Replica, Some(s)) => s.replay_lsn,
-            _ if demoted => self.demoted_lsn,
-            _ => None,
-        };
-        let fmt = |l: Option<Lsn>| l.map(|l| l.to_string());
-        InstanceReport {
-            role,
-            running: local.running,
-            ready: match role {
-                Role::Primary => true,
-                Role::Replica => sql.is_some_and(|s| s.streaming),
-                Role::None => false,
-            },
-            lsn: fmt(lsn),
-            receive_lsn: fmt(sql.and_then(|s| s.receive_lsn)),
-            replay_lsn: fmt(sql.and_then(|s| s.replay_lsn)),
-            timeline: sql.and_then(|s| s.timeline),
-            streaming: sql.is_some_and(|s| s.streaming),
-            address: self.address.clone(),
-            standby_signal: local.standby_signal,
-            fenced,
-            demoted,
-            updated: Timestamp::now().to_string(),
-            message,
-        }
-    }
-
     async fn report(&mut self, local: &Local, fenced: bool, message: String) {
-        let r = self.build_report(local, fenced, message);
+        let r = report::build(
+            local,
+            &self.address,
+            fenced,
+            message,
+            Timestamp::now().to_string(),
+        );
         if let Some((last, at)) = &self.last_report
             && last.same_as(&r)
             && at.elapsed() < REPORT_EVERY

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decide::Local;
+
 /// The Pod annotation this process writes (and only this one).
 pub const STATUS_ANNOTATION: &str = "pgml.io/instance-status";
 /// Set to `"true"` on an instance's Pod by the controller: stop PostgreSQL, never start it.
@@ -75,6 +77,52 @@ impl InstanceReport {
     /// Runs as a primary, as far as its report says.
     pub fn acting_primary(&self) -> bool {
         self.role == Role::Primary && self.running && !self.fenced && !self.demoted
+    }
+}
+
+/// The report for what was just observed. `role` is what the running server says;
+/// `ready` = a primary answering, or a replica streaming; `lsn` = written on a primary,
+/// replayed on a replica, the final one once demoted (stopped cleanly as a primary).
+pub fn build(
+    local: &Local,
+    address: &str,
+    fenced: bool,
+    message: String,
+    updated: String,
+) -> InstanceReport {
+    let sql = local.sql.as_ref().filter(|_| local.running);
+    let role = match sql {
+        Some(s) if s.in_recovery => Role::Replica,
+        Some(_) => Role::Primary,
+        None => Role::None,
+    };
+    let demoted = !local.running && local.demoted_lsn.is_some();
+    let lsn = match (role, sql) {
+        (Role::Primary, Some(s)) => s.current_lsn,
+        (Role::Replica, Some(s)) => s.replay_lsn,
+        _ if demoted => local.demoted_lsn,
+        _ => None,
+    };
+    let fmt = |l: Option<Lsn>| l.map(|l| l.to_string());
+    InstanceReport {
+        role,
+        running: local.running,
+        ready: match role {
+            Role::Primary => true,
+            Role::Replica => sql.is_some_and(|s| s.streaming),
+            Role::None => false,
+        },
+        lsn: fmt(lsn),
+        receive_lsn: fmt(sql.and_then(|s| s.receive_lsn)),
+        replay_lsn: fmt(sql.and_then(|s| s.replay_lsn)),
+        timeline: sql.and_then(|s| s.timeline),
+        streaming: sql.is_some_and(|s| s.streaming),
+        address: address.to_string(),
+        standby_signal: local.standby_signal,
+        fenced,
+        demoted,
+        updated,
+        message,
     }
 }
 
@@ -158,6 +206,81 @@ mod tests {
         b.demoted = false;
         b.ready = true;
         assert!(!a.same_as(&b));
+    }
+
+    use crate::decide::Sql;
+
+    fn build_for(local: &Local) -> InstanceReport {
+        build(local, "10.0.0.1:5432", false, String::new(), "t".into())
+    }
+
+    #[test]
+    fn reports_a_primary_a_replica_a_demoted_and_a_stopped_instance() {
+        let primary = Local {
+            initialized: true,
+            running: true,
+            sql: Some(Sql {
+                in_recovery: false,
+                current_lsn: Lsn::parse("0/5000000"),
+                timeline: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = build_for(&primary);
+        assert_eq!((r.role, r.ready, r.running), (Role::Primary, true, true));
+        assert_eq!((r.lsn.as_deref(), r.timeline), (Some("0/5000000"), Some(2)));
+        assert!(r.acting_primary());
+
+        let mut replica = Local {
+            initialized: true,
+            running: true,
+            standby_signal: true,
+            sql: Some(Sql {
+                in_recovery: true,
+                receive_lsn: Lsn::parse("0/4000100"),
+                replay_lsn: Lsn::parse("0/4000000"),
+                streaming: false,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = build_for(&replica);
+        assert_eq!(
+            (r.role, r.ready),
+            (Role::Replica, false),
+            "not streaming: not ready"
+        );
+        assert_eq!(r.lsn.as_deref(), Some("0/4000000"));
+        assert_eq!(r.receive_lsn.as_deref(), Some("0/4000100"));
+        assert!(r.standby_signal);
+        replica.sql.as_mut().unwrap().streaming = true;
+        let r = build_for(&replica);
+        assert!(r.ready && r.streaming);
+
+        let demoted = Local {
+            initialized: true,
+            standby_signal: true,
+            demoted_lsn: Lsn::parse("0/6000028"),
+            ..Default::default()
+        };
+        let r = build_for(&demoted);
+        assert_eq!((r.role, r.running, r.demoted), (Role::None, false, true));
+        assert_eq!(r.lsn.as_deref(), Some("0/6000028"));
+        assert!(!r.acting_primary());
+
+        // Running but not answering yet: no role, not ready; a stale answer is ignored.
+        let starting = Local {
+            running: true,
+            ..Default::default()
+        };
+        let r = build_for(&starting);
+        assert_eq!((r.role, r.ready, r.running), (Role::None, false, true));
+        let stopped = Local {
+            running: false,
+            ..primary.clone()
+        };
+        assert_eq!(build_for(&stopped).role, Role::None);
     }
 
     #[test]
