@@ -681,25 +681,44 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
         .target_primary
         .as_deref()
         .is_none_or(|t| Some(t) == current);
-    let lost = settled
-        && current
-            .and_then(|c| ms.iter().find(|m| m.name == c))
-            .is_some_and(roles::lost);
-    let key = format!("{}/primary-lost", crate::zfspool::object_key(cluster));
-    let lost_for = ctx.held_for(&key, lost);
+    // The instance whose loss matters: the primary, or the one being promoted.
+    let watched = if settled {
+        current
+    } else {
+        observed.target_primary.as_deref()
+    };
+    let lost = watched
+        .and_then(|c| ms.iter().find(|m| m.name == c))
+        .is_some_and(roles::lost);
+    let key = |name: &str| format!("{}/lost/{name}", crate::zfspool::object_key(cluster));
+    // One timer at a time: another instance's (an earlier primary's) must not carry over.
+    for r in recs.iter().filter(|r| Some(r.name.as_str()) != watched) {
+        ctx.held_for(&key(&r.name), false);
+    }
+    let lost_for = ctx.held_for(&key(watched.unwrap_or_default()), lost);
     let first = recs
         .first()
         .map(|r| r.name.clone())
         .unwrap_or_else(|| run.b.c.instance(1));
-    let decided = roles::decide(&roles::Input {
-        first: &first,
-        current,
-        target: observed.target_primary.as_deref(),
-        wanted: spec.primary.as_deref(),
-        members: &ms,
-        lost_for,
-        grace: ctx.settings.failover_grace,
-    });
+    // Nothing placed yet (no node fits): no primary to name either, so that the first
+    // instance placed later is still the bootstrap one.
+    let decided = if recs.is_empty() {
+        Roles {
+            current: observed.current_primary.clone(),
+            target: observed.target_primary.clone(),
+            ..Roles::default()
+        }
+    } else {
+        roles::decide(&roles::Input {
+            first: &first,
+            current,
+            target: observed.target_primary.as_deref(),
+            wanted: spec.primary.as_deref(),
+            members: &ms,
+            lost_for,
+            grace: ctx.settings.failover_grace,
+        })
+    };
     for f in &decided.fence {
         for r in recs.iter_mut().filter(|r| &r.name == f) {
             r.fenced = true;

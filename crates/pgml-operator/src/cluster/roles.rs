@@ -97,7 +97,8 @@ pub struct Input<'a> {
     /// `spec.primary`.
     pub wanted: Option<&'a str>,
     pub members: &'a [Member],
-    /// How long the current primary has been lost (`None`: it is not).
+    /// How long the instance that matters has been lost (`None`: it is not): the current
+    /// primary when no change is under way, else the target.
     pub lost_for: Option<Duration>,
     pub grace: Duration,
 }
@@ -144,6 +145,29 @@ pub fn decide(i: &Input) -> Roles {
         if promoted {
             r.current = Some(target.into());
             r.completed = Some((Some(current.into()), target.into()));
+            return r;
+        }
+        // The instance being promoted is lost itself: past the grace, the most advanced
+        // other ready replica is promoted instead.
+        if let Some(lost_for) = i.lost_for {
+            match failover_candidate(i.members, target) {
+                Some(cand) if lost_for >= i.grace => {
+                    r.target = Some(cand.name.clone());
+                    r.started = Some((Transition::Failover, target.into(), cand.name.clone()));
+                }
+                Some(cand) => {
+                    r.waiting = Some(format!(
+                        "{target}, being promoted, is lost; promoting {} instead after {}s unless it comes back",
+                        cand.name,
+                        i.grace.as_secs()
+                    ))
+                }
+                None => {
+                    r.waiting = Some(format!(
+                        "{target}, being promoted, is lost and no other ready replica can take over"
+                    ))
+                }
+            }
         }
         return r;
     }
@@ -317,6 +341,29 @@ mod tests {
         let r = decide(&i);
         assert!(r.fence.is_empty());
         assert_eq!(r.target.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn a_target_lost_during_the_change_is_replaced_after_the_grace() {
+        let mut ms = three();
+        ms[0].fenced = true;
+        ms[0].pod = PodState::Absent;
+        ms[2].pod = PodState::Down;
+        ms[2].reported.as_mut().unwrap().running = false;
+        let mut i = input(&ms, Some("c-1"), Some("c-3"));
+        i.lost_for = Some(Duration::from_secs(5));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-3"));
+        assert!(r.waiting.unwrap().contains("c-2"));
+        i.lost_for = Some(Duration::from_secs(30));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-2"));
+        assert_eq!(r.current.as_deref(), Some("c-1"));
+        assert!(r.fence.is_empty(), "c-1 stays fenced, nobody else is");
+        assert_eq!(
+            r.started,
+            Some((Transition::Failover, "c-3".into(), "c-2".into()))
+        );
     }
 
     #[test]
