@@ -411,7 +411,7 @@ pub fn continuous_archiving(s: &ArchiverStats) -> ArchivingCondition {
             status: condition::FALSE,
             reason: reason::ARCHIVING_FAILING,
             message: format!(
-                "archiving WAL {} failed ({} failed attempts){last_ok}",
+                "archiving WAL {} failed (failed attempts: {}){last_ok}",
                 wal(&s.last_failed_wal),
                 s.failed_count
             ),
@@ -696,7 +696,7 @@ mod tests {
             "{}",
             c.message
         );
-        assert!(c.message.contains("3 failed"), "{}", c.message);
+        assert!(c.message.contains("failed attempts: 3"), "{}", c.message);
 
         // Caught up after failures: the last event is a success.
         let recovered = ArchiverStats {
