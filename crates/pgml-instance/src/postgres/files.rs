@@ -1,0 +1,153 @@
+//! PGDATA's files: what is there (a cluster, a pid file and whether its postmaster runs,
+//! standby.signal), and writing them safely (temporary file, fsync, rename, fsync of the
+//! folder), owned by postgres.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::Pg;
+use super::conf::{MANAGED_CONF, MANAGED_KEYS, strip_keys};
+
+impl Pg {
+    pub fn initialized(&self) -> bool {
+        self.file("PG_VERSION").exists()
+    }
+
+    pub fn has_pid_file(&self) -> bool {
+        self.file("postmaster.pid").exists()
+    }
+
+    pub fn has_standby_signal(&self) -> bool {
+        self.file("standby.signal").exists()
+    }
+
+    /// Whether a postmaster of THIS data directory runs: the PID in `postmaster.pid` is
+    /// alive and its working directory (a postmaster works in its PGDATA) is this very
+    /// directory, by device and inode. `pg_ctl status` checks the PID only, which a copy
+    /// restored from a snapshot fools: the PID it carries is its source's postmaster, alive
+    /// wherever PIDs are shared (on one host, or a PID reused in the Pod).
+    pub fn postmaster_running(&self) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.file("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return false;
+        };
+        let (Ok(cwd), Ok(data)) = (
+            std::fs::metadata(format!("/proc/{pid}/cwd")),
+            std::fs::metadata(&self.data),
+        ) else {
+            return false;
+        };
+        cwd.dev() == data.dev() && cwd.ino() == data.ino()
+    }
+
+    pub(super) fn prepare_dir(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data)
+            .with_context(|| format!("creating {}", self.data.display()))?;
+        self.give(&self.data)?;
+        std::fs::set_permissions(
+            &self.data,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn give(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some((uid, gid)) = self.drop_to {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn append(&self, path: &Path, text: &str) -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Writes a file of PGDATA atomically (temporary file, fsync, rename, fsync of the
+    /// folder), owned by postgres, mode 0600.
+    fn write_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.file(name);
+        let tmp = self.file(&format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        self.give(&tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> anyhow::Result<()> {
+        std::fs::File::open(&self.data)?.sync_all()?;
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> anyhow::Result<bool> {
+        match std::fs::remove_file(self.file(name)) {
+            Ok(()) => {
+                self.sync_dir()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing {name}")),
+        }
+    }
+
+    pub fn remove_pid_file(&self) -> anyhow::Result<bool> {
+        self.remove("postmaster.pid")
+    }
+
+    pub fn remove_standby_signal(&self) -> anyhow::Result<bool> {
+        self.remove("standby.signal")
+    }
+
+    pub fn write_standby_signal(&self) -> anyhow::Result<()> {
+        if !self.has_standby_signal() {
+            self.write_file("standby.signal", "")?;
+        }
+        Ok(())
+    }
+
+    /// Writes [`MANAGED_CONF`] (returns whether it changed), makes sure postgresql.conf
+    /// includes it, and takes the same keys out of postgresql.auto.conf.
+    pub fn write_conf(&self, text: &str) -> anyhow::Result<bool> {
+        let conf = self.file("postgresql.conf");
+        let main = std::fs::read_to_string(&conf)
+            .with_context(|| format!("reading {}", conf.display()))?;
+        let include = format!("include_if_exists = '{MANAGED_CONF}'");
+        if !main.lines().any(|l| l.trim() == include) {
+            self.append(
+                &conf,
+                &format!("\n# pgml-instance: managed settings, read last\n{include}\n"),
+            )?;
+        }
+        let auto = self.file("postgresql.auto.conf");
+        if let Ok(text) = std::fs::read_to_string(&auto) {
+            let kept = strip_keys(&text, MANAGED_KEYS);
+            if kept != text {
+                self.write_file("postgresql.auto.conf", &kept)?;
+            }
+        }
+        if std::fs::read_to_string(self.file(MANAGED_CONF)).is_ok_and(|t| t == text) {
+            return Ok(false);
+        }
+        self.write_file(MANAGED_CONF, text)?;
+        Ok(true)
+    }
+}
