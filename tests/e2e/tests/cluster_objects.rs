@@ -884,3 +884,59 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
     eprintln!("ext4: {:?}", started.elapsed());
     f.finish().await;
 }
+
+/// No node fits (a node selector nothing matches): Pending with the reason, no instance
+/// and no primary named; once the selector matches, the first instance bootstraps there.
+#[tokio::test]
+async fn a_cluster_no_node_fits_waits_pending_then_bootstraps() {
+    let f = Fixture::start("clpend", &[]).await;
+    let mut m = manifest(
+        1,
+        json!({"nodeSelector": {"topology.kubernetes.io/zone": "us-east-1z"}}),
+    );
+    m["spec"]["storage"] = json!({"persistentVolumeClaim": {"size": "1Gi"}});
+    f.apply(&m).await;
+    let c = f
+        .wait_cluster("Pending", |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| format!("{:?}", s.phase) == "Some(Pending)")
+        })
+        .await;
+    let st = c.status.clone().unwrap();
+    assert!(st.instances.is_empty());
+    assert_eq!(st.current_primary, None);
+    let ready = pgml_testbed::wait::condition(&c, "Ready").unwrap();
+    assert_eq!(ready["reason"], "NoNodeAvailable");
+    assert!(
+        ready["message"].as_str().unwrap().contains("nodeSelector"),
+        "{ready}"
+    );
+    assert!(
+        f.pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    m["spec"]["nodeSelector"] = json!({"topology.kubernetes.io/zone": "us-east-1b"});
+    f.apply(&m).await;
+    let c = f
+        .wait_cluster("main-1 primary", |c| {
+            c.status.as_ref().and_then(|s| s.current_primary.as_deref()) == Some("main-1")
+        })
+        .await;
+    let st = c.status.unwrap();
+    assert_eq!(
+        st.instances[0].availability_zone.as_deref(),
+        Some("us-east-1b")
+    );
+    assert_eq!(
+        st.instances[0].seeded_from, None,
+        "the bootstrap instance starts empty"
+    );
+    f.wait_pod("main-1", "created", |_| true).await;
+    f.finish().await;
+}

@@ -9,16 +9,16 @@ use kube::api::{
 };
 use kube::runtime::controller::Action;
 use pgml_api::PgmlCluster;
-use pgml_api::cluster::{InstanceRole, InstanceStatus, PgmlClusterStatus, SeedFrom};
+use pgml_api::cluster::{PgmlClusterStatus, SeedFrom};
 use pgml_api::snapshot::SnapshotPhase;
 use serde_json::{Value, json};
 
 use super::build::{Builder, Instance};
 use super::compare::covers;
+use super::members::{Rec, donor, instance_statuses, members};
 use super::names::{self, PG_BASEBACKUP, PGDATA_DATASET, SecretKind};
 use super::placement;
-use super::reported::{Reported, lag_bytes};
-use super::roles::{self, Member, PodState, Roles};
+use super::roles::{self, Member, Roles};
 use super::secrets;
 use super::status::{self, Notice, Summary};
 use super::world::World;
@@ -31,17 +31,6 @@ pub const MARKS_MANAGER: &str = "pgml-operator-marks";
 /// Field manager of the seed EbsSnapshots: the EbsSnapshot controller applies their
 /// labels as `pgml-operator`, an apply that would drop a spec made by the same manager.
 pub const SEED_MANAGER: &str = "pgml-operator-cluster";
-
-/// An instance as recorded in status (or adopted from its objects) or just placed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rec {
-    pub n: u32,
-    pub name: String,
-    pub node: String,
-    pub zone: Option<String>,
-    pub seeded_from: Option<String>,
-    pub fenced: bool,
-}
 
 /// What is known of a stored object before applying.
 enum Stored {
@@ -503,106 +492,6 @@ impl Run<'_> {
         }
         Ok(())
     }
-}
-
-/// The instance a new one is seeded from: a ready replica, else the primary when ready.
-pub fn donor(members: &[Member], current: Option<&str>, new: &str) -> Option<String> {
-    let replica = members
-        .iter()
-        .filter(|m| m.name != new && Some(m.name.as_str()) != current && m.promotable())
-        .map(|m| m.name.clone())
-        .min_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
-    replica.or_else(|| {
-        members
-            .iter()
-            .find(|m| Some(m.name.as_str()) == current && m.ready())
-            .map(|m| m.name.clone())
-    })
-}
-
-fn pod_state(pod: Option<&Pod>) -> PodState {
-    let Some(p) = pod else {
-        return PodState::Absent;
-    };
-    if deleting(p) {
-        return PodState::Terminating;
-    }
-    match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Running") => PodState::Running,
-        Some("Failed" | "Succeeded" | "Unknown") => PodState::Down,
-        _ => PodState::Pending,
-    }
-}
-
-fn members(recs: &[Rec], w: &World) -> Vec<Member> {
-    recs.iter()
-        .map(|r| {
-            let pod = w.pods.get(&r.name);
-            Member {
-                name: r.name.clone(),
-                pod: pod_state(pod),
-                node_ready: match w.node(&r.node) {
-                    Some(n) => n.ready,
-                    None => Some(false),
-                },
-                reported: pod.and_then(|p| {
-                    Reported::parse(
-                        p.annotations()
-                            .get(names::INSTANCE_STATUS)
-                            .map(String::as_str),
-                    )
-                }),
-                fenced: r.fenced,
-            }
-        })
-        .collect()
-}
-
-/// The status entries of the instances.
-pub fn instance_statuses(
-    recs: &[Rec],
-    members: &[Member],
-    current: Option<&str>,
-) -> Vec<InstanceStatus> {
-    let primary_lsn = members
-        .iter()
-        .find(|m| Some(m.name.as_str()) == current)
-        .and_then(|m| m.reported.as_ref())
-        .filter(|r| r.is_primary())
-        .and_then(|r| r.lsn.clone());
-    recs.iter()
-        .zip(members)
-        .map(|(r, m)| {
-            let is_primary = current == Some(r.name.as_str());
-            let lsn = m
-                .reported
-                .as_ref()
-                .and_then(|x| x.position())
-                .map(String::from);
-            let lag = match (&primary_lsn, &lsn, is_primary) {
-                (Some(p), Some(l), false) => lag_bytes(p, l),
-                _ => None,
-            };
-            InstanceStatus {
-                name: r.name.clone(),
-                node: Some(r.node.clone()),
-                availability_zone: r.zone.clone(),
-                pool: Some(r.name.clone()),
-                role: if r.fenced {
-                    None
-                } else if is_primary {
-                    Some(InstanceRole::Primary)
-                } else {
-                    Some(InstanceRole::Replica)
-                },
-                ready: m.ready(),
-                lsn,
-                lag_bytes: lag,
-                seeded_from: r.seeded_from.clone(),
-                fenced: r.fenced,
-            }
-        })
-        .collect()
 }
 
 pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> {

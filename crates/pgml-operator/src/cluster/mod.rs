@@ -11,6 +11,7 @@ pub mod apply;
 pub mod build;
 pub mod compare;
 pub mod config;
+pub mod members;
 pub mod names;
 pub mod placement;
 pub mod reported;

@@ -1,0 +1,194 @@
+//! The instances as the reconcile sees them: recorded (or just placed) instances, what
+//! the role decision needs of each, and their status entries. Pure.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use pgml_api::cluster::{InstanceRole, InstanceStatus};
+
+use super::names;
+use super::reported::{Reported, lag_bytes};
+use super::roles::{Member, PodState};
+use super::world::World;
+
+/// An instance as recorded in status (or adopted from its objects) or just placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub n: u32,
+    pub name: String,
+    pub node: String,
+    pub zone: Option<String>,
+    pub seeded_from: Option<String>,
+    pub fenced: bool,
+}
+
+fn deleting(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_some()
+}
+
+/// The instance a new one is seeded from: a ready replica, else the primary when ready.
+pub fn donor(members: &[Member], current: Option<&str>, new: &str) -> Option<String> {
+    let replica = members
+        .iter()
+        .filter(|m| m.name != new && Some(m.name.as_str()) != current && m.promotable())
+        .map(|m| m.name.clone())
+        .min_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+    replica.or_else(|| {
+        members
+            .iter()
+            .find(|m| Some(m.name.as_str()) == current && m.ready())
+            .map(|m| m.name.clone())
+    })
+}
+
+pub fn pod_state(pod: Option<&Pod>) -> PodState {
+    let Some(p) = pod else {
+        return PodState::Absent;
+    };
+    if deleting(p) {
+        return PodState::Terminating;
+    }
+    match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Running") => PodState::Running,
+        Some("Failed" | "Succeeded" | "Unknown") => PodState::Down,
+        _ => PodState::Pending,
+    }
+}
+
+pub fn members(recs: &[Rec], w: &World) -> Vec<Member> {
+    recs.iter()
+        .map(|r| {
+            let pod = w.pods.get(&r.name);
+            Member {
+                name: r.name.clone(),
+                pod: pod_state(pod),
+                node_ready: match w.node(&r.node) {
+                    Some(n) => n.ready,
+                    None => Some(false),
+                },
+                reported: pod.and_then(|p| {
+                    Reported::parse(
+                        p.annotations()
+                            .get(names::INSTANCE_STATUS)
+                            .map(String::as_str),
+                    )
+                }),
+                fenced: r.fenced,
+            }
+        })
+        .collect()
+}
+
+/// The status entries of the instances.
+pub fn instance_statuses(
+    recs: &[Rec],
+    members: &[Member],
+    current: Option<&str>,
+) -> Vec<InstanceStatus> {
+    let primary_lsn = members
+        .iter()
+        .find(|m| Some(m.name.as_str()) == current)
+        .and_then(|m| m.reported.as_ref())
+        .filter(|r| r.is_primary())
+        .and_then(|r| r.lsn.clone());
+    recs.iter()
+        .zip(members)
+        .map(|(r, m)| {
+            let is_primary = current == Some(r.name.as_str());
+            let lsn = m
+                .reported
+                .as_ref()
+                .and_then(|x| x.position())
+                .map(String::from);
+            let lag = match (&primary_lsn, &lsn, is_primary) {
+                (Some(p), Some(l), false) => lag_bytes(p, l),
+                _ => None,
+            };
+            InstanceStatus {
+                name: r.name.clone(),
+                node: Some(r.node.clone()),
+                availability_zone: r.zone.clone(),
+                pool: Some(r.name.clone()),
+                role: if r.fenced {
+                    None
+                } else if is_primary {
+                    Some(InstanceRole::Primary)
+                } else {
+                    Some(InstanceRole::Replica)
+                },
+                ready: m.ready(),
+                lsn,
+                lag_bytes: lag,
+                seeded_from: r.seeded_from.clone(),
+                fenced: r.fenced,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(n: u32) -> Rec {
+        Rec {
+            n,
+            name: format!("c-{n}"),
+            node: format!("node-{n}"),
+            zone: Some(format!("z{n}")),
+            seeded_from: None,
+            fenced: false,
+        }
+    }
+
+    fn member(name: &str, role: &str, ready: bool, lsn: &str) -> Member {
+        Member {
+            name: name.into(),
+            pod: PodState::Running,
+            node_ready: Some(true),
+            reported: Some(Reported {
+                role: Some(role.into()),
+                running: true,
+                ready,
+                lsn: Some(lsn.into()),
+                replay_lsn: (role == "replica").then(|| lsn.into()),
+                ..Reported::default()
+            }),
+            fenced: false,
+        }
+    }
+
+    #[test]
+    fn statuses_carry_roles_positions_and_lag() {
+        let mut recs = vec![rec(1), rec(2), rec(3)];
+        recs[2].fenced = true;
+        let ms = vec![
+            member("c-1", "primary", true, "1/0"),
+            member("c-2", "replica", true, "0/FFFFFF00"),
+            member("c-3", "primary", false, "0/10"),
+        ];
+        let s = instance_statuses(&recs, &ms, Some("c-1"));
+        assert_eq!(s[0].role, Some(InstanceRole::Primary));
+        assert_eq!(s[0].lsn.as_deref(), Some("1/0"));
+        assert_eq!(s[0].lag_bytes, None);
+        assert_eq!(s[1].role, Some(InstanceRole::Replica));
+        assert_eq!(s[1].lag_bytes, Some(0x100));
+        assert!(s[1].ready);
+        assert_eq!(s[2].role, None, "a fenced instance has no role");
+        assert!(s[2].fenced);
+        assert_eq!(s[2].availability_zone.as_deref(), Some("z3"));
+    }
+
+    #[test]
+    fn the_donor_is_a_ready_replica_else_the_ready_primary() {
+        let ms = vec![
+            member("c-1", "primary", true, "0/5"),
+            member("c-2", "replica", false, "0/5"),
+            member("c-3", "replica", true, "0/5"),
+        ];
+        assert_eq!(donor(&ms, Some("c-1"), "c-4").as_deref(), Some("c-3"));
+        assert_eq!(donor(&ms[..2], Some("c-1"), "c-4").as_deref(), Some("c-1"));
+        let mut down = ms[..1].to_vec();
+        down[0].reported.as_mut().unwrap().ready = false;
+        assert_eq!(donor(&down, Some("c-1"), "c-2"), None);
+    }
+}
