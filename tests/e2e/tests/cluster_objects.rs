@@ -940,3 +940,79 @@ async fn a_cluster_no_node_fits_waits_pending_then_bootstraps() {
     f.wait_pod("main-1", "created", |_| true).await;
     f.finish().await;
 }
+
+/// The primary's instance manager reports PostgreSQL not running (the Pod stays): after
+/// the grace, the primary is fenced on its live Pod and the more advanced of two ready
+/// replicas is targeted; a primary that comes back within the grace is left alone.
+#[tokio::test]
+async fn a_primary_reported_down_is_failed_over_after_the_grace() {
+    let f = Fixture::start("cldown", &[("PGML_FAILOVER_GRACE_SECONDS", "6")]).await;
+    let mut m = manifest(3, json!({}));
+    m["spec"]["storage"] = json!({"persistentVolumeClaim": {"size": "1Gi"}});
+    f.apply(&m).await;
+    for name in instance_names() {
+        f.wait_pod(&name, "Running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    }
+    f.report("main-1", primary("0/9000000")).await;
+    f.report("main-2", replica("0/8000000")).await;
+    f.report("main-3", replica("0/7000000")).await;
+    f.wait_cluster("Healthy", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.ready_instances == Some(3))
+    })
+    .await;
+
+    // Down for less than the grace: nothing happens.
+    let down = json!({"role": "primary", "running": false, "ready": false, "lsn": "0/9000000"});
+    f.report("main-1", down.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.report("main-1", primary("0/9000000")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c = f.clusters().get(CLUSTER).await.unwrap();
+    let st = c.status.unwrap();
+    assert_eq!(
+        st.target_primary.as_deref(),
+        Some("main-1"),
+        "came back within the grace"
+    );
+    assert!(!st.instances.iter().any(|i| i.fenced));
+
+    // Down for good.
+    let lost_at = Instant::now();
+    f.report("main-1", down).await;
+    let c = f
+        .wait_cluster("failing over", |c| {
+            c.status.as_ref().and_then(|s| s.target_primary.as_deref()) != Some("main-1")
+        })
+        .await;
+    assert!(
+        lost_at.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        lost_at.elapsed()
+    );
+    let st = c.status.unwrap();
+    assert_eq!(
+        st.target_primary.as_deref(),
+        Some("main-2"),
+        "the most advanced replica"
+    );
+    f.wait_pod("main-1", "fenced", |p| {
+        p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
+    })
+    .await;
+    f.report("main-2", primary("0/8000100")).await;
+    f.wait_pod("main-2", "role primary", |p| {
+        role_of(p).as_deref() == Some("primary")
+    })
+    .await;
+    f.wait_pod("main-1", "role replica", |p| {
+        role_of(p).as_deref() == Some("replica")
+    })
+    .await;
+    wait_rw_is(&f, "main-2").await;
+    f.finish().await;
+}
