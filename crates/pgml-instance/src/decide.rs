@@ -83,6 +83,18 @@ impl View {
         self.is_target() && self.current_primary.as_deref().is_none_or(|c| c == self.me)
     }
 
+    /// The instances a primary keeps a replication slot for: every other one in
+    /// `status.instances` but the fenced (rebuilt from a snapshot, never resumed: a slot
+    /// would hold WAL for it for ever).
+    pub fn slot_holders(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .filter(|i| **i != self.me)
+            .filter(|i| !self.peers.get(*i).is_some_and(Peer::fenced))
+            .cloned()
+            .collect()
+    }
+
     /// Another instance that runs as primary, unfenced and not demoted.
     fn other_acting_primary(&self) -> Option<&str> {
         self.peers

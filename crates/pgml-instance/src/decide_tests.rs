@@ -461,3 +461,19 @@ fn a_starting_server_is_left_alone() {
         Action::Wait(_)
     ));
 }
+
+#[test]
+fn slots_for_every_other_instance_but_the_fenced() {
+    let mut v = view("c-1", Some("c-1"), Some("c-1"));
+    v.instances = vec!["c-1".into(), "c-2".into(), "c-3".into(), "c-4".into()];
+    let v = with_peer(v, "c-2", false, None);
+    let v = with_peer(v, "c-3", true, None);
+    let mut fenced_report = report(Role::None, false, "x:1");
+    fenced_report.fenced = true;
+    let v = with_peer(v, "c-4", false, Some(fenced_report));
+    assert_eq!(v.slot_holders(), ["c-2"]);
+    // An instance whose Pod is not there (being recreated) keeps its slot.
+    let mut v = view("c-1", Some("c-1"), Some("c-1"));
+    v.instances = vec!["c-1".into(), "c-2".into()];
+    assert_eq!(v.slot_holders(), ["c-2"]);
+}

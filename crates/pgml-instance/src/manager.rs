@@ -331,12 +331,7 @@ impl Manager {
             }
             self.replication_role_ready = true;
         }
-        let wanted: Vec<String> = view
-            .instances
-            .iter()
-            .filter(|i| **i != self.me)
-            .map(|i| slot_name(i))
-            .collect();
+        let wanted: Vec<String> = view.slot_holders().iter().map(|i| slot_name(i)).collect();
         self.pg
             .sync_slots(&format!("{}_", slot_name(&self.cluster)), &wanted)
             .await?;

@@ -569,6 +569,13 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     status.current = Some(name1.clone());
     apply_status(&clusters, &status).await;
     assert!(!pg1.in_recovery().unwrap());
+    // No slot kept for the fenced instance (it is rebuilt, never resumed).
+    pg1.wait_sql(
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot2}'"),
+        Duration::from_secs(30),
+        |n| n == "0",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     pg1.sql("INSERT INTO items (note) VALUES ('after failover')")
         .unwrap();
     assert_eq!(pg1.sql("SELECT count(*) FROM items").unwrap(), "1003");
