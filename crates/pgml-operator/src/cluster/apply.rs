@@ -230,6 +230,64 @@ impl Run<'_> {
         recs
     }
 
+    /// Scales down (highest numbers first, never the primary nor the target), then places
+    /// new instances. Returns the instances and, when a node was missing, why.
+    async fn scale(
+        &mut self,
+        observed: &PgmlClusterStatus,
+        desired: usize,
+    ) -> Result<(Vec<Rec>, Option<String>), Error> {
+        let spec = &self.cluster.spec;
+        let mut recs = self.recorded(observed);
+        let keep = |r: &Rec| {
+            Some(r.name.as_str()) == observed.current_primary.as_deref()
+                || Some(r.name.as_str()) == observed.target_primary.as_deref()
+        };
+        while recs.len() > desired {
+            let Some(at) = recs.iter().rposition(|r| !keep(r)) else {
+                break;
+            };
+            let r = recs.remove(at);
+            self.remove(&r).await?;
+        }
+        let bootstrap = recs.is_empty() && observed.current_primary.is_none();
+        let mut unplaced = None;
+        let mut next = self.highest_index(&recs);
+        while recs.len() < desired {
+            let used: Vec<(String, Option<String>)> = recs
+                .iter()
+                .map(|r| (r.node.clone(), r.zone.clone()))
+                .collect();
+            let Some(node) =
+                placement::choose(&self.w.nodes, &used, &spec.node_selector, &spec.tolerations)
+            else {
+                unplaced = Some(format!(
+                    "no node for another instance: {} needed, {} placed; an instance needs a Ready node matching nodeSelector, tolerating its taints, with no other instance of this cluster",
+                    desired,
+                    recs.len()
+                ));
+                break;
+            };
+            next += 1;
+            let seeded_from = if bootstrap && recs.is_empty() {
+                None
+            } else if spec.storage.zfs.is_some() && spec.replicas.seed_from == SeedFrom::Snapshot {
+                Some(self.b.c.seed(next))
+            } else {
+                Some(PG_BASEBACKUP.to_string())
+            };
+            recs.push(Rec {
+                n: next,
+                name: self.b.c.instance(next),
+                node: node.name.clone(),
+                zone: node.zone.clone(),
+                seeded_from,
+                fenced: false,
+            });
+        }
+        Ok((recs, unplaced))
+    }
+
     /// The highest instance number in use by any object (a removed instance's objects may
     /// still be going away).
     fn highest_index(&self, recs: &[Rec]) -> u32 {
@@ -512,56 +570,8 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
     run.ensure_secrets().await?;
     run.ensure_shared().await?;
 
-    // Instances: scale down (highest numbers first, never the primary), then place new
-    // ones.
-    let mut recs = run.recorded(&observed);
-    let keep = |r: &Rec| {
-        Some(r.name.as_str()) == observed.current_primary.as_deref()
-            || Some(r.name.as_str()) == observed.target_primary.as_deref()
-    };
     let desired = spec.instances.max(1) as usize;
-    while recs.len() > desired {
-        let Some(at) = recs.iter().rposition(|r| !keep(r)) else {
-            break;
-        };
-        let r = recs.remove(at);
-        run.remove(&r).await?;
-    }
-    let bootstrap = recs.is_empty() && observed.current_primary.is_none();
-    let mut unplaced = None;
-    let mut next = run.highest_index(&recs);
-    while recs.len() < desired {
-        let used: Vec<(String, Option<String>)> = recs
-            .iter()
-            .map(|r| (r.node.clone(), r.zone.clone()))
-            .collect();
-        let Some(node) =
-            placement::choose(&run.w.nodes, &used, &spec.node_selector, &spec.tolerations)
-        else {
-            unplaced = Some(format!(
-                "no node for another instance: {} needed, {} placed; an instance needs a Ready node matching nodeSelector, tolerating its taints, with no other instance of this cluster",
-                desired,
-                recs.len()
-            ));
-            break;
-        };
-        next += 1;
-        let seeded_from = if bootstrap && recs.is_empty() {
-            None
-        } else if spec.storage.zfs.is_some() && spec.replicas.seed_from == SeedFrom::Snapshot {
-            Some(run.b.c.seed(next))
-        } else {
-            Some(PG_BASEBACKUP.to_string())
-        };
-        recs.push(Rec {
-            n: next,
-            name: run.b.c.instance(next),
-            node: node.name.clone(),
-            zone: node.zone.clone(),
-            seeded_from,
-            fenced: false,
-        });
-    }
+    let (mut recs, unplaced) = run.scale(&observed, desired).await?;
 
     // Who is primary.
     let mut ms = members(&recs, &run.w);
