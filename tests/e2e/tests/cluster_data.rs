@@ -615,7 +615,8 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
 
 /// `replicas.seedFrom: PgBasebackup` on plain directories (no pools: the operator and agents
 /// are not needed): the replica copies the primary with pg_basebackup and streams; a
-/// replica's postmaster killed is started again by its manager; a manager that dies between
+/// replica's postmaster killed is started again by its manager; a manager killed while its
+/// PostgreSQL runs is replaced by one that adopts the running server; a manager that dies between
 /// the demotion's stop and its report (failpoint `instance.after-demote-stop`) leaves the
 /// switchover waiting (the new primary never promotes beside a primary that may still
 /// write), and once restarted it reports the demotion from the data directory and the
@@ -733,6 +734,39 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     )
     .await;
     eprintln!("replica restarted after a crash at {:?}", started.elapsed());
+
+    // The manager dies (SIGKILL) while PostgreSQL runs: a new one adopts the running
+    // postmaster (its pid file is live: never removed, no second start).
+    let postmaster = |dir: &str| {
+        std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let before = postmaster(&pgdata2);
+    let starts = |log: &str| log.matches("starting PostgreSQL").count();
+    let stale = |log: &str| log.matches("removed a stale postmaster.pid").count();
+    let started_before = starts(&inst2.log());
+    let stale_before = stale(&inst2.log());
+    inst2.kill();
+    inst2.start();
+    let deadline = Instant::now() + ROLE;
+    while inst2.log().matches("starting pgml-instance").count() < 2 || !inst2.log().ends_with('\n')
+    {
+        assert!(Instant::now() < deadline, "{}", inst2.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(postmaster(&pgdata2), before, "{}", inst2.log());
+    assert_eq!(starts(&inst2.log()), started_before, "{}", inst2.log());
+    assert_eq!(stale(&inst2.log()), stale_before, "{}", inst2.log());
+    pg2.wait_sql("SELECT status FROM pg_stat_wal_receiver", ROLE, |s| {
+        s == "streaming"
+    })
+    .unwrap();
 
     // A manager that dies right after stopping the primary for a switchover.
     assert!(inst1.stop(Duration::from_secs(60)), "{}", inst1.log());
