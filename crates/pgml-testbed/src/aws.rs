@@ -382,3 +382,113 @@ pub fn s3_list_keys(sb: &Sandbox, bucket: &str, prefix: &str) -> anyhow::Result<
         .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
         .collect())
 }
+
+/// An EC2 instance metadata service for processes of the test, without touching the host's
+/// network: a fresh network namespace (held by `unshare -n sleep infinity`, loopback up
+/// and carrying 169.254.169.254) where `tests/testbed/sandbox/imds.py` serves IMDSv2
+/// (the instance role `pgml-node-role`, whose temporary credentials are moto's test keys)
+/// and pipes 127.0.0.1:`s3_port` to the host's, the sandbox's HTTPS front of S3. A
+/// program started through [`NodeImds::wrapper`] sees EC2's metadata service as on an
+/// instance: pgBackRest's `repo1-s3-key-type=auto` works unchanged. Both processes are
+/// killed on drop.
+pub struct NodeImds {
+    holder: std::process::Child,
+    server: std::process::Child,
+    /// The holder's PID: `nsenter -t <pid> -n` enters the namespace.
+    pub netns_pid: u32,
+    /// The service's log: one line per request.
+    pub log: PathBuf,
+}
+
+impl NodeImds {
+    pub fn start(s3_port: u16) -> anyhow::Result<NodeImds> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let holder = Command::new("unshare")
+            .args(["-n", "--", "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("unshare -n")?;
+        let pid = holder.id();
+        let mut me = NodeImds {
+            holder,
+            server: Command::new("true").spawn().context("true")?,
+            netns_pid: pid,
+            log: PathBuf::from(format!("/tmp/pgml-imds-{pid}.log")),
+        };
+        // unshare execs sleep once the namespace is made: wait until the PID's namespace
+        // is no longer ours.
+        let own = std::fs::read_link("/proc/self/ns/net")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .as_ref()
+            == Some(&own)
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("unshare -n (pid {pid}) made no network namespace");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let p = pid.to_string();
+        for args in [
+            vec!["ip", "link", "set", "lo", "up"],
+            vec!["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"],
+        ] {
+            let out = Command::new("nsenter")
+                .args(["-t", &p, "-n", "--"])
+                .args(&args)
+                .output()
+                .context("nsenter ip")?;
+            if !out.status.success() {
+                bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let _ = me.server.wait();
+        me.server = Command::new("python3")
+            .args(["-m", "sandbox.imds", "--netns-pid", &p, "--s3-port"])
+            .arg(s3_port.to_string())
+            .current_dir(crate::sandbox::repo_root().join("tests/testbed"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&me.log)?)
+            .spawn()
+            .context("python3 -m sandbox.imds")?;
+        let mut line = String::new();
+        std::io::BufReader::new(me.server.stdout.take().expect("stdout")).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!(
+                "sandbox.imds did not start (said {line:?}): {}",
+                std::fs::read_to_string(&me.log).unwrap_or_default()
+            );
+        }
+        Ok(me)
+    }
+
+    /// How many times the role's credentials were handed out.
+    pub fn credentials_served(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/security-credentials/") && l.ends_with(" 200"))
+            .count()
+    }
+
+    /// The command prefix that runs a program in the namespace (`nsenter -t <pid> -n --`).
+    pub fn wrapper(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.netns_pid.to_string(), "-n", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl Drop for NodeImds {
+    fn drop(&mut self) {
+        for c in [&mut self.server, &mut self.holder] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -150,14 +150,16 @@ impl Postgres {
         Ok(())
     }
 
-    /// Like [`Postgres::start`], with these variables added to the server's environment
-    /// (its `archive_command` inherits them, as it would a Pod's): what an instance
-    /// manager started with IRSA's or the test bed's pgBackRest variables does.
-    pub fn start_with_env(&self, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    /// Like [`Postgres::start`], with the server started through `wrapper` (a command
+    /// prefix run inside the node, e.g. `nsenter -t <pid> -n --` to put it in a network
+    /// namespace of the test's, see [`crate::aws::NodeImds`]) and these variables added to
+    /// its environment (its `archive_command` inherits both, as it would a Pod's).
+    pub fn start_with_env(&self, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&self.log);
         let pg_ctl = pg_bin("pg_ctl");
         let opts = format!("-p {} -k {SOCKET_DIR}", self.port);
         self.as_postgres_env(
+            wrapper,
             &[
                 pg_ctl.to_str().unwrap(),
                 "-D",
@@ -177,14 +179,17 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs a program as `postgres` inside the node with extra environment variables
-    /// (`runuser` keeps them); its output, whatever its exit status.
+    /// Runs a program as `postgres` inside the node, through `wrapper` (a command prefix,
+    /// may be empty) and with extra environment variables (`runuser` keeps them); its
+    /// output, whatever its exit status.
     pub fn run_as_postgres_env(
         &self,
+        wrapper: &[&str],
         argv: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<std::process::Output> {
-        let mut full = vec!["runuser", "-u", "postgres", "--"];
+        let mut full: Vec<&str> = wrapper.to_vec();
+        full.extend_from_slice(&["runuser", "-u", "postgres", "--"]);
         full.extend_from_slice(argv);
         node_command(&self.node, &full)?
             .envs(env.iter().copied())
@@ -192,8 +197,13 @@ impl Postgres {
             .with_context(|| format!("running {argv:?} on node {}", self.node.name))
     }
 
-    fn as_postgres_env(&self, argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
-        let out = self.run_as_postgres_env(argv, env)?;
+    fn as_postgres_env(
+        &self,
+        wrapper: &[&str],
+        argv: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let out = self.run_as_postgres_env(wrapper, argv, env)?;
         if !out.status.success() {
             bail!(
                 "{argv:?} on node {} exited {}: {}{}",

@@ -15,15 +15,17 @@
 //!    `archive.info` is missing): `failed_count` grows, `last_failed_wal` is set, the condition is False and names the
 //!    segment; rendered back for the real bucket, the archive catches up and it is True.
 //!
-//! **What the test bed does instead of the EC2 metadata service.** `auto` takes the
-//! instance role's credentials from IMDS (169.254.169.254), which the sandbox does not
-//! have (and the host's network must not be changed to emulate it). So the test overrides
-//! the key type through pgBackRest's environment, given to the PostgreSQL server (whose
-//! `archive_command` inherits it) and to the `pgbackrest` commands, never through the
-//! rendered file: `PGBACKREST_REPO1_S3_KEY_TYPE=shared`, `PGBACKREST_REPO1_S3_KEY` /
-//! `PGBACKREST_REPO1_S3_KEY_SECRET` = moto's test keys (`testing`), and
-//! `PGBACKREST_REPO1_STORAGE_CA_FILE` = the sandbox's CA (pgBackRest speaks HTTPS only;
-//! the front's certificate is signed by a CA made at sandbox start). The endpoint
+//! **The instance role without EC2.** `auto` takes the instance role's temporary
+//! credentials from the metadata service (IMDSv2 at 169.254.169.254). The host's network is
+//! not changed to fake it: the PostgreSQL server and the `pgbackrest` commands run in a
+//! network namespace of the test's own ([`NodeImds`]: `unshare -n`, loopback carrying
+//! 169.254.169.254), where `tests/testbed/sandbox/imds.py` answers as EC2's IMDS does (role
+//! `pgml-node-role`, whose credentials are moto's test keys) and pipes 127.0.0.1:<port> to
+//! the sandbox's HTTPS front of S3. So the rendered file is used exactly as rendered, key
+//! type `auto` included, and the test checks that the IMDS was asked. The one thing given
+//! through pgBackRest's environment is the sandbox's CA
+//! (`PGBACKREST_REPO1_STORAGE_CA_FILE`: pgBackRest speaks HTTPS only, and the front's
+//! certificate is signed by a CA made at sandbox start). The endpoint
 //! (`https://127.0.0.1:<port>`) is the spec's `s3.endpoint`, rendered as an S3-compatible
 //! store (path-style URIs, `repo1-storage-port`).
 
@@ -37,7 +39,7 @@ use pgml_operator::pgbackrest::{
     render_config,
 };
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{s3_create_bucket, s3_list_keys};
+use pgml_testbed::aws::{NodeImds, s3_create_bucket, s3_list_keys};
 use pgml_testbed::pg::{Postgres, SOCKET_DIR, free_port};
 
 const CLUSTER: &str = "main";
@@ -121,12 +123,20 @@ fn wait_stats(pg: &Postgres, what: &str, ok: impl Fn(&ArchiverStats) -> bool) ->
     }
 }
 
-fn pgbackrest(pg: &Postgres, config: &str, env: &[(&str, &str)], args: &[&str]) -> String {
+fn pgbackrest(
+    pg: &Postgres,
+    wrapper: &[&str],
+    config: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> String {
     let config_arg = format!("--config={config}");
     let stanza_arg = format!("--stanza={}", pgbackrest::stanza(CLUSTER));
     let mut argv = vec![pgbackrest::PROGRAM, &config_arg, &stanza_arg];
     argv.extend_from_slice(args);
-    let out = pg.run_as_postgres_env(&argv, env).expect("pgbackrest");
+    let out = pg
+        .run_as_postgres_env(wrapper, &argv, env)
+        .expect("pgbackrest");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -181,18 +191,17 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
         ],
     )
     .unwrap();
-    // Instead of IMDS (see the module's documentation): the environment, never the file.
+    // The instance role from a metadata service of the test's (see the module's
+    // documentation); the sandbox's CA through the environment.
+    let imds = NodeImds::start(s3.port).unwrap();
+    let wrapper_owned = imds.wrapper();
+    let wrapper: Vec<&str> = wrapper_owned.iter().map(String::as_str).collect();
     let ca = s3.ca_file.to_string_lossy().into_owned();
-    let env: Vec<(&str, &str)> = vec![
-        ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
-        ("PGBACKREST_REPO1_S3_KEY", "testing"),
-        ("PGBACKREST_REPO1_S3_KEY_SECRET", "testing"),
-        ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
-    ];
-    pg.start_with_env(&env).unwrap();
+    let env: Vec<(&str, &str)> = vec![("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca)];
+    pg.start_with_env(&wrapper, &env).unwrap();
     let setup = t0.elapsed();
 
-    pgbackrest(&pg, &config, &env, &["stanza-create"]);
+    pgbackrest(&pg, &wrapper, &config, &env, &["stanza-create"]);
     pg.sql("CREATE TABLE t (id int, v text)").unwrap();
     let before = stats(&pg);
     let mut switched = Vec::new();
@@ -230,13 +239,19 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
             "{wal} not in s3://{bucket}/{prefix}: {keys:?}"
         );
     }
+    // The credentials came from the metadata service, as on EC2 with key type auto.
+    assert!(
+        imds.credentials_served() > 0,
+        "pgBackRest never asked the metadata service:\n{}",
+        std::fs::read_to_string(&imds.log).unwrap_or_default()
+    );
     let archived_at = t0.elapsed();
 
     // One full backup, and what `info` says of it.
     let b0 = Instant::now();
-    pgbackrest(&pg, &config, &env, &["backup", "--type=full"]);
+    pgbackrest(&pg, &wrapper, &config, &env, &["backup", "--type=full"]);
     let backup_time = b0.elapsed();
-    let info = pgbackrest(&pg, &config, &env, &["info", "--output=json"]);
+    let info = pgbackrest(&pg, &wrapper, &config, &env, &["info", "--output=json"]);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     let backups = info[0]["backup"].as_array().expect("info: backup list");
     assert_eq!(backups.len(), 1, "{info:#}");
@@ -313,6 +328,7 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
     );
 
     pg.stop("fast").unwrap();
+    drop(imds);
     let _ = std::fs::remove_dir_all(&conf_dir);
     let _ = pgml_testbed::nodes::node_exec_ok(
         node,
