@@ -329,6 +329,9 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         )
     );
     let port1 = free_port();
+    // Declared before its manager: on a failure the manager is dropped (killed) first, so
+    // that it cannot start the server again after this one's Drop stopped it.
+    let pg1 = Postgres::new(node1, &pgdata1, port1);
     let mut inst1 = procs::instance(sb, node1, ns.name(), CLUSTER, &name1, &pgdata1, port1);
     log_paths += &format!("\ninstance log: {}", inst1.log_path().display());
     let logs = || log_paths.clone();
@@ -339,7 +342,6 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         "{r}"
     );
     assert!(r["lsn"].is_string() && r["timeline"] == 1, "{r}");
-    let pg1 = Postgres::new(node1, &pgdata1, port1);
     assert!(!pg1.in_recovery().unwrap());
     status.current = Some(name1.clone());
     apply_status(&clusters, &status).await;
@@ -413,6 +415,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         "the seed of a running primary carries its postmaster.pid"
     );
     let port2 = free_port();
+    let pg2 = Postgres::new(node2, &pgdata2, port2);
     let mut inst2 = procs::instance(sb, node2, ns.name(), CLUSTER, &name2, &pgdata2, port2);
     log_paths += &format!("\ninstance log: {}", inst2.log_path().display());
     let logs = || log_paths.clone();
@@ -423,7 +426,6 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         "{}",
         inst2.log()
     );
-    let pg2 = Postgres::new(node2, &pgdata2, port2);
     assert!(pg2.in_recovery().unwrap());
     assert_eq!(pg2.sql("SELECT count(*) FROM items").unwrap(), "1000");
     let id = pg1
@@ -655,6 +657,9 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     let root = format!("/tmp/pgml-test-{}", ns.name());
     let (pgdata1, pgdata2) = (format!("{root}/{name1}"), format!("{root}/{name2}"));
     let (port1, port2) = (free_port(), free_port());
+    // Before the managers, which are dropped (killed) first on a failure.
+    let pg1 = Postgres::new(node1, &pgdata1, port1);
+    let pg2 = Postgres::new(node2, &pgdata2, port2);
     let mut inst1 = procs::instance(sb, node1, ns.name(), CLUSTER, &name1, &pgdata1, port1);
     let mut inst2 = procs::instance(sb, node2, ns.name(), CLUSTER, &name2, &pgdata2, port2);
     let log_paths = format!(
@@ -666,7 +671,6 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     wait_report(&pods, &name1, "primary/ready", &logs, primary_ready).await;
     status.current = Some(name1.clone());
     apply_status(&clusters, &status).await;
-    let pg1 = Postgres::new(node1, &pgdata1, port1);
     pg1.sql("CREATE TABLE items (id bigserial PRIMARY KEY, note text NOT NULL)")
         .unwrap();
     pg1.sql("INSERT INTO items (note) SELECT 'row ' || g FROM generate_series(1, 100) g")
@@ -674,7 +678,6 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     // The replica waited for the primary's report, then copied it.
     wait_report(&pods, &name2, "replica/streaming", &logs, replica_streaming).await;
     assert!(inst2.log().contains("pg_basebackup"), "{}", inst2.log());
-    let pg2 = Postgres::new(node2, &pgdata2, port2);
     pg2.wait_sql("SELECT count(*) FROM items", Duration::from_secs(30), |n| {
         n == "100"
     })
