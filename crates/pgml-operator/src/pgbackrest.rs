@@ -15,7 +15,8 @@
 //!   `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
 //!   2.45 has no key type that gets the Pod's role: `auto` would silently use the *node's*
 //!   instance role instead (another identity, maybe with other rights), so the renderer
-//!   still writes `pod-id`; 2.45 refuses the option at once (`archive-push` fails, the
+//!   still writes `pod-id`; 2.45 refuses the option at once (seen here: `ERROR: [032]:
+//!   'pod-id' is not allowed for 'repo1-s3-key-type' option`; `archive-push` fails, the
 //!   `ContinuousArchiving` condition says so) rather than archiving as the wrong role. An
 //!   image with pgBackRest ≥ 2.58 is needed for `PodIdentity`.
 

@@ -12,8 +12,9 @@
 //!    condition is True; one full backup, and `pgbackrest info` shows it.
 //! 3. The file is rendered again for a bucket that does not exist (moto answers 404
 //!    NoSuchBucket, which pgBackRest reports as error 103, no valid repository: its
-//!    `archive.info` is missing): `failed_count` grows, `last_failed_wal` is set, the condition is False and names the
-//!    segment; rendered back for the real bucket, the archive catches up and it is True.
+//!    `archive.info` is missing): `failed_count` grows, `last_failed_wal` is set, the
+//!    condition is False and names the segment; rendered back for the real bucket, the
+//!    archive catches up and it is True.
 //!
 //! **The instance role without EC2.** `auto` takes the instance role's temporary
 //! credentials from the metadata service (IMDSv2 at 169.254.169.254). The host's network is
