@@ -873,6 +873,37 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
             .await
             .unwrap();
     assert!(pools.items.is_empty(), "no pool on the ext4 path");
+
+    // A Secret deleted once the cluster exists is reported, never made again with a new
+    // password (PostgreSQL holds the old one).
+    let secrets: Api<Secret> = f.ns.api();
+    secrets
+        .delete("main-app", &DeleteParams::default())
+        .await
+        .unwrap();
+    let events: Api<Event> = f.ns.api();
+    let deadline = Instant::now() + TIMEOUT;
+    while !events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("SecretMissing") && e.type_.as_deref() == Some("Warning")
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no SecretMissing event\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        secrets.get_opt("main-app").await.unwrap().is_none(),
+        "a new password was made"
+    );
     f.clusters()
         .delete(CLUSTER, &DeleteParams::background())
         .await

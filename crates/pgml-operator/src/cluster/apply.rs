@@ -125,11 +125,24 @@ impl Run<'_> {
 
     /// The credentials Secrets, created once. An existing one is never read (only its
     /// metadata is) nor rewritten.
-    async fn ensure_secrets(&mut self) -> Result<(), Error> {
+    /// Once the cluster has a primary, a missing Secret is not made again: its password is
+    /// the one PostgreSQL holds, and a new one would break replication and clients
+    /// silently. It is reported instead (restore it, or create it with the password set in
+    /// PostgreSQL).
+    async fn ensure_secrets(&mut self, bootstrapped: bool) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.b.c.namespace);
         for kind in SecretKind::ALL {
             let name = self.b.c.secret(kind);
             if api.get_metadata_opt(&name).await?.is_some() {
+                continue;
+            }
+            if bootstrapped {
+                let why = format!(
+                    "Secret {name} is missing; the operator does not make a new password for a cluster that exists: restore it, or create it with user {} and the password PostgreSQL has",
+                    kind.username()
+                );
+                self.note(true, "SecretMissing", why.clone());
+                self.building.push(why);
                 continue;
             }
             let password = secrets::password()
@@ -567,7 +580,8 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
     let observed = cluster.status.clone().unwrap_or_default();
     let spec = &cluster.spec;
 
-    run.ensure_secrets().await?;
+    run.ensure_secrets(observed.current_primary.is_some())
+        .await?;
     run.ensure_shared().await?;
 
     let desired = spec.instances.max(1) as usize;

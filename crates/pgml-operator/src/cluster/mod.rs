@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -85,6 +85,8 @@ pub async fn run_until(
         .owns(api::<PersistentVolumeClaim>(&ctx), owned())
         .owns(api::<Service>(&ctx), owned())
         .owns(api::<ConfigMap>(&ctx), owned())
+        // A deleted Secret is reported at once (never made again once the cluster exists).
+        .owns(api::<Secret>(&ctx), owned())
         .owns(api::<EbsSnapshot>(&ctx), owned())
         .watches(
             Api::<Node>::all(ctx.client.clone()),
