@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -46,13 +46,48 @@ impl Pg {
     }
 
     pub(super) fn prepare_dir(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.data)
-            .with_context(|| format!("creating {}", self.data.display()))?;
-        self.give(&self.data)?;
-        std::fs::set_permissions(
-            &self.data,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
+        self.prepare(&self.data)
+    }
+
+    /// Creates a data folder (given to postgres, mode 0700).
+    pub(super) fn prepare(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.give(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// `.<PGDATA's name>.pgml-basebackup` beside PGDATA, where a copy is made.
+    pub(super) fn staging_dir(&self) -> Option<PathBuf> {
+        let name = self.data.file_name()?.to_string_lossy().into_owned();
+        Some(self.data.parent()?.join(format!(".{name}.pgml-basebackup")))
+    }
+
+    /// Removes a copy left half-made (a process killed during pg_basebackup).
+    pub(super) fn remove_staging(&self) -> anyhow::Result<()> {
+        if let Some(dir) = self.staging_dir()
+            && dir.exists()
+        {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// PGDATA is the root of a file system (its folder is on another device).
+    pub(super) fn is_mount_point(&self) -> bool {
+        let (Ok(d), Some(Ok(p))) = (
+            std::fs::metadata(&self.data),
+            self.data.parent().map(std::fs::metadata),
+        ) else {
+            return false;
+        };
+        d.dev() != p.dev()
+    }
+
+    pub(super) fn sync_parent(&self) -> anyhow::Result<()> {
+        if let Some(parent) = self.data.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
         Ok(())
     }
 
@@ -149,5 +184,45 @@ impl Pg {
         }
         self.write_file(MANAGED_CONF, text)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(data: &str) -> Pg {
+        Pg {
+            bin: "/b".into(),
+            data: data.into(),
+            port: 5432,
+            socket_dir: "/tmp".into(),
+            listen_addresses: "*".into(),
+            superuser: "postgres".into(),
+            local_auth: "peer".into(),
+            host_auth: "trust".into(),
+            config_dir: None,
+            drop_to: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_staged_beside_pgdata() {
+        assert_eq!(
+            pg("/var/lib/postgresql/data/pgdata").staging_dir(),
+            Some(PathBuf::from(
+                "/var/lib/postgresql/data/.pgdata.pgml-basebackup"
+            ))
+        );
+        assert_eq!(pg("/").staging_dir(), None);
+    }
+
+    #[test]
+    fn mount_points_are_told_apart() {
+        assert!(pg("/proc").is_mount_point());
+        let dir = std::env::temp_dir().join(format!("pgml-inst-mnt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!pg(&dir.to_string_lossy()).is_mount_point());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

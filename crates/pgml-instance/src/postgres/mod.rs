@@ -219,12 +219,24 @@ impl Pg {
     /// Copies the primary at `from` (`host:port`) into an empty PGDATA.
     pub async fn basebackup(&self, from: &str, creds: Option<&Credentials>) -> anyhow::Result<()> {
         self.prepare_dir()?;
+        // Into a folder beside PGDATA, renamed onto it once complete: a copy cut short (the
+        // Pod killed) must not look like a data directory. PGDATA as a mount point cannot
+        // be replaced: copied in place then.
+        let staging = self.staging_dir().filter(|_| !self.is_mount_point());
+        let target = match &staging {
+            Some(dir) => {
+                self.remove_staging()?;
+                self.prepare(dir)?;
+                dir.clone()
+            }
+            None => self.data.clone(),
+        };
         let (host, port) = split_address(from)?;
-        let data = self.data.to_string_lossy().into_owned();
+        let dir = target.to_string_lossy().into_owned();
         let user = creds.map_or(self.superuser.as_str(), |c| c.username.as_str());
         let mut c = self.command("pg_basebackup");
         c.args([
-            "-D", &data, "-h", host, "-p", port, "-U", user, "-X", "stream", "-c", "fast", "-w",
+            "-D", &dir, "-h", host, "-p", port, "-U", user, "-X", "stream", "-c", "fast", "-w",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -233,10 +245,17 @@ impl Pg {
         }
         let out = c.output().await.context("running pg_basebackup")?;
         if !out.status.success() {
+            let _ = self.remove_staging();
             bail!(
                 "pg_basebackup: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
+        }
+        if let Some(dir) = staging {
+            // PGDATA is an empty folder (prepare_dir): rename replaces it.
+            std::fs::rename(&dir, &self.data)
+                .with_context(|| format!("renaming {} to PGDATA", dir.display()))?;
+            self.sync_parent()?;
         }
         Ok(())
     }
