@@ -233,23 +233,25 @@ impl Postgres {
         .map(|_| ())
     }
 
-    /// Whether the postmaster runs (`pg_ctl status`).
+    /// Whether a postmaster of THIS data directory runs: the PID in `postmaster.pid` is
+    /// alive and its working directory is PGDATA. `pg_ctl status` is not enough: a copy
+    /// restored from a snapshot carries its source's lock file, whose PID (every simulated
+    /// node shares the host's PID namespace) is the live source postmaster, and stopping
+    /// "it" would stop the source.
     pub fn running(&self) -> bool {
-        let pg_ctl = pg_bin("pg_ctl");
-        node_exec(
-            &self.node,
-            &[
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                pg_ctl.to_str().unwrap(),
-                "-D",
-                &self.data_dir,
-                "status",
-            ],
-        )
-        .is_ok_and(|o| o.status.success())
+        let pidfile = format!("{}/postmaster.pid", self.data_dir);
+        let Ok(text) = node_exec_ok(&self.node, &["cat", &pidfile]) else {
+            return false;
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        node_exec_ok(&self.node, &["readlink", &format!("/proc/{pid}/cwd")])
+            .is_ok_and(|cwd| cwd.trim() == self.data_dir.trim_end_matches('/'))
     }
 
     /// The last lines of the server log, for failure messages.
