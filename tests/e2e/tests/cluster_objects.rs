@@ -174,7 +174,8 @@ fn role_of(p: &Pod) -> Option<String> {
     p.labels().get("pgml.io/role").cloned()
 }
 
-/// The resourceVersion of every object of the cluster, by kind/name.
+/// The resourceVersion of every object of the cluster, by kind/name (for pools: their
+/// generation and when `pgml-operator` last applied them).
 async fn versions(f: &Fixture) -> BTreeMap<String, String> {
     let lp = ListParams::default().labels(&format!("{}={CLUSTER}", keys::CLUSTER));
     let mut out = BTreeMap::new();
@@ -190,7 +191,18 @@ async fn versions(f: &Fixture) -> BTreeMap<String, String> {
             }
         };
     }
-    each!(ZfsPool, f.ns.api::<ZfsPool>());
+    // A pool's status is the ZfsPool controller's and its agent's, who write it when
+    // their facts change (allocated bytes, say): what is ours is its spec and metadata.
+    for p in f.ns.api::<ZfsPool>().list(&lp).await.unwrap().items {
+        let ours: Vec<String> = p
+            .managed_fields()
+            .iter()
+            .filter(|m| m.manager.as_deref() == Some("pgml-operator") && m.subresource.is_none())
+            .map(|m| format!("{:?}", m.time))
+            .collect();
+        let sig = format!("generation {:?}, applied {ours:?}", p.metadata.generation);
+        put("ZfsPool", p.name_any(), Some(sig));
+    }
     each!(Pod, f.pods());
     each!(PersistentVolumeClaim, f.ns.api::<PersistentVolumeClaim>());
     each!(Service, f.ns.api::<Service>());
@@ -455,6 +467,13 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         assert!(!notes.contains(pw.as_str()), "a password is in an Event");
     }
     assert!(notes.contains("main-1 is the primary"), "{notes}");
+    assert!(
+        !events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PodOutdated")),
+        "an unchanged Pod was reported outdated"
+    );
 
     // Deletion: the pools go (their volumes deleted, reclaimPolicy Delete), the PVs too.
     let uids: Vec<String> = pools
@@ -903,6 +922,31 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
     assert!(
         secrets.get_opt("main-app").await.unwrap().is_none(),
         "a new password was made"
+    );
+
+    // A new image is not pushed into running Pods: said in a Warning, nothing else.
+    let pod_rv = f.pods().get("main-1").await.unwrap().resource_version();
+    m["spec"]["image"] = json!("ghcr.io/postgresml/postgresml:2.10.1");
+    f.apply(&m).await;
+    let deadline = Instant::now() + TIMEOUT;
+    while !events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("PodOutdated"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no PodOutdated event\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        f.pods().get("main-1").await.unwrap().resource_version(),
+        pod_rv
     );
     f.clusters()
         .delete(CLUSTER, &DeleteParams::background())

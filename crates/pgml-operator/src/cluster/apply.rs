@@ -512,6 +512,18 @@ impl Run<'_> {
                 .push(format!("{}: its Pod is being deleted", r.name));
             return Ok(());
         }
+        // A Pod's spec cannot change in place; a new image or resources reach it only when
+        // it is made again. Said, not done: restarting instances is the user's call here.
+        if !covers(&to_value(&pod.spec), &self.b.pod(i)["spec"]) {
+            self.note(
+                true,
+                "PodOutdated",
+                format!(
+                    "Pod {} runs an older spec than the cluster's (image, resources, scheduling): delete it to have it made again (replicas first, then switch over)",
+                    r.name
+                ),
+            );
+        }
         let marks = self.b.pod_marks(i);
         if covers(&to_value(&pod.metadata), &marks) {
             return Ok(());
