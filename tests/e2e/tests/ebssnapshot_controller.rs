@@ -18,6 +18,11 @@ use pgml_testbed::wait::{condition, wait_for, wait_gone};
 use serde_json::json;
 use snapshot_common::*;
 
+/// A PgmlCluster the cluster controller (running in the same operator) can place nowhere: no
+/// node has the label, so it writes no `status.instances` and the entries these tests write (as the
+/// instances would be reported) are the only ones.
+const CLUSTER_NO_NODE: &str = "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main}\nspec:\n  instances: 2\n  nodeSelector: {pgml.io/e2e-no-such-node: \"true\"}\n  storage: {zfs: {template: {volumes: {count: 1, type: gp3, sizeGiB: 1}}}}\n";
+
 /// Snapshot IDs of the status, in member order.
 fn member_ids(s: &EbsSnapshot) -> Vec<(i32, String, String)> {
     s.status
@@ -262,10 +267,7 @@ async fn missing_sources_are_awaited_then_fail_and_unready_ones_wait() {
     );
 
     // A cluster that reports no instances yet: Pending, SourceNotReady, until it does.
-    let cluster: PgmlCluster = serde_yaml::from_str(
-        "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main}\nspec:\n  instances: 2\n  storage: {zfs: {template: {volumes: {count: 1, type: gp3, sizeGiB: 1}}}}\n",
-    )
-    .unwrap();
+    let cluster: PgmlCluster = serde_yaml::from_str(CLUSTER_NO_NODE).unwrap();
     let api: kube::Api<PgmlCluster> = f.ns.api();
     api.create(&PostParams::default(), &cluster).await.unwrap();
     let obj: EbsSnapshot = serde_yaml::from_str(
@@ -520,10 +522,7 @@ async fn a_cluster_source_snapshots_its_ready_replica_s_pool() {
     let pool = f.unique("replica");
     f.ready_pool(&pool, node, "raid0", 1).await;
     let api: kube::Api<PgmlCluster> = f.ns.api();
-    let cluster: PgmlCluster = serde_yaml::from_str(
-        "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main}\nspec:\n  instances: 2\n  storage: {zfs: {template: {volumes: {count: 1, type: gp3, sizeGiB: 1}}}}\n",
-    )
-    .unwrap();
+    let cluster: PgmlCluster = serde_yaml::from_str(CLUSTER_NO_NODE).unwrap();
     api.create(&PostParams::default(), &cluster).await.unwrap();
     let status = json!({
         "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
