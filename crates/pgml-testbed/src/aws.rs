@@ -120,18 +120,8 @@ impl SimAdmin {
             self.addr,
             body.len()
         );
-        s.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, payload) = text
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("malformed answer from the simulator: {text:?}"))?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("no status in {head:?}"))?;
+        let (status, payload) = exchange(&mut s, &req, "malformed answer from the simulator")?;
+        let payload = payload.as_str();
         if !(200..300).contains(&status) {
             bail!("ebssim {method} {path}: HTTP {status}: {payload}");
         }
@@ -342,13 +332,19 @@ pub fn s3_call(sb: &Sandbox, method: &str, path_and_query: &str) -> anyhow::Resu
          x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nx-amz-date: 20240101T000000Z\r\n\
          Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
+    exchange(&mut s, &req, "malformed S3 answer")
+}
+
+/// Sends one HTTP/1.1 request (with `Connection: close`) and reads the whole answer: its
+/// status and body. `malformed` starts the error for an answer with no head/body split.
+fn exchange(s: &mut TcpStream, req: &str, malformed: &str) -> anyhow::Result<(u16, String)> {
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, payload) = text
         .split_once("\r\n\r\n")
-        .with_context(|| format!("malformed S3 answer: {text:?}"))?;
+        .with_context(|| format!("{malformed}: {text:?}"))?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
