@@ -129,11 +129,19 @@ impl Postgres {
     /// Starts the server and waits until it accepts connections (as a primary or a hot
     /// standby).
     pub fn start(&self) -> anyhow::Result<()> {
+        self.pg_ctl_start(|argv| self.as_postgres(argv))
+    }
+
+    /// `pg_ctl start` (waiting up to 120 s) run by `run`, with a fresh server log.
+    fn pg_ctl_start(
+        &self,
+        run: impl FnOnce(&[&str]) -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
         // The log is opened by pg_ctl as postgres: make it writable whatever was there.
         let _ = std::fs::remove_file(&self.log);
         let pg_ctl = pg_bin("pg_ctl");
         let opts = format!("-p {} -k {SOCKET_DIR}", self.port);
-        self.as_postgres(&[
+        run(&[
             pg_ctl.to_str().unwrap(),
             "-D",
             &self.data_dir,
@@ -155,28 +163,7 @@ impl Postgres {
     /// namespace of the test's, see [`crate::aws::NodeImds`]) and these variables added to
     /// its environment (its `archive_command` inherits both, as it would a Pod's).
     pub fn start_with_env(&self, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
-        let _ = std::fs::remove_file(&self.log);
-        let pg_ctl = pg_bin("pg_ctl");
-        let opts = format!("-p {} -k {SOCKET_DIR}", self.port);
-        self.as_postgres_env(
-            wrapper,
-            &[
-                pg_ctl.to_str().unwrap(),
-                "-D",
-                &self.data_dir,
-                "-l",
-                self.log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "120",
-                "-o",
-                &opts,
-                "start",
-            ],
-            env,
-        )
-        .with_context(|| format!("pg_ctl start; server log: {}", self.log_tail()))?;
-        Ok(())
+        self.pg_ctl_start(|argv| self.as_postgres_env(wrapper, argv, env))
     }
 
     /// Runs a program as `postgres` inside the node, through `wrapper` (a command prefix,
