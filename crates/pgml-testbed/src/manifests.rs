@@ -104,3 +104,29 @@ pub fn missing_or_changed(sent: &Value, got: &Value, at: &str) -> Option<String>
         _ => Some(format!("{at}: sent {sent}, read back {got}")),
     }
 }
+
+/// `name`'s ZFS pool name on its node: pool names are per node, not per namespace, so each
+/// run gets its own (a failed run leaves its pools imported).
+pub fn zpool_name(name: &str, ns: &str) -> String {
+    format!("{name}-{}", &ns[ns.len() - 6..])
+}
+
+/// A RAID0 ZfsPool `name` on `node` (pool name [`zpool_name`]) of `count` gp3 volumes of
+/// `size_gib` GiB each, with a `pgdata` dataset (recordsize 8K), restored from the
+/// EbsSnapshot `restore_from` if given.
+pub fn raid0_pool<T: serde::de::DeserializeOwned>(
+    name: &str,
+    ns: &str,
+    node: &str,
+    (count, size_gib): (u32, u32),
+    restore_from: Option<&str>,
+) -> T {
+    let restore = restore_from
+        .map(|s| format!("  restoreFrom: {{ebsSnapshotName: {s}}}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  poolName: {}\n  layout: raid0\n  reclaimPolicy: Delete\n  volumes: {{count: {count}, type: gp3, sizeGiB: {size_gib}}}\n  datasets:\n  - name: pgdata\n    properties: {{recordsize: 8K}}\n{restore}",
+        zpool_name(name, ns)
+    );
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}

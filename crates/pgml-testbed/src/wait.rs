@@ -95,3 +95,27 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Waits (polling every 500 ms, up to `timeout`) for `name`'s `Ready` condition to be
+/// `True`; panics with its status and `context()` otherwise.
+pub async fn wait_ready<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> K
+where
+    K: Clone + DeserializeOwned + Debug + Serialize,
+{
+    try_wait_for(
+        api,
+        name,
+        "Ready",
+        timeout,
+        Duration::from_millis(500),
+        context,
+        |o| has_condition(o, "Ready", "True"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}

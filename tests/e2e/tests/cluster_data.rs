@@ -30,11 +30,12 @@ use pgml_api::snapshot::SnapshotPhase;
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 use pgml_testbed::Sandbox;
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
+use pgml_testbed::manifests::{raid0_pool, zpool_name};
 use pgml_testbed::nodes::{node_exec, node_exec_ok};
 use pgml_testbed::pg::{PG_BIN, Postgres, SOCKET_DIR, free_port};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
-use pgml_testbed::wait::{has_condition, try_wait_for, wait_gone};
+use pgml_testbed::wait::{try_wait_for, wait_gone, wait_ready};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(240);
@@ -42,20 +43,9 @@ const ROLE: Duration = Duration::from_secs(60);
 const CLUSTER: &str = "pgc";
 const CONTROLLER: &str = "pgml-e2e-controller";
 
-fn zpool_name(name: &str, ns: &str) -> String {
-    format!("{name}-{}", &ns[ns.len() - 6..])
-}
-
+/// The test's pools: 2 volumes of 1 GiB.
 fn pool_manifest(name: &str, ns: &str, node: &NodeInfo, restore_from: Option<&str>) -> ZfsPool {
-    let restore = restore_from
-        .map(|s| format!("  restoreFrom: {{ebsSnapshotName: {s}}}\n"))
-        .unwrap_or_default();
-    let text = format!(
-        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  poolName: {}\n  layout: raid0\n  reclaimPolicy: Delete\n  volumes: {{count: 2, type: gp3, sizeGiB: 1}}\n  datasets:\n  - name: pgdata\n    properties: {{recordsize: 8K}}\n{restore}",
-        node.name,
-        zpool_name(name, ns)
-    );
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    raid0_pool(name, ns, &node.name, (2, 1), restore_from)
 }
 
 fn cluster_manifest() -> PgmlCluster {
@@ -125,6 +115,52 @@ fn report_of(p: &Pod) -> Option<Value> {
 }
 
 /// Waits until the instance's report satisfies `ok`; the report.
+/// Inserts a row noted `note` on `primary` and waits (30 s) until `replica` has it.
+fn insert_streamed(primary: &Postgres, replica: &Postgres, note: &str) -> anyhow::Result<String> {
+    let id = primary.sql(&format!(
+        "INSERT INTO items (note) VALUES ('{note}') RETURNING id"
+    ))?;
+    replica.wait_sql(
+        &format!("SELECT count(*) FROM items WHERE id = {id}"),
+        Duration::from_secs(30),
+        |n| n == "1",
+    )
+}
+
+/// Creates the instances' Pods, each on its node.
+async fn create_pods(pods: &Api<Pod>, instances: [(&str, &NodeInfo); 2]) {
+    for (name, node) in instances {
+        pods.create(&PostParams::default(), &pod_manifest(name, node))
+            .await
+            .unwrap();
+    }
+}
+
+/// The end of a switchover to `to`: waits for its report as primary on timeline 2, records
+/// it as the current primary, then waits for `from` to stream from it as a replica.
+async fn finish_switchover(
+    clusters: &Api<PgmlCluster>,
+    pods: &Api<Pod>,
+    status: &mut ClusterStatus,
+    to: &str,
+    from: &str,
+    what: &str,
+    logs: &dyn Fn() -> String,
+) {
+    let r = wait_report(pods, to, what, logs, primary_ready).await;
+    assert_eq!(r["timeline"], 2, "{r}");
+    status.current = Some(to.to_string());
+    apply_status(clusters, status).await;
+    wait_report(
+        pods,
+        from,
+        "replica of the new primary",
+        logs,
+        replica_streaming,
+    )
+    .await;
+}
+
 async fn wait_report(
     pods: &Api<Pod>,
     name: &str,
@@ -171,20 +207,6 @@ fn mount_point(node: &NodeInfo, dataset: &str) -> String {
     .unwrap_or_else(|e| panic!("{e:#}"))
     .trim()
     .to_string()
-}
-
-async fn wait_pool_ready(api: &Api<ZfsPool>, name: &str, logs: &dyn Fn() -> String) -> ZfsPool {
-    try_wait_for(
-        api,
-        name,
-        "Ready",
-        READY,
-        Duration::from_millis(500),
-        logs,
-        |p| has_condition(p, "Ready", "True"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn data_file(node: &NodeInfo, pgdata: &str, file: &str) -> bool {
@@ -303,12 +325,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         .create(&pp, &pool_manifest(&name1, storage.name(), node1, None))
         .await
         .unwrap();
-    pods.create(&pp, &pod_manifest(&name1, node1))
-        .await
-        .unwrap();
-    pods.create(&pp, &pod_manifest(&name2, node2))
-        .await
-        .unwrap();
+    create_pods(&pods, [(&name1, node1), (&name2, node2)]).await;
     let mut status = ClusterStatus {
         target: name1.clone(),
         current: None,
@@ -317,7 +334,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     apply_status(&clusters, &status).await;
     {
         let logs = || log_paths.clone();
-        wait_pool_ready(&pools, &name1, &logs).await;
+        wait_ready(&pools, &name1, READY, &logs).await;
     }
 
     // (a) Bootstrap: initdb, started, reported primary and ready.
@@ -398,7 +415,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         )
         .await
         .unwrap();
-    wait_pool_ready(&pools, &name2, &logs).await;
+    wait_ready(&pools, &name2, READY, &logs).await;
     let pgdata2 = format!(
         "{}/data",
         mount_point(
@@ -428,15 +445,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     );
     assert!(pg2.in_recovery().unwrap());
     assert_eq!(pg2.sql("SELECT count(*) FROM items").unwrap(), "1000");
-    let id = pg1
-        .sql("INSERT INTO items (note) VALUES ('streamed') RETURNING id")
-        .unwrap();
-    pg2.wait_sql(
-        &format!("SELECT count(*) FROM items WHERE id = {id}"),
-        Duration::from_secs(30),
-        |n| n == "1",
-    )
-    .unwrap();
+    insert_streamed(&pg1, &pg2, "streamed").unwrap();
     assert_eq!(
         pg1.sql(&format!(
             "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot2}'"
@@ -491,23 +500,14 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     status.target = name2.clone();
     apply_status(&clusters, &status).await;
-    let r = wait_report(
+    finish_switchover(
+        &clusters,
         &pods,
+        &mut status,
         &name2,
+        &name1,
         "primary after switchover",
         &logs,
-        primary_ready,
-    )
-    .await;
-    assert_eq!(r["timeline"], 2, "{r}");
-    status.current = Some(name2.clone());
-    apply_status(&clusters, &status).await;
-    wait_report(
-        &pods,
-        &name1,
-        "replica of the new primary",
-        &logs,
-        replica_streaming,
     )
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -521,15 +521,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     );
     assert!(inst1.log().contains("\"demoted\""), "{}", inst1.log());
     assert!(pg1.in_recovery().unwrap() && !pg2.in_recovery().unwrap());
-    let id = pg2
-        .sql("INSERT INTO items (note) VALUES ('after switchover') RETURNING id")
-        .unwrap();
-    pg1.wait_sql(
-        &format!("SELECT count(*) FROM items WHERE id = {id}"),
-        Duration::from_secs(30),
-        |n| n == "1",
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    insert_streamed(&pg2, &pg1, "after switchover").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     assert_eq!(pg1.sql("SELECT count(*) FROM items").unwrap(), "1002");
     let slot1 = name1.replace('-', "_");
     pg2.wait_sql(
@@ -638,12 +630,7 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     let mut cluster = cluster_manifest();
     cluster.spec.replicas.seed_from = pgml_api::cluster::SeedFrom::PgBasebackup;
     clusters.create(&pp, &cluster).await.unwrap();
-    pods.create(&pp, &pod_manifest(&name1, node1))
-        .await
-        .unwrap();
-    pods.create(&pp, &pod_manifest(&name2, node2))
-        .await
-        .unwrap();
+    create_pods(&pods, [(&name1, node1), (&name2, node2)]).await;
     let mut status = ClusterStatus {
         target: name1.clone(),
         current: None,
@@ -794,35 +781,18 @@ async fn basebackup_seed_crash_restart_and_a_demotion_resumed() {
     );
     inst1.unset_env("PGML_FAILPOINTS");
     inst1.start();
-    let r = wait_report(
+    finish_switchover(
+        &clusters,
         &pods,
+        &mut status,
         &name2,
+        &name1,
         "primary after the switchover",
         &logs,
-        primary_ready,
-    )
-    .await;
-    assert_eq!(r["timeline"], 2, "{r}");
-    status.current = Some(name2.clone());
-    apply_status(&clusters, &status).await;
-    wait_report(
-        &pods,
-        &name1,
-        "replica of the new primary",
-        &logs,
-        replica_streaming,
     )
     .await;
     assert_eq!(pg2.sql("SELECT count(*) FROM items").unwrap(), "101");
-    let id = pg2
-        .sql("INSERT INTO items (note) VALUES ('new primary') RETURNING id")
-        .unwrap();
-    pg1.wait_sql(
-        &format!("SELECT count(*) FROM items WHERE id = {id}"),
-        Duration::from_secs(30),
-        |n| n == "1",
-    )
-    .unwrap();
+    insert_streamed(&pg2, &pg1, "new primary").unwrap();
     eprintln!("switchover resumed at {:?}", started.elapsed());
 
     // Fencing a running instance stops its PostgreSQL at once, and it stays down.

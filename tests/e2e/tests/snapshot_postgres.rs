@@ -19,30 +19,18 @@ use pgml_api::snapshot::{HoldState, SnapshotPhase};
 use pgml_api::{EbsSnapshot, ZfsPool};
 use pgml_testbed::Sandbox;
 use pgml_testbed::kube::{TestNamespace, client};
+use pgml_testbed::manifests::raid0_pool;
 use pgml_testbed::nodes::node_exec_ok;
 use pgml_testbed::pg::{Postgres, free_port};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
-use pgml_testbed::wait::{has_condition, try_wait_for, wait_gone};
+use pgml_testbed::wait::{try_wait_for, wait_gone, wait_ready};
 
 const READY: Duration = Duration::from_secs(240);
 
-/// `name` on the node: ZFS pool names are per node, not per namespace, so each run gets its
-/// own (a failed run leaves its pools imported).
-fn zpool_name(name: &str, ns: &str) -> String {
-    format!("{name}-{}", &ns[ns.len() - 6..])
-}
-
+/// The test's pools: 4 volumes of 2 GiB.
 fn pool_manifest(name: &str, ns: &str, node: &NodeInfo, restore_from: Option<&str>) -> ZfsPool {
-    let restore = restore_from
-        .map(|s| format!("  restoreFrom: {{ebsSnapshotName: {s}}}\n"))
-        .unwrap_or_default();
-    let text = format!(
-        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  poolName: {}\n  layout: raid0\n  reclaimPolicy: Delete\n  volumes: {{count: 4, type: gp3, sizeGiB: 2}}\n  datasets:\n  - name: pgdata\n    properties: {{recordsize: 8K}}\n{restore}",
-        node.name,
-        zpool_name(name, ns)
-    );
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    raid0_pool(name, ns, &node.name, (4, 2), restore_from)
 }
 
 fn snapshot_manifest(name: &str, pool: &str) -> EbsSnapshot {
@@ -71,20 +59,6 @@ fn pgdata_mount(pool: &ZfsPool, node: &NodeInfo) -> String {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(path, zfs.trim(), "status.datasets disagrees with zfs get");
     path
-}
-
-async fn wait_pool_ready(api: &Api<ZfsPool>, name: &str, logs: &dyn Fn() -> String) -> ZfsPool {
-    try_wait_for(
-        api,
-        name,
-        "Ready",
-        READY,
-        Duration::from_millis(500),
-        logs,
-        |p| has_condition(p, "Ready", "True"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn count(pg: &Postgres, query: &str) -> i64 {
@@ -122,7 +96,7 @@ async fn snapshot_of_a_loaded_primary_restores_as_a_streaming_standby() {
         .create(&pp, &pool_manifest("pg-primary", ns.name(), src_node, None))
         .await
         .unwrap();
-    let src = wait_pool_ready(&pools, "pg-primary", &logs).await;
+    let src = wait_ready(&pools, "pg-primary", READY, &logs).await;
     let src_mount = pgdata_mount(&src, src_node);
     let primary = Postgres::new(src_node, &format!("{src_mount}/data"), free_port());
     primary.initdb().unwrap();
@@ -262,7 +236,7 @@ async fn snapshot_of_a_loaded_primary_restores_as_a_streaming_standby() {
         )
         .await
         .unwrap();
-    let copy = wait_pool_ready(&pools, "pg-copy", &logs).await;
+    let copy = wait_ready(&pools, "pg-copy", READY, &logs).await;
     assert_eq!(
         copy.status
             .as_ref()
