@@ -207,6 +207,14 @@ pub fn agent_state_dir(node: &NodeInfo, namespace: &str) -> PathBuf {
     node.root.join("agent-state").join(namespace)
 }
 
+/// A node agent on each of the sandbox's nodes at these indexes, watching one namespace.
+pub fn agents(sb: &Sandbox, nodes: &[usize], namespace: &str) -> Vec<Proc> {
+    nodes
+        .iter()
+        .map(|&i| agent(sb, &sb.nodes[i], namespace))
+        .collect()
+}
+
 /// A node agent inside `node`'s mount namespace, watching one namespace.
 pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
     let mut env = common_env(sb);

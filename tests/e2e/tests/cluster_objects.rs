@@ -47,9 +47,7 @@ impl Fixture {
             }
             operator.start();
         }
-        let agents = (0..3)
-            .map(|i| procs::agent(sb, &sb.nodes[i], ns.name()))
-            .collect();
+        let agents = procs::agents(sb, &[0, 1, 2], ns.name());
         Fixture {
             sb,
             ns,
@@ -101,6 +99,75 @@ impl Fixture {
             .patch(pod, &PatchParams::default(), &Patch::Merge(&body))
             .await
             .unwrap_or_else(|e| panic!("annotating {pod}: {e}"));
+    }
+
+    /// Waits for `pod`'s role label to be `role`.
+    async fn wait_role(&self, pod: &str, role: &str) {
+        self.wait_pod(pod, &format!("role {role}"), |p| {
+            role_of(p).as_deref() == Some(role)
+        })
+        .await;
+    }
+
+    /// Waits for `pod` to carry the fenced annotation.
+    async fn wait_fenced(&self, pod: &str) {
+        self.wait_pod(pod, "fenced", |p| {
+            p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
+        })
+        .await;
+    }
+
+    /// Waits for the cluster's `status.currentPrimary` to be `pod`.
+    async fn wait_current_primary(&self, pod: &str) {
+        self.wait_cluster(&format!("currentPrimary {pod}"), |c| {
+            c.status.as_ref().and_then(|s| s.current_primary.as_deref()) == Some(pod)
+        })
+        .await;
+    }
+
+    /// Waits for every instance's Pod to be Running.
+    async fn wait_pods_running(&self) {
+        for name in instance_names() {
+            self.wait_pod(&name, "Running", |p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .await;
+        }
+    }
+
+    /// Reports main-1 primary and main-2, main-3 replicas at these LSNs (in that order),
+    /// then waits for the cluster to count three ready instances.
+    async fn report_all_ready(&self, lsns: [&str; 3]) {
+        self.report("main-1", primary(lsns[0])).await;
+        self.report("main-2", replica(lsns[1])).await;
+        self.report("main-3", replica(lsns[2])).await;
+        self.wait_cluster("Healthy", |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.ready_instances == Some(3))
+        })
+        .await;
+    }
+
+    /// Waits for an Event in the namespace that `ok` accepts; panics with `what` and the logs.
+    async fn wait_event(&self, what: &str, ok: impl Fn(&Event) -> bool) {
+        let events: Api<Event> = self.ns.api();
+        let deadline = Instant::now() + TIMEOUT;
+        while !events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(&ok)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn finish(mut self) {
@@ -248,12 +315,7 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         })
         .await;
     }
-    for name in instance_names() {
-        f.wait_pod(&name, "Running", |p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
-        .await;
-    }
+    f.wait_pods_running().await;
     let c = f
         .wait_cluster("3 instances placed", |c| {
             c.status.as_ref().is_some_and(|s| s.instances.len() == 3)
@@ -565,21 +627,9 @@ async fn switchover_then_failover_at_the_object_level() {
     let mut m = manifest(3, json!({}));
     m["spec"]["storage"]["zfs"]["template"]["volumes"]["count"] = json!(1);
     f.apply(&m).await;
-    for name in instance_names() {
-        f.wait_pod(&name, "Running", |p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
+    f.wait_pods_running().await;
+    f.report_all_ready(["0/3000000", "0/3000000", "0/2000000"])
         .await;
-    }
-    f.report("main-1", primary("0/3000000")).await;
-    f.report("main-2", replica("0/3000000")).await;
-    f.report("main-3", replica("0/2000000")).await;
-    f.wait_cluster("Healthy", |c| {
-        c.status
-            .as_ref()
-            .is_some_and(|s| s.ready_instances == Some(3))
-    })
-    .await;
     wait_rw_is(&f, "main-1").await;
 
     // Switchover to main-2.
@@ -604,18 +654,9 @@ async fn switchover_then_failover_at_the_object_level() {
     // The old primary demotes, the target promotes (as the instance managers would).
     f.report("main-1", json!({"role": "replica", "running": false, "ready": false, "demoted": true, "lsn": "0/3000100"})).await;
     f.report("main-2", primary("0/3000100")).await;
-    f.wait_cluster("currentPrimary main-2", |c| {
-        c.status.as_ref().and_then(|s| s.current_primary.as_deref()) == Some("main-2")
-    })
-    .await;
-    f.wait_pod("main-2", "role primary", |p| {
-        role_of(p).as_deref() == Some("primary")
-    })
-    .await;
-    f.wait_pod("main-1", "role replica", |p| {
-        role_of(p).as_deref() == Some("replica")
-    })
-    .await;
+    f.wait_current_primary("main-2").await;
+    f.wait_role("main-2", "primary").await;
+    f.wait_role("main-1", "replica").await;
     wait_rw_is(&f, "main-2").await;
     f.report("main-1", replica("0/3000100")).await;
     f.report("main-3", replica("0/3000000")).await;
@@ -652,10 +693,7 @@ async fn switchover_then_failover_at_the_object_level() {
         st.instances
     );
     // The old primary comes back fenced.
-    f.wait_pod("main-2", "fenced", |p| {
-        p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
-    })
-    .await;
+    f.wait_fenced("main-2").await;
     let events =
         f.ns.api::<Event>()
             .list(&ListParams::default())
@@ -673,14 +711,8 @@ async fn switchover_then_failover_at_the_object_level() {
     // main-3 reports itself primary: it becomes the current primary, the labels and the
     // -rw Service follow.
     f.report("main-3", primary("0/3000400")).await;
-    f.wait_cluster("currentPrimary main-3", |c| {
-        c.status.as_ref().and_then(|s| s.current_primary.as_deref()) == Some("main-3")
-    })
-    .await;
-    f.wait_pod("main-3", "role primary", |p| {
-        role_of(p).as_deref() == Some("primary")
-    })
-    .await;
+    f.wait_current_primary("main-3").await;
+    f.wait_role("main-3", "primary").await;
     wait_rw_is(&f, "main-3").await;
     let c = f.clusters().get(CLUSTER).await.unwrap();
     assert!(
@@ -900,25 +932,10 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
         .delete("main-app", &DeleteParams::default())
         .await
         .unwrap();
-    let events: Api<Event> = f.ns.api();
-    let deadline = Instant::now() + TIMEOUT;
-    while !events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| {
-            e.reason.as_deref() == Some("SecretMissing") && e.type_.as_deref() == Some("Warning")
-        })
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no SecretMissing event\n{}",
-            f.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    f.wait_event("SecretMissing", |e| {
+        e.reason.as_deref() == Some("SecretMissing") && e.type_.as_deref() == Some("Warning")
+    })
+    .await;
     assert!(
         secrets.get_opt("main-app").await.unwrap().is_none(),
         "a new password was made"
@@ -928,22 +945,10 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
     let pod_rv = f.pods().get("main-1").await.unwrap().resource_version();
     m["spec"]["image"] = json!("ghcr.io/postgresml/postgresml:2.10.1");
     f.apply(&m).await;
-    let deadline = Instant::now() + TIMEOUT;
-    while !events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("PodOutdated"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no PodOutdated event\n{}",
-            f.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    f.wait_event("PodOutdated", |e| {
+        e.reason.as_deref() == Some("PodOutdated")
+    })
+    .await;
     assert_eq!(
         f.pods().get("main-1").await.unwrap().resource_version(),
         pod_rv
@@ -1025,21 +1030,9 @@ async fn a_primary_reported_down_is_failed_over_after_the_grace() {
     let mut m = manifest(3, json!({}));
     m["spec"]["storage"] = json!({"persistentVolumeClaim": {"size": "1Gi"}});
     f.apply(&m).await;
-    for name in instance_names() {
-        f.wait_pod(&name, "Running", |p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
+    f.wait_pods_running().await;
+    f.report_all_ready(["0/9000000", "0/8000000", "0/7000000"])
         .await;
-    }
-    f.report("main-1", primary("0/9000000")).await;
-    f.report("main-2", replica("0/8000000")).await;
-    f.report("main-3", replica("0/7000000")).await;
-    f.wait_cluster("Healthy", |c| {
-        c.status
-            .as_ref()
-            .is_some_and(|s| s.ready_instances == Some(3))
-    })
-    .await;
 
     // Down for less than the grace: nothing happens.
     let down = json!({"role": "primary", "running": false, "ready": false, "lsn": "0/9000000"});
@@ -1075,19 +1068,10 @@ async fn a_primary_reported_down_is_failed_over_after_the_grace() {
         Some("main-2"),
         "the most advanced replica"
     );
-    f.wait_pod("main-1", "fenced", |p| {
-        p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
-    })
-    .await;
+    f.wait_fenced("main-1").await;
     f.report("main-2", primary("0/8000100")).await;
-    f.wait_pod("main-2", "role primary", |p| {
-        role_of(p).as_deref() == Some("primary")
-    })
-    .await;
-    f.wait_pod("main-1", "role replica", |p| {
-        role_of(p).as_deref() == Some("replica")
-    })
-    .await;
+    f.wait_role("main-2", "primary").await;
+    f.wait_role("main-1", "replica").await;
     wait_rw_is(&f, "main-2").await;
     f.finish().await;
 }

@@ -43,10 +43,7 @@ impl Fixture {
         ensure_crds(&client, pgml_api::crds()).await;
         let ns = TestNamespace::new(&client, prefix).await;
         let operator = procs::operator(sb, ns.name());
-        let agents = nodes
-            .iter()
-            .map(|&i| procs::agent(sb, &sb.nodes[i], ns.name()))
-            .collect();
+        let agents = procs::agents(sb, nodes, ns.name());
         Fixture {
             sb,
             ns,
