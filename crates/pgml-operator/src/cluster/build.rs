@@ -232,6 +232,10 @@ impl<'a> Builder<'a> {
         let mut pod_spec = json!({
             "nodeName": i.node,
             "serviceAccountName": self.c.service_account(),
+            // The instance manager is the container's first process and does not reap: with
+            // the pod's pause process as PID 1, a killed postmaster cannot linger as a zombie
+            // that keeps its socket lock and blocks the restart.
+            "shareProcessNamespace": true,
             "initContainers": [{
                 "name": "bootstrap-controller",
                 "image": self.instance_image,
@@ -477,6 +481,10 @@ mod tests {
         assert_eq!(pod["metadata"]["annotations"]["pgml.io/fenced"], "true");
         let s = &pod["spec"];
         assert_eq!(s["nodeName"], "node-2");
+        assert_eq!(
+            s["shareProcessNamespace"], true,
+            "zombies of PostgreSQL are reaped"
+        );
         assert_eq!(
             s["initContainers"][0]["image"],
             "ghcr.io/pgml/pgml-operator:9"
