@@ -677,6 +677,23 @@ class Sim:
         return {"instance_id": iid, "dev_dir": self.store.data["nodes"][iid]["dev_dir"], "linked": links}
 
 
+def read_body(headers, rfile) -> bytes:
+    """A request's body, whether sent with Content-Length or chunked (the AWS SDKs do both)."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        chunks = []
+        while True:
+            size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            chunks.append(rfile.read(size))
+            rfile.readline()
+        return b"".join(chunks)
+    n = int(headers.get("Content-Length") or 0)
+    return rfile.read(n) if n else b""
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     sim: Sim  # set on the subclass by serve()
@@ -685,19 +702,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return read_body(self.headers, self.rfile)
 
     def send(self, reply: Reply) -> None:
         self.send_response(reply.status)

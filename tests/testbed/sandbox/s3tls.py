@@ -25,6 +25,8 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ebssim.server import read_body
+
 from . import proc
 
 TESTBED_DIR = pathlib.Path(__file__).resolve().parent.parent  # tests/testbed
@@ -107,19 +109,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return read_body(self.headers, self.rfile)
 
     def do_any(self) -> None:
         t0 = time.monotonic()
