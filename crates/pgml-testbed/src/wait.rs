@@ -119,3 +119,29 @@ where
     .await
     .unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+/// Polls an EbsSnapshot every 250 ms until it is Completed or Failed (whichever; the caller
+/// asserts which), with `context()` (e.g. process logs) in the error after `timeout`.
+pub async fn snapshot_settled(
+    api: &Api<pgml_api::EbsSnapshot>,
+    name: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> anyhow::Result<pgml_api::EbsSnapshot> {
+    use pgml_api::snapshot::SnapshotPhase;
+    try_wait_for(
+        api,
+        name,
+        "Completed or Failed",
+        timeout,
+        Duration::from_millis(250),
+        context,
+        |s: &pgml_api::EbsSnapshot| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.phase)
+                .is_some_and(|p| matches!(p, SnapshotPhase::Completed | SnapshotPhase::Failed))
+        },
+    )
+    .await
+}

@@ -35,7 +35,7 @@ use pgml_testbed::nodes::{node_exec, node_exec_ok};
 use pgml_testbed::pg::{PG_BIN, Postgres, SOCKET_DIR, free_port};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
-use pgml_testbed::wait::{try_wait_for, wait_gone, wait_ready};
+use pgml_testbed::wait::{snapshot_settled, wait_gone, wait_ready};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(240);
@@ -385,22 +385,9 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     ))
     .unwrap();
     snaps.create(&pp, &snap).await.unwrap();
-    let snap = try_wait_for(
-        &snaps,
-        &seed,
-        "Completed",
-        READY,
-        Duration::from_millis(250),
-        &logs,
-        |s| {
-            s.status
-                .as_ref()
-                .and_then(|st| st.phase)
-                .is_some_and(|p| matches!(p, SnapshotPhase::Completed | SnapshotPhase::Failed))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let snap = snapshot_settled(&snaps, &seed, READY, &logs)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(
         snap.status.as_ref().and_then(|s| s.phase),
         Some(SnapshotPhase::Completed),

@@ -24,7 +24,7 @@ use pgml_testbed::nodes::node_exec_ok;
 use pgml_testbed::pg::{Postgres, free_port};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
-use pgml_testbed::wait::{try_wait_for, wait_gone, wait_ready};
+use pgml_testbed::wait::{snapshot_settled, wait_gone, wait_ready};
 
 const READY: Duration = Duration::from_secs(240);
 
@@ -143,22 +143,9 @@ async fn snapshot_of_a_loaded_primary_restores_as_a_streaming_standby() {
         .create(&pp, &snapshot_manifest("pg-snap", "pg-primary"))
         .await
         .unwrap();
-    let snap = try_wait_for(
-        &snaps,
-        "pg-snap",
-        "Completed",
-        READY,
-        Duration::from_millis(250),
-        logs,
-        |s| {
-            s.status
-                .as_ref()
-                .and_then(|st| st.phase)
-                .is_some_and(|p| matches!(p, SnapshotPhase::Completed | SnapshotPhase::Failed))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let snap = snapshot_settled(&snaps, "pg-snap", READY, logs)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let st = snap.status.clone().unwrap();
     assert_eq!(
         st.phase,
