@@ -81,6 +81,18 @@ pub fn failover_candidate<'a>(members: &'a [Member], current: &str) -> Option<&'
         })
 }
 
+/// An old primary a change can go back to: not fenced, its Pod and node up, and either
+/// still serving as primary or stopped by a demotion (its manager then starts it as primary
+/// again once it is the target).
+fn intact_old_primary(m: &Member) -> bool {
+    !m.fenced
+        && matches!(m.pod, PodState::Running | PodState::Pending)
+        && m.node_ready != Some(false)
+        && m.reported
+            .as_ref()
+            .is_some_and(|r| !r.fenced && (r.demoted || r.serves_as_primary()))
+}
+
 /// What kind of change of primary is under way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -147,9 +159,23 @@ pub fn decide(i: &Input) -> Roles {
             r.completed = Some((Some(current.into()), target.into()));
             return r;
         }
-        // The instance being promoted is lost itself: past the grace, the most advanced
-        // other ready replica is promoted instead.
+        // The instance being promoted is lost itself. Past the grace: back to the old
+        // primary when it is intact (still serving, or demoted cleanly: it holds every
+        // committed transaction, which a lagging replica may not), else the most advanced
+        // other ready replica.
         if let Some(lost_for) = i.lost_for {
+            if let Some(old) = member(current).filter(|m| intact_old_primary(m)) {
+                if lost_for >= i.grace {
+                    r.target = Some(old.name.clone());
+                    r.started = Some((Transition::Failover, target.into(), old.name.clone()));
+                } else {
+                    r.waiting = Some(format!(
+                        "{target}, being promoted, is lost; {current} takes the primary role back after {}s unless it comes back",
+                        i.grace.as_secs()
+                    ));
+                }
+                return r;
+            }
             match failover_candidate(i.members, target) {
                 Some(cand) if lost_for >= i.grace => {
                     r.target = Some(cand.name.clone());
@@ -364,6 +390,53 @@ mod tests {
             r.started,
             Some((Transition::Failover, "c-3".into(), "c-2".into()))
         );
+    }
+
+    #[test]
+    fn a_switchover_whose_target_is_lost_goes_back_to_the_intact_old_primary() {
+        let mut ms = three();
+        // c-1 demoted for a switchover to c-2, which then died before promoting.
+        ms[0].reported = Some(Reported {
+            demoted: true,
+            ..rep("none", false, false, "0/900")
+        });
+        ms[1].pod = PodState::Down;
+        ms[1].reported.as_mut().unwrap().running = false;
+        let mut i = input(&ms, Some("c-1"), Some("c-2"));
+        i.lost_for = Some(Duration::from_secs(5));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-2"));
+        assert!(
+            r.waiting
+                .unwrap()
+                .contains("c-1 takes the primary role back")
+        );
+        i.lost_for = Some(Duration::from_secs(30));
+        let r = decide(&i);
+        assert_eq!(
+            r.target.as_deref(),
+            Some("c-1"),
+            "back to the demoted primary, not c-3"
+        );
+        assert_eq!(r.current.as_deref(), Some("c-1"));
+        assert!(r.fence.is_empty());
+        assert_eq!(
+            r.started,
+            Some((Transition::Failover, "c-2".into(), "c-1".into()))
+        );
+
+        let lost = |ms: &[Member]| {
+            let mut i = input(ms, Some("c-1"), Some("c-2"));
+            i.lost_for = Some(Duration::from_secs(30));
+            decide(&i).target
+        };
+        // Still serving (not demoted yet): the same, the switchover is called off.
+        ms[0].reported = Some(rep("primary", true, true, "0/900"));
+        assert_eq!(lost(&ms).as_deref(), Some("c-1"));
+
+        // An old primary that is gone itself is not gone back to.
+        ms[0].pod = PodState::Absent;
+        assert_eq!(lost(&ms).as_deref(), Some("c-3"));
     }
 
     #[test]
