@@ -17,6 +17,7 @@ pub mod placement;
 pub mod reported;
 pub mod roles;
 pub mod secrets;
+pub mod snapshots;
 pub mod status;
 pub mod world;
 
