@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod common;
 pub mod cron;
 pub mod ebs;
+pub mod instance;
 pub mod schedule;
 pub mod snapshot;
 pub mod validate;

@@ -1,84 +1,12 @@
 //! What an instance reports in its own Pod's annotation `pgml.io/instance-status`, read by
-//! the controller and by the other instances' managers.
+//! the controller and by the other instances' managers. The type is `pgml_api::instance`'s,
+//! shared with the controller; here is how this process fills it in.
 
-use serde::{Deserialize, Serialize};
+pub use pgml_api::instance::{
+    CLUSTER_LABEL, FENCED_ANNOTATION, InstanceReport, Role, STATUS_ANNOTATION,
+};
 
 use crate::decide::Local;
-
-/// The Pod annotation this process writes (and only this one).
-pub const STATUS_ANNOTATION: &str = "pgml.io/instance-status";
-/// Set to `"true"` on an instance's Pod by the controller: stop PostgreSQL, never start it.
-pub const FENCED_ANNOTATION: &str = "pgml.io/fenced";
-/// The label that selects every Pod of a cluster.
-pub const CLUSTER_LABEL: &str = "pgml.io/cluster";
-
-/// What PostgreSQL is doing on an instance.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Running and accepting writes (not in recovery).
-    Primary,
-    /// Running in recovery (a standby).
-    Replica,
-    /// Not running, or not answering yet.
-    #[default]
-    None,
-}
-
-/// The annotation's JSON.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceReport {
-    pub role: Role,
-    /// A postmaster of this PGDATA runs.
-    pub running: bool,
-    /// Primary: accepts writes. Replica: streams from the primary.
-    pub ready: bool,
-    /// `pg_current_wal_lsn()` on a primary, the replay LSN on a replica; once `demoted`,
-    /// the final LSN (the shutdown checkpoint) a new primary must have replayed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lsn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub receive_lsn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replay_lsn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<u32>,
-    /// The WAL receiver streams (`pg_stat_wal_receiver.status = streaming`).
-    pub streaming: bool,
-    /// `host:port` other instances replicate from.
-    pub address: String,
-    pub standby_signal: bool,
-    pub fenced: bool,
-    /// Stopped cleanly as a primary (switchover) and will not start as one again.
-    pub demoted: bool,
-    /// RFC 3339 time of this report.
-    #[serde(default)]
-    pub updated: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-}
-
-impl InstanceReport {
-    /// The same report but for its time stamp and WAL positions: what decides whether it
-    /// must be rewritten now (positions move at every look on a busy primary; they go out
-    /// with the periodic rewrite, or with any other change such as `demoted`).
-    pub fn same_as(&self, other: &InstanceReport) -> bool {
-        let strip = |r: &InstanceReport| InstanceReport {
-            updated: String::new(),
-            lsn: None,
-            receive_lsn: None,
-            replay_lsn: None,
-            ..r.clone()
-        };
-        strip(self) == strip(other)
-    }
-
-    /// Runs as a primary, as far as its report says.
-    pub fn acting_primary(&self) -> bool {
-        self.role == Role::Primary && self.running && !self.fenced && !self.demoted
-    }
-}
 
 /// The report for what was just observed. `role` is what the running server says;
 /// `ready` = a primary answering, or a replica streaming; `lsn` = written on a primary,
@@ -123,6 +51,8 @@ pub fn build(
         demoted,
         updated,
         message,
+        archiver: None,
+        last_backup: None,
     }
 }
 
@@ -168,44 +98,6 @@ mod tests {
         assert_eq!(Lsn::parse("garbage"), None);
         assert_eq!(Lsn::parse("1/"), None);
         assert_eq!(Lsn::parse("100000000/0"), None);
-    }
-
-    #[test]
-    fn report_json_is_camel_case_and_round_trips() {
-        let r = InstanceReport {
-            role: Role::Replica,
-            running: true,
-            replay_lsn: Some("0/5000000".into()),
-            standby_signal: true,
-            address: "10.0.0.5:5432".into(),
-            ..Default::default()
-        };
-        let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["role"], "replica");
-        assert_eq!(v["replayLsn"], "0/5000000");
-        assert_eq!(v["standbySignal"], true);
-        assert!(v.get("lsn").is_none());
-        let back: InstanceReport = serde_json::from_value(v).unwrap();
-        assert_eq!(back, r);
-    }
-
-    #[test]
-    fn the_time_stamp_or_positions_alone_are_no_change() {
-        let a = InstanceReport {
-            updated: "2026-01-01T00:00:00Z".into(),
-            lsn: Some("0/1".into()),
-            ..Default::default()
-        };
-        let mut b = a.clone();
-        b.updated = "2026-01-01T00:00:10Z".into();
-        b.lsn = Some("0/2".into());
-        b.replay_lsn = Some("0/2".into());
-        assert!(a.same_as(&b));
-        b.demoted = true;
-        assert!(!a.same_as(&b));
-        b.demoted = false;
-        b.ready = true;
-        assert!(!a.same_as(&b));
     }
 
     use crate::decide::Sql;

@@ -23,7 +23,6 @@
 use std::fmt::Write as _;
 
 use pgml_api::cluster::{CredentialsMode, PgBackRest};
-use pgml_api::common::condition;
 
 /// Where the instance Pods mount the ConfigMap `C-config` (`PGML_CONFIG_DIR`); the
 /// rendered file is its key `pgbackrest.conf`.
@@ -320,121 +319,11 @@ pub fn restore_command(config_path: &str, cluster: &str) -> Result<String, Rende
     ))
 }
 
-/// What `pg_stat_archiver` says (the instance manager reads it on the primary).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ArchiverStats {
-    pub archived_count: i64,
-    pub last_archived_wal: Option<String>,
-    /// `last_archived_time`, seconds since the Unix epoch.
-    pub last_archived_time: Option<f64>,
-    pub failed_count: i64,
-    pub last_failed_wal: Option<String>,
-    /// `last_failed_time`, seconds since the Unix epoch.
-    pub last_failed_time: Option<f64>,
-}
-
-impl ArchiverStats {
-    /// The query whose one row (`psql -A -t`, `|`-separated) [`ArchiverStats::parse_row`]
-    /// reads.
-    pub const QUERY: &'static str = "SELECT archived_count, coalesce(last_archived_wal, ''), \
-         coalesce(extract(epoch FROM last_archived_time)::text, ''), failed_count, \
-         coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time)::text, '') \
-         FROM pg_stat_archiver";
-
-    /// Parses a row of [`ArchiverStats::QUERY`] (`|`-separated, empty for NULL).
-    pub fn parse_row(row: &str) -> Option<ArchiverStats> {
-        let f: Vec<&str> = row.trim().split('|').collect();
-        if f.len() != 6 {
-            return None;
-        }
-        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let time = |s: &str| -> Option<Option<f64>> {
-            if s.is_empty() {
-                Some(None)
-            } else {
-                s.parse().ok().map(Some)
-            }
-        };
-        Some(ArchiverStats {
-            archived_count: f[0].parse().ok()?,
-            last_archived_wal: text(f[1]),
-            last_archived_time: time(f[2])?,
-            failed_count: f[3].parse().ok()?,
-            last_failed_wal: text(f[4]),
-            last_failed_time: time(f[5])?,
-        })
-    }
-}
-
-/// The `ContinuousArchiving` condition's content.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArchivingCondition {
-    /// `True`, `False` or `Unknown`.
-    pub status: &'static str,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl ArchivingCondition {
-    pub const TYPE: &'static str = condition::CONTINUOUS_ARCHIVING;
-}
-
-/// Reasons of the `ContinuousArchiving` condition.
-pub mod reason {
-    /// The last archiving attempt succeeded.
-    pub const WAL_ARCHIVED: &str = "WalArchived";
-    /// The last attempt failed (after the last success, or with none ever).
-    pub const ARCHIVING_FAILING: &str = "ArchivingFailing";
-    /// Nothing archived nor failed yet (a new server that filled no WAL segment).
-    pub const NO_WAL_ARCHIVED_YET: &str = "NoWalArchivedYet";
-}
-
-/// The `ContinuousArchiving` condition from `pg_stat_archiver`: whether archiving works,
-/// not whether it is configured. The last event decides: a failure later than the last
-/// success (or failures with no success ever) → `False`, naming the WAL that failed and
-/// how many attempts failed; a success at least as recent as the last failure → `True`
-/// (PostgreSQL retries a failed segment until it is archived, so a success after failures
-/// means the archive caught up); nothing yet → `Unknown`.
-pub fn continuous_archiving(s: &ArchiverStats) -> ArchivingCondition {
-    let failed_last = s.failed_count > 0
-        && match (s.last_failed_time, s.last_archived_time) {
-            (Some(f), Some(a)) => f > a,
-            (Some(_), None) => true,
-            (None, _) => s.archived_count == 0,
-        };
-    let wal = |w: &Option<String>| w.clone().unwrap_or_else(|| "?".into());
-    if failed_last {
-        let last_ok = match (&s.last_archived_wal, s.archived_count) {
-            (Some(w), n) if n > 0 => format!("; {n} archived before, the last {w}"),
-            _ => "; none archived yet".to_string(),
-        };
-        ArchivingCondition {
-            status: condition::FALSE,
-            reason: reason::ARCHIVING_FAILING,
-            message: format!(
-                "archiving WAL {} failed (failed attempts: {}){last_ok}",
-                wal(&s.last_failed_wal),
-                s.failed_count
-            ),
-        }
-    } else if s.archived_count > 0 {
-        ArchivingCondition {
-            status: condition::TRUE,
-            reason: reason::WAL_ARCHIVED,
-            message: format!(
-                "{} WAL segments archived, the last {}",
-                s.archived_count,
-                wal(&s.last_archived_wal)
-            ),
-        }
-    } else {
-        ArchivingCondition {
-            status: condition::UNKNOWN,
-            reason: reason::NO_WAL_ARCHIVED_YET,
-            message: "no WAL segment archived or failed yet".to_string(),
-        }
-    }
-}
+// pg_stat_archiver and the `ContinuousArchiving` condition live with the instance report
+// (the instance manager reads the one, the controller computes the other).
+pub use pgml_api::instance::{
+    ArchiverStats, ArchivingCondition, archiving_reason as reason, continuous_archiving,
+};
 
 #[cfg(test)]
 mod tests {
@@ -643,80 +532,5 @@ mod tests {
                 .unwrap()
                 .contains('\'')
         );
-    }
-
-    #[test]
-    fn archiver_row_parses() {
-        let s = ArchiverStats::parse_row("3|000000010000000000000003|1764220000.5|0||\n").unwrap();
-        assert_eq!(s.archived_count, 3);
-        assert_eq!(
-            s.last_archived_wal.as_deref(),
-            Some("000000010000000000000003")
-        );
-        assert_eq!(s.last_archived_time, Some(1764220000.5));
-        assert_eq!(s.failed_count, 0);
-        assert_eq!(s.last_failed_wal, None);
-        assert_eq!(s.last_failed_time, None);
-        assert!(ArchiverStats::parse_row("1|2").is_none());
-        assert!(ArchiverStats::parse_row("x|||0||").is_none());
-    }
-
-    #[test]
-    fn archiving_condition() {
-        let none = continuous_archiving(&ArchiverStats::default());
-        assert_eq!(
-            (none.status, none.reason),
-            ("Unknown", reason::NO_WAL_ARCHIVED_YET)
-        );
-
-        let ok = ArchiverStats {
-            archived_count: 4,
-            last_archived_wal: Some("000000010000000000000004".into()),
-            last_archived_time: Some(100.0),
-            ..Default::default()
-        };
-        let c = continuous_archiving(&ok);
-        assert_eq!((c.status, c.reason), ("True", reason::WAL_ARCHIVED));
-        assert!(
-            c.message.contains("000000010000000000000004"),
-            "{}",
-            c.message
-        );
-
-        // Failing after successes.
-        let failing = ArchiverStats {
-            failed_count: 3,
-            last_failed_wal: Some("000000010000000000000005".into()),
-            last_failed_time: Some(130.0),
-            ..ok.clone()
-        };
-        let c = continuous_archiving(&failing);
-        assert_eq!((c.status, c.reason), ("False", reason::ARCHIVING_FAILING));
-        assert!(
-            c.message.contains("000000010000000000000005"),
-            "{}",
-            c.message
-        );
-        assert!(c.message.contains("failed attempts: 3"), "{}", c.message);
-
-        // Caught up after failures: the last event is a success.
-        let recovered = ArchiverStats {
-            archived_count: 5,
-            last_archived_time: Some(140.0),
-            ..failing.clone()
-        };
-        assert_eq!(continuous_archiving(&recovered).status, "True");
-
-        // Never archived, failing.
-        let never = ArchiverStats {
-            failed_count: 1,
-            last_failed_wal: Some("000000010000000000000001".into()),
-            last_failed_time: Some(10.0),
-            ..Default::default()
-        };
-        let c = continuous_archiving(&never);
-        assert_eq!(c.status, "False");
-        assert!(c.message.contains("none archived yet"), "{}", c.message);
-        assert_eq!(ArchivingCondition::TYPE, "ContinuousArchiving");
     }
 }

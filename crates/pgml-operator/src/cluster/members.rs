@@ -146,7 +146,7 @@ mod tests {
             pod: PodState::Running,
             node_ready: Some(true),
             reported: Some(Reported {
-                role: Some(role.into()),
+                role: serde_json::from_value(serde_json::json!(role)).unwrap(),
                 running: true,
                 ready,
                 lsn: Some(lsn.into()),

@@ -10,9 +10,9 @@ pub const ROLE: &str = "pgml.io/role";
 pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_REPLICA: &str = "replica";
 /// Annotation on a Pod: its instance manager must stop PostgreSQL and never start it.
-pub const FENCED: &str = "pgml.io/fenced";
-/// Annotation on a Pod, written by its instance manager (JSON, see `reported.rs`).
-pub const INSTANCE_STATUS: &str = "pgml.io/instance-status";
+pub const FENCED: &str = pgml_api::instance::FENCED_ANNOTATION;
+/// Annotation on a Pod, written by its instance manager (JSON, `pgml_api::instance`).
+pub const INSTANCE_STATUS: &str = pgml_api::instance::STATUS_ANNOTATION;
 /// StorageClass name of the local PersistentVolumes over ZFS datasets.
 pub const STORAGE_CLASS: &str = "pgml-zfs";
 /// What `seededFrom` says of an instance that copies its data with pg_basebackup.

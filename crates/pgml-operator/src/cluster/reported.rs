@@ -1,55 +1,10 @@
-//! What an instance manager reports in its Pod's `pgml.io/instance-status` annotation, and
-//! the LSN arithmetic the status needs.
-
-use serde::Deserialize;
+//! What an instance manager reports in its Pod's `pgml.io/instance-status` annotation (the
+//! type shared with the instance manager, `pgml_api::instance`), and the LSN arithmetic
+//! the status needs.
 
 /// The annotation's JSON (docs/design/pgmlcluster.md, "The instance manager's contract").
-/// Every field is optional: a manager that is starting reports little.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Reported {
-    /// `primary`, `replica` or `none`.
-    pub role: Option<String>,
-    pub running: bool,
-    pub ready: bool,
-    pub lsn: Option<String>,
-    pub receive_lsn: Option<String>,
-    pub replay_lsn: Option<String>,
-    pub timeline: Option<i64>,
-    pub streaming: bool,
-    pub address: Option<String>,
-    pub standby_signal: bool,
-    pub fenced: bool,
-    pub demoted: bool,
-    pub updated: Option<String>,
-    pub message: Option<String>,
-}
-
-impl Reported {
-    /// Parses the annotation; `None` when absent or not the expected JSON.
-    pub fn parse(annotation: Option<&str>) -> Option<Reported> {
-        serde_json::from_str(annotation?).ok()
-    }
-
-    pub fn is_primary(&self) -> bool {
-        self.role.as_deref() == Some("primary")
-    }
-
-    /// The running primary, accepting writes.
-    pub fn serves_as_primary(&self) -> bool {
-        self.is_primary() && self.running && !self.fenced
-    }
-
-    /// The position that matters for this instance: written on a primary, replayed on a
-    /// replica.
-    pub fn position(&self) -> Option<&str> {
-        if self.is_primary() {
-            self.lsn.as_deref()
-        } else {
-            self.replay_lsn.as_deref().or(self.lsn.as_deref())
-        }
-    }
-}
+/// Every field has a default: a manager that is starting reports little.
+pub use pgml_api::instance::InstanceReport as Reported;
 
 /// `16/B374D848` → its 64-bit position.
 pub fn parse_lsn(s: &str) -> Option<u64> {
@@ -87,21 +42,5 @@ mod tests {
         assert_eq!(lag_bytes("1/0", "0/FFFFFF00"), Some(0x100));
         assert_eq!(lag_bytes("0/10", "0/20"), Some(0));
         assert_eq!(lag_bytes("0/10", "bad"), None);
-    }
-
-    #[test]
-    fn reports_parse_leniently() {
-        let r = Reported::parse(Some(
-            r#"{"role":"replica","running":true,"ready":true,"lsn":"0/3000060","replayLsn":"0/3000000","streaming":true,"extra":1}"#,
-        ))
-        .unwrap();
-        assert!(!r.is_primary());
-        assert_eq!(r.position(), Some("0/3000000"));
-        assert!(r.streaming);
-        let p = Reported::parse(Some(r#"{"role":"primary","running":true,"lsn":"0/5"}"#)).unwrap();
-        assert!(p.serves_as_primary());
-        assert_eq!(p.position(), Some("0/5"));
-        assert_eq!(Reported::parse(Some("not json")), None);
-        assert_eq!(Reported::parse(None), None);
     }
 }

@@ -244,7 +244,7 @@ mod tests {
 
     fn rep(role: &str, ready: bool, running: bool, lsn: &str) -> Reported {
         Reported {
-            role: Some(role.into()),
+            role: serde_json::from_value(serde_json::json!(role)).unwrap(),
             ready,
             running,
             lsn: Some(lsn.into()),
