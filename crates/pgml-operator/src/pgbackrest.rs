@@ -45,7 +45,7 @@ pub struct PgTarget {
 
 /// What cannot be rendered. The CRD's schema already refuses most of it; the renderer
 /// checks again so that nothing it did not expect (a newline above all) reaches the INI.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
     #[error("{what} {value:?} is not allowed in pgbackrest.conf: {why}")]
     Invalid {

@@ -13,6 +13,7 @@ use pgml_api::cluster::{PgmlClusterStatus, SeedFrom};
 use pgml_api::snapshot::SnapshotPhase;
 use serde_json::{Value, json};
 
+use super::archiving;
 use super::build::{Builder, Instance};
 use super::compare::covers;
 use super::members::{Rec, donor, instance_statuses, members};
@@ -45,6 +46,8 @@ struct Run<'a> {
     w: World,
     notes: Vec<Notice>,
     building: Vec<String>,
+    /// What in the spec could not be built (beyond `validate::check_cluster`).
+    spec_errors: Vec<String>,
 }
 
 fn api_for(ctx: &Context, desired: &Value) -> Option<(Api<DynamicObject>, String)> {
@@ -166,9 +169,21 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// ConfigMap, Services and the instances' RBAC.
+    /// ConfigMap, Services and the instances' RBAC. A ConfigMap that cannot be rendered
+    /// (pgBackRest's part) is left as it is: a spec error, never half applied.
     async fn ensure_shared(&mut self) -> Result<(), Error> {
-        let mut bodies = vec![self.b.config_map()];
+        let mut bodies = vec![];
+        match self.b.config_map() {
+            Ok(cm) => bodies.push(cm),
+            Err(e) => {
+                let why = format!(
+                    "spec.backups.pgbackrest: {e}; ConfigMap {} is left as it was",
+                    self.b.c.config()
+                );
+                self.note(true, "PgBackRestConfigInvalid", why.clone());
+                self.spec_errors.push(why);
+            }
+        }
         bodies.extend(self.b.services());
         bodies.extend(self.b.rbac());
         for body in bodies {
@@ -588,6 +603,7 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
         w,
         notes: vec![],
         building: vec![],
+        spec_errors: vec![],
     };
     let observed = cluster.status.clone().unwrap_or_default();
     let spec = &cluster.spec;
@@ -672,7 +688,17 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
         spec_errors: pgml_api::validate::check_cluster(cluster)
             .iter()
             .map(ToString::to_string)
+            .chain(run.spec_errors.iter().cloned())
             .collect(),
+        pgbackrest: archiving::Seen {
+            configured: spec.backups.pgbackrest.is_some(),
+            primary: decided.current.clone(),
+            report: decided
+                .current
+                .as_deref()
+                .and_then(|p| ms.iter().find(|m| m.name == p))
+                .and_then(|m| m.reported.clone()),
+        },
     };
     let new = status::compute(&summary, &observed, cluster.metadata.generation, &now());
     status::commit(ctx, cluster, &observed, &new).await?;

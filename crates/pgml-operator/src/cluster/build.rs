@@ -3,12 +3,14 @@
 //! from YAML.
 
 use pgml_api::PgmlCluster;
+use pgml_api::cluster::CredentialsMode;
 use pgml_api::common::keys;
 use pgml_api::zfspool::{Layout, RestoreFrom, ZfsPoolSpec};
 use serde_json::{Value, json};
 
-use super::config;
+use super::config::{self, Archiving};
 use super::names::{self, ClusterRef, SecretKind};
+use crate::pgbackrest::{self, RenderError};
 
 /// Where the instance's volume is mounted in its Pod.
 pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
@@ -16,6 +18,12 @@ pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 pub const CONTROLLER_DIR: &str = "/controller";
 pub const CONFIG_DIR: &str = "/etc/pgml/config";
+/// The folder of PostgreSQL's Unix socket in the Pod (the instance manager's
+/// `PGML_SOCKET_DIR` default): pgBackRest's `pg1-socket-path`.
+pub const SOCKET_DIR: &str = "/tmp";
+/// The annotation by which EKS's IRSA webhook gives a ServiceAccount's Pods an IAM role
+/// (it sets `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE` in them).
+pub const IRSA_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 pub const SECRETS_DIR: &str = "/etc/pgml/secrets";
 pub const PORT: i32 = 5432;
 /// Where the operator's image keeps the instance manager.
@@ -27,6 +35,9 @@ pub struct Builder<'a> {
     pub cluster: &'a PgmlCluster,
     /// The image holding `pgml-instance` (the operator's).
     pub instance_image: &'a str,
+    /// pgBackRest's file and settings, rendered once (an error is the spec's: nothing of
+    /// the ConfigMap is applied then).
+    pub archiving: Result<Option<Archiving>, RenderError>,
 }
 
 /// One instance as decided by the reconcile.
@@ -43,13 +54,16 @@ pub struct Instance {
 
 impl<'a> Builder<'a> {
     pub fn new(cluster: &'a PgmlCluster, instance_image: &'a str) -> Option<Builder<'a>> {
+        let c = ClusterRef {
+            namespace: cluster.metadata.namespace.clone()?,
+            name: cluster.metadata.name.clone()?,
+        };
+        let archiving = config::archiving(&c.namespace, &c.name, &cluster.spec);
         Some(Builder {
-            c: ClusterRef {
-                namespace: cluster.metadata.namespace.clone()?,
-                name: cluster.metadata.name.clone()?,
-            },
+            c,
             cluster,
             instance_image,
+            archiving,
         })
     }
 
@@ -313,16 +327,38 @@ impl<'a> Builder<'a> {
         .collect()
     }
 
-    pub fn config_map(&self) -> Value {
-        json!({
+    /// `C-config`: postgresql.conf and pg_hba.conf, and with pgBackRest its
+    /// `pgbackrest.conf` (the instance manager finds it there, see the design doc). An
+    /// error when pgBackRest's part cannot be rendered: then none of it is.
+    pub fn config_map(&self) -> Result<Value, RenderError> {
+        let archiving = self.archiving.clone()?;
+        let mut data = json!({
+            "postgresql.conf": config::postgresql_conf(&self.cluster.spec, archiving.as_ref()),
+            "pg_hba.conf": config::pg_hba(&self.cluster.spec),
+        });
+        if let Some(a) = archiving {
+            data[pgbackrest::CONFIG_KEY] = json!(a.file);
+        }
+        Ok(json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": self.meta(&self.c.config(), self.c.labels()),
-            "data": {
-                "postgresql.conf": config::postgresql_conf(&self.cluster.spec),
-                "pg_hba.conf": config::pg_hba(&self.cluster.spec),
-            },
-        })
+            "data": data,
+        }))
+    }
+
+    /// The ServiceAccount's annotations: with pgBackRest on IRSA, the role for EKS's
+    /// webhook. Pod Identity is an EKS association (nothing here); the instance role is
+    /// the node's.
+    fn service_account_annotations(&self) -> Option<Value> {
+        let pgbr = self.cluster.spec.backups.pgbackrest.as_ref()?;
+        match pgbr.credentials.mode {
+            CredentialsMode::Irsa => {
+                let arn = pgbr.credentials.service_account_role_arn.as_ref()?;
+                Some(json!({IRSA_ROLE_ARN: arn}))
+            }
+            CredentialsMode::InstanceRole | CredentialsMode::PodIdentity => None,
+        }
     }
 
     /// A credentials Secret, made once. `password` comes from [`super::secrets`].
@@ -350,8 +386,12 @@ impl<'a> Builder<'a> {
     /// their own Pod.
     pub fn rbac(&self) -> Vec<Value> {
         let name = self.c.service_account();
+        let mut sa_meta = self.meta(&name, self.c.labels());
+        if let Some(a) = self.service_account_annotations() {
+            sa_meta["annotations"] = a;
+        }
         vec![
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": self.meta(&name, self.c.labels())}),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": sa_meta}),
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
@@ -557,7 +597,14 @@ mod tests {
             b.secret(SecretKind::Replication, "x")["stringData"]["username"],
             "streaming_replica"
         );
-        let cm = b.config_map();
+        let cm = b.config_map().unwrap();
+        assert!(cm["data"].get("pgbackrest.conf").is_none());
+        assert!(
+            !cm["data"]["postgresql.conf"]
+                .as_str()
+                .unwrap()
+                .contains("archive_command")
+        );
         assert!(
             cm["data"]["postgresql.conf"]
                 .as_str()
@@ -567,5 +614,81 @@ mod tests {
         let seed = b.seed_snapshot(3, "main-2");
         assert_eq!(seed["metadata"]["name"], "main-3-seed");
         assert_eq!(seed["spec"]["source"]["cluster"]["instance"], "main-2");
+    }
+
+    fn with_pgbackrest(credentials: &str) -> PgmlCluster {
+        cluster(&format!(
+            "{ZFS}  backups: {{pgbackrest: {{s3: {{bucket: pgml-backups, region: eu-west-1}}, credentials: {credentials}}}}}\n"
+        ))
+    }
+
+    #[test]
+    fn pgbackrest_is_in_the_config_map() {
+        let c = with_pgbackrest("{}");
+        let b = Builder::new(&c, "op").unwrap();
+        let cm = b.config_map().unwrap();
+        let file = cm["data"]["pgbackrest.conf"].as_str().unwrap();
+        assert!(file.contains("repo1-s3-key-type=auto\n"), "{file}");
+        assert!(
+            file.contains("[main]\npg1-path=/var/lib/postgresql/data/pgdata\n"),
+            "{file}"
+        );
+        let conf = cm["data"]["postgresql.conf"].as_str().unwrap();
+        assert!(conf.contains("archive_mode = 'on'\n"), "{conf}");
+        assert!(conf.contains(
+            "archive_command = 'pgbackrest --config=/etc/pgml/config/pgbackrest.conf --stanza=main archive-push %p'\n"
+        ), "{conf}");
+        // Mounted where the commands read it.
+        let pod = b.pod(&inst(1, true));
+        let mounts = pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == CONFIG_DIR && m["name"] == "config")
+        );
+    }
+
+    #[test]
+    fn the_service_account_carries_the_irsa_role_only() {
+        let sa = |c: &PgmlCluster| Builder::new(c, "op").unwrap().rbac()[0].clone();
+        let irsa = with_pgbackrest(
+            "{mode: IRSA, serviceAccountRoleArn: 'arn:aws:iam::123456789012:role/pgbackrest'}",
+        );
+        assert_eq!(
+            sa(&irsa)["metadata"]["annotations"][IRSA_ROLE_ARN],
+            "arn:aws:iam::123456789012:role/pgbackrest"
+        );
+        for c in [
+            with_pgbackrest("{mode: PodIdentity}"),
+            with_pgbackrest("{mode: InstanceRole}"),
+            cluster(ZFS),
+        ] {
+            assert!(
+                sa(&c)["metadata"].get("annotations").is_none(),
+                "{:?}",
+                c.spec.backups
+            );
+        }
+        // No credential of any kind reaches the Pod's own environment.
+        let b = Builder::new(&irsa, "op").unwrap();
+        let pod = b.pod(&inst(1, true));
+        let env = pod["spec"]["containers"][0]["env"].to_string();
+        assert!(!env.contains("AWS_") && !env.contains("arn:aws"), "{env}");
+    }
+
+    #[test]
+    fn an_unrenderable_pgbackrest_gives_no_config_map() {
+        let c = cluster(&format!(
+            "{ZFS}  backups: {{pgbackrest: {{s3: {{bucket: b-1, region: eu-west-1, endpoint: 'http://minio:9000'}}}}}}\n"
+        ));
+        let b = Builder::new(&c, "op").unwrap();
+        assert!(
+            b.config_map()
+                .unwrap_err()
+                .to_string()
+                .contains("HTTPS only")
+        );
     }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use pgml_api::PgmlClusterSpec;
 
+use super::build::{CONFIG_DIR, PGDATA, PORT, SOCKET_DIR};
 use super::names::SecretKind;
+use crate::pgbackrest::{self, PgTarget, RenderError};
 
 /// Defaults on every cluster. Replication needs the senders and slots; `hot_standby` lets
 /// replicas serve reads; `wal_log_hints` keeps pg_rewind possible after a failover.
@@ -62,15 +64,67 @@ fn quote(v: &str) -> String {
     format!("'{}'", clean.replace('\'', "''"))
 }
 
-/// postgresql.conf: one `name = 'value'` line per parameter, sorted.
-pub fn postgresql_conf(spec: &PgmlClusterSpec) -> String {
+/// postgresql.conf: one `name = 'value'` line per parameter, sorted; pgBackRest's
+/// archiving settings (when configured) over the user's.
+pub fn postgresql_conf(spec: &PgmlClusterSpec, archiving: Option<&Archiving>) -> String {
     let mut out = String::from(
         "# Written by pgml-operator from the PgmlCluster's spec.postgresql; edits here are overwritten.\n",
     );
-    for (k, v) in parameters(spec) {
+    let mut p = parameters(spec);
+    if let Some(a) = archiving {
+        p.extend(a.parameters.clone());
+    }
+    for (k, v) in p {
         out.push_str(&format!("{k} = {}\n", quote(&v)));
     }
     out
+}
+
+/// pgBackRest's part of the ConfigMap `C-config`: the file (key `pgbackrest.conf`, at
+/// [`pgbackrest::POD_CONFIG_PATH`] in the Pod) and the `postgresql.conf` settings that
+/// archive WAL through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Archiving {
+    pub file: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Where PostgreSQL is in an instance Pod, for the stanza (`pg1-*`): PGDATA, the port,
+/// and the socket folder the instance manager uses (its `PGML_SOCKET_DIR` default).
+pub fn pod_target() -> PgTarget {
+    PgTarget {
+        data_dir: PGDATA.into(),
+        port: PORT as u16,
+        socket_dir: Some(SOCKET_DIR.into()),
+    }
+}
+
+/// pgBackRest for the cluster `namespace/name`: `None` without `spec.backups.pgbackrest`;
+/// an error (reported as `SpecValid` False) when something in it cannot be rendered.
+/// `archive_mode` needs a restart of PostgreSQL to change; the commands only a reload.
+pub fn archiving(
+    namespace: &str,
+    name: &str,
+    spec: &PgmlClusterSpec,
+) -> Result<Option<Archiving>, RenderError> {
+    let Some(pgbr) = &spec.backups.pgbackrest else {
+        return Ok(None);
+    };
+    debug_assert_eq!(
+        format!("{CONFIG_DIR}/{}", pgbackrest::CONFIG_KEY),
+        pgbackrest::POD_CONFIG_PATH
+    );
+    let file = pgbackrest::render_config(namespace, name, pgbr, &pod_target())?;
+    let path = pgbackrest::POD_CONFIG_PATH;
+    let parameters = [
+        ("archive_mode", "on".to_string()),
+        ("archive_command", pgbackrest::archive_command(path, name)?),
+        ("restore_command", pgbackrest::restore_command(path, name)?),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Ok(Some(Archiving { file, parameters }))
 }
 
 /// pg_hba.conf: local connections (the instance manager), replication by its role, the
@@ -136,10 +190,10 @@ mod tests {
 
     #[test]
     fn conf_lines_are_quoted() {
-        let conf = postgresql_conf(&spec(
-            ZFS,
-            "{parameters: {search_path: \"'$user', public\"}}",
-        ));
+        let conf = postgresql_conf(
+            &spec(ZFS, "{parameters: {search_path: \"'$user', public\"}}"),
+            None,
+        );
         assert!(
             conf.contains("search_path = '''$user'', public'\n"),
             "{conf}"
@@ -162,5 +216,55 @@ mod tests {
             .unwrap();
         assert!(repl < user);
         assert_eq!(lines.last(), Some(&"host all all all scram-sha-256"));
+    }
+
+    const PGBR: &str = "{pgbackrest: {s3: {bucket: pgml-backups, region: eu-west-1}}}";
+
+    fn with_backups(backups: &str, parameters: &str) -> PgmlClusterSpec {
+        serde_yaml::from_str(&format!(
+            "storage: {ZFS}\npostgresql: {{parameters: {parameters}}}\nbackups: {backups}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn pgbackrest_adds_its_file_and_archives_through_it() {
+        let spec = with_backups(PGBR, "{archive_mode: 'off', work_mem: 64MB}");
+        let a = archiving("prod", "main", &spec).unwrap().unwrap();
+        assert!(a.file.contains("\n[main]\npg1-path=/var/lib/postgresql/data/pgdata\npg1-port=5432\npg1-socket-path=/tmp\n"), "{}", a.file);
+        assert!(a.file.contains("repo1-s3-bucket=pgml-backups\n"));
+        assert!(a.file.contains("repo1-path=/pgbackrest/prod/main\n"));
+        let conf = postgresql_conf(&spec, Some(&a));
+        let lines: Vec<&str> = conf.lines().collect();
+        for want in [
+            "archive_mode = 'on'",
+            "archive_command = 'pgbackrest --config=/etc/pgml/config/pgbackrest.conf --stanza=main archive-push %p'",
+            "restore_command = 'pgbackrest --config=/etc/pgml/config/pgbackrest.conf --stanza=main archive-get %f \"%p\"'",
+            "work_mem = '64MB'",
+        ] {
+            assert!(lines.contains(&want), "{want} missing:\n{conf}");
+        }
+        assert!(
+            !conf.contains("archive_mode = 'off'"),
+            "pgBackRest's settings win: {conf}"
+        );
+    }
+
+    #[test]
+    fn without_pgbackrest_nothing_archives() {
+        let spec = with_backups("{}", "{}");
+        assert_eq!(archiving("prod", "main", &spec).unwrap(), None);
+        let conf = postgresql_conf(&spec, None);
+        assert!(!conf.contains("archive"), "{conf}");
+    }
+
+    #[test]
+    fn an_endpoint_pgbackrest_cannot_use_is_an_error() {
+        let spec = with_backups(
+            "{pgbackrest: {s3: {bucket: b-1, region: eu-west-1, endpoint: 'http://minio:9000'}}}",
+            "{}",
+        );
+        let e = archiving("prod", "main", &spec).unwrap_err().to_string();
+        assert!(e.contains("HTTPS only"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 //! `pgml.io/instance-status` annotation; the node agent builds the pools.
 
 pub mod apply;
+pub mod archiving;
 pub mod build;
 pub mod compare;
 pub mod config;

@@ -8,11 +8,19 @@ use pgml_api::PgmlCluster;
 use pgml_api::cluster::{ClusterPhase, InstanceStatus, PgmlClusterStatus};
 use pgml_api::common::{Condition, Time, condition as c};
 
+use super::archiving;
 use crate::zfspool::status::{Stamp, set_condition};
 use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
 
 /// Condition types the cluster controller writes.
-pub const OWNED_CONDITIONS: [&str; 4] = [c::DEGRADED, c::PROGRESSING, c::READY, c::SPEC_VALID];
+pub const OWNED_CONDITIONS: [&str; 6] = [
+    c::CONTINUOUS_ARCHIVING,
+    c::DEGRADED,
+    c::LAST_BACKUP_SUCCEEDED,
+    c::PROGRESSING,
+    c::READY,
+    c::SPEC_VALID,
+];
 
 /// Condition reasons and Event reasons.
 pub mod reason {
@@ -61,6 +69,8 @@ pub fn owned_view(s: &PgmlClusterStatus) -> PgmlClusterStatus {
         current_primary: s.current_primary.clone(),
         target_primary: s.target_primary.clone(),
         ready_instances: s.ready_instances,
+        archiving: s.archiving.clone(),
+        last_backup: s.last_backup.clone(),
         ..Default::default()
     }
 }
@@ -79,6 +89,8 @@ pub struct Summary {
     /// Why an instance could not be placed.
     pub unplaced: Option<String>,
     pub spec_errors: Vec<String>,
+    /// pgBackRest: configured or not, and the primary's report.
+    pub pgbackrest: archiving::Seen,
 }
 
 fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'static str, String) {
@@ -229,6 +241,7 @@ pub fn compute(
         s.spec_errors.join("; "),
         stamp,
     );
+    archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
     out
 }
 
@@ -305,6 +318,7 @@ pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> 
         let warn = matches!(p, ClusterPhase::Degraded | ClusterPhase::Failed);
         out.push((warn, format!("{p:?}"), msg));
     }
+    out.extend(archiving::notices(old, new));
     out
 }
 
