@@ -68,6 +68,8 @@ pub struct View {
     pub instances: Vec<String>,
     /// `spec.replicas.seedFrom: PgBasebackup`.
     pub seed_from_basebackup: bool,
+    /// `spec.backups.pgbackrest.schedule` (not a rule's input: the primary's backups).
+    pub backup_schedule: pgml_api::cluster::BackupSchedule,
     /// Every other instance whose Pod exists, by name. An instance missing here is gone.
     pub peers: BTreeMap<String, Peer>,
 }

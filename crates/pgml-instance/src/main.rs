@@ -2,6 +2,7 @@
 //! process and its data directory and reports what it sees in its Pod's annotation
 //! `pgml.io/instance-status` (docs/design/pgmlcluster.md, "The instance manager's contract").
 
+mod backrest;
 mod decide;
 mod manager;
 mod postgres;

@@ -12,6 +12,9 @@ use kube::api::{Patch, PatchParams};
 use pgml_api::PgmlCluster;
 use pgml_runtime::failpoint;
 
+use pgml_api::instance::ArchiverStats;
+
+use crate::backrest::{Backrest, Schedule};
 use crate::decide::{Action, Local, StartAs, View, decide};
 use crate::postgres::{Credentials, Pg, managed_conf};
 use crate::report::{self, InstanceReport, Lsn, STATUS_ANNOTATION, slot_name};
@@ -39,6 +42,11 @@ pub struct Manager {
     stopping: bool,
     replication_role_ready: bool,
     last_report: Option<(InstanceReport, Instant)>,
+    backrest: Backrest,
+    /// The backup schedule, from the last full view.
+    schedule: Schedule,
+    /// `pg_stat_archiver` of the last look, on a primary with pgBackRest.
+    archiver: Option<ArchiverStats>,
 }
 
 /// Who this instance is, and where its secrets are.
@@ -61,7 +69,14 @@ pub fn backoff(crashes: u32) -> Duration {
 
 impl Manager {
     pub fn new(pg: Pg, client: kube::Client, namespace: &str, who: Identity) -> Manager {
+        let config_dir = pg
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/pgml/config"));
         Manager {
+            backrest: Backrest::new(&config_dir, &who.cluster),
+            schedule: Schedule::default(),
+            archiver: None,
             pg,
             pods: Api::namespaced(client.clone(), namespace),
             clusters: Api::namespaced(client, namespace),
@@ -128,6 +143,18 @@ impl Manager {
         let after = self.observe().await;
         self.seen(after.running);
         self.stopping = false;
+        if let Ok(v) = &fetched {
+            self.schedule = Schedule::parse(&v.backup_schedule);
+        }
+        // pgBackRest on a running primary: never waits for a command (they run apart).
+        let primary = after.running && after.sql.as_ref().is_some_and(|s| !s.in_recovery);
+        let seen = self.backrest.look(&self.pg, primary, &self.schedule).await;
+        let message = match seen.message {
+            Some(m) if message.is_empty() => m,
+            Some(m) => format!("{message}; {m}"),
+            None => message,
+        };
+        self.archiver = seen.archiver;
         self.report(&after, fenced, message).await;
     }
 
@@ -339,13 +366,15 @@ impl Manager {
     }
 
     async fn report(&mut self, local: &Local, fenced: bool, message: String) {
-        let r = report::build(
+        let mut r = report::build(
             local,
             &self.address,
             fenced,
             message,
             Timestamp::now().to_string(),
         );
+        r.archiver = self.archiver.clone();
+        r.last_backup = self.backrest.last_backup.clone();
         if let Some((last, at)) = &self.last_report
             && last.same_as(&r)
             && at.elapsed() < REPORT_EVERY
@@ -387,6 +416,7 @@ impl Manager {
         let local = self.observe().await;
         let fenced = self.last_report.as_ref().is_some_and(|(r, _)| r.fenced);
         self.last_report = None;
+        self.archiver = None;
         self.report(&local, fenced, "instance manager stopped".into())
             .await;
     }

@@ -108,6 +108,13 @@ pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
         current_primary: status.current_primary,
         instances: status.instances.into_iter().map(|i| i.name).collect(),
         seed_from_basebackup: c.spec.replicas.seed_from == SeedFrom::PgBasebackup,
+        backup_schedule: c
+            .spec
+            .backups
+            .pgbackrest
+            .as_ref()
+            .map(|p| p.schedule.clone())
+            .unwrap_or_default(),
         peers,
     })
 }

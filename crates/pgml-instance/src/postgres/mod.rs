@@ -64,7 +64,12 @@ impl Pg {
 
     /// A PostgreSQL program, as `postgres`.
     pub fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
+        self.as_postgres(&self.bin.join(program))
+    }
+
+    /// Any program (found on PATH when not a path, e.g. `pgbackrest`), as `postgres`,
+    /// with this process's environment (the Pod's: pgBackRest's variables reach it).
+    pub fn as_postgres(&self, path: &std::path::Path) -> Command {
         let mut c = if self.drop_to.is_some() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(path);
