@@ -29,19 +29,43 @@
 //! certificate is signed by a CA made at sandbox start). The endpoint
 //! (`https://127.0.0.1:<port>`) is the spec's `s3.endpoint`, rendered as an S3-compatible
 //! store (path-style URIs, `repo1-storage-port`).
+//!
+//! **The instance manager's part** ([`the_instance_manager_archives_and_backs_up`]): the
+//! real `pgml-instance run` (in the node, as `cluster_data.rs` runs it) bootstraps the
+//! primary of a PgmlCluster whose spec has `backups.pgbackrest` (the test writes the status
+//! the controller would), with the ConfigMap's two files in its `PGML_CONFIG_DIR` (the
+//! rendered `pgbackrest.conf` and the `postgresql.conf` archive lines). The manager, not
+//! the test, runs `stanza-create` and the scheduled backups and reports `archiver` and
+//! `lastBackup` in its Pod's annotation. The manager talks to the sandbox's apiserver on
+//! the host's loopback, which the metadata service's network namespace cannot reach, so
+//! here pgBackRest gets the sandbox's test credentials (moto's fake keys) through the
+//! manager's environment — `PGBACKREST_REPO1_S3_KEY_TYPE=shared`,
+//! `PGBACKREST_REPO1_S3_KEY`/`_KEY_SECRET`, which override the file's `auto` — never in a
+//! file; the PostgreSQL server it starts inherits them (its `archive_command` works only
+//! if it does).
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use pgml_api::PgmlCluster;
 use pgml_api::cluster::{
-    BackupRetention, CredentialsMode, PgBackRest, S3Credentials, S3Repository,
+    BackupRetention, BackupSchedule, CredentialsMode, PgBackRest, S3Credentials, S3Repository,
 };
+use pgml_api::instance::{InstanceReport, STATUS_ANNOTATION};
 use pgml_operator::pgbackrest::{
     self, ArchiverStats, ArchivingCondition, PgTarget, archive_command, continuous_archiving,
     render_config,
 };
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{NodeImds, s3_create_bucket, s3_list_keys};
+use pgml_testbed::aws::{
+    NodeImds, TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_create_bucket, s3_list_keys,
+};
+use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::pg::{Postgres, SOCKET_DIR, free_port};
+use pgml_testbed::procs::{self, Proc};
+use serde_json::json;
 
 const CLUSTER: &str = "main";
 const WAIT: Duration = Duration::from_secs(90);
@@ -337,6 +361,330 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
             "rm",
             "-rf",
             &format!("{}/pgbr-{run}", node.mnt_dir.display()),
+        ],
+    );
+}
+
+/// The instance's report in its Pod's annotation.
+async fn report_of(pods: &Api<Pod>, name: &str) -> Option<InstanceReport> {
+    let pod = pods.get(name).await.ok()?;
+    let ann = pod.metadata.annotations?;
+    InstanceReport::parse(ann.get(STATUS_ANNOTATION).map(String::as_str))
+}
+
+async fn wait_report(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    manager: &Proc,
+    ok: impl Fn(&InstanceReport) -> bool,
+) -> InstanceReport {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = report_of(pods, name).await;
+        if let Some(r) = r.as_ref().filter(|r| ok(r)) {
+            return r.clone();
+        }
+        if Instant::now() > deadline {
+            let log = manager.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{what}: not reported in {timeout:?}; last report {r:?}\nmanager log ({}):\n{}",
+                manager.log_path().display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `pgbackrest info` of the stanza, as the test sees the repository (shared keys from the
+/// environment, as the manager has them).
+fn info(pg: &Postgres, config: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    let text = pgbackrest(pg, &[], config, env, &["info", "--output=json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("pgbackrest info: {e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_manager_archives_and_backs_up() {
+    let t0 = Instant::now();
+    let sb = Sandbox::get();
+    let s3 = sb.s3_tls();
+    let node = &sb.nodes[1];
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    // No operator watches this namespace: the test writes what the controller would.
+    let ns = TestNamespace::new(&client, "pgbr-mgr").await;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let bucket = format!("pgml-mgr-{run}");
+    let refused = format!("pgml-mgr-refused-{run}");
+    s3_create_bucket(sb, &bucket).unwrap();
+    let name = format!("{CLUSTER}-1");
+
+    // The ConfigMap's files, where the Pod mounts them (PGML_CONFIG_DIR).
+    let port = free_port();
+    let pgdata = format!("{}/pgbr-mgr-{run}/pgdata", node.mnt_dir.display());
+    let conf_dir = format!("/tmp/pgml-pgbr-mgr-{run}");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::set_permissions(
+        &conf_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = format!("{conf_dir}/{}", pgbackrest::CONFIG_KEY);
+    let target = PgTarget {
+        data_dir: pgdata.clone(),
+        port,
+        socket_dir: Some(SOCKET_DIR.to_string()),
+    };
+    let mut pgbr = spec(&bucket, &s3.endpoint);
+    pgbr.schedule = BackupSchedule {
+        full: None,
+        incremental: Some("* * * * *".into()),
+    };
+    let good = render_config(ns.name(), CLUSTER, &pgbr, &target).unwrap();
+    assert_no_secret(&good);
+    write_config(&config, &good);
+    let archive = archive_command(&config, CLUSTER).unwrap();
+    write_config(
+        &format!("{conf_dir}/postgresql.conf"),
+        &format!("archive_mode = 'on'\narchive_command = '{archive}'\n"),
+    );
+
+    // The manager, with pgBackRest's credentials in its environment only. Started once the
+    // objects it reads exist; made first so that a failure kills it before the server's
+    // handle is dropped.
+    let pg = Postgres::new(node, &pgdata, port);
+    let ca = s3.ca_file.to_string_lossy().into_owned();
+    let env: Vec<(&str, &str)> = vec![
+        ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
+        ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
+        ("PGBACKREST_REPO1_S3_KEY", TEST_ACCESS_KEY),
+        ("PGBACKREST_REPO1_S3_KEY_SECRET", TEST_SECRET_KEY),
+    ];
+    let mut manager = procs::instance(sb, node, ns.name(), CLUSTER, &name, &pgdata, port);
+    manager.kill();
+    manager.set_env("PGML_CONFIG_DIR", &conf_dir);
+    for (k, v) in &env {
+        manager.set_env(k, v);
+    }
+
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let cluster: PgmlCluster = serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+        "metadata": {"name": CLUSTER},
+        "spec": {
+            "instances": 1,
+            "storage": {"persistentVolumeClaim": {"size": "1Gi"}},
+            "backups": {"pgbackrest": serde_json::to_value(&pgbr).unwrap()},
+        }
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"pgml.io/cluster": CLUSTER, "pgml.io/instance": name}},
+        "spec": {
+            "nodeName": node.name,
+            "containers": [{"name": "postgres", "image": pgml_api::cluster::DEFAULT_IMAGE,
+                            "command": ["/controller/pgml-instance", "run"]}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster", "status": {
+        "targetPrimary": name, "currentPrimary": name,
+        "instances": [{"name": name, "node": node.name}],
+    }});
+    clusters
+        .patch_status(
+            CLUSTER,
+            &PatchParams::apply("pgml-e2e-controller").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    manager.start();
+
+    // Bootstrap, then the stanza: made by the manager (archive.info appears in the bucket).
+    let r = wait_report(&pods, &name, "primary/ready", WAIT, &manager, |r| {
+        r.is_primary() && r.ready
+    })
+    .await;
+    assert!(
+        r.archiver.is_some(),
+        "a primary with pgBackRest reports pg_stat_archiver: {r:?}"
+    );
+    let prefix = format!("pgbackrest/{}/{CLUSTER}/archive/{CLUSTER}/", ns.name());
+    let deadline = Instant::now() + WAIT;
+    while !s3_list_keys(sb, &bucket, &prefix)
+        .unwrap()
+        .iter()
+        .any(|k| k.ends_with("archive.info"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the manager never made the stanza:\n{}",
+            manager.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stanza_at = t0.elapsed();
+
+    // Archiving through the server the manager started (its environment inherited).
+    pg.sql("CREATE TABLE t (id int, v text)").unwrap();
+    let before = report_of(&pods, &name).await.unwrap().archiver.unwrap();
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = switch_wal(&pg);
+    }
+    let r = wait_report(
+        &pods,
+        &name,
+        "the switched WAL archived",
+        WAIT,
+        &manager,
+        |r| {
+            r.archiver
+                .as_ref()
+                .is_some_and(|a| a.last_archived_wal.as_deref() == Some(last.as_str()))
+        },
+    )
+    .await;
+    let a = r.archiver.clone().unwrap();
+    assert!(
+        a.archived_count >= before.archived_count + 3,
+        "{before:?} → {a:?}"
+    );
+    let cond = continuous_archiving(&a);
+    assert_eq!(cond.status, "True", "{cond:?} from {a:?}");
+    println!(
+        "{}: {} ({})",
+        ArchivingCondition::TYPE,
+        cond.status,
+        cond.message
+    );
+    let archived_at = t0.elapsed();
+
+    // The scheduled backup (`* * * * *` incremental; the first is made full by pgBackRest,
+    // there being no full one yet), then an incremental one the next minute.
+    let r = wait_report(
+        &pods,
+        &name,
+        "a scheduled backup",
+        Duration::from_secs(150),
+        &manager,
+        |r| r.last_backup.is_some(),
+    )
+    .await;
+    let b = r.last_backup.clone().unwrap();
+    assert!(b.succeeded, "{b:?}\n{}", manager.log());
+    assert_eq!(b.backup_type.as_str(), "incr", "{b:?}");
+    let first_backup_at = t0.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let backups = loop {
+        let i = info(&pg, &config, &env);
+        let list = i[0]["backup"].as_array().cloned().unwrap_or_default();
+        if list.iter().any(|b| b["type"] == "incr") {
+            assert_eq!(list[0]["type"], "full", "{i:#}");
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no incremental backup listed: {i:#}\n{}",
+            manager.log()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    println!(
+        "pgbackrest info: {:?}",
+        backups
+            .iter()
+            .map(|b| format!("{} {}", b["type"], b["label"]))
+            .collect::<Vec<_>>()
+    );
+    let r = wait_report(
+        &pods,
+        &name,
+        "the incremental backup reported",
+        WAIT,
+        &manager,
+        |r| {
+            r.last_backup
+                .as_ref()
+                .is_some_and(|x| x.finished != b.finished && x.succeeded)
+        },
+    )
+    .await;
+    println!("lastBackup: {:?}", r.last_backup);
+    let incr_at = t0.elapsed();
+
+    // The ConfigMap changed to a bucket S3 refuses: archiving fails and the report says
+    // which segment.
+    let bad = render_config(ns.name(), CLUSTER, &spec(&refused, &s3.endpoint), &target).unwrap();
+    write_config(&config, &bad);
+    let failing_wal = switch_wal(&pg);
+    let r = wait_report(&pods, &name, "archiving failing", WAIT, &manager, |r| {
+        r.archiver
+            .as_ref()
+            .is_some_and(|a| continuous_archiving(a).status == "False")
+    })
+    .await;
+    let a = r.archiver.clone().unwrap();
+    assert_eq!(
+        a.last_failed_wal.as_deref(),
+        Some(failing_wal.as_str()),
+        "{a:?}"
+    );
+    let cond = continuous_archiving(&a);
+    assert_eq!(cond.reason, pgbackrest::reason::ARCHIVING_FAILING);
+    assert!(cond.message.contains(&failing_wal), "{cond:?}");
+    println!(
+        "{}: {} ({})",
+        ArchivingCondition::TYPE,
+        cond.status,
+        cond.message
+    );
+    let failed_at = t0.elapsed();
+
+    // Back to the real bucket: caught up, True again.
+    write_config(&config, &good);
+    let r = wait_report(&pods, &name, "archiving caught up", WAIT, &manager, |r| {
+        r.archiver
+            .as_ref()
+            .is_some_and(|a| continuous_archiving(a).status == "True")
+    })
+    .await;
+    println!(
+        "{}: True again ({})",
+        ArchivingCondition::TYPE,
+        continuous_archiving(r.archiver.as_ref().unwrap()).message
+    );
+    println!(
+        "instance manager + pgBackRest: stanza at {stanza_at:?}, archived at {archived_at:?}, \
+         first scheduled backup at {first_backup_at:?}, incremental at {incr_at:?}, failure \
+         reported at {failed_at:?}, caught up at {:?}",
+        t0.elapsed()
+    );
+
+    assert!(
+        manager.stop(Duration::from_secs(60)),
+        "the manager did not stop cleanly"
+    );
+    assert!(!pg.running(), "the manager stops PostgreSQL on SIGTERM");
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&conf_dir);
+    let _ = pgml_testbed::nodes::node_exec_ok(
+        node,
+        &[
+            "rm",
+            "-rf",
+            &format!("{}/pgbr-mgr-{run}", node.mnt_dir.display()),
         ],
     );
 }
