@@ -6,9 +6,11 @@
 pub mod aws;
 pub mod failpoint;
 pub mod kube;
+pub mod kubelet;
 pub mod manifests;
 pub mod nodes;
 pub mod pg;
+pub mod primaries;
 pub mod procs;
 pub mod sandbox;
 pub mod wait;

@@ -46,6 +46,13 @@ pub struct Postgres {
     pub port: u16,
     /// The server log (on the host, in /tmp, writable by `postgres`).
     pub log: PathBuf,
+    /// The superuser's password: clients then connect over TCP to 127.0.0.1 with it (the
+    /// operator's pg_hba asks for scram-sha-256 there and peer on the socket), instead of
+    /// the socket with trust.
+    password: Option<String>,
+    /// Whether dropping this handle stops the server (false for a server someone else
+    /// runs, e.g. an instance manager).
+    owned: bool,
 }
 
 impl Postgres {
@@ -55,7 +62,33 @@ impl Postgres {
             data_dir: data_dir.to_string(),
             port,
             log: PathBuf::from(format!("/tmp/pgml-test-pg-{port}.log")),
+            password: None,
+            owned: true,
         }
+    }
+
+    /// A client's handle on a server run by someone else (an instance manager): clients
+    /// connect over TCP to 127.0.0.1 as `postgres` with `password`, and dropping the handle
+    /// leaves the server alone.
+    pub fn attach(node: &NodeInfo, data_dir: &str, port: u16, password: &str) -> Postgres {
+        let mut pg = Postgres::new(node, data_dir, port);
+        pg.password = Some(password.to_string());
+        pg.owned = false;
+        pg
+    }
+
+    /// The PID in `postmaster.pid`, when a postmaster of THIS data directory runs (see
+    /// [`Postgres::running`]).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pidfile = format!("{}/postmaster.pid", self.data_dir);
+        let text = node_exec_ok(&self.node, &["cat", &pidfile]).ok()?;
+        let pid = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())?;
+        node_exec_ok(&self.node, &["readlink", &format!("/proc/{pid}/cwd")])
+            .is_ok_and(|cwd| cwd.trim() == self.data_dir.trim_end_matches('/'))
+            .then_some(pid)
     }
 
     /// Runs a program as `postgres` inside the node; its stdout.
@@ -226,19 +259,7 @@ impl Postgres {
     /// node shares the host's PID namespace) is the live source postmaster, and stopping
     /// "it" would stop the source.
     pub fn running(&self) -> bool {
-        let pidfile = format!("{}/postmaster.pid", self.data_dir);
-        let Ok(text) = node_exec_ok(&self.node, &["cat", &pidfile]) else {
-            return false;
-        };
-        let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-        else {
-            return false;
-        };
-        node_exec_ok(&self.node, &["readlink", &format!("/proc/{pid}/cwd")])
-            .is_ok_and(|cwd| cwd.trim() == self.data_dir.trim_end_matches('/'))
+        self.postmaster_pid().is_some()
     }
 
     /// The last lines of the server log, for failure messages.
@@ -250,15 +271,16 @@ impl Postgres {
 
     fn client(&self, program: &str) -> Command {
         let mut c = Command::new(pg_bin(program));
-        c.args([
-            "-h",
-            SOCKET_DIR,
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .stdin(Stdio::null());
+        let host = match &self.password {
+            Some(pw) => {
+                c.env("PGPASSWORD", pw);
+                "127.0.0.1"
+            }
+            None => SOCKET_DIR,
+        };
+        c.args(["-h", host, "-p", &self.port.to_string(), "-U", "postgres"])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null());
         c
     }
 
@@ -388,7 +410,7 @@ impl Postgres {
 impl Drop for Postgres {
     /// A failing test leaves no server behind (it would keep the pool busy).
     fn drop(&mut self) {
-        if self.running() {
+        if self.owned && self.running() {
             let _ = self.stop("immediate");
         }
     }

@@ -236,12 +236,28 @@ pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
     )
 }
 
+/// Workspace binary `bin` with `args` inside `node`'s mount namespace, with the sandbox's
+/// kubeconfig, PATH and log format plus `env`, logging to `<sandbox>/logs/tests/<log>.log`.
+pub fn in_node_process(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    name: String,
+    bin: &str,
+    args: &[&str],
+    env: Vec<(String, String)>,
+    log: &str,
+) -> Proc {
+    let mut all = common_env(sb);
+    all.extend(env);
+    Proc::spawn(name, in_node(node, bin, args), all, log_file(sb, log))
+}
+
 /// An instance manager (`pgml-instance run`) inside `node`'s mount namespace, the way the
 /// instance Pod `name` of PgmlCluster `cluster` runs it: PGDATA on the node's pool, its own
 /// port, advertised and listening on 127.0.0.1, the socket in the host-shared /tmp, trust
 /// authentication (the test bed has no secrets), initdb's own configuration (the
 /// operator's ConfigMap preloads pgml, which the test bed's PostgreSQL lacks), a look every
-/// second.
+/// second. [`crate::kubelet`] runs it from a real Pod instead (Secrets, ConfigMap).
 pub fn instance(
     sb: &Sandbox,
     node: &NodeInfo,
@@ -251,8 +267,7 @@ pub fn instance(
     pgdata: &str,
     port: u16,
 ) -> Proc {
-    let mut env = common_env(sb);
-    env.extend([
+    let env = vec![
         ("POD_NAME".into(), name.into()),
         ("POD_NAMESPACE".into(), namespace.into()),
         ("CLUSTER_NAME".into(), cluster.into()),
@@ -272,11 +287,14 @@ pub fn instance(
                 .display()
                 .to_string(),
         ),
-    ]);
-    Proc::spawn(
+    ];
+    in_node_process(
+        sb,
+        node,
         format!("pgml-instance[{namespace}/{name}]"),
-        in_node(node, "pgml-instance", &["run"]),
+        "pgml-instance",
+        &["run"],
         env,
-        log_file(sb, &format!("instance-{namespace}-{name}")),
+        &format!("instance-{namespace}-{name}"),
     )
 }

@@ -19,8 +19,6 @@
 //! Through (d) and (e) both servers and both annotations are sampled: never two writable
 //! primaries, never two instances reporting a running primary unless one is fenced.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -32,7 +30,8 @@ use pgml_testbed::Sandbox;
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::manifests::{raid0_pool, zpool_name};
 use pgml_testbed::nodes::{node_exec, node_exec_ok};
-use pgml_testbed::pg::{PG_BIN, Postgres, SOCKET_DIR, free_port};
+use pgml_testbed::pg::{Postgres, free_port};
+use pgml_testbed::primaries::{Sampler, Target, assert_one_primary, report_of};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_testbed::wait::{snapshot_settled, wait_gone, wait_ready};
@@ -42,6 +41,8 @@ const READY: Duration = Duration::from_secs(240);
 const ROLE: Duration = Duration::from_secs(60);
 const CLUSTER: &str = "pgc";
 const CONTROLLER: &str = "pgml-e2e-controller";
+/// How often the sampler looks at both instances.
+const EVERY: Duration = Duration::from_millis(100);
 
 /// The test's pools: 2 volumes of 1 GiB.
 fn pool_manifest(name: &str, ns: &str, node: &NodeInfo, restore_from: Option<&str>) -> ZfsPool {
@@ -104,14 +105,6 @@ async fn apply_status(api: &Api<PgmlCluster>, s: &ClusterStatus) {
     )
     .await
     .unwrap_or_else(|e| panic!("status apply: {e}"));
-}
-
-fn annotation_of(p: &Pod, key: &str) -> Option<String> {
-    p.metadata.annotations.as_ref()?.get(key).cloned()
-}
-
-fn report_of(p: &Pod) -> Option<Value> {
-    serde_json::from_str(&annotation_of(p, "pgml.io/instance-status")?).ok()
 }
 
 /// Waits until the instance's report satisfies `ok`; the report.
@@ -213,84 +206,17 @@ fn data_file(node: &NodeInfo, pgdata: &str, file: &str) -> bool {
     node_exec(node, &["test", "-e", &format!("{pgdata}/{file}")]).is_ok_and(|o| o.status.success())
 }
 
-/// `pg_is_in_recovery()` = false on the server at `port`: Some(true) when it accepts writes,
-/// Some(false) in recovery, None when it does not answer.
-async fn writable(port: u16) -> Option<bool> {
-    let out = tokio::process::Command::new(format!("{PG_BIN}/psql"))
-        .args(["-X", "-A", "-t", "-h", SOCKET_DIR, "-p", &port.to_string()])
-        .args([
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            "SELECT pg_is_in_recovery()",
-        ])
-        .env("PGCONNECT_TIMEOUT", "2")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim() == "f")
-}
-
-/// One look at both instances, from the servers and from the annotations.
-#[derive(Debug, Clone)]
-struct Sample {
-    at_ms: u128,
-    writable: [Option<bool>; 2],
-    /// The report says running primary, not demoted, and the Pod is not fenced.
-    reports_primary: [bool; 2],
-}
-
-/// Samples both instances every 100 ms until stopped.
-fn sampler(
-    pods: Api<Pod>,
-    names: [String; 2],
-    ports: [u16; 2],
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Sample>> {
-    tokio::spawn(async move {
-        let t0 = Instant::now();
-        let mut samples = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let (w0, w1) = tokio::join!(writable(ports[0]), writable(ports[1]));
-            let mut reports_primary = [false; 2];
-            for (i, n) in names.iter().enumerate() {
-                if let Ok(p) = pods.get(n).await {
-                    let fenced = annotation_of(&p, "pgml.io/fenced").as_deref() == Some("true");
-                    reports_primary[i] = report_of(&p).is_some_and(|r| {
-                        r["role"] == "primary" && is(&r, "running") && !is(&r, "demoted")
-                    }) && !fenced;
-                }
-            }
-            samples.push(Sample {
-                at_ms: t0.elapsed().as_millis(),
-                writable: [w0, w1],
-                reports_primary,
-            });
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        samples
-    })
-}
-
-fn assert_one_primary(samples: &[Sample], phase: &str) {
-    assert!(samples.len() > 5, "{phase}: too few samples: {samples:?}");
-    for s in samples {
-        assert!(
-            s.writable != [Some(true), Some(true)],
-            "{phase}: two writable primaries at {} ms: {s:?}",
-            s.at_ms
-        );
-        assert!(
-            s.reports_primary != [true, true],
-            "{phase}: two instances report running primary at {} ms: {s:?}",
-            s.at_ms
-        );
-    }
+/// The two instances, for the sampler (trust on the socket).
+fn targets(names: &[String; 2], ports: [u16; 2]) -> Vec<Target> {
+    names
+        .iter()
+        .zip(ports)
+        .map(|(pod, port)| Target {
+            pod: pod.clone(),
+            port,
+            password: None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,9 +407,8 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     );
 
     // (d) Switchover to instance 2, sampled throughout.
-    let stop = Arc::new(AtomicBool::new(false));
     let names = [name1.clone(), name2.clone()];
-    let sampling = sampler(pods.clone(), names.clone(), [port1, port2], stop.clone());
+    let sampling = Sampler::start(pods.clone(), targets(&names, [port1, port2]), EVERY);
     tokio::time::sleep(Duration::from_millis(500)).await;
     status.target = name2.clone();
     apply_status(&clusters, &status).await;
@@ -497,13 +422,10 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
         &logs,
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampling.await.unwrap();
+    let samples = sampling.finish().await;
     assert_one_primary(&samples, "switchover");
     assert!(
-        samples.iter().any(|s| s.writable == [None, Some(false)]
-            || s.writable == [Some(false), Some(false)]
-            || s.writable == [None, None]),
+        samples.iter().any(|s| s.writable_count() == 0),
         "a moment with no primary between the demotion and the promotion: {samples:?}"
     );
     assert!(inst1.log().contains("\"demoted\""), "{}", inst1.log());
@@ -525,8 +447,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
 
     // (e) Failover: instance 2 (primary) loses its manager and PostgreSQL at once, the
     // controller fences its Pod and makes instance 1 the target.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampling = sampler(pods.clone(), names.clone(), [port1, port2], stop.clone());
+    let sampling = Sampler::start(pods.clone(), targets(&names, [port1, port2]), EVERY);
     inst2.kill();
     pg2.stop("immediate").unwrap();
     pods.patch(
@@ -569,8 +490,7 @@ async fn instance_manager_bootstrap_seed_switchover_failover() {
     assert_eq!(r["role"], "none", "{r}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!pg2.running(), "a fenced instance started PostgreSQL");
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampling.await.unwrap();
+    let samples = sampling.finish().await;
     assert_one_primary(&samples, "failover");
     eprintln!("(e) failover done at {:?}", started.elapsed());
 
