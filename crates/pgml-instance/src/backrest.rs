@@ -124,7 +124,8 @@ async fn pgbackrest(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut c = pg.as_postgres(Path::new(PROGRAM));
-    c.arg(format!("--config={}", config.display()))
+    c.envs(pg.pgbackrest_env())
+        .arg(format!("--config={}", config.display()))
         .arg(format!("--stanza={stanza}"))
         .args(&args)
         .stdout(Stdio::piped())

@@ -33,8 +33,11 @@
 //! **The instance manager's part** ([`the_instance_manager_archives_and_backs_up`]): the
 //! real `pgml-instance run` (in the node, as `cluster_data.rs` runs it) bootstraps the
 //! primary of a PgmlCluster whose spec has `backups.pgbackrest` (the test writes the status
-//! the controller would), with the ConfigMap's two files in its `PGML_CONFIG_DIR` (the
-//! rendered `pgbackrest.conf` and the `postgresql.conf` archive lines). The manager, not
+//! the controller would), with the ConfigMap's two files in its `PGML_CONFIG_DIR`:
+//! `pgbackrest.conf` exactly as the controller renders it (`pg1-path`, `pg1-port`,
+//! `pg1-socket-path` of the Pod, not of this server: the manager gives pgBackRest its own
+//! through `PGBACKREST_PG1_*`), and the `archive_command` line with the file's path here
+//! instead of the Pod's `/etc/pgml/config`. The manager, not
 //! the test, runs `stanza-create` and the scheduled backups and reports `archiver` and
 //! `lastBackup` in its Pod's annotation. The manager talks to the sandbox's apiserver on
 //! the host's loopback, which the metadata service's network namespace cannot reach, so
@@ -49,11 +52,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use pgml_api::PgmlCluster;
 use pgml_api::cluster::{
     BackupRetention, BackupSchedule, CredentialsMode, PgBackRest, S3Credentials, S3Repository,
 };
 use pgml_api::instance::{InstanceReport, STATUS_ANNOTATION};
+use pgml_api::{PgmlCluster, PgmlClusterSpec};
+use pgml_operator::cluster::config;
 use pgml_operator::pgbackrest::{
     self, ArchiverStats, ArchivingCondition, PgTarget, archive_command, continuous_archiving,
     render_config,
@@ -365,6 +369,16 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
     );
 }
 
+/// A one-instance cluster with pgBackRest.
+fn cluster_spec(pgbr: &PgBackRest) -> PgmlClusterSpec {
+    serde_json::from_value(json!({
+        "instances": 1,
+        "storage": {"persistentVolumeClaim": {"size": "1Gi"}},
+        "backups": {"pgbackrest": pgbr},
+    }))
+    .unwrap()
+}
+
 /// The instance's report in its Pod's annotation.
 async fn report_of(pods: &Api<Pod>, name: &str) -> Option<InstanceReport> {
     let pod = pods.get(name).await.ok()?;
@@ -433,17 +447,27 @@ async fn the_instance_manager_archives_and_backs_up() {
     )
     .unwrap();
     let config = format!("{conf_dir}/{}", pgbackrest::CONFIG_KEY);
-    let target = PgTarget {
-        data_dir: pgdata.clone(),
-        port,
-        socket_dir: Some(SOCKET_DIR.to_string()),
-    };
     let mut pgbr = spec(&bucket, &s3.endpoint);
     pgbr.schedule = BackupSchedule {
         full: None,
         incremental: Some("* * * * *".into()),
     };
-    let good = render_config(ns.name(), CLUSTER, &pgbr, &target).unwrap();
+    // The file exactly as the controller puts it in the ConfigMap: pg1-path, pg1-port and
+    // pg1-socket-path are the Pod's (/var/lib/postgresql/data/pgdata, 5432, /tmp); the
+    // manager points pgBackRest at the server it runs through pgBackRest's environment.
+    let rendered = |bucket: &str| {
+        let mut s = cluster_spec(&pgbr);
+        s.backups.pgbackrest.as_mut().unwrap().s3.bucket = bucket.into();
+        config::archiving(ns.name(), CLUSTER, &s)
+            .unwrap()
+            .unwrap()
+            .file
+    };
+    let good = rendered(&bucket);
+    assert!(
+        good.contains("pg1-path=/var/lib/postgresql/data/pgdata\n"),
+        "{good}"
+    );
     assert_no_secret(&good);
     write_config(&config, &good);
     let archive = archive_command(&config, CLUSTER).unwrap();
@@ -475,11 +499,7 @@ async fn the_instance_manager_archives_and_backs_up() {
     let cluster: PgmlCluster = serde_json::from_value(json!({
         "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
         "metadata": {"name": CLUSTER},
-        "spec": {
-            "instances": 1,
-            "storage": {"persistentVolumeClaim": {"size": "1Gi"}},
-            "backups": {"pgbackrest": serde_json::to_value(&pgbr).unwrap()},
-        }
+        "spec": cluster_spec(&pgbr),
     }))
     .unwrap();
     clusters
@@ -626,8 +646,7 @@ async fn the_instance_manager_archives_and_backs_up() {
 
     // The ConfigMap changed to a bucket S3 refuses: archiving fails and the report says
     // which segment.
-    let bad = render_config(ns.name(), CLUSTER, &spec(&refused, &s3.endpoint), &target).unwrap();
-    write_config(&config, &bad);
+    write_config(&config, &rendered(&refused));
     let failing_wal = switch_wal(&pg);
     let r = wait_report(&pods, &name, "archiving failing", WAIT, &manager, |r| {
         r.archiver

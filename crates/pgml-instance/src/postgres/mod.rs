@@ -265,13 +265,35 @@ impl Pg {
         Ok(())
     }
 
+    /// Where pgBackRest finds this PostgreSQL, as pgBackRest's environment options
+    /// (`pg1-path`, `pg1-port`, `pg1-socket-path`), which win over the file's: the server
+    /// this process runs is the one backed up and archived, whatever the file says. Given
+    /// to the `pgbackrest` commands this process runs and to the server (its
+    /// `archive_command` inherits them).
+    pub fn pgbackrest_env(&self) -> [(&'static str, String); 3] {
+        [
+            (
+                "PGBACKREST_PG1_PATH",
+                self.data.to_string_lossy().into_owned(),
+            ),
+            ("PGBACKREST_PG1_PORT", self.port.to_string()),
+            (
+                "PGBACKREST_PG1_SOCKET_PATH",
+                self.socket_dir.to_string_lossy().into_owned(),
+            ),
+        ]
+    }
+
     /// `pg_ctl start`, waiting at most 5 s (a standby replaying a long way is not ready
     /// by then: the caller checks whether the postmaster runs instead). The server's
-    /// output goes to this process's own (the container log).
+    /// output goes to this process's own (the container log); its environment is this
+    /// process's (the Pod's: pgBackRest's credentials variables) plus where pgBackRest
+    /// finds it.
     pub async fn start(&self) -> anyhow::Result<()> {
         let data = self.data.to_string_lossy().into_owned();
         let mut c = self.command("pg_ctl");
-        c.args(["-D", &data, "-w", "-t", "5", "start"])
+        c.envs(self.pgbackrest_env())
+            .args(["-D", &data, "-w", "-t", "5", "start"])
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
         let st = c.status().await.context("running pg_ctl start")?;
