@@ -24,6 +24,9 @@ pub mod condition {
     pub const CONTINUOUS_ARCHIVING: &str = "ContinuousArchiving";
     /// PgmlCluster: the last scheduled snapshot or backup succeeded.
     pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
+    /// PgmlCluster: the newest finished EbsSnapshot of the cluster (scheduled or made by a
+    /// user; replica seeds excepted) is Completed.
+    pub const LAST_SNAPSHOT_SUCCEEDED: &str = "LastSnapshotSucceeded";
     /// The spec is valid against checks the schema cannot express (see `crate::validate`).
     pub const SPEC_VALID: &str = "SpecValid";
     /// ZfsPool: the volumes buy more IOPS or throughput than the instance type can use.

@@ -859,6 +859,11 @@ async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica()
         Some("main-2-seed")
     );
 
+    // Backups: a user's EbsSnapshot of the cluster (the ready replica is captured) makes
+    // status.lastSnapshot and LastSnapshotSucceeded True; one that AWS fails turns the
+    // condition False with a Warning, and lastSnapshot keeps the restorable one.
+    backup_of_the_cluster(&f, &p2).await;
+
     // 2 → 1: the replica goes, the primary stays.
     m["spec"]["instances"] = json!(1);
     f.apply(&m).await;
@@ -874,6 +879,94 @@ async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica()
     assert!(f.pods().get_opt("main-1").await.unwrap().is_some());
     eprintln!("seed and scale: {:?}", started.elapsed());
     f.finish().await;
+}
+
+async fn backup_of_the_cluster(f: &Fixture, replica_pool: &ZfsPool) {
+    use pgml_api::EbsSnapshot;
+    use pgml_testbed::aws::SimAdmin;
+    let snaps: Api<EbsSnapshot> = f.ns.api();
+    let logs = f.logs();
+    let backup = |name: &str| -> EbsSnapshot {
+        serde_json::from_value(json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+            "metadata": {"name": name},
+            "spec": {"source": {"cluster": {"name": CLUSTER}}, "standbySignal": "Never"}
+        }))
+        .unwrap()
+    };
+    let last_snapshot = |c: &PgmlCluster| {
+        let s = c.status.clone().unwrap_or_default();
+        let cond = s
+            .conditions
+            .iter()
+            .find(|x| x.type_ == "LastSnapshotSucceeded")
+            .map(|x| (x.status.clone(), x.reason.clone(), x.message.clone()));
+        (s.last_snapshot.map(|r| r.name), cond)
+    };
+    snaps
+        .create(&Default::default(), &backup("backup-1"))
+        .await
+        .unwrap();
+    let c = f
+        .wait_cluster("lastSnapshot backup-1", |c| {
+            matches!(last_snapshot(c), (Some(n), Some((s, _, _))) if n == "backup-1" && s == "True")
+        })
+        .await;
+    let done = wait_obj(&snaps, "backup-1", "Completed", &logs, |s: &EbsSnapshot| {
+        s.status.as_ref().and_then(|st| st.phase)
+            == Some(pgml_api::snapshot::SnapshotPhase::Completed)
+    })
+    .await;
+    assert_eq!(
+        done.status.and_then(|s| s.zfs_pool),
+        replica_pool.metadata.name.clone(),
+        "the replica is captured, not the primary"
+    );
+    assert_eq!(last_snapshot(&c).1.unwrap().1, "SnapshotCompleted");
+
+    let member = replica_pool.status.clone().unwrap().volumes[0]
+        .volume_id
+        .clone()
+        .unwrap();
+    let _fault = SimAdmin::from_sandbox(f.sb)
+        .fault(json!({"kind": "snapshot_error", "count": 1, "volume_id": member}))
+        .unwrap();
+    snaps
+        .create(&Default::default(), &backup("backup-2"))
+        .await
+        .unwrap();
+    let c = f
+        .wait_cluster(
+            "LastSnapshotSucceeded False",
+            |c| matches!(last_snapshot(c), (_, Some((s, _, _))) if s == "False"),
+        )
+        .await;
+    let (kept, cond) = last_snapshot(&c);
+    assert_eq!(
+        kept.as_deref(),
+        Some("backup-1"),
+        "the restorable one stays"
+    );
+    let (_, reason, message) = cond.unwrap();
+    assert_eq!(reason, "SnapshotFailed");
+    assert!(
+        message.contains("backup-2") && message.contains("backup-1"),
+        "{message}"
+    );
+    f.wait_event("a SnapshotFailed Warning", |e| {
+        e.reason.as_deref() == Some("SnapshotFailed") && e.type_.as_deref() == Some("Warning")
+    })
+    .await;
+    snaps
+        .delete("backup-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    snaps
+        .delete("backup-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&snaps, "backup-1", TIMEOUT).await;
+    wait_gone(&snaps, "backup-2", TIMEOUT).await;
 }
 
 /// The ext4 path: a claim of the given class per instance (node preselected), no pool, no

@@ -21,6 +21,7 @@ use super::names::{self, PG_BASEBACKUP, PGDATA_DATASET, SecretKind};
 use super::placement;
 use super::roles::{self, Member, Roles};
 use super::secrets;
+use super::snapshots;
 use super::status::{self, Notice, Summary};
 use super::world::World;
 use crate::zfspool::status::now;
@@ -690,6 +691,7 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
             .map(ToString::to_string)
             .chain(run.spec_errors.iter().cloned())
             .collect(),
+        snapshots: snapshots::last_snapshot(&run.b.c.name, &run.w.backups),
         pgbackrest: archiving::Seen {
             configured: spec.backups.pgbackrest.is_some(),
             primary: decided.current.clone(),

@@ -89,7 +89,21 @@ pub async fn run_until(
         .owns(api::<ConfigMap>(&ctx), owned())
         // A deleted Secret is reported at once (never made again once the cluster exists).
         .owns(api::<Secret>(&ctx), owned())
-        .owns(api::<EbsSnapshot>(&ctx), owned())
+        // Seeds and backups alike: every EbsSnapshot wakes the cluster it names as source
+        // (status.lastSnapshot, LastSnapshotSucceeded, seeding).
+        .watches(
+            api::<EbsSnapshot>(&ctx),
+            watcher::Config::default().any_semantic(),
+            |s: EbsSnapshot| {
+                let ns = s.namespace();
+                s.spec
+                    .source
+                    .cluster
+                    .as_ref()
+                    .zip(ns)
+                    .map(|(c, ns)| ObjectRef::<PgmlCluster>::new(&c.name).within(&ns))
+            },
+        )
         .watches(
             Api::<Node>::all(ctx.client.clone()),
             watcher::Config::default(),

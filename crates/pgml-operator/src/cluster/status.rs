@@ -9,14 +9,16 @@ use pgml_api::cluster::{ClusterPhase, InstanceStatus, PgmlClusterStatus};
 use pgml_api::common::{Condition, Time, condition as c};
 
 use super::archiving;
+use super::snapshots::LastSnapshot;
 use crate::zfspool::status::{Stamp, set_condition};
 use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
 
 /// Condition types the cluster controller writes.
-pub const OWNED_CONDITIONS: [&str; 6] = [
+pub const OWNED_CONDITIONS: [&str; 7] = [
     c::CONTINUOUS_ARCHIVING,
     c::DEGRADED,
     c::LAST_BACKUP_SUCCEEDED,
+    c::LAST_SNAPSHOT_SUCCEEDED,
     c::PROGRESSING,
     c::READY,
     c::SPEC_VALID,
@@ -71,6 +73,7 @@ pub fn owned_view(s: &PgmlClusterStatus) -> PgmlClusterStatus {
         ready_instances: s.ready_instances,
         archiving: s.archiving.clone(),
         last_backup: s.last_backup.clone(),
+        last_snapshot: s.last_snapshot.clone(),
         ..Default::default()
     }
 }
@@ -91,6 +94,8 @@ pub struct Summary {
     pub spec_errors: Vec<String>,
     /// pgBackRest: configured or not, and the primary's report.
     pub pgbackrest: archiving::Seen,
+    /// The cluster's EBS snapshot backups.
+    pub snapshots: LastSnapshot,
 }
 
 fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'static str, String) {
@@ -242,6 +247,21 @@ pub fn compute(
         stamp,
     );
     archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
+    out.last_snapshot = s.snapshots.completed.clone();
+    if let Some((status, why, message)) = &s.snapshots.condition {
+        let conds = &mut out.conditions;
+        let ok = *status == c::TRUE;
+        set_condition(
+            conds,
+            &old,
+            c::LAST_SNAPSHOT_SUCCEEDED,
+            ok,
+            why,
+            message,
+            stamp,
+        );
+        conds.sort_by(|a, b| a.type_.cmp(&b.type_));
+    }
     out
 }
 
@@ -319,7 +339,32 @@ pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> 
         out.push((warn, format!("{p:?}"), msg));
     }
     out.extend(archiving::notices(old, new));
+    out.extend(snapshot_notice(old, new));
     out
+}
+
+/// An Event when the newest snapshot's outcome changes: a Warning when one failed, a
+/// Normal one when a snapshot succeeds again after a failure.
+fn snapshot_notice(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Option<Notice> {
+    let cond = |s: &PgmlClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|x| x.type_ == c::LAST_SNAPSHOT_SUCCEEDED)
+            .cloned()
+    };
+    let (was, now) = (cond(old), cond(new));
+    let now = now?;
+    let changed = match &was {
+        None => now.status == c::FALSE,
+        Some(w) => w.status != now.status || (now.status == c::FALSE && w.message != now.message),
+    };
+    changed.then(|| {
+        (
+            now.status == c::FALSE,
+            now.reason.clone(),
+            now.message.clone(),
+        )
+    })
 }
 
 /// Writes `new` unless it equals the controller's part of `observed`, then publishes the
@@ -470,6 +515,60 @@ mod tests {
             cond(&done, c::DEGRADED).status,
             "True",
             "a fenced instance degrades the cluster"
+        );
+    }
+
+    #[test]
+    fn the_last_snapshot_condition_and_its_events() {
+        use crate::cluster::snapshots::{LastSnapshot, reason as snap};
+        use pgml_api::cluster::SnapshotRef;
+        let mut s = summary(&[true]);
+        let none = compute(&s, &PgmlClusterStatus::default(), Some(1), &now());
+        assert!(
+            none.conditions
+                .iter()
+                .all(|x| x.type_ != c::LAST_SNAPSHOT_SUCCEEDED)
+        );
+        let good = SnapshotRef {
+            name: "nightly-1".into(),
+            capture_time: None,
+        };
+        s.snapshots = LastSnapshot {
+            completed: Some(good.clone()),
+            condition: Some((
+                c::TRUE,
+                snap::SNAPSHOT_COMPLETED,
+                "nightly-1 captured".into(),
+            )),
+        };
+        let ok = compute(&s, &none, Some(1), &now());
+        assert_eq!(ok.last_snapshot, Some(good.clone()));
+        assert_eq!(cond(&ok, c::LAST_SNAPSHOT_SUCCEEDED).status, "True");
+        assert!(
+            notices(&none, &ok)
+                .iter()
+                .all(|(_, r, _)| r != snap::SNAPSHOT_COMPLETED)
+        );
+        s.snapshots.condition = Some((c::FALSE, snap::SNAPSHOT_FAILED, "nightly-2 failed".into()));
+        let failed = compute(&s, &ok, Some(1), &now());
+        assert_eq!(failed.last_snapshot, Some(good), "the restorable one stays");
+        assert_eq!(
+            cond(&failed, c::LAST_SNAPSHOT_SUCCEEDED).reason,
+            snap::SNAPSHOT_FAILED
+        );
+        let n = notices(&ok, &failed);
+        assert!(
+            n.iter()
+                .any(|(w, r, m)| *w && r == snap::SNAPSHOT_FAILED && m.contains("nightly-2"))
+        );
+        assert!(
+            notices(&failed, &compute(&s, &failed, Some(1), &now())).is_empty(),
+            "once per change"
+        );
+        assert_eq!(
+            owned_view(&failed),
+            failed,
+            "the owned view keeps lastSnapshot"
         );
     }
 

@@ -17,7 +17,10 @@ pub struct World {
     pub pods: BTreeMap<String, Pod>,
     pub pools: BTreeMap<String, ZfsPool>,
     pub pvcs: BTreeMap<String, PersistentVolumeClaim>,
+    /// The cluster's own EbsSnapshots (replica seeds, labelled with the cluster).
     pub snapshots: BTreeMap<String, EbsSnapshot>,
+    /// The other EbsSnapshots whose source is the cluster (scheduled ones, a user's).
+    pub backups: Vec<EbsSnapshot>,
     pub nodes: Vec<NodeFacts>,
 }
 
@@ -26,6 +29,15 @@ fn by_name<K: kube::Resource>(items: Vec<K>) -> BTreeMap<String, K> {
         .into_iter()
         .filter_map(|o| Some((o.meta().name.clone()?, o)))
         .collect()
+}
+
+/// Labelled `pgml.io/cluster: <cluster>` (the cluster's own objects).
+fn labelled(s: &EbsSnapshot, cluster: &str) -> bool {
+    s.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(pgml_api::common::keys::CLUSTER))
+        .is_some_and(|v| v == cluster)
 }
 
 impl World {
@@ -40,9 +52,22 @@ impl World {
         let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
             .list(&lp)
             .await?;
-        let snapshots = Api::<EbsSnapshot>::namespaced(client.clone(), ns)
-            .list(&lp)
+        // One list for both: the seeds (labelled) and every snapshot of the cluster.
+        let all_snapshots = Api::<EbsSnapshot>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
             .await?;
+        let (seeds, backups): (Vec<EbsSnapshot>, Vec<EbsSnapshot>) = all_snapshots
+            .items
+            .into_iter()
+            .filter(|s| {
+                labelled(s, &c.name)
+                    || s.spec
+                        .source
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|src| src.name == c.name)
+            })
+            .partition(|s| labelled(s, &c.name));
         let nodes = Api::<Node>::all(client.clone())
             .list(&ListParams::default())
             .await?;
@@ -50,7 +75,8 @@ impl World {
             pods: by_name(pods.items),
             pools: by_name(pools.items),
             pvcs: by_name(pvcs.items),
-            snapshots: by_name(snapshots.items),
+            snapshots: by_name(seeds),
+            backups,
             nodes: nodes.items.iter().map(NodeFacts::of).collect(),
         })
     }
