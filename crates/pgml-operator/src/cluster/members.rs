@@ -48,10 +48,24 @@ pub fn pod_state(pod: Option<&Pod>) -> PodState {
         return PodState::Terminating;
     }
     match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Running") if container_down(p) => PodState::Down,
         Some("Running") => PodState::Running,
         Some("Failed" | "Succeeded" | "Unknown") => PodState::Down,
         _ => PodState::Pending,
     }
+}
+
+/// The Pod runs (phase Running) but its PostgreSQL container does not: it exited (killed,
+/// crashed) and the kubelet reports it terminated, or waiting to be started again
+/// (CrashLoopBackOff). Phase Running says only that a container ran once; the instance
+/// manager, which would report the loss, is that container.
+fn container_down(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == names::CONTAINER))
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_none() && (s.terminated.is_some() || s.waiting.is_some()))
 }
 
 pub fn members(recs: &[Rec], w: &World) -> Vec<Member> {
@@ -176,6 +190,37 @@ mod tests {
         assert_eq!(s[2].role, None, "a fenced instance has no role");
         assert!(s[2].fenced);
         assert_eq!(s[2].availability_zone.as_deref(), Some("z3"));
+    }
+
+    #[test]
+    fn a_running_pod_whose_postgres_container_exited_is_down() {
+        let pod = |container: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "c-1"},
+                "status": {"phase": "Running", "containerStatuses": [
+                    {"name": "postgres", "image": "i", "imageID": "", "ready": false,
+                     "restartCount": 1, "state": serde_json::from_str::<serde_json::Value>(container).unwrap()}
+                ]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            pod_state(Some(&pod(r#"{"running": {}}"#))),
+            PodState::Running
+        );
+        assert_eq!(
+            pod_state(Some(&pod(r#"{"terminated": {"exitCode": 137}}"#))),
+            PodState::Down
+        );
+        assert_eq!(
+            pod_state(Some(&pod(r#"{"waiting": {"reason": "CrashLoopBackOff"}}"#))),
+            PodState::Down
+        );
+        let no_status: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "c-1"}, "status": {"phase": "Running"}}),
+        )
+        .unwrap();
+        assert_eq!(pod_state(Some(&no_status)), PodState::Running);
     }
 
     #[test]

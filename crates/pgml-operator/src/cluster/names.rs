@@ -17,6 +17,8 @@ pub const INSTANCE_STATUS: &str = pgml_api::instance::STATUS_ANNOTATION;
 pub const STORAGE_CLASS: &str = "pgml-zfs";
 /// What `seededFrom` says of an instance that copies its data with pg_basebackup.
 pub const PG_BASEBACKUP: &str = "pg_basebackup";
+/// The instance Pod's main container, which runs the instance manager (`Builder::pod`).
+pub const CONTAINER: &str = "postgres";
 /// The dataset that holds PostgreSQL's data directory.
 pub const PGDATA_DATASET: &str = "pgdata";
 

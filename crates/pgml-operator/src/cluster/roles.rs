@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use pgml_api::instance::Role;
+
 use super::reported::{Reported, parse_lsn};
 
 /// The state of an instance's Pod.
@@ -13,7 +15,8 @@ pub enum PodState {
     Terminating,
     Pending,
     Running,
-    /// Failed, Succeeded or Unknown: its containers are not coming back.
+    /// Failed, Succeeded or Unknown: its containers are not coming back; or Running with
+    /// its PostgreSQL container not running (exited, waiting to restart).
     Down,
 }
 
@@ -46,6 +49,19 @@ impl Member {
         self.ready() && self.reported.as_ref().is_some_and(|r| !r.is_primary())
     }
 
+    /// A replica that can take over from a lost primary: running in recovery, its Pod and
+    /// node up, not fenced. Not necessarily streaming: a replica stops streaming when its
+    /// primary dies, which is when this is asked.
+    pub fn can_take_over(&self) -> bool {
+        !self.fenced
+            && self.pod == PodState::Running
+            && self.node_ready != Some(false)
+            && self
+                .reported
+                .as_ref()
+                .is_some_and(|r| r.running && !r.fenced && r.role == Role::Replica)
+    }
+
     fn replay(&self) -> u64 {
         self.reported
             .as_ref()
@@ -55,7 +71,8 @@ impl Member {
     }
 }
 
-/// Whether the primary is lost: its Pod gone, being deleted or down, its node NotReady,
+/// Whether the primary is lost: its Pod gone, being deleted or down (its PostgreSQL
+/// container not running included), its node NotReady,
 /// or its manager reporting PostgreSQL not running (and not because it was asked to stop).
 /// A Pod still starting (Pending, nothing reported) is not lost.
 pub fn lost(m: &Member) -> bool {
@@ -68,12 +85,12 @@ pub fn lost(m: &Member) -> bool {
             .is_some_and(|r| !r.running && !r.demoted && !r.fenced)
 }
 
-/// The replica a failover promotes: the ready one with the highest replay LSN (ties: the
-/// lowest instance name, for a stable choice).
+/// The replica a failover promotes: of those that can take over, the one with the highest
+/// replay LSN (ties: the lowest instance name, for a stable choice).
 pub fn failover_candidate<'a>(members: &'a [Member], current: &str) -> Option<&'a Member> {
     members
         .iter()
-        .filter(|m| m.name != current && m.promotable())
+        .filter(|m| m.name != current && m.can_take_over())
         .max_by(|a, b| {
             a.replay()
                 .cmp(&b.replay())
@@ -358,10 +375,19 @@ mod tests {
             Some((Transition::Failover, "c-1".into(), "c-3".into()))
         );
 
-        // No ready replica: nothing to do but wait.
+        // The replicas stopped streaming when the primary died (not ready): still running
+        // in recovery, they can take over.
         for x in &mut ms[1..] {
-            x.reported.as_mut().unwrap().ready = false;
+            let r = x.reported.as_mut().unwrap();
+            (r.ready, r.streaming) = (false, false);
         }
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.lost_for = Some(Duration::from_secs(31));
+        assert_eq!(decide(&i).target.as_deref(), Some("c-3"));
+
+        // No replica running (or its container down): nothing to do but wait.
+        ms[1].reported.as_mut().unwrap().running = false;
+        ms[2].pod = PodState::Down;
         let mut i = input(&ms, Some("c-1"), Some("c-1"));
         i.lost_for = Some(Duration::from_secs(300));
         let r = decide(&i);
