@@ -17,7 +17,7 @@ use pgml_api::instance::ArchiverStats;
 use crate::backrest::{Backrest, Schedule};
 use crate::decide::{Action, Local, StartAs, View, decide};
 use crate::postgres::{Credentials, Pg, managed_conf};
-use crate::report::{self, InstanceReport, Lsn, STATUS_ANNOTATION, slot_name};
+use crate::report::{self, InstanceReport, Lsn, Role, STATUS_ANNOTATION, slot_name};
 use crate::view;
 
 /// A report is written when it changes, and at least this often.
@@ -202,8 +202,15 @@ impl Manager {
                 remove_standby_signal,
                 start_as,
             } => {
-                self.start(remove_stale_pid, remove_standby_signal, start_as)
+                let primary = matches!(start_as, StartAs::Primary);
+                match self
+                    .start(remove_stale_pid, remove_standby_signal, start_as)
                     .await
+                {
+                    // The Secrets' roles and passwords at once, as after a promotion.
+                    Ok(note) if primary => self.keep_primary(view).await.map(|_| note),
+                    other => other,
+                }
             }
             Action::Promote => {
                 tracing::info!("promoting");
@@ -375,6 +382,9 @@ impl Manager {
         );
         r.archiver = self.archiver.clone();
         r.last_backup = self.backrest.last_backup.clone();
+        // A primary whose roles and passwords are not yet those of the Secrets would refuse
+        // the clients and replicas that use them: not ready until they are.
+        r.ready &= r.role != Role::Primary || self.replication_role_ready;
         if let Some((last, at)) = &self.last_report
             && last.same_as(&r)
             && at.elapsed() < REPORT_EVERY
