@@ -447,8 +447,13 @@ impl Inner {
                 }
                 continue;
             }
-            self.supervise(name).await?;
-            self.refresh_config(name).await?;
+            // One Pod's trouble (the API busy a moment) does not hold the others up.
+            if let Err(e) = self.supervise(name).await {
+                eprintln!("kubelet[{}]: {name}: {e:#}", self.namespace);
+            }
+            if let Err(e) = self.refresh_config(name).await {
+                eprintln!("kubelet[{}]: {name}: {e:#}", self.namespace);
+            }
         }
         Ok(())
     }
