@@ -10,7 +10,10 @@
 //! switched, `ContinuousArchiving` turns True (reason `WalArchived`). The spec's bucket is
 //! then patched to one S3 refuses (it does not exist): the controller renders the file
 //! again, the kubelet rewrites it, and the condition turns False (`ArchivingFailing`,
-//! naming the segment), with a Warning Event `ArchivingFailing`.
+//! naming the segment), with a Warning Event `ArchivingFailing`. The spec's `* * * * *`
+//! incremental schedule: before the patch, `LastBackupSucceeded` True (`BackupCompleted`)
+//! with `status.lastBackup` and the backup in the bucket; after it, False
+//! (`BackupFailed`, pgBackRest's error).
 //!
 //! What the test bed changes, and why:
 //! - Credentials: the managers reach the apiserver on the host's loopback, so they cannot
@@ -65,6 +68,7 @@ fn manifest(node: &NodeInfo, bucket: &str, endpoint: &str, region: &str) -> Valu
             "backups": {"pgbackrest": {
                 "s3": {"bucket": bucket, "region": region, "endpoint": endpoint},
                 "credentials": {"mode": "InstanceRole"},
+                "schedule": {"incremental": "* * * * *"},
             }},
         },
     })
@@ -269,6 +273,34 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     println!("ContinuousArchiving: True ({})", cond.message);
     let true_at = started.elapsed();
 
+    // The `* * * * *` incremental schedule: the manager's backup reaches the status.
+    let cl = wait(
+        "LastBackupSucceeded True",
+        Box::new(|cl| condition(cl, c::LAST_BACKUP_SUCCEEDED).is_some_and(|x| x.status == "True")),
+    )
+    .await;
+    let cond = condition(&cl, c::LAST_BACKUP_SUCCEEDED).unwrap();
+    assert_eq!(cond.reason, "BackupCompleted", "{cond:?}");
+    let last = cl.status.as_ref().unwrap().last_backup.clone().unwrap();
+    assert!(last.succeeded, "{last:?}");
+    assert_eq!(last.backup_type.as_deref(), Some("incr"), "{last:?}");
+    assert!(last.completion_time.is_some(), "{last:?}");
+    let backups = s3_list_keys(
+        sb,
+        &bucket,
+        &format!("pgbackrest/{}/{CLUSTER}/backup/{CLUSTER}/", ns.name()),
+    )
+    .unwrap();
+    assert!(
+        backups.iter().any(|k| k.ends_with("backup.manifest")),
+        "no backup in the bucket: {backups:?}"
+    );
+    println!(
+        "LastBackupSucceeded: True ({}); lastBackup {last:?}",
+        cond.message
+    );
+    let backup_at = started.elapsed();
+
     // The bucket patched to one S3 refuses: re-rendered, rewritten, failing.
     apply(manifest(node, &refused, &s3.endpoint, &sb.region)).await;
     let deadline = Instant::now() + TIMEOUT;
@@ -314,9 +346,31 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
         assert!(Instant::now() < deadline, "no ArchivingFailing Event");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // The next scheduled backup fails on that bucket too.
+    let cl = wait(
+        "LastBackupSucceeded False",
+        Box::new(|cl| condition(cl, c::LAST_BACKUP_SUCCEEDED).is_some_and(|x| x.status == "False")),
+    )
+    .await;
+    let cond = condition(&cl, c::LAST_BACKUP_SUCCEEDED).unwrap();
+    assert_eq!(cond.reason, "BackupFailed", "{cond:?}");
+    assert!(cond.message.contains("ERROR"), "{cond:?}");
+    assert!(
+        !cl.status
+            .as_ref()
+            .unwrap()
+            .last_backup
+            .as_ref()
+            .unwrap()
+            .succeeded
+    );
+    println!("LastBackupSucceeded: False ({})", cond.message);
     println!(
         "cluster pgBackRest: Healthy at {healthy_at:?}, ContinuousArchiving True at \
-         {true_at:?}, False at {false_at:?} (bucket patched at {true_at:?})"
+         {true_at:?}, LastBackupSucceeded True at {backup_at:?}, bucket patched then, \
+         ContinuousArchiving False at {false_at:?}, LastBackupSucceeded False at {:?}",
+        started.elapsed()
     );
 
     // Clean up: the manager stopped, the bind undone, the cluster and its pool deleted.
