@@ -14,7 +14,7 @@ use pgml_api::snapshot::SnapshotPhase;
 use serde_json::{Value, json};
 
 use super::archiving;
-use super::build::{Builder, Instance};
+use super::build::{Builder, Instance, stale_irsa_annotation};
 use super::compare::covers;
 use super::members::{Rec, donor, instance_statuses, members};
 use super::names::{self, PG_BASEBACKUP, PGDATA_DATASET, SecretKind};
@@ -188,7 +188,21 @@ impl Run<'_> {
         bodies.extend(self.b.services());
         bodies.extend(self.b.rbac());
         for body in bodies {
-            if self.ensure(&body, Stored::Fetch).await? {
+            let stored = if body["kind"] == "ServiceAccount" {
+                // IRSA's role annotation once the mode changed: covered (extra fields are)
+                // but to be removed, which only an apply without it does.
+                let (api, name) = api_for(self.ctx, &body).ok_or(Error::Incomplete("name"))?;
+                let sa = api.get_opt(&name).await?.map(|o| to_value(&o));
+                match sa {
+                    Some(sa) if stale_irsa_annotation(&sa, &body, FIELD_MANAGER) => {
+                        Stored::Known(None)
+                    }
+                    sa => Stored::Known(sa),
+                }
+            } else {
+                Stored::Fetch
+            };
+            if self.ensure(&body, stored).await? {
                 let what = format!(
                     "{} {}",
                     body["kind"].as_str().unwrap_or_default(),

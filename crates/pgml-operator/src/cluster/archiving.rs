@@ -398,4 +398,27 @@ mod tests {
         let ev = notices(&later, &f);
         assert_eq!((ev[0].0, ev[0].1.as_str()), (true, reason::BACKUP_FAILED));
     }
+
+    #[test]
+    fn the_same_report_later_gives_the_same_status() {
+        let seen = primary(
+            Some(failing()),
+            Some(LastBackup {
+                finished: "2027-01-15T08:00:09Z".into(),
+                succeeded: true,
+                ..Default::default()
+            }),
+        );
+        let first = run(&seen, &PgmlClusterStatus::default());
+        let later = Time(Timestamp::from_second(1_800_000_999).unwrap());
+        let mut again = PgmlClusterStatus::default();
+        fill(&seen, &first, &mut again, stamp(&later));
+        assert_eq!(again, first, "nothing to write");
+        // Nor when the primary stops reporting its backup (a restarted manager).
+        let mut restarted = seen.clone();
+        restarted.report.as_mut().unwrap().last_backup = None;
+        let mut kept = PgmlClusterStatus::default();
+        fill(&restarted, &first, &mut kept, stamp(&later));
+        assert_eq!(kept, first);
+    }
 }

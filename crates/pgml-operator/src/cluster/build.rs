@@ -40,6 +40,24 @@ pub struct Builder<'a> {
     pub archiving: Result<Option<Archiving>, RenderError>,
 }
 
+/// Whether the stored ServiceAccount `stored` carries IRSA's role annotation, applied by
+/// `manager`, which `desired` no longer has (pgBackRest's mode changed, or pgBackRest was
+/// removed): only an apply without it removes it. An annotation someone else set is theirs.
+pub fn stale_irsa_annotation(stored: &Value, desired: &Value, manager: &str) -> bool {
+    if !desired["metadata"]["annotations"][IRSA_ROLE_ARN].is_null()
+        || stored["metadata"]["annotations"][IRSA_ROLE_ARN].is_null()
+    {
+        return false;
+    }
+    let field = format!("f:{IRSA_ROLE_ARN}");
+    stored["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] == manager && m["operation"] == "Apply")
+        .any(|m| !m["fieldsV1"]["f:metadata"]["f:annotations"][&field].is_null())
+}
+
 /// One instance as decided by the reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
@@ -690,5 +708,39 @@ mod tests {
                 .to_string()
                 .contains("HTTPS only")
         );
+    }
+
+    #[test]
+    fn an_irsa_annotation_of_ours_is_stale_once_the_mode_changes() {
+        let irsa = with_pgbackrest(
+            "{mode: IRSA, serviceAccountRoleArn: 'arn:aws:iam::123456789012:role/pgbackrest'}",
+        );
+        let role = Builder::new(&irsa, "op").unwrap().rbac()[0].clone();
+        let stored = |manager: &str| {
+            let mut sa = role.clone();
+            sa["metadata"]["managedFields"] = json!([{
+                "manager": manager, "operation": "Apply", "apiVersion": "v1",
+                "fieldsV1": {"f:metadata": {"f:annotations": {"f:eks.amazonaws.com/role-arn": {}}}},
+            }]);
+            sa
+        };
+        let plain = Builder::new(&cluster(ZFS), "op").unwrap().rbac()[0].clone();
+        assert!(stale_irsa_annotation(
+            &stored("pgml-operator"),
+            &plain,
+            "pgml-operator"
+        ));
+        // Still IRSA: nothing stale. Set by someone else: theirs.
+        assert!(!stale_irsa_annotation(
+            &stored("pgml-operator"),
+            &role,
+            "pgml-operator"
+        ));
+        assert!(!stale_irsa_annotation(
+            &stored("kubectl"),
+            &plain,
+            "pgml-operator"
+        ));
+        assert!(!stale_irsa_annotation(&plain, &plain, "pgml-operator"));
     }
 }
