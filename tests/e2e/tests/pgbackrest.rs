@@ -37,7 +37,9 @@
 //! `pgbackrest.conf` exactly as the controller renders it (`pg1-path`, `pg1-port`,
 //! `pg1-socket-path` of the Pod, not of this server: the manager gives pgBackRest its own
 //! through `PGBACKREST_PG1_*`), and the `archive_command` line with the file's path here
-//! instead of the Pod's `/etc/pgml/config`. The manager, not
+//! instead of the Pod's `/etc/pgml/config`. The file first names a bucket S3 refuses:
+//! `stanza-create` fails, the report's `message` carries pgBackRest's error while the server
+//! stays ready, and once the file is fixed the retry makes the stanza. The manager, not
 //! the test, runs `stanza-create` and the scheduled backups and reports `archiver` and
 //! `lastBackup` in its Pod's annotation. The manager talks to the sandbox's apiserver on
 //! the host's loopback, which the metadata service's network namespace cannot reach, so
@@ -469,7 +471,8 @@ async fn the_instance_manager_archives_and_backs_up() {
         "{good}"
     );
     assert_no_secret(&good);
-    write_config(&config, &good);
+    // First a bucket S3 refuses: stanza-create fails and is retried.
+    write_config(&config, &rendered(&refused));
     let archive = archive_command(&config, CLUSTER).unwrap();
     write_config(
         &format!("{conf_dir}/postgresql.conf"),
@@ -531,7 +534,7 @@ async fn the_instance_manager_archives_and_backs_up() {
         .unwrap();
     manager.start();
 
-    // Bootstrap, then the stanza: made by the manager (archive.info appears in the bucket).
+    // Bootstrap; stanza-create fails on the refused bucket and says why in the report.
     let r = wait_report(&pods, &name, "primary/ready", WAIT, &manager, |r| {
         r.is_primary() && r.ready
     })
@@ -540,6 +543,18 @@ async fn the_instance_manager_archives_and_backs_up() {
         r.archiver.is_some(),
         "a primary with pgBackRest reports pg_stat_archiver: {r:?}"
     );
+    let r = wait_report(&pods, &name, "stanza-create failing", WAIT, &manager, |r| {
+        r.message.contains("stanza-create failed")
+    })
+    .await;
+    assert!(r.message.contains("ERROR: ["), "{}", r.message);
+    assert!(r.ready, "a failing stanza-create blocks nothing: {r:?}");
+    println!("report message: {}", r.message);
+    let stanza_failed_at = t0.elapsed();
+
+    // The ConfigMap fixed: the next attempt (back-off) makes the stanza (archive.info in
+    // the bucket) and the message goes.
+    write_config(&config, &good);
     let prefix = format!("pgbackrest/{}/{CLUSTER}/archive/{CLUSTER}/", ns.name());
     let deadline = Instant::now() + WAIT;
     while !s3_list_keys(sb, &bucket, &prefix)
@@ -555,6 +570,15 @@ async fn the_instance_manager_archives_and_backs_up() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let stanza_at = t0.elapsed();
+    wait_report(
+        &pods,
+        &name,
+        "the stanza message gone",
+        WAIT,
+        &manager,
+        |r| !r.message.contains("stanza-create"),
+    )
+    .await;
 
     // Archiving through the server the manager started (its environment inherited).
     pg.sql("CREATE TABLE t (id int, v text)").unwrap();
@@ -685,7 +709,8 @@ async fn the_instance_manager_archives_and_backs_up() {
         continuous_archiving(r.archiver.as_ref().unwrap()).message
     );
     println!(
-        "instance manager + pgBackRest: stanza at {stanza_at:?}, archived at {archived_at:?}, \
+        "instance manager + pgBackRest: stanza-create failing at {stanza_failed_at:?}, \
+         stanza at {stanza_at:?}, archived at {archived_at:?}, \
          first scheduled backup at {first_backup_at:?}, incremental at {incr_at:?}, failure \
          reported at {failed_at:?}, caught up at {:?}",
         t0.elapsed()
