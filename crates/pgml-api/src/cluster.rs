@@ -351,6 +351,7 @@ pub struct Replicas {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", priority = 1),
     printcolumn(name = "Last Snapshot", type_ = "string", json_path = ".status.lastSnapshot.name", priority = 1),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastBackup.completionTime", description = "When the last pgBackRest backup finished", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$')")
         .message("a PgmlCluster name must be a DNS label of at most 45 characters starting with a letter: its instances, services and ZFS pools are named after it"),
