@@ -161,8 +161,20 @@ fn pgbackrest(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> String {
+    pgbackrest_of(CLUSTER, pg, wrapper, config, env, args)
+}
+
+/// [`pgbackrest`] for the stanza of cluster `cluster`.
+fn pgbackrest_of(
+    cluster: &str,
+    pg: &Postgres,
+    wrapper: &[&str],
+    config: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> String {
     let config_arg = format!("--config={config}");
-    let stanza_arg = format!("--stanza={}", pgbackrest::stanza(CLUSTER));
+    let stanza_arg = format!("--stanza={}", pgbackrest::stanza(cluster));
     let mut argv = vec![pgbackrest::PROGRAM, &config_arg, &stanza_arg];
     argv.extend_from_slice(args);
     let out = pg
@@ -417,13 +429,16 @@ async fn wait_report(
 
 /// `pgbackrest info` of the stanza, as the test sees the repository (shared keys from the
 /// environment, as the manager has them).
-fn info(pg: &Postgres, config: &str, env: &[(&str, &str)]) -> serde_json::Value {
-    let text = pgbackrest(pg, &[], config, env, &["info", "--output=json"]);
+fn info(cluster: &str, pg: &Postgres, config: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    let text = pgbackrest_of(cluster, pg, &[], config, env, &["info", "--output=json"]);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("pgbackrest info: {e}: {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_instance_manager_archives_and_backs_up() {
+    // A stanza of its own: pgBackRest's locks (/tmp/pgbackrest/<stanza>-*.lock) are per
+    // stanza on the host, which the other test shares.
+    const CLUSTER: &str = "mgr";
     let t0 = Instant::now();
     let sb = Sandbox::get();
     let s3 = sb.s3_tls();
@@ -632,7 +647,7 @@ async fn the_instance_manager_archives_and_backs_up() {
     let first_backup_at = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(150);
     let backups = loop {
-        let i = info(&pg, &config, &env);
+        let i = info(CLUSTER, &pg, &config, &env);
         let list = i[0]["backup"].as_array().cloned().unwrap_or_default();
         if list.iter().any(|b| b["type"] == "incr") {
             assert_eq!(list[0]["type"], "full", "{i:#}");
