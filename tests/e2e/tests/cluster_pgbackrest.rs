@@ -13,7 +13,9 @@
 //! naming the segment), with a Warning Event `ArchivingFailing`. The spec's `* * * * *`
 //! incremental schedule: before the patch, `LastBackupSucceeded` True (`BackupCompleted`)
 //! with `status.lastBackup` and the backup in the bucket; after it, False
-//! (`BackupFailed`, pgBackRest's error).
+//! (`BackupFailed`, pgBackRest's error). Last, an `http://` endpoint (which pgBackRest
+//! cannot use): `SpecValid` False with the reason, a Warning `PgBackRestConfigInvalid`, and
+//! the ConfigMap left as it was.
 //!
 //! What the test bed changes, and why:
 //! - Credentials: the managers reach the apiserver on the host's loopback, so they cannot
@@ -372,6 +374,49 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
          ContinuousArchiving False at {false_at:?}, LastBackupSucceeded False at {:?}",
         started.elapsed()
     );
+
+    // An endpoint pgBackRest cannot use (http://, which the schema lets through): SpecValid
+    // False with the renderer's reason, a Warning, and the ConfigMap left as it was.
+    let before = cm.get(&format!("{CLUSTER}-config")).await.unwrap().data;
+    apply(manifest(
+        node,
+        &refused,
+        "http://127.0.0.1:9000",
+        &sb.region,
+    ))
+    .await;
+    let cl = wait(
+        "SpecValid False",
+        Box::new(|cl| condition(cl, c::SPEC_VALID).is_some_and(|x| x.status == "False")),
+    )
+    .await;
+    let cond = condition(&cl, c::SPEC_VALID).unwrap();
+    assert!(cond.message.contains("HTTPS only"), "{cond:?}");
+    assert_eq!(cond.observed_generation, cl.metadata.generation);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("PgBackRestConfigInvalid")
+                && e.type_.as_deref() == Some("Warning")
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no Warning PgBackRestConfigInvalid"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = cm.get(&format!("{CLUSTER}-config")).await.unwrap().data;
+    assert_eq!(
+        after, before,
+        "the ConfigMap changed on a spec it cannot render"
+    );
+    println!("SpecValid: False ({})", cond.message);
 
     // Clean up: the manager stopped, the bind undone, the cluster and its pool deleted.
     kubelet.shutdown();
