@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import direct, faults
+from . import direct, faults, pause
 from .state import Store
 
 log = logging.getLogger("ebssim")
@@ -545,9 +545,15 @@ class Sim:
         tags = {_t(v, "volumeId"): [(_t(t, "key"), _t(t, "value")) for t in _items(v, "tagSet")] for v in vols}
         copies = {}
         try:
-            for vol in tags:
-                if vol not in excluded:
+            members = [vol for vol in tags if vol not in excluded]
+            # One instant for the whole set (see pause.py).
+            with pause.paused([self.store.volume_image(v) for v in members]) as stopped:
+                t0 = time.monotonic()
+                for vol in members:
                     copies[vol] = self.capture(vol)
+                if stopped:
+                    log.info("CreateSnapshots %s: %d volumes copied with writers %s paused %.0f ms",
+                             iid, len(members), stopped, (time.monotonic() - t0) * 1000)
             r = fwd(None)
             if not r.ok:
                 return r
