@@ -144,12 +144,12 @@ async fn main() -> anyhow::Result<()> {
     // Snapshot holds do not need ZFS (ext4 sources): they run from the start, beside the
     // pools.
     let holds = tokio::spawn(hold::run(
-        hold,
+        hold.clone(),
         args.node_name.clone(),
         args.namespace.clone(),
         shutdown.clone(),
     ));
-    run_pools(&args, client, shutdown).await?;
+    run_pools(&args, client, &hold, shutdown).await?;
     // Holds in place are seen through before the process ends.
     let _ = holds.await;
     sweeper.abort();
@@ -158,7 +158,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The ZfsPool side: waits for ZFS, then reconciles this node's pools until shutdown.
-async fn run_pools(args: &Args, client: kube::Client, shutdown: Shutdown) -> anyhow::Result<()> {
+async fn run_pools(
+    args: &Args,
+    client: kube::Client,
+    hold: &hold::HoldCtx,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let runner = Runner {
         zpool: args.zpool.clone(),
         zfs: args.zfs.clone(),
@@ -171,6 +176,7 @@ async fn run_pools(args: &Args, client: kube::Client, shutdown: Shutdown) -> any
         _ = shutdown.requested() => return Ok(()),
     };
     tracing::info!(dialect = %detected.dialect, version = ?detected.version, kmod_version = ?detected.kmod_version, "ZFS detected");
+    let _ = hold.zfs.set((runner.clone(), detected.dialect));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         runner,

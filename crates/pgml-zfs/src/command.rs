@@ -358,6 +358,37 @@ pub fn set_pool_property(pool: &PoolName, prop: &Property) -> Command {
     zpool(["set".to_string(), prop.arg(), pool.to_string()])
 }
 
+/// Commits the pool's open transaction group now, so that what was written before is in
+/// the pool's on-disk state itself, not only in its intent log (the ZIL). Before an EBS
+/// snapshot: the copy then imports without replaying the log (and on zfs-fuse, whose log
+/// does not carry renames made durable by fsyncing their folder, without losing them).
+/// OpenZFS: `zpool sync <pool>`. zfs-fuse has no `zpool sync`; setting a user property on
+/// the pool's root dataset is a sync task, which waits for the transaction group to commit:
+/// `zfs set pgml.io:synced=<token> <pool>`.
+pub fn sync_pool(dialect: Dialect, pool: &PoolName, token: &str) -> Result<Command> {
+    match dialect {
+        Dialect::OpenZfs => Ok(zpool(["sync".to_string(), pool.to_string()])),
+        Dialect::ZfsFuse => {
+            if token.is_empty()
+                || !token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            {
+                return Err(ZfsError::InvalidName {
+                    kind: "sync token",
+                    value: token.to_string(),
+                    reason: "letters, digits, - _ . : only",
+                });
+            }
+            Ok(zfs([
+                "set".to_string(),
+                format!("pgml.io:synced={token}"),
+                pool.to_string(),
+            ]))
+        }
+    }
+}
+
 /// `zfs set <prop>=<value> <dataset>` (mapped for the dialect; `None` if dropped there).
 pub fn set_property(dialect: Dialect, dataset: &DatasetName, prop: &Property) -> Option<Command> {
     let (props, _) = map_properties(dialect, std::slice::from_ref(prop));

@@ -198,3 +198,20 @@ fn datasets_imports_and_the_rest() {
     assert_eq!(export_pool(&pool, false).args, ["export", "db1"]);
     assert_eq!(destroy_pool(&pool, false).args, ["destroy", "db1"]);
 }
+
+#[test]
+fn sync_pool_commits_the_open_transaction_group_in_both_dialects() {
+    let pool = PoolName::new("tank").unwrap();
+    assert_eq!(
+        sync_pool(Dialect::OpenZfs, &pool, "u-1").unwrap().argv(),
+        ["zpool", "sync", "tank"]
+    );
+    assert_eq!(
+        sync_pool(Dialect::ZfsFuse, &pool, "3f2a-9b")
+            .unwrap()
+            .argv(),
+        ["zfs", "set", "pgml.io:synced=3f2a-9b", "tank"]
+    );
+    assert!(sync_pool(Dialect::ZfsFuse, &pool, "a b").is_err());
+    assert!(sync_pool(Dialect::ZfsFuse, &pool, "").is_err());
+}

@@ -74,6 +74,9 @@ pub struct HoldCtx {
     pub sys_block: PathBuf,
     pub mount_root: PathBuf,
     pub mountinfo: PathBuf,
+    /// How to run `zpool`/`zfs` on this node, once ZFS is detected (the pool side sets
+    /// it): a ZFS source's transaction group is committed before its capture.
+    pub zfs: std::sync::OnceLock<(crate::exec::Runner, pgml_zfs::Dialect)>,
     /// One step at a time per snapshot UID (the watcher and the sweep both act).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Holds this process ended: a watch event older than the end must not start another.
@@ -97,6 +100,7 @@ impl HoldCtx {
             sys_block,
             mount_root,
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            zfs: std::sync::OnceLock::new(),
             locks: Mutex::default(),
             finished: Mutex::default(),
         }

@@ -23,6 +23,9 @@ struct Source {
     mounts: Vec<PathBuf>,
     /// The ext4 (non-ZFS) mount, which fsfreeze can freeze.
     freezable: Option<PathBuf>,
+    /// The ZFS pool (its name on the node), whose transaction group is committed before
+    /// the capture.
+    zpool: Option<String>,
 }
 
 /// Starts (or, after a dead agent, carries on) the hold; returns its deadline while it is
@@ -76,6 +79,9 @@ async fn hold_steps(obj: &EbsSnapshot, rec: &mut Record, ctx: &HoldCtx) -> Resul
     }
     stamp(ctx, rec, &source, obj.spec.standby_signal)?;
     failpoint("hold.after-stamp");
+    if let Some(pool) = &source.zpool {
+        sync_pool(ctx, rec, pool).await;
+    }
     if st.consistency.as_deref() == Some("Fsfreeze") {
         freeze(ctx, rec, &source).await?;
         failpoint("hold.after-freeze");
@@ -129,6 +135,7 @@ async fn locate(obj: &EbsSnapshot, ctx: &HoldCtx) -> Result<Source, Error> {
         return Ok(Source {
             mounts,
             freezable: None,
+            zpool: Some(p.pool_name()),
         });
     }
     let Some(vol) = st.snapshots.first().and_then(|s| s.volume_id.clone()) else {
@@ -150,6 +157,7 @@ async fn locate(obj: &EbsSnapshot, ctx: &HoldCtx) -> Result<Source, Error> {
     Ok(Source {
         mounts: vec![at.clone()],
         freezable: Some(at),
+        zpool: None,
     })
 }
 
@@ -203,6 +211,33 @@ fn stamp(
     datadir::create_signal(&dir).map_err(|e| io(&path, e))?;
     tracing::info!(snapshot = %rec.name, path = %path.display(), "standby.signal created");
     Ok(())
+}
+
+/// Commits the pool's open transaction group (`pgml_zfs::command::sync_pool`): the
+/// capture then holds standby.signal and everything written before it in the pool's
+/// on-disk state, with no intent log to replay on the copy. Not a freeze: writes go on.
+/// A failure is logged and the hold goes on (on OpenZFS the intent log still makes the
+/// capture crash-consistent); so is ZFS not detected yet.
+async fn sync_pool(ctx: &HoldCtx, rec: &Record, pool: &str) {
+    let Some((runner, dialect)) = ctx.zfs.get() else {
+        tracing::warn!(snapshot = %rec.name, pool, "ZFS not detected yet: the pool's transaction group is not committed before the capture");
+        return;
+    };
+    let started = std::time::Instant::now();
+    let cmd = pgml_zfs::PoolName::new(pool)
+        .and_then(|p| pgml_zfs::command::sync_pool(*dialect, &p, &rec.uid));
+    let result = match cmd {
+        Ok(c) => runner.ok(&c).await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(snapshot = %rec.name, pool, millis = started.elapsed().as_millis() as u64, "pool transaction group committed before the capture")
+        }
+        Err(e) => {
+            tracing::warn!(snapshot = %rec.name, pool, error = %e, "committing the pool's transaction group failed; the capture relies on the intent log")
+        }
+    }
 }
 
 /// The freeze, held by a guard process that thaws at the deadline by itself.
