@@ -146,11 +146,14 @@ pub fn repo_root() -> PathBuf {
 /// tests live in another package, so Cargo's `CARGO_BIN_EXE_*` does not reach them.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // <target>/debug/deps/<test>-<hash> → <target>/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> folder");
+    // A test: <target>/debug/deps/<test>-<hash> → <target>/debug/<name>; a binary (the
+    // benchmarks): <target>/debug/<bench> → <target>/debug/<name>.
+    let parent = exe.parent().expect("the executable's folder");
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().expect("target/<profile> folder")
+    } else {
+        parent
+    };
     let bin = dir.join(name);
     assert!(
         bin.exists(),
