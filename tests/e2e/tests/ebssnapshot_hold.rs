@@ -15,11 +15,22 @@ use pgml_api::EbsSnapshot;
 use pgml_api::common::keys;
 use pgml_api::snapshot::{HoldState, SnapshotPhase};
 use pgml_testbed::aws::SimAdmin;
+use pgml_testbed::nodes::node_exec_ok;
 use serde_json::json;
 use snapshot_common::*;
 use tokio::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// PostgreSQL's durable_rename of a checkpoint file, in the folder given as argument.
+const DURABLE_RENAME: &str = "import os, sys
+d = sys.argv[1]
+t, p = d + '/replorigin_checkpoint.tmp', d + '/replorigin_checkpoint'
+fd = os.open(t, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+os.write(fd, b'new-checkpoint'); os.fsync(fd); os.close(fd)
+os.rename(t, p)
+fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+";
 
 /// Waits until the agent has undone its hold (Released or Expired).
 async fn wait_hold_over(f: &Fixture, name: &str) -> EbsSnapshot {
@@ -38,6 +49,18 @@ async fn a_held_snapshot_is_stamped_captured_once_and_released() {
     let p = f.ready_pool(&pool, node, "raid0", 4).await;
     let guid = p.status.unwrap().pool_guid.unwrap();
     let (_, sum) = fake_pgdata(node, &pool);
+
+    // What a CHECKPOINT does to pg_logical/replorigin_checkpoint just before the snapshot:
+    // a temporary file written and fsynced, renamed over the old one, its folder fsynced.
+    // The copy must hold the new file and no temporary one (zfs-fuse's intent log does not
+    // carry such a rename: the agent commits the pool's transaction group before the
+    // capture).
+    let dir = format!("{}/pg_logical", pgdata(node, &pool));
+    node_exec_ok(node, &["mkdir", "-p", &dir]).unwrap();
+    node_write(node, &format!("{dir}/replorigin_checkpoint"), "old");
+    node_exec_ok(node, &["sync"]).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await; // the old file in a committed txg
+    node_exec_ok(node, &["python3", "-c", DURABLE_RENAME, &dir]).unwrap();
 
     let sim = SimAdmin::from_sandbox(f.sb);
     let calls = sim.count("CreateSnapshots", "total").unwrap();
@@ -98,6 +121,16 @@ async fn a_held_snapshot_is_stamped_captured_once_and_released() {
     assert_eq!(
         sha256(other, &format!("{}/base/16384", pgdata(other, &copy))),
         sum
+    );
+    let copied = format!("{}/pg_logical", pgdata(other, &copy));
+    assert_eq!(
+        node_exec_ok(other, &["ls", &copied]).unwrap().trim(),
+        "replorigin_checkpoint",
+        "the rename made durable before the snapshot is in the copy, the temporary file is not"
+    );
+    assert_eq!(
+        node_exec_ok(other, &["cat", &format!("{copied}/replorigin_checkpoint")]).unwrap(),
+        "new-checkpoint"
     );
     assert!(!has_standby_signal(node, &pool));
     assert_nothing_leaked(&f).await;
