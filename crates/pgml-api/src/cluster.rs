@@ -531,6 +531,11 @@ pub struct InstanceStatus {
     /// How far a replica's replay is behind the primary, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
+    /// Health of the instance's ZFS pool as its node agent reports it (`ONLINE`,
+    /// `DEGRADED` while a RAIDZ1 member is lost or resilvering, `FAULTED`…); unset on the
+    /// PVC path or before the pool reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_health: Option<String>,
     /// How the replica was seeded: the EbsSnapshot name or `pg_basebackup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded_from: Option<String>,

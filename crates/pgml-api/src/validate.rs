@@ -584,6 +584,7 @@ mod tests {
                     lag_bytes: None,
                     seeded_from: None,
                     fenced: false,
+                    pool_health: None,
                 })
                 .collect(),
             ..Default::default()

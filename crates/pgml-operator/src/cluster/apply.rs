@@ -694,7 +694,7 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
 
     let summary = Summary {
         desired: desired as i32,
-        instances: instance_statuses(&recs, &ms, decided.current.as_deref()),
+        instances: instance_statuses(&recs, &ms, decided.current.as_deref(), &run.w.pools),
         current: decided.current.clone(),
         target: decided.target.clone(),
         building: run.building.clone(),

@@ -97,6 +97,7 @@ pub fn instance_statuses(
     recs: &[Rec],
     members: &[Member],
     current: Option<&str>,
+    pools: &std::collections::BTreeMap<String, pgml_api::ZfsPool>,
 ) -> Vec<InstanceStatus> {
     let primary_lsn = members
         .iter()
@@ -134,6 +135,10 @@ pub fn instance_statuses(
                 lag_bytes: lag,
                 seeded_from: r.seeded_from.clone(),
                 fenced: r.fenced,
+                pool_health: pools
+                    .get(&r.name)
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.health.clone()),
             }
         })
         .collect()
@@ -180,7 +185,17 @@ mod tests {
             member("c-2", "replica", true, "0/FFFFFF00"),
             member("c-3", "primary", false, "0/10"),
         ];
-        let s = instance_statuses(&recs, &ms, Some("c-1"));
+        let pool: pgml_api::ZfsPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+            "metadata": {"name": "c-2"},
+            "spec": {"nodeName": "n2", "volumes": {"sizeGiB": 10}},
+            "status": {"health": "DEGRADED"}
+        }))
+        .unwrap();
+        let pools = [("c-2".to_string(), pool)].into();
+        let s = instance_statuses(&recs, &ms, Some("c-1"), &pools);
+        assert_eq!(s[1].pool_health.as_deref(), Some("DEGRADED"));
+        assert_eq!(s[0].pool_health, None, "not reported yet");
         assert_eq!(s[0].role, Some(InstanceRole::Primary));
         assert_eq!(s[0].lsn.as_deref(), Some("1/0"));
         assert_eq!(s[0].lag_bytes, None);

@@ -35,6 +35,7 @@ pub mod reason {
     pub const PRIMARY_NOT_READY: &str = "PrimaryNotReady";
     pub const NO_NODE: &str = "NoNodeAvailable";
     pub const FENCED: &str = "InstancesFenced";
+    pub const POOL_DEGRADED: &str = "PoolDegraded";
     pub const SPEC_VALID: &str = "Valid";
     pub const SPEC_INVALID: &str = "Invalid";
     pub const STABLE: &str = "Stable";
@@ -217,9 +218,27 @@ pub fn compute(
         .filter(|i| i.fenced)
         .map(|i| i.name.as_str())
         .collect();
-    let degraded = matches!(phase, P::Degraded | P::Failover) || !fenced.is_empty();
+    let unhealthy_pools: Vec<String> = out
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let h = i.pool_health.as_deref()?;
+            (h != "ONLINE").then(|| format!("{} ({h})", i.name))
+        })
+        .collect();
+    let degraded = matches!(phase, P::Degraded | P::Failover)
+        || !fenced.is_empty()
+        || !unhealthy_pools.is_empty();
     let (dwhy, dmsg) = if matches!(phase, P::Degraded | P::Failover) {
         (why, message.clone())
+    } else if !unhealthy_pools.is_empty() {
+        (
+            reason::POOL_DEGRADED,
+            format!(
+                "the ZFS pool of {} is not ONLINE: serving with less redundancy (see the ZfsPool)",
+                unhealthy_pools.join(", ")
+            ),
+        )
     } else if !fenced.is_empty() {
         (
             reason::FENCED,
@@ -423,6 +442,7 @@ mod tests {
             lag_bytes: None,
             seeded_from: None,
             fenced: false,
+            pool_health: None,
         }
     }
 
@@ -516,6 +536,23 @@ mod tests {
             "True",
             "a fenced instance degrades the cluster"
         );
+    }
+
+    #[test]
+    fn a_pool_not_online_degrades_a_healthy_cluster() {
+        let mut s = summary(&[true, true]);
+        s.instances[1].pool_health = Some("DEGRADED".into());
+        let st = compute(&s, &PgmlClusterStatus::default(), Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Healthy), "still serving");
+        let d = cond(&st, c::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", reason::POOL_DEGRADED)
+        );
+        assert!(d.message.contains("c-2 (DEGRADED)"), "{}", d.message);
+        s.instances[1].pool_health = Some("ONLINE".into());
+        let st = compute(&s, &st, Some(1), &now());
+        assert_eq!(cond(&st, c::DEGRADED).status, "False");
     }
 
     #[test]
