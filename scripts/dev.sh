@@ -32,6 +32,11 @@ while read -r name ns_pid dev_dir mnt_dir; do
   pids+=($!)
 done < <("$py" -c 'import json,sys; [print(n["name"], n["ns_pid"], n["dev_dir"], n["mnt_dir"]) for n in json.load(open(sys.argv[1]))["nodes"]]' .sandbox/sandbox.json)
 
+# The kubelet's part for the clusters' instance Pods: kwok marks them Running, this runs
+# their container's `pgml-instance run` (and so PostgreSQL) on the simulated nodes.
+"$target/debug/pgml-kubelet" demo >"$logs/pgml-kubelet.log" 2>&1 &
+pids+=($!)
+
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n demo -f examples/
 # The pools built from new volumes become Ready once the operator has provisioned and
@@ -57,6 +62,10 @@ if [ -n "$restored" ]; then
   # shellcheck disable=SC2086
   kubectl wait -n demo --for=condition=Ready --timeout=180s $restored || echo "dev: not Ready yet; see $logs"
 fi
+# The ZFS cluster that fits the sandbox's nodes: PostgreSQL started by its instance manager.
+echo "dev: waiting for pgmlcluster/sandbox to be Healthy"
+kubectl wait -n demo --for=jsonpath='{.status.phase}'=Healthy --timeout=180s pgmlcluster/sandbox \
+  || echo "dev: not Healthy yet; see $logs/pgml-kubelet.log and $logs/tests/"
 echo
 echo "\$ kubectl get nodes -L topology.kubernetes.io/zone"
 kubectl get nodes -L topology.kubernetes.io/zone
@@ -72,8 +81,10 @@ dev: running. In another terminal:
   kubectl get zfspools -n demo
   kubectl describe zfspool -n demo <name>
   kubectl describe ebssnapshot -n demo analytics-nightly
+  kubectl describe pgmlcluster -n demo sandbox
+  kubectl patch pgmlcluster -n demo sandbox --type merge -p '{"spec":{"instances":2}}'   # a replica seeded from a snapshot
   aws ec2 describe-volumes     # (with the AWS CLI) what the operator made in the simulated EC2
-Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, kube-apiserver.log, ebssim.log, ...)
+Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, pgml-kubelet.log, tests/kubelet-demo-<pod>.log (PostgreSQL), kube-apiserver.log, ebssim.log, ...)
 Ctrl-C stops everything.
 MSG
 # Report a process that exits (once), and keep the rest running until Ctrl-C.
