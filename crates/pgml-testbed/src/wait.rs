@@ -3,7 +3,9 @@
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
+use kube::api::ListParams;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -53,25 +55,94 @@ pub async fn try_wait_for<K>(
 where
     K: Clone + DeserializeOwned + Debug + Serialize,
 {
+    let how = Poll {
+        timeout,
+        every,
+        missing_is_not_yet: false,
+    };
+    poll_for(api, name, what, how, context, ok).await
+}
+
+/// How [`poll_for`] waits.
+#[derive(Clone, Copy, Debug)]
+pub struct Poll {
+    /// How long until it gives up.
+    pub timeout: Duration,
+    /// How often it reads the object.
+    pub every: Duration,
+    /// A missing object counts as not yet (one a controller is still to make) rather than
+    /// as an error.
+    pub missing_is_not_yet: bool,
+}
+
+/// Polls `name` as `how` says until `ok` holds; after the timeout, an error with the
+/// object's status and `context()` (e.g. a process's log).
+pub async fn poll_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    how: Poll,
+    context: impl Fn() -> String,
+    ok: impl Fn(&K) -> bool,
+) -> anyhow::Result<K>
+where
+    K: Clone + DeserializeOwned + Debug + Serialize,
+{
     let start = Instant::now();
     loop {
-        let obj = api
-            .get(name)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
-        if ok(&obj) {
-            return Ok(obj);
+        let obj = if how.missing_is_not_yet {
+            api.get_opt(name).await
+        } else {
+            api.get(name).await.map(Some)
         }
-        if start.elapsed() > timeout {
-            let status = serde_json::to_value(&obj)
+        .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+        if let Some(o) = &obj
+            && ok(o)
+        {
+            return Ok(o.clone());
+        }
+        if start.elapsed() > how.timeout {
+            let status = obj
+                .and_then(|o| serde_json::to_value(&o).ok())
                 .map(|v| v["status"].clone())
                 .unwrap_or_default();
             anyhow::bail!(
-                "{name}: {what} not reached in {timeout:?}; status: {status:#}\n{}",
+                "{name}: {what} not reached in {:?}; status: {status:#}\n{}",
+                how.timeout,
                 context()
             );
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(how.every).await;
+    }
+}
+
+/// Polls the Events of `events`' namespace every 500 ms until one satisfies `ok`, and
+/// returns it; panics with `no {what} Event` and `context()` after `timeout`.
+pub async fn wait_event(
+    events: &Api<Event>,
+    what: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+    ok: impl Fn(&Event) -> bool,
+) -> Event {
+    let start = Instant::now();
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("listing Events: {e}"))
+            .items
+            .into_iter()
+            .find(|e| ok(e));
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no {what} Event in {timeout:?}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -19,7 +19,11 @@
 //! Through (d) and (e) both servers and both annotations are sampled: never two writable
 //! primaries, never two instances reporting a running primary unless one is fenced.
 
+mod cluster_common;
+
 use std::time::{Duration, Instant};
+
+use cluster_common::instance_pod;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -60,21 +64,6 @@ fn cluster_manifest() -> PgmlCluster {
                 "volumes": {"count": 2, "type": "gp3", "sizeGiB": 1},
                 "datasets": [{"name": "pgdata"}]
             }}}
-        }
-    }))
-    .unwrap()
-}
-
-/// The instance's Pod as the controller will make it; here it never runs, it carries the
-/// labels and annotations.
-fn pod_manifest(name: &str, node: &NodeInfo) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"pgml.io/cluster": CLUSTER, "pgml.io/instance": name}},
-        "spec": {
-            "nodeName": node.name,
-            "containers": [{"name": "postgres", "image": pgml_api::cluster::DEFAULT_IMAGE,
-                            "command": ["/controller/pgml-instance", "run"]}]
         }
     }))
     .unwrap()
@@ -123,7 +112,7 @@ fn insert_streamed(primary: &Postgres, replica: &Postgres, note: &str) -> anyhow
 /// Creates the instances' Pods, each on its node.
 async fn create_pods(pods: &Api<Pod>, instances: [(&str, &NodeInfo); 2]) {
     for (name, node) in instances {
-        pods.create(&PostParams::default(), &pod_manifest(name, node))
+        pods.create(&PostParams::default(), &instance_pod(CLUSTER, name, node))
             .await
             .unwrap();
     }

@@ -14,195 +14,59 @@
 //! and (d) every server is asked every 200 ms whether it accepts writes: never two at once.
 //! Timings are printed (`--nocapture`).
 
+mod cluster_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use pgml_api::cluster::{ClusterPhase, InstanceRole};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
-use pgml_testbed::Sandbox;
-use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
-use pgml_testbed::kubelet::{Instance, Kubelet};
 use pgml_testbed::pg::Postgres;
 use pgml_testbed::primaries::{Sample, Sampler, assert_one_primary};
-use pgml_testbed::procs::{self, Proc};
-use pgml_testbed::wait::{try_wait_for, wait_gone};
+use pgml_testbed::wait::wait_gone;
 use serde_json::{Value, json};
 
 const CLUSTER: &str = "life";
-const TIMEOUT: Duration = Duration::from_secs(240);
 const GRACE_SECONDS: &str = "5";
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 fn manifest(instances: i32, primary: Option<&str>) -> Value {
-    let mut m = json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "PgmlCluster",
-        "metadata": {"name": CLUSTER},
-        "spec": {
-            "instances": instances,
-            "storage": {"zfs": {"template": {
-                "volumes": {"count": 2, "type": "gp3", "sizeGiB": 1},
-                "layout": "raid0",
-                "reclaimPolicy": "Delete",
-            }}},
-        },
-    });
-    if let Some(p) = primary {
-        m["spec"]["primary"] = json!(p);
-    }
-    m
+    let volumes = json!({"count": 2, "type": "gp3", "sizeGiB": 1});
+    let extra = primary.map_or_else(|| json!({}), |p| json!({"primary": p}));
+    zfs_cluster(CLUSTER, instances, volumes, extra)
 }
 
 fn name(n: u32) -> String {
     format!("{CLUSTER}-{n}")
 }
 
-struct Parts {
-    ns: TestNamespace,
-    operator: Proc,
-    agents: Vec<Proc>,
-    kubelet: Kubelet,
+/// Waits until `-rw` selects the primary and its EndpointSlice has exactly `pod`'s IP as
+/// a ready endpoint.
+async fn wait_rw_is(f: &ClusterFixture, pod: &str) {
+    let svc: Service = f.ns.api().get(&format!("{CLUSTER}-rw")).await.unwrap();
+    let selector = svc.spec.unwrap().selector.unwrap_or_default();
+    assert_eq!(
+        selector,
+        BTreeMap::from([
+            ("pgml.io/cluster".to_string(), CLUSTER.to_string()),
+            ("pgml.io/role".to_string(), "primary".to_string()),
+        ])
+    );
+    let p = f.pods().get(pod).await.unwrap();
+    let ip = p.status.and_then(|s| s.pod_ip).expect("a pod IP (kwok)");
+    f.wait_rw_address(pod, &ip).await;
 }
 
-impl Parts {
-    fn clusters(&self) -> Api<PgmlCluster> {
-        self.ns.api()
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        self.ns.api()
-    }
-
-    /// The processes' logs (paths, and the managers' last lines), for failure messages.
-    fn logs(&self) -> String {
-        let mut s = format!("--- operator log: {}\n", self.operator.log_path().display());
-        for a in &self.agents {
-            s += &format!("--- agent log: {}\n", a.log_path().display());
-        }
-        s + &self.kubelet.logs(25)
-    }
-
-    /// Applies the cluster as `kubectl apply --server-side` would.
-    async fn apply(&self, manifest: &Value) {
-        self.clusters()
-            .patch(
-                CLUSTER,
-                &PatchParams::apply("kubectl").force(),
-                &Patch::Apply(manifest),
-            )
-            .await
-            .expect("applying the PgmlCluster");
-    }
-
-    async fn wait_cluster(&self, what: &str, ok: impl Fn(&PgmlCluster) -> bool) -> PgmlCluster {
-        try_wait_for(
-            &self.clusters(),
-            CLUSTER,
-            what,
-            TIMEOUT,
-            Duration::from_millis(250),
-            || self.logs(),
-            ok,
-        )
+/// Waits for an Event of the cluster with this reason; its note.
+async fn wait_event(f: &ClusterFixture, reason: &str) -> String {
+    f.wait_event(reason, |e| e.reason.as_deref() == Some(reason))
         .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    async fn wait_pod(&self, pod: &str, what: &str, ok: impl Fn(&Pod) -> bool) -> Pod {
-        try_wait_for(
-            &self.pods(),
-            pod,
-            what,
-            TIMEOUT,
-            Duration::from_millis(250),
-            || self.logs(),
-            ok,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    /// Waits until the Pods' role labels are exactly `roles`.
-    async fn wait_roles(&self, roles: &[(&str, &str)]) {
-        for (pod, role) in roles {
-            self.wait_pod(pod, &format!("role label {role}"), |p| {
-                p.labels().get("pgml.io/role").map(String::as_str) == Some(*role)
-            })
-            .await;
-        }
-    }
-
-    /// Waits until `-rw`'s EndpointSlice has exactly `pod`'s IP as a ready endpoint.
-    async fn wait_rw_is(&self, pod: &str) {
-        let svc: Service = self.ns.api().get(&format!("{CLUSTER}-rw")).await.unwrap();
-        let selector = svc.spec.unwrap().selector.unwrap_or_default();
-        assert_eq!(
-            selector,
-            BTreeMap::from([
-                ("pgml.io/cluster".to_string(), CLUSTER.to_string()),
-                ("pgml.io/role".to_string(), "primary".to_string()),
-            ])
-        );
-        let p = self.pods().get(pod).await.unwrap();
-        let ip = p.status.and_then(|s| s.pod_ip).expect("a pod IP (kwok)");
-        let slices: Api<EndpointSlice> = self.ns.api();
-        let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={CLUSTER}-rw"));
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let got: Vec<String> = slices
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .flat_map(|s| s.endpoints.iter())
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-                .flat_map(|e| e.addresses.clone())
-                .collect();
-            if got == [ip.clone()] {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{CLUSTER}-rw endpoints {got:?}, want [{ip}] ({pod})"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Waits for an Event of the cluster with this reason; its note.
-    async fn wait_event(&self, reason: &str) -> String {
-        let events: Api<Event> = self.ns.api();
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(e) = events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some(reason))
-            {
-                return e.note.unwrap_or_default();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {reason} Event\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// The instance's server, once the kubelet runs its manager.
-    async fn instance(&self, pod: &str) -> Instance {
-        self.kubelet.wait_instance(pod, TIMEOUT).await
-    }
+        .note
+        .unwrap_or_default()
 }
 
 fn status_of(c: &PgmlCluster) -> pgml_api::cluster::PgmlClusterStatus {
@@ -232,7 +96,7 @@ fn streams(pg: &Postgres, replicas: &[&str]) -> bool {
 }
 
 /// Waits until every replica streams from `primary` as `streaming_replica`.
-async fn wait_streaming(parts: &Parts, primary: &Postgres, replicas: &[&str]) {
+async fn wait_streaming(parts: &ClusterFixture, primary: &Postgres, replicas: &[&str]) {
     let deadline = Instant::now() + TIMEOUT;
     while !streams(primary, replicas) {
         assert!(
@@ -275,22 +139,15 @@ fn writable_from(samples: &[Sample], i: usize) -> Option<u128> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn primary_scale_to_three_switchover_failover() {
     let started = Instant::now();
-    let sb = Sandbox::get();
-    let client = client().await;
-    ensure_crds(&client, pgml_api::crds()).await;
-    let ns = TestNamespace::new(&client, "pgml-life").await;
-    let mut operator = procs::operator(sb, ns.name());
-    operator.stop(Duration::from_secs(10));
-    operator.set_env("PGML_FAILOVER_GRACE_SECONDS", GRACE_SECONDS);
-    operator.start();
-    let agents = procs::agents(sb, &[0, 1, 2], ns.name());
-    let kubelet = Kubelet::start(sb, client.clone(), ns.name(), &[]);
-    let parts = Parts {
-        ns,
-        operator,
-        agents,
-        kubelet,
-    };
+    let mut parts = ClusterFixture::start(
+        "pgml-life",
+        CLUSTER,
+        &[0, 1, 2],
+        &[("PGML_FAILOVER_GRACE_SECONDS", GRACE_SECONDS)],
+    )
+    .await
+    .with_kubelet(&[], 25)
+    .polling(Duration::from_millis(250));
     let (n1, n2, n3) = (name(1), name(2), name(3));
 
     // (a) One instance: initdb, primary, Healthy, the -rw Service on it; rows.
@@ -303,7 +160,7 @@ async fn primary_scale_to_three_switchover_failover() {
     assert_eq!(s.instances.len(), 1, "{s:?}");
     assert_eq!(s.instances[0].role, Some(InstanceRole::Primary));
     parts.wait_roles(&[(&n1, "primary")]).await;
-    parts.wait_rw_is(&n1).await;
+    wait_rw_is(&parts, &n1).await;
     let i1 = parts.instance(&n1).await;
     let pg1 = i1.postgres();
     assert!(!pg1.in_recovery().unwrap());
@@ -424,7 +281,7 @@ async fn primary_scale_to_three_switchover_failover() {
     parts
         .wait_roles(&[(&n2, "primary"), (&n1, "replica"), (&n3, "replica")])
         .await;
-    parts.wait_rw_is(&n2).await;
+    wait_rw_is(&parts, &n2).await;
     wait_streaming(&parts, &pg2, &[&n1, &n3]).await;
     let samples = sampler.finish().await;
     assert_one_primary(&samples, "switchover");
@@ -445,7 +302,7 @@ async fn primary_scale_to_three_switchover_failover() {
     let sampler = Sampler::start(parts.pods(), targets, SAMPLE_EVERY);
     tokio::time::sleep(SAMPLE_EVERY * 3).await;
     let t_fail = Instant::now();
-    parts.kubelet.kill(&n2).await;
+    parts.kubelet.as_ref().expect("the kubelet").kill(&n2).await;
     let c = parts
         .wait_cluster("a new primary after the failover", |c| {
             let s = status_of(c);
@@ -466,11 +323,7 @@ async fn primary_scale_to_three_switchover_failover() {
     } else {
         (&pg3, &pg1)
     };
-    parts
-        .wait_pod(&n2, "fenced", |p| {
-            p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
-        })
-        .await;
+    parts.wait_fenced(&n2).await;
     let c = parts
         .wait_cluster("instance 2 fenced in status", |c| {
             status_of(c)
@@ -484,13 +337,13 @@ async fn primary_scale_to_three_switchover_failover() {
         Some(ClusterPhase::Degraded),
         "a fenced instance keeps the cluster Degraded"
     );
-    let note = parts.wait_event("FailingOver").await;
+    let note = wait_event(&parts, "FailingOver").await;
     assert!(note.contains(&n2) && note.contains(&new), "{note}");
-    parts.wait_event("Fenced").await;
+    wait_event(&parts, "Fenced").await;
     parts
         .wait_roles(&[(&new, "primary"), (&survivor, "replica")])
         .await;
-    parts.wait_rw_is(&new).await;
+    wait_rw_is(&parts, &new).await;
     wait_streaming(&parts, pg_new, &[&survivor]).await;
     let samples = sampler.finish().await;
     assert_one_primary(&samples, "failover");
@@ -506,27 +359,9 @@ async fn primary_scale_to_three_switchover_failover() {
     );
 
     // Clean up: managers stopped, the cluster deleted (its pools and volumes with it).
-    let Parts {
-        ns,
-        mut operator,
-        mut agents,
-        mut kubelet,
-    } = parts;
-    kubelet.shutdown();
-    let clusters: Api<PgmlCluster> = ns.api();
-    clusters
-        .delete(CLUSTER, &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_gone(&clusters, CLUSTER, TIMEOUT).await;
-    let pools: Api<ZfsPool> = ns.api();
-    for n in [&n1, &n2, &n3] {
-        wait_gone(&pools, n, TIMEOUT).await;
-    }
-    operator.stop(Duration::from_secs(10));
-    for a in &mut agents {
-        a.stop(Duration::from_secs(10));
-    }
-    ns.cleanup().await;
+    parts.shutdown_kubelet();
+    parts.delete_cluster(&DeleteParams::default()).await;
+    parts.wait_pools_gone(&[&n1, &n2, &n3]).await;
+    parts.finish().await;
     eprintln!("done in {:?}", started.elapsed());
 }

@@ -4,91 +4,46 @@
 //! write each Pod's `pgml.io/instance-status` annotation as it would, to drive status
 //! aggregation, switchover and failover.
 
+mod cluster_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use cluster_common::{ClusterFixture, TIMEOUT, role_of, zfs_cluster};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
 };
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use pgml_api::common::keys;
 use pgml_api::{PgmlCluster, ZfsPool};
-use pgml_testbed::Sandbox;
 use pgml_testbed::aws::volumes_tagged;
-use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
-use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::wait::{has_condition, wait_gone};
 use serde_json::{Value, json};
 
-const TIMEOUT: Duration = Duration::from_secs(240);
 const CLUSTER: &str = "main";
 
-struct Fixture {
-    sb: &'static Sandbox,
-    ns: TestNamespace,
-    operator: Proc,
-    agents: Vec<Proc>,
+/// The shared fixture, with what these tests add: the instance managers' reports.
+struct Fixture(ClusterFixture);
+
+impl std::ops::Deref for Fixture {
+    type Target = ClusterFixture;
+
+    fn deref(&self) -> &ClusterFixture {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut ClusterFixture {
+        &mut self.0
+    }
 }
 
 impl Fixture {
     async fn start(prefix: &str, env: &[(&str, &str)]) -> Fixture {
-        let sb = Sandbox::get();
-        let client = client().await;
-        ensure_crds(&client, pgml_api::crds()).await;
-        let ns = TestNamespace::new(&client, prefix).await;
-        let mut operator = procs::operator(sb, ns.name());
-        if !env.is_empty() {
-            operator.stop(Duration::from_secs(10));
-            for (k, v) in env {
-                operator.set_env(k, v);
-            }
-            operator.start();
-        }
-        let agents = procs::agents(sb, &[0, 1, 2], ns.name());
-        Fixture {
-            sb,
-            ns,
-            operator,
-            agents,
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut s = format!("--- operator log: {}\n", self.operator.log_path().display());
-        for a in &self.agents {
-            s += &format!("--- agent log: {}\n", a.log_path().display());
-        }
-        s
-    }
-
-    fn clusters(&self) -> Api<PgmlCluster> {
-        self.ns.api()
-    }
-    fn pods(&self) -> Api<Pod> {
-        self.ns.api()
-    }
-
-    /// Applies the cluster as `kubectl apply --server-side` would.
-    async fn apply(&self, manifest: &Value) {
-        self.clusters()
-            .patch(
-                CLUSTER,
-                &PatchParams::apply("kubectl").force(),
-                &Patch::Apply(manifest),
-            )
-            .await
-            .expect("applying the PgmlCluster");
-    }
-
-    async fn wait_cluster(&self, what: &str, ok: impl Fn(&PgmlCluster) -> bool) -> PgmlCluster {
-        wait_obj(&self.clusters(), CLUSTER, what, &self.logs(), ok).await
-    }
-
-    async fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Pod) -> bool) -> Pod {
-        wait_obj(&self.pods(), name, what, &self.logs(), ok).await
+        Fixture(ClusterFixture::start(prefix, CLUSTER, &[0, 1, 2], env).await)
     }
 
     /// Writes a Pod's instance-status annotation, as its instance manager would.
@@ -99,22 +54,6 @@ impl Fixture {
             .patch(pod, &PatchParams::default(), &Patch::Merge(&body))
             .await
             .unwrap_or_else(|e| panic!("annotating {pod}: {e}"));
-    }
-
-    /// Waits for `pod`'s role label to be `role`.
-    async fn wait_role(&self, pod: &str, role: &str) {
-        self.wait_pod(pod, &format!("role {role}"), |p| {
-            role_of(p).as_deref() == Some(role)
-        })
-        .await;
-    }
-
-    /// Waits for `pod` to carry the fenced annotation.
-    async fn wait_fenced(&self, pod: &str) {
-        self.wait_pod(pod, "fenced", |p| {
-            p.annotations().get("pgml.io/fenced").map(String::as_str) == Some("true")
-        })
-        .await;
     }
 
     /// Waits for the cluster's `status.currentPrimary` to be `pod`.
@@ -149,76 +88,22 @@ impl Fixture {
         .await;
     }
 
-    /// Waits for an Event in the namespace that `ok` accepts; panics with `what` and the logs.
-    async fn wait_event(&self, what: &str, ok: impl Fn(&Event) -> bool) {
-        let events: Api<Event> = self.ns.api();
-        let deadline = Instant::now() + TIMEOUT;
-        while !events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(&ok)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no {what} event\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn finish(mut self) {
-        self.operator.stop(Duration::from_secs(10));
-        for a in &mut self.agents {
-            a.stop(Duration::from_secs(10));
-        }
-        self.ns.cleanup().await;
-    }
-}
-
-/// Polls `name` (absent counts as not yet) until `ok`; panics with its status and the logs.
-async fn wait_obj<K>(api: &Api<K>, name: &str, what: &str, logs: &str, ok: impl Fn(&K) -> bool) -> K
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let got = api
-            .get_opt(name)
-            .await
-            .unwrap_or_else(|e| panic!("reading {name}: {e}"));
-        if let Some(o) = &got
-            && ok(o)
-        {
-            return o.clone();
-        }
-        if Instant::now() > deadline {
-            let status = got.map(|o| serde_json::to_value(&o).unwrap()["status"].clone());
-            panic!("{name}: {what} not reached in {TIMEOUT:?}; status: {status:#?}\n{logs}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    async fn finish(self) {
+        self.0.finish().await;
     }
 }
 
 fn manifest(instances: i32, extra: Value) -> Value {
-    let mut m = json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "PgmlCluster",
-        "metadata": {"name": CLUSTER},
-        "spec": {
-            "instances": instances,
+    let volumes = json!({"count": 2, "sizeGiB": 1});
+    let mut m = zfs_cluster(
+        CLUSTER,
+        instances,
+        volumes,
+        json!({
             "replicas": {"seedFrom": "PgBasebackup"},
             "postgresql": {"parameters": {"shared_buffers": "256MB"}},
-            "storage": {"zfs": {"template": {
-                "volumes": {"count": 2, "sizeGiB": 1},
-                "layout": "raid0",
-                "reclaimPolicy": "Delete",
-            }}},
-        },
-    });
+        }),
+    );
     if let (Some(spec), Some(extra)) = (m["spec"].as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
@@ -235,10 +120,6 @@ fn replica(replay: &str) -> Value {
 
 fn instance_names() -> Vec<String> {
     (1..=3).map(|n| format!("{CLUSTER}-{n}")).collect()
-}
-
-fn role_of(p: &Pod) -> Option<String> {
-    p.labels().get("pgml.io/role").cloned()
 }
 
 /// The resourceVersion of every object of the cluster, by kind/name (for pools: their
@@ -308,9 +189,8 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
     f.apply(&m).await;
 
     let pools: Api<ZfsPool> = f.ns.api();
-    let logs = f.logs();
     for name in instance_names() {
-        wait_obj(&pools, &name, "Ready", &logs, |p: &ZfsPool| {
+        f.wait_obj(&pools, &name, "Ready", |p: &ZfsPool| {
             has_condition(p, "Ready", "True")
         })
         .await;
@@ -473,15 +353,9 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
     // status.)
     let claims: Api<PersistentVolumeClaim> = f.ns.api();
     for name in instance_names() {
-        wait_obj(
-            &claims,
-            &name,
-            "Bound",
-            &f.logs(),
-            |c: &PersistentVolumeClaim| {
-                c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
-            },
-        )
+        f.wait_obj(&claims, &name, "Bound", |c: &PersistentVolumeClaim| {
+            c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+        })
         .await;
     }
     let before = settled_versions(&f).await;
@@ -546,14 +420,8 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         .iter()
         .map(|p| p.uid().unwrap())
         .collect();
-    f.clusters()
-        .delete(CLUSTER, &DeleteParams::background())
-        .await
-        .unwrap();
-    wait_gone(&f.clusters(), CLUSTER, TIMEOUT).await;
-    for name in instance_names() {
-        wait_gone(&pools, &name, TIMEOUT).await;
-    }
+    f.delete_cluster(&DeleteParams::background()).await;
+    f.wait_pools_gone(&instance_names()).await;
     for uid in &uids {
         let vols = volumes_tagged(f.sb, keys::POOL_UID, uid).await;
         assert!(vols.is_empty(), "volumes left: {vols:?}");
@@ -579,22 +447,6 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
     f.finish().await;
 }
 
-/// The addresses behind the -rw Service.
-async fn rw_addresses(f: &Fixture) -> Vec<String> {
-    let slices: Api<EndpointSlice> = f.ns.api();
-    let lp = ListParams::default().labels("kubernetes.io/service-name=main-rw");
-    slices
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .flat_map(|e| e.addresses.clone())
-        .collect()
-}
-
 async fn wait_rw_is(f: &Fixture, pod: &str) {
     let ip = f
         .wait_pod(pod, "an IP", |p| {
@@ -602,18 +454,7 @@ async fn wait_rw_is(f: &Fixture, pod: &str) {
         })
         .await;
     let ip = ip.status.unwrap().pod_ip.unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let got = rw_addresses(f).await;
-        if got == [ip.clone()] {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "main-rw endpoints {got:?}, want [{ip}] ({pod})"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    f.wait_rw_address(pod, &ip).await;
 }
 
 /// Switchover on request, then failover when the primary's Pod is deleted: the old primary
@@ -748,11 +589,11 @@ async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica()
     m["spec"]["storage"]["zfs"]["template"]["volumes"]["count"] = json!(1);
     f.apply(&m).await;
     let pools: Api<ZfsPool> = f.ns.api();
-    let logs = f.logs();
-    let p1 = wait_obj(&pools, "main-1", "pgdata mounted", &logs, |p: &ZfsPool| {
-        pgdata_mount(p).is_some()
-    })
-    .await;
+    let p1 = f
+        .wait_obj(&pools, "main-1", "pgdata mounted", |p: &ZfsPool| {
+            pgdata_mount(p).is_some()
+        })
+        .await;
     f.wait_pod("main-1", "Running", |p| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     })
@@ -797,20 +638,19 @@ async fn scaling_up_seeds_from_a_snapshot_and_scaling_down_removes_the_replica()
     assert_eq!(i2.seeded_from.as_deref(), Some("main-2-seed"));
     assert_ne!(i2.node.as_deref(), Some(p1.spec.node_name.as_str()));
     let snaps: Api<pgml_api::EbsSnapshot> = f.ns.api();
-    let seed = wait_obj(&snaps, "main-2-seed", "the seed snapshot", &logs, |_| true).await;
+    let seed = f
+        .wait_obj(&snaps, "main-2-seed", "the seed snapshot", |_| true)
+        .await;
     let src = seed.spec.source.cluster.clone().expect("a cluster source");
     assert_eq!(
         (src.name.as_str(), src.instance.as_deref()),
         ("main", Some("main-1"))
     );
-    let p2 = wait_obj(
-        &pools,
-        "main-2",
-        "restored and mounted",
-        &logs,
-        |p: &ZfsPool| pgdata_mount(p).is_some() && has_condition(p, "Ready", "True"),
-    )
-    .await;
+    let p2 = f
+        .wait_obj(&pools, "main-2", "restored and mounted", |p: &ZfsPool| {
+            pgdata_mount(p).is_some() && has_condition(p, "Ready", "True")
+        })
+        .await;
     assert_eq!(
         p2.spec
             .restore_from
@@ -885,7 +725,6 @@ async fn backup_of_the_cluster(f: &Fixture, replica_pool: &ZfsPool) {
     use pgml_api::EbsSnapshot;
     use pgml_testbed::aws::SimAdmin;
     let snaps: Api<EbsSnapshot> = f.ns.api();
-    let logs = f.logs();
     let backup = |name: &str| -> EbsSnapshot {
         serde_json::from_value(json!({
             "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
@@ -912,11 +751,12 @@ async fn backup_of_the_cluster(f: &Fixture, replica_pool: &ZfsPool) {
             matches!(last_snapshot(c), (Some(n), Some((s, _, _))) if n == "backup-1" && s == "True")
         })
         .await;
-    let done = wait_obj(&snaps, "backup-1", "Completed", &logs, |s: &EbsSnapshot| {
-        s.status.as_ref().and_then(|st| st.phase)
-            == Some(pgml_api::snapshot::SnapshotPhase::Completed)
-    })
-    .await;
+    let done = f
+        .wait_obj(&snaps, "backup-1", "Completed", |s: &EbsSnapshot| {
+            s.status.as_ref().and_then(|st| st.phase)
+                == Some(pgml_api::snapshot::SnapshotPhase::Completed)
+        })
+        .await;
     assert_eq!(
         done.status.and_then(|s| s.zfs_pool),
         replica_pool.metadata.name.clone(),
@@ -999,7 +839,7 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
     );
     let claims: Api<PersistentVolumeClaim> = f.ns.api();
     for i in &st.instances {
-        let pvc = wait_obj(&claims, &i.name, "the claim", &f.logs(), |_| true).await;
+        let pvc = f.wait_obj(&claims, &i.name, "the claim", |_| true).await;
         let spec = pvc.spec.clone().unwrap();
         assert_eq!(spec.storage_class_name.as_deref(), Some("gp3-ext4"));
         assert_eq!(spec.volume_name, None);
@@ -1046,11 +886,7 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
         f.pods().get("main-1").await.unwrap().resource_version(),
         pod_rv
     );
-    f.clusters()
-        .delete(CLUSTER, &DeleteParams::background())
-        .await
-        .unwrap();
-    wait_gone(&f.clusters(), CLUSTER, TIMEOUT).await;
+    f.delete_cluster(&DeleteParams::background()).await;
     for i in &st.instances {
         wait_gone(&claims, &i.name, TIMEOUT).await;
     }

@@ -30,50 +30,44 @@
 //!   does not see it), as the container's mount would. `pg1-path`/`pg1-port` are the Pod's
 //!   in the file; the manager points pgBackRest at its server (`PGBACKREST_PG1_*`).
 
+mod cluster_common;
+
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use pgml_api::PgmlCluster;
 use pgml_api::cluster::ClusterPhase;
 use pgml_api::common::{Condition, condition as c};
-use pgml_api::{PgmlCluster, ZfsPool};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_create_bucket, s3_list_keys};
-use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
-use pgml_testbed::kubelet::Kubelet;
 use pgml_testbed::nodes::node_exec;
-use pgml_testbed::procs;
+use pgml_testbed::pg::Postgres;
 use pgml_testbed::sandbox::NodeInfo;
-use pgml_testbed::wait::{try_wait_for, wait_gone};
 use serde_json::{Value, json};
 
 const CLUSTER: &str = "arch";
-const TIMEOUT: Duration = Duration::from_secs(240);
 /// Where the Pod mounts the ConfigMap (and `archive_command` reads pgbackrest.conf).
 const POD_CONFIG_DIR: &str = "/etc/pgml/config";
 
 fn manifest(node: &NodeInfo, bucket: &str, endpoint: &str, region: &str) -> Value {
-    json!({
-        "apiVersion": "pgml.io/v1alpha1",
-        "kind": "PgmlCluster",
-        "metadata": {"name": CLUSTER},
-        "spec": {
-            "instances": 1,
+    let volumes = json!({"count": 2, "type": "gp3", "sizeGiB": 1});
+    zfs_cluster(
+        CLUSTER,
+        1,
+        volumes,
+        json!({
             "nodeSelector": {"kubernetes.io/hostname": node.name},
-            "storage": {"zfs": {"template": {
-                "volumes": {"count": 2, "type": "gp3", "sizeGiB": 1},
-                "layout": "raid0",
-                "reclaimPolicy": "Delete",
-            }}},
             "backups": {"pgbackrest": {
                 "s3": {"bucket": bucket, "region": region, "endpoint": endpoint},
                 "credentials": {"mode": "InstanceRole"},
                 "schedule": {"incremental": "* * * * *"},
             }},
-        },
-    })
+        }),
+    )
 }
 
 fn condition<'a>(cl: &'a PgmlCluster, type_: &str) -> Option<&'a Condition> {
@@ -82,6 +76,35 @@ fn condition<'a>(cl: &'a PgmlCluster, type_: &str) -> Option<&'a Condition> {
         .conditions
         .iter()
         .find(|x| x.type_ == type_)
+}
+
+/// Inserts `rows` rows into table `t` and switches WAL: a segment to archive.
+fn make_wal(pg: &Postgres, rows: u32) {
+    pg.sql(&format!(
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"
+    ))
+    .unwrap();
+    pg.sql("SELECT pg_switch_wal()").unwrap();
+}
+
+/// Runs `each_pass` (which makes WAL to archive), then reads the cluster, every 2 s until
+/// its ContinuousArchiving condition is `status` (up to [`TIMEOUT`]); the cluster then.
+async fn wait_archiving(f: &ClusterFixture, status: &str, each_pass: impl Fn()) -> PgmlCluster {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        each_pass();
+        let cl = f.clusters().get(CLUSTER).await.unwrap();
+        if condition(&cl, c::CONTINUOUS_ARCHIVING).is_some_and(|x| x.status == status) {
+            return cl;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ContinuousArchiving never {status}: {:?}\n{}",
+            cl.status,
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// The node's mount namespace binds `dir` at the Pod's config folder.
@@ -111,59 +134,33 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     let started = Instant::now();
     let sb = Sandbox::get();
     let s3 = sb.s3_tls();
-    let client = client().await;
-    ensure_crds(&client, pgml_api::crds()).await;
-    let ns = TestNamespace::new(&client, "pgbr-arch").await;
     let node = &sb.nodes[2];
     let run = format!("{:08x}", rand::random::<u32>());
     let bucket = format!("pgml-arch-{run}");
     let refused = format!("pgml-arch-refused-{run}");
     s3_create_bucket(sb, &bucket).unwrap();
 
-    let mut operator = procs::operator(sb, ns.name());
-    let mut agent = procs::agent(sb, node, ns.name());
     let ca = s3.ca_file.to_string_lossy().into_owned();
-    let mut kubelet = Kubelet::start(
-        sb,
-        client.clone(),
-        ns.name(),
-        &[
-            ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
-            ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
-            ("PGBACKREST_REPO1_S3_KEY", TEST_ACCESS_KEY),
-            ("PGBACKREST_REPO1_S3_KEY_SECRET", TEST_SECRET_KEY),
-        ],
-    );
-    let logs = |k: &Kubelet| {
-        format!(
-            "--- operator log: {}\n--- agent log: {}\n{}",
-            operator.log_path().display(),
-            agent.log_path().display(),
-            k.logs(30)
-        )
-    };
-    let clusters: Api<PgmlCluster> = ns.api();
-    let pods: Api<Pod> = ns.api();
-    let apply = |m: Value| {
-        let clusters = clusters.clone();
-        async move {
-            clusters
-                .patch(
-                    CLUSTER,
-                    &PatchParams::apply("kubectl").force(),
-                    &Patch::Apply(&m),
-                )
-                .await
-                .expect("applying the PgmlCluster")
-        }
-    };
-    apply(manifest(node, &bucket, &s3.endpoint, &sb.region)).await;
+    let mut f = ClusterFixture::start("pgbr-arch", CLUSTER, &[2], &[])
+        .await
+        .with_kubelet(
+            &[
+                ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
+                ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
+                ("PGBACKREST_REPO1_S3_KEY", TEST_ACCESS_KEY),
+                ("PGBACKREST_REPO1_S3_KEY_SECRET", TEST_SECRET_KEY),
+            ],
+            30,
+        );
+    let ns = &f.ns;
+    f.apply(&manifest(node, &bucket, &s3.endpoint, &sb.region))
+        .await;
     let pod_name = format!("{CLUSTER}-1");
 
     // The Pod's config folder at /etc/pgml/config in the node, once the kubelet wrote it.
-    let inst = kubelet.wait_instance(&pod_name, TIMEOUT).await;
+    let inst = f.instance(&pod_name).await;
     // The kubelet's folder of this Pod: `<node>/pods/<namespace>/<pod>-<uid prefix>`.
-    let uid = pods.get(&pod_name).await.unwrap().uid().unwrap();
+    let uid = f.pods().get(&pod_name).await.unwrap().uid().unwrap();
     let pods_dir = node.root.join("pods").join(ns.name());
     let pod_dir = std::fs::read_dir(&pods_dir)
         .unwrap()
@@ -209,54 +206,18 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
         data["postgresql.conf"]
     );
 
-    let wait = |what: &'static str, ok: Box<dyn Fn(&PgmlCluster) -> bool + Send + Sync>| {
-        let clusters = clusters.clone();
-        let context = logs(&kubelet);
-        async move {
-            try_wait_for(
-                &clusters,
-                CLUSTER,
-                what,
-                TIMEOUT,
-                Duration::from_millis(500),
-                || context.clone(),
-                ok,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"))
-        }
-    };
-    wait(
-        "Healthy",
-        Box::new(|cl| {
-            cl.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(ClusterPhase::Healthy))
-        }),
-    )
+    f.wait_cluster("Healthy", |cl| {
+        cl.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(ClusterPhase::Healthy))
+    })
     .await;
     let healthy_at = started.elapsed();
 
     // WAL switched until the condition says it is archived.
     let pg = inst.postgres();
     pg.sql("CREATE TABLE t (id int, v text)").unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let cl = loop {
-        pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
-            .unwrap();
-        pg.sql("SELECT pg_switch_wal()").unwrap();
-        let cl = clusters.get(CLUSTER).await.unwrap();
-        if condition(&cl, c::CONTINUOUS_ARCHIVING).is_some_and(|x| x.status == "True") {
-            break cl;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ContinuousArchiving never True: {:?}\n{}",
-            cl.status,
-            logs(&kubelet)
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let cl = wait_archiving(&f, "True", || make_wal(&pg, 1000)).await;
     let cond = condition(&cl, c::CONTINUOUS_ARCHIVING).unwrap();
     assert_eq!(cond.reason, "WalArchived", "{cond:?}");
     assert_eq!(cond.observed_generation, cl.metadata.generation);
@@ -276,11 +237,11 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     let true_at = started.elapsed();
 
     // The `* * * * *` incremental schedule: the manager's backup reaches the status.
-    let cl = wait(
-        "LastBackupSucceeded True",
-        Box::new(|cl| condition(cl, c::LAST_BACKUP_SUCCEEDED).is_some_and(|x| x.status == "True")),
-    )
-    .await;
+    let cl = f
+        .wait_cluster("LastBackupSucceeded True", |cl| {
+            condition(cl, c::LAST_BACKUP_SUCCEEDED).is_some_and(|x| x.status == "True")
+        })
+        .await;
     let cond = condition(&cl, c::LAST_BACKUP_SUCCEEDED).unwrap();
     assert_eq!(cond.reason, "BackupCompleted", "{cond:?}");
     let last = cl.status.as_ref().unwrap().last_backup.clone().unwrap();
@@ -304,29 +265,17 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     let backup_at = started.elapsed();
 
     // The bucket patched to one S3 refuses: re-rendered, rewritten, failing.
-    apply(manifest(node, &refused, &s3.endpoint, &sb.region)).await;
-    let deadline = Instant::now() + TIMEOUT;
-    let cl = loop {
-        let cl = clusters.get(CLUSTER).await.unwrap();
+    f.apply(&manifest(node, &refused, &s3.endpoint, &sb.region))
+        .await;
+    let cl = wait_archiving(&f, "False", || {
         let rewritten = std::fs::read_to_string(format!("{config_dir}/pgbackrest.conf"))
             .unwrap_or_default()
             .contains(&refused);
         if rewritten {
-            pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100) g")
-                .unwrap();
-            pg.sql("SELECT pg_switch_wal()").unwrap();
+            make_wal(&pg, 100);
         }
-        if condition(&cl, c::CONTINUOUS_ARCHIVING).is_some_and(|x| x.status == "False") {
-            break cl;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ContinuousArchiving never False: {:?}\n{}",
-            cl.status,
-            logs(&kubelet)
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    })
+    .await;
     let cond = condition(&cl, c::CONTINUOUS_ARCHIVING).unwrap();
     assert_eq!(cond.reason, "ArchivingFailing", "{cond:?}");
     let failed = cl.status.as_ref().unwrap().archiving.clone().unwrap();
@@ -334,27 +283,19 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     assert!(cond.message.contains(&failed_wal), "{cond:?}");
     println!("ContinuousArchiving: False ({})", cond.message);
     let false_at = started.elapsed();
-    let events: Api<Event> = ns.api();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = events.list(&ListParams::default()).await.unwrap().items;
-        if let Some(e) = list
-            .iter()
-            .find(|e| e.reason.as_deref() == Some("ArchivingFailing"))
-        {
-            assert_eq!(e.type_.as_deref(), Some("Warning"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "no ArchivingFailing Event");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let e = f
+        .wait_event_within("ArchivingFailing", Duration::from_secs(30), |e| {
+            e.reason.as_deref() == Some("ArchivingFailing")
+        })
+        .await;
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
 
     // The next scheduled backup fails on that bucket too.
-    let cl = wait(
-        "LastBackupSucceeded False",
-        Box::new(|cl| condition(cl, c::LAST_BACKUP_SUCCEEDED).is_some_and(|x| x.status == "False")),
-    )
-    .await;
+    let cl = f
+        .wait_cluster("LastBackupSucceeded False", |cl| {
+            condition(cl, c::LAST_BACKUP_SUCCEEDED).is_some_and(|x| x.status == "False")
+        })
+        .await;
     let cond = condition(&cl, c::LAST_BACKUP_SUCCEEDED).unwrap();
     assert_eq!(cond.reason, "BackupFailed", "{cond:?}");
     assert!(cond.message.contains("ERROR"), "{cond:?}");
@@ -378,39 +319,30 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     // An endpoint pgBackRest cannot use (http://, which the schema lets through): SpecValid
     // False with the renderer's reason, a Warning, and the ConfigMap left as it was.
     let before = cm.get(&format!("{CLUSTER}-config")).await.unwrap().data;
-    apply(manifest(
+    f.apply(&manifest(
         node,
         &refused,
         "http://127.0.0.1:9000",
         &sb.region,
     ))
     .await;
-    let cl = wait(
-        "SpecValid False",
-        Box::new(|cl| condition(cl, c::SPEC_VALID).is_some_and(|x| x.status == "False")),
-    )
-    .await;
+    let cl = f
+        .wait_cluster("SpecValid False", |cl| {
+            condition(cl, c::SPEC_VALID).is_some_and(|x| x.status == "False")
+        })
+        .await;
     let cond = condition(&cl, c::SPEC_VALID).unwrap();
     assert!(cond.message.contains("HTTPS only"), "{cond:?}");
     assert_eq!(cond.observed_generation, cl.metadata.generation);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| {
+    f.wait_event_within(
+        "Warning PgBackRestConfigInvalid",
+        Duration::from_secs(30),
+        |e| {
             e.reason.as_deref() == Some("PgBackRestConfigInvalid")
                 && e.type_.as_deref() == Some("Warning")
-        })
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no Warning PgBackRestConfigInvalid"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        },
+    )
+    .await;
     let after = cm.get(&format!("{CLUSTER}-config")).await.unwrap().data;
     assert_eq!(
         after, before,
@@ -419,16 +351,9 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     println!("SpecValid: False ({})", cond.message);
 
     // Clean up: the manager stopped, the bind undone, the cluster and its pool deleted.
-    kubelet.shutdown();
+    f.shutdown_kubelet();
     drop(_unbind);
-    clusters
-        .delete(CLUSTER, &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_gone(&clusters, CLUSTER, TIMEOUT).await;
-    let pools: Api<ZfsPool> = ns.api();
-    wait_gone(&pools, &pod_name, TIMEOUT).await;
-    operator.stop(Duration::from_secs(10));
-    agent.stop(Duration::from_secs(10));
-    ns.cleanup().await;
+    f.delete_cluster(&DeleteParams::default()).await;
+    f.wait_pools_gone(&[&pod_name]).await;
+    f.finish().await;
 }

@@ -49,7 +49,11 @@
 //! file; the PostgreSQL server it starts inherits them (its `archive_command` works only
 //! if it does).
 
+mod cluster_common;
+
 use std::time::{Duration, Instant};
+
+use cluster_common::instance_pod;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -71,6 +75,7 @@ use pgml_testbed::aws::{
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::pg::{Postgres, SOCKET_DIR, free_port};
 use pgml_testbed::procs::{self, Proc};
+use pgml_testbed::sandbox::NodeInfo;
 use serde_json::json;
 
 const CLUSTER: &str = "main";
@@ -262,12 +267,7 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
     assert_eq!(ok.failed_count, 0, "{ok:?}\n{}", pg.log_tail());
     let cond = continuous_archiving(&ok);
     assert_eq!(cond.status, "True", "{cond:?}");
-    println!(
-        "{}: {} ({})",
-        ArchivingCondition::TYPE,
-        cond.status,
-        cond.message
-    );
+    print_condition(&cond);
 
     // The segments are objects in the bucket, under the repository path.
     let prefix = format!(
@@ -326,12 +326,7 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
     assert_eq!(cond.status, "False", "{cond:?}");
     assert_eq!(cond.reason, pgbackrest::reason::ARCHIVING_FAILING);
     assert!(cond.message.contains(&failing_wal), "{cond:?}");
-    println!(
-        "{}: {} ({})",
-        ArchivingCondition::TYPE,
-        cond.status,
-        cond.message
-    );
+    print_condition(&cond);
     assert!(
         std::fs::read_to_string(&pg.log)
             .unwrap_or_default()
@@ -358,12 +353,7 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
             .starts_with(failing_wal.as_str())),
         "{failing_wal} not archived after the repair: {keys:?}"
     );
-    println!(
-        "{}: {} ({})",
-        ArchivingCondition::TYPE,
-        cond.status,
-        cond.message
-    );
+    print_condition(&cond);
     println!(
         "pgbackrest e2e: setup {setup:?}, archiving seen at {archived_at:?}, full backup \
          {backup_time:?}, failure seen at {failed_at:?}, caught up at {:?}",
@@ -372,14 +362,25 @@ fn wal_archiving_to_s3_and_the_archiving_condition() {
 
     pg.stop("fast").unwrap();
     drop(imds);
-    let _ = std::fs::remove_dir_all(&conf_dir);
+    remove_dirs(&conf_dir, node, &format!("pgbr-{run}"));
+}
+
+/// Prints the ContinuousArchiving condition (`--nocapture`).
+fn print_condition(cond: &ArchivingCondition) {
+    println!(
+        "{}: {} ({})",
+        ArchivingCondition::TYPE,
+        cond.status,
+        cond.message
+    );
+}
+
+/// Removes a test's folders: `conf_dir` on the host, `dir` under the node's mount root.
+fn remove_dirs(conf_dir: &str, node: &NodeInfo, dir: &str) {
+    let _ = std::fs::remove_dir_all(conf_dir);
     let _ = pgml_testbed::nodes::node_exec_ok(
         node,
-        &[
-            "rm",
-            "-rf",
-            &format!("{}/pgbr-{run}", node.mnt_dir.display()),
-        ],
+        &["rm", "-rf", &format!("{}/{dir}", node.mnt_dir.display())],
     );
 }
 
@@ -524,17 +525,9 @@ async fn the_instance_manager_archives_and_backs_up() {
         .create(&PostParams::default(), &cluster)
         .await
         .unwrap();
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"pgml.io/cluster": CLUSTER, "pgml.io/instance": name}},
-        "spec": {
-            "nodeName": node.name,
-            "containers": [{"name": "postgres", "image": pgml_api::cluster::DEFAULT_IMAGE,
-                            "command": ["/controller/pgml-instance", "run"]}]
-        }
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.create(&PostParams::default(), &instance_pod(CLUSTER, &name, node))
+        .await
+        .unwrap();
     let status = json!({"apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster", "status": {
         "targetPrimary": name, "currentPrimary": name,
         "instances": [{"name": name, "node": node.name}],
@@ -622,12 +615,7 @@ async fn the_instance_manager_archives_and_backs_up() {
     );
     let cond = continuous_archiving(&a);
     assert_eq!(cond.status, "True", "{cond:?} from {a:?}");
-    println!(
-        "{}: {} ({})",
-        ArchivingCondition::TYPE,
-        cond.status,
-        cond.message
-    );
+    print_condition(&cond);
     let archived_at = t0.elapsed();
 
     // The scheduled backup (`* * * * *` incremental; the first is made full by pgBackRest,
@@ -702,12 +690,7 @@ async fn the_instance_manager_archives_and_backs_up() {
     let cond = continuous_archiving(&a);
     assert_eq!(cond.reason, pgbackrest::reason::ARCHIVING_FAILING);
     assert!(cond.message.contains(&failing_wal), "{cond:?}");
-    println!(
-        "{}: {} ({})",
-        ArchivingCondition::TYPE,
-        cond.status,
-        cond.message
-    );
+    print_condition(&cond);
     let failed_at = t0.elapsed();
 
     // Back to the real bucket: caught up, True again.
@@ -737,13 +720,5 @@ async fn the_instance_manager_archives_and_backs_up() {
     );
     assert!(!pg.running(), "the manager stops PostgreSQL on SIGTERM");
     drop(pg);
-    let _ = std::fs::remove_dir_all(&conf_dir);
-    let _ = pgml_testbed::nodes::node_exec_ok(
-        node,
-        &[
-            "rm",
-            "-rf",
-            &format!("{}/pgbr-mgr-{run}", node.mnt_dir.display()),
-        ],
-    );
+    remove_dirs(&conf_dir, node, &format!("pgbr-mgr-{run}"));
 }
