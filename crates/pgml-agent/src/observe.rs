@@ -121,7 +121,17 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
             for d in &spec.datasets {
                 let want = format!("{root}{}", relative_mount(pool, d));
                 if let Some(m) = have.get(&format!("{n}/{}", d.name)) {
-                    found_datasets.push((d.name.clone(), m.mountpoint.clone(), m.mounted));
+                    // Reported only where the spec wants it: a pool restored from a
+                    // snapshot is imported with its source's mount points until they are
+                    // set, and a PersistentVolume made from that passing path would point
+                    // at the source's folder for ever (local.path cannot change).
+                    let placed = m.mountpoint == want;
+                    let path = if placed {
+                        m.mountpoint.clone()
+                    } else {
+                        "-".into()
+                    };
+                    found_datasets.push((d.name.clone(), path, placed && m.mounted));
                 }
                 match have.get(&format!("{n}/{}", d.name)) {
                     None => missing_datasets.push(d.name.clone()),

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use super::archiving;
 use super::build::{Builder, Instance, stale_irsa_annotation};
 use super::compare::covers;
-use super::members::{Rec, donor, instance_statuses, members};
-use super::names::{self, PG_BASEBACKUP, PGDATA_DATASET, SecretKind};
+use super::members::{Rec, donor, instance_statuses, members, pgdata_mount};
+use super::names::{self, PG_BASEBACKUP, SecretKind};
 use super::placement;
 use super::roles::{self, Member, Roles};
 use super::secrets;
@@ -471,11 +471,7 @@ impl Run<'_> {
                     format!("created ZfsPool {} on node {}{from}", r.name, r.node),
                 );
             }
-            let path = pool
-                .as_ref()
-                .and_then(|p| p.status.as_ref())
-                .and_then(|s| s.datasets.iter().find(|d| d.name == PGDATA_DATASET))
-                .and_then(|d| d.mount_path.clone());
+            let path = pool.as_ref().and_then(pgdata_mount);
             let Some(path) = path else {
                 self.building.push(format!(
                     "{}: waiting for ZfsPool {} to mount pgdata",

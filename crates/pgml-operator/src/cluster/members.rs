@@ -93,6 +93,17 @@ pub fn members(recs: &[Rec], w: &World) -> Vec<Member> {
 }
 
 /// The status entries of the instances.
+/// Where the pool's `pgdata` dataset is mounted, once its agent reports it mounted at its
+/// place (the PersistentVolume's `local.path`, which can never change afterwards).
+pub fn pgdata_mount(pool: &pgml_api::ZfsPool) -> Option<String> {
+    pool.status
+        .as_ref()?
+        .datasets
+        .iter()
+        .find(|d| d.name == super::names::PGDATA_DATASET && d.mounted)
+        .and_then(|d| d.mount_path.clone())
+}
+
 pub fn instance_statuses(
     recs: &[Rec],
     members: &[Member],
@@ -174,6 +185,29 @@ mod tests {
             }),
             fenced: false,
         }
+    }
+
+    #[test]
+    fn the_pv_path_waits_for_pgdata_mounted() {
+        let pool = |datasets: serde_json::Value| -> pgml_api::ZfsPool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+                "metadata": {"name": "c-2"},
+                "spec": {"nodeName": "n2", "volumes": {"sizeGiB": 10}},
+                "status": {"datasets": datasets}
+            }))
+            .unwrap()
+        };
+        let p = pool(
+            serde_json::json!([{"name": "pgdata", "mountPath": "/mnt/c-2/pgdata", "mounted": false}]),
+        );
+        assert_eq!(pgdata_mount(&p), None, "not mounted yet");
+        let p = pool(serde_json::json!([
+            {"name": "pgwal", "mountPath": "/mnt/c-2/pgwal", "mounted": true},
+            {"name": "pgdata", "mountPath": "/mnt/c-2/pgdata", "mounted": true}
+        ]));
+        assert_eq!(pgdata_mount(&p).as_deref(), Some("/mnt/c-2/pgdata"));
+        assert_eq!(pgdata_mount(&pool(serde_json::json!([]))), None);
     }
 
     #[test]
