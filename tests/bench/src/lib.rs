@@ -148,6 +148,7 @@ impl Report {
     pub fn write(&mut self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         self.finished = now_rfc3339();
         std::fs::create_dir_all(dir)?;
+        let dir = &dir.canonicalize()?;
         let json = dir.join(format!("{}.json", self.bench));
         let md = dir.join(format!("{}.md", self.bench));
         std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")?;
