@@ -45,7 +45,7 @@ pub struct Seen {
 }
 
 /// Sets a condition of any status, keeping `lastTransitionTime` while the status stays.
-fn set(
+pub(super) fn set(
     conds: &mut Vec<Condition>,
     observed: &[Condition],
     type_: &str,
@@ -170,7 +170,7 @@ pub fn fill(seen: &Seen, observed: &PgmlClusterStatus, out: &mut PgmlClusterStat
     }
 }
 
-fn condition<'a>(s: &'a PgmlClusterStatus, type_: &str) -> Option<&'a Condition> {
+pub(super) fn condition<'a>(s: &'a PgmlClusterStatus, type_: &str) -> Option<&'a Condition> {
     s.conditions.iter().find(|x| x.type_ == type_)
 }
 

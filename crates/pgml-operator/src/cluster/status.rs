@@ -267,19 +267,9 @@ pub fn compute(
     );
     archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
     out.last_snapshot = s.snapshots.completed.clone();
-    if let Some((status, why, message)) = &s.snapshots.condition {
+    if let Some(cond) = &s.snapshots.condition {
         let conds = &mut out.conditions;
-        let ok = *status == c::TRUE;
-        set_condition(
-            conds,
-            &old,
-            c::LAST_SNAPSHOT_SUCCEEDED,
-            ok,
-            why,
-            message,
-            stamp,
-        );
-        conds.sort_by(|a, b| a.type_.cmp(&b.type_));
+        archiving::set(conds, &old, c::LAST_SNAPSHOT_SUCCEEDED, cond.clone(), stamp);
     }
     out
 }
@@ -365,15 +355,9 @@ pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> 
 /// An Event when the newest snapshot's outcome changes: a Warning when one failed, a
 /// Normal one when a snapshot succeeds again after a failure.
 fn snapshot_notice(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Option<Notice> {
-    let cond = |s: &PgmlClusterStatus| {
-        s.conditions
-            .iter()
-            .find(|x| x.type_ == c::LAST_SNAPSHOT_SUCCEEDED)
-            .cloned()
-    };
-    let (was, now) = (cond(old), cond(new));
-    let now = now?;
-    let changed = match &was {
+    let type_ = c::LAST_SNAPSHOT_SUCCEEDED;
+    let now = archiving::condition(new, type_)?;
+    let changed = match archiving::condition(old, type_) {
         None => now.status == c::FALSE,
         Some(w) => w.status != now.status || (now.status == c::FALSE && w.message != now.message),
     };

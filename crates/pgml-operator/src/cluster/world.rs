@@ -56,18 +56,15 @@ impl World {
         let all_snapshots = Api::<EbsSnapshot>::namespaced(client.clone(), ns)
             .list(&ListParams::default())
             .await?;
-        let (seeds, backups): (Vec<EbsSnapshot>, Vec<EbsSnapshot>) = all_snapshots
+        let (seeds, others): (Vec<EbsSnapshot>, Vec<EbsSnapshot>) = all_snapshots
             .items
             .into_iter()
-            .filter(|s| {
-                labelled(s, &c.name)
-                    || s.spec
-                        .source
-                        .cluster
-                        .as_ref()
-                        .is_some_and(|src| src.name == c.name)
-            })
             .partition(|s| labelled(s, &c.name));
+        let of_cluster = |s: &EbsSnapshot| {
+            let src = s.spec.source.cluster.as_ref();
+            src.is_some_and(|src| src.name == c.name)
+        };
+        let backups = others.into_iter().filter(of_cluster).collect();
         let nodes = Api::<Node>::all(client.clone())
             .list(&ListParams::default())
             .await?;
