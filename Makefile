@@ -18,12 +18,20 @@ deps: ## install Debian packages, the Python venv (moto) and build the Kubernete
 build: ## build the operator, the agent and the tools
 	$(CARGO) build --workspace --bins
 
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/, the chart's copy and docs/reference/crds.md from the Rust types
 	$(CARGO) run -q -p pgml-api --bin crdgen -- crds
+	$(CARGO) run -q -p pgml-api --bin crdgen -- --docs docs/reference/crds.md
+	@if [ -d charts/pgml-operator/crds ]; then cp crds/*.yaml charts/pgml-operator/crds/; fi
 
-crds-check: ## fail when crds/ is not what the Rust types generate
-	@tmp=$$(mktemp -d) && $(CARGO) run -q -p pgml-api --bin crdgen -- $$tmp && \
-	  if ! diff -ru crds $$tmp; then echo "crds/ is stale: run 'make crds' and commit" >&2; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+crds-check: ## fail when crds/, the chart's copy or the CRD reference is not what the Rust types generate
+	@tmp=$$(mktemp -d) && $(CARGO) run -q -p pgml-api --bin crdgen -- $$tmp >/dev/null && \
+	  $(CARGO) run -q -p pgml-api --bin crdgen -- --docs $$tmp/crds.md >/dev/null && \
+	  stale=0; \
+	  diff -ru -x crds.md crds $$tmp || stale=1; \
+	  diff -u docs/reference/crds.md $$tmp/crds.md || stale=1; \
+	  if [ -d charts/pgml-operator/crds ]; then diff -ru -x crds.md charts/pgml-operator/crds $$tmp || stale=1; fi; \
+	  rm -rf $$tmp; \
+	  if [ $$stale -ne 0 ]; then echo "crds/, charts/pgml-operator/crds/ or docs/reference/crds.md is stale: run 'make crds' and commit" >&2; exit 1; fi
 
 lint: ## rustfmt and clippy -D warnings
 	$(CARGO) fmt --all -- --check
