@@ -113,15 +113,15 @@ fn walk(path: &str, s: &JSONSchemaProps, rows: &mut Vec<String>, rules: &mut Vec
             walk(&p, child, rows, rules);
         }
     }
-    if let Some(JSONSchemaPropsOrArray::Schema(item)) = &s.items {
-        if item.properties.is_some() || item.x_kubernetes_validations.is_some() {
-            walk(&format!("{path}[]"), item, rows, rules);
-        }
+    if let Some(JSONSchemaPropsOrArray::Schema(item)) = &s.items
+        && (item.properties.is_some() || item.x_kubernetes_validations.is_some())
+    {
+        walk(&format!("{path}[]"), item, rows, rules);
     }
-    if let Some(JSONSchemaPropsOrBool::Schema(v)) = &s.additional_properties {
-        if v.properties.is_some() {
-            walk(&format!("{path}.<key>"), v, rows, rules);
-        }
+    if let Some(JSONSchemaPropsOrBool::Schema(v)) = &s.additional_properties
+        && v.properties.is_some()
+    {
+        walk(&format!("{path}.<key>"), v, rows, rules);
     }
 }
 
