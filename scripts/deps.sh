@@ -6,7 +6,9 @@
 #   - the Kubernetes control plane (kube-apiserver, etcd, kube-controller-manager,
 #     kubectl) built from Go modules into ~/.cache/pgml-operator (kept between runs);
 #   - kwok (the simulated nodes' kubelet), built from its Go module into the same cache
-#     (tests/testbed/kwok/build.sh; the sandbox finds it there).
+#     (tests/testbed/kwok/build.sh; the sandbox finds it there);
+#   - Helm, built from its Go module into the same cache (tests/testbed/helm/build.sh; the
+#     chart test finds it there).
 # Prints the Kubernetes bin dir on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +35,5 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 
 bash tests/testbed/kwok/build.sh >&2
+bash tests/testbed/helm/build.sh >&2
 bash tests/testbed/k8s/build.sh
