@@ -33,6 +33,17 @@ crds-check: ## fail when crds/, the chart's copy or the CRD reference is not wha
 	  rm -rf $$tmp; \
 	  if [ $$stale -ne 0 ]; then echo "crds/, charts/pgml-operator/crds/ or docs/reference/crds.md is stale: run 'make crds' and commit" >&2; exit 1; fi
 
+.PHONY: chart-lint deploy-check
+chart-lint: ## helm lint --strict the chart (default values, and ServiceMonitor + bundled ZFS tools)
+	@helm=$$(bash tests/testbed/helm/build.sh --print) && \
+	  $$helm lint --strict charts/pgml-operator && \
+	  $$helm lint --strict charts/pgml-operator --set metrics.serviceMonitor.enabled=true --set agent.zfs.tools=bundled
+
+deploy-check: ## fail when deploy/base or charts/pgml-operator/crds is not what the chart and crds/ give
+	@tmp=$$(mktemp -d) && scripts/gen-deploy.sh $$tmp && \
+	  if ! diff -ru deploy/base $$tmp; then echo "deploy/base is stale: run scripts/gen-deploy.sh and commit" >&2; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+	@if ! diff -ru crds charts/pgml-operator/crds; then echo "charts/pgml-operator/crds is stale: run: cp crds/*.yaml charts/pgml-operator/crds/" >&2; exit 1; fi
+
 lint: ## rustfmt and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
