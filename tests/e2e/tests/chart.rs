@@ -1,0 +1,621 @@
+//! The packaging: the Helm chart (charts/pgml-operator) lints clean and renders what the
+//! contract names, its values schema refuses bad values with a clear message, the chart's
+//! CRDs and the kustomize base (deploy/base) are not stale, and the rendered chart, the
+//! kustomize base and each overlay are accepted by the sandbox's real kube-apiserver
+//! (server-side apply, dry run).
+//!
+//! Helm: `$PGML_HELM`, else the one tests/testbed/helm/build.sh builds (scripts/deps.sh
+//! builds it; the script builds it if missing).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use pgml_testbed::Sandbox;
+use pgml_testbed::sandbox::repo_root;
+
+/// The namespace deploy/base installs into (and the chart is rendered for).
+const NS: &str = "pgml-system";
+const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/pgml-operator";
+
+fn root() -> PathBuf {
+    repo_root()
+}
+
+fn helm() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PGML_HELM") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("bash")
+            .arg("tests/testbed/helm/build.sh")
+            .arg("--print")
+            .current_dir(root())
+            .output()
+            .expect("running tests/testbed/helm/build.sh");
+        assert!(
+            out.status.success(),
+            "tests/testbed/helm/build.sh --print failed (scripts/deps.sh builds Helm):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "no helm at {}", path.display());
+        path
+    })
+}
+
+fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(program: &Path, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{} {} failed:\n{}{}",
+        program.display(),
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `helm template` of the chart as release `release` in NS, with extra arguments.
+fn template(release: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        release,
+        "charts/pgml-operator",
+        "--namespace",
+        NS,
+    ];
+    args.extend_from_slice(extra);
+    ok(helm(), &args)
+}
+
+/// Every object of a multi-document YAML stream. serde_yaml refuses duplicate keys, which
+/// kubectl's client-side parsing and kustomize also refuse.
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| {
+            let v = Value::deserialize(d).unwrap_or_else(|e| panic!("rendered YAML: {e}"));
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = objs
+                .iter()
+                .map(|o| format!("{:?}/{:?}", o["kind"], o["metadata"]["name"]))
+                .collect();
+            panic!("no {kind} {name} rendered; have {have:?}")
+        })
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn seq(v: &Value) -> &[Value] {
+    v.as_sequence().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// A container's env as name → value (or "fieldRef:<path>").
+fn env(container: &Value) -> BTreeMap<String, String> {
+    seq(&container["env"])
+        .iter()
+        .map(|e| {
+            let v = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some(p) => format!("fieldRef:{p}"),
+                None => s(&e["value"]).to_string(),
+            };
+            (s(&e["name"]).to_string(), v)
+        })
+        .collect()
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    seq(&workload["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+#[test]
+fn helm_lint_is_clean_with_defaults_and_with_servicemonitor_and_irsa() {
+    let irsa =
+        format!("operator.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={ROLE_ARN}");
+    for extra in [
+        vec![],
+        vec![
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set-string",
+            irsa.as_str(),
+        ],
+        vec![
+            "--set",
+            "agent.zfs.tools=bundled",
+            "--set",
+            "operator.watchNamespace=databases",
+        ],
+    ] {
+        let mut args = vec!["lint", "--strict", "charts/pgml-operator"];
+        args.extend_from_slice(&extra);
+        let out = ok(helm(), &args);
+        assert!(
+            out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "helm lint {extra:?}:\n{out}"
+        );
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "helm lint {extra:?} is not clean:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn values_schema_rejects_bad_values_with_the_path_and_the_rule() {
+    for (set, want) in [
+        (
+            "operator.replicas=two",
+            "at '/operator/replicas': got string, want integer",
+        ),
+        (
+            "agent.zfs.tools=zfs-fuse",
+            "at '/agent/zfs/tools': value must be one of 'host', 'bundled'",
+        ),
+        (
+            "operator.replica=3",
+            "at '/operator': additional properties 'replica' not allowed",
+        ),
+        ("aws.region=US East", "at '/aws/region'"),
+        ("agent.mountRoot=relative/path", "at '/agent/mountRoot'"),
+    ] {
+        let out = run(
+            helm(),
+            &["template", "x", "charts/pgml-operator", "--set", set],
+        );
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(want),
+            "--set {set}: expected {want:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
+    let objs = objects(&template("pgml-operator", &["--include-crds"]));
+
+    // CRDs, copied from crds/.
+    for crd in [
+        "pgmlclusters.pgml.io",
+        "zfspools.pgml.io",
+        "ebssnapshots.pgml.io",
+    ] {
+        find(&objs, "CustomResourceDefinition", crd);
+    }
+    // No ServiceMonitor unless asked for.
+    assert!(!objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
+
+    // Operator Deployment.
+    let dep = find(&objs, "Deployment", "pgml-operator");
+    assert_eq!(dep["metadata"]["namespace"], NS);
+    assert_eq!(dep["spec"]["replicas"].as_u64(), Some(2));
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "pgml-operator");
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let op = container(dep, "operator");
+    assert_eq!(s(&op["image"]), "ghcr.io/pgml/pgml-operator:0.1.0");
+    let sc = &op["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(seq(&sc["capabilities"]["drop"]), [Value::from("ALL")]);
+    let e = env(op);
+    for (k, v) in [
+        ("POD_NAME", "fieldRef:metadata.name"),
+        ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
+        ("PGML_METRICS_ADDR", "0.0.0.0:8080"),
+        ("PGML_LEADER_ELECT", "true"),
+        ("PGML_LEASE_NAME", "pgml-operator"),
+        ("PGML_LEASE_NAMESPACE", NS),
+        ("PGML_INSTANCE_IMAGE", "ghcr.io/pgml/pgml-operator:0.1.0"),
+    ] {
+        assert_eq!(e.get(k).map(String::as_str), Some(v), "operator env {k}");
+    }
+    assert!(!e.contains_key("PGML_WATCH_NAMESPACE") && !e.contains_key("AWS_REGION"));
+    assert_eq!(op["ports"][0]["name"], "metrics");
+    assert_eq!(op["ports"][0]["containerPort"].as_u64(), Some(8080));
+    assert_eq!(op["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(op["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(op["resources"]["requests"]["memory"].is_string());
+
+    // Metrics Service selects the operator Pods.
+    let svc = find(&objs, "Service", "pgml-operator-metrics");
+    assert_eq!(svc["spec"]["ports"][0]["name"], "metrics");
+    assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(8080));
+    let labels = &dep["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_mapping().expect("selector") {
+        assert_eq!(
+            &labels[k], v,
+            "Service selector {k:?} matches the operator Pods"
+        );
+    }
+
+    // Agent DaemonSet: /dev, the mount root with Bidirectional propagation, the state dir,
+    // host ZFS tools through nsenter (hostPID).
+    let ds = find(&objs, "DaemonSet", "pgml-operator-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "pgml-operator-agent");
+    assert_eq!(pod["hostPID"], true);
+    assert!(
+        pod["hostNetwork"].is_null(),
+        "the agent needs no host network"
+    );
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(1)
+    );
+    assert!(
+        seq(&pod["tolerations"])
+            .iter()
+            .any(|t| t["key"] == "pgml.io/database" && t["operator"] == "Exists"),
+        "the agent tolerates database nodes"
+    );
+    let ag = container(ds, "agent");
+    assert_eq!(ag["securityContext"]["privileged"], true);
+    let host_path = |volume: &str| -> String {
+        let v = seq(&pod["volumes"])
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap_or_else(|| panic!("no volume {volume}"));
+        s(&v["hostPath"]["path"]).to_string()
+    };
+    let mount = |path: &str| -> &Value {
+        seq(&ag["volumeMounts"])
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("the agent does not mount {path}"))
+    };
+    assert_eq!(host_path(s(&mount("/dev")["name"])), "/dev");
+    let root_mount = mount("/var/lib/pgml");
+    assert_eq!(host_path(s(&root_mount["name"])), "/var/lib/pgml");
+    assert_eq!(root_mount["mountPropagation"], "Bidirectional");
+    assert_eq!(
+        host_path(s(&mount("/var/lib/pgml-agent")["name"])),
+        "/var/lib/pgml-agent"
+    );
+    let e = env(ag);
+    for (k, v) in [
+        ("NODE_NAME", "fieldRef:spec.nodeName"),
+        ("PGML_METRICS_ADDR", "0.0.0.0:8081"),
+        ("PGML_MOUNT_ROOT", "/var/lib/pgml"),
+        ("PGML_STATE_DIR", "/var/lib/pgml-agent"),
+        ("PGML_ZPOOL", "/usr/local/bin/host-zpool"),
+        ("PGML_ZFS", "/usr/local/bin/host-zfs"),
+    ] {
+        assert_eq!(e.get(k).map(String::as_str), Some(v), "agent env {k}");
+    }
+    assert_eq!(ag["ports"][0]["containerPort"].as_u64(), Some(8081));
+    assert_eq!(ag["livenessProbe"]["httpGet"]["path"], "/healthz");
+
+    // RBAC: the ClusterRoles bound to the right ServiceAccounts, no "*" anywhere, status
+    // subresources patch only.
+    for (role, sa) in [
+        ("pgml-operator", "pgml-operator"),
+        ("pgml-operator-agent", "pgml-operator-agent"),
+    ] {
+        let cr = find(&objs, "ClusterRole", role);
+        for rule in seq(&cr["rules"]) {
+            for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                for v in seq(&rule[field]) {
+                    assert!(!s(v).contains('*'), "ClusterRole {role} has {field} {v:?}");
+                }
+            }
+            for r in seq(&rule["resources"]) {
+                if s(r).ends_with("/status") {
+                    assert_eq!(seq(&rule["verbs"]), [Value::from("patch")], "{role} {r:?}");
+                }
+            }
+        }
+        let crb = find(&objs, "ClusterRoleBinding", role);
+        assert_eq!(crb["roleRef"]["name"], role);
+        assert_eq!(crb["subjects"][0]["name"], sa);
+        assert_eq!(crb["subjects"][0]["namespace"], NS);
+        find(&objs, "ServiceAccount", sa);
+    }
+    let le = find(&objs, "Role", "pgml-operator-leader-election");
+    assert_eq!(le["metadata"]["namespace"], NS);
+    assert!(
+        seq(&le["rules"])
+            .iter()
+            .any(|r| seq(&r["resources"]).contains(&Value::from("leases")))
+    );
+    find(&objs, "RoleBinding", "pgml-operator-leader-election");
+
+    // Release names, options.
+    let irsa =
+        format!("operator.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={ROLE_ARN}");
+    let objs = objects(&template(
+        "prod",
+        &[
+            "--set",
+            "agent.zfs.tools=bundled",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "operator.watchNamespace=databases",
+            "--set",
+            "aws.region=eu-west-1",
+            "--set-string",
+            irsa.as_str(),
+        ],
+    ));
+    let dep = find(&objs, "Deployment", "prod-pgml-operator");
+    let e = env(container(dep, "operator"));
+    assert_eq!(e["PGML_WATCH_NAMESPACE"], "databases");
+    assert_eq!(e["AWS_REGION"], "eu-west-1");
+    let sa = find(&objs, "ServiceAccount", "prod-pgml-operator");
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        ROLE_ARN
+    );
+    let ds = find(&objs, "DaemonSet", "prod-pgml-operator-agent");
+    assert!(
+        ds["spec"]["template"]["spec"]["hostPID"].is_null(),
+        "bundled tools need no hostPID"
+    );
+    assert_eq!(env(container(ds, "agent"))["PGML_ZPOOL"], "/usr/sbin/zpool");
+    let sm = find(&objs, "ServiceMonitor", "prod-pgml-operator");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    find(&objs, "Service", "prod-pgml-operator-metrics");
+}
+
+/// Files of a folder, by name.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn chart_crds_and_deploy_base_are_not_stale() {
+    let root = root();
+    let crds = files(&root.join("crds"));
+    let chart = files(&root.join("charts/pgml-operator/crds"));
+    assert!(!crds.is_empty());
+    assert!(
+        crds == chart,
+        "charts/pgml-operator/crds differs from crds/ ({:?} vs {:?}): run: cp crds/*.yaml charts/pgml-operator/crds/",
+        crds.keys().collect::<Vec<_>>(),
+        chart.keys().collect::<Vec<_>>()
+    );
+
+    let tmp = std::env::temp_dir().join(format!("pgml-chart-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = Command::new("bash")
+        .arg("scripts/gen-deploy.sh")
+        .arg(&tmp)
+        .env("PGML_HELM", helm())
+        .current_dir(&root)
+        .output()
+        .expect("running scripts/gen-deploy.sh");
+    assert!(
+        out.status.success(),
+        "scripts/gen-deploy.sh: {}",
+        text(&out.stderr)
+    );
+    let fresh = files(&tmp);
+    let committed = files(&root.join("deploy/base"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(
+        fresh.keys().collect::<Vec<_>>(),
+        committed.keys().collect::<Vec<_>>(),
+        "deploy/base is stale: run scripts/gen-deploy.sh and commit"
+    );
+    for (name, body) in &fresh {
+        assert!(
+            committed[name] == *body,
+            "deploy/base/{name} is stale: run scripts/gen-deploy.sh and commit"
+        );
+    }
+}
+
+/// The release namespace, made for real for the dry runs (a namespaced object's dry run
+/// needs its namespace), and deleted afterwards unless it was there before.
+struct Namespace {
+    created: bool,
+}
+
+impl Namespace {
+    fn ensure() -> Namespace {
+        let sb = Sandbox::get();
+        let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
+        let get = run(
+            &sb.kubectl(),
+            &["--kubeconfig", &kc, "get", "namespace", NS],
+        );
+        if get.status.success() {
+            return Namespace { created: false };
+        }
+        ok(
+            &sb.kubectl(),
+            &["--kubeconfig", &kc, "create", "namespace", NS],
+        );
+        Namespace { created: true }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if self.created {
+            let sb = Sandbox::get();
+            let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
+            let _ = run(
+                &sb.kubectl(),
+                &[
+                    "--kubeconfig",
+                    &kc,
+                    "delete",
+                    "namespace",
+                    NS,
+                    "--wait=false",
+                ],
+            );
+        }
+    }
+}
+
+/// Server-side apply, dry run, of a manifest: every object must be accepted. Returns how
+/// many were.
+fn dry_run_apply(what: &str, yaml: &str) -> usize {
+    let sb = Sandbox::get();
+    let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
+    let n = objects(yaml).len();
+    assert!(n > 10, "{what}: only {n} objects");
+    let file = std::env::temp_dir().join(format!(
+        "pgml-chart-{}-{}.yaml",
+        std::process::id(),
+        what.replace('/', "_")
+    ));
+    std::fs::write(&file, yaml).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    // --force-conflicts: other tests may really apply the same cluster-scoped objects
+    // (ClusterRoles, CRDs) under another field manager; acceptance is what is checked here.
+    let out = run(
+        &sb.kubectl(),
+        &[
+            "--kubeconfig",
+            &kc,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "pgml-chart-test",
+            "--dry-run=server",
+            "-f",
+            &path,
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what}: the apiserver refused it:\n{stdout}{}",
+        text(&out.stderr)
+    );
+    let accepted = stdout
+        .lines()
+        .filter(|l| l.ends_with("serverside-applied (server dry run)"))
+        .count();
+    assert_eq!(
+        accepted, n,
+        "{what}: {accepted} of {n} objects accepted:\n{stdout}"
+    );
+    accepted
+}
+
+#[test]
+fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
+    let sb = Sandbox::get();
+    let _ns = Namespace::ensure();
+    let irsa =
+        format!("operator.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={ROLE_ARN}");
+
+    let chart = template(
+        "pgml-operator",
+        &["--include-crds", "--set-string", irsa.as_str()],
+    );
+    let n = dry_run_apply("chart", &chart);
+    assert_eq!(
+        n, 14,
+        "3 CRDs, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, Service, Deployment, DaemonSet"
+    );
+    dry_run_apply(
+        "chart-bundled",
+        &template(
+            "pgml-operator",
+            &[
+                "--set",
+                "agent.zfs.tools=bundled",
+                "--set",
+                "operator.watchNamespace=databases",
+            ],
+        ),
+    );
+
+    let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
+    for dir in [
+        "deploy",
+        "deploy/base",
+        "deploy/overlays/irsa",
+        "deploy/overlays/single-namespace",
+    ] {
+        let yaml = ok(&sb.kubectl(), &["--kubeconfig", &kc, "kustomize", dir]);
+        let objs = objects(&yaml);
+        find(&objs, "Namespace", NS);
+        let dep = find(&objs, "Deployment", "pgml-operator");
+        let e = env(container(dep, "operator"));
+        match dir {
+            "deploy/overlays/irsa" => {
+                let sa = find(&objs, "ServiceAccount", "pgml-operator");
+                assert!(
+                    s(&sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])
+                        .starts_with("arn:aws:iam::")
+                );
+                assert!(e.contains_key("AWS_REGION"));
+            }
+            "deploy/overlays/single-namespace" => {
+                assert_eq!(e["PGML_WATCH_NAMESPACE"], "databases");
+            }
+            _ => assert!(!e.contains_key("PGML_WATCH_NAMESPACE")),
+        }
+        assert_eq!(
+            dry_run_apply(dir, &yaml),
+            15,
+            "{dir}: the chart's 14 objects and the Namespace"
+        );
+    }
+}
