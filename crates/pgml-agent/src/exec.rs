@@ -57,6 +57,18 @@ impl Runner {
 
     /// Runs `c` and returns its output whatever its exit status.
     pub async fn run(&self, c: &Command) -> Result<Output, ExecError> {
+        let out = self.run_uncounted(c).await;
+        let outcome = match &out {
+            Ok(o) if o.success() => "ok",
+            Ok(_) => "failed",
+            Err(ExecError::Timeout { .. }) => "timeout",
+            Err(_) => "spawn_error",
+        };
+        crate::metrics::command(&c.program, outcome);
+        out
+    }
+
+    async fn run_uncounted(&self, c: &Command) -> Result<Output, ExecError> {
         let child = tokio::process::Command::new(self.program(c))
             .args(&c.args)
             .stdin(Stdio::null())

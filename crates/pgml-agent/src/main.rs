@@ -92,6 +92,65 @@ struct Args {
     /// Log filter when RUST_LOG is not set.
     #[arg(long, env = "PGML_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// Where /healthz (liveness) and /metrics (Prometheus) are served. Port 0 picks a free
+    /// port; the bound address is logged as `metrics_addr`.
+    #[arg(long, env = "PGML_METRICS_ADDR", default_value = "0.0.0.0:8081")]
+    metrics_addr: String,
+}
+
+/// The agent's Prometheus metrics: `pgml_agent_up` and the zpool/zfs commands it ran.
+pub(crate) mod metrics {
+    use std::sync::{Arc, OnceLock};
+
+    use pgml_runtime::prometheus_client::metrics::counter::Counter;
+    use pgml_runtime::prometheus_client::metrics::family::Family;
+    use pgml_runtime::prometheus_client::metrics::gauge::Gauge;
+    use pgml_runtime::prometheus_client::registry::Registry;
+
+    type Labels = [(&'static str, &'static str); 2];
+
+    struct Metrics {
+        registry: Arc<Registry>,
+        commands: Family<Labels, Counter>,
+    }
+
+    fn global() -> &'static Metrics {
+        static M: OnceLock<Metrics> = OnceLock::new();
+        M.get_or_init(|| {
+            let mut r = Registry::default();
+            let up = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+            up.set(1);
+            r.register("pgml_agent_up", "1 while the node agent runs", up);
+            let commands = Family::<Labels, Counter>::default();
+            r.register(
+                "pgml_agent_commands",
+                "zpool, zfs and other commands the agent ran, per program and outcome (ok, failed, timeout, spawn_error)",
+                commands.clone(),
+            );
+            Metrics {
+                registry: Arc::new(r),
+                commands,
+            }
+        })
+    }
+
+    pub fn registry() -> Arc<Registry> {
+        global().registry.clone()
+    }
+
+    /// Counts one command run.
+    pub fn command(program: &str, outcome: &'static str) {
+        let program = match program {
+            "zpool" => "zpool",
+            "zfs" => "zfs",
+            _ => "other",
+        };
+        global()
+            .commands
+            .get_or_create(&[("program", program), ("outcome", outcome)])
+            .inc();
+    }
 }
 
 #[tokio::main]
@@ -106,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         mount_root = %args.mount_root.display(),
         "starting pgml-agent"
     );
+    pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
     let client = kube::Client::try_default().await?;
     let hold = Arc::new(hold::HoldCtx::new(
         client.clone(),

@@ -39,6 +39,23 @@ impl SdkEc2 {
         }
     }
 
+    /// As [`SdkEc2::new`], with `observer` told of every HTTP attempt (SDK retries
+    /// included) as `(action, outcome)`, outcome `ok`, `throttled` or `error`: the
+    /// operator's `pgml_ec2_requests_total`, one count per request the endpoint sees.
+    pub fn with_observer(config: &aws_config::SdkConfig, observer: RequestObserver) -> Self {
+        let counter = CountAttempts(observer);
+        let ec2 = aws_sdk_ec2::config::Builder::from(config)
+            .interceptor(counter.clone())
+            .build();
+        let ebs = aws_sdk_ebs::config::Builder::from(config)
+            .interceptor(counter)
+            .build();
+        SdkEc2 {
+            client: Client::from_conf(ec2),
+            ebs: aws_sdk_ebs::Client::from_conf(ebs),
+        }
+    }
+
     pub fn from_clients(client: Client, ebs: aws_sdk_ebs::Client) -> Self {
         SdkEc2 { client, ebs }
     }
@@ -74,6 +91,72 @@ impl SdkEc2 {
             snaps.extend(page.snapshots().iter().map(snapshot));
         }
         Ok(snaps)
+    }
+}
+
+/// Told of each HTTP attempt: the operation name (`CreateVolume`, `ListChangedBlocks`…)
+/// and its outcome (`ok`, `throttled` or `error`, as the EC2 simulator's statistics name
+/// them).
+pub type RequestObserver = std::sync::Arc<dyn Fn(&str, &'static str) + Send + Sync>;
+
+/// The interceptor behind [`SdkEc2::with_observer`]. `read_after_attempt` runs once per
+/// attempt, after the answer (if any) was read, so the SDK's own retries are each counted.
+#[derive(Clone)]
+struct CountAttempts(RequestObserver);
+
+impl std::fmt::Debug for CountAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CountAttempts")
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "CountAttempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let action = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let response = context.response();
+        let outcome = attempt_outcome(
+            response.map(|r| r.status().as_u16()),
+            response.and_then(|r| r.body().bytes()),
+        );
+        (self.0)(&action, outcome);
+        Ok(())
+    }
+}
+
+/// The outcome of one attempt from its HTTP status and body: `ok` for a 2xx, `throttled`
+/// for EC2's `RequestLimitExceeded` (HTTP 503), any `Throttling…` code, or HTTP 429 (the
+/// EBS direct APIs), `error` for anything else, including no answer at all.
+pub fn attempt_outcome(status: Option<u16>, body: Option<&[u8]>) -> &'static str {
+    let Some(status) = status else {
+        return "error";
+    };
+    if (200..300).contains(&status) {
+        return "ok";
+    }
+    if status == 429 {
+        return "throttled";
+    }
+    let text = body.map(String::from_utf8_lossy).unwrap_or_default();
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.trim());
+    match code {
+        Some(c) if c == "RequestLimitExceeded" || c.starts_with("Throttling") => "throttled",
+        _ if text.contains("ThrottlingException") => "throttled",
+        _ => "error",
     }
 }
 
@@ -559,5 +642,32 @@ impl Ec2 for SdkEc2 {
             .send()
             .await;
         gone_is_done(r.map_err(|e| err("DeleteSnapshot", e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempt_outcome;
+
+    #[test]
+    fn outcomes_as_the_simulator_counts_them() {
+        let throttle = b"<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>x</RequestID></Response>";
+        assert_eq!(attempt_outcome(Some(200), Some(b"<ok/>")), "ok");
+        assert_eq!(attempt_outcome(Some(503), Some(throttle)), "throttled");
+        let unavailable =
+            b"<Response><Errors><Error><Code>Unavailable</Code></Error></Errors></Response>";
+        assert_eq!(attempt_outcome(Some(503), Some(unavailable)), "error");
+        let throttling = b"<Response><Errors><Error><Code>ThrottlingException</Code></Error></Errors></Response>";
+        assert_eq!(attempt_outcome(Some(400), Some(throttling)), "throttled");
+        assert_eq!(attempt_outcome(Some(429), None), "throttled");
+        assert_eq!(
+            attempt_outcome(Some(400), Some(b"{\"__type\":\"ThrottlingException\"}")),
+            "throttled"
+        );
+        assert_eq!(
+            attempt_outcome(Some(400), Some(b"<Code>InvalidVolume.NotFound</Code>")),
+            "error"
+        );
+        assert_eq!(attempt_outcome(None, None), "error");
     }
 }

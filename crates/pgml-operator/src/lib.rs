@@ -2,6 +2,8 @@
 //! sandbox with their own kube Client and [`pgml_aws::Ec2`].
 
 pub mod cluster;
+pub mod leader;
+pub mod metrics;
 pub mod pgbackrest;
 pub mod schedule;
 pub mod snapshot;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use kube::Client;
-use pgml_operator::{Context, Settings};
+use pgml_operator::leader::{Elector, LeaseSettings};
+use pgml_operator::{Context, Settings, metrics};
 use pgml_runtime::{LogFormat, Shutdown, init_logging};
 
 /// Runs PostgresML on EC2: provisions gp3/io2 EBS volumes for ZFS pools, orchestrates
@@ -54,6 +55,38 @@ struct Args {
     /// ready replica, in seconds.
     #[arg(long, env = "PGML_FAILOVER_GRACE_SECONDS", default_value_t = 30)]
     failover_grace_seconds: u64,
+
+    /// Where /metrics (Prometheus), /healthz (liveness) and /readyz (readiness) are served.
+    /// Port 0 picks a free port; the bound address is logged as `metrics_addr`.
+    #[arg(long, env = "PGML_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
+
+    /// Run the controllers only while holding the leader Lease (for several replicas).
+    #[arg(long, env = "PGML_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+
+    /// The leader Lease's name.
+    #[arg(long, env = "PGML_LEASE_NAME", default_value = "pgml-operator")]
+    lease_name: String,
+
+    /// The leader Lease's namespace (default: POD_NAMESPACE, else the watched namespace,
+    /// else `default`).
+    #[arg(long, env = "PGML_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// How long the Lease stays valid after its holder's last renewal, in seconds: the
+    /// longest a follower waits to take over from a leader that died.
+    #[arg(long, env = "PGML_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+
+    /// The renew deadline, in seconds: a leader that could not renew for this long exits
+    /// (less than the lease duration).
+    #[arg(long, env = "PGML_LEASE_RENEW_SECONDS", default_value_t = 10)]
+    lease_renew_seconds: u64,
+
+    /// How often the leader renews and followers look at the Lease, in seconds.
+    #[arg(long, env = "PGML_LEASE_RETRY_SECONDS", default_value_t = 2)]
+    lease_retry_seconds: u64,
 }
 
 const API_GROUP: &str = "pgml.io";
@@ -68,10 +101,51 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?args.namespace, "starting pgml-operator");
 
+    let metrics_addr = pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
     let client = Client::try_default().await?;
     check_crds(&client).await?;
+
+    // A follower only reads its Lease: no EC2 client, no controller, no write, until it leads.
+    let elector = if args.leader_elect {
+        let lease = LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())
+                })
+                .or_else(|| args.namespace.clone())
+                .unwrap_or_else(|| "default".into()),
+            identity: pgml_operator::leader::default_identity(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(args.lease_renew_seconds),
+            retry: Duration::from_secs(args.lease_retry_seconds),
+        };
+        lease.check().map_err(anyhow::Error::msg)?;
+        metrics::set_leader(&lease.identity, false);
+        tracing::info!(lease = %lease.name, lease_namespace = %lease.namespace, identity = %lease.identity, %metrics_addr, "waiting to lead");
+        let elector = Elector::new(client.clone(), lease);
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.requested() => {
+                tracing::info!("stopped before leading");
+                return Ok(());
+            }
+        }
+        metrics::set_leader(&elector.settings().identity, true);
+        Some(elector)
+    } else {
+        None
+    };
+
     let aws = pgml_aws::sdk_config().await;
-    let ec2 = Arc::new(pgml_aws::SdkEc2::new(&aws));
+    let ec2 = Arc::new(pgml_aws::SdkEc2::with_observer(
+        &aws,
+        Arc::new(metrics::ec2_request),
+    ));
     let settings = Settings {
         namespace: args.namespace.clone(),
         release_timeout: Duration::from_secs(args.release_timeout_seconds),
@@ -93,12 +167,30 @@ async fn main() -> anyhow::Result<()> {
     let stopped = stop.clone();
     let controller = pgml_operator::run_until(ctx, async move { stopped.notified().await });
     tokio::pin!(controller);
+    let lost = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = &mut controller => {}
+        lost = lost => {
+            // Nothing may run on a stale Lease: no grace, no clean-up. Kubernetes restarts
+            // the process, which then follows the new leader.
+            tracing::error!(error = %lost, "lost the leader Lease; exiting");
+            std::process::exit(1);
+        }
         _ = shutdown.requested() => {
             stop.notify_one();
+            // The Lease stays ours through the grace period (it is shorter than the
+            // renew deadline); it is released once the reconciles are done.
             if tokio::time::timeout(GRACE, controller).await.is_err() {
                 tracing::warn!(grace = ?GRACE, "reconciles still running after the grace period; stopping anyway");
+            }
+            if let Some(e) = &elector {
+                metrics::set_leader(&e.settings().identity, false);
+                e.release().await;
             }
         }
     }

@@ -1,5 +1,10 @@
-//! What the operator and the node agent share at run time: structured logging and
-//! graceful shutdown on SIGTERM / SIGINT.
+//! What the operator and the node agent share at run time: structured logging,
+//! graceful shutdown on SIGTERM / SIGINT, and the metrics and health endpoint ([`http`]).
+
+pub mod http;
+
+/// The metrics library both binaries register their metrics with (one version for all).
+pub use prometheus_client;
 
 use tracing_subscriber::EnvFilter;
 

@@ -18,6 +18,8 @@ pub struct Proc {
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
+    /// The log's length when the current run started (its own lines come after).
+    run_offset: usize,
 }
 
 impl Proc {
@@ -28,6 +30,7 @@ impl Proc {
             env,
             log,
             child: None,
+            run_offset: 0,
         };
         p.start();
         p
@@ -36,6 +39,7 @@ impl Proc {
     /// Starts the process (again), appending to the same log.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
+        self.run_offset = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         let log = File::options()
             .create(true)
             .append(true)
@@ -88,6 +92,25 @@ impl Proc {
     /// The log so far (for assertions and for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address the metrics endpoint (/metrics, /healthz, /readyz) of the current run
+    /// is bound to: the `metrics_addr` its log names since it was (re)started (the tests'
+    /// processes bind port 0), once it is there; `None` after `timeout`.
+    pub fn metrics_addr(&self, timeout: Duration) -> Option<std::net::SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            let run = log.get(self.run_offset..).unwrap_or_default();
+            let found = run.lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v.get("metrics_addr")?.as_str()?.parse().ok()
+            });
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, as a crash at any line would; waits until it is gone.
@@ -155,6 +178,14 @@ fn common_env(sb: &Sandbox) -> Vec<(String, String)> {
     env
 }
 
+/// Sets (or replaces) each of `over` in `env`.
+fn overlay(env: &mut Vec<(String, String)>, over: &[(&str, &str)]) {
+    for (k, v) in over {
+        env.retain(|(have, _)| have != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+}
+
 fn log_file(sb: &Sandbox, name: &str) -> PathBuf {
     let dir = sb.dir.join("logs").join("tests");
     std::fs::create_dir_all(&dir).expect("test log folder");
@@ -179,6 +210,13 @@ fn in_node(node: &NodeInfo, bin: &str, args: &[&str]) -> Vec<String> {
 /// The operator, watching one namespace (so that tests running side by side do not act on
 /// each other's objects), with AWS pointed at the simulator.
 pub fn operator(sb: &Sandbox, namespace: &str) -> Proc {
+    operator_with_env(sb, namespace, &[])
+}
+
+/// [`operator`] with `over` set over its environment from its first start: e.g. the
+/// `KUBECONFIG` of a ServiceAccount ([`crate::rbac`]), so that it has exactly that
+/// account's permissions.
+pub fn operator_with_env(sb: &Sandbox, namespace: &str, over: &[(&str, &str)]) -> Proc {
     let mut env = common_env(sb);
     env.extend([
         ("AWS_ENDPOINT_URL".into(), sb.aws.endpoint.clone()),
@@ -192,7 +230,16 @@ pub fn operator(sb: &Sandbox, namespace: &str) -> Proc {
         ),
         ("AWS_REGION".into(), sb.region.clone()),
         ("PGML_WATCH_NAMESPACE".into(), namespace.into()),
+        // One Lease per test namespace, so that operators of tests running side by side do
+        // not follow each other; a stable identity, so that this Proc started again (after
+        // a SIGKILL or a failpoint) takes its own Lease back at once, as a restarted
+        // container of the same Pod does.
+        ("PGML_LEASE_NAMESPACE".into(), namespace.into()),
+        ("POD_NAME".into(), format!("pgml-operator-{namespace}")),
+        // Port 0: never a clash; the port is read from the log ([`Proc::metrics_addr`]).
+        ("PGML_METRICS_ADDR".into(), "127.0.0.1:0".into()),
     ]);
+    overlay(&mut env, over);
     let bin = workspace_bin("pgml-operator").display().to_string();
     Proc::spawn(
         format!("pgml-operator[{namespace}]"),
@@ -217,6 +264,17 @@ pub fn agents(sb: &Sandbox, nodes: &[usize], namespace: &str) -> Vec<Proc> {
 
 /// A node agent inside `node`'s mount namespace, watching one namespace.
 pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
+    agent_with_env(sb, node, namespace, &[])
+}
+
+/// [`agent`] with `over` set over its environment from its first start (see
+/// [`operator_with_env`]).
+pub fn agent_with_env(
+    sb: &Sandbox,
+    node: &NodeInfo,
+    namespace: &str,
+    over: &[(&str, &str)],
+) -> Proc {
     let mut env = common_env(sb);
     env.extend([
         ("NODE_NAME".into(), node.name.clone()),
@@ -227,7 +285,9 @@ pub fn agent(sb: &Sandbox, node: &NodeInfo, namespace: &str) -> Proc {
             "PGML_STATE_DIR".into(),
             agent_state_dir(node, namespace).display().to_string(),
         ),
+        ("PGML_METRICS_ADDR".into(), "127.0.0.1:0".into()),
     ]);
+    overlay(&mut env, over);
     Proc::spawn(
         format!("pgml-agent[{}/{namespace}]", node.name),
         in_node(node, "pgml-agent", &[]),
@@ -297,4 +357,51 @@ pub fn instance(
         env,
         &format!("instance-{namespace}-{name}"),
     )
+}
+
+/// `GET http://<addr><path>` (HTTP/1.1, `Connection: close`): the status and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP answer from {addr}{path}: {raw:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status line from {addr}{path}: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of sample `name` whose labels include every one of `labels`, in a
+/// Prometheus text exposition (`None`: no such sample). With several matches, their sum
+/// (e.g. a counter over the values of a label not given).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            continue;
+        }
+        let rest = format!(",{rest}");
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!(",{k}=\"{v}\"")))
+        {
+            let v: f64 = value.parse().ok()?;
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
 }

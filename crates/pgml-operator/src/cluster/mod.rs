@@ -110,7 +110,11 @@ pub async fn run_until(
             on_node,
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |o, c| crate::metrics::timed("pgmlcluster", reconcile(o, c)),
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),

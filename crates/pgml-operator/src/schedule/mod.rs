@@ -172,7 +172,11 @@ async fn run_for<K: Scheduled>(
             Some(ObjectRef::<K>::new(&name).within(&ns))
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .run(
+            |o, c| crate::metrics::timed("schedules", reconcile::<K>(o, c)),
+            error_policy::<K>,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(source = %obj, "schedule reconciled"),

@@ -38,7 +38,11 @@ pub async fn run_until(
     // object triggers a reconcile. AWS sends no events: the requeues poll it.
     Controller::new(snaps, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |s, c| crate::metrics::timed("ebssnapshot", reconcile(s, c)),
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(snapshot = %obj, "reconciled"),
@@ -49,6 +53,7 @@ pub async fn run_until(
 }
 
 async fn reconcile(snap: Arc<EbsSnapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
+    crate::metrics::snapshot_seen(&snap);
     let ns = snap
         .metadata
         .namespace

@@ -179,7 +179,11 @@ pub async fn run_until(
     // no events: the periodic requeue observes both.
     Controller::new(pools, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |p, c| crate::metrics::timed("zfspool", reconcile(p, c)),
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(pool = %obj, "reconciled"),
@@ -190,6 +194,7 @@ pub async fn run_until(
 }
 
 async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    crate::metrics::pool_seen(&pool);
     let ns = pool
         .metadata
         .namespace
