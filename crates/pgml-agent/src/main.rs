@@ -6,6 +6,7 @@ mod exec;
 mod hold;
 mod judge;
 mod observe;
+mod permissions;
 mod reconcile;
 mod report;
 mod stop;
@@ -179,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
     // Holds an earlier agent left end at their deadline even if the API server never
     // answers this one.
     let sweeper = hold::spawn_sweeper(hold.clone());
+    permissions::check(&client, args.namespace.as_deref(), &hold).await?;
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     loop {
         match nodes.get_opt(&args.node_name).await {

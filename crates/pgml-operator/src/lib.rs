@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod leader;
 pub mod metrics;
+pub mod permissions;
 pub mod pgbackrest;
 pub mod schedule;
 pub mod snapshot;
