@@ -28,6 +28,9 @@ metadata:
   labels:
     app.kubernetes.io/name: pgml-operator
     app.kubernetes.io/part-of: pgml-operator
+    # The agent DaemonSet is privileged (ZFS, block devices, mount propagation).
+    pod-security.kubernetes.io/enforce: privileged
+    pod-security.kubernetes.io/warn: privileged
 YAML
 } > "$out/namespace.yaml"
 

@@ -619,3 +619,90 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         );
     }
 }
+
+/// The operator's Pods meet the `restricted` Pod Security Standard (non-root, no
+/// privilege escalation, all capabilities dropped, RuntimeDefault seccomp); the agent's,
+/// privileged for ZFS, do not, and the apiserver says so. Checked with the PodSecurity
+/// admission's warnings on a namespace labelled warn=restricted.
+#[test]
+fn the_operator_meets_the_restricted_pod_security_standard_and_the_agent_is_flagged() {
+    let sb = Sandbox::get();
+    let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
+    let ns = format!("pgml-chart-psa-{}", std::process::id());
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    pod-security.kubernetes.io/warn: restricted\n"
+    );
+    let file = std::env::temp_dir().join(format!("{ns}.yaml"));
+    std::fs::write(&file, manifest).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    ok(&sb.kubectl(), &["--kubeconfig", &kc, "apply", "-f", &path]);
+    struct Gone(String, String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let sb = Sandbox::get();
+            let _ = run(
+                &sb.kubectl(),
+                &[
+                    "--kubeconfig",
+                    &self.1,
+                    "delete",
+                    "namespace",
+                    &self.0,
+                    "--wait=false",
+                ],
+            );
+        }
+    }
+    let _gone = Gone(ns.clone(), kc.clone());
+
+    let rendered = ok(
+        helm(),
+        &[
+            "template",
+            "pgml-operator",
+            "charts/pgml-operator",
+            "--namespace",
+            &ns,
+        ],
+    );
+    let objs = objects(&rendered);
+    let warnings = |kind: &str, name: &str| -> String {
+        let obj = find(&objs, kind, name);
+        std::fs::write(&file, serde_yaml::to_string(obj).unwrap()).unwrap();
+        let out = run(
+            &sb.kubectl(),
+            &[
+                "--kubeconfig",
+                &kc,
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-f",
+                &path,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{kind} {name} refused: {}",
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    };
+    let op = warnings("Deployment", "pgml-operator");
+    assert!(
+        !op.contains("PodSecurity"),
+        "the operator Deployment would violate the restricted standard:\n{op}"
+    );
+    let agent = warnings("DaemonSet", "pgml-operator-agent");
+    let _ = std::fs::remove_file(&file);
+    for what in [
+        "would violate PodSecurity \"restricted",
+        "privileged",
+        "hostPath",
+    ] {
+        assert!(
+            agent.contains(what),
+            "expected {what:?} in the agent's PodSecurity warning:\n{agent}"
+        );
+    }
+}
