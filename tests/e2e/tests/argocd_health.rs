@@ -1,0 +1,219 @@
+//! The Argo CD health checks (docs/argocd/health/*.lua) run as Argo CD runs them (gopher-lua
+//! with base, table and a safe os only; see tests/argocd) against the sample objects in
+//! tests/argocd/samples/<Kind>/*.yaml, each naming its expected status and a part of its
+//! message in annotations. Also: the argocd-cm snippet in the docs is the Lua files (not
+//! stale), and a script error fails loudly. Needs Go, not the sandbox.
+
+mod argocd_common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use argocd_common::{run_file, script};
+use pgml_testbed::sandbox::repo_root;
+use serde_json::Value;
+
+const KINDS: [&str; 3] = ["PgmlCluster", "ZfsPool", "EbsSnapshot"];
+const EXPECTED_STATUS: &str = "argocd-test.pgml.io/expected-status";
+const EXPECTED_MESSAGE: &str = "argocd-test.pgml.io/expected-message";
+
+fn samples(kind: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join("tests/argocd/samples").join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn load(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_sample_gets_its_expected_health() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for kind in KINDS {
+        let mut statuses = BTreeSet::new();
+        let mut cases = BTreeSet::new();
+        for path in samples(kind) {
+            let obj = load(&path);
+            let case = path.file_stem().unwrap().to_string_lossy().into_owned();
+            assert_eq!(obj["kind"], kind, "{}", path.display());
+            let notes = &obj["metadata"]["annotations"];
+            let want_status = notes[EXPECTED_STATUS]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no {EXPECTED_STATUS}", path.display()));
+            let want_message = notes[EXPECTED_MESSAGE]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no {EXPECTED_MESSAGE}", path.display()));
+            let got = run_file(&script(kind), &path).health(&format!("{kind}/{case}"));
+            count += 1;
+            println!("{kind}/{case}: {} \"{}\"", got.status, got.message);
+            if got.status != want_status || !got.message.contains(want_message) {
+                failures.push(format!(
+                    "{kind}/{case}: got {} \"{}\", want {want_status} with \"{want_message}\"",
+                    got.status, got.message
+                ));
+            }
+            statuses.insert(want_status.to_string());
+            cases.insert(case);
+        }
+        for s in ["Healthy", "Progressing", "Degraded"] {
+            assert!(statuses.contains(s), "{kind}: no sample expects {s}");
+        }
+        for c in ["no-status", "generation-not-observed", "deleting"] {
+            assert!(cases.contains(c), "{kind}: no sample {c}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} samples got another health:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!("{count} samples passed");
+}
+
+/// The health keys of an argocd-cm `data` (or Helm `configs.cm`) map.
+fn health_keys(data: &Value, at: &str) -> BTreeMap<String, String> {
+    data.as_object()
+        .unwrap_or_else(|| panic!("{at}: not a map"))
+        .iter()
+        .filter(|(k, _)| k.starts_with("resource.customizations.health."))
+        .map(|(k, v)| {
+            let text = v
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}.{k}: not a string"));
+            (k.clone(), text.to_string())
+        })
+        .collect()
+}
+
+fn lua_files() -> BTreeMap<String, String> {
+    KINDS
+        .iter()
+        .map(|k| {
+            let text = std::fs::read_to_string(script(k)).expect("Lua file");
+            (format!("resource.customizations.health.pgml.io_{k}"), text)
+        })
+        .collect()
+}
+
+#[test]
+fn the_argocd_cm_snippets_are_the_lua_files() {
+    let root = repo_root();
+    let want = lua_files();
+
+    // The ConfigMap file, as kubectl (and Argo CD) would read it.
+    let cm = load(&root.join("docs/argocd/argocd-cm.yaml"));
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "argocd-cm");
+    assert_eq!(
+        health_keys(&cm["data"], "argocd-cm.yaml data"),
+        want,
+        "docs/argocd/argocd-cm.yaml differs from docs/argocd/health/*.lua: run scripts/gen-argocd.sh"
+    );
+
+    // docs/argocd.md: the generated part's two YAML blocks (argocd-cm, Helm values).
+    let doc = std::fs::read_to_string(root.join("docs/argocd.md")).expect("docs/argocd.md");
+    let begin = doc
+        .find("<!-- BEGIN generated by scripts/gen-argocd.sh")
+        .expect("docs/argocd.md: generated part");
+    let end = doc[begin..]
+        .find("<!-- END generated by scripts/gen-argocd.sh")
+        .expect("docs/argocd.md: end of the generated part")
+        + begin;
+    let blocks: Vec<Value> = doc[begin..end]
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| {
+            let yaml = b.split("```").next().expect("fenced block");
+            serde_yaml::from_str(yaml)
+                .unwrap_or_else(|e| panic!("docs/argocd.md block: {e}\n{yaml}"))
+        })
+        .collect();
+    assert_eq!(blocks.len(), 2, "argocd-cm and Helm values blocks");
+    assert_eq!(
+        health_keys(&blocks[0]["data"], "docs/argocd.md argocd-cm"),
+        want,
+        "docs/argocd.md's argocd-cm is stale: run scripts/gen-argocd.sh"
+    );
+    assert_eq!(
+        health_keys(&blocks[1]["configs"]["cm"], "docs/argocd.md configs.cm"),
+        want,
+        "docs/argocd.md's Helm values are stale: run scripts/gen-argocd.sh"
+    );
+
+    // And the generator agrees byte for byte.
+    let out = Command::new("bash")
+        .arg(root.join("scripts/gen-argocd.sh"))
+        .arg("--check")
+        .output()
+        .expect("running scripts/gen-argocd.sh --check");
+    assert!(
+        out.status.success(),
+        "scripts/gen-argocd.sh --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A script in a temporary file, run on the ZfsPool no-status sample.
+fn run_script(name: &str, lua: &str) -> argocd_common::Run {
+    let path = std::env::temp_dir().join(format!("argocd-{}-{name}.lua", std::process::id()));
+    std::fs::write(&path, lua).expect("writing the script");
+    let sample = repo_root().join("tests/argocd/samples/ZfsPool/no-status.yaml");
+    let run = run_file(&path, &sample);
+    let _ = std::fs::remove_file(&path);
+    run
+}
+
+#[test]
+fn a_script_error_fails_loudly_and_argo_cds_sandbox_is_kept() {
+    // Indexing a missing field is a Lua error: the harness fails, naming it.
+    let r = run_script("nil", "return {status = obj.status.phase}\n");
+    assert!(!r.ok, "a Lua error must fail: {r:?}");
+    assert!(r.stderr.contains("attempt to index"), "{r:?}");
+
+    // Returning something else than a table, as Argo CD refuses it.
+    let r = run_script("string", "return \"Healthy\"\n");
+    assert!(!r.ok && r.stderr.contains("expect table output"), "{r:?}");
+
+    // Argo CD opens no string, math or io library for resource.customizations scripts
+    // (without useOpenLibs): a script relying on them fails here as it would there.
+    for (name, lua) in [
+        ("strlib", "return {status = string.upper(\"healthy\")}\n"),
+        (
+            "mathlib",
+            "return {status = \"Healthy\", message = tostring(math.floor(1.5))}\n",
+        ),
+        (
+            "iolib",
+            "io.open(\"/etc/passwd\")\nreturn {status = \"Healthy\"}\n",
+        ),
+        (
+            "osexec",
+            "os.execute(\"true\")\nreturn {status = \"Healthy\"}\n",
+        ),
+    ] {
+        let r = run_script(name, lua);
+        assert!(
+            !r.ok,
+            "{name}: Argo CD's sandbox has no such library: {r:?}"
+        );
+    }
+
+    // A status Argo CD does not know is Unknown there.
+    let h = run_script("bogus", "return {status = \"Fine\"}\n").health("bogus");
+    assert_eq!(h.status, "Unknown");
+    assert_eq!(h.message, "Lua returned an invalid health status");
+
+    // A script that never ends is stopped after Argo CD's one second.
+    let r = run_script("loop", "while true do end\n");
+    assert!(!r.ok && r.stderr.contains("deadline"), "{r:?}");
+}
