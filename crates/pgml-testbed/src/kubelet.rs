@@ -42,12 +42,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
+    ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -626,29 +625,9 @@ impl Inner {
             .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into());
-        let req: TokenRequest = serde_json::from_value(json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"audiences": [], "expirationSeconds": 86400}
-        }))?;
-        let token = self
-            .api::<ServiceAccount>()
-            .create_token_request(&sa, &PostParams::default(), &req)
-            .await
-            .with_context(|| format!("a token for ServiceAccount {sa}"))?
-            .status
-            .map(|s| s.token)
-            .context("the TokenRequest has no token")?;
-        let admin = std::fs::read_to_string(&self.sb.kube.kubeconfig)?;
-        let mut kc: serde_yaml::Value = serde_yaml::from_str(&admin)?;
-        kc["users"] = serde_yaml::to_value(json!([{"name": "pod", "user": {"token": token}}]))?;
-        if let Some(contexts) = kc["contexts"].as_sequence_mut() {
-            for c in contexts {
-                c["context"]["user"] = "pod".into();
-                c["context"]["namespace"] = self.namespace.clone().into();
-            }
-        }
         let path = root.join("kubeconfig");
-        write_file(&path, serde_yaml::to_string(&kc)?.as_bytes(), 0o600)?;
+        crate::rbac::service_account_kubeconfig(self.sb, &self.client, &self.namespace, &sa, &path)
+            .await?;
         Ok(path)
     }
 

@@ -12,6 +12,7 @@ pub mod nodes;
 pub mod pg;
 pub mod primaries;
 pub mod procs;
+pub mod rbac;
 pub mod sandbox;
 pub mod wait;
 
