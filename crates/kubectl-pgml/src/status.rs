@@ -726,7 +726,7 @@ pub fn render(s: &Summary, now: Timestamp, colour: bool) -> String {
     {
         out += &kv(
             "Last snapshot",
-            p.code(RED, &format!("{}: {}", k.reason, shorten(&k.message, 100))),
+            p.code(RED, &format!("{}: {}", k.reason, shorten(&k.message, 240))),
         );
     }
     if sn.recent.is_empty() {

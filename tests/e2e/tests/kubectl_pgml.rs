@@ -17,7 +17,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgml_api::snapshot::SnapshotPhase;
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 use pgml_testbed::Sandbox;
-use pgml_testbed::wait::wait_gone;
+use pgml_testbed::aws::SimAdmin;
+use pgml_testbed::wait::{has_condition, wait_gone};
 use serde_json::{Value, json};
 
 const CLUSTER: &str = "main";
@@ -317,6 +318,78 @@ async fn kubectl_pgml_status_snapshot_restore_and_switchover() {
     assert_eq!(v["snapshots"]["recent"][0]["phase"], "Completed");
     assert_eq!(v["snapshots"]["lastCompleted"], "kp-1");
 
+    // A snapshot AWS fails: --wait exits 1 with the Ready condition's message; the next
+    // status lists it Failed with why, the failed LastSnapshotSucceeded, and the cluster's
+    // SnapshotFailed Warning, while the last completed one stays kp-1.
+    let pools: Api<ZfsPool> = f.ns.api();
+    let member = pools.get("main-2").await.unwrap().status.unwrap().volumes[0]
+        .volume_id
+        .clone()
+        .unwrap();
+    let fault = SimAdmin::from_sandbox(f.sb)
+        .fault(json!({"kind": "snapshot_error", "count": 1, "volume_id": member}))
+        .unwrap();
+    let failed = run(
+        &ns,
+        &[
+            "snapshot",
+            CLUSTER,
+            "--name",
+            "kp-2",
+            "--wait",
+            "--timeout",
+            "4m",
+        ],
+    )
+    .expect(1, "snapshot --wait of a failing snapshot");
+    drop(fault);
+    let line = failed.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("error: EbsSnapshot kp-2 failed: "),
+        "{}",
+        failed.stderr
+    );
+    f.wait_cluster("LastSnapshotSucceeded False", |c| {
+        has_condition(c, "LastSnapshotSucceeded", "False")
+    })
+    .await;
+    f.wait_event("a SnapshotFailed Warning", |e| {
+        e.reason.as_deref() == Some("SnapshotFailed") && e.type_.as_deref() == Some("Warning")
+    })
+    .await;
+    let text = run(&ns, &["status", CLUSTER]).expect(0, "status").stdout;
+    eprintln!("after a failed snapshot:\n{text}");
+    assert_eq!(
+        row(&text, "kp-2")[..4],
+        ["kp-2", "Failed", "manual", "main-2"],
+        "{text}"
+    );
+    assert_eq!(row(&text, "kp-1")[1], "Completed", "{text}");
+    assert_eq!(
+        row(&text, "Last")[..3],
+        ["Last", "completed:", "kp-1"],
+        "{text}"
+    );
+    let last = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Last snapshot:"))
+        .unwrap_or_else(|| panic!("no failed LastSnapshotSucceeded line:\n{text}"));
+    assert!(
+        last.contains("SnapshotFailed: EbsSnapshot kp-2 failed") && last.contains("kp-1"),
+        "{text}"
+    );
+    let warnings = text.split("Recent warnings").nth(1).unwrap();
+    assert!(
+        warnings
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("SnapshotFailed")),
+        "{text}"
+    );
+    snaps
+        .delete("kp-2", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // restore --wait: a new pool from kp-1 on the primary's node (not the captured pool's,
     // which holds a pool with the same GUID), Online, then removed again.
     let t = Instant::now();
@@ -357,7 +430,6 @@ async fn kubectl_pgml_status_snapshot_restore_and_switchover() {
         out.stdout
     );
     assert!(out.stdout.contains("health ONLINE") && out.stdout.contains("restored from kp-1"));
-    let pools: Api<ZfsPool> = f.ns.api();
     let copy = pools.get("kp-copy").await.unwrap();
     assert_eq!(copy.spec.node_name, target);
     assert_eq!(
@@ -463,6 +535,7 @@ async fn kubectl_pgml_status_snapshot_restore_and_switchover() {
         .await
         .unwrap();
     wait_gone(&snaps, "kp-1", TIMEOUT).await;
+    wait_gone(&snaps, "kp-2", TIMEOUT).await;
     wait_gone(&pools, "kp-copy", TIMEOUT).await;
     eprintln!("kubectl pgml: {:?}", started.elapsed());
     f.finish().await;
