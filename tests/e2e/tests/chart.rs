@@ -263,6 +263,17 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
     assert_eq!(op["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(op["resources"]["requests"]["memory"].is_string());
 
+    // At most one operator replica away at a time (voluntary disruptions).
+    let pdb = find(&objs, "PodDisruptionBudget", "pgml-operator");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_u64(), Some(1));
+    let labels = &dep["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("selector")
+    {
+        assert_eq!(&labels[k], v, "PodDisruptionBudget selector {k:?}");
+    }
+
     // Metrics Service selects the operator Pods.
     let svc = find(&objs, "Service", "pgml-operator-metrics");
     assert_eq!(svc["spec"]["ports"][0]["name"], "metrics");
@@ -570,8 +581,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
     );
     let n = dry_run_apply("chart", &chart);
     assert_eq!(
-        n, 14,
-        "3 CRDs, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, Service, Deployment, DaemonSet"
+        n, 15,
+        "3 CRDs, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
     );
     dry_run_apply(
         "chart-bundled",
@@ -614,8 +625,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         }
         assert_eq!(
             dry_run_apply(dir, &yaml),
-            15,
-            "{dir}: the chart's 14 objects and the Namespace"
+            16,
+            "{dir}: the chart's 15 objects and the Namespace"
         );
     }
 }
