@@ -73,7 +73,7 @@ pub fn harness() -> &'static Path {
             .arg(&tmp)
             .arg(".")
             .current_dir(root.join("tests/argocd"))
-            .env("GOFLAGS", "-mod=mod")
+            .env("GOFLAGS", "-mod=mod -buildvcs=false")
             .output()
             .expect("running go build");
         assert!(
