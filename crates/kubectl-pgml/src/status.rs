@@ -1105,6 +1105,36 @@ mod tests {
     }
 
     #[test]
+    fn pvc_storage_shows_its_claims_without_pool_health() {
+        let mut c = cluster();
+        c.spec.storage = serde_json::from_value(
+            json!({"persistentVolumeClaim": {"size": "100Gi", "storageClassName": "gp3-ext4"}}),
+        )
+        .unwrap();
+        for i in &mut c.status.as_mut().unwrap().instances {
+            i.pool_health = None;
+        }
+        let s = summarize(&c, &[], &[], &[]);
+        assert_eq!(s.storage_mode, "persistentVolumeClaim");
+        let text = render(&s, now(), false);
+        assert!(
+            text.contains("PVC per instance: 100Gi (gp3-ext4)"),
+            "{text}"
+        );
+        let m1: Vec<_> = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("main-1 "))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            m1[m1.len() - 3..],
+            ["main-1", "-", "-"],
+            "pool, health, size: {m1:?}"
+        );
+    }
+
+    #[test]
     fn json_names_fields_in_camel_case() {
         let (pools, snaps, events) = inputs();
         let s = summarize(&cluster(), &pools, &snaps, &events);
