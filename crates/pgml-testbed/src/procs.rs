@@ -20,6 +20,8 @@ pub struct Proc {
     child: Option<Child>,
     /// The log's length when the current run started (its own lines come after).
     run_offset: usize,
+    /// How the last run ended, once it ended by itself.
+    exit: Option<std::process::ExitStatus>,
 }
 
 impl Proc {
@@ -31,6 +33,7 @@ impl Proc {
             log,
             child: None,
             run_offset: 0,
+            exit: None,
         };
         p.start();
         p
@@ -79,6 +82,12 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    /// How the last run ended when it exited by itself (seen by [`Proc::running`] or
+    /// [`Proc::wait_exit`]).
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.exit
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -147,7 +156,14 @@ impl Proc {
     /// An exited process is forgotten, so that [`Proc::start`] may start it again.
     pub fn running(&mut self) -> bool {
         let alive = match self.child.as_mut() {
-            Some(c) => c.try_wait().ok().flatten().is_none(),
+            Some(c) => match c.try_wait() {
+                Ok(Some(st)) => {
+                    self.exit = Some(st);
+                    false
+                }
+                Ok(None) => true,
+                Err(_) => false,
+            },
             None => false,
         };
         if !alive {
@@ -241,11 +257,16 @@ pub fn operator_with_env(sb: &Sandbox, namespace: &str, over: &[(&str, &str)]) -
     ]);
     overlay(&mut env, over);
     let bin = workspace_bin("pgml-operator").display().to_string();
+    // Replicas of one namespace (a POD_NAME of their own in `over`) log apart.
+    let log = match over.iter().find(|(k, _)| *k == "POD_NAME") {
+        Some((_, pod)) => format!("operator-{namespace}-{pod}"),
+        None => format!("operator-{namespace}"),
+    };
     Proc::spawn(
         format!("pgml-operator[{namespace}]"),
         vec![bin],
         env,
-        log_file(sb, &format!("operator-{namespace}")),
+        log_file(sb, &log),
     )
 }
 

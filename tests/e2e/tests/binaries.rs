@@ -102,6 +102,13 @@ fn operator_starts_from_env_logs_json_and_stops_on_sigterm() {
         .env("KUBECONFIG", &sb.kube.kubeconfig)
         .env("PGML_WATCH_NAMESPACE", "some-namespace")
         .env("PGML_LOG_FORMAT", "json")
+        // Leader election on a Lease of its own; the metrics endpoint on a free port.
+        .env("PGML_LEASE_NAMESPACE", "default")
+        .env(
+            "PGML_LEASE_NAME",
+            format!("binaries-{}", std::process::id()),
+        )
+        .env("PGML_METRICS_ADDR", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -129,6 +136,7 @@ fn agent_starts_for_its_node_and_stops_on_sigterm() {
         .env_clear()
         .env("KUBECONFIG", &sb.kube.kubeconfig)
         .env("NODE_NAME", &node.name)
+        .env("PGML_METRICS_ADDR", "127.0.0.1:0")
         .args(["--dev-dir".as_ref(), node.dev_dir.as_os_str()])
         .stderr(Stdio::piped())
         .spawn()
