@@ -8,7 +8,11 @@
 //!   CD's owns anything under `spec` (the operator and agent own `status`, their finalizer
 //!   and `pgml.io/*` labels), a dry-run apply of the Git manifest (Argo CD's server-side
 //!   diff) returns the live spec and generation, every field in Git reads back unchanged
-//!   (Argo CD's default diff), and applying the manifest again changes nothing.
+//!   (Argo CD's default diff), and applying the manifest again changes nothing;
+//! - a change in Git (the pool's volumes grow) is Progressing until the operator has
+//!   observed and done it, then Healthy and synced on generation 2;
+//! - a spec the schema lets through and the operator refuses (recordsize 3K) is Degraded
+//!   with the operator's reason, still with no spec written by anyone but Argo CD.
 
 mod argocd_common;
 mod snapshot_common;
@@ -131,8 +135,8 @@ fn keys_at<'a>(fields: &'a Value, at: &str) -> BTreeSet<&'a str> {
 
 /// Checks what each field manager owns: Argo CD owns the spec in Git, every other manager
 /// only `status`, finalizers and `pgml.io/*` labels or annotations. Returns manager →
-/// owned paths, for the log.
-fn check_owners(o: &Value) -> BTreeMap<String, BTreeSet<String>> {
+/// owned paths, for the log, or what is owned by whom it should not be.
+fn check_owners(o: &Value) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
     let name = o["metadata"]["name"].as_str().unwrap();
     let mut owners: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let entries = o["metadata"]["managedFields"]
@@ -180,17 +184,17 @@ fn check_owners(o: &Value) -> BTreeMap<String, BTreeSet<String>> {
                 || path == "metadata.finalizers"
                 || path.starts_with("metadata.labels.pgml.io/")
                 || path.starts_with("metadata.annotations.pgml.io/");
-            assert!(
-                allowed,
-                "{name}: manager {manager} owns {path}, which is Git's (managedFields: {e})"
-            );
+            if !allowed {
+                return Err(format!(
+                    "{name}: manager {manager} owns {path}, which is Git's (managedFields: {e})"
+                ));
+            }
         }
     }
-    assert!(
-        argocd_owns_spec,
-        "{name}: {ARGOCD} owns no spec: {entries:?}"
-    );
-    owners
+    if !argocd_owns_spec {
+        return Err(format!("{name}: {ARGOCD} owns no spec: {entries:?}"));
+    }
+    Ok(owners)
 }
 
 /// `o` without what changes with every write (resourceVersion, managedFields' times) and
@@ -208,15 +212,16 @@ fn comparable(o: &Value) -> Value {
 }
 
 /// The no-drift checks of the module doc on the live object `o` and the Git manifest `m`.
-async fn assert_synced(api: &Api<DynamicObject>, m: &Value, o: &Value) {
+/// `generation`: the number of specs Argo CD applied (1, or 2 after a change in Git).
+async fn assert_synced(api: &Api<DynamicObject>, m: &Value, o: &Value, generation: i64) {
     let name = m["metadata"]["name"].as_str().unwrap();
     assert_eq!(
         o["metadata"]["generation"],
-        json!(1),
+        json!(generation),
         "{name}: the spec was written after Argo CD's apply: {}",
         o["metadata"]["managedFields"]
     );
-    let owners = check_owners(o);
+    let owners = check_owners(o).unwrap_or_else(|e| panic!("{e}"));
     println!("{name}: field owners {owners:#?}");
 
     // Argo CD's default diff: every field in Git reads back as written (the schema's
@@ -256,7 +261,7 @@ async fn assert_synced(api: &Api<DynamicObject>, m: &Value, o: &Value) {
         comparable(o),
         "{name}: applying Git again changed it"
     );
-    assert_eq!(now["metadata"]["generation"], json!(1), "{name}");
+    assert_eq!(now["metadata"]["generation"], json!(generation), "{name}");
 }
 
 #[tokio::test]
@@ -287,7 +292,7 @@ async fn examples_applied_as_argocd_become_healthy_and_stay_synced() {
     let h = health_of(&ready);
     assert_eq!(h.status, "Healthy", "{h:?}");
     assert!(h.message.starts_with("PoolOnline: pool "), "{h:?}");
-    assert_synced(&pools, &pool, &ready).await;
+    assert_synced(&pools, &pool, &ready, 1).await;
 
     // examples/ebssnapshot-zfspool.yaml, of that pool.
     let mut snap = example("ebssnapshot-zfspool.yaml");
@@ -311,13 +316,59 @@ async fn examples_applied_as_argocd_become_healthy_and_stay_synced() {
     let h = health_of(&done);
     assert_eq!(h.status, "Healthy", "{h:?}");
     assert!(h.message.starts_with("Completed: "), "{h:?}");
-    assert_synced(&snaps, &snap, &done).await;
+    assert_synced(&snaps, &snap, &done, 1).await;
 
     // The pool is still Healthy and synced after its snapshot (the agent's hold, the
     // operator's label on the snapshot).
     let pool_now = live(&pools, &pool_name).await;
     assert_eq!(health_of(&pool_now).status, "Healthy");
-    assert_synced(&pools, &pool, &pool_now).await;
+    assert_synced(&pools, &pool, &pool_now, 1).await;
+
+    // A change in Git: the volumes grow to 2 GiB. Progressing at every look (the new
+    // generation not yet observed, then EBS modifying the volumes) until Ready again on
+    // generation 2; then synced as before.
+    let mut grown = pool.clone();
+    grown["spec"]["volumes"]["sizeGiB"] = json!(2);
+    let applied = argocd_apply(&pools, &grown, false).await;
+    assert_eq!(applied["metadata"]["generation"], json!(2));
+    let h = health_of(&applied);
+    assert_eq!(h.status, "Progressing", "right after the sync: {h:?}");
+    let (regrown, _) = watch_health(&f, &pools, &pool_name, READY_TIMEOUT, |o| {
+        o["status"]["observedGeneration"] == json!(2)
+            && o["status"]["phase"] == "Online"
+            && conditions_true(o, "Ready")
+    })
+    .await;
+    let sizes: Vec<&Value> = regrown["status"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["sizeGiB"])
+        .collect();
+    assert_eq!(sizes, [&json!(2), &json!(2)], "{}", regrown["status"]);
+    assert_eq!(health_of(&regrown).status, "Healthy");
+    assert_synced(&pools, &grown, &regrown, 2).await;
+
+    // A spec the schema lets through and the operator refuses: Degraded, naming why, and
+    // the operator still writes no spec.
+    let bad_name = f.unique("badprops");
+    let mut bad = pool.clone();
+    bad["metadata"]["name"] = json!(bad_name);
+    bad["spec"]["datasets"][0]["properties"]["recordsize"] = json!("3K");
+    let bad = as_argocd_sends(bad, &ns);
+    argocd_apply(&pools, &bad, false).await;
+    let (failed, _) = watch_health(&f, &pools, &bad_name, Duration::from_secs(60), |o| {
+        o["status"]["phase"] == "Failed"
+    })
+    .await;
+    let h = health_of(&failed);
+    assert_eq!(h.status, "Degraded", "{h:?}");
+    assert!(
+        h.message
+            .starts_with("Spec invalid: InvalidZfsProperty: ZFS property recordsize: 3K"),
+        "{h:?}"
+    );
+    assert_synced(&pools, &bad, &failed, 1).await;
 
     // examples/pgmlcluster-minimal.yaml at the object level: placed nowhere (no node has
     // the label), so it waits Pending with every default from the schema.
@@ -335,7 +386,7 @@ async fn examples_applied_as_argocd_become_healthy_and_stay_synced() {
     let h = health_of(&pending);
     assert_eq!(h.status, "Progressing", "{h:?}");
     assert!(h.message.starts_with("NoNodeAvailable: "), "{h:?}");
-    assert_synced(&clusters, &cluster, &pending).await;
+    assert_synced(&clusters, &cluster, &pending, 1).await;
 
     // Deleting: the cluster goes with its finalizer while the operator runs.
     clusters
@@ -361,15 +412,14 @@ fn the_owner_check_catches_spec_written_by_another_manager() {
         json!({"manager": "pgml-operator", "operation": "Apply", "subresource": "status",
         "fieldsV1": {"f:status": {"f:phase": {}}}}),
     );
-    check_owners(&ok);
+    check_owners(&ok).expect("status owned by the operator is fine");
     for bad in [
         json!({"manager": "pgml-operator", "operation": "Apply",
             "fieldsV1": {"f:spec": {"f:volumes": {"f:sizeGiB": {}}}}}),
         json!({"manager": "pgml-operator", "operation": "Update",
             "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}),
     ] {
-        let o = obj(bad.clone());
-        let caught = std::panic::catch_unwind(|| check_owners(&o)).is_err();
-        assert!(caught, "not caught: {bad}");
+        let err = check_owners(&obj(bad.clone())).expect_err("not caught");
+        assert!(err.contains("manager pgml-operator owns"), "{err}");
     }
 }
