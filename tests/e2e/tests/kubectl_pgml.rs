@@ -538,6 +538,10 @@ async fn kubectl_pgml_status_snapshot_restore_and_switchover() {
     wait_gone(&snaps, "kp-2", TIMEOUT).await;
     wait_gone(&pools, "kp-copy", TIMEOUT).await;
     eprintln!("kubectl pgml: {:?}", started.elapsed());
+    // The pools go with the cluster while the operator and agents still run (their
+    // volumes would otherwise stay attached to the shared nodes).
+    f.delete_cluster(&DeleteParams::default()).await;
+    f.wait_pools_gone(&["main-1", "main-2"]).await;
     f.finish().await;
 }
 
