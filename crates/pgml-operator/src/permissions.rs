@@ -4,7 +4,8 @@
 //! these; `tests/e2e/tests/rbac.rs` runs the operator with that chart's ServiceAccount.
 
 use kube::Client;
-use pgml_runtime::permissions::{self, Namespaces, Permission, Scope, rule};
+use pgml_runtime::permissions::{self, Namespaces, rule};
+pub use pgml_runtime::permissions::{Permission, Scope};
 
 const GET: &str = "get";
 const LIST: &str = "list";
