@@ -23,7 +23,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use pgml_api::common::keys;
 use pgml_api::snapshot::SnapshotPhase;
-use pgml_api::{EbsSnapshot, ZfsPool};
+use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{SimAdmin, snapshots_tagged, volumes_tagged};
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
@@ -110,6 +110,19 @@ async fn metrics_count_reconciles_pools_snapshots_and_the_ec2_calls_the_proxy_sa
             && p.status.as_ref().is_some_and(|s| s.size_bytes.is_some())
     })
     .await;
+    // A PgmlCluster on PVCs (no EC2 call) whose Pods never schedule: reconciled all the same.
+    let clusters: Api<PgmlCluster> = ns.api();
+    let cluster: PgmlCluster = serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+        "metadata": {"name": "c1"},
+        "spec": {"instances": 1, "nodeSelector": {"pgml.io/e2e-no-such-node": "true"},
+                 "storage": {"persistentVolumeClaim": {"size": "1Gi"}}},
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
     let snaps: Api<EbsSnapshot> = ns.api();
     let snap: EbsSnapshot = serde_json::from_value(json!({
         "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
@@ -140,6 +153,10 @@ async fn metrics_count_reconciles_pools_snapshots_and_the_ec2_calls_the_proxy_sa
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!("{m}");
+    assert!(
+        metric(&m, "pgml_reconcile_total", &[("controller", "pgmlcluster")]).unwrap_or(0.0) >= 1.0,
+        "pgmlcluster: {m}"
+    );
     for controller in ["zfspool", "ebssnapshot", "schedules"] {
         assert!(
             metric(
