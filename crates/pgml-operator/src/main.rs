@@ -174,20 +174,19 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(lost);
     tokio::select! {
         _ = &mut controller => {}
-        lost = lost => {
-            // Nothing may run on a stale Lease: no grace, no clean-up. Kubernetes restarts
-            // the process, which then follows the new leader.
-            tracing::error!(error = %lost, "lost the leader Lease; exiting");
-            std::process::exit(1);
-        }
+        lost = &mut lost => lost_lease(lost),
         _ = shutdown.requested() => {
             stop.notify_one();
-            // The Lease stays ours through the grace period (it is shorter than the
-            // renew deadline); it is released once the reconciles are done.
-            if tokio::time::timeout(GRACE, controller).await.is_err() {
-                tracing::warn!(grace = ?GRACE, "reconciles still running after the grace period; stopping anyway");
+            // The Lease is still renewed through the grace period, and released once the
+            // reconciles are done.
+            tokio::select! {
+                done = tokio::time::timeout(GRACE, controller) => if done.is_err() {
+                    tracing::warn!(grace = ?GRACE, "reconciles still running after the grace period; stopping anyway");
+                },
+                lost = &mut lost => lost_lease(lost),
             }
             if let Some(e) = &elector {
                 metrics::set_leader(&e.settings().identity, false);
@@ -197,6 +196,13 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Nothing may run on a stale Lease: no grace, no clean-up. Kubernetes restarts the
+/// process, which then follows the new leader.
+fn lost_lease(lost: pgml_operator::leader::Lost) -> ! {
+    tracing::error!(error = %lost, "lost the leader Lease; exiting");
+    std::process::exit(1);
 }
 
 /// Fails start-up with a clear message when the CRDs are not installed, rather than
