@@ -478,6 +478,36 @@ mod tests {
         assert_eq!(next.lease_transitions, Some(5));
     }
 
+    /// A leader that cannot reach the API server gives up at the renew deadline (well
+    /// before its Lease could expire for the others).
+    #[tokio::test]
+    async fn an_unreachable_api_server_loses_the_lease_at_the_renew_deadline() {
+        // Nothing listens on port 9 (discard) here: every request is refused.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let elector = Elector::new(
+            client,
+            LeaseSettings {
+                name: "l".into(),
+                namespace: "ns".into(),
+                identity: "me".into(),
+                duration: Duration::from_secs(3),
+                renew_deadline: Duration::from_millis(1500),
+                retry: Duration::from_millis(200),
+            },
+        );
+        let start = Instant::now();
+        let lost = tokio::time::timeout(Duration::from_secs(10), elector.hold())
+            .await
+            .expect("hold returns");
+        let took = start.elapsed();
+        assert!(matches!(lost, Lost::Deadline(..)), "{lost:?}");
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_millis(2500),
+            "{took:?}"
+        );
+    }
+
     #[test]
     fn timings_that_allow_two_leaders_are_refused() {
         let s = |d, r, p| LeaseSettings {
