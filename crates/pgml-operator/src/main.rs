@@ -139,6 +139,8 @@ async fn main() -> anyhow::Result<()> {
         metrics::set_leader(&elector.settings().identity, true);
         Some(elector)
     } else {
+        // A single replica leads by definition.
+        metrics::set_leader(&pgml_operator::leader::default_identity(), true);
         None
     };
 
