@@ -15,6 +15,12 @@ Files, under `<sandbox_dir>`:
   k8s/tokens.csv      static bearer tokens (see below)
   k8s/kcm.kubeconfig  kube-controller-manager's kubeconfig (CN=system:kube-controller-manager)
   k8s/etcd/           etcd's data (fsync off: test data only)
+  k8s/audit-policy.yaml, k8s/audit.log
+                      kube-apiserver's audit log (see AUDIT_POLICY): one JSON line per
+                      write request (create/update/patch/delete) by anyone, and per read
+                      (get/list) by a ServiceAccount, at level Metadata (who, userAgent,
+                      verb, resource, name, code; never a body). On unless
+                      PGML_SANDBOX_AUDIT=0 when the sandbox starts; rotated at 200 MB.
 
 Static tokens (`state["token_file"]`): kube-apiserver's --token-auth-file, a CSV file with
 one identity per line: `token,user,uid,"group1,group2"` (the group column is optional and
@@ -71,6 +77,29 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 # namespace, serviceaccount, serviceaccount-token, deployment, replicaset, statefulset,
 # daemonset, job, endpointslice, ... (bootstrapsigner/tokencleaner stay off, as upstream).
 KCM_CONTROLLERS = "*"
+
+
+# The audit policy (audit.k8s.io/v1): writes by anyone and reads by ServiceAccounts (the
+# operator and agents when they run with chart RBAC), at level Metadata, one line per
+# request (RequestReceived omitted); nothing else. Watches are not logged. Costs one short
+# JSON line per write: the benchmarks count who writes what (bench steady_state).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+    verbs: ["get", "list"]
+  - level: None
+"""
+AUDIT_MAX_MB = 200
+
+
+def audit_enabled() -> bool:
+    """The audit log is on unless PGML_SANDBOX_AUDIT=0 (read when the sandbox starts)."""
+    return os.environ.get("PGML_SANDBOX_AUDIT", "1") != "0"
 
 
 class K8sError(RuntimeError):
@@ -371,6 +400,7 @@ def start(
       argv         the command line of each component (used to restart it)
       log_dir      <log_dir>; each component logs to <log_dir>/<name>.log
       version      "v1.35.4"
+      audit_log    <sandbox_dir>/k8s/audit.log (None when PGML_SANDBOX_AUDIT=0)
     extra_tokens: [{"user": NAME, "groups": [...], "token": optional, "uid": optional}]
     On failure everything already started is stopped again and K8sError is raised.
     """
@@ -414,6 +444,20 @@ def start(
         kubectl.unlink()
     kubectl.symlink_to(bin_dir / "kubectl")
 
+    audit_flags: list[str] = []
+    audit_log = None
+    if audit_enabled():
+        policy = k8s_dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        audit_log = k8s_dir / "audit.log"
+        audit_flags = [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={audit_log}",
+            f"--audit-log-maxsize={AUDIT_MAX_MB}",
+            "--audit-log-maxbackup=2",
+            "--audit-log-format=json",
+        ]
+
     argv = {
         "etcd": [
             str(bin_dir / "etcd"),
@@ -446,6 +490,7 @@ def start(
             # The `kubernetes` Service's Endpoints cannot hold a loopback address (the
             # default reconciler logs an error every 10s); nothing here runs in-cluster.
             "--endpoint-reconciler-type=none",
+            *audit_flags,
             "--v=1",
         ],
         "kube-controller-manager": [
@@ -484,6 +529,7 @@ def start(
         "argv": argv,
         "log_dir": str(log_dir),
         "version": KUBE_VERSION,
+        "audit_log": str(audit_log) if audit_log else None,
     }
 
     try:
