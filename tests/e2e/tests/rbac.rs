@@ -221,8 +221,32 @@ async fn zfspool_and_ebssnapshot_flows_pass_with_the_charts_permissions() {
     let mut all: Vec<&Proc> = vec![&f.operator];
     all.extend(f.agents.iter());
     assert_never_forbidden(&all);
+
+    // The agent checked as many permissions as its ClusterRole grants, and was granted
+    // each: the chart gives the agent exactly what it checks for, nothing more.
+    let release = ChartRbac::release(f.name());
+    let objects = rbac_only(render(&release, f.name(), &[]).expect("helm template"));
+    let grants = granted(&objects, "ClusterRole", &format!("{}-agent", rbac.fullname));
+    for a in &f.agents {
+        assert_eq!(
+            checked(a),
+            Some(grants.len()),
+            "{}: the agent's ClusterRole grants {grants:?}",
+            a.log_path().display()
+        );
+    }
     f.finish().await;
     rbac.cleanup().await;
+}
+
+/// How many permissions a process checked at start-up (all granted).
+fn checked(p: &Proc) -> Option<usize> {
+    p.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "every Kubernetes permission needed is granted")
+        .and_then(|v| v["permissions"].as_u64())
+        .map(|n| n as usize)
 }
 
 #[tokio::test]
