@@ -193,8 +193,10 @@ async fn killing_the_leader_mid_provisioning_hands_over_without_duplicates() {
         LEASE_DURATION,
         RETRY
     );
+    // The Lease expires at most LEASE_DURATION after the kill and the follower looks every
+    // RETRY; the rest is for the API server and this test's own polling on a busy machine.
     assert!(
-        handover <= LEASE_DURATION + RETRY + Duration::from_millis(1500),
+        handover <= LEASE_DURATION + RETRY + Duration::from_millis(2500),
         "handover took {handover:?}"
     );
     let after = lease(&leases).await.unwrap();
