@@ -104,7 +104,13 @@ async fn main() -> anyhow::Result<()> {
     let metrics_addr = pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
     let client = Client::try_default().await?;
     check_crds(&client).await?;
-    pgml_operator::permissions::check(&client, args.namespace.as_deref()).await?;
+    pgml_operator::permissions::check(
+        &client,
+        args.namespace.as_deref(),
+        args.leader_elect,
+        args.lease_namespace.as_deref(),
+    )
+    .await?;
 
     // A follower only reads its Lease: no EC2 client, no controller, no write, until it leads.
     let elector = if args.leader_elect {

@@ -97,16 +97,16 @@ pub fn needed() -> Vec<Permission> {
     .concat()
 }
 
-/// The namespace of the leader Lease, the way `main` settles it from the environment the
-/// chart sets: none when `PGML_LEADER_ELECT=false`; else `PGML_LEASE_NAMESPACE`, else
-/// `POD_NAMESPACE`, else the watched namespace, else `default`.
+/// The namespace of the leader Lease, the way `main` settles it: none without leader
+/// election; else `--lease-namespace` (`PGML_LEASE_NAMESPACE`), else `POD_NAMESPACE`, else
+/// the watched namespace, else `default`.
 pub fn lease_namespace(
-    leader_elect: Option<&str>,
+    leader_elect: bool,
     lease_namespace: Option<&str>,
     pod_namespace: Option<&str>,
     watched: Option<&str>,
 ) -> Option<String> {
-    if leader_elect.is_some_and(|v| v.trim() == "false") {
+    if !leader_elect {
         return None;
     }
     let set = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_string);
@@ -120,17 +120,17 @@ pub fn lease_namespace(
 
 /// Fails start-up, naming each one, when a permission of [`needed`] is not granted: in
 /// the watched namespace (all namespaces without one), cluster-wide for Nodes and
-/// PersistentVolumes, and in the Lease's namespace.
-pub async fn check(client: &Client, watched: Option<&str>) -> anyhow::Result<()> {
-    let env = |k: &str| std::env::var(k).ok();
+/// PersistentVolumes, and in the Lease's namespace when `leader_elect`.
+pub async fn check(
+    client: &Client,
+    watched: Option<&str>,
+    leader_elect: bool,
+    lease: Option<&str>,
+) -> anyhow::Result<()> {
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
     let ns = Namespaces {
         watched: watched.map(str::to_string),
-        lease: lease_namespace(
-            env("PGML_LEADER_ELECT").as_deref(),
-            env("PGML_LEASE_NAMESPACE").as_deref(),
-            env("POD_NAMESPACE").as_deref(),
-            watched,
-        ),
+        lease: lease_namespace(leader_elect, lease, pod_namespace.as_deref(), watched),
     };
     permissions::check(client, "pgml-operator", &needed(), &ns)
         .await
@@ -182,21 +182,21 @@ mod tests {
 
     #[test]
     fn the_lease_namespace_follows_the_flags() {
-        assert_eq!(lease_namespace(Some("false"), Some("x"), None, None), None);
+        assert_eq!(lease_namespace(false, Some("x"), None, None), None);
         assert_eq!(
-            lease_namespace(None, Some("x"), Some("p"), Some("w")).as_deref(),
+            lease_namespace(true, Some("x"), Some("p"), Some("w")).as_deref(),
             Some("x")
         );
         assert_eq!(
-            lease_namespace(Some("true"), Some(""), Some("p"), Some("w")).as_deref(),
+            lease_namespace(true, Some(""), Some("p"), Some("w")).as_deref(),
             Some("p")
         );
         assert_eq!(
-            lease_namespace(None, None, None, Some("w")).as_deref(),
+            lease_namespace(true, None, None, Some("w")).as_deref(),
             Some("w")
         );
         assert_eq!(
-            lease_namespace(None, None, None, None).as_deref(),
+            lease_namespace(true, None, None, None).as_deref(),
             Some("default")
         );
     }
