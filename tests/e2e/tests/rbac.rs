@@ -221,6 +221,11 @@ async fn zfspool_and_ebssnapshot_flows_pass_with_the_charts_permissions() {
     let mut all: Vec<&Proc> = vec![&f.operator];
     all.extend(f.agents.iter());
     assert_never_forbidden(&all);
+    // The chart's default, every namespace watched, passes the same check.
+    let sa = client_of(&rbac.operator_kubeconfig).await;
+    pgml_operator::permissions::check(&sa, None, true, Some(f.name()))
+        .await
+        .expect("the chart grants the operator what it needs in every namespace");
 
     // The agent checked as many permissions as its ClusterRole grants, and was granted
     // each: the chart gives the agent exactly what it checks for, nothing more.
@@ -422,6 +427,18 @@ async fn a_verb_taken_away_stops_the_operator_and_the_agent_naming_it() {
         "{log}"
     );
     eprintln!("operator exited {code:?} after {:?}", started.elapsed());
+
+    // Watching every namespace (the chart's default), the same check says so.
+    let sa = client_of(&rbac.operator_kubeconfig).await;
+    let err = pgml_operator::permissions::check(&sa, None, true, Some(ns.name()))
+        .await
+        .expect_err("patch on zfspools/status is missing in every namespace")
+        .to_string();
+    assert!(
+        err.contains("cannot patch zfspools/status.pgml.io in all namespaces (ServiceAccount"),
+        "{err}"
+    );
+    assert!(err.contains("lacks 1 Kubernetes permission"), "{err}");
 
     let node = &sb.nodes[0];
     let mut agent = procs::agent_with_env(sb, node, ns.name(), &rbac.agent_env());
