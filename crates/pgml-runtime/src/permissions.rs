@@ -96,9 +96,9 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// The namespace a permission is asked in: `None` for cluster-scoped ones (and for
-    /// all namespaces), `Some("")`-free. Rows of [`Scope::Lease`] without a lease are
-    /// skipped by the caller.
+    /// The namespace a permission is asked in: `None` for cluster-scoped resources and
+    /// for all namespaces. Rows of [`Scope::Lease`] without a Lease are not asked at all
+    /// (see [`Namespaces::needed`]).
     fn of(&self, p: &Permission) -> Option<&str> {
         match p.scope {
             Scope::Watched => self.watched.as_deref(),
