@@ -215,6 +215,16 @@ impl ChartRbac {
             &agent_kubeconfig,
         )
         .await?;
+        // The apiserver's authorizer learns of new roles and bindings through its informers:
+        // a process started at once could be refused what the chart grants.
+        for (sa, kubeconfig) in [
+            (fullname.clone(), &operator_kubeconfig),
+            (format!("{fullname}-agent"), &agent_kubeconfig),
+        ] {
+            for probe in probes(&objects, &sa) {
+                wait_allowed(kubeconfig, &probe).await?;
+            }
+        }
         Ok(ChartRbac {
             client: client.clone(),
             fullname,
@@ -242,6 +252,75 @@ impl ChartRbac {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
             let _ = api.delete(name, &DeleteParams::background()).await;
         }
+    }
+}
+
+/// One permission each binding of ServiceAccount `sa` grants (the first of its role's
+/// rules), as SelfSubjectAccessReview resource attributes, in the binding's namespace.
+fn probes(objects: &[Value], sa: &str) -> Vec<Value> {
+    let mut out = vec![];
+    for b in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        let binds_sa = b["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa);
+        let role = objects.iter().find(|o| {
+            o["kind"] == b["roleRef"]["kind"] && o["metadata"]["name"] == b["roleRef"]["name"]
+        });
+        let Some(rule) = role
+            .filter(|_| binds_sa)
+            .and_then(|r| r["rules"].as_array())
+            .and_then(|rules| rules.first())
+        else {
+            continue;
+        };
+        let (Some(group), Some(resource), Some(verb)) = (
+            rule["apiGroups"][0].as_str(),
+            rule["resources"][0].as_str(),
+            rule["verbs"][0].as_str(),
+        ) else {
+            continue;
+        };
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        out.push(json!({
+            "group": group, "resource": resource, "subresource": sub, "verb": verb,
+            "namespace": b["metadata"]["namespace"].as_str().unwrap_or_default(),
+        }));
+    }
+    out
+}
+
+/// Asks, as the kubeconfig's identity, until the API server allows `attributes` (20 s).
+async fn wait_allowed(kubeconfig: &Path, attributes: &Value) -> anyhow::Result<()> {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let api: Api<SelfSubjectAccessReview> = Api::all(Client::try_from(config)?);
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attributes},
+    }))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = api.create(&PostParams::default(), &review).await?;
+        if r.status.is_some_and(|s| s.allowed) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{} is still refused {attributes} 20 s after the chart's RBAC was applied",
+                kubeconfig.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -349,6 +428,30 @@ mod tests {
                 {"apiGroups": ["pgml.io"], "resources": ["zfspools"], "verbs": ["get", "patch"]},
             ]
         })]
+    }
+
+    #[test]
+    fn each_binding_of_a_service_account_gives_one_probe() {
+        let mut objects = role();
+        objects.extend([
+            json!({"kind": "ClusterRoleBinding", "metadata": {"name": "op"},
+                   "roleRef": {"kind": "ClusterRole", "name": "op"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "t"}]}),
+            json!({"kind": "Role", "metadata": {"name": "le", "namespace": "t"},
+                   "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}]}),
+            json!({"kind": "RoleBinding", "metadata": {"name": "le", "namespace": "t"},
+                   "roleRef": {"kind": "Role", "name": "le"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "t"}]}),
+        ]);
+        let p = probes(&objects, "op");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0]["resource"], "zfspools");
+        assert_eq!(p[0]["subresource"], "status");
+        assert_eq!(p[0]["verb"], "patch");
+        assert_eq!(p[0]["namespace"], "");
+        assert_eq!(p[1]["resource"], "leases");
+        assert_eq!(p[1]["namespace"], "t");
+        assert!(probes(&objects, "op-agent").is_empty());
     }
 
     #[test]
