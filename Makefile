@@ -7,7 +7,7 @@ VENV    := .venv
 PY      := $(CURDIR)/$(VENV)/bin/python
 SANDBOX := PYTHONPATH=$(CURDIR)/tests/testbed $(PY) -m sandbox
 
-.PHONY: help deps build crds crds-check lint unit test bench fuzz sandbox-up sandbox-down dev clean
+.PHONY: help deps build crds crds-check lint unit test bench chaos fuzz sandbox-up sandbox-down dev clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test: ## everything: unit tests and the tests against the sandbox (installs what
 
 bench: ## benchmarks on the sandbox (results: bench/results/*.json, *.md); PGML_BENCH=name runs one
 	@scripts/bench.sh
+
+chaos: ## kills, apiserver restarts and EC2 faults through the pool/snapshot flow; invariants (results: bench/results/chaos.*)
+	@scripts/chaos.sh
 
 fuzz: ## cargo-fuzz targets (ZFS parsers, spec validation, cron), PGML_FUZZ_SECONDS each (default 300)
 	@scripts/fuzz.sh
