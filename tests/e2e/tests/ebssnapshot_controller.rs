@@ -166,6 +166,34 @@ async fn delete_policy_removes_the_aws_snapshots_and_retain_keeps_them() {
         2
     );
 
+    // An edit after completion (deletionPolicy and tags are read when they apply) is
+    // observed: a finished set never looks out of date to Argo CD or `kubectl wait`.
+    f.snapshots()
+        .patch(
+            "keep",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"tags": {"team": "db"}}})),
+        )
+        .await
+        .unwrap();
+    let edited = wait_for(
+        &f.snapshots(),
+        "keep",
+        "the edit of a Completed snapshot observed",
+        SNAPSHOT_TIMEOUT,
+        |s: &EbsSnapshot| {
+            let st = s.status.as_ref();
+            st.and_then(|st| st.observed_generation) == Some(2)
+                && st.is_some_and(|st| {
+                    st.conditions
+                        .iter()
+                        .all(|c| c.observed_generation == Some(2))
+                })
+        },
+    )
+    .await;
+    assert_eq!(edited.status.unwrap().phase, Some(SnapshotPhase::Completed));
+
     f.delete_snapshot("drop").await;
     f.delete_snapshot("keep").await;
     wait_gone(&f.snapshots(), "drop", SNAPSHOT_TIMEOUT).await;

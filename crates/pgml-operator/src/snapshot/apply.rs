@@ -536,12 +536,30 @@ fn settled_requeue(run: &Run<'_>) -> Action {
 
 /// Completed: keep the set alone, delete strays now and then.
 async fn settled(run: &mut Run<'_>) -> Result<Action, Error> {
+    observe_generation(run).await?;
     sweep(run).await?;
     Ok(settled_requeue(run))
 }
 
+/// A finished set still acknowledges later edits of its spec (tags and deletionPolicy are
+/// read when they apply: at creation, at deletion), so whatever compares generations
+/// (Argo CD, `kubectl wait --for=jsonpath`) sees the edit observed instead of pending forever.
+async fn observe_generation(run: &mut Run<'_>) -> Result<(), Error> {
+    let generation = run.snap.metadata.generation;
+    if run.written.observed_generation == generation {
+        return Ok(());
+    }
+    let mut s = owned_view(&run.written);
+    s.observed_generation = generation;
+    for c in &mut s.conditions {
+        c.observed_generation = generation;
+    }
+    run.commit(s).await
+}
+
 /// Failed: a failed set has no snapshot worth keeping; late answers are deleted too.
 async fn failed(run: &mut Run<'_>) -> Result<Action, Error> {
+    observe_generation(run).await?;
     let found = run
         .ctx
         .ec2
