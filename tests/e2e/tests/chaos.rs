@@ -35,7 +35,7 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
 
     // ---- create: a RAIDZ1 of 3 gp3 volumes, with request faults and a stuck attachment.
     let faults = RequestFaults::arm(&admin, &ns, &["CreateVolume"]);
-    f.create_pool(&src, n0, "raidz1", 3, None).await;
+    create(&pools, &pool_manifest(&src, n0, 3, 1, None)).await;
     let uid = pools.get(&src).await.unwrap().metadata.uid.unwrap();
     let stuck = tokio::spawn(stick_first_attach(sb, uid, 6000));
     storm(&mut f, rng, plan, "create", &[0], c).await;
@@ -43,7 +43,7 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
     let (ok, p) = settle(&pools, &src, CONVERGE, |p| pool_whole(p, 1)).await;
     faults.disarm(&admin, c);
     count_stuck(&admin, stuck, c);
-    match verdict("pool created", ok, p.as_ref(), "Ready") {
+    match pool_verdict("pool created", ok, p.as_ref()) {
         Ok(o) => c.outcome(r, t0, o),
         Err(e) => c.violate(r, [e]),
     }
@@ -63,7 +63,7 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
         }
         storm(&mut f, rng, plan, "grow", &[0], c).await;
         let (ok, p) = settle(&pools, &src, CONVERGE, |p| pool_whole(p, 2)).await;
-        match verdict("pool grown", ok, p.as_ref(), "Ready at 2 GiB") {
+        match pool_verdict("pool grown to 2 GiB", ok, p.as_ref()) {
             Ok(o) => c.outcome(r, t0, o),
             Err(e) => c.violate(r, [e]),
         }
@@ -126,8 +126,7 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
                     },
                     other => format!("{other:?}"),
                 };
-                c.outcomes
-                    .push(format!("run {r}: snapshot with an error member: {how}"));
+                c.outcome(r, t0, format!("snapshot with an error member: {how}"));
             }
             Err(e) => c.violate(r, [e]),
         }
@@ -176,7 +175,7 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
             .unwrap();
         c.fault("volume_fail", 1);
         let faults = RequestFaults::arm(&admin, &ns, &["CreateVolume"]);
-        f.create_pool(&dst, n1, "raidz1", 3, Some("good")).await;
+        create(&pools, &pool_manifest(&dst, n1, 3, 2, Some("good"))).await;
         let uid = pools.get(&dst).await.unwrap().metadata.uid.unwrap();
         let stuck = tokio::spawn(stick_first_attach(sb, uid, 6000));
         storm(&mut f, rng, plan, "restore", &[0, 1], c).await;
@@ -184,13 +183,15 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
         let (ok, p) = settle(&pools, &dst, CONVERGE, |p| pool_whole(p, 2)).await;
         faults.disarm(&admin, c);
         count_stuck(&admin, stuck, c);
-        match verdict("pool restored", ok, p.as_ref(), "Ready") {
+        match pool_verdict("pool restored", ok, p.as_ref()) {
             Ok(o) => c.outcome(r, t0, o),
             Err(e) => c.violate(r, [e]),
         }
         if ok {
             restored = true;
-            c.violate(r, check_data(n1, &dst, &data, "restored"));
+            let lost = check_data(n1, &dst, &data, "restored");
+            c.restores_verified += usize::from(lost.is_empty());
+            c.violate(r, lost);
         }
         let (ok, p) = settle(&pools, &src, Duration::from_secs(300), |p| {
             pool_whole(p, 2)
@@ -202,12 +203,7 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
                     .all(|v| v.volume_id.as_deref() != Some(lost.as_str()))
         })
         .await;
-        match verdict(
-            "source repaired after the lost member",
-            ok,
-            p.as_ref(),
-            "Ready",
-        ) {
+        match pool_verdict("source repaired after the lost member", ok, p.as_ref()) {
             Ok(o) => c.outcome(r, t0, o),
             Err(e) => c.violate(r, [e]),
         }
@@ -266,6 +262,12 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
     f.finish().await;
 }
 
+async fn create(api: &kube::Api<ZfsPool>, p: &ZfsPool) {
+    api.create(&kube::api::PostParams::default(), p)
+        .await
+        .unwrap();
+}
+
 /// Counts an attach_stuck rule: it took effect when armed before the first attach.
 fn count_stuck(admin: &SimAdmin, stuck: Option<(String, bool)>, c: &mut Counts) {
     match stuck {
@@ -319,6 +321,11 @@ async fn flow_under_kills_apiserver_restarts_and_ec2_faults_keeps_the_invariants
             && Counts::total(&c.agent_kills) >= profile.agent_kills
             && c.apiserver_restarts >= profile.apiserver_restarts.min(profile.runs),
         "not every planned kill/restart happened: {}",
+        c.summary()
+    );
+    assert!(
+        c.restores_verified >= 1,
+        "no run got as far as checking a restored copy: {}",
         c.summary()
     );
     assert!(

@@ -110,6 +110,8 @@ pub struct Counts {
     /// How each object ended: "Ready", "Completed" or "<reason>: <message>".
     pub outcomes: Vec<String>,
     pub violations: Vec<String>,
+    /// Runs whose restored copy was checked against the checksums.
+    pub restores_verified: usize,
     pub run_seconds: Vec<u64>,
     pub total_seconds: u64,
 }
@@ -146,10 +148,11 @@ impl Counts {
 
     pub fn summary(&self) -> String {
         format!(
-            "profile {} seed {}: {} runs, {} operator kills {:?}, {} agent kills {:?}, {} apiserver restarts, {} faults injected {:?} (armed but not fired: {:?}), {} invariant violations, {}s",
+            "profile {} seed {}: {} runs ({} restores verified), {} operator kills {:?}, {} agent kills {:?}, {} apiserver restarts, {} faults injected {:?} (armed but not fired: {:?}), {} invariant violations, {}s",
             self.profile,
             self.seed,
             self.runs,
+            self.restores_verified,
             Self::total(&self.operator_kills),
             self.operator_kills,
             Self::total(&self.agent_kills),
@@ -565,6 +568,36 @@ pub fn verdict<K: Serialize>(
                 .unwrap_or_default()
         )),
     }
+}
+
+/// A ZfsPool of `count` gp3 volumes of `size_gib` (policy Delete), restored from `from`.
+pub fn pool_manifest(
+    name: &str,
+    node: &NodeInfo,
+    count: usize,
+    size_gib: i64,
+    from: Option<&str>,
+) -> ZfsPool {
+    let restore = from
+        .map(|s| format!("  restoreFrom: {{ebsSnapshotName: {s}}}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  layout: raidz1\n  reclaimPolicy: Delete\n  volumes: {{count: {count}, type: gp3, sizeGiB: {size_gib}}}\n{restore}",
+        node.name
+    );
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A pool must end Ready: every fault injected is transient (a lost RAIDZ1 member is
+/// replaced), so a clear failure is still a violation — with its cause.
+pub fn pool_verdict(what: &str, reached: bool, obj: Option<&ZfsPool>) -> Result<String, String> {
+    if reached {
+        return Ok(format!("{what}: Ready"));
+    }
+    Err(match verdict(what, false, obj, "Ready") {
+        Ok(cause) => format!("{cause} (not Ready within {CONVERGE:?})"),
+        Err(e) => e,
+    })
 }
 
 pub fn pool_ready(p: &ZfsPool) -> bool {
