@@ -8,6 +8,8 @@ up      builds nothing; starts etcd + kube-apiserver + kube-controller-manager (
         then kwok (binary from tests/testbed/kwok/build.sh), which keeps those Nodes Ready
         and runs the Pods bound to them, and writes sandbox.json, kubeconfig and env into
         the sandbox folder.
+nodes-add N  starts extra nodes (zones in turn) until the sandbox has N of them, placed
+        before the last, sacrificial node in sandbox.json; `up --extra-nodes N` does it at start.
 down    stops all of it and removes the state (the logs stay).
 status  says what runs.
 """
@@ -106,6 +108,68 @@ def _write_env(d: pathlib.Path, state: dict) -> None:
     (d / "env").write_text(text)
 
 
+def _start_one_node(d: pathlib.Path, state: dict, logs: pathlib.Path, name: str, az: str,
+                    extra: bool = False) -> dict:
+    """One simulated node: an EC2 instance in moto, a mount namespace with its zfs-fuse, the
+    simulator told where its by-id links go, and its Node object. Recorded in state["nodes"]
+    (an extra node goes before the last, sacrificial one, so that nodes[0..3] and the last
+    stay what tests expect)."""
+    instance_id = aws.run_instance(state["aws"]["endpoint"], az, INSTANCE_TYPE)
+    info = nodes.start_node(d, name, logs)
+    info.update(instance_id=instance_id, az=az, instance_type=INSTANCE_TYPE)
+    if extra:
+        info["extra"] = True
+        state["nodes"].insert(len(state["nodes"]) - 1, info)
+    else:
+        state["nodes"].append(info)
+    _write_state(d, state)
+    aws.register_node(state["aws"]["admin"], instance_id, info["dev_dir"])
+    k8s.kubectl(d, "apply", "--server-side", "--field-manager=pgml-sandbox", "-f", "-",
+                input=json.dumps(_node_manifest(name, az, instance_id)))
+    k8s.kubectl(d, "patch", "node", name, "--subresource=status", "--type=merge",
+                "-p", json.dumps(_node_addresses(name)))
+    _log(f"node {name}: {instance_id} in {az}, zfs-fuse pid {info.get('zfs_pid')}")
+    return info
+
+
+def extra_node_name(k: int) -> tuple[str, str]:
+    """The k-th extra node (0-based): zones in turn, ip-10-0-<zone>-<100+k>."""
+    zone = k % 3 + 1
+    return f"ip-10-0-{zone}-{100 + k}.ec2.internal", f"{REGION}{'abc'[zone - 1]}"
+
+
+def _add_extra_nodes(d: pathlib.Path, state: dict, logs: pathlib.Path, count: int) -> list[str]:
+    """Starts extra nodes until the sandbox has `count` of them (for benches that need more
+    attachments than four instances take); kwok keeps them Ready as it does the others."""
+    have = sum(1 for n in state["nodes"] if n.get("extra"))
+    names = []
+    for k in range(have, count):
+        name, az = extra_node_name(k)
+        _start_one_node(d, state, logs, name, az, extra=True)
+        names.append(name)
+    if names:
+        k8s.kubectl(d, "wait", "--for=condition=Ready", "--timeout=120s",
+                    *(f"node/{n}" for n in names), timeout=150)
+    return names
+
+
+def nodes_add(args) -> int:
+    """`nodes-add N`: the running sandbox gets extra nodes until it has N of them."""
+    d = sandbox_dir()
+    f = d / "sandbox.json"
+    if not f.exists():
+        _log("no sandbox")
+        return 1
+    state = json.loads(f.read_text())
+    try:
+        names = _add_extra_nodes(d, state, d / "logs", args.count)
+    except BaseException as e:
+        _log(f"adding nodes failed: {e} (`down` stops those started)")
+        return 1
+    _log(f"{len(names)} extra node(s) started; {sum(1 for n in state['nodes'] if n.get('extra'))} in all")
+    return 0
+
+
 def up(args) -> int:
     d = sandbox_dir()
     if (d / "sandbox.json").exists():
@@ -139,17 +203,7 @@ def up(args) -> int:
         state["s3"] = s3tls.start(d, logs, venv_python, state["aws"]["moto"])
         _write_state(d, state)
         for name, az in NODES:
-            instance_id = aws.run_instance(state["aws"]["endpoint"], az, INSTANCE_TYPE)
-            info = nodes.start_node(d, name, logs)
-            info.update(instance_id=instance_id, az=az, instance_type=INSTANCE_TYPE)
-            state["nodes"].append(info)
-            _write_state(d, state)
-            aws.register_node(state["aws"]["admin"], instance_id, info["dev_dir"])
-            k8s.kubectl(d, "apply", "--server-side", "--field-manager=pgml-sandbox", "-f", "-",
-                        input=json.dumps(_node_manifest(name, az, instance_id)))
-            k8s.kubectl(d, "patch", "node", name, "--subresource=status", "--type=merge",
-                        "-p", json.dumps(_node_addresses(name)))
-            _log(f"node {name}: {instance_id} in {az}, zfs-fuse pid {info.get('zfs_pid')}")
+            _start_one_node(d, state, logs, name, az)
         _log("starting kwok (the simulated nodes' kubelet)")
         state["kwok"] = kwok.start(d, pathlib.Path(kube["kubeconfig"]), logs,
                                    pathlib.Path(args.kwok_bin) if args.kwok_bin else None)
@@ -157,6 +211,8 @@ def up(args) -> int:
         k8s.kubectl(d, "wait", "--for=condition=Ready", "--timeout=60s",
                     *(f"node/{name}" for name, _ in NODES), timeout=90)
         _log(f"kwok pid {state['kwok']['pid']}: nodes Ready")
+        if getattr(args, "extra_nodes", 0):
+            _add_extra_nodes(d, state, logs, args.extra_nodes)
     except BaseException as e:
         _log(f"start failed: {e}")
         down(args)
@@ -222,10 +278,14 @@ def main() -> int:
                    "else where tests/testbed/kwok/build.sh puts them)")
     u.add_argument("--python", help="python of the venv with moto (default: this one)")
     u.add_argument("--crds", default=str(REPO / "crds"), help="CRD folder to install (default: crds/)")
+    u.add_argument("--extra-nodes", type=int, default=0,
+                   help="extra simulated nodes beyond the four (for benches; see nodes-add)")
+    a = sub.add_parser("nodes-add", help="start extra nodes in the running sandbox until it has N")
+    a.add_argument("count", type=int)
     sub.add_parser("down", help="stop the sandbox")
     sub.add_parser("status", help="what runs")
     args = p.parse_args()
-    return {"up": up, "down": down, "status": status}[args.cmd](args)
+    return {"up": up, "down": down, "status": status, "nodes-add": nodes_add}[args.cmd](args)
 
 
 if __name__ == "__main__":
