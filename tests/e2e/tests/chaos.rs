@@ -58,13 +58,19 @@ async fn run_once(r: usize, rng: &mut StdRng, plan: &Plan, c: &mut Counts) {
 
     // ---- grow every volume 1 → 2 GiB.
     if flow_ok {
+        let size = |p: Option<&ZfsPool>| p.and_then(|p| p.status.as_ref()?.size_bytes);
+        let before = size(pools.get(&src).await.ok().as_ref());
         if let Err(e) = grow(&pools, &src, 2).await {
             c.violate(r, [format!("patching the pool's size: {e}")]);
         }
         storm(&mut f, rng, plan, "grow", &[0], c).await;
         let (ok, p) = settle(&pools, &src, CONVERGE, |p| pool_whole(p, 2)).await;
         match pool_verdict("pool grown to 2 GiB", ok, p.as_ref()) {
-            Ok(o) => c.outcome(r, t0, o),
+            Ok(o) => c.outcome(
+                r,
+                t0,
+                format!("{o} (pool size {before:?} → {:?} bytes)", size(p.as_ref())),
+            ),
             Err(e) => c.violate(r, [e]),
         }
         c.violate(r, check_data(n0, &src, &data, "after the growth"));
@@ -298,6 +304,10 @@ async fn flow_under_kills_apiserver_restarts_and_ec2_faults_keeps_the_invariants
         ..Default::default()
     };
     let t0 = Instant::now();
+    if profile.apiserver_restarts > 0 {
+        let waited = wait_alone(Duration::from_secs(360)).await;
+        eprintln!("chaos: alone in the apiserver after {waited:?}");
+    }
     // The apiserver restarts go to the first runs.
     for r in 0..profile.runs {
         let plan = Plan::new(

@@ -223,6 +223,55 @@ pub async fn restart_apiserver(sb: &Sandbox) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
+/// Waits (up to `max`) until no other test's namespace is active in the apiserver, so that
+/// restarting it does not break a test running beside this one (in `make test`,
+/// schedule.rs runs beside the others for five minutes). Namespaces of tests are labelled
+/// `pgml.io/test`; those of chaos itself, terminating ones and ones older than 30 minutes
+/// (left by a crashed test) do not count. Returns how long it waited.
+pub async fn wait_alone(max: Duration) -> Duration {
+    use k8s_openapi::api::core::v1::Namespace;
+    let client = pgml_testbed::kube::client().await;
+    let api: Api<Namespace> = Api::all(client);
+    let lp = kube::api::ListParams::default().labels("pgml.io/test");
+    let start = Instant::now();
+    loop {
+        let now = std::time::SystemTime::now();
+        let others: Vec<String> = api
+            .list(&lp)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                let label = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("pgml.io/test"));
+                let young = n.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+                    now.duration_since(std::time::SystemTime::from(t.0))
+                        .is_ok_and(|age| age < Duration::from_secs(1800))
+                });
+                let active = n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Active");
+                !label.is_some_and(|l| l.starts_with("chaos")) && young && active
+            })
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        if others.is_empty() || start.elapsed() > max {
+            if !others.is_empty() {
+                eprintln!(
+                    "chaos: still beside {others:?} after {max:?}: restarting the apiserver anyway"
+                );
+            }
+            return start.elapsed();
+        }
+        eprintln!(
+            "chaos: waiting for other tests to finish before an apiserver restart: {others:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
 /// SIGKILLs `p` and starts it again.
 pub fn crash(p: &mut Proc) {
     p.kill();
