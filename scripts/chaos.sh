@@ -12,7 +12,7 @@ export PGML_CHAOS_PROFILE="${PGML_CHAOS_PROFILE:-full}"
 
 t0=$(date +%s)
 k8s_bin=$(scripts/deps.sh | tail -n1)
-cargo build --workspace --bins
+cargo build -p pgml-operator -p pgml-agent --bins
 cargo test -p pgml-e2e --test chaos --no-run
 
 py=$PWD/.venv/bin/python
