@@ -617,7 +617,7 @@ async fn attach_members(
                 ));
             }
             AttachStep::Attach => {
-                let Some(device) = build::pick_device(i, &used) else {
+                let Some(device) = ctx.reserve_device(&instance_id, &v.volume_id, i, &used) else {
                     facts.attach_problem = Some((
                         reason::ATTACHMENT_LIMIT.into(),
                         format!("no free device name on {instance_id} for member {i}"),
@@ -635,21 +635,28 @@ async fn attach_members(
                         set_attachment(facts, i, build::attachment_word(state));
                     }
                     Err(e) if e.code == "AttachmentLimitExceeded" => {
+                        ctx.release_device(&instance_id, &device);
                         facts.attach_problem =
                             Some((reason::ATTACHMENT_LIMIT.into(), e.to_string()));
                     }
                     Err(e) if e.code == "VolumeInUse" => {
+                        ctx.release_device(&instance_id, &device);
                         facts.attach_problem = Some((reason::VOLUME_IN_USE.into(), e.to_string()));
                     }
                     Err(e)
                         if e.code == "InvalidParameterValue"
                             && e.message.contains("already in use") =>
                     {
-                        // Our view of the instance's devices was stale: next time, another name.
+                        // Our view of the instance's devices was stale: next time, another
+                        // name (this one stays reserved, for whoever holds it).
+                        ctx.device_taken(&instance_id, &device);
                         used.insert(device);
                         tracing::info!(volume = %v.volume_id, "device name taken; retrying with another");
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        ctx.release_device(&instance_id, &device);
+                        return Err(e.into());
+                    }
                 }
             }
         }

@@ -251,6 +251,57 @@ pub fn pick_device(index: usize, used: &BTreeSet<String>) -> Option<String> {
         .find(|d| !used.contains(d))
 }
 
+/// Device names asked for per instance (instance → device → (volume, when)), shared by
+/// the reconciles of every pool: pools on one instance reconcile side by side, each from its
+/// own DescribeInstances, and would otherwise all ask for the same names, all but one
+/// failing "already in use" (a wasted AttachVolume, and the member attached a requeue later).
+#[derive(Debug, Default)]
+pub struct DeviceReservations {
+    names: std::collections::HashMap<String, BTreeMap<String, (String, std::time::Instant)>>,
+}
+
+impl DeviceReservations {
+    /// The device name for attaching `volume` as member `index` to `instance`, reserved for
+    /// it at once: the name it holds already, else [`pick_device`] among the names neither
+    /// in `used` nor reserved. Reservations older than `ttl` lapse; one is not dropped when
+    /// a DescribeInstances shows the name, since other reconciles may hold an older view.
+    pub fn reserve(
+        &mut self,
+        now: std::time::Instant,
+        ttl: std::time::Duration,
+        instance: &str,
+        volume: &str,
+        index: usize,
+        used: &BTreeSet<String>,
+    ) -> Option<String> {
+        let names = self.names.entry(instance.to_string()).or_default();
+        names.retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
+        if let Some((d, _)) = names.iter().find(|(_, (v, _))| v == volume) {
+            return Some(d.clone());
+        }
+        let mut taken = used.clone();
+        taken.extend(names.keys().cloned());
+        let device = pick_device(index, &taken)?;
+        names.insert(device.clone(), (volume.to_string(), now));
+        Some(device)
+    }
+
+    /// EC2 said another device holds the name: it stays reserved (until it lapses), for no
+    /// volume of ours.
+    pub fn taken(&mut self, instance: &str, device: &str) {
+        if let Some((v, _)) = self.names.get_mut(instance).and_then(|n| n.get_mut(device)) {
+            v.clear();
+        }
+    }
+
+    /// The attach failed for another reason than the name: the name is free again.
+    pub fn release(&mut self, instance: &str, device: &str) {
+        if let Some(names) = self.names.get_mut(instance) {
+            names.remove(device);
+        }
+    }
+}
+
 /// Device names taken on the instance: its block-device mappings and our members'
 /// attachments (which a fresh DescribeInstances may not show yet).
 pub fn used_devices(instance: &Instance, members: &Members) -> BTreeSet<String> {
@@ -426,6 +477,39 @@ pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModifica
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_reservations_keep_side_by_side_pools_apart() {
+        use std::time::{Duration, Instant};
+        let ttl = Duration::from_secs(20);
+        let t = Instant::now();
+        let used: BTreeSet<String> = ["/dev/xvdba".to_string()].into();
+        let mut r = DeviceReservations::default();
+        // Two pools' member 0, from the same view of the instance: different names.
+        let a = r.reserve(t, ttl, "i-1", "vol-a", 0, &used).unwrap();
+        let b = r.reserve(t, ttl, "i-1", "vol-b", 0, &used).unwrap();
+        assert_eq!(a, "/dev/xvdbb");
+        assert_eq!(b, "/dev/xvdbc");
+        // The same volume again (a retry): its name. Another instance: names of its own.
+        assert_eq!(r.reserve(t, ttl, "i-1", "vol-a", 0, &used).unwrap(), a);
+        assert_eq!(
+            r.reserve(t, ttl, "i-2", "vol-c", 0, &BTreeSet::new())
+                .unwrap(),
+            "/dev/xvdba"
+        );
+        // Taken by another: vol-b gets another name; released: the name is free again.
+        r.taken("i-1", &b);
+        let b2 = r.reserve(t, ttl, "i-1", "vol-b", 0, &used).unwrap();
+        assert_eq!(b2, "/dev/xvdbd");
+        r.release("i-1", &b2);
+        assert_eq!(r.reserve(t, ttl, "i-1", "vol-d", 3, &used).unwrap(), b2);
+        // Lapsed reservations free their names.
+        let later = t + ttl;
+        assert_eq!(
+            r.reserve(later, ttl, "i-1", "vol-e", 1, &used).unwrap(),
+            "/dev/xvdbb"
+        );
+    }
     use pgml_aws::Attachment;
 
     fn spec(yaml: &str) -> EbsVolumes {

@@ -99,7 +99,16 @@ pub struct Context {
     /// Since when a condition has held, per key (e.g. a cluster's primary lost): timers
     /// that need no status field (a restart starts them again, which only waits longer).
     since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// Device names asked for per instance (instance → device → (volume, when)): pools on
+    /// one instance reconcile side by side from the same DescribeInstances, and without this
+    /// they all ask for the same names, all but one failing "already in use".
+    devices: std::sync::Mutex<build::DeviceReservations>,
 }
+
+/// How long a device name asked for stays reserved: longer than a reconcile holds its
+/// DescribeInstances, short enough that names detached since are soon free again (52 names,
+/// up to 32 attachments on a Nitro instance).
+const DEVICE_RESERVATION: Duration = Duration::from_secs(20);
 
 impl Context {
     pub fn new(client: Client, ec2: Arc<dyn Ec2>, settings: Settings) -> Arc<Context> {
@@ -115,7 +124,40 @@ impl Context {
             limits: Mutex::default(),
             failures: std::sync::Mutex::default(),
             since: std::sync::Mutex::default(),
+            devices: std::sync::Mutex::default(),
         })
+    }
+
+    /// [`build::DeviceReservations::reserve`], now.
+    pub fn reserve_device(
+        &self,
+        instance: &str,
+        volume: &str,
+        index: usize,
+        used: &std::collections::BTreeSet<String>,
+    ) -> Option<String> {
+        self.devices().reserve(
+            std::time::Instant::now(),
+            DEVICE_RESERVATION,
+            instance,
+            volume,
+            index,
+            used,
+        )
+    }
+
+    /// [`build::DeviceReservations::taken`].
+    pub fn device_taken(&self, instance: &str, device: &str) {
+        self.devices().taken(instance, device);
+    }
+
+    /// [`build::DeviceReservations::release`].
+    pub fn release_device(&self, instance: &str, device: &str) {
+        self.devices().release(instance, device);
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, build::DeviceReservations> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
