@@ -43,6 +43,18 @@ pub struct Ratio {
     pub value: f64,
 }
 
+/// A curve for the bench's plot (`bench/results/<bench>.png`, drawn by
+/// `tests/bench/plot.py`): points `(x, y)`, dashed for a bound or a model rather than a
+/// measurement. A report without series is plotted as its figures' medians with min–max bars.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+}
+
 /// What one benchmark run writes.
 #[derive(Serialize, Clone, Debug)]
 pub struct Report {
@@ -57,6 +69,9 @@ pub struct Report {
     pub notes: Vec<String>,
     pub figures: Vec<Figure>,
     pub ratios: Vec<Ratio>,
+    /// Curves for the plot; empty: the figures are plotted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Series>,
 }
 
 /// Median, min and max (NaN for no samples). The median of an even count is the mean of
@@ -86,6 +101,7 @@ impl Report {
             notes: Vec::new(),
             figures: Vec::new(),
             ratios: Vec::new(),
+            series: Vec::new(),
         }
     }
 
