@@ -853,7 +853,7 @@ pub fn no_hold_left(node: &NodeInfo, ns: &str, pool: &str) -> Vec<String> {
         let left: Vec<String> = rd
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json"))
+            .filter(|n| n.ends_with(".json") || n.ends_with(".guard"))
             .collect();
         if !left.is_empty() {
             v.push(format!(
