@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in zfs-fuse xfsprogs postgresql-15 postgresql-contrib pgbackrest openssl util-linux iproute2 procps; do
+for pkg in zfs-fuse xfsprogs postgresql-15 postgresql-contrib pgbackrest openssl util-linux iproute2 procps curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -24,12 +24,17 @@ trap cleanup INT TERM EXIT
 # shellcheck disable=SC1091
 source .sandbox/env
 logs=.sandbox/logs
-"$target/debug/pgml-operator" --log-format text >"$logs/pgml-operator.log" 2>&1 &
+# Metrics and probes: the operator on 127.0.0.1:8080, the agents (which share the host's
+# network: the nodes are mount namespaces) on 8081, 8082, ...
+PGML_METRICS_ADDR=127.0.0.1:8080 "$target/debug/pgml-operator" --log-format text >"$logs/pgml-operator.log" 2>&1 &
 pids+=($!)
+port=8081
 while read -r name ns_pid dev_dir mnt_dir; do
   nsenter -t "$ns_pid" -m -- env NODE_NAME="$name" PGML_DEV_DIR="$dev_dir" PGML_MOUNT_ROOT="$mnt_dir" \
-    KUBECONFIG="$KUBECONFIG" "$target/debug/pgml-agent" --log-format text >"$logs/pgml-agent-$name.log" 2>&1 &
+    PGML_METRICS_ADDR="127.0.0.1:$port" KUBECONFIG="$KUBECONFIG" \
+    "$target/debug/pgml-agent" --log-format text >"$logs/pgml-agent-$name.log" 2>&1 &
   pids+=($!)
+  port=$((port + 1))
 done < <("$py" -c 'import json,sys; [print(n["name"], n["ns_pid"], n["dev_dir"], n["mnt_dir"]) for n in json.load(open(sys.argv[1]))["nodes"]]' .sandbox/sandbox.json)
 
 # The kubelet's part for the clusters' instance Pods: kwok marks them Running, this runs
@@ -75,6 +80,12 @@ for kind in zfspools ebssnapshots pgmlclusters; do
   kubectl get "$kind" -n demo -o wide 2>&1 || true
   echo
 done
+echo "\$ kubectl pgml status sandbox -n demo      # the kubectl plugin (target/debug/kubectl-pgml)"
+PATH="$target/debug:$PATH" kubectl pgml status sandbox -n demo 2>&1 || true
+echo
+echo "\$ curl -s 127.0.0.1:8080/metrics | grep -E '^pgml_(leader|zfspool_health|ec2_requests_total)'"
+curl -s 127.0.0.1:8080/metrics | grep -E '^pgml_(leader|zfspool_health|ec2_requests_total)' | head -n 12 || true
+echo
 cat <<MSG
 dev: running. In another terminal:
   source .sandbox/env          # KUBECONFIG, AWS_ENDPOINT_URL, kubectl on PATH
@@ -83,6 +94,8 @@ dev: running. In another terminal:
   kubectl describe ebssnapshot -n demo analytics-nightly
   kubectl describe pgmlcluster -n demo sandbox
   kubectl patch pgmlcluster -n demo sandbox --type merge -p '{"spec":{"instances":2}}'   # a replica seeded from a snapshot
+  PATH=$target/debug:\$PATH kubectl pgml status sandbox -n demo   # also: snapshot, restore, switchover
+  curl -s 127.0.0.1:8080/metrics   # the operator's metrics (agents: 8081, 8082, ...)
   aws ec2 describe-volumes     # (with the AWS CLI) what the operator made in the simulated EC2
 Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, pgml-kubelet.log, tests/kubelet-demo-<pod>.log (PostgreSQL), kube-apiserver.log, ebssim.log, ...)
 Ctrl-C stops everything.

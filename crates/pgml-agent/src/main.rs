@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         "starting pgml-agent"
     );
     pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
-    let client = kube::Client::try_default().await?;
+    let client = pgml_runtime::kube_client("pgml-agent", env!("CARGO_PKG_VERSION")).await?;
     let hold = Arc::new(hold::HoldCtx::new(
         client.clone(),
         hold::record::Store::open(&args.state_dir).context("--state-dir")?,

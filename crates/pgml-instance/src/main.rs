@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
         pg_bin = %pg.bin.display(),
         "starting pgml-instance"
     );
-    let client = kube::Client::try_default().await?;
+    let client = pgml_runtime::kube_client("pgml-instance", env!("CARGO_PKG_VERSION")).await?;
     let changed = view::watch_changes(client.clone(), &args.pod_namespace, &args.cluster_name);
     let mut m = Manager::new(
         pg,

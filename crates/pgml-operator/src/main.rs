@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?args.namespace, "starting pgml-operator");
 
     let metrics_addr = pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
-    let client = Client::try_default().await?;
+    let client = pgml_runtime::kube_client("pgml-operator", env!("CARGO_PKG_VERSION")).await?;
     check_crds(&client).await?;
     pgml_operator::permissions::check(
         &client,

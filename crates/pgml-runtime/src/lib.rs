@@ -9,6 +9,23 @@ pub use prometheus_client;
 
 use tracing_subscriber::EnvFilter;
 
+/// A Kubernetes client (the in-cluster ServiceAccount, or KUBECONFIG) that names itself with
+/// the User-Agent `<component>/<version>`. The apiserver takes the field manager of a write
+/// that names none (kube-runtime's finalizer patches) from it, so `managedFields` say
+/// `pgml-operator` rather than `unknown`, and audit logs tell our requests apart.
+pub async fn kube_client(component: &str, version: &str) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_str(&user_agent(component, version))?,
+    ));
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn user_agent(component: &str, version: &str) -> String {
+    format!("{component}/{version}")
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -59,6 +59,8 @@ impl Agent {
             .args(["--log-format", "text", "--resync-seconds", "3"])
             .env("NODE_NAME", &node.name)
             .env("PGML_WATCH_NAMESPACE", ns)
+            // The nodes share the host's network: a port of its own for each agent.
+            .env("PGML_METRICS_ADDR", "127.0.0.1:0")
             .env("KUBECONFIG", &sb.kube.kubeconfig)
             .env("RUST_LOG", "pgml_agent=debug,info")
             .stdin(Stdio::null())

@@ -223,6 +223,13 @@ async fn assert_synced(api: &Api<DynamicObject>, m: &Value, o: &Value, generatio
     );
     let owners = check_owners(o).unwrap_or_else(|e| panic!("{e}"));
     println!("{name}: field owners {owners:#?}");
+    // Every manager has a name (the binaries send a User-Agent): none is `unknown`, the
+    // name the apiserver gives writes that carry neither a field manager nor a User-Agent.
+    let unnamed: Vec<&String> = owners.keys().filter(|k| k.starts_with("unknown")).collect();
+    assert!(
+        unnamed.is_empty(),
+        "{name}: unnamed field managers {unnamed:?}: {owners:#?}"
+    );
 
     // Argo CD's default diff: every field in Git reads back as written (the schema's
     // defaults are more fields, not a change).
