@@ -22,8 +22,11 @@
 //! the devices and create the zpool, measured first with one pool and no limits (the time
 //! from `VolumesAttached=True` to `Ready=True`). Bound = max(0, (4N − 50)/r) + that tail.
 //!
-//! Environment: `PGML_BENCH_POOLS` (default `50,100,200`), `PGML_BENCH_RUNS` (default 3),
-//! `PGML_BENCH_REFILL_SCALE` (default 2), `PGML_BENCH_POOLS_PER_NODE` (default 7: m7i.xlarge attaches 32 EBS volumes, the root one included; the
+//! Environment: `PGML_BENCH_POOLS` (default `50,100,200`), `PGML_BENCH_RUNS` (default 3;
+//! a list gives the runs per size, the last repeated),
+//! `PGML_BENCH_REFILL_SCALE` (default 2), `PGML_BENCH_SHRINK` (default 1; k > 1 divides
+//! every bucket's size and refill by k, so that N pools meet the buckets as k × N pools do
+//! EC2's: a small-scale check written as `provision_shrunk`), `PGML_BENCH_POOLS_PER_NODE` (default 7: m7i.xlarge attaches 32 EBS volumes, the root one included; the
 //! sandbox needs ceil(max N / that) nodes: `python -m sandbox nodes-add`, as
 //! scripts/bench.sh does), `PGML_BENCH_OUT`.
 
@@ -68,8 +71,11 @@ fn env_f64(name: &str, default: f64) -> f64 {
 
 /// The earliest the last of `pools` pools can have its last volume attached: the V-th
 /// AttachVolume token, V = 4 × pools, never before its volume's create.
-fn attach_bound(pools: u32, scale: f64) -> f64 {
-    let v = f64::from(pools * VOLUMES);
+///
+/// With every bucket's size and refill divided by `shrink`, N pools meet the buckets as
+/// `shrink` × N pools meet EC2's (a quick small-scale check).
+fn attach_bound_shrunk(pools: u32, scale: f64, shrink: u32) -> f64 {
+    let v = f64::from(pools * VOLUMES * shrink);
     let r = REFILL * scale;
     let attach = ((v - ATTACH_BUCKET) / r).max(0.0);
     let create = ((v - CREATE_BUCKET) / r).max(0.0);
@@ -78,9 +84,9 @@ fn attach_bound(pools: u32, scale: f64) -> f64 {
 
 /// The bound's curve: pools that can be Ready by time t (the k-th pool's last attach token,
 /// plus the tail).
-fn bound_curve(pools: u32, scale: f64, tail: f64) -> Vec<(f64, f64)> {
+fn bound_curve(pools: u32, scale: f64, shrink: u32, tail: f64) -> Vec<(f64, f64)> {
     (1..=pools)
-        .map(|k| (attach_bound(k, scale) + tail, f64::from(k)))
+        .map(|k| (attach_bound_shrunk(k, scale, shrink) + tail, f64::from(k)))
         .collect()
 }
 
@@ -220,9 +226,24 @@ impl Bench {
         }
     }
 
-    async fn run(&self, n: u32, label: &str, scale: f64, limit: Duration) -> anyhow::Result<Run> {
-        self.admin
-            .set_ratelimits(json!({"enabled": true, "scale": scale}))?;
+    async fn run(
+        &self,
+        n: u32,
+        label: &str,
+        (scale, shrink): (f64, u32),
+        limit: Duration,
+    ) -> anyhow::Result<Run> {
+        let mut cfg = json!({"enabled": true, "scale": scale});
+        if shrink > 1 {
+            let k = f64::from(shrink);
+            cfg["buckets"] = json!({
+                "resource": {"size": 100.0 / k, "refill": 5.0 / k},
+                "mutating": {"size": 50.0 / k, "refill": 5.0 / k},
+                "describe": {"size": 100.0 / k, "refill": 20.0 / k},
+                "describe_unfiltered": {"size": 50.0 / k, "refill": 10.0 / k},
+            });
+        }
+        self.admin.set_ratelimits(cfg)?;
         self.admin.reset_stats()?;
         let names: Vec<String> = (0..n).map(|i| format!("{label}-{i:03}")).collect();
         let t0 = Instant::now();
@@ -261,11 +282,14 @@ fn per_pool(stats: &Value, n: u32) -> BTreeMap<(String, String), f64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let sizes = env_list("PGML_BENCH_POOLS", "50,100,200");
-    let runs = env_list("PGML_BENCH_RUNS", "3")
+    // One count, or one per size (the last repeated).
+    let runs = env_list("PGML_BENCH_RUNS", "3");
+    let scale = env_f64("PGML_BENCH_REFILL_SCALE", 2.0);
+    let shrink = env_list("PGML_BENCH_SHRINK", "1")
         .first()
         .copied()
-        .unwrap_or(3);
-    let scale = env_f64("PGML_BENCH_REFILL_SCALE", 2.0);
+        .unwrap_or(1)
+        .max(1);
     let per_node = env_list("PGML_BENCH_POOLS_PER_NODE", "7")
         .first()
         .copied()
@@ -302,7 +326,10 @@ async fn main() -> anyhow::Result<()> {
         "provision",
         "make bench PGML_BENCH=provision (PGML_BENCH_POOLS, PGML_BENCH_RUNS, PGML_BENCH_REFILL_SCALE)",
     );
-    let result = measure(&bench, &sizes, runs, scale, &mut report).await;
+    if shrink > 1 {
+        report.bench = "provision_shrunk".into();
+    }
+    let result = measure(&bench, &sizes, &runs, (scale, shrink), &mut report).await;
     let _ = bench.admin.clear_ratelimits();
     let _ = bench
         .pools()
@@ -334,8 +361,8 @@ async fn main() -> anyhow::Result<()> {
 async fn measure(
     b: &Bench,
     sizes: &[u32],
-    runs: u32,
-    scale: f64,
+    runs: &[u32],
+    (scale, shrink): (f64, u32),
     report: &mut Report,
 ) -> anyhow::Result<()> {
     // moto's RunInstances root volumes: what stays after every pool is gone.
@@ -363,15 +390,20 @@ async fn measure(
         .push(Figure::new("one pool, no limits: to Ready", "s", to_ready));
     report.figures.push(tail_fig);
 
-    for &n in sizes {
-        let bound = attach_bound(n, scale) + tail_s;
+    let mut runs_note = vec![];
+    for (i, &n) in sizes.iter().enumerate() {
+        let runs = runs.get(i).or(runs.last()).copied().unwrap_or(3).max(1);
+        runs_note.push(format!("{runs} for {n}"));
+        let bound = attach_bound_shrunk(n, scale, shrink) + tail_s;
         let limit = Duration::from_secs_f64(bound * 10.0 + 300.0);
         let mut secs = vec![];
         let mut calls: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
         let (mut mutating, mut describes, mut throttled) = (vec![], vec![], vec![]);
         let mut curves = vec![];
         for run in 1..=runs {
-            let r = b.run(n, &format!("r{run}-n{n}"), scale, limit).await?;
+            let r = b
+                .run(n, &format!("r{run}-n{n}"), (scale, shrink), limit)
+                .await?;
             let pp = per_pool(&r.stats, n);
             let sum = |f: &dyn Fn(&str, &str) -> bool| -> f64 {
                 pp.iter()
@@ -441,17 +473,23 @@ async fn measure(
             name: format!("{n} pools: lower bound"),
             x_label: "seconds since the first create".into(),
             y_label: "pools Ready".into(),
-            points: bound_curve(n, scale, tail_s),
+            points: bound_curve(n, scale, shrink, tail_s),
             dashed: true,
         });
     }
     report.notes.push(format!(
-        "{runs} runs per size; refill scale {scale} (every bucket's refill x{scale}: CreateVolume 100 + {}/s, AttachVolume 50 + {}/s, Describe* 100 + {}/s); pools of {VOLUMES} x 1 GiB gp3, RAID0, spread round-robin over {} nodes (one agent each); the clock runs from the first create until every pool has Ready=True",
+        "runs per size: {}; refill scale {scale} (every bucket's refill x{scale}: CreateVolume 100 + {}/s, AttachVolume 50 + {}/s, Describe* 100 + {}/s); pools of {VOLUMES} x 1 GiB gp3, RAID0, spread round-robin over {} nodes (one agent each); the clock runs from the first create until every pool has Ready=True",
+        runs_note.join(", "),
         REFILL * scale,
         REFILL * scale,
         20.0 * scale,
         b.nodes
     ));
+    if shrink > 1 {
+        report.notes.push(format!(
+            "PGML_BENCH_SHRINK={shrink}: every bucket's size and refill divided by {shrink}, so N pools meet the buckets as {shrink} x N pools meet EC2's defaults (a small-scale check, not the benchmark); the bound is computed for that"
+        ));
+    }
     report.notes.push(format!(
         "lower bound = max(0, (4N - {ATTACH_BUCKET})/r, (4N - {CREATE_BUCKET})/r) + tail, r = {REFILL}/s x scale: the 4N-th AttachVolume token (no attach precedes its volume's create), plus the median time from VolumesAttached=True to Ready=True of one pool without limits ({tail_s:.2}s); see docs/design/bench.md"
     ));
@@ -471,9 +509,11 @@ mod tests {
     #[test]
     fn bound_is_the_last_attach_token() {
         // 50 pools, 200 volumes, r = 15/s: (200 - 50) / 15 = 10 s.
-        assert_eq!(attach_bound(50, 3.0), 10.0);
+        assert_eq!(attach_bound_shrunk(50, 3.0, 1), 10.0);
+        // Shrunk by 5: 10 pools are 50.
+        assert_eq!(attach_bound_shrunk(10, 3.0, 5), 10.0);
         // Within the attach bucket: no wait.
-        assert_eq!(attach_bound(10, 1.0), 0.0);
-        assert_eq!(attach_bound(200, 1.0), 150.0);
+        assert_eq!(attach_bound_shrunk(10, 1.0, 1), 0.0);
+        assert_eq!(attach_bound_shrunk(200, 1.0, 1), 150.0);
     }
 }
