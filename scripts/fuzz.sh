@@ -8,7 +8,7 @@
 #   PGML_FUZZ_SECONDS   seconds per target (default 300)
 #   PGML_FUZZ_TARGETS   space-separated subset (default: all)
 #   PGML_FUZZ_KEEP=1    merge new coverage back into fuzz/corpus (minimized) afterwards
-# A summary (runs, coverage, corpus size per target) is written to fuzz/work/summary.md.
+# A summary (runs, coverage, corpus size per target) is written to bench/results/fuzz.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -25,7 +25,8 @@ fi
 
 targets="${PGML_FUZZ_TARGETS:-$(cargo +nightly fuzz list --fuzz-dir fuzz | tr '\n' ' ')}"
 mkdir -p fuzz/work
-summary=fuzz/work/summary.md
+mkdir -p bench/results
+summary=bench/results/fuzz.md
 {
   echo "# make fuzz: $(date -u +%Y-%m-%dT%H:%M:%SZ), ${seconds}s per target, $(nproc) CPUs"
   echo
