@@ -44,9 +44,11 @@ deploy-check: ## fail when deploy/base or charts/pgml-operator/crds is not what 
 	  if ! diff -ru deploy/base $$tmp; then echo "deploy/base is stale: run scripts/gen-deploy.sh and commit" >&2; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
 	@if ! diff -ru crds charts/pgml-operator/crds; then echo "charts/pgml-operator/crds is stale: run: cp crds/*.yaml charts/pgml-operator/crds/" >&2; exit 1; fi
 
-lint: ## rustfmt and clippy -D warnings
+lint: ## rustfmt and clippy -D warnings (the workspace and the fuzz targets)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs
+	$(CARGO) clippy -q --manifest-path fuzz/Cargo.toml --bins -- -D warnings
 
 unit: ## unit tests only (no sandbox needed)
 	$(CARGO) test --workspace --lib --bins

@@ -43,10 +43,10 @@ fuzz_target!(|data: &[u8]| {
             None,
         );
         assert!(c.iops <= c.volume_iops.max(40_000));
-        if let Some(s) = parse::<EbsSnapshot>(data) {
-            if let Err(e) = check_restore(&p.spec, &s) {
-                explained(&[e]);
-            }
+        if let Some(s) = parse::<EbsSnapshot>(data)
+            && let Err(e) = check_restore(&p.spec, &s)
+        {
+            explained(&[e]);
         }
     }
 });
