@@ -28,12 +28,14 @@
 #[path = "../steady.rs"]
 mod steady;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -51,6 +53,9 @@ use tokio::task::JoinSet;
 /// How many API calls the bench has in flight when it creates or annotates.
 const PARALLEL: usize = 24;
 const BENCH_LABEL: &str = "pgml.io/bench-steady";
+/// The sandbox's Service range is a /24 (254 addresses) and each cluster has 3 Services:
+/// a second range for the bench's clusters (a ServiceCIDR object, removed at the end).
+const SERVICE_CIDR: (&str, &str) = ("pgml-bench-steady", "10.96.0.0/16");
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -178,6 +183,7 @@ impl Samples {
 struct Scale {
     n: usize,
     report_every: u64,
+    restarts: usize,
     ramp_seconds: f64,
     ramp_cpu_per_min: f64,
     steady_cpu_per_min: f64,
@@ -243,16 +249,54 @@ impl Bench {
         op_user: &str,
     ) -> anyhow::Result<Scale> {
         let nsn = ns.name().to_string();
-        let pid = operator.pid().context("operator not running")?;
+        let pid = Arc::new(AtomicU32::new(
+            operator.pid().context("operator not running")?,
+        ));
         let samples = Arc::new(Mutex::new(Samples::default()));
+        // CPU seconds add up across restarts (a new process starts from 0); the peak is the
+        // highest of them.
         let sampler = {
-            let samples = samples.clone();
+            let (samples, pid) = (samples.clone(), pid.clone());
             tokio::spawn(async move {
-                while let Some(s) = proc_sample(pid) {
-                    samples.lock().unwrap().0.push((Instant::now(), s));
+                let (mut seen, mut base, mut last) = (0u32, 0.0f64, 0.0f64);
+                loop {
+                    let p = pid.load(Ordering::Relaxed);
+                    if p != seen {
+                        base += last;
+                        last = 0.0;
+                        seen = p;
+                    }
+                    if let Some(mut s) = proc_sample(p) {
+                        last = s.cpu_seconds;
+                        s.cpu_seconds += base;
+                        samples.lock().unwrap().0.push((Instant::now(), s));
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             })
+        };
+        // The operator exits when it loses its Lease (a Deployment's kubelet starts it
+        // again): so does the bench, and says so.
+        let mut restarts: Vec<String> = vec![];
+        let keep_up = |operator: &mut Proc, restarts: &mut Vec<String>, when: &str| {
+            if operator.running() {
+                return;
+            }
+            let last = operator
+                .log()
+                .lines()
+                .rev()
+                .find(|l| l.contains("\"level\":\"ERROR\""))
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect::<String>();
+            restarts.push(format!(
+                "{when}: exited ({:?}), last error: {last}",
+                operator.exit_status()
+            ));
+            operator.start();
+            pid.store(operator.pid().unwrap_or(0), Ordering::Relaxed);
         };
         let mut notes = vec![];
         let clusters: Api<PgmlCluster> = ns.api();
@@ -280,6 +324,7 @@ impl Bench {
         let mut reported: std::collections::BTreeSet<String> = Default::default();
         let deadline = started + Duration::from_secs(1200);
         let ready_at = loop {
+            keep_up(operator, &mut restarts, "ramp-up");
             while let Some(r) = set.try_join_next() {
                 r??;
             }
@@ -359,10 +404,11 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         let settle_from = Instant::now();
+        let offset = steady::audit_len(&self.audit_log);
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let now = unix_now();
-            let recent = read_audit(&self.audit_log, now - 20.0, now)?;
+            let recent = read_audit(&self.audit_log, offset, now - 20.0, now)?;
             let ours = recent
                 .iter()
                 .filter(|e| e.user == op_user && e.is_write() && e.resource != "leases")
@@ -382,8 +428,10 @@ impl Bench {
         let (t0, i0) = (unix_now(), Instant::now());
         tokio::time::sleep(self.window).await;
         let (t1, i1) = (unix_now(), Instant::now());
+        let restarts_before_window = restarts.len();
+        keep_up(operator, &mut restarts, "steady window");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let entries = read_audit(&self.audit_log, t0, t1)?;
+        let entries = read_audit(&self.audit_log, offset, t0, t1)?;
         let window = t1 - t0;
         let all_writes: Vec<&AuditEntry> = entries.iter().filter(|e| e.is_write()).collect();
         let op: Vec<&AuditEntry> = entries.iter().filter(|e| e.user == op_user).collect();
@@ -464,10 +512,18 @@ impl Bench {
 
         // Reconcile latency: one change at a time.
         let latencies_ms = self.latencies(&clusters, &names).await?;
+        keep_up(operator, &mut restarts, "latency");
+        if restarts.len() > restarts_before_window {
+            notes.push("the operator exited during the steady window or the latency runs: their figures are not those of one process".into());
+        }
+        let n_restarts = restarts.len();
+        for r in restarts {
+            notes.push(format!("operator restarted after it exited, {r}"));
+        }
         if let Some(r) = reporter {
             r.abort();
         }
-        let last = proc_sample(pid);
+        let last = proc_sample(pid.load(Ordering::Relaxed));
         sampler.abort();
         let peak = samples
             .lock()
@@ -477,6 +533,7 @@ impl Bench {
         Ok(Scale {
             n,
             report_every: every.as_secs(),
+            restarts: n_restarts,
             ramp_seconds,
             ramp_cpu_per_min: ramp_cpu,
             steady_cpu_per_min: steady_cpu,
@@ -574,19 +631,38 @@ async fn main() -> anyhow::Result<()> {
         window: Duration::from_secs(env_num("PGML_BENCH_WINDOW_SECONDS", 300)),
         changes: env_num("PGML_BENCH_CHANGES", 100) as usize,
     };
+    let cidrs: Api<ServiceCIDR> = Api::all(bench.client.clone());
+    let cidr: ServiceCIDR = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": SERVICE_CIDR.0},
+        "spec": {"cidrs": [SERVICE_CIDR.1]},
+    }))?;
+    cidrs
+        .patch(
+            SERVICE_CIDR.0,
+            &PatchParams::apply("pgml-bench").force(),
+            &Patch::Apply(&cidr),
+        )
+        .await
+        .context("a ServiceCIDR for the clusters' Services")?;
     let scales = env_scales(
         "PGML_BENCH_SCALES",
         "100:10,100:0,1000:0",
         env_num("PGML_BENCH_REPORT_EVERY", 10),
     );
-    let mut report = Report::new(
-        "steady_state",
-        "flock /tmp/pgml-heavy.lock make bench PGML_BENCH=steady_state (PGML_BENCH_SCALES, PGML_BENCH_WINDOW_SECONDS, PGML_BENCH_CHANGES, PGML_BENCH_REPORT_EVERY)",
-    );
     let mut done: Vec<Scale> = vec![];
     for &(n, every) in &scales {
         eprintln!("steady: scale {n}, reports every {every} s");
-        let s = bench.run_scale(n, every).await?;
+        let s = bench.run_scale(n, every).await;
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cidrs
+                    .delete(SERVICE_CIDR.0, &DeleteParams::background())
+                    .await;
+                return Err(e);
+            }
+        };
         eprintln!(
             "steady: {n}: operator writes {} (+{} Lease), all {}, cpu {:.2} s/min, peak {:.1} MiB, latency p50 {:.0} ms p99 {:.0} ms",
             s.op_writes,
@@ -598,81 +674,94 @@ async fn main() -> anyhow::Result<()> {
             percentile(&s.latencies_ms, 99.0)
         );
         done.push(s);
+        // What is done so far, in case a later scale fails.
+        bench_report(&done).write(&results_dir())?;
     }
-    for s in &done {
+    // Deleted once no Service has an address of it (the namespaces go in the background).
+    let _ = cidrs
+        .delete(SERVICE_CIDR.0, &DeleteParams::background())
+        .await;
+    let mut report = bench_report(&done);
+    let (json, md) = report.write(&results_dir())?;
+    eprintln!("steady: wrote {} and {}", json.display(), md.display());
+    print!("{}", report.markdown());
+    Ok(())
+}
+
+/// The report of the scales measured.
+fn bench_report(done: &[Scale]) -> Report {
+    let mut report = Report::new(
+        "steady_state",
+        "flock /tmp/pgml-heavy.lock make bench PGML_BENCH=steady_state (PGML_BENCH_SCALES, PGML_BENCH_WINDOW_SECONDS, PGML_BENCH_CHANGES, PGML_BENCH_REPORT_EVERY)",
+    );
+    for s in done {
         let n = if s.report_every == 0 {
-            format!("{}, reported once", s.n)
+            format!("{} clusters reported once", s.n)
         } else {
-            format!("{}, reports every {} s", s.n, s.report_every)
+            format!("{} clusters reporting every {} s", s.n, s.report_every)
         };
         let w = format!("{:.0} s", s.window);
         let one = |name: String, unit: &str, v: f64| Figure::new(name, unit, vec![v]);
         report.figures.extend([
             one(
-                format!("operator writes in {w} steady, {n} clusters (Lease apart)"),
+                format!("operator writes in {w} steady, {n} (Lease apart)"),
                 "writes",
                 s.op_writes as f64,
             ),
             one(
-                format!("operator Lease renewals in {w}, {n} clusters"),
+                format!("operator Lease renewals in {w}, {n}"),
                 "writes",
                 s.op_lease_writes as f64,
             ),
             one(
-                format!("all clients' writes in {w}, {n} clusters"),
+                format!("all clients' writes in {w}, {n}"),
                 "writes",
                 s.all_writes as f64,
             ),
             one(
-                format!("operator reads per second, steady, {n} clusters"),
+                format!("operator reads per second, steady, {n}"),
                 "req/s",
                 s.op_reads as f64 / s.window,
             ),
             one(
-                format!("operator CPU, steady, {n} clusters"),
+                format!("operator CPU, steady, {n}"),
                 "s/min",
                 s.steady_cpu_per_min,
             ),
             one(
-                format!("operator CPU, ramp-up, {n} clusters"),
+                format!("operator CPU, ramp-up, {n}"),
                 "s/min",
                 s.ramp_cpu_per_min,
             ),
+            one(format!("operator peak RSS, {n}"), "MiB", s.peak_rss_mib),
+            one(format!("time to all Ready, {n}"), "s", s.ramp_seconds),
             one(
-                format!("operator peak RSS, {n} clusters"),
-                "MiB",
-                s.peak_rss_mib,
-            ),
-            one(
-                format!("time to all Ready, {n} clusters"),
-                "s",
-                s.ramp_seconds,
+                format!("operator restarts (exited, started again), {n}"),
+                "restarts",
+                s.restarts as f64,
             ),
             Figure::new(
-                format!("reconcile latency (spec → observedGeneration), {n} clusters"),
+                format!("reconcile latency (spec → observedGeneration), {n}"),
                 "ms",
                 s.latencies_ms.clone(),
             ),
             one(
-                format!("reconcile latency p99, {n} clusters"),
+                format!("reconcile latency p99, {n}"),
                 "ms",
                 percentile(&s.latencies_ms, 99.0),
             ),
         ]);
         report.notes.push(format!(
-            "{n} clusters: RSS at the end {:.1} MiB; the operator's writes matched by userAgent pgml-operator: {} (by its ServiceAccount: {})",
+            "{n}: RSS at the end {:.1} MiB; the operator's writes matched by userAgent pgml-operator: {} (by its ServiceAccount: {})",
             s.rss_end_mib, s.op_writes_by_ua, s.op_writes
         ));
         report
             .notes
-            .extend(s.notes.iter().map(|x| format!("{n} clusters: {x}")));
+            .extend(s.notes.iter().map(|x| format!("{n}: {x}")));
     }
     report.notes.insert(0, String::from(
-        "one run per scale (the counts and CPU figures are that run's; latency figures: median, min and max of the changes, p99 apart); clusters of one instance on storage.persistentVolumeClaim (no ZfsPool, no EC2), a PersistentVolume pre-bound to each claim, kwok Pods, instance reports written by the bench: once per Pod, then (\"reports every 10 s\") rewritten every 10 s with a new `updated` time as pgml-instance does (its REPORT_EVERY), or (\"reported once\") never again; the operator is the workspace's debug build (what make bench builds)"
+        "one run per scale (the counts and CPU figures are that run's; latency figures: median, min and max of the changes, p99 apart); clusters of one instance on storage.persistentVolumeClaim (no ZfsPool, no EC2), a PersistentVolume pre-bound to each claim, kwok Pods, instance reports written by the bench: once per Pod, then rewritten every 10 s with a new `updated` time as pgml-instance does (its REPORT_EVERY: \"reporting every 10 s\"), or never again (\"reported once\"); the operator is the workspace's debug build (what make bench builds)"
     ));
     report.notes.insert(1, "writes counted from kube-apiserver's audit log (level Metadata): the operator runs with its chart ServiceAccount's token, so its writes are those of system:serviceaccount:<ns>:<release>; its leader-election Lease renewals are counted apart".into());
-    let (json, md) = report.write(&results_dir())?;
-    eprintln!("steady: wrote {} and {}", json.display(), md.display());
-    print!("{}", report.markdown());
-    Ok(())
+    report
 }
