@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -35,6 +35,12 @@ use kube::{Api, ResourceExt};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 
 use crate::zfspool::{Context, Error, error, events, object_key};
+
+/// How many clusters reconcile at once. Unbounded (kube-runtime's default), 1000 clusters
+/// appearing together (or the first list after a restart) put a thousand reconciles' reads
+/// in flight at once; the apiserver queues the operator's requests in one flow, the Lease
+/// renewal behind them, and the leader lost its Lease within a minute (bench steady_state).
+pub const CONCURRENCY: u16 = 16;
 
 /// The finalizer that keeps a ZFS-backed PgmlCluster until its PersistentVolumes (which
 /// the garbage collector cannot reach: they are cluster-scoped) are deleted.
@@ -63,7 +69,8 @@ pub async fn run_until(
     let controller = Controller::new(
         api::<PgmlCluster>(&ctx),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let store = controller.store();
     // A node going NotReady may start a failover: wake the clusters with an instance there.
     let on_node = move |node: Node| {

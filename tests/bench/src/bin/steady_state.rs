@@ -763,5 +763,6 @@ fn bench_report(done: &[Scale]) -> Report {
         "one run per scale (the counts and CPU figures are that run's; latency figures: median, min and max of the changes, p99 apart); clusters of one instance on storage.persistentVolumeClaim (no ZfsPool, no EC2), a PersistentVolume pre-bound to each claim, kwok Pods, instance reports written by the bench: once per Pod, then rewritten every 10 s with a new `updated` time as pgml-instance does (its REPORT_EVERY: \"reporting every 10 s\"), or never again (\"reported once\"); the operator is the workspace's debug build (what make bench builds)"
     ));
     report.notes.insert(1, "writes counted from kube-apiserver's audit log (level Metadata): the operator runs with its chart ServiceAccount's token, so its writes are those of system:serviceaccount:<ns>:<release>; its leader-election Lease renewals are counted apart".into());
+    report.notes.insert(2, "the PgmlCluster controller reconciles at most 16 clusters at once (pgml_operator::cluster::CONCURRENCY, set after this bench's first run at 1000: unbounded, 1000 clusters created at once put the leader's Lease renewal behind a thousand reconciles' requests and the operator exited 45 s into the ramp: 'lost the leader Lease; exiting: could not renew the Lease for 10s (the renew deadline): renewal timed out')".into());
     report
 }
