@@ -476,6 +476,12 @@ async fn measure(
             points: bound_curve(n, scale, shrink, tail_s),
             dashed: true,
         });
+        // What is measured so far, in case a later size fails or is stopped.
+        let mut partial = report.clone();
+        partial.notes.push(format!(
+            "partial: sizes up to {n} pools of {sizes:?} (written after each size)"
+        ));
+        partial.write(&results_dir())?;
     }
     report.notes.push(format!(
         "runs per size: {}; refill scale {scale} (every bucket's refill x{scale}: CreateVolume 100 + {}/s, AttachVolume 50 + {}/s, Describe* 100 + {}/s); pools of {VOLUMES} x 1 GiB gp3, RAID0, spread round-robin over {} nodes (one agent each); the clock runs from the first create until every pool has Ready=True",
