@@ -644,7 +644,7 @@ pub fn pool_verdict(what: &str, reached: bool, obj: Option<&ZfsPool>) -> Result<
         return Ok(format!("{what}: Ready"));
     }
     Err(match verdict(what, false, obj, "Ready") {
-        Ok(cause) => format!("{cause} (not Ready within {CONVERGE:?})"),
+        Ok(cause) => format!("{cause} (not Ready in time)"),
         Err(e) => e,
     })
 }
