@@ -20,7 +20,7 @@ Files, under `<sandbox_dir>`:
                       write request (create/update/patch/delete) by anyone, and per read
                       (get/list) by a ServiceAccount, at level Metadata (who, userAgent,
                       verb, resource, name, code; never a body). On unless
-                      PGML_SANDBOX_AUDIT=0 when the sandbox starts; rotated at 200 MB.
+                      PGML_SANDBOX_AUDIT=0 when the sandbox starts; rotated at 100 MB, one old file kept.
 
 Static tokens (`state["token_file"]`): kube-apiserver's --token-auth-file, a CSV file with
 one identity per line: `token,user,uid,"group1,group2"` (the group column is optional and
@@ -94,7 +94,7 @@ rules:
     verbs: ["get", "list"]
   - level: None
 """
-AUDIT_MAX_MB = 200
+AUDIT_MAX_MB = 100
 
 
 def audit_enabled() -> bool:
@@ -454,7 +454,7 @@ def start(
             f"--audit-policy-file={policy}",
             f"--audit-log-path={audit_log}",
             f"--audit-log-maxsize={AUDIT_MAX_MB}",
-            "--audit-log-maxbackup=2",
+            "--audit-log-maxbackup=1",
             "--audit-log-format=json",
         ]
 
