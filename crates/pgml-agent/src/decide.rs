@@ -279,8 +279,12 @@ fn replacement(o: &Observed, imp: &Imported) -> Option<Action> {
         .iter()
         .filter_map(|m| m.volume_id.as_deref())
         .collect();
-    let old = imp.members.iter().find(|m| {
-        m.volume_id.as_deref().is_none_or(|v| !ours.contains(&v)) && m.state != "ONLINE"
+    // The old leaf: not ONLINE, or an EBS volume the controller no longer lists (it saw the
+    // volume fail in EC2 before ZFS touched it: zfs-fuse, or a pool without I/O, still shows
+    // the leaf ONLINE, and nothing else would make ZFS look).
+    let old = imp.members.iter().find(|m| match m.volume_id.as_deref() {
+        Some(v) => !ours.contains(&v),
+        None => m.state != "ONLINE",
     })?;
     Some(Action::Replace {
         index: new.index,
@@ -520,6 +524,13 @@ mod tests {
                 new: "/d/nvme-Amazon_Elastic_Block_Store_vol09".into()
             }
         );
+        // Also when ZFS has not noticed yet (the leaf still ONLINE): its volume is no longer
+        // one of ours. A leaf without a volume ID must not be ONLINE to be replaced.
+        let mut p = o.clone();
+        p.imported.as_mut().unwrap().members[1].state = "ONLINE".into();
+        assert!(matches!(decide(&p), Action::Replace { index: 1, .. }));
+        p.imported.as_mut().unwrap().members[1].volume_id = None;
+        assert_eq!(decide(&p), Action::Steady);
         // Not while its device is missing, not while resilvering, not when manual.
         let mut p = o.clone();
         p.members[1].device = None;
