@@ -72,6 +72,75 @@ def plot_figures(report: dict, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def _flatten(prefix: str, v, out: list) -> None:
+    if isinstance(v, bool):
+        return
+    if isinstance(v, (int, float)):
+        out.append((prefix, float(v)))
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), x, out)
+
+
+def plot_numbers(title: str, pairs: list, unit: str, out: pathlib.Path) -> bool:
+    """A bar per (name, value): for results written in another shape (e.g. chaos counts)."""
+    if not pairs:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(pairs)), dpi=100)
+    names = [n for n, _ in pairs][::-1]
+    ax.barh(names, [v for _, v in pairs][::-1], color="#4c72b0")
+    ax.set_xlabel(unit)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
+def md_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table of `text`: header and rows."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("|") and i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: "):
+            head = [c.strip() for c in ln.strip("|").split("|")]
+            rows = []
+            for r in lines[i + 2:]:
+                if not r.startswith("|"):
+                    break
+                rows.append([c.strip() for c in r.strip("|").split("|")])
+            return head, rows
+    return [], []
+
+
+def plot_md(name: str, text: str, out: pathlib.Path) -> bool:
+    """Each numeric column of the first table, a panel of bars by the first column."""
+    head, rows = md_table(text)
+    cols = []
+    for j in range(1, len(head)):
+        try:
+            vals = [float(r[j].split()[0]) for r in rows]
+        except (ValueError, IndexError):
+            continue
+        cols.append((head[j], vals))
+    if not cols:
+        return False
+    labels = [r[0] for r in rows]
+    fig, axes = plt.subplots(len(cols), 1, figsize=(9, 1 + (0.3 * len(rows) + 0.6) * len(cols)),
+                             dpi=100, squeeze=False)
+    for ax, (h, vals) in zip(axes[:, 0], cols):
+        ax.barh(labels[::-1], vals[::-1], color="#4c72b0")
+        ax.set_xlabel(h)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0, 0].set_title(name)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
 def main() -> int:
     results = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
     index = [
@@ -80,10 +149,30 @@ def main() -> int:
         "How each bench works and what the simulator does not model: "
         "[docs/design/bench.md](../../docs/design/bench.md).\n",
     ]
+    done = set()
     for js in sorted(results.glob("*.json")):
         report = json.loads(js.read_text())
-        if "bench" not in report or "figures" not in report:
+        if not isinstance(report, dict):
             continue
+        if "bench" not in report or "figures" not in report:
+            # Another shape (e.g. chaos): its numbers as bars, its table indexed.
+            png, md = js.with_suffix(".png"), js.with_suffix(".md")
+            pairs: list = []
+            _flatten("", report, pairs)
+            drawn = plot_numbers(js.stem, pairs, "count", png)
+            done.add(js.stem)
+            index.append(f"## {js.stem}\n")
+            links = [f"[{md.name}]({md.name})"] if md.exists() else []
+            index.append(" · ".join(links + [f"[{js.name}]({js.name})"]) + "\n")
+            if drawn:
+                print(f"plot: {png}")
+                index.append(f"![{js.stem}]({png.name})\n")
+            if md.exists():
+                body = md.read_text()
+                body = body.split("\n", 1)[1] if body.startswith("# ") else body
+                index.append(body.strip() + "\n")
+            continue
+        done.add(js.stem)
         png = js.with_suffix(".png")
         if report.get("series"):
             plot_series(report, png)
@@ -98,6 +187,19 @@ def main() -> int:
         index.append(f"[{md.name}]({md.name}) · [{js.name}]({js.name})\n")
         index.append(f"![{report['bench']}]({png.name})\n")
         index.append(body.strip() + "\n")
+    # Tables without JSON (e.g. fuzz): their first table's numbers.
+    for md in sorted(results.glob("*.md")):
+        if md.name == "README.md" or md.stem in done:
+            continue
+        text = md.read_text()
+        png = md.with_suffix(".png")
+        index.append(f"## {md.stem}\n")
+        index.append(f"[{md.name}]({md.name})\n")
+        if plot_md(md.stem, text, png):
+            print(f"plot: {png}")
+            index.append(f"![{md.stem}]({png.name})\n")
+        # Its title line, if any, as plain text under the section's.
+        index.append(text.strip().removeprefix("# ") + "\n")
     (results / "README.md").write_text("\n".join(index))
     print(f"index: {results / 'README.md'}")
     return 0
