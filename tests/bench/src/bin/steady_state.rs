@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -215,6 +215,15 @@ impl Bench {
         // Cleanup, whatever happened.
         let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
         ns.cleanup().await;
+        // Gone before the next scale starts: its deletion (kube-controller-manager's
+        // garbage collector and namespace controller write thousands of times) would land
+        // in the next window.
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while namespaces.get_opt(&name).await.ok().flatten().is_some() && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         let _ = pvs
             .delete_collection(
                 &DeleteParams::background(),
