@@ -2,7 +2,8 @@
 //! writes to the apiserver over a quiet window (goal: 0), its CPU and peak memory, and how
 //! fast a spec change reaches the status (spec change → `status.observedGeneration`).
 //!
-//! Per scale (default 100 and 1000), in a namespace of its own:
+//! Per scale (default: 100 clusters reporting every 10 s, 100 and 1000 reported once), in a
+//! namespace of its own:
 //! - the chart's RBAC and a TokenRequest kubeconfig of the operator's ServiceAccount, so the
 //!   apiserver's audit log names the operator (`system:serviceaccount:<ns>:<release>`);
 //! - the real operator watching the namespace; no node agent (no ZfsPool);
@@ -21,9 +22,11 @@
 //!   at random (`spec.postgresql.parameters.work_mem`: a new ConfigMap and status, no Pod
 //!   change), each timed from the patch until a watch sees the new observedGeneration.
 //!
-//! Environment: `PGML_BENCH_SCALES` (default `100,1000`), `PGML_BENCH_WINDOW_SECONDS`,
-//! `PGML_BENCH_CHANGES`, `PGML_BENCH_REPORT_EVERY`, `PGML_BENCH_OUT`. Heavy: run under
-//! `flock /tmp/pgml-heavy.lock` on a shared machine.
+//! Environment: `PGML_BENCH_SCALES` (default `100:10,100:0,1000:0`: N clusters, `:S` their
+//! reports rewritten every S s, 0 = once; no `:S`: `PGML_BENCH_REPORT_EVERY`),
+//! `PGML_BENCH_WINDOW_SECONDS`, `PGML_BENCH_CHANGES`, `PGML_BENCH_OUT`. Heavy: run under
+//! `flock /tmp/pgml-heavy.lock` on a shared machine. Details and findings:
+//! docs/design/bench.md, "steady_state".
 
 #[path = "../steady.rs"]
 mod steady;
