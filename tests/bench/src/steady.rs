@@ -63,9 +63,11 @@ impl AuditEntry {
     }
 }
 
-/// The audit entries received in `[from, to)` (seconds since the epoch), from `log` and the
-/// files kube-apiserver rotated it to (`audit-<time>.log` beside it).
-pub fn read_audit(log: &Path, from: f64, to: f64) -> anyhow::Result<Vec<AuditEntry>> {
+/// The audit entries received in `[from, to)` (seconds since the epoch), from `log` past
+/// byte `offset` (see [`audit_len`]; 0: all of it) and from the files kube-apiserver
+/// rotated it to (`audit-<time>.log` beside it) since `from`.
+pub fn read_audit(log: &Path, offset: u64, from: f64, to: f64) -> anyhow::Result<Vec<AuditEntry>> {
+    use std::io::{Read, Seek, SeekFrom};
     let dir = log.parent().unwrap_or(Path::new("."));
     let stem = log
         .file_stem()
@@ -73,21 +75,52 @@ pub fn read_audit(log: &Path, from: f64, to: f64) -> anyhow::Result<Vec<AuditEnt
         .unwrap_or("audit")
         .to_string();
     let mut out = vec![];
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if !(name.starts_with(&stem) && name.ends_with(".log")) {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p)?;
+    let mut take = |text: &str| {
         out.extend(
             text.lines()
+                .filter(|l| received_at(l).is_none_or(|t| t >= from - 1.0 && t < to + 1.0))
                 .filter_map(AuditEntry::parse)
                 .filter(|e| e.at >= from && e.at < to),
         );
+    };
+    let mut main = std::fs::File::open(log)?;
+    let len = main.metadata()?.len();
+    // Rotated since the offset was taken: all of the new file.
+    main.seek(SeekFrom::Start(if len >= offset { offset } else { 0 }))?;
+    let mut text = String::new();
+    main.read_to_string(&mut text)?;
+    take(&text);
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if p == log || !(name.starts_with(&format!("{stem}-")) && name.ends_with(".log")) {
+            continue;
+        }
+        let modified = e
+            .metadata()?
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        if modified >= from {
+            take(&std::fs::read_to_string(&p)?);
+        }
     }
     out.sort_by(|a, b| a.at.total_cmp(&b.at));
     Ok(out)
+}
+
+/// The log's length now: where [`read_audit`] may start for what comes later.
+pub fn audit_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map_or(0, |m| m.len())
+}
+
+/// A line's requestReceivedTimestamp without parsing the JSON (a cheap filter).
+fn received_at(line: &str) -> Option<f64> {
+    const KEY: &str = "\"requestReceivedTimestamp\":\"";
+    let i = line.find(KEY)? + KEY.len();
+    let end = line[i..].find('"')?;
+    parse_rfc3339(&line[i..i + end])
 }
 
 /// Counts of `key(entry)`, most frequent first.
