@@ -503,7 +503,7 @@ async fn measure(
         "calls per pool count the proxy's responses during the run (creates to all Ready), by action and outcome; mutating = every action not Describe/Get/List, the goal being volumes x (CreateVolume + AttachVolume) = 8; throttled responses (503 RequestLimitExceeded, retried by the SDK or requeued) are counted apart".into(),
     );
     report.notes.push(
-        "the simulator answers at once (moto makes volumes available and attachments attached instantly) and does not enforce EC2's per-instance attachment limit (the pools per node are chosen below the 52 device names the operator uses); real EC2 adds the volume creation (seconds) and attachment (seconds) latencies, which overlap across pools and add to the tail only".into(),
+        "the simulator answers at once (moto makes volumes available and attachments attached instantly) and does not enforce EC2's per-instance attachment limit, the operator does (DescribeInstanceTypes: m7i.xlarge 32, root volume included, hence 7 pools per node); real EC2 adds the volume creation (seconds) and attachment (seconds) latencies, which overlap across pools and add to the tail only".into(),
     );
     Ok(())
 }
