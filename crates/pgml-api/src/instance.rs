@@ -95,6 +95,29 @@ impl InstanceReport {
         strip(self) == strip(other) && archiving(self) == archiving(other)
     }
 
+    /// Whether `self` must be written now, `last` being the report written last and how
+    /// long ago: at once when it differs in more than positions and counters
+    /// ([`Self::same_as`]); positions and counters that moved at most every `every`; a
+    /// report that differs only in its time stamp never (an idle instance writes nothing,
+    /// so a thousand idle clusters cost the apiserver no writes and the operator no wakes).
+    pub fn needs_write(
+        &self,
+        last: Option<(&InstanceReport, std::time::Duration)>,
+        every: std::time::Duration,
+    ) -> bool {
+        let Some((last, age)) = last else {
+            return true;
+        };
+        if !last.same_as(self) {
+            return true;
+        }
+        let untimed = |r: &InstanceReport| InstanceReport {
+            updated: String::new(),
+            ..r.clone()
+        };
+        age >= every && untimed(last) != untimed(self)
+    }
+
     /// Runs as a primary, as far as its report says (not fenced, not demoted).
     pub fn acting_primary(&self) -> bool {
         self.role == Role::Primary && self.running && !self.fenced && !self.demoted
@@ -353,6 +376,28 @@ mod tests {
         assert_eq!(p.position(), Some("0/5"));
         assert_eq!(InstanceReport::parse(Some("not json")), None);
         assert_eq!(InstanceReport::parse(None), None);
+    }
+
+    #[test]
+    fn an_idle_report_is_never_rewritten_moved_positions_only_periodically() {
+        use std::time::Duration;
+        let every = Duration::from_secs(10);
+        let a = InstanceReport {
+            updated: "2026-01-01T00:00:00Z".into(),
+            lsn: Some("0/1".into()),
+            ..Default::default()
+        };
+        assert!(a.needs_write(None, every), "the first report");
+        let mut idle = a.clone();
+        idle.updated = "2026-01-01T00:05:00Z".into();
+        assert!(!idle.needs_write(Some((&a, Duration::from_secs(300))), every));
+        let mut moved = idle.clone();
+        moved.lsn = Some("0/2".into());
+        assert!(!moved.needs_write(Some((&a, Duration::from_secs(3))), every));
+        assert!(moved.needs_write(Some((&a, Duration::from_secs(10))), every));
+        let mut changed = idle.clone();
+        changed.ready = !a.ready;
+        assert!(changed.needs_write(Some((&a, Duration::from_secs(1))), every));
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::postgres::{Credentials, Pg, managed_conf};
 use crate::report::{self, InstanceReport, Lsn, Role, STATUS_ANNOTATION, slot_name};
 use crate::view;
 
-/// A report is written when it changes, and at least this often.
+/// A report is written when it changes; WAL positions and archiver counters that moved go
+/// out at most this often; an unchanged report is not written again.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// A server that ran this long before it exited starts again without delay.
 const STABLE_RUN: Duration = Duration::from_secs(60);
@@ -385,10 +386,8 @@ impl Manager {
         // A primary whose roles and passwords are not yet those of the Secrets would refuse
         // the clients and replicas that use them: not ready until they are.
         r.ready &= r.role != Role::Primary || self.replication_role_ready;
-        if let Some((last, at)) = &self.last_report
-            && last.same_as(&r)
-            && at.elapsed() < REPORT_EVERY
-        {
+        let last = self.last_report.as_ref().map(|(l, at)| (l, at.elapsed()));
+        if !r.needs_write(last, REPORT_EVERY) {
             return;
         }
         let json = match serde_json::to_string(&r) {
