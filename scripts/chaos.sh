@@ -31,6 +31,10 @@ set +e
 cargo test -p pgml-e2e --test chaos -- --nocapture 2>&1 | tee "$sbx/logs/chaos-$PGML_CHAOS_PROFILE.log"
 rc=${PIPESTATUS[0]}
 set -e
-[ "$PGML_CHAOS_PROFILE" = full ] && ls -l bench/results/chaos.json bench/results/chaos.md 2>/dev/null || true
+if [ "$PGML_CHAOS_PROFILE" = full ]; then
+  ls -l bench/results/chaos.json bench/results/chaos.md 2>/dev/null || true
+  # The plot and the index of bench/results (matplotlib from .venv).
+  "$py" tests/bench/plot.py || rc=1
+fi
 echo "chaos: finished in $(( $(date +%s) - t0 ))s (log: $sbx/logs/chaos-$PGML_CHAOS_PROFILE.log)"
 exit $rc

@@ -63,4 +63,8 @@ for t in $targets; do
   fi
 done
 cat "$summary"
+# The plot and the index of bench/results, when the venv with matplotlib is there.
+if [ -x .venv/bin/python ] && .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+  .venv/bin/python tests/bench/plot.py >/dev/null || true
+fi
 exit $rc
