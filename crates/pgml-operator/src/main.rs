@@ -104,28 +104,25 @@ async fn main() -> anyhow::Result<()> {
     let metrics_addr = pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
     let client = pgml_runtime::kube_client("pgml-operator", env!("CARGO_PKG_VERSION")).await?;
     check_crds(&client).await?;
+    // One rule for where the Lease lives, for the permission check and the elector alike.
+    let lease_namespace = pgml_operator::permissions::lease_namespace(
+        args.leader_elect,
+        args.lease_namespace.as_deref(),
+        std::env::var("POD_NAMESPACE").ok().as_deref(),
+        args.namespace.as_deref(),
+    );
     pgml_operator::permissions::check(
         &client,
         args.namespace.as_deref(),
-        args.leader_elect,
-        args.lease_namespace.as_deref(),
+        lease_namespace.as_deref(),
     )
     .await?;
 
     // A follower only reads its Lease: no EC2 client, no controller, no write, until it leads.
-    let elector = if args.leader_elect {
+    let elector = if let Some(namespace) = lease_namespace {
         let lease = LeaseSettings {
             name: args.lease_name.clone(),
-            namespace: args
-                .lease_namespace
-                .clone()
-                .or_else(|| {
-                    std::env::var("POD_NAMESPACE")
-                        .ok()
-                        .filter(|n| !n.is_empty())
-                })
-                .or_else(|| args.namespace.clone())
-                .unwrap_or_else(|| "default".into()),
+            namespace,
             identity: pgml_operator::leader::default_identity(),
             duration: Duration::from_secs(args.lease_duration_seconds),
             renew_deadline: Duration::from_secs(args.lease_renew_seconds),

@@ -120,17 +120,16 @@ pub fn lease_namespace(
 
 /// Fails start-up, naming each one, when a permission of [`needed`] is not granted: in
 /// the watched namespace (all namespaces without one), cluster-wide for Nodes and
-/// PersistentVolumes, and in the Lease's namespace when `leader_elect`.
+/// PersistentVolumes, and in the Lease's namespace (from [`lease_namespace`]; `None`
+/// without leader election).
 pub async fn check(
     client: &Client,
     watched: Option<&str>,
-    leader_elect: bool,
     lease: Option<&str>,
 ) -> anyhow::Result<()> {
-    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
     let ns = Namespaces {
         watched: watched.map(str::to_string),
-        lease: lease_namespace(leader_elect, lease, pod_namespace.as_deref(), watched),
+        lease: lease.map(str::to_string),
     };
     permissions::check(client, "pgml-operator", &needed(), &ns)
         .await

@@ -223,7 +223,7 @@ async fn zfspool_and_ebssnapshot_flows_pass_with_the_charts_permissions() {
     assert_never_forbidden(&all);
     // The chart's default, every namespace watched, passes the same check.
     let sa = client_of(&rbac.operator_kubeconfig).await;
-    pgml_operator::permissions::check(&sa, None, true, Some(f.name()))
+    pgml_operator::permissions::check(&sa, None, Some(f.name()))
         .await
         .expect("the chart grants the operator what it needs in every namespace");
 
@@ -430,7 +430,7 @@ async fn a_verb_taken_away_stops_the_operator_and_the_agent_naming_it() {
 
     // Watching every namespace (the chart's default), the same check says so.
     let sa = client_of(&rbac.operator_kubeconfig).await;
-    let err = pgml_operator::permissions::check(&sa, None, true, Some(ns.name()))
+    let err = pgml_operator::permissions::check(&sa, None, Some(ns.name()))
         .await
         .expect_err("patch on zfspools/status is missing in every namespace")
         .to_string();
