@@ -44,6 +44,15 @@ fn scrape(p: &Proc) -> String {
     body
 }
 
+/// A namespace of its own for a test (the CRDs installed), and its Leases.
+async fn namespace(prefix: &str) -> (TestNamespace, Api<Lease>) {
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let leases = ns.api();
+    (ns, leases)
+}
+
 async fn lease(api: &Api<Lease>) -> Option<Lease> {
     api.get_opt(LEASE).await.expect("reading the Lease")
 }
@@ -118,10 +127,7 @@ async fn events_by(ns: &TestNamespace, identity: &str) -> usize {
 #[tokio::test]
 async fn killing_the_leader_mid_provisioning_hands_over_without_duplicates() {
     let sb = Sandbox::get();
-    let client = client().await;
-    ensure_crds(&client, pgml_api::crds()).await;
-    let ns = TestNamespace::new(&client, "ha-kill").await;
-    let leases: Api<Lease> = ns.api();
+    let (ns, leases) = namespace("ha-kill").await;
     let suffix = ns.name().rsplit('-').next().unwrap_or_default().to_string();
     let _agents = procs::agents(sb, &[0, 1], ns.name());
     let mut a = replica(sb, ns.name(), "op-a");
@@ -244,10 +250,7 @@ async fn killing_the_leader_mid_provisioning_hands_over_without_duplicates() {
 #[tokio::test]
 async fn sigterm_releases_the_lease_and_the_follower_takes_over_at_once() {
     let sb = Sandbox::get();
-    let client = client().await;
-    ensure_crds(&client, pgml_api::crds()).await;
-    let ns = TestNamespace::new(&client, "ha-term").await;
-    let leases: Api<Lease> = ns.api();
+    let (ns, leases) = namespace("ha-term").await;
     let mut a = replica(sb, ns.name(), "op-a");
     let mut b = replica(sb, ns.name(), "op-b");
     let first = wait_leader(&leases, &["op-a", "op-b"], Duration::from_secs(60)).await;
@@ -295,10 +298,7 @@ async fn sigterm_releases_the_lease_and_the_follower_takes_over_at_once() {
 #[tokio::test]
 async fn a_leader_that_sees_another_holder_exits_non_zero() {
     let sb = Sandbox::get();
-    let client = client().await;
-    ensure_crds(&client, pgml_api::crds()).await;
-    let ns = TestNamespace::new(&client, "ha-lost").await;
-    let leases: Api<Lease> = ns.api();
+    let (ns, leases) = namespace("ha-lost").await;
     let mut op = replica(sb, ns.name(), "op-a");
     wait_leader(&leases, &["op-a"], Duration::from_secs(60)).await;
     // Another process takes the Lease (as one would after a network partition).
