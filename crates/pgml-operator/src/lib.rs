@@ -2,6 +2,7 @@
 //! sandbox with their own kube Client and [`pgml_aws::Ec2`].
 
 pub mod cluster;
+pub mod drain;
 pub mod leader;
 pub mod metrics;
 pub mod permissions;

@@ -166,12 +166,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let ctx = Context::new(client, ec2, settings);
     tracing::info!("custom resources are served; waiting for work");
-    // The stop request is awaited here, not inside the controller (kube polls its trigger
-    // late); the controller then gets a grace period to finish the reconciles in flight
-    // (each is idempotent, so one cut short is redone by the next process).
+    // The stop request is awaited here, not inside the controllers: kube-runtime polls its
+    // trigger late. On SIGTERM the gate closes (no reconcile starts), the ones in flight get
+    // a grace period (each is idempotent, so one cut short is redone by the next process),
+    // and the Lease is released as soon as none is left.
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopped = stop.clone();
-    let controller = pgml_operator::run_until(ctx, async move { stopped.notified().await });
+    let controller = pgml_operator::run_until(ctx.clone(), async move { stopped.notified().await });
     tokio::pin!(controller);
     let lost = async {
         match &elector {
@@ -184,12 +185,21 @@ async fn main() -> anyhow::Result<()> {
         _ = &mut controller => {}
         lost = &mut lost => lost_lease(lost),
         _ = shutdown.requested() => {
+            ctx.drain.stop();
             stop.notify_one();
-            // The Lease is still renewed through the grace period, and released once the
-            // reconciles are done.
+            let in_flight = ctx.drain.running();
+            // The controllers are still polled (they drive the reconciles in flight); the
+            // Lease is still renewed until they are done.
+            let drained = async {
+                tokio::select! {
+                    _ = &mut controller => {}
+                    _ = ctx.drain.idle() => {}
+                }
+            };
             tokio::select! {
-                done = tokio::time::timeout(GRACE, controller) => if done.is_err() {
-                    tracing::warn!(grace = ?GRACE, "reconciles still running after the grace period; stopping anyway");
+                done = tokio::time::timeout(GRACE, drained) => match done {
+                    Ok(()) => tracing::info!(in_flight, "reconciles in flight finished"),
+                    Err(_) => tracing::warn!(grace = ?GRACE, left = ctx.drain.running(), "reconciles still running after the grace period; stopping anyway"),
                 },
                 lost = &mut lost => lost_lease(lost),
             }

@@ -118,7 +118,7 @@ pub async fn run_until(
         )
         .graceful_shutdown_on(shutdown)
         .run(
-            |o, c| crate::metrics::timed("pgmlcluster", reconcile(o, c)),
+            |o, c| crate::drain::gated("pgmlcluster", c.clone(), reconcile(o, c)),
             error_policy,
             ctx,
         )

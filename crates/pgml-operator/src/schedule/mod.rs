@@ -173,7 +173,7 @@ async fn run_for<K: Scheduled>(
         })
         .graceful_shutdown_on(shutdown)
         .run(
-            |o, c| crate::metrics::timed("schedules", reconcile::<K>(o, c)),
+            |o, c| crate::drain::gated("schedules", c.clone(), reconcile::<K>(o, c)),
             error_policy::<K>,
             ctx,
         )

@@ -39,7 +39,7 @@ pub async fn run_until(
     Controller::new(snaps, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown)
         .run(
-            |s, c| crate::metrics::timed("ebssnapshot", reconcile(s, c)),
+            |s, c| crate::drain::gated("ebssnapshot", c.clone(), reconcile(s, c)),
             error_policy,
             ctx,
         )

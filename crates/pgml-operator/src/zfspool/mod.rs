@@ -103,6 +103,8 @@ pub struct Context {
     /// one instance reconcile side by side from the same DescribeInstances, and without this
     /// they all ask for the same names, all but one failing "already in use".
     devices: std::sync::Mutex<build::DeviceReservations>,
+    /// The gate every reconcile passes, closed at shutdown.
+    pub drain: crate::drain::Drain,
 }
 
 /// How long a device name asked for stays reserved: longer than a reconcile holds its
@@ -125,6 +127,7 @@ impl Context {
             failures: std::sync::Mutex::default(),
             since: std::sync::Mutex::default(),
             devices: std::sync::Mutex::default(),
+            drain: crate::drain::Drain::default(),
         })
     }
 
@@ -222,7 +225,7 @@ pub async fn run_until(
     Controller::new(pools, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown)
         .run(
-            |p, c| crate::metrics::timed("zfspool", reconcile(p, c)),
+            |p, c| crate::drain::gated("zfspool", c.clone(), reconcile(p, c)),
             error_policy,
             ctx,
         )
