@@ -18,7 +18,7 @@ pub enum ErrorKind {
     Permanent,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("EC2 {action} failed ({code}): {message}")]
 pub struct AwsError {
     pub action: &'static str,

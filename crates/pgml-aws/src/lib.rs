@@ -5,12 +5,16 @@
 //! decide between backing off, retrying, waiting for a spec change, or treating "already
 //! gone" as success. [`SdkEc2`] implements it over aws-sdk-ec2.
 
+mod batch;
 mod error;
+mod limit;
 mod sdk;
 mod token;
 mod types;
 
+pub use batch::Batched;
 pub use error::{AwsError, ErrorKind};
+pub use limit::{Bucket, Class, LimitEvent, LimitObserver, Limited, RateLimits};
 pub use sdk::{SdkEc2, sdk_config};
 pub use token::{client_token, device_name_hint};
 pub use types::*;
@@ -24,6 +28,15 @@ pub trait Ec2: Send + Sync {
     /// The instance behind a node, or `None` when EC2 does not know it.
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, AwsError>;
 
+    /// Several instances in one call; unknown IDs are left out of the answer.
+    async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+        let mut found = Vec::new();
+        for id in ids {
+            found.extend(self.describe_instance(id).await?);
+        }
+        Ok(found)
+    }
+
     /// EBS limits of an instance type (bandwidth, IOPS, attachment slots).
     async fn instance_type_limits(
         &self,
@@ -36,6 +49,19 @@ pub trait Ec2: Send + Sync {
 
     /// All volumes matching the tag filters, in one call (pages followed).
     async fn find_volumes(&self, tags: &[(String, String)]) -> Result<Vec<Volume>, AwsError>;
+
+    /// Volumes whose tag `key` has any of `values`, in one call (pages followed).
+    async fn find_volumes_any(
+        &self,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<Volume>, AwsError> {
+        let mut found = Vec::new();
+        for v in values {
+            found.extend(self.find_volumes(&[(key.to_string(), v.clone())]).await?);
+        }
+        Ok(found)
+    }
 
     /// Volumes by ID; IDs that do not exist are left out of the answer rather than failing it.
     async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError>;

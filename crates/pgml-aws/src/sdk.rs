@@ -241,6 +241,37 @@ fn tag_filters(tags: &[(String, String)]) -> Vec<t::Filter> {
         .collect()
 }
 
+fn instance(i: &t::Instance) -> Instance {
+    Instance {
+        instance_id: i.instance_id().unwrap_or_default().to_string(),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+        block_devices: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    m.device_name()?.to_string(),
+                    m.ebs()?.volume_id()?.to_string(),
+                ))
+            })
+            .collect(),
+        root_device_name: i.root_device_name().map(str::to_string),
+    }
+}
+
 fn volume(v: &t::Volume) -> Volume {
     Volume {
         volume_id: v.volume_id().unwrap_or_default().to_string(),
@@ -332,34 +363,36 @@ impl Ec2 for SdkEc2 {
             .iter()
             .flat_map(|r| r.instances())
             .find(|i| i.instance_id() == Some(instance_id));
-        Ok(found.map(|i| Instance {
-            instance_id: instance_id.to_string(),
-            availability_zone: i
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .unwrap_or_default()
-                .to_string(),
-            instance_type: i
-                .instance_type()
-                .map(|t| t.as_str().to_string())
-                .unwrap_or_default(),
-            state: i
-                .state()
-                .and_then(|s| s.name())
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_default(),
-            block_devices: i
-                .block_device_mappings()
-                .iter()
-                .filter_map(|m| {
-                    Some((
-                        m.device_name()?.to_string(),
-                        m.ebs()?.volume_id()?.to_string(),
-                    ))
-                })
-                .collect(),
-            root_device_name: i.root_device_name().map(str::to_string),
-        }))
+        Ok(found.map(instance))
+    }
+
+    async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // A filter on instance-id (unlike InstanceIds) leaves an unknown ID out of the
+        // answer instead of failing the whole call.
+        let filter = t::Filter::builder()
+            .name("instance-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(filter)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("DescribeInstances", e))?;
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .map(instance),
+            );
+        }
+        Ok(found)
     }
 
     async fn instance_type_limits(
@@ -449,6 +482,21 @@ impl Ec2 for SdkEc2 {
 
     async fn find_volumes(&self, tags: &[(String, String)]) -> Result<Vec<Volume>, AwsError> {
         self.volumes_where(tag_filters(tags)).await
+    }
+
+    async fn find_volumes_any(
+        &self,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<Volume>, AwsError> {
+        if values.is_empty() {
+            return Ok(vec![]);
+        }
+        let filter = t::Filter::builder()
+            .name(format!("tag:{key}"))
+            .set_values(Some(values.to_vec()))
+            .build();
+        self.volumes_where(vec![filter]).await
     }
 
     async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError> {

@@ -61,6 +61,15 @@ struct Args {
     #[arg(long, env = "PGML_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: String,
 
+    /// The operator's own EC2 rate limits, one token bucket per class of action as EC2
+    /// meters them, shared by all reconciles: calls wait for a token instead of being
+    /// throttled. Empty: EC2's defaults for an account (resource 100 + 5/s, mutating
+    /// 50 + 5/s, describe 100 + 20/s). `off`, or over the defaults a list of
+    /// `CLASS=SIZE/REFILL`, `CLASS=off` and `scale=F` (every refill × F, for an account
+    /// whose limits AWS raised), e.g. `scale=2,describe=200/40`.
+    #[arg(long, env = "PGML_EC2_RATE_LIMITS", default_value = "", value_parser = pgml_aws::RateLimits::parse)]
+    ec2_rate_limits: pgml_aws::RateLimits,
+
     /// Run the controllers only while holding the leader Lease (for several replicas).
     #[arg(long, env = "PGML_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -148,10 +157,18 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let aws = pgml_aws::sdk_config().await;
-    let ec2 = Arc::new(pgml_aws::SdkEc2::with_observer(
+    let sdk = Arc::new(pgml_aws::SdkEc2::with_observer(
         &aws,
         Arc::new(metrics::ec2_request),
     ));
+    tracing::info!(limits = ?args.ec2_rate_limits, "EC2 rate limits");
+    let limited = Arc::new(
+        pgml_aws::Limited::new(sdk, &args.ec2_rate_limits)
+            .with_observer(Arc::new(metrics::ec2_limit)),
+    );
+    // Describes of one instance or one pool's volumes, asked by many reconciles at once,
+    // go out as one call.
+    let ec2 = Arc::new(pgml_aws::Batched::new(limited));
     let settings = Settings {
         namespace: args.namespace.clone(),
         release_timeout: Duration::from_secs(args.release_timeout_seconds),

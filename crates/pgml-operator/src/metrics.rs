@@ -46,6 +46,11 @@ struct Ec2Request {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Ec2Class {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolHealth {
     namespace: String,
     name: String,
@@ -86,6 +91,8 @@ pub struct Metrics {
     pool_current: Mutex<HashMap<(String, String), String>>,
     snapshots: Arc<LastSuccess>,
     leader: Family<Identity, Gauge>,
+    limit_wait: Family<Ec2Class, Counter<f64>>,
+    limit_throttled: Family<Ec2Class, Counter>,
 }
 
 /// The newest completed snapshot per source (Unix seconds); the age is computed at each
@@ -171,6 +178,18 @@ impl Metrics {
             "1 while this process holds the leader Lease and runs the controllers, else 0",
             leader.clone(),
         );
+        let limit_wait = Family::<Ec2Class, Counter<f64>>::default();
+        r.register(
+            "pgml_ec2_rate_limit_wait_seconds",
+            "Time EC2 calls waited for a token of the operator's own bucket of their class (resource, mutating, describe)",
+            limit_wait.clone(),
+        );
+        let limit_throttled = Family::<Ec2Class, Counter>::default();
+        r.register(
+            "pgml_ec2_rate_limit_throttled",
+            "EC2 calls throttled although the operator's bucket had a token (the account's bucket is shared, or its limits are lower than configured); each empties the local bucket",
+            limit_throttled.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             reconciles,
@@ -182,6 +201,8 @@ impl Metrics {
             pool_current: Mutex::default(),
             snapshots,
             leader,
+            limit_wait,
+            limit_throttled,
         }
     }
 }
@@ -275,6 +296,24 @@ pub fn ec2_request(action: &str, outcome: &'static str) {
             outcome,
         })
         .inc();
+}
+
+/// Counts a wait for, or a throttle despite, a token of the operator's EC2 rate limiter.
+pub fn ec2_limit(class: pgml_aws::Class, event: pgml_aws::LimitEvent) {
+    let label = Ec2Class {
+        class: class.as_str(),
+    };
+    match event {
+        pgml_aws::LimitEvent::Waited(d) => {
+            global()
+                .limit_wait
+                .get_or_create(&label)
+                .inc_by(d.as_secs_f64());
+        }
+        pgml_aws::LimitEvent::ThrottledAnyway => {
+            global().limit_throttled.get_or_create(&label).inc();
+        }
+    }
 }
 
 /// Sets a pool's health and capacity from its status (what its agent last reported), or
