@@ -1,5 +1,5 @@
-//! Apply: bring EC2 to the spec — create the missing members (recording each ID at once),
-//! attach them, grow them — then write the controller's status if it changed.
+//! Apply: bring EC2 to the spec — create the missing members side by side (recording their
+//! IDs before anything else), attach them, grow them — then write the status if it changed.
 
 use kube::runtime::controller::Action;
 use pgml_api::validate;
@@ -38,18 +38,29 @@ pub async fn commit(
     for (warning, reason, note) in status::notices(observed, new) {
         events::publish(ctx, pool, warning, &reason, note).await;
     }
-    for v in &new.volumes {
-        let was = observed.volumes.iter().find(|o| o.index == v.index);
-        let now_attached = v.attachment_state.as_deref() == Some("attached");
-        if now_attached && was.and_then(|o| o.attachment_state.as_deref()) != Some("attached") {
-            let note = format!(
-                "member {} ({}) is attached to {}",
+    let attached: Vec<String> = new
+        .volumes
+        .iter()
+        .filter(|v| {
+            let was = observed.volumes.iter().find(|o| o.index == v.index);
+            v.attachment_state.as_deref() == Some("attached")
+                && was.and_then(|o| o.attachment_state.as_deref()) != Some("attached")
+        })
+        .map(|v| {
+            format!(
+                "member {} ({})",
                 v.index,
-                v.volume_id.as_deref().unwrap_or("?"),
-                new.instance_id.as_deref().unwrap_or("?")
-            );
-            events::publish(ctx, pool, false, "VolumeAttached", note).await;
-        }
+                v.volume_id.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    if !attached.is_empty() {
+        let note = format!(
+            "{} attached to {}",
+            attached.join(", "),
+            new.instance_id.as_deref().unwrap_or("?")
+        );
+        events::publish(ctx, pool, false, "VolumeAttached", note).await;
     }
     Ok(true)
 }
@@ -177,7 +188,11 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         events::publish(ctx, pool, true, reason::MEMBER_LOST, note).await;
     }
 
-    // Create what is missing, recording each ID before anything else happens.
+    // Create what is missing, side by side (each waits for its own token of the rate
+    // limiter), then record every ID in one status write before anything else happens. A
+    // crash in between loses nothing: the volumes carry the pool's tags from their creation
+    // (the next reconcile finds them) and a retry with the same ClientToken returns them.
+    let mut wanted = Vec::new();
     for i in 0..count {
         if members.slots[i].is_some() || gone.contains_key(&i) {
             continue;
@@ -196,30 +211,62 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         if let Some(r) = restore.as_ref().filter(|_| generation == 0) {
             req = build::restored(req, &r.sources[&i], r.rate_mibps);
         }
-        let v = ctx.ec2.create_volume(&req).await?;
+        wanted.push((i, generation, replaced, req));
+    }
+    let answers = futures::future::join_all(
+        wanted
+            .iter()
+            .map(|(_, _, _, req)| ctx.ec2.create_volume(req)),
+    )
+    .await;
+    let mut created = Vec::new();
+    let mut notes = Vec::new();
+    let mut failed = None;
+    for ((i, generation, replaced, req), answer) in wanted.into_iter().zip(answers) {
+        let v = match answer {
+            Ok(v) => v,
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
         tracing::info!(volume = %v.volume_id, member = i, generation, "created volume");
         *entry_mut(&mut facts.volumes, i) = VolumeStatus {
             generation,
             replaced_volume_id: replaced.clone(),
             ..build::volume_status(i, &v, &facts.instance_id, None)
         };
-        members.slots[i] = Some(v.clone());
+        notes.push(format!(
+            "{} ({} GiB {}) as member {i}{}{}",
+            v.volume_id,
+            req.size_gib,
+            req.volume_type.as_str(),
+            req.snapshot_id
+                .as_deref()
+                .map_or(String::new(), |s| format!(" from snapshot {s}")),
+            replaced.map_or(String::new(), |old| format!(", replacing {old}"))
+        ));
+        members.slots[i] = Some(v);
+        created.push(i);
+    }
+    if !created.is_empty() {
         facts.repair = repair_view(&decision, &facts);
         let new = status::compute(&facts, &observed, &now);
         write_status(ctx, pool, &new).await?;
         written = new;
         let note = format!(
-            "created {} ({} GiB {}) as member {i} in {}{}{}",
-            v.volume_id,
-            req.size_gib,
-            req.volume_type.as_str(),
-            req.availability_zone,
-            req.snapshot_id
-                .as_deref()
-                .map_or(String::new(), |s| format!(" from snapshot {s}")),
-            replaced.map_or(String::new(), |old| format!(", replacing {old}"))
+            "created {} in {}",
+            notes.join(", "),
+            target.instance.availability_zone
         );
         events::publish(ctx, pool, false, "VolumeCreated", note).await;
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+
+    if !created.is_empty() {
+        await_available(ctx, &mut members, &created).await?;
     }
 
     if let Some(r) = &restore
@@ -566,6 +613,42 @@ fn facts(
     }
 }
 
+/// Polls of the volumes just created (`creating` for a few seconds on EC2) before they are
+/// attached in the same reconcile, rather than a requeue later: after 0, 1, 2 and 2 s, one
+/// DescribeVolumes for all of them each time. Still `creating` after that: the requeue
+/// comes back for them.
+const CREATED_POLLS: [u64; 4] = [0, 1, 2, 2];
+
+async fn await_available(
+    ctx: &Context,
+    members: &mut build::Members,
+    created: &[usize],
+) -> Result<(), Error> {
+    for wait in CREATED_POLLS {
+        let ids: Vec<String> = created
+            .iter()
+            .filter_map(|&i| members.slots[i].as_ref())
+            .filter(|v| v.state == "creating")
+            .map(|v| v.volume_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        for fresh in ctx.ec2.describe_volumes(&ids).await? {
+            let slot = created.iter().copied().find(|&i| {
+                members.slots[i]
+                    .as_ref()
+                    .is_some_and(|v| v.volume_id == fresh.volume_id)
+            });
+            if let Some(i) = slot {
+                members.slots[i] = Some(fresh);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn set_attachment(facts: &mut Facts, index: usize, state: &str) {
     if let Some(v) = facts.volumes.iter_mut().find(|v| v.index == index as i32) {
         v.attachment_state = Some(state.to_string());
@@ -584,6 +667,7 @@ async fn attach_members(
 ) -> Result<(), Error> {
     let instance_id = target.instance.instance_id.clone();
     let mut used = build::used_devices(&target.instance, members);
+    let mut described = target.described;
     // How long the pool has been waiting for its volumes (for attachments that last).
     let waiting_since = status::condition(observed, c::VOLUMES_ATTACHED)
         .filter(|c| c.status == c::FALSE)
@@ -617,6 +701,14 @@ async fn attach_members(
                 ));
             }
             AttachStep::Attach => {
+                // Names are picked from a recent view only: the reservations of other pools'
+                // attaches lapse a while after EC2 answered them ([`build::DeviceReservations`]).
+                if described.elapsed() > build::INSTANCE_VIEW_MAX_AGE {
+                    described = std::time::Instant::now();
+                    if let Some(fresh) = ctx.ec2.describe_instance(&instance_id).await? {
+                        used.extend(build::used_devices(&fresh, members));
+                    }
+                }
                 let Some(device) = ctx.reserve_device(&instance_id, &v.volume_id, i, &used) else {
                     facts.attach_problem = Some((
                         reason::ATTACHMENT_LIMIT.into(),
@@ -630,6 +722,7 @@ async fn attach_members(
                     .await
                 {
                     Ok(state) => {
+                        ctx.device_answered(&instance_id, &device);
                         tracing::info!(volume = %v.volume_id, %device, ?state, "attach requested");
                         used.insert(device);
                         set_attachment(facts, i, build::attachment_word(state));

@@ -251,20 +251,41 @@ pub fn pick_device(index: usize, used: &BTreeSet<String>) -> Option<String> {
         .find(|d| !used.contains(d))
 }
 
-/// Device names asked for per instance (instance → device → (volume, when)), shared by
-/// the reconciles of every pool: pools on one instance reconcile side by side, each from its
+/// Device names asked for per instance (instance → device → reservation), shared by the
+/// reconciles of every pool: pools on one instance reconcile side by side, each from its
 /// own DescribeInstances, and would otherwise all ask for the same names, all but one
 /// failing "already in use" (a wasted AttachVolume, and the member attached a requeue later).
+///
+/// A reservation holds while its AttachVolume is in flight (which may wait long for a token
+/// of the rate limiter), then `ttl` from the answer: long enough that every view of the
+/// instance taken before the answer is out of use by then ([`INSTANCE_VIEW_MAX_AGE`]).
 #[derive(Debug, Default)]
 pub struct DeviceReservations {
-    names: std::collections::HashMap<String, BTreeMap<String, (String, std::time::Instant)>>,
+    names: std::collections::HashMap<String, BTreeMap<String, Reservation>>,
 }
+
+#[derive(Debug)]
+struct Reservation {
+    /// Empty: the name is held by a device that is not ours.
+    volume: String,
+    at: std::time::Instant,
+    in_flight: bool,
+}
+
+/// How old a DescribeInstances may be when a device name is picked from it; older views are
+/// fetched again. Shorter than the reservations' `ttl`.
+pub const INSTANCE_VIEW_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An AttachVolume that never answered (its reconcile cancelled) frees its name after
+/// this many `ttl`s.
+const IN_FLIGHT_TTLS: u32 = 15;
 
 impl DeviceReservations {
     /// The device name for attaching `volume` as member `index` to `instance`, reserved for
-    /// it at once: the name it holds already, else [`pick_device`] among the names neither
-    /// in `used` nor reserved. Reservations older than `ttl` lapse; one is not dropped when
-    /// a DescribeInstances shows the name, since other reconciles may hold an older view.
+    /// it at once (in flight): the name it holds already, else [`pick_device`] among the
+    /// names neither in `used` nor reserved. Answered reservations older than `ttl` lapse;
+    /// one is not dropped when a DescribeInstances shows the name, since other reconciles
+    /// may hold an older view.
     pub fn reserve(
         &mut self,
         now: std::time::Instant,
@@ -275,22 +296,47 @@ impl DeviceReservations {
         used: &BTreeSet<String>,
     ) -> Option<String> {
         let names = self.names.entry(instance.to_string()).or_default();
-        names.retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
-        if let Some((d, _)) = names.iter().find(|(_, (v, _))| v == volume) {
+        names.retain(|_, r| {
+            let lapse = if r.in_flight {
+                ttl * IN_FLIGHT_TTLS
+            } else {
+                ttl
+            };
+            now.saturating_duration_since(r.at) < lapse
+        });
+        if let Some((d, r)) = names.iter_mut().find(|(_, r)| r.volume == volume) {
+            r.in_flight = true;
+            r.at = now;
             return Some(d.clone());
         }
         let mut taken = used.clone();
         taken.extend(names.keys().cloned());
         let device = pick_device(index, &taken)?;
-        names.insert(device.clone(), (volume.to_string(), now));
+        names.insert(
+            device.clone(),
+            Reservation {
+                volume: volume.to_string(),
+                at: now,
+                in_flight: true,
+            },
+        );
         Some(device)
     }
 
-    /// EC2 said another device holds the name: it stays reserved (until it lapses), for no
+    /// EC2 answered the AttachVolume: the name stays reserved `ttl` from now.
+    pub fn answered(&mut self, now: std::time::Instant, instance: &str, device: &str) {
+        if let Some(r) = self.names.get_mut(instance).and_then(|n| n.get_mut(device)) {
+            r.in_flight = false;
+            r.at = now;
+        }
+    }
+
+    /// EC2 said another device holds the name: it stays reserved `ttl` from now, for no
     /// volume of ours.
-    pub fn taken(&mut self, instance: &str, device: &str) {
-        if let Some((v, _)) = self.names.get_mut(instance).and_then(|n| n.get_mut(device)) {
-            v.clear();
+    pub fn taken(&mut self, now: std::time::Instant, instance: &str, device: &str) {
+        self.answered(now, instance, device);
+        if let Some(r) = self.names.get_mut(instance).and_then(|n| n.get_mut(device)) {
+            r.volume.clear();
         }
     }
 
@@ -498,16 +544,38 @@ mod tests {
             "/dev/xvdba"
         );
         // Taken by another: vol-b gets another name; released: the name is free again.
-        r.taken("i-1", &b);
+        r.taken(t, "i-1", &b);
         let b2 = r.reserve(t, ttl, "i-1", "vol-b", 0, &used).unwrap();
         assert_eq!(b2, "/dev/xvdbd");
         r.release("i-1", &b2);
         assert_eq!(r.reserve(t, ttl, "i-1", "vol-d", 3, &used).unwrap(), b2);
-        // Lapsed reservations free their names.
-        let later = t + ttl;
+        // An attach in flight keeps its name however long it waits for its token; answered,
+        // the name lapses `ttl` later.
+        let later = t + ttl * 2;
         assert_eq!(
             r.reserve(later, ttl, "i-1", "vol-e", 1, &used).unwrap(),
-            "/dev/xvdbb"
+            "/dev/xvdbc",
+            "the taken name lapsed; vol-a's (xvdbb) and vol-d's (xvdbd) attaches are in flight"
+        );
+        r.answered(later, "i-1", &a);
+        assert_eq!(
+            r.reserve(later + ttl / 2, ttl, "i-1", "vol-f", 1, &used)
+                .unwrap(),
+            "/dev/xvdbe"
+        );
+        assert_eq!(
+            r.reserve(later + ttl, ttl, "i-1", "vol-g", 1, &used)
+                .unwrap(),
+            "/dev/xvdbb",
+            "answered a ttl ago: lapsed"
+        );
+        // An attach that never answers frees its name in the end.
+        let much_later = later + ttl * IN_FLIGHT_TTLS;
+        assert_eq!(
+            r.reserve(much_later, ttl, "i-1", "vol-h", 3, &used)
+                .unwrap(),
+            "/dev/xvdbd",
+            "vol-d's attach, asked at t, never answered"
         );
     }
     use pgml_aws::Attachment;

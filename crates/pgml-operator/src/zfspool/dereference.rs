@@ -13,6 +13,8 @@ use super::status::reason;
 #[derive(Debug, Clone)]
 pub struct Target {
     pub instance: Instance,
+    /// When `instance` was described (device names are picked from fresh views only).
+    pub described: std::time::Instant,
     /// `None` when DescribeInstanceTypes does not know the type (limits unchecked).
     pub limits: Option<InstanceTypeLimits>,
 }
@@ -59,6 +61,7 @@ pub async fn resolve(ctx: &Context, node_name: &str) -> Result<Result<Target, Un
             },
         }));
     };
+    let described = std::time::Instant::now();
     let Some(instance) = ctx.ec2.describe_instance(&instance_id).await? else {
         return Ok(Err(Unresolved {
             reason: reason::INSTANCE_NOT_FOUND,
@@ -75,7 +78,11 @@ pub async fn resolve(ctx: &Context, node_name: &str) -> Result<Result<Target, Un
         }));
     }
     let limits = limits(ctx, &instance.instance_type).await?;
-    Ok(Ok(Target { instance, limits }))
+    Ok(Ok(Target {
+        instance,
+        described,
+        limits,
+    }))
 }
 
 /// An instance type's limits never change: ask EC2 once per type per process.

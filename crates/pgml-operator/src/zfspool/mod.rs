@@ -107,9 +107,9 @@ pub struct Context {
     pub drain: crate::drain::Drain,
 }
 
-/// How long a device name asked for stays reserved: longer than a reconcile holds its
-/// DescribeInstances, short enough that names detached since are soon free again (52 names,
-/// up to 32 attachments on a Nitro instance).
+/// How long a device name stays reserved once EC2 answered its AttachVolume: longer than a
+/// view of the instance is used ([`build::INSTANCE_VIEW_MAX_AGE`]), short enough that names
+/// detached since are soon free again (52 names, up to 32 attachments on a Nitro instance).
 const DEVICE_RESERVATION: Duration = Duration::from_secs(20);
 
 impl Context {
@@ -151,7 +151,14 @@ impl Context {
 
     /// [`build::DeviceReservations::taken`].
     pub fn device_taken(&self, instance: &str, device: &str) {
-        self.devices().taken(instance, device);
+        self.devices()
+            .taken(std::time::Instant::now(), instance, device);
+    }
+
+    /// [`build::DeviceReservations::answered`].
+    pub fn device_answered(&self, instance: &str, device: &str) {
+        self.devices()
+            .answered(std::time::Instant::now(), instance, device);
     }
 
     /// [`build::DeviceReservations::release`].
