@@ -3,6 +3,7 @@ serves the admin API under /_sim/."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -117,8 +118,9 @@ class Sim:
         self.stats = faults.Stats()
         self.limiter = faults.RateLimiter()
         self.rngs = faults.RuleRng()
-        self.attach_lock = threading.Lock()
-        self.create_lock = threading.Lock()  # ClientToken check + create as one step
+        # Check + act + record as one step, per resource rather than for the whole
+        # simulator: a hundred pools' creates and attaches proceed side by side, as on EC2.
+        self.keyed = KeyedLocks()
         self.tls = threading.local()  # .auth: the Authorization header of the current request
         self.resume_pending_attachments()
 
@@ -227,7 +229,7 @@ class Sim:
         fingerprint = hashlib.sha256(
             json.dumps(sorted((k, v) for k, v in params.items() if k != "ClientToken")).encode()
         ).hexdigest()
-        with self.create_lock:
+        with self.keyed.hold(f"token:{token}"):
             with self.store.lock:
                 seen = self.store.data.setdefault("client_tokens", {}).get(token)
             if seen is None:
@@ -325,7 +327,9 @@ class Sim:
         return rec
 
     def do_AttachVolume(self, params, fwd) -> Reply:
-        with self.attach_lock:  # check + attach + record as one step
+        # Check + attach + record as one step for this volume and this instance's names.
+        vol, iid = params.get("VolumeId"), params.get("InstanceId")
+        with self.keyed.hold(f"volume:{vol}", f"instance:{iid}"):
             return self._attach(params, fwd)
 
     def _attach(self, params, fwd) -> Reply:
@@ -830,6 +834,27 @@ class Handler(BaseHTTPRequestHandler):
             with sim.store.lock:
                 return self.send_json(200, sim.store.data)
         self.send_json(404, {"error": f"no admin route {cmd} {path}"})
+
+
+class KeyedLocks:
+    """A lock per key, made on first use; several keys are taken in sorted order (no
+    deadlock between two requests holding overlapping keys)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextlib.contextmanager
+    def hold(self, *keys: str):
+        with self._guard:
+            locks = [self._locks.setdefault(k, threading.Lock()) for k in sorted(set(keys))]
+        for lk in locks:
+            lk.acquire()
+        try:
+            yield
+        finally:
+            for lk in reversed(locks):
+                lk.release()
 
 
 class Server(ThreadingHTTPServer):

@@ -58,7 +58,8 @@ class Store:
     def save(self) -> None:
         with self.lock:
             tmp = self.file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            # Compact: written after every change, under the lock every request takes.
+            tmp.write_text(json.dumps(self.data, separators=(",", ":")))
             os.replace(tmp, self.file)
 
     # ---- paths -------------------------------------------------------------------------
