@@ -516,11 +516,12 @@ async fn throttled_tagging_backs_off_and_adopts_the_set() {
     let node = &f.sb.nodes[2];
     let pool = f.unique("thrsrc");
     f.ready_pool(&pool, node, "raid0", 2).await;
-    // Every CreateTags naming member 0 of this snapshot, 4 times: more than the SDK retries.
+    // Every CreateTags naming member 0 of this snapshot, 13 times: more than the SDK (3
+    // attempts) and the operator's rate limiter (4 tries, each after a fresh token) retry.
     let _throttle = SimAdmin::from_sandbox(f.sb)
         .fault(json!({
             "kind": "throttle", "action": "CreateTags",
-            "match": format!("{}/thr-0", f.name()), "count": 4,
+            "match": format!("{}/thr-0", f.name()), "count": 13,
         }))
         .unwrap();
     f.snapshot("thr", &pool, "standbySignal: Never\n").await;

@@ -233,6 +233,10 @@ impl Bench {
         (scale, shrink): (f64, u32),
         limit: Duration,
     ) -> anyhow::Result<Run> {
+        // The simulator's buckets start full; the operator's own refill while it is idle
+        // (the previous run's deletions drew on them): as long as the fullest takes.
+        tokio::time::sleep(Duration::from_secs_f64(100.0 / (5.0 * scale)) + Duration::from_secs(1))
+            .await;
         let mut cfg = json!({"enabled": true, "scale": scale});
         if shrink > 1 {
             let k = f64::from(shrink);
@@ -279,6 +283,23 @@ fn per_pool(stats: &Value, n: u32) -> BTreeMap<(String, String), f64> {
     out
 }
 
+/// `PGML_EC2_RATE_LIMITS` for the operator: the buckets of [`Bench::run`]'s simulator.
+fn operator_limits(scale: f64, shrink: u32) -> String {
+    if shrink <= 1 {
+        return format!("scale={scale}");
+    }
+    let k = f64::from(shrink);
+    format!(
+        "resource={}/{},mutating={}/{},describe={}/{},scale={scale}",
+        100.0 / k,
+        5.0 / k,
+        50.0 / k,
+        5.0 / k,
+        100.0 / k,
+        20.0 / k
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let sizes = env_list("PGML_BENCH_POOLS", "50,100,200");
@@ -309,7 +330,20 @@ async fn main() -> anyhow::Result<()> {
     let client = client().await;
     ensure_crds(&client, pgml_api::crds()).await;
     let ns = TestNamespace::new(&client, "bench-prov").await;
-    let operator = procs::operator(sb, ns.name());
+    // The operator is told the buckets it meets (as an account whose limits AWS raised
+    // would configure it): the same scale, and under PGML_BENCH_SHRINK the same sizes.
+    let limits = operator_limits(scale, shrink);
+    let operator = procs::operator_with_env(
+        sb,
+        ns.name(),
+        &[
+            ("PGML_EC2_RATE_LIMITS", &limits),
+            (
+                "PGML_LOG_LEVEL",
+                "debug,hyper=info,h2=info,tower=info,rustls=info,aws_smithy_runtime=info,aws_smithy_http_client=info,aws_sdk_ec2=info,aws_config=info",
+            ),
+        ],
+    );
     let idx: Vec<usize> = (0..nodes).collect();
     let agents = procs::agents(sb, &idx, ns.name());
     let admin = SimAdmin::from_sandbox(sb);
