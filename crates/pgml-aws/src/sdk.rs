@@ -230,6 +230,14 @@ fn tag_spec(resource: t::ResourceType, tags: &BTreeMap<String, String>) -> t::Ta
     spec.build()
 }
 
+/// A filter matching any of `values` (EC2 ORs the values of one filter).
+fn any_of(name: &str, values: &[String]) -> t::Filter {
+    t::Filter::builder()
+        .name(name)
+        .set_values(Some(values.to_vec()))
+        .build()
+}
+
 fn tag_filters(tags: &[(String, String)]) -> Vec<t::Filter> {
     tags.iter()
         .map(|(k, v)| {
@@ -372,10 +380,7 @@ impl Ec2 for SdkEc2 {
         }
         // A filter on instance-id (unlike InstanceIds) leaves an unknown ID out of the
         // answer instead of failing the whole call.
-        let filter = t::Filter::builder()
-            .name("instance-id")
-            .set_values(Some(ids.to_vec()))
-            .build();
+        let filter = any_of("instance-id", ids);
         let mut pages = self
             .client
             .describe_instances()
@@ -492,11 +497,8 @@ impl Ec2 for SdkEc2 {
         if values.is_empty() {
             return Ok(vec![]);
         }
-        let filter = t::Filter::builder()
-            .name(format!("tag:{key}"))
-            .set_values(Some(values.to_vec()))
-            .build();
-        self.volumes_where(vec![filter]).await
+        self.volumes_where(vec![any_of(&format!("tag:{key}"), values)])
+            .await
     }
 
     async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError> {
@@ -505,10 +507,7 @@ impl Ec2 for SdkEc2 {
         }
         // A filter on volume-id (unlike VolumeIds) does not fail the whole call when one of
         // the IDs no longer exists: the missing one is simply absent from the answer.
-        let filter = t::Filter::builder()
-            .name("volume-id")
-            .set_values(Some(ids.to_vec()))
-            .build();
+        let filter = any_of("volume-id", ids);
         let out = self
             .client
             .describe_volumes()
@@ -624,19 +623,15 @@ impl Ec2 for SdkEc2 {
             return Ok(vec![]);
         }
         // As for volumes: a filter leaves a deleted snapshot out instead of failing the call.
-        let filter = t::Filter::builder()
-            .name("snapshot-id")
-            .set_values(Some(ids.to_vec()))
-            .build();
-        self.snapshots_where(vec![filter]).await
+        self.snapshots_where(vec![any_of("snapshot-id", ids)]).await
     }
 
     async fn attached_volumes(&self, instance_id: &str) -> Result<Vec<Volume>, AwsError> {
-        let filter = t::Filter::builder()
-            .name("attachment.instance-id")
-            .values(instance_id)
-            .build();
-        self.volumes_where(vec![filter]).await
+        self.volumes_where(vec![any_of(
+            "attachment.instance-id",
+            &[instance_id.to_string()],
+        )])
+        .await
     }
 
     async fn create_tags(
