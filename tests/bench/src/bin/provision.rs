@@ -283,6 +283,32 @@ fn per_pool(stats: &Value, n: u32) -> BTreeMap<(String, String), f64> {
     out
 }
 
+/// From the operator's log: seconds from the first "created volume" to the last "attach
+/// requested" of the pools named `<label>-*`, the part of a run EC2's buckets bound (the
+/// rest is the operator seeing the pools and the agents building them).
+fn ec2_phase(log: &str, label: &str) -> Option<f64> {
+    use k8s_openapi::jiff::Timestamp;
+    let needle = format!("/{label}-");
+    let (mut first, mut last): (Option<Timestamp>, Option<Timestamp>) = (None, None);
+    for line in log.lines().filter(|l| l.contains(&needle)) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(t) = v["timestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        else {
+            continue;
+        };
+        match v["message"].as_str() {
+            Some("created volume") => first = Some(first.map_or(t, |f| f.min(t))),
+            Some("attach requested") => last = Some(last.map_or(t, |l| l.max(t))),
+            _ => {}
+        }
+    }
+    Some(last?.duration_since(first?).as_secs_f64())
+}
+
 /// `PGML_EC2_RATE_LIMITS` for the operator: the buckets of [`Bench::run`]'s simulator.
 fn operator_limits(scale: f64, shrink: u32) -> String {
     if shrink <= 1 {
@@ -434,11 +460,16 @@ async fn measure(
         let mut calls: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
         let (mut mutating, mut describes, mut throttled) = (vec![], vec![], vec![]);
         let mut curves = vec![];
+        let mut phases = vec![];
         for run in 1..=runs {
             let r = b
                 .run(n, &format!("r{run}-n{n}"), (scale, shrink), limit)
                 .await?;
             let pp = per_pool(&r.stats, n);
+            if let Some(p) = ec2_phase(&b.operator.log(), &format!("r{run}-n{n}")) {
+                eprintln!("{n} pools, run {run}: first create to last attach {p:.1}s");
+                phases.push(p);
+            }
             let sum = |f: &dyn Fn(&str, &str) -> bool| -> f64 {
                 pp.iter()
                     .filter(|((a, o), _)| f(a, o))
@@ -493,6 +524,21 @@ async fn measure(
             ));
         }
         report.ratio(&format!("{n} pools: measured / lower bound"), &time, &lb);
+        if !phases.is_empty() {
+            let phase = format!("{n} pools: first CreateVolume to last AttachVolume");
+            let buckets = format!("{n} pools: bucket bound (no tail)");
+            report.figures.push(Figure::new(&phase, "s", phases));
+            report.figures.push(Figure::new(
+                &buckets,
+                "s",
+                vec![attach_bound_shrunk(n, scale, shrink)],
+            ));
+            report.ratio(
+                &format!("{n} pools: EC2 phase / bucket bound"),
+                &phase,
+                &buckets,
+            );
+        }
         // The median run's curve, and the bound's.
         curves.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (_, median_curve) = curves.swap_remove(curves.len() / 2);
@@ -544,6 +590,7 @@ async fn measure(
 
 #[cfg(test)]
 mod tests {
+    use super::ec2_phase;
     use super::*;
 
     #[test]
@@ -555,5 +602,27 @@ mod tests {
         // Within the attach bucket: no wait.
         assert_eq!(attach_bound_shrunk(10, 1.0, 1), 0.0);
         assert_eq!(attach_bound_shrunk(200, 1.0, 1), 150.0);
+    }
+
+    #[test]
+    fn the_ec2_phase_spans_the_run_s_first_create_and_last_attach() {
+        let line = |ts: &str, msg: &str, pool: &str| {
+            format!(
+                r#"{{"timestamp":"{ts}","level":"INFO","message":"{msg}","spans":[{{"object.ref":"ZfsPool.v1alpha1.pgml.io/{pool}.ns"}}]}}"#
+            )
+        };
+        let log = [
+            line("2026-11-27T15:00:01.5Z", "created volume", "r1-n50-001"),
+            line("2026-11-27T15:00:01.0Z", "created volume", "r1-n50-000"),
+            line("2026-11-27T15:00:09.0Z", "attach requested", "r1-n50-001"),
+            line("2026-11-27T15:00:17.25Z", "attach requested", "r1-n50-000"),
+            // Another run's pools and other messages do not count.
+            line("2026-11-27T15:01:00Z", "attach requested", "r2-n50-000"),
+            line("2026-11-27T15:00:30Z", "detach requested", "r1-n50-000"),
+            "not json /r1-n50-000".to_string(),
+        ]
+        .join("\n");
+        assert_eq!(ec2_phase(&log, "r1-n50"), Some(16.25));
+        assert_eq!(ec2_phase(&log, "r3-n50"), None);
     }
 }
