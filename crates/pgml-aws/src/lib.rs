@@ -29,13 +29,7 @@ pub trait Ec2: Send + Sync {
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, AwsError>;
 
     /// Several instances in one call; unknown IDs are left out of the answer.
-    async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
-        let mut found = Vec::new();
-        for id in ids {
-            found.extend(self.describe_instance(id).await?);
-        }
-        Ok(found)
-    }
+    async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError>;
 
     /// EBS limits of an instance type (bandwidth, IOPS, attachment slots).
     async fn instance_type_limits(
@@ -51,17 +45,8 @@ pub trait Ec2: Send + Sync {
     async fn find_volumes(&self, tags: &[(String, String)]) -> Result<Vec<Volume>, AwsError>;
 
     /// Volumes whose tag `key` has any of `values`, in one call (pages followed).
-    async fn find_volumes_any(
-        &self,
-        key: &str,
-        values: &[String],
-    ) -> Result<Vec<Volume>, AwsError> {
-        let mut found = Vec::new();
-        for v in values {
-            found.extend(self.find_volumes(&[(key.to_string(), v.clone())]).await?);
-        }
-        Ok(found)
-    }
+    async fn find_volumes_any(&self, key: &str, values: &[String])
+    -> Result<Vec<Volume>, AwsError>;
 
     /// Volumes by ID; IDs that do not exist are left out of the answer rather than failing it.
     async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError>;

@@ -52,10 +52,6 @@ impl Drain {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
     /// Reconciles in flight now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
