@@ -19,6 +19,16 @@ pub struct Outcome {
     pub wait: Option<Wait>,
 }
 
+impl Outcome {
+    /// Waiting for the controller to create or attach volumes: nothing of the node's to
+    /// report yet. The agent's report stays the same through this phase (one status write
+    /// rather than one per created or attached member, each of which would wake the
+    /// controller too); the controller's `VolumesAttached` says how far it is.
+    pub fn awaits_controller(&self) -> bool {
+        matches!(self.wait, Some(Wait::VolumeIds | Wait::Attachment(_)))
+    }
+}
+
 /// The agent's status from what was observed and how the last step ended.
 pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome) -> AgentStatus {
     let o = &facts.observed;
@@ -30,20 +40,7 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
             .find(|m| m.volume_id.as_deref() == Some(vol))
             .map(|m| m.index)
     };
-    let volumes = o
-        .members
-        .iter()
-        .map(|m| AgentVolume {
-            index: m.index,
-            device: m.device.clone(),
-            member_state: imported.and_then(|i| {
-                i.members
-                    .iter()
-                    .find(|p| p.volume_id.is_some() && p.volume_id == m.volume_id)
-                    .map(|p| p.state.clone())
-            }),
-        })
-        .collect();
+    let volumes = reported_volumes(facts, outcome);
     let resilver = facts.status.as_ref().and_then(|st| {
         let scan = st.scan.as_ref().filter(|s| s.kind == ScanKind::Resilver)?;
         let member_index = st
@@ -92,6 +89,27 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
     .normalized()
 }
 
+/// Each member's device and state in the pool; no devices while the controller is still
+/// attaching (see [`Outcome::awaits_controller`]).
+fn reported_volumes(facts: &Facts, outcome: &Outcome) -> Vec<AgentVolume> {
+    let imported = facts.observed.imported.as_ref();
+    facts
+        .observed
+        .members
+        .iter()
+        .map(|m| AgentVolume {
+            index: m.index,
+            device: m.device.clone().filter(|_| !outcome.awaits_controller()),
+            member_state: imported.and_then(|i| {
+                i.members
+                    .iter()
+                    .find(|p| p.volume_id.is_some() && p.volume_id == m.volume_id)
+                    .map(|p| p.state.clone())
+            }),
+        })
+        .collect()
+}
+
 pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict> {
     let o = &facts.observed;
     let mut v = Vec::new();
@@ -117,12 +135,15 @@ pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict
             }
         })
         .collect();
-    v.push(if !unknown.is_empty() {
+    v.push(if outcome.awaits_controller() || !unknown.is_empty() {
         Verdict::new(
             cond::DEVICES_FOUND,
             "Unknown",
             "WaitingForVolumes",
-            format!("no volume ID yet for members {unknown:?}"),
+            format!(
+                "waiting for the controller to create and attach all {} volumes",
+                o.count
+            ),
         )
     } else if absent.is_empty() {
         Verdict::new(
@@ -200,17 +221,11 @@ pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict
             "the pool was released for deletion",
         ),
         (None, Outcome { wait: Some(w), .. }) => match w {
-            Wait::VolumeIds => Verdict::new(
+            Wait::VolumeIds | Wait::Attachment(_) => Verdict::new(
                 cond::POOL_IMPORTED,
                 "False",
                 "WaitingForVolumes",
-                "the controller has not reported every volume yet",
-            ),
-            Wait::Attachment(i) => Verdict::new(
-                cond::POOL_IMPORTED,
-                "False",
-                "WaitingForAttachment",
-                format!("members {i:?} are not attached yet"),
+                "waiting for the controller to create and attach the volumes (see VolumesAttached)",
             ),
             Wait::Devices(i) => Verdict::new(
                 cond::POOL_IMPORTED,
@@ -431,6 +446,57 @@ mod tests {
         assert_eq!(devices.status, "False");
         assert!(devices.message.contains("vol-01 (member 1)"));
         assert_eq!(find(&v, cond::POOL_IMPORTED).status, "True");
+    }
+
+    #[test]
+    fn report_stays_the_same_while_the_controller_creates_and_attaches() {
+        let p = pool(false);
+        // No volume IDs; then IDs, none attached; then member 0 attached with its link.
+        let mut none = facts(None);
+        for m in &mut none.observed.members {
+            (m.volume_id, m.attached, m.device) = (None, false, None);
+        }
+        let mut ids = facts(None);
+        for m in &mut ids.observed.members {
+            (m.attached, m.device) = (false, None);
+        }
+        let mut half = facts(None);
+        half.observed.members[1].attached = false;
+        half.observed.members[1].device = None;
+        let phases = [
+            (&none, Wait::VolumeIds),
+            (&ids, Wait::Attachment(vec![0, 1])),
+            (&half, Wait::Attachment(vec![1])),
+        ];
+        let reports: Vec<_> = phases
+            .iter()
+            .map(|(f, w)| {
+                let out = Outcome {
+                    wait: Some(w.clone()),
+                    ..Default::default()
+                };
+                (verdicts(&p, f, &out), reported_volumes(f, &out))
+            })
+            .collect();
+        assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:#?}");
+        let (v, vols) = &reports[2];
+        assert_eq!(find(v, cond::POOL_IMPORTED).reason, "WaitingForVolumes");
+        assert_eq!(find(v, cond::DEVICES_FOUND).status, "Unknown");
+        assert!(vols.iter().all(|v| v.device.is_none()));
+        // Attached, the link not there yet: that is the node's to say, and it says which.
+        let out = Outcome {
+            wait: Some(Wait::Devices(vec![1])),
+            ..Default::default()
+        };
+        let mut attached = half.clone();
+        attached.observed.members[1].attached = true;
+        let v = verdicts(&p, &attached, &out);
+        let d = find(&v, cond::DEVICES_FOUND);
+        assert_eq!((d.status, d.reason.as_str()), ("False", "Missing"));
+        assert!(d.message.contains("vol-01 (member 1)"), "{}", d.message);
+        assert_eq!(find(&v, cond::POOL_IMPORTED).reason, "WaitingForDevices");
+        let vols = reported_volumes(&attached, &out);
+        assert_eq!(vols[0].device.as_deref(), Some("/d/vol00"));
     }
 
     #[test]

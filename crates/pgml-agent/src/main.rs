@@ -239,8 +239,19 @@ async fn run_pools(
     };
     tracing::info!(dialect = %detected.dialect, version = ?detected.version, kmod_version = ?detected.kmod_version, "ZFS detected");
     let _ = hold.zfs.set((runner.clone(), detected.dialect));
+    HostPath::new(args.dev_dir.to_string_lossy().into_owned()).context("--dev-dir")?;
+
+    // Only this node's pools: spec.nodeName is a selectable field of the CRD.
+    let pools: kube::Api<ZfsPool> = match &args.namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let selector = format!("spec.nodeName={}", args.node_name);
+    tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
+    let controller = Controller::new(pools, watcher::Config::default().fields(&selector));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
+        store: controller.store(),
         runner,
         discovery: Discovery {
             dev_dir: args.dev_dir.clone(),
@@ -254,17 +265,8 @@ async fn run_pools(
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         lock: tokio::sync::Mutex::new(()),
         expanded: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
     });
-    HostPath::new(args.dev_dir.to_string_lossy().into_owned()).context("--dev-dir")?;
-
-    // Only this node's pools: spec.nodeName is a selectable field of the CRD.
-    let pools: kube::Api<ZfsPool> = match &args.namespace {
-        Some(ns) => kube::Api::namespaced(client, ns),
-        None => kube::Api::all(client),
-    };
-    let selector = format!("spec.nodeName={}", args.node_name);
-    tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
-    let controller = Controller::new(pools, watcher::Config::default().fields(&selector));
     let stop = stop::trigger(shutdown.clone(), controller.store());
     let running = controller
         .graceful_shutdown_on(stop)

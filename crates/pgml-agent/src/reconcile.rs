@@ -2,13 +2,14 @@
 //! repeat until there is nothing to do now, then apply the agent's status (only when it
 //! changed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use pgml_api::zfspool::{Dataset, Layout, ZfsPool};
 use pgml_zfs::command::{self, DeviceRef, ImportSpec, ImportTarget, Mount, PoolSpec};
@@ -16,7 +17,7 @@ use pgml_zfs::{
     DatasetName, DevicePath, Dialect, Guid, HostPath, PoolName, Property, map_properties,
 };
 
-use crate::decide::{Action, Placement, decide};
+use crate::decide::{Action, Placement, Wait, decide};
 use crate::devices::Discovery;
 use crate::exec::{ExecError, Runner};
 use crate::judge::{Outcome, agent_status};
@@ -39,6 +40,8 @@ pub type MemberSizes = Vec<(i32, Option<i64>)>;
 /// What every reconcile shares.
 pub struct Ctx {
     pub client: Client,
+    /// The controller's cache of this node's ZfsPools.
+    pub store: Store<ZfsPool>,
     pub runner: Runner,
     pub discovery: Discovery,
     pub mount_root: HostPath,
@@ -49,12 +52,30 @@ pub struct Ctx {
     pub lock: tokio::sync::Mutex<()>,
     /// Member sizes (GiB) each pool (by UID) was last expanded for.
     pub expanded: Mutex<HashMap<String, MemberSizes>>,
+    /// Per pool (by UID): the resourceVersion the agent's last status write was based on,
+    /// and what it wrote. Until the cache shows a newer version of the object, that write
+    /// is what the agent's fields hold.
+    pub written: Mutex<HashMap<String, (String, AgentStatus)>>,
 }
 
 impl Ctx {
     pub fn sizes_changed(&self, pool: &ZfsPool, sizes: &[(i32, Option<i64>)]) -> bool {
         let uid = pool.uid().unwrap_or_default();
         self.expanded.lock().expect("sizes lock").get(&uid) != Some(&sizes.to_vec())
+    }
+
+    /// Records a status write; forgets the pools the cache no longer holds.
+    fn remember_write(&self, uid: String, based_on: String, status: AgentStatus) {
+        let live: std::collections::HashSet<String> =
+            self.store.state().iter().filter_map(|p| p.uid()).collect();
+        let mut written = self.written.lock().expect("written lock");
+        written.retain(|u, _| live.contains(u));
+        written.insert(uid, (based_on, status));
+        drop(written);
+        self.expanded
+            .lock()
+            .expect("sizes lock")
+            .retain(|u, _| live.contains(u));
     }
 
     fn remember_sizes(&self, pool: &ZfsPool, sizes: &[(i32, Option<i64>)]) {
@@ -68,6 +89,12 @@ impl Ctx {
 
 pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
     let _one_at_a_time = ctx.lock.lock().await;
+    // The object was taken from the cache when this reconcile was scheduled, which may be
+    // seconds ago behind the lock: work from the cache's latest.
+    let pool = match ctx.store.get(&ObjectRef::from_obj(&*pool)) {
+        Some(latest) => latest,
+        None => return Ok(Requeue::await_change()),
+    };
     let name = match PoolName::new(pool.pool_name()) {
         Ok(n) => n,
         Err(e) => {
@@ -151,8 +178,31 @@ pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Err
         facts.list = None;
         facts.status = None;
     }
+    if released_before(&pool) && outcome.released == Some("NotImported") {
+        // Released and reported: what the node shows while the controller detaches and
+        // deletes the volumes concerns no one (and each write would wake the controller).
+        return Ok(Requeue::await_change());
+    }
     write_status(&pool, &ctx, &facts, &outcome).await?;
-    Ok(Requeue::requeue(ctx.resync))
+    Ok(match outcome.wait {
+        // Attached, the by-id link not there yet: udev is seconds away, no event will
+        // tell, so look again soon rather than at the next resync.
+        Some(Wait::Devices(_)) => Requeue::requeue(DEVICE_POLL.min(ctx.resync)),
+        _ => Requeue::requeue(ctx.resync),
+    })
+}
+
+/// How often a pool whose attached volumes have no device link yet is looked at again.
+const DEVICE_POLL: Duration = Duration::from_secs(2);
+
+/// The stored status already says the pool was released for deletion.
+fn released_before(pool: &ZfsPool) -> bool {
+    pool.metadata.deletion_timestamp.is_some()
+        && pool.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == cond::POOL_RELEASED && c.status == "True")
+        })
 }
 
 pub fn error_policy(pool: Arc<ZfsPool>, e: &Error, _ctx: Arc<Ctx>) -> Requeue {
@@ -334,9 +384,48 @@ async fn write_status(
     apply_if_changed(pool, ctx, agent_status(pool, ctx, facts, outcome)).await
 }
 
+/// The status fields (conditions by type) that differ, for the log.
+fn changed_fields(a: &AgentStatus, b: &AgentStatus) -> Vec<String> {
+    let flat = |s: &AgentStatus| -> BTreeMap<String, serde_json::Value> {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        let mut out = BTreeMap::new();
+        if let Some(conditions) = v.get_mut("conditions").map(serde_json::Value::take) {
+            for c in conditions.as_array().into_iter().flatten() {
+                let t = c["type"].as_str().unwrap_or("?");
+                out.insert(format!("conditions.{t}"), c.clone());
+            }
+        }
+        for (k, v) in v.as_object().into_iter().flatten() {
+            if !v.is_null() {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out.remove("conditions");
+        out
+    };
+    let (a, b) = (flat(a), flat(b));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
 /// Server-side apply of the agent's fields, skipped when they are what is stored already.
 async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Result<(), Error> {
-    let current = AgentStatus::extract(&pool.status.clone().unwrap_or_default()).normalized();
+    let uid = pool.uid().unwrap_or_default();
+    let version = pool.resource_version().unwrap_or_default();
+    let remembered = ctx
+        .written
+        .lock()
+        .expect("written lock")
+        .get(&uid)
+        .filter(|(based_on, _)| *based_on == version)
+        .map(|(_, w)| w.clone());
+    // The cache may not show the agent's own last write yet: then that write is current.
+    let current = remembered.unwrap_or_else(|| {
+        AgentStatus::extract(&pool.status.clone().unwrap_or_default()).normalized()
+    });
     if desired == current {
         return Ok(());
     }
@@ -348,6 +437,46 @@ async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Re
         &Patch::Apply(desired.apply_body()),
     )
     .await?;
-    tracing::info!(pool = %pool.name_any(), health = ?desired.health, "status written");
+    ctx.remember_write(uid, version, desired.clone());
+    tracing::info!(
+        pool = %pool.name_any(),
+        health = ?desired.health,
+        changed = ?changed_fields(&current, &desired),
+        "status written"
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_names_the_fields_and_condition_types_that_changed() {
+        let now = Timestamp::now();
+        let pool: ZfsPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+            "metadata": {"name": "tank", "namespace": "db", "generation": 1},
+            "spec": {"nodeName": "n1", "volumes": {"count": 2, "sizeGiB": 10}},
+        }))
+        .unwrap();
+        let waiting = Verdict::new(cond::POOL_IMPORTED, "False", "WaitingForVolumes", "w");
+        let found = Verdict::new(cond::DEVICES_FOUND, "True", "Found", "all");
+        let a = AgentStatus {
+            zfs_dialect: Some("openzfs".into()),
+            conditions: conditions(&[waiting.clone(), found.clone()], &pool, now),
+            ..Default::default()
+        };
+        let imported = Verdict::new(cond::POOL_IMPORTED, "True", "Imported", "i");
+        let b = AgentStatus {
+            size: Some("4G".into()),
+            conditions: conditions(&[imported, found], &pool, now),
+            ..a.clone()
+        };
+        assert_eq!(
+            changed_fields(&a, &b),
+            vec!["conditions.PoolImported".to_string(), "size".to_string()]
+        );
+        assert!(changed_fields(&b, &b).is_empty());
+    }
 }
