@@ -668,6 +668,7 @@ async fn attach_members(
     let instance_id = target.instance.instance_id.clone();
     let mut used = build::used_devices(&target.instance, members);
     let mut described = target.described;
+    let mut wanted = Vec::new();
     // How long the pool has been waiting for its volumes (for attachments that last).
     let waiting_since = status::condition(observed, c::VOLUMES_ATTACHED)
         .filter(|c| c.status == c::FALSE)
@@ -716,43 +717,94 @@ async fn attach_members(
                     ));
                     continue;
                 };
-                match ctx
-                    .ec2
-                    .attach_volume(&v.volume_id, &instance_id, &device)
-                    .await
-                {
-                    Ok(state) => {
-                        ctx.device_answered(&instance_id, &device);
-                        tracing::info!(volume = %v.volume_id, %device, ?state, "attach requested");
-                        used.insert(device);
-                        set_attachment(facts, i, build::attachment_word(state));
-                    }
-                    Err(e) if e.code == "AttachmentLimitExceeded" => {
-                        ctx.release_device(&instance_id, &device);
-                        facts.attach_problem =
-                            Some((reason::ATTACHMENT_LIMIT.into(), e.to_string()));
-                    }
-                    Err(e) if e.code == "VolumeInUse" => {
-                        ctx.release_device(&instance_id, &device);
-                        facts.attach_problem = Some((reason::VOLUME_IN_USE.into(), e.to_string()));
-                    }
-                    Err(e)
-                        if e.code == "InvalidParameterValue"
-                            && e.message.contains("already in use") =>
-                    {
-                        // Our view of the instance's devices was stale: next time, another
-                        // name (this one stays reserved, for whoever holds it).
-                        ctx.device_taken(&instance_id, &device);
-                        used.insert(device);
-                        tracing::info!(volume = %v.volume_id, "device name taken; retrying with another");
-                    }
-                    Err(e) => {
-                        ctx.release_device(&instance_id, &device);
-                        return Err(e.into());
-                    }
-                }
+                used.insert(device.clone());
+                wanted.push((i, v.volume_id.clone(), device));
             }
         }
+    }
+    // Every member asks at once (each waits for its own token of the rate limiter, in
+    // order), so that a pool's attaches are not spread across everyone else's.
+    let answers = futures::future::join_all(
+        wanted
+            .iter()
+            .map(|(_, volume, device)| ctx.ec2.attach_volume(volume, &instance_id, device)),
+    )
+    .await;
+    let mut failed = None;
+    let mut attaching = Vec::new();
+    for ((i, volume, device), answer) in wanted.into_iter().zip(answers) {
+        match answer {
+            Ok(state) => {
+                ctx.device_answered(&instance_id, &device);
+                tracing::info!(%volume, %device, ?state, "attach requested");
+                set_attachment(facts, i, build::attachment_word(state));
+                if state != AttachmentState::Attached {
+                    attaching.push((i, volume));
+                }
+            }
+            Err(e) if e.code == "AttachmentLimitExceeded" => {
+                ctx.release_device(&instance_id, &device);
+                facts.attach_problem = Some((reason::ATTACHMENT_LIMIT.into(), e.to_string()));
+            }
+            Err(e) if e.code == "VolumeInUse" => {
+                ctx.release_device(&instance_id, &device);
+                facts.attach_problem = Some((reason::VOLUME_IN_USE.into(), e.to_string()));
+            }
+            Err(e) if e.code == "InvalidParameterValue" && e.message.contains("already in use") => {
+                // Our view of the instance's devices was stale: next time, another name
+                // (this one stays reserved, for whoever holds it).
+                ctx.device_taken(&instance_id, &device);
+                tracing::info!(%volume, "device name taken; retrying with another");
+            }
+            Err(e) => {
+                ctx.release_device(&instance_id, &device);
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    await_attached(ctx, &instance_id, facts, &attaching).await
+}
+
+/// After AttachVolume (answered `attaching`): EC2 usually finishes within seconds. Look a
+/// few times, as the EBS CSI driver does, so that the status says `attached` (which the
+/// node agent waits for) in this reconcile rather than the next. One DescribeVolumes per
+/// look, for this pool's attaching members only.
+const ATTACHED_POLLS: [u64; 4] = [0, 1, 1, 2];
+
+async fn await_attached(
+    ctx: &Context,
+    instance_id: &str,
+    facts: &mut Facts,
+    attaching: &[(usize, String)],
+) -> Result<(), Error> {
+    let mut pending: Vec<(usize, String)> = attaching.to_vec();
+    for wait in ATTACHED_POLLS {
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        let ids: Vec<String> = pending.iter().map(|(_, v)| v.clone()).collect();
+        let fresh = ctx.ec2.describe_volumes(&ids).await?;
+        pending.retain(|(i, id)| {
+            let Some(v) = fresh.iter().find(|v| v.volume_id == *id) else {
+                return true;
+            };
+            match build::attach_step(v, instance_id) {
+                AttachStep::Attached => {
+                    set_attachment(facts, *i, "attached");
+                    false
+                }
+                AttachStep::InProgress(state) => {
+                    set_attachment(facts, *i, build::attachment_word(state));
+                    true
+                }
+                // Anything else is the next reconcile's to judge.
+                _ => false,
+            }
+        });
     }
     Ok(())
 }
