@@ -1,6 +1,7 @@
-//! Describes batched across reconciles: the DescribeInstances of one instance and the
-//! DescribeVolumes of one pool's tag, asked by many reconciles at once, go out as one call
-//! for all of them (as the EBS CSI driver batches its describes).
+//! Describes batched across reconciles: the DescribeInstances of one instance, the
+//! DescribeVolumes of one pool's tag and the DescribeVolumes of volume IDs (a pool waiting
+//! for its volumes to become available or attached), asked by many reconciles at once, go
+//! out as one call for all of them (as the EBS CSI driver batches its describes).
 //!
 //! Each kind of describe has a task that takes the requests queued while the previous call
 //! was out (and those arriving within a short window after the first), asks EC2 once with
@@ -90,13 +91,25 @@ impl<T: Clone + Send + 'static> Queue<T> {
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+
+    /// [`Queue::ask`] for several keys, all queued at once; the rows of all of them.
+    async fn ask_all(&self, action: &'static str, keys: &[String]) -> Result<Vec<T>, AwsError> {
+        let answers = futures::future::join_all(keys.iter().map(|k| self.ask(action, k))).await;
+        let mut rows = Vec::new();
+        for a in answers {
+            rows.extend(a?);
+        }
+        Ok(rows)
+    }
 }
 
-/// [`Ec2`] with [`Ec2::describe_instance`] and single-tag [`Ec2::find_volumes`] batched;
-/// everything else goes straight to `inner`. Must be made inside a tokio runtime.
+/// [`Ec2`] with [`Ec2::describe_instance`], single-tag [`Ec2::find_volumes`] and
+/// [`Ec2::describe_volumes`] batched; everything else goes straight to `inner`. Must be
+/// made inside a tokio runtime.
 pub struct Batched {
     inner: Arc<dyn Ec2>,
     instances: Queue<Instance>,
+    by_id: Queue<Volume>,
     /// Per tag key (the pool tag): a queue of that tag's values.
     volumes: std::sync::Mutex<BTreeMap<String, Arc<Queue<Volume>>>>,
     window: Duration,
@@ -117,9 +130,19 @@ impl Batched {
             },
             |inst: &Instance| Some(inst.instance_id.clone()),
         );
+        let i = inner.clone();
+        let by_id = Queue::start(
+            window,
+            move |ids| {
+                let i = i.clone();
+                async move { i.describe_volumes(&ids).await }
+            },
+            |v: &Volume| Some(v.volume_id.clone()),
+        );
         Batched {
             inner,
             instances,
+            by_id,
             volumes: std::sync::Mutex::default(),
             window,
         }
@@ -187,7 +210,10 @@ impl Ec2 for Batched {
     }
 
     async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<Volume>, AwsError> {
-        self.inner.describe_volumes(ids).await
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        self.by_id.ask_all("DescribeVolumes", &ids).await
     }
 
     async fn attach_volume(
@@ -301,6 +327,32 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         ask("b").await.unwrap().unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_keys_of_one_request_and_others_share_one_call() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let q: Arc<Queue<(String, u32)>> = Arc::new(Queue::start(
+            Duration::from_millis(50),
+            move |keys: Vec<String>| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(keys.iter().map(|k| (k.clone(), 0)).collect::<Vec<_>>()) }
+            },
+            |row: &(String, u32)| Some(row.0.clone()),
+        ));
+        let keys = ["v1".to_string(), "v2".to_string()];
+        let (mine, other) = tokio::join!(
+            q.ask_all("DescribeVolumes", &keys),
+            q.ask("DescribeVolumes", "v3")
+        );
+        let mut mine = mine.unwrap();
+        mine.sort();
+        assert_eq!(mine, vec![("v1".to_string(), 0), ("v2".to_string(), 0)]);
+        assert_eq!(other.unwrap(), vec![("v3".to_string(), 0)]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one call for three keys");
+        assert!(q.ask_all("DescribeVolumes", &[]).await.unwrap().is_empty());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no keys, no call");
     }
 
     #[tokio::test(start_paused = true)]

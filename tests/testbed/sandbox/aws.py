@@ -92,13 +92,14 @@ def start(sandbox_dir: Path, store_dir: Path, log_dir: Path, venv_python: str) -
         "admin": sim_url + "/_sim",
         "pids": {},
         "argv": {
-            "moto": [venv_python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+            # moto's server with tags looked up by resource ID (ebssim/moto_server.py).
+            "moto": [venv_python, "-m", "ebssim.moto_server", "-H", "127.0.0.1", "-p", str(moto_port)],
             "ebssim": _ebssim_argv(venv_python, store_dir, sim_port, moto_url),
         },
     }
     try:
         moto_log = log_dir / "moto.log"
-        state["pids"]["moto"] = _spawn(state["argv"]["moto"], moto_log, cwd=sandbox_dir)
+        state["pids"]["moto"] = _spawn(state["argv"]["moto"], moto_log, cwd=TESTBED_DIR)
         _wait_http(moto_url + "/moto-api/data.json", state["pids"]["moto"], moto_log)
         sim_log = log_dir / "ebssim.log"
         state["pids"]["ebssim"] = _spawn(state["argv"]["ebssim"], sim_log, cwd=TESTBED_DIR)
