@@ -61,6 +61,18 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
         })
     });
     let list = facts.list.as_ref();
+    let usage = settled_usage(
+        (
+            existing.allocated_bytes,
+            existing.free_bytes,
+            existing.size_bytes,
+        ),
+        (
+            list.and_then(|l| l.allocated).map(|b| b as i64),
+            list.and_then(|l| l.free).map(|b| b as i64),
+            list.and_then(|l| l.size).map(|b| b as i64),
+        ),
+    );
     AgentStatus {
         pool_guid: list
             .and_then(|l| l.guid)
@@ -70,8 +82,8 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
         health: imported.map(|i| i.health.clone()),
         size: list.and_then(|l| l.size).map(crate::report::human_size),
         size_bytes: list.and_then(|l| l.size).map(|b| b as i64),
-        allocated_bytes: list.and_then(|l| l.allocated).map(|b| b as i64),
-        free_bytes: list.and_then(|l| l.free).map(|b| b as i64),
+        allocated_bytes: usage.0,
+        free_bytes: usage.1,
         volumes,
         resilver,
         datasets: facts
@@ -87,6 +99,26 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
         conditions: conditions(&verdicts(pool, facts, outcome), pool, Timestamp::now()),
     }
     .normalized()
+}
+
+/// The fraction of the pool's size by which the allocated bytes must move to be rewritten.
+const USAGE_STEP: i64 = 200;
+
+/// `(allocated, free)` to report: the stored pair while the allocation stays within
+/// 1/[`USAGE_STEP`] of the pool's size of it (and the size is unchanged), else the new one.
+/// A database writing all the time would otherwise rewrite its status at every look.
+fn settled_usage(
+    stored: (Option<i64>, Option<i64>, Option<i64>),
+    now: (Option<i64>, Option<i64>, Option<i64>),
+) -> (Option<i64>, Option<i64>) {
+    match (stored, now) {
+        ((Some(a0), Some(f0), Some(s0)), (Some(a), Some(_), Some(s)))
+            if s0 == s && (a - a0).abs() < s / USAGE_STEP =>
+        {
+            (Some(a0), Some(f0))
+        }
+        (_, (a, f, _)) => (a, f),
+    }
 }
 
 /// Each member's device and state in the pool; no devices while the controller is still
@@ -497,6 +529,41 @@ mod tests {
         assert_eq!(find(&v, cond::POOL_IMPORTED).reason, "WaitingForDevices");
         let vols = reported_volumes(&attached, &out);
         assert_eq!(vols[0].device.as_deref(), Some("/d/vol00"));
+    }
+
+    #[test]
+    fn usage_is_rewritten_only_when_it_moves_by_half_a_percent_of_the_size() {
+        let size = 200 << 30;
+        let stored = (Some(10 << 30), Some(190 << 30), Some(size));
+        let near = (
+            Some((10 << 30) + (1 << 29)),
+            Some((190 << 30) - (1 << 29)),
+            Some(size),
+        );
+        assert_eq!(
+            settled_usage(stored, near),
+            (Some(10 << 30), Some(190 << 30))
+        );
+        let far = (Some(11 << 30), Some(189 << 30), Some(size));
+        assert_eq!(
+            settled_usage(stored, far),
+            (Some(11 << 30), Some(189 << 30))
+        );
+        // Freed as much: rewritten too.
+        let freed = (Some(9 << 30), Some(191 << 30), Some(size));
+        assert_eq!(
+            settled_usage(stored, freed),
+            (Some(9 << 30), Some(191 << 30))
+        );
+        // The pool grew: the new numbers at once.
+        let grown = (Some(10 << 30), Some(390 << 30), Some(400 << 30));
+        assert_eq!(
+            settled_usage(stored, grown),
+            (Some(10 << 30), Some(390 << 30))
+        );
+        // Nothing stored, or nothing imported: what is seen.
+        assert_eq!(settled_usage((None, None, None), near), (near.0, near.1));
+        assert_eq!(settled_usage(stored, (None, None, None)), (None, None));
     }
 
     #[test]

@@ -376,11 +376,13 @@ pub struct ZfsPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<i64>,
 
-    /// Bytes allocated in the pool.
+    /// Bytes allocated in the pool. Rewritten when it moves by 0.5% of the pool's size or
+    /// more (or the size changes), so that a busy database does not rewrite its status at
+    /// every look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_bytes: Option<i64>,
 
-    /// Bytes free in the pool.
+    /// Bytes free in the pool; rewritten with `allocatedBytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_bytes: Option<i64>,
 
