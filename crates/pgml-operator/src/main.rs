@@ -110,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?args.namespace, "starting pgml-operator");
 
+    // Not leading until the election says so: the gauge is there from the first scrape,
+    // not only once the start-up checks are over.
+    metrics::set_leader(&pgml_operator::leader::default_identity(), false);
     let metrics_addr = pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
     let client = pgml_runtime::kube_client("pgml-operator", env!("CARGO_PKG_VERSION")).await?;
     check_crds(&client).await?;
