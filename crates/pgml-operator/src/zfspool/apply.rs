@@ -624,27 +624,42 @@ async fn await_available(
     members: &mut build::Members,
     created: &[usize],
 ) -> Result<(), Error> {
-    for wait in CREATED_POLLS {
-        let ids: Vec<String> = created
-            .iter()
-            .filter_map(|&i| members.slots[i].as_ref())
-            .filter(|v| v.state == "creating")
-            .map(|v| v.volume_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
+    let pending: Vec<(usize, String)> = created
+        .iter()
+        .filter_map(|&i| members.slots[i].as_ref().map(|v| (i, v)))
+        .filter(|(_, v)| v.state == "creating")
+        .map(|(i, v)| (i, v.volume_id.clone()))
+        .collect();
+    poll_volumes(ctx, &CREATED_POLLS, pending, |i, fresh| {
+        let creating = fresh.state == "creating";
+        members.slots[i] = Some(fresh.clone());
+        creating
+    })
+    .await
+}
+
+/// Looks at `pending` members' volumes after each wait of `schedule` (one DescribeVolumes
+/// for all of them) until none is left: `settle` takes each member's fresh volume and says
+/// whether it is still pending. A volume EC2 does not return yet stays pending.
+async fn poll_volumes(
+    ctx: &Context,
+    schedule: &[u64],
+    mut pending: Vec<(usize, String)>,
+    mut settle: impl FnMut(usize, &Volume) -> bool,
+) -> Result<(), Error> {
+    for &wait in schedule {
+        if pending.is_empty() {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-        for fresh in ctx.ec2.describe_volumes(&ids).await? {
-            let slot = created.iter().copied().find(|&i| {
-                members.slots[i]
-                    .as_ref()
-                    .is_some_and(|v| v.volume_id == fresh.volume_id)
-            });
-            if let Some(i) = slot {
-                members.slots[i] = Some(fresh);
-            }
-        }
+        let ids: Vec<String> = pending.iter().map(|(_, v)| v.clone()).collect();
+        let fresh = ctx.ec2.describe_volumes(&ids).await?;
+        pending.retain(|(i, id)| {
+            fresh
+                .iter()
+                .find(|v| v.volume_id == *id)
+                .is_none_or(|v| settle(*i, v))
+        });
     }
     Ok(())
 }
@@ -765,7 +780,7 @@ async fn attach_members(
     if let Some(e) = failed {
         return Err(e.into());
     }
-    await_attached(ctx, &instance_id, facts, &attaching).await
+    await_attached(ctx, &instance_id, facts, attaching).await
 }
 
 /// After AttachVolume (answered `attaching`): EC2 usually finishes within seconds. Look a
@@ -778,35 +793,23 @@ async fn await_attached(
     ctx: &Context,
     instance_id: &str,
     facts: &mut Facts,
-    attaching: &[(usize, String)],
+    attaching: Vec<(usize, String)>,
 ) -> Result<(), Error> {
-    let mut pending: Vec<(usize, String)> = attaching.to_vec();
-    for wait in ATTACHED_POLLS {
-        if pending.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-        let ids: Vec<String> = pending.iter().map(|(_, v)| v.clone()).collect();
-        let fresh = ctx.ec2.describe_volumes(&ids).await?;
-        pending.retain(|(i, id)| {
-            let Some(v) = fresh.iter().find(|v| v.volume_id == *id) else {
-                return true;
-            };
-            match build::attach_step(v, instance_id) {
-                AttachStep::Attached => {
-                    set_attachment(facts, *i, "attached");
-                    false
-                }
-                AttachStep::InProgress(state) => {
-                    set_attachment(facts, *i, build::attachment_word(state));
-                    true
-                }
-                // Anything else is the next reconcile's to judge.
-                _ => false,
+    poll_volumes(ctx, &ATTACHED_POLLS, attaching, |i, v| {
+        match build::attach_step(v, instance_id) {
+            AttachStep::Attached => {
+                set_attachment(facts, i, "attached");
+                false
             }
-        });
-    }
-    Ok(())
+            AttachStep::InProgress(state) => {
+                set_attachment(facts, i, build::attachment_word(state));
+                true
+            }
+            // Anything else is the next reconcile's to judge.
+            _ => false,
+        }
+    })
+    .await
 }
 
 /// Grows members below the spec with ModifyVolume, within AWS's 4 per volume per 24 h.
