@@ -92,6 +92,17 @@ impl<T: Clone + Send + 'static> Queue<T> {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// [`Queue::start`] with a call made on `inner` (each batch gets its own handle).
+    fn over<F, Fut, K>(inner: &Arc<dyn Ec2>, window: Duration, call: F, key_of: K) -> Self
+    where
+        F: Fn(Arc<dyn Ec2>, Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<T>, AwsError>> + Send,
+        K: Fn(&T) -> Option<String> + Send + 'static,
+    {
+        let inner = inner.clone();
+        Self::start(window, move |keys| call(inner.clone(), keys), key_of)
+    }
+
     /// [`Queue::ask`] for several keys, all queued at once; the rows of all of them.
     async fn ask_all(&self, action: &'static str, keys: &[String]) -> Result<Vec<T>, AwsError> {
         let answers = futures::future::join_all(keys.iter().map(|k| self.ask(action, k))).await;
@@ -121,22 +132,16 @@ impl Batched {
     }
 
     pub fn with_window(inner: Arc<dyn Ec2>, window: Duration) -> Self {
-        let i = inner.clone();
-        let instances = Queue::start(
+        let instances = Queue::over(
+            &inner,
             window,
-            move |ids| {
-                let i = i.clone();
-                async move { i.describe_instances(&ids).await }
-            },
+            |i, ids| async move { i.describe_instances(&ids).await },
             |inst: &Instance| Some(inst.instance_id.clone()),
         );
-        let i = inner.clone();
-        let by_id = Queue::start(
+        let by_id = Queue::over(
+            &inner,
             window,
-            move |ids| {
-                let i = i.clone();
-                async move { i.describe_volumes(&ids).await }
-            },
+            |i, ids| async move { i.describe_volumes(&ids).await },
             |v: &Volume| Some(v.volume_id.clone()),
         );
         Batched {
@@ -153,12 +158,12 @@ impl Batched {
         queues
             .entry(key.to_string())
             .or_insert_with(|| {
-                let (i, k) = (self.inner.clone(), key.to_string());
-                let tag = key.to_string();
-                Arc::new(Queue::start(
+                let (k, tag) = (key.to_string(), key.to_string());
+                Arc::new(Queue::over(
+                    &self.inner,
                     self.window,
-                    move |values| {
-                        let (i, k) = (i.clone(), k.clone());
+                    move |i, values| {
+                        let k = k.clone();
                         async move { i.find_volumes_any(&k, &values).await }
                     },
                     move |v: &Volume| v.tags.get(&tag).cloned(),
