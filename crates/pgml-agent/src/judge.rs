@@ -2,6 +2,7 @@
 //! facts of one reconcile and how its last step ended. Pure, so tested without a node.
 
 use k8s_openapi::jiff::Timestamp;
+use pgml_api::common::Condition;
 use pgml_api::zfspool::{DatasetStatus, Layout, ResilverStatus, ZfsPool};
 use pgml_zfs::{ScanKind, ScanState};
 
@@ -119,6 +120,15 @@ fn settled_usage(
         }
         (_, (a, f, _)) => (a, f),
     }
+}
+
+/// The stored `PoolReleased=True` condition, once the agent has reported the release.
+pub fn released_condition(pool: &ZfsPool) -> Option<&Condition> {
+    pool.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == cond::POOL_RELEASED && c.status == "True")
+    })
 }
 
 /// Each member's device and state in the pool; no devices while the controller is still
@@ -299,11 +309,7 @@ pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict
     });
 
     if o.deleting {
-        let prev = pool.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == cond::POOL_RELEASED && c.status == "True")
-        });
+        let prev = released_condition(pool);
         v.push(match (prev, outcome.released, &outcome.failed) {
             (Some(p), _, _) => Verdict::new(cond::POOL_RELEASED, "True", &p.reason.clone(), p.message.clone()),
             (None, Some(how), _) => Verdict::new(cond::POOL_RELEASED, "True", how, match how {

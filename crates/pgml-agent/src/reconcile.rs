@@ -20,7 +20,7 @@ use pgml_zfs::{
 use crate::decide::{Action, Placement, Wait, decide};
 use crate::devices::Discovery;
 use crate::exec::{ExecError, Runner};
-use crate::judge::{Outcome, agent_status};
+use crate::judge::{Outcome, agent_status, released_condition};
 use crate::observe::{Facts, dialect_name, observe};
 use crate::report::{AgentStatus, FIELD_MANAGER, Verdict, cond, conditions};
 
@@ -197,12 +197,7 @@ const DEVICE_POLL: Duration = Duration::from_secs(2);
 
 /// The stored status already says the pool was released for deletion.
 fn released_before(pool: &ZfsPool) -> bool {
-    pool.metadata.deletion_timestamp.is_some()
-        && pool.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == cond::POOL_RELEASED && c.status == "True")
-        })
+    pool.metadata.deletion_timestamp.is_some() && released_condition(pool).is_some()
 }
 
 pub fn error_policy(pool: Arc<ZfsPool>, e: &Error, _ctx: Arc<Ctx>) -> Requeue {
@@ -400,7 +395,6 @@ fn changed_fields(a: &AgentStatus, b: &AgentStatus) -> Vec<String> {
                 out.insert(k.clone(), v.clone());
             }
         }
-        out.remove("conditions");
         out
     };
     let (a, b) = (flat(a), flat(b));
