@@ -141,7 +141,6 @@ async fn main() -> anyhow::Result<()> {
             retry: Duration::from_secs(args.lease_retry_seconds),
         };
         lease.check().map_err(anyhow::Error::msg)?;
-        metrics::set_leader(&lease.identity, false);
         tracing::info!(lease = %lease.name, lease_namespace = %lease.namespace, identity = %lease.identity, %metrics_addr, "waiting to lead");
         let elector = Elector::new(client.clone(), lease);
         tokio::select! {
