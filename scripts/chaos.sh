@@ -28,7 +28,7 @@ fi
 
 mkdir -p "$sbx/logs"
 set +e
-cargo test -p pgml-e2e --test chaos -- --nocapture 2>&1 | tee "$sbx/logs/chaos-$PGML_CHAOS_PROFILE.log"
+cargo test -p pgml-e2e --test chaos -- --nocapture flow_under_kills 2>&1 | tee "$sbx/logs/chaos-$PGML_CHAOS_PROFILE.log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$PGML_CHAOS_PROFILE" = full ]; then

@@ -57,13 +57,7 @@ impl Profile {
     pub fn from_env() -> Profile {
         let name = std::env::var("PGML_CHAOS_PROFILE").unwrap_or_else(|_| "ci".into());
         match name.as_str() {
-            "ci" => Profile {
-                name,
-                runs: 1,
-                operator_kills: 8,
-                agent_kills: 8,
-                apiserver_restarts: 1,
-            },
+            "ci" => Profile::ci(),
             "full" => Profile {
                 name,
                 runs: 5,
@@ -72,6 +66,17 @@ impl Profile {
                 apiserver_restarts: 2,
             },
             other => panic!("PGML_CHAOS_PROFILE={other}: use ci or full"),
+        }
+    }
+
+    /// The short profile of `make test`.
+    pub fn ci() -> Profile {
+        Profile {
+            name: "ci".into(),
+            runs: 1,
+            operator_kills: 8,
+            agent_kills: 8,
+            apiserver_restarts: 1,
         }
     }
 
@@ -504,8 +509,9 @@ pub async fn stick_first_attach(
     None
 }
 
-/// Whether a `snapshot_error` rule caught a snapshot (its `snapshots` map is not empty).
-pub fn snapshot_rule_fired(admin: &SimAdmin, id: &str) -> bool {
+/// The IDs of the snapshots a `snapshot_error` (or `snapshot_pending`) rule caught: its
+/// `snapshots` map, keyed by snapshot ID. Empty when the rule caught none.
+pub fn snapshots_caught(admin: &SimAdmin, id: &str) -> Vec<String> {
     let live = admin.faults().unwrap_or(Value::Null);
     let live: Vec<Value> = live
         .as_array()
@@ -514,8 +520,51 @@ pub fn snapshot_rule_fired(admin: &SimAdmin, id: &str) -> bool {
         .unwrap_or_default();
     live.iter()
         .find(|r| r["id"] == id)
-        .map(|r| r["snapshots"].as_object().is_some_and(|m| !m.is_empty()))
-        .unwrap_or(false)
+        .and_then(|r| {
+            r["snapshots"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+        })
+        .unwrap_or_default()
+}
+
+/// The verdict on a set some of whose snapshots a `snapshot_error` rule caught. What must
+/// hold is about the set the object *records*: a Completed object whose recorded members
+/// include a caught snapshot is a backup that cannot be restored. A caught snapshot outside
+/// the recorded set belongs to a CreateSnapshots call that the operator did not keep (an
+/// SDK retry after a 500 that had taken effect, or a call a killed process left in flight):
+/// it is a stray, which must be deleted (the orphan invariant checks that), and the recorded
+/// set may well be Completed.
+pub fn judge_caught_set(
+    caught: &[String],
+    recorded: &[pgml_api::snapshot::MemberSnapshot],
+    phase: Option<pgml_api::snapshot::SnapshotPhase>,
+) -> Result<String, String> {
+    let in_set: Vec<String> = recorded
+        .iter()
+        .filter(|m| m.snapshot_id.as_ref().is_some_and(|id| caught.contains(id)))
+        .map(|m| {
+            format!(
+                "member {} ({})",
+                m.member_index,
+                m.snapshot_id.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    let completed = phase == Some(pgml_api::snapshot::SnapshotPhase::Completed);
+    if completed && !in_set.is_empty() {
+        return Err(format!(
+            "Completed although its recorded {} ended in error",
+            in_set.join(", ")
+        ));
+    }
+    Ok(if in_set.is_empty() {
+        format!(
+            "the error caught {caught:?}, outside the recorded set (a stray of a call not kept)"
+        )
+    } else {
+        format!("the error caught recorded {}", in_set.join(", "))
+    })
 }
 
 // ---- convergence ---------------------------------------------------------------------------
@@ -962,4 +1011,33 @@ pub fn write_report(profile: &Profile, c: &Counts) {
     md += "Rerun: `make chaos` (full profile, under `flock /tmp/pgml-heavy.lock`); the CI profile: \
            `cargo test -p pgml-e2e --test chaos`.\n";
     std::fs::write(dir.join("chaos.md"), md).unwrap();
+}
+
+#[cfg(test)]
+mod judge_tests {
+    use super::*;
+    use pgml_api::snapshot::{MemberSnapshot, SnapshotPhase};
+
+    fn member(i: i32, id: &str) -> MemberSnapshot {
+        MemberSnapshot {
+            member_index: i,
+            snapshot_id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_completed_set_holding_a_caught_snapshot_is_a_violation() {
+        let set = [member(0, "snap-a"), member(1, "snap-b")];
+        let e = judge_caught_set(&["snap-a".into()], &set, Some(SnapshotPhase::Completed));
+        assert!(e.unwrap_err().contains("member 0 (snap-a)"));
+        assert!(judge_caught_set(&["snap-a".into()], &set, Some(SnapshotPhase::Failed)).is_ok());
+    }
+
+    #[test]
+    fn a_caught_stray_outside_the_recorded_set_leaves_a_completed_set_whole() {
+        let set = [member(0, "snap-c"), member(1, "snap-d")];
+        let ok = judge_caught_set(&["snap-a".into()], &set, Some(SnapshotPhase::Completed));
+        assert!(ok.unwrap().contains("outside the recorded set"));
+    }
 }
