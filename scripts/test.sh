@@ -21,15 +21,17 @@ sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
 trap 'sandbox down >/dev/null 2>&1 || true' EXIT
 
 threads="${PGML_TEST_THREADS:-4}"
+# Every test binary runs even when one fails (--no-fail-fast): a failure never hides the rest.
 # Test binaries that mostly wait on the clock (schedule.rs watches five real minutes of
-# cron slots) run beside the others instead of after them; everything else runs one binary
-# after another, as `cargo test --workspace` would.
+# cron slots) run beside the others instead of after them.
 beside=(schedule)
 rc=0
 mkdir -p .sandbox/logs
+out=.sandbox/logs/test-output.log
+: >"$out"
 pids=()
 for t in "${beside[@]}"; do
-  ( cargo test -p pgml-e2e --test "$t" -- --test-threads="$threads" >".sandbox/logs/test-$t.log" 2>&1 ) &
+  ( cargo test --no-fail-fast -p pgml-e2e --test "$t" -- --test-threads="$threads" >".sandbox/logs/test-$t.log" 2>&1 ) &
   pids+=($!)
 done
 others=()
@@ -37,8 +39,8 @@ for f in tests/e2e/tests/*.rs; do
   t=$(basename "$f" .rs)
   case " ${beside[*]} " in *" $t "*) ;; *) others+=(--test "$t") ;; esac
 done
-cargo test --workspace --exclude pgml-e2e -- --test-threads="$threads" || rc=$?
-cargo test -p pgml-e2e "${others[@]}" -- --test-threads="$threads" || rc=$?
+cargo test --no-fail-fast --workspace --exclude pgml-e2e -- --test-threads="$threads" 2>&1 | tee -a "$out" || rc=1
+cargo test --no-fail-fast -p pgml-e2e "${others[@]}" -- --test-threads="$threads" 2>&1 | tee -a "$out" || rc=1
 for i in "${!pids[@]}"; do
   t=${beside[$i]}
   if wait "${pids[$i]}"; then
@@ -47,11 +49,24 @@ for i in "${!pids[@]}"; do
     rc=1
     echo "==== tests/e2e/tests/$t.rs failed:"; cat ".sandbox/logs/test-$t.log"
   fi
+  cat ".sandbox/logs/test-$t.log" >>"$out"
 done
 if [ $rc -ne 0 ]; then
   for f in .sandbox/logs/*.log; do
+    case "$f" in "$out" | .sandbox/logs/test-*.log) continue ;; esac
     echo "==== tail of $f"; tail -n 30 "$f"
   done
 fi
-echo "test: finished in $(( $(date +%s) - t0 ))s"
+# One line for the whole run, from every binary's `test result:` line (unit, e2e, doc tests).
+read -r passed failed binaries < <(awk '
+  /^test result: / { n++; for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+  END { print p + 0, f + 0, n + 0 }' "$out")
+failing=$(grep -E '^    `(-p|--)' "$out" | tr -d '`' | sed 's/^ *//' | sort -u | paste -sd',' || true)
+if [ -n "$failing" ]; then echo "test: failing test binaries: $failing"; fi
+if [ $rc -ne 0 ] && [ "$failed" -eq 0 ]; then
+  # A binary that did not build or crashed before reporting counts as one failure.
+  failed=1
+fi
+echo "test: $binaries test targets ran (unit, e2e and doc tests), finished in $(( $(date +%s) - t0 ))s"
+echo "test: $passed passed, $failed failed"
 exit $rc
