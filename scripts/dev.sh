@@ -10,16 +10,18 @@ sandbox() { PYTHONPATH=$root/tests/testbed "$py" -m sandbox "$@"; }
 target=${CARGO_TARGET_DIR:-$root/target}
 
 k8s_bin=$(scripts/deps.sh | tail -n1)
-sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
-pids=()
-cleanup() {
-  trap - INT TERM EXIT
-  echo; echo "dev: stopping"
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  sandbox down
+# shellcheck source=scripts/lib/supervise.sh
+source scripts/lib/supervise.sh
+mkdir -p .sandbox/logs
+teardown() {
+  # Its output goes to a file first: a closed stdout must not cut the teardown short.
+  sandbox down >.sandbox/logs/dev-teardown.log 2>&1
+  cat .sandbox/logs/dev-teardown.log 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+# From here on, the first Ctrl-C or TERM (even during start-up) tears the sandbox down and
+# ends the script.
+supervise_init dev teardown .sandbox/logs/dev-stop.log
+sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
 
 # shellcheck disable=SC1091
 source .sandbox/env
@@ -27,20 +29,20 @@ logs=.sandbox/logs
 # Metrics and probes: the operator on 127.0.0.1:8080, the agents (which share the host's
 # network: the nodes are mount namespaces) on 8081, 8082, ...
 PGML_METRICS_ADDR=127.0.0.1:8080 "$target/debug/pgml-operator" --log-format text >"$logs/pgml-operator.log" 2>&1 &
-pids+=($!)
+supervise_add $!
 port=8081
 while read -r name ns_pid dev_dir mnt_dir; do
   nsenter -t "$ns_pid" -m -- env NODE_NAME="$name" PGML_DEV_DIR="$dev_dir" PGML_MOUNT_ROOT="$mnt_dir" \
     PGML_METRICS_ADDR="127.0.0.1:$port" KUBECONFIG="$KUBECONFIG" \
     "$target/debug/pgml-agent" --log-format text >"$logs/pgml-agent-$name.log" 2>&1 &
-  pids+=($!)
+  supervise_add $!
   port=$((port + 1))
 done < <("$py" -c 'import json,sys; [print(n["name"], n["ns_pid"], n["dev_dir"], n["mnt_dir"]) for n in json.load(open(sys.argv[1]))["nodes"]]' .sandbox/sandbox.json)
 
 # The kubelet's part for the clusters' instance Pods: kwok marks them Running, this runs
 # their container's `pgml-instance run` (and so PostgreSQL) on the simulated nodes.
 "$target/debug/pgml-kubelet" demo >"$logs/pgml-kubelet.log" 2>&1 &
-pids+=($!)
+supervise_add $!
 
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n demo -f examples/
@@ -100,12 +102,5 @@ dev: running. In another terminal:
 Logs: .sandbox/logs/ (pgml-operator.log, pgml-agent-<node>.log, pgml-kubelet.log, tests/kubelet-demo-<pod>.log (PostgreSQL), kube-apiserver.log, ebssim.log, ...)
 Ctrl-C stops everything.
 MSG
-# Report a process that exits (once), and keep the rest running until Ctrl-C.
-while true; do
-  alive=()
-  for p in "${pids[@]}"; do
-    if kill -0 "$p" 2>/dev/null; then alive+=("$p"); else echo "dev: process $p exited; see $logs"; fi
-  done
-  pids=("${alive[@]}")
-  sleep 10
-done
+# Report a process that exits (once), and keep the rest running until Ctrl-C or TERM.
+supervise_forever
