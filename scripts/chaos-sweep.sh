@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sweeps chaos seeds: runs the chaos test (scripts/chaos.sh) once per seed on one sandbox and
+# Sweeps chaos seeds: runs the chaos test once per seed on one sandbox and
 # prints a line per seed (seed, result, violations, seconds), then a summary line. The seeds
 # are random unless given: scripts/chaos-sweep.sh [COUNT] [SEED...]
 #   PGML_CHAOS_PROFILE=ci scripts/chaos-sweep.sh 30      # 30 random seeds, the CI profile
@@ -20,20 +20,34 @@ done
 py=$PWD/.venv/bin/python
 sandbox() { PYTHONPATH=$PWD/tests/testbed "$py" -m sandbox "$@"; }
 sbx="${PGML_SANDBOX:-$PWD/.sandbox}"
+out="$sbx/logs/chaos-sweep"
+mkdir -p "$out"
+k8s_bin=$(scripts/deps.sh | tail -n1)
+# Built once, then staged: the seeds run the same binaries, whatever builds beside them
+# (a test finds the operator and agent binaries next to its own folder).
+cargo build -p pgml-operator -p pgml-agent --bins
+exe=$(cargo test -p pgml-e2e --test chaos --no-run --message-format=json 2>/dev/null |
+  "$py" -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "chaos" and m.get("executable"):
+        print(m["executable"])')
+bin="$out/bin"
+rm -rf "$bin" && mkdir -p "$bin/deps"
+target_bin=$(dirname "$(dirname "$exe")")
+for b in "$target_bin"/pgml-*; do [ -x "$b" ] && [ -f "$b" ] && cp "$b" "$bin/"; done
+cp "$exe" "$bin/deps/chaos"
 if [ ! -f "$sbx/sandbox.json" ]; then
-  k8s_bin=$(scripts/deps.sh | tail -n1)
-  cargo build -p pgml-operator -p pgml-agent --bins
   sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
   trap 'sandbox down >/dev/null 2>&1 || true' EXIT
 fi
-out="$sbx/logs/chaos-sweep"
-mkdir -p "$out"
+echo "chaos-sweep: $PGML_CHAOS_PROFILE profile, ${#seeds[@]} seeds, on $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')"
 pass=0
 fail=0
 for seed in "${seeds[@]}"; do
   t=$(date +%s)
   log="$out/$seed.log"
-  if PGML_CHAOS_SEED=$seed PGML_CHAOS_KEEP_SANDBOX=1 scripts/chaos.sh >"$log" 2>&1; then
+  if PGML_CHAOS_SEED=$seed "$bin/deps/chaos" --nocapture flow_under_kills >"$log" 2>&1; then
     result=pass
     pass=$((pass + 1))
   else
