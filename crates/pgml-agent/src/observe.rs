@@ -86,28 +86,7 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
         .into_iter()
         .next();
         if let Some(st) = &st {
-            imported = Some(Imported {
-                guid: l.guid,
-                health: st.state.as_str().to_string(),
-                members: st
-                    .members()
-                    .into_iter()
-                    .map(|v| PoolMember {
-                        volume_id: v.ebs_volume_id(),
-                        handle: match (v.guid(), v.path()) {
-                            (Some(g), _) => g.to_string(),
-                            (None, Some(p)) if v.name.starts_with('/') => p.to_string(),
-                            _ => v.name.clone(),
-                        },
-                        state: v
-                            .state
-                            .as_ref()
-                            .map_or("UNKNOWN", |s| s.as_str())
-                            .to_string(),
-                    })
-                    .collect(),
-                resilvering: st.resilvering(),
-            });
+            imported = Some(imported_from(l, st));
         }
         if pool.metadata.deletion_timestamp.is_none() {
             let have = datasets(ctx, &n).await?;
@@ -205,6 +184,32 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     })
 }
 
+fn imported_from(l: &PoolListEntry, st: &PoolStatus) -> Imported {
+    Imported {
+        guid: l.guid,
+        health: st.state.as_str().to_string(),
+        members: st
+            .members()
+            .into_iter()
+            .map(|v| PoolMember {
+                volume_id: v.ebs_volume_id(),
+                handle: match (v.guid(), v.path()) {
+                    (Some(g), _) => g.to_string(),
+                    (None, Some(p)) if v.name.starts_with('/') => p.to_string(),
+                    _ => v.name.clone(),
+                },
+                state: v
+                    .state
+                    .as_ref()
+                    .map_or("UNKNOWN", |s| s.as_str())
+                    .to_string(),
+            })
+            .collect(),
+        // Also a scan line not read in full: it is not known to be over.
+        resilvering: st.resilvering(),
+    }
+}
+
 /// A dataset's mount as `zfs list` shows it.
 #[derive(Clone, Debug)]
 struct Mounted {
@@ -247,5 +252,47 @@ pub fn dialect_name(d: Dialect) -> &'static str {
     match d {
         Dialect::OpenZfs => "openzfs",
         Dialect::ZfsFuse => "zfs-fuse",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! public {
+        ($f:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../pgml-zfs/tests/fixtures/public/",
+                $f
+            ))
+        };
+    }
+
+    fn listed(name: &str) -> PoolListEntry {
+        PoolListEntry {
+            name: name.into(),
+            size: None,
+            allocated: None,
+            free: None,
+            health: pgml_zfs::Health::Online,
+            guid: Some(7),
+            altroot: None,
+        }
+    }
+
+    #[test]
+    fn a_scan_line_not_read_in_full_counts_as_resilvering() {
+        let done = public!("openzfs-2.x-resilvered.txt");
+        let l = listed("lwastor04");
+        let st = |out: &str| pgml_zfs::parse_status(out).unwrap().remove(0);
+        assert!(!imported_from(&l, &st(done)).resilvering);
+        // Cut inside the line: `decide` must not start a replacement meanwhile.
+        let cut = &done[..done.find(" 17:21:34").unwrap()];
+        assert!(imported_from(&l, &st(cut)).resilvering);
+        let running = public!("openzfs-2.2.4-resilver-in-progress.txt");
+        assert!(imported_from(&listed("merced216"), &st(running)).resilvering);
+        let paused = public!("openzfs-2.3.1-scrub-paused.txt");
+        assert!(!imported_from(&listed("tank1"), &st(paused)).resilvering);
     }
 }
