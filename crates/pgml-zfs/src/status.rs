@@ -204,8 +204,9 @@ pub struct PoolStatus {
     pub root: Option<Vdev>,
     /// `logs`, `cache`, `spares`… headings with their devices.
     pub groups: Vec<Vdev>,
-    /// `errors:` text (`No known data errors`).
-    pub errors: Option<String>,
+    /// The `errors:` section, line by line: `No known data errors`, or `Permanent errors
+    /// have been detected in the following files:` and then each file as printed.
+    pub errors: Vec<String>,
 }
 
 /// The pool layouts this project builds, recognised from a tree.
@@ -255,15 +256,23 @@ impl PoolStatus {
     }
 }
 
-/// Parses `zpool status` output (any number of pools; `no pools available` gives none).
+/// Parses `zpool status` output: one pool or more. Output with no pool in it is an error:
+/// [`ZfsError::NoPools`] when it is ZFS saying so (`no pools available`, which OpenZFS
+/// prints on stderr with nothing on stdout), a parse error for anything else, empty
+/// included.
 pub fn parse_status(out: &str) -> Result<Vec<PoolStatus>> {
     parse_pools("zpool status", out)
 }
 
-/// Parses the listing of `zpool import [-d dir]` (pools that could be imported).
+/// Parses the listing of `zpool import [-d dir]` (pools that could be imported). None is
+/// [`ZfsError::NoPools`] when the text is ZFS's `no pools available to import` (stderr, exit
+/// 1), a parse error when it is anything else.
 pub fn parse_import_list(out: &str) -> Result<Vec<PoolStatus>> {
     parse_pools("zpool import", out)
 }
+
+/// What ZFS prints instead of pools when it has none.
+const NO_POOLS: &[&str] = &["no pools available", "no pools available to import"];
 
 /// A `key: value` line: a lower-case word and a colon, indented by spaces only.
 fn key_line(line: &str) -> Option<(&str, &str)> {
@@ -301,6 +310,9 @@ fn parse_pools(command: &'static str, out: &str) -> Result<Vec<PoolStatus>> {
                 if let Some(b) = cur.take() {
                     pools.push(b.finish(command)?);
                 }
+                if value.is_empty() {
+                    return Err(ZfsError::parse(command, "pool without a name", line));
+                }
                 cur = Some(Builder::new(value));
                 continue;
             }
@@ -324,6 +336,15 @@ fn parse_pools(command: &'static str, out: &str) -> Result<Vec<PoolStatus>> {
     if let Some(b) = cur.take() {
         pools.push(b.finish(command)?);
     }
+    if pools.is_empty() {
+        let said = out.trim();
+        return Err(if NO_POOLS.contains(&said) {
+            ZfsError::NoPools { command }
+        } else {
+            let first = said.lines().next().unwrap_or("");
+            ZfsError::parse(command, "no pool in the output", first)
+        });
+    }
     Ok(pools)
 }
 
@@ -339,7 +360,7 @@ impl Builder {
                 scans: Vec::new(),
                 root: None,
                 groups: Vec::new(),
-                errors: None,
+                errors: Vec::new(),
             },
             key: "pool".into(),
             scans: Vec::new(),
@@ -366,7 +387,7 @@ impl Builder {
             "action" => self.pool.action = v,
             // Each is an entry of its own: several follow one another.
             "scan" | "scrub" => self.scans.push(vec![value.to_string()]),
-            "errors" => self.pool.errors = v,
+            "errors" => self.pool.errors.extend(v),
             _ => {}
         }
         Ok(())
@@ -382,7 +403,11 @@ impl Builder {
                 }
                 return;
             }
-            "errors" => &mut self.pool.errors,
+            // One entry a line: file names may hold spaces.
+            "errors" => {
+                self.pool.errors.push(more.to_string());
+                return;
+            }
             _ => return,
         };
         match slot {

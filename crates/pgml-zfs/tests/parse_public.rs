@@ -70,6 +70,7 @@ fn resilvered_is_finished() {
     );
     assert!(!p.resilvering());
     assert_eq!(p.members().len(), 12);
+    assert_eq!(p.errors, ["No known data errors"]);
 }
 
 #[test]
@@ -125,12 +126,76 @@ fn decimal_commas_give_no_percentage() {
 }
 
 #[test]
+fn every_errors_line_is_kept() {
+    // openzfs/zfs#9705 (0.7.5; the list's format is unchanged through 2.3).
+    let p = one(fx!("zfsonlinux-0.7.5-permanent-errors.txt"));
+    assert_eq!(
+        p.errors,
+        [
+            "Permanent errors have been detected in the following files:",
+            "<metadata>:<0x0>",
+            "<metadata>:<0x39>",
+        ]
+    );
+    // openzfs/zfs#15742 (2.2.2).
+    let p = one(fx!("openzfs-2.2.2-scrub-data-errors.txt"));
+    assert_eq!(p.errors, ["31 data errors, use '-v' for a list"]);
+    let s = only_scan(&p);
+    assert_eq!(
+        (s.kind, s.state, s.errors),
+        (ScanKind::Scrub, ScanState::Finished, Some(0))
+    );
+    // Two `errors:` lines for one pool (not printed by ZFS today): both kept, in order.
+    let twice = format!(
+        "{}errors: No known data errors\n",
+        fx!("openzfs-2.x-resilvered.txt")
+    );
+    assert_eq!(one(&twice).errors, ["No known data errors"; 2]);
+}
+
+#[test]
 fn two_pools_each_with_its_scan() {
     // openzfs/zfs#14433 (2.1.4).
     let pools = parse_status(fx!("openzfs-2.1.4-two-pools-scrub-errors.txt")).unwrap();
     let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["bpool", "rpool"]);
+    assert_eq!(pools[0].errors, ["No known data errors"]);
     assert_eq!(pools[1].scans[0].errors, Some(3));
     assert_eq!(pools[1].scans[0].state, ScanState::Finished);
+    assert!(pools[1].errors.is_empty(), "the paste stops before it");
     assert_eq!(pools[1].members()[0].checksum_errors, Some(24));
+}
+
+#[test]
+fn output_without_a_pool_is_an_error() {
+    for out in [
+        "",
+        "\n",
+        "   \n",
+        "NAME  SIZE  ALLOC\n",
+        "config:\n",
+        "garbage",
+    ] {
+        assert!(
+            matches!(parse_status(out), Err(ZfsError::Parse { .. })),
+            "{out:?}"
+        );
+        assert!(
+            matches!(parse_import_list(out), Err(ZfsError::Parse { .. })),
+            "{out:?}"
+        );
+    }
+    // ZFS saying it has none is told apart (OpenZFS's wording, cmd/zpool/zpool_main.c).
+    assert!(matches!(
+        parse_status("no pools available\n"),
+        Err(ZfsError::NoPools { .. })
+    ));
+    assert!(matches!(
+        parse_import_list("no pools available to import\n"),
+        Err(ZfsError::NoPools { .. })
+    ));
+    assert!(matches!(
+        parse_status("  pool: \n state: ONLINE\n"),
+        Err(ZfsError::Parse { .. })
+    ));
 }
