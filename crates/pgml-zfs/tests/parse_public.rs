@@ -199,3 +199,24 @@ fn output_without_a_pool_is_an_error() {
         Err(ZfsError::Parse { .. })
     ));
 }
+
+#[test]
+fn every_scan_entry_is_kept() {
+    // Derived: the 2.3.1 paused scrub (openzfs/zfs#17440) followed by the 2.2.4 resilver's
+    // scan lines (openzfs/zfs#16979), in the order OpenZFS's print_scan_status prints a
+    // scrub and a rebuild of the same pool.
+    let paused = fx!("openzfs-2.3.1-scrub-paused.txt");
+    let resilver = fx!("openzfs-2.2.4-resilver-in-progress.txt");
+    let both = format!("{paused}{}", &resilver[resilver.find("  scan:").unwrap()..]);
+    let p = one(&both);
+    let got: Vec<_> = p.scans.iter().map(|s| (s.kind, s.state)).collect();
+    assert_eq!(
+        got,
+        [
+            (ScanKind::Scrub, ScanState::Paused),
+            (ScanKind::Resilver, ScanState::InProgress)
+        ]
+    );
+    assert!(p.resilvering());
+    assert_eq!(p.resilver().unwrap().percent_done, Some(81.21));
+}
