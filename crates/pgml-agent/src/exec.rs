@@ -1,5 +1,6 @@
-//! Runs the commands pgml-zfs builds: a program and its arguments (no shell), each with a
-//! timeout, killed when it runs over.
+//! Runs the commands pgml-zfs builds: a program and its arguments (no shell) in the
+//! environment the command names (the C locale), each with a timeout, killed when it runs
+//! over.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -69,8 +70,10 @@ impl Runner {
     }
 
     async fn run_uncounted(&self, c: &Command) -> Result<Output, ExecError> {
+        // On top of the agent's environment (PATH and the rest are kept).
         let child = tokio::process::Command::new(self.program(c))
             .args(&c.args)
+            .envs(c.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -110,5 +113,29 @@ impl Runner {
             });
         }
         Ok(out.stdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_run_in_the_c_locale_and_keep_the_rest_of_the_environment() {
+        // `zpool` stands in for `env`, which prints what it was started with.
+        let runner = Runner {
+            zpool: "/usr/bin/env".into(),
+            zfs: "/usr/bin/env".into(),
+            timeout: Duration::from_secs(10),
+        };
+        let mut c = Command::new("zpool", Vec::<String>::new());
+        // Whatever the command names is set, whether or not the agent has it already.
+        c.env.push(("PGML_EXEC_TEST".into(), "set".into()));
+        let out = runner.ok(&c).await.unwrap();
+        let vars: Vec<&str> = out.lines().collect();
+        assert!(vars.contains(&"LC_ALL=C"), "{vars:?}");
+        assert!(vars.contains(&"PGML_EXEC_TEST=set"), "{vars:?}");
+        let path = std::env::var("PATH").unwrap();
+        assert!(vars.contains(&format!("PATH={path}").as_str()), "{vars:?}");
     }
 }

@@ -4,7 +4,7 @@
 use k8s_openapi::jiff::Timestamp;
 use pgml_api::common::Condition;
 use pgml_api::zfspool::{DatasetStatus, Layout, ResilverStatus, ZfsPool};
-use pgml_zfs::{ScanKind, ScanState};
+use pgml_zfs::{PoolStatus, ScanState};
 
 use crate::decide::Wait;
 use crate::observe::{Facts, dialect_name};
@@ -42,25 +42,10 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
             .map(|m| m.index)
     };
     let volumes = reported_volumes(facts, outcome);
-    let resilver = facts.status.as_ref().and_then(|st| {
-        let scan = st.scan.as_ref().filter(|s| s.kind == ScanKind::Resilver)?;
-        let member_index = st
-            .members()
-            .iter()
-            .find(|v| v.resilvering)
-            .and_then(|v| v.ebs_volume_id())
-            .and_then(|v| index_of(&v));
-        Some(ResilverStatus {
-            in_progress: scan.state == ScanState::InProgress,
-            member_index,
-            // zfs-fuse prints no percentage once finished ("resilver completed after …").
-            percent_done: scan
-                .percent_done
-                .map(|p| p.round() as i32)
-                .or((scan.state == ScanState::Finished).then_some(100)),
-            ..Default::default()
-        })
-    });
+    let resilver = facts
+        .status
+        .as_ref()
+        .and_then(|st| resilver_status(st, index_of));
     let list = facts.list.as_ref();
     let usage = settled_usage(
         (
@@ -100,6 +85,31 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
         conditions: conditions(&verdicts(pool, facts, outcome), pool, Timestamp::now()),
     }
     .normalized()
+}
+
+/// `status.resilver` from the pool's scans. A scan line not read in full counts as a
+/// resilver in progress (of unknown progress): it is never reported as finished.
+fn resilver_status(
+    st: &PoolStatus,
+    index_of: impl Fn(&str) -> Option<i32>,
+) -> Option<ResilverStatus> {
+    let scan = st.resilver()?;
+    let member_index = st
+        .members()
+        .iter()
+        .find(|v| v.resilvering)
+        .and_then(|v| v.ebs_volume_id())
+        .and_then(|v| index_of(&v));
+    Some(ResilverStatus {
+        in_progress: !scan.state.is_over(),
+        member_index,
+        // zfs-fuse prints no percentage once finished ("resilver completed after …").
+        percent_done: scan
+            .percent_done
+            .map(|p| p.round() as i32)
+            .or((scan.state == ScanState::Finished).then_some(100)),
+        ..Default::default()
+    })
 }
 
 /// The fraction of the pool's size by which the allocated bytes must move to be rewritten.
@@ -635,5 +645,45 @@ mod tests {
         assert_eq!(relative_mount(&p, &explicit), "/data/pg");
         p.spec.pool_name = Some("other".into());
         assert_eq!(relative_mount(&p, &ds), "/other/pgdata");
+    }
+
+    /// Real `zpool status` output from public reports (crates/pgml-zfs/tests/fixtures/public).
+    macro_rules! public {
+        ($f:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../pgml-zfs/tests/fixtures/public/",
+                $f
+            ))
+        };
+    }
+
+    fn resilver_of(out: &str) -> Option<ResilverStatus> {
+        let st = pgml_zfs::parse_status(out).unwrap().remove(0);
+        resilver_status(&st, |_| None)
+    }
+
+    #[test]
+    fn a_resilver_is_finished_only_when_zfs_says_so_in_full() {
+        let running = resilver_of(public!("openzfs-2.2.4-resilver-in-progress.txt")).unwrap();
+        assert_eq!(
+            (running.in_progress, running.percent_done),
+            (true, Some(81))
+        );
+        let done = public!("openzfs-2.x-resilvered.txt");
+        let finished = resilver_of(done).unwrap();
+        assert_eq!(
+            (finished.in_progress, finished.percent_done),
+            (false, Some(100))
+        );
+        // The same line cut short: in progress, of unknown progress, never finished.
+        let cut = resilver_of(&done[..done.find("rors on").unwrap()]).unwrap();
+        assert_eq!((cut.in_progress, cut.percent_done), (true, None));
+        // A paused scrub is no resilver; a finished scrub neither.
+        assert_eq!(resilver_of(public!("openzfs-2.3.1-scrub-paused.txt")), None);
+        assert_eq!(
+            resilver_of(public!("openzfs-2.2.2-scrub-data-errors.txt")),
+            None
+        );
     }
 }

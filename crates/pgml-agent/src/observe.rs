@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use pgml_api::zfspool::ZfsPool;
-use pgml_zfs::{Dialect, HostPath, PoolListEntry, PoolName, PoolStatus, command};
+use pgml_zfs::{Dialect, HostPath, PoolListEntry, PoolName, PoolStatus, ZfsError, command};
 
 use crate::decide::{Imported, Member, Observed, Placement, PoolMember, SeenPool};
 use crate::devices::{Lookup, blkid_probe, parse_blkid_type};
+use crate::exec::Output;
 use crate::reconcile::{Ctx, Error, relative_mount};
 
 /// What was read, beyond what `decide` needs.
@@ -78,37 +79,14 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     let mut found_datasets = Vec::new();
     if let Some(l) = &list {
         let n = PoolName::new(l.name.clone())?;
-        let st = pgml_zfs::parse_status(
+        let st = status_of(
+            &n,
             &ctx.runner
                 .ok(&command::status(ctx.dialect, Some(&n)))
                 .await?,
-        )?
-        .into_iter()
-        .next();
-        if let Some(st) = &st {
-            imported = Some(Imported {
-                guid: l.guid,
-                health: st.state.as_str().to_string(),
-                members: st
-                    .members()
-                    .into_iter()
-                    .map(|v| PoolMember {
-                        volume_id: v.ebs_volume_id(),
-                        handle: match (v.guid(), v.path()) {
-                            (Some(g), _) => g.to_string(),
-                            (None, Some(p)) if v.name.starts_with('/') => p.to_string(),
-                            _ => v.name.clone(),
-                        },
-                        state: v
-                            .state
-                            .as_ref()
-                            .map_or("UNKNOWN", |s| s.as_str())
-                            .to_string(),
-                    })
-                    .collect(),
-                resilvering: st.resilvering(),
-            });
-        }
+        )?;
+        imported = Some(imported_from(l, &st));
+        let st = Some(st);
         if pool.metadata.deletion_timestamp.is_none() {
             let have = datasets(ctx, &n).await?;
             // With an altroot, ZFS shows mount points below it.
@@ -153,23 +131,11 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
     let all_present = count > 0 && members.iter().all(|m| m.device.is_some() && m.attached);
     if imported.is_none() && all_present && pool.metadata.deletion_timestamp.is_none() {
         let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
-        // Exit 1 with "no pools available" is an answer, not a failure.
         let out = ctx
             .runner
             .run(&command::list_importable(std::slice::from_ref(&dir)))
             .await?;
-        importable = pgml_zfs::parse_import_list(&out.stdout)?
-            .into_iter()
-            .map(|p| SeenPool {
-                guid: p.id,
-                volume_ids: p
-                    .members()
-                    .iter()
-                    .filter_map(|v| v.ebs_volume_id())
-                    .collect(),
-                name: p.name,
-            })
-            .collect();
+        importable = importable_from(&out)?;
         for m in &mut members {
             if let Some(dev) = &m.device {
                 let out = ctx.runner.run(&blkid_probe(dev)).await?;
@@ -203,6 +169,73 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
         sizes,
         datasets: found_datasets,
     })
+}
+
+/// The pool `zpool status <name>` printed. Output without it is an error, never "not
+/// imported": that would send the agent to import or create a pool that is there.
+fn status_of(name: &PoolName, out: &str) -> Result<PoolStatus, Error> {
+    pgml_zfs::parse_status(out)?
+        .into_iter()
+        .find(|p| p.name == name.as_str())
+        .ok_or_else(|| {
+            Error::Zfs(ZfsError::Parse {
+                command: "zpool status",
+                reason: format!("no pool {name} in the output"),
+                line: out.lines().next().unwrap_or("").chars().take(200).collect(),
+            })
+        })
+}
+
+fn imported_from(l: &PoolListEntry, st: &PoolStatus) -> Imported {
+    Imported {
+        guid: l.guid,
+        health: st.state.as_str().to_string(),
+        members: st
+            .members()
+            .into_iter()
+            .map(|v| PoolMember {
+                volume_id: v.ebs_volume_id(),
+                handle: match (v.guid(), v.path()) {
+                    (Some(g), _) => g.to_string(),
+                    (None, Some(p)) if v.name.starts_with('/') => p.to_string(),
+                    _ => v.name.clone(),
+                },
+                state: v
+                    .state
+                    .as_ref()
+                    .map_or("UNKNOWN", |s| s.as_str())
+                    .to_string(),
+            })
+            .collect(),
+        // Also a scan line not read in full: it is not known to be over.
+        resilvering: st.resilvering(),
+    }
+}
+
+/// The pools `zpool import -d <dir>` lists. "No pools available to import" (exit 1, on
+/// stderr, nothing on stdout) is an answer: none. Anything else without a pool is an error.
+fn importable_from(out: &Output) -> Result<Vec<SeenPool>, ZfsError> {
+    let said = if out.stdout.trim().is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    };
+    let pools = match pgml_zfs::parse_import_list(said) {
+        Err(ZfsError::NoPools { .. }) => return Ok(vec![]),
+        other => other?,
+    };
+    Ok(pools
+        .into_iter()
+        .map(|p| SeenPool {
+            guid: p.id,
+            volume_ids: p
+                .members()
+                .iter()
+                .filter_map(|v| v.ebs_volume_id())
+                .collect(),
+            name: p.name,
+        })
+        .collect())
 }
 
 /// A dataset's mount as `zfs list` shows it.
@@ -247,5 +280,88 @@ pub fn dialect_name(d: Dialect) -> &'static str {
     match d {
         Dialect::OpenZfs => "openzfs",
         Dialect::ZfsFuse => "zfs-fuse",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! public {
+        ($f:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../pgml-zfs/tests/fixtures/public/",
+                $f
+            ))
+        };
+    }
+
+    fn listed(name: &str) -> PoolListEntry {
+        PoolListEntry {
+            name: name.into(),
+            size: None,
+            allocated: None,
+            free: None,
+            health: pgml_zfs::Health::Online,
+            guid: Some(7),
+            altroot: None,
+        }
+    }
+
+    fn output(code: i32, stdout: &str, stderr: &str) -> Output {
+        Output {
+            code: Some(code),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn status_without_the_pool_is_an_error_not_an_absent_pool() {
+        let name = PoolName::new("lwastor04").unwrap();
+        let out = public!("openzfs-2.x-resilvered.txt");
+        assert_eq!(status_of(&name, out).unwrap().name, "lwastor04");
+        for out in ["", "no pools available\n", "garbage\n"] {
+            assert!(status_of(&name, out).is_err(), "{out:?}");
+        }
+        let other = PoolName::new("tank").unwrap();
+        assert!(status_of(&other, out).is_err());
+    }
+
+    #[test]
+    fn a_scan_line_not_read_in_full_counts_as_resilvering() {
+        let done = public!("openzfs-2.x-resilvered.txt");
+        let l = listed("lwastor04");
+        let st = |out: &str| pgml_zfs::parse_status(out).unwrap().remove(0);
+        assert!(!imported_from(&l, &st(done)).resilvering);
+        // Cut inside the line: `decide` must not start a replacement meanwhile.
+        let cut = &done[..done.find(" 17:21:34").unwrap()];
+        assert!(imported_from(&l, &st(cut)).resilvering);
+        let running = public!("openzfs-2.2.4-resilver-in-progress.txt");
+        assert!(imported_from(&listed("merced216"), &st(running)).resilvering);
+        let paused = public!("openzfs-2.3.1-scrub-paused.txt");
+        assert!(!imported_from(&listed("tank1"), &st(paused)).resilvering);
+    }
+
+    #[test]
+    fn no_importable_pool_is_an_answer_and_garbage_is_not() {
+        // OpenZFS: exit 1, the sentence on stderr, nothing on stdout.
+        let none = output(1, "", "no pools available to import\n");
+        assert_eq!(importable_from(&none).unwrap(), vec![]);
+        for out in [
+            output(0, "", ""),
+            output(1, "", "cannot discover pools: permission denied\n"),
+            output(0, "garbage\n", ""),
+        ] {
+            assert!(importable_from(&out).is_err(), "{out:?}");
+        }
+        let listing = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../pgml-zfs/tests/fixtures/openzfs/import-list.txt"
+        ));
+        let seen = importable_from(&output(0, listing, "")).unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].volume_ids.len(), 5);
     }
 }

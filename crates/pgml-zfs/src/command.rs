@@ -14,11 +14,19 @@ use crate::error::{Result, ZfsError};
 use crate::names::{DatasetName, DevicePath, Guid, HostPath, PoolName};
 use crate::props::{Property, map_properties};
 
-/// A command to run: `program` with `args`, exactly as given (no shell).
+/// What every command runs with, on top of the runner's own environment: the C locale.
+/// The parsers read numbers with a decimal point (`1.23G`, `14.91% done`) and English
+/// words; in another locale ZFS prints `1,23G` and `14,91% done`, which must never be read.
+pub const ENV: &[(&str, &str)] = &[("LC_ALL", "C")];
+
+/// A command to run: `program` with `args`, exactly as given (no shell), with `env` set on
+/// top of the runner's environment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub program: String,
     pub args: Vec<String>,
+    /// Always [`ENV`]: set here, once, so that no caller can forget it.
+    pub env: Vec<(String, String)>,
 }
 
 impl Command {
@@ -30,6 +38,10 @@ impl Command {
         Command {
             program: program.to_string(),
             args: args.into_iter().map(Into::into).collect(),
+            env: ENV
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 

@@ -43,6 +43,11 @@ pub enum ZfsError {
         line: String,
     },
 
+    /// ZFS said it has no pools (`no pools available`, `no pools available to import`): an
+    /// answer the caller may expect, told apart from output that is not understood.
+    #[error("`{command}`: no pools available")]
+    NoPools { command: &'static str },
+
     /// `zfs version` output matched neither dialect (ZFS missing, or something new).
     #[error("cannot tell the ZFS dialect: {0}")]
     UnknownDialect(String),

@@ -12,6 +12,7 @@ mod error;
 pub mod list;
 pub mod names;
 pub mod props;
+mod scan;
 pub mod size;
 pub mod status;
 

@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ZfsError};
-use crate::size::{parse_count, parse_percent};
+pub use crate::scan::{Scan, ScanKind, ScanState};
+use crate::size::parse_count;
 
 /// A pool's or vdev's state as ZFS prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -186,70 +187,6 @@ pub fn ebs_volume_id(name: &str) -> Option<String> {
     (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("vol-{rest}"))
 }
 
-/// Scrub or resilver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ScanKind {
-    Scrub,
-    Resilver,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ScanState {
-    InProgress,
-    Finished,
-    Canceled,
-}
-
-/// The `scan:` (OpenZFS) or `scrub:` (zfs-fuse) line, when a scan has ever run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Scan {
-    pub kind: ScanKind,
-    pub state: ScanState,
-    /// `14.91` for `14.91% done`.
-    pub percent_done: Option<f64>,
-    /// `with N errors` of a finished scan.
-    pub errors: Option<u64>,
-    /// The whole text, continuation lines joined by spaces.
-    pub text: String,
-}
-
-impl Scan {
-    fn parse(text: &str) -> Option<Scan> {
-        let t = text.trim();
-        let kind = if t.starts_with("resilver") {
-            ScanKind::Resilver
-        } else if t.starts_with("scrub") {
-            ScanKind::Scrub
-        } else {
-            // `none requested`, or something we do not know: no scan to report.
-            return None;
-        };
-        let state = if t.contains("in progress") {
-            ScanState::InProgress
-        } else if t.contains("cancel") {
-            ScanState::Canceled
-        } else {
-            ScanState::Finished
-        };
-        let percent_done = t.find("% done").and_then(|i| {
-            let before = &t[..i];
-            let start = before.rfind([' ', ',']).map_or(0, |j| j + 1);
-            parse_percent(&before[start..])
-        });
-        let errors = t.find(" errors").and_then(|i| {
-            let before = &t[..i];
-            before.rsplit(' ').next().and_then(parse_count)
-        });
-        Some(Scan {
-            kind,
-            state,
-            percent_done,
-            errors,
-            text: t.to_string(),
-        })
-    }
-}
-
 /// One pool from `zpool status` or `zpool import` (listing).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolStatus {
@@ -260,13 +197,16 @@ pub struct PoolStatus {
     /// The `status:` explanation, when the pool is not plainly healthy.
     pub status: Option<String>,
     pub action: Option<String>,
-    pub scan: Option<Scan>,
+    /// Every `scan:` entry, in order: OpenZFS prints a scrub's and then a resilver's (or one
+    /// per vdev being rebuilt); `none requested` gives none.
+    pub scans: Vec<Scan>,
     /// The pool's vdev tree (`kind == Root`); `None` only if output was cut short.
     pub root: Option<Vdev>,
     /// `logs`, `cache`, `spares`… headings with their devices.
     pub groups: Vec<Vdev>,
-    /// `errors:` text (`No known data errors`).
-    pub errors: Option<String>,
+    /// The `errors:` section, line by line: `No known data errors`, or `Permanent errors
+    /// have been detected in the following files:` and then each file as printed.
+    pub errors: Vec<String>,
 }
 
 /// The pool layouts this project builds, recognised from a tree.
@@ -296,23 +236,43 @@ impl PoolStatus {
         }
     }
 
-    /// A resilver is running.
+    /// A resilver may be running: one in progress, or a scan line not read in full.
     pub fn resilvering(&self) -> bool {
-        self.scan
-            .as_ref()
-            .is_some_and(|s| s.kind == ScanKind::Resilver && s.state == ScanState::InProgress)
+        self.scans.iter().any(Scan::may_be_resilvering)
+    }
+
+    /// The scan that tells of resilvering: one that may be resilvering now, else the last
+    /// resilver that is over.
+    pub fn resilver(&self) -> Option<&Scan> {
+        self.scans
+            .iter()
+            .find(|s| s.may_be_resilvering())
+            .or_else(|| {
+                self.scans
+                    .iter()
+                    .rev()
+                    .find(|s| s.kind == ScanKind::Resilver)
+            })
     }
 }
 
-/// Parses `zpool status` output (any number of pools; `no pools available` gives none).
+/// Parses `zpool status` output: one pool or more. Output with no pool in it is an error:
+/// [`ZfsError::NoPools`] when it is ZFS saying so (`no pools available`, which OpenZFS
+/// prints on stderr with nothing on stdout), a parse error for anything else, empty
+/// included.
 pub fn parse_status(out: &str) -> Result<Vec<PoolStatus>> {
     parse_pools("zpool status", out)
 }
 
-/// Parses the listing of `zpool import [-d dir]` (pools that could be imported).
+/// Parses the listing of `zpool import [-d dir]` (pools that could be imported). None is
+/// [`ZfsError::NoPools`] when the text is ZFS's `no pools available to import` (stderr, exit
+/// 1), a parse error when it is anything else.
 pub fn parse_import_list(out: &str) -> Result<Vec<PoolStatus>> {
     parse_pools("zpool import", out)
 }
+
+/// What ZFS prints instead of pools when it has none.
+const NO_POOLS: &[&str] = &["no pools available", "no pools available to import"];
 
 /// A `key: value` line: a lower-case word and a colon, indented by spaces only.
 fn key_line(line: &str) -> Option<(&str, &str)> {
@@ -331,7 +291,8 @@ fn key_line(line: &str) -> Option<(&str, &str)> {
 struct Builder {
     pool: PoolStatus,
     key: String,
-    scan_text: Option<String>,
+    /// The lines of each `scan:` entry.
+    scans: Vec<Vec<String>>,
     in_config: bool,
     table: bool,
     entries_done: bool,
@@ -348,6 +309,9 @@ fn parse_pools(command: &'static str, out: &str) -> Result<Vec<PoolStatus>> {
             if key == "pool" {
                 if let Some(b) = cur.take() {
                     pools.push(b.finish(command)?);
+                }
+                if value.is_empty() {
+                    return Err(ZfsError::parse(command, "pool without a name", line));
                 }
                 cur = Some(Builder::new(value));
                 continue;
@@ -372,6 +336,15 @@ fn parse_pools(command: &'static str, out: &str) -> Result<Vec<PoolStatus>> {
     if let Some(b) = cur.take() {
         pools.push(b.finish(command)?);
     }
+    if pools.is_empty() {
+        let said = out.trim();
+        return Err(if NO_POOLS.contains(&said) {
+            ZfsError::NoPools { command }
+        } else {
+            let first = said.lines().next().unwrap_or("");
+            ZfsError::parse(command, "no pool in the output", first)
+        });
+    }
     Ok(pools)
 }
 
@@ -384,13 +357,13 @@ impl Builder {
                 state: Health::Unknown(String::new()),
                 status: None,
                 action: None,
-                scan: None,
+                scans: Vec::new(),
                 root: None,
                 groups: Vec::new(),
-                errors: None,
+                errors: Vec::new(),
             },
             key: "pool".into(),
-            scan_text: None,
+            scans: Vec::new(),
             in_config: false,
             table: false,
             entries_done: false,
@@ -412,8 +385,9 @@ impl Builder {
             "state" => self.pool.state = Health::parse(value),
             "status" => self.pool.status = v,
             "action" => self.pool.action = v,
-            "scan" | "scrub" => self.scan_text = v,
-            "errors" => self.pool.errors = v,
+            // Each is an entry of its own: several follow one another.
+            "scan" | "scrub" => self.scans.push(vec![value.to_string()]),
+            "errors" => self.pool.errors.extend(v),
             _ => {}
         }
         Ok(())
@@ -423,8 +397,17 @@ impl Builder {
         let slot = match key {
             "status" => &mut self.pool.status,
             "action" => &mut self.pool.action,
-            "scan" | "scrub" => &mut self.scan_text,
-            "errors" => &mut self.pool.errors,
+            "scan" | "scrub" => {
+                if let Some(lines) = self.scans.last_mut() {
+                    lines.push(more.to_string());
+                }
+                return;
+            }
+            // One entry a line: file names may hold spaces.
+            "errors" => {
+                self.pool.errors.push(more.to_string());
+                return;
+            }
             _ => return,
         };
         match slot {
@@ -555,7 +538,7 @@ impl Builder {
 
     fn finish(mut self, command: &'static str) -> Result<PoolStatus> {
         self.close_config();
-        self.pool.scan = self.scan_text.as_deref().and_then(Scan::parse);
+        self.pool.scans = self.scans.iter().filter_map(|l| Scan::parse(l)).collect();
         if matches!(self.pool.state, Health::Unknown(ref s) if s.is_empty()) {
             return Err(ZfsError::parse(
                 command,
@@ -564,9 +547,12 @@ impl Builder {
             ));
         }
         // zfs-fuse marks the member being resilvered onto only with `<size> resilvered`.
-        if self.pool.resilvering()
-            && let Some(root) = self.pool.root.as_mut()
-        {
+        let resilver_running = self
+            .pool
+            .scans
+            .iter()
+            .any(|s| s.kind == ScanKind::Resilver && s.state == ScanState::InProgress);
+        if resilver_running && let Some(root) = self.pool.root.as_mut() {
             mark_zfs_fuse_resilvering(root);
         }
         Ok(self.pool)

@@ -215,3 +215,54 @@ fn sync_pool_commits_the_open_transaction_group_in_both_dialects() {
     assert!(sync_pool(Dialect::ZfsFuse, &pool, "a b").is_err());
     assert!(sync_pool(Dialect::ZfsFuse, &pool, "").is_err());
 }
+
+#[test]
+fn every_built_command_runs_in_the_c_locale() {
+    let pool = PoolName::new("db1").unwrap();
+    let ds = DatasetName::new("db1/pgdata").unwrap();
+    let dev = devs(1).remove(0);
+    let prop = Property::new("autoexpand", "on").unwrap();
+    let imp = ImportSpec {
+        target: ImportTarget::Name(pool.clone()),
+        new_name: None,
+        search_dirs: vec![HostPath::new("/dev/disk/by-id").unwrap()],
+        altroot: None,
+        mount: true,
+        force: false,
+    };
+    let mut built = vec![
+        pgml_zfs::dialect::version_probe(),
+        list_importable(&imp.search_dirs),
+        export_pool(&pool, true),
+        destroy_pool(&pool, true),
+        destroy_dataset(&ds),
+        set_pool_property(&pool, &prop),
+        replace_device(&pool, &DeviceRef::Guid(Guid(42)), &dev),
+        online_expand(&pool, &DeviceRef::Path(dev.clone())),
+        online(&pool, &DeviceRef::Path(dev.clone())),
+        get_properties(&ds, &[]).unwrap(),
+        labelclear(Dialect::OpenZfs, &dev).unwrap(),
+        Command::new("zfs", ["list"]),
+    ];
+    for d in [Dialect::OpenZfs, Dialect::ZfsFuse] {
+        built.extend([
+            create_pool(d, &spec(Layout::Raidz1, 3)).unwrap(),
+            create_pool(d, &spec(Layout::Stripe, 1)).unwrap(),
+            create_dataset(d, &ds, &postgres_defaults(), Some(&Mount::None), true),
+            import_pool(d, &imp).unwrap(),
+            status(d, None),
+            status(d, Some(&pool)),
+            list_pools(d, None),
+            get_pool_properties(d, &pool, &["guid"]).unwrap(),
+            sync_pool(d, &pool, "u-1").unwrap(),
+            set_property(d, &ds, &Property::new("atime", "off").unwrap()).unwrap(),
+        ]);
+    }
+    for c in &built {
+        assert!(
+            c.env.contains(&("LC_ALL".to_string(), "C".to_string())),
+            "{c} runs without LC_ALL=C: {:?}",
+            c.env
+        );
+    }
+}
