@@ -13,7 +13,7 @@ mod token;
 mod types;
 
 pub use batch::Batched;
-pub use error::{AwsError, ErrorKind};
+pub use error::{AwsError, ErrorKind, classify};
 pub use limit::{Bucket, Class, LimitEvent, LimitObserver, Limited, RateLimits};
 pub use sdk::{SdkEc2, sdk_config};
 pub use token::{client_token, device_name_hint};
