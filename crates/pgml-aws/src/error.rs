@@ -43,6 +43,25 @@ impl AwsError {
         }
     }
 
+    /// An error EC2 answered with `code` and HTTP `status` (either may be missing: no answer
+    /// at all), classified by [`classify`]; `unanswered` names it when there is no code.
+    /// The one way [`crate::SdkEc2`] and the fake build their errors, so both classify a code
+    /// alike.
+    pub fn answered(
+        action: &'static str,
+        code: Option<&str>,
+        status: Option<u16>,
+        unanswered: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        AwsError::new(
+            action,
+            classify(code, status),
+            code.unwrap_or(unanswered),
+            message,
+        )
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }

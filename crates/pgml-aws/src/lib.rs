@@ -3,17 +3,20 @@
 //! Controllers talk to AWS only through the [`Ec2`] trait: a small surface of the calls the
 //! operator needs, with errors already classified ([`AwsError`]) so that a reconciler can
 //! decide between backing off, retrying, waiting for a spec change, or treating "already
-//! gone" as success. [`SdkEc2`] implements it over aws-sdk-ec2.
+//! gone" as success. [`SdkEc2`] implements it over aws-sdk-ec2; `fake::FakeEc2` (cargo
+//! feature `fake`) in memory, for unit tests.
 
 mod batch;
 mod error;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 mod limit;
 mod sdk;
 mod token;
 mod types;
 
 pub use batch::Batched;
-pub use error::{AwsError, ErrorKind};
+pub use error::{AwsError, ErrorKind, classify};
 pub use limit::{Bucket, Class, LimitEvent, LimitObserver, Limited, RateLimits};
 pub use sdk::{SdkEc2, sdk_config};
 pub use token::{client_token, device_name_hint};

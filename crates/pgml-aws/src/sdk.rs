@@ -7,7 +7,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as t;
 
-use crate::error::{AwsError, classify};
+use crate::error::AwsError;
 use crate::{
     Attachment, AttachmentState, CreateSnapshotSet, CreateVolume, Ec2, Instance,
     InstanceTypeLimits, ModifyVolume, Snapshot, Volume, VolumeType,
@@ -161,11 +161,26 @@ pub fn attempt_outcome(status: Option<u16>, body: Option<&[u8]>) -> &'static str
 }
 
 /// A deletion whose target is already gone has done its job.
-fn gone_is_done<T>(r: Result<T, AwsError>) -> Result<(), AwsError> {
+pub(crate) fn gone_is_done<T>(r: Result<T, AwsError>) -> Result<(), AwsError> {
     match r {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// A describe by ID of something EC2 does not know answers "nothing", not an error.
+pub(crate) fn unknown_is_none<T>(e: AwsError) -> Result<Option<T>, AwsError> {
+    if e.is_not_found() { Ok(None) } else { Err(e) }
+}
+
+/// A DetachVolume refused because the volume is not attached (IncorrectState "is in the
+/// 'available' state") or gone has done its job.
+pub(crate) fn detached_already(e: AwsError) -> Result<(), AwsError> {
+    if e.is_not_found() || e.code == "IncorrectState" && e.message.contains("available") {
+        Ok(())
+    } else {
+        Err(e)
     }
 }
 
@@ -180,13 +195,7 @@ where
         .message()
         .map(str::to_string)
         .unwrap_or_else(|| format!("{e}"));
-    let kind = classify(code.as_deref(), status);
-    AwsError::new(
-        action,
-        kind,
-        code.unwrap_or_else(|| sdk_error_name(&e).to_string()),
-        message,
-    )
+    AwsError::answered(action, code.as_deref(), status, sdk_error_name(&e), message)
 }
 
 fn sdk_error_name<E, R>(e: &SdkError<E, R>) -> &'static str {
@@ -361,10 +370,7 @@ impl Ec2 for SdkEc2 {
             .await
         {
             Ok(out) => out,
-            Err(e) => {
-                let e = err("DescribeInstances", e);
-                return if e.is_not_found() { Ok(None) } else { Err(e) };
-            }
+            Err(e) => return unknown_is_none(err("DescribeInstances", e)),
         };
         let found = out
             .reservations()
@@ -555,16 +561,7 @@ impl Ec2 for SdkEc2 {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let e = err("DetachVolume", e);
-                // Already detached (IncorrectState "is in the 'available' state") or gone.
-                if e.is_not_found() || e.code == "IncorrectState" && e.message.contains("available")
-                {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => detached_already(err("DetachVolume", e)),
         }
     }
 

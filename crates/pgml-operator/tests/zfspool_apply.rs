@@ -1,0 +1,345 @@
+//! Whole ZfsPool apply reconciles, without the sandbox: EC2 is `pgml_aws::fake::FakeEc2`,
+//! the API server a scripted one that keeps the pool, serves its Node, takes status
+//! applies and Events. The sandbox tests prove the wire; these prove the logic (create →
+//! crash → resume, a throttled attach, a lost member).
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Node;
+use pgml_api::ZfsPool;
+use pgml_api::common::keys;
+use pgml_api::zfspool::VolumeStatus;
+use pgml_aws::fake::{FakeEc2, ROOT_DEVICE};
+use pgml_operator::zfspool::error::Class;
+use pgml_operator::zfspool::status::reason;
+use pgml_operator::zfspool::{Context, Error, Settings, apply};
+use serde_json::{Value, json};
+
+const NODE: &str = "node-1";
+const INSTANCE: &str = "i-0000000000000a001";
+const ZONE: &str = "us-east-1a";
+
+/// A raidz1 pool of four gp3 members that replaces a lost one by itself.
+const POOL: &str = r#"
+apiVersion: pgml.io/v1alpha1
+kind: ZfsPool
+metadata: {name: tank, namespace: db, uid: 5f0c-uid, generation: 1, resourceVersion: "1"}
+spec:
+  nodeName: node-1
+  layout: raidz1
+  memberReplacement: Automatic
+  volumes: {count: 4, type: gp3, sizeGiB: 10}
+"#;
+
+/// The API server, as far as an apply reconcile talks to it.
+struct ApiServer {
+    pool: Mutex<Value>,
+    node: Value,
+    /// (reason, note) of every Event published.
+    events: Mutex<Vec<(String, String)>>,
+}
+
+impl ApiServer {
+    fn answer(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let not_found = || {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": format!("{method} {path}")});
+            (404, status)
+        };
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        match method {
+            "GET" if path == format!("/api/v1/nodes/{NODE}") => (200, self.node.clone()),
+            "PATCH" if path == "/apis/pgml.io/v1alpha1/namespaces/db/zfspools/tank/status" => {
+                // Only the controller's field manager writes status here: its apply is the
+                // whole status.
+                let mut pool = self.pool.lock().unwrap();
+                pool["status"] = body["status"].clone();
+                let rv: u64 = pool["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                pool["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+                (200, pool.clone())
+            }
+            "POST" | "PATCH" if path.ends_with("/events") || path.contains("/events/") => {
+                self.events.lock().unwrap().push((
+                    body["reason"].as_str().unwrap_or_default().to_string(),
+                    body["note"].as_str().unwrap_or_default().to_string(),
+                ));
+                (201, body)
+            }
+            _ => not_found(),
+        }
+    }
+}
+
+struct Harness {
+    fake: Arc<FakeEc2>,
+    api: Arc<ApiServer>,
+    client: kube::Client,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let fake = Arc::new(FakeEc2::new());
+        fake.add_instance(INSTANCE, ZONE, "m6i.large");
+        let pool: ZfsPool = serde_yaml::from_str(POOL).unwrap();
+        let node = Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some(NODE.into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                provider_id: Some(format!("aws:///{ZONE}/{INSTANCE}")),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let api = Arc::new(ApiServer {
+            pool: Mutex::new(serde_json::to_value(&pool).unwrap()),
+            node: serde_json::to_value(&node).unwrap(),
+            events: Mutex::default(),
+        });
+        let server = api.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let server = server.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect_bytes().await.unwrap_or_default();
+                let (code, answer) = server.answer(parts.method.as_str(), parts.uri.path(), &body);
+                let response = http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&answer).unwrap(),
+                    ))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        Harness {
+            fake,
+            api,
+            client: kube::Client::new(service, "default"),
+        }
+    }
+
+    /// A Context as a freshly started operator has it (no device reservations, no limits
+    /// cached).
+    fn ctx(&self) -> Arc<Context> {
+        Context::new(self.client.clone(), self.fake.clone(), Settings::default())
+    }
+
+    /// The pool as the API server has it now.
+    fn pool(&self) -> ZfsPool {
+        serde_json::from_value(self.api.pool.lock().unwrap().clone()).unwrap()
+    }
+
+    async fn reconcile(&self, ctx: &Context) -> Result<(), Error> {
+        apply::reconcile(&self.pool(), ctx).await.map(|_| ())
+    }
+
+    fn members(&self) -> Vec<VolumeStatus> {
+        let mut v = self.pool().status.unwrap_or_default().volumes;
+        v.sort_by_key(|m| m.index);
+        v
+    }
+
+    /// The data volumes attached to the instance.
+    fn attached(&self) -> BTreeSet<String> {
+        let i = self.fake.instance(INSTANCE).unwrap();
+        i.block_devices
+            .into_iter()
+            .filter(|(device, _)| device != ROOT_DEVICE)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    fn reasons(&self) -> Vec<String> {
+        let events = self.api.events.lock().unwrap();
+        events.iter().map(|(r, _)| r.clone()).collect()
+    }
+}
+
+/// Every member recorded, attached, and its volume one of the instance's.
+fn assert_all_attached(h: &Harness) {
+    let members = h.members();
+    assert_eq!(members.len(), 4);
+    let ids: BTreeSet<String> = members
+        .iter()
+        .map(|m| m.volume_id.clone().expect("recorded"))
+        .collect();
+    assert_eq!(ids.len(), 4, "one volume per member");
+    for m in &members {
+        assert_eq!(
+            m.attachment_state.as_deref(),
+            Some("attached"),
+            "member {}",
+            m.index
+        );
+    }
+    assert_eq!(h.attached(), ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_pool_is_created_and_attached_in_one_reconcile() {
+    let h = Harness::new();
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert_eq!(h.fake.count("CreateVolume"), 4);
+    assert_eq!(h.fake.count("AttachVolume"), 4);
+    assert_eq!(h.fake.count("DescribeInstanceTypes"), 1);
+    assert_all_attached(&h);
+    for v in h.fake.calls_of("CreateVolume") {
+        assert_eq!(v.arg("AvailabilityZone"), Some(ZONE));
+        assert_eq!(v.arg("Size"), Some("10"));
+    }
+    let reasons = h.reasons();
+    assert!(
+        reasons.contains(&"VolumeCreated".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"VolumeAttached".to_string()),
+        "{reasons:?}"
+    );
+
+    // Nothing left to do: a second reconcile only looks.
+    h.fake.forget_calls();
+    h.reconcile(&h.ctx()).await.unwrap();
+    let mutating: Vec<&str> = h
+        .fake
+        .actions()
+        .into_iter()
+        .filter(|a| !a.starts_with("Describe"))
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_that_took_effect_but_failed_is_found_again_after_a_restart() {
+    let h = Harness::new();
+    // The third CreateVolume makes its volume, then EC2 answers 500.
+    let rule = h
+        .fake
+        .on("CreateVolume")
+        .skip(2)
+        .after_effect()
+        .fail("InternalError");
+    let e = h.reconcile(&h.ctx()).await.unwrap_err();
+    assert_eq!(e.class(), Class::Transient, "{e}");
+    assert_eq!(h.fake.fired(rule), 1);
+    let recorded = h.members().iter().filter(|m| m.volume_id.is_some()).count();
+    assert_eq!(
+        recorded, 3,
+        "the IDs answered are recorded before anything else"
+    );
+    assert_eq!(
+        h.fake.count("AttachVolume"),
+        0,
+        "nothing attached after a failed create"
+    );
+    let made = h.fake.volumes().len() - 1;
+    assert_eq!(
+        made, 4,
+        "the failed call made its volume (root volume aside)"
+    );
+
+    // The operator restarts: a fresh Context, the pool as the API server has it.
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert_eq!(
+        h.fake.count("CreateVolume"),
+        4,
+        "the unanswered volume is adopted, not made again"
+    );
+    assert_eq!(h.fake.volumes().len() - 1, 4);
+    assert_eq!(h.fake.count("AttachVolume"), 4);
+    assert_all_attached(&h);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_attach_backs_off_and_the_next_reconcile_finishes() {
+    let h = Harness::new();
+    h.fake.on("AttachVolume").times(2).throttle();
+    let ctx = h.ctx();
+    let e = h.reconcile(&ctx).await.unwrap_err();
+    assert_eq!(e.class(), Class::Throttled, "{e}");
+    assert_eq!(
+        (
+            h.fake.count("AttachVolume"),
+            h.fake.count_ok("AttachVolume")
+        ),
+        (4, 2)
+    );
+    // The attaches EC2 took are in the status as it answered them (the reconcile returns
+    // on the throttle before it polls them to `attached`).
+    let states: Vec<Option<String>> = h
+        .members()
+        .into_iter()
+        .map(|m| m.attachment_state)
+        .collect();
+    let attaching = states
+        .iter()
+        .filter(|s| s.as_deref() == Some("attaching"))
+        .count();
+    assert_eq!(attaching, 2, "{states:?}");
+
+    h.reconcile(&ctx).await.unwrap();
+    assert_eq!(h.fake.count("CreateVolume"), 4);
+    assert_eq!(
+        (
+            h.fake.count("AttachVolume"),
+            h.fake.count_ok("AttachVolume")
+        ),
+        (6, 4)
+    );
+    assert_all_attached(&h);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_member_is_replaced_with_the_next_generation_and_its_volume_detached() {
+    let h = Harness::new();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    let before = h.members();
+    let old = before[1].volume_id.clone().unwrap();
+    let member_tag = format!("tag:{}", keys::MEMBER_INDEX);
+    let old_token = h
+        .fake
+        .calls_of("CreateVolume")
+        .into_iter()
+        .find(|c| c.arg(&member_tag) == Some("1"))
+        .and_then(|c| c.arg("ClientToken").map(str::to_string))
+        .unwrap();
+    h.fake.fail_volume(&old);
+    h.fake.forget_calls();
+
+    h.reconcile(&ctx).await.unwrap();
+    let creates = h.fake.calls_of("CreateVolume");
+    assert_eq!(creates.len(), 1, "one replacement");
+    assert_eq!(creates[0].arg(&member_tag), Some("1"));
+    assert_ne!(
+        creates[0].arg("ClientToken"),
+        Some(old_token.as_str()),
+        "a new generation, a new token"
+    );
+    let m = &h.members()[1];
+    assert_eq!(m.generation, 1);
+    assert_eq!(m.replaced_volume_id.as_deref(), Some(old.as_str()));
+    let new = m.volume_id.clone().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(m.attachment_state.as_deref(), Some("attached"));
+    let detaches = h.fake.calls_of("DetachVolume");
+    assert_eq!(detaches.len(), 1);
+    assert_eq!(detaches[0].arg("VolumeId"), Some(old.as_str()));
+    assert_eq!(
+        h.fake.count("DeleteVolume"),
+        0,
+        "kept until the new member is ONLINE"
+    );
+    assert!(h.fake.volume(&old).is_some());
+    assert!(h.attached().contains(&new) && !h.attached().contains(&old));
+    assert!(h.reasons().contains(&reason::MEMBER_LOST.to_string()));
+}
