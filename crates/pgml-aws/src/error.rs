@@ -102,6 +102,9 @@ pub fn classify(code: Option<&str>, http_status: Option<u16>) -> ErrorKind {
         Some(c) if c.ends_with(".NotFound") || c.ends_with(".Malformed") && c.contains("ID") => {
             ErrorKind::NotFound
         }
+        // DescribeInstanceTypes' answer for a type the region does not know (moto says
+        // InvalidInstanceType.NotFound, EC2 this): the type has no published limits.
+        Some("InvalidInstanceType") => ErrorKind::NotFound,
         Some(c)
             if c.starts_with("InvalidParameter")
                 || c == "IdempotentParameterMismatch"
@@ -125,6 +128,18 @@ pub fn classify(code: Option<&str>, http_status: Option<u16>) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_instance_type_is_not_found_as_ec2_and_moto_say_it() {
+        assert_eq!(
+            classify(Some("InvalidInstanceType"), Some(400)),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            classify(Some("InvalidInstanceType.NotFound"), Some(400)),
+            ErrorKind::NotFound
+        );
+    }
 
     #[test]
     fn throttling_is_throttled() {

@@ -219,6 +219,17 @@ async fn a_fresh_pool_is_created_and_attached_in_one_reconcile() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_node_of_an_instance_type_ec2_does_not_describe_still_gets_its_pool() {
+    let h = Harness::new();
+    // Real EC2 answers InvalidInstanceType (HTTP 400) for a type it does not describe.
+    h.fake.forget_instance_type("m6i.large");
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert_eq!(h.fake.count("DescribeInstanceTypes"), 1);
+    assert_eq!(h.fake.count("CreateVolume"), 4);
+    assert_all_attached(&h);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_create_that_took_effect_but_failed_is_found_again_after_a_restart() {
     let h = Harness::new();
     // The third CreateVolume makes its volume, then EC2 answers 500.

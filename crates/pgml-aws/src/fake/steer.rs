@@ -21,6 +21,14 @@ impl FakeEc2 {
         self.world(|w| w.types.insert(limits.instance_type.clone(), limits));
     }
 
+    /// DescribeInstanceTypes no longer knows `instance_type` (newer than the region's
+    /// catalogue): EC2 answers `InvalidInstanceType`.
+    pub fn forget_instance_type(&self, instance_type: &str) {
+        self.world(|w| {
+            w.types.remove(instance_type);
+        });
+    }
+
     pub fn set_instance_state(&self, id: &str, state: &str) {
         self.world(|w| {
             if let Some(i) = w.instances.get_mut(id) {
