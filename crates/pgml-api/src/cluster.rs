@@ -499,6 +499,18 @@ pub struct PgmlClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<BackupRef>,
 
+    /// The database's identity: PostgreSQL's `pg_control_system().system_identifier`,
+    /// recorded by the operator the first time the primary reports it running, and never
+    /// changed or removed afterwards. Unset means the cluster was never bootstrapped: only
+    /// then may an instance run `initdb`. Once set, an instance whose data directory is
+    /// empty (a pool not imported after a reboot, say) waits instead of making a new,
+    /// empty database, and one whose data directory carries another identifier is not
+    /// started. The primary's Pod is labelled `pgml.io/role: primary` (the `-rw` Service)
+    /// only after this is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,20}$"))]
+    pub system_identifier: Option<String>,
+
     /// The snapshot scheduler's last and next slot.
     #[serde(flatten)]
     pub schedule: ScheduleStatus,

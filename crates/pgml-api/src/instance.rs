@@ -69,6 +69,20 @@ pub struct InstanceReport {
     /// The last scheduled pgBackRest backup this manager ran (while primary).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<LastBackup>,
+    /// The running server's `pg_control_system().system_identifier` (the same on a
+    /// primary and every physical copy of it); absent while it is not running. The
+    /// controller records the primary's in `PgmlCluster.status.systemIdentifier`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+}
+
+/// Whether `s` looks like a PostgreSQL system identifier: a 64-bit unsigned integer in
+/// decimal, as `pg_control_system()` and `pg_controldata` print it.
+pub fn is_system_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 20
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.parse::<u64>().is_ok()
 }
 
 impl InstanceReport {
@@ -376,6 +390,22 @@ mod tests {
         assert_eq!(p.position(), Some("0/5"));
         assert_eq!(InstanceReport::parse(Some("not json")), None);
         assert_eq!(InstanceReport::parse(None), None);
+    }
+
+    #[test]
+    fn the_system_identifier_is_camel_case_and_checked() {
+        let r = InstanceReport::parse(Some(
+            r#"{"role":"primary","running":true,"systemIdentifier":"7318791534227411232"}"#,
+        ))
+        .unwrap();
+        assert_eq!(r.system_identifier.as_deref(), Some("7318791534227411232"));
+        let absent = serde_json::to_value(InstanceReport::default()).unwrap();
+        assert!(absent.get("systemIdentifier").is_none(), "{absent}");
+        assert!(is_system_identifier("7318791534227411232"));
+        assert!(is_system_identifier("18446744073709551615"));
+        for bad in ["", "18446744073709551616", "-1", "12a", " 1", "0x1f"] {
+            assert!(!is_system_identifier(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Local {
     /// The final LSN when this instance stopped cleanly as a primary (a demotion, or a
     /// clean shutdown found at start-up) and has not started since.
     pub demoted_lsn: Option<Lsn>,
+    /// PGDATA's own system identifier (`pg_controldata`), read while it is initialized and
+    /// no postmaster runs; None when not read or unreadable.
+    pub pgdata_system_identifier: Option<String>,
 }
 
 /// What the running server answered.
@@ -33,6 +36,8 @@ pub struct Sql {
     pub replay_lsn: Option<Lsn>,
     pub timeline: Option<u32>,
     pub streaming: bool,
+    /// `pg_control_system().system_identifier`.
+    pub system_identifier: Option<String>,
 }
 
 /// Another instance of the cluster, as its Pod shows it.
@@ -68,6 +73,10 @@ pub struct View {
     pub instances: Vec<String>,
     /// `spec.replicas.seedFrom: PgBasebackup`.
     pub seed_from_basebackup: bool,
+    /// `status.systemIdentifier`: the database this cluster holds, recorded by the
+    /// controller once its primary ran. None: never bootstrapped (the only case where
+    /// `initdb` is allowed).
+    pub system_identifier: Option<String>,
     /// `spec.backups.pgbackrest.schedule` (not a rule's input: the primary's backups).
     pub backup_schedule: pgml_api::cluster::BackupSchedule,
     /// Every other instance whose Pod exists, by name. An instance missing here is gone.
@@ -189,6 +198,14 @@ pub fn decide(view: &View, local: &Local) -> Action {
             if let Some(other) = view.other_acting_primary() {
                 return Action::Wait(format!("{other} runs as primary: no initdb"));
             }
+            // A database was made once: an empty PGDATA now is storage that is missing
+            // (a pool not imported after a reboot leaves an empty mount point), never a
+            // reason to make a new, empty database that would take the clients' writes.
+            if let Some(id) = &view.system_identifier {
+                return Action::Wait(format!(
+                    "PGDATA is empty but the cluster was bootstrapped (system identifier {id}): not running initdb; is the pool imported and mounted?"
+                ));
+            }
             return Action::Initdb;
         }
         if view.seed_from_basebackup {
@@ -246,6 +263,9 @@ pub fn decide(view: &View, local: &Local) -> Action {
 }
 
 fn start(view: &View, local: &Local) -> Action {
+    if let Some(why) = foreign_pgdata(view, local) {
+        return Action::Wait(why);
+    }
     let remove_stale_pid = local.pid_file;
     if view.meant_primary() {
         if let Some(other) = view.other_acting_primary() {
@@ -270,6 +290,22 @@ fn start(view: &View, local: &Local) -> Action {
         remove_stale_pid,
         remove_standby_signal: false,
         start_as: StartAs::Replica { primary },
+    }
+}
+
+/// Why this PGDATA must not be started (None: it may): the cluster records its database's
+/// identifier and PGDATA's is another (a data directory of another cluster, or one made
+/// again by `initdb`), or cannot be read. Before bootstrap there is nothing to compare.
+fn foreign_pgdata(view: &View, local: &Local) -> Option<String> {
+    let want = view.system_identifier.as_deref()?;
+    match local.pgdata_system_identifier.as_deref() {
+        Some(have) if have == want => None,
+        Some(have) => Some(format!(
+            "PGDATA holds another database (system identifier {have}, the cluster's is {want}): a foreign or re-initialized data directory; not starting it"
+        )),
+        None => Some(format!(
+            "PGDATA's system identifier could not be read (pg_controldata): not starting it before it is known to be the cluster's ({want})"
+        )),
     }
 }
 

@@ -72,6 +72,8 @@ fn fenced_stops_at_once_and_never_starts() {
 
 #[test]
 fn initdb_only_for_the_bootstrap_primary() {
+    // No system identifier in status: the cluster was never bootstrapped (currentPrimary
+    // is named before its first server ran).
     let empty = Local::default();
     assert_eq!(
         decide(&view("c-1", Some("c-1"), None), &empty),
@@ -476,4 +478,123 @@ fn slots_for_every_other_instance_but_the_fenced() {
     let mut v = view("c-1", Some("c-1"), Some("c-1"));
     v.instances = vec!["c-1".into(), "c-2".into()];
     assert_eq!(v.slot_holders(), ["c-2"]);
+}
+
+const ID: &str = "7318791534227411232";
+
+fn bootstrapped(mut v: View) -> View {
+    v.system_identifier = Some(ID.into());
+    v
+}
+
+fn initialized_with(id: Option<&str>) -> Local {
+    Local {
+        initialized: true,
+        pgdata_system_identifier: id.map(Into::into),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_bootstrapped_cluster_never_runs_initdb_on_an_empty_pgdata() {
+    // The primary after a reboot whose pool was not imported: its mount point is an empty
+    // folder. A new database there would take the clients' writes.
+    for v in [
+        bootstrapped(view("c-1", Some("c-1"), Some("c-1"))),
+        bootstrapped(view("c-1", Some("c-1"), None)),
+    ] {
+        match decide(&v, &Local::default()) {
+            Action::Wait(why) => {
+                assert!(why.contains("not running initdb"), "{why}");
+                assert!(why.contains(ID), "{why}");
+                assert!(why.contains("is the pool imported and mounted?"), "{why}");
+            }
+            other => panic!("{v:?}: {other:?}"),
+        }
+    }
+    // A replica waits as before (seeded by the controller), or copies the primary.
+    let replica = bootstrapped(view("c-2", Some("c-1"), Some("c-1")));
+    assert!(matches!(
+        decide(&replica, &Local::default()),
+        Action::Wait(_)
+    ));
+    let mut copies = with_peer(
+        replica,
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "10.0.0.1:5432")),
+    );
+    copies.seed_from_basebackup = true;
+    assert_eq!(
+        decide(&copies, &Local::default()),
+        Action::Basebackup {
+            from: "10.0.0.1:5432".into()
+        }
+    );
+}
+
+#[test]
+fn a_data_directory_of_another_database_is_never_started() {
+    for v in [
+        bootstrapped(view("c-1", Some("c-1"), Some("c-1"))),
+        bootstrapped(view("c-2", Some("c-1"), Some("c-1"))),
+    ] {
+        // Made again by initdb, or another cluster's.
+        match decide(&v, &initialized_with(Some("7318791534227411999"))) {
+            Action::Wait(why) => {
+                assert!(
+                    why.contains("7318791534227411999") && why.contains(ID),
+                    "{why}"
+                );
+                assert!(why.contains("not starting"), "{why}");
+            }
+            other => panic!("{v:?}: {other:?}"),
+        }
+        // Unknown (pg_controldata failed): not proven to be the cluster's.
+        assert!(
+            matches!(decide(&v, &initialized_with(None)), Action::Wait(_)),
+            "{v:?}"
+        );
+        // The cluster's own: started as before.
+        assert!(
+            matches!(
+                decide(&v, &initialized_with(Some(ID))),
+                Action::Start { .. }
+            ),
+            "{v:?}"
+        );
+    }
+    assert_eq!(
+        decide(
+            &bootstrapped(view("c-1", Some("c-1"), Some("c-1"))),
+            &initialized_with(Some(ID))
+        ),
+        Action::Start {
+            remove_stale_pid: false,
+            remove_standby_signal: false,
+            start_as: StartAs::Primary
+        }
+    );
+}
+
+#[test]
+fn before_bootstrap_there_is_nothing_to_compare() {
+    let v = view("c-1", Some("c-1"), None);
+    assert_eq!(decide(&v, &Local::default()), Action::Initdb);
+    for id in [None, Some(ID)] {
+        assert!(matches!(
+            decide(&v, &initialized_with(id)),
+            Action::Start {
+                start_as: StartAs::Primary,
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn a_running_server_is_not_checked_again() {
+    // The comparison guards a start; a running server is left to the other rules.
+    let v = bootstrapped(view("c-1", Some("c-1"), Some("c-1")));
+    assert_eq!(decide(&v, &primary_running()), Action::Primary);
 }

@@ -48,6 +48,8 @@ pub struct Manager {
     schedule: Schedule,
     /// `pg_stat_archiver` of the last look, on a primary with pgBackRest.
     archiver: Option<ArchiverStats>,
+    /// The last `pg_controldata` error, so that a lasting one is logged once.
+    control_data_error: Option<String>,
 }
 
 /// Who this instance is, and where its secrets are.
@@ -78,6 +80,7 @@ impl Manager {
             backrest: Backrest::new(&config_dir, &who.cluster),
             schedule: Schedule::default(),
             archiver: None,
+            control_data_error: None,
             pg,
             pods: Api::namespaced(client.clone(), namespace),
             clusters: Api::namespaced(client, namespace),
@@ -124,12 +127,37 @@ impl Manager {
             standby_signal: self.pg.has_standby_signal(),
             sql,
             demoted_lsn: self.demoted_lsn,
+            pgdata_system_identifier: None,
+        }
+    }
+
+    /// PGDATA's own system identifier, when it is initialized and nothing runs on it (what
+    /// a start would bring up), for the comparison with the cluster's; None otherwise or
+    /// when `pg_controldata` fails (said once per new error).
+    async fn pgdata_identifier(&mut self, local: &Local) -> Option<String> {
+        if !local.initialized || local.running {
+            return None;
+        }
+        match self.pg.control_data().await {
+            Ok(cd) => {
+                self.control_data_error = None;
+                cd.system_identifier
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.control_data_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "pg_controldata: PGDATA's system identifier is unknown");
+                    self.control_data_error = Some(e);
+                }
+                None
+            }
         }
     }
 
     /// One look: observe, decide, act, report.
     pub async fn tick(&mut self) {
-        let local = self.observe().await;
+        let mut local = self.observe().await;
+        local.pgdata_system_identifier = self.pgdata_identifier(&local).await;
         self.seen(local.running);
         let fetched = view::fetch(&self.clusters, &self.pods, &self.cluster, &self.me).await;
         let (fenced, message) = match &fetched {

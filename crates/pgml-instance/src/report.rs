@@ -10,7 +10,9 @@ use crate::decide::Local;
 
 /// The report for what was just observed. `role` is what the running server says;
 /// `ready` = a primary answering, or a replica streaming; `lsn` = written on a primary,
-/// replayed on a replica, the final one once demoted (stopped cleanly as a primary).
+/// replayed on a replica, the final one once demoted (stopped cleanly as a primary);
+/// `systemIdentifier` = the running server's (absent when it is not running or not
+/// answering: PGDATA's own is never reported, only what a server that runs says).
 pub fn build(
     local: &Local,
     address: &str,
@@ -53,6 +55,7 @@ pub fn build(
         message,
         archiver: None,
         last_backup: None,
+        system_identifier: sql.and_then(|s| s.system_identifier.clone()),
     }
 }
 
@@ -115,6 +118,7 @@ mod tests {
                 in_recovery: false,
                 current_lsn: Lsn::parse("0/5000000"),
                 timeline: Some(2),
+                system_identifier: Some("7318791534227411232".into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -122,6 +126,7 @@ mod tests {
         let r = build_for(&primary);
         assert_eq!((r.role, r.ready, r.running), (Role::Primary, true, true));
         assert_eq!((r.lsn.as_deref(), r.timeline), (Some("0/5000000"), Some(2)));
+        assert_eq!(r.system_identifier.as_deref(), Some("7318791534227411232"));
         assert!(r.acting_primary());
 
         let mut replica = Local {
@@ -170,9 +175,15 @@ mod tests {
         assert_eq!((r.role, r.ready, r.running), (Role::None, false, true));
         let stopped = Local {
             running: false,
+            pgdata_system_identifier: Some("7318791534227411232".into()),
             ..primary.clone()
         };
-        assert_eq!(build_for(&stopped).role, Role::None);
+        let r = build_for(&stopped);
+        assert_eq!(r.role, Role::None);
+        assert_eq!(
+            r.system_identifier, None,
+            "only a running server's identifier is reported"
+        );
     }
 
     #[test]

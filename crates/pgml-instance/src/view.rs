@@ -108,6 +108,7 @@ pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
         current_primary: status.current_primary,
         instances: status.instances.into_iter().map(|i| i.name).collect(),
         seed_from_basebackup: c.spec.replicas.seed_from == SeedFrom::PgBasebackup,
+        system_identifier: status.system_identifier,
         backup_schedule: c
             .spec
             .backups
@@ -158,6 +159,7 @@ mod tests {
         assert_eq!(v.current_primary.as_deref(), Some("c-1"));
         assert_eq!(v.instances, ["c-1", "c-2", "c-3"]);
         assert!(v.seed_from_basebackup);
+        assert_eq!(v.system_identifier, None, "never bootstrapped");
         let p = &v.peers["c-1"];
         assert!(p.fenced);
         assert_eq!(p.report.as_ref().unwrap().address, "1.2.3.4:5432");
@@ -177,6 +179,15 @@ mod tests {
         ];
         assert!(build(&cluster(), &pods, "c-3").unwrap().fenced);
         assert!(build(&cluster(), &pods, "c-2").unwrap().peers["c-3"].fenced);
+    }
+
+    #[test]
+    fn reads_the_recorded_system_identifier() {
+        let mut c = cluster();
+        c.status.as_mut().unwrap().system_identifier = Some("7318791534227411232".into());
+        let pods = [pod("c-2", serde_json::json!({}))];
+        let v = build(&c, &pods, "c-2").unwrap();
+        assert_eq!(v.system_identifier.as_deref(), Some("7318791534227411232"));
     }
 
     #[test]

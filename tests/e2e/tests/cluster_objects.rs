@@ -110,8 +110,11 @@ fn manifest(instances: i32, extra: Value) -> Value {
     m
 }
 
+/// The system identifier the primaries of these tests report.
+const SYSTEM_ID: &str = "7318791534227411232";
+
 fn primary(lsn: &str) -> Value {
-    json!({"role": "primary", "running": true, "ready": true, "lsn": lsn, "timeline": 1})
+    json!({"role": "primary", "running": true, "ready": true, "lsn": lsn, "timeline": 1, "systemIdentifier": SYSTEM_ID})
 }
 
 fn replica(replay: &str) -> Value {
@@ -283,13 +286,16 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
             ps.containers[0].command.as_ref().unwrap()[0],
             "/controller/pgml-instance"
         );
+        // The primary-to-be has no role label (no -rw endpoint) until its database's
+        // system identifier is recorded in status (issue 17): nothing has reported yet.
         let want_role = if i.name == "main-1" {
-            "primary"
+            None
         } else {
-            "replica"
+            Some("replica")
         };
-        assert_eq!(role_of(&pod).as_deref(), Some(want_role));
+        assert_eq!(role_of(&pod).as_deref(), want_role, "{}", i.name);
     }
+    assert_eq!(st.system_identifier, None);
     let services: BTreeSet<String> =
         f.ns.api::<Service>()
             .list(&ListParams::default())
@@ -345,6 +351,14 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
     assert!(has_condition(&c, "Ready", "True"));
     let ready = pgml_testbed::wait::condition(&c, "Ready").unwrap();
     assert_eq!(ready["observedGeneration"], json!(c.metadata.generation));
+    // The primary's identifier recorded, then (a later reconcile) its Pod labelled primary.
+    assert_eq!(st.system_identifier.as_deref(), Some(SYSTEM_ID));
+    f.wait_roles(&[
+        ("main-1", "primary"),
+        ("main-2", "replica"),
+        ("main-3", "replica"),
+    ])
+    .await;
 
     // A second apply of the same YAML, then an operator restart (which reconciles
     // everything again): not one object is written.
@@ -403,6 +417,12 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         assert!(!notes.contains(pw.as_str()), "a password is in an Event");
     }
     assert!(notes.contains("main-1 is the primary"), "{notes}");
+    assert!(
+        notes.contains(&format!(
+            "recorded the database's system identifier {SYSTEM_ID}"
+        )),
+        "{notes}"
+    );
     assert!(
         !events
             .items

@@ -65,6 +65,8 @@ pub struct ControlData {
     pub state: String,
     /// `Latest checkpoint location`.
     pub checkpoint: Option<Lsn>,
+    /// `Database system identifier`: which database this data directory holds.
+    pub system_identifier: Option<String>,
 }
 
 /// `host:port` → (host, port), the port checked to be a number.
@@ -104,6 +106,8 @@ pub fn parse_control_data(out: &str) -> ControlData {
         checkpoint: field("Latest checkpoint location")
             .as_deref()
             .and_then(Lsn::parse),
+        system_identifier: field("Database system identifier")
+            .filter(|s| pgml_api::instance::is_system_identifier(s)),
     }
 }
 
@@ -173,6 +177,8 @@ mod tests {
     #[test]
     fn control_data_fields() {
         let out = "pg_control version number:            1300\n\
+                   Catalog version number:               202209061\n\
+                   Database system identifier:           7318791534227411232\n\
                    Database cluster state:               shut down\n\
                    Latest checkpoint location:           0/6000028\n\
                    Latest checkpoint's REDO location:    0/6000028\n";
@@ -180,9 +186,11 @@ mod tests {
             parse_control_data(out),
             ControlData {
                 state: "shut down".into(),
-                checkpoint: Lsn::parse("0/6000028")
+                checkpoint: Lsn::parse("0/6000028"),
+                system_identifier: Some("7318791534227411232".into()),
             }
         );
+        assert_eq!(parse_control_data("garbage").system_identifier, None);
     }
 
     #[test]

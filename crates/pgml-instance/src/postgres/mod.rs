@@ -82,8 +82,20 @@ impl Pg {
     }
 
     async fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        self.run_with(program, args, &[]).await
+    }
+
+    async fn run_with(
+        &self,
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let mut c = self.command(program);
-        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let out = tokio::time::timeout(COMMAND_TIMEOUT, c.output())
             .await
             .with_context(|| format!("{program} did not finish in {COMMAND_TIMEOUT:?}"))?
@@ -166,7 +178,8 @@ impl Pg {
         Ok(())
     }
 
-    /// Role, WAL positions, timeline and receiver state, in one query.
+    /// Role, WAL positions, timeline, receiver state and the system identifier, in one
+    /// query.
     pub async fn sql_state(&self) -> anyhow::Result<Sql> {
         let rows = self
             .query(
@@ -178,7 +191,8 @@ impl Pg {
                    THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver)::text, \
                                  (SELECT timeline_id FROM pg_control_checkpoint())::text) \
                    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END, \
-                 coalesce((SELECT status FROM pg_stat_wal_receiver), '')",
+                 coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
+                 (SELECT system_identifier FROM pg_control_system())::text",
             )
             .await?;
         let row = rows.first().context("no row")?;
@@ -190,6 +204,9 @@ impl Pg {
             replay_lsn: Lsn::parse(f(3)),
             timeline: f(4).parse().ok(),
             streaming: f(5) == "streaming",
+            system_identifier: Some(f(6))
+                .filter(|s| pgml_api::instance::is_system_identifier(s))
+                .map(str::to_string),
         })
     }
 
@@ -347,9 +364,13 @@ impl Pg {
         self.query("CHECKPOINT").await.map(|_| ())
     }
 
+    /// `pg_controldata`, in the C locale: its field names are what is parsed, and a
+    /// translated one would read as absent.
     pub async fn control_data(&self) -> anyhow::Result<ControlData> {
         let data = self.data.to_string_lossy().into_owned();
-        let out = self.run("pg_controldata", &["-D", &data]).await?;
+        let out = self
+            .run_with("pg_controldata", &["-D", &data], &[("LC_ALL", "C")])
+            .await?;
         Ok(parse_control_data(&out))
     }
 

@@ -14,8 +14,9 @@ use pgml_api::snapshot::SnapshotPhase;
 use serde_json::{Value, json};
 
 use super::archiving;
-use super::build::{Builder, Instance, stale_irsa_annotation};
+use super::build::{Builder, Instance, PodRole, stale_irsa_annotation};
 use super::compare::covers;
+use super::identity;
 use super::members::{Rec, donor, instance_statuses, members, pgdata_mount};
 use super::names::{self, PG_BASEBACKUP, SecretKind};
 use super::placement;
@@ -49,6 +50,9 @@ struct Run<'a> {
     building: Vec<String>,
     /// What in the spec could not be built (beyond `validate::check_cluster`).
     spec_errors: Vec<String>,
+    /// The primary's Pod may be labelled primary: the stored status records the
+    /// database's identity ([`identity::routable`]; see there why the stored one).
+    routable: bool,
 }
 
 fn api_for(ctx: &Context, desired: &Value) -> Option<(Api<DynamicObject>, String)> {
@@ -365,11 +369,16 @@ impl Run<'_> {
     }
 
     fn instance(&self, r: &Rec, primary: bool) -> Instance {
+        let role = match (primary, self.routable) {
+            (true, true) => PodRole::Primary,
+            (true, false) => PodRole::Unrouted,
+            (false, _) => PodRole::Replica,
+        };
         Instance {
             n: r.n,
             name: r.name.clone(),
             node: r.node.clone(),
-            primary,
+            role,
             fenced: r.fenced,
             restore_from: r.seeded_from.clone().filter(|s| s != PG_BASEBACKUP),
         }
@@ -615,6 +624,7 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
         notes: vec![],
         building: vec![],
         spec_errors: vec![],
+        routable: cluster.status.as_ref().is_some_and(identity::routable),
     };
     let observed = cluster.status.clone().unwrap_or_default();
     let spec = &cluster.spec;
@@ -702,6 +712,13 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
             .chain(run.spec_errors.iter().cloned())
             .collect(),
         snapshots: snapshots::last_snapshot(&run.b.c.name, &run.w.backups),
+        // Recorded in this status write; the Pod is labelled primary in a later reconcile
+        // (`run.routable` is the stored status's).
+        system_identifier: identity::to_record(
+            observed.system_identifier.as_deref(),
+            decided.current.as_deref(),
+            &ms,
+        ),
         pgbackrest: archiving::Seen {
             configured: spec.backups.pgbackrest.is_some(),
             primary: decided.current.clone(),

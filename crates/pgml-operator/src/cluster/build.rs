@@ -58,13 +58,26 @@ pub fn stale_irsa_annotation(stored: &Value, desired: &Value, manager: &str) -> 
         .any(|m| !m["fieldsV1"]["f:metadata"]["f:annotations"][&field].is_null())
 }
 
+/// The `pgml.io/role` label of an instance's Pod, which the Services select on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodRole {
+    /// `primary`: the `-rw` Service sends clients to it.
+    Primary,
+    /// `replica`: the `-ro` Service.
+    Replica,
+    /// No role label: the primary of a cluster whose database's identity is not recorded
+    /// in status yet (`identity::routable`), so that no client writes to a database an
+    /// instance manager could still make again (only `-r`, every instance, selects it).
+    Unrouted,
+}
+
 /// One instance as decided by the reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     pub n: u32,
     pub name: String,
     pub node: String,
-    pub primary: bool,
+    pub role: PodRole,
     pub fenced: bool,
     /// The EbsSnapshot its pool is restored from.
     pub restore_from: Option<String>,
@@ -195,15 +208,14 @@ impl<'a> Builder<'a> {
     /// The metadata the controller changes on a live Pod: the role label and the fence.
     pub fn pod_marks(&self, i: &Instance) -> Value {
         let mut labels = self.c.instance_labels(i.n);
-        labels.insert(
-            names::ROLE.into(),
-            if i.primary {
-                names::ROLE_PRIMARY
-            } else {
-                names::ROLE_REPLICA
-            }
-            .into(),
-        );
+        let role = match i.role {
+            PodRole::Primary => Some(names::ROLE_PRIMARY),
+            PodRole::Replica => Some(names::ROLE_REPLICA),
+            PodRole::Unrouted => None,
+        };
+        if let Some(role) = role {
+            labels.insert(names::ROLE.into(), role.into());
+        }
         let mut meta = json!({"name": i.name, "namespace": self.c.namespace, "labels": labels});
         if i.fenced {
             meta["annotations"] = json!({names::FENCED: "true"});
@@ -458,7 +470,11 @@ mod tests {
             n,
             name: format!("main-{n}"),
             node: format!("node-{n}"),
-            primary,
+            role: if primary {
+                PodRole::Primary
+            } else {
+                PodRole::Replica
+            },
             fenced: false,
             restore_from: None,
         }
@@ -593,6 +609,13 @@ mod tests {
             b.pod(&inst(1, true))["metadata"]["labels"]["pgml.io/role"],
             "primary"
         );
+        let unrouted = Instance {
+            role: PodRole::Unrouted,
+            ..inst(1, true)
+        };
+        let labels = &b.pod(&unrouted)["metadata"]["labels"];
+        assert!(labels.get("pgml.io/role").is_none(), "{labels}");
+        assert_eq!(labels["pgml.io/cluster"], "main");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod archiving;
 pub mod build;
 pub mod compare;
 pub mod config;
+pub mod identity;
 pub mod members;
 pub mod names;
 pub mod placement;

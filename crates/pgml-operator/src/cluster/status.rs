@@ -9,6 +9,7 @@ use pgml_api::cluster::{ClusterPhase, InstanceStatus, PgmlClusterStatus};
 use pgml_api::common::{Condition, Time, condition as c};
 
 use super::archiving;
+use super::identity;
 use super::snapshots::LastSnapshot;
 use crate::zfspool::status::{Stamp, set_condition};
 use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
@@ -46,6 +47,7 @@ pub mod reason {
     pub const INSTANCE_PLACED: &str = "InstancePlaced";
     pub const INSTANCE_REMOVED: &str = "InstanceRemoved";
     pub const FENCED_EVENT: &str = "Fenced";
+    pub const IDENTITY_RECORDED: &str = "SystemIdentifierRecorded";
 }
 
 /// Instances in numeric order (`main-2` before `main-10`).
@@ -75,6 +77,7 @@ pub fn owned_view(s: &PgmlClusterStatus) -> PgmlClusterStatus {
         archiving: s.archiving.clone(),
         last_backup: s.last_backup.clone(),
         last_snapshot: s.last_snapshot.clone(),
+        system_identifier: s.system_identifier.clone(),
         ..Default::default()
     }
 }
@@ -97,6 +100,8 @@ pub struct Summary {
     pub pgbackrest: archiving::Seen,
     /// The cluster's EBS snapshot backups.
     pub snapshots: LastSnapshot,
+    /// `status.systemIdentifier` to hold ([`identity::to_record`]).
+    pub system_identifier: Option<String>,
 }
 
 fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'static str, String) {
@@ -140,10 +145,7 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
         m
     };
     let counts = format!("{ready} of {} instances ready", s.desired);
-    let ever_served = matches!(
-        observed,
-        Some(P::Healthy | P::Degraded | P::Scaling | P::Switchover | P::Failover)
-    );
+    let ever_served = identity::ever_served(observed);
     if !primary_ready {
         return if ever_served {
             (
@@ -190,6 +192,11 @@ pub fn compute(
         current_primary: s.current.clone(),
         target_primary: s.target.clone(),
         instances,
+        // Recorded once, kept for ever: the recorded one wins over anything computed.
+        system_identifier: observed
+            .system_identifier
+            .clone()
+            .or_else(|| s.system_identifier.clone()),
         ..Default::default()
     };
     let conds = &mut out.conditions;
@@ -347,6 +354,15 @@ pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> 
         let warn = matches!(p, ClusterPhase::Degraded | ClusterPhase::Failed);
         out.push((warn, format!("{p:?}"), msg));
     }
+    if old.system_identifier.is_none()
+        && let Some(id) = &new.system_identifier
+    {
+        out.push((
+            false,
+            reason::IDENTITY_RECORDED.into(),
+            format!("recorded the database's system identifier {id}: from now on an instance never runs initdb on an empty data directory, and the primary is routed by the -rw Service"),
+        ));
+    }
     out.extend(archiving::notices(old, new));
     out.extend(snapshot_notice(old, new));
     out
@@ -391,19 +407,27 @@ pub async fn commit(
         .name
         .as_deref()
         .ok_or(Error::Incomplete("name"))?;
+    let api = Api::<PgmlCluster>::namespaced(ctx.client.clone(), ns);
+    let mut new = new.clone();
+    if new.system_identifier.is_none() {
+        // This apply owns systemIdentifier: leaving it out would remove it. The copy the
+        // reconcile started from may be older than this controller's own last write, so
+        // the stored one is read again (only until one is recorded).
+        let stored = api.get(name).await?;
+        new.system_identifier = stored.status.and_then(|s| s.system_identifier);
+    }
     let body = serde_json::json!({
         "apiVersion": "pgml.io/v1alpha1",
         "kind": "PgmlCluster",
-        "status": owned_view(new),
+        "status": owned_view(&new),
     });
-    Api::<PgmlCluster>::namespaced(ctx.client.clone(), ns)
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    for (warning, why, note) in notices(observed, new) {
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    for (warning, why, note) in notices(observed, &new) {
         events::publish(ctx, cluster, warning, &why, note).await;
     }
     Ok(true)
@@ -590,6 +614,38 @@ mod tests {
             owned_view(&failed),
             failed,
             "the owned view keeps lastSnapshot"
+        );
+    }
+
+    #[test]
+    fn the_system_identifier_is_written_once_and_carried_by_every_status() {
+        let id = "7318791534227411232";
+        let empty = PgmlClusterStatus::default();
+        let none = compute(&summary(&[true]), &empty, Some(1), &now());
+        assert_eq!(none.system_identifier, None);
+        let mut s = summary(&[true]);
+        s.system_identifier = Some(id.into());
+        let first = compute(&s, &none, Some(1), &now());
+        assert_eq!(first.system_identifier.as_deref(), Some(id));
+        assert_eq!(owned_view(&first), first, "the owned view keeps it");
+        let n = notices(&none, &first);
+        assert!(
+            n.iter()
+                .any(|(w, r, m)| !*w && r == reason::IDENTITY_RECORDED && m.contains(id)),
+            "{n:?}"
+        );
+        // Later statuses keep it, whatever the reconcile computed (a stopped primary
+        // reports none; a wrong one never replaces it).
+        let later = compute(&summary(&[false]), &first, Some(2), &now());
+        assert_eq!(later.system_identifier.as_deref(), Some(id));
+        s.system_identifier = Some("7318791534227411999".into());
+        let other = compute(&s, &later, Some(2), &now());
+        assert_eq!(other.system_identifier.as_deref(), Some(id));
+        assert!(
+            notices(&later, &other)
+                .iter()
+                .all(|(_, r, _)| r != reason::IDENTITY_RECORDED),
+            "once"
         );
     }
 
