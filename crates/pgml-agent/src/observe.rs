@@ -135,7 +135,7 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
             .runner
             .run(&command::list_importable(std::slice::from_ref(&dir)))
             .await?;
-        importable = importable_from(&out)?;
+        importable = importable_from(ctx.dialect, &out)?;
         for m in &mut members {
             if let Some(dev) = &m.device {
                 let out = ctx.runner.run(&blkid_probe(dev)).await?;
@@ -212,9 +212,15 @@ fn imported_from(l: &PoolListEntry, st: &PoolStatus) -> Imported {
     }
 }
 
-/// The pools `zpool import -d <dir>` lists. "No pools available to import" (exit 1, on
-/// stderr, nothing on stdout) is an answer: none. Anything else without a pool is an error.
-fn importable_from(out: &Output) -> Result<Vec<SeenPool>, ZfsError> {
+/// The pools `zpool import -d <dir>` lists. Each dialect's way of saying there are none is
+/// an answer: OpenZFS exits 1 with "no pools available to import" on stderr; zfs-fuse exits
+/// 1 and prints nothing at all (seen on the test bed's zfs-fuse 0.7). Anything else without
+/// a pool is an error.
+fn importable_from(dialect: Dialect, out: &Output) -> Result<Vec<SeenPool>, ZfsError> {
+    let silent = out.stdout.trim().is_empty() && out.stderr.trim().is_empty();
+    if dialect == Dialect::ZfsFuse && silent && out.code == Some(1) {
+        return Ok(vec![]);
+    }
     let said = if out.stdout.trim().is_empty() {
         &out.stderr
     } else {
@@ -348,19 +354,26 @@ mod tests {
     fn no_importable_pool_is_an_answer_and_garbage_is_not() {
         // OpenZFS: exit 1, the sentence on stderr, nothing on stdout.
         let none = output(1, "", "no pools available to import\n");
-        assert_eq!(importable_from(&none).unwrap(), vec![]);
-        for out in [
-            output(0, "", ""),
-            output(1, "", "cannot discover pools: permission denied\n"),
-            output(0, "garbage\n", ""),
-        ] {
-            assert!(importable_from(&out).is_err(), "{out:?}");
+        for d in [Dialect::OpenZfs, Dialect::ZfsFuse] {
+            assert_eq!(importable_from(d, &none).unwrap(), vec![]);
+            for out in [
+                output(0, "", ""),
+                output(1, "", "cannot discover pools: permission denied\n"),
+                output(0, "garbage\n", ""),
+            ] {
+                assert!(importable_from(d, &out).is_err(), "{d:?} {out:?}");
+            }
         }
+        // zfs-fuse: exit 1 and not a word (its answer on the test bed); from OpenZFS that
+        // silence is not an answer.
+        let silent = output(1, "", "");
+        assert_eq!(importable_from(Dialect::ZfsFuse, &silent).unwrap(), vec![]);
+        assert!(importable_from(Dialect::OpenZfs, &silent).is_err());
         let listing = include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../pgml-zfs/tests/fixtures/openzfs/import-list.txt"
         ));
-        let seen = importable_from(&output(0, listing, "")).unwrap();
+        let seen = importable_from(Dialect::OpenZfs, &output(0, listing, "")).unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].volume_ids.len(), 5);
     }
