@@ -212,24 +212,10 @@ fn imported_from(l: &PoolListEntry, st: &PoolStatus) -> Imported {
     }
 }
 
-/// The pools `zpool import -d <dir>` lists. Each dialect's way of saying there are none is
-/// an answer: OpenZFS exits 1 with "no pools available to import" on stderr; zfs-fuse exits
-/// 1 and prints nothing at all (seen on the test bed's zfs-fuse 0.7). Anything else without
-/// a pool is an error.
+/// The pools `zpool import -d <dir>` lists ([`pgml_zfs::parse_import_answer`]: each
+/// dialect's "none" is an answer, anything else without a pool an error).
 fn importable_from(dialect: Dialect, out: &Output) -> Result<Vec<SeenPool>, ZfsError> {
-    let silent = out.stdout.trim().is_empty() && out.stderr.trim().is_empty();
-    if dialect == Dialect::ZfsFuse && silent && out.code == Some(1) {
-        return Ok(vec![]);
-    }
-    let said = if out.stdout.trim().is_empty() {
-        &out.stderr
-    } else {
-        &out.stdout
-    };
-    let pools = match pgml_zfs::parse_import_list(said) {
-        Err(ZfsError::NoPools { .. }) => return Ok(vec![]),
-        other => other?,
-    };
+    let pools = pgml_zfs::parse_import_answer(dialect, out.code, &out.stdout, &out.stderr)?;
     Ok(pools
         .into_iter()
         .map(|p| SeenPool {

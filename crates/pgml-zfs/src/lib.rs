@@ -29,5 +29,5 @@ pub use names::{DatasetName, DevicePath, Guid, HostPath, PoolName};
 pub use props::{Adjustment, Property, map_properties, postgres_defaults};
 pub use status::{
     Health, ObservedLayout, PoolStatus, Scan, ScanKind, ScanState, Vdev, VdevKind, ebs_volume_id,
-    parse_import_list, parse_status,
+    parse_import_answer, parse_import_list, parse_status,
 };

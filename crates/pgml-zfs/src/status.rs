@@ -271,6 +271,32 @@ pub fn parse_import_list(out: &str) -> Result<Vec<PoolStatus>> {
     parse_pools("zpool import", out)
 }
 
+/// The pools a finished `zpool import [-d dir]` offers, from its exit code and both of its
+/// streams. Each dialect's way of saying there are none is an answer (no pools): OpenZFS
+/// exits 1 with `no pools available to import` on stderr; zfs-fuse exits 1 and prints
+/// nothing at all (seen on the test bed's zfs-fuse 0.7). Anything else without a pool is an
+/// error, so a listing that went wrong is never taken for "nothing to import".
+pub fn parse_import_answer(
+    dialect: crate::Dialect,
+    code: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+) -> Result<Vec<PoolStatus>> {
+    let silent = stdout.trim().is_empty() && stderr.trim().is_empty();
+    if dialect == crate::Dialect::ZfsFuse && silent && code == Some(1) {
+        return Ok(vec![]);
+    }
+    let said = if stdout.trim().is_empty() {
+        stderr
+    } else {
+        stdout
+    };
+    match parse_import_list(said) {
+        Err(ZfsError::NoPools { .. }) => Ok(vec![]),
+        other => other,
+    }
+}
+
 /// What ZFS prints instead of pools when it has none.
 const NO_POOLS: &[&str] = &["no pools available", "no pools available to import"];
 

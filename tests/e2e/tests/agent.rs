@@ -333,9 +333,12 @@ fn importable(node: &NodeInfo) -> anyhow::Result<Vec<pgml_zfs::PoolStatus>> {
         node,
         &["zpool", "import", "-d", &node.dev_dir.to_string_lossy()],
     )?;
-    Ok(pgml_zfs::parse_import_list(&String::from_utf8_lossy(
-        &out.stdout,
-    ))?)
+    Ok(pgml_zfs::parse_import_answer(
+        pgml_zfs::Dialect::ZfsFuse,
+        out.status.code(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )?)
 }
 
 fn dataset_props(node: &NodeInfo, ds: &str) -> anyhow::Result<BTreeMap<String, String>> {
