@@ -27,7 +27,7 @@ pub(crate) const CRON_MESSAGE: &str = "must be a cron schedule: 5 fields (minute
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.keepLast + self.hourly + self.daily + self.weekly > 0")
-    .message("retention must keep at least one snapshot"))]
+    .message("retention must keep at least one snapshot: keepLast, hourly, daily and weekly cannot all be 0"))]
 pub struct SnapshotRetention {
     /// Keep the newest N (default 3).
     #[serde(default = "default_keep_last")]

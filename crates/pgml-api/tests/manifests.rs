@@ -144,3 +144,62 @@ fn openapi_cases_pass_cel() {
         }
     }
 }
+
+/// A cluster whose `postgresql` is `postgresql`, for the tests below.
+fn cluster_with(postgresql: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "pgml.io/v1alpha1",
+        "kind": "PgmlCluster",
+        "metadata": {"name": "c"},
+        "spec": {"storage": {"persistentVolumeClaim": {"size": "10Gi"}}, "postgresql": postgresql}
+    })
+}
+
+/// Admission and the operator's own check (`validate::check_postgresql`, run on objects
+/// admitted before these rules) refuse the same parameter values and pg_hba lines.
+#[test]
+fn postgresql_rules_and_the_operator_check_agree() {
+    let verdicts = |postgresql: Value| {
+        let object = cluster_with(postgresql);
+        let admitted = cel(&object, None).is_ok();
+        let typed: PgmlCluster = serde_json::from_value(object).unwrap();
+        let checked = pgml_api::validate::check_postgresql(&typed.spec.postgresql).is_empty();
+        (admitted, checked)
+    };
+    let mut chars: Vec<char> = (0u8..128).map(char::from).collect();
+    chars.extend(['\u{85}', '\u{a0}', '\u{2028}', 'é']);
+    for c in chars {
+        let value = format!("a{c}b");
+        let (admitted, checked) = verdicts(serde_json::json!({"parameters": {"work_mem": value}}));
+        assert_eq!(admitted, checked, "parameter value with {c:?}");
+        assert_eq!(
+            admitted,
+            !c.is_ascii_control(),
+            "parameter value with {c:?}"
+        );
+        let line = format!("host all all 10.0.0.0/8 scram-sha-256{c}x");
+        let (admitted, checked) = verdicts(serde_json::json!({"pgHba": [line]}));
+        assert_eq!(admitted, checked, "pg_hba line with {c:?}");
+    }
+    for (line, refused) in [
+        ("host all all 10.0.0.0/8 trust", true),
+        ("host all all 10.0.0.0/8 TRUST", true),
+        ("host all all 10.0.0.0/8 Trust", true),
+        ("host all all 10.0.0.0/8 \"trust\"", true),
+        ("host all all 10.0.0.0/8 t\"rus\"t", true),
+        ("local\tall\tall\ttrust", true),
+        ("host all all 10.0.0.0/8 trust ", true),
+        ("host all trust 10.0.0.0/8 scram-sha-256", true),
+        ("host all dba,trust 10.0.0.0/8 scram-sha-256", true),
+        ("host all all 10.0.0.0/8 cert # trust me", true),
+        ("host all all 10.0.0.0/8 scram-sha-256", false),
+        ("host all trusted 10.0.0.0/8 scram-sha-256", false),
+        ("host all all 10.0.0.0/8 mistrust", false),
+        ("host all all 10.0.0.0/8 tru\u{17f}t", false),
+        ("hostssl all all 10.0.0.0/8 cert", false),
+    ] {
+        let (admitted, checked) = verdicts(serde_json::json!({"pgHba": [line]}));
+        assert_eq!(admitted, checked, "{line:?}");
+        assert_eq!(admitted, !refused, "{line:?}");
+    }
+}
