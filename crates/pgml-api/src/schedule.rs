@@ -88,7 +88,10 @@ pub struct SnapshotSchedule {
     pub retention: SnapshotRetention,
     /// `deletionPolicy` of each EbsSnapshot the schedule creates: `Delete` (default; the
     /// AWS snapshots go when retention deletes the object) or `Retain` (they stay in AWS,
-    /// tagged, after the object is pruned).
+    /// tagged, after the object is pruned). Changing `Retain` to `Delete` (also by removing
+    /// the field) needs the annotation `pgml.io/allow-delete-policy: "true"` on the ZfsPool
+    /// or PgmlCluster in the same update (the ValidatingAdmissionPolicy
+    /// `retain-to-delete.pgml.io`, installed with the CRDs).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

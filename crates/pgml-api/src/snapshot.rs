@@ -182,7 +182,10 @@ pub struct EbsSnapshotSpec {
     pub freeze_timeout_seconds: i32,
 
     /// What happens to the AWS snapshots when this object is deleted: `Delete` (default,
-    /// so retention and cleanup work by deleting objects) or `Retain`.
+    /// so retention and cleanup work by deleting objects) or `Retain`. Changing `Retain` to
+    /// `Delete` (also by removing the field) needs the annotation
+    /// `pgml.io/allow-delete-policy: "true"` in the same update (the
+    /// ValidatingAdmissionPolicy `retain-to-delete.pgml.io`, installed with the CRDs).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 

@@ -239,7 +239,10 @@ pub struct ZfsPoolTemplate {
     pub datasets: Vec<Dataset>,
 
     /// What happens to the EBS volumes when the pool object is deleted: `Retain`
-    /// (default; volumes are detached and kept) or `Delete`.
+    /// (default; volumes are detached and kept) or `Delete`. Changing `Retain` to `Delete`
+    /// on an existing object needs the annotation `pgml.io/allow-delete-policy: "true"` in
+    /// the same update (the ValidatingAdmissionPolicy `retain-to-delete.pgml.io`, installed
+    /// with the CRDs; a PgmlCluster's pools follow its template, where the change is made).
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
 

@@ -577,3 +577,37 @@ fn zfs_property_allowlist_is_documented_and_enforced() {
         }
     }
 }
+
+/// The admission policy file in crds/ is what `pgml_api::policy` generates, and every field
+/// it guards tells `kubectl explain` readers about the annotation.
+#[test]
+fn admission_policy_is_up_to_date_and_documented() {
+    let path = repo_root()
+        .join("crds")
+        .join(pgml_api::policy::policy_file_name());
+    let stored =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        stored.split_once('\n').unwrap().1,
+        pgml_api::policy::policy_yaml(),
+        "{} is stale: run `make crds`",
+        path.display()
+    );
+    for (kind, path, _) in pgml_api::policy::GUARDED_FIELDS {
+        let mut node = schema_of(kind);
+        for part in path.split('.') {
+            node = node["properties"][part].clone();
+        }
+        let doc = node["description"].as_str().unwrap_or_default();
+        assert!(
+            doc.contains(pgml_api::policy::ALLOW_DELETE_POLICY_ANNOTATION)
+                && doc.contains("Retain"),
+            "{kind} {path}: the doc does not mention the annotation"
+        );
+        let values = node["enum"].as_array().cloned().unwrap_or_default();
+        assert!(
+            values.contains(&"Retain".into()) && values.contains(&"Delete".into()),
+            "{kind} {path} is not a Retain/Delete field"
+        );
+    }
+}
