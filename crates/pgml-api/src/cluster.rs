@@ -37,6 +37,44 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "recovery_target_xid",
 ];
 
+/// Admission's rule on parameter values: no ASCII control character (C0 or DEL). A
+/// newline would end the `name = 'value'` line and start another of the user's making; a
+/// NUL cuts it. Refused, never rewritten; [`crate::validate::check_cluster`] refuses the
+/// same set ([`char::is_ascii_control`]) for objects admitted before the rule.
+pub const PARAMETER_VALUE_RULE: &str = r"self.all(k, !self[k].matches('[\\x00-\\x1f\\x7f]'))";
+pub const PARAMETER_VALUE_MESSAGE: &str = "PostgreSQL parameter values cannot contain control characters (newline, carriage return, tab, NUL…)";
+
+/// pg_hba.conf authentication methods refused in `pgHba`: `trust` lets anyone who reaches
+/// the port in as any role, password or not.
+pub const PG_HBA_REFUSED_METHODS: &[&str] = &["trust"];
+
+/// Admission's rule on `pgHba` lines: none of [`PG_HBA_REFUSED_METHODS`] as a field, in
+/// any ASCII case, quoted or not. PostgreSQL drops the quotes of a token (`"trust"`, even
+/// `t"rus"t`, is the method trust), so the quotes are removed before looking; fields are
+/// separated by PostgreSQL's blanks (space, tab, CR, LF), lists within a field by commas.
+/// A database or role literally named trust is refused too: a false alarm is the price of
+/// never missing the method. [`crate::validate::pg_hba_refused_method`] is the same test.
+pub fn pg_hba_method_rule() -> String {
+    // `[tT][rR]…` rather than `(?i)`: Unicode case folding (RE2's and Rust's) would also
+    // take `ſ` for `s`, which PostgreSQL does not.
+    let methods: Vec<String> = PG_HBA_REFUSED_METHODS
+        .iter()
+        .map(|m| {
+            m.chars()
+                .map(|c| format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase()))
+                .collect()
+        })
+        .collect();
+    format!(
+        r#"self.all(l, !l.replace('"', '').matches('(^|[ \\t\\r\\n,])({})([ \\t\\r\\n,]|$)'))"#,
+        methods.join("|")
+    )
+}
+
+/// Admission's rule on `pgHba` lines: no control character but tab (a field separator).
+/// `\n` and `\r` are also refused by the lines' pattern.
+pub const PG_HBA_CONTROL_RULE: &str = r"self.all(l, !l.matches('[\\x00-\\x08\\x0a-\\x1f\\x7f]'))";
+
 fn parameters_schema(_: &mut SchemaGenerator) -> Schema {
     let managed = MANAGED_PARAMETERS
         .iter()
@@ -55,26 +93,30 @@ fn parameters_schema(_: &mut SchemaGenerator) -> Schema {
             {
                 "rule": format!("self.all(k, !(k in [{managed}]))"),
                 "message": "listen_addresses, port, data_directory, hba_file, ident_file, config_file, archive_mode, archive_command, restore_command, primary_conninfo, primary_slot_name and recovery_target* are managed by the operator",
-            }
+            },
+            { "rule": PARAMETER_VALUE_RULE, "message": PARAMETER_VALUE_MESSAGE },
         ]
     })
 }
 
 /// PostgreSQL configuration.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresConfig {
     /// postgresql.conf parameters, as strings (`shared_buffers: 8GB`,
     /// `max_connections: "200"`). `shared_preload_libraries` always includes `pgml`. On ZFS
     /// the operator also sets `full_page_writes: "off"`, `wal_init_zero: "off"` and
     /// `wal_recycle: "off"` unless given here. Replication, archiving and file locations are
-    /// managed by the operator and refused here.
+    /// managed by the operator and refused here. Values cannot contain control characters
+    /// (newline, tab, NUL…): they are refused, never rewritten.
     #[serde(default, skip_serializing_if = "is_empty_map")]
     #[schemars(schema_with = "parameters_schema")]
     pub parameters: BTreeMap<String, String>,
 
     /// Extra pg_hba.conf lines, added after the operator's own (local, replication and
-    /// operator access), e.g. `host all all 10.0.0.0/8 scram-sha-256`. At most 64.
+    /// operator access), e.g. `host all all 10.0.0.0/8 scram-sha-256`. At most 64. The
+    /// `trust` method is refused (the word trust as any field, in any case, quoted or not):
+    /// every connection authenticates. No control characters but tab.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
@@ -82,6 +124,12 @@ pub struct PostgresConfig {
             length(min = 1, max = 512),
             regex(pattern = r"^(local|host|hostssl|hostnossl|hostgssenc|hostnogssenc)\s[^\n\r]+$")
         )
+    )]
+    #[x_kube(
+        validation = Rule::new(pg_hba_method_rule())
+            .message("pg_hba lines cannot use the trust method: every connection must authenticate (scram-sha-256, cert, peer…)"),
+        validation = Rule::new(PG_HBA_CONTROL_RULE)
+            .message("pg_hba lines cannot contain control characters other than tab"),
     )]
     pub pg_hba: Vec<String>,
 }
@@ -116,9 +164,16 @@ pub struct ZfsStorage {
     /// The pool every instance gets: volumes, layout, datasets and policies, as in a
     /// ZfsPool's spec (without nodeName, chosen per instance, and restoreFrom, chosen by
     /// the operator when it seeds a replica). The pool of instance `<cluster>-<n>` is named
-    /// after it. Its datasets must include `pgdata`.
-    #[x_kube(validation = Rule::new("self.datasets.exists(d, d.name == 'pgdata')")
-        .message("the datasets must include one named pgdata, which holds PostgreSQL's data directory"))]
+    /// after it. Its datasets must include `pgdata`, and cannot set `mountPoint`: each
+    /// instance's datasets are mounted below its own pool's directory.
+    #[x_kube(
+        validation = Rule::new("self.datasets.exists(d, d.name == 'pgdata')")
+            .message("the datasets must include one named pgdata, which holds PostgreSQL's data directory")
+            .field_path(".datasets"),
+        validation = Rule::new("self.datasets.all(d, !has(d.mountPoint))")
+            .message("a PgmlCluster's datasets cannot set mountPoint: each instance's pool, named by the operator, mounts them below its own directory")
+            .field_path(".datasets"),
+    )]
     pub template: ZfsPoolTemplate,
 }
 
@@ -129,7 +184,8 @@ pub struct ZfsStorage {
     validation = Rule::new("has(self.zfs) != has(self.persistentVolumeClaim)")
         .message("storage must set exactly one of zfs or persistentVolumeClaim"),
     validation = Rule::new("has(self.zfs) == has(oldSelf.zfs)")
-        .message("storage cannot switch between zfs and persistentVolumeClaim; create a new cluster and restore into it"),
+        .message("storage cannot switch between zfs and persistentVolumeClaim; create a new cluster and restore into it")
+        .field_path(".zfs"),
 )]
 pub struct Storage {
     /// A ZfsPool of EBS volumes per instance, striped (raid0) or with parity (raidz1). The

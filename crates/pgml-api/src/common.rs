@@ -107,6 +107,16 @@ pub fn tags_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// CEL for a field that is fixed once the object exists: setting, changing and removing it
+/// are all refused. Written on the field's PARENT: a rule on the field itself (`self ==
+/// oldSelf`) only runs when the field is in both the old and the new object, so adding or
+/// removing an optional field would slip through. Pair it with `.field_path(".<field>")`.
+pub(crate) fn fixed(field: &str) -> String {
+    format!(
+        "has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+    )
+}
+
 /// Serde helper for `#[serde(default = ...)]` on booleans that default to true.
 pub(crate) fn yes() -> bool {
     true

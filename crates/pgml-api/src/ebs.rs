@@ -5,7 +5,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Tags, is_empty_map, tags_schema, yes};
+use crate::common::{Tags, fixed, is_empty_map, tags_schema, yes};
 
 /// AWS limits per volume type (AWS EBS user guide, general-purpose and provisioned-IOPS pages,
 /// as of 2025).
@@ -78,6 +78,10 @@ impl VolumeType {
         .message("volumes can grow but never shrink: sizeGiB cannot decrease").field_path(".sizeGiB"),
     validation = Rule::new("self.count >= oldSelf.count")
         .message("the volume count can grow but never shrink").field_path(".count"),
+    validation = Rule::new(fixed("encrypted"))
+        .message("encrypted cannot change once the volumes exist").field_path(".encrypted"),
+    validation = Rule::new(fixed("kmsKeyId"))
+        .message("kmsKeyId cannot change once the volumes exist: setting, changing and removing it are all refused").field_path(".kmsKeyId"),
 )]
 pub struct EbsVolumes {
     /// Number of EBS volumes in the pool (1–24). `raid0` stripes across all of them
@@ -123,12 +127,12 @@ pub struct EbsVolumes {
     /// Encrypt the volumes at rest (default true). Cannot be changed once the volumes
     /// exist: EBS cannot encrypt or decrypt a volume in place.
     #[serde(default = "yes")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("encrypted cannot change once the volumes exist"))]
     pub encrypted: bool,
 
     /// KMS key for encryption: a key ID, key ARN, alias name (`alias/…`) or alias ARN.
-    /// Unset means the account's default EBS key. Only with `encrypted: true`; cannot be
-    /// changed once the volumes exist.
+    /// Unset means the account's default EBS key. Only with `encrypted: true`. Fixed once
+    /// the volumes exist: it cannot be changed, added or removed later (the volumes keep
+    /// the key they were created with).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 256),
@@ -136,7 +140,6 @@ pub struct EbsVolumes {
             pattern = r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+|alias/[A-Za-z0-9/_-]+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
         )
     )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("kmsKeyId cannot change once the volumes exist"))]
     pub kms_key_id: Option<String>,
 
     /// Extra AWS tags put on every volume (and copied to its snapshots). Keys starting

@@ -14,6 +14,7 @@ pub mod common;
 pub mod cron;
 pub mod ebs;
 pub mod instance;
+pub mod policy;
 pub mod reference;
 pub mod schedule;
 pub mod snapshot;

@@ -27,7 +27,7 @@ pub(crate) const CRON_MESSAGE: &str = "must be a cron schedule: 5 fields (minute
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.keepLast + self.hourly + self.daily + self.weekly > 0")
-    .message("retention must keep at least one snapshot"))]
+    .message("retention must keep at least one snapshot: keepLast, hourly, daily and weekly cannot all be 0"))]
 pub struct SnapshotRetention {
     /// Keep the newest N (default 3).
     #[serde(default = "default_keep_last")]
@@ -88,7 +88,10 @@ pub struct SnapshotSchedule {
     pub retention: SnapshotRetention,
     /// `deletionPolicy` of each EbsSnapshot the schedule creates: `Delete` (default; the
     /// AWS snapshots go when retention deletes the object) or `Retain` (they stay in AWS,
-    /// tagged, after the object is pruned).
+    /// tagged, after the object is pruned). Changing `Retain` to `Delete` (also by removing
+    /// the field) needs the annotation `pgml.io/allow-delete-policy: "true"` on the ZfsPool
+    /// or PgmlCluster in the same update (the ValidatingAdmissionPolicy
+    /// `retain-to-delete.pgml.io`, installed with the CRDs).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

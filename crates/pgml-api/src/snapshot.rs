@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Tags, Time, is_empty_map, tags_schema};
+use crate::common::{Condition, Tags, Time, fixed, is_empty_map, tags_schema};
 
 /// Kubernetes object names (DNS subdomain).
 const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
@@ -145,26 +145,33 @@ pub enum DeletionPolicy {
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(self.consistency == 'Fsfreeze' && has(self.source.zfsPool))")
-    .message("consistency Fsfreeze does not apply to a ZfsPool: ZFS has no fsfreeze, and capturing all members at one instant keeps it consistent")
-    .field_path(".consistency"))]
+#[x_kube(
+    validation = Rule::new("!(self.consistency == 'Fsfreeze' && has(self.source.zfsPool))")
+        .message("consistency Fsfreeze does not apply to a ZfsPool: ZFS has no fsfreeze, and capturing all members at one instant keeps it consistent")
+        .field_path(".consistency"),
+    validation = Rule::new(fixed("source"))
+        .message("source cannot change; create another EbsSnapshot").field_path(".source"),
+    validation = Rule::new(fixed("standbySignal"))
+        .message("standbySignal cannot change after creation").field_path(".standbySignal"),
+    validation = Rule::new(fixed("consistency"))
+        .message("consistency cannot change after creation").field_path(".consistency"),
+)]
 pub struct EbsSnapshotSpec {
     /// What to snapshot: exactly one of `cluster` (a PgmlCluster instance), `zfsPool` or
-    /// `persistentVolumeClaim`. Fixed once created.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("source cannot change; create another EbsSnapshot"))]
+    /// `persistentVolumeClaim`. Fixed once created, down to the cluster's `instance`.
     pub source: SnapshotSource,
 
     /// Stamp `standby.signal` in the PostgreSQL data directory before the capture and
     /// remove it after, so a restore starts as a replica instead of promoting itself:
     /// `Auto` (default: yes when the source holds a database), `Always` or `Never`.
+    /// Fixed once created.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("standbySignal cannot change after creation"))]
     pub standby_signal: StandbySignal,
 
     /// How writes are paused: `Auto` (default: nothing on ZFS, fsfreeze on ext4), `None`
     /// or `Fsfreeze` (ext4 only).
+    /// Fixed once created.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("consistency cannot change after creation"))]
     pub consistency: Consistency,
 
     /// Longest time the file system may stay frozen (1–60 seconds, default 10). If AWS has
@@ -175,7 +182,10 @@ pub struct EbsSnapshotSpec {
     pub freeze_timeout_seconds: i32,
 
     /// What happens to the AWS snapshots when this object is deleted: `Delete` (default,
-    /// so retention and cleanup work by deleting objects) or `Retain`.
+    /// so retention and cleanup work by deleting objects) or `Retain`. Changing `Retain` to
+    /// `Delete` (also by removing the field) needs the annotation
+    /// `pgml.io/allow-delete-policy: "true"` in the same update (the
+    /// ValidatingAdmissionPolicy `retain-to-delete.pgml.io`, installed with the CRDs).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 

@@ -14,7 +14,9 @@ use thiserror::Error;
 use crate::cluster::PgmlCluster;
 use crate::ebs::{EbsVolumes, limits};
 use crate::snapshot::{EbsSnapshot, SnapshotPhase};
-use crate::zfspool::{Layout, ZfsPoolSpec, ZfsPoolTemplate};
+use crate::zfspool::{
+    Layout, ZFS_NATIVE_PROPERTIES, ZFS_OFF_ONLY_PROPERTIES, ZfsPoolSpec, ZfsPoolTemplate,
+};
 
 /// A spec that is well-formed but cannot be carried out.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -24,6 +26,12 @@ pub enum SpecError {
 
     #[error("ZFS property {name}: {message}")]
     InvalidZfsProperty { name: String, message: String },
+
+    #[error("postgresql.parameters.{name}: {message}")]
+    InvalidParameter { name: String, message: String },
+
+    #[error("postgresql.pgHba[{index}]: {message}")]
+    InvalidPgHba { index: usize, message: String },
 
     #[error(
         "{wanted} volumes do not fit: instance type {instance_type} can attach {available} more EBS volumes"
@@ -77,6 +85,8 @@ impl SpecError {
         match self {
             SpecError::InvalidSchedule { .. } => "InvalidSchedule",
             SpecError::InvalidZfsProperty { .. } => "InvalidZfsProperty",
+            SpecError::InvalidParameter { .. } => "InvalidParameter",
+            SpecError::InvalidPgHba { .. } => "InvalidPgHba",
             SpecError::TooManyVolumes { .. } => "TooManyVolumes",
             SpecError::SnapshotNotCompleted { .. } => "SnapshotNotCompleted",
             SpecError::RestoreVolumeCount { .. }
@@ -93,7 +103,8 @@ impl SpecError {
     }
 }
 
-/// ZFS properties the agent knows how to set, with a check of their value. User properties
+/// ZFS properties: native names from the allowlist admission enforces
+/// ([`ZFS_NATIVE_PROPERTIES`]), each with a check of its value. User properties
 /// (`module:name`) are passed through.
 pub fn check_zfs_properties(props: &BTreeMap<String, String>) -> Vec<SpecError> {
     let mut errors = Vec::new();
@@ -101,52 +112,14 @@ pub fn check_zfs_properties(props: &BTreeMap<String, String>) -> Vec<SpecError> 
         if name.contains(':') {
             continue;
         }
-        let check: Result<(), String> = match name.as_str() {
-            "recordsize" => check_record_size(value),
-            "compression" => one_of(
-                value,
-                &[
-                    "on",
-                    "off",
-                    "lz4",
-                    "lzjb",
-                    "gzip",
-                    "gzip-1",
-                    "gzip-6",
-                    "gzip-9",
-                    "zle",
-                    "zstd",
-                    "zstd-fast",
-                ],
-            ),
-            "atime" | "relatime" | "readonly" | "exec" | "setuid" | "devices" => {
-                one_of(value, &["on", "off"])
-            }
-            "xattr" => one_of(value, &["on", "off", "sa", "dir"]),
-            "logbias" => one_of(value, &["latency", "throughput"]),
-            "sync" => one_of(value, &["standard", "always", "disabled"]),
-            "primarycache" | "secondarycache" => one_of(value, &["all", "none", "metadata"]),
-            "redundant_metadata" => one_of(value, &["all", "most", "some", "none"]),
-            "dnodesize" => one_of(value, &["legacy", "auto", "1k", "2k", "4k", "8k", "16k"]),
-            "checksum" => one_of(
-                value,
-                &[
-                    "on",
-                    "off",
-                    "fletcher2",
-                    "fletcher4",
-                    "sha256",
-                    "sha512",
-                    "skein",
-                    "edonr",
-                    "blake3",
-                ],
-            ),
-            "copies" => one_of(value, &["1", "2", "3"]),
-            "quota" | "refquota" | "reservation" | "refreservation" => check_size_or_none(value),
-            other => Err(format!(
-                "{other} is not a property the agent sets; use a user property (module:{other}) for metadata"
-            )),
+        let check = if ZFS_NATIVE_PROPERTIES.contains(&name.as_str()) {
+            // Every allowlisted name has a value check (a unit test keeps it so).
+            zfs_value_check(name, value).unwrap_or(Ok(()))
+        } else {
+            Err(format!(
+                "{name} is not a property the agent sets (allowed: {}); use a user property (module:{name}) for metadata",
+                ZFS_NATIVE_PROPERTIES.join(", ")
+            ))
         };
         if let Err(message) = check {
             errors.push(SpecError::InvalidZfsProperty {
@@ -156,6 +129,103 @@ pub fn check_zfs_properties(props: &BTreeMap<String, String>) -> Vec<SpecError> 
         }
     }
     errors
+}
+
+/// The value check of a native property; `None` for a name it does not know.
+fn zfs_value_check(name: &str, value: &str) -> Option<Result<(), String>> {
+    if ZFS_OFF_ONLY_PROPERTIES.contains(&name) {
+        return Some(one_of(value, &["off"]));
+    }
+    Some(match name {
+        "recordsize" => check_record_size(value),
+        "compression" => one_of(
+            value,
+            &[
+                "on",
+                "off",
+                "lz4",
+                "lzjb",
+                "gzip",
+                "gzip-1",
+                "gzip-6",
+                "gzip-9",
+                "zle",
+                "zstd",
+                "zstd-fast",
+            ],
+        ),
+        "atime" | "relatime" => one_of(value, &["on", "off"]),
+        "xattr" => one_of(value, &["on", "off", "sa", "dir"]),
+        "logbias" => one_of(value, &["latency", "throughput"]),
+        "sync" => one_of(value, &["standard", "always", "disabled"]),
+        "primarycache" | "secondarycache" => one_of(value, &["all", "none", "metadata"]),
+        "redundant_metadata" => one_of(value, &["all", "most", "some", "none"]),
+        "dnodesize" => one_of(value, &["legacy", "auto", "1k", "2k", "4k", "8k", "16k"]),
+        "checksum" => one_of(
+            value,
+            &[
+                "on",
+                "off",
+                "fletcher2",
+                "fletcher4",
+                "sha256",
+                "sha512",
+                "skein",
+                "edonr",
+                "blake3",
+            ],
+        ),
+        "copies" => one_of(value, &["1", "2", "3"]),
+        "quota" | "refquota" | "reservation" | "refreservation" => check_size_or_none(value),
+        _ => return None,
+    })
+}
+
+/// Checks PostgreSQL parameters and pg_hba lines as admission does, for objects admitted
+/// before those rules: no control character in a value (refused, not rewritten), no `trust`
+/// method and no control character but tab in a pg_hba line.
+pub fn check_postgresql(config: &crate::cluster::PostgresConfig) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    for (name, value) in &config.parameters {
+        if value.chars().any(|c| c.is_ascii_control()) {
+            errors.push(SpecError::InvalidParameter {
+                name: name.clone(),
+                message: "the value contains a control character (newline, tab, NUL…)".into(),
+            });
+        }
+    }
+    for (index, line) in config.pg_hba.iter().enumerate() {
+        if line.chars().any(|c| c.is_ascii_control() && c != '\t') {
+            errors.push(SpecError::InvalidPgHba {
+                index,
+                message: "the line contains a control character other than tab".into(),
+            });
+        }
+        if let Some(method) = pg_hba_refused_method(line) {
+            errors.push(SpecError::InvalidPgHba {
+                index,
+                message: format!(
+                    "the {method} method is refused: every connection must authenticate"
+                ),
+            });
+        }
+    }
+    errors
+}
+
+/// The refused method ([`crate::cluster::PG_HBA_REFUSED_METHODS`]) a pg_hba line names as
+/// one of its fields, if any: what admission's rule looks for, the same way (quotes dropped
+/// as PostgreSQL drops them, fields split on its blanks and on commas, any ASCII case).
+pub fn pg_hba_refused_method(line: &str) -> Option<&'static str> {
+    let unquoted = line.replace('"', "");
+    unquoted
+        .split([' ', '\t', '\r', '\n', ','])
+        .find_map(|field| {
+            crate::cluster::PG_HBA_REFUSED_METHODS
+                .iter()
+                .find(|m| field.eq_ignore_ascii_case(m))
+                .copied()
+        })
 }
 
 fn one_of(value: &str, allowed: &[&str]) -> Result<(), String> {
@@ -268,8 +338,9 @@ pub fn check_restore(pool: &ZfsPoolSpec, snapshot: &EbsSnapshot) -> Result<(), S
     Ok(())
 }
 
-/// Checks a PgmlCluster: schedules parse as cron, pool properties are known, and a
-/// switchover target names an instance the status lists.
+/// Checks a PgmlCluster: schedules parse as cron, parameters and pg_hba lines are safe to
+/// write, pool properties are known, and a switchover target names an instance the status
+/// lists.
 pub fn check_cluster(cluster: &PgmlCluster) -> Vec<SpecError> {
     let mut errors = Vec::new();
     let spec = &cluster.spec;
@@ -300,6 +371,7 @@ pub fn check_cluster(cluster: &PgmlCluster) -> Vec<SpecError> {
             message,
         });
     }
+    errors.extend(check_postgresql(&spec.postgresql));
     if let Some(zfs) = &spec.storage.zfs {
         errors.extend(check_pool_template(&zfs.template));
     }
@@ -468,6 +540,76 @@ mod tests {
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors.iter().all(|e| e.reason() == "InvalidZfsProperty"));
         assert!(errors[0].to_string().contains("logbias"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn zfs_native_properties_are_the_allowlist() {
+        // Every name admission allows has a value check here…
+        for name in ZFS_NATIVE_PROPERTIES {
+            assert!(
+                zfs_value_check(name, "x").is_some(),
+                "{name} is allowed but its value is not checked"
+            );
+        }
+        // …and what it refuses, the operator refuses too (objects admitted before the list).
+        for (name, value) in [
+            ("sharenfs", "on"),
+            ("sharesmb", "on"),
+            ("devices", "off"),
+            ("keylocation", "prompt"),
+            ("encryption", "on"),
+            ("readonly", "on"),
+            ("mountpoint", "/x"),
+            ("setuid", "on"),
+            ("exec", "on"),
+        ] {
+            let props = [(name.to_string(), value.to_string())].into();
+            assert_eq!(check_zfs_properties(&props).len(), 1, "{name}={value}");
+        }
+        let hardened = [("setuid", "off"), ("exec", "off")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(check_zfs_properties(&hardened), vec![]);
+    }
+
+    #[test]
+    fn postgresql_values_and_pg_hba_are_refused_not_rewritten() {
+        let config = crate::cluster::PostgresConfig {
+            parameters: [
+                ("work_mem", "64MB\narchive_command = x"),
+                ("shared_buffers", "8GB"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            pg_hba: vec![
+                "host all all 10.0.0.0/8 scram-sha-256".into(),
+                "host all all 10.0.0.0/8 \"TRUST\"".into(),
+                "local\tall\tall\tpeer".into(),
+                "local all all peer\0".into(),
+            ],
+        };
+        let errors: Vec<String> = check_postgresql(&config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "postgresql.parameters.work_mem: the value contains a control character (newline, tab, NUL…)",
+                "postgresql.pgHba[1]: the trust method is refused: every connection must authenticate",
+                "postgresql.pgHba[3]: the line contains a control character other than tab",
+            ]
+        );
+        assert_eq!(
+            pg_hba_refused_method("host all all 10.0.0.0/8 t\"rus\"t"),
+            Some("trust")
+        );
+        assert_eq!(
+            pg_hba_refused_method("host all trusted 10.0.0.0/8 md5"),
+            None
+        );
     }
 
     #[test]

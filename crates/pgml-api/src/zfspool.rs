@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Time, is_empty_map};
+use crate::common::{Condition, Time, fixed, is_empty_map};
 use crate::ebs::EbsVolumes;
 use crate::schedule::{ScheduleStatus, SnapshotSchedule};
 
@@ -24,6 +24,43 @@ pub const MOUNT_POINT_PATTERN: &str = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$";
 pub const RESERVED_POOL_PREFIXES: &[&str] = &["mirror", "raidz", "draid", "spare"];
 /// …and these whole names. Names like `c0…` (Solaris disks) are refused too.
 pub const RESERVED_POOL_NAMES: &[&str] = &["log", "cache", "special", "dedup"];
+
+/// The native ZFS properties a pool (`filesystemProperties`) or a dataset (`properties`)
+/// may set: what tunes a file system for PostgreSQL, and nothing that shares it over the
+/// network (`sharenfs`, `sharesmb`), lets it hold device nodes (`devices`), touches its
+/// encryption (`encryption`, `keyformat`, `keylocation`) or where it is mounted
+/// (`mountpoint`, `canmount`: see [`ZFS_MANAGED_PROPERTIES`]). Admission refuses any other
+/// native name (the CEL rule is generated from this list) and the operator checks each
+/// value ([`crate::validate::check_zfs_properties`]). User properties (`module:name`) are
+/// not native and always pass.
+pub const ZFS_NATIVE_PROPERTIES: &[&str] = &[
+    "atime",
+    "checksum",
+    "compression",
+    "copies",
+    "dnodesize",
+    "exec",
+    "logbias",
+    "primarycache",
+    "quota",
+    "recordsize",
+    "redundant_metadata",
+    "refquota",
+    "refreservation",
+    "relatime",
+    "reservation",
+    "secondarycache",
+    "setuid",
+    "sync",
+    "xattr",
+];
+
+/// Of [`ZFS_NATIVE_PROPERTIES`], those that may only be turned `off` (hardening): a
+/// database's files are never programs, and never set-uid ones.
+pub const ZFS_OFF_ONLY_PROPERTIES: &[&str] = &["exec", "setuid"];
+
+/// Properties the node agent sets itself from `mountPoint`; refused in property maps.
+pub const ZFS_MANAGED_PROPERTIES: &[&str] = &["mountpoint", "canmount"];
 
 /// How the volumes are combined.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -73,6 +110,11 @@ pub enum MemberReplacement {
 /// A ZFS dataset (file system) in the pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// `datasets` is a list keyed by name, so the apiserver pairs each dataset with the old one
+// of the same name for this rule.
+#[x_kube(validation = Rule::new(fixed("mountPoint"))
+    .message("mountPoint cannot change once the dataset exists: setting, changing and removing it are all refused (the agent would remount live data)")
+    .field_path(".mountPoint"))]
 pub struct Dataset {
     /// Dataset name below the pool, one component (`pgdata`, not `tank/pgdata`): lowercase
     /// letters, digits, `_` and `-`, up to 63 characters. PgmlCluster puts PostgreSQL's data
@@ -81,24 +123,54 @@ pub struct Dataset {
     pub name: String,
 
     /// Where the dataset is mounted, as a path below the node agent's mount root (the
-    /// agent's `--mount-root`, `/var/lib/pgml` by default): `/db/pgdata` mounts at
-    /// `/var/lib/pgml/db/pgdata` on the node. Plain components only (no `.` or `..`), so a
-    /// dataset can never be mounted outside the mount root. Unset: `/<poolName>/<name>`.
+    /// agent's `--mount-root`, `/var/lib/pgml` by default), and always below the pool's
+    /// own directory there, `/<pool name>/` (the pool name is `spec.poolName`, else the
+    /// object's name): `/tank/wal` mounts at `/var/lib/pgml/tank/wal` on the node. Plain
+    /// components only (no `.` or `..`), so a dataset can never be mounted outside its
+    /// pool's directory, over another pool's. Unset: `/<pool name>/<name>`. Fixed once
+    /// the dataset exists: it cannot be changed, added or removed later. Not settable in a
+    /// PgmlCluster's template, whose pools are named by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = MOUNT_POINT_PATTERN))]
     pub mount_point: Option<String>,
 
     /// ZFS properties of this dataset (`zfs create -o key=value`), on top of the pool's
-    /// `filesystemProperties`. Native names in lowercase (`recordsize: 32K`,
-    /// `logbias: throughput`) or user properties (`com.example:owner: dba`). Set the mount
+    /// `filesystemProperties`: native properties from the allowlist below
+    /// (`recordsize: 32K`, `logbias: throughput`) or user properties
+    /// (`com.example:owner: dba`). Native properties allowed: atime, checksum,
+    /// compression, copies, dnodesize, exec (off only), logbias, primarycache, quota,
+    /// recordsize, redundant_metadata, refquota, refreservation, relatime, reservation,
+    /// secondarycache, setuid (off only), sync, xattr. Any other native name is refused
+    /// (sharenfs, sharesmb, devices, encryption, keyformat, keylocation…). Set the mount
     /// point with `mountPoint`, not here.
     #[serde(default, skip_serializing_if = "is_empty_map")]
     #[schemars(schema_with = "zfs_properties_schema")]
     pub properties: BTreeMap<String, String>,
 }
 
+/// CEL list literal of names: `['a', 'b']`.
+pub(crate) fn cel_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 /// Schema of a ZFS property map (keys and values end up as `-o key=value` arguments).
 pub fn zfs_properties_schema(_: &mut SchemaGenerator) -> Schema {
+    let allowed = cel_list(ZFS_NATIVE_PROPERTIES);
+    let managed = cel_list(ZFS_MANAGED_PROPERTIES);
+    let off_only = cel_list(ZFS_OFF_ONLY_PROPERTIES);
+    // Each rule leaves alone what another rule reports, so a bad name breaks one rule only.
+    let allowlist_rule =
+        format!("self.all(k, !k.matches('^[a-z][a-z0-9_]*$') || k in {managed} || k in {allowed})");
+    let allowlist_message = format!(
+        "ZFS native properties are limited to {}; use a user property (module:name) for metadata",
+        ZFS_NATIVE_PROPERTIES.join(", ")
+    );
+    let off_only_rule = format!("{off_only}.all(p, !(p in self) || self[p] == 'off')");
+    let off_only_message = format!(
+        "{} may only be set to off",
+        ZFS_OFF_ONLY_PROPERTIES.join(" and ")
+    );
     json_schema!({
         "type": "object",
         "maxProperties": 32,
@@ -116,7 +188,9 @@ pub fn zfs_properties_schema(_: &mut SchemaGenerator) -> Schema {
             {
                 "rule": "!('mountpoint' in self) && !('canmount' in self)",
                 "message": "set the mount point with mountPoint; mountpoint and canmount are managed by the operator",
-            }
+            },
+            { "rule": allowlist_rule, "message": allowlist_message },
+            { "rule": off_only_rule, "message": off_only_message },
         ]
     })
 }
@@ -130,6 +204,8 @@ pub fn zfs_properties_schema(_: &mut SchemaGenerator) -> Schema {
         .message("raidz1 needs at least 3 volumes").field_path(".volumes.count"),
     validation = Rule::new("self.layout != 'raidz1' || self.volumes.count == oldSelf.volumes.count")
         .message("a raidz1 pool's volume count is fixed once created; grow sizeGiB instead").field_path(".volumes.count"),
+    validation = Rule::new(fixed("layout"))
+        .message("layout cannot change once the pool exists").field_path(".layout"),
 )]
 pub struct ZfsPoolTemplate {
     /// The EBS volumes the pool is built from: how many, type, size, IOPS, throughput,
@@ -140,13 +216,13 @@ pub struct ZfsPoolTemplate {
     /// adds single parity across 3 or more volumes so the pool survives losing one.
     /// Fixed once the pool exists.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("layout cannot change once the pool exists"))]
     pub layout: Layout,
 
     /// ZFS properties of the pool's root file system, inherited by every dataset
     /// (`zpool create -O`). Defaults suit PostgreSQL: `compression: lz4` (the agent writes
     /// `on` on zfs-fuse, which lacks lz4), `atime: "off"`, `xattr: sa`. Pools are always
-    /// created with `ashift=12` and `autoexpand=on`.
+    /// created with `ashift=12` and `autoexpand=on`. The native properties allowed are
+    /// those of a dataset's `properties` (see there); any other native name is refused.
     #[serde(default = "default_fs_properties")]
     #[schemars(schema_with = "zfs_properties_schema")]
     pub filesystem_properties: BTreeMap<String, String>,
@@ -163,7 +239,10 @@ pub struct ZfsPoolTemplate {
     pub datasets: Vec<Dataset>,
 
     /// What happens to the EBS volumes when the pool object is deleted: `Retain`
-    /// (default; volumes are detached and kept) or `Delete`.
+    /// (default; volumes are detached and kept) or `Delete`. Changing `Retain` to `Delete`
+    /// on an existing object needs the annotation `pgml.io/allow-delete-policy: "true"` in
+    /// the same update (the ValidatingAdmissionPolicy `retain-to-delete.pgml.io`, installed
+    /// with the CRDs; a PgmlCluster's pools follow its template, where the change is made).
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
 
@@ -256,8 +335,19 @@ pub struct RestoreFrom {
         .message("metadata.name cannot be used as a ZFS pool name (lowercase letter first, then letters, digits, _ or -, at most 48); set spec.poolName"),
     validation = Rule::new("!(has(self.spec.poolName) ? self.spec.poolName : self.metadata.name).matches('^(mirror|raidz|draid|spare|c[0-9])') && !((has(self.spec.poolName) ? self.spec.poolName : self.metadata.name) in ['log', 'cache', 'special', 'dedup'])")
         .message("the pool name (spec.poolName, else metadata.name) cannot start with mirror, raidz, draid or spare, be log, cache, special or dedup, or look like a disk (c0…): ZFS refuses such names"),
+    validation = Rule::new("self.spec.datasets.all(d, !has(d.mountPoint) || d.mountPoint.startsWith('/' + (has(self.spec.poolName) ? self.spec.poolName : self.metadata.name) + '/'))")
+        .message("a dataset's mountPoint must be below the pool's own directory, /<pool name>/… (the pool name is spec.poolName, else metadata.name)")
+        .field_path(".spec.datasets"),
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(fixed("nodeName"))
+        .message("nodeName cannot change; restore a snapshot on the other node instead").field_path(".nodeName"),
+    validation = Rule::new(fixed("poolName"))
+        .message("poolName cannot change once the pool exists: setting, changing and removing it are all refused").field_path(".poolName"),
+    validation = Rule::new(fixed("restoreFrom"))
+        .message("restoreFrom cannot change once the pool exists: setting, changing and removing it are all refused").field_path(".restoreFrom"),
+)]
 pub struct ZfsPoolSpec {
     /// Kubernetes Node the pool lives on. The operator reads the node's EC2 instance and
     /// availability zone from its `spec.providerID`, creates the volumes in that zone and
@@ -267,17 +357,14 @@ pub struct ZfsPoolSpec {
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("nodeName cannot change; restore a snapshot on the other node instead"))]
     pub node_name: String,
 
     /// Name of the pool on the node (`zpool list`). Unset: the object's name. A lowercase
     /// letter, then letters, digits, `_` or `-`, at most 48 characters; names ZFS refuses
-    /// (starting with mirror, raidz, draid or spare; log; c0…) are refused. Fixed once set.
+    /// (starting with mirror, raidz, draid or spare; log; c0…) are refused. Fixed once the
+    /// pool exists: it cannot be changed, added or removed later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 48), regex(pattern = POOL_NAME_PATTERN))]
-    #[x_kube(
-        validation = Rule::new("self == oldSelf").message("poolName cannot change once the pool exists"),
-    )]
     pub pool_name: Option<String>,
 
     /// Volumes, layout, datasets and policies.
@@ -285,9 +372,9 @@ pub struct ZfsPoolSpec {
     pub template: ZfsPoolTemplate,
 
     /// Create the volumes from an EbsSnapshot of another pool instead of empty ones (to
-    /// seed a replica or recover). Only read when the pool is first created; fixed after.
+    /// seed a replica or recover). Only read when the pool is first created; fixed after:
+    /// it cannot be changed, added or removed later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("restoreFrom cannot change once the pool exists"))]
     pub restore_from: Option<RestoreFrom>,
     /// Scheduled EbsSnapshots of this pool and how many to keep, e.g.
     /// `{schedule: "0 */6 * * *", retention: {keepLast: 4, daily: 7}}`. Each slot creates

@@ -1,8 +1,9 @@
 //! The examples and the invalid manifests against the generated schemas, without an
 //! apiserver: CEL rules are evaluated with kube-cel (schema defaults applied first, as the
-//! apiserver does), and every example deserializes into the Rust types and back. The same
-//! manifests go to the real kube-apiserver in `tests/e2e/tests/api_admission.rs`; this is
-//! the fast loop.
+//! apiserver does), then, on an update, the admission policy that ships with the CRDs
+//! (`pgml_api::policy`), and every example deserializes into the Rust types and back. The
+//! same manifests go to the real kube-apiserver in `tests/e2e/tests/api_admission.rs`; this
+//! is the fast loop.
 
 mod common;
 
@@ -10,6 +11,8 @@ use common::*;
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 use serde_json::Value;
 
+/// What the apiserver's admission refuses of `object` (an update of `old` when given): the
+/// schema's CEL rules, then, when they pass, the ValidatingAdmissionPolicy.
 fn cel(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
     let kind = object["kind"].as_str().unwrap();
     kube_cel::Validator::new()
@@ -18,8 +21,60 @@ fn cel(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
             errs.into_vec()
                 .into_iter()
                 .map(|e| format!("{}: {}", e.field_path, e.message))
-                .collect()
+                .collect::<Vec<_>>()
+        })?;
+    let refused = old.map(|old| policy(object, old)).unwrap_or_default();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused)
+    }
+}
+
+/// The messages of `pgml_api::policy`'s validations that refuse the update `old` → `object`
+/// (both with the schema's defaults, as the apiserver has them by then). Evaluated with the
+/// `cel` crate and kube-cel's functions, not kube-cel's `VapEvaluator`, which escapes map
+/// keys as if they were field names (an annotation `pgml.io/x` would not be found); the
+/// apiserver does not.
+fn policy(object: &Value, old: &Value) -> Vec<String> {
+    use kube_cel::KubeCelExt;
+    use kube_cel::cel::{Context, Program, Value as Cel};
+    let schema = schema_of(object["kind"].as_str().unwrap());
+    let mut ctx = Context::default().with_all();
+    ctx.add_variable("object", kube_cel::apply_defaults(&schema, object))
+        .unwrap();
+    ctx.add_variable("oldObject", kube_cel::apply_defaults(&schema, old))
+        .unwrap();
+    let holds = |expression: &str| -> Result<bool, String> {
+        match Program::compile(expression)
+            .map_err(|e| e.to_string())?
+            .execute(&ctx)
+        {
+            Ok(Cel::Bool(b)) => Ok(b),
+            other => Err(format!("{expression}: {other:?}")),
+        }
+    };
+    let spec = pgml_api::policy::validating_admission_policy()
+        .spec
+        .unwrap();
+    let name = pgml_api::policy::POLICY_NAME;
+    for condition in spec.match_conditions.unwrap_or_default() {
+        match holds(&condition.expression) {
+            Ok(true) => {}
+            Ok(false) => return Vec::new(),
+            // failurePolicy Fail: an error refuses the request.
+            Err(e) => return vec![format!("policy {name}: {e}")],
+        }
+    }
+    spec.validations
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| match holds(&v.expression) {
+            Ok(true) => None,
+            Ok(false) => Some(format!("policy {name}: {}", v.message.unwrap_or_default())),
+            Err(e) => Some(format!("policy {name}: {e}")),
         })
+        .collect()
 }
 
 #[test]
@@ -143,4 +198,129 @@ fn openapi_cases_pass_cel() {
             assert_eq!(res, Ok(()), "{}", case.name());
         }
     }
+}
+
+/// A cluster whose `postgresql` is `postgresql`, for the tests below.
+fn cluster_with(postgresql: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "pgml.io/v1alpha1",
+        "kind": "PgmlCluster",
+        "metadata": {"name": "c"},
+        "spec": {"storage": {"persistentVolumeClaim": {"size": "10Gi"}}, "postgresql": postgresql}
+    })
+}
+
+/// Admission and the operator's own check (`validate::check_postgresql`, run on objects
+/// admitted before these rules) refuse the same parameter values and pg_hba lines.
+#[test]
+fn postgresql_rules_and_the_operator_check_agree() {
+    let verdicts = |postgresql: Value| {
+        let object = cluster_with(postgresql);
+        let admitted = cel(&object, None).is_ok();
+        let typed: PgmlCluster = serde_json::from_value(object).unwrap();
+        let checked = pgml_api::validate::check_postgresql(&typed.spec.postgresql).is_empty();
+        (admitted, checked)
+    };
+    let mut chars: Vec<char> = (0u8..128).map(char::from).collect();
+    chars.extend(['\u{85}', '\u{a0}', '\u{2028}', 'é']);
+    for c in chars {
+        let value = format!("a{c}b");
+        let (admitted, checked) = verdicts(serde_json::json!({"parameters": {"work_mem": value}}));
+        assert_eq!(admitted, checked, "parameter value with {c:?}");
+        assert_eq!(
+            admitted,
+            !c.is_ascii_control(),
+            "parameter value with {c:?}"
+        );
+        let line = format!("host all all 10.0.0.0/8 scram-sha-256{c}x");
+        let (admitted, checked) = verdicts(serde_json::json!({"pgHba": [line]}));
+        assert_eq!(admitted, checked, "pg_hba line with {c:?}");
+    }
+    for (line, refused) in [
+        ("host all all 10.0.0.0/8 trust", true),
+        ("host all all 10.0.0.0/8 TRUST", true),
+        ("host all all 10.0.0.0/8 Trust", true),
+        ("host all all 10.0.0.0/8 \"trust\"", true),
+        ("host all all 10.0.0.0/8 t\"rus\"t", true),
+        ("local\tall\tall\ttrust", true),
+        ("host all all 10.0.0.0/8 trust ", true),
+        ("host all trust 10.0.0.0/8 scram-sha-256", true),
+        ("host all dba,trust 10.0.0.0/8 scram-sha-256", true),
+        ("host all all 10.0.0.0/8 cert # trust me", true),
+        ("host all all 10.0.0.0/8 scram-sha-256", false),
+        ("host all trusted 10.0.0.0/8 scram-sha-256", false),
+        ("host all all 10.0.0.0/8 mistrust", false),
+        ("host all all 10.0.0.0/8 tru\u{17f}t", false),
+        ("hostssl all all 10.0.0.0/8 cert", false),
+    ] {
+        let (admitted, checked) = verdicts(serde_json::json!({"pgHba": [line]}));
+        assert_eq!(admitted, checked, "{line:?}");
+        assert_eq!(admitted, !refused, "{line:?}");
+    }
+}
+
+/// A change of policy from Retain to Delete goes through with the annotation, and in the
+/// other direction always; a PgmlCluster's own pools follow its template; nothing else is
+/// touched by the policy.
+#[test]
+fn retain_to_delete_goes_through_when_confirmed() {
+    let pool = |policy: &str, annotations: Value, owners: Value| {
+        serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1",
+            "kind": "ZfsPool",
+            "metadata": {"name": "p", "annotations": annotations, "ownerReferences": owners},
+            "spec": {"nodeName": "n", "volumes": {"sizeGiB": 10}, "reclaimPolicy": policy}
+        })
+    };
+    let none = serde_json::json!({});
+    let no_owner = serde_json::json!([]);
+    let retain = pool("Retain", none.clone(), no_owner.clone());
+    let refused = cel(
+        &pool("Delete", none.clone(), no_owner.clone()),
+        Some(&retain),
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.len() == 1
+            && e[0].contains("spec.reclaimPolicy cannot change from Retain to Delete")),
+        "{refused:?}"
+    );
+    let confirmed = serde_json::json!({"pgml.io/allow-delete-policy": "true"});
+    assert_eq!(
+        cel(&pool("Delete", confirmed, no_owner.clone()), Some(&retain)),
+        Ok(())
+    );
+    let not_true = serde_json::json!({"pgml.io/allow-delete-policy": "yes"});
+    assert!(cel(&pool("Delete", not_true, no_owner.clone()), Some(&retain)).is_err());
+    assert_eq!(
+        cel(
+            &retain,
+            Some(&pool("Delete", none.clone(), no_owner.clone()))
+        ),
+        Ok(()),
+        "Delete to Retain needs nothing"
+    );
+    assert_eq!(
+        cel(&pool("Delete", none.clone(), no_owner.clone()), None),
+        Ok(()),
+        "created with Delete"
+    );
+    let owned = serde_json::json!([{"apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+        "name": "main", "uid": "u", "controller": true}]);
+    assert_eq!(
+        cel(
+            &pool("Delete", none.clone(), owned.clone()),
+            Some(&pool("Retain", none.clone(), owned))
+        ),
+        Ok(()),
+        "a PgmlCluster's pool follows its template"
+    );
+    let not_controller = serde_json::json!([{"apiVersion": "pgml.io/v1alpha1",
+        "kind": "PgmlCluster", "name": "main", "uid": "u"}]);
+    assert!(
+        cel(
+            &pool("Delete", none.clone(), not_controller.clone()),
+            Some(&pool("Retain", none, not_controller))
+        )
+        .is_err()
+    );
 }

@@ -4,9 +4,9 @@
 //!
 //! Objects are written the way `kubectl apply` writes them: a POST (a PUT for the update
 //! cases) with `fieldValidation=Strict`, so unknown fields are errors rather than silently
-//! dropped. Each test works in its own namespace. The CRDs are (re)applied from the Rust
-//! types first, so the test checks the schema this commit generates even if the sandbox
-//! was started with older files in `crds/`.
+//! dropped. Each test works in its own namespace. The CRDs and the admission policy that
+//! ships with them are (re)applied from the Rust types first, so the test checks what this
+//! commit generates even if the sandbox was started with older files in `crds/`.
 
 use kube::api::PostParams;
 use kube::{Client, core::Request};
@@ -250,12 +250,33 @@ async fn legitimate_updates_are_accepted() {
     replace(&client, ns.name(), &stored)
         .await
         .expect("grow a PVC, scale out, switch over");
+
+    // Retain to Delete, confirmed by the annotation; and back, which needs nothing.
+    let pool: Value = serde_yaml::from_str(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {name: keep}\nspec: {nodeName: node-a, volumes: {sizeGiB: 10}, reclaimPolicy: Retain}",
+    )
+    .unwrap();
+    let mut stored = create(&client, ns.name(), &pool).await.unwrap();
+    stored["spec"]["reclaimPolicy"] = "Delete".into();
+    stored["metadata"]["annotations"] =
+        serde_json::json!({pgml_api::policy::ALLOW_DELETE_POLICY_ANNOTATION: "true"});
+    let mut stored = replace(&client, ns.name(), &stored)
+        .await
+        .expect("Retain to Delete with the annotation");
+    stored["spec"]["reclaimPolicy"] = "Retain".into();
+    stored["metadata"]["annotations"] = serde_json::json!({});
+    replace(&client, ns.name(), &stored)
+        .await
+        .expect("Delete to Retain");
     ns.cleanup().await;
 }
 
-/// This commit's CRDs, applied once per test binary.
+/// This commit's CRDs and admission policy, applied once per test binary.
 async fn ensure_crds_once(client: &Client) {
     static DONE: OnceCell<()> = OnceCell::const_new();
-    DONE.get_or_init(|| pgml_testbed::kube::ensure_crds(client, pgml_api::crds()))
-        .await;
+    DONE.get_or_init(|| async {
+        pgml_testbed::kube::ensure_crds(client, pgml_api::crds()).await;
+        pgml_testbed::kube::ensure_admission_policy(client).await;
+    })
+    .await;
 }

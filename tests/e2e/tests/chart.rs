@@ -223,6 +223,17 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
     ] {
         find(&objs, "CustomResourceDefinition", crd);
     }
+    // The admission policy that ships with them (Retain to Delete needs an annotation).
+    find(
+        &objs,
+        "ValidatingAdmissionPolicy",
+        pgml_api::policy::POLICY_NAME,
+    );
+    find(
+        &objs,
+        "ValidatingAdmissionPolicyBinding",
+        pgml_api::policy::POLICY_NAME,
+    );
     // No ServiceMonitor unless asked for.
     assert!(!objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
 
