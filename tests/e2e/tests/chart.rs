@@ -592,8 +592,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
     );
     let n = dry_run_apply("chart", &chart);
     assert_eq!(
-        n, 15,
-        "3 CRDs, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
+        n, 17,
+        "3 CRDs, the Retain-to-Delete ValidatingAdmissionPolicy and its binding, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
     );
     dry_run_apply(
         "chart-bundled",
@@ -636,8 +636,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         }
         assert_eq!(
             dry_run_apply(dir, &yaml),
-            16,
-            "{dir}: the chart's 15 objects and the Namespace"
+            18,
+            "{dir}: the chart's 17 objects and the Namespace"
         );
     }
 }
