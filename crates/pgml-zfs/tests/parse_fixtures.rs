@@ -1,23 +1,15 @@
 //! Parsers against recorded output: zfs-fuse captured live, OpenZFS 2.x constructed from
 //! its documented formats (see tests/fixtures/README.md).
 
+mod common;
+
+use common::{one, only_scan};
 use pgml_zfs::*;
 
 macro_rules! fx {
     ($p:literal) => {
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $p))
     };
-}
-
-fn one(out: &str) -> PoolStatus {
-    let mut pools = parse_status(out).expect("parses");
-    assert_eq!(pools.len(), 1);
-    pools.remove(0)
-}
-
-fn only_scan(p: &PoolStatus) -> &Scan {
-    assert_eq!(p.scans.len(), 1, "{:?}", p.scans);
-    &p.scans[0]
 }
 
 fn states(p: &PoolStatus) -> Vec<&str> {

@@ -2,6 +2,9 @@
 //! tests/fixtures/public/README.md): it reads what it fully understands and never guesses
 //! the rest.
 
+mod common;
+
+use common::{one, only_scan};
 use pgml_zfs::*;
 
 macro_rules! fx {
@@ -12,17 +15,6 @@ macro_rules! fx {
             $p
         ))
     };
-}
-
-fn one(out: &str) -> PoolStatus {
-    let mut pools = parse_status(out).expect("parses");
-    assert_eq!(pools.len(), 1);
-    pools.remove(0)
-}
-
-fn only_scan(p: &PoolStatus) -> &Scan {
-    assert_eq!(p.scans.len(), 1, "{:?}", p.scans);
-    &p.scans[0]
 }
 
 #[test]
