@@ -75,11 +75,7 @@ async fn throttling_and_no_answer_are_retryable() {
     let fake = world();
     fake.on("AttachVolume").times(2).throttle();
     fake.on("DetachVolume").no_answer();
-    let v = fake
-        .create_volume(&request("t", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let v = created(&fake, "t", 10, "p").await;
     for _ in 0..2 {
         let e = fake
             .attach_volume(&v, NODE, "/dev/xvdba")
@@ -132,16 +128,8 @@ async fn a_failure_after_effect_leaves_the_volume_and_its_token_finds_it_again()
 #[tokio::test]
 async fn scoping_skipping_and_always() {
     let fake = world();
-    let a = fake
-        .create_volume(&request("a", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
-    let b = fake
-        .create_volume(&request("b", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let a = created(&fake, "a", 10, "p").await;
+    let b = created(&fake, "b", 10, "p").await;
     // Only b's attach, only its second try, and from then on every one.
     let rule = fake
         .on("AttachVolume")
@@ -212,11 +200,7 @@ async fn the_first_matching_failure_wins_and_the_next_keeps_its_turn() {
 #[tokio::test]
 async fn injected_not_found_on_a_deletion_is_success_as_through_sdk_ec2() {
     let fake = world();
-    let v = fake
-        .create_volume(&request("a", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let v = created(&fake, "a", 10, "p").await;
     fake.on("DeleteVolume").fail("InvalidVolume.NotFound");
     fake.on("DetachVolume").fail("IncorrectState");
     fake.delete_volume(&v).await.unwrap();
@@ -306,11 +290,7 @@ fn a_misspelt_action_is_refused() {
 #[tokio::test]
 async fn calls_are_recorded_in_order_with_their_key_arguments() {
     let fake = world();
-    let v = fake
-        .create_volume(&request("tok-1", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let v = created(&fake, "tok-1", 10, "p").await;
     fake.attach_volume(&v, NODE, "/dev/xvdba").await.unwrap();
     fake.find_volumes(&filter(&[("pool", "p")])).await.unwrap();
     // No call where SdkEc2 makes none.
@@ -356,16 +336,8 @@ async fn calls_are_recorded_in_order_with_their_key_arguments() {
 #[tokio::test(start_paused = true)]
 async fn the_batcher_over_the_fake_makes_one_describe_of_many() {
     let fake = Arc::new(world());
-    let a = fake
-        .create_volume(&request("a", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
-    let b = fake
-        .create_volume(&request("b", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let a = created(&fake, "a", 10, "p").await;
+    let b = created(&fake, "b", 10, "p").await;
     let batched = Batched::new(fake.clone());
     let (ka, kb, kz) = (ids(&[&a]), ids(&[&b]), ids(&["vol-00000000000000999"]));
     let (x, y, z) = tokio::join!(

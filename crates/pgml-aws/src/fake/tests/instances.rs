@@ -168,11 +168,7 @@ async fn detach_of_what_is_not_attached_succeeds_as_sdk_ec2_makes_it() {
     let fake = FakeEc2::new();
     fake.add_instance(NODE, ZONE, "m6i.large");
     fake.add_instance("i-0000000000000a002", ZONE, "m6i.large");
-    let v = fake
-        .create_volume(&request("t", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let v = created(&fake, "t", 10, "p").await;
     fake.attach_volume(&v, NODE, "/dev/xvdba").await.unwrap();
     // Attached elsewhere: EC2 says InvalidAttachment.NotFound, which SdkEc2 takes as done.
     fake.detach_volume(&v, "i-0000000000000a002", false)
@@ -210,16 +206,8 @@ async fn detach_of_what_is_not_attached_succeeds_as_sdk_ec2_makes_it() {
 async fn state_faults_fail_lose_and_terminate() {
     let fake = FakeEc2::new();
     let root = fake.add_instance(NODE, ZONE, "m6i.large");
-    let a = fake
-        .create_volume(&request("a", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
-    let b = fake
-        .create_volume(&request("b", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let a = created(&fake, "a", 10, "p").await;
+    let b = created(&fake, "b", 10, "p").await;
     fake.attach_volume(&a, NODE, "/dev/xvdba").await.unwrap();
     fake.attach_volume(&b, NODE, "/dev/xvdbb").await.unwrap();
     fake.fail_volume(&a);

@@ -8,10 +8,18 @@ mod volumes;
 
 use std::collections::BTreeMap;
 
-use crate::{CreateVolume, VolumeType};
+use crate::{CreateVolume, Ec2, VolumeType};
 
 pub const ZONE: &str = "us-east-1a";
 pub const NODE: &str = "i-0000000000000a001";
+
+/// The ID of a volume made by [`request`]`(token, size_gib, pool)`, which must succeed.
+pub async fn created(fake: &super::FakeEc2, token: &str, size_gib: i32, pool: &str) -> String {
+    fake.create_volume(&request(token, size_gib, pool))
+        .await
+        .unwrap()
+        .volume_id
+}
 
 /// A gp3 volume request in [`ZONE`], tagged `pool=<pool>`.
 pub fn request(token: &str, size_gib: i32, pool: &str) -> CreateVolume {

@@ -32,11 +32,7 @@ async fn transitions_hold_for_as_many_describes_as_timing_says() {
         ..Timing::default()
     });
     fake.add_instance(NODE, ZONE, "m6i.large");
-    let id = fake
-        .create_volume(&request("t0", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let id = created(&fake, "t0", 10, "p").await;
     let fake = &fake;
     let look = || {
         let id = id.clone();
@@ -213,11 +209,7 @@ async fn create_refuses_what_ec2_refuses() {
 async fn delete_of_an_attached_volume_is_volume_in_use_and_of_a_gone_one_succeeds() {
     let fake = FakeEc2::new();
     fake.add_instance(NODE, ZONE, "m6i.large");
-    let v = fake
-        .create_volume(&request("t", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let v = created(&fake, "t", 10, "p").await;
     fake.attach_volume(&v, NODE, "/dev/xvdba").await.unwrap();
     let e = fake.delete_volume(&v).await.unwrap_err();
     assert_eq!(
@@ -242,11 +234,7 @@ async fn modify_grows_in_place_and_refuses_shrinking_and_a_second_modification()
         ..Timing::default()
     });
     fake.add_instance(NODE, ZONE, "m6i.large");
-    let v = fake
-        .create_volume(&request("t", 10, "p"))
-        .await
-        .unwrap()
-        .volume_id;
+    let v = created(&fake, "t", 10, "p").await;
     let grow = |size: i32| ModifyVolume {
         volume_id: v.clone(),
         size_gib: Some(size),
