@@ -11,6 +11,7 @@ mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 mod limit;
+mod node;
 mod sdk;
 mod token;
 mod types;
@@ -18,6 +19,7 @@ mod types;
 pub use batch::Batched;
 pub use error::{AwsError, ErrorKind, classify};
 pub use limit::{Bucket, Class, LimitEvent, LimitObserver, Limited, RateLimits};
+pub use node::parse_provider_id;
 pub use sdk::{SdkEc2, sdk_config};
 pub use token::{client_token, device_name_hint};
 pub use types::*;

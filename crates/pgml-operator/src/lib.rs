@@ -7,9 +7,9 @@ pub mod leader;
 pub mod metrics;
 pub mod permissions;
 pub mod pgbackrest;
+pub mod runtime;
 pub mod schedule;
 pub mod snapshot;
-pub mod ssa;
 pub mod zfspool;
 
 use std::future::Future;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-pub use zfspool::{Context, Settings};
+pub use runtime::{Context, Settings};
 
 /// Runs every controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use kube::Client;
 use pgml_operator::leader::{Elector, LeaseSettings};
+use pgml_operator::runtime::{ClusterSettings, PoolSettings, SnapshotSettings};
 use pgml_operator::{Context, Settings, metrics};
 use pgml_runtime::{LogFormat, Shutdown, init_logging};
 
@@ -173,14 +174,22 @@ async fn main() -> anyhow::Result<()> {
     let ec2 = Arc::new(pgml_aws::Batched::new(limited));
     let settings = Settings {
         namespace: args.namespace.clone(),
-        release_timeout: Duration::from_secs(args.release_timeout_seconds),
-        agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
-        source_timeout: Duration::from_secs(args.source_timeout_seconds),
-        instance_image: args
-            .instance_image
-            .clone()
-            .unwrap_or_else(pgml_operator::zfspool::default_instance_image),
-        failover_grace: Duration::from_secs(args.failover_grace_seconds),
+        pool: PoolSettings {
+            release_timeout: Duration::from_secs(args.release_timeout_seconds),
+            ..PoolSettings::default()
+        },
+        snapshot: SnapshotSettings {
+            agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
+            source_timeout: Duration::from_secs(args.source_timeout_seconds),
+            ..SnapshotSettings::default()
+        },
+        cluster: ClusterSettings {
+            instance_image: args
+                .instance_image
+                .clone()
+                .unwrap_or_else(pgml_operator::runtime::default_instance_image),
+            failover_grace: Duration::from_secs(args.failover_grace_seconds),
+        },
         ..Settings::default()
     };
     let ctx = Context::new(client, ec2, settings);

@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::zfspool::Error;
+use crate::runtime::Error;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerResult {
@@ -230,15 +230,6 @@ impl Reason for Error {
             Error::Waiting { .. } => None,
             e => Some(e.class().as_str()),
         }
-    }
-}
-
-impl Reason for crate::schedule::Error {
-    fn reason(&self) -> Option<&'static str> {
-        Some(match self {
-            crate::schedule::Error::Kube(_) => "Transient",
-            crate::schedule::Error::Incomplete(_) => "Permanent",
-        })
     }
 }
 

@@ -12,9 +12,10 @@ use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_api::zfspool::VolumeStatus;
 use pgml_aws::fake::{FakeEc2, ROOT_DEVICE};
-use pgml_operator::zfspool::error::Class;
+use pgml_operator::runtime::Class;
+use pgml_operator::runtime::{Context, Error, Settings};
+use pgml_operator::zfspool::apply;
 use pgml_operator::zfspool::status::reason;
-use pgml_operator::zfspool::{Context, Error, Settings, apply};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-1";

@@ -47,9 +47,9 @@ async fn start_controller_with(ns: &TestNamespace, tweak: impl FnOnce(&mut Setti
     let ec2 = pgml_aws::SdkEc2::new(&sdk_config(sb, RetryConfig::standard()).await);
     let mut settings = Settings {
         namespace: Some(ns.name().to_string()),
-        progress_requeue: Duration::from_secs(1),
         ..Settings::default()
     };
+    settings.requeue.progress = Duration::from_secs(1);
     tweak(&mut settings);
     let ctx = Context::new(ns.client().clone(), Arc::new(ec2), settings);
     Running(tokio::spawn(pgml_operator::run(ctx)))
@@ -773,7 +773,7 @@ async fn an_attachment_that_lasts_is_reported() {
         .send()
         .await
         .unwrap();
-    let _ctl = start_controller_with(&ns, |s| s.attach_timeout = Duration::from_secs(2)).await;
+    let _ctl = start_controller_with(&ns, |s| s.pool.attach_timeout = Duration::from_secs(2)).await;
     let p = wait_for(
         &api,
         "slow",

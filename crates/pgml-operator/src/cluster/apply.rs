@@ -25,8 +25,8 @@ use super::secrets;
 use super::snapshots;
 use super::status::{self, Notice, Summary};
 use super::world::World;
-use crate::zfspool::status::now;
-use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
+use crate::runtime::conditions::now;
+use crate::runtime::{Context, Error, FIELD_MANAGER, events};
 
 /// Field manager of the marks the controller changes on live Pods (role label, fence):
 /// a Pod's spec is immutable, so these are applied apart from the Pod that created it.
@@ -613,7 +613,7 @@ impl Run<'_> {
 }
 
 pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> {
-    let b = Builder::new(cluster, &ctx.settings.instance_image)
+    let b = Builder::new(cluster, &ctx.settings.cluster.instance_image)
         .ok_or(Error::Incomplete("namespace or name"))?;
     let w = World::load(ctx, &b.c).await?;
     let mut run = Run {
@@ -652,7 +652,7 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
     let lost = watched
         .and_then(|c| ms.iter().find(|m| m.name == c))
         .is_some_and(roles::lost);
-    let key = |name: &str| format!("{}/lost/{name}", crate::zfspool::object_key(cluster));
+    let key = |name: &str| format!("{}/lost/{name}", crate::runtime::object_key(cluster));
     // One timer at a time: another instance's (an earlier primary's) must not carry over.
     for r in recs.iter().filter(|r| Some(r.name.as_str()) != watched) {
         ctx.held_for(&key(&r.name), false);
@@ -678,7 +678,7 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
             wanted: spec.primary.as_deref(),
             members: &ms,
             lost_for,
-            grace: ctx.settings.failover_grace,
+            grace: ctx.settings.cluster.failover_grace,
         })
     };
     for f in &decided.fence {
@@ -739,9 +739,9 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
     Ok(if lost_for.is_some() || decided.target != decided.current {
         Action::requeue(std::time::Duration::from_secs(2))
     } else if !summary.building.is_empty() || summary.unplaced.is_some() {
-        Action::requeue(s.progress_requeue)
+        Action::requeue(s.requeue.progress)
     } else {
-        Action::requeue(s.ready_requeue)
+        Action::requeue(s.requeue.ready)
     })
 }
 

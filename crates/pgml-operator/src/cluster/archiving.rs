@@ -17,7 +17,7 @@ use pgml_api::instance::{ArchiverStats, LastBackup, continuous_archiving};
 
 use super::reported::Reported;
 use super::status::Notice;
-use crate::zfspool::status::Stamp;
+use crate::runtime::conditions::Stamp;
 
 /// Condition types written here.
 pub const CONDITIONS: [&str; 2] = [c::CONTINUOUS_ARCHIVING, c::LAST_BACKUP_SUCCEEDED];

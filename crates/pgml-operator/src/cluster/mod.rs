@@ -26,16 +26,15 @@ pub mod world;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
-use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 
-use crate::zfspool::{Context, Error, error, events, object_key};
+use crate::runtime::controller::{self, Reconciled, api, object_key};
+use crate::runtime::{Context, Error, events};
 
 /// How many clusters reconcile at once. Unbounded (kube-runtime's default), 1000 clusters
 /// appearing together (or the first list after a restart) put a thousand reconciles' reads
@@ -47,13 +46,20 @@ pub const CONCURRENCY: u16 = 16;
 /// the garbage collector cannot reach: they are cluster-scoped) are deleted.
 pub const FINALIZER: &str = "pgml.io/persistent-volumes";
 
-fn api<K>(ctx: &Context) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match &ctx.settings.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+impl Reconciled for PgmlCluster {
+    const CONTROLLER: &'static str = "pgmlcluster";
+
+    /// Only a ZFS-backed cluster has outside state the garbage collector cannot reach.
+    fn finalizer(&self) -> Option<&'static str> {
+        self.spec.storage.zfs.is_some().then_some(FINALIZER)
+    }
+
+    async fn apply(self: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        apply::reconcile(&self, &ctx).await
+    }
+
+    async fn cleanup(self: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
+        cleanup(&self, &ctx).await
     }
 }
 
@@ -67,12 +73,12 @@ pub async fn run_until(
             .labels(pgml_api::common::keys::CLUSTER)
             .any_semantic()
     };
-    let controller = Controller::new(
+    let clusters = Controller::new(
         api::<PgmlCluster>(&ctx),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(controller::Config::default().concurrency(CONCURRENCY));
-    let store = controller.store();
+    .with_config(kube_controller::Config::default().concurrency(CONCURRENCY));
+    let store = clusters.store();
     // A node going NotReady may start a failover: wake the clusters with an instance there.
     let on_node = move |node: Node| {
         let name = node.name_any();
@@ -89,7 +95,7 @@ pub async fn run_until(
             .map(|c| ObjectRef::from_obj(&**c))
             .collect::<Vec<_>>()
     };
-    controller
+    let clusters = clusters
         .owns(api::<Pod>(&ctx), owned())
         .owns(api::<ZfsPool>(&ctx), owned())
         .owns(api::<PersistentVolumeClaim>(&ctx), owned())
@@ -116,48 +122,8 @@ pub async fn run_until(
             Api::<Node>::all(ctx.client.clone()),
             watcher::Config::default(),
             on_node,
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            |o, c| crate::drain::gated("pgmlcluster", c.clone(), reconcile(o, c)),
-            error_policy,
-            ctx,
-        )
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
-}
-
-async fn reconcile(cluster: Arc<PgmlCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = cluster.namespace().ok_or(Error::Incomplete("namespace"))?;
-    let result = if cluster.spec.storage.zfs.is_some() {
-        let api: Api<PgmlCluster> = Api::namespaced(ctx.client.clone(), &ns);
-        finalizer(&api, FINALIZER, cluster.clone(), |event| async {
-            match event {
-                Finalizer::Apply(c) => apply::reconcile(&c, &ctx).await,
-                Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
-            }
-        })
-        .await
-        .map_err(Error::from_finalizer)
-    } else if cluster.metadata.deletion_timestamp.is_some() {
-        Ok(Action::await_change())
-    } else {
-        apply::reconcile(&cluster, &ctx).await
-    };
-    let key = object_key(&*cluster);
-    match &result {
-        Ok(_) => ctx.succeeded(&key),
-        Err(e) => {
-            tracing::info!(cluster = %key, class = e.class().as_str(), error = %e, "reconcile did not finish");
-            events::report_error(&ctx, &*cluster, e).await;
-        }
-    }
-    result
+        );
+    controller::run(clusters, ctx, shutdown).await;
 }
 
 /// Deletion: the namespaced objects go with the garbage collector (owner references);
@@ -176,14 +142,4 @@ async fn cleanup(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> 
     }
     tracing::info!(cluster = %object_key(cluster), volumes = n, "cluster deleted; its PersistentVolumes are deleted");
     Ok(Action::await_change())
-}
-
-/// Per-object backoff with jitter; never a hot loop.
-fn error_policy(cluster: Arc<PgmlCluster>, e: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Waiting { retry, .. } = e {
-        return Action::requeue(*retry);
-    }
-    let attempt = ctx.failed(&object_key(&*cluster));
-    let delay = error::backoff(e.class(), attempt);
-    Action::requeue(error::jitter(delay, rand::random::<f64>()))
 }

@@ -11,8 +11,8 @@ use pgml_api::common::{Condition, Time, condition as c};
 use super::archiving;
 use super::identity;
 use super::snapshots::LastSnapshot;
-use crate::zfspool::status::{Stamp, set_condition};
-use crate::zfspool::{Context, Error, FIELD_MANAGER, events};
+use crate::runtime::conditions::{Stamp, set_condition};
+use crate::runtime::{Context, Error, FIELD_MANAGER, events};
 
 /// Condition types the cluster controller writes.
 pub const OWNED_CONDITIONS: [&str; 7] = [

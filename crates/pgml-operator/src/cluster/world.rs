@@ -10,7 +10,7 @@ use pgml_api::{EbsSnapshot, ZfsPool};
 
 use super::names::ClusterRef;
 use super::placement::NodeFacts;
-use crate::zfspool::{Context, Error};
+use crate::runtime::{Context, Error};
 
 /// What exists now, by name.
 pub struct World {

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -35,8 +35,9 @@ use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Context;
-use crate::zfspool::events::publish;
+use crate::runtime::controller::{self, api};
+use crate::runtime::events::publish;
+use crate::runtime::{Context, Error};
 
 /// The field manager of the scheduler's status fields.
 pub const FIELD_MANAGER: &str = "pgml-operator-schedule";
@@ -47,14 +48,6 @@ pub mod reason {
     pub const SNAPSHOT_PRUNED: &str = "SnapshotPruned";
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
     pub const SNAPSHOT_NAME_TAKEN: &str = "SnapshotNameTaken";
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the object has no {0}")]
-    Incomplete(&'static str),
 }
 
 /// What the scheduler needs of a kind that has a snapshot schedule.
@@ -146,16 +139,6 @@ pub async fn run_until(
     );
 }
 
-fn api<K>(ctx: &Context) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
-{
-    match &ctx.settings.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    }
-}
-
 async fn run_for<K: Scheduled>(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -165,25 +148,21 @@ async fn run_for<K: Scheduled>(
     let snapshots = watcher::Config::default()
         .labels(keys::SCHEDULED_BY)
         .any_semantic();
-    Controller::new(api::<K>(&ctx), watcher::Config::default().any_semantic())
+    let schedules = Controller::new(api::<K>(&ctx), watcher::Config::default().any_semantic())
         .watches(api::<EbsSnapshot>(&ctx), snapshots, |s: EbsSnapshot| {
             let ns = s.namespace()?;
             let name = K::is_source_of(&s)?;
             Some(ObjectRef::<K>::new(&name).within(&ns))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(
-            |o, c| crate::drain::gated("schedules", c.clone(), reconcile::<K>(o, c)),
-            error_policy::<K>,
-            ctx,
-        )
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(source = %obj, "schedule reconciled"),
-                Err(e) => tracing::debug!(error = %e, "schedule reconcile failed"),
-            }
-        })
-        .await;
+        });
+    controller::drive(
+        schedules,
+        ctx,
+        shutdown,
+        "schedules",
+        reconcile::<K>,
+        error_policy::<K>,
+    )
+    .await;
 }
 
 fn error_policy<K: Scheduled>(_: Arc<K>, e: &Error, _: Arc<Context>) -> Action {

@@ -16,8 +16,8 @@ use pgml_runtime::failpoint;
 use super::plan::{self, Adoption, HoldStep, Progress, SnapRef, reason};
 use super::source::{self, Source};
 use super::status::{self, commit, label_node, owned_view, secs, set_phase};
-use crate::zfspool::status::{Stamp, now};
-use crate::zfspool::{Context, Error};
+use crate::runtime::conditions::{Stamp, now};
+use crate::runtime::{Context, Error};
 
 /// One reconcile's view: the object, what it observed, what it has written so far.
 struct Run<'a> {
@@ -63,7 +63,7 @@ impl Run<'_> {
             delete_all(self.ctx, &self.id, &mut s.snapshots).await?;
             self.commit(s).await?;
         }
-        Ok(Action::requeue(self.ctx.settings.ready_requeue))
+        Ok(Action::requeue(self.ctx.settings.requeue.ready))
     }
 }
 
@@ -136,20 +136,20 @@ async fn pending(run: &mut Run<'_>) -> Result<Action, Error> {
                 && plan::gave_up_on_source(
                     run.snap.metadata.creation_timestamp.as_ref().map(secs),
                     secs(&run.now),
-                    run.ctx.settings.source_timeout.as_secs() as i64,
+                    run.ctx.settings.snapshot.source_timeout.as_secs() as i64,
                 ) =>
         {
             let message = format!(
                 "{} (waited {}s after the snapshot's creation); no snapshot was taken",
                 u.message,
-                run.ctx.settings.source_timeout.as_secs()
+                run.ctx.settings.snapshot.source_timeout.as_secs()
             );
             return run.fail(u.reason, message, false).await;
         }
         Err(u) => {
             let s = run.with_phase(P::Pending, u.reason, &u.message);
             run.commit(s).await?;
-            return Ok(Action::requeue(run.ctx.settings.progress_requeue * 2));
+            return Ok(Action::requeue(run.ctx.settings.requeue.progress * 2));
         }
     };
     label_node(run.ctx, run.snap, &src.node_name).await?;
@@ -218,7 +218,7 @@ async fn preparing(run: &mut Run<'_>) -> Result<Action, Error> {
         hold_deadline(&run.observed),
         now,
         since,
-        run.ctx.settings.agent_timeout.as_secs() as i64,
+        run.ctx.settings.snapshot.agent_timeout.as_secs() as i64,
     );
     match step {
         HoldStep::Wait(s) => Ok(Action::requeue(Duration::from_secs(s as u64))),
@@ -340,7 +340,7 @@ async fn capture(run: &mut Run<'_>, deadline: Option<i64>) -> Result<Action, Err
     let started_ms = Timestamp::now().as_millisecond();
     let bound = match deadline {
         Some(d) => Duration::from_millis((d * 1000 - started_ms).max(0) as u64),
-        None => ctx.settings.capture_timeout,
+        None => ctx.settings.snapshot.capture_timeout,
     };
     let answer = tokio::time::timeout(bound, ctx.ec2.create_snapshot_set(&req)).await;
     failpoint("snapshot.after-capture");
@@ -458,7 +458,7 @@ async fn finalizing(run: &mut Run<'_>) -> Result<Action, Error> {
             let mut new = run.with_phase(P::Finalizing, reason::FINALIZING, &msg);
             new.snapshots = s.snapshots;
             run.commit(new).await?;
-            Ok(Action::requeue(run.ctx.settings.progress_requeue))
+            Ok(Action::requeue(run.ctx.settings.requeue.progress))
         }
         Progress::Completed => {
             let size: i64 = s.snapshots.iter().filter_map(|m| m.size_gib).sum();
@@ -477,7 +477,7 @@ async fn finalizing(run: &mut Run<'_>) -> Result<Action, Error> {
             new.completion_time = Some(run.now.clone());
             run.commit(new).await?;
             sweep(run).await?;
-            Ok(Action::requeue(run.ctx.settings.ready_requeue))
+            Ok(Action::requeue(run.ctx.settings.requeue.ready))
         }
     }
 }
@@ -531,7 +531,7 @@ async fn sweep(run: &Run<'_>) -> Result<(), Error> {
 /// Strays appear only from calls a dead process left in flight (seconds), so a settled
 /// object is swept rarely: a tag-filtered DescribeSnapshots per object is not free.
 fn settled_requeue(run: &Run<'_>) -> Action {
-    Action::requeue(run.ctx.settings.ready_requeue * 10)
+    Action::requeue(run.ctx.settings.requeue.ready * 10)
 }
 
 /// Completed: keep the set alone, delete strays now and then.

@@ -10,7 +10,7 @@ use pgml_runtime::failpoint;
 
 use super::apply::snap_ref;
 use super::plan;
-use crate::zfspool::{Context, Error};
+use crate::runtime::{Context, Error};
 
 pub async fn cleanup(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {
     failpoint("snapshot.before-delete");

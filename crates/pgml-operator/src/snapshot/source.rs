@@ -11,8 +11,8 @@ use pgml_api::snapshot::{ClusterSource, MemberSnapshot};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool, condition as c};
 
 use super::plan::{Filesystem, reason};
-use crate::zfspool::dereference::parse_provider_id;
-use crate::zfspool::{Context, Error};
+use crate::runtime::{Context, Error};
+use pgml_aws::parse_provider_id;
 
 /// The EBS CSI driver's name in PersistentVolumes.
 pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";

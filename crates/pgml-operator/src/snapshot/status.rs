@@ -9,9 +9,9 @@ use pgml_api::common::{Condition, Time, condition as c, keys};
 use pgml_api::snapshot::{EbsSnapshotStatus, SnapshotPhase};
 
 use super::plan::reason;
-use crate::ssa;
-use crate::zfspool::status::{Stamp, set_condition};
-use crate::zfspool::{Context, Error, events};
+use crate::runtime::conditions::{Stamp, set_condition};
+use crate::runtime::ssa;
+use crate::runtime::{Context, Error, events};
 
 /// Condition types the controller writes.
 pub const OWNED_CONDITIONS: [&str; 2] = [c::READY, c::PROGRESSING];

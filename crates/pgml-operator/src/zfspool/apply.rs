@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 
 use super::build::{self, AttachStep, Budget, PoolRef};
 use super::dereference::{self, Target};
-use super::error::Error;
 use super::repair::{self, Decision, MemberView, Retire};
 use super::restore;
 use super::status::{self, AgentView, Facts, RepairView, reason};
-use super::{Context, events};
-use crate::ssa;
+use crate::runtime::Error;
+use crate::runtime::ssa;
+use crate::runtime::{Context, conditions, devices, events};
 
 /// Server-side apply of the controller's status fields on the status subresource.
 pub async fn write_status(ctx: &Context, pool: &ZfsPool, s: &ZfsPoolStatus) -> Result<(), Error> {
@@ -68,7 +68,7 @@ pub async fn commit(
 pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     let observed = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
-    let now = status::now();
+    let now = conditions::now();
 
     let errors = validate::check_pool_template(&pool.spec.template);
     if let Some(first) = errors.first() {
@@ -103,7 +103,7 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         Err(u) => {
             let new = status::blocked(&observed, generation, None, u.reason, &u.message, &now);
             commit(ctx, pool, &observed, &observed, &new).await?;
-            return Ok(Action::requeue(ctx.settings.ready_requeue));
+            return Ok(Action::requeue(ctx.settings.requeue.ready));
         }
     };
     let pref = PoolRef::of(pool).ok_or(Error::Incomplete("uid, namespace or name"))?;
@@ -141,7 +141,7 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         );
         commit(ctx, pool, &observed, &observed, &new).await?;
         // Slots free up when other volumes detach: look again later.
-        return Ok(Action::requeue(ctx.settings.ready_requeue * 5));
+        return Ok(Action::requeue(ctx.settings.requeue.ready * 5));
     }
 
     let mut facts = facts(pool, &target, &observed, &members, &gone);
@@ -302,9 +302,9 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
             .is_some_and(|(r, _)| r != reason::ATTACHMENT_STUCK);
     let settled = ready && new.phase != Some(pgml_api::zfspool::PoolPhase::Resizing);
     Ok(Action::requeue(if settled || stuck {
-        ctx.settings.ready_requeue
+        ctx.settings.requeue.ready
     } else {
-        ctx.settings.progress_requeue
+        ctx.settings.requeue.progress
     }))
 }
 
@@ -695,14 +695,14 @@ async fn attach_members(
             AttachStep::Attached | AttachStep::NotReady(_) => {}
             AttachStep::InProgress(state) => {
                 if state == AttachmentState::Attaching
-                    && waiting_since > ctx.settings.attach_timeout.as_secs() as i64
+                    && waiting_since > ctx.settings.pool.attach_timeout.as_secs() as i64
                 {
                     facts.attach_problem = Some((
                         reason::ATTACHMENT_STUCK.into(),
                         format!(
                             "member {i} ({}) has been attaching to {instance_id} for over {}s; EC2 has not finished it",
                             v.volume_id,
-                            ctx.settings.attach_timeout.as_secs()
+                            ctx.settings.pool.attach_timeout.as_secs()
                         ),
                     ));
                 }
@@ -718,8 +718,8 @@ async fn attach_members(
             }
             AttachStep::Attach => {
                 // Names are picked from a recent view only: the reservations of other pools'
-                // attaches lapse a while after EC2 answered them ([`build::DeviceReservations`]).
-                if described.elapsed() > build::INSTANCE_VIEW_MAX_AGE {
+                // attaches lapse a while after EC2 answered them ([`devices::DeviceReservations`]).
+                if described.elapsed() > devices::INSTANCE_VIEW_MAX_AGE {
                     described = std::time::Instant::now();
                     if let Some(fresh) = ctx.ec2.describe_instance(&instance_id).await? {
                         used.extend(build::used_devices(&fresh, members));

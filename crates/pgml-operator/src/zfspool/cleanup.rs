@@ -13,9 +13,9 @@ use pgml_aws::{AttachmentState, Volume};
 use super::apply::commit;
 use super::build;
 use super::dereference;
-use super::error::Error;
 use super::status::{self, reason};
-use super::{Context, events};
+use crate::runtime::Error;
+use crate::runtime::{Context, conditions, events};
 
 /// What deletion does next, decided from what was observed (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .metadata
         .deletion_timestamp
         .as_ref()
-        .map(|t| (status::now().0.as_second() - t.0.as_second()).max(0) as u64)
+        .map(|t| (conditions::now().0.as_second() - t.0.as_second()).max(0) as u64)
         .unwrap_or(0);
 
     // Every volume of the pool: by tag, plus any the status lists (members and the volumes
@@ -124,7 +124,7 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         released,
         node_gone,
         Duration::from_secs(waited),
-        ctx.settings.release_timeout,
+        ctx.settings.pool.release_timeout,
     );
     let why = match &step {
         Step::WaitForAgent { .. } => format!(
@@ -144,7 +144,7 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     record(ctx, pool, &observed, &volumes, &step, &why, waited).await?;
 
     match step {
-        Step::WaitForAgent { .. } => Err(Error::waiting(why, ctx.settings.progress_requeue)),
+        Step::WaitForAgent { .. } => Err(Error::waiting(why, ctx.settings.requeue.progress)),
         Step::Detach(pairs) => {
             for (vol, instance) in &pairs {
                 ctx.ec2.detach_volume(vol, instance, node_gone).await?;
@@ -187,7 +187,7 @@ async fn record(
     why: &str,
     waited: u64,
 ) -> Result<(), Error> {
-    let now = status::now();
+    let now = conditions::now();
     let g = pool.metadata.generation;
     let mut s = status::owned_view(observed);
     let old = s.conditions.clone();
@@ -197,26 +197,26 @@ async fn record(
             Step::WaitForAgent { .. } => reason::WAITING_FOR_RELEASE,
             _ => reason::DELETING,
         };
-        status::set_condition(
+        conditions::set_condition(
             &mut s.conditions,
             &old,
             c::PROGRESSING,
             true,
             r,
             why,
-            status::Stamp {
+            conditions::Stamp {
                 generation: g,
                 now: &now,
             },
         );
-        status::set_condition(
+        conditions::set_condition(
             &mut s.conditions,
             &old,
             c::READY,
             false,
             reason::DELETING,
             "the pool is being deleted",
-            status::Stamp {
+            conditions::Stamp {
                 generation: g,
                 now: &now,
             },
@@ -228,14 +228,14 @@ async fn record(
             pool.spec.node_name,
             pool.pool_name()
         );
-        status::set_condition(
+        conditions::set_condition(
             &mut s.conditions,
             &old,
             c::DEGRADED,
             true,
             reason::AGENT_NOT_RELEASING,
             msg,
-            status::Stamp {
+            conditions::Stamp {
                 generation: g,
                 now: &now,
             },

@@ -5,9 +5,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use pgml_aws::{Instance, InstanceTypeLimits};
 
-use super::Context;
-use super::error::Error;
 use super::status::reason;
+use crate::runtime::Context;
+use crate::runtime::Error;
 
 /// Where the pool lives, when everything resolved.
 #[derive(Debug, Clone)]
@@ -26,16 +26,6 @@ pub struct Unresolved {
     pub message: String,
 }
 
-/// `aws:///us-east-1a/i-0abc` → (`us-east-1a`, `i-0abc`). The zone part may be empty on
-/// some distributions (`aws:////i-0abc`).
-pub fn parse_provider_id(id: &str) -> Option<(String, String)> {
-    let rest = id.strip_prefix("aws://")?;
-    let mut parts = rest.trim_start_matches('/').rsplitn(2, '/');
-    let instance = parts.next()?.to_string();
-    let zone = parts.next().unwrap_or_default().to_string();
-    instance.starts_with("i-").then_some((zone, instance))
-}
-
 pub async fn node(ctx: &Context, name: &str) -> Result<Option<Node>, Error> {
     Ok(Api::<Node>::all(ctx.client.clone()).get_opt(name).await?)
 }
@@ -48,7 +38,8 @@ pub async fn resolve(ctx: &Context, node_name: &str) -> Result<Result<Target, Un
         }));
     };
     let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.clone());
-    let Some((_, instance_id)) = provider_id.as_deref().and_then(parse_provider_id) else {
+    let Some((_, instance_id)) = provider_id.as_deref().and_then(pgml_aws::parse_provider_id)
+    else {
         return Ok(Err(Unresolved {
             reason: reason::NODE_WITHOUT_PROVIDER_ID,
             message: match provider_id {
@@ -77,47 +68,10 @@ pub async fn resolve(ctx: &Context, node_name: &str) -> Result<Result<Target, Un
             ),
         }));
     }
-    let limits = limits(ctx, &instance.instance_type).await?;
+    let limits = ctx.instance_type_limits(&instance.instance_type).await?;
     Ok(Ok(Target {
         instance,
         described,
         limits,
     }))
-}
-
-/// An instance type's limits never change: ask EC2 once per type per process.
-async fn limits(ctx: &Context, instance_type: &str) -> Result<Option<InstanceTypeLimits>, Error> {
-    if let Some(l) = ctx.limits.lock().await.get(instance_type) {
-        return Ok(l.clone());
-    }
-    let l = match ctx.ec2.instance_type_limits(instance_type).await {
-        Ok(l) => Some(l),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-    };
-    ctx.limits
-        .lock()
-        .await
-        .insert(instance_type.to_string(), l.clone());
-    Ok(l)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_ids() {
-        assert_eq!(
-            parse_provider_id("aws:///us-east-1a/i-0abc"),
-            Some(("us-east-1a".into(), "i-0abc".into()))
-        );
-        assert_eq!(
-            parse_provider_id("aws:////i-0abc"),
-            Some(("".into(), "i-0abc".into()))
-        );
-        assert_eq!(parse_provider_id("gce://p/z/n"), None);
-        assert_eq!(parse_provider_id("aws:///us-east-1a/"), None);
-        assert_eq!(parse_provider_id(""), None);
-    }
 }

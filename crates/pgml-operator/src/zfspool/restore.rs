@@ -8,8 +8,9 @@ use pgml_api::ZfsPool;
 use pgml_api::validate;
 use pgml_api::zfspool::ZfsPoolStatus;
 
+use super::build;
 use super::status::{self, reason};
-use super::{Context, Error, build};
+use crate::runtime::{Context, Error};
 
 /// Where a restored pool's members come from.
 pub struct Restore {
@@ -45,11 +46,11 @@ impl Blocked {
         )
     }
 
-    pub fn retry(&self, settings: &super::Settings) -> std::time::Duration {
+    pub fn retry(&self, settings: &crate::runtime::Settings) -> std::time::Duration {
         if self.waiting {
-            settings.progress_requeue
+            settings.requeue.progress
         } else {
-            settings.ready_requeue
+            settings.requeue.ready
         }
     }
 }

@@ -2,11 +2,11 @@
 //! their `lastTransitionTime` while their status stays; the apply is skipped when the result
 //! equals the controller's part of the observed status, so a no-op reconcile writes nothing.
 
-use k8s_openapi::jiff::Timestamp;
 use pgml_api::common::{Condition, Time, condition as c};
 use pgml_api::zfspool::{Layout, PerformanceCeiling, PoolPhase, VolumeStatus, ZfsPoolStatus};
 
-use crate::ssa;
+use crate::runtime::conditions::{Stamp, set_condition};
+use crate::runtime::ssa;
 
 /// Condition types the controller writes (the agent writes the others).
 pub const OWNED_CONDITIONS: [&str; 6] = [
@@ -57,11 +57,6 @@ pub mod reason {
     pub const MEMBER_REPLACED: &str = "MemberReplaced";
 }
 
-/// A second-precision now: what the apiserver stores, so a round trip compares equal.
-pub fn now() -> Time {
-    Time(Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time"))
-}
-
 /// The controller's part of a status: its fields, its conditions (sorted by type) and its
 /// fields of each volume entry (sorted by index).
 pub fn owned_view(s: &ZfsPoolStatus) -> ZfsPoolStatus {
@@ -96,43 +91,6 @@ pub fn owned_view(s: &ZfsPoolStatus) -> ZfsPoolStatus {
         restored_from: s.restored_from.clone(),
         ..Default::default()
     }
-}
-
-/// The generation a condition judged and the time of this reconcile.
-#[derive(Clone, Copy, Debug)]
-pub struct Stamp<'a> {
-    pub generation: Option<i64>,
-    pub now: &'a Time,
-}
-
-/// Sets condition `type_` in `conds`, keeping `lastTransitionTime` when the status did not
-/// change (reason, message and observedGeneration may still move).
-pub fn set_condition(
-    conds: &mut Vec<Condition>,
-    observed: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: impl Into<String>,
-    stamp: Stamp,
-) {
-    let Stamp { generation, now } = stamp;
-    let status = if status { c::TRUE } else { c::FALSE };
-    let since = observed
-        .iter()
-        .find(|o| o.type_ == type_ && o.status == status)
-        .map(|o| o.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    conds.retain(|o| o.type_ != type_);
-    conds.push(Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: since,
-    });
-    conds.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
 pub fn condition<'a>(s: &'a ZfsPoolStatus, type_: &str) -> Option<&'a Condition> {
@@ -667,7 +625,7 @@ mod tests {
     use super::*;
 
     fn t(s: i64) -> Time {
-        Time(Timestamp::from_second(s).unwrap())
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
     }
 
     fn vol(i: i32, att: &str) -> VolumeStatus {

@@ -15,7 +15,7 @@ use pgml_api::common::Condition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::zfspool::{Error, FIELD_MANAGER};
+use crate::runtime::{Error, FIELD_MANAGER};
 
 /// A namespaced kind of ours.
 pub trait Namespaced:

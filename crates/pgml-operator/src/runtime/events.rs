@@ -4,7 +4,7 @@
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
-use super::Context;
+use super::context::Context;
 use super::error::Error;
 
 /// Publishes one Event about `obj` (a ZfsPool or an EbsSnapshot). A failure to publish is
