@@ -3,10 +3,12 @@
 
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::Timestamp;
-use pgml_api::cluster::{ArchivingStatus, BackupRef, ClusterPhase, InstanceRole};
+use pgml_api::cluster::{
+    ArchivingStatus, BackupRef, ClusterPhase, InstanceRole, InstanceStatus, Storage,
+};
 use pgml_api::common::{Condition, Time, condition as c, keys};
 use pgml_api::snapshot::SnapshotPhase;
-use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
+use pgml_api::{EbsSnapshot, PgmlCluster, PgmlClusterStatus, ZfsPool};
 use serde::Serialize;
 
 use crate::paint::Paint;
@@ -224,21 +226,64 @@ pub fn summarize(
     let generation = cluster.metadata.generation;
     let st = cluster.status.clone().unwrap_or_default();
     let spec = &cluster.spec;
+    let conditions = ordered_conditions(&st.conditions, generation);
+    let storage = storage_words(&spec.storage);
+    let archiving = archiving(cluster, &name, &st, &conditions);
+    let snapshots = cluster_snapshots(cluster, &name, &st, &conditions, snapshots);
+    let warnings = recent_warnings(&name, events);
+    Summary {
+        name,
+        namespace: cluster.metadata.namespace.clone().unwrap_or_default(),
+        phase: st.phase.map(phase_word),
+        generation,
+        observed_generation: st.observed_generation,
+        current_primary: st.current_primary.clone(),
+        target_primary: st.target_primary.clone(),
+        requested_primary: spec.primary.clone(),
+        instances_desired: spec.instances,
+        instances_ready: st.ready_instances.unwrap_or(0),
+        image: spec.image.clone(),
+        storage_mode: storage.mode,
+        storage: storage.shape,
+        conditions,
+        instances: instance_lines(&st.instances, pools),
+        archiving,
+        snapshots,
+        warnings,
+    }
+}
 
-    let mut conditions: Vec<&Condition> = st.conditions.iter().collect();
+/// The status's conditions as lines, in [`CONDITION_ORDER`] (the sort is stable: the
+/// others keep the status's order).
+fn ordered_conditions(conditions: &[Condition], generation: Option<i64>) -> Vec<ConditionLine> {
+    let mut conditions: Vec<&Condition> = conditions.iter().collect();
     conditions.sort_by_key(|k| {
         CONDITION_ORDER
             .iter()
             .position(|t| *t == k.type_)
             .unwrap_or(CONDITION_ORDER.len())
     });
-    let conditions: Vec<ConditionLine> = conditions
+    conditions
         .into_iter()
         .map(|k| condition_line(k, generation))
-        .collect();
-    let find_condition = |t: &str| conditions.iter().find(|k| k.type_ == t).cloned();
+        .collect()
+}
 
-    let (storage_mode, storage) = match (&spec.storage.zfs, &spec.storage.persistent_volume_claim) {
+/// The condition of type `t` among the summary's lines, for the section that shows it too.
+fn find_condition(conditions: &[ConditionLine], t: &str) -> Option<ConditionLine> {
+    conditions.iter().find(|k| k.type_ == t).cloned()
+}
+
+/// The storage an instance gets, named ([`Summary::storage_mode`]) and in words
+/// ([`Summary::storage`]).
+struct StorageWords {
+    mode: String,
+    shape: String,
+}
+
+/// `spec.storage` in words: ZFS pools of EBS volumes, a PVC, or nothing set yet.
+fn storage_words(storage: &Storage) -> StorageWords {
+    let (mode, shape) = match (&storage.zfs, &storage.persistent_volume_claim) {
         (Some(z), _) => {
             let v = &z.template.volumes;
             (
@@ -264,9 +309,13 @@ pub fn summarize(
         ),
         (None, None) => ("none".into(), "no storage set".into()),
     };
+    StorageWords { mode, shape }
+}
 
-    let instances = st
-        .instances
+/// Each instance the status lists, with its pool's own health and capacity when the
+/// ZfsPool is among `pools`.
+fn instance_lines(instances: &[InstanceStatus], pools: &[ZfsPool]) -> Vec<InstanceLine> {
+    instances
         .iter()
         .map(|i| {
             let pool_name = i.pool.clone().unwrap_or_else(|| i.name.clone());
@@ -297,9 +346,18 @@ pub fn summarize(
                 pool_free_bytes: ps.and_then(|s| s.free_bytes),
             }
         })
-        .collect();
+        .collect()
+}
 
-    let archiving = spec.backups.pgbackrest.as_ref().map(|p| {
+/// pgBackRest's repository, WAL archiving and last backup; `None` when it is not
+/// configured.
+fn archiving(
+    cluster: &PgmlCluster,
+    name: &str,
+    st: &PgmlClusterStatus,
+    conditions: &[ConditionLine],
+) -> Option<Archiving> {
+    cluster.spec.backups.pgbackrest.as_ref().map(|p| {
         let path = p.s3.path.clone().unwrap_or_else(|| {
             format!(
                 "/pgbackrest/{}/{name}",
@@ -308,14 +366,47 @@ pub fn summarize(
         });
         Archiving {
             repository: format!("s3://{}{}", p.s3.bucket, path),
-            condition: find_condition(c::CONTINUOUS_ARCHIVING),
+            condition: find_condition(conditions, c::CONTINUOUS_ARCHIVING),
             status: st.archiving.clone(),
             last_backup: st.last_backup.clone(),
             full_schedule: p.schedule.full.clone(),
             incremental_schedule: p.schedule.incremental.clone(),
         }
-    });
+    })
+}
 
+/// The snapshot schedule and how it went, with the newest of the EbsSnapshots whose
+/// source is the cluster `name`.
+fn cluster_snapshots(
+    cluster: &PgmlCluster,
+    name: &str,
+    st: &PgmlClusterStatus,
+    conditions: &[ConditionLine],
+    snapshots: &[EbsSnapshot],
+) -> Snapshots {
+    let of_cluster = newest_snapshots_of(name, snapshots);
+    Snapshots {
+        schedule: cluster
+            .spec
+            .backups
+            .snapshots
+            .as_ref()
+            .and_then(|s| s.scheduled.schedule.clone()),
+        next_schedule_time: st.schedule.next_schedule_time.clone(),
+        last_completed: st.last_snapshot.as_ref().map(|r| r.name.clone()),
+        condition: find_condition(conditions, c::LAST_SNAPSHOT_SUCCEEDED),
+        total: of_cluster.len(),
+        recent: of_cluster
+            .iter()
+            .take(SNAPSHOTS_SHOWN)
+            .map(|s| snapshot_line(s))
+            .collect(),
+    }
+}
+
+/// The EbsSnapshots of the cluster `name`, newest first (by capture or creation time, then
+/// by name, so the order is the same at every look).
+fn newest_snapshots_of<'a>(name: &str, snapshots: &'a [EbsSnapshot]) -> Vec<&'a EbsSnapshot> {
     let mut of_cluster: Vec<&EbsSnapshot> = snapshots
         .iter()
         .filter(|s| {
@@ -331,46 +422,37 @@ pub fn summarize(
         t(b).cmp(&t(a))
             .then_with(|| b.metadata.name.cmp(&a.metadata.name))
     });
-    let recent = of_cluster
-        .iter()
-        .take(SNAPSHOTS_SHOWN)
-        .map(|s| SnapshotLine {
-            name: s.metadata.name.clone().unwrap_or_default(),
-            phase: s
-                .status
-                .as_ref()
-                .and_then(|st| st.phase)
-                .map(snapshot_phase_word),
-            origin: snapshot_origin(s).into(),
-            instance: snapshot_instance(s),
-            taken: snapshot_taken(s),
-            size_gib: s.status.as_ref().and_then(|st| st.size_gib),
-            message: snapshot_failure(s),
-        })
-        .collect();
-    let snapshots = Snapshots {
-        schedule: spec
-            .backups
-            .snapshots
-            .as_ref()
-            .and_then(|s| s.scheduled.schedule.clone()),
-        next_schedule_time: st.schedule.next_schedule_time.clone(),
-        last_completed: st.last_snapshot.as_ref().map(|r| r.name.clone()),
-        condition: find_condition(c::LAST_SNAPSHOT_SUCCEEDED),
-        total: of_cluster.len(),
-        recent,
-    };
+    of_cluster
+}
 
+fn snapshot_line(s: &EbsSnapshot) -> SnapshotLine {
+    SnapshotLine {
+        name: s.metadata.name.clone().unwrap_or_default(),
+        phase: s
+            .status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .map(snapshot_phase_word),
+        origin: snapshot_origin(s).into(),
+        instance: snapshot_instance(s),
+        taken: snapshot_taken(s),
+        size_gib: s.status.as_ref().and_then(|st| st.size_gib),
+        message: snapshot_failure(s),
+    }
+}
+
+/// The newest [`EVENTS_SHOWN`] Warning events of the PgmlCluster `name`, newest first.
+fn recent_warnings(name: &str, events: &[Event]) -> Vec<EventLine> {
     let mut warnings: Vec<&Event> = events
         .iter()
         .filter(|e| {
             e.type_.as_deref() == Some("Warning")
                 && e.involved_object.kind.as_deref() == Some("PgmlCluster")
-                && e.involved_object.name.as_deref() == Some(name.as_str())
+                && e.involved_object.name.as_deref() == Some(name)
         })
         .collect();
     warnings.sort_by(|a, b| event_time(b).map(|t| t.0).cmp(&event_time(a).map(|t| t.0)));
-    let warnings = warnings
+    warnings
         .into_iter()
         .take(EVENTS_SHOWN)
         .map(|e| EventLine {
@@ -384,28 +466,7 @@ pub fn summarize(
                 .unwrap_or(1),
             last_seen: event_time(e),
         })
-        .collect();
-
-    Summary {
-        name,
-        namespace: cluster.metadata.namespace.clone().unwrap_or_default(),
-        phase: st.phase.map(phase_word),
-        generation,
-        observed_generation: st.observed_generation,
-        current_primary: st.current_primary.clone(),
-        target_primary: st.target_primary.clone(),
-        requested_primary: spec.primary.clone(),
-        instances_desired: spec.instances,
-        instances_ready: st.ready_instances.unwrap_or(0),
-        image: spec.image.clone(),
-        storage_mode,
-        storage,
-        conditions,
-        instances,
-        archiving,
-        snapshots,
-        warnings,
-    }
+        .collect()
 }
 
 /// A table: columns padded to their widest cell. Colour codes are not counted.
@@ -1145,5 +1206,36 @@ mod tests {
         assert_eq!(v["snapshots"]["recent"][0]["origin"], "seed");
         assert_eq!(v["conditions"][0]["type"], "Ready");
         assert_eq!(v["archiving"]["lastBackup"]["type"], "full");
+    }
+
+    #[test]
+    fn conditions_users_look_at_come_first_and_the_others_keep_their_order() {
+        let k = |t: &str, observed: Option<i64>| -> Condition {
+            serde_json::from_value(json!({"type": t, "status": "True", "reason": "R",
+                "message": "", "lastTransitionTime": NOW, "observedGeneration": observed}))
+            .unwrap()
+        };
+        let lines = ordered_conditions(
+            &[
+                k("Zeta", None),
+                k("SpecValid", Some(1)),
+                k("Alpha", Some(2)),
+                k("Ready", Some(2)),
+            ],
+            Some(2),
+        );
+        let types: Vec<_> = lines.iter().map(|l| l.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "SpecValid", "Zeta", "Alpha"]);
+        let stale: Vec<_> = lines.iter().map(|l| l.stale).collect();
+        assert_eq!(stale, [false, true, false, false]);
+    }
+
+    #[test]
+    fn storage_set_to_neither_is_said_so() {
+        let w = storage_words(&serde_json::from_value(json!({})).unwrap());
+        assert_eq!(
+            (w.mode.as_str(), w.shape.as_str()),
+            ("none", "no storage set")
+        );
     }
 }
