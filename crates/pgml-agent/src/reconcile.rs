@@ -205,6 +205,7 @@ pub fn error_policy(pool: Arc<ZfsPool>, e: &Error, _ctx: Arc<Ctx>) -> Requeue {
     Requeue::requeue(Duration::from_secs(5))
 }
 
+/// Takes one step on the node: the command (or commands) `step` stands for.
 async fn act(
     pool: &ZfsPool,
     ctx: &Ctx,
@@ -212,37 +213,15 @@ async fn act(
     facts: &Facts,
     step: &Action,
 ) -> Result<(), Error> {
-    let d = ctx.dialect;
     let actual = facts.imported_name.clone().unwrap_or_else(|| name.clone());
     match step {
         Action::Create => {
-            let c = command::create_pool(d, &pool_spec(pool, ctx, name, facts)?)?;
+            let c = command::create_pool(ctx.dialect, &pool_spec(pool, ctx, name, facts)?)?;
             tracing::info!(pool = %name, command = %c, "creating pool");
             ctx.runner.ok(&c).await?;
             ctx.remember_sizes(pool, &facts.sizes);
         }
-        Action::Import { guid, force } => {
-            let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
-            let from = facts
-                .observed
-                .importable
-                .iter()
-                .find(|p| p.guid == Some(*guid))
-                .map(|p| p.name.clone());
-            let c = command::import_pool(
-                d,
-                &ImportSpec {
-                    target: ImportTarget::Guid(Guid(*guid)),
-                    new_name: (from.as_deref() != Some(name.as_str())).then(|| name.clone()),
-                    search_dirs: vec![dir],
-                    altroot: Some(ctx.mount_root.clone()),
-                    mount: true,
-                    force: *force,
-                },
-            )?;
-            tracing::info!(pool = %name, command = %c, "importing pool");
-            ctx.runner.ok(&c).await?;
-        }
+        Action::Import { guid, force } => import(ctx, name, facts, *guid, *force).await?,
         Action::CreateDatasets(names) => {
             for ds in pool
                 .spec
@@ -254,37 +233,9 @@ async fn act(
                 create_dataset(pool, ctx, &actual, ds).await?;
             }
         }
-        Action::Mount(which) => {
-            for (name, placement) in which {
-                let Some(ds) = pool.spec.template.datasets.iter().find(|d| d.name == *name) else {
-                    continue;
-                };
-                let full = DatasetName::from(actual.clone()).child(&ds.name)?;
-                let c = match placement {
-                    Placement::Elsewhere => {
-                        let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
-                        let Some(c) = command::set_property(d, &full, &prop) else {
-                            continue;
-                        };
-                        c
-                    }
-                    Placement::Unmounted => pgml_zfs::Command::new("zfs", ["mount", full.as_str()]),
-                };
-                tracing::info!(dataset = %full, command = %c, "mounting where the spec asks");
-                ctx.runner.ok(&c).await?;
-            }
-        }
+        Action::Mount(which) => mount_datasets(pool, ctx, &actual, which).await?,
         Action::Expand => {
-            for m in facts.observed.imported.iter().flat_map(|i| &i.members) {
-                if m.state == "ONLINE" && m.handle.starts_with('/') {
-                    let c = command::online_expand(
-                        &actual,
-                        &DeviceRef::Path(DevicePath::new(m.handle.clone())?),
-                    );
-                    tracing::info!(pool = %name, command = %c, "expanding member");
-                    ctx.runner.ok(&c).await?;
-                }
-            }
+            expand_members(ctx, name, &actual, facts).await?;
             ctx.remember_sizes(pool, &facts.sizes);
         }
         Action::Replace { index, old, new } => {
@@ -307,6 +258,88 @@ async fn act(
             ctx.runner.ok(&c).await?;
         }
         Action::Wait(_) | Action::Refuse { .. } | Action::Steady | Action::Released => {}
+    }
+    Ok(())
+}
+
+/// `zpool import` of the pool `guid` from the devices' folder, under the mount root, renamed
+/// to `name` when `zpool import` listed it by another.
+async fn import(
+    ctx: &Ctx,
+    name: &PoolName,
+    facts: &Facts,
+    guid: u64,
+    force: bool,
+) -> Result<(), Error> {
+    let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
+    let from = facts
+        .observed
+        .importable
+        .iter()
+        .find(|p| p.guid == Some(guid))
+        .map(|p| p.name.clone());
+    let c = command::import_pool(
+        ctx.dialect,
+        &ImportSpec {
+            target: ImportTarget::Guid(Guid(guid)),
+            new_name: (from.as_deref() != Some(name.as_str())).then(|| name.clone()),
+            search_dirs: vec![dir],
+            altroot: Some(ctx.mount_root.clone()),
+            mount: true,
+            force,
+        },
+    )?;
+    tracing::info!(pool = %name, command = %c, "importing pool");
+    ctx.runner.ok(&c).await?;
+    Ok(())
+}
+
+/// Each dataset of `which` where the spec asks (of the pool imported as `actual`): its
+/// mount point set when it is elsewhere, mounted when it is not.
+async fn mount_datasets(
+    pool: &ZfsPool,
+    ctx: &Ctx,
+    actual: &PoolName,
+    which: &[(String, Placement)],
+) -> Result<(), Error> {
+    for (name, placement) in which {
+        let Some(ds) = pool.spec.template.datasets.iter().find(|d| d.name == *name) else {
+            continue;
+        };
+        let full = DatasetName::from(actual.clone()).child(&ds.name)?;
+        let c = match placement {
+            Placement::Elsewhere => {
+                let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
+                let Some(c) = command::set_property(ctx.dialect, &full, &prop) else {
+                    continue;
+                };
+                c
+            }
+            Placement::Unmounted => pgml_zfs::Command::new("zfs", ["mount", full.as_str()]),
+        };
+        tracing::info!(dataset = %full, command = %c, "mounting where the spec asks");
+        ctx.runner.ok(&c).await?;
+    }
+    Ok(())
+}
+
+/// `zpool online -e` of each online member with a device path, so the pool grows into
+/// volumes made larger.
+async fn expand_members(
+    ctx: &Ctx,
+    name: &PoolName,
+    actual: &PoolName,
+    facts: &Facts,
+) -> Result<(), Error> {
+    for m in facts.observed.imported.iter().flat_map(|i| &i.members) {
+        if m.state == "ONLINE" && m.handle.starts_with('/') {
+            let c = command::online_expand(
+                actual,
+                &DeviceRef::Path(DevicePath::new(m.handle.clone())?),
+            );
+            tracing::info!(pool = %name, command = %c, "expanding member");
+            ctx.runner.ok(&c).await?;
+        }
     }
     Ok(())
 }
