@@ -267,44 +267,33 @@ where
     }
 }
 
+/// The namespace a command works in, with the client and the APIs of the kinds it uses.
+struct Session {
+    client: Client,
+    ns: String,
+    clusters: Api<PgmlCluster>,
+    snapshots: Api<EbsSnapshot>,
+    pools: Api<ZfsPool>,
+}
+
+impl Session {
+    fn new(client: Client, ns: String) -> Self {
+        Session {
+            clusters: Api::namespaced(client.clone(), &ns),
+            snapshots: Api::namespaced(client.clone(), &ns),
+            pools: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+        }
+    }
+}
+
+/// Runs the command `cli` names, in the namespace it names: one function a command.
 async fn run(cli: Cli) -> Result<()> {
     let (client, ns) = connect(&cli).await?;
-    let clusters: Api<PgmlCluster> = Api::namespaced(client.clone(), &ns);
-    let snapshots: Api<EbsSnapshot> = Api::namespaced(client.clone(), &ns);
-    let pools: Api<ZfsPool> = Api::namespaced(client.clone(), &ns);
+    let k = Session::new(client, ns);
     match cli.command {
-        Command::Status { cluster, output } => {
-            let c = get(&clusters, "PgmlCluster", &cluster, &ns).await?;
-            let lp = ListParams::default();
-            let pool_list = pools
-                .list(&lp)
-                .await
-                .map_err(|e| api_error(&format!("listing ZfsPools in {ns}"), e))?
-                .items;
-            let snap_list = snapshots
-                .list(&lp)
-                .await
-                .map_err(|e| api_error(&format!("listing EbsSnapshots in {ns}"), e))?
-                .items;
-            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-            let selector = format!(
-                "involvedObject.kind=PgmlCluster,involvedObject.name={cluster},type=Warning"
-            );
-            let event_list = events
-                .list(&ListParams::default().fields(&selector))
-                .await
-                .map_err(|e| api_error(&format!("listing Events in {ns}"), e))?
-                .items;
-            let summary = status::summarize(&c, &pool_list, &snap_list, &event_list);
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
-                Output::Text => print!(
-                    "{}",
-                    status::render(&summary, Timestamp::now(), paint::stdout_wants_colour())
-                ),
-            }
-            Ok(())
-        }
+        Command::Status { cluster, output } => status(&k, &cluster, output).await,
         Command::Snapshot {
             cluster,
             name,
@@ -312,34 +301,14 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout,
         } => {
-            get(&clusters, "PgmlCluster", &cluster, &ns).await?;
-            let name = name.unwrap_or_else(|| {
-                let stamp = Timestamp::now().strftime("%Y%m%d%H%M%S").to_string();
-                actions::snapshot_name(&cluster, &stamp)
-            });
-            let obj = actions::snapshot_of(&cluster, &ns, &name, instance.as_deref());
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            snapshots
-                .create(&pp, &obj)
-                .await
-                .map_err(|e| api_error(&format!("creating EbsSnapshot {name} in {ns}"), e))?;
-            println!("ebssnapshot.pgml.io/{name} created (PgmlCluster {cluster})");
-            if wait {
-                let m = wait_for(
-                    &snapshots,
-                    "EbsSnapshot",
-                    &name,
-                    &ns,
-                    timeout,
-                    actions::snapshot_outcome,
-                )
-                .await?;
-                println!("{m}");
-            }
-            Ok(())
+            snapshot(
+                &k,
+                &cluster,
+                name,
+                instance.as_deref(),
+                wait.then_some(timeout),
+            )
+            .await
         }
         Command::Restore {
             ebssnapshot,
@@ -349,96 +318,215 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout,
         } => {
-            let snap = get(&snapshots, "EbsSnapshot", &ebssnapshot, &ns).await?;
-            let nodes: Api<Node> = Api::all(client.clone());
-            match nodes.get_opt(&node).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return fail(format!("node {node} not found")),
-                // Reading nodes may not be allowed; the operator checks the node anyway.
-                Err(kube::Error::Api(s)) if s.code == 403 => {}
-                Err(e) => return Err(api_error(&format!("reading node {node}"), e)),
-            }
-            let source = match snap.status.as_ref().and_then(|s| s.zfs_pool.clone()) {
-                Some(p) => pools
-                    .get_opt(&p)
-                    .await
-                    .map_err(|e| api_error(&format!("reading ZfsPool {p}"), e))?,
-                None => None,
+            let target = RestoreTarget {
+                pool,
+                node,
+                reclaim: match reclaim_policy {
+                    Reclaim::Retain => ReclaimPolicy::Retain,
+                    Reclaim::Delete => ReclaimPolicy::Delete,
+                },
             };
-            let reclaim = match reclaim_policy {
-                Reclaim::Retain => ReclaimPolicy::Retain,
-                Reclaim::Delete => ReclaimPolicy::Delete,
-            };
-            let obj = actions::restore_pool(&snap, source.as_ref(), &pool, &ns, &node, reclaim)
-                .map_err(Failure)?;
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            pools
-                .create(&pp, &obj)
-                .await
-                .map_err(|e| api_error(&format!("creating ZfsPool {pool} in {ns}"), e))?;
-            let t = &obj.spec.template;
-            println!(
-                "zfspool.pgml.io/{pool} created on {node} from EbsSnapshot {ebssnapshot} ({} x {} GiB {}, {}{})",
-                t.volumes.count,
-                t.volumes.size_gib,
-                t.volumes.volume_type.as_str(),
-                t.layout.as_str(),
-                if source.is_some() {
-                    ", settings of the captured pool"
-                } else {
-                    ""
-                }
-            );
-            if wait {
-                let m = wait_for(
-                    &pools,
-                    "ZfsPool",
-                    &pool,
-                    &ns,
-                    timeout,
-                    actions::pool_outcome,
-                )
-                .await?;
-                println!("{m}");
-            }
-            Ok(())
+            restore(&k, &ebssnapshot, &target, wait.then_some(timeout)).await
         }
         Command::Switchover {
             cluster,
             instance,
             wait,
             timeout,
-        } => {
-            let c = get(&clusters, "PgmlCluster", &cluster, &ns).await?;
-            actions::check_switchover(&c, &instance).map_err(Failure)?;
-            let pp = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            clusters
-                .patch(
-                    &cluster,
-                    &pp,
-                    &Patch::Merge(actions::switchover_patch(&instance)),
-                )
-                .await
-                .map_err(|e| api_error(&format!("patching PgmlCluster {cluster} in {ns}"), e))?;
-            println!(
-                "pgmlcluster.pgml.io/{cluster} patched: spec.primary={instance} (under GitOps, set it in Git too)"
-            );
-            if wait {
-                let m = wait_for(&clusters, "PgmlCluster", &cluster, &ns, timeout, |c| {
-                    actions::switchover_outcome(c, &instance)
-                })
-                .await?;
-                println!("{m}");
-            }
-            Ok(())
-        }
+        } => switchover(&k, &cluster, &instance, wait.then_some(timeout)).await,
     }
+}
+
+/// Creates with kubectl-pgml as the field manager.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// With `--wait` (`wait` is its timeout): waits for `name` as [`wait_for`] does and prints
+/// the outcome.
+async fn wait_and_say<K>(
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    ns: &str,
+    wait: Option<Duration>,
+    judge: impl Fn(&K) -> Outcome,
+) -> Result<()>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(timeout) = wait {
+        let m = wait_for(api, kind, name, ns, timeout, judge).await?;
+        println!("{m}");
+    }
+    Ok(())
+}
+
+/// The objects `lp` selects in `ns`; `kinds` (plural) names them in an error.
+async fn list<K>(api: &Api<K>, kinds: &str, ns: &str, lp: &ListParams) -> Result<Vec<K>>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .list(lp)
+        .await
+        .map_err(|e| api_error(&format!("listing {kinds} in {ns}"), e))?
+        .items)
+}
+
+/// `status`: the cluster, the namespace's ZfsPools and EbsSnapshots and the cluster's
+/// Warning events, summarized and printed as text or JSON.
+async fn status(k: &Session, cluster: &str, output: Output) -> Result<()> {
+    let ns = &k.ns;
+    let c = get(&k.clusters, "PgmlCluster", cluster, ns).await?;
+    let lp = ListParams::default();
+    let pool_list = list(&k.pools, "ZfsPools", ns, &lp).await?;
+    let snap_list = list(&k.snapshots, "EbsSnapshots", ns, &lp).await?;
+    let events: Api<Event> = Api::namespaced(k.client.clone(), ns);
+    let selector =
+        format!("involvedObject.kind=PgmlCluster,involvedObject.name={cluster},type=Warning");
+    let event_list = list(
+        &events,
+        "Events",
+        ns,
+        &ListParams::default().fields(&selector),
+    )
+    .await?;
+    let summary = status::summarize(&c, &pool_list, &snap_list, &event_list);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Text => print!(
+            "{}",
+            status::render(&summary, Timestamp::now(), paint::stdout_wants_colour())
+        ),
+    }
+    Ok(())
+}
+
+/// `snapshot`: a manual EbsSnapshot of the cluster, named after it and the time unless
+/// `name` says.
+async fn snapshot(
+    k: &Session,
+    cluster: &str,
+    name: Option<String>,
+    instance: Option<&str>,
+    wait: Option<Duration>,
+) -> Result<()> {
+    let ns = &k.ns;
+    get(&k.clusters, "PgmlCluster", cluster, ns).await?;
+    let name = name.unwrap_or_else(|| {
+        let stamp = Timestamp::now().strftime("%Y%m%d%H%M%S").to_string();
+        actions::snapshot_name(cluster, &stamp)
+    });
+    let obj = actions::snapshot_of(cluster, ns, &name, instance);
+    k.snapshots
+        .create(&post_params(), &obj)
+        .await
+        .map_err(|e| api_error(&format!("creating EbsSnapshot {name} in {ns}"), e))?;
+    println!("ebssnapshot.pgml.io/{name} created (PgmlCluster {cluster})");
+    wait_and_say(
+        &k.snapshots,
+        "EbsSnapshot",
+        &name,
+        ns,
+        wait,
+        actions::snapshot_outcome,
+    )
+    .await
+}
+
+/// The new ZfsPool of a `restore`: its name, its node and its reclaim policy.
+struct RestoreTarget {
+    pool: String,
+    node: String,
+    reclaim: ReclaimPolicy,
+}
+
+/// `restore`: a new ZfsPool on a node from an EbsSnapshot, with the settings of the pool
+/// that was captured when it still exists.
+async fn restore(
+    k: &Session,
+    ebssnapshot: &str,
+    to: &RestoreTarget,
+    wait: Option<Duration>,
+) -> Result<()> {
+    let (ns, pool, node) = (&k.ns, &to.pool, &to.node);
+    let snap = get(&k.snapshots, "EbsSnapshot", ebssnapshot, ns).await?;
+    check_node(k, node).await?;
+    let source = match snap.status.as_ref().and_then(|s| s.zfs_pool.clone()) {
+        Some(p) => k
+            .pools
+            .get_opt(&p)
+            .await
+            .map_err(|e| api_error(&format!("reading ZfsPool {p}"), e))?,
+        None => None,
+    };
+    let obj = actions::restore_pool(&snap, source.as_ref(), pool, ns, node, to.reclaim)
+        .map_err(Failure)?;
+    k.pools
+        .create(&post_params(), &obj)
+        .await
+        .map_err(|e| api_error(&format!("creating ZfsPool {pool} in {ns}"), e))?;
+    let t = &obj.spec.template;
+    println!(
+        "zfspool.pgml.io/{pool} created on {node} from EbsSnapshot {ebssnapshot} ({} x {} GiB {}, {}{})",
+        t.volumes.count,
+        t.volumes.size_gib,
+        t.volumes.volume_type.as_str(),
+        t.layout.as_str(),
+        if source.is_some() {
+            ", settings of the captured pool"
+        } else {
+            ""
+        }
+    );
+    wait_and_say(&k.pools, "ZfsPool", pool, ns, wait, actions::pool_outcome).await
+}
+
+/// The node a pool is restored on exists, as far as this user may read nodes.
+async fn check_node(k: &Session, node: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(k.client.clone());
+    match nodes.get_opt(node).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => fail(format!("node {node} not found")),
+        // Reading nodes may not be allowed; the operator checks the node anyway.
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+        Err(e) => Err(api_error(&format!("reading node {node}"), e)),
+    }
+}
+
+/// `switchover`: `spec.primary` set to a ready replica, refused for any other instance.
+async fn switchover(
+    k: &Session,
+    cluster: &str,
+    instance: &str,
+    wait: Option<Duration>,
+) -> Result<()> {
+    let ns = &k.ns;
+    let c = get(&k.clusters, "PgmlCluster", cluster, ns).await?;
+    actions::check_switchover(&c, instance).map_err(Failure)?;
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    k.clusters
+        .patch(
+            cluster,
+            &pp,
+            &Patch::Merge(actions::switchover_patch(instance)),
+        )
+        .await
+        .map_err(|e| api_error(&format!("patching PgmlCluster {cluster} in {ns}"), e))?;
+    println!(
+        "pgmlcluster.pgml.io/{cluster} patched: spec.primary={instance} (under GitOps, set it in Git too)"
+    );
+    wait_and_say(&k.clusters, "PgmlCluster", cluster, ns, wait, |c| {
+        actions::switchover_outcome(c, instance)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -3,13 +3,15 @@
 
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::Timestamp;
-use pgml_api::cluster::{ArchivingStatus, BackupRef, ClusterPhase, InstanceRole};
+use pgml_api::cluster::{
+    ArchivingStatus, BackupRef, ClusterPhase, InstanceRole, InstanceStatus, Storage,
+};
 use pgml_api::common::{Condition, Time, condition as c, keys};
 use pgml_api::snapshot::SnapshotPhase;
-use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
+use pgml_api::{EbsSnapshot, PgmlCluster, PgmlClusterStatus, ZfsPool};
 use serde::Serialize;
 
-use crate::paint::Paint;
+use crate::paint::{BOLD, GREEN, Paint, RED, YELLOW};
 use crate::units::{age, bytes};
 
 /// How many snapshots and Warning events the status lists.
@@ -224,21 +226,64 @@ pub fn summarize(
     let generation = cluster.metadata.generation;
     let st = cluster.status.clone().unwrap_or_default();
     let spec = &cluster.spec;
+    let conditions = ordered_conditions(&st.conditions, generation);
+    let storage = storage_words(&spec.storage);
+    let archiving = archiving(cluster, &name, &st, &conditions);
+    let snapshots = cluster_snapshots(cluster, &name, &st, &conditions, snapshots);
+    let warnings = recent_warnings(&name, events);
+    Summary {
+        name,
+        namespace: cluster.metadata.namespace.clone().unwrap_or_default(),
+        phase: st.phase.map(phase_word),
+        generation,
+        observed_generation: st.observed_generation,
+        current_primary: st.current_primary.clone(),
+        target_primary: st.target_primary.clone(),
+        requested_primary: spec.primary.clone(),
+        instances_desired: spec.instances,
+        instances_ready: st.ready_instances.unwrap_or(0),
+        image: spec.image.clone(),
+        storage_mode: storage.mode,
+        storage: storage.shape,
+        conditions,
+        instances: instance_lines(&st.instances, pools),
+        archiving,
+        snapshots,
+        warnings,
+    }
+}
 
-    let mut conditions: Vec<&Condition> = st.conditions.iter().collect();
+/// The status's conditions as lines, in [`CONDITION_ORDER`] (the sort is stable: the
+/// others keep the status's order).
+fn ordered_conditions(conditions: &[Condition], generation: Option<i64>) -> Vec<ConditionLine> {
+    let mut conditions: Vec<&Condition> = conditions.iter().collect();
     conditions.sort_by_key(|k| {
         CONDITION_ORDER
             .iter()
             .position(|t| *t == k.type_)
             .unwrap_or(CONDITION_ORDER.len())
     });
-    let conditions: Vec<ConditionLine> = conditions
+    conditions
         .into_iter()
         .map(|k| condition_line(k, generation))
-        .collect();
-    let find_condition = |t: &str| conditions.iter().find(|k| k.type_ == t).cloned();
+        .collect()
+}
 
-    let (storage_mode, storage) = match (&spec.storage.zfs, &spec.storage.persistent_volume_claim) {
+/// The condition of type `t` among the summary's lines, for the section that shows it too.
+fn find_condition(conditions: &[ConditionLine], t: &str) -> Option<ConditionLine> {
+    conditions.iter().find(|k| k.type_ == t).cloned()
+}
+
+/// The storage an instance gets, named ([`Summary::storage_mode`]) and in words
+/// ([`Summary::storage`]).
+struct StorageWords {
+    mode: String,
+    shape: String,
+}
+
+/// `spec.storage` in words: ZFS pools of EBS volumes, a PVC, or nothing set yet.
+fn storage_words(storage: &Storage) -> StorageWords {
+    let (mode, shape) = match (&storage.zfs, &storage.persistent_volume_claim) {
         (Some(z), _) => {
             let v = &z.template.volumes;
             (
@@ -264,9 +309,13 @@ pub fn summarize(
         ),
         (None, None) => ("none".into(), "no storage set".into()),
     };
+    StorageWords { mode, shape }
+}
 
-    let instances = st
-        .instances
+/// Each instance the status lists, with its pool's own health and capacity when the
+/// ZfsPool is among `pools`.
+fn instance_lines(instances: &[InstanceStatus], pools: &[ZfsPool]) -> Vec<InstanceLine> {
+    instances
         .iter()
         .map(|i| {
             let pool_name = i.pool.clone().unwrap_or_else(|| i.name.clone());
@@ -297,9 +346,18 @@ pub fn summarize(
                 pool_free_bytes: ps.and_then(|s| s.free_bytes),
             }
         })
-        .collect();
+        .collect()
+}
 
-    let archiving = spec.backups.pgbackrest.as_ref().map(|p| {
+/// pgBackRest's repository, WAL archiving and last backup; `None` when it is not
+/// configured.
+fn archiving(
+    cluster: &PgmlCluster,
+    name: &str,
+    st: &PgmlClusterStatus,
+    conditions: &[ConditionLine],
+) -> Option<Archiving> {
+    cluster.spec.backups.pgbackrest.as_ref().map(|p| {
         let path = p.s3.path.clone().unwrap_or_else(|| {
             format!(
                 "/pgbackrest/{}/{name}",
@@ -308,14 +366,47 @@ pub fn summarize(
         });
         Archiving {
             repository: format!("s3://{}{}", p.s3.bucket, path),
-            condition: find_condition(c::CONTINUOUS_ARCHIVING),
+            condition: find_condition(conditions, c::CONTINUOUS_ARCHIVING),
             status: st.archiving.clone(),
             last_backup: st.last_backup.clone(),
             full_schedule: p.schedule.full.clone(),
             incremental_schedule: p.schedule.incremental.clone(),
         }
-    });
+    })
+}
 
+/// The snapshot schedule and how it went, with the newest of the EbsSnapshots whose
+/// source is the cluster `name`.
+fn cluster_snapshots(
+    cluster: &PgmlCluster,
+    name: &str,
+    st: &PgmlClusterStatus,
+    conditions: &[ConditionLine],
+    snapshots: &[EbsSnapshot],
+) -> Snapshots {
+    let of_cluster = newest_snapshots_of(name, snapshots);
+    Snapshots {
+        schedule: cluster
+            .spec
+            .backups
+            .snapshots
+            .as_ref()
+            .and_then(|s| s.scheduled.schedule.clone()),
+        next_schedule_time: st.schedule.next_schedule_time.clone(),
+        last_completed: st.last_snapshot.as_ref().map(|r| r.name.clone()),
+        condition: find_condition(conditions, c::LAST_SNAPSHOT_SUCCEEDED),
+        total: of_cluster.len(),
+        recent: of_cluster
+            .iter()
+            .take(SNAPSHOTS_SHOWN)
+            .map(|s| snapshot_line(s))
+            .collect(),
+    }
+}
+
+/// The EbsSnapshots of the cluster `name`, newest first (by capture or creation time, then
+/// by name, so the order is the same at every look).
+fn newest_snapshots_of<'a>(name: &str, snapshots: &'a [EbsSnapshot]) -> Vec<&'a EbsSnapshot> {
     let mut of_cluster: Vec<&EbsSnapshot> = snapshots
         .iter()
         .filter(|s| {
@@ -331,46 +422,37 @@ pub fn summarize(
         t(b).cmp(&t(a))
             .then_with(|| b.metadata.name.cmp(&a.metadata.name))
     });
-    let recent = of_cluster
-        .iter()
-        .take(SNAPSHOTS_SHOWN)
-        .map(|s| SnapshotLine {
-            name: s.metadata.name.clone().unwrap_or_default(),
-            phase: s
-                .status
-                .as_ref()
-                .and_then(|st| st.phase)
-                .map(snapshot_phase_word),
-            origin: snapshot_origin(s).into(),
-            instance: snapshot_instance(s),
-            taken: snapshot_taken(s),
-            size_gib: s.status.as_ref().and_then(|st| st.size_gib),
-            message: snapshot_failure(s),
-        })
-        .collect();
-    let snapshots = Snapshots {
-        schedule: spec
-            .backups
-            .snapshots
-            .as_ref()
-            .and_then(|s| s.scheduled.schedule.clone()),
-        next_schedule_time: st.schedule.next_schedule_time.clone(),
-        last_completed: st.last_snapshot.as_ref().map(|r| r.name.clone()),
-        condition: find_condition(c::LAST_SNAPSHOT_SUCCEEDED),
-        total: of_cluster.len(),
-        recent,
-    };
+    of_cluster
+}
 
+fn snapshot_line(s: &EbsSnapshot) -> SnapshotLine {
+    SnapshotLine {
+        name: s.metadata.name.clone().unwrap_or_default(),
+        phase: s
+            .status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .map(snapshot_phase_word),
+        origin: snapshot_origin(s).into(),
+        instance: snapshot_instance(s),
+        taken: snapshot_taken(s),
+        size_gib: s.status.as_ref().and_then(|st| st.size_gib),
+        message: snapshot_failure(s),
+    }
+}
+
+/// The newest [`EVENTS_SHOWN`] Warning events of the PgmlCluster `name`, newest first.
+fn recent_warnings(name: &str, events: &[Event]) -> Vec<EventLine> {
     let mut warnings: Vec<&Event> = events
         .iter()
         .filter(|e| {
             e.type_.as_deref() == Some("Warning")
                 && e.involved_object.kind.as_deref() == Some("PgmlCluster")
-                && e.involved_object.name.as_deref() == Some(name.as_str())
+                && e.involved_object.name.as_deref() == Some(name)
         })
         .collect();
     warnings.sort_by(|a, b| event_time(b).map(|t| t.0).cmp(&event_time(a).map(|t| t.0)));
-    let warnings = warnings
+    warnings
         .into_iter()
         .take(EVENTS_SHOWN)
         .map(|e| EventLine {
@@ -384,32 +466,14 @@ pub fn summarize(
                 .unwrap_or(1),
             last_seen: event_time(e),
         })
-        .collect();
-
-    Summary {
-        name,
-        namespace: cluster.metadata.namespace.clone().unwrap_or_default(),
-        phase: st.phase.map(phase_word),
-        generation,
-        observed_generation: st.observed_generation,
-        current_primary: st.current_primary.clone(),
-        target_primary: st.target_primary.clone(),
-        requested_primary: spec.primary.clone(),
-        instances_desired: spec.instances,
-        instances_ready: st.ready_instances.unwrap_or(0),
-        image: spec.image.clone(),
-        storage_mode,
-        storage,
-        conditions,
-        instances,
-        archiving,
-        snapshots,
-        warnings,
-    }
+        .collect()
 }
 
+/// A table's cell: its text and the colour it is printed in, if any.
+type Cell = (String, Option<&'static str>);
+
 /// A table: columns padded to their widest cell. Colour codes are not counted.
-fn table(p: &Paint, header: &[&str], rows: &[Vec<(String, Option<&'static str>)>]) -> String {
+fn table(p: &Paint, header: &[&str], rows: &[Vec<Cell>]) -> String {
     let cols = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
@@ -418,7 +482,7 @@ fn table(p: &Paint, header: &[&str], rows: &[Vec<(String, Option<&'static str>)>
         }
     }
     let mut out = String::new();
-    let line = |cells: Vec<(String, Option<&'static str>)>| {
+    let line = |cells: Vec<Cell>| {
         let mut s = String::from("  ");
         for (i, (cell, colour)) in cells.iter().enumerate() {
             let pad = width[i] - cell.chars().count();
@@ -433,12 +497,7 @@ fn table(p: &Paint, header: &[&str], rows: &[Vec<(String, Option<&'static str>)>
         }
         s.trim_end().to_string() + "\n"
     };
-    out += &line(
-        header
-            .iter()
-            .map(|h| (h.to_string(), Some(crate::paint::BOLD)))
-            .collect(),
-    );
+    out += &line(header.iter().map(|h| (h.to_string(), Some(BOLD))).collect());
     for r in rows {
         out += &line(r.clone());
     }
@@ -468,35 +527,69 @@ fn ago(now: Timestamp, t: &Option<Time>) -> String {
 /// The status as text: summary, conditions, instances, archiving and backups, snapshots,
 /// warnings. `now` gives ages; `colour` adds ANSI colours (only for a terminal).
 pub fn render(s: &Summary, now: Timestamp, colour: bool) -> String {
-    use crate::paint::{BOLD, GREEN, RED, YELLOW};
     let p = Paint::new(colour);
-    let mut out = String::new();
+    [
+        overview(s, &p),
+        conditions_section(s, &p),
+        instances_section(s, &p),
+        archiving_section(s, &p, now),
+        snapshots_section(s, &p, now),
+        warnings_section(s, &p, now),
+    ]
+    .concat()
+}
+
+/// One `key: value` line, the values aligned.
+fn kv(k: &str, v: String) -> String {
+    format!("  {:<16}{v}\n", format!("{k}:"))
+}
+
+/// A section's title, after a blank line.
+fn heading(p: &Paint, title: &str) -> String {
+    format!("\n{}\n", p.code(BOLD, title))
+}
+
+/// The head of the screen: which cluster, its phase and primary, how many instances are
+/// ready, its storage and image, and whether the operator has caught up with the spec.
+fn overview(s: &Summary, p: &Paint) -> String {
     let phase = s.phase.as_deref().unwrap_or("Unknown");
     let phase_colour = match phase {
         "Healthy" => GREEN,
         "Failed" => RED,
         _ => YELLOW,
     };
-    out += &format!(
+    let mut out = format!(
         "{} {}/{}\n",
         p.code(BOLD, "PgmlCluster"),
         s.namespace,
         p.code(BOLD, &s.name)
     );
-    let kv = |k: &str, v: String| format!("  {:<16}{v}\n", format!("{k}:"));
     out += &kv("Phase", p.code(phase_colour, phase));
-    let primary = match (&s.current_primary, &s.target_primary) {
-        (Some(c), Some(t)) if c != t => format!("{c} (switching to {t})"),
-        (Some(c), _) => c.clone(),
-        (None, Some(t)) => format!("none yet (target {t})"),
-        (None, None) => "none".into(),
-    };
-    out += &kv("Primary", primary);
+    out += &kv("Primary", primary_words(s));
     if let Some(r) = &s.requested_primary
         && s.current_primary.as_deref() != Some(r.as_str())
     {
         out += &kv("Requested", format!("spec.primary {r}"));
     }
+    out += &kv("Instances", readiness_words(s, p));
+    out += &kv("Storage", format!("{} — {}", s.storage_mode, s.storage));
+    out += &kv("Image", s.image.clone());
+    out += &kv("Generation", generation_words(s, p));
+    out
+}
+
+/// The primary, and the one being switched to while a switchover is under way.
+fn primary_words(s: &Summary) -> String {
+    match (&s.current_primary, &s.target_primary) {
+        (Some(c), Some(t)) if c != t => format!("{c} (switching to {t})"),
+        (Some(c), _) => c.clone(),
+        (None, Some(t)) => format!("none yet (target {t})"),
+        (None, None) => "none".into(),
+    }
+}
+
+/// Ready instances of those listed and desired: green only when all agree.
+fn readiness_words(s: &Summary, p: &Paint) -> String {
     let total = s.instances.len();
     let ready_colour = if s.instances_ready as usize == total && total as i32 == s.instances_desired
     {
@@ -504,19 +597,18 @@ pub fn render(s: &Summary, now: Timestamp, colour: bool) -> String {
     } else {
         YELLOW
     };
-    out += &kv(
-        "Instances",
-        p.code(
-            ready_colour,
-            &format!(
-                "{}/{} ready ({} desired)",
-                s.instances_ready, total, s.instances_desired
-            ),
+    p.code(
+        ready_colour,
+        &format!(
+            "{}/{} ready ({} desired)",
+            s.instances_ready, total, s.instances_desired
         ),
-    );
-    out += &kv("Storage", format!("{} — {}", s.storage_mode, s.storage));
-    out += &kv("Image", s.image.clone());
-    let generation = match (s.generation, s.observed_generation) {
+    )
+}
+
+/// The generation, in yellow while the operator has not observed it.
+fn generation_words(s: &Summary, p: &Paint) -> String {
+    match (s.generation, s.observed_generation) {
         (Some(g), Some(o)) if o < g => p.code(
             YELLOW,
             &format!("{g} (observed {o}: the operator has not caught up with the spec yet)"),
@@ -524,188 +616,205 @@ pub fn render(s: &Summary, now: Timestamp, colour: bool) -> String {
         (Some(g), Some(o)) => format!("{g} (observed {o})"),
         (Some(g), None) => p.code(YELLOW, &format!("{g} (not observed yet)")),
         (None, _) => "-".into(),
-    };
-    out += &kv("Generation", generation);
+    }
+}
 
-    out += &format!("\n{}\n", p.code(BOLD, "Conditions"));
+fn conditions_section(s: &Summary, p: &Paint) -> String {
+    let mut out = heading(p, "Conditions");
     if s.conditions.is_empty() {
         out += "  none reported yet\n";
     } else {
-        let rows: Vec<_> = s
-            .conditions
-            .iter()
-            .map(|k| {
-                // Degraded is good when False; the others when True.
-                let good = if k.type_ == c::DEGRADED || k.type_ == c::PROGRESSING {
-                    k.status == c::FALSE
-                } else {
-                    k.status == c::TRUE
-                };
-                let colour = if good { GREEN } else { YELLOW };
-                let mut msg = shorten(&k.message, 100);
-                if k.stale {
-                    msg = format!("(stale) {msg}");
-                }
-                vec![
-                    (k.type_.clone(), None),
-                    (k.status.clone(), Some(colour)),
-                    (k.reason.clone(), None),
-                    (msg, None),
-                ]
-            })
-            .collect();
-        out += &table(&p, &["TYPE", "STATUS", "REASON", "MESSAGE"], &rows);
+        let rows: Vec<_> = s.conditions.iter().map(condition_row).collect();
+        out += &table(p, &["TYPE", "STATUS", "REASON", "MESSAGE"], &rows);
     }
+    out
+}
 
-    out += &format!("\n{}\n", p.code(BOLD, "Instances"));
+/// A condition's row: its status green when it is the good one, the message on one line.
+fn condition_row(k: &ConditionLine) -> Vec<Cell> {
+    // Degraded is good when False; the others when True.
+    let good = if k.type_ == c::DEGRADED || k.type_ == c::PROGRESSING {
+        k.status == c::FALSE
+    } else {
+        k.status == c::TRUE
+    };
+    let colour = if good { GREEN } else { YELLOW };
+    let mut msg = shorten(&k.message, 100);
+    if k.stale {
+        msg = format!("(stale) {msg}");
+    }
+    vec![
+        (k.type_.clone(), None),
+        (k.status.clone(), Some(colour)),
+        (k.reason.clone(), None),
+        (msg, None),
+    ]
+}
+
+/// The instances' table, then where each seeded replica was seeded from.
+fn instances_section(s: &Summary, p: &Paint) -> String {
+    let mut out = heading(p, "Instances");
     if s.instances.is_empty() {
         out += "  none placed yet\n";
-    } else {
-        let rows: Vec<_> = s
-            .instances
-            .iter()
-            .map(|i| {
-                let role = if i.fenced {
-                    "Fenced".to_string()
-                } else {
-                    i.role.clone().unwrap_or_else(|| "-".into())
-                };
-                let (status, sc) = if i.fenced {
-                    ("Fenced", RED)
-                } else if i.ready {
-                    ("Ready", GREEN)
-                } else {
-                    ("NotReady", YELLOW)
-                };
-                let lag = match (i.role.as_deref(), i.lag_bytes) {
-                    (Some("Primary"), _) => "-".to_string(),
-                    (_, Some(b)) => bytes(b),
-                    (_, None) => "-".into(),
-                };
-                let health = i.pool_health.clone().unwrap_or_else(|| "-".into());
-                let hc = match health.as_str() {
-                    "ONLINE" => Some(GREEN),
-                    "-" => None,
-                    _ => Some(RED),
-                };
-                let capacity = match (i.pool_allocated_bytes, i.pool_size_bytes) {
-                    (Some(a), Some(t)) if t > 0 => {
-                        format!("{} / {} ({}%)", bytes(a), bytes(t), a * 100 / t)
-                    }
-                    (None, Some(t)) => bytes(t),
-                    _ => "-".into(),
-                };
-                vec![
-                    (i.name.clone(), None),
-                    (
-                        role.clone(),
-                        (role == "Primary")
-                            .then_some(BOLD)
-                            .or(i.fenced.then_some(RED)),
-                    ),
-                    (status.to_string(), Some(sc)),
-                    (dash(i.node.as_ref()), None),
-                    (dash(i.zone.as_ref()), None),
-                    (dash(i.lsn.as_ref()), None),
-                    (lag, None),
-                    (dash(i.pool.as_ref()), None),
-                    (health, hc),
-                    (capacity, None),
-                ]
-            })
-            .collect();
-        out += &table(
-            &p,
-            &[
-                "NAME",
-                "ROLE",
-                "STATUS",
-                "NODE",
-                "ZONE",
-                "LSN",
-                "LAG",
-                "POOL",
-                "HEALTH",
-                "USED / SIZE",
-            ],
-            &rows,
+        return out;
+    }
+    let rows: Vec<_> = s.instances.iter().map(instance_row).collect();
+    out += &table(
+        p,
+        &[
+            "NAME",
+            "ROLE",
+            "STATUS",
+            "NODE",
+            "ZONE",
+            "LSN",
+            "LAG",
+            "POOL",
+            "HEALTH",
+            "USED / SIZE",
+        ],
+        &rows,
+    );
+    for i in s.instances.iter().filter(|i| i.seeded_from.is_some()) {
+        out += &format!(
+            "  {} was seeded from {}\n",
+            i.name,
+            i.seeded_from.as_deref().unwrap_or_default()
         );
-        for i in s.instances.iter().filter(|i| i.seeded_from.is_some()) {
-            out += &format!(
-                "  {} was seeded from {}\n",
-                i.name,
-                i.seeded_from.as_deref().unwrap_or_default()
-            );
-        }
     }
+    out
+}
 
-    out += &format!("\n{}\n", p.code(BOLD, "Continuous archiving (pgBackRest)"));
-    match &s.archiving {
-        None => out += "  not configured (spec.backups.pgbackrest unset)\n",
-        Some(a) => {
-            out += &kv("Repository", a.repository.clone());
-            if let Some(k) = &a.condition {
-                let colour = if k.status == c::TRUE { GREEN } else { RED };
-                out += &kv(
-                    "Archiving",
-                    format!(
-                        "{} {} {}",
-                        p.code(colour, &k.status),
-                        k.reason,
-                        shorten(&k.message, 80)
-                    )
-                    .trim_end()
-                    .to_string(),
-                );
-            }
-            let st = a.status.clone().unwrap_or_default();
-            out += &kv(
-                "Last archived",
-                match &st.last_archived_wal {
-                    Some(w) => format!("{w} ({} ago)", ago(now, &st.last_archived_time)),
-                    None => "-".into(),
-                },
-            );
-            if let Some(w) = &st.last_failed_wal {
-                out += &kv(
-                    "Last failed",
-                    p.code(
-                        RED,
-                        &format!("{w} ({} ago)", ago(now, &st.last_failed_time)),
-                    ),
-                );
-            }
-            out += &kv(
-                "Backups",
-                format!(
-                    "full {}, incremental {}",
-                    a.full_schedule.as_deref().unwrap_or("not scheduled"),
-                    a.incremental_schedule.as_deref().unwrap_or("not scheduled")
-                ),
-            );
-            out += &kv(
-                "Last backup",
-                match &a.last_backup {
-                    None => "none yet".into(),
-                    Some(b) => {
-                        let outcome = if b.succeeded {
-                            p.code(GREEN, "succeeded")
-                        } else {
-                            p.code(RED, "failed")
-                        };
-                        format!(
-                            "{} {} {outcome} ({} ago)",
-                            b.label.as_deref().unwrap_or("-"),
-                            b.backup_type.as_deref().unwrap_or("-"),
-                            ago(now, &b.completion_time)
-                        )
-                    }
-                },
-            );
+/// An instance's row: a fenced instance shows as Fenced whatever its role; a primary has
+/// no lag.
+fn instance_row(i: &InstanceLine) -> Vec<Cell> {
+    let role = if i.fenced {
+        "Fenced".to_string()
+    } else {
+        i.role.clone().unwrap_or_else(|| "-".into())
+    };
+    let (status, sc) = if i.fenced {
+        ("Fenced", RED)
+    } else if i.ready {
+        ("Ready", GREEN)
+    } else {
+        ("NotReady", YELLOW)
+    };
+    let lag = match (i.role.as_deref(), i.lag_bytes) {
+        (Some("Primary"), _) => "-".to_string(),
+        (_, Some(b)) => bytes(b),
+        (_, None) => "-".into(),
+    };
+    let health = i.pool_health.clone().unwrap_or_else(|| "-".into());
+    let hc = match health.as_str() {
+        "ONLINE" => Some(GREEN),
+        "-" => None,
+        _ => Some(RED),
+    };
+    vec![
+        (i.name.clone(), None),
+        (
+            role.clone(),
+            (role == "Primary")
+                .then_some(BOLD)
+                .or(i.fenced.then_some(RED)),
+        ),
+        (status.to_string(), Some(sc)),
+        (dash(i.node.as_ref()), None),
+        (dash(i.zone.as_ref()), None),
+        (dash(i.lsn.as_ref()), None),
+        (lag, None),
+        (dash(i.pool.as_ref()), None),
+        (health, hc),
+        (pool_capacity(i), None),
+    ]
+}
+
+/// `used / size (percent)` of the instance's pool; the size alone while nothing is
+/// reported as used.
+fn pool_capacity(i: &InstanceLine) -> String {
+    match (i.pool_allocated_bytes, i.pool_size_bytes) {
+        (Some(a), Some(t)) if t > 0 => {
+            format!("{} / {} ({}%)", bytes(a), bytes(t), a * 100 / t)
         }
+        (None, Some(t)) => bytes(t),
+        _ => "-".into(),
     }
+}
 
-    out += &format!("\n{}\n", p.code(BOLD, "Snapshots (EbsSnapshot)"));
+/// pgBackRest: the repository, WAL archiving (last archived, last failed) and backups.
+fn archiving_section(s: &Summary, p: &Paint, now: Timestamp) -> String {
+    let mut out = heading(p, "Continuous archiving (pgBackRest)");
+    let Some(a) = &s.archiving else {
+        out += "  not configured (spec.backups.pgbackrest unset)\n";
+        return out;
+    };
+    out += &kv("Repository", a.repository.clone());
+    if let Some(k) = &a.condition {
+        let colour = if k.status == c::TRUE { GREEN } else { RED };
+        out += &kv(
+            "Archiving",
+            format!(
+                "{} {} {}",
+                p.code(colour, &k.status),
+                k.reason,
+                shorten(&k.message, 80)
+            )
+            .trim_end()
+            .to_string(),
+        );
+    }
+    let st = a.status.clone().unwrap_or_default();
+    out += &kv(
+        "Last archived",
+        match &st.last_archived_wal {
+            Some(w) => format!("{w} ({} ago)", ago(now, &st.last_archived_time)),
+            None => "-".into(),
+        },
+    );
+    if let Some(w) = &st.last_failed_wal {
+        out += &kv(
+            "Last failed",
+            p.code(
+                RED,
+                &format!("{w} ({} ago)", ago(now, &st.last_failed_time)),
+            ),
+        );
+    }
+    out += &kv(
+        "Backups",
+        format!(
+            "full {}, incremental {}",
+            a.full_schedule.as_deref().unwrap_or("not scheduled"),
+            a.incremental_schedule.as_deref().unwrap_or("not scheduled")
+        ),
+    );
+    out += &kv("Last backup", last_backup_words(&a.last_backup, p, now));
+    out
+}
+
+/// The last pgBackRest backup: label, type, how it ended and how long ago.
+fn last_backup_words(b: &Option<BackupRef>, p: &Paint, now: Timestamp) -> String {
+    let Some(b) = b else {
+        return "none yet".into();
+    };
+    let outcome = if b.succeeded {
+        p.code(GREEN, "succeeded")
+    } else {
+        p.code(RED, "failed")
+    };
+    format!(
+        "{} {} {outcome} ({} ago)",
+        b.label.as_deref().unwrap_or("-"),
+        b.backup_type.as_deref().unwrap_or("-"),
+        ago(now, &b.completion_time)
+    )
+}
+
+/// EbsSnapshots: the schedule, the last completed one, a failure of the last, and the
+/// newest few (with how many older ones there are).
+fn snapshots_section(s: &Summary, p: &Paint, now: Timestamp) -> String {
+    let mut out = heading(p, "Snapshots (EbsSnapshot)");
     let sn = &s.snapshots;
     out += &kv(
         "Schedule",
@@ -731,70 +840,71 @@ pub fn render(s: &Summary, now: Timestamp, colour: bool) -> String {
     }
     if sn.recent.is_empty() {
         out += "  no EbsSnapshot of this cluster\n";
-    } else {
-        let rows: Vec<_> = sn
-            .recent
-            .iter()
-            .map(|x| {
-                let phase = x.phase.clone().unwrap_or_else(|| "Pending".into());
-                let pc = match phase.as_str() {
-                    "Completed" => GREEN,
-                    "Failed" => RED,
-                    _ => YELLOW,
-                };
-                vec![
-                    (x.name.clone(), None),
-                    (phase, Some(pc)),
-                    (x.origin.clone(), None),
-                    (dash(x.instance.as_ref()), None),
-                    (ago(now, &x.taken), None),
-                    (
-                        x.message
-                            .as_deref()
-                            .map(|m| shorten(m, 80))
-                            .unwrap_or_default(),
-                        None,
-                    ),
-                ]
-            })
-            .collect();
-        out += &table(
-            &p,
-            &["NAME", "PHASE", "ORIGIN", "INSTANCE", "AGE", "MESSAGE"],
-            &rows,
-        );
-        if sn.total > sn.recent.len() {
-            out += &format!(
-                "  … and {} older (kubectl get ebssnapshots -n {})\n",
-                sn.total - sn.recent.len(),
-                s.namespace
-            );
-        }
+        return out;
     }
+    let rows: Vec<_> = sn.recent.iter().map(|x| snapshot_row(x, now)).collect();
+    out += &table(
+        p,
+        &["NAME", "PHASE", "ORIGIN", "INSTANCE", "AGE", "MESSAGE"],
+        &rows,
+    );
+    if sn.total > sn.recent.len() {
+        out += &format!(
+            "  … and {} older (kubectl get ebssnapshots -n {})\n",
+            sn.total - sn.recent.len(),
+            s.namespace
+        );
+    }
+    out
+}
 
-    out += &format!("\n{}\n", p.code(BOLD, "Recent warnings"));
+/// A snapshot's row: its phase coloured, why it failed when it did.
+fn snapshot_row(x: &SnapshotLine, now: Timestamp) -> Vec<Cell> {
+    let phase = x.phase.clone().unwrap_or_else(|| "Pending".into());
+    let pc = match phase.as_str() {
+        "Completed" => GREEN,
+        "Failed" => RED,
+        _ => YELLOW,
+    };
+    vec![
+        (x.name.clone(), None),
+        (phase, Some(pc)),
+        (x.origin.clone(), None),
+        (dash(x.instance.as_ref()), None),
+        (ago(now, &x.taken), None),
+        (
+            x.message
+                .as_deref()
+                .map(|m| shorten(m, 80))
+                .unwrap_or_default(),
+            None,
+        ),
+    ]
+}
+
+fn warnings_section(s: &Summary, p: &Paint, now: Timestamp) -> String {
+    let mut out = heading(p, "Recent warnings");
     if s.warnings.is_empty() {
         out += "  none\n";
     } else {
-        let rows: Vec<_> = s
-            .warnings
-            .iter()
-            .map(|e| {
-                let count = if e.count > 1 {
-                    format!(" (x{})", e.count)
-                } else {
-                    String::new()
-                };
-                vec![
-                    (ago(now, &e.last_seen), None),
-                    (e.reason.clone(), Some(YELLOW)),
-                    (format!("{}{count}", shorten(&e.message, 110)), None),
-                ]
-            })
-            .collect();
-        out += &table(&p, &["AGE", "REASON", "MESSAGE"], &rows);
+        let rows: Vec<_> = s.warnings.iter().map(|e| warning_row(e, now)).collect();
+        out += &table(p, &["AGE", "REASON", "MESSAGE"], &rows);
     }
     out
+}
+
+/// A Warning event's row: how long ago, why, and how many times when more than once.
+fn warning_row(e: &EventLine, now: Timestamp) -> Vec<Cell> {
+    let count = if e.count > 1 {
+        format!(" (x{})", e.count)
+    } else {
+        String::new()
+    };
+    vec![
+        (ago(now, &e.last_seen), None),
+        (e.reason.clone(), Some(YELLOW)),
+        (format!("{}{count}", shorten(&e.message, 110)), None),
+    ]
 }
 
 #[cfg(test)]
@@ -1145,5 +1255,63 @@ mod tests {
         assert_eq!(v["snapshots"]["recent"][0]["origin"], "seed");
         assert_eq!(v["conditions"][0]["type"], "Ready");
         assert_eq!(v["archiving"]["lastBackup"]["type"], "full");
+    }
+
+    #[test]
+    fn conditions_users_look_at_come_first_and_the_others_keep_their_order() {
+        let k = |t: &str, observed: Option<i64>| -> Condition {
+            serde_json::from_value(json!({"type": t, "status": "True", "reason": "R",
+                "message": "", "lastTransitionTime": NOW, "observedGeneration": observed}))
+            .unwrap()
+        };
+        let lines = ordered_conditions(
+            &[
+                k("Zeta", None),
+                k("SpecValid", Some(1)),
+                k("Alpha", Some(2)),
+                k("Ready", Some(2)),
+            ],
+            Some(2),
+        );
+        let types: Vec<_> = lines.iter().map(|l| l.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "SpecValid", "Zeta", "Alpha"]);
+        let stale: Vec<_> = lines.iter().map(|l| l.stale).collect();
+        assert_eq!(stale, [false, true, false, false]);
+    }
+
+    #[test]
+    fn storage_set_to_neither_is_said_so() {
+        let w = storage_words(&serde_json::from_value(json!({})).unwrap());
+        assert_eq!(
+            (w.mode.as_str(), w.shape.as_str()),
+            ("none", "no storage set")
+        );
+    }
+
+    #[test]
+    fn primary_says_a_switchover_under_way() {
+        let (pools, snaps, events) = inputs();
+        let mut s = summarize(&cluster(), &pools, &snaps, &events);
+        assert_eq!(primary_words(&s), "main-1");
+        s.target_primary = Some("main-2".into());
+        assert_eq!(primary_words(&s), "main-1 (switching to main-2)");
+        s.current_primary = None;
+        assert_eq!(primary_words(&s), "none yet (target main-2)");
+        s.target_primary = None;
+        assert_eq!(primary_words(&s), "none");
+    }
+
+    #[test]
+    fn pool_capacity_is_a_share_only_of_a_known_size() {
+        let (pools, snaps, events) = inputs();
+        let mut i = summarize(&cluster(), &pools, &snaps, &events)
+            .instances
+            .remove(0);
+        assert_eq!(pool_capacity(&i), "50.0 GiB / 200.0 GiB (25%)");
+        i.pool_size_bytes = Some(0);
+        assert_eq!(pool_capacity(&i), "-", "no division by a size of 0");
+        i.pool_allocated_bytes = None;
+        i.pool_size_bytes = Some(1 << 30);
+        assert_eq!(pool_capacity(&i), bytes(1 << 30));
     }
 }

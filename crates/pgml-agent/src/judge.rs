@@ -6,7 +6,7 @@ use pgml_api::common::Condition;
 use pgml_api::zfspool::{DatasetStatus, Layout, ResilverStatus, ZfsPool};
 use pgml_zfs::{PoolStatus, ScanState};
 
-use crate::decide::Wait;
+use crate::decide::{Imported, Observed, Wait};
 use crate::observe::{Facts, dialect_name};
 use crate::reconcile::Ctx;
 use crate::report::{AgentStatus, AgentVolume, Verdict, cond, conditions};
@@ -162,32 +162,31 @@ fn reported_volumes(facts: &Facts, outcome: &Outcome) -> Vec<AgentVolume> {
         .collect()
 }
 
+/// The agent's conditions: DevicesFound, PoolImported, PoolHealthy, and PoolReleased
+/// while the pool is being deleted.
 pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict> {
+    let mut v = vec![
+        devices_found(facts, outcome),
+        pool_imported(facts, outcome),
+        pool_healthy(&facts.observed),
+    ];
+    if facts.observed.deleting {
+        v.push(pool_released(pool, outcome));
+    }
+    v
+}
+
+/// DevicesFound: unknown while the controller has volumes to create or attach, else
+/// whether every member's volume has its device.
+fn devices_found(facts: &Facts, outcome: &Outcome) -> Verdict {
     let o = &facts.observed;
-    let mut v = Vec::new();
-    let unknown: Vec<i32> = (0..o.count as i32)
-        .filter(|i| {
-            !o.members
-                .iter()
-                .any(|m| m.index == *i && m.volume_id.is_some())
-        })
-        .collect();
-    let absent: Vec<String> = o
-        .members
-        .iter()
-        .filter(|m| m.volume_id.is_some() && m.device.is_none())
-        .map(|m| {
-            let vol = m.volume_id.clone().unwrap_or_default();
-            match facts.stale.iter().find(|(i, _)| *i == m.index) {
-                Some((_, serial)) => format!(
-                    "{vol} (member {}): its link points at NVMe serial {serial}",
-                    m.index
-                ),
-                None => format!("{vol} (member {})", m.index),
-            }
-        })
-        .collect();
-    v.push(if outcome.awaits_controller() || !unknown.is_empty() {
+    let unknown = (0..o.count as i32).any(|i| {
+        !o.members
+            .iter()
+            .any(|m| m.index == i && m.volume_id.is_some())
+    });
+    let absent = absent_devices(facts);
+    if outcome.awaits_controller() || unknown {
         Verdict::new(
             cond::DEVICES_FOUND,
             "Unknown",
@@ -211,17 +210,51 @@ pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict
             "Missing",
             format!("no device for {}", absent.join(", ")),
         )
-    });
+    }
+}
 
+/// The members with a volume ID but no device, in words: a link that points at another
+/// volume's NVMe serial says so.
+fn absent_devices(facts: &Facts) -> Vec<String> {
+    facts
+        .observed
+        .members
+        .iter()
+        .filter(|m| m.volume_id.is_some() && m.device.is_none())
+        .map(|m| {
+            let vol = m.volume_id.clone().unwrap_or_default();
+            match facts.stale.iter().find(|(i, _)| *i == m.index) {
+                Some((_, serial)) => format!(
+                    "{vol} (member {}): its link points at NVMe serial {serial}",
+                    m.index
+                ),
+                None => format!("{vol} (member {})", m.index),
+            }
+        })
+        .collect()
+}
+
+/// PoolImported: True once the pool is imported with its datasets where the spec wants
+/// them; else why not.
+fn pool_imported(facts: &Facts, outcome: &Outcome) -> Verdict {
+    match &facts.observed.imported {
+        Some(i) => imported_as_asked(facts, i, outcome),
+        None => not_imported(&facts.observed, outcome),
+    }
+}
+
+/// PoolImported of an imported pool: not usable, so not True, until its datasets are
+/// created and mounted where the spec asks.
+fn imported_as_asked(facts: &Facts, i: &Imported, outcome: &Outcome) -> Verdict {
+    let o = &facts.observed;
     let pending: Vec<&str> = o
         .missing_datasets
         .iter()
         .map(String::as_str)
         .chain(o.misplaced_datasets.iter().map(|(n, _)| n.as_str()))
         .collect();
-    let imported = match (&o.imported, outcome) {
-        // Imported, but not yet as the spec asks: not usable, so not True.
-        (Some(_), _) if !pending.is_empty() => Verdict::new(
+    if !pending.is_empty() {
+        return Verdict::new(
             cond::POOL_IMPORTED,
             "False",
             "DatasetsPending",
@@ -232,70 +265,65 @@ pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict
                     .as_ref()
                     .map_or(String::new(), |e| format!(": {e}"))
             ),
+        );
+    }
+    Verdict::new(
+        cond::POOL_IMPORTED,
+        "True",
+        "Imported",
+        format!(
+            "pool {} (GUID {}) is imported",
+            facts
+                .imported_name
+                .as_ref()
+                .map_or(o.pool_name.as_str(), |n| n.as_str()),
+            i.guid.map_or("unknown".into(), |g| g.to_string())
         ),
-        (Some(i), _) => Verdict::new(
-            cond::POOL_IMPORTED,
-            "True",
-            "Imported",
-            format!(
-                "pool {} (GUID {}) is imported",
-                facts
-                    .imported_name
-                    .as_ref()
-                    .map_or(o.pool_name.as_str(), |n| n.as_str()),
-                i.guid.map_or("unknown".into(), |g| g.to_string())
-            ),
-        ),
-        (
-            None,
-            Outcome {
-                refused: Some((device, reason)),
-                ..
-            },
-        ) => Verdict::new(
-            cond::POOL_IMPORTED,
-            "False",
+    )
+}
+
+/// PoolImported of a pool not imported: why, from how the last step ended (a refusal
+/// first, then a failure, the release, a wait).
+fn not_imported(o: &Observed, outcome: &Outcome) -> Verdict {
+    let verdict =
+        |reason: &str, message: String| Verdict::new(cond::POOL_IMPORTED, "False", reason, message);
+    match outcome {
+        Outcome {
+            refused: Some((device, reason)),
+            ..
+        } => verdict(
             "DeviceInUse",
             format!(
                 "device {device} {reason}; the agent never creates over existing data (clear the device or restore it)"
             ),
         ),
-        (
-            None,
-            Outcome {
-                failed: Some(e), ..
-            },
-        ) => Verdict::new(cond::POOL_IMPORTED, "False", "CommandFailed", e.clone()),
-        (None, _) if o.deleting => Verdict::new(
-            cond::POOL_IMPORTED,
-            "False",
-            "Released",
-            "the pool was released for deletion",
+        Outcome {
+            failed: Some(e), ..
+        } => verdict("CommandFailed", e.clone()),
+        _ if o.deleting => verdict("Released", "the pool was released for deletion".into()),
+        Outcome {
+            wait: Some(Wait::VolumeIds | Wait::Attachment(_)),
+            ..
+        } => verdict(
+            "WaitingForVolumes",
+            "waiting for the controller to create and attach the volumes (see VolumesAttached)"
+                .into(),
         ),
-        (None, Outcome { wait: Some(w), .. }) => match w {
-            Wait::VolumeIds | Wait::Attachment(_) => Verdict::new(
-                cond::POOL_IMPORTED,
-                "False",
-                "WaitingForVolumes",
-                "waiting for the controller to create and attach the volumes (see VolumesAttached)",
-            ),
-            Wait::Devices(i) => Verdict::new(
-                cond::POOL_IMPORTED,
-                "False",
-                "WaitingForDevices",
-                format!("members {i:?} have no device yet"),
-            ),
-        },
-        (None, _) => Verdict::new(
-            cond::POOL_IMPORTED,
-            "False",
-            "NotImported",
-            "the pool is not imported",
+        Outcome {
+            wait: Some(Wait::Devices(i)),
+            ..
+        } => verdict(
+            "WaitingForDevices",
+            format!("members {i:?} have no device yet"),
         ),
-    };
-    v.push(imported);
+        _ => verdict("NotImported", "the pool is not imported".into()),
+    }
+}
 
-    v.push(match &o.imported {
+/// PoolHealthy: what `zpool status` says of the pool, with the members not online and
+/// what to do when the pool lost more than its layout survives.
+fn pool_healthy(o: &Observed) -> Verdict {
+    match &o.imported {
         Some(i) if i.health == "ONLINE" => {
             Verdict::new(cond::POOL_HEALTHY, "True", "Online", "zpool status: ONLINE")
         }
@@ -316,22 +344,41 @@ pub fn verdicts(pool: &ZfsPool, facts: &Facts, outcome: &Outcome) -> Vec<Verdict
             "NotImported",
             "the pool is not imported",
         ),
-    });
-
-    if o.deleting {
-        let prev = released_condition(pool);
-        v.push(match (prev, outcome.released, &outcome.failed) {
-            (Some(p), _, _) => Verdict::new(cond::POOL_RELEASED, "True", &p.reason.clone(), p.message.clone()),
-            (None, Some(how), _) => Verdict::new(cond::POOL_RELEASED, "True", how, match how {
-                "Exported" => "pool exported (reclaimPolicy Retain); the volumes can be detached",
-                "Destroyed" => "pool destroyed (reclaimPolicy Delete); the volumes can be detached and deleted",
-                _ => "no pool of this object is imported on the node; the volumes can be detached",
-            }),
-            (None, None, Some(e)) => Verdict::new(cond::POOL_RELEASED, "False", "ReleaseFailed", e.clone()),
-            (None, None, None) => Verdict::new(cond::POOL_RELEASED, "False", "Releasing", "releasing the pool"),
-        });
     }
-    v
+}
+
+/// PoolReleased, of a pool being deleted: once True it stays as first reported; else how
+/// the release went.
+fn pool_released(pool: &ZfsPool, outcome: &Outcome) -> Verdict {
+    match (released_condition(pool), outcome.released, &outcome.failed) {
+        (Some(p), _, _) => Verdict::new(
+            cond::POOL_RELEASED,
+            "True",
+            &p.reason.clone(),
+            p.message.clone(),
+        ),
+        (None, Some(how), _) => Verdict::new(
+            cond::POOL_RELEASED,
+            "True",
+            how,
+            match how {
+                "Exported" => "pool exported (reclaimPolicy Retain); the volumes can be detached",
+                "Destroyed" => {
+                    "pool destroyed (reclaimPolicy Delete); the volumes can be detached and deleted"
+                }
+                _ => "no pool of this object is imported on the node; the volumes can be detached",
+            },
+        ),
+        (None, None, Some(e)) => {
+            Verdict::new(cond::POOL_RELEASED, "False", "ReleaseFailed", e.clone())
+        }
+        (None, None, None) => Verdict::new(
+            cond::POOL_RELEASED,
+            "False",
+            "Releasing",
+            "releasing the pool",
+        ),
+    }
 }
 
 fn not_online(i: &crate::decide::Imported) -> String {
@@ -633,6 +680,28 @@ mod tests {
         let i = find(&v, cond::POOL_IMPORTED);
         assert_eq!((i.status, i.reason.as_str()), ("False", "DatasetsPending"));
         assert!(i.message.contains("pgwal") && i.message.contains("busy"));
+    }
+
+    #[test]
+    fn not_imported_says_a_refusal_first_then_a_failure_the_release_and_a_wait() {
+        let mut f = facts(None);
+        f.observed.deleting = true;
+        let mut out = Outcome {
+            refused: Some(("/d/vol00".into(), "carries data".into())),
+            failed: Some("boom".into()),
+            wait: Some(Wait::Devices(vec![1])),
+            ..Default::default()
+        };
+        let reason = |f: &Facts, out: &Outcome| not_imported(&f.observed, out).reason;
+        assert_eq!(reason(&f, &out), "DeviceInUse");
+        out.refused = None;
+        assert_eq!(reason(&f, &out), "CommandFailed");
+        out.failed = None;
+        assert_eq!(reason(&f, &out), "Released");
+        f.observed.deleting = false;
+        assert_eq!(reason(&f, &out), "WaitingForDevices");
+        out.wait = None;
+        assert_eq!(reason(&f, &out), "NotImported");
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use pgml_api::zfspool::ZfsPool;
+use pgml_api::zfspool::{ZfsPool, ZfsPoolStatus};
 use pgml_zfs::{Dialect, HostPath, PoolListEntry, PoolName, PoolStatus, ZfsError, command};
 
 use crate::decide::{Imported, Member, Observed, Placement, PoolMember, SeenPool};
-use crate::devices::{Lookup, blkid_probe, parse_blkid_type};
+use crate::devices::{Discovery, Lookup, blkid_probe, parse_blkid_type};
 use crate::exec::Output;
 use crate::reconcile::{Ctx, Error, relative_mount};
 
@@ -27,17 +27,76 @@ pub struct Facts {
     pub datasets: Vec<(String, String, bool)>,
 }
 
+/// Everything the agent reads of the node for `pool` (ZFS name `name`), in one go.
 pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts, Error> {
     let spec = &pool.spec.template;
     let status = pool.status.clone().unwrap_or_default();
+    let deleting = pool.metadata.deletion_timestamp.is_some();
     let count = spec.volumes.count.max(0) as usize;
+    let MemberFacts {
+        mut members,
+        stale,
+        sizes,
+    } = expected_members(&status, count, &ctx.discovery);
+    let recorded_guid = status.pool_guid.as_deref().and_then(|g| g.parse().ok());
+    let list = listed_pool(ctx, name, recorded_guid).await?;
+    let on_node = match &list {
+        Some(l) => imported_pool(pool, ctx, l).await?,
+        None => OnNode::default(),
+    };
+    let all_present = count > 0 && members.iter().all(|m| m.device.is_some() && m.attached);
+    let importable = if on_node.imported.is_none() && all_present && !deleting {
+        importable_pools(ctx, &mut members).await?
+    } else {
+        Vec::new()
+    };
+    let grown = on_node.imported.is_some() && ctx.sizes_changed(pool, &sizes);
+    Ok(Facts {
+        observed: Observed {
+            pool_name: name.to_string(),
+            layout: spec.layout,
+            deleting,
+            reclaim: spec.reclaim_policy,
+            replacement: spec.member_replacement,
+            restore: pool.spec.restore_from.is_some(),
+            count,
+            members,
+            recorded_guid,
+            imported: on_node.imported,
+            importable,
+            missing_datasets: on_node.datasets.missing,
+            misplaced_datasets: on_node.datasets.misplaced,
+            grown,
+        },
+        imported_name: on_node.name,
+        list,
+        status: on_node.status,
+        stale,
+        sizes,
+        datasets: on_node.datasets.found,
+    })
+}
+
+/// The members the spec asks for, as the controller reported their volumes and the node
+/// shows their devices.
+struct MemberFacts {
+    members: Vec<Member>,
+    /// See [`Facts::stale`].
+    stale: Vec<(i32, String)>,
+    /// See [`Facts::sizes`].
+    sizes: Vec<(i32, Option<i64>)>,
+}
+
+/// Each of the `count` members: its volume from the stored status, its device found by
+/// the volume ID (a link to another volume's device is stale, no device).
+fn expected_members(status: &ZfsPoolStatus, count: usize, discovery: &Discovery) -> MemberFacts {
     let mut members = Vec::new();
     let mut stale = Vec::new();
     let mut sizes = Vec::new();
     for i in 0..count as i32 {
         let v = status.volumes.iter().find(|v| v.index == i);
         let volume_id = v.and_then(|v| v.volume_id.clone());
-        let device = match volume_id.as_deref().map(|id| ctx.discovery.find(id)) {
+        let device = match volume_id.as_deref().map(|id| discovery.find(id)) {
             Some(Lookup::Found { path, .. }) => Some(path.to_string_lossy().into_owned()),
             Some(Lookup::Stale { serial, .. }) => {
                 stale.push((i, serial));
@@ -54,15 +113,26 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
             signature: None,
         });
     }
-    let recorded_guid = status.pool_guid.as_deref().and_then(|g| g.parse().ok());
+    MemberFacts {
+        members,
+        stale,
+        sizes,
+    }
+}
 
+/// The pool `zpool list` shows by our name, else by the GUID the status recorded.
+async fn listed_pool(
+    ctx: &Ctx,
+    name: &PoolName,
+    recorded_guid: Option<u64>,
+) -> Result<Option<PoolListEntry>, Error> {
     let listed = pgml_zfs::parse_zpool_list(
         &ctx.runner
             .ok(&command::list_pools(ctx.dialect, None))
             .await?,
         command::LIST_COLUMNS,
     )?;
-    let list = listed
+    Ok(listed
         .iter()
         .find(|p| p.name == name.as_str())
         .or_else(|| {
@@ -70,105 +140,115 @@ pub async fn observe(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Facts
                 .iter()
                 .find(|p| recorded_guid.is_some() && p.guid == recorded_guid)
         })
-        .cloned();
-    let mut imported = None;
-    let mut imported_name = None;
-    let mut pool_status = None;
-    let mut missing_datasets = Vec::new();
-    let mut misplaced_datasets = Vec::new();
-    let mut found_datasets = Vec::new();
-    if let Some(l) = &list {
-        let n = PoolName::new(l.name.clone())?;
-        let st = status_of(
-            &n,
-            &ctx.runner
-                .ok(&command::status(ctx.dialect, Some(&n)))
-                .await?,
-        )?;
-        imported = Some(imported_from(l, &st));
-        let st = Some(st);
-        if pool.metadata.deletion_timestamp.is_none() {
-            let have = datasets(ctx, &n).await?;
-            // With an altroot, ZFS shows mount points below it.
-            let root = l
-                .altroot
-                .as_deref()
-                .filter(|r| r.starts_with('/'))
-                .unwrap_or("")
-                .trim_end_matches('/');
-            for d in &spec.datasets {
-                let want = format!("{root}{}", relative_mount(pool, d));
-                if let Some(m) = have.get(&format!("{n}/{}", d.name)) {
-                    // Reported only where the spec wants it: a pool restored from a
-                    // snapshot is imported with its source's mount points until they are
-                    // set, and a PersistentVolume made from that passing path would point
-                    // at the source's folder for ever (local.path cannot change).
-                    let placed = m.mountpoint == want;
-                    let path = if placed {
-                        m.mountpoint.clone()
-                    } else {
-                        "-".into()
-                    };
-                    found_datasets.push((d.name.clone(), path, placed && m.mounted));
-                }
-                match have.get(&format!("{n}/{}", d.name)) {
-                    None => missing_datasets.push(d.name.clone()),
-                    Some(m) if m.mountpoint != want => {
-                        misplaced_datasets.push((d.name.clone(), Placement::Elsewhere))
-                    }
-                    Some(m) if !m.mounted => {
-                        misplaced_datasets.push((d.name.clone(), Placement::Unmounted))
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        imported_name = Some(n);
-        pool_status = st;
-    }
+        .cloned())
+}
 
-    let mut importable = Vec::new();
-    let all_present = count > 0 && members.iter().all(|m| m.device.is_some() && m.attached);
-    if imported.is_none() && all_present && pool.metadata.deletion_timestamp.is_none() {
-        let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
-        let out = ctx
-            .runner
-            .run(&command::list_importable(std::slice::from_ref(&dir)))
-            .await?;
-        importable = importable_from(ctx.dialect, &out)?;
-        for m in &mut members {
-            if let Some(dev) = &m.device {
-                let out = ctx.runner.run(&blkid_probe(dev)).await?;
-                m.signature = parse_blkid_type(&out.stdout);
-            }
-        }
-    }
+/// What the node shows of an imported pool; all empty when none is.
+#[derive(Default)]
+struct OnNode {
+    imported: Option<Imported>,
+    /// See [`Facts::imported_name`].
+    name: Option<PoolName>,
+    status: Option<PoolStatus>,
+    datasets: DatasetFacts,
+}
 
-    let grown = imported.is_some() && ctx.sizes_changed(pool, &sizes);
-    Ok(Facts {
-        observed: Observed {
-            pool_name: name.to_string(),
-            layout: spec.layout,
-            deleting: pool.metadata.deletion_timestamp.is_some(),
-            reclaim: spec.reclaim_policy,
-            replacement: spec.member_replacement,
-            restore: pool.spec.restore_from.is_some(),
-            count,
-            members,
-            recorded_guid,
-            imported,
-            importable,
-            missing_datasets,
-            misplaced_datasets,
-            grown,
-        },
-        imported_name,
-        list,
-        status: pool_status,
-        stale,
-        sizes,
-        datasets: found_datasets,
+/// The imported pool `l`: its `zpool status`, and, unless it is being deleted, where its
+/// datasets are.
+async fn imported_pool(pool: &ZfsPool, ctx: &Ctx, l: &PoolListEntry) -> Result<OnNode, Error> {
+    let n = PoolName::new(l.name.clone())?;
+    let st = status_of(
+        &n,
+        &ctx.runner
+            .ok(&command::status(ctx.dialect, Some(&n)))
+            .await?,
+    )?;
+    let datasets = if pool.metadata.deletion_timestamp.is_none() {
+        let have = datasets(ctx, &n).await?;
+        dataset_facts(pool, &n, altroot_prefix(l), &have)
+    } else {
+        DatasetFacts::default()
+    };
+    Ok(OnNode {
+        imported: Some(imported_from(l, &st)),
+        name: Some(n),
+        status: Some(st),
+        datasets,
     })
+}
+
+/// The prefix ZFS shows mount points under: the pool's altroot, when it has one.
+fn altroot_prefix(l: &PoolListEntry) -> &str {
+    l.altroot
+        .as_deref()
+        .filter(|r| r.starts_with('/'))
+        .unwrap_or("")
+        .trim_end_matches('/')
+}
+
+/// The spec's datasets against what ZFS has: which are missing, which are not mounted
+/// where the spec wants them, and the ones to report.
+#[derive(Default)]
+struct DatasetFacts {
+    missing: Vec<String>,
+    misplaced: Vec<(String, Placement)>,
+    /// See [`Facts::datasets`].
+    found: Vec<(String, String, bool)>,
+}
+
+/// Each dataset of the spec in `have` (the pool `n`'s, mount points under `root`).
+fn dataset_facts(
+    pool: &ZfsPool,
+    n: &PoolName,
+    root: &str,
+    have: &BTreeMap<String, Mounted>,
+) -> DatasetFacts {
+    let mut facts = DatasetFacts::default();
+    for d in &pool.spec.template.datasets {
+        let want = format!("{root}{}", relative_mount(pool, d));
+        if let Some(m) = have.get(&format!("{n}/{}", d.name)) {
+            // Reported only where the spec wants it: a pool restored from a
+            // snapshot is imported with its source's mount points until they are
+            // set, and a PersistentVolume made from that passing path would point
+            // at the source's folder for ever (local.path cannot change).
+            let placed = m.mountpoint == want;
+            let path = if placed {
+                m.mountpoint.clone()
+            } else {
+                "-".into()
+            };
+            facts
+                .found
+                .push((d.name.clone(), path, placed && m.mounted));
+        }
+        match have.get(&format!("{n}/{}", d.name)) {
+            None => facts.missing.push(d.name.clone()),
+            Some(m) if m.mountpoint != want => {
+                facts.misplaced.push((d.name.clone(), Placement::Elsewhere))
+            }
+            Some(m) if !m.mounted => facts.misplaced.push((d.name.clone(), Placement::Unmounted)),
+            Some(_) => {}
+        }
+    }
+    facts
+}
+
+/// The pools `zpool import -d` finds among the devices, and what each member's device
+/// carries (`blkid`): asked only when no pool is imported and every member is there.
+async fn importable_pools(ctx: &Ctx, members: &mut [Member]) -> Result<Vec<SeenPool>, Error> {
+    let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
+    let out = ctx
+        .runner
+        .run(&command::list_importable(std::slice::from_ref(&dir)))
+        .await?;
+    let importable = importable_from(ctx.dialect, &out)?;
+    for m in members {
+        if let Some(dev) = &m.device {
+            let out = ctx.runner.run(&blkid_probe(dev)).await?;
+            m.signature = parse_blkid_type(&out.stdout);
+        }
+    }
+    Ok(importable)
 }
 
 /// The pool `zpool status <name>` printed. Output without it is an error, never "not
@@ -362,5 +442,58 @@ mod tests {
         let seen = importable_from(Dialect::OpenZfs, &output(0, listing, "")).unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].volume_ids.len(), 5);
+    }
+
+    #[test]
+    fn datasets_are_reported_only_where_the_spec_wants_them() {
+        let pool: ZfsPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+            "metadata": {"name": "tank", "namespace": "db"},
+            "spec": {"nodeName": "n1", "volumes": {"count": 2, "sizeGiB": 10},
+                     "datasets": [{"name": "pgdata"}, {"name": "pgwal"},
+                                  {"name": "extra", "mountPoint": "/x/y"}, {"name": "gone"}]},
+        }))
+        .unwrap();
+        let mounted = |path: &str, mounted| Mounted {
+            mountpoint: path.into(),
+            mounted,
+        };
+        let have = BTreeMap::from([
+            ("tank/pgdata".to_string(), mounted("/mnt/tank/pgdata", true)),
+            ("tank/pgwal".to_string(), mounted("/elsewhere", true)),
+            ("tank/extra".to_string(), mounted("/mnt/x/y", false)),
+        ]);
+        let f = dataset_facts(&pool, &PoolName::new("tank").unwrap(), "/mnt", &have);
+        assert_eq!(f.missing, ["gone"]);
+        assert_eq!(
+            f.misplaced,
+            [
+                ("pgwal".to_string(), Placement::Elsewhere),
+                ("extra".to_string(), Placement::Unmounted)
+            ]
+        );
+        let found: Vec<_> = f
+            .found
+            .iter()
+            .map(|(n, p, m)| (n.as_str(), p.as_str(), *m))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("pgdata", "/mnt/tank/pgdata", true),
+                ("pgwal", "-", false),
+                ("extra", "/mnt/x/y", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn mount_points_show_under_an_absolute_altroot_only() {
+        let mut l = listed("tank");
+        assert_eq!(altroot_prefix(&l), "");
+        l.altroot = Some("/mnt/restore/".into());
+        assert_eq!(altroot_prefix(&l), "/mnt/restore");
+        l.altroot = Some("-".into());
+        assert_eq!(altroot_prefix(&l), "");
     }
 }

@@ -99,78 +99,12 @@ pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Err
         Ok(n) => n,
         Err(e) => {
             // The schema admits a few names ZFS refuses (`c0…`): say so, wait for a change.
-            let mut verdicts = vec![Verdict::new(
-                cond::POOL_IMPORTED,
-                "False",
-                "InvalidPoolName",
-                e.to_string(),
-            )];
-            if pool.metadata.deletion_timestamp.is_some() {
-                // No pool can exist under a name ZFS refuses: nothing to release.
-                verdicts.push(Verdict::new(
-                    cond::POOL_RELEASED,
-                    "True",
-                    "NotImported",
-                    "no pool of this object can exist on the node",
-                ));
-            }
-            let desired = AgentStatus {
-                pool_guid: pool.status.as_ref().and_then(|s| s.pool_guid.clone()),
-                zfs_dialect: Some(dialect_name(ctx.dialect).to_string()),
-                conditions: conditions(&verdicts, &pool, Timestamp::now()),
-                ..Default::default()
-            }
-            .normalized();
+            let desired = invalid_name_status(&pool, ctx.dialect, e.to_string());
             apply_if_changed(&pool, &ctx, desired).await?;
             return Ok(Requeue::await_change());
         }
     };
-    let mut outcome = Outcome::default();
-    let mut facts = observe(&pool, &ctx, &name).await?;
-    // Each step changes what is observed; a handful of steps reach steady state
-    // (import or create → datasets → expand).
-    for _ in 0..6 {
-        let action = decide(&facts.observed);
-        tracing::debug!(pool = %name, ?action, "decided");
-        let done = match &action {
-            Action::Wait(w) => {
-                outcome.wait = Some(w.clone());
-                true
-            }
-            Action::Refuse { device, reason } => {
-                tracing::warn!(pool = %name, device, reason, "refusing to build over existing data");
-                outcome.refused = Some((device.clone(), reason.clone()));
-                true
-            }
-            Action::Steady => true,
-            Action::Released => {
-                outcome.released = Some("NotImported");
-                true
-            }
-            step => match act(&pool, &ctx, &name, &facts, step).await {
-                Ok(()) => {
-                    if matches!(step, Action::Export) {
-                        outcome.released = Some("Exported");
-                    } else if matches!(step, Action::Destroy) {
-                        outcome.released = Some("Destroyed");
-                    }
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %name, ?step, error = %e, "step failed");
-                    outcome.failed = Some(e.to_string());
-                    true
-                }
-            },
-        };
-        if done {
-            break;
-        }
-        facts = observe(&pool, &ctx, &name).await?;
-        if outcome.released.is_some() && facts.observed.imported.is_none() {
-            break;
-        }
-    }
+    let Pass { mut facts, outcome } = settle(&pool, &ctx, &name).await?;
     if outcome.refused.is_some() && facts.observed.imported.is_some() {
         // A same-named pool that is not ours: report nothing of it.
         facts.observed.imported = None;
@@ -192,6 +126,103 @@ pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Err
     })
 }
 
+/// The agent's status for a pool whose name ZFS refuses: PoolImported False (and, while
+/// the pool is deleted, PoolReleased True: no pool can exist under that name).
+fn invalid_name_status(pool: &ZfsPool, dialect: Dialect, why: String) -> AgentStatus {
+    let mut verdicts = vec![Verdict::new(
+        cond::POOL_IMPORTED,
+        "False",
+        "InvalidPoolName",
+        why,
+    )];
+    if pool.metadata.deletion_timestamp.is_some() {
+        // No pool can exist under a name ZFS refuses: nothing to release.
+        verdicts.push(Verdict::new(
+            cond::POOL_RELEASED,
+            "True",
+            "NotImported",
+            "no pool of this object can exist on the node",
+        ));
+    }
+    AgentStatus {
+        pool_guid: pool.status.as_ref().and_then(|s| s.pool_guid.clone()),
+        zfs_dialect: Some(dialect_name(dialect).to_string()),
+        conditions: conditions(&verdicts, pool, Timestamp::now()),
+        ..Default::default()
+    }
+    .normalized()
+}
+
+/// How a pass over the pool ended: what was last observed, and how its last step went.
+struct Pass {
+    facts: Facts,
+    outcome: Outcome,
+}
+
+/// Observes, decides and takes the step, again, until a step leaves nothing to do now.
+/// Each step changes what is observed; a handful of steps reach steady state (import or
+/// create → datasets → expand), so six at the most.
+async fn settle(pool: &ZfsPool, ctx: &Ctx, name: &PoolName) -> Result<Pass, Error> {
+    let mut outcome = Outcome::default();
+    let mut facts = observe(pool, ctx, name).await?;
+    for _ in 0..6 {
+        let action = decide(&facts.observed);
+        tracing::debug!(pool = %name, ?action, "decided");
+        if take_step(pool, ctx, name, &facts, &action, &mut outcome).await {
+            break;
+        }
+        facts = observe(pool, ctx, name).await?;
+        if outcome.released.is_some() && facts.observed.imported.is_none() {
+            break;
+        }
+    }
+    Ok(Pass { facts, outcome })
+}
+
+/// Takes `action` when it is a step on the node, and notes in `outcome` what it says for
+/// the status. `true` when the pass ends here: a wait, a refusal, steady state, the
+/// release, or a step that failed.
+async fn take_step(
+    pool: &ZfsPool,
+    ctx: &Ctx,
+    name: &PoolName,
+    facts: &Facts,
+    action: &Action,
+    outcome: &mut Outcome,
+) -> bool {
+    match action {
+        Action::Wait(w) => {
+            outcome.wait = Some(w.clone());
+            true
+        }
+        Action::Refuse { device, reason } => {
+            tracing::warn!(pool = %name, device, reason, "refusing to build over existing data");
+            outcome.refused = Some((device.clone(), reason.clone()));
+            true
+        }
+        Action::Steady => true,
+        Action::Released => {
+            outcome.released = Some("NotImported");
+            true
+        }
+        step => match act(pool, ctx, name, facts, step).await {
+            Ok(()) => {
+                if matches!(step, Action::Export) {
+                    outcome.released = Some("Exported");
+                } else if matches!(step, Action::Destroy) {
+                    outcome.released = Some("Destroyed");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(pool = %name, ?step, error = %e, "step failed");
+                outcome.failed = Some(e.to_string());
+                true
+            }
+        },
+    }
+}
+
 /// How often a pool whose attached volumes have no device link yet is looked at again.
 const DEVICE_POLL: Duration = Duration::from_secs(2);
 
@@ -205,6 +236,7 @@ pub fn error_policy(pool: Arc<ZfsPool>, e: &Error, _ctx: Arc<Ctx>) -> Requeue {
     Requeue::requeue(Duration::from_secs(5))
 }
 
+/// Takes one step on the node: the command (or commands) `step` stands for.
 async fn act(
     pool: &ZfsPool,
     ctx: &Ctx,
@@ -212,37 +244,15 @@ async fn act(
     facts: &Facts,
     step: &Action,
 ) -> Result<(), Error> {
-    let d = ctx.dialect;
     let actual = facts.imported_name.clone().unwrap_or_else(|| name.clone());
     match step {
         Action::Create => {
-            let c = command::create_pool(d, &pool_spec(pool, ctx, name, facts)?)?;
+            let c = command::create_pool(ctx.dialect, &pool_spec(pool, ctx, name, facts)?)?;
             tracing::info!(pool = %name, command = %c, "creating pool");
             ctx.runner.ok(&c).await?;
             ctx.remember_sizes(pool, &facts.sizes);
         }
-        Action::Import { guid, force } => {
-            let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
-            let from = facts
-                .observed
-                .importable
-                .iter()
-                .find(|p| p.guid == Some(*guid))
-                .map(|p| p.name.clone());
-            let c = command::import_pool(
-                d,
-                &ImportSpec {
-                    target: ImportTarget::Guid(Guid(*guid)),
-                    new_name: (from.as_deref() != Some(name.as_str())).then(|| name.clone()),
-                    search_dirs: vec![dir],
-                    altroot: Some(ctx.mount_root.clone()),
-                    mount: true,
-                    force: *force,
-                },
-            )?;
-            tracing::info!(pool = %name, command = %c, "importing pool");
-            ctx.runner.ok(&c).await?;
-        }
+        Action::Import { guid, force } => import(ctx, name, facts, *guid, *force).await?,
         Action::CreateDatasets(names) => {
             for ds in pool
                 .spec
@@ -254,37 +264,9 @@ async fn act(
                 create_dataset(pool, ctx, &actual, ds).await?;
             }
         }
-        Action::Mount(which) => {
-            for (name, placement) in which {
-                let Some(ds) = pool.spec.template.datasets.iter().find(|d| d.name == *name) else {
-                    continue;
-                };
-                let full = DatasetName::from(actual.clone()).child(&ds.name)?;
-                let c = match placement {
-                    Placement::Elsewhere => {
-                        let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
-                        let Some(c) = command::set_property(d, &full, &prop) else {
-                            continue;
-                        };
-                        c
-                    }
-                    Placement::Unmounted => pgml_zfs::Command::new("zfs", ["mount", full.as_str()]),
-                };
-                tracing::info!(dataset = %full, command = %c, "mounting where the spec asks");
-                ctx.runner.ok(&c).await?;
-            }
-        }
+        Action::Mount(which) => mount_datasets(pool, ctx, &actual, which).await?,
         Action::Expand => {
-            for m in facts.observed.imported.iter().flat_map(|i| &i.members) {
-                if m.state == "ONLINE" && m.handle.starts_with('/') {
-                    let c = command::online_expand(
-                        &actual,
-                        &DeviceRef::Path(DevicePath::new(m.handle.clone())?),
-                    );
-                    tracing::info!(pool = %name, command = %c, "expanding member");
-                    ctx.runner.ok(&c).await?;
-                }
-            }
+            expand_members(ctx, name, &actual, facts).await?;
             ctx.remember_sizes(pool, &facts.sizes);
         }
         Action::Replace { index, old, new } => {
@@ -307,6 +289,88 @@ async fn act(
             ctx.runner.ok(&c).await?;
         }
         Action::Wait(_) | Action::Refuse { .. } | Action::Steady | Action::Released => {}
+    }
+    Ok(())
+}
+
+/// `zpool import` of the pool `guid` from the devices' folder, under the mount root, renamed
+/// to `name` when `zpool import` listed it by another.
+async fn import(
+    ctx: &Ctx,
+    name: &PoolName,
+    facts: &Facts,
+    guid: u64,
+    force: bool,
+) -> Result<(), Error> {
+    let dir = HostPath::new(ctx.discovery.dev_dir.to_string_lossy().into_owned())?;
+    let from = facts
+        .observed
+        .importable
+        .iter()
+        .find(|p| p.guid == Some(guid))
+        .map(|p| p.name.clone());
+    let c = command::import_pool(
+        ctx.dialect,
+        &ImportSpec {
+            target: ImportTarget::Guid(Guid(guid)),
+            new_name: (from.as_deref() != Some(name.as_str())).then(|| name.clone()),
+            search_dirs: vec![dir],
+            altroot: Some(ctx.mount_root.clone()),
+            mount: true,
+            force,
+        },
+    )?;
+    tracing::info!(pool = %name, command = %c, "importing pool");
+    ctx.runner.ok(&c).await?;
+    Ok(())
+}
+
+/// Each dataset of `which` where the spec asks (of the pool imported as `actual`): its
+/// mount point set when it is elsewhere, mounted when it is not.
+async fn mount_datasets(
+    pool: &ZfsPool,
+    ctx: &Ctx,
+    actual: &PoolName,
+    which: &[(String, Placement)],
+) -> Result<(), Error> {
+    for (name, placement) in which {
+        let Some(ds) = pool.spec.template.datasets.iter().find(|d| d.name == *name) else {
+            continue;
+        };
+        let full = DatasetName::from(actual.clone()).child(&ds.name)?;
+        let c = match placement {
+            Placement::Elsewhere => {
+                let prop = Property::new("mountpoint", relative_mount(pool, ds))?;
+                let Some(c) = command::set_property(ctx.dialect, &full, &prop) else {
+                    continue;
+                };
+                c
+            }
+            Placement::Unmounted => pgml_zfs::Command::new("zfs", ["mount", full.as_str()]),
+        };
+        tracing::info!(dataset = %full, command = %c, "mounting where the spec asks");
+        ctx.runner.ok(&c).await?;
+    }
+    Ok(())
+}
+
+/// `zpool online -e` of each online member with a device path, so the pool grows into
+/// volumes made larger.
+async fn expand_members(
+    ctx: &Ctx,
+    name: &PoolName,
+    actual: &PoolName,
+    facts: &Facts,
+) -> Result<(), Error> {
+    for m in facts.observed.imported.iter().flat_map(|i| &i.members) {
+        if m.state == "ONLINE" && m.handle.starts_with('/') {
+            let c = command::online_expand(
+                actual,
+                &DeviceRef::Path(DevicePath::new(m.handle.clone())?),
+            );
+            tracing::info!(pool = %name, command = %c, "expanding member");
+            ctx.runner.ok(&c).await?;
+        }
     }
     Ok(())
 }
@@ -472,5 +536,44 @@ mod tests {
             vec!["conditions.PoolImported".to_string(), "size".to_string()]
         );
         assert!(changed_fields(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn a_name_zfs_refuses_is_reported_and_released_only_when_deleted() {
+        let mut pool: ZfsPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "ZfsPool",
+            "metadata": {"name": "c0", "namespace": "db", "generation": 1},
+            "spec": {"nodeName": "n1", "volumes": {"count": 2, "sizeGiB": 10}},
+            "status": {"poolGuid": "42"},
+        }))
+        .unwrap();
+        let types = |s: &AgentStatus| -> Vec<(String, String, String)> {
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect()
+        };
+        let s = invalid_name_status(&pool, Dialect::ZfsFuse, "refused".into());
+        assert_eq!(
+            types(&s),
+            [(
+                cond::POOL_IMPORTED.to_string(),
+                "False".to_string(),
+                "InvalidPoolName".to_string()
+            )]
+        );
+        assert_eq!(s.conditions[0].message, "refused");
+        assert_eq!(s.pool_guid.as_deref(), Some("42"));
+        assert_eq!(s.zfs_dialect.as_deref(), Some("zfs-fuse"));
+        pool.metadata.deletion_timestamp = Some(pgml_api::common::Time(Timestamp::now()));
+        let s = invalid_name_status(&pool, Dialect::ZfsFuse, "refused".into());
+        assert!(
+            types(&s).contains(&(
+                cond::POOL_RELEASED.to_string(),
+                "True".to_string(),
+                "NotImported".to_string()
+            )),
+            "{s:?}"
+        );
     }
 }
