@@ -2,7 +2,7 @@
 //! facts of one reconcile and how its last step ended. Pure, so tested without a node.
 
 use k8s_openapi::jiff::Timestamp;
-use pgml_api::common::Condition;
+use pgml_api::common::{Condition, condition as c};
 use pgml_api::zfspool::{DatasetStatus, Layout, ResilverStatus, ZfsPool};
 use pgml_zfs::{PoolStatus, ScanState};
 
@@ -137,7 +137,7 @@ pub fn released_condition(pool: &ZfsPool) -> Option<&Condition> {
     pool.status.as_ref().and_then(|s| {
         s.conditions
             .iter()
-            .find(|c| c.type_ == cond::POOL_RELEASED && c.status == "True")
+            .find(|x| x.type_ == cond::POOL_RELEASED && x.status == c::TRUE)
     })
 }
 
@@ -199,14 +199,14 @@ fn devices_found(facts: &Facts, outcome: &Outcome) -> Verdict {
     } else if absent.is_empty() {
         Verdict::new(
             cond::DEVICES_FOUND,
-            "True",
+            c::TRUE,
             "Found",
             format!("all {} devices found by volume ID", o.count),
         )
     } else {
         Verdict::new(
             cond::DEVICES_FOUND,
-            "False",
+            c::FALSE,
             "Missing",
             format!("no device for {}", absent.join(", ")),
         )
@@ -256,7 +256,7 @@ fn imported_as_asked(facts: &Facts, i: &Imported, outcome: &Outcome) -> Verdict 
     if !pending.is_empty() {
         return Verdict::new(
             cond::POOL_IMPORTED,
-            "False",
+            c::FALSE,
             "DatasetsPending",
             format!(
                 "pool imported; datasets {pending:?} not created or not mounted yet{}",
@@ -269,7 +269,7 @@ fn imported_as_asked(facts: &Facts, i: &Imported, outcome: &Outcome) -> Verdict 
     }
     Verdict::new(
         cond::POOL_IMPORTED,
-        "True",
+        c::TRUE,
         "Imported",
         format!(
             "pool {} (GUID {}) is imported",
@@ -285,8 +285,9 @@ fn imported_as_asked(facts: &Facts, i: &Imported, outcome: &Outcome) -> Verdict 
 /// PoolImported of a pool not imported: why, from how the last step ended (a refusal
 /// first, then a failure, the release, a wait).
 fn not_imported(o: &Observed, outcome: &Outcome) -> Verdict {
-    let verdict =
-        |reason: &str, message: String| Verdict::new(cond::POOL_IMPORTED, "False", reason, message);
+    let verdict = |reason: &str, message: String| {
+        Verdict::new(cond::POOL_IMPORTED, c::FALSE, reason, message)
+    };
     match outcome {
         Outcome {
             refused: Some((device, reason)),
@@ -324,12 +325,15 @@ fn not_imported(o: &Observed, outcome: &Outcome) -> Verdict {
 /// what to do when the pool lost more than its layout survives.
 fn pool_healthy(o: &Observed) -> Verdict {
     match &o.imported {
-        Some(i) if i.health == "ONLINE" => {
-            Verdict::new(cond::POOL_HEALTHY, "True", "Online", "zpool status: ONLINE")
-        }
+        Some(i) if i.health == "ONLINE" => Verdict::new(
+            cond::POOL_HEALTHY,
+            c::TRUE,
+            "Online",
+            "zpool status: ONLINE",
+        ),
         Some(i) => Verdict::new(
             cond::POOL_HEALTHY,
-            "False",
+            c::FALSE,
             &capitalized(&i.health),
             format!(
                 "zpool status: {}{}{}",
@@ -353,13 +357,13 @@ fn pool_released(pool: &ZfsPool, outcome: &Outcome) -> Verdict {
     match (released_condition(pool), outcome.released, &outcome.failed) {
         (Some(p), _, _) => Verdict::new(
             cond::POOL_RELEASED,
-            "True",
+            c::TRUE,
             &p.reason.clone(),
             p.message.clone(),
         ),
         (None, Some(how), _) => Verdict::new(
             cond::POOL_RELEASED,
-            "True",
+            c::TRUE,
             how,
             match how {
                 "Exported" => "pool exported (reclaimPolicy Retain); the volumes can be detached",
@@ -370,11 +374,11 @@ fn pool_released(pool: &ZfsPool, outcome: &Outcome) -> Verdict {
             },
         ),
         (None, None, Some(e)) => {
-            Verdict::new(cond::POOL_RELEASED, "False", "ReleaseFailed", e.clone())
+            Verdict::new(cond::POOL_RELEASED, c::FALSE, "ReleaseFailed", e.clone())
         }
         (None, None, None) => Verdict::new(
             cond::POOL_RELEASED,
-            "False",
+            c::FALSE,
             "Releasing",
             "releasing the pool",
         ),

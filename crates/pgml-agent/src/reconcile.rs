@@ -11,6 +11,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
+use pgml_api::common::condition as c;
 use pgml_api::zfspool::{Dataset, Layout, ZfsPool};
 use pgml_zfs::command::{self, DeviceRef, ImportSpec, ImportTarget, Mount, PoolSpec};
 use pgml_zfs::{
@@ -131,7 +132,7 @@ pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Err
 fn invalid_name_status(pool: &ZfsPool, dialect: Dialect, why: String) -> AgentStatus {
     let mut verdicts = vec![Verdict::new(
         cond::POOL_IMPORTED,
-        "False",
+        c::FALSE,
         "InvalidPoolName",
         why,
     )];
@@ -139,7 +140,7 @@ fn invalid_name_status(pool: &ZfsPool, dialect: Dialect, why: String) -> AgentSt
         // No pool can exist under a name ZFS refuses: nothing to release.
         verdicts.push(Verdict::new(
             cond::POOL_RELEASED,
-            "True",
+            c::TRUE,
             "NotImported",
             "no pool of this object can exist on the node",
         ));
