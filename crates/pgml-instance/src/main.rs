@@ -87,6 +87,10 @@ struct Args {
     /// The Secrets, mounted: `superuser/{username,password}` sets the superuser's password.
     #[arg(long, env = "PGML_SECRETS_DIR", default_value = "/etc/pgml/secrets")]
     secrets_dir: PathBuf,
+    /// Where runtime files that must stay out of PGDATA go (the replication passfile);
+    /// default: this program's own folder (the Pod's emptyDir it was copied into).
+    #[arg(long, env = "PGML_RUN_DIR")]
+    run_dir: Option<PathBuf>,
     /// Seconds between two looks; the PgmlCluster or a Pod of the cluster changing brings
     /// the next one forward.
     #[arg(long, env = "PGML_INTERVAL_SECONDS", default_value_t = 2)]
@@ -106,6 +110,18 @@ fn simple(s: &str, what: &str, extra: &str) -> anyhow::Result<()> {
         bail!("{what} {s:?} has characters it may not have");
     }
     Ok(())
+}
+
+fn run_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow::anyhow!("this program's path has no folder"))?,
+    };
+    simple(&dir.to_string_lossy(), "PGML_RUN_DIR", "/._-")?;
+    Ok(dir)
 }
 
 fn pg_bin(given: Option<PathBuf>) -> PathBuf {
@@ -150,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         host_auth: args.host_auth.clone(),
         config_dir: Some(args.config_dir.clone()),
         drop_to: drop_to_postgres()?,
+        run_dir: run_dir(args.run_dir.clone())?,
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -267,11 +267,17 @@ impl Manager {
         })
     }
 
+    /// The replication credentials, with their passfile (which `primary_conninfo` names)
+    /// written out of PGDATA.
     fn credentials(&self) -> Option<Credentials> {
-        Credentials::read(&self.secret_dir).unwrap_or_else(|e| {
+        let creds = Credentials::read(&self.secret_dir).unwrap_or_else(|e| {
             tracing::warn!(error = %format!("{e:#}"), "replication secret ignored");
             None
-        })
+        })?;
+        if let Err(e) = self.pg.write_passfile(&creds) {
+            tracing::warn!(error = %format!("{e:#}"), "the replication passfile could not be written");
+        }
+        Some(creds)
     }
 
     async fn start(

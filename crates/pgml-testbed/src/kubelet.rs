@@ -708,6 +708,9 @@ impl Inner {
             }
         }
         let kubeconfig = self.pod_kubeconfig(pod, &root).await?;
+        // The instance manager's emptyDir (it writes its passfile there, outside PGDATA).
+        let run_dir = root.join("run");
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
         let port = free_port();
         let mut env = self.container_env(pod, c, &mounts).await?;
         let pgdata = env
@@ -723,6 +726,7 @@ impl Inner {
             ("PGML_SOCKET_DIR", SOCKET_DIR.into()),
             ("PGML_PG_BIN", PG_BIN.into()),
             ("PGML_INTERVAL_SECONDS", "1".into()),
+            ("PGML_RUN_DIR", run_dir.display().to_string()),
         ];
         for (k, v) in overrides
             .into_iter()

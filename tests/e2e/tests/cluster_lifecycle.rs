@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use pgml_api::cluster::{ClusterPhase, InstanceRole};
@@ -214,6 +214,32 @@ async fn primary_scale_to_three_switchover_failover() {
         eprintln!(
             "(b) {n} seeded and streaming {:?} after the scale",
             streaming_at[n]
+        );
+    }
+    // The replication password is in no file of a replica's PGDATA (it would travel with
+    // every snapshot and backup): primary_conninfo names a passfile outside it.
+    let secrets: Api<Secret> = parts.ns.api();
+    let replication_secret = secrets
+        .get(&format!("{CLUSTER}-replication"))
+        .await
+        .unwrap();
+    let password =
+        String::from_utf8(replication_secret.data.unwrap()["password"].0.clone()).unwrap();
+    let pg2 = parts.instance(&n2).await.postgres();
+    let conninfo = pg2.sql("SHOW primary_conninfo").unwrap();
+    assert!(conninfo.contains("passfile="), "{conninfo}");
+    assert!(!conninfo.contains(&password), "{conninfo}");
+    for file in [
+        "pgml-instance.conf",
+        "postgresql.auto.conf",
+        "postgresql.conf",
+    ] {
+        let text = pg2
+            .sql(&format!("SELECT pg_read_file('{file}', 0, 1000000, true)"))
+            .unwrap();
+        assert!(
+            !text.contains(&password),
+            "the replication password in {file}"
         );
     }
     for seed in [format!("{n2}-seed"), format!("{n3}-seed")] {

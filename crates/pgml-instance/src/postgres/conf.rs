@@ -129,8 +129,18 @@ pub fn managed_conf(
             }
             let user = creds.map_or(pg.superuser.as_str(), |c| c.username.as_str());
             let mut s = format!("host={host} port={port} user={user} application_name={instance}");
-            if let Some(c) = creds {
-                s += &format!(" password={}", c.password);
+            // The password stays out of this file (it is in PGDATA, so in every snapshot
+            // and backup): libpq reads it from the passfile the manager writes.
+            if creds.is_some() {
+                let passfile = pg.passfile();
+                let p = passfile.to_string_lossy();
+                if !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+                {
+                    bail!("{p:?}: the passfile path must be letters, digits and /._-");
+                }
+                s += &format!(" passfile={p}");
             }
             s
         }
@@ -226,13 +236,18 @@ mod tests {
             host_auth: "scram-sha-256".into(),
             config_dir: None,
             drop_to: None,
+            run_dir: "/controller".into(),
         };
         let creds = Credentials {
             username: "streaming_replica".into(),
             password: "abc-_".into(),
         };
         let t = managed_conf(&pg, "main-2", Some("10.0.0.1:5432"), Some(&creds)).unwrap();
-        assert!(t.contains("primary_conninfo = 'host=10.0.0.1 port=5432 user=streaming_replica application_name=main-2 password=abc-_'"), "{t}");
+        assert!(t.contains("primary_conninfo = 'host=10.0.0.1 port=5432 user=streaming_replica application_name=main-2 passfile=/controller/replication.pgpass'"), "{t}");
+        assert!(
+            !t.contains("abc-_"),
+            "the password is not in the configuration: {t}"
+        );
         assert!(t.contains("primary_slot_name = 'main_2'"));
         assert!(t.contains("recovery_target_timeline = 'latest'"));
         assert!(t.contains("port = 5433"));
@@ -259,6 +274,7 @@ mod tests {
             host_auth: "scram-sha-256".into(),
             config_dir: Some(dir.clone()),
             drop_to: None,
+            run_dir: "/controller".into(),
         };
         let t = managed_conf(&pg, "main-1", None, None).unwrap();
         let include = t

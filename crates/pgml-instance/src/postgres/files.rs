@@ -6,10 +6,10 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use super::Pg;
-use super::conf::{MANAGED_CONF, MANAGED_KEYS, strip_keys};
+use super::conf::{Credentials, MANAGED_CONF, MANAGED_KEYS, strip_keys};
 
 impl Pg {
     pub fn initialized(&self) -> bool {
@@ -89,6 +89,44 @@ impl Pg {
             std::fs::File::open(parent)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// The replication passfile: in [`Pg::run_dir`], never in PGDATA.
+    pub fn passfile(&self) -> PathBuf {
+        self.run_dir.join("replication.pgpass")
+    }
+
+    /// Writes the replication credentials as a passfile (mode 0600, PostgreSQL's user's) and
+    /// returns its path. Refused when the run folder is inside PGDATA: the password would
+    /// travel with every snapshot and backup of the data.
+    pub fn write_passfile(&self, creds: &Credentials) -> anyhow::Result<PathBuf> {
+        if self.run_dir.starts_with(&self.data) {
+            bail!(
+                "the run folder {} is inside PGDATA {}: the replication password would be in its snapshots",
+                self.run_dir.display(),
+                self.data.display()
+            );
+        }
+        let path = self.passfile();
+        // Any host, port and database (replication connections name the database
+        // `replication`); the Secret's characters need no escaping (Credentials::read).
+        let line = format!("*:*:*:{}:{}\n", creds.username, creds.password);
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == line) {
+            return Ok(path);
+        }
+        let tmp = self.run_dir.join(".replication.pgpass.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()?;
+        self.give(&tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 
     pub(super) fn give(&self, path: &Path) -> anyhow::Result<()> {
@@ -203,6 +241,7 @@ mod tests {
             host_auth: "trust".into(),
             config_dir: None,
             drop_to: None,
+            run_dir: "/run/pgml".into(),
         }
     }
 
@@ -224,5 +263,45 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(!pg(&dir.to_string_lossy()).is_mount_point());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_replication_password_goes_to_a_private_passfile_outside_pgdata() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("pgml-inst-pass-{}", std::process::id()));
+        let data = base.join("pgdata");
+        let run = base.join("run");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        let creds = Credentials {
+            username: "streaming_replica".into(),
+            password: "s3cr3t-_".into(),
+        };
+        let mut pg = pg(&data.to_string_lossy());
+        pg.run_dir = run.clone();
+        let path = pg.write_passfile(&creds).unwrap();
+        assert_eq!(path, run.join("replication.pgpass"));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "*:*:*:streaming_replica:s3cr3t-_\n"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "libpq ignores a passfile others can read");
+        // A new password replaces the old one; the same one is not rewritten.
+        let changed = Credentials {
+            password: "n3w".into(),
+            ..creds.clone()
+        };
+        pg.write_passfile(&changed).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "*:*:*:streaming_replica:n3w\n"
+        );
+        // A run folder inside PGDATA is refused: the password would be in every snapshot.
+        pg.run_dir = data.join("run");
+        let e = pg.write_passfile(&creds).unwrap_err().to_string();
+        assert!(e.contains("inside PGDATA"), "{e}");
+        assert!(!data.join("run/replication.pgpass").exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -35,6 +35,9 @@ pub struct Pg {
     /// The `postgres` user's uid/gid when this process is root (programs are run through
     /// `runuser`, files written are given to it); None when already unprivileged.
     pub drop_to: Option<(u32, u32)>,
+    /// Where runtime files that must not be in PGDATA go (so not in snapshots or backups):
+    /// the replication passfile. In the Pod, the instance manager's own emptyDir.
+    pub run_dir: PathBuf,
 }
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -263,7 +266,7 @@ impl Pg {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         if let Some(creds) = creds {
-            c.env("PGPASSWORD", &creds.password);
+            c.env("PGPASSFILE", self.write_passfile(creds)?);
         }
         let out = c.output().await.context("running pg_basebackup")?;
         if !out.status.success() {
@@ -423,7 +426,8 @@ impl Pg {
         }
         self.script(&format!(
             "ALTER ROLE \"{}\" WITH PASSWORD '{}';\n",
-            self.superuser, creds.password
+            self.superuser,
+            scram_verifier(&creds.password)
         ))
         .await
     }
@@ -433,10 +437,17 @@ impl Pg {
         let u = &creds.username;
         self.script(&format!(
             "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{u}') THEN CREATE ROLE \"{u}\" WITH REPLICATION LOGIN; END IF; END$$;\nALTER ROLE \"{u}\" WITH REPLICATION LOGIN PASSWORD '{}';\n",
-            creds.password
+            scram_verifier(&creds.password)
         ))
         .await
     }
+}
+
+/// The SCRAM-SHA-256 verifier of `password` (random salt, 4096 iterations, as PostgreSQL
+/// makes it): what `ALTER ROLE … PASSWORD` is sent, so the plaintext never reaches the
+/// server, its statement log or `pg_stat_statements`.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
 fn valid_slot(name: &str) -> bool {
@@ -445,4 +456,23 @@ fn valid_slot(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_sent_as_scram_verifiers() {
+        let v = scram_verifier("s3cr3t-_");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains("s3cr3t"), "{v}");
+        // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, none quoted in SQL.
+        let (head, keys) = v.split_once('$').unwrap().1.split_once('$').unwrap();
+        assert_eq!(head.split(':').count(), 2);
+        assert_eq!(keys.split(':').count(), 2);
+        assert!(!v.contains(['\'', '\\']));
+        // A fresh salt every time: the same password does not give the same verifier.
+        assert_ne!(v, scram_verifier("s3cr3t-_"));
+    }
 }
