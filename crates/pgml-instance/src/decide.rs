@@ -25,6 +25,9 @@ pub struct Local {
     /// PGDATA's own system identifier (`pg_controldata`), read while it is initialized and
     /// no postmaster runs; None when not read or unreadable.
     pub pgdata_system_identifier: Option<String>,
+    /// Why PGDATA is not on the storage it should be on (the pool's dataset not mounted
+    /// there, say after a reboot); None when it is, or when nothing is expected.
+    pub storage_problem: Option<String>,
 }
 
 /// What the running server answered.
@@ -188,6 +191,14 @@ pub fn decide(view: &View, local: &Local) -> Action {
         } else {
             Action::Wait("fenced: PostgreSQL stays stopped".into())
         };
+    }
+    // Nothing starts, initialises or copies a database on storage that is not PGDATA's own:
+    // an empty folder on the root disk would become a new database, a wrong dataset
+    // another instance's. A running server is left alone (its files are open).
+    if !local.running
+        && let Some(why) = &local.storage_problem
+    {
+        return Action::Wait(why.clone());
     }
     // 2. Empty PGDATA.
     if !local.initialized {

@@ -598,3 +598,37 @@ fn a_running_server_is_not_checked_again() {
     let v = bootstrapped(view("c-1", Some("c-1"), Some("c-1")));
     assert_eq!(decide(&v, &primary_running()), Action::Primary);
 }
+
+#[test]
+fn nothing_starts_initialises_or_copies_on_storage_that_is_not_pgdatas_own() {
+    let wrong = |l: Local| Local {
+        storage_problem: Some(
+            "PGDATA is on /dev/nvme0n1p1 (xfs), not on ZFS dataset p/pgdata".into(),
+        ),
+        ..l
+    };
+    let never_bootstrapped = view("c-1", Some("c-1"), None);
+    let mut seeded_by_copy = view("c-2", Some("c-1"), Some("c-1"));
+    seeded_by_copy.seed_from_basebackup = true;
+    let seeded_by_copy = with_peer(
+        seeded_by_copy,
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "10.0.0.1:5432")),
+    );
+    // Without the problem: initdb, a copy, a start. With it: a wait that says why.
+    for (v, l) in [
+        (never_bootstrapped.clone(), Local::default()),
+        (seeded_by_copy, Local::default()),
+        (never_bootstrapped, initialized()),
+    ] {
+        assert!(!matches!(decide(&v, &l), Action::Wait(_)), "{v:?} {l:?}");
+        match decide(&v, &wrong(l.clone())) {
+            Action::Wait(why) => assert!(why.contains("not on ZFS dataset"), "{why}"),
+            other => panic!("{v:?} {l:?}: {other:?}"),
+        }
+    }
+    // A server already running is left alone.
+    let v = view("c-1", Some("c-1"), Some("c-1"));
+    assert_eq!(decide(&v, &wrong(primary_running())), Action::Primary);
+}

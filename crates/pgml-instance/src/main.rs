@@ -5,6 +5,7 @@
 mod backrest;
 mod decide;
 mod manager;
+mod mounts;
 mod postgres;
 mod report;
 mod view;
@@ -87,6 +88,10 @@ struct Args {
     /// The Secrets, mounted: `superuser/{username,password}` sets the superuser's password.
     #[arg(long, env = "PGML_SECRETS_DIR", default_value = "/etc/pgml/secrets")]
     secrets_dir: PathBuf,
+    /// The ZFS dataset PGDATA must be on (`<pool>/pgdata`); nothing starts, initialises or
+    /// copies a database while it is not (the operator sets it for ZFS storage).
+    #[arg(long, env = "PGML_EXPECT_DATASET")]
+    expect_dataset: Option<String>,
     /// Where runtime files that must stay out of PGDATA go (the replication passfile);
     /// default: this program's own folder (the Pod's emptyDir it was copied into).
     #[arg(long, env = "PGML_RUN_DIR")]
@@ -191,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             superuser_secret: args.secrets_dir.join("superuser"),
         },
     );
+    m.expect_dataset = args.expect_dataset.clone();
     m.recover_demotion().await;
     let every = Duration::from_secs(args.interval_seconds.max(1));
     loop {

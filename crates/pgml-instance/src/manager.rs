@@ -50,6 +50,9 @@ pub struct Manager {
     archiver: Option<ArchiverStats>,
     /// The last `pg_controldata` error, so that a lasting one is logged once.
     control_data_error: Option<String>,
+    /// The ZFS dataset PGDATA must be on (`PGML_EXPECT_DATASET`); None: not checked
+    /// (ext4 storage, or run by hand).
+    pub expect_dataset: Option<String>,
 }
 
 /// Who this instance is, and where its secrets are.
@@ -81,6 +84,7 @@ impl Manager {
             schedule: Schedule::default(),
             archiver: None,
             control_data_error: None,
+            expect_dataset: None,
             pg,
             pods: Api::namespaced(client.clone(), namespace),
             clusters: Api::namespaced(client, namespace),
@@ -128,6 +132,10 @@ impl Manager {
             sql,
             demoted_lsn: self.demoted_lsn,
             pgdata_system_identifier: None,
+            storage_problem: self
+                .expect_dataset
+                .as_deref()
+                .and_then(|d| crate::mounts::check_dataset(&self.pg.data, d)),
         }
     }
 

@@ -1,0 +1,179 @@
+//! Whether PGDATA is on the storage it should be on: the ZFS dataset the operator names
+//! (`PGML_EXPECT_DATASET`). After a node reboot whose pool was not imported, the local
+//! PersistentVolume's path is an empty folder on the root disk, bind-mounted like any other;
+//! only the mount table tells the two apart (a bind mount keeps the source and type of
+//! what it binds: `zfs` with the dataset's name as source, `fuse.zfs` under zfs-fuse).
+
+use std::path::{Path, PathBuf};
+
+/// One line of `/proc/self/mountinfo`, the fields this check reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// Parses `/proc/<pid>/mountinfo` (proc(5)): `id parent major:minor root mount-point
+/// options [optional fields…] - fs-type source super-options`. Paths carry octal escapes
+/// (`\040` for a space). Lines that do not have that shape are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let mount_point = head.split(' ').nth(4)?;
+            let mut t = tail.split(' ');
+            let fs_type = t.next()?;
+            let source = t.next()?;
+            Some(Mount {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                fs_type: fs_type.to_string(),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount `path` is on: the one with the longest mount point that contains it (the
+/// last such line wins: later mounts hide earlier ones at the same point).
+pub fn mount_of<'a>(path: &Path, mounts: &'a [Mount]) -> Option<&'a Mount> {
+    mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
+}
+
+/// Why PGDATA (`pgdata`, absolute, symlinks resolved) is not on ZFS dataset `dataset`;
+/// None when it is.
+pub fn dataset_problem(pgdata: &Path, dataset: &str, mounts: &[Mount]) -> Option<String> {
+    let Some(m) = mount_of(pgdata, mounts) else {
+        return Some(format!(
+            "PGDATA {} is on no mount in the mount table; expected ZFS dataset {dataset}",
+            pgdata.display()
+        ));
+    };
+    let zfs = matches!(m.fs_type.as_str(), "zfs" | "fuse.zfs" | "fuse.zfs-fuse");
+    if zfs && m.source == dataset {
+        return None;
+    }
+    Some(format!(
+        "PGDATA {} is on {} ({} mounted at {}), not on ZFS dataset {dataset}: not starting; is the pool imported and its datasets mounted?",
+        pgdata.display(),
+        m.source,
+        m.fs_type,
+        m.mount_point.display()
+    ))
+}
+
+/// [`dataset_problem`] for this process: PGDATA resolved through its nearest existing
+/// ancestor (an empty PGDATA may not exist yet), the mount table read now.
+pub fn check_dataset(pgdata: &Path, dataset: &str) -> Option<String> {
+    let mut p = pgdata.to_path_buf();
+    let resolved = loop {
+        if let Ok(r) = p.canonicalize() {
+            break r.join(pgdata.strip_prefix(&p).unwrap_or(Path::new("")));
+        }
+        if !p.pop() {
+            break pgdata.to_path_buf();
+        }
+    };
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => dataset_problem(&resolved, dataset, &parse_mountinfo(&text)),
+        Err(e) => Some(format!("reading /proc/self/mountinfo: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container's table: the root filesystem (overlay), the Pod's PVC bind-mounted at
+    /// /var/lib/postgresql/data from a ZFS dataset, and a space in a path.
+    const POD: &str = "\
+1000 900 0:120 / / rw,relatime master:1 - overlay overlay rw,lowerdir=/l,upperdir=/u
+1001 1000 0:52 / /var/lib/postgresql/data rw,relatime shared:5 - zfs pgml-db-1/pgdata rw,xattr,noacl
+1002 1000 259:1 /var/lib/kubelet/pods/x/volumes/kubernetes.io~empty-dir/controller /controller rw - ext4 /dev/nvme0n1p1 rw
+1003 1000 0:53 / /mnt/with\\040space rw - fuse.zfs tank/a\\040b rw
+";
+
+    /// After a reboot whose pool was not imported: the PV's folder on the root disk.
+    const REBOOTED: &str = "\
+1000 900 0:120 / / rw,relatime - overlay overlay rw
+1001 1000 259:1 /var/mnt/pgml/pgml-db-1/pgdata /var/lib/postgresql/data rw - xfs /dev/nvme0n1p1 rw
+";
+
+    #[test]
+    fn the_mount_table_is_read_with_its_escapes() {
+        let m = parse_mountinfo(POD);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].fs_type, "zfs");
+        assert_eq!(m[1].source, "pgml-db-1/pgdata");
+        assert_eq!(m[3].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(m[3].source, "tank/a b");
+        assert!(parse_mountinfo("garbage\n\n").is_empty());
+    }
+
+    #[test]
+    fn pgdata_on_its_dataset_passes() {
+        let m = parse_mountinfo(POD);
+        let pgdata = Path::new("/var/lib/postgresql/data/pgdata");
+        assert_eq!(dataset_problem(pgdata, "pgml-db-1/pgdata", &m), None);
+        // zfs-fuse (the test bed) says fuse.zfs.
+        assert_eq!(
+            dataset_problem(Path::new("/mnt/with space/x"), "tank/a b", &m),
+            None
+        );
+    }
+
+    #[test]
+    fn pgdata_on_another_dataset_or_the_root_disk_is_refused() {
+        let m = parse_mountinfo(POD);
+        let pgdata = Path::new("/var/lib/postgresql/data/pgdata");
+        let why = dataset_problem(pgdata, "pgml-db-2/pgdata", &m).unwrap();
+        assert!(why.contains("pgml-db-1/pgdata"), "{why}");
+        let why = dataset_problem(Path::new("/tmp/pgdata"), "pgml-db-1/pgdata", &m).unwrap();
+        assert!(why.contains("overlay"), "{why}");
+        let rebooted = parse_mountinfo(REBOOTED);
+        let why = dataset_problem(pgdata, "pgml-db-1/pgdata", &rebooted).unwrap();
+        assert!(why.contains("/dev/nvme0n1p1 (xfs"), "{why}");
+        assert!(why.contains("is the pool imported"), "{why}");
+        assert!(dataset_problem(pgdata, "pgml-db-1/pgdata", &[]).is_some());
+    }
+
+    #[test]
+    fn the_deepest_mount_holds_the_path() {
+        let m = parse_mountinfo(POD);
+        let on = mount_of(Path::new("/var/lib/postgresql/data/pgdata/base"), &m).unwrap();
+        assert_eq!(on.mount_point, PathBuf::from("/var/lib/postgresql/data"));
+        // A sibling whose name merely starts the same is not inside it.
+        let on = mount_of(Path::new("/var/lib/postgresql/database"), &m).unwrap();
+        assert_eq!(on.mount_point, PathBuf::from("/"));
+    }
+
+    #[test]
+    fn this_process_reads_its_own_table() {
+        // /proc is procfs here, never a dataset; a path not yet made resolves through its
+        // nearest existing folder.
+        let why = check_dataset(Path::new("/proc/not/yet/there"), "p/pgdata").unwrap();
+        assert!(why.contains("proc"), "{why}");
+    }
+}
