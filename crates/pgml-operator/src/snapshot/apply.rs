@@ -13,8 +13,8 @@ use pgml_api::snapshot::{EbsSnapshotStatus, MemberSnapshot, SnapshotPhase as P};
 use pgml_aws::{CreateSnapshotSet, ErrorKind};
 use pgml_runtime::failpoint;
 
+use super::observe::{self, Source, snap_ref};
 use super::plan::{self, Adoption, HoldStep, Progress, SnapRef, reason};
-use super::source::{self, Source};
 use super::status::{self, commit, label_node, owned_view, secs, set_phase};
 use crate::runtime::conditions::{Stamp, now};
 use crate::runtime::{Context, Error};
@@ -90,22 +90,6 @@ async fn delete_all(
     Ok(())
 }
 
-pub fn snap_ref(snap: &EbsSnapshot) -> Result<SnapRef, Error> {
-    Ok(SnapRef {
-        namespace: snap
-            .metadata
-            .namespace
-            .clone()
-            .ok_or(Error::Incomplete("namespace"))?,
-        name: snap
-            .metadata
-            .name
-            .clone()
-            .ok_or(Error::Incomplete("name"))?,
-        uid: snap.metadata.uid.clone().ok_or(Error::Incomplete("uid"))?,
-    })
-}
-
 pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {
     let observed = snap.status.clone().unwrap_or_default();
     let mut run = Run {
@@ -129,7 +113,7 @@ pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Erro
 /// Resolves the source, labels the object with its node and records the plan.
 async fn pending(run: &mut Run<'_>) -> Result<Action, Error> {
     failpoint("snapshot.after-finalizer");
-    let src = match source::resolve(run.ctx, run.snap).await? {
+    let src = match observe::resolve(run.ctx, run.snap).await? {
         Ok(s) => s,
         Err(u)
             if u.reason == reason::SOURCE_NOT_FOUND

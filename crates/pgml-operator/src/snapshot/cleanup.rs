@@ -8,7 +8,7 @@ use pgml_api::EbsSnapshot;
 use pgml_api::snapshot::DeletionPolicy;
 use pgml_runtime::failpoint;
 
-use super::apply::snap_ref;
+use super::observe::snap_ref;
 use super::plan;
 use crate::runtime::{Context, Error};
 
