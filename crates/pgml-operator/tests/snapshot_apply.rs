@@ -5,8 +5,9 @@
 //! The sandbox tests prove the wire; these prove the logic (capture → crash → adopt, a
 //! throttled CreateSnapshots, a doubled set, deletion).
 
+mod fake_api;
+
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,7 +110,7 @@ impl ApiServer {
                     }
                 }
                 snap["status"] = status;
-                bump(&mut snap);
+                fake_api::bump(&mut snap);
                 (200, snap.clone())
             }
             "PATCH" if path == nightly => {
@@ -118,7 +119,7 @@ impl ApiServer {
                 for (k, v) in labels {
                     snap["metadata"]["labels"][k] = v;
                 }
-                bump(&mut snap);
+                fake_api::bump(&mut snap);
                 (200, snap.clone())
             }
             "POST" | "PATCH" if path.ends_with("/events") || path.contains("/events/") => {
@@ -129,22 +130,9 @@ impl ApiServer {
                     .push((text("type"), text("reason"), text("note")));
                 (201, body)
             }
-            _ => {
-                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "reason": "NotFound", "code": 404, "message": format!("{method} {path}")});
-                (404, status)
-            }
+            _ => fake_api::not_found(method, path),
         }
     }
-}
-
-fn bump(obj: &mut Value) {
-    let rv: u64 = obj["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    obj["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
 }
 
 struct Harness {
@@ -171,27 +159,8 @@ impl Harness {
             events: Mutex::default(),
         });
         let server = api.clone();
-        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-            let server = server.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect_bytes().await.unwrap_or_default();
-                let (code, answer) = server.answer(parts.method.as_str(), parts.uri.path(), &body);
-                let response = http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&answer).unwrap(),
-                    ))
-                    .unwrap();
-                Ok::<_, Infallible>(response)
-            }
-        });
-        Harness {
-            fake,
-            api,
-            client: kube::Client::new(service, "default"),
-        }
+        let client = fake_api::client(move |method, path, body| server.answer(method, path, body));
+        Harness { fake, api, client }
     }
 
     /// A Context as a freshly started operator has it.
