@@ -66,7 +66,8 @@ impl Run<'_> {
         self.commit(s).await?;
         if f.delete {
             let mut s = owned_view(&self.written);
-            delete_all(self.ctx, &self.id, &mut s.snapshots).await?;
+            delete_tagged(self.ctx, &self.id, &s.snapshots).await?;
+            plan::mark_deleted(&mut s.snapshots);
             self.commit(s).await?;
         }
         Ok(Action::requeue(self.ctx.settings.requeue.ready))
@@ -99,20 +100,6 @@ pub(super) async fn delete_tagged(
         tracing::info!(snapshot = %id.name, aws = %s, "deleted EBS snapshot");
     }
     Ok(ids)
-}
-
-/// [`delete_tagged`], marking the members deleted.
-async fn delete_all(
-    ctx: &Context,
-    id: &SnapRef,
-    members: &mut [MemberSnapshot],
-) -> Result<(), Error> {
-    delete_tagged(ctx, id, members).await?;
-    for m in members.iter_mut().filter(|m| m.snapshot_id.is_some()) {
-        m.state = Some("deleted".into());
-        m.progress = None;
-    }
-    Ok(())
 }
 
 pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {

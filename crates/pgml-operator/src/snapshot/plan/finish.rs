@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use pgml_api::snapshot::MemberSnapshot;
 use pgml_aws::Snapshot;
 
-use super::{Failure, reason};
+use super::{Failure, reason, state};
 
 /// How far the set has come in Finalizing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub fn progress(members: &mut [MemberSnapshot], described: &[Snapshot]) -> Progr
         };
         match described.iter().find(|s| s.snapshot_id == id) {
             None => {
-                m.state = Some("deleted".into());
+                m.state = Some(state::DELETED.into());
                 failed.push(format!(
                     "member {}'s snapshot {id} no longer exists",
                     m.member_index
@@ -39,8 +39,8 @@ pub fn progress(members: &mut [MemberSnapshot], described: &[Snapshot]) -> Progr
                 m.state = Some(s.state.clone());
                 m.progress = s.progress.clone().filter(|p| !p.is_empty());
                 match s.state.as_str() {
-                    "completed" => {}
-                    "error" => failed.push(format!(
+                    state::COMPLETED => {}
+                    state::ERROR => failed.push(format!(
                         "member {}'s snapshot {id} is in state error{}",
                         m.member_index,
                         s.state_message
@@ -86,7 +86,7 @@ pub fn follow(
         Progress::Pending => {
             let done = members
                 .iter()
-                .filter(|m| m.state.as_deref() == Some("completed"))
+                .filter(|m| m.state.as_deref() == Some(state::COMPLETED))
                 .count();
             Follow::Wait(format!(
                 "{done} of {} snapshots completed; AWS is copying the blocks",
@@ -132,9 +132,17 @@ pub fn strays(found: &[Snapshot], members: &[MemberSnapshot]) -> Vec<String> {
 pub fn leftovers(found: &[Snapshot]) -> Vec<String> {
     found
         .iter()
-        .filter(|s| s.state != "deleted")
+        .filter(|s| s.state != state::DELETED)
         .map(|s| s.snapshot_id.clone())
         .collect()
+}
+
+/// Marks every member with a snapshot deleted (the IDs stay on record).
+pub fn mark_deleted(members: &mut [MemberSnapshot]) {
+    for m in members.iter_mut().filter(|m| m.snapshot_id.is_some()) {
+        m.state = Some(state::DELETED.into());
+        m.progress = None;
+    }
 }
 
 /// Everything the object made, to delete: every snapshot tagged with its UID and every ID
@@ -331,5 +339,22 @@ mod tests {
             ["snap-0", "snap-1", "snap-x", "snap-y"]
         );
         assert!(to_delete(&[], &members(2)).is_empty());
+        let mut m = captured(2);
+        m[0].progress = Some("100%".into());
+        m.push(members(3).remove(2));
+        mark_deleted(&mut m);
+        let states: Vec<_> = m
+            .iter()
+            .map(|m| (m.state.as_deref(), m.progress.is_some()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (Some("deleted"), false),
+                (Some("deleted"), false),
+                (None, false)
+            ]
+        );
+        assert_eq!(snapshot_ids(&m), ["snap-0", "snap-1"], "the IDs stay");
     }
 }

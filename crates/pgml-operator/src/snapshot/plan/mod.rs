@@ -32,7 +32,8 @@ pub use capture::{
     judge_capture,
 };
 pub use finish::{
-    Follow, Progress, follow, leftovers, previous_set, progress, snapshot_ids, strays, to_delete,
+    Follow, Progress, follow, leftovers, mark_deleted, previous_set, progress, snapshot_ids,
+    strays, to_delete,
 };
 pub use prepare::{
     HoldStep, MARGIN, Start, Unready, gave_up_on_source, held_message, hold_deadline, hold_planned,
@@ -56,6 +57,15 @@ pub mod reason {
     /// Finalizing: AWS copies the blocks.
     pub const FINALIZING: &str = "Finalizing";
     pub const COMPLETED: &str = "Completed";
+}
+
+/// Snapshot states the controller tells apart: EC2's (`pending`, `recoverable` and
+/// `recovering` all count as still on their way) and `deleted`, which only status records
+/// (EC2 forgets a deleted snapshot).
+pub mod state {
+    pub const COMPLETED: &str = "completed";
+    pub const ERROR: &str = "error";
+    pub const DELETED: &str = "deleted";
 }
 
 /// A phase to write, with the reason and message of its Ready and Progressing conditions.

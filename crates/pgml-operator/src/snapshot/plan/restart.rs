@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use pgml_api::snapshot::MemberSnapshot;
 use pgml_aws::Snapshot;
 
-use super::{Failure, MARGIN, reason, recorded};
+use super::{Failure, MARGIN, reason, recorded, state};
 
 /// What the snapshots tagged with the object's UID say after a restart in Capturing.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +28,7 @@ pub enum Adoption {
 
 /// Sorts `found` (tagged with the UID) against the members' volumes.
 pub fn adopt(found: &[Snapshot], members: &[MemberSnapshot], deadline: Option<i64>) -> Adoption {
-    let live: Vec<&Snapshot> = found.iter().filter(|s| s.state != "deleted").collect();
+    let live: Vec<&Snapshot> = found.iter().filter(|s| s.state != state::DELETED).collect();
     if live.is_empty() {
         return Adoption::Nothing;
     }
