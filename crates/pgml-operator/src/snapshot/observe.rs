@@ -1,7 +1,8 @@
 //! Observe: what an EbsSnapshot and its source are — the object's identity, and the
-//! source's node, instance and member volumes in order, as the API server and EC2 tell. A ZfsPool must be Ready with every member's
-//! volume recorded; a PVC must be Bound to an EBS CSI volume that is attached; a cluster
-//! instance goes through `PgmlCluster.status.instances[].pool`.
+//! source's node, instance and member volumes in order, as the API server and EC2 tell. A
+//! ZfsPool must be Ready with every member's volume recorded; a PVC must be Bound to an EBS
+//! CSI volume that is attached; a cluster instance goes through
+//! `PgmlCluster.status.instances[].pool`.
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
@@ -9,7 +10,6 @@ use kube::api::ListParams;
 use pgml_api::cluster::InstanceRole;
 use pgml_api::snapshot::{ClusterSource, MemberSnapshot};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool, condition as c};
-
 use pgml_aws::{AttachmentState, Volume, parse_provider_id};
 
 use super::plan::{Filesystem, SnapRef, reason};
