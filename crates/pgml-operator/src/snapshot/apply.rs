@@ -2,6 +2,7 @@
 //! make the one CreateSnapshots call (Capturing), follow AWS until the set is completed
 //! (Finalizing). Each step records what it did in status before the next one starts, so a
 //! process killed anywhere picks up from the status and AWS (see docs/design/ebssnapshot.md).
+//! What to do is the plan's (pure) to say; here it is only done, in order.
 
 use std::time::Duration;
 
@@ -10,11 +11,12 @@ use kube::runtime::controller::Action;
 use pgml_api::EbsSnapshot;
 use pgml_api::common::Time;
 use pgml_api::snapshot::{EbsSnapshotStatus, MemberSnapshot, SnapshotPhase as P};
-use pgml_aws::{CreateSnapshotSet, ErrorKind};
 use pgml_runtime::failpoint;
 
-use super::plan::{self, Adoption, HoldStep, Progress, SnapRef, reason};
-use super::source::{self, Source};
+use super::observe::{self, snap_ref};
+use super::plan::{
+    self, Answer, Captured, Enter, Failure, Follow, HoldStep, Resume, SnapRef, Unready,
+};
 use super::status::{self, commit, label_node, owned_view, secs, set_phase};
 use crate::runtime::conditions::{Stamp, now};
 use crate::runtime::{Context, Error};
@@ -37,10 +39,17 @@ impl Run<'_> {
         }
     }
 
-    /// The status with `phase` set, built on what was written so far.
-    fn with_phase(&self, phase: P, why: &str, message: &str) -> EbsSnapshotStatus {
+    /// The status entering `e`, built on what was written so far.
+    fn enter(&self, e: &Enter) -> EbsSnapshotStatus {
         let mut s = owned_view(&self.written);
-        set_phase(&mut s, &self.observed, phase, why, message, self.stamp());
+        set_phase(
+            &mut s,
+            &self.observed,
+            e.phase,
+            e.why,
+            &e.message,
+            self.stamp(),
+        );
         s
     }
 
@@ -50,60 +59,47 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Fails the snapshot with `why`; `delete` first deletes every snapshot the object
-    /// made (a set that must not be used).
-    /// The failure is recorded first: a set found later (this deletion cut short, a call
-    /// that answers after all) is deleted by the Failed phase's sweep, never adopted.
-    async fn fail(&mut self, why: &str, message: String, delete: bool) -> Result<Action, Error> {
-        let s = self.with_phase(P::Failed, why, &message);
-        tracing::warn!(snapshot = %self.id.name, reason = why, %message, "snapshot failed");
+    /// Records the failure, then (when it says so) deletes every snapshot the object made.
+    async fn fail(&mut self, f: Failure) -> Result<Action, Error> {
+        let s = self.enter(&Enter::new(P::Failed, f.why, f.message.clone()));
+        tracing::warn!(snapshot = %self.id.name, reason = f.why, message = %f.message, "snapshot failed");
         self.commit(s).await?;
-        if delete {
+        if f.delete {
             let mut s = owned_view(&self.written);
-            delete_all(self.ctx, &self.id, &mut s.snapshots).await?;
+            delete_tagged(self.ctx, &self.id, &s.snapshots).await?;
+            plan::mark_deleted(&mut s.snapshots);
             self.commit(s).await?;
         }
         Ok(Action::requeue(self.ctx.settings.requeue.ready))
     }
+
+    /// The snapshots tagged with the object's UID.
+    async fn find_ours(&self) -> Result<Vec<pgml_aws::Snapshot>, Error> {
+        let filter = plan::uid_filter(&self.id.uid);
+        Ok(self.ctx.ec2.find_snapshots(&filter).await?)
+    }
+
+    async fn delete(&self, ids: &[String]) -> Result<(), Error> {
+        for s in ids {
+            self.ctx.ec2.delete_snapshot(s).await?;
+        }
+        Ok(())
+    }
 }
 
-/// Deletes every snapshot tagged with the UID and every ID in `members` (marking them
-/// deleted).
-async fn delete_all(
+/// Deletes every snapshot tagged with the UID and every ID in `members`; returns them.
+pub(super) async fn delete_tagged(
     ctx: &Context,
     id: &SnapRef,
-    members: &mut [MemberSnapshot],
-) -> Result<(), Error> {
+    members: &[MemberSnapshot],
+) -> Result<Vec<String>, Error> {
     let found = ctx.ec2.find_snapshots(&plan::uid_filter(&id.uid)).await?;
-    let mut ids: Vec<String> = found.into_iter().map(|s| s.snapshot_id).collect();
-    ids.extend(members.iter().filter_map(|m| m.snapshot_id.clone()));
-    ids.sort();
-    ids.dedup();
+    let ids = plan::to_delete(&found, members);
     for s in &ids {
         ctx.ec2.delete_snapshot(s).await?;
         tracing::info!(snapshot = %id.name, aws = %s, "deleted EBS snapshot");
     }
-    for m in members.iter_mut().filter(|m| m.snapshot_id.is_some()) {
-        m.state = Some("deleted".into());
-        m.progress = None;
-    }
-    Ok(())
-}
-
-pub fn snap_ref(snap: &EbsSnapshot) -> Result<SnapRef, Error> {
-    Ok(SnapRef {
-        namespace: snap
-            .metadata
-            .namespace
-            .clone()
-            .ok_or(Error::Incomplete("namespace"))?,
-        name: snap
-            .metadata
-            .name
-            .clone()
-            .ok_or(Error::Incomplete("name"))?,
-        uid: snap.metadata.uid.clone().ok_or(Error::Incomplete("uid"))?,
-    })
+    Ok(ids)
 }
 
 pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {
@@ -129,84 +125,30 @@ pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Erro
 /// Resolves the source, labels the object with its node and records the plan.
 async fn pending(run: &mut Run<'_>) -> Result<Action, Error> {
     failpoint("snapshot.after-finalizer");
-    let src = match source::resolve(run.ctx, run.snap).await? {
-        Ok(s) => s,
-        Err(u)
-            if u.reason == reason::SOURCE_NOT_FOUND
-                && plan::gave_up_on_source(
-                    run.snap.metadata.creation_timestamp.as_ref().map(secs),
-                    secs(&run.now),
-                    run.ctx.settings.snapshot.source_timeout.as_secs() as i64,
-                ) =>
-        {
-            let message = format!(
-                "{} (waited {}s after the snapshot's creation); no snapshot was taken",
-                u.message,
-                run.ctx.settings.snapshot.source_timeout.as_secs()
-            );
-            return run.fail(u.reason, message, false).await;
-        }
+    let src = match observe::resolve(run.ctx, run.snap).await? {
+        Ok(src) => src,
         Err(u) => {
-            let s = run.with_phase(P::Pending, u.reason, &u.message);
-            run.commit(s).await?;
-            return Ok(Action::requeue(run.ctx.settings.requeue.progress * 2));
+            let created = run.snap.metadata.creation_timestamp.as_ref().map(secs);
+            let timeout = run.ctx.settings.snapshot.source_timeout.as_secs() as i64;
+            return match plan::unready(&u, created, secs(&run.now), timeout) {
+                Unready::Fail(f) => run.fail(f).await,
+                Unready::Wait(e) => {
+                    run.commit(run.enter(&e)).await?;
+                    Ok(Action::requeue(run.ctx.settings.requeue.progress * 2))
+                }
+            };
         }
     };
     label_node(run.ctx, run.snap, &src.node_name).await?;
-    let hold = plan::needs_hold(&run.snap.spec, src.filesystem);
-    let mut s = if hold {
-        run.with_phase(
-            P::Preparing,
-            reason::WAITING_FOR_AGENT,
-            &format!(
-                "waiting for the node agent on {} to hold {} (standby.signal, freeze) before the capture",
-                src.node_name, src.description
-            ),
-        )
-    } else {
-        run.with_phase(
-            P::Capturing,
-            reason::CAPTURING,
-            &format!(
-                "capturing {} (no hold needed: standbySignal Never, nothing to freeze)",
-                src.description
-            ),
-        )
-    };
-    record_plan(&mut s, run, &src);
+    let start = plan::start(&run.snap.spec, &src);
+    let mut s = run.enter(&start.enter);
+    plan::record_source(&mut s, &run.snap.spec, &src);
     run.commit(s).await?;
     failpoint("snapshot.after-preparing");
-    if hold {
+    if start.hold {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     capture(run, None).await
-}
-
-fn record_plan(s: &mut EbsSnapshotStatus, run: &Run<'_>, src: &Source) {
-    s.source = Some(src.description.clone());
-    s.node_name = Some(src.node_name.clone());
-    s.instance_id = Some(src.instance_id.clone());
-    s.availability_zone = Some(src.availability_zone.clone());
-    s.zfs_pool = src.zfs_pool.clone();
-    s.layout = src.layout.clone();
-    s.pool_guid = src.pool_guid.clone();
-    s.volume_count = Some(src.members.len() as i32);
-    s.snapshots = src.members.clone();
-    s.consistency = Some(plan::consistency(&run.snap.spec, src.filesystem).to_string());
-}
-
-/// Whether the object asked for a hold (the plan recorded in status).
-fn hold_planned(run: &Run<'_>) -> bool {
-    let fs = if run.observed.zfs_pool.is_some() {
-        plan::Filesystem::Zfs
-    } else {
-        plan::Filesystem::Ext4
-    };
-    plan::needs_hold(&run.snap.spec, fs)
-}
-
-fn hold_deadline(s: &EbsSnapshotStatus) -> Option<i64> {
-    s.hold.as_ref()?.deadline.as_ref().map(secs)
 }
 
 /// Waits for the agent's hold; captures once it is Held with time left.
@@ -215,183 +157,101 @@ async fn preparing(run: &mut Run<'_>) -> Result<Action, Error> {
     let since = status::progressing_since(&run.observed).unwrap_or(now);
     let step = plan::hold_step(
         run.observed.hold.as_ref(),
-        hold_deadline(&run.observed),
+        plan::hold_deadline(&run.observed),
         now,
         since,
         run.ctx.settings.snapshot.agent_timeout.as_secs() as i64,
     );
     match step {
         HoldStep::Wait(s) => Ok(Action::requeue(Duration::from_secs(s as u64))),
-        HoldStep::Fail(why, message) => run.fail(why, message, false).await,
+        HoldStep::Fail(why, message) => run.fail(Failure::nothing_taken(why, message)).await,
         HoldStep::Capture { deadline } => {
-            let message = format!(
-                "the node agent holds the source until {}; capturing",
-                status::time(deadline).map_or("?".into(), |t| t.0.to_string())
+            let e = Enter::new(
+                P::Capturing,
+                plan::reason::CAPTURING,
+                plan::held_message(deadline),
             );
-            let s = run.with_phase(P::Capturing, reason::CAPTURING, &message);
-            run.commit(s).await?;
+            run.commit(run.enter(&e)).await?;
             capture(run, Some(deadline)).await
         }
     }
 }
 
-/// Restarted in Capturing: adopt a full set made before the deadline, delete a partial or
-/// late one; with none, call again while the hold lasts.
+/// Restarted in Capturing: deletes what the plan says must go, then adopts the set found,
+/// calls again, or fails.
 async fn recapture(run: &mut Run<'_>) -> Result<Action, Error> {
-    let hold = hold_planned(run);
-    let deadline = hold.then(|| hold_deadline(&run.observed)).flatten();
-    let found = run
-        .ctx
-        .ec2
-        .find_snapshots(&plan::uid_filter(&run.id.uid))
-        .await?;
-    match plan::adopt(&found, &run.observed.snapshots, deadline) {
-        Adoption::Set { members, extra } => {
+    let found = run.find_ours().await?;
+    let r = plan::restart(
+        &found,
+        &run.observed.snapshots,
+        plan::hold_planned(&run.snap.spec, &run.observed),
+        plan::hold_deadline(&run.observed),
+        secs(&run.now),
+    );
+    match &r.next {
+        Resume::Adopt { .. } => {
             tracing::info!(snapshot = %run.id.name, "adopting the set a previous process captured");
-            for s in &extra {
-                run.ctx.ec2.delete_snapshot(s).await?;
-            }
-            let at = found.iter().filter_map(|s| s.start_time).min();
-            return captured(run, members, at.and_then(status::time)).await;
         }
-        Adoption::Discard(ids) => {
-            tracing::warn!(snapshot = %run.id.name, ?ids, "deleting a partial or late set");
-            for s in &ids {
-                run.ctx.ec2.delete_snapshot(s).await?;
-            }
+        _ if !r.delete.is_empty() => {
+            tracing::warn!(snapshot = %run.id.name, ids = ?r.delete, "deleting a partial or late set");
         }
-        Adoption::Nothing => {}
+        _ => {}
     }
-    let now = secs(&run.now);
-    match (hold, deadline) {
-        (false, _) => capture(run, None).await,
-        (true, Some(d)) if now < d - plan::MARGIN => capture(run, Some(d)).await,
-        (true, _) => {
-            run.fail(
-                reason::HOLD_EXPIRED,
-                "the operator restarted during the capture and the hold is over; no snapshot was kept".into(),
-                true,
-            )
-            .await
-        }
+    run.delete(&r.delete).await?;
+    match r.next {
+        Resume::Adopt { members, at } => captured(run, members, at.and_then(status::time)).await,
+        Resume::Capture { deadline } => capture(run, deadline).await,
+        Resume::Fail(f) => run.fail(f).await,
     }
 }
 
 /// The one CreateSnapshots call, bounded by the hold's deadline.
 async fn capture(run: &mut Run<'_>, deadline: Option<i64>) -> Result<Action, Error> {
     failpoint("snapshot.before-capture");
-    let ctx = run.ctx;
-    let members = run.written.snapshots.clone();
+    let ec2 = &run.ctx.ec2;
     let instance_id = run.written.instance_id.clone().unwrap_or_default();
-    let attached = ctx.ec2.attached_volumes(&instance_id).await?;
-    let root = ctx
-        .ec2
-        .describe_instance(&instance_id)
-        .await?
-        .and_then(|i| i.root_device_name);
-    for m in &members {
-        let on = attached.iter().any(|v| {
-            Some(v.volume_id.as_str()) == m.volume_id.as_deref()
-                && v.attachments.iter().any(|a| a.instance_id == instance_id)
-        });
-        if !on {
-            let msg = format!(
-                "member {} ({}) is not attached to instance {instance_id}",
-                m.member_index,
-                m.volume_id.as_deref().unwrap_or("?")
-            );
-            return run.fail(reason::CAPTURE_FAILED, msg, true).await;
-        }
-    }
-    let exclude: Vec<String> = attached
-        .iter()
-        .filter(|v| {
-            !members
-                .iter()
-                .any(|m| m.volume_id.as_deref() == Some(&v.volume_id))
-        })
-        .filter(|v| {
-            !v.attachments
-                .iter()
-                .any(|a| a.instance_id == instance_id && Some(&a.device) == root.as_ref())
-        })
-        .map(|v| v.volume_id.clone())
-        .collect();
-    let req = CreateSnapshotSet {
-        instance_id: instance_id.clone(),
-        exclude_volume_ids: exclude,
-        description: format!(
-            "pgml-operator: EbsSnapshot {}/{} of {}",
-            run.id.namespace,
-            run.id.name,
-            run.written.source.as_deref().unwrap_or("?")
-        ),
-        tags: plan::set_tags(
-            &run.id,
-            run.written.zfs_pool.as_deref(),
-            run.written.pool_guid.as_deref(),
-            run.written.layout.as_deref(),
-            &run.snap.spec.tags,
-        ),
+    let attached = ec2.attached_volumes(&instance_id).await?;
+    let root = ec2.describe_instance(&instance_id).await?;
+    let root = root.and_then(|i| i.root_device_name);
+    let request = plan::capture_request(
+        &run.id,
+        &run.written,
+        &run.snap.spec.tags,
+        &attached,
+        root.as_deref(),
+    );
+    let req = match request {
+        Ok(req) => req,
+        Err(f) => return run.fail(f).await,
     };
     let started = now();
-    // The bound and the lateness are measured to the millisecond: the deadline is a whole
-    // second (as stored), and a second's slack could let a capture postdate the release.
     let started_ms = Timestamp::now().as_millisecond();
-    let bound = match deadline {
-        Some(d) => Duration::from_millis((d * 1000 - started_ms).max(0) as u64),
-        None => ctx.settings.snapshot.capture_timeout,
-    };
-    let answer = tokio::time::timeout(bound, ctx.ec2.create_snapshot_set(&req)).await;
+    let capture_timeout = run.ctx.settings.snapshot.capture_timeout;
+    let bound = plan::capture_bound(deadline, started_ms, capture_timeout);
+    let answer = tokio::time::timeout(bound, ec2.create_snapshot_set(&req)).await;
     failpoint("snapshot.after-capture");
-    let returned_ms = Timestamp::now().as_millisecond();
-    let late = deadline.is_some_and(|d| returned_ms >= d * 1000);
-    let snaps = match answer {
-        Err(_) if deadline.is_some() => {
-            let msg = format!(
-                "CreateSnapshots did not answer within the hold ({} ms): the capture may postdate the release, so the set is deleted",
-                bound.as_millis()
-            );
-            return run.fail(reason::HOLD_DEADLINE_EXCEEDED, msg, true).await;
-        }
-        Err(_) => {
-            return Err(Error::Aws(pgml_aws::AwsError::new(
-                "CreateSnapshots",
-                ErrorKind::Transient,
-                "Timeout",
-                format!("no answer in {}s", bound.as_secs()),
-            )));
-        }
-        Ok(Err(e)) if e.is_retryable() && !late => return Err(e.into()),
-        Ok(Err(e)) => {
-            let why = if late {
-                reason::HOLD_DEADLINE_EXCEEDED
-            } else {
-                reason::CAPTURE_FAILED
-            };
-            return run.fail(why, e.to_string(), true).await;
-        }
-        Ok(Ok(s)) => s,
+    let timing = plan::Timing {
+        deadline,
+        bound,
+        started_ms,
+        returned_ms: Timestamp::now().as_millisecond(),
     };
-    tracing::info!(snapshot = %run.id.name, count = snaps.len(), late, "CreateSnapshots answered");
-    if late {
-        let msg = format!(
-            "CreateSnapshots answered after the hold's deadline ({} ms after the request): the capture may postdate the release, so the set is deleted",
-            returned_ms - started_ms
-        );
-        return run.fail(reason::HOLD_DEADLINE_EXCEEDED, msg, true).await;
-    }
-    let (set, extra) = match plan::assign(&snaps, &members) {
-        Ok(x) => x,
-        Err(missing) => {
-            let msg = format!("CreateSnapshots left out members {missing:?}; the set is deleted");
-            return run.fail(reason::CAPTURE_FAILED, msg, true).await;
+    let answer = match answer {
+        Err(_) => Answer::TimedOut,
+        Ok(Err(e)) => Answer::Failed(e),
+        Ok(Ok(snaps)) => {
+            tracing::info!(snapshot = %run.id.name, count = snaps.len(), late = timing.late(), "CreateSnapshots answered");
+            Answer::Snapshots(snaps)
         }
     };
-    for s in &extra {
-        ctx.ec2.delete_snapshot(s).await?;
+    match plan::judge_capture(answer, &timing, &run.written.snapshots) {
+        Captured::Retry(e) => Err(e.into()),
+        Captured::Fail(f) => run.fail(f).await,
+        Captured::Set { members, extra } => {
+            run.delete(&extra).await?;
+            captured(run, members, Some(started)).await
+        }
     }
-    captured(run, set, Some(started)).await
 }
 
 /// Tags each member's snapshot and records the set: Finalizing.
@@ -402,25 +262,19 @@ async fn captured(
 ) -> Result<Action, Error> {
     for m in &set {
         if let Some(id) = &m.snapshot_id {
+            let tags = plan::member_tags(&run.id, m.member_index);
             run.ctx
                 .ec2
-                .create_tags(
-                    std::slice::from_ref(id),
-                    &plan::member_tags(&run.id, m.member_index),
-                )
+                .create_tags(std::slice::from_ref(id), &tags)
                 .await?;
         }
     }
-    let ids: Vec<&str> = set
-        .iter()
-        .filter_map(|m| m.snapshot_id.as_deref())
-        .collect();
-    let message = format!(
-        "captured {} volumes ({}); AWS is copying the blocks",
-        set.len(),
-        ids.join(", ")
+    let e = Enter::new(
+        P::Finalizing,
+        plan::reason::FINALIZING,
+        plan::captured_message(&set),
     );
-    let mut s = run.with_phase(P::Finalizing, reason::FINALIZING, &message);
+    let mut s = run.enter(&e);
     s.snapshots = set;
     s.capture_time = at.or(s.capture_time);
     run.commit(s).await?;
@@ -430,52 +284,34 @@ async fn captured(
 
 /// Follows the set in AWS until every snapshot is completed (or one fails).
 async fn finalizing(run: &mut Run<'_>) -> Result<Action, Error> {
-    let ids: Vec<String> = run
-        .observed
-        .snapshots
-        .iter()
-        .filter_map(|m| m.snapshot_id.clone())
-        .collect();
+    let ids = plan::snapshot_ids(&run.observed.snapshots);
     let described = run.ctx.ec2.describe_snapshots(&ids).await?;
-    let mut s = owned_view(&run.written);
-    let verdict = plan::progress(&mut s.snapshots, &described);
-    match verdict {
-        Progress::Failed(why) => {
-            run.written.snapshots = s.snapshots;
-            let msg = format!("{why}; the set is deleted");
-            run.fail(reason::SNAPSHOT_ERROR, msg, true).await
+    let mut members = owned_view(&run.written).snapshots;
+    match plan::follow(&mut members, &described, run.written.source.as_deref()) {
+        Follow::Fail(f) => {
+            run.written.snapshots = members;
+            run.fail(f).await
         }
-        Progress::Pending => {
-            let done = s
-                .snapshots
-                .iter()
-                .filter(|m| m.state.as_deref() == Some("completed"))
-                .count();
-            let msg = format!(
-                "{done} of {} snapshots completed; AWS is copying the blocks",
-                s.snapshots.len()
-            );
-            let mut new = run.with_phase(P::Finalizing, reason::FINALIZING, &msg);
-            new.snapshots = s.snapshots;
-            run.commit(new).await?;
+        Follow::Wait(message) => {
+            let mut s = run.enter(&Enter::new(
+                P::Finalizing,
+                plan::reason::FINALIZING,
+                message,
+            ));
+            s.snapshots = members;
+            run.commit(s).await?;
             Ok(Action::requeue(run.ctx.settings.requeue.progress))
         }
-        Progress::Completed => {
-            let size: i64 = s.snapshots.iter().filter_map(|m| m.size_gib).sum();
-            let msg = format!(
-                "{} snapshots completed ({size} GiB of volumes) of {}",
-                s.snapshots.len(),
-                run.written.source.as_deref().unwrap_or("the source")
-            );
-            let mut new = run.with_phase(P::Completed, reason::COMPLETED, &msg);
-            if let Some((prev, bytes)) = changed_since_previous(run, &s.snapshots).await? {
-                new.previous_snapshot = Some(prev);
-                new.changed_bytes = Some(bytes);
+        Follow::Complete { message, size_gib } => {
+            let mut s = run.enter(&Enter::new(P::Completed, plan::reason::COMPLETED, message));
+            if let Some((prev, bytes)) = changed_since_previous(run, &members).await? {
+                s.previous_snapshot = Some(prev);
+                s.changed_bytes = Some(bytes);
             }
-            new.snapshots = s.snapshots;
-            new.size_gib = Some(size);
-            new.completion_time = Some(run.now.clone());
-            run.commit(new).await?;
+            s.snapshots = members;
+            s.size_gib = Some(size_gib);
+            s.completion_time = Some(run.now.clone());
+            run.commit(s).await?;
             sweep(run).await?;
             Ok(Action::requeue(run.ctx.settings.requeue.ready))
         }
@@ -516,11 +352,7 @@ async fn changed_since_previous(
 
 /// Deletes the snapshots tagged with the UID that status does not name.
 async fn sweep(run: &Run<'_>) -> Result<(), Error> {
-    let found = run
-        .ctx
-        .ec2
-        .find_snapshots(&plan::uid_filter(&run.id.uid))
-        .await?;
+    let found = run.find_ours().await?;
     for s in plan::strays(&found, &run.written.snapshots) {
         tracing::warn!(snapshot = %run.id.name, aws = %s, "deleting a stray snapshot of this object");
         run.ctx.ec2.delete_snapshot(&s).await?;
@@ -545,29 +377,19 @@ async fn settled(run: &mut Run<'_>) -> Result<Action, Error> {
 /// read when they apply: at creation, at deletion), so whatever compares generations
 /// (Argo CD, `kubectl wait --for=jsonpath`) sees the edit observed instead of pending forever.
 async fn observe_generation(run: &mut Run<'_>) -> Result<(), Error> {
-    let generation = run.snap.metadata.generation;
-    if run.written.observed_generation == generation {
-        return Ok(());
+    match status::acknowledged(&run.written, run.snap.metadata.generation) {
+        Some(s) => run.commit(s).await,
+        None => Ok(()),
     }
-    let mut s = owned_view(&run.written);
-    s.observed_generation = generation;
-    for c in &mut s.conditions {
-        c.observed_generation = generation;
-    }
-    run.commit(s).await
 }
 
 /// Failed: a failed set has no snapshot worth keeping; late answers are deleted too.
 async fn failed(run: &mut Run<'_>) -> Result<Action, Error> {
     observe_generation(run).await?;
-    let found = run
-        .ctx
-        .ec2
-        .find_snapshots(&plan::uid_filter(&run.id.uid))
-        .await?;
-    for s in found.iter().filter(|s| s.state != "deleted") {
-        tracing::warn!(snapshot = %run.id.name, aws = %s.snapshot_id, "deleting a snapshot of a failed set");
-        run.ctx.ec2.delete_snapshot(&s.snapshot_id).await?;
+    let found = run.find_ours().await?;
+    for s in plan::leftovers(&found) {
+        tracing::warn!(snapshot = %run.id.name, aws = %s, "deleting a snapshot of a failed set");
+        run.ctx.ec2.delete_snapshot(&s).await?;
     }
     Ok(settled_requeue(run))
 }

@@ -8,8 +8,8 @@ use pgml_api::EbsSnapshot;
 use pgml_api::snapshot::DeletionPolicy;
 use pgml_runtime::failpoint;
 
-use super::apply::snap_ref;
-use super::plan;
+use super::apply::delete_tagged;
+use super::observe::snap_ref;
 use crate::runtime::{Context, Error};
 
 pub async fn cleanup(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {
@@ -19,19 +19,8 @@ pub async fn cleanup(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error>
         tracing::info!(snapshot = %id.name, "deletion policy Retain: the AWS snapshots stay");
         return Ok(Action::await_change());
     }
-    let found = ctx.ec2.find_snapshots(&plan::uid_filter(&id.uid)).await?;
-    let mut ids: Vec<String> = found.into_iter().map(|s| s.snapshot_id).collect();
-    ids.extend(
-        snap.status
-            .iter()
-            .flat_map(|s| s.snapshots.iter())
-            .filter_map(|m| m.snapshot_id.clone()),
-    );
-    ids.sort();
-    ids.dedup();
-    for s in &ids {
-        ctx.ec2.delete_snapshot(s).await?;
-    }
+    let members = snap.status.as_ref().map_or(&[][..], |s| &s.snapshots[..]);
+    let ids = delete_tagged(ctx, &id, members).await?;
     tracing::info!(snapshot = %id.name, count = ids.len(), "deleted the AWS snapshots");
     Ok(Action::await_change())
 }

@@ -1,12 +1,13 @@
 //! The EbsSnapshot controller (see docs/design/ebssnapshot.md): the AWS side of a snapshot
 //! set — resolving the source, the one CreateSnapshots call, tags, progress, retention and
 //! deletion. The node agent holds the source (standby.signal, fsfreeze) around the capture.
-//! A thin reconcile over dereference (`source`) → decide (`plan`, pure) → apply → status.
+//! A thin reconcile over `observe` (the object and its source) → `plan` (pure decisions) →
+//! `apply` (a short driver per phase) → `status`; `cleanup` on deletion.
 
 pub mod apply;
 pub mod cleanup;
+pub mod observe;
 pub mod plan;
-pub mod source;
 pub mod status;
 
 use std::future::Future;

@@ -91,6 +91,23 @@ pub fn progressing_since(s: &EbsSnapshotStatus) -> Option<i64> {
         .map(|c| secs(&c.last_transition_time))
 }
 
+/// The controller's status with every generation it reports set to `generation`, when
+/// that changes anything: a finished set acknowledging a later edit of its spec.
+pub fn acknowledged(
+    written: &EbsSnapshotStatus,
+    generation: Option<i64>,
+) -> Option<EbsSnapshotStatus> {
+    if written.observed_generation == generation {
+        return None;
+    }
+    let mut s = owned_view(written);
+    s.observed_generation = generation;
+    for c in &mut s.conditions {
+        c.observed_generation = generation;
+    }
+    Some(s)
+}
+
 /// Writes `new` unless it equals the controller's part of `written`, then publishes the
 /// Events its change from `written` deserves. Returns whether it wrote.
 pub async fn commit(

@@ -1,7 +1,8 @@
-//! Dereference: what an EbsSnapshot's source is on the node and in EC2 — the node, its
-//! instance, and the member volumes in order. A ZfsPool must be Ready with every member's
-//! volume recorded; a PVC must be Bound to an EBS CSI volume that is attached; a cluster
-//! instance goes through `PgmlCluster.status.instances[].pool`.
+//! Observe: what an EbsSnapshot and its source are — the object's identity, and the
+//! source's node, instance and member volumes in order, as the API server and EC2 tell. A
+//! ZfsPool must be Ready with every member's volume recorded; a PVC must be Bound to an EBS
+//! CSI volume that is attached; a cluster instance goes through
+//! `PgmlCluster.status.instances[].pool`.
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
@@ -9,10 +10,10 @@ use kube::api::ListParams;
 use pgml_api::cluster::InstanceRole;
 use pgml_api::snapshot::{ClusterSource, MemberSnapshot};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool, condition as c};
+use pgml_aws::{AttachmentState, Volume, parse_provider_id};
 
-use super::plan::{Filesystem, reason};
+use super::plan::{Filesystem, SnapRef, reason};
 use crate::runtime::{Context, Error};
-use pgml_aws::parse_provider_id;
 
 /// The EBS CSI driver's name in PersistentVolumes.
 pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";
@@ -56,6 +57,20 @@ fn not_found(message: String) -> Unresolved {
 
 pub type Resolved = Result<Source, Unresolved>;
 
+/// The namespace, name and UID of the object (the tags name them).
+pub fn snap_ref(snap: &EbsSnapshot) -> Result<SnapRef, Error> {
+    let meta = &snap.metadata;
+    Ok(SnapRef {
+        namespace: meta
+            .namespace
+            .clone()
+            .ok_or(Error::Incomplete("namespace"))?,
+        name: meta.name.clone().ok_or(Error::Incomplete("name"))?,
+        uid: meta.uid.clone().ok_or(Error::Incomplete("uid"))?,
+    })
+}
+
+/// Resolves the source the spec names (`Err` inside: why it cannot be captured yet).
 pub async fn resolve(ctx: &Context, snap: &EbsSnapshot) -> Result<Resolved, Error> {
     let ns = snap
         .metadata
@@ -153,7 +168,50 @@ async fn zfs_pool(
     })
 }
 
+/// Returns what was found, or from the enclosing function with why the source is not
+/// there (yet).
+macro_rules! found {
+    ($e:expr) => {
+        match $e {
+            Ok(x) => x,
+            Err(u) => return Ok(Err(u)),
+        }
+    };
+}
+
+/// A PVC: Bound to an EBS CSI volume attached to a node's instance.
 async fn pvc(ctx: &Context, ns: &str, name: &str, description: String) -> Result<Resolved, Error> {
+    let volume_id = found!(claimed_volume(ctx, ns, name).await?);
+    let (vol, instance_id) = found!(attached_volume(ctx, name, &volume_id).await?);
+    let Some(node_name) = node_of(ctx, &instance_id).await? else {
+        return Ok(Err(not_ready(format!(
+            "no node has instance {instance_id} (volume {volume_id} of claim {name}) as its providerID"
+        ))));
+    };
+    Ok(Ok(Source {
+        description,
+        node_name,
+        instance_id,
+        availability_zone: vol.availability_zone.clone(),
+        filesystem: Filesystem::Ext4,
+        zfs_pool: None,
+        layout: None,
+        pool_guid: None,
+        members: vec![MemberSnapshot {
+            member_index: 0,
+            volume_id: Some(volume_id),
+            size_gib: Some(i64::from(vol.size_gib)),
+            ..Default::default()
+        }],
+    }))
+}
+
+/// The EBS volume ID of the PersistentVolume claim `name` is Bound to.
+async fn claimed_volume(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<String, Unresolved>, Error> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let Some(claim) = claims.get_opt(name).await? else {
         return Ok(Err(not_found(format!(
@@ -177,35 +235,48 @@ async fn pvc(ctx: &Context, ns: &str, name: &str, description: String) -> Result
             "PersistentVolume {pv_name} of claim {name} does not exist"
         ))));
     };
-    let csi = pv.spec.as_ref().and_then(|s| s.csi.as_ref());
-    let Some(volume_id) = csi
-        .filter(|c| c.driver == EBS_CSI_DRIVER)
-        .map(|c| c.volume_handle.clone())
-    else {
-        return Ok(Err(not_found(format!(
+    Ok(ebs_volume_id(&pv).ok_or_else(|| {
+        not_found(format!(
             "PersistentVolume {pv_name} of claim {name} is not an EBS CSI volume (driver {EBS_CSI_DRIVER})"
-        ))));
-    };
-    let Some(vol) = ctx
-        .ec2
-        .describe_volumes(std::slice::from_ref(&volume_id))
-        .await?
-        .into_iter()
-        .next()
-    else {
+        ))
+    }))
+}
+
+/// The volume handle of an EBS CSI PersistentVolume.
+pub fn ebs_volume_id(pv: &PersistentVolume) -> Option<String> {
+    let csi = pv.spec.as_ref().and_then(|s| s.csi.as_ref());
+    csi.filter(|c| c.driver == EBS_CSI_DRIVER)
+        .map(|c| c.volume_handle.clone())
+}
+
+/// Volume `volume_id` of claim `name` as EC2 describes it, and the instance it is attached
+/// to.
+async fn attached_volume(
+    ctx: &Context,
+    name: &str,
+    volume_id: &str,
+) -> Result<Result<(Volume, String), Unresolved>, Error> {
+    let described = ctx.ec2.describe_volumes(&[volume_id.to_string()]).await?;
+    let Some(vol) = described.into_iter().next() else {
         return Ok(Err(not_found(format!(
             "EC2 does not know volume {volume_id} of claim {name}"
         ))));
     };
-    let Some(att) = vol
+    let attached = vol
         .attachments
         .iter()
-        .find(|a| a.state == pgml_aws::AttachmentState::Attached)
-    else {
-        return Ok(Err(not_ready(format!(
+        .find(|a| a.state == AttachmentState::Attached)
+        .map(|a| a.instance_id.clone());
+    Ok(match attached {
+        Some(instance_id) => Ok((vol, instance_id)),
+        None => Err(not_ready(format!(
             "volume {volume_id} of claim {name} is not attached to an instance"
-        ))));
-    };
+        ))),
+    })
+}
+
+/// The name of the node whose providerID names `instance_id`.
+async fn node_of(ctx: &Context, instance_id: &str) -> Result<Option<String>, Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let node = nodes
         .list(&ListParams::default())
@@ -217,30 +288,9 @@ async fn pvc(ctx: &Context, ns: &str, name: &str, description: String) -> Result
                 .as_ref()
                 .and_then(|s| s.provider_id.as_deref())
                 .and_then(parse_provider_id)
-                .is_some_and(|(_, i)| i == att.instance_id)
+                .is_some_and(|(_, i)| i == instance_id)
         });
-    let Some(node_name) = node.and_then(|n| n.metadata.name) else {
-        return Ok(Err(not_ready(format!(
-            "no node has instance {} (volume {volume_id} of claim {name}) as its providerID",
-            att.instance_id
-        ))));
-    };
-    Ok(Ok(Source {
-        description,
-        node_name,
-        instance_id: att.instance_id.clone(),
-        availability_zone: vol.availability_zone.clone(),
-        filesystem: Filesystem::Ext4,
-        zfs_pool: None,
-        layout: None,
-        pool_guid: None,
-        members: vec![MemberSnapshot {
-            member_index: 0,
-            volume_id: Some(volume_id),
-            size_gib: Some(i64::from(vol.size_gib)),
-            ..Default::default()
-        }],
-    }))
+    Ok(node.and_then(|n| n.metadata.name))
 }
 
 /// The instance a cluster source names, or (unset) a ready replica; the primary only when
