@@ -5,7 +5,7 @@ use kube::runtime::controller::Action;
 use pgml_api::validate;
 use pgml_api::zfspool::{VolumeModification, VolumeStatus, ZfsPoolStatus};
 use pgml_api::{ZfsPool, condition as c};
-use pgml_aws::{AttachmentState, Volume};
+use pgml_aws::{AttachmentState, Volume, VolumeState};
 use std::collections::BTreeMap;
 
 use super::build::{self, AttachStep, Budget, PoolRef};
@@ -354,7 +354,7 @@ async fn recover_unlisted(
     let live = |id: &str| {
         known
             .iter()
-            .find(|v| v.volume_id == id && !matches!(v.state.as_str(), "deleting" | "deleted"))
+            .find(|v| v.volume_id == id && !v.state.is_gone())
     };
     for (i, id) in unlisted {
         match live(&id) {
@@ -627,11 +627,11 @@ async fn await_available(
     let pending: Vec<(usize, String)> = created
         .iter()
         .filter_map(|&i| members.slots[i].as_ref().map(|v| (i, v)))
-        .filter(|(_, v)| v.state == "creating")
+        .filter(|(_, v)| v.state == VolumeState::Creating)
         .map(|(i, v)| (i, v.volume_id.clone()))
         .collect();
     poll_volumes(ctx, &CREATED_POLLS, pending, |i, fresh| {
-        let creating = fresh.state == "creating";
+        let creating = fresh.state == VolumeState::Creating;
         members.slots[i] = Some(fresh.clone());
         creating
     })
@@ -835,7 +835,7 @@ async fn grow_members(
         .enumerate()
         .filter_map(|(i, v)| {
             let v: &Volume = v.as_ref()?;
-            (matches!(v.state.as_str(), "available" | "in-use") && !in_flight(i))
+            (matches!(v.state, VolumeState::Available | VolumeState::InUse) && !in_flight(i))
                 .then(|| build::growth(v, spec).map(|m| (i, m)))
                 .flatten()
         })

@@ -8,7 +8,9 @@ use pgml_api::common::keys;
 use pgml_api::ebs::VolumeType as ApiVolumeType;
 use pgml_api::zfspool::{VolumeModification, VolumeStatus};
 use pgml_api::{EbsVolumes, ZfsPool};
-use pgml_aws::{AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeType};
+use pgml_aws::{
+    AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeState, VolumeType,
+};
 
 /// AWS allows this many modifications per volume in a rolling 24 hours.
 pub const MODIFICATIONS_PER_DAY: usize = 4;
@@ -159,10 +161,7 @@ pub fn sort_members(found: &[Volume], count: usize, recorded: &[VolumeStatus]) -
         extra: vec![],
         retired: vec![],
     };
-    let mut sorted: Vec<&Volume> = found
-        .iter()
-        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
-        .collect();
+    let mut sorted: Vec<&Volume> = found.iter().filter(|v| !v.state.is_gone()).collect();
     sorted.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
     let entry = |i: usize| recorded.iter().find(|r| r.index == i as i32);
     let named = |id: &str| {
@@ -220,7 +219,7 @@ pub enum AttachStep {
     /// Available: attach it.
     Attach,
     /// Still `creating`, or in `error`: nothing to do now.
-    NotReady(String),
+    NotReady(VolumeState),
     /// Attached to another instance: never steal it.
     Elsewhere(String),
 }
@@ -234,7 +233,7 @@ pub fn attach_step(v: &Volume, instance_id: &str) -> AttachStep {
         Some(a) if a.instance_id != instance_id => AttachStep::Elsewhere(a.instance_id.clone()),
         Some(a) if a.state == AttachmentState::Attached => AttachStep::Attached,
         Some(a) => AttachStep::InProgress(a.state),
-        None if v.state == "available" => AttachStep::Attach,
+        None if v.state == VolumeState::Available => AttachStep::Attach,
         None => AttachStep::NotReady(v.state.clone()),
     }
 }
@@ -363,7 +362,7 @@ pub fn volume_status(
         index: index as i32,
         volume_id: Some(v.volume_id.clone()),
         availability_zone: Some(v.availability_zone.clone()).filter(|s| !s.is_empty()),
-        state: Some(v.state.clone()).filter(|s| !s.is_empty()),
+        state: Some(v.state.as_str().to_string()).filter(|s| !s.is_empty()),
         attachment_state: Some(
             attachment
                 .map(|a| attachment_word(a.state))

@@ -45,10 +45,7 @@ pub fn next_step(
             overdue: waited > timeout,
         };
     }
-    let live: Vec<&Volume> = volumes
-        .iter()
-        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
-        .collect();
+    let live: Vec<&Volume> = volumes.iter().filter(|v| !v.state.is_gone()).collect();
     let mut detach = vec![];
     let mut detaching = vec![];
     for v in &live {
