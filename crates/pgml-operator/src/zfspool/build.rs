@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pgml_api::common::keys;
 use pgml_api::ebs::VolumeType as ApiVolumeType;
-use pgml_api::zfspool::{VolumeModification, VolumeStatus};
+use pgml_api::zfspool::{
+    AttachmentState as ApiAttachmentState, ModificationState, VolumeModification, VolumeStatus,
+};
 use pgml_api::{EbsVolumes, ZfsPool};
 use pgml_aws::{
     AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeState, VolumeType,
@@ -354,7 +356,7 @@ pub fn volume_status(
     instance_id: &str,
     modification: Option<VolumeModification>,
 ) -> VolumeStatus {
-    let attachment = v
+    let ours = v
         .attachments
         .iter()
         .find(|a| a.instance_id == instance_id && a.state != AttachmentState::Detached);
@@ -364,9 +366,8 @@ pub fn volume_status(
         availability_zone: Some(v.availability_zone.clone()).filter(|s| !s.is_empty()),
         state: Some(v.state.as_str().to_string()).filter(|s| !s.is_empty()),
         attachment_state: Some(
-            attachment
-                .map(|a| attachment_word(a.state))
-                .unwrap_or("detached")
+            ours.map_or(ApiAttachmentState::Detached, |a| attachment(a.state))
+                .as_str()
                 .to_string(),
         ),
         volume_type: Some(v.volume_type.clone()).filter(|s| !s.is_empty()),
@@ -381,20 +382,21 @@ pub fn volume_status(
     }
 }
 
-pub fn attachment_word(s: AttachmentState) -> &'static str {
+/// EC2's attachment state as the status says it.
+pub fn attachment(s: AttachmentState) -> ApiAttachmentState {
     match s {
-        AttachmentState::Attaching => "attaching",
-        AttachmentState::Attached => "attached",
-        AttachmentState::Detaching => "detaching",
-        AttachmentState::Detached => "detached",
-        AttachmentState::Busy => "busy",
-        AttachmentState::Unknown => "unknown",
+        AttachmentState::Attaching => ApiAttachmentState::Attaching,
+        AttachmentState::Attached => ApiAttachmentState::Attached,
+        AttachmentState::Detaching => ApiAttachmentState::Detaching,
+        AttachmentState::Detached => ApiAttachmentState::Detached,
+        AttachmentState::Busy => ApiAttachmentState::Busy,
+        AttachmentState::Unknown => ApiAttachmentState::Unknown,
     }
 }
 
 /// A modification in flight is `completed` once EC2 reports the targets it asked for.
 pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModification {
-    if m.state != "modifying" {
+    if !m.is_modifying() {
         return m.clone();
     }
     let reached = m.target_size_gib.is_none_or(|t| i64::from(v.size_gib) >= t)
@@ -404,7 +406,7 @@ pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModifica
             .is_none_or(|t| v.throughput_mibps.is_some_and(|i| i64::from(i) >= t));
     let mut out = m.clone();
     if reached {
-        out.state = "completed".into();
+        out.state = ModificationState::Completed.as_str().into();
         out.progress = Some(100);
     }
     out

@@ -12,7 +12,7 @@ use pgml_aws::{AttachmentState, Volume};
 
 use super::apply::commit;
 use super::build;
-use super::dereference;
+use super::observe;
 use super::status::{self, reason};
 use crate::runtime::Error;
 use crate::runtime::{Context, conditions, events};
@@ -78,7 +78,7 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .as_deref()
         .ok_or(Error::Incomplete("uid"))?;
     let node_name = &pool.spec.node_name;
-    let node_gone = dereference::node(ctx, node_name).await?.is_none();
+    let node_gone = observe::node(ctx, node_name).await?.is_none();
     // A pool whose status never recorded a volume has nothing for the agent to release;
     // the tag search below still catches a volume created just before a crash.
     let never_provisioned = observed
