@@ -175,3 +175,239 @@ pub fn set(volumes: &mut [VolumeStatus], index: usize, state: AttachmentState) {
         v.set_attachment(state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use crate::runtime::{Class, Error};
+    use pgml_api::common::Condition;
+    use pgml_aws::AttachmentState as Ec2;
+    use pgml_aws::VolumeState;
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn volumes_attached(status: &str, since: i64) -> ZfsPoolStatus {
+        ZfsPoolStatus {
+            conditions: vec![Condition {
+                type_: c::VOLUMES_ATTACHED.into(),
+                status: status.into(),
+                reason: "Attaching".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: t(since),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_wait_counts_from_when_volumes_attached_turned_false() {
+        assert_eq!(waited(&ZfsPoolStatus::default(), &t(500)), 0);
+        assert_eq!(waited(&volumes_attached(c::TRUE, 100), &t(500)), 0);
+        assert_eq!(waited(&volumes_attached(c::FALSE, 100), &t(500)), 400);
+    }
+
+    /// Every member state, one per slot: what the pass does about each, in order.
+    #[test]
+    fn available_members_are_attached_and_the_others_reported_or_left() {
+        let m = members(vec![
+            Some(on(
+                vol("vol-0", 0, VolumeState::InUse),
+                INSTANCE,
+                "/dev/xvdba",
+                Ec2::Attached,
+            )),
+            Some(vol("vol-1", 1, VolumeState::Available)),
+            Some(vol("vol-2", 2, VolumeState::Creating)),
+            Some(vol("vol-3", 3, VolumeState::Error)),
+            Some(on(
+                vol("vol-4", 4, VolumeState::InUse),
+                INSTANCE,
+                "/dev/xvdbb",
+                Ec2::Attaching,
+            )),
+            Some(on(
+                vol("vol-5", 5, VolumeState::InUse),
+                "i-9",
+                "/dev/xvdbc",
+                Ec2::Attached,
+            )),
+            None,
+            Some(on(
+                vol("vol-7", 7, VolumeState::InUse),
+                INSTANCE,
+                "/dev/xvdbd",
+                Ec2::Detaching,
+            )),
+            Some(vol("vol-8", 8, VolumeState::Available)),
+        ]);
+        let attach = |index: usize| Todo::Attach {
+            index,
+            volume_id: format!("vol-{index}"),
+        };
+        let elsewhere = Todo::Report(AttachProblem {
+            reason: reason::ATTACHED_ELSEWHERE,
+            message: "member 5 (vol-5) is attached to instance i-9, not i-1 of node node-a; the operator does not take volumes from other instances".into(),
+        });
+        // Within the timeout, an attachment in progress is awaited quietly.
+        assert_eq!(
+            todo(&m, INSTANCE, "node-a", 300, TIMEOUT),
+            vec![attach(1), elsewhere.clone(), attach(8)]
+        );
+        // Past it, an attaching member is reported (a detaching one is not).
+        let stuck = Todo::Report(AttachProblem {
+            reason: reason::ATTACHMENT_STUCK,
+            message:
+                "member 4 (vol-4) has been attaching to i-1 for over 300s; EC2 has not finished it"
+                    .into(),
+        });
+        assert_eq!(
+            todo(&m, INSTANCE, "node-a", 301, TIMEOUT),
+            vec![attach(1), stuck, elsewhere, attach(8)]
+        );
+    }
+
+    #[test]
+    fn no_free_device_name_is_an_attachment_limit() {
+        assert_eq!(
+            no_device(INSTANCE, 3),
+            AttachProblem {
+                reason: reason::ATTACHMENT_LIMIT,
+                message: "no free device name on i-1 for member 3".into(),
+            }
+        );
+    }
+
+    fn failed(result: Result<Ec2, AwsError>) -> (Device, Class) {
+        let a = answer(result);
+        let device = a.device();
+        match a {
+            Answer::Failed(e) => (device, Error::from(e).class()),
+            other => panic!("not a failure: {other:?}"),
+        }
+    }
+
+    fn refused(code: &str, message: &str) -> (Device, AttachProblem) {
+        let a = answer(Err(ec2_error("AttachVolume", code, message)));
+        let device = a.device();
+        match a {
+            Answer::Refused(p) => (device, p),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_attach_ec2_took_is_recorded_as_answered() {
+        for (state, want) in [
+            (Ec2::Attaching, AttachmentState::Attaching),
+            (Ec2::Attached, AttachmentState::Attached),
+            (Ec2::Busy, AttachmentState::Busy),
+        ] {
+            let a = answer(Ok(state));
+            assert_eq!(a.device(), Device::Answered);
+            assert!(matches!(a, Answer::Took(s) if s == want), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn limits_and_volumes_in_use_are_reported_and_free_their_device_name() {
+        let (device, p) = refused("AttachmentLimitExceeded", "too many");
+        assert_eq!(device, Device::Released);
+        assert_eq!(p.reason, reason::ATTACHMENT_LIMIT);
+        assert_eq!(
+            p.message,
+            "EC2 AttachVolume failed (AttachmentLimitExceeded): too many"
+        );
+        let (device, p) = refused("VolumeInUse", "vol-1 is already attached to an instance");
+        assert_eq!(
+            (device, p.reason),
+            (Device::Released, reason::VOLUME_IN_USE)
+        );
+        assert!(
+            p.message.contains("vol-1 is already attached"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn a_device_name_in_use_is_kept_out_and_retried_with_another() {
+        let e = ec2_error(
+            "AttachVolume",
+            "InvalidParameterValue",
+            "Invalid value '/dev/xvdba' for unixDevice. Attachment point /dev/xvdba is already in use",
+        );
+        let a = answer(Err(e));
+        assert!(matches!(a, Answer::DeviceTaken), "{a:?}");
+        assert_eq!(a.device(), Device::Taken);
+        // Another bad parameter is a failure of the spec's kind, not a retry.
+        let e = ec2_error(
+            "AttachVolume",
+            "InvalidParameterValue",
+            "Value (x) for parameter device is invalid",
+        );
+        assert_eq!(failed(Err(e)), (Device::Released, Class::InvalidSpec));
+    }
+
+    #[test]
+    fn every_other_answer_fails_the_pass_with_its_class_and_frees_the_name() {
+        let cases = [
+            ("RequestLimitExceeded", Class::Throttled),
+            ("InternalError", Class::Transient),
+            ("Unavailable", Class::Transient),
+            // A volume or instance in a state that passes (detaching, stopping).
+            ("IncorrectState", Class::Transient),
+            ("InvalidVolume.NotFound", Class::Transient),
+            ("InvalidInstanceID.NotFound", Class::Transient),
+            ("UnauthorizedOperation", Class::Permanent),
+        ];
+        for (code, class) in cases {
+            let e = ec2_error("AttachVolume", code, "m");
+            assert_eq!(failed(Err(e)), (Device::Released, class), "{code}");
+        }
+        assert_eq!(
+            failed(Err(no_answer("AttachVolume"))),
+            (Device::Released, Class::Transient)
+        );
+    }
+
+    #[test]
+    fn a_look_after_attaching_records_the_state_until_attached() {
+        let v = |s| {
+            on(
+                vol("vol-0", 0, VolumeState::InUse),
+                INSTANCE,
+                "/dev/xvdba",
+                s,
+            )
+        };
+        assert_eq!(progress(&v(Ec2::Attached), INSTANCE), Progress::Attached);
+        assert_eq!(
+            progress(&v(Ec2::Attaching), INSTANCE),
+            Progress::Pending(AttachmentState::Attaching)
+        );
+        assert_eq!(
+            progress(&v(Ec2::Detaching), INSTANCE),
+            Progress::Pending(AttachmentState::Detaching)
+        );
+        // Taken by another instance meanwhile, or detached: the next reconcile judges.
+        assert_eq!(progress(&v(Ec2::Attached), "i-9"), Progress::Leave);
+        let free = vol("vol-0", 0, VolumeState::Available);
+        assert_eq!(progress(&free, INSTANCE), Progress::Leave);
+    }
+
+    #[test]
+    fn set_records_a_members_attachment_only() {
+        let m = members(vec![Some(vol("vol-0", 0, VolumeState::Available)), None]);
+        let mut f = facts(&m);
+        set(&mut f.volumes, 0, AttachmentState::Attaching);
+        set(&mut f.volumes, 1, AttachmentState::Attached);
+        assert_eq!(entry(&f, 0).attachment(), Some(AttachmentState::Attaching));
+        assert_eq!(
+            f.volumes.len(),
+            1,
+            "no entry is made for a member without one"
+        );
+    }
+}

@@ -104,3 +104,152 @@ pub fn still_creating(members: &Members, created: &[usize]) -> Vec<(usize, Strin
         .map(|(i, v)| (i, v.volume_id.clone()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use pgml_api::EbsVolumes;
+    use pgml_api::common::keys;
+    use pgml_aws::VolumeState;
+
+    fn spec() -> EbsVolumes {
+        serde_yaml::from_str("{count: 4, sizeGiB: 10}").unwrap()
+    }
+
+    fn pool(v: &EbsVolumes) -> PoolRef<'_> {
+        PoolRef {
+            uid: "uid-1",
+            namespace: "db",
+            name: "tank",
+            volumes: v,
+        }
+    }
+
+    fn recorded(index: i32, generation: i32, replaced: Option<&str>) -> VolumeStatus {
+        VolumeStatus {
+            index,
+            generation,
+            replaced_volume_id: replaced.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_slots_are_created_in_order_except_lost_members() {
+        let v = spec();
+        let m = members(vec![
+            Some(vol("vol-0", 0, VolumeState::InUse)),
+            None,
+            None,
+            None,
+        ]);
+        // Member 2's volume is gone: it waits for its replacement to be recorded.
+        let gone = BTreeMap::from([(2, "vol-2".to_string())]);
+        // Member 3 is a recorded replacement (generation 2) not created yet.
+        let rec = [recorded(3, 2, Some("vol-3"))];
+        let c = missing(&pool(&v), &m, &gone, &rec, "us-east-1b", None);
+        let made: Vec<(usize, i32, Option<&str>)> = c
+            .iter()
+            .map(|c| (c.index, c.generation, c.replaced.as_deref()))
+            .collect();
+        assert_eq!(made, vec![(1, 0, None), (3, 2, Some("vol-3"))]);
+        assert_eq!(
+            c[0].request,
+            build::create_request(&pool(&v), 1, 0, "us-east-1b")
+        );
+        // The generation's token: a repeat after a crash returns the same volume.
+        assert_eq!(
+            c[1].request.client_token,
+            build::volume_token("uid-1", 3, 2)
+        );
+        assert_eq!(c[1].request.tags[keys::MEMBER_INDEX], "3");
+    }
+
+    #[test]
+    fn a_restored_member_comes_from_its_snapshot_and_a_replacement_starts_empty() {
+        let v = spec();
+        let m = members(vec![None, None]);
+        let restore = Restore {
+            name: "nightly".into(),
+            sources: BTreeMap::from([(0, "snap-a".into()), (1, "snap-b".into())]),
+            rate_mibps: Some(200),
+        };
+        let rec = [recorded(1, 1, Some("vol-1"))];
+        let c = missing(&pool(&v), &m, &BTreeMap::new(), &rec, "z", Some(&restore));
+        assert_eq!(c[0].request.snapshot_id.as_deref(), Some("snap-a"));
+        assert_eq!(c[0].request.volume_initialization_rate_mibps, Some(200));
+        assert_eq!(c[1].request.snapshot_id, None);
+        assert_eq!(c[1].request.volume_initialization_rate_mibps, None);
+    }
+
+    #[test]
+    fn an_answer_fills_the_slot_and_keeps_the_members_generation() {
+        let v = spec();
+        let mut m = members(vec![None, None]);
+        let rec = [recorded(1, 1, Some("vol-old"))];
+        let mut f = facts(&m);
+        f.volumes = rec.to_vec();
+        let c = missing(&pool(&v), &m, &BTreeMap::new(), &f.volumes, "z", None);
+        for (c, id) in c.iter().zip(["vol-a", "vol-b"]) {
+            record(
+                &mut f.volumes,
+                &mut m,
+                INSTANCE,
+                c,
+                vol(id, c.index, VolumeState::Creating),
+            );
+        }
+        assert_eq!(
+            m.slots[1].as_ref().map(|v| v.volume_id.as_str()),
+            Some("vol-b")
+        );
+        let e = entry(&f, 1);
+        assert_eq!(
+            (
+                e.volume_id.as_deref(),
+                e.generation,
+                e.replaced_volume_id.as_deref()
+            ),
+            (Some("vol-b"), 1, Some("vol-old"))
+        );
+        assert_eq!(e.state.as_deref(), Some("creating"));
+        assert_eq!(entry(&f, 0).volume_id.as_deref(), Some("vol-a"));
+        assert_eq!(
+            still_creating(&m, &[0, 1]),
+            vec![(0, "vol-a".into()), (1, "vol-b".into())]
+        );
+        m.slots[0].as_mut().unwrap().state = VolumeState::Available;
+        assert_eq!(still_creating(&m, &[0, 1]), vec![(1, "vol-b".into())]);
+        assert_eq!(still_creating(&m, &[0]), vec![]);
+    }
+
+    #[test]
+    fn the_event_names_each_volume_its_source_and_what_it_replaces() {
+        let v = spec();
+        let m = members(vec![None, None]);
+        let rec = [recorded(1, 1, Some("vol-old"))];
+        let restore = Restore {
+            name: "n".into(),
+            sources: BTreeMap::from([(0, "snap-a".into()), (1, "snap-b".into())]),
+            rate_mibps: None,
+        };
+        let c = missing(&pool(&v), &m, &BTreeMap::new(), &rec, "z", Some(&restore));
+        let notes = [
+            note(&c[0], &vol("vol-a", 0, VolumeState::Creating)),
+            note(&c[1], &vol("vol-b", 1, VolumeState::Creating)),
+        ];
+        assert_eq!(
+            notes[0],
+            "vol-a (10 GiB gp3) as member 0 from snapshot snap-a"
+        );
+        assert_eq!(
+            notes[1],
+            "vol-b (10 GiB gp3) as member 1, replacing vol-old"
+        );
+        assert_eq!(
+            event(&notes, "us-east-1a"),
+            "created vol-a (10 GiB gp3) as member 0 from snapshot snap-a, vol-b (10 GiB gp3) as member 1, replacing vol-old in us-east-1a"
+        );
+    }
+}

@@ -110,3 +110,132 @@ pub fn started(m: &ModifyVolume, now: &Time) -> VolumeModification {
         message: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use crate::runtime::{Class, Error};
+
+    const DAY: i64 = 24 * 3600;
+    const NOW: i64 = 100 * DAY;
+
+    fn spec(yaml: &str) -> EbsVolumes {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn members_below_the_spec_are_grown_unless_busy() {
+        let m = members(vec![
+            Some(vol("vol-0", 0, VolumeState::InUse)),
+            Some(vol("vol-1", 1, VolumeState::Available)),
+            Some(vol("vol-2", 2, VolumeState::Creating)),
+            Some(vol("vol-3", 3, VolumeState::Error)),
+            Some(vol("vol-4", 4, VolumeState::InUse)),
+            None,
+        ]);
+        let mut f = facts(&m);
+        // Member 4 is being modified already; member 0's last one completed.
+        f.volumes[4].modification = Some(VolumeModification {
+            state: "modifying".into(),
+            ..Default::default()
+        });
+        f.volumes[0].modification = Some(VolumeModification {
+            state: "completed".into(),
+            ..Default::default()
+        });
+        let s = spec("{count: 6, sizeGiB: 200}");
+        let g = growth(&m, &f.volumes, &s, &[], NOW);
+        let Growth::Modify(list) = g else {
+            panic!("{g:?}")
+        };
+        let grown: Vec<(usize, &str, Option<i32>)> = list
+            .iter()
+            .map(|(i, m)| (*i, m.volume_id.as_str(), m.size_gib))
+            .collect();
+        assert_eq!(
+            grown,
+            vec![(0, "vol-0", Some(200)), (1, "vol-1", Some(200))]
+        );
+        // At the spec already: nothing.
+        let at = spec("{count: 6, sizeGiB: 100}");
+        assert_eq!(growth(&m, &f.volumes, &at, &[], NOW), Growth::Nothing);
+    }
+
+    #[test]
+    fn a_spent_budget_waits_and_says_until_when() {
+        let m = members(vec![Some(vol("vol-0", 0, VolumeState::InUse))]);
+        let f = facts(&m);
+        let s = spec("{count: 1, sizeGiB: 200}");
+        let four: Vec<Time> = [1, 2, 3, 4].iter().map(|h| t(NOW - h * 3600)).collect();
+        let g = growth(&m, &f.volumes, &s, &four, NOW);
+        let next = k8s_openapi::jiff::Timestamp::from_second(NOW - 4 * 3600 + DAY).unwrap();
+        assert_eq!(
+            g,
+            Growth::Spent(format!(
+                "the spec asks for larger volumes, but AWS allows 4 modifications per volume in 24 hours and they are spent; the next can start at {next}"
+            ))
+        );
+        // Three in the window, one older: a round may start.
+        let mut older = four.clone();
+        older[3] = t(NOW - DAY - 1);
+        assert!(matches!(
+            growth(&m, &f.volumes, &s, &older, NOW),
+            Growth::Modify(_)
+        ));
+    }
+
+    #[test]
+    fn the_record_keeps_a_day_of_rounds() {
+        let rounds = [t(NOW - DAY - 1), t(NOW - 60)];
+        assert_eq!(recent(&rounds, NOW, false), vec![t(NOW - 60)]);
+        assert_eq!(recent(&rounds, NOW, true), vec![t(NOW - 60), t(NOW)]);
+    }
+
+    #[test]
+    fn a_modification_still_running_is_waited_for_and_the_rest_fail_the_round() {
+        assert!(matches!(answer(Ok(())), Answer::Started));
+        let e = ec2_error(
+            "ModifyVolume",
+            "IncorrectModificationState",
+            "still modifying",
+        );
+        assert!(matches!(answer(Err(e)), Answer::StillRunning));
+        for (code, class) in [
+            ("RequestLimitExceeded", Class::Throttled),
+            ("InternalError", Class::Transient),
+            ("IncorrectState", Class::Transient),
+            ("InvalidVolume.NotFound", Class::Transient),
+            ("InvalidParameterValue", Class::InvalidSpec),
+            ("VolumeModificationRateExceeded", Class::Permanent),
+        ] {
+            let a = answer(Err(ec2_error("ModifyVolume", code, "m")));
+            let Answer::Failed(e) = a else {
+                panic!("{code}: {a:?}")
+            };
+            assert_eq!(Error::from(e).class(), class, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_started_modification_records_its_targets() {
+        let m = ModifyVolume {
+            volume_id: "vol-0".into(),
+            size_gib: Some(200),
+            iops: Some(6000),
+            throughput_mibps: None,
+        };
+        let r = started(&m, &t(NOW));
+        assert!(r.is_modifying());
+        assert_eq!(
+            (
+                r.progress,
+                r.start_time,
+                r.target_size_gib,
+                r.target_iops,
+                r.target_throughput_mibps
+            ),
+            (Some(0), Some(t(NOW)), Some(200), Some(6000), None)
+        );
+    }
+}

@@ -159,3 +159,216 @@ pub fn entry_mut(volumes: &mut Vec<VolumeStatus>, index: usize) -> &mut VolumeSt
     };
     &mut volumes[pos]
 }
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::runtime::Requeue;
+    use crate::zfspool::status::RepairView;
+    use pgml_aws::InstanceTypeLimits;
+    use pgml_aws::VolumeState;
+
+    const R: Requeue = Requeue {
+        ready: Duration::from_secs(60),
+        progress: Duration::from_secs(5),
+    };
+
+    fn template(yaml: &str) -> ZfsPoolTemplate {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn an_invalid_spec_halts_until_it_changes() {
+        let ok = template("volumes: {count: 2, sizeGiB: 10}");
+        assert_eq!(invalid_spec(&ok), None);
+        let bad = template(
+            "volumes: {count: 2, sizeGiB: 10}\nfilesystemProperties: {sharenfs: 'on', compression: zzz}",
+        );
+        let h = invalid_spec(&bad).unwrap();
+        assert_eq!(
+            (h.spec_error, h.reason, h.requeue),
+            (Some("InvalidZfsProperty"), "InvalidSpec", None)
+        );
+        // Every error in one message.
+        assert!(
+            h.message.contains("compression") && h.message.contains("sharenfs"),
+            "{}",
+            h.message
+        );
+        assert!(h.message.contains("; "), "{}", h.message);
+        let s = h.status(&ZfsPoolStatus::default(), Some(4), &t(10));
+        assert_eq!(s.phase, Some(PoolPhase::Failed));
+        assert_eq!(s.observed_generation, Some(4));
+        let valid = status::condition(&s, c::SPEC_VALID).unwrap();
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            (c::FALSE, "InvalidZfsProperty")
+        );
+        assert_eq!(
+            status::condition(&s, c::READY).unwrap().reason,
+            "InvalidSpec"
+        );
+    }
+
+    #[test]
+    fn a_blocked_restore_is_looked_at_again_soon_only_while_the_snapshot_may_complete() {
+        let blocked = |waiting: bool| restore::Blocked {
+            spec_error: (!waiting).then_some("RestoreMismatch"),
+            reason: "RestoreMismatch",
+            message: "m".into(),
+            waiting,
+        };
+        let h = restore_blocked(blocked(true), &R);
+        assert_eq!((h.requeue, h.spec_error), (Some(R.progress), None));
+        let h = restore_blocked(blocked(false), &R);
+        assert_eq!(
+            (h.requeue, h.spec_error),
+            (Some(R.ready), Some("RestoreMismatch"))
+        );
+        let s = h.status(&ZfsPoolStatus::default(), Some(1), &t(1));
+        assert_eq!(s.phase, Some(PoolPhase::Failed));
+        let s =
+            restore_blocked(blocked(true), &R).status(&ZfsPoolStatus::default(), Some(1), &t(1));
+        assert_eq!(s.phase, Some(PoolPhase::Pending));
+        assert_eq!(status::condition(&s, c::SPEC_VALID), None);
+    }
+
+    #[test]
+    fn an_unresolved_node_is_looked_at_again_slowly() {
+        let u = Unresolved {
+            reason: status::reason::NODE_NOT_FOUND,
+            message: "node x does not exist".into(),
+        };
+        assert_eq!(
+            unresolved(u, &R),
+            Halt {
+                spec_error: None,
+                reason: status::reason::NODE_NOT_FOUND,
+                message: "node x does not exist".into(),
+                requeue: Some(R.ready),
+            }
+        );
+    }
+
+    fn target(max: Option<i64>, devices: &[(&str, &str)]) -> Target {
+        Target {
+            instance: instance(devices),
+            described: std::time::Instant::now(),
+            limits: max.map(|m| InstanceTypeLimits {
+                maximum_ebs_attachments: Some(m),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_pool_that_does_not_fit_the_instance_halts_and_looks_again_much_later() {
+        let spec: EbsVolumes = serde_yaml::from_str("{count: 4, sizeGiB: 10}").unwrap();
+        let root = ("/dev/xvda", "vol-root");
+        // One member attached already: it is ours, so it does not take a slot.
+        let ours = on(
+            vol("vol-a", 0, VolumeState::InUse),
+            INSTANCE,
+            "/dev/xvdba",
+            pgml_aws::AttachmentState::Attached,
+        );
+        let m = members(vec![Some(ours), None, None, None]);
+        let devices = [root, ("/dev/xvdba", "vol-a")];
+        assert_eq!(no_room(&spec, &target(Some(5), &devices), &m, &R), None);
+        // Unknown limits: not checked.
+        assert_eq!(no_room(&spec, &target(None, &devices), &m, &R), None);
+        let other = ("/dev/xvdbz", "vol-other-pool");
+        let h = no_room(&spec, &target(Some(5), &[root, other, devices[1]]), &m, &R).unwrap();
+        assert_eq!(
+            (h.spec_error, h.reason),
+            (Some("TooManyVolumes"), "TooManyVolumes")
+        );
+        assert_eq!(h.requeue, Some(R.ready * 5));
+        assert!(h.message.contains("m7i.large"), "{}", h.message);
+    }
+
+    #[test]
+    fn requeue_is_slow_once_settled_or_blocked_and_quick_while_moving() {
+        let m = members(vec![Some(vol("vol-a", 0, VolumeState::InUse))]);
+        let ready = |phase| ZfsPoolStatus {
+            phase: Some(phase),
+            conditions: vec![pgml_api::common::Condition {
+                type_: c::READY.into(),
+                status: c::TRUE.into(),
+                reason: "PoolOnline".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: t(1),
+            }],
+            ..Default::default()
+        };
+        let moving = ZfsPoolStatus {
+            phase: Some(PoolPhase::Attaching),
+            ..Default::default()
+        };
+        let f = facts(&m);
+        assert_eq!(requeue(&f, &ready(PoolPhase::Online), &R), R.ready);
+        assert_eq!(requeue(&f, &ready(PoolPhase::Resizing), &R), R.progress);
+        assert_eq!(requeue(&f, &moving, &R), R.progress);
+
+        let with = |change: &dyn Fn(&mut Facts)| {
+            let mut f = facts(&m);
+            change(&mut f);
+            requeue(&f, &moving, &R)
+        };
+        assert_eq!(with(&|f| f.budget_wait = Some("spent".into())), R.ready);
+        for blocked in [
+            RepairView::Manual(vec![]),
+            RepairView::TooMany(vec![]),
+            RepairView::Raid0(vec![]),
+        ] {
+            assert_eq!(with(&|f| f.repair = blocked.clone()), R.ready);
+        }
+        let replacing = RepairView::Replacing {
+            index: 0,
+            old: "vol-o".into(),
+            new: None,
+            attached: false,
+        };
+        assert_eq!(with(&|f| f.repair = replacing.clone()), R.progress);
+        let problem = |reason| {
+            move |f: &mut Facts| {
+                f.attach_problem = Some(AttachProblem {
+                    reason,
+                    message: "m".into(),
+                })
+            }
+        };
+        // A lasting attachment is still awaited at the progress pace; the rest need a
+        // change.
+        assert_eq!(with(&problem(status::reason::ATTACHMENT_STUCK)), R.progress);
+        for r in [
+            status::reason::ATTACHED_ELSEWHERE,
+            status::reason::ATTACHMENT_LIMIT,
+            status::reason::VOLUME_IN_USE,
+        ] {
+            assert_eq!(with(&problem(r)), R.ready, "{r}");
+        }
+    }
+
+    #[test]
+    fn entries_are_found_or_added() {
+        let mut v = vec![VolumeStatus {
+            index: 1,
+            volume_id: Some("vol-b".into()),
+            ..Default::default()
+        }];
+        entry_mut(&mut v, 1).generation = 3;
+        entry_mut(&mut v, 0).generation = 1;
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].index, v[0].generation), (1, 3));
+        assert_eq!(
+            (v[1].index, v[1].generation, v[1].volume_id.as_deref()),
+            (0, 1, None)
+        );
+    }
+}
