@@ -416,6 +416,7 @@ pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModifica
 mod tests {
     use super::*;
 
+    use crate::zfspool::fixtures::vol;
     use pgml_aws::Attachment;
 
     fn spec(yaml: &str) -> EbsVolumes {
@@ -428,26 +429,6 @@ mod tests {
             namespace: "db",
             name: "tank",
             volumes: v,
-        }
-    }
-
-    fn vol(id: &str, index: Option<usize>, state: &str) -> Volume {
-        let mut tags = BTreeMap::new();
-        if let Some(i) = index {
-            tags.insert(keys::MEMBER_INDEX.to_string(), i.to_string());
-        }
-        Volume {
-            volume_id: id.into(),
-            availability_zone: "us-east-1a".into(),
-            state: state.into(),
-            volume_type: "gp3".into(),
-            size_gib: 100,
-            iops: Some(3000),
-            throughput_mibps: Some(125),
-            encrypted: true,
-            snapshot_id: None,
-            attachments: vec![],
-            tags,
         }
     }
 

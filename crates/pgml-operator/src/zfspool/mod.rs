@@ -21,6 +21,9 @@ pub mod repair;
 pub mod restore;
 pub mod status;
 
+#[cfg(test)]
+pub(crate) mod fixtures;
+
 use std::future::Future;
 use std::sync::Arc;
 

@@ -315,19 +315,7 @@ mod tests {
     use pgml_aws::VolumeState;
 
     fn vol(id: &str, state: VolumeState) -> Volume {
-        Volume {
-            volume_id: id.into(),
-            availability_zone: "us-east-1a".into(),
-            state,
-            volume_type: "gp3".into(),
-            size_gib: 10,
-            iops: None,
-            throughput_mibps: None,
-            encrypted: true,
-            snapshot_id: None,
-            attachments: vec![],
-            tags: Default::default(),
-        }
+        crate::zfspool::fixtures::vol(id, None, state)
     }
 
     fn recorded(i: i32, id: Option<&str>, replaced: Option<&str>) -> VolumeStatus {

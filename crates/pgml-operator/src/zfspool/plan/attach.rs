@@ -178,9 +178,9 @@ pub fn set(volumes: &mut [VolumeStatus], index: usize, state: AttachmentState) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
     use super::*;
     use crate::runtime::{Class, Error};
+    use crate::zfspool::fixtures::*;
     use pgml_api::common::Condition;
     use pgml_aws::AttachmentState as Ec2;
     use pgml_aws::VolumeState;

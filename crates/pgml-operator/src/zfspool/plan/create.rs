@@ -107,8 +107,8 @@ pub fn still_creating(members: &Members, created: &[usize]) -> Vec<(usize, Strin
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
     use super::*;
+    use crate::zfspool::fixtures::*;
     use pgml_api::EbsVolumes;
     use pgml_api::common::keys;
     use pgml_aws::VolumeState;

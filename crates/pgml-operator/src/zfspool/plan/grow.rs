@@ -113,9 +113,9 @@ pub fn started(m: &ModifyVolume, now: &Time) -> VolumeModification {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
     use super::*;
     use crate::runtime::{Class, Error};
+    use crate::zfspool::fixtures::*;
 
     const DAY: i64 = 24 * 3600;
     const NOW: i64 = 100 * DAY;

@@ -161,13 +161,10 @@ pub fn entry_mut(volumes: &mut Vec<VolumeStatus>, index: usize) -> &mut VolumeSt
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures;
-
-#[cfg(test)]
 mod tests {
-    use super::fixtures::*;
     use super::*;
     use crate::runtime::Requeue;
+    use crate::zfspool::fixtures::*;
     use crate::zfspool::status::RepairView;
     use pgml_aws::InstanceTypeLimits;
     use pgml_aws::VolumeState;

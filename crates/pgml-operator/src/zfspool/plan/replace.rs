@@ -195,8 +195,8 @@ pub fn replaced_note(r: &Retirement, pool_name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
     use super::*;
+    use crate::zfspool::fixtures::*;
     use crate::zfspool::status::{AgentView, ReportedMember};
     use pgml_aws::AttachmentState as Ec2;
     use pgml_aws::VolumeState;

@@ -1,5 +1,5 @@
-//! Plain values the plan's tests start from: volumes as EC2 describes them, a pool's
-//! facts, EC2 errors as the adapter classifies them.
+//! Plain values the controller's tests start from: volumes as EC2 describes them, a
+//! pool's facts, EC2 errors as the adapter classifies them.
 
 use pgml_api::common::{Time, keys};
 use pgml_api::zfspool::VolumeStatus;
@@ -14,12 +14,13 @@ pub fn t(s: i64) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
 }
 
-/// Member `index`'s volume `id`, 100 GiB gp3 at the baseline, not attached.
-pub fn vol(id: &str, index: usize, state: VolumeState) -> Volume {
+/// Volume `id`, tagged as member `index` (when given), 100 GiB gp3 at the baseline, not
+/// attached.
+pub fn vol(id: &str, index: impl Into<Option<usize>>, state: impl Into<VolumeState>) -> Volume {
     Volume {
         volume_id: id.into(),
         availability_zone: "us-east-1a".into(),
-        state,
+        state: state.into(),
         volume_type: "gp3".into(),
         size_gib: 100,
         iops: Some(3000),
@@ -27,7 +28,11 @@ pub fn vol(id: &str, index: usize, state: VolumeState) -> Volume {
         encrypted: true,
         snapshot_id: None,
         attachments: vec![],
-        tags: [(keys::MEMBER_INDEX.to_string(), index.to_string())].into(),
+        tags: index
+            .into()
+            .map(|i| (keys::MEMBER_INDEX.to_string(), i.to_string()))
+            .into_iter()
+            .collect(),
     }
 }
 
