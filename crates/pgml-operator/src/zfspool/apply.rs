@@ -14,8 +14,8 @@ use pgml_aws::{AwsError, ModifyVolume, Volume, VolumeState};
 
 use super::build::{self, Members, PoolRef};
 use super::observe::{self, Target, Volumes};
-use super::plan::attach::{self as attaching, Attach, Device, Progress, Todo};
-use super::plan::grow::{self as growing, Growth};
+use super::plan::attach::{Attach, Device, Progress, Todo};
+use super::plan::grow::Growth;
 use super::plan::{self, Halt};
 use super::repair::{Decision, Retire};
 use super::restore::{self, Restore};
@@ -55,32 +55,24 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     let observed = pool.status.clone().unwrap_or_default();
     let now = conditions::now();
     let requeue = &ctx.settings.requeue;
+    let stop = |h: Halt| halt(ctx, pool, &observed, &now, h);
     if let Some(h) = plan::invalid_spec(&pool.spec.template) {
-        return halt(ctx, pool, &observed, &now, h).await;
+        return stop(h).await;
     }
     let restore = match restore::resolve(pool, ctx, &observed).await? {
         Ok(r) => r,
-        Err(b) => {
-            return halt(
-                ctx,
-                pool,
-                &observed,
-                &now,
-                plan::restore_blocked(b, requeue),
-            )
-            .await;
-        }
+        Err(b) => return stop(plan::restore_blocked(b, requeue)).await,
     };
     let target = match observe::resolve(ctx, &pool.spec.node_name).await? {
         Ok(t) => t,
-        Err(u) => return halt(ctx, pool, &observed, &now, plan::unresolved(u, requeue)).await,
+        Err(u) => return stop(plan::unresolved(u, requeue)).await,
     };
     let pref = PoolRef::of(pool).ok_or(Error::Incomplete("uid, namespace or name"))?;
     let count = pool.spec.template.volumes.count.max(0) as usize;
     let volumes = observe::volumes(ctx, pref.uid, count, &observed).await?;
     let spec = &pool.spec.template.volumes;
     if let Some(h) = plan::no_room(spec, &target, &volumes.members, requeue) {
-        return halt(ctx, pool, &observed, &now, h).await;
+        return stop(h).await;
     }
 
     let mut pass = Pass::new(ctx, pool, target, observed, volumes, now);
@@ -312,10 +304,10 @@ impl<'a> Pass<'a> {
     /// from a recent view of the instance only: the reservations of other pools' attaches
     /// lapse a while after EC2 answered them ([`devices::DeviceReservations`]).
     async fn reserve_devices(&mut self, instance_id: &str) -> Result<Vec<Attach>, Error> {
-        let waited = attaching::waited(&self.observed, &self.now);
+        let waited = plan::attach::waited(&self.observed, &self.now);
         let timeout = self.ctx.settings.pool.attach_timeout;
         let node = &self.facts.node_name;
-        let todo = attaching::todo(&self.members, instance_id, node, waited, timeout);
+        let todo = plan::attach::todo(&self.members, instance_id, node, waited, timeout);
         let mut used = build::used_devices(&self.target.instance, &self.members);
         let mut described = self.target.described;
         let mut wanted = Vec::new();
@@ -337,7 +329,7 @@ impl<'a> Pass<'a> {
                 .ctx
                 .reserve_device(instance_id, &volume_id, index, &used)
             else {
-                self.facts.attach_problem = Some(attaching::no_device(instance_id, index));
+                self.facts.attach_problem = Some(plan::attach::no_device(instance_id, index));
                 continue;
             };
             used.insert(device.clone());
@@ -361,7 +353,7 @@ impl<'a> Pass<'a> {
     ) -> Result<Vec<(usize, String)>, Error> {
         let (ctx, mut failed, mut pending) = (self.ctx, None, Vec::new());
         for (a, result) in wanted.into_iter().zip(answers) {
-            let answer = attaching::answer(result);
+            let answer = plan::attach::answer(result);
             match answer.device() {
                 Device::Answered => ctx.device_answered(instance_id, &a.device),
                 Device::Released => ctx.release_device(instance_id, &a.device),
@@ -369,18 +361,18 @@ impl<'a> Pass<'a> {
             }
             let (volume, device) = (&a.volume_id, &a.device);
             match answer {
-                attaching::Answer::Took(state) => {
+                plan::attach::Answer::Took(state) => {
                     tracing::info!(%volume, %device, ?state, "attach requested");
-                    attaching::set(&mut self.facts.volumes, a.index, state);
+                    plan::attach::set(&mut self.facts.volumes, a.index, state);
                     if state != AttachmentState::Attached {
                         pending.push((a.index, a.volume_id));
                     }
                 }
-                attaching::Answer::Refused(p) => self.facts.attach_problem = Some(p),
-                attaching::Answer::DeviceTaken => {
+                plan::attach::Answer::Refused(p) => self.facts.attach_problem = Some(p),
+                plan::attach::Answer::DeviceTaken => {
                     tracing::info!(%volume, "device name taken; retrying with another");
                 }
-                attaching::Answer::Failed(e) => {
+                plan::attach::Answer::Failed(e) => {
                     failed.get_or_insert(e);
                 }
             }
@@ -404,13 +396,13 @@ impl<'a> Pass<'a> {
             self.ctx,
             &ATTACHED_POLLS,
             pending,
-            |i, v| match attaching::progress(v, instance_id) {
+            |i, v| match plan::attach::progress(v, instance_id) {
                 Progress::Attached => {
-                    attaching::set(volumes, i, AttachmentState::Attached);
+                    plan::attach::set(volumes, i, AttachmentState::Attached);
                     false
                 }
                 Progress::Pending(state) => {
-                    attaching::set(volumes, i, state);
+                    plan::attach::set(volumes, i, state);
                     true
                 }
                 Progress::Leave => false,
@@ -424,9 +416,9 @@ impl<'a> Pass<'a> {
         let t = self.now.0.as_second();
         let spec = &self.pool.spec.template.volumes;
         let recent = &self.facts.recent_modifications;
-        match growing::growth(&self.members, &self.facts.volumes, spec, recent, t) {
+        match plan::grow::growth(&self.members, &self.facts.volumes, spec, recent, t) {
             Growth::Nothing => {
-                self.facts.recent_modifications = growing::recent(recent, t, false);
+                self.facts.recent_modifications = plan::grow::recent(recent, t, false);
                 Ok(())
             }
             Growth::Spent(message) => {
@@ -442,19 +434,19 @@ impl<'a> Pass<'a> {
         let (mut started, mut result) = (false, Ok(()));
         for (i, m) in list {
             let volume = &m.volume_id;
-            match growing::answer(self.ctx.ec2.modify_volume(&m).await) {
-                growing::Answer::Started => {
+            match plan::grow::answer(self.ctx.ec2.modify_volume(&m).await) {
+                plan::grow::Answer::Started => {
                     started = true;
                     tracing::info!(%volume, ?m, "modification requested");
                     let entry = self.facts.volumes.iter_mut().find(|v| v.index == i as i32);
                     if let Some(v) = entry {
-                        v.modification = Some(growing::started(&m, &self.now));
+                        v.modification = Some(plan::grow::started(&m, &self.now));
                     }
                 }
-                growing::Answer::StillRunning => {
+                plan::grow::Answer::StillRunning => {
                     tracing::info!(%volume, "a modification is still running; waiting");
                 }
-                growing::Answer::Failed(e) => {
+                plan::grow::Answer::Failed(e) => {
                     result = Err(e.into());
                     break;
                 }
@@ -462,7 +454,7 @@ impl<'a> Pass<'a> {
         }
         let t = self.now.0.as_second();
         let recent = &self.facts.recent_modifications;
-        self.facts.recent_modifications = growing::recent(recent, t, started);
+        self.facts.recent_modifications = plan::grow::recent(recent, t, started);
         if started {
             let note = "EBS is growing the volumes to the new spec".to_string();
             events::publish(self.ctx, self.pool, false, "VolumesModifying", note).await;
