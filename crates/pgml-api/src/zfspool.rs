@@ -597,6 +597,139 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
+/// An EBS volume's state, as `status.volumes[].state` holds it: EC2's word, or `deleted`
+/// for a member volume EC2 no longer knows. The field stays a string on the wire (and in
+/// the schema); [`VolumeStatus::volume_state`] reads it typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeState {
+    Creating,
+    Available,
+    InUse,
+    Deleting,
+    Deleted,
+    Error,
+    /// A word EC2 may add later, kept as it came.
+    Other(String),
+}
+
+impl VolumeState {
+    pub fn parse(s: &str) -> VolumeState {
+        match s {
+            "creating" => VolumeState::Creating,
+            "available" => VolumeState::Available,
+            "in-use" => VolumeState::InUse,
+            "deleting" => VolumeState::Deleting,
+            "deleted" => VolumeState::Deleted,
+            "error" => VolumeState::Error,
+            other => VolumeState::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::InUse => "in-use",
+            VolumeState::Deleting => "deleting",
+            VolumeState::Deleted => "deleted",
+            VolumeState::Error => "error",
+            VolumeState::Other(s) => s,
+        }
+    }
+}
+
+/// A volume's attachment to the node's instance, as `status.volumes[].attachmentState`
+/// holds it (a string on the wire; [`VolumeStatus::attachment`] reads it typed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachmentState {
+    Attaching,
+    Attached,
+    Detaching,
+    Detached,
+    Busy,
+    /// EC2's `unknown`, and any word this version does not know.
+    Unknown,
+}
+
+impl AttachmentState {
+    pub fn parse(s: &str) -> AttachmentState {
+        match s {
+            "attaching" => AttachmentState::Attaching,
+            "attached" => AttachmentState::Attached,
+            "detaching" => AttachmentState::Detaching,
+            "detached" => AttachmentState::Detached,
+            "busy" => AttachmentState::Busy,
+            _ => AttachmentState::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentState::Attaching => "attaching",
+            AttachmentState::Attached => "attached",
+            AttachmentState::Detaching => "detaching",
+            AttachmentState::Detached => "detached",
+            AttachmentState::Busy => "busy",
+            AttachmentState::Unknown => "unknown",
+        }
+    }
+}
+
+impl VolumeStatus {
+    /// `state`, typed.
+    pub fn volume_state(&self) -> Option<VolumeState> {
+        self.state.as_deref().map(VolumeState::parse)
+    }
+
+    /// `attachmentState`, typed.
+    pub fn attachment(&self) -> Option<AttachmentState> {
+        self.attachment_state.as_deref().map(AttachmentState::parse)
+    }
+
+    /// Attached to the node's instance.
+    pub fn is_attached(&self) -> bool {
+        self.attachment() == Some(AttachmentState::Attached)
+    }
+
+    pub fn set_attachment(&mut self, state: AttachmentState) {
+        self.attachment_state = Some(state.as_str().to_string());
+    }
+}
+
+/// The state of an EBS modification, as `status.volumes[].modification.state` holds it (a
+/// string on the wire; [`VolumeModification::phase`] reads it typed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModificationState {
+    Modifying,
+    Optimizing,
+    Completed,
+    Failed,
+    /// A word AWS may add later, kept as it came.
+    Other(String),
+}
+
+impl ModificationState {
+    pub fn parse(s: &str) -> ModificationState {
+        match s {
+            "modifying" => ModificationState::Modifying,
+            "optimizing" => ModificationState::Optimizing,
+            "completed" => ModificationState::Completed,
+            "failed" => ModificationState::Failed,
+            other => ModificationState::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ModificationState::Modifying => "modifying",
+            ModificationState::Optimizing => "optimizing",
+            ModificationState::Completed => "completed",
+            ModificationState::Failed => "failed",
+            ModificationState::Other(s) => s,
+        }
+    }
+}
+
 /// An EBS ModifyVolume on one volume.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -633,6 +766,18 @@ pub struct VolumeModification {
     /// AWS's message when the modification failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl VolumeModification {
+    /// `state`, typed.
+    pub fn phase(&self) -> ModificationState {
+        ModificationState::parse(&self.state)
+    }
+
+    /// EBS is still modifying the volume (not yet `optimizing`, `completed` or `failed`).
+    pub fn is_modifying(&self) -> bool {
+        self.phase() == ModificationState::Modifying
+    }
 }
 
 /// A dataset as mounted on the node (written by the agent).
@@ -702,4 +847,57 @@ pub struct PerformanceCeiling {
     /// `Volumes` when the volumes are the bottleneck, `Instance` when the instance type is
     /// (adding IOPS to the volumes then buys nothing).
     pub limited_by: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_states_read_and_write_the_wire_words() {
+        for w in [
+            "creating",
+            "available",
+            "in-use",
+            "deleting",
+            "deleted",
+            "error",
+            "x",
+        ] {
+            assert_eq!(VolumeState::parse(w).as_str(), w);
+        }
+        assert_eq!(VolumeState::parse("in-use"), VolumeState::InUse);
+        for w in [
+            "attaching",
+            "attached",
+            "detaching",
+            "detached",
+            "busy",
+            "unknown",
+        ] {
+            assert_eq!(AttachmentState::parse(w).as_str(), w);
+        }
+        assert_eq!(AttachmentState::parse("x"), AttachmentState::Unknown);
+        for w in ["modifying", "optimizing", "completed", "failed", "x"] {
+            assert_eq!(ModificationState::parse(w).as_str(), w);
+        }
+
+        let mut v = VolumeStatus {
+            state: Some("in-use".into()),
+            ..Default::default()
+        };
+        assert_eq!(v.volume_state(), Some(VolumeState::InUse));
+        assert_eq!((v.attachment(), v.is_attached()), (None, false));
+        v.set_attachment(AttachmentState::Attached);
+        assert!(v.is_attached());
+        assert_eq!(
+            serde_json::to_value(&v).unwrap(),
+            serde_json::json!({"index": 0, "state": "in-use", "attachmentState": "attached"})
+        );
+        let m = VolumeModification {
+            state: "modifying".into(),
+            ..Default::default()
+        };
+        assert!(m.is_modifying());
+    }
 }

@@ -10,7 +10,7 @@ use aws_sdk_ec2::types as t;
 use crate::error::AwsError;
 use crate::{
     Attachment, AttachmentState, CreateSnapshotSet, CreateVolume, Ec2, Instance,
-    InstanceTypeLimits, ModifyVolume, Snapshot, Volume, VolumeType,
+    InstanceTypeLimits, ModifyVolume, Snapshot, Volume, VolumeState, VolumeType,
 };
 
 /// Loads the AWS configuration the usual way: region, credentials (the instance role, IRSA
@@ -293,10 +293,7 @@ fn volume(v: &t::Volume) -> Volume {
     Volume {
         volume_id: v.volume_id().unwrap_or_default().to_string(),
         availability_zone: v.availability_zone().unwrap_or_default().to_string(),
-        state: v
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
+        state: VolumeState::parse(v.state().map(|s| s.as_str()).unwrap_or_default()),
         volume_type: v
             .volume_type()
             .map(|s| s.as_str().to_string())
@@ -470,10 +467,7 @@ impl Ec2 for SdkEc2 {
         Ok(Volume {
             volume_id: out.volume_id().unwrap_or_default().to_string(),
             availability_zone: out.availability_zone().unwrap_or_default().to_string(),
-            state: out
-                .state()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default(),
+            state: VolumeState::parse(out.state().map(|s| s.as_str()).unwrap_or_default()),
             volume_type: out
                 .volume_type()
                 .map(|s| s.as_str().to_string())

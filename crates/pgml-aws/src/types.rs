@@ -93,12 +93,73 @@ pub struct Attachment {
     pub state: AttachmentState,
 }
 
+/// An EBS volume's state, as EC2 reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeState {
+    Creating,
+    Available,
+    InUse,
+    Deleting,
+    Deleted,
+    Error,
+    /// A word this version does not know (or none: empty), kept as it came.
+    Other(String),
+}
+
+impl VolumeState {
+    pub fn parse(s: &str) -> VolumeState {
+        match s {
+            "creating" => VolumeState::Creating,
+            "available" => VolumeState::Available,
+            "in-use" => VolumeState::InUse,
+            "deleting" => VolumeState::Deleting,
+            "deleted" => VolumeState::Deleted,
+            "error" => VolumeState::Error,
+            other => VolumeState::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::InUse => "in-use",
+            VolumeState::Deleting => "deleting",
+            VolumeState::Deleted => "deleted",
+            VolumeState::Error => "error",
+            VolumeState::Other(s) => s,
+        }
+    }
+
+    /// Being deleted or deleted: the volume no longer counts.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, VolumeState::Deleting | VolumeState::Deleted)
+    }
+}
+
+impl From<&str> for VolumeState {
+    fn from(s: &str) -> VolumeState {
+        VolumeState::parse(s)
+    }
+}
+
+impl PartialEq<&str> for VolumeState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for VolumeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {
     pub volume_id: String,
     pub availability_zone: String,
-    /// `creating`, `available`, `in-use`, `deleting`, `deleted`, `error`.
-    pub state: String,
+    pub state: VolumeState,
     pub volume_type: String,
     pub size_gib: i32,
     pub iops: Option<i32>,

@@ -1,17 +1,19 @@
 //! Whole ZfsPool apply reconciles, without the sandbox: EC2 is `pgml_aws::fake::FakeEc2`,
 //! the API server a scripted one that keeps the pool, serves its Node, takes status
 //! applies and Events. The sandbox tests prove the wire; these prove the logic (create →
-//! crash → resume, a throttled attach, a lost member).
+//! crash → resume, a crash between create and attach, throttled creates, attaches and
+//! modifications, a lost member).
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_api::zfspool::VolumeStatus;
-use pgml_aws::fake::{FakeEc2, ROOT_DEVICE};
+use pgml_aws::fake::{FakeEc2, Outcome, ROOT_DEVICE};
 use pgml_operator::runtime::Class;
 use pgml_operator::runtime::{Context, Error, Settings};
 use pgml_operator::zfspool::apply;
@@ -354,4 +356,143 @@ async fn a_lost_member_is_replaced_with_the_next_generation_and_its_volume_detac
     assert!(h.fake.volume(&old).is_some());
     assert!(h.attached().contains(&new) && !h.attached().contains(&old));
     assert!(h.reasons().contains(&reason::MEMBER_LOST.to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_between_create_and_attach_resumes_without_a_second_volume() {
+    let h = Harness::new();
+    // The look at the new volumes (DescribeVolumes by ID, after CreateVolume answered and
+    // before any AttachVolume) never comes back: the operator dies there.
+    let stall = h
+        .fake
+        .on("DescribeVolumes")
+        .when(|c| c.method == "describe_volumes")
+        .always()
+        .delay(Duration::from_secs(3600));
+    let ctx = h.ctx();
+    let cut = tokio::time::timeout(Duration::from_secs(60), h.reconcile(&ctx)).await;
+    assert!(cut.is_err(), "the reconcile is cut short mid-way");
+    drop(ctx);
+    assert_eq!(h.fake.fired(stall), 1);
+    assert_eq!(h.fake.count_ok("CreateVolume"), 4);
+    assert_eq!(h.fake.count("AttachVolume"), 0, "died before any attach");
+    let recorded: BTreeSet<String> = h
+        .members()
+        .into_iter()
+        .filter_map(|m| m.volume_id)
+        .collect();
+    assert_eq!(recorded.len(), 4, "every ID recorded before anything else");
+
+    // A fresh operator: no device reservations, the pool as the API server has it.
+    h.fake.remove_rule(stall);
+    h.fake.forget_calls();
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert_eq!(h.fake.count("CreateVolume"), 0, "nothing is created again");
+    assert_eq!(
+        h.fake.volumes().len() - 1,
+        4,
+        "no second volume (root volume aside)"
+    );
+    assert_eq!(h.fake.count("AttachVolume"), 4);
+    assert_all_attached(&h);
+    let ids: BTreeSet<String> = h
+        .members()
+        .into_iter()
+        .filter_map(|m| m.volume_id)
+        .collect();
+    assert_eq!(
+        ids, recorded,
+        "the members kept the volumes made before the crash"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_create_records_the_others_and_the_next_reconcile_makes_only_the_rest() {
+    let h = Harness::new();
+    let rule = h.fake.on("CreateVolume").skip(1).throttle();
+    let ctx = h.ctx();
+    let e = h.reconcile(&ctx).await.unwrap_err();
+    assert_eq!(e.class(), Class::Throttled, "{e}");
+    assert_eq!(h.fake.fired(rule), 1);
+    assert_eq!(
+        (
+            h.fake.count("CreateVolume"),
+            h.fake.count_ok("CreateVolume")
+        ),
+        (4, 3)
+    );
+    assert_eq!(
+        h.fake.count("AttachVolume"),
+        0,
+        "nothing attached after a failed create"
+    );
+    let recorded = h.members().iter().filter(|m| m.volume_id.is_some()).count();
+    assert_eq!(recorded, 3);
+    assert_eq!(
+        h.fake.volumes().len() - 1,
+        3,
+        "the throttled call made nothing"
+    );
+
+    h.reconcile(&ctx).await.unwrap();
+    assert_eq!(
+        (
+            h.fake.count("CreateVolume"),
+            h.fake.count_ok("CreateVolume")
+        ),
+        (5, 4),
+        "only the missing member is created"
+    );
+    assert_eq!(h.fake.volumes().len() - 1, 4);
+    assert_all_attached(&h);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_modify_keeps_what_started_and_the_next_reconcile_grows_the_rest() {
+    let h = Harness::new();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    {
+        let mut pool = h.api.pool.lock().unwrap();
+        pool["spec"]["volumes"]["sizeGiB"] = json!(20);
+        pool["metadata"]["generation"] = json!(2);
+    }
+    let rule = h.fake.on("ModifyVolume").skip(1).throttle();
+    let e = h.reconcile(&ctx).await.unwrap_err();
+    assert_eq!(e.class(), Class::Throttled, "{e}");
+    assert_eq!(h.fake.fired(rule), 1);
+    assert_eq!(
+        (
+            h.fake.count("ModifyVolume"),
+            h.fake.count_ok("ModifyVolume")
+        ),
+        (2, 1),
+        "the round stops at the throttled call"
+    );
+    let status = h.pool().status.unwrap();
+    let started: Vec<i32> = status
+        .volumes
+        .iter()
+        .filter(|v| v.modification.is_some())
+        .map(|v| v.index)
+        .collect();
+    assert_eq!(started, vec![0], "the modification EC2 took is recorded");
+    assert_eq!(status.recent_modifications.len(), 1);
+    assert!(h.reasons().contains(&"VolumesModifying".to_string()));
+
+    h.reconcile(&ctx).await.unwrap();
+    let grown: BTreeSet<String> = h
+        .fake
+        .calls_of("ModifyVolume")
+        .iter()
+        .filter(|c| c.outcome == Outcome::Ok)
+        .filter_map(|c| c.arg("VolumeId").map(str::to_string))
+        .collect();
+    assert_eq!(grown.len(), 4, "every member grown once: {grown:?}");
+    assert_eq!(h.fake.count_ok("ModifyVolume"), 4);
+    for v in h.fake.volumes() {
+        if v.size_gib != 8 {
+            assert_eq!(v.size_gib, 20, "{}", v.volume_id);
+        }
+    }
 }

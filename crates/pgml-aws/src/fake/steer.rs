@@ -4,7 +4,7 @@
 use super::FakeEc2;
 use super::snapshots::SnapFault;
 use super::world::{AttRec, Phase, ROOT_DEVICE, VolRec, World};
-use crate::{AttachmentState, Instance, InstanceTypeLimits, Snapshot, Volume};
+use crate::{AttachmentState, Instance, InstanceTypeLimits, Snapshot, Volume, VolumeState};
 
 impl FakeEc2 {
     // ---- the world -------------------------------------------------------------------
@@ -59,10 +59,10 @@ impl FakeEc2 {
     /// `error` are kept; anything else is settled) and its attachments.
     pub fn insert_volume(&self, v: Volume) {
         self.world(|w| {
-            let phase = match v.state.as_str() {
-                "creating" => Phase::Creating(w.timing.creating.max(1)),
-                "deleting" => Phase::Deleting(w.timing.deleting.max(1)),
-                "error" => Phase::Failed,
+            let phase = match v.state {
+                VolumeState::Creating => Phase::Creating(w.timing.creating.max(1)),
+                VolumeState::Deleting => Phase::Deleting(w.timing.deleting.max(1)),
+                VolumeState::Error => Phase::Failed,
                 _ => Phase::Ready,
             };
             let attachments = v

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::Ec2Error;
 use super::world::{AttRec, Phase, TokenRec, VolRec, World, not_found};
-use crate::{AttachmentState, CreateVolume, ModifyVolume, Volume};
+use crate::{AttachmentState, CreateVolume, ModifyVolume, Volume, VolumeState};
 
 impl World {
     pub fn create_volume(&mut self, req: &CreateVolume) -> Result<Volume, Ec2Error> {
@@ -33,7 +33,7 @@ impl World {
                         ..v
                     }
                 }
-                None => answer.state = "deleted".into(),
+                None => answer.state = VolumeState::Deleted,
             }
             return Ok(answer);
         }
@@ -46,7 +46,7 @@ impl World {
         let base = Volume {
             volume_id: id.clone(),
             availability_zone: req.availability_zone.clone(),
-            state: String::new(),
+            state: VolumeState::Other(String::new()),
             volume_type: req.volume_type.as_str().into(),
             size_gib: req.size_gib,
             iops,
@@ -57,7 +57,7 @@ impl World {
             tags: req.tags.clone(),
         };
         let answer = Volume {
-            state: "creating".into(),
+            state: VolumeState::Creating,
             ..base.clone()
         };
         let creating = self.timing.creating;

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::snapshots::SnapRec;
 use super::{Ec2Error, Timing, glob};
-use crate::{Attachment, AttachmentState, CreateVolume, Instance, InstanceTypeLimits, Volume};
+use crate::{
+    Attachment, AttachmentState, CreateVolume, Instance, InstanceTypeLimits, Volume, VolumeState,
+};
 
 /// The root device of every instance the fake makes.
 pub const ROOT_DEVICE: &str = "/dev/xvda";
@@ -107,7 +109,7 @@ impl World {
                 base: Volume {
                     volume_id: root.clone(),
                     availability_zone: zone.to_string(),
-                    state: String::new(),
+                    state: VolumeState::Other(String::new()),
                     volume_type: "gp3".into(),
                     size_gib: 8,
                     iops: Some(3000),
@@ -181,13 +183,12 @@ impl World {
         let v = self.volumes.get_mut(id)?;
         let shown = Volume {
             state: match v.phase {
-                Phase::Creating(_) => "creating",
-                Phase::Deleting(_) => "deleting",
-                Phase::Failed => "error",
-                Phase::Ready if v.attachments.is_empty() => "available",
-                Phase::Ready => "in-use",
-            }
-            .into(),
+                Phase::Creating(_) => VolumeState::Creating,
+                Phase::Deleting(_) => VolumeState::Deleting,
+                Phase::Failed => VolumeState::Error,
+                Phase::Ready if v.attachments.is_empty() => VolumeState::Available,
+                Phase::Ready => VolumeState::InUse,
+            },
             attachments: v
                 .attachments
                 .iter()

@@ -6,9 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pgml_api::common::keys;
 use pgml_api::ebs::VolumeType as ApiVolumeType;
-use pgml_api::zfspool::{VolumeModification, VolumeStatus};
+use pgml_api::zfspool::{
+    AttachmentState as ApiAttachmentState, ModificationState, VolumeModification, VolumeStatus,
+};
 use pgml_api::{EbsVolumes, ZfsPool};
-use pgml_aws::{AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeType};
+use pgml_aws::{
+    AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeState, VolumeType,
+};
 
 /// AWS allows this many modifications per volume in a rolling 24 hours.
 pub const MODIFICATIONS_PER_DAY: usize = 4;
@@ -159,10 +163,7 @@ pub fn sort_members(found: &[Volume], count: usize, recorded: &[VolumeStatus]) -
         extra: vec![],
         retired: vec![],
     };
-    let mut sorted: Vec<&Volume> = found
-        .iter()
-        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
-        .collect();
+    let mut sorted: Vec<&Volume> = found.iter().filter(|v| !v.state.is_gone()).collect();
     sorted.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
     let entry = |i: usize| recorded.iter().find(|r| r.index == i as i32);
     let named = |id: &str| {
@@ -220,7 +221,7 @@ pub enum AttachStep {
     /// Available: attach it.
     Attach,
     /// Still `creating`, or in `error`: nothing to do now.
-    NotReady(String),
+    NotReady(VolumeState),
     /// Attached to another instance: never steal it.
     Elsewhere(String),
 }
@@ -234,7 +235,7 @@ pub fn attach_step(v: &Volume, instance_id: &str) -> AttachStep {
         Some(a) if a.instance_id != instance_id => AttachStep::Elsewhere(a.instance_id.clone()),
         Some(a) if a.state == AttachmentState::Attached => AttachStep::Attached,
         Some(a) => AttachStep::InProgress(a.state),
-        None if v.state == "available" => AttachStep::Attach,
+        None if v.state == VolumeState::Available => AttachStep::Attach,
         None => AttachStep::NotReady(v.state.clone()),
     }
 }
@@ -355,7 +356,7 @@ pub fn volume_status(
     instance_id: &str,
     modification: Option<VolumeModification>,
 ) -> VolumeStatus {
-    let attachment = v
+    let ours = v
         .attachments
         .iter()
         .find(|a| a.instance_id == instance_id && a.state != AttachmentState::Detached);
@@ -363,11 +364,10 @@ pub fn volume_status(
         index: index as i32,
         volume_id: Some(v.volume_id.clone()),
         availability_zone: Some(v.availability_zone.clone()).filter(|s| !s.is_empty()),
-        state: Some(v.state.clone()).filter(|s| !s.is_empty()),
+        state: Some(v.state.as_str().to_string()).filter(|s| !s.is_empty()),
         attachment_state: Some(
-            attachment
-                .map(|a| attachment_word(a.state))
-                .unwrap_or("detached")
+            ours.map_or(ApiAttachmentState::Detached, |a| attachment(a.state))
+                .as_str()
                 .to_string(),
         ),
         volume_type: Some(v.volume_type.clone()).filter(|s| !s.is_empty()),
@@ -382,20 +382,21 @@ pub fn volume_status(
     }
 }
 
-pub fn attachment_word(s: AttachmentState) -> &'static str {
+/// EC2's attachment state as the status says it.
+pub fn attachment(s: AttachmentState) -> ApiAttachmentState {
     match s {
-        AttachmentState::Attaching => "attaching",
-        AttachmentState::Attached => "attached",
-        AttachmentState::Detaching => "detaching",
-        AttachmentState::Detached => "detached",
-        AttachmentState::Busy => "busy",
-        AttachmentState::Unknown => "unknown",
+        AttachmentState::Attaching => ApiAttachmentState::Attaching,
+        AttachmentState::Attached => ApiAttachmentState::Attached,
+        AttachmentState::Detaching => ApiAttachmentState::Detaching,
+        AttachmentState::Detached => ApiAttachmentState::Detached,
+        AttachmentState::Busy => ApiAttachmentState::Busy,
+        AttachmentState::Unknown => ApiAttachmentState::Unknown,
     }
 }
 
 /// A modification in flight is `completed` once EC2 reports the targets it asked for.
 pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModification {
-    if m.state != "modifying" {
+    if !m.is_modifying() {
         return m.clone();
     }
     let reached = m.target_size_gib.is_none_or(|t| i64::from(v.size_gib) >= t)
@@ -405,7 +406,7 @@ pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModifica
             .is_none_or(|t| v.throughput_mibps.is_some_and(|i| i64::from(i) >= t));
     let mut out = m.clone();
     if reached {
-        out.state = "completed".into();
+        out.state = ModificationState::Completed.as_str().into();
         out.progress = Some(100);
     }
     out
@@ -415,6 +416,7 @@ pub fn settle_modification(m: &VolumeModification, v: &Volume) -> VolumeModifica
 mod tests {
     use super::*;
 
+    use crate::zfspool::fixtures::vol;
     use pgml_aws::Attachment;
 
     fn spec(yaml: &str) -> EbsVolumes {
@@ -427,26 +429,6 @@ mod tests {
             namespace: "db",
             name: "tank",
             volumes: v,
-        }
-    }
-
-    fn vol(id: &str, index: Option<usize>, state: &str) -> Volume {
-        let mut tags = BTreeMap::new();
-        if let Some(i) = index {
-            tags.insert(keys::MEMBER_INDEX.to_string(), i.to_string());
-        }
-        Volume {
-            volume_id: id.into(),
-            availability_zone: "us-east-1a".into(),
-            state: state.into(),
-            volume_type: "gp3".into(),
-            size_gib: 100,
-            iops: Some(3000),
-            throughput_mibps: Some(125),
-            encrypted: true,
-            snapshot_id: None,
-            attachments: vec![],
-            tags,
         }
     }
 

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
+use pgml_api::common::Time;
 use pgml_api::zfspool::{PoolPhase, ReclaimPolicy, ZfsPoolStatus};
 use pgml_api::{ZfsPool, condition as c};
 use pgml_aws::{AttachmentState, Volume};
 
 use super::apply::commit;
 use super::build;
-use super::dereference;
+use super::observe;
 use super::status::{self, reason};
 use crate::runtime::Error;
 use crate::runtime::{Context, conditions, events};
@@ -45,10 +46,7 @@ pub fn next_step(
             overdue: waited > timeout,
         };
     }
-    let live: Vec<&Volume> = volumes
-        .iter()
-        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
-        .collect();
+    let live: Vec<&Volume> = volumes.iter().filter(|v| !v.state.is_gone()).collect();
     let mut detach = vec![];
     let mut detaching = vec![];
     for v in &live {
@@ -80,24 +78,53 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .uid
         .as_deref()
         .ok_or(Error::Incomplete("uid"))?;
-    let node_name = &pool.spec.node_name;
-    let node_gone = dereference::node(ctx, node_name).await?.is_none();
-    // A pool whose status never recorded a volume has nothing for the agent to release;
-    // the tag search below still catches a volume created just before a crash.
-    let never_provisioned = observed
-        .volumes
-        .iter()
-        .all(|v| v.volume_id.is_none() && v.replaced_volume_id.is_none());
-    let released = status::is_true(&observed, c::POOL_RELEASED);
+    let node_gone = observe::node(ctx, &pool.spec.node_name).await?.is_none();
     let waited = pool
         .metadata
         .deletion_timestamp
         .as_ref()
         .map(|t| (conditions::now().0.as_second() - t.0.as_second()).max(0) as u64)
         .unwrap_or(0);
+    let seen = volumes(ctx, uid, &observed, node_gone).await?;
 
-    // Every volume of the pool: by tag, plus any the status lists (members and the volumes
-    // they replaced) that the tag search missed, so nothing is left unaccounted for.
+    let policy = pool.spec.template.reclaim_policy;
+    let step = next_step(
+        &seen.volumes,
+        policy,
+        seen.released,
+        node_gone,
+        Duration::from_secs(waited),
+        ctx.settings.pool.release_timeout,
+    );
+    let why = explain(&step, pool);
+    let now = conditions::now();
+    let new = deleting_status(pool, &observed, &seen.volumes, &step, &why, waited, &now);
+    commit(ctx, pool, &observed, &observed, &new).await?;
+    act(ctx, pool, step, why, node_gone, &seen.volumes, uid).await
+}
+
+/// The pool's volumes, and whether the agent released the pool.
+struct Seen {
+    volumes: Vec<Volume>,
+    released: bool,
+}
+
+/// Every volume of the pool, once they may be touched (released, or the node gone): by
+/// tag, plus any the status lists (members and the volumes they replaced) that the tag
+/// search missed, so nothing is left unaccounted for.
+async fn volumes(
+    ctx: &Context,
+    uid: &str,
+    observed: &ZfsPoolStatus,
+    node_gone: bool,
+) -> Result<Seen, Error> {
+    // A pool whose status never recorded a volume has nothing for the agent to release;
+    // the tag search below still catches a volume created just before a crash.
+    let never_provisioned = observed
+        .volumes
+        .iter()
+        .all(|v| v.volume_id.is_none() && v.replaced_volume_id.is_none());
+    let released = status::is_true(observed, c::POOL_RELEASED);
     let mut volumes = if released || node_gone || never_provisioned {
         ctx.ec2.find_volumes(&build::pool_filter(uid)).await?
     } else {
@@ -116,20 +143,16 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
             volumes.extend(ctx.ec2.describe_volumes(&unlisted).await?);
         }
     }
+    Ok(Seen { volumes, released })
+}
 
-    let policy = pool.spec.template.reclaim_policy;
-    let step = next_step(
-        &volumes,
-        policy,
-        released,
-        node_gone,
-        Duration::from_secs(waited),
-        ctx.settings.pool.release_timeout,
-    );
-    let why = match &step {
+/// What deletion waits for or does, for Progressing (empty once done).
+fn explain(step: &Step, pool: &ZfsPool) -> String {
+    match step {
         Step::WaitForAgent { .. } => format!(
-            "waiting for the node agent on {node_name} to {} pool {} (PoolReleased)",
-            if policy == ReclaimPolicy::Delete {
+            "waiting for the node agent on {} to {} pool {} (PoolReleased)",
+            pool.spec.node_name,
+            if pool.spec.template.reclaim_policy == ReclaimPolicy::Delete {
                 "destroy"
             } else {
                 "export"
@@ -140,9 +163,19 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         Step::WaitForDetach(v) => format!("waiting for {} volume(s) to detach", v.len()),
         Step::Delete(v) => format!("deleting {} volume(s)", v.len()),
         Step::Done => String::new(),
-    };
-    record(ctx, pool, &observed, &volumes, &step, &why, waited).await?;
+    }
+}
 
+/// Carries out `step`. Anything but done is `Waiting`: the finalizer stays.
+async fn act(
+    ctx: &Context,
+    pool: &ZfsPool,
+    step: Step,
+    why: String,
+    node_gone: bool,
+    volumes: &[Volume],
+    uid: &str,
+) -> Result<Action, Error> {
     match step {
         Step::WaitForAgent { .. } => Err(Error::waiting(why, ctx.settings.requeue.progress)),
         Step::Detach(pairs) => {
@@ -162,7 +195,7 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::await_change())
         }
         Step::Done => {
-            if policy == ReclaimPolicy::Retain && !volumes.is_empty() {
+            if pool.spec.template.reclaim_policy == ReclaimPolicy::Retain && !volumes.is_empty() {
                 let ids: Vec<&str> = volumes.iter().map(|v| v.volume_id.as_str()).collect();
                 let note = format!(
                     "kept {} volume(s) detached and tagged pgml.io/pool-uid={uid}: {}",
@@ -176,50 +209,47 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// Deletion progress in status: phase Deleting, Progressing with what it waits for, and
-/// Degraded once the agent is overdue.
-async fn record(
-    ctx: &Context,
+/// Deletion progress in status (pure): phase Deleting, Progressing with what it waits
+/// for, Degraded once the agent is overdue, and the volumes' states as EC2 now reports
+/// them.
+fn deleting_status(
     pool: &ZfsPool,
     observed: &ZfsPoolStatus,
     volumes: &[Volume],
     step: &Step,
     why: &str,
     waited: u64,
-) -> Result<(), Error> {
-    let now = conditions::now();
-    let g = pool.metadata.generation;
+    now: &Time,
+) -> ZfsPoolStatus {
+    let stamp = conditions::Stamp {
+        generation: pool.metadata.generation,
+        now,
+    };
     let mut s = status::owned_view(observed);
     let old = s.conditions.clone();
     s.phase = Some(PoolPhase::Deleting);
+    let mut set = |type_: &str, status: bool, reason: &str, message: String| {
+        conditions::set_condition(
+            &mut s.conditions,
+            &old,
+            type_,
+            status,
+            reason,
+            message,
+            stamp,
+        )
+    };
     if !why.is_empty() {
         let r = match step {
             Step::WaitForAgent { .. } => reason::WAITING_FOR_RELEASE,
             _ => reason::DELETING,
         };
-        conditions::set_condition(
-            &mut s.conditions,
-            &old,
-            c::PROGRESSING,
-            true,
-            r,
-            why,
-            conditions::Stamp {
-                generation: g,
-                now: &now,
-            },
-        );
-        conditions::set_condition(
-            &mut s.conditions,
-            &old,
+        set(c::PROGRESSING, true, r, why.to_string());
+        set(
             c::READY,
             false,
             reason::DELETING,
-            "the pool is being deleted",
-            conditions::Stamp {
-                generation: g,
-                now: &now,
-            },
+            "the pool is being deleted".into(),
         );
     }
     if let Step::WaitForAgent { overdue: true } = step {
@@ -228,20 +258,8 @@ async fn record(
             pool.spec.node_name,
             pool.pool_name()
         );
-        conditions::set_condition(
-            &mut s.conditions,
-            &old,
-            c::DEGRADED,
-            true,
-            reason::AGENT_NOT_RELEASING,
-            msg,
-            conditions::Stamp {
-                generation: g,
-                now: &now,
-            },
-        );
+        set(c::DEGRADED, true, reason::AGENT_NOT_RELEASING, msg);
     }
-    // Attachment states as EC2 now reports them.
     let by_id: BTreeMap<&str, &Volume> =
         volumes.iter().map(|v| (v.volume_id.as_str(), v)).collect();
     let instance = s.instance_id.clone().unwrap_or_default();
@@ -253,8 +271,7 @@ async fn record(
             vs.attachment_state = fresh.attachment_state;
         }
     }
-    commit(ctx, pool, observed, observed, &s).await?;
-    Ok(())
+    s
 }
 
 #[cfg(test)]
@@ -330,5 +347,90 @@ mod tests {
             next_step(&detaching, ReclaimPolicy::Delete, true, false, T, T),
             Step::WaitForDetach(vec!["vol-a".into()])
         );
+    }
+
+    fn pool(policy: &str) -> ZfsPool {
+        serde_yaml::from_str(&format!(
+            "{{apiVersion: pgml.io/v1alpha1, kind: ZfsPool, metadata: {{name: tank, generation: 3}}, spec: {{nodeName: node-a, reclaimPolicy: {policy}, volumes: {{count: 1, sizeGiB: 10}}}}}}"
+        ))
+        .unwrap()
+    }
+
+    fn at(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn progress_says_what_deletion_waits_for() {
+        let wait = Step::WaitForAgent { overdue: false };
+        assert_eq!(
+            explain(&wait, &pool("Delete")),
+            "waiting for the node agent on node-a to destroy pool tank (PoolReleased)"
+        );
+        assert_eq!(
+            explain(&wait, &pool("Retain")),
+            "waiting for the node agent on node-a to export pool tank (PoolReleased)"
+        );
+        let two = vec!["vol-a".to_string(), "vol-b".into()];
+        let p = pool("Delete");
+        assert_eq!(
+            explain(&Step::Delete(two.clone()), &p),
+            "deleting 2 volume(s)"
+        );
+        assert_eq!(
+            explain(&Step::WaitForDetach(two), &p),
+            "waiting for 2 volume(s) to detach"
+        );
+        let pair = vec![("vol-a".to_string(), "i-1".to_string())];
+        assert_eq!(explain(&Step::Detach(pair), &p), "detaching 1 volume(s)");
+        assert_eq!(explain(&Step::Done, &p), "");
+    }
+
+    #[test]
+    fn the_deleting_status_reports_an_overdue_agent_and_fresh_attachments() {
+        let p = pool("Retain");
+        let observed = ZfsPoolStatus {
+            instance_id: Some("i-1".into()),
+            volumes: vec![pgml_api::zfspool::VolumeStatus {
+                index: 0,
+                volume_id: Some("vol-a".into()),
+                state: Some("in-use".into()),
+                attachment_state: Some("attached".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let detaching = [vol("vol-a", "in-use", Some(AttachmentState::Detaching))];
+        let step = Step::WaitForDetach(vec!["vol-a".into()]);
+        let why = explain(&step, &p);
+        let s = deleting_status(&p, &observed, &detaching, &step, &why, 10, &at(100));
+        assert_eq!(s.phase, Some(PoolPhase::Deleting));
+        assert_eq!(s.volumes[0].attachment_state.as_deref(), Some("detaching"));
+        let progressing = status::condition(&s, c::PROGRESSING).unwrap();
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            (c::TRUE, reason::DELETING)
+        );
+        assert_eq!(progressing.observed_generation, Some(3));
+        assert_eq!(status::condition(&s, c::DEGRADED), None);
+
+        let overdue = Step::WaitForAgent { overdue: true };
+        let why = explain(&overdue, &p);
+        let s = deleting_status(&p, &observed, &[], &overdue, &why, 700, &at(100));
+        let progressing = status::condition(&s, c::PROGRESSING).unwrap();
+        assert_eq!(progressing.reason, reason::WAITING_FOR_RELEASE);
+        let degraded = status::condition(&s, c::DEGRADED).unwrap();
+        assert_eq!(degraded.reason, reason::AGENT_NOT_RELEASING);
+        assert!(
+            degraded.message.contains("waited 700s"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(s.volumes[0].attachment_state.as_deref(), Some("attached"));
+
+        // Done: nothing to say but the phase.
+        let s = deleting_status(&p, &observed, &[], &Step::Done, "", 0, &at(100));
+        assert_eq!(s.phase, Some(PoolPhase::Deleting));
+        assert!(s.conditions.is_empty());
     }
 }

@@ -1,14 +1,28 @@
 //! The ZfsPool controller: the AWS side of a pool (instance, volumes, attachments,
-//! modifications). A thin reconcile over dereference → validate → build → apply → status;
-//! the node agent does the ZFS side (see docs/design/zfspool.md).
+//! modifications); the node agent does the ZFS side (see docs/design/zfspool.md).
+//!
+//! A reconcile reads observe → plan → apply → status:
+//! - [`observe`]: the pool's Node, its EC2 instance and limits, the pool's volumes (and
+//!   [`restore`]: the EbsSnapshot a restored pool is created from);
+//! - [`plan`]: what to do next, a pure function of what was observed (built from the pure
+//!   [`build`] and [`repair`]), returning the EC2 calls to make and the problems to
+//!   report;
+//! - [`apply`]: a short driver that makes those calls and records their answers;
+//! - [`status`]: the controller's status and Events, computed from the facts (pure).
+//!
+//! Deletion ([`cleanup`]) is the same shape behind the finalizer.
 
 pub mod apply;
 pub mod build;
 pub mod cleanup;
-pub mod dereference;
+pub mod observe;
+pub mod plan;
 pub mod repair;
 pub mod restore;
 pub mod status;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! once and deleted when the new member is ONLINE in an ONLINE pool.
 
 use pgml_api::zfspool::{Layout, MemberReplacement};
-use pgml_aws::{AttachmentState, Volume};
+use pgml_aws::{AttachmentState, Volume, VolumeState};
 
 /// Member states (`zpool status`) that mean the member's device is lost.
 pub const LOST_MEMBER_STATES: [&str; 3] = ["UNAVAIL", "REMOVED", "FAULTED"];
@@ -27,7 +27,7 @@ pub struct MemberView {
     /// `status.volumes[i].replacedVolumeId`: a replacement not finished yet.
     pub replaced: Option<String>,
     /// EC2's state of `volume_id`; `None` when EC2 no longer knows the volume.
-    pub ec2_state: Option<String>,
+    pub ec2_state: Option<VolumeState>,
     /// The agent's `memberState`, only when its report is about `volume_id` (see
     /// [`crate::zfspool::status::AgentView::member_state`]).
     pub member_state: Option<String>,
@@ -78,9 +78,9 @@ pub fn lost_members(members: &[MemberView], health: Option<&str>) -> Vec<Lost> {
         .iter()
         .filter_map(|m| {
             let id = m.volume_id.clone()?;
-            let loss = match (m.ec2_state.as_deref(), m.member_state.as_deref()) {
+            let loss = match (&m.ec2_state, m.member_state.as_deref()) {
                 (None, _) => Loss::Gone,
-                (Some("error"), _) => Loss::Error,
+                (Some(VolumeState::Error), _) => Loss::Error,
                 (_, Some(s))
                     if m.replaced.is_none()
                         && health == Some("DEGRADED")
@@ -185,7 +185,7 @@ pub fn retire_step(
     health: Option<&str>,
     resilvering: bool,
 ) -> Retire {
-    let Some(v) = old.filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted")) else {
+    let Some(v) = old.filter(|v| !v.state.is_gone()) else {
         return Retire::Forget;
     };
     let live: Vec<_> = v

@@ -9,10 +9,11 @@ use pgml_api::validate;
 use pgml_api::zfspool::ZfsPoolStatus;
 
 use super::build;
-use super::status::{self, reason};
+use super::status::reason;
 use crate::runtime::{Context, Error};
 
 /// Where a restored pool's members come from.
+#[derive(Debug, Clone)]
 pub struct Restore {
     pub name: String,
     pub sources: BTreeMap<usize, String>,
@@ -20,44 +21,22 @@ pub struct Restore {
 }
 
 /// Why a restore cannot go on: the snapshot is missing, not Completed yet, or does not fit
-/// the pool (SpecValid=False). Nothing is created meanwhile.
+/// the pool (SpecValid=False). Nothing is created meanwhile ([`super::plan::restore_blocked`]
+/// says when to look again).
+#[derive(Debug)]
 pub struct Blocked {
-    spec_error: Option<&'static str>,
-    reason: &'static str,
-    message: String,
-    waiting: bool,
-}
-
-impl Blocked {
-    pub fn status(
-        &self,
-        observed: &ZfsPoolStatus,
-        generation: Option<i64>,
-        now: &pgml_api::common::Time,
-    ) -> ZfsPoolStatus {
-        let spec_error = self.spec_error.map(|r| (r, self.message.as_str()));
-        status::blocked(
-            observed,
-            generation,
-            spec_error,
-            self.reason,
-            &self.message,
-            now,
-        )
-    }
-
-    pub fn retry(&self, settings: &crate::runtime::Settings) -> std::time::Duration {
-        if self.waiting {
-            settings.requeue.progress
-        } else {
-            settings.requeue.ready
-        }
-    }
+    /// The SpecValid reason, when the spec is at fault.
+    pub spec_error: Option<&'static str>,
+    pub reason: &'static str,
+    pub message: String,
+    /// The snapshot may still become usable by itself (not Completed yet).
+    pub waiting: bool,
 }
 
 /// `spec.restoreFrom`, while the pool still has members to create from it (once every
-/// member exists, `status.restoredFrom` is set and the snapshot is no longer needed).
-pub async fn plan(
+/// member exists, `status.restoredFrom` is set and the snapshot is no longer needed): the
+/// EbsSnapshot it names, checked against the pool.
+pub async fn resolve(
     pool: &ZfsPool,
     ctx: &Context,
     observed: &ZfsPoolStatus,
