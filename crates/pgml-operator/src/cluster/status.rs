@@ -48,6 +48,20 @@ pub mod reason {
     pub const INSTANCE_REMOVED: &str = "InstanceRemoved";
     pub const FENCED_EVENT: &str = "Fenced";
     pub const IDENTITY_RECORDED: &str = "SystemIdentifierRecorded";
+    // Events of the objects the reconcile writes.
+    pub const SECRET_CREATED: &str = "SecretCreated";
+    pub const SECRET_MISSING: &str = "SecretMissing";
+    pub const PGBACKREST_INVALID: &str = "PgBackRestConfigInvalid";
+    pub const POOL_CREATED: &str = "PoolCreated";
+    pub const VOLUME_BOUND: &str = "VolumeBound";
+    pub const SEEDING: &str = "Seeding";
+    pub const SEED_FAILED: &str = "SeedFailed";
+    pub const SEED_DELETED: &str = "SeedDeleted";
+    pub const POD_CREATED: &str = "PodCreated";
+    pub const POD_OUTDATED: &str = "PodOutdated";
+    pub const FENCING: &str = "Fencing";
+    /// Deletion: the cluster's PersistentVolumes are deleted.
+    pub const VOLUMES_DELETED: &str = "VolumesDeleted";
 }
 
 /// Instances in numeric order (`main-2` before `main-10`).
