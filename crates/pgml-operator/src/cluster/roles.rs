@@ -480,6 +480,50 @@ mod tests {
     }
 
     #[test]
+    fn a_target_without_a_current_primary_becomes_it() {
+        let r = decide(&input(&three(), None, Some("c-2")));
+        assert_eq!(
+            (r.current.as_deref(), r.target.as_deref()),
+            (Some("c-2"), Some("c-2"))
+        );
+        assert_eq!((r.started, r.completed), (None, None));
+    }
+
+    #[test]
+    fn a_primary_that_is_not_an_instance_is_not_switched_to() {
+        let ms = three();
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.wanted = Some("c-9");
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-1"));
+        assert_eq!(
+            r.waiting.as_deref(),
+            Some("spec.primary names c-9, which is not an instance of this cluster")
+        );
+        // Naming the current primary is nothing to do.
+        i.wanted = Some("c-1");
+        assert_eq!(decide(&i), decide(&input(&ms, Some("c-1"), Some("c-1"))));
+    }
+
+    #[test]
+    fn a_lost_target_with_no_one_to_take_over_waits() {
+        let mut ms = three();
+        ms[0].fenced = true;
+        for m in &mut ms[1..] {
+            m.pod = PodState::Down;
+        }
+        let mut i = input(&ms, Some("c-1"), Some("c-3"));
+        i.lost_for = Some(Duration::from_secs(300));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-3"));
+        assert_eq!(
+            r.waiting.as_deref(),
+            Some("c-3, being promoted, is lost and no other ready replica can take over")
+        );
+        assert_eq!(r.started, None);
+    }
+
+    #[test]
     fn what_counts_as_lost() {
         let mut p = m("c-1", PodState::Pending, None);
         assert!(!lost(&p), "a starting pod is not lost");

@@ -599,6 +599,27 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_instance_degrades_a_cluster_that_is_otherwise_only_scaling() {
+        let healthy = compute(
+            &summary(&[true, true]),
+            &PgmlClusterStatus::default(),
+            Some(1),
+            &now(),
+        );
+        let mut s = summary(&[true, true, false]);
+        s.desired = 2;
+        s.instances[2].fenced = true;
+        let st = compute(&s, &healthy, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Scaling));
+        let d = cond(&st, c::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", reason::FENCED)
+        );
+        assert_eq!(d.message, "fenced after a failover, not serving: c-3");
+    }
+
+    #[test]
     fn the_last_snapshot_condition_and_its_events() {
         use crate::cluster::snapshots::{LastSnapshot, reason as snap};
         use pgml_api::cluster::SnapshotRef;
