@@ -1,7 +1,5 @@
 //! Every branch of the plan, from observed objects built as the builder builds them.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use pgml_api::cluster::{InstanceStatus, PgmlClusterStatus};
 use pgml_api::{EbsSnapshot, ZfsPool};
@@ -9,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::cluster::names::{self, MARKS_MANAGER, SEED_MANAGER};
-use crate::cluster::placement::{NodeFacts, ZONE_LABEL};
+use crate::cluster::placement::ready_node;
 use crate::cluster::roles::Transition;
 use crate::cluster::status::reason;
 use crate::runtime::FIELD_MANAGER;
@@ -34,24 +32,13 @@ fn cluster(spec: Value) -> PgmlCluster {
     .unwrap()
 }
 
-fn node(name: &str, zone: &str) -> NodeFacts {
-    NodeFacts {
-        name: name.into(),
-        zone: Some(zone.into()),
-        labels: BTreeMap::from([(ZONE_LABEL.into(), zone.into())]),
-        taints: vec![],
-        ready: Some(true),
-        unschedulable: false,
-    }
-}
-
 /// Three Ready nodes in three zones, nothing else.
 fn fresh() -> Observed {
     Observed {
         nodes: vec![
-            node("node-a", "za"),
-            node("node-b", "zb"),
-            node("node-c", "zc"),
+            ready_node("node-a", "za"),
+            ready_node("node-b", "zb"),
+            ready_node("node-c", "zc"),
         ],
         ..Observed::default()
     }
@@ -137,6 +124,39 @@ fn seed(name: &str, phase: Option<&str>) -> EbsSnapshot {
 fn being_deleted<K: kube::Resource>(mut o: K) -> K {
     let t = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
     o.meta_mut().deletion_timestamp = Some(pgml_api::common::Time(t));
+    o
+}
+
+/// main-1 on node-a recorded as the primary, its database's identity recorded or not.
+fn single(identity: bool) -> (Observed, Rec) {
+    let r = rec(1, "node-a", None);
+    let mut o = fresh();
+    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
+    o.status.system_identifier = identity.then(|| ID.into());
+    (o, r)
+}
+
+/// An ext4 pair recorded with their claims: main-1 the primary, main-2 a replica copied
+/// by pg_basebackup.
+fn pair(b: &Builder) -> (Observed, [Rec; 2]) {
+    let recs = [
+        rec(1, "node-a", None),
+        rec(2, "node-b", Some(PG_BASEBACKUP)),
+    ];
+    let mut o = fresh();
+    o.status = recorded_as(&recs, "main-1");
+    for r in &recs {
+        o.pvcs.insert(r.name.clone(), stored_pvc(b, r));
+    }
+    (o, recs)
+}
+
+/// The pair with the identity recorded, main-1's Pod gone, main-2 streaming.
+fn primary_pod_gone(b: &Builder) -> Observed {
+    let (mut o, recs) = pair(b);
+    o.status.system_identifier = Some(ID.into());
+    let pod = stored_pod(b, &recs[1], PodRole::Replica, Some(replica_report(true)));
+    o.pods.insert("main-2".into(), pod);
     o
 }
 
@@ -444,14 +464,7 @@ fn an_instance_with_no_node_that_fits_is_unplaced() {
 fn the_loss_timed_is_the_primarys_or_while_a_change_is_under_way_the_targets() {
     let c = cluster(ext4(2));
     let b = Builder::new(&c, "img").unwrap();
-    let two = [
-        rec(1, "node-a", None),
-        rec(2, "node-b", Some(PG_BASEBACKUP)),
-    ];
-    let mut o = fresh();
-    o.status = recorded_as(&two, "main-1");
-    let replica = stored_pod(&b, &two[1], PodRole::Replica, Some(replica_report(true)));
-    o.pods.insert("main-2".into(), replica);
+    let mut o = primary_pod_gone(&b);
     // The primary's Pod is gone: lost.
     let l = layout(&b, &o);
     let expected = Watch {
@@ -509,9 +522,7 @@ fn with_nothing_placed_no_primary_is_named() {
 fn a_mounted_pool_gets_its_volume_then_the_claim_and_the_pod() {
     let c = cluster(zfs(1));
     let b = Builder::new(&c, "img").unwrap();
-    let r = rec(1, "node-a", None);
-    let mut o = fresh();
-    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
+    let (mut o, r) = single(false);
     o.pools.insert("main-1".into(), stored_pool(&b, &r, true));
     let (p, steps) = instance_steps(&b, &o, None);
     let pv = b.c.pv_name(1);
@@ -550,10 +561,7 @@ fn a_mounted_pool_gets_its_volume_then_the_claim_and_the_pod() {
 fn objects_as_decided_are_not_applied_again_and_a_changed_pool_is_without_a_note() {
     let c = cluster(zfs(1));
     let b = Builder::new(&c, "img").unwrap();
-    let r = rec(1, "node-a", None);
-    let mut o = fresh();
-    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
-    o.status.system_identifier = Some(ID.into());
+    let (mut o, r) = single(true);
     o.pools.insert("main-1".into(), stored_pool(&b, &r, true));
     o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
     let pod = stored_pod(&b, &r, PodRole::Primary, Some(primary_report()));
@@ -582,9 +590,7 @@ fn objects_as_decided_are_not_applied_again_and_a_changed_pool_is_without_a_note
 fn a_pool_being_deleted_holds_its_instance_back() {
     let c = cluster(zfs(1));
     let b = Builder::new(&c, "img").unwrap();
-    let r = rec(1, "node-a", None);
-    let mut o = fresh();
-    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
+    let (mut o, r) = single(false);
     o.pools
         .insert("main-1".into(), being_deleted(stored_pool(&b, &r, true)));
     let (p, steps) = instance_steps(&b, &o, None);
@@ -735,23 +741,6 @@ fn the_seed_goes_once_its_instance_streams() {
     assert!(at(&mut o, true).is_empty(), "already gone");
 }
 
-/// main-1 primary with its Pod gone, main-2 a streaming replica; both built.
-fn primary_pod_gone(b: &Builder) -> Observed {
-    let recs = [
-        rec(1, "node-a", None),
-        rec(2, "node-b", Some(PG_BASEBACKUP)),
-    ];
-    let mut o = fresh();
-    o.status = recorded_as(&recs, "main-1");
-    o.status.system_identifier = Some(ID.into());
-    for r in &recs {
-        o.pvcs.insert(r.name.clone(), stored_pvc(b, r));
-    }
-    let pod = stored_pod(b, &recs[1], PodRole::Replica, Some(replica_report(true)));
-    o.pods.insert("main-2".into(), pod);
-    o
-}
-
 #[test]
 fn a_lost_primarys_pod_is_not_made_again_while_a_replica_can_take_over() {
     let c = cluster(ext4(2));
@@ -850,10 +839,7 @@ fn a_pod_being_deleted_is_waited_for() {
 fn an_outdated_pod_is_said_and_left_running() {
     let c = cluster(ext4(1));
     let b = Builder::new(&c, "img").unwrap();
-    let r = rec(1, "node-a", None);
-    let mut o = fresh();
-    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
-    o.status.system_identifier = Some(ID.into());
+    let (mut o, r) = single(true);
     o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
     let mut pod = stored_pod(&b, &r, PodRole::Primary, Some(primary_report()));
     pod.spec.as_mut().unwrap().containers[0].image = Some("postgres:old".into());
@@ -866,15 +852,7 @@ fn an_outdated_pod_is_said_and_left_running() {
 fn the_role_label_follows_the_decision_once_the_identity_is_stored() {
     let c = cluster(ext4(2));
     let b = Builder::new(&c, "img").unwrap();
-    let recs = [
-        rec(1, "node-a", None),
-        rec(2, "node-b", Some(PG_BASEBACKUP)),
-    ];
-    let mut o = fresh();
-    o.status = recorded_as(&recs, "main-1");
-    for r in &recs {
-        o.pvcs.insert(r.name.clone(), stored_pvc(&b, r));
-    }
+    let (mut o, recs) = pair(&b);
     // Made before the identity was recorded: neither routed yet.
     let report = [primary_report(), replica_report(true)];
     for (r, report) in recs.iter().zip(report) {
@@ -925,9 +903,7 @@ fn the_summary_puts_what_the_apply_found_first_and_joins_the_spec_errors() {
     spec["postgresql"] = json!({"parameters": {"work_mem": "4MB\n"}});
     let c = cluster(spec);
     let b = Builder::new(&c, "img").unwrap();
-    let r = rec(1, "node-a", None);
-    let mut o = fresh();
-    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
+    let (mut o, r) = single(false);
     let pod = stored_pod(&b, &r, PodRole::Unrouted, Some(primary_report()));
     o.pods.insert("main-1".into(), pod);
     let l = layout(&b, &o);
