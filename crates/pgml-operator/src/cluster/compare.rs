@@ -4,6 +4,22 @@
 
 use serde_json::Value;
 
+/// An object as JSON (`Null` if it does not serialize, which no API object fails to).
+pub fn to_value<T: serde::Serialize>(o: &T) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+/// Whether applying `desired` would change nothing of `stored`: it has every field of it,
+/// the type aside (a typed object serializes it, a dynamic one may not).
+pub fn unchanged(stored: Option<&Value>, desired: &Value) -> bool {
+    let mut content = desired.clone();
+    if let Some(o) = content.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
+    }
+    stored.is_some_and(|s| covers(s, &content))
+}
+
 /// Whether `stored` has every field of `desired` with the same value (objects: the keys
 /// of `desired`; lists: the same length, element by element; numbers: by value).
 pub fn covers(stored: &Value, desired: &Value) -> bool {
@@ -38,5 +54,19 @@ mod tests {
         assert!(!covers(&stored, &json!({"spec": {"missing": 1}})));
         assert!(covers(&json!({"n": 1.0}), &json!({"n": 1})));
         assert!(covers(&json!({}), &json!({"x": null})));
+    }
+
+    #[test]
+    fn the_type_of_the_desired_body_is_not_compared() {
+        let desired = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}});
+        assert!(unchanged(
+            Some(&json!({"metadata": {"name": "a"}})),
+            &desired
+        ));
+        assert!(!unchanged(
+            Some(&json!({"metadata": {"name": "b"}})),
+            &desired
+        ));
+        assert!(!unchanged(None, &desired), "nothing stored: to be made");
     }
 }

@@ -6,9 +6,9 @@ use kube::ResourceExt;
 use pgml_api::cluster::{InstanceRole, InstanceStatus};
 
 use super::names;
+use super::observe::{Observed, deleting};
 use super::reported::{Reported, lag_bytes};
 use super::roles::{Member, PodState};
-use super::world::World;
 
 /// An instance as recorded in status (or adopted from its objects) or just placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,10 +19,6 @@ pub struct Rec {
     pub zone: Option<String>,
     pub seeded_from: Option<String>,
     pub fenced: bool,
-}
-
-fn deleting(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_some()
 }
 
 /// The instance a new one is seeded from: a ready replica, else the primary when ready.
@@ -68,7 +64,7 @@ fn container_down(p: &Pod) -> bool {
         .is_some_and(|s| s.running.is_none() && (s.terminated.is_some() || s.waiting.is_some()))
 }
 
-pub fn members(recs: &[Rec], w: &World) -> Vec<Member> {
+pub fn members(recs: &[Rec], w: &Observed) -> Vec<Member> {
     recs.iter()
         .map(|r| {
             let pod = w.pods.get(&r.name);

@@ -1,8 +1,9 @@
 //! The PgmlCluster controller (docs/design/pgmlcluster.md): every Kubernetes object of a
 //! cluster — per instance a ZfsPool, local PersistentVolume and claim (or an ext4 claim)
 //! and a Pod; the Services, Secrets, ConfigMap and RBAC — and who is primary. A thin
-//! reconcile over dereference (`world`) → decide (`placement`, `roles`, pure) → build
-//! (`build`, pure) → apply (`apply`, only what differs) → status (`status`).
+//! reconcile: observe (`observe`) → plan (`plan`, pure, with `placement` and `roles`,
+//! the objects from `build`) → apply (`apply`, a short driver writing only what differs)
+//! → status (`status`).
 //!
 //! The instance manager in each Pod runs PostgreSQL and reports in the Pod's
 //! `pgml.io/instance-status` annotation; the node agent builds the pools.
@@ -15,13 +16,14 @@ pub mod config;
 pub mod identity;
 pub mod members;
 pub mod names;
+pub mod observe;
 pub mod placement;
+pub mod plan;
 pub mod reported;
 pub mod roles;
 pub mod secrets;
 pub mod snapshots;
 pub mod status;
-pub mod world;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -135,7 +137,7 @@ async fn cleanup(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> 
             ctx,
             cluster,
             false,
-            "VolumesDeleted",
+            status::reason::VOLUMES_DELETED,
             format!("deleted {n} PersistentVolumes of the cluster"),
         )
         .await;

@@ -19,6 +19,12 @@ pub const STORAGE_CLASS: &str = "pgml-zfs";
 pub const PG_BASEBACKUP: &str = "pg_basebackup";
 /// The instance Pod's main container, which runs the instance manager (`Builder::pod`).
 pub const CONTAINER: &str = "postgres";
+/// Field manager of the marks the controller changes on live Pods (role label, fence):
+/// a Pod's spec is immutable, so these are applied apart from the Pod that created it.
+pub const MARKS_MANAGER: &str = "pgml-operator-marks";
+/// Field manager of the seed EbsSnapshots: the EbsSnapshot controller applies their
+/// labels as `pgml-operator`, an apply that would drop a spec made by the same manager.
+pub const SEED_MANAGER: &str = "pgml-operator-cluster";
 /// The dataset that holds PostgreSQL's data directory.
 pub const PGDATA_DATASET: &str = "pgdata";
 

@@ -101,19 +101,25 @@ pub fn choose(
         .cloned()
 }
 
+/// A Ready, schedulable node in `zone`, untainted (tests).
+#[cfg(test)]
+pub fn ready_node(name: &str, zone: &str) -> NodeFacts {
+    NodeFacts {
+        name: name.into(),
+        zone: Some(zone.into()),
+        labels: BTreeMap::from([(ZONE_LABEL.into(), zone.into())]),
+        taints: vec![],
+        ready: Some(true),
+        unschedulable: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn node(name: &str, zone: &str) -> NodeFacts {
-        NodeFacts {
-            name: name.into(),
-            zone: Some(zone.into()),
-            labels: BTreeMap::from([(ZONE_LABEL.into(), zone.into())]),
-            taints: vec![],
-            ready: Some(true),
-            unschedulable: false,
-        }
+        ready_node(name, zone)
     }
 
     fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {

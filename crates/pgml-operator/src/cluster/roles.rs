@@ -147,112 +147,126 @@ pub struct Roles {
     pub waiting: Option<String>,
 }
 
+impl Input<'_> {
+    fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
 pub fn decide(i: &Input) -> Roles {
     let mut r = Roles {
         current: i.current.map(Into::into),
         target: i.target.map(Into::into),
         ..Roles::default()
     };
-    let (current, target) = match (i.current, i.target) {
+    match (i.current, i.target) {
+        // Bootstrap: the first instance.
         (None, None) => {
             r.current = Some(i.first.into());
             r.target = Some(i.first.into());
-            return r;
         }
-        (Some(c), None) => (c, c),
-        (None, Some(t)) => {
-            r.current = Some(t.into());
-            return r;
-        }
-        (Some(c), Some(t)) => (c, t),
-    };
-    let member = |n: &str| i.members.iter().find(|m| m.name == n);
-    if target != current {
-        let promoted = member(target)
-            .and_then(|m| m.reported.as_ref())
-            .is_some_and(Reported::serves_as_primary);
-        if promoted {
-            r.current = Some(target.into());
-            r.completed = Some((Some(current.into()), target.into()));
-            return r;
-        }
-        // The instance being promoted is lost itself. Past the grace: back to the old
-        // primary when it is intact (still serving, or demoted cleanly: it holds every
-        // committed transaction, which a lagging replica may not), else the most advanced
-        // other ready replica.
-        if let Some(lost_for) = i.lost_for {
-            if let Some(old) = member(current).filter(|m| intact_old_primary(m)) {
-                if lost_for >= i.grace {
-                    r.target = Some(old.name.clone());
-                    r.started = Some((Transition::Failover, target.into(), old.name.clone()));
-                } else {
-                    r.waiting = Some(format!(
-                        "{target}, being promoted, is lost; {current} takes the primary role back after {}s unless it comes back",
-                        i.grace.as_secs()
-                    ));
-                }
-                return r;
-            }
-            match failover_candidate(i.members, target) {
-                Some(cand) if lost_for >= i.grace => {
-                    r.target = Some(cand.name.clone());
-                    r.started = Some((Transition::Failover, target.into(), cand.name.clone()));
-                }
-                Some(cand) => {
-                    r.waiting = Some(format!(
-                        "{target}, being promoted, is lost; promoting {} instead after {}s unless it comes back",
-                        cand.name,
-                        i.grace.as_secs()
-                    ))
-                }
-                None => {
-                    r.waiting = Some(format!(
-                        "{target}, being promoted, is lost and no other ready replica can take over"
-                    ))
-                }
-            }
-        }
-        return r;
-    }
-    if let Some(lost_for) = i.lost_for {
-        let Some(cand) = failover_candidate(i.members, current) else {
-            r.waiting = Some(format!(
-                "primary {current} is lost and no ready replica can take over"
-            ));
-            return r;
-        };
-        if lost_for < i.grace {
-            r.waiting = Some(format!(
-                "primary {current} is lost; failing over to {} after {}s unless it comes back",
-                cand.name,
-                i.grace.as_secs()
-            ));
-            return r;
-        }
-        r.fence.push(current.into());
-        r.target = Some(cand.name.clone());
-        r.started = Some((Transition::Failover, current.into(), cand.name.clone()));
-        return r;
-    }
-    if let Some(wanted) = i.wanted.filter(|w| *w != current) {
-        match member(wanted) {
-            Some(m) if m.promotable() => {
-                r.target = Some(wanted.into());
-                r.started = Some((Transition::Switchover, current.into(), wanted.into()));
-            }
-            Some(_) => {
-                r.waiting = Some(format!(
-                    "switchover to {wanted} waits until it is a ready replica"
-                ))
-            }
-            None => {
-                r.waiting = Some(format!(
-                    "spec.primary names {wanted}, which is not an instance of this cluster"
-                ))
-            }
-        }
+        (None, Some(t)) => r.current = Some(t.into()),
+        (Some(c), Some(t)) if t != c => changing(i, c, t, &mut r),
+        (Some(c), _) => match (i.lost_for, i.wanted.filter(|w| *w != c)) {
+            (Some(lost_for), _) => failover(i, c, lost_for, &mut r),
+            (None, Some(wanted)) => switchover(i, c, wanted, &mut r),
+            (None, None) => {}
+        },
     }
     r
+}
+
+/// A change under way from `current` to `target`: complete once the target serves as
+/// primary; see [`target_lost`] when it is lost itself.
+fn changing(i: &Input, current: &str, target: &str, r: &mut Roles) {
+    let promoted = i
+        .member(target)
+        .and_then(|m| m.reported.as_ref())
+        .is_some_and(Reported::serves_as_primary);
+    if promoted {
+        r.current = Some(target.into());
+        r.completed = Some((Some(current.into()), target.into()));
+    } else if let Some(lost_for) = i.lost_for {
+        target_lost(i, current, target, lost_for, r);
+    }
+}
+
+/// The instance being promoted is lost itself. Past the grace: back to the old primary
+/// when it is intact (still serving, or demoted cleanly: it holds every committed
+/// transaction, which a lagging replica may not), else the most advanced other ready
+/// replica.
+fn target_lost(i: &Input, current: &str, target: &str, lost_for: Duration, r: &mut Roles) {
+    let grace = i.grace.as_secs();
+    if let Some(old) = i.member(current).filter(|m| intact_old_primary(m)) {
+        if lost_for >= i.grace {
+            r.target = Some(old.name.clone());
+            r.started = Some((Transition::Failover, target.into(), old.name.clone()));
+        } else {
+            r.waiting = Some(format!(
+                "{target}, being promoted, is lost; {current} takes the primary role back after {grace}s unless it comes back"
+            ));
+        }
+        return;
+    }
+    match failover_candidate(i.members, target) {
+        Some(cand) if lost_for >= i.grace => {
+            r.target = Some(cand.name.clone());
+            r.started = Some((Transition::Failover, target.into(), cand.name.clone()));
+        }
+        Some(cand) => {
+            r.waiting = Some(format!(
+                "{target}, being promoted, is lost; promoting {} instead after {grace}s unless it comes back",
+                cand.name
+            ))
+        }
+        None => {
+            r.waiting = Some(format!(
+                "{target}, being promoted, is lost and no other ready replica can take over"
+            ))
+        }
+    }
+}
+
+/// The primary is lost: past the grace, fenced, and the most advanced replica that can
+/// take over is the target.
+fn failover(i: &Input, current: &str, lost_for: Duration, r: &mut Roles) {
+    let Some(cand) = failover_candidate(i.members, current) else {
+        r.waiting = Some(format!(
+            "primary {current} is lost and no ready replica can take over"
+        ));
+        return;
+    };
+    if lost_for < i.grace {
+        r.waiting = Some(format!(
+            "primary {current} is lost; failing over to {} after {}s unless it comes back",
+            cand.name,
+            i.grace.as_secs()
+        ));
+        return;
+    }
+    r.fence.push(current.into());
+    r.target = Some(cand.name.clone());
+    r.started = Some((Transition::Failover, current.into(), cand.name.clone()));
+}
+
+/// `spec.primary` names another instance: switched to once it is a ready replica.
+fn switchover(i: &Input, current: &str, wanted: &str, r: &mut Roles) {
+    match i.member(wanted) {
+        Some(m) if m.promotable() => {
+            r.target = Some(wanted.into());
+            r.started = Some((Transition::Switchover, current.into(), wanted.into()));
+        }
+        Some(_) => {
+            r.waiting = Some(format!(
+                "switchover to {wanted} waits until it is a ready replica"
+            ))
+        }
+        None => {
+            r.waiting = Some(format!(
+                "spec.primary names {wanted}, which is not an instance of this cluster"
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +477,50 @@ mod tests {
         // An old primary that is gone itself is not gone back to.
         ms[0].pod = PodState::Absent;
         assert_eq!(lost(&ms).as_deref(), Some("c-3"));
+    }
+
+    #[test]
+    fn a_target_without_a_current_primary_becomes_it() {
+        let r = decide(&input(&three(), None, Some("c-2")));
+        assert_eq!(
+            (r.current.as_deref(), r.target.as_deref()),
+            (Some("c-2"), Some("c-2"))
+        );
+        assert_eq!((r.started, r.completed), (None, None));
+    }
+
+    #[test]
+    fn a_primary_that_is_not_an_instance_is_not_switched_to() {
+        let ms = three();
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.wanted = Some("c-9");
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-1"));
+        assert_eq!(
+            r.waiting.as_deref(),
+            Some("spec.primary names c-9, which is not an instance of this cluster")
+        );
+        // Naming the current primary is nothing to do.
+        i.wanted = Some("c-1");
+        assert_eq!(decide(&i), decide(&input(&ms, Some("c-1"), Some("c-1"))));
+    }
+
+    #[test]
+    fn a_lost_target_with_no_one_to_take_over_waits() {
+        let mut ms = three();
+        ms[0].fenced = true;
+        for m in &mut ms[1..] {
+            m.pod = PodState::Down;
+        }
+        let mut i = input(&ms, Some("c-1"), Some("c-3"));
+        i.lost_for = Some(Duration::from_secs(300));
+        let r = decide(&i);
+        assert_eq!(r.target.as_deref(), Some("c-3"));
+        assert_eq!(
+            r.waiting.as_deref(),
+            Some("c-3, being promoted, is lost and no other ready replica can take over")
+        );
+        assert_eq!(r.started, None);
     }
 
     #[test]

@@ -48,6 +48,20 @@ pub mod reason {
     pub const INSTANCE_REMOVED: &str = "InstanceRemoved";
     pub const FENCED_EVENT: &str = "Fenced";
     pub const IDENTITY_RECORDED: &str = "SystemIdentifierRecorded";
+    // Events of the objects the reconcile writes.
+    pub const SECRET_CREATED: &str = "SecretCreated";
+    pub const SECRET_MISSING: &str = "SecretMissing";
+    pub const PGBACKREST_INVALID: &str = "PgBackRestConfigInvalid";
+    pub const POOL_CREATED: &str = "PoolCreated";
+    pub const VOLUME_BOUND: &str = "VolumeBound";
+    pub const SEEDING: &str = "Seeding";
+    pub const SEED_FAILED: &str = "SeedFailed";
+    pub const SEED_DELETED: &str = "SeedDeleted";
+    pub const POD_CREATED: &str = "PodCreated";
+    pub const POD_OUTDATED: &str = "PodOutdated";
+    pub const FENCING: &str = "Fencing";
+    /// Deletion: the cluster's PersistentVolumes are deleted.
+    pub const VOLUMES_DELETED: &str = "VolumesDeleted";
 }
 
 /// Instances in numeric order (`main-2` before `main-10`).
@@ -172,6 +186,9 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
     (P::Degraded, reason::INSTANCES_NOT_READY, detail(counts))
 }
 
+/// A ZFS pool's health when all is well (`zpool status`).
+const POOL_ONLINE: &str = "ONLINE";
+
 /// The new status: the controller's fields only.
 pub fn compute(
     s: &Summary,
@@ -179,13 +196,55 @@ pub fn compute(
     generation: Option<i64>,
     now: &Time,
 ) -> PgmlClusterStatus {
-    use ClusterPhase as P;
     let stamp = Stamp { generation, now };
     let old = owned_view(observed).conditions;
     let (phase, why, message) = phase_of(s, observed.phase);
+    let mut out = fields(s, observed, generation, phase);
+    let (degraded, dwhy, dmsg) = degraded(&out.instances, phase, why, &message);
+    let conds = &mut out.conditions;
+    let healthy = phase == ClusterPhase::Healthy;
+    set_condition(conds, &old, c::READY, healthy, why, &message, stamp);
+    let progressing = matches!(
+        phase,
+        ClusterPhase::Creating
+            | ClusterPhase::Scaling
+            | ClusterPhase::Switchover
+            | ClusterPhase::Failover
+    );
+    let (pwhy, pmsg) = if progressing {
+        (why, message.as_str())
+    } else {
+        (reason::STABLE, "")
+    };
+    set_condition(conds, &old, c::PROGRESSING, progressing, pwhy, pmsg, stamp);
+    set_condition(conds, &old, c::DEGRADED, degraded, dwhy, dmsg, stamp);
+    let valid = s.spec_errors.is_empty();
+    let vwhy = if valid {
+        reason::SPEC_VALID
+    } else {
+        reason::SPEC_INVALID
+    };
+    let verrors = s.spec_errors.join("; ");
+    set_condition(conds, &old, c::SPEC_VALID, valid, vwhy, verrors, stamp);
+    archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
+    out.last_snapshot = s.snapshots.completed.clone();
+    if let Some(cond) = &s.snapshots.condition {
+        let conds = &mut out.conditions;
+        archiving::set(conds, &old, c::LAST_SNAPSHOT_SUCCEEDED, cond.clone(), stamp);
+    }
+    out
+}
+
+/// The status' fields but the conditions and pgBackRest's.
+fn fields(
+    s: &Summary,
+    observed: &PgmlClusterStatus,
+    generation: Option<i64>,
+    phase: ClusterPhase,
+) -> PgmlClusterStatus {
     let mut instances = s.instances.clone();
     sort_instances(&mut instances);
-    let mut out = PgmlClusterStatus {
+    PgmlClusterStatus {
         observed_generation: generation,
         phase: Some(phase),
         ready_instances: Some(instances.iter().filter(|i| i.ready).count() as i32),
@@ -198,87 +257,46 @@ pub fn compute(
             .clone()
             .or_else(|| s.system_identifier.clone()),
         ..Default::default()
-    };
-    let conds = &mut out.conditions;
-    set_condition(
-        conds,
-        &old,
-        c::READY,
-        phase == P::Healthy,
-        why,
-        &message,
-        stamp,
-    );
-    let progressing = matches!(
-        phase,
-        P::Creating | P::Scaling | P::Switchover | P::Failover
-    );
-    let (pwhy, pmsg) = if progressing {
-        (why, message.as_str())
-    } else {
-        (reason::STABLE, "")
-    };
-    set_condition(conds, &old, c::PROGRESSING, progressing, pwhy, pmsg, stamp);
-    let fenced: Vec<&str> = out
-        .instances
+    }
+}
+
+/// `Degraded`: the phase's when it is Degraded or Failover; else a pool not ONLINE, else
+/// instances fenced (not serving); else not.
+fn degraded(
+    instances: &[InstanceStatus],
+    phase: ClusterPhase,
+    why: &'static str,
+    message: &str,
+) -> (bool, &'static str, String) {
+    let fenced: Vec<&str> = instances
         .iter()
         .filter(|i| i.fenced)
         .map(|i| i.name.as_str())
         .collect();
-    let unhealthy_pools: Vec<String> = out
-        .instances
+    let unhealthy_pools: Vec<String> = instances
         .iter()
         .filter_map(|i| {
             let h = i.pool_health.as_deref()?;
-            (h != "ONLINE").then(|| format!("{} ({h})", i.name))
+            (h != POOL_ONLINE).then(|| format!("{} ({h})", i.name))
         })
         .collect();
-    let degraded = matches!(phase, P::Degraded | P::Failover)
-        || !fenced.is_empty()
-        || !unhealthy_pools.is_empty();
-    let (dwhy, dmsg) = if matches!(phase, P::Degraded | P::Failover) {
-        (why, message.clone())
+    if matches!(phase, ClusterPhase::Degraded | ClusterPhase::Failover) {
+        (true, why, message.to_string())
     } else if !unhealthy_pools.is_empty() {
-        (
-            reason::POOL_DEGRADED,
-            format!(
-                "the ZFS pool of {} is not ONLINE: serving with less redundancy (see the ZfsPool)",
-                unhealthy_pools.join(", ")
-            ),
-        )
+        let message = format!(
+            "the ZFS pool of {} is not ONLINE: serving with less redundancy (see the ZfsPool)",
+            unhealthy_pools.join(", ")
+        );
+        (true, reason::POOL_DEGRADED, message)
     } else if !fenced.is_empty() {
-        (
-            reason::FENCED,
-            format!(
-                "fenced after a failover, not serving: {}",
-                fenced.join(", ")
-            ),
-        )
+        let message = format!(
+            "fenced after a failover, not serving: {}",
+            fenced.join(", ")
+        );
+        (true, reason::FENCED, message)
     } else {
-        (reason::HEALTHY, String::new())
-    };
-    set_condition(conds, &old, c::DEGRADED, degraded, dwhy, dmsg, stamp);
-    let valid = s.spec_errors.is_empty();
-    set_condition(
-        conds,
-        &old,
-        c::SPEC_VALID,
-        valid,
-        if valid {
-            reason::SPEC_VALID
-        } else {
-            reason::SPEC_INVALID
-        },
-        s.spec_errors.join("; "),
-        stamp,
-    );
-    archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
-    out.last_snapshot = s.snapshots.completed.clone();
-    if let Some(cond) = &s.snapshots.condition {
-        let conds = &mut out.conditions;
-        archiving::set(conds, &old, c::LAST_SNAPSHOT_SUCCEEDED, cond.clone(), stamp);
+        (false, reason::HEALTHY, String::new())
     }
-    out
 }
 
 /// An Event: (warning?, reason, note).
@@ -287,8 +305,37 @@ pub type Notice = (bool, String, String);
 /// Events a status change deserves: the phase, the primary, instances placed, removed
 /// and fenced.
 pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+    let mut out = instance_notices(old, new);
+    out.extend(primary_notices(old, new));
+    if new.phase != old.phase
+        && let Some(p) = new.phase
+    {
+        let ready = new.conditions.iter().find(|x| x.type_ == c::READY);
+        let msg = ready.map(|r| r.message.clone()).unwrap_or_default();
+        let warn = matches!(p, ClusterPhase::Degraded | ClusterPhase::Failed);
+        out.push((warn, format!("{p:?}"), msg));
+    }
+    if old.system_identifier.is_none()
+        && let Some(id) = &new.system_identifier
+    {
+        out.push((
+            false,
+            reason::IDENTITY_RECORDED.into(),
+            format!("recorded the database's system identifier {id}: from now on an instance never runs initdb on an empty data directory, and the primary is routed by the -rw Service"),
+        ));
+    }
+    out.extend(archiving::notices(old, new));
+    out.extend(snapshot_notice(old, new));
+    out
+}
+
+fn find(s: &PgmlClusterStatus, name: &str) -> Option<InstanceStatus> {
+    s.instances.iter().find(|i| i.name == name).cloned()
+}
+
+/// Instances placed, fenced, removed.
+fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
     let mut out = vec![];
-    let find = |s: &PgmlClusterStatus, n: &str| s.instances.iter().find(|i| i.name == n).cloned();
     for i in &new.instances {
         match find(old, &i.name) {
             None => out.push((
@@ -322,6 +369,13 @@ pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> 
             ));
         }
     }
+    out
+}
+
+/// A change of primary started (a Warning when it is a failover: the old one is fenced),
+/// and a new primary.
+fn primary_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+    let mut out = vec![];
     if new.target_primary != old.target_primary
         && new.target_primary != new.current_primary
         && let (Some(cur), Some(tgt)) = (&new.current_primary, &new.target_primary)
@@ -346,25 +400,6 @@ pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> 
         };
         out.push((false, reason::PRIMARY_CHANGED.into(), note));
     }
-    if new.phase != old.phase
-        && let Some(p) = new.phase
-    {
-        let ready = new.conditions.iter().find(|x| x.type_ == c::READY);
-        let msg = ready.map(|r| r.message.clone()).unwrap_or_default();
-        let warn = matches!(p, ClusterPhase::Degraded | ClusterPhase::Failed);
-        out.push((warn, format!("{p:?}"), msg));
-    }
-    if old.system_identifier.is_none()
-        && let Some(id) = &new.system_identifier
-    {
-        out.push((
-            false,
-            reason::IDENTITY_RECORDED.into(),
-            format!("recorded the database's system identifier {id}: from now on an instance never runs initdb on an empty data directory, and the primary is routed by the -rw Service"),
-        ));
-    }
-    out.extend(archiving::notices(old, new));
-    out.extend(snapshot_notice(old, new));
     out
 }
 
@@ -561,6 +596,27 @@ mod tests {
         s.instances[1].pool_health = Some("ONLINE".into());
         let st = compute(&s, &st, Some(1), &now());
         assert_eq!(cond(&st, c::DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn a_fenced_instance_degrades_a_cluster_that_is_otherwise_only_scaling() {
+        let healthy = compute(
+            &summary(&[true, true]),
+            &PgmlClusterStatus::default(),
+            Some(1),
+            &now(),
+        );
+        let mut s = summary(&[true, true, false]);
+        s.desired = 2;
+        s.instances[2].fenced = true;
+        let st = compute(&s, &healthy, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Scaling));
+        let d = cond(&st, c::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", reason::FENCED)
+        );
+        assert_eq!(d.message, "fenced after a failover, not serving: c-3");
     }
 
     #[test]

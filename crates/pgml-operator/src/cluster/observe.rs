@@ -1,19 +1,23 @@
-//! Dereference: the objects a cluster owns and the nodes it may use, read once per
-//! reconcile.
+//! Observe: the objects a cluster owns, the nodes it may use and the status it has, read
+//! once per reconcile, before anything is decided.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::ListParams;
-use pgml_api::{EbsSnapshot, ZfsPool};
+use pgml_api::cluster::PgmlClusterStatus;
+use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 
 use super::names::ClusterRef;
 use super::placement::NodeFacts;
 use crate::runtime::{Context, Error};
 
 /// What exists now, by name.
-pub struct World {
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The cluster's status as the reconcile read it (what the apiserver had).
+    pub status: PgmlClusterStatus,
     pub pods: BTreeMap<String, Pod>,
     pub pools: BTreeMap<String, ZfsPool>,
     pub pvcs: BTreeMap<String, PersistentVolumeClaim>,
@@ -22,6 +26,11 @@ pub struct World {
     /// The other EbsSnapshots whose source is the cluster (scheduled ones, a user's).
     pub backups: Vec<EbsSnapshot>,
     pub nodes: Vec<NodeFacts>,
+}
+
+/// Being deleted.
+pub fn deleting<K: kube::Resource>(o: &K) -> bool {
+    o.meta().deletion_timestamp.is_some()
 }
 
 fn by_name<K: kube::Resource>(items: Vec<K>) -> BTreeMap<String, K> {
@@ -40,8 +49,12 @@ fn labelled(s: &EbsSnapshot, cluster: &str) -> bool {
         .is_some_and(|v| v == cluster)
 }
 
-impl World {
-    pub async fn load(ctx: &Context, c: &ClusterRef) -> Result<World, Error> {
+impl Observed {
+    pub async fn load(
+        ctx: &Context,
+        cluster: &PgmlCluster,
+        c: &ClusterRef,
+    ) -> Result<Observed, Error> {
         let lp = ListParams::default().labels(&c.selector());
         let client = &ctx.client;
         let ns = c.namespace.as_str();
@@ -68,7 +81,8 @@ impl World {
         let nodes = Api::<Node>::all(client.clone())
             .list(&ListParams::default())
             .await?;
-        Ok(World {
+        Ok(Observed {
+            status: cluster.status.clone().unwrap_or_default(),
             pods: by_name(pods.items),
             pools: by_name(pools.items),
             pvcs: by_name(pvcs.items),

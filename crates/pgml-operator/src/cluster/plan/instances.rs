@@ -1,0 +1,323 @@
+//! The second half of the plan: who is primary, and instance by instance its seed, pool,
+//! volume, claim and Pod, each once the one before is usable.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use pgml_api::snapshot::SnapshotPhase;
+use serde_json::{Value, json};
+
+use super::{Layout, Plan, Step, When, instance, note, pod_role};
+use crate::cluster::build::{Builder, Instance};
+use crate::cluster::compare::{covers, to_value, unchanged};
+use crate::cluster::identity;
+use crate::cluster::members::{Rec, donor, members, pgdata_mount};
+use crate::cluster::names::{self, MARKS_MANAGER, PG_BASEBACKUP, SEED_MANAGER};
+use crate::cluster::observe::{Observed, deleting};
+use crate::cluster::roles::{self, Member, Roles};
+use crate::cluster::status::{Notice, reason};
+use crate::runtime::FIELD_MANAGER;
+
+/// The second half of the plan, `lost_for` being how long the watched instance has been
+/// lost.
+pub fn plan(
+    b: &Builder,
+    o: &Observed,
+    layout: &Layout,
+    lost_for: Option<Duration>,
+    grace: Duration,
+) -> Plan {
+    let mut recs = layout.recs.clone();
+    let mut ms = members(&recs, o);
+    let roles = primary(b, o, &recs, &ms, lost_for, grace);
+    for f in &roles.fence {
+        recs.iter_mut()
+            .filter(|r| &r.name == f)
+            .for_each(|r| r.fenced = true);
+        ms.iter_mut()
+            .filter(|m| &m.name == f)
+            .for_each(|m| m.fenced = true);
+    }
+    let mut p = Instances {
+        b,
+        o,
+        roles: &roles,
+        members: &ms,
+        routable: identity::routable(&o.status),
+        steps: vec![],
+        building: vec![],
+    };
+    for r in &recs {
+        p.instance(r);
+    }
+    let (steps, building) = (p.steps, p.building);
+    let urgent = lost_for.is_some() || roles.target != roles.current;
+    Plan {
+        roles,
+        recs,
+        members: ms,
+        steps,
+        building,
+        urgent,
+    }
+}
+
+/// Who is primary. Nothing placed yet (no node fits): no primary to name either, so that
+/// the first instance placed later is still the bootstrap one.
+fn primary(
+    b: &Builder,
+    o: &Observed,
+    recs: &[Rec],
+    members: &[Member],
+    lost_for: Option<Duration>,
+    grace: Duration,
+) -> Roles {
+    let s = &o.status;
+    let Some(first) = recs.first() else {
+        return Roles {
+            current: s.current_primary.clone(),
+            target: s.target_primary.clone(),
+            ..Roles::default()
+        };
+    };
+    roles::decide(&roles::Input {
+        first: &first.name,
+        current: s.current_primary.as_deref(),
+        target: s.target_primary.as_deref(),
+        wanted: b.cluster.spec.primary.as_deref(),
+        members,
+        lost_for,
+        grace,
+    })
+}
+
+/// The instances' part of the plan, built instance by instance.
+struct Instances<'a> {
+    b: &'a Builder<'a>,
+    o: &'a Observed,
+    roles: &'a Roles,
+    members: &'a [Member],
+    routable: bool,
+    steps: Vec<Step>,
+    building: Vec<String>,
+}
+
+impl Instances<'_> {
+    fn wait(&mut self, r: &Rec, why: impl std::fmt::Display) {
+        self.building.push(format!("{}: {why}", r.name));
+    }
+
+    fn note(&mut self, warning: bool, reason: &str, message: String) {
+        self.steps.push(Step::Note(note(warning, reason, message)));
+    }
+
+    /// Applies `body` as the operator unless `stored` (observed) has every field of it.
+    fn apply(&mut self, body: Value, stored: Option<Value>, then: Option<Notice>) {
+        if unchanged(stored.as_ref(), &body) {
+            return;
+        }
+        self.steps.push(Step::Apply {
+            body,
+            manager: FIELD_MANAGER,
+            when: When::Always,
+            then,
+        });
+    }
+
+    /// An instance's pool, volume, claim and Pod, in that order, each once the one before
+    /// is usable; then its seed goes once it streams.
+    fn instance(&mut self, r: &Rec) {
+        let current = self.roles.current.as_deref();
+        let i = instance(r, pod_role(current == Some(&r.name), self.routable));
+        if let Some(pool) = self.b.pool(&i)
+            && !self.storage(r, &i, pool)
+        {
+            return;
+        }
+        let pvc = self.o.pvcs.get(&r.name).map(to_value);
+        self.apply(self.b.pvc(&i), pvc, None);
+        self.pod(r, &i);
+        self.drop_seed(r);
+    }
+
+    /// ZFS: the pool (restored from its seed once that is complete), then its volume once
+    /// the pool has mounted pgdata. Whether the claim may follow.
+    fn storage(&mut self, r: &Rec, i: &Instance, body: Value) -> bool {
+        let pool = self.o.pools.get(&r.name);
+        if pool.is_some_and(deleting) {
+            self.wait(r, "its ZfsPool is being deleted");
+            return false;
+        }
+        if pool.is_none()
+            && let Some(seed) = &i.restore_from
+            && !self.seed_ready(r, seed)
+        {
+            return false;
+        }
+        let created = pool.is_none().then(|| {
+            let from = i.restore_from.as_ref();
+            let from = from.map(|s| format!(", restored from EbsSnapshot {s}"));
+            let said = format!(
+                "created ZfsPool {} on node {}{}",
+                r.name,
+                r.node,
+                from.unwrap_or_default()
+            );
+            note(false, reason::POOL_CREATED, said)
+        });
+        self.apply(body, pool.map(to_value), created);
+        let Some(path) = pool.and_then(pgdata_mount) else {
+            self.wait(r, format!("waiting for ZfsPool {} to mount pgdata", r.name));
+            return false;
+        };
+        let pv = self.b.c.pv_name(r.n);
+        let said = format!(
+            "PersistentVolume {pv} at {path} on {} for {}",
+            r.node, r.name
+        );
+        self.steps.push(Step::Apply {
+            body: self.b.pv(i, &path),
+            manager: FIELD_MANAGER,
+            when: When::Changed,
+            then: Some(note(false, reason::VOLUME_BOUND, said)),
+        });
+        true
+    }
+
+    /// The seed snapshot of a new instance: made of a donor, awaited until Completed, made
+    /// again when it failed. True once the pool may be restored from it.
+    fn seed_ready(&mut self, r: &Rec, seed: &str) -> bool {
+        let snapshot = self.o.snapshots.get(seed);
+        match snapshot.map(|s| s.status.as_ref().and_then(|st| st.phase)) {
+            Some(Some(SnapshotPhase::Completed)) => return true,
+            Some(Some(SnapshotPhase::Failed)) => {
+                let body = self.b.seed_snapshot(r.n, "");
+                self.steps.push(Step::Delete { body, then: None });
+                let said = format!(
+                    "EbsSnapshot {seed} to seed {} failed; it is deleted and a new one will be taken",
+                    r.name
+                );
+                self.note(true, reason::SEED_FAILED, said);
+                self.wait(r, "its seed snapshot failed, taking another");
+            }
+            Some(phase) => {
+                let phase = phase.map(|p| format!("{p:?}"));
+                let phase = phase.unwrap_or_else(|| "Pending".into());
+                self.wait(r, format!("seed snapshot {seed} is {phase}"));
+            }
+            None => self.take_seed(r, seed),
+        }
+        false
+    }
+
+    fn take_seed(&mut self, r: &Rec, seed: &str) {
+        let Some(d) = donor(self.members, self.roles.current.as_deref(), &r.name) else {
+            self.wait(r, "waiting for a ready instance to snapshot");
+            return;
+        };
+        let said = format!("taking EbsSnapshot {seed} of {d} to seed {}", r.name);
+        self.steps.push(Step::Apply {
+            body: self.b.seed_snapshot(r.n, &d),
+            manager: SEED_MANAGER,
+            when: When::Always,
+            then: Some(note(false, reason::SEEDING, said)),
+        });
+        self.wait(r, format!("seed snapshot {seed} of {d} requested"));
+    }
+
+    /// The Pod: made when absent, else its marks (role label, fence) kept as decided. A
+    /// Pod's spec cannot change in place: a new image or resources reach it only when it
+    /// is made again, which is said, not done (restarting instances is the user's call).
+    fn pod(&mut self, r: &Rec, i: &Instance) {
+        let Some(pod) = self.o.pods.get(&r.name) else {
+            self.create_pod(r, i);
+            return;
+        };
+        if deleting(pod) {
+            self.wait(r, "its Pod is being deleted");
+            return;
+        }
+        if !covers(&to_value(&pod.spec), &self.b.pod(i)["spec"]) {
+            let said = format!(
+                "Pod {} runs an older spec than the cluster's (image, resources, scheduling): delete it to have it made again (replicas first, then switch over)",
+                r.name
+            );
+            self.note(true, reason::POD_OUTDATED, said);
+        }
+        self.mark(r, i, pod);
+    }
+
+    /// The primary's Pod is gone: recreating it now would hide the loss. When a replica
+    /// can take over, the failover grace decides first.
+    fn create_pod(&mut self, r: &Rec, i: &Instance) {
+        let current = self.roles.current.as_deref() == Some(r.name.as_str());
+        let settled = self.roles.current == self.roles.target;
+        if current
+            && settled
+            && !r.fenced
+            && roles::failover_candidate(self.members, &r.name).is_some()
+        {
+            self.wait(
+                r,
+                "the primary's Pod is gone; failing over after the grace period",
+            );
+            return;
+        }
+        let fenced = if r.fenced { " (fenced)" } else { "" };
+        let said = format!("created Pod {} on node {}{fenced}", r.name, r.node);
+        self.steps.push(Step::Apply {
+            body: self.b.pod(i),
+            manager: FIELD_MANAGER,
+            when: When::Always,
+            then: Some(note(false, reason::POD_CREATED, said)),
+        });
+    }
+
+    /// The role label and the fence of a live Pod, applied by their own field manager.
+    fn mark(&mut self, r: &Rec, i: &Instance, pod: &Pod) {
+        let marks = self.b.pod_marks(i);
+        if covers(&to_value(&pod.metadata), &marks) {
+            return;
+        }
+        let fenced_now = pod.annotations().get(names::FENCED).map(String::as_str) != Some("true");
+        let then = (r.fenced && fenced_now).then(|| {
+            let said = format!(
+                "annotated Pod {} {}=true: its PostgreSQL stops and stays stopped",
+                r.name,
+                names::FENCED
+            );
+            note(true, reason::FENCING, said)
+        });
+        self.steps.push(Step::Apply {
+            body: json!({"apiVersion": "v1", "kind": "Pod", "metadata": marks}),
+            manager: MARKS_MANAGER,
+            when: When::Always,
+            then,
+        });
+    }
+
+    /// Deletes the seed snapshot once its instance streams from the primary.
+    fn drop_seed(&mut self, r: &Rec) {
+        let Some(seed) = r.seeded_from.as_deref().filter(|s| *s != PG_BASEBACKUP) else {
+            return;
+        };
+        if self.o.snapshots.get(seed).is_none_or(deleting) {
+            return;
+        }
+        let member = self.members.iter().find(|m| m.name == r.name);
+        let streaming = member
+            .and_then(|m| m.reported.as_ref())
+            .is_some_and(|rep| rep.streaming);
+        if streaming {
+            let said = format!(
+                "{} streams from the primary; deleted its seed EbsSnapshot {seed}",
+                r.name
+            );
+            self.steps.push(Step::Delete {
+                body: self.b.seed_snapshot(r.n, ""),
+                then: Some(note(false, reason::SEED_DELETED, said)),
+            });
+        }
+    }
+}

@@ -1,0 +1,942 @@
+//! Every branch of the plan, from observed objects built as the builder builds them.
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use pgml_api::cluster::{InstanceStatus, PgmlClusterStatus};
+use pgml_api::{EbsSnapshot, ZfsPool};
+use serde_json::json;
+
+use super::*;
+use crate::cluster::names::{self, MARKS_MANAGER, SEED_MANAGER};
+use crate::cluster::placement::ready_node;
+use crate::cluster::roles::Transition;
+use crate::cluster::status::reason;
+use crate::runtime::FIELD_MANAGER;
+
+const GRACE: Duration = Duration::from_secs(30);
+const ID: &str = "7318791534227411232";
+
+fn zfs(instances: i32) -> Value {
+    json!({"instances": instances, "storage": {"zfs": {"template": {"volumes": {"count": 2, "sizeGiB": 10}}}}})
+}
+
+fn ext4(instances: i32) -> Value {
+    json!({"instances": instances, "storage": {"persistentVolumeClaim": {"size": "10Gi"}}})
+}
+
+fn cluster(spec: Value) -> PgmlCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+        "metadata": {"name": "main", "namespace": "db", "uid": "u-1", "generation": 1},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// Three Ready nodes in three zones, nothing else.
+fn fresh() -> Observed {
+    Observed {
+        nodes: vec![
+            ready_node("node-a", "za"),
+            ready_node("node-b", "zb"),
+            ready_node("node-c", "zc"),
+        ],
+        ..Observed::default()
+    }
+}
+
+fn rec(n: u32, node: &str, seeded_from: Option<&str>) -> Rec {
+    Rec {
+        n,
+        name: format!("main-{n}"),
+        node: node.into(),
+        zone: Some(format!("z{}", node.trim_start_matches("node-"))),
+        seeded_from: seeded_from.map(Into::into),
+        fenced: false,
+    }
+}
+
+fn recorded_as(recs: &[Rec], primary: &str) -> PgmlClusterStatus {
+    let entry = |r: &Rec| InstanceStatus {
+        name: r.name.clone(),
+        node: Some(r.node.clone()),
+        availability_zone: r.zone.clone(),
+        pool: Some(r.name.clone()),
+        role: None,
+        ready: false,
+        lsn: None,
+        lag_bytes: None,
+        seeded_from: r.seeded_from.clone(),
+        fenced: r.fenced,
+        pool_health: None,
+    };
+    PgmlClusterStatus {
+        instances: recs.iter().map(entry).collect(),
+        current_primary: Some(primary.into()),
+        target_primary: Some(primary.into()),
+        ..PgmlClusterStatus::default()
+    }
+}
+
+fn as_instance(r: &Rec, role: PodRole) -> Instance {
+    instance(r, role)
+}
+
+/// The pool as the builder makes it, its `pgdata` mounted or not.
+fn stored_pool(b: &Builder, r: &Rec, mounted: bool) -> ZfsPool {
+    let mut v = b.pool(&as_instance(r, PodRole::Replica)).unwrap();
+    v["status"] = json!({"datasets": [{"name": "pgdata",
+        "mountPath": format!("/mnt/{}/pgdata", r.name), "mounted": mounted}]});
+    serde_json::from_value(v).unwrap()
+}
+
+fn stored_pvc(b: &Builder, r: &Rec) -> PersistentVolumeClaim {
+    serde_json::from_value(b.pvc(&as_instance(r, PodRole::Replica))).unwrap()
+}
+
+/// The Pod as the builder makes it with `role`, running, its manager reporting `report`.
+fn stored_pod(b: &Builder, r: &Rec, role: PodRole, report: Option<Value>) -> Pod {
+    let mut v = b.pod(&as_instance(r, role));
+    if let Some(report) = report {
+        v["metadata"]["annotations"] = json!({names::INSTANCE_STATUS: report.to_string()});
+    }
+    v["status"] = json!({"phase": "Running"});
+    serde_json::from_value(v).unwrap()
+}
+
+fn primary_report() -> Value {
+    json!({"role": "primary", "running": true, "ready": true, "lsn": "0/5", "systemIdentifier": ID})
+}
+
+fn replica_report(streaming: bool) -> Value {
+    json!({"role": "replica", "running": true, "ready": true, "streaming": streaming, "replayLsn": "0/5"})
+}
+
+fn seed(name: &str, phase: Option<&str>) -> EbsSnapshot {
+    serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+        "metadata": {"name": name, "namespace": "db", "labels": {"pgml.io/cluster": "main"}},
+        "spec": {"source": {"cluster": {"name": "main", "instance": "main-1"}}},
+        "status": phase.map(|p| json!({"phase": p})),
+    }))
+    .unwrap()
+}
+
+fn being_deleted<K: kube::Resource>(mut o: K) -> K {
+    let t = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    o.meta_mut().deletion_timestamp = Some(pgml_api::common::Time(t));
+    o
+}
+
+/// main-1 on node-a recorded as the primary, its database's identity recorded or not.
+fn single(identity: bool) -> (Observed, Rec) {
+    let r = rec(1, "node-a", None);
+    let mut o = fresh();
+    o.status = recorded_as(std::slice::from_ref(&r), "main-1");
+    o.status.system_identifier = identity.then(|| ID.into());
+    (o, r)
+}
+
+/// An ext4 pair recorded with their claims: main-1 the primary, main-2 a replica copied
+/// by pg_basebackup.
+fn pair(b: &Builder) -> (Observed, [Rec; 2]) {
+    let recs = [
+        rec(1, "node-a", None),
+        rec(2, "node-b", Some(PG_BASEBACKUP)),
+    ];
+    let mut o = fresh();
+    o.status = recorded_as(&recs, "main-1");
+    for r in &recs {
+        o.pvcs.insert(r.name.clone(), stored_pvc(b, r));
+    }
+    (o, recs)
+}
+
+/// The pair with the identity recorded, main-1's Pod gone, main-2 streaming.
+fn primary_pod_gone(b: &Builder) -> Observed {
+    let (mut o, recs) = pair(b);
+    o.status.system_identifier = Some(ID.into());
+    let pod = stored_pod(b, &recs[1], PodRole::Replica, Some(replica_report(true)));
+    o.pods.insert("main-2".into(), pod);
+    o
+}
+
+/// The steps, one line each: what, which object, how and what is said.
+fn describe(steps: &[Step]) -> Vec<String> {
+    let object = |b: &Value| {
+        let kind = b["kind"].as_str().unwrap_or_default();
+        format!(
+            "{kind} {}",
+            b["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let then = |n: &Option<Notice>| n.as_ref().map(|(_, r, _)| format!(" then {r}"));
+    steps
+        .iter()
+        .map(|s| match s {
+            Step::Secret { kind, missing } => {
+                let what = match missing {
+                    Missing::Create(_) => "create",
+                    Missing::Report(_) => "report",
+                };
+                format!("secret {kind:?} {what} if missing")
+            }
+            Step::Apply {
+                body,
+                manager,
+                when,
+                then: t,
+            } => {
+                let how = match when {
+                    When::Always => "",
+                    When::Changed => " if changed",
+                    When::ChangedOrStaleIrsa => " if changed or IRSA stale",
+                };
+                let who = if *manager == FIELD_MANAGER {
+                    String::new()
+                } else {
+                    format!(" as {manager}")
+                };
+                let said = then(t).unwrap_or_default();
+                format!("apply {}{who}{how}{said}", object(body))
+            }
+            Step::Delete { body, then: t } => {
+                format!("delete {}{}", object(body), then(t).unwrap_or_default())
+            }
+            Step::Remove { instance, bodies } => {
+                let kinds: Vec<String> = bodies.iter().map(object).collect();
+                format!("remove {instance}: {}", kinds.join(", "))
+            }
+            Step::Note((warning, r, _)) => {
+                format!("{} {r}", if *warning { "warn" } else { "note" })
+            }
+        })
+        .collect()
+}
+
+/// The second half's steps for these instances, the layout being the cluster-wide steps.
+fn instance_steps(b: &Builder, o: &Observed, lost_for: Option<Duration>) -> (Plan, Vec<String>) {
+    let l = layout(b, o);
+    let p = plan(b, o, &l, lost_for, GRACE);
+    let steps = describe(&p.steps);
+    (p, steps)
+}
+
+fn body_of<'a>(steps: &'a [Step], kind: &str, name: &str) -> &'a Value {
+    steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Apply { body, .. }
+                if body["kind"] == kind && body["metadata"]["name"] == name =>
+            {
+                Some(body)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no apply of {kind} {name}: {:?}", describe(steps)))
+}
+
+// The first half.
+
+#[test]
+fn a_fresh_cluster_gets_its_secrets_its_shared_objects_and_instances_in_two_zones() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let l = layout(&b, &fresh());
+    assert_eq!(
+        describe(&l.steps),
+        [
+            "secret Superuser create if missing",
+            "secret App create if missing",
+            "secret Replication create if missing",
+            "apply ConfigMap main-config if changed",
+            "apply Service main-rw if changed",
+            "apply Service main-ro if changed",
+            "apply Service main-r if changed",
+            "apply ServiceAccount main-instance if changed or IRSA stale",
+            "apply Role main-instance if changed",
+            "apply RoleBinding main-instance if changed",
+        ]
+    );
+    let Step::Secret {
+        missing: Missing::Create((false, reason, said)),
+        ..
+    } = &l.steps[1]
+    else {
+        panic!("{:?}", l.steps[1]);
+    };
+    assert_eq!(
+        (reason.as_str(), said.as_str()),
+        (reason::SECRET_CREATED, "created Secret main-app (user app)")
+    );
+    assert_eq!(
+        l.recs,
+        [
+            rec(1, "node-a", None),
+            rec(2, "node-b", Some("main-2-seed"))
+        ],
+        "the bootstrap instance starts empty, the next is seeded by snapshot"
+    );
+    assert_eq!((l.unplaced.as_ref(), l.spec_errors.len()), (None, 0));
+    let expected = Watch {
+        watched: None,
+        lost: false,
+        others: vec!["main-1".into(), "main-2".into()],
+    };
+    assert_eq!(l.watch, expected);
+}
+
+#[test]
+fn a_missing_secret_is_reported_not_made_once_the_cluster_has_a_primary() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    o.status = recorded_as(&[rec(1, "node-a", None)], "main-1");
+    let l = layout(&b, &o);
+    let Step::Secret {
+        kind: SecretKind::Replication,
+        missing: Missing::Report(why),
+    } = &l.steps[2]
+    else {
+        panic!("{:?}", l.steps[2]);
+    };
+    assert!(
+        why.starts_with("Secret main-replication is missing;")
+            && why.contains("with user streaming_replica and the password PostgreSQL has"),
+        "{why}"
+    );
+}
+
+#[test]
+fn an_unrenderable_pgbackrest_config_is_a_spec_error_and_its_config_map_is_left() {
+    let mut spec = ext4(1);
+    spec["backups"] = json!({"pgbackrest": {"s3": {"bucket": "b-1", "region": "eu-west-1",
+        "endpoint": "http://minio:9000"}}});
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let l = layout(&b, &fresh());
+    let steps = describe(&l.steps);
+    assert_eq!(steps[3], "warn PgBackRestConfigInvalid");
+    assert!(steps.iter().all(|s| !s.contains("ConfigMap")), "{steps:?}");
+    assert_eq!(steps.len(), 3 + 1 + 6, "the Services and RBAC still are");
+    assert_eq!(l.spec_errors.len(), 1);
+    assert!(
+        l.spec_errors[0].starts_with("spec.backups.pgbackrest: ")
+            && l.spec_errors[0].ends_with("; ConfigMap main-config is left as it was"),
+        "{:?}",
+        l.spec_errors
+    );
+}
+
+#[test]
+fn replicas_are_seeded_by_snapshot_on_zfs_when_asked_else_by_pg_basebackup() {
+    let seeded = |spec: Value| {
+        let c = cluster(spec);
+        let b = Builder::new(&c, "img").unwrap();
+        let l = layout(&b, &fresh());
+        l.recs
+            .iter()
+            .map(|r| r.seeded_from.clone())
+            .collect::<Vec<_>>()
+    };
+    let snapshot = Some("main-2-seed".to_string());
+    assert_eq!(seeded(zfs(2)), [None, snapshot]);
+    let mut basebackup = zfs(2);
+    basebackup["replicas"] = json!({"seedFrom": "PgBasebackup"});
+    let pg = Some(PG_BASEBACKUP.to_string());
+    assert_eq!(seeded(basebackup), [None, pg.clone()]);
+    assert_eq!(seeded(ext4(2)), [None, pg]);
+}
+
+#[test]
+fn once_the_cluster_had_a_primary_no_new_instance_starts_empty() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    o.status.current_primary = Some("main-1".into());
+    let l = layout(&b, &o);
+    assert_eq!(l.recs, [rec(1, "node-a", Some("main-1-seed"))]);
+}
+
+#[test]
+fn objects_without_a_status_record_are_adopted() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    let restored = rec(1, "node-b", Some("snap-x"));
+    let pool = stored_pool(&b, &restored, false);
+    o.pools.insert("main-1".into(), pool);
+    let pod = stored_pod(&b, &rec(3, "node-a", None), PodRole::Replica, None);
+    o.pods.insert("main-3".into(), pod);
+    // Being deleted, or not this cluster's: not adopted.
+    let going = being_deleted(stored_pool(&b, &rec(5, "node-c", None), false));
+    o.pools.insert("main-5".into(), going);
+    let other = stored_pool(&b, &rec(1, "node-c", None), false);
+    o.pools.insert("other-1".into(), other);
+    let l = layout(&b, &o);
+    assert_eq!(l.recs, [restored, rec(3, "node-a", None)]);
+    assert_eq!(recorded(&b, &o), l.recs);
+}
+
+#[test]
+fn new_instances_are_numbered_after_any_object_left() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    o.status = recorded_as(&[rec(1, "node-a", None)], "main-1");
+    // A removed instance's claim, still going away.
+    let left = being_deleted(stored_pvc(&b, &rec(4, "node-b", None)));
+    o.pvcs.insert("main-4".into(), left);
+    let l = layout(&b, &o);
+    let names: Vec<&str> = l.recs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["main-1", "main-5"]);
+    assert_eq!(l.recs[1].seeded_from.as_deref(), Some(PG_BASEBACKUP));
+}
+
+#[test]
+fn scaling_down_removes_the_highest_numbers_first_never_the_primary_nor_the_target() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let three = [
+        rec(1, "node-a", None),
+        rec(2, "node-b", Some("main-2-seed")),
+        rec(3, "node-c", Some("main-3-seed")),
+    ];
+    let mut o = fresh();
+    o.status = recorded_as(&three, "main-3");
+    let l = layout(&b, &o);
+    let removals: Vec<String> = describe(&l.steps).into_iter().skip(10).collect();
+    let pv = |n: u32| format!("PersistentVolume {}", b.c.pv_name(n));
+    assert_eq!(
+        removals,
+        [
+            format!(
+                "remove main-2: Pod main-2, PersistentVolumeClaim main-2, ZfsPool main-2, {}, EbsSnapshot main-2-seed",
+                pv(2)
+            ),
+            format!(
+                "remove main-1: Pod main-1, PersistentVolumeClaim main-1, ZfsPool main-1, {}, EbsSnapshot main-1-seed",
+                pv(1)
+            ),
+        ]
+    );
+    assert_eq!(l.recs, [three[2].clone()]);
+
+    // A change of primary under way keeps both ends: one fewer than asked is all it can.
+    o.status.target_primary = Some("main-1".into());
+    let l = layout(&b, &o);
+    let names: Vec<&str> = l.recs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["main-1", "main-3"]);
+
+    // On ext4 an instance is its Pod and claim.
+    let c = cluster(ext4(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let l = layout(&b, &o);
+    assert_eq!(
+        describe(&l.steps)[10..],
+        ["remove main-2: Pod main-2, PersistentVolumeClaim main-2"]
+    );
+}
+
+#[test]
+fn an_instance_with_no_node_that_fits_is_unplaced() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    o.nodes.truncate(1);
+    let l = layout(&b, &o);
+    assert_eq!(l.recs.len(), 1);
+    let why = l.unplaced.unwrap();
+    assert!(
+        why.starts_with("no node for another instance: 2 needed, 1 placed;"),
+        "{why}"
+    );
+
+    let mut spec = ext4(2);
+    spec["nodeSelector"] = json!({"pool": "db"});
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let l = layout(&b, &fresh());
+    assert!(l.recs.is_empty());
+    assert!(l.unplaced.unwrap().contains("2 needed, 0 placed"));
+}
+
+#[test]
+fn the_loss_timed_is_the_primarys_or_while_a_change_is_under_way_the_targets() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = primary_pod_gone(&b);
+    // The primary's Pod is gone: lost.
+    let l = layout(&b, &o);
+    let expected = Watch {
+        watched: Some("main-1".into()),
+        lost: true,
+        others: vec!["main-2".into()],
+    };
+    assert_eq!(l.watch, expected);
+    // Promoting main-2, which runs: its loss is the one timed, and it is not lost.
+    o.status.target_primary = Some("main-2".into());
+    let l = layout(&b, &o);
+    let expected = Watch {
+        watched: Some("main-2".into()),
+        lost: false,
+        others: vec!["main-1".into()],
+    };
+    assert_eq!(l.watch, expected);
+}
+
+// The second half.
+
+#[test]
+fn bootstrap_names_the_first_instance_primary_and_makes_its_pool_first() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let (p, steps) = instance_steps(&b, &fresh(), None);
+    assert_eq!(
+        (p.roles.current.as_deref(), p.roles.target.as_deref()),
+        (Some("main-1"), Some("main-1"))
+    );
+    assert_eq!(steps, ["apply ZfsPool main-1 then PoolCreated"]);
+    let pool = body_of(&p.steps, "ZfsPool", "main-1");
+    assert!(pool["spec"]["restoreFrom"].is_null());
+    assert_eq!(
+        p.building,
+        [
+            "main-1: waiting for ZfsPool main-1 to mount pgdata",
+            "main-2: waiting for a ready instance to snapshot",
+        ]
+    );
+    assert!(!p.urgent);
+}
+
+#[test]
+fn with_nothing_placed_no_primary_is_named() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let o = Observed::default();
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(p.roles, Roles::default());
+    assert!(steps.is_empty() && p.building.is_empty());
+}
+
+#[test]
+fn a_mounted_pool_gets_its_volume_then_the_claim_and_the_pod() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(false);
+    o.pools.insert("main-1".into(), stored_pool(&b, &r, true));
+    let (p, steps) = instance_steps(&b, &o, None);
+    let pv = b.c.pv_name(1);
+    assert_eq!(
+        steps,
+        [
+            format!("apply PersistentVolume {pv} if changed then VolumeBound"),
+            "apply PersistentVolumeClaim main-1".into(),
+            "apply Pod main-1 then PodCreated".into(),
+        ]
+    );
+    let Step::Apply {
+        body,
+        then: Some((_, _, said)),
+        ..
+    } = &p.steps[0]
+    else {
+        panic!()
+    };
+    assert_eq!(body["spec"]["local"]["path"], "/mnt/main-1/pgdata");
+    assert_eq!(
+        said,
+        &format!("PersistentVolume {pv} at /mnt/main-1/pgdata on node-a for main-1")
+    );
+    // No identity recorded: the primary's Pod carries no role label (no -rw routing).
+    let pod = body_of(&p.steps, "Pod", "main-1");
+    assert!(pod["metadata"]["labels"][names::ROLE].is_null(), "{pod}");
+
+    o.status.system_identifier = Some(ID.into());
+    let (p, _) = instance_steps(&b, &o, None);
+    let pod = body_of(&p.steps, "Pod", "main-1");
+    assert_eq!(pod["metadata"]["labels"][names::ROLE], names::ROLE_PRIMARY);
+}
+
+#[test]
+fn objects_as_decided_are_not_applied_again_and_a_changed_pool_is_without_a_note() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(true);
+    o.pools.insert("main-1".into(), stored_pool(&b, &r, true));
+    o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
+    let pod = stored_pod(&b, &r, PodRole::Primary, Some(primary_report()));
+    o.pods.insert("main-1".into(), pod);
+    let (p, steps) = instance_steps(&b, &o, None);
+    let pv = b.c.pv_name(1);
+    assert_eq!(
+        steps,
+        [format!(
+            "apply PersistentVolume {pv} if changed then VolumeBound"
+        )]
+    );
+    assert!(p.building.is_empty());
+
+    let mut moved = stored_pool(&b, &r, true);
+    moved.spec.template.volumes.size_gib = 20;
+    o.pools.insert("main-1".into(), moved);
+    let (_, steps) = instance_steps(&b, &o, None);
+    assert_eq!(
+        steps[0], "apply ZfsPool main-1",
+        "applied again, nothing said"
+    );
+}
+
+#[test]
+fn a_pool_being_deleted_holds_its_instance_back() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(false);
+    o.pools
+        .insert("main-1".into(), being_deleted(stored_pool(&b, &r, true)));
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(p.building, ["main-1: its ZfsPool is being deleted"]);
+}
+
+/// main-1 primary and serving, main-2 recorded seeded from `main-2-seed`, without a pool.
+fn seeding(b: &Builder) -> Observed {
+    let one = rec(1, "node-a", None);
+    let two = rec(2, "node-b", Some("main-2-seed"));
+    let mut o = fresh();
+    o.status = recorded_as(&[one.clone(), two], "main-1");
+    o.status.system_identifier = Some(ID.into());
+    o.pools.insert("main-1".into(), stored_pool(b, &one, true));
+    o.pvcs.insert("main-1".into(), stored_pvc(b, &one));
+    let pod = stored_pod(b, &one, PodRole::Primary, Some(primary_report()));
+    o.pods.insert("main-1".into(), pod);
+    o
+}
+
+/// The steps and wait of main-2 alone (main-1's volume check aside).
+fn second(b: &Builder, o: &Observed) -> (Vec<String>, Vec<String>, Plan) {
+    let (p, steps) = instance_steps(b, o, None);
+    let steps = steps.into_iter().skip(1).collect();
+    (steps, p.building.clone(), p)
+}
+
+#[test]
+fn a_new_replicas_seed_is_taken_of_a_donor_then_awaited() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = seeding(&b);
+    let (steps, building, p) = second(&b, &o);
+    assert_eq!(
+        steps,
+        [format!(
+            "apply EbsSnapshot main-2-seed as {SEED_MANAGER} then Seeding"
+        )]
+    );
+    let body = body_of(&p.steps, "EbsSnapshot", "main-2-seed");
+    assert_eq!(
+        body["spec"]["source"]["cluster"],
+        json!({"name": "main", "instance": "main-1"})
+    );
+    assert_eq!(
+        building,
+        ["main-2: seed snapshot main-2-seed of main-1 requested"]
+    );
+
+    // No ready instance to take it of.
+    let mut down = o.clone();
+    down.pods.clear();
+    let (p, _) = instance_steps(&b, &down, None);
+    assert!(
+        describe(&p.steps)
+            .iter()
+            .all(|s| !s.contains("EbsSnapshot"))
+    );
+    assert!(
+        p.building
+            .contains(&"main-2: waiting for a ready instance to snapshot".to_string())
+    );
+
+    for (phase, said) in [(None, "Pending"), (Some("Capturing"), "Capturing")] {
+        o.snapshots
+            .insert("main-2-seed".into(), seed("main-2-seed", phase));
+        let (steps, building, _) = second(&b, &o);
+        assert!(steps.is_empty(), "{steps:?}");
+        assert_eq!(
+            building,
+            [format!("main-2: seed snapshot main-2-seed is {said}")]
+        );
+    }
+}
+
+#[test]
+fn a_failed_seed_is_deleted_to_be_taken_again() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = seeding(&b);
+    o.snapshots
+        .insert("main-2-seed".into(), seed("main-2-seed", Some("Failed")));
+    let (steps, building, _) = second(&b, &o);
+    assert_eq!(steps, ["delete EbsSnapshot main-2-seed", "warn SeedFailed"]);
+    assert_eq!(
+        building,
+        ["main-2: its seed snapshot failed, taking another"]
+    );
+}
+
+#[test]
+fn a_completed_seed_gives_the_pool_it_is_restored_from() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = seeding(&b);
+    o.snapshots
+        .insert("main-2-seed".into(), seed("main-2-seed", Some("Completed")));
+    let (steps, _, p) = second(&b, &o);
+    assert_eq!(steps, ["apply ZfsPool main-2 then PoolCreated"]);
+    let pool = body_of(&p.steps, "ZfsPool", "main-2");
+    assert_eq!(
+        pool["spec"]["restoreFrom"]["ebsSnapshotName"],
+        "main-2-seed"
+    );
+    let Some(Step::Apply {
+        then: Some((_, _, said)),
+        ..
+    }) = p.steps.last()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        said,
+        "created ZfsPool main-2 on node node-b, restored from EbsSnapshot main-2-seed"
+    );
+}
+
+#[test]
+fn the_seed_goes_once_its_instance_streams() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let two = rec(2, "node-b", Some("main-2-seed"));
+    let mut o = seeding(&b);
+    o.snapshots
+        .insert("main-2-seed".into(), seed("main-2-seed", Some("Completed")));
+    o.pools.insert("main-2".into(), stored_pool(&b, &two, true));
+    o.pvcs.insert("main-2".into(), stored_pvc(&b, &two));
+    let at = |o: &mut Observed, streaming: bool| {
+        let report = Some(replica_report(streaming));
+        let pod = stored_pod(&b, &two, PodRole::Replica, report);
+        o.pods.insert("main-2".into(), pod);
+        let (steps, _, _) = second(&b, o);
+        steps
+            .into_iter()
+            .filter(|s| s.contains("EbsSnapshot"))
+            .collect::<Vec<_>>()
+    };
+    assert!(at(&mut o, false).is_empty(), "not streaming yet");
+    assert_eq!(
+        at(&mut o, true),
+        ["delete EbsSnapshot main-2-seed then SeedDeleted"]
+    );
+    let going = being_deleted(seed("main-2-seed", Some("Completed")));
+    o.snapshots.insert("main-2-seed".into(), going);
+    assert!(at(&mut o, true).is_empty(), "already going");
+    o.snapshots.clear();
+    assert!(at(&mut o, true).is_empty(), "already gone");
+}
+
+#[test]
+fn a_lost_primarys_pod_is_not_made_again_while_a_replica_can_take_over() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = primary_pod_gone(&b);
+    let (p, steps) = instance_steps(&b, &o, Some(Duration::from_secs(10)));
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(
+        p.building,
+        ["main-1: the primary's Pod is gone; failing over after the grace period"]
+    );
+    assert!(p.urgent, "the loss is timed");
+    assert_eq!(p.roles.target.as_deref(), Some("main-1"));
+
+    // Fenced already (recorded so): nothing to hide, its Pod is made again, fenced.
+    let mut fenced = o.clone();
+    fenced.status.instances[0].fenced = true;
+    let (p, steps) = instance_steps(&b, &fenced, Some(Duration::from_secs(10)));
+    assert_eq!(steps, ["apply Pod main-1 then PodCreated"]);
+    assert!(p.building.is_empty(), "{:?}", p.building);
+
+    // No replica that can take over: the Pod is made again.
+    o.pods.clear();
+    let (_, steps) = instance_steps(&b, &o, Some(Duration::from_secs(10)));
+    assert_eq!(
+        steps,
+        [
+            "apply Pod main-1 then PodCreated",
+            "apply Pod main-2 then PodCreated"
+        ]
+    );
+}
+
+#[test]
+fn past_the_grace_the_lost_primary_is_fenced_and_its_pod_made_fenced() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let o = primary_pod_gone(&b);
+    let (p, steps) = instance_steps(&b, &o, Some(GRACE));
+    assert_eq!(p.roles.fence, ["main-1"]);
+    let started = Some((Transition::Failover, "main-1".into(), "main-2".into()));
+    assert_eq!(p.roles.started, started);
+    assert!(p.recs[0].fenced && p.members[0].fenced);
+    assert_eq!(steps, ["apply Pod main-1 then PodCreated"]);
+    let pod = body_of(&p.steps, "Pod", "main-1");
+    assert_eq!(pod["metadata"]["annotations"][names::FENCED], "true");
+    let Step::Apply {
+        then: Some((_, _, said)),
+        ..
+    } = &p.steps[0]
+    else {
+        panic!()
+    };
+    assert_eq!(said, "created Pod main-1 on node node-a (fenced)");
+    assert!(p.urgent);
+}
+
+#[test]
+fn a_live_pod_fenced_is_annotated_by_the_marks_manager() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = primary_pod_gone(&b);
+    let one = rec(1, "node-a", None);
+    let pod = stored_pod(&b, &one, PodRole::Primary, Some(primary_report()));
+    o.pods.insert("main-1".into(), pod);
+    // Its node is NotReady: lost, though its Pod is there.
+    o.nodes[0].ready = Some(false);
+    let (p, steps) = instance_steps(&b, &o, Some(GRACE));
+    assert_eq!(p.roles.fence, ["main-1"]);
+    assert_eq!(
+        steps,
+        [format!("apply Pod main-1 as {MARKS_MANAGER} then Fencing")]
+    );
+    let marks = body_of(&p.steps, "Pod", "main-1");
+    assert!(marks.get("spec").is_none(), "the marks only");
+    assert_eq!(marks["metadata"]["annotations"][names::FENCED], "true");
+}
+
+#[test]
+fn a_pod_being_deleted_is_waited_for() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = primary_pod_gone(&b);
+    let two = rec(2, "node-b", Some(PG_BASEBACKUP));
+    let pod = stored_pod(&b, &two, PodRole::Replica, Some(replica_report(true)));
+    o.pods.insert("main-2".into(), being_deleted(pod));
+    let (p, _) = instance_steps(&b, &o, None);
+    assert!(
+        p.building
+            .contains(&"main-2: its Pod is being deleted".to_string())
+    );
+    assert!(describe(&p.steps).iter().all(|s| !s.contains("main-2")));
+}
+
+#[test]
+fn an_outdated_pod_is_said_and_left_running() {
+    let c = cluster(ext4(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(true);
+    o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
+    let mut pod = stored_pod(&b, &r, PodRole::Primary, Some(primary_report()));
+    pod.spec.as_mut().unwrap().containers[0].image = Some("postgres:old".into());
+    o.pods.insert("main-1".into(), pod);
+    let (_, steps) = instance_steps(&b, &o, None);
+    assert_eq!(steps, ["warn PodOutdated"]);
+}
+
+#[test]
+fn the_role_label_follows_the_decision_once_the_identity_is_stored() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, recs) = pair(&b);
+    // Made before the identity was recorded: neither routed yet.
+    let report = [primary_report(), replica_report(true)];
+    for (r, report) in recs.iter().zip(report) {
+        let pod = stored_pod(&b, r, PodRole::Unrouted, Some(report));
+        o.pods.insert(r.name.clone(), pod);
+    }
+    let (_, steps) = instance_steps(&b, &o, None);
+    assert_eq!(
+        steps,
+        [format!("apply Pod main-2 as {MARKS_MANAGER}")],
+        "the replica is labelled, the primary is not until the identity is stored"
+    );
+
+    o.status.system_identifier = Some(ID.into());
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(
+        steps,
+        [
+            format!("apply Pod main-1 as {MARKS_MANAGER}"),
+            format!("apply Pod main-2 as {MARKS_MANAGER}"),
+        ]
+    );
+    let marks = body_of(&p.steps, "Pod", "main-1");
+    assert_eq!(
+        marks["metadata"]["labels"][names::ROLE],
+        names::ROLE_PRIMARY
+    );
+}
+
+#[test]
+fn a_switchover_in_progress_is_urgent() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = primary_pod_gone(&b);
+    o.status.target_primary = Some("main-2".into());
+    let (p, _) = instance_steps(&b, &o, None);
+    assert_eq!(p.roles.target.as_deref(), Some("main-2"));
+    assert!(p.urgent);
+}
+
+// What comes after the apply.
+
+#[test]
+fn the_summary_puts_what_the_apply_found_first_and_joins_the_spec_errors() {
+    let mut spec = ext4(1);
+    spec["backups"] = json!({"pgbackrest": {"s3": {"bucket": "b-1", "region": "eu-west-1",
+        "endpoint": "http://minio:9000"}}});
+    spec["postgresql"] = json!({"parameters": {"work_mem": "4MB\n"}});
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(false);
+    let pod = stored_pod(&b, &r, PodRole::Unrouted, Some(primary_report()));
+    o.pods.insert("main-1".into(), pod);
+    let l = layout(&b, &o);
+    let mut p = plan(&b, &o, &l, None, GRACE);
+    p.building.push("main-1: something".into());
+    let s = summary(&b, &o, &l, &p, vec!["Secret main-app is missing".into()]);
+    assert_eq!(
+        s.building,
+        ["Secret main-app is missing", "main-1: something"]
+    );
+    assert_eq!(s.spec_errors.len(), 2, "{:?}", s.spec_errors);
+    assert!(s.spec_errors[1].contains("ConfigMap main-config is left as it was"));
+    assert_eq!(s.system_identifier.as_deref(), Some(ID), "to be recorded");
+    assert_eq!((s.desired, s.current.as_deref()), (1, Some("main-1")));
+    assert!(s.pgbackrest.configured && s.pgbackrest.report.is_some());
+    assert_eq!(s.instances.len(), 1);
+}
+
+#[test]
+fn requeue_is_soon_while_the_primary_changes_then_at_the_progress_or_ready_pace() {
+    let pace = Requeue::default();
+    let c = cluster(ext4(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let o = fresh();
+    let l = layout(&b, &o);
+    let mut p = plan(&b, &o, &l, None, GRACE);
+    let mut s = summary(&b, &o, &l, &p, vec![]);
+    assert_eq!(requeue(&p, &s, &pace), pace.ready);
+    s.unplaced = Some("no node".into());
+    assert_eq!(requeue(&p, &s, &pace), pace.progress);
+    s.unplaced = None;
+    s.building.push("main-1: waiting".into());
+    assert_eq!(requeue(&p, &s, &pace), pace.progress);
+    p.urgent = true;
+    assert_eq!(requeue(&p, &s, &pace), CHANGING);
+}
