@@ -34,11 +34,11 @@ crds-check: ## fail when crds/, the chart's copy or the CRD reference is not wha
 	  if [ $$stale -ne 0 ]; then echo "crds/, charts/pgml-operator/crds/ or docs/reference/crds.md is stale: run 'make crds' and commit" >&2; exit 1; fi
 
 .PHONY: chart-lint deploy-check
-chart-lint: ## helm lint --strict the chart (default values; ServiceMonitor + bundled ZFS tools; one namespace)
+chart-lint: ## helm lint --strict the chart (default values; ServiceMonitor + bundled ZFS tools; one namespace + NetworkPolicies)
 	@helm=$$(bash tests/testbed/helm/build.sh --print) && \
 	  $$helm lint --strict charts/pgml-operator && \
 	  $$helm lint --strict charts/pgml-operator --set metrics.serviceMonitor.enabled=true --set agent.zfs.tools=bundled && \
-	  $$helm lint --strict charts/pgml-operator --set operator.watchNamespace=databases
+	  $$helm lint --strict charts/pgml-operator --set operator.watchNamespace=databases --set networkPolicy.enabled=true
 
 deploy-check: ## fail when deploy/base, deploy/overlays/single-namespace or charts/pgml-operator/crds is not what the chart and crds/ give
 	@tmp=$$(mktemp -d) && scripts/gen-deploy.sh $$tmp && \

@@ -1,6 +1,7 @@
 //! The packaging: the Helm chart (charts/pgml-operator) lints clean and renders what the
 //! contract names, its values schema refuses bad values with a clear message, one watched
 //! namespace moves every namespaced permission out of the ClusterRoles into Roles there, the
+//! optional NetworkPolicies admit only `networkPolicy.metricsFrom` to the metrics ports, the
 //! chart's CRDs, the kustomize base (deploy/base) and the single-namespace overlay are not
 //! stale, and the rendered chart, the kustomize base and each overlay are accepted by the
 //! sandbox's real kube-apiserver (server-side apply, dry run).
@@ -166,6 +167,8 @@ fn helm_lint_is_clean_with_defaults_and_with_servicemonitor_and_irsa() {
             "agent.zfs.tools=bundled",
             "--set",
             "operator.watchNamespace=databases",
+            "--set",
+            "networkPolicy.enabled=true",
         ],
     ] {
         let mut args = vec!["lint", "--strict", "charts/pgml-operator"];
@@ -583,6 +586,106 @@ fn with_a_watched_namespace_no_cluster_role_grants_anything_namespaced() {
     assert!(!env(container(ds, "agent")).contains_key("PGML_WATCH_NAMESPACE"));
 }
 
+#[test]
+fn network_policies_admit_only_metrics_from_to_the_metrics_ports() {
+    // Off by default.
+    let objs = objects(&template("pgml-operator", &[]));
+    assert!(!objs.iter().any(|o| o["kind"] == "NetworkPolicy"));
+
+    let objs = objects(&template(
+        "pgml-operator",
+        &["--set", "networkPolicy.enabled=true"],
+    ));
+    let policies: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 2);
+    for (policy, workload, kind, name, port) in [
+        (
+            "pgml-operator",
+            "pgml-operator",
+            "Deployment",
+            "operator",
+            8080,
+        ),
+        (
+            "pgml-operator-agent",
+            "pgml-operator-agent",
+            "DaemonSet",
+            "agent",
+            8081,
+        ),
+    ] {
+        let np = find(&objs, "NetworkPolicy", policy);
+        assert_eq!(np["metadata"]["namespace"], NS);
+        let spec = &np["spec"];
+        // It selects this workload's Pods, and not the other's.
+        let w = find(&objs, kind, workload);
+        let labels = &w["spec"]["template"]["metadata"]["labels"];
+        let selector = spec["podSelector"]["matchLabels"]
+            .as_mapping()
+            .expect("matchLabels");
+        assert!(!selector.is_empty());
+        for (k, v) in selector {
+            assert_eq!(
+                &labels[k], v,
+                "NetworkPolicy {policy} selects {kind} {workload}"
+            );
+        }
+        let other = if kind == "Deployment" {
+            find(&objs, "DaemonSet", "pgml-operator-agent")
+        } else {
+            find(&objs, "Deployment", "pgml-operator")
+        };
+        let other_labels = &other["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selector.iter().any(|(k, v)| &other_labels[k] != v),
+            "NetworkPolicy {policy} also selects the other workload"
+        );
+        // Ingress only, one rule: the metrics port, from the monitoring namespace.
+        assert_eq!(seq(&spec["policyTypes"]), [Value::from("Ingress")]);
+        let ingress = seq(&spec["ingress"]);
+        assert_eq!(ingress.len(), 1, "NetworkPolicy {policy}: {ingress:?}");
+        let ports = seq(&ingress[0]["ports"]);
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0]["port"], "metrics");
+        let c = container(w, name);
+        assert!(
+            seq(&c["ports"])
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"].as_u64() == Some(port)),
+            "{kind} {workload} has no port metrics ({port})"
+        );
+        let from = seq(&ingress[0]["from"]);
+        assert_eq!(from.len(), 1);
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+    }
+
+    // No source given: no ingress at all (never an empty `from`, which would admit anyone).
+    let objs = objects(&template(
+        "pgml-operator",
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            "networkPolicy.metricsFrom=[]",
+        ],
+    ));
+    for policy in ["pgml-operator", "pgml-operator-agent"] {
+        let np = find(&objs, "NetworkPolicy", policy);
+        assert_eq!(np["spec"]["policyTypes"][0], "Ingress");
+        assert!(
+            seq(&np["spec"]["ingress"]).is_empty() && np["spec"]["ingress"].is_sequence(),
+            "{policy}: {:?}",
+            np["spec"]["ingress"]
+        );
+    }
+}
+
 /// Files of a folder, by name.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -775,12 +878,42 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         "chart-bundled",
         &template(
             "pgml-operator",
-            &["--set", "agent.zfs.tools=bundled", "--set", &watch],
+            &[
+                "--set",
+                "agent.zfs.tools=bundled",
+                "--set",
+                &watch,
+                "--set",
+                "networkPolicy.enabled=true",
+            ],
         ),
     );
     assert_eq!(
-        n, 16,
-        "the 12 objects besides the CRDs and the admission policy, 2 Roles and RoleBindings in {WATCHED}"
+        n, 18,
+        "the 12 objects besides the CRDs and the admission policy, 2 Roles and RoleBindings in {WATCHED}, 2 NetworkPolicies"
+    );
+    // The per-cluster PostgreSQL policy of docs/security.md, in the watched namespace.
+    let out = run(
+        &sb.kubectl(),
+        &[
+            "--kubeconfig",
+            &kc,
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager",
+            "pgml-chart-test",
+            "-n",
+            WATCHED,
+            "-f",
+            "deploy/networkpolicy/pgmlcluster.yaml",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "deploy/networkpolicy/pgmlcluster.yaml refused: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
 
     for dir in [
