@@ -34,14 +34,19 @@ crds-check: ## fail when crds/, the chart's copy or the CRD reference is not wha
 	  if [ $$stale -ne 0 ]; then echo "crds/, charts/pgml-operator/crds/ or docs/reference/crds.md is stale: run 'make crds' and commit" >&2; exit 1; fi
 
 .PHONY: chart-lint deploy-check
-chart-lint: ## helm lint --strict the chart (default values, and ServiceMonitor + bundled ZFS tools)
+chart-lint: ## helm lint --strict the chart (default values; ServiceMonitor + bundled ZFS tools; one namespace + NetworkPolicies)
 	@helm=$$(bash tests/testbed/helm/build.sh --print) && \
 	  $$helm lint --strict charts/pgml-operator && \
-	  $$helm lint --strict charts/pgml-operator --set metrics.serviceMonitor.enabled=true --set agent.zfs.tools=bundled
+	  $$helm lint --strict charts/pgml-operator --set metrics.serviceMonitor.enabled=true --set agent.zfs.tools=bundled && \
+	  $$helm lint --strict charts/pgml-operator --set operator.watchNamespace=databases --set networkPolicy.enabled=true
 
-deploy-check: ## fail when deploy/base or charts/pgml-operator/crds is not what the chart and crds/ give
+deploy-check: ## fail when deploy/base, deploy/overlays/single-namespace or charts/pgml-operator/crds is not what the chart and crds/ give
 	@tmp=$$(mktemp -d) && scripts/gen-deploy.sh $$tmp && \
-	  if ! diff -ru deploy/base $$tmp; then echo "deploy/base is stale: run scripts/gen-deploy.sh and commit" >&2; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+	  stale=0; \
+	  diff -ru deploy/base $$tmp/base || stale=1; \
+	  diff -ru deploy/overlays/single-namespace $$tmp/overlays/single-namespace || stale=1; \
+	  rm -rf $$tmp; \
+	  if [ $$stale -ne 0 ]; then echo "deploy/base or deploy/overlays/single-namespace is stale: run scripts/gen-deploy.sh and commit" >&2; exit 1; fi
 	@if ! diff -ru crds charts/pgml-operator/crds; then echo "charts/pgml-operator/crds is stale: run: cp crds/*.yaml charts/pgml-operator/crds/" >&2; exit 1; fi
 
 lint: ## rustfmt and clippy -D warnings (the workspace and the fuzz targets)

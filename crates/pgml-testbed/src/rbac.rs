@@ -4,7 +4,8 @@
 //!
 //! The chart is rendered with the test bed's helm (`PGML_HELM`, else
 //! `tests/testbed/helm/build.sh --print`) into the test's namespace with a release name of
-//! its own, so that the cluster-scoped objects (ClusterRoles, ClusterRoleBindings: named
+//! its own, watching that namespace only (Roles there) or every namespace (the chart's
+//! default: ClusterRoles), see [`Watch`], so that the cluster-scoped objects (ClusterRoles, ClusterRoleBindings: named
 //! after the release) never collide with those of a test running beside it. Its
 //! ServiceAccounts, Roles and bindings are server-side applied with the admin client; a
 //! token from the TokenRequest API makes a kubeconfig per identity.
@@ -154,6 +155,16 @@ pub fn remove_verb(
     changed
 }
 
+/// How the chart is rendered for a test: its `operator.watchNamespace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// `operator.watchNamespace` = the test's namespace: the namespaced permissions are Roles
+    /// there; the ClusterRoles grant only Nodes and PersistentVolumes.
+    Namespace,
+    /// The chart's default, every namespace: all of it in the ClusterRoles.
+    All,
+}
+
 /// The chart's RBAC applied in a test's namespace, with a kubeconfig for each of its two
 /// ServiceAccounts.
 pub struct ChartRbac {
@@ -175,17 +186,24 @@ impl ChartRbac {
         format!("{namespace}-rel")
     }
 
-    /// Renders the chart (watching `namespace`), lets `edit` change the RBAC objects (to
-    /// take a permission away, say), applies them and makes the kubeconfigs.
+    /// Renders the chart into `namespace` (watching it alone, or every namespace: `watch`),
+    /// lets `edit` change the RBAC objects (to take a permission away, say), applies them and
+    /// makes the kubeconfigs. The processes themselves are told the namespace either way
+    /// ([`crate::procs`] sets `PGML_WATCH_NAMESPACE`).
     pub async fn install(
         sb: &Sandbox,
         client: &Client,
         namespace: &str,
+        watch: Watch,
         edit: impl FnOnce(&mut Vec<Value>),
     ) -> anyhow::Result<ChartRbac> {
         let release = Self::release(namespace);
-        let watch = format!("operator.watchNamespace={namespace}");
-        let mut objects = rbac_only(render(&release, namespace, &[&watch])?);
+        let watched = format!("operator.watchNamespace={namespace}");
+        let set: Vec<&str> = match watch {
+            Watch::Namespace => vec![&watched],
+            Watch::All => vec![],
+        };
+        let mut objects = rbac_only(render(&release, namespace, &set)?);
         let fullname = objects
             .iter()
             .find(|o| o["kind"] == "ServiceAccount" && !name_of(o).ends_with("-agent"))

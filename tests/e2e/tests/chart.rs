@@ -1,13 +1,17 @@
 //! The packaging: the Helm chart (charts/pgml-operator) lints clean and renders what the
-//! contract names, its values schema refuses bad values with a clear message, the chart's
-//! CRDs and the kustomize base (deploy/base) are not stale, and the rendered chart, the
-//! kustomize base and each overlay are accepted by the sandbox's real kube-apiserver
-//! (server-side apply, dry run).
+//! contract names, its values schema refuses bad values with a clear message, one watched
+//! namespace moves every namespaced permission out of the ClusterRoles into Roles there, the
+//! optional NetworkPolicies admit only `networkPolicy.metricsFrom` to the metrics ports, the
+//! chart's CRDs, the kustomize base (deploy/base) and the single-namespace overlay are not
+//! stale, and the rendered chart, the kustomize base and each overlay are accepted by the
+//! sandbox's real kube-apiserver (server-side apply, dry run).
+//!
+//! Only the tests that say `Sandbox::get()` need the sandbox; the others run helm alone.
 //!
 //! Helm: `$PGML_HELM`, else the one tests/testbed/helm/build.sh builds (scripts/deps.sh
 //! builds it; the script builds it if missing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -163,6 +167,8 @@ fn helm_lint_is_clean_with_defaults_and_with_servicemonitor_and_irsa() {
             "agent.zfs.tools=bundled",
             "--set",
             "operator.watchNamespace=databases",
+            "--set",
+            "networkPolicy.enabled=true",
         ],
     ] {
         let mut args = vec!["lint", "--strict", "charts/pgml-operator"];
@@ -427,6 +433,259 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
     find(&objs, "Service", "prod-pgml-operator-metrics");
 }
 
+/// The namespace the one-namespace renderings watch (deploy/overlays/single-namespace's).
+const WATCHED: &str = "databases";
+
+/// `(role, apiGroup, resource[/sub], verb)` for every verb of every rule of every object of
+/// `kind` (ClusterRole or Role) rendered.
+fn grants(objs: &[Value], kind: &str) -> Vec<(String, String, String, String)> {
+    let mut out = vec![];
+    for role in objs.iter().filter(|o| o["kind"] == kind) {
+        let name = s(&role["metadata"]["name"]);
+        for rule in seq(&role["rules"]) {
+            for g in seq(&rule["apiGroups"]) {
+                for r in seq(&rule["resources"]) {
+                    for v in seq(&rule["verbs"]) {
+                        out.push((name.into(), s(g).into(), s(r).into(), s(v).into()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Namespaced resources the operator or the agent use: none of them may be granted by a
+/// ClusterRole once the chart watches one namespace.
+const NAMESPACED: [&str; 14] = [
+    "pods",
+    "secrets",
+    "services",
+    "configmaps",
+    "persistentvolumeclaims",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "events",
+    "leases",
+    "pgmlclusters",
+    "zfspools",
+    "ebssnapshots",
+    "pgmlclusters/finalizers",
+];
+
+fn is_namespaced(resource: &str) -> bool {
+    let base = resource.split('/').next().unwrap_or_default();
+    NAMESPACED.contains(&resource) || NAMESPACED.contains(&base)
+}
+
+#[test]
+fn with_a_watched_namespace_no_cluster_role_grants_anything_namespaced() {
+    // The check below is not empty: with the default (every namespace) the ClusterRoles do
+    // grant Secrets, Pods and RBAC objects.
+    let wide = grants(&objects(&template("pgml-operator", &[])), "ClusterRole");
+    for r in [
+        "secrets",
+        "pods",
+        "roles",
+        "rolebindings",
+        "zfspools/status",
+    ] {
+        assert!(
+            wide.iter().any(|(_, _, res, _)| res == r),
+            "the default ClusterRoles no longer grant {r}: this test checks nothing"
+        );
+    }
+
+    let watch = format!("operator.watchNamespace={WATCHED}");
+    let objs = objects(&template("pgml-operator", &["--set", &watch]));
+    let cluster = grants(&objs, "ClusterRole");
+    let namespaced: Vec<_> = cluster
+        .iter()
+        .filter(|(_, _, r, _)| is_namespaced(r))
+        .collect();
+    assert!(
+        namespaced.is_empty(),
+        "watching {WATCHED}, ClusterRoles still grant namespaced objects (secrets, pods, RBAC…): {namespaced:?}"
+    );
+    // What stays cluster-wide is exactly what the code uses of Nodes (read) and
+    // PersistentVolumes (the local volumes it makes and deletes).
+    let left: BTreeSet<(&str, &str, &str)> = cluster
+        .iter()
+        .map(|(role, _, r, v)| (role.as_str(), r.as_str(), v.as_str()))
+        .collect();
+    let expected: BTreeSet<(&str, &str, &str)> = [
+        ("pgml-operator", "nodes", "get"),
+        ("pgml-operator", "nodes", "list"),
+        ("pgml-operator", "nodes", "watch"),
+        ("pgml-operator", "persistentvolumes", "get"),
+        ("pgml-operator", "persistentvolumes", "list"),
+        ("pgml-operator", "persistentvolumes", "create"),
+        ("pgml-operator", "persistentvolumes", "patch"),
+        ("pgml-operator", "persistentvolumes", "delete"),
+        ("pgml-operator-agent", "nodes", "get"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(left, expected, "the ClusterRoles watching {WATCHED}");
+    assert!(cluster.iter().all(|(_, g, _, _)| g.is_empty()));
+
+    // What left the ClusterRoles is in Roles in the watched namespace, bound to the release's
+    // ServiceAccounts; each namespaced row of the default ClusterRoles is in one of them.
+    let roles = grants(&objs, "Role");
+    for (role, sa) in [
+        ("pgml-operator", "pgml-operator"),
+        ("pgml-operator-agent", "pgml-operator-agent"),
+    ] {
+        let r = find(&objs, "Role", role);
+        assert_eq!(r["metadata"]["namespace"], WATCHED, "Role {role}");
+        let rb = find(&objs, "RoleBinding", role);
+        assert_eq!(rb["metadata"]["namespace"], WATCHED, "RoleBinding {role}");
+        assert_eq!(rb["roleRef"]["kind"], "Role");
+        assert_eq!(rb["roleRef"]["name"], role);
+        assert_eq!(rb["subjects"][0]["kind"], "ServiceAccount");
+        assert_eq!(rb["subjects"][0]["name"], sa);
+        assert_eq!(rb["subjects"][0]["namespace"], NS);
+        let moved: BTreeSet<_> = wide
+            .iter()
+            .filter(|(n, _, r, _)| n == role && is_namespaced(r))
+            .map(|(_, g, r, v)| (g, r, v))
+            .collect();
+        let there: BTreeSet<_> = roles
+            .iter()
+            .filter(|(n, _, _, _)| n == role)
+            .map(|(_, g, r, v)| (g, r, v))
+            .collect();
+        assert!(!moved.is_empty());
+        assert_eq!(
+            moved, there,
+            "Role {role} in {WATCHED} grants what the default ClusterRole {role} grants on namespaced objects"
+        );
+    }
+    // No Role anywhere else but the leader election's in the release namespace.
+    for r in objs.iter().filter(|o| o["kind"] == "Role") {
+        let name = s(&r["metadata"]["name"]);
+        let ns = s(&r["metadata"]["namespace"]);
+        assert!(
+            ns == WATCHED || (ns == NS && name == "pgml-operator-leader-election"),
+            "Role {ns}/{name}"
+        );
+    }
+
+    // Both workloads watch that namespace only: its Roles grant nothing elsewhere.
+    let dep = find(&objs, "Deployment", "pgml-operator");
+    assert_eq!(
+        env(container(dep, "operator"))["PGML_WATCH_NAMESPACE"],
+        WATCHED
+    );
+    let ds = find(&objs, "DaemonSet", "pgml-operator-agent");
+    assert_eq!(env(container(ds, "agent"))["PGML_WATCH_NAMESPACE"], WATCHED);
+    // By default the agent watches every namespace, as its ClusterRole allows.
+    let default = objects(&template("pgml-operator", &[]));
+    let ds = find(&default, "DaemonSet", "pgml-operator-agent");
+    assert!(!env(container(ds, "agent")).contains_key("PGML_WATCH_NAMESPACE"));
+}
+
+#[test]
+fn network_policies_admit_only_metrics_from_to_the_metrics_ports() {
+    // Off by default.
+    let objs = objects(&template("pgml-operator", &[]));
+    assert!(!objs.iter().any(|o| o["kind"] == "NetworkPolicy"));
+
+    let objs = objects(&template(
+        "pgml-operator",
+        &["--set", "networkPolicy.enabled=true"],
+    ));
+    let policies: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 2);
+    for (policy, workload, kind, name, port) in [
+        (
+            "pgml-operator",
+            "pgml-operator",
+            "Deployment",
+            "operator",
+            8080,
+        ),
+        (
+            "pgml-operator-agent",
+            "pgml-operator-agent",
+            "DaemonSet",
+            "agent",
+            8081,
+        ),
+    ] {
+        let np = find(&objs, "NetworkPolicy", policy);
+        assert_eq!(np["metadata"]["namespace"], NS);
+        let spec = &np["spec"];
+        // It selects this workload's Pods, and not the other's.
+        let w = find(&objs, kind, workload);
+        let labels = &w["spec"]["template"]["metadata"]["labels"];
+        let selector = spec["podSelector"]["matchLabels"]
+            .as_mapping()
+            .expect("matchLabels");
+        assert!(!selector.is_empty());
+        for (k, v) in selector {
+            assert_eq!(
+                &labels[k], v,
+                "NetworkPolicy {policy} selects {kind} {workload}"
+            );
+        }
+        let other = if kind == "Deployment" {
+            find(&objs, "DaemonSet", "pgml-operator-agent")
+        } else {
+            find(&objs, "Deployment", "pgml-operator")
+        };
+        let other_labels = &other["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selector.iter().any(|(k, v)| &other_labels[k] != v),
+            "NetworkPolicy {policy} also selects the other workload"
+        );
+        // Ingress only, one rule: the metrics port, from the monitoring namespace.
+        assert_eq!(seq(&spec["policyTypes"]), [Value::from("Ingress")]);
+        let ingress = seq(&spec["ingress"]);
+        assert_eq!(ingress.len(), 1, "NetworkPolicy {policy}: {ingress:?}");
+        let ports = seq(&ingress[0]["ports"]);
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0]["port"], "metrics");
+        let c = container(w, name);
+        assert!(
+            seq(&c["ports"])
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"].as_u64() == Some(port)),
+            "{kind} {workload} has no port metrics ({port})"
+        );
+        let from = seq(&ingress[0]["from"]);
+        assert_eq!(from.len(), 1);
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+    }
+
+    // No source given: no ingress at all (never an empty `from`, which would admit anyone).
+    let objs = objects(&template(
+        "pgml-operator",
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            "networkPolicy.metricsFrom=[]",
+        ],
+    ));
+    for policy in ["pgml-operator", "pgml-operator-agent"] {
+        let np = find(&objs, "NetworkPolicy", policy);
+        assert_eq!(np["spec"]["policyTypes"][0], "Ingress");
+        assert!(
+            seq(&np["spec"]["ingress"]).is_empty() && np["spec"]["ingress"].is_sequence(),
+            "{policy}: {:?}",
+            np["spec"]["ingress"]
+        );
+    }
+}
+
 /// Files of a folder, by name.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -455,6 +714,7 @@ fn chart_crds_and_deploy_base_are_not_stale() {
         chart.keys().collect::<Vec<_>>()
     );
 
+    // gen-deploy.sh DIR writes DIR/base and DIR/overlays/single-namespace.
     let tmp = std::env::temp_dir().join(format!("pgml-chart-deploy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let out = Command::new("bash")
@@ -469,44 +729,60 @@ fn chart_crds_and_deploy_base_are_not_stale() {
         "scripts/gen-deploy.sh: {}",
         text(&out.stderr)
     );
-    let fresh = files(&tmp);
-    let committed = files(&root.join("deploy/base"));
+    let generated = ["base", "overlays/single-namespace"].map(|dir| {
+        (
+            dir,
+            files(&tmp.join(dir)),
+            files(&root.join("deploy").join(dir)),
+        )
+    });
     let _ = std::fs::remove_dir_all(&tmp);
-    assert_eq!(
-        fresh.keys().collect::<Vec<_>>(),
-        committed.keys().collect::<Vec<_>>(),
-        "deploy/base is stale: run scripts/gen-deploy.sh and commit"
-    );
-    for (name, body) in &fresh {
-        assert!(
-            committed[name] == *body,
-            "deploy/base/{name} is stale: run scripts/gen-deploy.sh and commit"
+    for (dir, fresh, committed) in generated {
+        assert!(!fresh.is_empty(), "gen-deploy.sh wrote nothing in {dir}");
+        assert_eq!(
+            fresh.keys().collect::<Vec<_>>(),
+            committed.keys().collect::<Vec<_>>(),
+            "deploy/{dir} is stale: run scripts/gen-deploy.sh and commit"
         );
+        for (name, body) in &fresh {
+            assert!(
+                committed[name] == *body,
+                "deploy/{dir}/{name} is stale: run scripts/gen-deploy.sh and commit"
+            );
+        }
     }
 }
 
-/// The release namespace, made for real for the dry runs (a namespaced object's dry run
+/// A namespace the dry runs need (the release namespace; the watched one, where the
+/// one-namespace renderings put their Roles), made for real (a namespaced object's dry run
 /// needs its namespace), and deleted afterwards unless it was there before.
 struct Namespace {
+    name: &'static str,
     created: bool,
 }
 
 impl Namespace {
-    fn ensure() -> Namespace {
+    fn ensure(name: &'static str) -> Namespace {
         let sb = Sandbox::get();
         let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
         let get = run(
             &sb.kubectl(),
-            &["--kubeconfig", &kc, "get", "namespace", NS],
+            &["--kubeconfig", &kc, "get", "namespace", name],
         );
         if get.status.success() {
-            return Namespace { created: false };
+            return Namespace {
+                name,
+                created: false,
+            };
         }
         ok(
             &sb.kubectl(),
-            &["--kubeconfig", &kc, "create", "namespace", NS],
+            &["--kubeconfig", &kc, "create", "namespace", name],
         );
-        Namespace { created: true }
+        Namespace {
+            name,
+            created: true,
+        }
     }
 }
 
@@ -522,7 +798,7 @@ impl Drop for Namespace {
                     &kc,
                     "delete",
                     "namespace",
-                    NS,
+                    self.name,
                     "--wait=false",
                 ],
             );
@@ -582,7 +858,10 @@ fn dry_run_apply(what: &str, yaml: &str) -> usize {
 #[test]
 fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
     let sb = Sandbox::get();
-    let _ns = Namespace::ensure();
+    let _ns = Namespace::ensure(NS);
+    let _watched = Namespace::ensure(WATCHED);
+    let watch = format!("operator.watchNamespace={WATCHED}");
+    let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
     let irsa =
         format!("operator.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={ROLE_ARN}");
 
@@ -595,7 +874,7 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         n, 17,
         "3 CRDs, the Retain-to-Delete ValidatingAdmissionPolicy and its binding, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
     );
-    dry_run_apply(
+    let n = dry_run_apply(
         "chart-bundled",
         &template(
             "pgml-operator",
@@ -603,12 +882,40 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
                 "--set",
                 "agent.zfs.tools=bundled",
                 "--set",
-                "operator.watchNamespace=databases",
+                &watch,
+                "--set",
+                "networkPolicy.enabled=true",
             ],
         ),
     );
+    assert_eq!(
+        n, 18,
+        "the 12 objects besides the CRDs and the admission policy, 2 Roles and RoleBindings in {WATCHED}, 2 NetworkPolicies"
+    );
+    // The per-cluster PostgreSQL policy of docs/security.md, in the watched namespace.
+    let out = run(
+        &sb.kubectl(),
+        &[
+            "--kubeconfig",
+            &kc,
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager",
+            "pgml-chart-test",
+            "-n",
+            WATCHED,
+            "-f",
+            "deploy/networkpolicy/pgmlcluster.yaml",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "deploy/networkpolicy/pgmlcluster.yaml refused: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
-    let kc = sb.kube.kubeconfig.to_string_lossy().into_owned();
     for dir in [
         "deploy",
         "deploy/base",
@@ -630,16 +937,90 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
                 assert!(e.contains_key("AWS_REGION"));
             }
             "deploy/overlays/single-namespace" => {
-                assert_eq!(e["PGML_WATCH_NAMESPACE"], "databases");
+                assert_eq!(e["PGML_WATCH_NAMESPACE"], WATCHED);
+                // The overlay is the chart watching that namespace, object for object (its
+                // Roles there, the ClusterRoles cut down, both workloads' env), plus the
+                // Namespace of the base.
+                let chart = comparable(objects(&template(
+                    "pgml-operator",
+                    &["--include-crds", "--set", &watch],
+                )));
+                let mut overlay = comparable(objs.clone());
+                assert!(
+                    overlay
+                        .remove(&("Namespace".into(), String::new(), NS.into()))
+                        .is_some()
+                );
+                assert_eq!(
+                    overlay.keys().collect::<Vec<_>>(),
+                    chart.keys().collect::<Vec<_>>(),
+                    "{dir} and the chart with {watch} render different objects"
+                );
+                for (k, o) in &overlay {
+                    assert!(
+                        *o == chart[k],
+                        "{dir}: {k:?} is not what the chart with {watch} renders:\n{}\nvs\n{}",
+                        serde_yaml::to_string(o).unwrap(),
+                        serde_yaml::to_string(&chart[k]).unwrap()
+                    );
+                }
+                let namespaced: Vec<_> = grants(&objs, "ClusterRole")
+                    .into_iter()
+                    .filter(|(_, _, r, _)| is_namespaced(r))
+                    .collect();
+                assert!(namespaced.is_empty(), "{dir}: {namespaced:?}");
             }
             _ => assert!(!e.contains_key("PGML_WATCH_NAMESPACE")),
         }
+        let expected = if dir == "deploy/overlays/single-namespace" {
+            22
+        } else {
+            18
+        };
         assert_eq!(
             dry_run_apply(dir, &yaml),
-            18,
-            "{dir}: the chart's 17 objects and the Namespace"
+            expected,
+            "{dir}: the chart's 17 objects and the Namespace (single-namespace: and 2 Roles and RoleBindings in {WATCHED})"
         );
     }
+}
+
+/// Objects by (kind, namespace, name), without Helm's own labels and with each container's
+/// env sorted by name (a kustomize patch appends where the chart inserts): what an overlay
+/// and the chart rendering it stands for must agree on.
+fn comparable(objs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
+    fn strip_helm_labels(meta: Option<&mut Value>) {
+        if let Some(labels) = meta
+            .and_then(|m| m.get_mut("labels"))
+            .and_then(Value::as_mapping_mut)
+        {
+            labels.remove("helm.sh/chart");
+            labels.remove("app.kubernetes.io/managed-by");
+        }
+    }
+    objs.into_iter()
+        .map(|mut o| {
+            strip_helm_labels(o.get_mut("metadata"));
+            if let Some(template) = o.get_mut("spec").and_then(|s| s.get_mut("template")) {
+                strip_helm_labels(template.get_mut("metadata"));
+                let containers = template
+                    .get_mut("spec")
+                    .and_then(|s| s.get_mut("containers"))
+                    .and_then(Value::as_sequence_mut);
+                for c in containers.into_iter().flatten() {
+                    if let Some(env) = c.get_mut("env").and_then(Value::as_sequence_mut) {
+                        env.sort_by_key(|e| s(&e["name"]).to_string());
+                    }
+                }
+            }
+            let key = (
+                s(&o["kind"]).to_string(),
+                s(&o["metadata"]["namespace"]).to_string(),
+                s(&o["metadata"]["name"]).to_string(),
+            );
+            (key, o)
+        })
+        .collect()
 }
 
 /// The operator's Pods meet the `restricted` Pod Security Standard (non-root, no

@@ -3,15 +3,22 @@
 //! `charts/pgml-operator`) applied to the sandbox's RBAC-enabled apiserver, and the
 //! processes run with TokenRequest kubeconfigs of those ServiceAccounts, never as admin.
 //!
-//! - ZfsPool and EbsSnapshot: a RAID0 pool of two gp3 volumes becomes Ready, a snapshot of
-//!   it (held by the agent: standby.signal in its fake PGDATA) Completes, a pool restored
-//!   from it on another node becomes Ready, and deleting everything removes the volumes
-//!   and snapshots from EC2; nothing in any log was forbidden.
-//! - PgmlCluster at the object level: the operator makes the instance's ServiceAccount,
-//!   Role and RoleBinding (RBAC's escalation check: it must hold what the Role grants), its
-//!   Pod, claim, volume, Services, ConfigMap and Secrets.
-//! - One verb taken away from the chart's ClusterRole: the operator (and the agent) exit
-//!   non-zero at start naming exactly that permission.
+//! - ZfsPool and EbsSnapshot, the chart watching the test's namespace only (its Roles
+//!   there, ClusterRoles for Nodes and PersistentVolumes alone): a RAID0 pool of two gp3
+//!   volumes becomes Ready, a snapshot of it (held by the agent: standby.signal in its fake
+//!   PGDATA) Completes, a pool restored from it on another node becomes Ready, and deleting
+//!   everything removes the volumes and snapshots from EC2; nothing in any log was
+//!   forbidden; the same account holds none of its namespaced permissions in any other
+//!   namespace.
+//! - PgmlCluster at the object level, watching one namespace too: the operator makes the
+//!   instance's ServiceAccount, Role and RoleBinding (RBAC's escalation check: it must hold
+//!   what the Role grants, here through its own Role), its Pod, claim, volume, Services,
+//!   ConfigMap and Secrets.
+//! - One verb taken away from the chart's ClusterRole (every namespace watched), or from
+//!   its Role in the watched namespace: the operator (and the agent) exit non-zero at start
+//!   naming exactly that permission.
+//! - Without the sandbox: the chart's roles, both renderings, grant exactly what the
+//!   operator checks for.
 
 mod cluster_common;
 mod snapshot_common;
@@ -33,7 +40,7 @@ use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{snapshots_tagged, volumes_tagged};
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::procs::{self, Proc};
-use pgml_testbed::rbac::{ChartRbac, rbac_only, remove_verb, render};
+use pgml_testbed::rbac::{ChartRbac, Watch, rbac_only, remove_verb, render};
 use pgml_testbed::wait::{has_condition, wait_gone};
 use serde_json::{Value, json};
 use snapshot_common::{Fixture, fake_pgdata, has_standby_signal, hold_over};
@@ -114,7 +121,7 @@ async fn zfspool_and_ebssnapshot_flows_pass_with_the_charts_permissions() {
     let admin = client().await;
     ensure_crds(&admin, pgml_api::crds()).await;
     let ns = TestNamespace::new(&admin, "rbac").await;
-    let rbac = ChartRbac::install(sb, &admin, ns.name(), |_| {})
+    let rbac = ChartRbac::install(sb, &admin, ns.name(), Watch::Namespace, |_| {})
         .await
         .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
     assert_eq!(
@@ -221,11 +228,38 @@ async fn zfspool_and_ebssnapshot_flows_pass_with_the_charts_permissions() {
     let mut all: Vec<&Proc> = vec![&f.operator];
     all.extend(f.agents.iter());
     assert_never_forbidden(&all);
-    // The chart's default, every namespace watched, passes the same check.
+    // Watching one namespace, the account holds its namespaced permissions there and nowhere
+    // else: the same check for every namespace, or for another one, finds each of them
+    // missing (Secrets, Pods, RBAC objects among them) and nothing else.
     let sa = client_of(&rbac.operator_kubeconfig).await;
-    pgml_operator::permissions::check(&sa, None, Some(f.name()))
+    pgml_operator::permissions::check(&sa, Some(f.name()), Some(f.name()))
         .await
-        .expect("the chart grants the operator what it needs in every namespace");
+        .expect("the chart grants the operator what it needs in its namespace");
+    let namespaced = needed()
+        .iter()
+        .filter(|p| p.scope == Scope::Watched)
+        .count();
+    for (other, where_) in [
+        (None, "in all namespaces".to_string()),
+        (Some("default"), "in namespace default".to_string()),
+    ] {
+        let err = pgml_operator::permissions::check(&sa, other, Some(f.name()))
+            .await
+            .expect_err("the operator's account holds nothing namespaced outside its namespace")
+            .to_string();
+        for what in [
+            format!("cannot create secrets {where_}"),
+            format!("cannot patch pods {where_}"),
+            format!("cannot create roles.rbac.authorization.k8s.io {where_}"),
+            format!("lacks {namespaced} Kubernetes permissions"),
+        ] {
+            assert!(err.contains(&what), "no `{what}` in: {err}");
+        }
+        assert!(
+            !err.contains("nodes") && !err.contains("persistentvolumes"),
+            "{err}"
+        );
+    }
 
     // The agent checked as many permissions as its ClusterRole grants, and was granted
     // each: the chart gives the agent exactly what it checks for, nothing more.
@@ -261,7 +295,7 @@ async fn a_pgmlcluster_makes_its_objects_and_its_instances_rbac_as_the_operator_
     // namespace does).
     let mut f = cluster_common::ClusterFixture::start("rbacpg", "main", &[0, 1], &[]).await;
     let admin = client().await;
-    let rbac = ChartRbac::install(f.sb, &admin, f.ns.name(), |_| {})
+    let rbac = ChartRbac::install(f.sb, &admin, f.ns.name(), Watch::Namespace, |_| {})
         .await
         .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
     let restart = |p: &mut Proc, env: &[(&str, &str)]| {
@@ -383,7 +417,7 @@ async fn a_verb_taken_away_stops_the_operator_and_the_agent_naming_it() {
     ensure_crds(&admin, pgml_api::crds()).await;
     let ns = TestNamespace::new(&admin, "rbacx").await;
     let release = ChartRbac::release(ns.name());
-    let rbac = ChartRbac::install(sb, &admin, ns.name(), |objects| {
+    let rbac = ChartRbac::install(sb, &admin, ns.name(), Watch::All, |objects| {
         // The names follow the chart's contract: F = "<release>-pgml-operator".
         let f = format!("{release}-pgml-operator");
         assert_eq!(
@@ -465,6 +499,82 @@ async fn a_verb_taken_away_stops_the_operator_and_the_agent_naming_it() {
     rbac.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_verb_taken_away_from_the_watched_namespaces_role_stops_the_operator_and_the_agent() {
+    let sb = Sandbox::get();
+    let admin = client().await;
+    ensure_crds(&admin, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&admin, "rbacw").await;
+    let release = ChartRbac::release(ns.name());
+    let f = format!("{release}-pgml-operator");
+    let rbac = ChartRbac::install(sb, &admin, ns.name(), Watch::Namespace, |objects| {
+        // Watching one namespace, Secrets and the agent's pools are granted by the Roles
+        // there, and only there.
+        assert_eq!(
+            remove_verb(objects, "Role", &f, "secrets", "create"),
+            1,
+            "the chart's Role {f} grants create on secrets in one rule"
+        );
+        assert_eq!(
+            remove_verb(objects, "Role", &format!("{f}-agent"), "zfspools", "watch"),
+            1
+        );
+        for kind in ["ClusterRole", "Role"] {
+            for name in [f.clone(), format!("{f}-agent")] {
+                assert_eq!(
+                    remove_verb(objects, kind, &name, "secrets", "create")
+                        + remove_verb(objects, kind, &name, "zfspools", "watch"),
+                    0,
+                    "{kind} {name} grants it a second time"
+                );
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
+
+    let mut operator = procs::operator_with_env(sb, ns.name(), &rbac.operator_env());
+    operator.wait_exit(EXIT_TIMEOUT);
+    let code = operator.exit_status().and_then(|s| s.code());
+    let log = operator.log();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the operator did not exit non-zero within {EXIT_TIMEOUT:?} (exit code {code:?}):\n{log}"
+    );
+    let expected = format!(
+        "cannot create secrets in namespace {} (ServiceAccount {}/{f})",
+        ns.name(),
+        ns.name()
+    );
+    assert!(log.contains(&expected), "no `{expected}` in:\n{log}");
+    assert!(
+        log.contains("pgml-operator lacks 1 Kubernetes permission it needs"),
+        "{log}"
+    );
+
+    let mut agent = procs::agent_with_env(sb, &sb.nodes[0], ns.name(), &rbac.agent_env());
+    agent.wait_exit(EXIT_TIMEOUT);
+    let code = agent.exit_status().and_then(|s| s.code());
+    let log = agent.log();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the agent did not exit non-zero within {EXIT_TIMEOUT:?} (exit code {code:?}):\n{log}"
+    );
+    let expected = format!(
+        "cannot watch zfspools.pgml.io in namespace {} (ServiceAccount {}/{f}-agent)",
+        ns.name(),
+        ns.name()
+    );
+    assert!(log.contains(&expected), "no `{expected}` in:\n{log}");
+    assert!(
+        log.contains("pgml-agent lacks 1 Kubernetes permission it needs"),
+        "{log}"
+    );
+
+    ns.cleanup().await;
+    rbac.cleanup().await;
+}
+
 /// `(group, resource[/sub], verb)` for every verb of every rule of the rendered object.
 fn granted(objects: &[Value], kind: &str, name: &str) -> BTreeSet<(String, String, String)> {
     let o = objects
@@ -495,10 +605,23 @@ fn granted(objects: &[Value], kind: &str, name: &str) -> BTreeSet<(String, Strin
     out
 }
 
+/// Fails naming what `granted` has that `wanted` has not, and the other way round.
+fn assert_grants(
+    what: &str,
+    granted: &BTreeSet<(String, String, String)>,
+    wanted: &BTreeSet<(String, String, String)>,
+) {
+    let missing: Vec<_> = wanted.difference(granted).collect();
+    let extra: Vec<_> = granted.difference(wanted).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, granted but never used {extra:?}"
+    );
+}
+
 #[test]
 fn the_charts_operator_roles_grant_exactly_what_the_operator_checks_for() {
     let release = "t";
-    let objects = rbac_only(render(release, "ops", &[]).expect("helm template"));
     let f = format!("{release}-pgml-operator");
     let row = |p: &Permission| {
         let mut r = p.resource.to_string();
@@ -508,39 +631,81 @@ fn the_charts_operator_roles_grant_exactly_what_the_operator_checks_for() {
         (p.group.to_string(), r, p.verb.to_string())
     };
     let table = needed();
-    let cluster_wide: BTreeSet<_> = table
-        .iter()
-        .filter(|p| p.scope != Scope::Lease)
-        .map(row)
-        .collect();
-    let in_lease_namespace: BTreeSet<_> = table
-        .iter()
-        .filter(|p| p.scope == Scope::Lease)
-        .map(row)
-        .collect();
-
-    let role = granted(&objects, "ClusterRole", &f);
-    let missing: Vec<_> = cluster_wide.difference(&role).collect();
-    let extra: Vec<_> = role.difference(&cluster_wide).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "ClusterRole {f}: missing {missing:?}, granted but never used {extra:?}"
-    );
-
-    // The leader-election Role: the Lease, and core Events in the release namespace
-    // (the chart's contract grants them for the Lease's holder; nothing needs more).
-    let lease_role = granted(&objects, "Role", &format!("{f}-leader-election"));
+    let rows = |scopes: &[Scope]| -> BTreeSet<_> {
+        table
+            .iter()
+            .filter(|p| scopes.contains(&p.scope))
+            .map(row)
+            .collect()
+    };
+    // The leader-election Role: the Lease, and core Events in the release namespace (the
+    // chart's contract grants them for the Lease's holder; nothing needs more).
     let contract_extra: BTreeSet<_> = ["create", "patch"]
         .iter()
         .map(|v| (String::new(), "events".to_string(), v.to_string()))
         .collect();
-    let missing: Vec<_> = in_lease_namespace.difference(&lease_role).collect();
-    let extra: Vec<_> = lease_role
-        .difference(&in_lease_namespace)
-        .filter(|r| !contract_extra.contains(*r))
-        .collect();
+    let leader_election = |objects: &[Value]| {
+        let name = format!("{f}-leader-election");
+        let role = objects
+            .iter()
+            .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == name.as_str())
+            .expect("a leader-election Role");
+        assert_eq!(role["metadata"]["namespace"], "ops");
+        let lease_role: BTreeSet<_> = granted(objects, "Role", &name)
+            .difference(&contract_extra)
+            .cloned()
+            .collect();
+        assert_grants(&format!("Role {name}"), &lease_role, &rows(&[Scope::Lease]));
+    };
+
+    // Every namespace (the default): the ClusterRole holds the namespaced rows and the
+    // cluster-scoped ones.
+    let every = rbac_only(render(release, "ops", &[]).expect("helm template"));
+    assert_grants(
+        &format!("ClusterRole {f}"),
+        &granted(&every, "ClusterRole", &f),
+        &rows(&[Scope::Watched, Scope::Cluster]),
+    );
+    leader_election(&every);
     assert!(
-        missing.is_empty() && extra.is_empty(),
-        "Role {f}-leader-election: missing {missing:?}, granted but never used {extra:?}"
+        !every.iter().any(|o| o["kind"] == "Role"
+            && o["metadata"]["name"] != format!("{f}-leader-election").as_str())
+    );
+
+    // One namespace: the ClusterRole holds the cluster-scoped rows only, a Role in the
+    // watched namespace the namespaced ones.
+    let one =
+        rbac_only(render(release, "ops", &["operator.watchNamespace=db"]).expect("helm template"));
+    assert_grants(
+        &format!("ClusterRole {f} watching db"),
+        &granted(&one, "ClusterRole", &f),
+        &rows(&[Scope::Cluster]),
+    );
+    let role = one
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == f.as_str())
+        .expect("a Role in the watched namespace");
+    assert_eq!(role["metadata"]["namespace"], "db");
+    assert_grants(
+        &format!("Role {f} in db"),
+        &granted(&one, "Role", &f),
+        &rows(&[Scope::Watched]),
+    );
+    leader_election(&one);
+
+    // The agent: the same split of the same grants, its Node alone cluster-wide.
+    let agent = format!("{f}-agent");
+    let everywhere = granted(&every, "ClusterRole", &agent);
+    let cluster = granted(&one, "ClusterRole", &agent);
+    let there = granted(&one, "Role", &agent);
+    assert_eq!(
+        cluster,
+        BTreeSet::from([(String::new(), "nodes".into(), "get".into())])
+    );
+    assert!(cluster.is_disjoint(&there));
+    assert_grants(
+        &format!("ClusterRole and Role {agent} watching db"),
+        &cluster.union(&there).cloned().collect(),
+        &everywhere,
     );
 }
