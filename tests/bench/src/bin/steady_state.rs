@@ -47,7 +47,7 @@ use pgml_bench::{Figure, Report, results_dir};
 use pgml_testbed::Sandbox;
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::procs::{self, Proc};
-use pgml_testbed::rbac::ChartRbac;
+use pgml_testbed::rbac::{ChartRbac, Watch};
 use serde_json::{Value, json};
 use steady::{AuditEntry, ProcSample, percentile, proc_sample, read_audit, tally, unix_now};
 use tokio::sync::Semaphore;
@@ -243,7 +243,7 @@ impl Bench {
         every: Duration,
     ) -> anyhow::Result<Scale> {
         let nsn = ns.name().to_string();
-        let rbac = ChartRbac::install(self.sb, &self.client, &nsn, |_| {}).await?;
+        let rbac = ChartRbac::install(self.sb, &self.client, &nsn, Watch::All, |_| {}).await?;
         let op_user = format!("system:serviceaccount:{nsn}:{}", rbac.fullname);
         let mut operator = procs::operator_with_env(self.sb, &nsn, &rbac.operator_env());
         let out = self.measure(ns, n, every, &mut operator, &op_user).await;
