@@ -55,6 +55,10 @@ pub mod keys {
     pub const PREFIX: &str = "pgml.io/";
     pub const MANAGED_BY: &str = "pgml.io/managed-by";
     pub const MANAGED_BY_VALUE: &str = "pgml-operator";
+    /// On every volume and snapshot: which installation of the operator made it. The IAM
+    /// policy compares it with the same tag on the operator's role, so two installations
+    /// in one account cannot touch each other's volumes (docs/iam.md).
+    pub const INSTALLATION: &str = "pgml.io/installation";
     /// UID of the ZfsPool a volume belongs to: what the controller finds its volumes by.
     pub const POOL_UID: &str = "pgml.io/pool-uid";
     pub const SNAPSHOT_UID: &str = "pgml.io/snapshot-uid";

@@ -22,6 +22,12 @@ struct Args {
     #[arg(long, env = "PGML_WATCH_NAMESPACE")]
     namespace: Option<String>,
 
+    /// This installation's name: tagged `pgml.io/installation` on every volume and
+    /// snapshot it creates, for the IAM policy to match against the role's own tag (two
+    /// installations in one account cannot touch each other's volumes).
+    #[arg(long, env = "PGML_INSTALLATION", default_value = pgml_operator::runtime::context::DEFAULT_INSTALLATION, value_parser = installation_name)]
+    installation: String,
+
     /// Log line format.
     #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -174,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
     let ec2 = Arc::new(pgml_aws::Batched::new(limited));
     let settings = Settings {
         namespace: args.namespace.clone(),
+        installation: args.installation.clone(),
         pool: PoolSettings {
             release_timeout: Duration::from_secs(args.release_timeout_seconds),
             ..PoolSettings::default()
@@ -272,4 +279,34 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// An installation name: an EC2 tag value an IAM policy variable can match, so 1–63
+/// lowercase letters, digits and `-` (a Helm release name fits).
+fn installation_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?}: 1-63 lowercase letters, digits and '-'"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installation_names_are_tag_values_a_policy_variable_matches() {
+        assert_eq!(installation_name("prod-a").as_deref(), Ok("prod-a"));
+        for bad in ["", "Prod", "a_b", "a b", "a/b", &"x".repeat(64)] {
+            assert!(installation_name(bad).is_err(), "{bad:?}");
+        }
+        let args = Args::try_parse_from(["pgml-operator", "--installation", "prod-a"]).unwrap();
+        assert_eq!(args.installation, "prod-a");
+        assert!(Args::try_parse_from(["pgml-operator", "--installation", "Prod"]).is_err());
+    }
 }

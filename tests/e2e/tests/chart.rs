@@ -202,6 +202,10 @@ fn values_schema_rejects_bad_values_with_the_path_and_the_rule() {
         ),
         ("aws.region=US East", "at '/aws/region'"),
         ("agent.mountRoot=relative/path", "at '/agent/mountRoot'"),
+        (
+            "operator.installation=Prod_A",
+            "at '/operator/installation'",
+        ),
     ] {
         let out = run(
             helm(),
@@ -270,6 +274,7 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
         ("PGML_LEASE_NAME", "pgml-operator"),
         ("PGML_LEASE_NAMESPACE", NS),
         ("PGML_INSTANCE_IMAGE", "ghcr.io/pgml/pgml-operator:0.1.0"),
+        ("PGML_INSTALLATION", "pgml-operator"),
     ] {
         assert_eq!(e.get(k).map(String::as_str), Some(v), "operator env {k}");
     }
@@ -416,6 +421,10 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
     let e = env(container(dep, "operator"));
     assert_eq!(e["PGML_WATCH_NAMESPACE"], "databases");
     assert_eq!(e["AWS_REGION"], "eu-west-1");
+    assert_eq!(
+        e["PGML_INSTALLATION"], "prod",
+        "the release's name by default"
+    );
     let sa = find(&objs, "ServiceAccount", "prod-pgml-operator");
     assert_eq!(
         sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],

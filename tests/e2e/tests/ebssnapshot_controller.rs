@@ -112,6 +112,7 @@ async fn never_stamped_snapshot_of_a_raid0_pool_completes_without_the_agent() {
         assert_eq!(tag(t, keys::POOL_GUID), Some(guid.as_str()));
         assert_eq!(tag(t, keys::LAYOUT), Some("raid0"));
         assert_eq!(tag(t, keys::MANAGED_BY), Some("pgml-operator"));
+        assert_eq!(tag(t, keys::INSTALLATION), Some("pgml-operator"));
         assert_eq!(
             tag(t, keys::NAME),
             Some(format!("{}/never-{i}", f.name()).as_str())

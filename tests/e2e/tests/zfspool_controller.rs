@@ -197,6 +197,7 @@ async fn check_volumes(
         assert_eq!(v.availability_zone(), Some(node.az.as_str()), "{id}");
         let t = tags(v);
         assert_eq!(t["pgml.io/managed-by"], "pgml-operator");
+        assert_eq!(t["pgml.io/installation"], "pgml-operator");
         assert_eq!(t["pgml.io/namespace"], ns);
         assert_eq!(t["pgml.io/pool"], name);
         assert_eq!(t["pgml.io/pool-uid"], uid);

@@ -16,10 +16,13 @@ use super::error::Error;
 
 /// Timing knobs (defaults suit production; tests shorten them): the ones every controller
 /// reads, then each controller's own.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Watch one namespace, or all.
     pub namespace: Option<String>,
+    /// This installation's name, tagged `pgml.io/installation` on every volume and snapshot
+    /// (the IAM policy matches it against the role's tag).
+    pub installation: String,
     /// How often to look again at objects whose outside state sends no events.
     pub requeue: Requeue,
     /// The ZfsPool controller's.
@@ -29,6 +32,22 @@ pub struct Settings {
     /// The PgmlCluster controller's.
     pub cluster: ClusterSettings,
 }
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            namespace: None,
+            installation: DEFAULT_INSTALLATION.to_string(),
+            requeue: Requeue::default(),
+            pool: PoolSettings::default(),
+            snapshot: SnapshotSettings::default(),
+            cluster: ClusterSettings::default(),
+        }
+    }
+}
+
+/// The installation name when none is given (the chart gives its release's name).
+pub const DEFAULT_INSTALLATION: &str = "pgml-operator";
 
 /// When to look again: EC2 sends no events, so settled and moving objects are polled.
 #[derive(Clone, Debug)]

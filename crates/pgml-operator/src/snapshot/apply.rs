@@ -107,7 +107,7 @@ pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Erro
     let mut run = Run {
         ctx,
         snap,
-        id: snap_ref(snap)?,
+        id: snap_ref(snap, &ctx.settings.installation)?,
         written: observed.clone(),
         observed,
         now: now(),

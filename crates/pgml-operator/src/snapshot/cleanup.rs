@@ -14,7 +14,7 @@ use crate::runtime::{Context, Error};
 
 pub async fn cleanup(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {
     failpoint("snapshot.before-delete");
-    let id = snap_ref(snap)?;
+    let id = snap_ref(snap, &ctx.settings.installation)?;
     if snap.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(snapshot = %id.name, "deletion policy Retain: the AWS snapshots stay");
         return Ok(Action::await_change());

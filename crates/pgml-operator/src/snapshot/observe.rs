@@ -58,7 +58,7 @@ fn not_found(message: String) -> Unresolved {
 pub type Resolved = Result<Source, Unresolved>;
 
 /// The namespace, name and UID of the object (the tags name them).
-pub fn snap_ref(snap: &EbsSnapshot) -> Result<SnapRef, Error> {
+pub fn snap_ref(snap: &EbsSnapshot, installation: &str) -> Result<SnapRef, Error> {
     let meta = &snap.metadata;
     Ok(SnapRef {
         namespace: meta
@@ -67,6 +67,7 @@ pub fn snap_ref(snap: &EbsSnapshot) -> Result<SnapRef, Error> {
             .ok_or(Error::Incomplete("namespace"))?,
         name: meta.name.clone().ok_or(Error::Incomplete("name"))?,
         uid: meta.uid.clone().ok_or(Error::Incomplete("uid"))?,
+        installation: installation.to_string(),
     })
 }
 

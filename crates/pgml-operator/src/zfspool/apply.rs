@@ -67,7 +67,8 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         Ok(t) => t,
         Err(u) => return stop(plan::unresolved(u, requeue)).await,
     };
-    let pref = PoolRef::of(pool).ok_or(Error::Incomplete("uid, namespace or name"))?;
+    let pref = PoolRef::of(pool, &ctx.settings.installation)
+        .ok_or(Error::Incomplete("uid, namespace or name"))?;
     let count = pool.spec.template.volumes.count.max(0) as usize;
     let volumes = observe::volumes(ctx, pref.uid, count, &observed).await?;
     let spec = &pool.spec.template.volumes;

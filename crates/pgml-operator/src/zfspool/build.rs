@@ -24,15 +24,18 @@ pub struct PoolRef<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub volumes: &'a EbsVolumes,
+    /// The operator's installation (`pgml.io/installation`).
+    pub installation: &'a str,
 }
 
 impl<'a> PoolRef<'a> {
-    pub fn of(pool: &'a ZfsPool) -> Option<PoolRef<'a>> {
+    pub fn of(pool: &'a ZfsPool, installation: &'a str) -> Option<PoolRef<'a>> {
         Some(PoolRef {
             uid: pool.metadata.uid.as_deref()?,
             namespace: pool.metadata.namespace.as_deref()?,
             name: pool.metadata.name.as_deref()?,
             volumes: &pool.spec.template.volumes,
+            installation,
         })
     }
 }
@@ -48,6 +51,7 @@ pub fn volume_tags(pool: &PoolRef, index: usize) -> BTreeMap<String, String> {
     let mut tags = pool.volumes.tags.clone();
     for (k, v) in [
         (keys::MANAGED_BY, keys::MANAGED_BY_VALUE.to_string()),
+        (keys::INSTALLATION, pool.installation.to_string()),
         (keys::NAMESPACE, pool.namespace.to_string()),
         (keys::POOL, pool.name.to_string()),
         (keys::POOL_UID, pool.uid.to_string()),
@@ -429,6 +433,7 @@ mod tests {
             namespace: "db",
             name: "tank",
             volumes: v,
+            installation: "prod-a",
         }
     }
 
@@ -438,6 +443,7 @@ mod tests {
         let tags = volume_tags(&pool_ref(&v), 2);
         let want: BTreeMap<String, String> = [
             ("pgml.io/managed-by", "pgml-operator"),
+            ("pgml.io/installation", "prod-a"),
             ("pgml.io/namespace", "db"),
             ("pgml.io/pool", "tank"),
             ("pgml.io/pool-uid", "uid-1"),

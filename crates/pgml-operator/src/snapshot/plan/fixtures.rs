@@ -16,6 +16,7 @@ pub fn snap_ref() -> SnapRef {
         namespace: "ns".into(),
         name: "nightly".into(),
         uid: "u-1".into(),
+        installation: "prod-a".into(),
     }
 }
 

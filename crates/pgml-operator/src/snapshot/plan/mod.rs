@@ -146,6 +146,8 @@ pub struct SnapRef {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The operator's installation (`pgml.io/installation`).
+    pub installation: String,
 }
 
 /// The tag filter that finds every snapshot the object ever made.
@@ -167,6 +169,7 @@ pub fn set_tags(
         tags.insert(k.to_string(), v.to_string());
     };
     put(keys::MANAGED_BY, keys::MANAGED_BY_VALUE);
+    put(keys::INSTALLATION, &snap.installation);
     put(keys::NAMESPACE, &snap.namespace);
     put(keys::SNAPSHOT, &snap.name);
     put(keys::SNAPSHOT_UID, &snap.uid);
@@ -234,11 +237,13 @@ mod tests {
             namespace: "ns".into(),
             name: "nightly".into(),
             uid: "u-1".into(),
+            installation: "prod-a".into(),
         };
         let user = BTreeMap::from([("team".to_string(), "db".to_string())]);
         let t = set_tags(&r, Some("tank"), Some("123"), Some("raid0"), &user);
         assert_eq!(t["team"], "db");
         assert_eq!(t[keys::MANAGED_BY], "pgml-operator");
+        assert_eq!(t[keys::INSTALLATION], "prod-a");
         assert_eq!(t[keys::NAMESPACE], "ns");
         assert_eq!(t[keys::SNAPSHOT], "nightly");
         assert_eq!(t[keys::SNAPSHOT_UID], "u-1");
@@ -257,6 +262,9 @@ mod tests {
         let user = BTreeMap::from([(keys::SNAPSHOT_UID.to_string(), "forged".to_string())]);
         let t = set_tags(&snap_ref(), None, None, None, &user);
         assert_eq!(t[keys::SNAPSHOT_UID], "u-1");
+        let user = BTreeMap::from([(keys::INSTALLATION.to_string(), "other".to_string())]);
+        let t = set_tags(&snap_ref(), None, None, None, &user);
+        assert_eq!(t[keys::INSTALLATION], "prod-a");
         assert_eq!(
             uid_filter("u-1"),
             [(keys::SNAPSHOT_UID.to_string(), "u-1".to_string())]

@@ -123,6 +123,7 @@ mod tests {
             namespace: "db",
             name: "tank",
             volumes: v,
+            installation: "prod-a",
         }
     }
 
