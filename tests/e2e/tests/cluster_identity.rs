@@ -159,9 +159,16 @@ async fn a_bootstrapped_primary_with_an_empty_pgdata_waits_instead_of_initdb() {
     f.operator.start();
     let i2 = f.instance(&n1).await;
     assert_eq!(i2.pgdata, i.pgdata);
-    let says_why =
-        |r: &InstanceReport| r.message.contains("not running initdb") && r.message.contains(&id);
-    f.wait_pod(&n1, "a report saying why it does not run initdb", |p| {
+    // Two rules stop it, the first to see the state speaking: PGDATA is not on the pool's
+    // dataset (the mount table), and PGDATA is empty though the cluster was bootstrapped
+    // (status.systemIdentifier; unit-tested in decide_tests.rs). Here the mount check,
+    // which also keeps a replica from being copied or started there.
+    let dataset = format!("{pool_name}/pgdata");
+    let says_why = |r: &InstanceReport| {
+        r.message.contains(&format!("not on ZFS dataset {dataset}"))
+            && r.message.contains("is the pool imported")
+    };
+    f.wait_pod(&n1, "a report saying why it does not start", |p| {
         report(p).is_some_and(|r| says_why(&r))
     })
     .await;

@@ -256,6 +256,13 @@ impl<'a> Builder<'a> {
         ] {
             env.push(json!({"name": k, "value": v}));
         }
+        // On ZFS, the instance manager starts nothing while PGDATA is not on the pool's
+        // pgdata dataset (after a reboot whose pool was not imported, the PV's folder is an
+        // empty one on the root disk).
+        if spec.storage.zfs.is_some() {
+            let dataset = format!("{}/{}", self.c.pool_name(i.n), names::PGDATA_DATASET);
+            env.push(json!({"name": "PGML_EXPECT_DATASET", "value": dataset}));
+        }
         let mut main = json!({
             "name": "postgres",
             "image": spec.image,
@@ -530,6 +537,14 @@ mod tests {
         let ext4 =
             cluster("  storage: {persistentVolumeClaim: {storageClassName: gp3, size: 50Gi}}\n");
         let b = Builder::new(&ext4, "op:1").unwrap();
+        let env = b.pod(&inst(1, false))["spec"]["containers"][0]["env"].clone();
+        assert!(
+            !env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "PGML_EXPECT_DATASET"),
+            "ext4: no dataset to expect"
+        );
         assert!(b.pool(&inst(1, true)).is_none());
         let pvc = b.pvc(&inst(1, true));
         assert_eq!(pvc["spec"]["storageClassName"], "gp3");
@@ -580,6 +595,10 @@ mod tests {
         );
         assert_eq!(get("CLUSTER_NAME")["value"], "main");
         assert_eq!(get("PGDATA")["value"], PGDATA);
+        assert_eq!(
+            get("PGML_EXPECT_DATASET")["value"],
+            format!("{}/pgdata", b.c.pool_name(2))
+        );
         assert_eq!(get("PGPORT")["value"], "5432");
         assert_eq!(
             get("PGML_REPLICATION_SECRET_DIR")["value"],

@@ -88,18 +88,50 @@ pub fn members(recs: &[Rec], w: &Observed) -> Vec<Member> {
         .collect()
 }
 
-/// The status entries of the instances.
 /// Where the pool's `pgdata` dataset is mounted, once its agent reports it mounted at its
-/// place (the PersistentVolume's `local.path`, which can never change afterwards).
+/// place (the PersistentVolume's `local.path`, which can never change afterwards). Status
+/// is the agent's word, so the path is taken only when it can be nothing but that
+/// dataset's place: absolute, plain (no `.`, `..`, empty parts or unusual characters) and
+/// ending with the dataset's mount point from the pool's spec (`/<pool>/pgdata` unless
+/// set), below the agent's mount root — never `/`, `/etc` or another pool's folder.
 pub fn pgdata_mount(pool: &pgml_api::ZfsPool) -> Option<String> {
-    pool.status
+    let path = pool
+        .status
         .as_ref()?
         .datasets
         .iter()
         .find(|d| d.name == super::names::PGDATA_DATASET && d.mounted)
-        .and_then(|d| d.mount_path.clone())
+        .and_then(|d| d.mount_path.clone())?;
+    let spec = pool
+        .spec
+        .template
+        .datasets
+        .iter()
+        .find(|d| d.name == super::names::PGDATA_DATASET);
+    let want = match spec {
+        Some(d) => pool.mount_point(d),
+        None => format!("/{}/{}", pool.pool_name(), super::names::PGDATA_DATASET),
+    };
+    plain_path_ending(&path, &want).then_some(path)
 }
 
+/// `path` is absolute, every part of it a plain name, and it ends with `suffix` (itself
+/// absolute) at a part boundary.
+fn plain_path_ending(path: &str, suffix: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let plain = rest.split('/').all(|p| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    });
+    plain && suffix.starts_with('/') && path.ends_with(suffix)
+}
+
+/// The status entries of the instances.
 pub fn instance_statuses(
     recs: &[Rec],
     members: &[Member],
@@ -204,6 +236,27 @@ mod tests {
         ]));
         assert_eq!(pgdata_mount(&p).as_deref(), Some("/mnt/c-2/pgdata"));
         assert_eq!(pgdata_mount(&pool(serde_json::json!([]))), None);
+        // A path the agent reports is used only when it is that dataset's own place.
+        for bad in [
+            "/",
+            "/etc",
+            "/mnt/c-3/pgdata",
+            "mnt/c-2/pgdata",
+            "/mnt/../c-2/pgdata",
+            "/mnt//c-2/pgdata",
+            "/mnt/c-2/pgdata/",
+            "/mnt/c-2/pgwal",
+            "/mnt/x y/c-2/pgdata",
+            "/c-2/pgdata/../../etc",
+        ] {
+            let p =
+                pool(serde_json::json!([{"name": "pgdata", "mountPath": bad, "mounted": true}]));
+            assert_eq!(pgdata_mount(&p), None, "{bad}");
+        }
+        let p = pool(
+            serde_json::json!([{"name": "pgdata", "mountPath": "/c-2/pgdata", "mounted": true}]),
+        );
+        assert_eq!(pgdata_mount(&p).as_deref(), Some("/c-2/pgdata"));
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn as_instance(r: &Rec, role: PodRole) -> Instance {
 fn stored_pool(b: &Builder, r: &Rec, mounted: bool) -> ZfsPool {
     let mut v = b.pool(&as_instance(r, PodRole::Replica)).unwrap();
     v["status"] = json!({"datasets": [{"name": "pgdata",
-        "mountPath": format!("/mnt/{}/pgdata", r.name), "mounted": mounted}]});
+        "mountPath": format!("/mnt/{}/pgdata", b.c.pool_name(r.n)), "mounted": mounted}]});
     serde_json::from_value(v).unwrap()
 }
 
@@ -542,10 +542,11 @@ fn a_mounted_pool_gets_its_volume_then_the_claim_and_the_pod() {
     else {
         panic!()
     };
-    assert_eq!(body["spec"]["local"]["path"], "/mnt/main-1/pgdata");
+    let path = format!("/mnt/{}/pgdata", b.c.pool_name(1));
+    assert_eq!(body["spec"]["local"]["path"], path.as_str());
     assert_eq!(
         said,
-        &format!("PersistentVolume {pv} at /mnt/main-1/pgdata on node-a for main-1")
+        &format!("PersistentVolume {pv} at {path} on node-a for main-1")
     );
     // No identity recorded: the primary's Pod carries no role label (no -rw routing).
     let pod = body_of(&p.steps, "Pod", "main-1");
