@@ -1007,8 +1007,23 @@ fn comparable(objs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
             labels.remove("app.kubernetes.io/managed-by");
         }
     }
+    /// kustomize writes a whole float (a CRD's `maximum: 60.0`) as an integer; both are
+    /// the same number to the API server.
+    fn whole_floats_as_integers(v: &mut Value) {
+        match v {
+            Value::Number(n) => {
+                if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && n.is_f64()) {
+                    *v = Value::from(f as i64);
+                }
+            }
+            Value::Sequence(s) => s.iter_mut().for_each(whole_floats_as_integers),
+            Value::Mapping(m) => m.values_mut().for_each(whole_floats_as_integers),
+            _ => {}
+        }
+    }
     objs.into_iter()
         .map(|mut o| {
+            whole_floats_as_integers(&mut o);
             strip_helm_labels(o.get_mut("metadata"));
             if let Some(template) = o.get_mut("spec").and_then(|s| s.get_mut("template")) {
                 strip_helm_labels(template.get_mut("metadata"));
