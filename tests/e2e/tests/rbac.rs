@@ -519,13 +519,16 @@ async fn a_verb_taken_away_from_the_watched_namespaces_role_stops_the_operator_a
             remove_verb(objects, "Role", &format!("{f}-agent"), "zfspools", "watch"),
             1
         );
+        // Neither grant comes back through another rule or the ClusterRole.
         for kind in ["ClusterRole", "Role"] {
-            for name in [f.clone(), format!("{f}-agent")] {
+            for (name, resource, verb) in [
+                (f.clone(), "secrets", "create"),
+                (format!("{f}-agent"), "zfspools", "watch"),
+            ] {
                 assert_eq!(
-                    remove_verb(objects, kind, &name, "secrets", "create")
-                        + remove_verb(objects, kind, &name, "zfspools", "watch"),
+                    remove_verb(objects, kind, &name, resource, verb),
                     0,
-                    "{kind} {name} grants it a second time"
+                    "{kind} {name} grants {verb} {resource} a second time"
                 );
             }
         }
