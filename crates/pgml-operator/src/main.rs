@@ -138,68 +138,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     // A follower only reads its Lease: no EC2 client, no controller, no write, until it leads.
-    let elector = if let Some(namespace) = lease_namespace {
-        let lease = LeaseSettings {
-            name: args.lease_name.clone(),
-            namespace,
-            identity: pgml_operator::leader::default_identity(),
-            duration: Duration::from_secs(args.lease_duration_seconds),
-            renew_deadline: Duration::from_secs(args.lease_renew_seconds),
-            retry: Duration::from_secs(args.lease_retry_seconds),
-        };
-        lease.check().map_err(anyhow::Error::msg)?;
-        tracing::info!(lease = %lease.name, lease_namespace = %lease.namespace, identity = %lease.identity, %metrics_addr, "waiting to lead");
-        let elector = Elector::new(client.clone(), lease);
-        tokio::select! {
-            _ = elector.acquire() => {}
-            _ = shutdown.requested() => {
-                tracing::info!("stopped before leading");
-                return Ok(());
-            }
-        }
-        metrics::set_leader(&elector.settings().identity, true);
-        Some(elector)
-    } else {
-        // A single replica leads by definition.
-        metrics::set_leader(&pgml_operator::leader::default_identity(), true);
-        None
+    let Some(elector) = lead(&args, &client, lease_namespace, metrics_addr, &shutdown).await?
+    else {
+        tracing::info!("stopped before leading");
+        return Ok(());
     };
-
-    let aws = pgml_aws::sdk_config().await;
-    let sdk = Arc::new(pgml_aws::SdkEc2::with_observer(
-        &aws,
-        Arc::new(metrics::ec2_request),
-    ));
-    tracing::info!(limits = ?args.ec2_rate_limits, "EC2 rate limits");
-    let limited = Arc::new(
-        pgml_aws::Limited::new(sdk, &args.ec2_rate_limits)
-            .with_observer(Arc::new(metrics::ec2_limit)),
-    );
-    // Describes of one instance or one pool's volumes, asked by many reconciles at once,
-    // go out as one call.
-    let ec2 = Arc::new(pgml_aws::Batched::new(limited));
-    let settings = Settings {
-        namespace: args.namespace.clone(),
-        installation: args.installation.clone(),
-        pool: PoolSettings {
-            release_timeout: Duration::from_secs(args.release_timeout_seconds),
-            ..PoolSettings::default()
-        },
-        snapshot: SnapshotSettings {
-            agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
-            source_timeout: Duration::from_secs(args.source_timeout_seconds),
-            ..SnapshotSettings::default()
-        },
-        cluster: ClusterSettings {
-            instance_image: args
-                .instance_image
-                .clone()
-                .unwrap_or_else(pgml_operator::runtime::default_instance_image),
-            failover_grace: Duration::from_secs(args.failover_grace_seconds),
-        },
-        ..Settings::default()
-    };
-    let ctx = Context::new(client, ec2, settings);
+    let ec2 = ec2_client(&args).await;
+    let ctx = Context::new(client, ec2, settings(&args));
     tracing::info!("custom resources are served; waiting for work");
     // The stop request is awaited here, not inside the controllers: kube-runtime polls its
     // trigger late. On SIGTERM the gate closes (no reconcile starts), the ones in flight get
@@ -246,6 +191,83 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The controllers' settings from the flags.
+fn settings(args: &Args) -> Settings {
+    Settings {
+        namespace: args.namespace.clone(),
+        installation: args.installation.clone(),
+        pool: PoolSettings {
+            release_timeout: Duration::from_secs(args.release_timeout_seconds),
+            ..PoolSettings::default()
+        },
+        snapshot: SnapshotSettings {
+            agent_timeout: Duration::from_secs(args.agent_timeout_seconds),
+            source_timeout: Duration::from_secs(args.source_timeout_seconds),
+            ..SnapshotSettings::default()
+        },
+        cluster: ClusterSettings {
+            instance_image: args
+                .instance_image
+                .clone()
+                .unwrap_or_else(pgml_operator::runtime::default_instance_image),
+            failover_grace: Duration::from_secs(args.failover_grace_seconds),
+        },
+        ..Settings::default()
+    }
+}
+
+/// The EC2 client: the SDK, observed by the metrics, behind the account's rate limits, with
+/// concurrent describes batched.
+async fn ec2_client(args: &Args) -> Arc<pgml_aws::Batched> {
+    let aws = pgml_aws::sdk_config().await;
+    let sdk = Arc::new(pgml_aws::SdkEc2::with_observer(
+        &aws,
+        Arc::new(metrics::ec2_request),
+    ));
+    tracing::info!(limits = ?args.ec2_rate_limits, "EC2 rate limits");
+    let limited = Arc::new(
+        pgml_aws::Limited::new(sdk, &args.ec2_rate_limits)
+            .with_observer(Arc::new(metrics::ec2_limit)),
+    );
+    // Describes of one instance or one pool's volumes, asked by many reconciles at once,
+    // go out as one call.
+    Arc::new(pgml_aws::Batched::new(limited))
+}
+
+/// Waits to lead when a Lease namespace is set (`Some(Some(elector))`), leads at once
+/// without one (`Some(None)`); `None`: asked to stop before leading.
+async fn lead(
+    args: &Args,
+    client: &Client,
+    lease_namespace: Option<String>,
+    metrics_addr: std::net::SocketAddr,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<Option<Elector>>> {
+    if let Some(namespace) = lease_namespace {
+        let lease = LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace,
+            identity: pgml_operator::leader::default_identity(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(args.lease_renew_seconds),
+            retry: Duration::from_secs(args.lease_retry_seconds),
+        };
+        lease.check().map_err(anyhow::Error::msg)?;
+        tracing::info!(lease = %lease.name, lease_namespace = %lease.namespace, identity = %lease.identity, %metrics_addr, "waiting to lead");
+        let elector = Elector::new(client.clone(), lease);
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.requested() => return Ok(None),
+        }
+        metrics::set_leader(&elector.settings().identity, true);
+        Ok(Some(Some(elector)))
+    } else {
+        // A single replica leads by definition.
+        metrics::set_leader(&pgml_operator::leader::default_identity(), true);
+        Ok(Some(None))
+    }
 }
 
 /// Nothing may run on a stale Lease: no grace, no clean-up. Kubernetes restarts the

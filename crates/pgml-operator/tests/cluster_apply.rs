@@ -6,8 +6,9 @@
 //! prove the wire; these prove the logic (bootstrap, a crash between two writes, a
 //! throttled write, the primary routed only once the database's identity is recorded).
 
+mod fake_api;
+
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -267,35 +268,13 @@ impl Harness {
         }
         let state = Arc::new(Mutex::new(state));
         let server = state.clone();
-        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-            let server = server.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect_bytes().await.unwrap_or_default();
-                let answer = server.lock().unwrap().answer(
-                    parts.method.as_str(),
-                    parts.uri.path(),
-                    parts.uri.query().unwrap_or_default(),
-                    &body,
-                );
-                let Some((code, answer)) = answer else {
-                    std::future::pending::<()>().await;
-                    unreachable!()
-                };
-                let response = http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&answer).unwrap(),
-                    ))
-                    .unwrap();
-                Ok::<_, Infallible>(response)
-            }
+        let client = fake_api::client_with(move |method, path, query, body| {
+            server.lock().unwrap().answer(method, path, query, body)
         });
         Harness {
             fake: Arc::new(FakeEc2::new()),
             state,
-            client: kube::Client::new(service, "default"),
+            client,
         }
     }
 

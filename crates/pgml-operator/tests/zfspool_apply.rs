@@ -4,8 +4,9 @@
 //! crash → resume, a crash between create and attach, throttled creates, attaches and
 //! modifications, a lost member).
 
+mod fake_api;
+
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,11 +47,6 @@ struct ApiServer {
 
 impl ApiServer {
     fn answer(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-        let not_found = || {
-            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "reason": "NotFound", "code": 404, "message": format!("{method} {path}")});
-            (404, status)
-        };
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match method {
             "GET" if path == format!("/api/v1/nodes/{NODE}") => (200, self.node.clone()),
@@ -59,12 +55,7 @@ impl ApiServer {
                 // whole status.
                 let mut pool = self.pool.lock().unwrap();
                 pool["status"] = body["status"].clone();
-                let rv: u64 = pool["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                pool["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+                fake_api::bump(&mut pool);
                 (200, pool.clone())
             }
             "POST" | "PATCH" if path.ends_with("/events") || path.contains("/events/") => {
@@ -74,7 +65,7 @@ impl ApiServer {
                 ));
                 (201, body)
             }
-            _ => not_found(),
+            _ => fake_api::not_found(method, path),
         }
     }
 }
@@ -107,27 +98,8 @@ impl Harness {
             events: Mutex::default(),
         });
         let server = api.clone();
-        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-            let server = server.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect_bytes().await.unwrap_or_default();
-                let (code, answer) = server.answer(parts.method.as_str(), parts.uri.path(), &body);
-                let response = http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&answer).unwrap(),
-                    ))
-                    .unwrap();
-                Ok::<_, Infallible>(response)
-            }
-        });
-        Harness {
-            fake,
-            api,
-            client: kube::Client::new(service, "default"),
-        }
+        let client = fake_api::client(move |method, path, body| server.answer(method, path, body));
+        Harness { fake, api, client }
     }
 
     /// A Context as a freshly started operator has it (no device reservations, no limits

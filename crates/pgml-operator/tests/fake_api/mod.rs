@@ -2,6 +2,9 @@
 //! answered by a function of its method, path and body, in-process (a tower `service_fn`),
 //! so a test keeps the objects and sees every write.
 
+// Each test binary that includes this module uses its own part of it.
+#![allow(dead_code)]
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -12,13 +15,27 @@ pub fn client<F>(answer: F) -> kube::Client
 where
     F: Fn(&str, &str, &[u8]) -> (u16, Value) + Send + Sync + 'static,
 {
+    client_with(move |method, path, _query, body| Some(answer(method, path, body)))
+}
+
+/// A Client whose requests `answer` answers from (method, path, query, body); `None`
+/// never answers (a request that took effect but whose answer was lost, the caller cut
+/// off while it waits).
+pub fn client_with<F>(answer: F) -> kube::Client
+where
+    F: Fn(&str, &str, &str, &[u8]) -> Option<(u16, Value)> + Send + Sync + 'static,
+{
     let answer = Arc::new(answer);
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let answer = answer.clone();
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect_bytes().await.unwrap_or_default();
-            let (code, value) = answer(parts.method.as_str(), parts.uri.path(), &body);
+            let query = parts.uri.query().unwrap_or_default();
+            let Some((code, value)) = answer(parts.method.as_str(), parts.uri.path(), query, &body)
+            else {
+                return std::future::pending().await;
+            };
             let response = http::Response::builder()
                 .status(code)
                 .header("content-type", "application/json")
