@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use pgml_api::common::condition;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -29,8 +30,8 @@ impl NodeFacts {
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| c.status == "True");
+            .and_then(|c| c.iter().find(|c| c.type_ == condition::READY))
+            .map(|c| c.status == condition::TRUE);
         NodeFacts {
             name: node.metadata.name.clone().unwrap_or_default(),
             zone: labels.get(ZONE_LABEL).cloned(),
