@@ -4,54 +4,9 @@
 //! only the mount table tells the two apart (a bind mount keeps the source and type of
 //! what it binds: `zfs` with the dataset's name as source, `fuse.zfs` under zfs-fuse).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// One line of `/proc/self/mountinfo`, the fields this check reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    pub mount_point: PathBuf,
-    pub fs_type: String,
-    pub source: String,
-}
-
-/// Parses `/proc/<pid>/mountinfo` (proc(5)): `id parent major:minor root mount-point
-/// options [optional fields…] - fs-type source super-options`. Paths carry octal escapes
-/// (`\040` for a space). Lines that do not have that shape are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let mount_point = head.split(' ').nth(4)?;
-            let mut t = tail.split(' ');
-            let fs_type = t.next()?;
-            let source = t.next()?;
-            Some(Mount {
-                mount_point: PathBuf::from(unescape(mount_point)),
-                fs_type: fs_type.to_string(),
-                source: unescape(source),
-            })
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use pgml_runtime::mountinfo::{MountEntry as Mount, parse_mountinfo};
 
 /// The mount `path` is on: the one with the longest mount point that contains it (the
 /// last such line wins: later mounts hide earlier ones at the same point).
@@ -59,7 +14,7 @@ pub fn mount_of<'a>(path: &Path, mounts: &'a [Mount]) -> Option<&'a Mount> {
     mounts
         .iter()
         .filter(|m| path.starts_with(&m.mount_point))
-        .max_by_key(|m| m.mount_point.components().count())
+        .max_by_key(|m| Path::new(&m.mount_point).components().count())
 }
 
 /// Why PGDATA (`pgdata`, absolute, symlinks resolved) is not on ZFS dataset `dataset`;
@@ -71,7 +26,7 @@ pub fn dataset_problem(pgdata: &Path, dataset: &str, mounts: &[Mount]) -> Option
             pgdata.display()
         ));
     };
-    let zfs = matches!(m.fs_type.as_str(), "zfs" | "fuse.zfs" | "fuse.zfs-fuse");
+    let zfs = matches!(m.fstype.as_str(), "zfs" | "fuse.zfs" | "fuse.zfs-fuse");
     if zfs && m.source == dataset {
         return None;
     }
@@ -79,8 +34,8 @@ pub fn dataset_problem(pgdata: &Path, dataset: &str, mounts: &[Mount]) -> Option
         "PGDATA {} is on {} ({} mounted at {}), not on ZFS dataset {dataset}: not starting; is the pool imported and its datasets mounted?",
         pgdata.display(),
         m.source,
-        m.fs_type,
-        m.mount_point.display()
+        m.fstype,
+        m.mount_point
     ))
 }
 
@@ -125,9 +80,9 @@ mod tests {
     fn the_mount_table_is_read_with_its_escapes() {
         let m = parse_mountinfo(POD);
         assert_eq!(m.len(), 4);
-        assert_eq!(m[1].fs_type, "zfs");
+        assert_eq!(m[1].fstype, "zfs");
         assert_eq!(m[1].source, "pgml-db-1/pgdata");
-        assert_eq!(m[3].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(m[3].mount_point, "/mnt/with space");
         assert_eq!(m[3].source, "tank/a b");
         assert!(parse_mountinfo("garbage\n\n").is_empty());
     }
@@ -163,10 +118,10 @@ mod tests {
     fn the_deepest_mount_holds_the_path() {
         let m = parse_mountinfo(POD);
         let on = mount_of(Path::new("/var/lib/postgresql/data/pgdata/base"), &m).unwrap();
-        assert_eq!(on.mount_point, PathBuf::from("/var/lib/postgresql/data"));
+        assert_eq!(on.mount_point, "/var/lib/postgresql/data");
         // A sibling whose name merely starts the same is not inside it.
         let on = mount_of(Path::new("/var/lib/postgresql/database"), &m).unwrap();
-        assert_eq!(on.mount_point, PathBuf::from("/"));
+        assert_eq!(on.mount_point, "/");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! graceful shutdown on SIGTERM / SIGINT, and the metrics and health endpoint ([`http`]).
 
 pub mod http;
+pub mod mountinfo;
 pub mod permissions;
 
 /// The metrics library both binaries register their metrics with (one version for all).
