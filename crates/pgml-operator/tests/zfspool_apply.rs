@@ -17,8 +17,8 @@ use pgml_api::zfspool::VolumeStatus;
 use pgml_aws::fake::{FakeEc2, Outcome, ROOT_DEVICE};
 use pgml_operator::runtime::Class;
 use pgml_operator::runtime::{Context, Error, Settings};
-use pgml_operator::zfspool::apply;
 use pgml_operator::zfspool::status::reason;
+use pgml_operator::zfspool::{apply, cleanup};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-1";
@@ -466,5 +466,93 @@ async fn a_throttled_modify_keeps_what_started_and_the_next_reconcile_grows_the_
         if v.size_gib != 8 {
             assert_eq!(v.size_gib, 20, "{}", v.volume_id);
         }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_never_touches_a_volume_that_status_names_but_its_tags_do_not() {
+    use pgml_aws::{CreateVolume, Ec2, VolumeType};
+    let h = Harness::new();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    let ours: BTreeSet<String> = h
+        .members()
+        .iter()
+        .filter_map(|m| m.volume_id.clone())
+        .collect();
+    // Another pool's volume, named in this pool's status (the agent writes status too).
+    let foreign = h
+        .fake
+        .create_volume(&CreateVolume {
+            availability_zone: ZONE.into(),
+            volume_type: VolumeType::Gp3,
+            size_gib: 10,
+            iops: None,
+            throughput_mibps: None,
+            encrypted: true,
+            kms_key_id: None,
+            snapshot_id: None,
+            volume_initialization_rate_mibps: None,
+            tags: [
+                (
+                    keys::MANAGED_BY.to_string(),
+                    keys::MANAGED_BY_VALUE.to_string(),
+                ),
+                (keys::POOL_UID.to_string(), "another-pool".to_string()),
+            ]
+            .into(),
+            client_token: "other".into(),
+        })
+        .await
+        .unwrap()
+        .volume_id;
+    {
+        let mut pool = h.api.pool.lock().unwrap();
+        pool["metadata"]["deletionTimestamp"] = json!("2026-12-07T00:00:00Z");
+        pool["spec"]["reclaimPolicy"] = json!("Delete");
+        pool["status"]["volumes"][0]["replacedVolumeId"] = json!(foreign);
+    }
+    // The agent has destroyed the pool (its condition; this API server's status apply is
+    // the controller's whole status, so the agent's part is put back before each look).
+    let agent_released = || {
+        let mut pool = h.api.pool.lock().unwrap();
+        let released = json!({"type": "PoolReleased", "status": "True", "reason": "Destroyed",
+            "message": "", "lastTransitionTime": "2026-12-07T00:00:00Z"});
+        let conds = pool["status"]["conditions"].as_array_mut().unwrap();
+        conds.retain(|c| c["type"] != "PoolReleased");
+        conds.push(released);
+    };
+    let mut done = false;
+    let mut waits = vec![];
+    for _ in 0..20 {
+        agent_released();
+        match cleanup::cleanup(&h.pool(), &ctx).await {
+            Ok(_) => {
+                done = true;
+                break;
+            }
+            Err(Error::Waiting { what, .. }) => {
+                waits.push(what);
+                tokio::time::advance(Duration::from_secs(5)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(done, "deletion finished: {waits:?}");
+    for v in &ours {
+        assert!(h.fake.volume(v).is_none(), "{v} deleted");
+    }
+    assert!(
+        h.fake.volume(&foreign).is_some(),
+        "the other pool's volume is kept"
+    );
+    for action in ["DetachVolume", "DeleteVolume"] {
+        assert!(
+            h.fake
+                .calls_of(action)
+                .iter()
+                .all(|c| c.arg("VolumeId") != Some(foreign.as_str())),
+            "{action} of {foreign}"
+        );
     }
 }

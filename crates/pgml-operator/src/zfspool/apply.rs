@@ -260,6 +260,21 @@ impl<'a> Pass<'a> {
         let ec2 = &self.ctx.ec2;
         for r in plan::replace::retirements(&self.facts, &self.members, &instance_id) {
             let (member, volume) = (r.index, &r.old);
+            let foreign = self
+                .members
+                .retired
+                .iter()
+                .find(|(_, v)| &v.volume_id == volume)
+                .is_some_and(|(_, v)| {
+                    !build::is_ours(v, self.pool.metadata.uid.as_deref().unwrap_or_default())
+                });
+            if foreign && matches!(r.step, Retire::Detach | Retire::Delete) {
+                // Recorded as replaced, but its tags are not this pool's: never detached or
+                // deleted on the word of status; the record is dropped.
+                tracing::warn!(member, %volume, "replaced volume's tags are not this pool's: left alone");
+                plan::replace::retired(&mut self.facts, r.index);
+                continue;
+            }
             match r.step {
                 Retire::Wait => {}
                 Retire::Forget => {

@@ -45,6 +45,14 @@ pub fn pool_filter(uid: &str) -> Vec<(String, String)> {
     vec![(keys::POOL_UID.to_string(), uid.to_string())]
 }
 
+/// Whether a volume's own tags say it is this pool's: made by the operator for the pool of
+/// this UID. Status is no proof (the agent writes status too): nothing is detached or
+/// deleted unless its tags say so.
+pub fn is_ours(v: &Volume, uid: &str) -> bool {
+    v.tags.get(keys::POOL_UID).map(String::as_str) == Some(uid)
+        && v.tags.get(keys::MANAGED_BY).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
+}
+
 /// The tags of member `index`: the contract's `pgml.io/*` set, `Name`, plus the user's
 /// (which cannot use the reserved prefixes: the schema refuses them).
 pub fn volume_tags(pool: &PoolRef, index: usize) -> BTreeMap<String, String> {
@@ -435,6 +443,25 @@ mod tests {
             volumes: v,
             installation: "prod-a",
         }
+    }
+
+    #[test]
+    fn only_a_volume_tagged_for_this_pool_by_the_operator_is_ours() {
+        let v = spec("sizeGiB: 10");
+        let tagged = |tags: BTreeMap<String, String>| Volume {
+            tags,
+            ..crate::zfspool::fixtures::vol("vol-1", 0, "available")
+        };
+        let ours = tagged(volume_tags(&pool_ref(&v), 0));
+        assert!(is_ours(&ours, "uid-1"));
+        assert!(!is_ours(&ours, "uid-2"), "another pool's");
+        let mut unmanaged = ours.tags.clone();
+        unmanaged.remove(keys::MANAGED_BY);
+        assert!(
+            !is_ours(&tagged(unmanaged), "uid-1"),
+            "not made by the operator"
+        );
+        assert!(!is_ours(&tagged(BTreeMap::new()), "uid-1"), "no tags");
     }
 
     #[test]

@@ -140,7 +140,16 @@ async fn volumes(
             .filter(|id| !volumes.iter().any(|v| &v.volume_id == id))
             .collect();
         if !unlisted.is_empty() {
-            volumes.extend(ctx.ec2.describe_volumes(&unlisted).await?);
+            let (ours, foreign): (Vec<Volume>, Vec<Volume>) = ctx
+                .ec2
+                .describe_volumes(&unlisted)
+                .await?
+                .into_iter()
+                .partition(|v| build::is_ours(v, uid));
+            for v in &foreign {
+                tracing::warn!(volume = %v.volume_id, pool_uid = %uid, "status names a volume whose tags are not this pool's: left alone");
+            }
+            volumes.extend(ours);
         }
     }
     Ok(Seen { volumes, released })
