@@ -132,9 +132,12 @@ impl Manager {
             sql,
             demoted_lsn: self.demoted_lsn,
             pgdata_system_identifier: None,
+            // Only what a start would use is checked (decide leaves a running server alone):
+            // no read of the mount table on every look at a running one.
             storage_problem: self
                 .expect_dataset
                 .as_deref()
+                .filter(|_| !running)
                 .and_then(|d| crate::mounts::check_dataset(&self.pg.data, d)),
         }
     }

@@ -272,17 +272,3 @@ impl Context {
         *n - 1
     }
 }
-
-/// The backoff key of an object: `Kind/namespace/name`.
-pub fn object_key<K: kube::Resource>(obj: &K) -> String
-where
-    K::DynamicType: Default,
-{
-    let dt = K::DynamicType::default();
-    format!(
-        "{}/{}/{}",
-        K::kind(&dt),
-        obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
-    )
-}
