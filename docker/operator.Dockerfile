@@ -10,9 +10,17 @@
 # /controller/pgml-instance. So the runtime needs a `cp` (distroless has none: Debian slim),
 # and pgml-instance must run in whatever image the cluster uses (Ubuntu 22.04 for PostgresML
 # 2.x, older glibc than Debian 12's): it is linked statically against musl.
+#
+# The binaries come from the `builder` stage (the default), or from an image that holds them
+# in /out: `--build-arg BINARIES=<image>` skips the Rust build. The test bed makes its images
+# from this file that way, with binaries built on the host, buildah and a Debian base of its
+# own (scripts/images.sh); so no BuildKit-only syntax here beyond the builder's cache mounts
+# (buildah 1.28, Debian 12's, has no COPY heredocs). That pgml-instance is the host's glibc
+# build (it needs glibc >= 2.34: the test bed's Debian 12 PostgreSQL image, Ubuntu 22.04).
 
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG BINARIES=builder
 
 FROM ${RUST_IMAGE} AS builder
 ARG TARGETARCH
@@ -44,6 +52,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     /out/pgml-instance --version; \
     if ldd /out/pgml-instance 2>&1 | grep -q '=>'; then echo "pgml-instance is not static" >&2; exit 1; fi
 
+FROM ${BINARIES} AS binaries
+
 FROM ${RUNTIME_IMAGE}
 # ca-certificates: TLS to the EC2 and STS endpoints. The same uid/gid as distroless' nonroot,
 # which the chart runs as (runAsUser 65532).
@@ -52,7 +62,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
-COPY --from=builder --chmod=0755 /out/pgml-operator /out/pgml-instance /usr/local/bin/
+COPY --from=binaries --chmod=0755 /out/pgml-operator /out/pgml-instance /usr/local/bin/
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/pgml-operator"]
