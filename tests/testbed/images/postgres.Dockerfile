@@ -1,0 +1,41 @@
+# The test bed's stand-in for the PostgresML image (ghcr.io/postgresml/postgresml:2.10.0,
+# which the test bed cannot pull): PostgreSQL 15 and pgBackRest from Debian 12, laid out as
+# PostgresML's Ubuntu packages lay it out. README.md beside this file says what differs.
+#
+#   scripts/images.sh   # builds it as localhost/pgml-postgres:15 (buildah, Debian base)
+#
+# What the operator relies on, as in PostgresML's image:
+#   - PostgreSQL's programs in /usr/lib/postgresql/15/bin (pgml-instance's default PGML_PG_BIN;
+#     pg_config --bindir says so too), Debian's postgresql-common around them;
+#   - a `postgres` user, which pgml-instance (run as root, the image has no USER) runs
+#     PostgreSQL as through `runuser` (util-linux); home /var/lib/postgresql;
+#   - `cp`, a shell, CA certificates (pgBackRest to S3 over TLS).
+
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${BASE_IMAGE}
+# The postgres user and group before the packages, so postgresql-common takes them as they
+# are: uid/gid 999 as PostgresML's Dockerfile of the 2.7 series and the official postgres
+# images pin them (the 2.10 image leaves the uid to the package: a system uid).
+# postgresql-contrib: the contrib modules (part of postgresql-15 on Debian 12; as the sandbox
+# installs). The packages' own cluster (15/main) is made as in PostgresML's image.
+RUN set -eux; \
+    groupadd -r postgres --gid=999; \
+    useradd -r -g postgres --uid=999 --home-dir=/var/lib/postgresql --shell=/bin/bash postgres; \
+    install -d -o postgres -g postgres -m 0755 /var/lib/postgresql; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends \
+        ca-certificates util-linux postgresql-15 postgresql-contrib pgbackrest; \
+    rm -rf /var/lib/apt/lists/*; \
+    test "$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)" = /usr/lib/postgresql/15/bin; \
+    for t in initdb pg_ctl postgres pg_basebackup pg_rewind pg_controldata; do \
+        test -x "/usr/lib/postgresql/15/bin/$t"; \
+    done; \
+    command -v pgbackrest runuser cp; \
+    test "$(id -u postgres):$(id -g postgres)" = 999:999
+ENV TZ=UTC
+EXPOSE 5432
+LABEL org.opencontainers.image.title="pgml-postgres" \
+      org.opencontainers.image.description="pgml-operator's test bed: PostgreSQL 15 and pgBackRest from Debian 12, a stand-in for the PostgresML image" \
+      org.opencontainers.image.source="https://github.com/pgml-operator/pgml-operator" \
+      org.opencontainers.image.licenses="Apache-2.0"
