@@ -7,7 +7,7 @@ VENV    := .venv
 PY      := $(CURDIR)/$(VENV)/bin/python
 SANDBOX := PYTHONPATH=$(CURDIR)/tests/testbed $(PY) -m sandbox
 
-.PHONY: help deps build crds crds-check lint unit test bench chaos fuzz sandbox-up sandbox-down dev clean
+.PHONY: help deps build crds crds-check lint unit test bench chaos fuzz images sandbox-up sandbox-down dev clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ chaos: ## kills, apiserver restarts and EC2 faults through the pool/snapshot flo
 
 fuzz: ## cargo-fuzz targets (ZFS parsers, spec validation, cron), PGML_FUZZ_SECONDS each (default 300)
 	@scripts/fuzz.sh
+
+images: ## container images without a registry (Debian packages, buildah): ~/.cache/pgml-operator/images/out/*.tar
+	@scripts/images.sh
 
 sandbox-up: deps build ## start the sandbox detached (.sandbox/kubeconfig, .sandbox/env)
 	@$(SANDBOX) up --k8s-bin "$$(scripts/deps.sh 2>/dev/null | tail -n1)" --python $(PY)
