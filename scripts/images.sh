@@ -284,9 +284,8 @@ if grep -qE '^(pgml-operator|pgml-agent)$' <<<"$todo"; then
   log "binaries: $BINARIES_REF from $bin_dir"
 fi
 
-for spec in "${IMAGES[@]}"; do
-  read -r name ref dockerfile <<<"$spec"
-  grep -qx "$name" <<<"$todo" || continue
+build_image() { # name, reference, Dockerfile
+  local name="$1" ref="$2" dockerfile="$3" t context args bud
   t=$(date +%s)
   context="$root"
   args=(--build-arg "RUNTIME_IMAGE=$BASE_REF" --build-arg "BASE_IMAGE=$BASE_REF"
@@ -313,7 +312,26 @@ for spec in "${IMAGES[@]}"; do
   mv -f "$out/$name.tar.tmp" "$out/$name.tar"
   echo "${key[$name]}" >"$out/.$name.key"
   log "$name: $out/$name.tar ($(du -m "$out/$name.tar" | cut -f1) MB) in $(($(date +%s) - t))s"
+}
+
+# The images at once: their RUN steps are mostly downloads and dpkg (a cold build, the
+# three apt-get runs overlap), the rest writes files. buildah's store takes concurrent builds.
+pids=()
+names=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM
+for spec in "${IMAGES[@]}"; do
+  read -r name ref dockerfile <<<"$spec"
+  grep -qx "$name" <<<"$todo" || continue
+  build_image "$name" "$ref" "$dockerfile" &
+  pids+=("$!")
+  names+=("$name")
 done
+failed=()
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || failed+=("${names[$i]}")
+done
+trap - INT TERM
+((${#failed[@]} == 0)) || die "failed: ${failed[*]} (logs: $logs/<name>.log)"
 
 # Images no name points at any more (the previous builds of these, and after a new base the
 # cached steps on the old one): their layers go. A pass frees the parents for the next.

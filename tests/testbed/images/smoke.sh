@@ -84,7 +84,8 @@ check "operator: runs as 65532:65532" sh -c '[ "$("$@")" = "65532:65532" ] && ec
   _ "${ctr[@]}" run --rm localhost/pgml-operator:dev smoke-id sh -c 'echo "$(id -u):$(id -g)"'
 check "agent: pgml-agent --version" run localhost/pgml-agent:dev /usr/local/bin/pgml-agent --version
 check "agent: tools" run localhost/pgml-agent:dev sh -euc \
-  'for t in blkid fsfreeze nsenter host-zpool host-zfs pgml-freeze-guard; do command -v "$t"; done'
+  'for t in blkid fsfreeze nsenter host-zpool host-zfs pgml-freeze-guard; do command -v "$t"; done
+   command -v zpool zfs 2>/dev/null || echo "(no bundled zpool/zfs: ZFS_TOOLS empty)"'
 check "postgres: postgres --version" run localhost/pgml-postgres:15 /usr/lib/postgresql/15/bin/postgres --version
 check "postgres: pgbackrest version" run localhost/pgml-postgres:15 pgbackrest version
 check "postgres: id postgres" run localhost/pgml-postgres:15 id postgres
