@@ -21,7 +21,7 @@ set -euo pipefail
 KUBE_VERSION=v1.35.4
 KUBE_MAJOR=1
 KUBE_MINOR=35
-COMMANDS=(kube-apiserver kube-controller-manager kubectl etcd)
+COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${PGML_CACHE:-$HOME/.cache/pgml-operator}/k8s/${KUBE_VERSION}/bin"

@@ -44,6 +44,9 @@ import (
 
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var commands = map[string]func() int{
@@ -51,6 +54,9 @@ var commands = map[string]func() int{
 	"kube-controller-manager": runControllerManager,
 	"kubectl":                 runKubectl,
 	"etcd":                    runEtcd,
+	"kubelet":                 runKubelet,
+	"kube-proxy":              runProxy,
+	"kube-scheduler":          runScheduler,
 }
 
 func main() {
@@ -58,7 +64,7 @@ func main() {
 	if _, ok := commands[name]; !ok {
 		// Called by its own name: `pgml-k8s <command> [args...]`.
 		if len(os.Args) < 2 || commands[os.Args[1]] == nil {
-			fmt.Fprintf(os.Stderr, "usage: %s {kube-apiserver|kube-controller-manager|kubectl|etcd} [args...]\n"+
+			fmt.Fprintf(os.Stderr, "usage: %s {kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl|etcd} [args...]\n"+
 				"(or call it through a symlink with one of those names)\n", name)
 			os.Exit(2)
 		}
@@ -76,6 +82,22 @@ func runAPIServer() int {
 // runControllerManager is cmd/kube-controller-manager/controller-manager.go's main.
 func runControllerManager() int {
 	return cli.Run(kcmapp.NewControllerManagerCommand())
+}
+
+// runKubelet is cmd/kubelet/kubelet.go's main: the real nodes of the test bed.
+func runKubelet() int {
+	return cli.Run(kubeletapp.NewKubeletCommand(context.Background()))
+}
+
+// runProxy is cmd/kube-proxy/proxy.go's main: Services on the real nodes.
+func runProxy() int {
+	return cli.Run(proxyapp.NewProxyCommand())
+}
+
+// runScheduler is cmd/kube-scheduler/scheduler.go's main: places the Pods the
+// operator does not bind itself (the chart's Deployment, client Pods).
+func runScheduler() int {
+	return cli.Run(schedulerapp.NewSchedulerCommand())
 }
 
 // runKubectl is cmd/kubectl/kubectl.go's main.
