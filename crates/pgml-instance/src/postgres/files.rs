@@ -29,20 +29,39 @@ impl Pg {
     /// directory, by device and inode. `pg_ctl status` checks the PID only, which a copy
     /// restored from a snapshot fools: the PID it carries is its source's postmaster, alive
     /// wherever PIDs are shared (on one host, or a PID reused in the Pod).
+    ///
+    /// Reading another user's `/proc/<pid>/cwd` needs ptrace access, which root in a
+    /// container does not have (no CAP_SYS_PTRACE): the postmaster runs as `postgres`.
+    /// Then the process is identified by what anyone may read: its name is `postgres` and it
+    /// started when `postmaster.pid` says its postmaster started (line 3, to the second).
+    /// PIDs are the Pod's own there, so a copy's PID can only be this Pod's process, and
+    /// one started at that second is that postmaster.
     pub fn postmaster_running(&self) -> bool {
-        let Some(pid) = std::fs::read_to_string(self.file("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-        else {
+        let Ok(text) = std::fs::read_to_string(self.file("postmaster.pid")) else {
             return false;
         };
-        let (Ok(cwd), Ok(data)) = (
-            std::fs::metadata(format!("/proc/{pid}/cwd")),
-            std::fs::metadata(&self.data),
-        ) else {
+        let Some(pid) = pid_file_field::<u32>(&text, 0) else {
             return false;
         };
-        cwd.dev() == data.dev() && cwd.ino() == data.ino()
+        match std::fs::metadata(format!("/proc/{pid}/cwd")) {
+            Ok(cwd) => std::fs::metadata(&self.data)
+                .is_ok_and(|data| cwd.dev() == data.dev() && cwd.ino() == data.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let started = pid_file_field::<u64>(&text, 2);
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+                let boot = std::fs::read_to_string("/proc/stat");
+                match (started, comm, stat, boot) {
+                    (Some(started), Ok(comm), Ok(stat), Ok(boot)) => {
+                        comm.trim() == "postgres"
+                            && process_start(&stat, &boot, clock_ticks())
+                                .is_some_and(|at| at.abs_diff(started) <= 1)
+                    }
+                    _ => false,
+                }
+            }
+            Err(_) => false,
+        }
     }
 
     pub(super) fn prepare_dir(&self) -> anyhow::Result<()> {
@@ -225,6 +244,34 @@ impl Pg {
     }
 }
 
+/// Field `n` (0-based line) of `postmaster.pid`: 0 the PID, 2 the start time (epoch seconds).
+fn pid_file_field<T: std::str::FromStr>(text: &str, n: usize) -> Option<T> {
+    text.lines().nth(n).and_then(|l| l.trim().parse().ok())
+}
+
+/// Clock ticks per second (`/proc/<pid>/stat`'s unit).
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// When a process started, in epoch seconds: its `/proc/<pid>/stat` start time (field 22,
+/// ticks since boot) plus the boot time (`btime` in `/proc/stat`). None when either is
+/// unreadable. The command name (field 2) may hold spaces and parentheses: fields are
+/// counted after its last `)`.
+pub(crate) fn process_start(stat: &str, proc_stat: &str, ticks: u64) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: u64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(btime + start_ticks / ticks.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +290,39 @@ mod tests {
             drop_to: None,
             run_dir: "/run/pgml".into(),
         }
+    }
+
+    #[test]
+    fn a_process_start_is_its_stat_start_ticks_after_boot() {
+        // A real line's shape, with a command name that holds a space and a parenthesis.
+        let stat = "1199 (postgres: a) x) S 1 1199 1199 0 -1 4194560 4185 0 0 0 3 5 0 0 20 0 1 0 254000 220700672 7000 18446744073709551615 1 1 0 0 0 0 0 4096 16904 0 0 0 17 1 0 0 0 0 0";
+        let proc_stat = "cpu  1 2 3\nintr 5\nbtime 1733560000\nprocesses 9\n";
+        assert_eq!(process_start(stat, proc_stat, 100), Some(1733560000 + 2540));
+        assert_eq!(process_start(stat, "cpu 1\n", 100), None, "no btime");
+        assert_eq!(process_start("1 (x) S 1", proc_stat, 100), None, "cut off");
+    }
+
+    #[test]
+    fn this_process_started_before_now_after_boot() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let boot = std::fs::read_to_string("/proc/stat").unwrap();
+        let at = process_start(&stat, &boot, clock_ticks()).unwrap();
+        assert!(
+            at <= now + 1 && now - at < 3600,
+            "started at {at}, now {now}"
+        );
+    }
+
+    #[test]
+    fn pid_file_fields_are_lines() {
+        let t = "1199\n/var/lib/postgresql/data/pgdata\n1765103143\n5432\n/tmp\n";
+        assert_eq!(pid_file_field::<u32>(t, 0), Some(1199));
+        assert_eq!(pid_file_field::<u64>(t, 2), Some(1765103143));
+        assert_eq!(pid_file_field::<u64>("1199\n", 2), None);
     }
 
     #[test]
