@@ -9,9 +9,27 @@
 #     pg_config --bindir says so too), Debian's postgresql-common around them;
 #   - a `postgres` user, which pgml-instance (run as root, the image has no USER) runs
 #     PostgreSQL as through `runuser` (util-linux); home /var/lib/postgresql;
-#   - `cp`, a shell, CA certificates (pgBackRest to S3 over TLS).
+#   - `cp`, a shell, CA certificates (pgBackRest to S3 over TLS), `ps` (procps: what a user
+#     looks at with kubectl exec).
 
 ARG BASE_IMAGE=debian:bookworm-slim
+
+# The stand-in `pgml` library (pgml-standin/pgml.c: NOT PostgresML; it only logs that it is
+# a stand-in). The operator always preloads `pgml`, as the PostgresML image needs; this lets
+# the operator's configuration start unchanged here. Compiled against the server headers of
+# Debian's postgresql-server-dev-15, unpacked without its dependencies (clang, LLVM: only the
+# headers are needed).
+FROM ${BASE_IMAGE} AS pgml-standin
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends gcc libc6-dev; \
+    cd /tmp; \
+    apt-get download postgresql-server-dev-15; \
+    dpkg-deb -x postgresql-server-dev-15_*.deb /tmp/pgdev; \
+    rm -rf /var/lib/apt/lists/*
+COPY tests/testbed/images/pgml-standin/pgml.c /src/pgml.c
+RUN gcc -O2 -fPIC -shared -Wall -Werror -I/tmp/pgdev/usr/include/postgresql/15/server \
+        -o /src/pgml.so /src/pgml.c
 
 FROM ${BASE_IMAGE}
 # The postgres user and group before the packages, so postgresql-common takes them as they
@@ -25,7 +43,7 @@ RUN set -eux; \
     install -d -o postgres -g postgres -m 0755 /var/lib/postgresql; \
     apt-get update; \
     apt-get install -y --no-install-recommends \
-        ca-certificates util-linux postgresql-15 postgresql-contrib pgbackrest; \
+        ca-certificates util-linux procps postgresql-15 postgresql-contrib pgbackrest; \
     rm -rf /var/lib/apt/lists/*; \
     test "$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)" = /usr/lib/postgresql/15/bin; \
     for t in initdb pg_ctl postgres pg_basebackup pg_rewind pg_controldata; do \
@@ -33,6 +51,7 @@ RUN set -eux; \
     done; \
     command -v pgbackrest runuser cp; \
     test "$(id -u postgres):$(id -g postgres)" = 999:999
+COPY --from=pgml-standin /src/pgml.so /usr/lib/postgresql/15/lib/pgml.so
 ENV TZ=UTC
 EXPOSE 5432
 LABEL org.opencontainers.image.title="pgml-postgres" \
