@@ -8,13 +8,21 @@
 #   - kwok (the simulated nodes' kubelet), built from its Go module into the same cache
 #     (tests/testbed/kwok/build.sh; the sandbox finds it there);
 #   - Helm, built from its Go module into the same cache (tests/testbed/helm/build.sh; the
-#     chart test finds it there).
+#     chart test finds it there);
+#   - CoreDNS (the real nodes' cluster DNS), built from its Go module into the same cache
+#     (tests/testbed/coredns/build.sh);
+#   - the real nodes' packages: containerd, runc, CNI plugins, iptables, conntrack, and what
+#     scripts/images.sh builds images with (debootstrap, buildah, umoci).
 # Prints the Kubernetes bin dir on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in zfs-fuse xfsprogs postgresql-15 postgresql-contrib pgbackrest openssl util-linux iproute2 procps curl; do
+# The real nodes (tests/testbed/sandbox/realnode.py): containerd, runc, the CNI plugins,
+# iptables and conntrack for kube-proxy; the images (scripts/images.sh): debootstrap, buildah,
+# umoci.
+for pkg in zfs-fuse xfsprogs postgresql-15 postgresql-contrib pgbackrest openssl util-linux iproute2 procps curl \
+           containerd runc containernetworking-plugins iptables conntrack debootstrap buildah umoci; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -36,4 +44,5 @@ fi
 
 bash tests/testbed/kwok/build.sh >&2
 bash tests/testbed/helm/build.sh >&2
+bash tests/testbed/coredns/build.sh >&2
 bash tests/testbed/k8s/build.sh

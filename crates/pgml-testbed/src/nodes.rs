@@ -14,12 +14,12 @@ fn nsenter_args(node: &NodeInfo, argv: &[&str]) -> anyhow::Result<Vec<String>> {
     if argv.is_empty() {
         bail!("node_exec on {}: empty argv", node.name);
     }
-    let mut args = vec![
-        "-t".to_string(),
-        node.ns_pid.to_string(),
-        "-m".to_string(),
-        "--".to_string(),
-    ];
+    let mut args = match node.init_pid {
+        // A real node: its mount namespace mounts its own PID namespace's /proc.
+        Some(init) => vec!["-t".to_string(), init.to_string(), "-m".into(), "-p".into()],
+        None => vec!["-t".to_string(), node.ns_pid.to_string(), "-m".to_string()],
+    };
+    args.push("--".to_string());
     args.extend(argv.iter().map(|s| s.to_string()));
     Ok(args)
 }

@@ -22,6 +22,16 @@ pub struct NodeInfo {
     pub mnt_dir: PathBuf,
     #[serde(default)]
     pub zfs_pid: Option<u32>,
+    /// A real node (`sandbox/realnode.py`): PID 1 of its PID namespace, entered with the
+    /// mount namespace (`nsenter -t init_pid -m -p`), since its `/proc` is that namespace's.
+    #[serde(default)]
+    pub init_pid: Option<u32>,
+    /// A real node's address (its kubelet's and its Pods' host address).
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// A real node's containerd socket.
+    #[serde(default)]
+    pub containerd_sock: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -63,6 +73,9 @@ pub struct Sandbox {
     pub kube: KubeInfo,
     pub aws: AwsInfo,
     pub nodes: Vec<NodeInfo>,
+    /// Nodes with a real kubelet, containerd and runc (`up --real-nodes N`).
+    #[serde(default)]
+    pub real_nodes: Vec<NodeInfo>,
     /// Absent in a sandbox started before the HTTPS front existed: see [`Sandbox::s3_tls`].
     #[serde(default)]
     pub s3: Option<S3TlsInfo>,
@@ -114,6 +127,20 @@ impl Sandbox {
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no simulated node named {name} in the sandbox"))
+    }
+
+    /// The real nodes (a kubelet with containerd each); panics, saying how to start them,
+    /// when the sandbox has fewer than `n`.
+    pub fn real_nodes(&self, n: usize) -> &[NodeInfo] {
+        if self.real_nodes.len() < n {
+            panic!(
+                "{} has {} real node(s), this test needs {n}: start the sandbox with \
+                 `--real-nodes {n}` (PGML_REAL_NODES={n}; `make test` does)",
+                self.dir.display(),
+                self.real_nodes.len()
+            );
+        }
+        &self.real_nodes[..n]
     }
 
     /// The HTTPS front of moto's S3; panics, saying to restart the sandbox, when it has none.

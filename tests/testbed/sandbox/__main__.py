@@ -23,7 +23,7 @@ import pathlib
 import shutil
 import sys
 
-from . import aws, k8s, kwok, nodes, proc, s3tls, store
+from . import aws, dns, k8s, kwok, nodes, proc, realnode, s3tls, store
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
@@ -37,6 +37,12 @@ NODES = [
     ("ip-10-0-3-10.ec2.internal", "us-east-1c"),
     ("ip-10-0-1-20.ec2.internal", "us-east-1a"),
 ]
+# Real nodes (sandbox/realnode.py): a kubelet with containerd and runc each, in two zones.
+REAL_NODES = [
+    ("ip-10-0-1-30.ec2.internal", "us-east-1a"),
+    ("ip-10-0-2-30.ec2.internal", "us-east-1b"),
+]
+REAL_NODE_TAINT = "pgml.io/database"
 INSTANCE_TYPE = "m7i.xlarge"
 
 
@@ -132,6 +138,49 @@ def _start_one_node(d: pathlib.Path, state: dict, logs: pathlib.Path, name: str,
     return info
 
 
+def _start_real_node(d: pathlib.Path, state: dict, logs: pathlib.Path, bin_dir: pathlib.Path,
+                     name: str, az: str, images: list[pathlib.Path]) -> dict:
+    """One real node: an EC2 instance in moto, the simulator's links, a Node object made
+    with the labels EKS gives (the kubelet then registers into it) and the kubelet with its
+    containerd. Recorded in state["real_nodes"]."""
+    instance_id = aws.run_instance(state["aws"]["endpoint"], az, INSTANCE_TYPE)
+    manifest = _node_manifest(name, az, instance_id)
+    del manifest["metadata"]["annotations"]
+    # Dedicated database nodes, as docs/install.md advises: only what tolerates
+    # pgml.io/database runs there (the chart's agent does by default; the operator, the
+    # instances and test clients say so), and the operator never places the simulated
+    # nodes' instances here.
+    manifest["spec"]["taints"] = [{"key": REAL_NODE_TAINT, "value": "true", "effect": "NoSchedule"}]
+    manifest["metadata"]["labels"]["type"] = "real"
+    manifest["metadata"]["labels"][REAL_NODE_TAINT] = "true"
+    k8s.kubectl(d, "apply", "--server-side", "--field-manager=pgml-sandbox", "-f", "-",
+                input=json.dumps(manifest))
+    index = len(state["real_nodes"]) + 1
+    info = realnode.start_node(d, state["kube"], bin_dir, logs, name, _node_ip(name), index,
+                               manifest["spec"]["providerID"], images)
+    info.update(instance_id=instance_id, az=az, instance_type=INSTANCE_TYPE)
+    state["real_nodes"].append(info)
+    _write_state(d, state)
+    aws.register_node(state["aws"]["admin"], instance_id, info["dev_dir"])
+    _log(f"real node {name}: {instance_id} in {az}, kubelet pid {info['kubelet_pid']}")
+    return info
+
+
+def _start_real_nodes(d: pathlib.Path, state: dict, logs: pathlib.Path, bin_dir: pathlib.Path,
+                      count: int) -> None:
+    images = sorted(pathlib.Path(realnode.images_dir()).glob("*.tar"))
+    state.setdefault("real_nodes", [])
+    for name, az in REAL_NODES[:count]:
+        _start_real_node(d, state, logs, bin_dir, name, az, images)
+    state["shared"] = realnode.start_shared(d, state["kube"], bin_dir, logs, REAL_NODES[0][0])
+    _write_state(d, state)
+    state["dns"] = dns.start(d, state["kube"]["kubeconfig"], logs)
+    _write_state(d, state)
+    k8s.kubectl(d, "wait", "--for=condition=Ready", "--timeout=120s",
+                *(f"node/{n}" for n, _ in REAL_NODES[:count]), timeout=150)
+    _log(f"{count} real node(s) Ready")
+
+
 def extra_node_name(k: int) -> tuple[str, str]:
     """The k-th extra node (0-based): zones in turn, ip-10-0-<zone>-<100+k>."""
     zone = k % 3 + 1
@@ -190,6 +239,7 @@ def up(args) -> int:
     try:
         _log("starting the image store (XFS, reflink)")
         store_dir = store.start(d)
+        realnode.prepare_host()
         _log("starting etcd, kube-apiserver, kube-controller-manager")
         kube = k8s.start(d, bin_dir, logs)
         state["kube"] = kube
@@ -213,6 +263,8 @@ def up(args) -> int:
         _log(f"kwok pid {state['kwok']['pid']}: nodes Ready")
         if getattr(args, "extra_nodes", 0):
             _add_extra_nodes(d, state, logs, args.extra_nodes)
+        if args.real_nodes:
+            _start_real_nodes(d, state, logs, bin_dir, args.real_nodes)
     except BaseException as e:
         _log(f"start failed: {e}")
         down(args)
@@ -227,6 +279,15 @@ def down(args) -> int:
     d = sandbox_dir()
     f = d / "sandbox.json"
     state = json.loads(f.read_text()) if f.exists() else {}
+    if "dns" in state:
+        dns.stop(state["dns"])
+    if "shared" in state:
+        realnode.stop_shared(state["shared"])
+    for info in reversed(state.get("real_nodes", [])):
+        try:
+            realnode.stop_node(info)
+        except Exception as e:  # keep going: the rest must still stop
+            _log(f"stopping real node {info.get('name')}: {e}")
     if "kwok" in state:
         try:
             kwok.stop(state["kwok"])
@@ -244,9 +305,10 @@ def down(args) -> int:
     if "kube" in state:
         k8s.stop(state["kube"])
     store.stop(d)
+    realnode.teardown_host()
     for p in ("sandbox.json", "env", "kubeconfig"):
         (d / p).unlink(missing_ok=True)
-    for p in ("k8s", "kwok", "nodes", "bin", "store", "tmp", "tls"):
+    for p in ("k8s", "kwok", "nodes", "bin", "store", "tmp", "tls", "coredns"):
         shutil.rmtree(d / p, ignore_errors=True)
     if state:
         _log("down")
@@ -264,6 +326,7 @@ def status(args) -> int:
     if "s3" in state:
         out["s3"] = {"endpoint": state["s3"]["endpoint"], "alive": proc.alive(state["s3"].get("pid"))}
     out["nodes"] = {n["name"]: nodes.node_status(n) for n in state.get("nodes", [])}
+    out["real_nodes"] = {n["name"]: realnode.node_status(n) for n in state.get("real_nodes", [])}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -280,6 +343,10 @@ def main() -> int:
     u.add_argument("--crds", default=str(REPO / "crds"), help="CRD folder to install (default: crds/)")
     u.add_argument("--extra-nodes", type=int, default=0,
                    help="extra simulated nodes beyond the four (for benches; see nodes-add)")
+    u.add_argument("--real-nodes", type=int, default=int(os.environ.get("PGML_REAL_NODES", "0")),
+                   choices=range(0, len(REAL_NODES) + 1),
+                   help="real nodes (kubelet, containerd, runc) beside the simulated ones "
+                        "(default $PGML_REAL_NODES, else 0)")
     a = sub.add_parser("nodes-add", help="start extra nodes in the running sandbox until it has N")
     a.add_argument("count", type=int)
     sub.add_parser("down", help="stop the sandbox")

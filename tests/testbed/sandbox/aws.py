@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from . import proc
+from .k8s import CONTROL_IP
 
 TESTBED_DIR = Path(__file__).resolve().parent.parent  # tests/testbed: holds the ebssim package
 
@@ -71,7 +72,9 @@ def _wait_http(url: str, pid: int, log_file: Path, timeout: float = 60.0) -> Non
 
 
 def _ebssim_argv(venv_python: str, store_dir: Path, port: int, moto_url: str) -> list[str]:
-    return [venv_python, "-m", "ebssim", "--store", str(store_dir), "--port", str(port), "--moto", moto_url]
+    # On CONTROL_IP, not loopback: the operator in a Pod on a real node reaches it there too.
+    return [venv_python, "-m", "ebssim", "--store", str(store_dir), "--host", CONTROL_IP,
+            "--port", str(port), "--moto", moto_url]
 
 
 def start(sandbox_dir: Path, store_dir: Path, log_dir: Path, venv_python: str) -> dict:
@@ -85,7 +88,7 @@ def start(sandbox_dir: Path, store_dir: Path, log_dir: Path, venv_python: str) -
     store_dir.mkdir(parents=True, exist_ok=True)
     moto_port, sim_port = proc.free_ports(2)
     moto_url = f"http://127.0.0.1:{moto_port}"
-    sim_url = f"http://127.0.0.1:{sim_port}"
+    sim_url = f"http://{CONTROL_IP}:{sim_port}"
     state = {
         "endpoint": sim_url,
         "moto": moto_url,

@@ -63,6 +63,10 @@ KUBE_VERSION = "v1.35.4"
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# The host's address on the nodes' side (sandbox/realnode.py puts it on a veth before the
+# control plane starts): where Pods in real containers reach kube-apiserver (the
+# `kubernetes` Service's endpoint), the EBS simulator and the cluster DNS.
+CONTROL_IP = "10.0.255.1"
 
 START_TIMEOUT = 120.0  # a 2-core machine busy compiling can take a while
 STOP_TIMEOUT = 10.0
@@ -212,6 +216,7 @@ def _make_pki(pki: pathlib.Path) -> None:
                         x509.DNSName("kubernetes.default.svc.cluster.local"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                         x509.IPAddress(ipaddress.ip_address(SERVICE_IP)),
+                        x509.IPAddress(ipaddress.ip_address(CONTROL_IP)),
                     ]
                 ),
                 critical=False,
@@ -223,6 +228,10 @@ def _make_pki(pki: pathlib.Path) -> None:
     leaf("apiserver", "kube-apiserver", (), server=True)
     leaf("admin", "admin", ("system:masters",), server=False)
     leaf("kcm", "system:kube-controller-manager", ("system:masters",), server=False)
+    # kube-apiserver's client certificate towards the kubelets (logs, exec, port-forward).
+    leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",), server=False)
+    leaf("scheduler", "system:kube-scheduler", (), server=False)
+    leaf("proxy", "system:kube-proxy", (), server=False)
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki / "sa.key", sa_key)
@@ -476,20 +485,25 @@ def start(
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--secure-port={api_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            # Loopback for the host's clients, CONTROL_IP for Pods in containers.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={CONTROL_IP}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
-            "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
+            # Node: the real nodes' kubelets (system:node:<name>), with NodeRestriction.
+            "--authorization-mode=Node,RBAC",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            # The nodes' names do not resolve here: reach kubelets by their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={token_file}",
-            # The `kubernetes` Service's Endpoints cannot hold a loopback address (the
-            # default reconciler logs an error every 10s); nothing here runs in-cluster.
-            "--endpoint-reconciler-type=none",
+            # The `kubernetes` Service's endpoint is CONTROL_IP: Pods on the real nodes
+            # reach it through kube-proxy, as in-cluster clients do.
+            "--endpoint-reconciler-type=lease",
             *audit_flags,
             "--v=1",
         ],
