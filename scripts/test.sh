@@ -14,10 +14,17 @@ make -s crds-check
 cargo build --workspace --all-targets
 cargo test --workspace --no-run -q 2>/dev/null || cargo test --workspace --no-run
 
+# The images the real nodes run (tests/e2e/tests/real_nodes.rs): the debug binaries just
+# built, wrapped (scripts/images.sh caches by content: seconds when nothing changed).
+target=$(cargo metadata --format-version 1 --no-deps | "$PWD/.venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+t1=$(date +%s)
+scripts/images.sh --bin-dir "$target/debug" >/dev/null
+echo "test: images ready ($(( $(date +%s) - t1 ))s)"
+
 py=$PWD/.venv/bin/python
 sandbox() { PYTHONPATH=$PWD/tests/testbed "$py" -m sandbox "$@"; }
 sandbox down >/dev/null 2>&1 || true
-sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
+sandbox up --k8s-bin "$k8s_bin" --python "$py" --real-nodes 2 >/dev/null
 trap 'sandbox down >/dev/null 2>&1 || true' EXIT
 
 threads="${PGML_TEST_THREADS:-4}"

@@ -1,0 +1,867 @@
+//! What the project ships, run for real: the chart installed with `helm install`, its
+//! operator Deployment (two replicas, leader election) and agent DaemonSet run as containers
+//! by real kubelets (containerd, runc) on the sandbox's real nodes, from the images
+//! `scripts/images.sh` builds (no registry: loaded into each node's containerd).
+//!
+//! The agent runs as the chart runs it: privileged, hostPID, the node's own `zpool`/`zfs`
+//! through `nsenter --target 1 --mount` (PID 1 of the node's PID namespace), datasets
+//! mounted under the chart's mount root with Bidirectional propagation. The operator reaches
+//! the API through the `kubernetes` Service (kube-proxy) with its ServiceAccount's projected
+//! token, and EC2 through the EBS simulator on the nodes' network.
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use pgml_api::common::keys;
+use pgml_api::snapshot::{HoldState, SnapshotPhase};
+use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
+use pgml_testbed::Sandbox;
+use pgml_testbed::aws::volumes_tagged;
+use pgml_testbed::aws::{SimAdmin, snapshots_tagged};
+use pgml_testbed::kube::{TestNamespace, client};
+use pgml_testbed::nodes::node_exec_ok;
+use pgml_testbed::rbac::helm;
+use pgml_testbed::sandbox::NodeInfo;
+use pgml_testbed::sandbox::repo_root;
+use pgml_testbed::wait::{has_condition, snapshot_settled, wait_for, wait_gone};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The chart installed into `ns`, watching only `ns` (so it never touches what the other
+/// tests' operators manage), with the sandbox's images and endpoints.
+struct Release {
+    name: String,
+    ns: String,
+}
+
+impl Release {
+    fn install(sb: &Sandbox, ns: &str) -> Release {
+        let name = format!("r-{}", &ns[ns.len() - 6..]);
+        let values = std::env::temp_dir().join(format!("pgml-values-{ns}.yaml"));
+        std::fs::write(&values, values_yaml(sb, &name, ns)).unwrap();
+        let out = helm_cmd(sb)
+            .args(["install", &name])
+            .arg(repo_root().join("charts/pgml-operator"))
+            .args(["--namespace", ns, "--values"])
+            .arg(&values)
+            .output()
+            .expect("running helm");
+        assert!(
+            out.status.success(),
+            "helm install failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Release {
+            name,
+            ns: ns.to_string(),
+        }
+    }
+
+    fn fullname(&self) -> String {
+        format!("{}-pgml-operator", self.name)
+    }
+
+    fn uninstall(&self, sb: &Sandbox) {
+        let out = helm_cmd(sb)
+            .args(["uninstall", &self.name, "--namespace", &self.ns, "--wait"])
+            .output()
+            .expect("running helm");
+        assert!(
+            out.status.success(),
+            "helm uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn helm_cmd(sb: &Sandbox) -> Command {
+    let mut c = Command::new(helm().expect("helm"));
+    c.env("KUBECONFIG", &sb.kube.kubeconfig);
+    c
+}
+
+/// The values a platform team would give on EKS with dedicated database nodes (label and
+/// taint `pgml.io/database`, as docs/install.md says: the sandbox's real nodes have both,
+/// its simulated ones neither), but for the sandbox's images (loaded into
+/// containerd: pullPolicy Never), its EC2 endpoint and moto's test keys (env of the
+/// operator: there is no IMDS for Pods here), and no NVMe serial check (the simulator's
+/// devices are links to image files).
+fn values_yaml(sb: &Sandbox, release: &str, ns: &str) -> String {
+    let endpoint = &sb.aws.endpoint;
+    format!(
+        r#"operator:
+  image: {{repository: localhost/pgml-operator, tag: dev, pullPolicy: Never}}
+  watchNamespace: {ns}
+  installation: {release}
+  logFormat: text
+  nodeSelector: {{pgml.io/database: "true"}}
+  tolerations: [{{key: pgml.io/database, operator: Exists}}]
+  extraEnv:
+    - {{name: AWS_ENDPOINT_URL, value: "{endpoint}"}}
+    - {{name: AWS_ACCESS_KEY_ID, value: testing}}
+    - {{name: AWS_SECRET_ACCESS_KEY, value: testing}}
+agent:
+  image: {{repository: localhost/pgml-agent, tag: dev, pullPolicy: Never}}
+  checkNvmeSerial: false
+  logFormat: text
+  nodeSelector: {{pgml.io/database: "true"}}
+  # The simulator's device links point into its image store: the agent resolves them.
+  extraVolumes:
+    - {{name: ebs-store, hostPath: {{path: "{store}", type: Directory}}}}
+  extraVolumeMounts:
+    - {{name: ebs-store, mountPath: "{store}", readOnly: true}}
+aws:
+  region: {region}
+"#,
+        region = sb.region,
+        store = sb.dir.join("store").display(),
+    )
+}
+
+fn kubectl(sb: &Sandbox, args: &[&str]) -> String {
+    let out = Command::new(sb.kubectl())
+        .arg(format!("--kubeconfig={}", sb.kube.kubeconfig.display()))
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn wait_rollout(ns: &TestNamespace, r: &Release, nodes: usize) {
+    let deploys: Api<Deployment> = ns.api();
+    wait_for(
+        &deploys,
+        &r.fullname(),
+        "operator Deployment available",
+        TIMEOUT,
+        |d: &Deployment| d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2),
+    )
+    .await;
+    let ds: Api<DaemonSet> = ns.api();
+    wait_for(
+        &ds,
+        &format!("{}-agent", r.fullname()),
+        "agent DaemonSet ready",
+        TIMEOUT,
+        |d: &DaemonSet| d.status.as_ref().map(|s| s.number_ready) == Some(nodes as i32),
+    )
+    .await;
+}
+
+fn pool_manifest(name: &str, node: &str) -> ZfsPool {
+    let text = format!(
+        "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  layout: raidz1\n  reclaimPolicy: Delete\n  volumes: {{count: 3, type: gp3, sizeGiB: 1}}\n  datasets:\n  - name: pgdata\n    properties: {{recordsize: 8K}}\n"
+    );
+    serde_yaml::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn the_chart_runs_in_containers_and_builds_a_raidz1_pool_on_a_real_node() {
+    let sb = Sandbox::get();
+    let real = sb.real_nodes(2);
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "helm").await;
+    let release = Release::install(sb, ns.name());
+    wait_rollout(&ns, &release, real.len()).await;
+
+    // The operator and the agents are containers on the real nodes, as their images say.
+    let pods: Api<Pod> = ns.api();
+    let listed = pods.list(&ListParams::default()).await.unwrap();
+    let real_names: Vec<&str> = real.iter().map(|n| n.name.as_str()).collect();
+    for p in &listed.items {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        assert!(
+            real_names.contains(&node.as_str()),
+            "{:?} on {node}",
+            p.metadata.name
+        );
+        let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+        assert_eq!(phase.as_deref(), Some("Running"), "{:?}", p.metadata.name);
+    }
+    let operator_uid = kubectl(
+        sb,
+        &[
+            "exec",
+            "-n",
+            ns.name(),
+            &format!("deploy/{}", release.fullname()),
+            "--",
+            "id",
+            "-u",
+        ],
+    );
+    assert_eq!(
+        operator_uid.trim(),
+        "65532",
+        "the operator runs as the image's nonroot user"
+    );
+
+    // A raidz1 pool of three volumes on the first real node, built by the agent container.
+    let api: Api<ZfsPool> = ns.api();
+    api.create(
+        &PostParams::default(),
+        &pool_manifest("tank", &real[0].name),
+    )
+    .await
+    .unwrap();
+    let pool = wait_for(&api, "tank", "raidz1 pool Ready", TIMEOUT, |o: &ZfsPool| {
+        has_condition(o, "Ready", "True")
+    })
+    .await;
+    let zpool = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.pool_name.clone())
+        .expect("status.poolName");
+    let status = node_exec_ok(&real[0], &["zpool", "status", &zpool]).unwrap();
+    assert!(status.contains("raidz1"), "{status}");
+    assert!(status.contains("ONLINE"), "{status}");
+    // The agent container reaches the same pool through the host's tools.
+    let agent_pod = listed
+        .items
+        .iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .contains("-agent-")
+                && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                    == Some(real[0].name.as_str())
+        })
+        .and_then(|p| p.metadata.name.clone())
+        .expect("an agent Pod on the first real node");
+    let seen = kubectl(
+        sb,
+        &[
+            "exec",
+            "-n",
+            ns.name(),
+            &agent_pod,
+            "--",
+            "/usr/local/bin/host-zpool",
+            "list",
+            "-H",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(seen.lines().any(|l| l.trim() == zpool), "{seen}");
+    let mounted = node_exec_ok(&real[0], &["cat", "/proc/self/mountinfo"]).unwrap();
+    assert!(
+        mounted.contains(&format!("/var/lib/pgml/{zpool}")),
+        "the pool's datasets are mounted under the chart's mount root on the node"
+    );
+
+    // Deleting the pool deletes its volumes (reclaimPolicy Delete): nothing leaks.
+    let uid = pool.metadata.uid.clone().unwrap();
+    api.delete("tank", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "tank", TIMEOUT).await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let left = volumes_tagged(sb, keys::POOL_UID, &uid).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "volumes left after deletion: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    cluster_in_containers(sb, &ns, real).await;
+
+    release.uninstall(sb);
+    ns.cleanup().await;
+}
+
+const CLUSTER: &str = "db";
+const PG_IMAGE: &str = "localhost/pgml-postgres:15";
+
+/// Dedicated database nodes: what runs there says so.
+fn on_database_nodes() -> serde_json::Value {
+    json!({
+        "nodeSelector": {"pgml.io/database": "true"},
+        "tolerations": [{"key": "pgml.io/database", "operator": "Exists"}],
+    })
+}
+
+/// A 2-instance PgmlCluster on raidz1 pools, the PostgreSQL stand-in image, the replica
+/// seeded from an EbsSnapshot (the default).
+fn cluster_manifest() -> serde_json::Value {
+    let mut spec = json!({
+        "instances": 2,
+        "image": PG_IMAGE,
+        "storage": {"zfs": {"template": {
+            "layout": "raidz1",
+            "volumes": {"count": 3, "type": "gp3", "sizeGiB": 1},
+            "reclaimPolicy": "Delete",
+        }}},
+        "replicas": {"seedFrom": "Snapshot"},
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(on_database_nodes().as_object().unwrap().clone());
+    json!({"apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+           "metadata": {"name": CLUSTER}, "spec": spec})
+}
+
+/// A client Pod with psql, pointed at the `-rw` Service by its DNS name, with the
+/// superuser's password from the cluster's Secret.
+fn client_pod() -> Pod {
+    let secret =
+        |key: &str| json!({"secretKeyRef": {"name": format!("{CLUSTER}-superuser"), "key": key}});
+    let mut spec = json!({
+        "containers": [{
+            "name": "psql",
+            "image": PG_IMAGE,
+            "command": ["sleep", "infinity"],
+            "env": [
+                {"name": "PGHOST", "value": format!("{CLUSTER}-rw")},
+                {"name": "PGUSER", "valueFrom": secret("username")},
+                {"name": "PGPASSWORD", "valueFrom": secret("password")},
+                {"name": "PGDATABASE", "value": "postgres"},
+                {"name": "PGCONNECT_TIMEOUT", "value": "5"},
+            ],
+        }],
+        "terminationGracePeriodSeconds": 1,
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(on_database_nodes().as_object().unwrap().clone());
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client"}, "spec": spec}))
+    .unwrap()
+}
+
+fn psql(sb: &Sandbox, ns: &str, pod: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(sb.kubectl())
+        .arg(format!("--kubeconfig={}", sb.kube.kubeconfig.display()))
+        .args([
+            "exec",
+            "-n",
+            ns,
+            pod,
+            "--",
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .expect("running kubectl");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInfo]) {
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    clusters
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(cluster_manifest()).unwrap(),
+        )
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &client_pod())
+        .await
+        .unwrap();
+    let healthy = wait_for(
+        &clusters,
+        CLUSTER,
+        "2 instances ready",
+        Duration::from_secs(420),
+        |c: &PgmlCluster| c.status.as_ref().and_then(|s| s.ready_instances) == Some(2),
+    )
+    .await;
+    let status = healthy.status.clone().unwrap();
+    let primary = status.current_primary.clone().expect("a primary");
+    let nodes: Vec<String> = status
+        .instances
+        .iter()
+        .filter_map(|i| i.node.clone())
+        .collect();
+    let real_names: Vec<String> = real.iter().map(|n| n.name.clone()).collect();
+    for n in &nodes {
+        assert!(real_names.contains(n), "instance on {n}, not a real node");
+    }
+    wait_for(&pods, "client", "client Running", TIMEOUT, |p: &Pod| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+
+    // PostgreSQL runs in the container as the image's postgres user, PGDATA on the pool.
+    let ps = kubectl(
+        sb,
+        &[
+            "exec",
+            "-n",
+            ns.name(),
+            &primary,
+            "-c",
+            "postgres",
+            "--",
+            "ps",
+            "-o",
+            "user=,comm=",
+            "-C",
+            "postgres",
+        ],
+    );
+    assert!(
+        ps.lines().count() > 1 && ps.lines().all(|l| l.starts_with("postgres ")),
+        "{ps}"
+    );
+    let mounts = kubectl(
+        sb,
+        &[
+            "exec",
+            "-n",
+            ns.name(),
+            &primary,
+            "-c",
+            "postgres",
+            "--",
+            "cat",
+            "/proc/self/mountinfo",
+        ],
+    );
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains("/pgdata") && l.contains("fuse")),
+        "PGDATA on the pool's dataset:\n{mounts}"
+    );
+
+    // Rows through the -rw Service (by its DNS name), read back on the replica.
+    let sql = "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g";
+    let mut last = String::new();
+    for _ in 0..60 {
+        match psql(sb, ns.name(), "client", sql) {
+            Ok(_) => {
+                last.clear();
+                break;
+            }
+            Err(e) => {
+                last = e;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    assert!(last.is_empty(), "writing through {CLUSTER}-rw: {last}");
+    let replica = status
+        .instances
+        .iter()
+        .find(|i| i.name != primary)
+        .map(|i| i.name.clone())
+        .expect("a replica");
+    let mut seen = String::new();
+    for _ in 0..60 {
+        seen = kubectl(
+            sb,
+            &[
+                "exec",
+                "-n",
+                ns.name(),
+                &replica,
+                "-c",
+                "postgres",
+                "--",
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "psql",
+                "-h",
+                "/tmp",
+                "-Atc",
+                "SELECT count(*) FROM t",
+            ],
+        )
+        .trim()
+        .to_string();
+        if seen == "1000" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(seen, "1000", "the replica streams the rows");
+
+    snapshot_with_the_agent_killed_in_the_hold(sb, ns, real).await;
+    let acked = load_with_the_primary_killed(sb, ns, real, &primary).await;
+
+    // Every acknowledged row is there, and the replica streams them all.
+    let healthy = wait_for(
+        &clusters,
+        CLUSTER,
+        "2 instances ready again",
+        Duration::from_secs(300),
+        |c: &PgmlCluster| c.status.as_ref().and_then(|s| s.ready_instances) == Some(2),
+    )
+    .await;
+    let status = healthy.status.unwrap();
+    let primary = status.current_primary.clone().expect("a primary");
+    let mut have = String::new();
+    for _ in 0..60 {
+        match psql(
+            sb,
+            ns.name(),
+            "client",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM load",
+        ) {
+            Ok(v) => {
+                have = v;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+    let have: std::collections::BTreeSet<u32> =
+        have.split(',').filter_map(|x| x.parse().ok()).collect();
+    let lost: Vec<&u32> = acked.iter().filter(|i| !have.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows lost: {lost:?} (of {} acknowledged)",
+        acked.len()
+    );
+    let replica = status
+        .instances
+        .iter()
+        .find(|i| i.name != primary)
+        .map(|i| i.name.clone())
+        .expect("a replica");
+    let want = have.len().to_string();
+    let mut seen = String::new();
+    for _ in 0..60 {
+        seen = kubectl(
+            sb,
+            &[
+                "exec",
+                "-n",
+                ns.name(),
+                &replica,
+                "-c",
+                "postgres",
+                "--",
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "psql",
+                "-h",
+                "/tmp",
+                "-Atc",
+                "SELECT count(*) FROM load",
+            ],
+        )
+        .trim()
+        .to_string();
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        seen, want,
+        "the replica streams every row after the primary's restart"
+    );
+    // The primary is no standby (a hold's standby.signal was taken away).
+    assert_eq!(
+        kubectl(
+            sb,
+            &[
+                "exec",
+                "-n",
+                ns.name(),
+                &primary,
+                "-c",
+                "postgres",
+                "--",
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "psql",
+                "-h",
+                "/tmp",
+                "-Atc",
+                "SELECT pg_is_in_recovery()"
+            ]
+        )
+        .trim(),
+        "f"
+    );
+
+    // Deleting the cluster and the snapshot leaves no volume and no snapshot of the test's.
+    clusters
+        .delete(CLUSTER, &DeleteParams::default())
+        .await
+        .unwrap();
+    let snaps: Api<EbsSnapshot> = ns.api();
+    snaps
+        .delete("before-load", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&clusters, CLUSTER, TIMEOUT).await;
+    wait_gone(&snaps, "before-load", TIMEOUT).await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let vols = volumes_tagged(sb, keys::NAMESPACE, ns.name()).await;
+        let sets = snapshots_tagged(sb, keys::NAMESPACE, ns.name()).await;
+        if vols.is_empty() && sets.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {vols:?} {sets:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// containerd's ID of a Pod's container (`containerd://<id>` in its status).
+async fn container_id(pods: &Api<Pod>, pod: &str, container: &str) -> String {
+    let p = pods.get(pod).await.unwrap();
+    p.status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == container)
+        .and_then(|c| c.container_id)
+        .and_then(|id| id.strip_prefix("containerd://").map(str::to_string))
+        .unwrap_or_else(|| panic!("no containerd ID for {pod}/{container}"))
+}
+
+/// SIGKILL to a container's first process, through the node's containerd (as an OOM kill
+/// or a crash would end it); the kubelet restarts it.
+async fn kill_container(node: &NodeInfo, pods: &Api<Pod>, pod: &str, container: &str) {
+    let id = container_id(pods, pod, container).await;
+    let sock = node
+        .containerd_sock
+        .as_ref()
+        .expect("a real node")
+        .display()
+        .to_string();
+    node_exec_ok(
+        node,
+        &[
+            "ctr",
+            "--address",
+            &sock,
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "-s",
+            "SIGKILL",
+            &id,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("killing {pod}/{container}: {e}"));
+}
+
+fn restarts(p: &Pod, container: &str) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
+        .map_or(0, |c| c.restart_count)
+}
+
+/// An EbsSnapshot of the cluster whose CreateSnapshots answers 8 s late, so the hold lasts:
+/// the agent container of the held node is killed in it. The restarted agent (its hold
+/// records survive in its state folder) or the deadline ends the hold; the snapshot settles.
+async fn snapshot_with_the_agent_killed_in_the_hold(
+    sb: &Sandbox,
+    ns: &TestNamespace,
+    real: &[NodeInfo],
+) {
+    let snaps: Api<EbsSnapshot> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let _slow = SimAdmin::from_sandbox(sb)
+        .fault(
+            json!({"kind": "latency", "action": "CreateSnapshots", "match": ns.name(), "ms": 8000}),
+        )
+        .unwrap();
+    let snap: EbsSnapshot = serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+        "metadata": {"name": "before-load"},
+        "spec": {"source": {"cluster": {"name": CLUSTER}}, "deletionPolicy": "Delete",
+                 "freezeTimeoutSeconds": 30},
+    }))
+    .unwrap();
+    snaps.create(&PostParams::default(), &snap).await.unwrap();
+    let held = wait_for(
+        &snaps,
+        "before-load",
+        "the hold in place (Capturing)",
+        TIMEOUT,
+        |s: &EbsSnapshot| {
+            s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Capturing)
+        },
+    )
+    .await;
+    let node_name = held
+        .status
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("status.nodeName");
+    let node = real
+        .iter()
+        .find(|n| n.name == node_name)
+        .expect("the held node is a real node");
+    let agents = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=agent"))
+        .await
+        .unwrap();
+    let agent = agents
+        .items
+        .iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()))
+        .expect("the held node's agent");
+    let agent_name = agent.metadata.name.clone().unwrap();
+    let before = restarts(agent, "agent");
+    kill_container(node, &pods, &agent_name, "agent").await;
+    wait_for(
+        &pods,
+        &agent_name,
+        "the agent container restarted and ready",
+        TIMEOUT,
+        |p: &Pod| {
+            restarts(p, "agent") > before
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
+        },
+    )
+    .await;
+    let settled = snapshot_settled(&snaps, "before-load", TIMEOUT, String::new)
+        .await
+        .unwrap();
+    let hold = settled.status.as_ref().and_then(|s| s.hold.clone());
+    assert!(
+        !matches!(hold.as_ref().map(|h| h.state), Some(HoldState::Held)),
+        "the hold ended: {hold:?}"
+    );
+}
+
+/// Rows inserted one transaction each by psql in the client Pod (RETURNING: psql prints an
+/// ID only once its commit is acknowledged) while the primary's container is SIGKILLed.
+/// Returns the acknowledged IDs.
+async fn load_with_the_primary_killed(
+    sb: &Sandbox,
+    ns: &TestNamespace,
+    real: &[NodeInfo],
+    primary: &str,
+) -> Vec<u32> {
+    let pods: Api<Pod> = ns.api();
+    psql(
+        sb,
+        ns.name(),
+        "client",
+        "CREATE TABLE load (id int primary key, at timestamptz default now())",
+    )
+    .unwrap();
+    let script: String = (1..=20000)
+        .map(|i| format!("INSERT INTO load (id) VALUES ({i}) RETURNING id;\n"))
+        .collect();
+    let mut child = tokio::process::Command::new(sb.kubectl())
+        .arg(format!("--kubeconfig={}", sb.kube.kubeconfig.display()))
+        .args([
+            "exec",
+            "-i",
+            "-n",
+            ns.name(),
+            "client",
+            "--",
+            "psql",
+            "-At",
+            "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec psql");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(script.as_bytes()).await;
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out).await;
+        out
+    });
+    // Some rows in, then the kill.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let n = psql(sb, ns.name(), "client", "SELECT count(*) FROM load").unwrap_or_default();
+        if n.parse::<u32>().unwrap_or(0) >= 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pod = pods.get(primary).await.unwrap();
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
+    let node = real
+        .iter()
+        .find(|n| n.name == node_name)
+        .expect("the primary is on a real node");
+    let before = restarts(&pod, "postgres");
+    kill_container(node, &pods, primary, "postgres").await;
+    // psql ends at the lost connection; kubectl exec may wait on its stdin: close it, and
+    // end kubectl if it still waits.
+    writer.abort();
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    let out = reader.await.unwrap();
+    wait_for(
+        &pods,
+        primary,
+        "the primary's container restarted",
+        TIMEOUT,
+        |p: &Pod| restarts(p, "postgres") > before,
+    )
+    .await;
+    let acked: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(
+        acked.len() >= 200,
+        "rows acknowledged before the kill: {}",
+        acked.len()
+    );
+    acked
+}
