@@ -2,7 +2,7 @@
 //! the API server a scripted one that keeps the pool, serves its Node, takes status
 //! applies and Events. The sandbox tests prove the wire; these prove the logic (create →
 //! crash → resume, a crash between create and attach, throttled creates, attaches and
-//! modifications, a lost member).
+//! modifications, a lost member) and deletion (whose volumes it touches).
 
 mod fake_api;
 
@@ -136,6 +136,109 @@ impl Harness {
     fn reasons(&self) -> Vec<String> {
         let events = self.api.events.lock().unwrap();
         events.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// The notes of the Events of `reason`.
+    fn notes(&self, reason: &str) -> Vec<String> {
+        let events = self.api.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(r, _)| r == reason)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// The pool deleted (`kubectl delete`) with `reclaimPolicy: policy`.
+    fn delete_pool(&self, policy: &str) {
+        let mut pool = self.api.pool.lock().unwrap();
+        pool["metadata"]["deletionTimestamp"] = json!("2026-12-07T00:00:00Z");
+        pool["spec"]["reclaimPolicy"] = json!(policy);
+    }
+
+    /// The agent has released the pool: its `PoolReleased` condition (this API server's
+    /// status apply is the controller's whole status, so the agent's part is put back
+    /// before each look).
+    fn agent_released(&self) {
+        let mut pool = self.api.pool.lock().unwrap();
+        let released = json!({"type": "PoolReleased", "status": "True", "reason": "Destroyed",
+            "message": "", "lastTransitionTime": "2026-12-07T00:00:00Z"});
+        let conds = pool["status"]["conditions"].as_array_mut().unwrap();
+        conds.retain(|c| c["type"] != "PoolReleased");
+        conds.push(released);
+    }
+
+    /// Runs deletion up to `passes` times, 5 s apart (the agent's release put back before
+    /// each when `released`), until it lets the finalizer go. Returns whether it did and
+    /// what it waited for.
+    async fn delete_until_done(
+        &self,
+        ctx: &Context,
+        released: bool,
+        passes: usize,
+    ) -> (bool, Vec<String>) {
+        let mut waits = vec![];
+        for _ in 0..passes {
+            if released {
+                self.agent_released();
+            }
+            match cleanup::cleanup(&self.pool(), ctx).await {
+                Ok(_) => return (true, waits),
+                Err(Error::Waiting { what, .. }) => {
+                    waits.push(what);
+                    tokio::time::advance(Duration::from_secs(5)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (false, waits)
+    }
+
+    /// A volume made by the operator for this pool (its UID and managed-by tags), tagged
+    /// with `installation` (`None`: made before the operator tagged its installation),
+    /// attached to the instance when `attach`.
+    async fn volume_of_installation(&self, installation: Option<&str>, attach: bool) -> String {
+        use pgml_aws::{CreateVolume, Ec2, VolumeType};
+        let pool = self.pool();
+        let mut tags = std::collections::BTreeMap::from([
+            (
+                keys::MANAGED_BY.to_string(),
+                keys::MANAGED_BY_VALUE.to_string(),
+            ),
+            (
+                keys::POOL_UID.to_string(),
+                pool.metadata.uid.clone().unwrap(),
+            ),
+        ]);
+        if let Some(i) = installation {
+            tags.insert(keys::INSTALLATION.to_string(), i.to_string());
+        }
+        let id = self
+            .fake
+            .create_volume(&CreateVolume {
+                availability_zone: ZONE.into(),
+                volume_type: VolumeType::Gp3,
+                size_gib: 10,
+                iops: None,
+                throughput_mibps: None,
+                encrypted: true,
+                kms_key_id: None,
+                snapshot_id: None,
+                volume_initialization_rate_mibps: None,
+                tags,
+                client_token: format!("{installation:?}"),
+            })
+            .await
+            .unwrap()
+            .volume_id;
+        self.fake.settle();
+        if attach {
+            self.fake
+                .attach_volume(&id, INSTANCE, "/dev/xvdzz")
+                .await
+                .unwrap();
+            self.fake.settle();
+        }
+        id
     }
 }
 
@@ -506,38 +609,9 @@ async fn deletion_never_touches_a_volume_that_status_names_but_its_tags_do_not()
         .await
         .unwrap()
         .volume_id;
-    {
-        let mut pool = h.api.pool.lock().unwrap();
-        pool["metadata"]["deletionTimestamp"] = json!("2026-12-07T00:00:00Z");
-        pool["spec"]["reclaimPolicy"] = json!("Delete");
-        pool["status"]["volumes"][0]["replacedVolumeId"] = json!(foreign);
-    }
-    // The agent has destroyed the pool (its condition; this API server's status apply is
-    // the controller's whole status, so the agent's part is put back before each look).
-    let agent_released = || {
-        let mut pool = h.api.pool.lock().unwrap();
-        let released = json!({"type": "PoolReleased", "status": "True", "reason": "Destroyed",
-            "message": "", "lastTransitionTime": "2026-12-07T00:00:00Z"});
-        let conds = pool["status"]["conditions"].as_array_mut().unwrap();
-        conds.retain(|c| c["type"] != "PoolReleased");
-        conds.push(released);
-    };
-    let mut done = false;
-    let mut waits = vec![];
-    for _ in 0..20 {
-        agent_released();
-        match cleanup::cleanup(&h.pool(), &ctx).await {
-            Ok(_) => {
-                done = true;
-                break;
-            }
-            Err(Error::Waiting { what, .. }) => {
-                waits.push(what);
-                tokio::time::advance(Duration::from_secs(5)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    h.delete_pool("Delete");
+    h.api.pool.lock().unwrap()["status"]["volumes"][0]["replacedVolumeId"] = json!(foreign);
+    let (done, waits) = h.delete_until_done(&ctx, true, 20).await;
     assert!(done, "deletion finished: {waits:?}");
     for v in &ours {
         assert!(h.fake.volume(v).is_none(), "{v} deleted");
@@ -555,4 +629,97 @@ async fn deletion_never_touches_a_volume_that_status_names_but_its_tags_do_not()
             "{action} of {foreign}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_never_touches_a_volume_of_this_pool_uid_tagged_for_another_installation() {
+    let h = Harness::new();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    // A second installation in the account that somehow tagged a volume with this pool's
+    // UID: found by the pool's tag search, attached to the pool's instance.
+    let theirs = h.volume_of_installation(Some("other-cluster"), true).await;
+    h.delete_pool("Delete");
+    let (done, waits) = h.delete_until_done(&ctx, true, 20).await;
+    assert!(done, "deletion finished: {waits:?}");
+    assert!(h.fake.volume(&theirs).is_some(), "their volume is kept");
+    assert!(h.attached().contains(&theirs), "and left attached");
+    for action in ["DetachVolume", "DeleteVolume"] {
+        assert!(
+            h.fake
+                .calls_of(action)
+                .iter()
+                .all(|c| c.arg("VolumeId") != Some(theirs.as_str())),
+            "{action} of {theirs}"
+        );
+    }
+    let notes = h.notes("NotOurs");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&theirs) && n.contains("pgml.io/installation=other-cluster")),
+        "a Warning names it: {notes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_waits_for_a_volume_without_the_installation_tag_until_it_is_adopted() {
+    use pgml_aws::Ec2;
+    let h = Harness::new();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    let ours: BTreeSet<String> = h
+        .members()
+        .iter()
+        .filter_map(|m| m.volume_id.clone())
+        .collect();
+    // Made for this pool by an operator that did not tag its installation yet.
+    let old = h.volume_of_installation(None, false).await;
+    h.delete_pool("Delete");
+    let (done, waits) = h.delete_until_done(&ctx, true, 10).await;
+    assert!(
+        !done,
+        "the finalizer stays while a volume waits for adoption: {waits:?}"
+    );
+    for v in &ours {
+        assert!(h.fake.volume(v).is_none(), "{v} deleted");
+    }
+    assert!(h.fake.volume(&old).is_some(), "the untagged volume is kept");
+    assert!(
+        h.fake
+            .calls_of("DeleteVolume")
+            .iter()
+            .all(|c| c.arg("VolumeId") != Some(old.as_str())),
+        "never deleted on its UID tag alone"
+    );
+    assert!(
+        waits.last().is_some_and(|w| w.contains(&old)),
+        "waits for it: {waits:?}"
+    );
+    let notes = h.notes("InstallationTagMissing");
+    let adopt = format!(
+        "Key=pgml.io/installation,Value={}",
+        ctx.settings.installation
+    );
+    assert!(
+        notes.iter().any(|n| n.contains(&old) && n.contains(&adopt)),
+        "a Warning names it and says how to adopt it: {notes:?}"
+    );
+
+    // An administrator adopts it: the next look deletes it and lets the pool go.
+    let tag = [(
+        keys::INSTALLATION.to_string(),
+        ctx.settings.installation.clone(),
+    )]
+    .into();
+    h.fake
+        .create_tags(std::slice::from_ref(&old), &tag)
+        .await
+        .unwrap();
+    let (done, waits) = h.delete_until_done(&ctx, true, 10).await;
+    assert!(done, "deletion finished: {waits:?}");
+    assert!(
+        h.fake.volume(&old).is_none(),
+        "the adopted volume is deleted"
+    );
 }

@@ -1,6 +1,6 @@
 //! What every controller shares, and the one way they run: the context (clients,
 //! settings, backoff state), one classified error type, conditions, Events, server-side
-//! apply, and the runner that wires a controller's steps to kube-runtime. No controller
+//! apply, the ownership check before anything in EC2 is detached or deleted, and the runner that wires a controller's steps to kube-runtime. No controller
 //! imports another's internals; they all import from here.
 
 pub mod conditions;
@@ -9,6 +9,7 @@ pub mod controller;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod ownership;
 pub mod ssa;
 
 pub use context::{

@@ -254,32 +254,41 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// The volumes members replaced: detached, deleted or forgotten as the plan says.
+    /// The volumes members replaced: detached, deleted, forgotten or left alone as the plan
+    /// says.
     async fn retire_replaced(&mut self) -> Result<(), Error> {
         let instance_id = self.target.instance.instance_id.clone();
         let ec2 = &self.ctx.ec2;
-        for r in plan::replace::retirements(&self.facts, &self.members, &instance_id) {
+        let uid = self.pool.metadata.uid.as_deref().unwrap_or_default();
+        let installation = &self.ctx.settings.installation;
+        let owner = |v: &Volume| build::ownership(v, uid, installation);
+        let retirements = plan::replace::retirements(
+            &self.facts,
+            &self.members,
+            &instance_id,
+            owner,
+            installation,
+        );
+        for r in retirements {
             let (member, volume) = (r.index, &r.old);
-            let foreign = self
-                .members
-                .retired
-                .iter()
-                .find(|(_, v)| &v.volume_id == volume)
-                .is_some_and(|(_, v)| {
-                    !build::is_ours(v, self.pool.metadata.uid.as_deref().unwrap_or_default())
-                });
-            if foreign && matches!(r.step, Retire::Detach | Retire::Delete) {
-                // Recorded as replaced, but its tags are not this pool's: never detached or
-                // deleted on the word of status; the record is dropped.
-                tracing::warn!(member, %volume, "replaced volume's tags are not this pool's: left alone");
-                plan::replace::retired(&mut self.facts, r.index);
-                continue;
-            }
             match r.step {
                 Retire::Wait => {}
                 Retire::Forget => {
                     tracing::info!(member, %volume, "replaced volume no longer exists");
                     plan::replace::retired(&mut self.facts, r.index);
+                }
+                Retire::NotOurs(why, note) => {
+                    // Recorded as replaced, but its tags are not this pool's: never detached
+                    // or deleted on the word of status; the record is dropped.
+                    tracing::warn!(member, %volume, %note, "replaced volume left alone");
+                    plan::replace::retired(&mut self.facts, r.index);
+                    events::publish(self.ctx, self.pool, true, why, note).await;
+                }
+                Retire::Unadopted(why, note) => {
+                    // The record stays: once an administrator adds the installation tag,
+                    // the next reconcile retires it.
+                    tracing::warn!(member, %volume, %note, "replaced volume left alone");
+                    events::publish(self.ctx, self.pool, true, why, note).await;
                 }
                 Retire::Detach => {
                     ec2.detach_volume(volume, &instance_id, false).await?;

@@ -14,6 +14,8 @@ use pgml_aws::{
     AttachmentState, CreateVolume, Instance, ModifyVolume, Volume, VolumeState, VolumeType,
 };
 
+use crate::runtime::ownership::{self, Ownership};
+
 /// AWS allows this many modifications per volume in a rolling 24 hours.
 pub const MODIFICATIONS_PER_DAY: usize = 4;
 const DAY_SECONDS: i64 = 24 * 3600;
@@ -45,12 +47,16 @@ pub fn pool_filter(uid: &str) -> Vec<(String, String)> {
     vec![(keys::POOL_UID.to_string(), uid.to_string())]
 }
 
-/// Whether a volume's own tags say it is this pool's: made by the operator for the pool of
-/// this UID. Status is no proof (the agent writes status too): nothing is detached or
-/// deleted unless its tags say so.
-pub fn is_ours(v: &Volume, uid: &str) -> bool {
-    v.tags.get(keys::POOL_UID).map(String::as_str) == Some(uid)
-        && v.tags.get(keys::MANAGED_BY).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
+/// Whose a volume is, by its own tags: made by the operator for the pool of this UID, by
+/// this installation. Status is no proof (the agent writes status too): nothing is
+/// detached or deleted unless its tags say so ([`crate::runtime::ownership`]).
+pub fn ownership(v: &Volume, uid: &str, installation: &str) -> Ownership {
+    ownership::ownership(&v.tags, keys::POOL_UID, uid, installation)
+}
+
+/// Whether the volume is this pool's and this installation's to detach and delete.
+pub fn is_ours(v: &Volume, uid: &str, installation: &str) -> bool {
+    ownership(v, uid, installation) == Ownership::Ours
 }
 
 /// The tags of member `index`: the contract's `pgml.io/*` set, `Name`, plus the user's
@@ -446,22 +452,36 @@ mod tests {
     }
 
     #[test]
-    fn only_a_volume_tagged_for_this_pool_by_the_operator_is_ours() {
+    fn only_a_volume_tagged_for_this_pool_by_the_operator_of_this_installation_is_ours() {
         let v = spec("sizeGiB: 10");
         let tagged = |tags: BTreeMap<String, String>| Volume {
             tags,
             ..crate::zfspool::fixtures::vol("vol-1", 0, "available")
         };
         let ours = tagged(volume_tags(&pool_ref(&v), 0));
-        assert!(is_ours(&ours, "uid-1"));
-        assert!(!is_ours(&ours, "uid-2"), "another pool's");
+        assert!(is_ours(&ours, "uid-1", "prod-a"));
+        assert!(!is_ours(&ours, "uid-2", "prod-a"), "another pool's");
+        assert!(
+            !is_ours(&ours, "uid-1", "prod-b"),
+            "another installation's, of the same pool UID"
+        );
         let mut unmanaged = ours.tags.clone();
         unmanaged.remove(keys::MANAGED_BY);
         assert!(
-            !is_ours(&tagged(unmanaged), "uid-1"),
+            !is_ours(&tagged(unmanaged), "uid-1", "prod-a"),
             "not made by the operator"
         );
-        assert!(!is_ours(&tagged(BTreeMap::new()), "uid-1"), "no tags");
+        let mut old = ours.tags.clone();
+        old.remove(keys::INSTALLATION);
+        assert_eq!(
+            ownership(&tagged(old), "uid-1", "prod-a"),
+            Ownership::Unadopted,
+            "made before installation tagging: not ours until adopted"
+        );
+        assert!(
+            !is_ours(&tagged(BTreeMap::new()), "uid-1", "prod-a"),
+            "no tags"
+        );
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Deletion behind the `pgml.io/volumes` finalizer: wait for the agent to release the pool
 //! (or for the node to be gone), detach every volume, delete them for `Delete`, leave them
 //! detached and tagged for `Retain`. Already gone is success.
+//!
+//! Only volumes whose own tags say they are this pool's and this installation's are
+//! touched ([`crate::runtime::ownership`]); one of the pool's without an installation tag
+//! holds the finalizer until an administrator adopts it. What to do is
+//! [`super::plan::delete`]'s to decide, what is seen [`super::observe::deletion`]'s; here
+//! it is done.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,67 +15,15 @@ use kube::runtime::controller::Action;
 use pgml_api::common::Time;
 use pgml_api::zfspool::{PoolPhase, ReclaimPolicy, ZfsPoolStatus};
 use pgml_api::{ZfsPool, condition as c};
-use pgml_aws::{AttachmentState, Volume};
+use pgml_aws::Volume;
 
 use super::apply::commit;
 use super::build;
 use super::observe;
+use super::plan::delete::{Seen, Step, next_step};
 use super::status::{self, reason};
 use crate::runtime::Error;
 use crate::runtime::{Context, conditions, events};
-
-/// What deletion does next, decided from what was observed (pure).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// The agent still holds the pool on a live node.
-    WaitForAgent { overdue: bool },
-    /// Detach these (volume, instance) pairs; `force` when the node is gone.
-    Detach(Vec<(String, String)>),
-    /// Some volumes are still detaching: look again.
-    WaitForDetach(Vec<String>),
-    /// Delete these detached volumes (`Delete` policy).
-    Delete(Vec<String>),
-    /// Nothing left to do: the finalizer may go.
-    Done,
-}
-
-pub fn next_step(
-    volumes: &[Volume],
-    policy: ReclaimPolicy,
-    released: bool,
-    node_gone: bool,
-    waited: Duration,
-    timeout: Duration,
-) -> Step {
-    if !released && !node_gone {
-        return Step::WaitForAgent {
-            overdue: waited > timeout,
-        };
-    }
-    let live: Vec<&Volume> = volumes.iter().filter(|v| !v.state.is_gone()).collect();
-    let mut detach = vec![];
-    let mut detaching = vec![];
-    for v in &live {
-        for a in &v.attachments {
-            match a.state {
-                AttachmentState::Detached => {}
-                AttachmentState::Detaching => detaching.push(v.volume_id.clone()),
-                _ => detach.push((v.volume_id.clone(), a.instance_id.clone())),
-            }
-        }
-    }
-    if !detach.is_empty() {
-        return Step::Detach(detach);
-    }
-    if !detaching.is_empty() {
-        return Step::WaitForDetach(detaching);
-    }
-    match policy {
-        ReclaimPolicy::Retain => Step::Done,
-        ReclaimPolicy::Delete if live.is_empty() => Step::Done,
-        ReclaimPolicy::Delete => Step::Delete(live.iter().map(|v| v.volume_id.clone()).collect()),
-    }
-}
 
 pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
     let observed = pool.status.clone().unwrap_or_default();
@@ -78,85 +32,35 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .uid
         .as_deref()
         .ok_or(Error::Incomplete("uid"))?;
-    let node_gone = observe::node(ctx, &pool.spec.node_name).await?.is_none();
     let waited = pool
         .metadata
         .deletion_timestamp
         .as_ref()
         .map(|t| (conditions::now().0.as_second() - t.0.as_second()).max(0) as u64)
         .unwrap_or(0);
-    let seen = volumes(ctx, uid, &observed, node_gone).await?;
+    let seen = observe::deletion(ctx, pool, uid).await?;
+    for (warning, note) in &seen.left_alone {
+        tracing::warn!(pool_uid = %uid, %note, "volume left alone");
+        events::publish(ctx, pool, true, warning, note.clone()).await;
+    }
 
     let policy = pool.spec.template.reclaim_policy;
     let step = next_step(
-        &seen.volumes,
+        &seen,
         policy,
-        seen.released,
-        node_gone,
         Duration::from_secs(waited),
         ctx.settings.pool.release_timeout,
     );
-    let why = explain(&step, pool);
+    let why = explain(&step, pool, &ctx.settings.installation);
+    let trouble = degraded(&step, pool, waited);
     let now = conditions::now();
-    let new = deleting_status(pool, &observed, &seen.volumes, &step, &why, waited, &now);
+    let new = deleting_status(pool, &observed, &seen.volumes, &step, &why, trouble, &now);
     commit(ctx, pool, &observed, &observed, &new).await?;
-    act(ctx, pool, step, why, node_gone, &seen.volumes, uid).await
-}
-
-/// The pool's volumes, and whether the agent released the pool.
-struct Seen {
-    volumes: Vec<Volume>,
-    released: bool,
-}
-
-/// Every volume of the pool, once they may be touched (released, or the node gone): by
-/// tag, plus any the status lists (members and the volumes they replaced) that the tag
-/// search missed, so nothing is left unaccounted for.
-async fn volumes(
-    ctx: &Context,
-    uid: &str,
-    observed: &ZfsPoolStatus,
-    node_gone: bool,
-) -> Result<Seen, Error> {
-    // A pool whose status never recorded a volume has nothing for the agent to release;
-    // the tag search below still catches a volume created just before a crash.
-    let never_provisioned = observed
-        .volumes
-        .iter()
-        .all(|v| v.volume_id.is_none() && v.replaced_volume_id.is_none());
-    let released = status::is_true(observed, c::POOL_RELEASED);
-    let mut volumes = if released || node_gone || never_provisioned {
-        ctx.ec2.find_volumes(&build::pool_filter(uid)).await?
-    } else {
-        vec![]
-    };
-    let released = released || (never_provisioned && volumes.is_empty());
-    if released || node_gone {
-        let unlisted: Vec<String> = observed
-            .volumes
-            .iter()
-            .flat_map(|v| [v.volume_id.clone(), v.replaced_volume_id.clone()])
-            .flatten()
-            .filter(|id| !volumes.iter().any(|v| &v.volume_id == id))
-            .collect();
-        if !unlisted.is_empty() {
-            let (ours, foreign): (Vec<Volume>, Vec<Volume>) = ctx
-                .ec2
-                .describe_volumes(&unlisted)
-                .await?
-                .into_iter()
-                .partition(|v| build::is_ours(v, uid));
-            for v in &foreign {
-                tracing::warn!(volume = %v.volume_id, pool_uid = %uid, "status names a volume whose tags are not this pool's: left alone");
-            }
-            volumes.extend(ours);
-        }
-    }
-    Ok(Seen { volumes, released })
+    act(ctx, pool, step, why, &seen, uid).await
 }
 
 /// What deletion waits for or does, for Progressing (empty once done).
-fn explain(step: &Step, pool: &ZfsPool) -> String {
+fn explain(step: &Step, pool: &ZfsPool, installation: &str) -> String {
     match step {
         Step::WaitForAgent { .. } => format!(
             "waiting for the node agent on {} to {} pool {} (PoolReleased)",
@@ -171,26 +75,49 @@ fn explain(step: &Step, pool: &ZfsPool) -> String {
         Step::Detach(v) => format!("detaching {} volume(s)", v.len()),
         Step::WaitForDetach(v) => format!("waiting for {} volume(s) to detach", v.len()),
         Step::Delete(v) => format!("deleting {} volume(s)", v.len()),
+        Step::WaitForAdoption(v) => format!(
+            "waiting for volume(s) {} of this pool, made before the operator tagged its \
+             installation, to be adopted (aws ec2 create-tags --resources {} --tags \
+             Key={},Value={installation}) or the finalizer removed by hand",
+            v.join(", "),
+            v.join(" "),
+            pgml_api::common::keys::INSTALLATION,
+        ),
         Step::Done => String::new(),
     }
 }
 
-/// Carries out `step`. Anything but done is `Waiting`: the finalizer stays.
+/// Degraded during deletion (pure): the agent overdue.
+fn degraded(step: &Step, pool: &ZfsPool, waited: u64) -> Option<(&'static str, String)> {
+    let Step::WaitForAgent { overdue: true } = step else {
+        return None;
+    };
+    let msg = format!(
+        "deletion has waited {waited}s for the node agent on {} to release pool {}; the volumes stay attached until it does (or the node is gone)",
+        pool.spec.node_name,
+        pool.pool_name()
+    );
+    Some((reason::AGENT_NOT_RELEASING, msg))
+}
+
+/// Carries out `step`. Anything but done is `Waiting`: the finalizer stays (after the
+/// deletes too while an unadopted volume waits).
 async fn act(
     ctx: &Context,
     pool: &ZfsPool,
     step: Step,
     why: String,
-    node_gone: bool,
-    volumes: &[Volume],
+    seen: &Seen,
     uid: &str,
 ) -> Result<Action, Error> {
     match step {
         Step::WaitForAgent { .. } => Err(Error::waiting(why, ctx.settings.requeue.progress)),
-        Step::Detach(pairs) => {
-            for (vol, instance) in &pairs {
-                ctx.ec2.detach_volume(vol, instance, node_gone).await?;
-                tracing::info!(volume = %vol, %instance, force = node_gone, "detach requested");
+        Step::Detach(detach) => {
+            for d in &detach {
+                ctx.ec2
+                    .detach_volume(&d.volume, &d.instance, d.force)
+                    .await?;
+                tracing::info!(volume = %d.volume, instance = %d.instance, force = d.force, "detach requested");
             }
             Err(Error::waiting(why, Duration::from_secs(2)))
         }
@@ -201,9 +128,15 @@ async fn act(
             }
             let note = format!("deleted {} volume(s): {}", ids.len(), ids.join(", "));
             events::publish(ctx, pool, false, "VolumesDeleted", note).await;
-            Ok(Action::await_change())
+            if seen.unadopted.is_empty() {
+                Ok(Action::await_change())
+            } else {
+                Err(Error::waiting(why, Duration::from_secs(2)))
+            }
         }
+        Step::WaitForAdoption(_) => Err(Error::waiting(why, ctx.settings.requeue.ready)),
         Step::Done => {
+            let volumes = &seen.volumes;
             if pool.spec.template.reclaim_policy == ReclaimPolicy::Retain && !volumes.is_empty() {
                 let ids: Vec<&str> = volumes.iter().map(|v| v.volume_id.as_str()).collect();
                 let note = format!(
@@ -219,7 +152,7 @@ async fn act(
 }
 
 /// Deletion progress in status (pure): phase Deleting, Progressing with what it waits
-/// for, Degraded once the agent is overdue, and the volumes' states as EC2 now reports
+/// for, Degraded with `trouble` ([`degraded`]), and the volumes' states as EC2 now reports
 /// them.
 fn deleting_status(
     pool: &ZfsPool,
@@ -227,7 +160,7 @@ fn deleting_status(
     volumes: &[Volume],
     step: &Step,
     why: &str,
-    waited: u64,
+    trouble: Option<(&'static str, String)>,
     now: &Time,
 ) -> ZfsPoolStatus {
     let stamp = conditions::Stamp {
@@ -261,13 +194,8 @@ fn deleting_status(
             "the pool is being deleted".into(),
         );
     }
-    if let Step::WaitForAgent { overdue: true } = step {
-        let msg = format!(
-            "deletion has waited {waited}s for the node agent on {} to release pool {}; the volumes stay attached until it does (or the node is gone)",
-            pool.spec.node_name,
-            pool.pool_name()
-        );
-        set(c::DEGRADED, true, reason::AGENT_NOT_RELEASING, msg);
+    if let Some((r, msg)) = trouble {
+        set(c::DEGRADED, true, r, msg);
     }
     let by_id: BTreeMap<&str, &Volume> =
         volumes.iter().map(|v| (v.volume_id.as_str(), v)).collect();
@@ -286,7 +214,8 @@ fn deleting_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgml_aws::Attachment;
+    use crate::zfspool::plan::delete::Detach;
+    use pgml_aws::{Attachment, AttachmentState};
 
     fn vol(id: &str, state: &str, att: Option<AttachmentState>) -> Volume {
         Volume {
@@ -311,53 +240,6 @@ mod tests {
         }
     }
 
-    const T: Duration = Duration::from_secs(600);
-
-    #[test]
-    fn waits_for_the_agent_unless_the_node_is_gone() {
-        let v = [vol("vol-a", "in-use", Some(AttachmentState::Attached))];
-        let s = |released, gone, waited| {
-            next_step(
-                &v,
-                ReclaimPolicy::Retain,
-                released,
-                gone,
-                Duration::from_secs(waited),
-                T,
-            )
-        };
-        assert_eq!(s(false, false, 10), Step::WaitForAgent { overdue: false });
-        assert_eq!(s(false, false, 601), Step::WaitForAgent { overdue: true });
-        let detach = Step::Detach(vec![("vol-a".into(), "i-1".into())]);
-        assert_eq!(s(true, false, 10), detach);
-        assert_eq!(s(false, true, 10), detach);
-    }
-
-    #[test]
-    fn retain_stops_at_detached_and_delete_deletes() {
-        let detached = [
-            vol("vol-a", "available", None),
-            vol("vol-b", "deleted", None),
-        ];
-        assert_eq!(
-            next_step(&detached, ReclaimPolicy::Retain, true, false, T, T),
-            Step::Done
-        );
-        assert_eq!(
-            next_step(&detached, ReclaimPolicy::Delete, true, false, T, T),
-            Step::Delete(vec!["vol-a".into()])
-        );
-        assert_eq!(
-            next_step(&[], ReclaimPolicy::Delete, true, false, T, T),
-            Step::Done
-        );
-        let detaching = [vol("vol-a", "in-use", Some(AttachmentState::Detaching))];
-        assert_eq!(
-            next_step(&detaching, ReclaimPolicy::Delete, true, false, T, T),
-            Step::WaitForDetach(vec!["vol-a".into()])
-        );
-    }
-
     fn pool(policy: &str) -> ZfsPool {
         serde_yaml::from_str(&format!(
             "{{apiVersion: pgml.io/v1alpha1, kind: ZfsPool, metadata: {{name: tank, generation: 3}}, spec: {{nodeName: node-a, reclaimPolicy: {policy}, volumes: {{count: 1, sizeGiB: 10}}}}}}"
@@ -373,26 +255,43 @@ mod tests {
     fn progress_says_what_deletion_waits_for() {
         let wait = Step::WaitForAgent { overdue: false };
         assert_eq!(
-            explain(&wait, &pool("Delete")),
+            explain(&wait, &pool("Delete"), "prod-a"),
             "waiting for the node agent on node-a to destroy pool tank (PoolReleased)"
         );
         assert_eq!(
-            explain(&wait, &pool("Retain")),
+            explain(&wait, &pool("Retain"), "prod-a"),
             "waiting for the node agent on node-a to export pool tank (PoolReleased)"
         );
         let two = vec!["vol-a".to_string(), "vol-b".into()];
         let p = pool("Delete");
         assert_eq!(
-            explain(&Step::Delete(two.clone()), &p),
+            explain(&Step::Delete(two.clone()), &p, "prod-a"),
             "deleting 2 volume(s)"
         );
         assert_eq!(
-            explain(&Step::WaitForDetach(two), &p),
+            explain(&Step::WaitForDetach(two), &p, "prod-a"),
             "waiting for 2 volume(s) to detach"
         );
-        let pair = vec![("vol-a".to_string(), "i-1".to_string())];
-        assert_eq!(explain(&Step::Detach(pair), &p), "detaching 1 volume(s)");
-        assert_eq!(explain(&Step::Done, &p), "");
+        let pair = vec![Detach {
+            volume: "vol-a".into(),
+            instance: "i-1".into(),
+            force: false,
+        }];
+        assert_eq!(
+            explain(&Step::Detach(pair), &p, "prod-a"),
+            "detaching 1 volume(s)"
+        );
+        assert_eq!(explain(&Step::Done, &p, "prod-a"), "");
+        let why = explain(
+            &Step::WaitForAdoption(vec!["vol-old".into()]),
+            &pool("Delete"),
+            "prod-a",
+        );
+        assert!(
+            why.contains("vol-old")
+                && why.contains("--resources vol-old --tags Key=pgml.io/installation,Value=prod-a"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -411,8 +310,9 @@ mod tests {
         };
         let detaching = [vol("vol-a", "in-use", Some(AttachmentState::Detaching))];
         let step = Step::WaitForDetach(vec!["vol-a".into()]);
-        let why = explain(&step, &p);
-        let s = deleting_status(&p, &observed, &detaching, &step, &why, 10, &at(100));
+        let why = explain(&step, &p, "prod-a");
+        let trouble = degraded(&step, &p, 10);
+        let s = deleting_status(&p, &observed, &detaching, &step, &why, trouble, &at(100));
         assert_eq!(s.phase, Some(PoolPhase::Deleting));
         assert_eq!(s.volumes[0].attachment_state.as_deref(), Some("detaching"));
         let progressing = status::condition(&s, c::PROGRESSING).unwrap();
@@ -424,21 +324,18 @@ mod tests {
         assert_eq!(status::condition(&s, c::DEGRADED), None);
 
         let overdue = Step::WaitForAgent { overdue: true };
-        let why = explain(&overdue, &p);
-        let s = deleting_status(&p, &observed, &[], &overdue, &why, 700, &at(100));
+        let why = explain(&overdue, &p, "prod-a");
+        let trouble = degraded(&overdue, &p, 700);
+        let s = deleting_status(&p, &observed, &[], &overdue, &why, trouble, &at(100));
         let progressing = status::condition(&s, c::PROGRESSING).unwrap();
         assert_eq!(progressing.reason, reason::WAITING_FOR_RELEASE);
-        let degraded = status::condition(&s, c::DEGRADED).unwrap();
-        assert_eq!(degraded.reason, reason::AGENT_NOT_RELEASING);
-        assert!(
-            degraded.message.contains("waited 700s"),
-            "{}",
-            degraded.message
-        );
+        let d = status::condition(&s, c::DEGRADED).unwrap();
+        assert_eq!(d.reason, reason::AGENT_NOT_RELEASING);
+        assert!(d.message.contains("waited 700s"), "{}", d.message);
         assert_eq!(s.volumes[0].attachment_state.as_deref(), Some("attached"));
 
         // Done: nothing to say but the phase.
-        let s = deleting_status(&p, &observed, &[], &Step::Done, "", 0, &at(100));
+        let s = deleting_status(&p, &observed, &[], &Step::Done, "", None, &at(100));
         assert_eq!(s.phase, Some(PoolPhase::Deleting));
         assert!(s.conditions.is_empty());
     }

@@ -1,19 +1,20 @@
 //! Observe: what a pool points at and what EC2 has of it — its Node, the node's EC2
 //! instance (from `spec.providerID`) and the instance type's EBS limits (cached per type),
 //! the pool's volumes sorted into member slots — and [`facts`], all of it as the plan and
-//! the status read it.
+//! the status read it; for deletion, [`deletion`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use pgml_api::ZfsPool;
 use pgml_api::validate;
 use pgml_api::zfspool::{VolumeModification, VolumeStatus, ZfsPoolStatus};
+use pgml_api::{ZfsPool, condition as c};
 use pgml_aws::{Instance, InstanceTypeLimits, Volume};
 
 use super::build::{self, Members};
-use super::status::{AgentView, Facts, RepairView, reason};
+use super::plan::delete::{self, Seen};
+use super::status::{self, AgentView, Facts, RepairView, reason};
 use crate::runtime::Context;
 use crate::runtime::Error;
 
@@ -307,6 +308,48 @@ fn without_volume(
             ..Default::default()
         }),
     }
+}
+
+/// What deletion sees: whether the pool's Node object is gone; every volume of the pool,
+/// once they may be touched (released, or the node gone): by tag, plus any the status
+/// lists (members and the volumes they replaced) that the tag search missed, so nothing is
+/// left unaccounted for, each sorted by its tags.
+pub async fn deletion(ctx: &Context, pool: &ZfsPool, uid: &str) -> Result<Seen, Error> {
+    let empty = ZfsPoolStatus::default();
+    let observed = pool.status.as_ref().unwrap_or(&empty);
+    let node_gone = node(ctx, &pool.spec.node_name).await?.is_none();
+    // A pool whose status never recorded a volume has nothing for the agent to release;
+    // the tag search below still catches a volume created just before a crash.
+    let never_provisioned = observed
+        .volumes
+        .iter()
+        .all(|v| v.volume_id.is_none() && v.replaced_volume_id.is_none());
+    let released = status::is_true(observed, c::POOL_RELEASED);
+    let mut found = if released || node_gone || never_provisioned {
+        ctx.ec2.find_volumes(&build::pool_filter(uid)).await?
+    } else {
+        vec![]
+    };
+    if released || node_gone {
+        let unlisted: Vec<String> = observed
+            .volumes
+            .iter()
+            .flat_map(|v| [v.volume_id.clone(), v.replaced_volume_id.clone()])
+            .flatten()
+            .filter(|id| !found.iter().any(|v| &v.volume_id == id))
+            .collect();
+        if !unlisted.is_empty() {
+            found.extend(ctx.ec2.describe_volumes(&unlisted).await?);
+        }
+    }
+    let mut seen = Seen {
+        node_gone,
+        ..Seen::default()
+    };
+    delete::sort_owned(found, uid, &ctx.settings.installation, &mut seen);
+    seen.released =
+        released || (never_provisioned && seen.volumes.is_empty() && seen.unadopted.is_empty());
+    Ok(seen)
 }
 
 #[cfg(test)]

@@ -174,6 +174,13 @@ pub enum Retire {
     Delete,
     /// Detaching, attached elsewhere, or the new member is not ONLINE yet.
     Wait,
+    /// Its tags say it is not this pool's or not this installation's (only status named
+    /// it): never detached or deleted; its record is dropped. The Event's (reason, note).
+    NotOurs(&'static str, String),
+    /// This pool's, but with no installation tag (made before the operator wrote one):
+    /// left alone, its record kept, until an administrator adopts it by adding the tag.
+    /// The Event's (reason, note).
+    Unadopted(&'static str, String),
 }
 
 /// `old`: EC2's view of the replaced volume (`None`: unknown to EC2). `member_state`: the

@@ -12,11 +12,14 @@
 //!   AttachVolume answer — its EC2 error code — is taken, device names included;
 //! - [`grow`]: which members to grow within AWS's modification budget, and how each
 //!   ModifyVolume answer is taken;
+//! - [`delete`]: during deletion, which volumes are ours to touch, what to do next, and
+//!   whether a detach is forced;
 //! - here: why a reconcile stops before EC2 ([`Halt`]) and when to look again
 //!   ([`requeue`]).
 
 pub mod attach;
 pub mod create;
+pub mod delete;
 pub mod grow;
 pub mod replace;
 

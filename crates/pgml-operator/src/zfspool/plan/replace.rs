@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use pgml_api::zfspool::{VolumeStatus, ZfsPoolTemplate};
 
+use pgml_aws::Volume;
+
 use super::entry_mut;
+use crate::runtime::ownership::{self, Ownership};
 use crate::zfspool::build::Members;
 use crate::zfspool::repair::{self, Decision, Loss, MemberView, Retire};
 use crate::zfspool::status::{Facts, RepairView};
@@ -141,8 +144,16 @@ pub struct Retirement {
 
 /// The volumes members replaced, in member order: detached at once, deleted once the new
 /// member is ONLINE in an ONLINE pool, dropped from status (`Forget`, and after `Delete`)
-/// when EC2 no longer has them.
-pub fn retirements(facts: &Facts, members: &Members, instance_id: &str) -> Vec<Retirement> {
+/// when EC2 no longer has them. Nothing is detached or deleted whose tags (`owner`:
+/// [`crate::zfspool::build::ownership`]) do not say it is this pool's and this
+/// installation's.
+pub fn retirements(
+    facts: &Facts,
+    members: &Members,
+    instance_id: &str,
+    owner: impl Fn(&Volume) -> Ownership,
+    installation: &str,
+) -> Vec<Retirement> {
     let agent = &facts.agent;
     facts
         .volumes
@@ -165,6 +176,20 @@ pub fn retirements(facts: &Facts, members: &Members, instance_id: &str) -> Vec<R
                 agent.health.as_deref(),
                 agent.resilvering,
             );
+            let step = match v.map(&owner) {
+                Some(o)
+                    if o != Ownership::Ours && matches!(step, Retire::Detach | Retire::Delete) =>
+                {
+                    let (why, note) =
+                        ownership::left_alone("volume", &old, &o, installation).unwrap_or_default();
+                    if o == Ownership::Unadopted {
+                        Retire::Unadopted(why, note)
+                    } else {
+                        Retire::NotOurs(why, note)
+                    }
+                }
+                _ => step,
+            };
             Some(Retirement {
                 index: e.index,
                 old,
@@ -417,7 +442,7 @@ mod tests {
     fn replaced_volumes_are_detached_then_deleted_then_forgotten() {
         let (mut f, mut m) = replacing();
         let step = |f: &Facts, m: &Members| {
-            let r = retirements(f, m, INSTANCE);
+            let r = retirements(f, m, INSTANCE, |_| Ownership::Ours, "prod-a");
             assert_eq!(r.len(), 1);
             assert_eq!(
                 (r[0].index, r[0].old.as_str(), r[0].new.as_deref()),
@@ -444,7 +469,7 @@ mod tests {
         m.retired.clear();
         assert_eq!(step(&f, &m), Retire::Forget);
 
-        let r = &retirements(&f, &m, INSTANCE)[0];
+        let r = &retirements(&f, &m, INSTANCE, |_| Ownership::Ours, "prod-a")[0];
         assert_eq!(
             replaced_note(r, "tank"),
             "member 1: vol-1 replaced vol-old, resilvered, pool tank ONLINE; deleted vol-old"
@@ -452,6 +477,57 @@ mod tests {
         retired(&mut f, 1);
         assert_eq!(entry(&f, 1).replaced_volume_id, None);
         assert_eq!(entry(&f, 1).generation, 1, "the generation stays");
-        assert!(retirements(&f, &m, INSTANCE).is_empty());
+        assert!(retirements(&f, &m, INSTANCE, |_| Ownership::Ours, "prod-a").is_empty());
+    }
+
+    #[test]
+    fn a_replaced_volume_whose_tags_are_not_ours_is_never_detached_or_deleted() {
+        let (mut f, mut m) = replacing();
+        let with = |f: &Facts, m: &Members, o: Ownership| {
+            retirements(f, m, INSTANCE, move |_| o.clone(), "prod-a")[0]
+                .step
+                .clone()
+        };
+        let unadopted = Ownership::Unadopted;
+        let theirs = Ownership::NotOurs("tagged pgml.io/installation=prod-b".into());
+        // Attached to our instance: would be detached.
+        m.retired[0].1 = on(
+            vol("vol-old", 1, VolumeState::InUse),
+            INSTANCE,
+            "/d",
+            Ec2::Attached,
+        );
+        assert_eq!(with(&f, &m, Ownership::Ours), Retire::Detach);
+        let Retire::NotOurs(r, note) = with(&f, &m, theirs.clone()) else {
+            panic!("another installation's is left alone")
+        };
+        assert_eq!(r, ownership::reason::NOT_OURS);
+        assert!(
+            note.contains("vol-old") && note.contains("prod-b"),
+            "{note}"
+        );
+        let Retire::Unadopted(r, note) = with(&f, &m, unadopted.clone()) else {
+            panic!("an unadopted one is left alone")
+        };
+        assert_eq!(r, ownership::reason::INSTALLATION_TAG_MISSING);
+        assert!(
+            note.contains("Key=pgml.io/installation,Value=prod-a"),
+            "{note}"
+        );
+        // Detached, the new member ONLINE: would be deleted.
+        m.retired[0].1 = vol("vol-old", 1, VolumeState::Available);
+        f.agent = agent("ONLINE", false, vec![reported(1, Some("vol-1"), "ONLINE")]);
+        f.volumes[1].volume_id = Some("vol-1".into());
+        assert_eq!(with(&f, &m, Ownership::Ours), Retire::Delete);
+        assert!(matches!(with(&f, &m, theirs.clone()), Retire::NotOurs(..)));
+        assert!(matches!(
+            with(&f, &m, unadopted.clone()),
+            Retire::Unadopted(..)
+        ));
+        // Waiting or forgetting touches nothing in EC2: the tags do not matter.
+        f.agent = agent("DEGRADED", true, vec![]);
+        assert_eq!(with(&f, &m, theirs.clone()), Retire::Wait);
+        m.retired.clear();
+        assert_eq!(with(&f, &m, theirs), Retire::Forget);
     }
 }

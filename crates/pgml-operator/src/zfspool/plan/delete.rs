@@ -1,0 +1,261 @@
+//! Deletion's decisions (pure): which of the volumes found are ours to touch, what to do
+//! next (wait for the agent, detach, delete, wait for an unadopted volume to be adopted),
+//! and whether a detach is forced (when the node is gone). [`crate::zfspool::cleanup`] carries them out.
+
+use std::time::Duration;
+
+use pgml_api::zfspool::ReclaimPolicy;
+use pgml_aws::{AttachmentState, Volume};
+
+use crate::runtime::ownership::{self, Ownership};
+use crate::zfspool::build;
+
+/// Everything deletion observed.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The volumes whose tags say they are this pool's and this installation's.
+    pub volumes: Vec<Volume>,
+    /// The pool's volumes without an installation tag: left alone until adopted.
+    pub unadopted: Vec<String>,
+    /// The Warning (reason, note) of each volume left alone.
+    pub left_alone: Vec<(&'static str, String)>,
+    /// The agent has released the pool.
+    pub released: bool,
+    /// The pool's Node object is gone.
+    pub node_gone: bool,
+}
+
+/// One DetachVolume; forced when the node is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detach {
+    pub volume: String,
+    pub instance: String,
+    pub force: bool,
+}
+
+/// What deletion does next, decided from what was observed (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The agent still holds the pool on a live node.
+    WaitForAgent { overdue: bool },
+    /// Detach these.
+    Detach(Vec<Detach>),
+    /// Some volumes are still detaching: look again.
+    WaitForDetach(Vec<String>),
+    /// Delete these detached volumes (`Delete` policy).
+    Delete(Vec<String>),
+    /// Ours are done; these of the pool have no installation tag: wait until an
+    /// administrator adopts them (or removes the finalizer).
+    WaitForAdoption(Vec<String>),
+    /// Nothing left to do: the finalizer may go.
+    Done,
+}
+
+pub fn next_step(seen: &Seen, policy: ReclaimPolicy, waited: Duration, timeout: Duration) -> Step {
+    if !seen.released && !seen.node_gone {
+        return Step::WaitForAgent {
+            overdue: waited > timeout,
+        };
+    }
+    let live: Vec<&Volume> = seen.volumes.iter().filter(|v| !v.state.is_gone()).collect();
+    let mut detach = vec![];
+    let mut detaching = vec![];
+    for v in &live {
+        for a in &v.attachments {
+            match a.state {
+                AttachmentState::Detached => {}
+                AttachmentState::Detaching => detaching.push(v.volume_id.clone()),
+                _ => detach.push(Detach {
+                    volume: v.volume_id.clone(),
+                    instance: a.instance_id.clone(),
+                    force: seen.node_gone,
+                }),
+            }
+        }
+    }
+    if !detach.is_empty() {
+        return Step::Detach(detach);
+    }
+    if !detaching.is_empty() {
+        return Step::WaitForDetach(detaching);
+    }
+    match policy {
+        ReclaimPolicy::Delete if !live.is_empty() => {
+            Step::Delete(live.iter().map(|v| v.volume_id.clone()).collect())
+        }
+        _ if !seen.unadopted.is_empty() => Step::WaitForAdoption(seen.unadopted.clone()),
+        _ => Step::Done,
+    }
+}
+
+/// Sorts what the tag search and status found into the volumes that are ours, the IDs of
+/// the pool's unadopted ones, and a Warning for each left alone.
+pub fn sort_owned(found: Vec<Volume>, uid: &str, installation: &str, seen: &mut Seen) {
+    for v in found {
+        let o = build::ownership(&v, uid, installation);
+        if o == Ownership::Ours {
+            seen.volumes.push(v);
+            continue;
+        }
+        if v.state.is_gone() {
+            continue;
+        }
+        if o == Ownership::Unadopted {
+            seen.unadopted.push(v.volume_id.clone());
+        }
+        seen.left_alone.extend(ownership::left_alone(
+            "volume",
+            &v.volume_id,
+            &o,
+            installation,
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgml_api::common::keys;
+    use pgml_aws::Attachment;
+
+    fn vol(id: &str, state: &str, att: Option<AttachmentState>) -> Volume {
+        Volume {
+            volume_id: id.into(),
+            availability_zone: "z".into(),
+            state: state.into(),
+            volume_type: "gp3".into(),
+            size_gib: 10,
+            iops: None,
+            throughput_mibps: None,
+            encrypted: true,
+            snapshot_id: None,
+            attachments: att
+                .map(|s| Attachment {
+                    instance_id: "i-1".into(),
+                    device: "/dev/xvdba".into(),
+                    state: s,
+                })
+                .into_iter()
+                .collect(),
+            tags: Default::default(),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(600);
+
+    /// What deletion saw: `volumes`, all ours.
+    fn seen(volumes: &[Volume], released: bool, node_gone: bool) -> Seen {
+        Seen {
+            volumes: volumes.to_vec(),
+            released,
+            node_gone,
+            ..Seen::default()
+        }
+    }
+
+    fn detach(volume: &str, force: bool) -> Detach {
+        Detach {
+            volume: volume.into(),
+            instance: "i-1".into(),
+            force,
+        }
+    }
+
+    #[test]
+    fn waits_for_the_agent_unless_the_node_is_gone() {
+        let v = [vol("vol-a", "in-use", Some(AttachmentState::Attached))];
+        let s = |released, gone, waited| {
+            next_step(
+                &seen(&v, released, gone),
+                ReclaimPolicy::Retain,
+                Duration::from_secs(waited),
+                T,
+            )
+        };
+        assert_eq!(s(false, false, 10), Step::WaitForAgent { overdue: false });
+        assert_eq!(s(false, false, 601), Step::WaitForAgent { overdue: true });
+        assert_eq!(
+            s(true, false, 10),
+            Step::Detach(vec![detach("vol-a", false)])
+        );
+        assert_eq!(
+            s(false, true, 10),
+            Step::Detach(vec![detach("vol-a", true)])
+        );
+    }
+
+    #[test]
+    fn retain_stops_at_detached_and_delete_deletes() {
+        let detached = [
+            vol("vol-a", "available", None),
+            vol("vol-b", "deleted", None),
+        ];
+        let step = |v: &[Volume], policy| next_step(&seen(v, true, false), policy, T, T);
+        assert_eq!(step(&detached, ReclaimPolicy::Retain), Step::Done);
+        assert_eq!(
+            step(&detached, ReclaimPolicy::Delete),
+            Step::Delete(vec!["vol-a".into()])
+        );
+        assert_eq!(step(&[], ReclaimPolicy::Delete), Step::Done);
+        let detaching = [vol("vol-a", "in-use", Some(AttachmentState::Detaching))];
+        assert_eq!(
+            step(&detaching, ReclaimPolicy::Delete),
+            Step::WaitForDetach(vec!["vol-a".into()])
+        );
+    }
+
+    #[test]
+    fn only_volumes_tagged_as_ours_are_touched_and_an_unadopted_one_holds_the_finalizer() {
+        let tagged = |id: &str, installation: Option<&str>, uid: &str| {
+            let mut v = vol(id, "available", None);
+            v.tags = [
+                (keys::POOL_UID, uid),
+                (keys::MANAGED_BY, keys::MANAGED_BY_VALUE),
+            ]
+            .into_iter()
+            .chain(installation.map(|i| (keys::INSTALLATION, i)))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            v
+        };
+        let found = vec![
+            tagged("vol-ours", Some("prod-a"), "uid-1"),
+            tagged("vol-old", None, "uid-1"),
+            tagged("vol-theirs", Some("prod-b"), "uid-1"),
+            tagged("vol-other-pool", Some("prod-a"), "uid-2"),
+        ];
+        let mut s = seen(&[], true, false);
+        sort_owned(found, "uid-1", "prod-a", &mut s);
+        let ids: Vec<&str> = s.volumes.iter().map(|v| v.volume_id.as_str()).collect();
+        assert_eq!(ids, ["vol-ours"]);
+        assert_eq!(s.unadopted, ["vol-old"]);
+        let reasons: Vec<&str> = s.left_alone.iter().map(|(r, _)| *r).collect();
+        assert_eq!(
+            reasons,
+            [
+                ownership::reason::INSTALLATION_TAG_MISSING,
+                ownership::reason::NOT_OURS,
+                ownership::reason::NOT_OURS
+            ]
+        );
+        assert!(s.left_alone[1].1.contains("vol-theirs"));
+        // Ours first; then the unadopted one holds the finalizer, whatever the policy.
+        assert_eq!(
+            next_step(&s, ReclaimPolicy::Delete, T, T),
+            Step::Delete(vec!["vol-ours".into()])
+        );
+        s.volumes.clear();
+        for policy in [ReclaimPolicy::Delete, ReclaimPolicy::Retain] {
+            assert_eq!(
+                next_step(&s, policy, T, T),
+                Step::WaitForAdoption(vec!["vol-old".into()])
+            );
+        }
+        // A gone volume is neither touched nor reported.
+        let mut gone = tagged("vol-x", None, "uid-1");
+        gone.state = "deleted".into();
+        let mut s = seen(&[], true, false);
+        sort_owned(vec![gone], "uid-1", "prod-a", &mut s);
+        assert!(s.unadopted.is_empty() && s.left_alone.is_empty());
+    }
+}
