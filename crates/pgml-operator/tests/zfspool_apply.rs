@@ -2,11 +2,13 @@
 //! the API server a scripted one that keeps the pool, serves its Node, takes status
 //! applies and Events. The sandbox tests prove the wire; these prove the logic (create →
 //! crash → resume, a crash between create and attach, throttled creates, attaches and
-//! modifications, a lost member) and deletion (whose volumes it touches).
+//! modifications, a lost member) and deletion (whose volumes it touches, how it detaches
+//! them when the node is gone).
 
 mod fake_api;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ spec:
 struct ApiServer {
     pool: Mutex<Value>,
     node: Value,
+    /// The Node object was deleted.
+    node_gone: AtomicBool,
     /// (reason, note) of every Event published.
     events: Mutex<Vec<(String, String)>>,
 }
@@ -49,7 +53,13 @@ impl ApiServer {
     fn answer(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match method {
-            "GET" if path == format!("/api/v1/nodes/{NODE}") => (200, self.node.clone()),
+            "GET" if path == format!("/api/v1/nodes/{NODE}") => {
+                if self.node_gone.load(Ordering::SeqCst) {
+                    fake_api::not_found(method, path)
+                } else {
+                    (200, self.node.clone())
+                }
+            }
             "PATCH" if path == "/apis/pgml.io/v1alpha1/namespaces/db/zfspools/tank/status" => {
                 // Only the controller's field manager writes status here: its apply is the
                 // whole status.
@@ -95,6 +105,7 @@ impl Harness {
         let api = Arc::new(ApiServer {
             pool: Mutex::new(serde_json::to_value(&pool).unwrap()),
             node: serde_json::to_value(&node).unwrap(),
+            node_gone: AtomicBool::new(false),
             events: Mutex::default(),
         });
         let server = api.clone();
@@ -239,6 +250,16 @@ impl Harness {
             self.fake.settle();
         }
         id
+    }
+
+    /// The `Force` argument of every DetachVolume of `volume`.
+    fn detach_forces(&self, volume: &str) -> Vec<String> {
+        self.fake
+            .calls_of("DetachVolume")
+            .iter()
+            .filter(|c| c.arg("VolumeId") == Some(volume))
+            .map(|c| c.arg("Force").unwrap_or_default().to_string())
+            .collect()
     }
 }
 
@@ -722,4 +743,57 @@ async fn deletion_waits_for_a_volume_without_the_installation_tag_until_it_is_ad
         h.fake.volume(&old).is_none(),
         "the adopted volume is deleted"
     );
+}
+
+/// The pool deleted, then its Node object, with the instance in `state` (`None`: EC2 no
+/// longer knows the instance): the Force of the detaches of the pool's members.
+async fn detach_after_the_node_is_gone(state: Option<&str>) -> (Harness, Vec<String>) {
+    let h = Harness::new();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    let members: Vec<String> = h
+        .members()
+        .into_iter()
+        .filter_map(|m| m.volume_id)
+        .collect();
+    assert_eq!(members.len(), 4);
+    match state {
+        Some(s) => h.fake.set_instance_state(INSTANCE, s),
+        None => {
+            h.fake
+                .on("DescribeInstances")
+                .always()
+                .fail("InvalidInstanceID.NotFound");
+        }
+    }
+    h.delete_pool("Retain");
+    h.api.node_gone.store(true, Ordering::SeqCst);
+    let (done, waits) = h.delete_until_done(&ctx, false, 10).await;
+    assert!(done, "deletion finished: {waits:?}");
+    let forces = members.iter().flat_map(|v| h.detach_forces(v)).collect();
+    (h, forces)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_node_whose_instance_still_runs_gets_a_plain_detach_and_a_warning() {
+    for state in ["running", "pending", "stopping", "shutting-down"] {
+        let (h, forces) = detach_after_the_node_is_gone(Some(state)).await;
+        assert_eq!(forces, vec!["false"; 4], "instance {state}");
+        let notes = h.notes(reason::INSTANCE_STILL_RUNNING);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(INSTANCE) && n.contains(state) && n.contains(NODE)),
+            "instance {state}: a Warning says why there is no force detach: {notes:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_node_whose_instance_is_stopped_terminated_or_unknown_gets_a_force_detach() {
+    for state in [Some("stopped"), Some("terminated"), None] {
+        let (h, forces) = detach_after_the_node_is_gone(state).await;
+        assert_eq!(forces, vec!["true"; 4], "instance {state:?}");
+        assert!(h.notes(reason::INSTANCE_STILL_RUNNING).is_empty());
+    }
 }

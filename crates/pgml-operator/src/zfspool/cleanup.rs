@@ -4,9 +4,10 @@
 //!
 //! Only volumes whose own tags say they are this pool's and this installation's are
 //! touched ([`crate::runtime::ownership`]); one of the pool's without an installation tag
-//! holds the finalizer until an administrator adopts it. What to do is
-//! [`super::plan::delete`]'s to decide, what is seen [`super::observe::deletion`]'s; here
-//! it is done.
+//! holds the finalizer until an administrator adopts it. With the Node object gone, a
+//! volume is force-detached only from an instance EC2 says is stopped or terminated. What
+//! to do is [`super::plan::delete`]'s to decide, what is seen
+//! [`super::observe::deletion`]'s; here it is done.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use pgml_aws::Volume;
 use super::apply::commit;
 use super::build;
 use super::observe;
-use super::plan::delete::{Seen, Step, next_step};
+use super::plan::delete::{Seen, Step, next_step, still_running};
 use super::status::{self, reason};
 use crate::runtime::Error;
 use crate::runtime::{Context, conditions, events};
@@ -52,7 +53,7 @@ pub async fn cleanup(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         ctx.settings.pool.release_timeout,
     );
     let why = explain(&step, pool, &ctx.settings.installation);
-    let trouble = degraded(&step, pool, waited);
+    let trouble = degraded(&step, pool, waited, &still_running(&seen));
     let now = conditions::now();
     let new = deleting_status(pool, &observed, &seen.volumes, &step, &why, trouble, &now);
     commit(ctx, pool, &observed, &observed, &new).await?;
@@ -87,17 +88,37 @@ fn explain(step: &Step, pool: &ZfsPool, installation: &str) -> String {
     }
 }
 
-/// Degraded during deletion (pure): the agent overdue.
-fn degraded(step: &Step, pool: &ZfsPool, waited: u64) -> Option<(&'static str, String)> {
-    let Step::WaitForAgent { overdue: true } = step else {
+/// Degraded during deletion (pure): the agent overdue, or the node gone while EC2 says its
+/// instance still runs (no force detach then).
+fn degraded(
+    step: &Step,
+    pool: &ZfsPool,
+    waited: u64,
+    running: &[(String, String, Vec<String>)],
+) -> Option<(&'static str, String)> {
+    if let Step::WaitForAgent { overdue: true } = step {
+        let msg = format!(
+            "deletion has waited {waited}s for the node agent on {} to release pool {}; the volumes stay attached until it does (or the node is gone)",
+            pool.spec.node_name,
+            pool.pool_name()
+        );
+        return Some((reason::AGENT_NOT_RELEASING, msg));
+    }
+    if running.is_empty() {
         return None;
-    };
+    }
+    let each: Vec<String> = running
+        .iter()
+        .map(|(i, state, vols)| format!("instance {i} is {state} (volume(s) {})", vols.join(", ")))
+        .collect();
     let msg = format!(
-        "deletion has waited {waited}s for the node agent on {} to release pool {}; the volumes stay attached until it does (or the node is gone)",
+        "the Node object {} is gone but EC2 says {}: detached without force, since a force \
+         detach under a running instance's mounted filesystem can lose data; if the detach \
+         does not finish, stop or terminate the instance",
         pool.spec.node_name,
-        pool.pool_name()
+        each.join("; ")
     );
-    Some((reason::AGENT_NOT_RELEASING, msg))
+    Some((reason::INSTANCE_STILL_RUNNING, msg))
 }
 
 /// Carries out `step`. Anything but done is `Waiting`: the finalizer stays (after the
@@ -311,7 +332,7 @@ mod tests {
         let detaching = [vol("vol-a", "in-use", Some(AttachmentState::Detaching))];
         let step = Step::WaitForDetach(vec!["vol-a".into()]);
         let why = explain(&step, &p, "prod-a");
-        let trouble = degraded(&step, &p, 10);
+        let trouble = degraded(&step, &p, 10, &[]);
         let s = deleting_status(&p, &observed, &detaching, &step, &why, trouble, &at(100));
         assert_eq!(s.phase, Some(PoolPhase::Deleting));
         assert_eq!(s.volumes[0].attachment_state.as_deref(), Some("detaching"));
@@ -325,7 +346,7 @@ mod tests {
 
         let overdue = Step::WaitForAgent { overdue: true };
         let why = explain(&overdue, &p, "prod-a");
-        let trouble = degraded(&overdue, &p, 700);
+        let trouble = degraded(&overdue, &p, 700, &[]);
         let s = deleting_status(&p, &observed, &[], &overdue, &why, trouble, &at(100));
         let progressing = status::condition(&s, c::PROGRESSING).unwrap();
         assert_eq!(progressing.reason, reason::WAITING_FOR_RELEASE);
@@ -333,6 +354,34 @@ mod tests {
         assert_eq!(d.reason, reason::AGENT_NOT_RELEASING);
         assert!(d.message.contains("waited 700s"), "{}", d.message);
         assert_eq!(s.volumes[0].attachment_state.as_deref(), Some("attached"));
+
+        // The node gone, its instance still running: Degraded says why nothing is forced.
+        let running = [(
+            "i-1".to_string(),
+            "running".to_string(),
+            vec!["vol-a".to_string()],
+        )];
+        let step = Step::WaitForDetach(vec!["vol-a".into()]);
+        let trouble = degraded(&step, &p, 10, &running);
+        let s = deleting_status(&p, &observed, &detaching, &step, "…", trouble, &at(100));
+        let d = status::condition(&s, c::DEGRADED).unwrap();
+        assert_eq!(d.reason, reason::INSTANCE_STILL_RUNNING);
+        assert_eq!(
+            d.message,
+            "the Node object node-a is gone but EC2 says instance i-1 is running (volume(s) \
+             vol-a): detached without force, since a force detach under a running instance's \
+             mounted filesystem can lose data; if the detach does not finish, stop or \
+             terminate the instance"
+        );
+        let notices = status::notices(&observed, &s);
+        assert!(
+            notices.contains(&(
+                true,
+                reason::INSTANCE_STILL_RUNNING.into(),
+                d.message.clone()
+            )),
+            "a Warning Event once: {notices:?}"
+        );
 
         // Done: nothing to say but the phase.
         let s = deleting_status(&p, &observed, &[], &Step::Done, "", None, &at(100));

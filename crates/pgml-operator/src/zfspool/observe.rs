@@ -10,10 +10,10 @@ use kube::Api;
 use pgml_api::validate;
 use pgml_api::zfspool::{VolumeModification, VolumeStatus, ZfsPoolStatus};
 use pgml_api::{ZfsPool, condition as c};
-use pgml_aws::{Instance, InstanceTypeLimits, Volume};
+use pgml_aws::{AttachmentState, Instance, InstanceTypeLimits, Volume};
 
 use super::build::{self, Members};
-use super::plan::delete::{self, Seen};
+use super::plan::delete::{self, InstanceState, Seen};
 use super::status::{self, AgentView, Facts, RepairView, reason};
 use crate::runtime::Context;
 use crate::runtime::Error;
@@ -313,7 +313,8 @@ fn without_volume(
 /// What deletion sees: whether the pool's Node object is gone; every volume of the pool,
 /// once they may be touched (released, or the node gone): by tag, plus any the status
 /// lists (members and the volumes they replaced) that the tag search missed, so nothing is
-/// left unaccounted for, each sorted by its tags.
+/// left unaccounted for, each sorted by its tags; with the node gone, what EC2 says of the
+/// instances they are attached to.
 pub async fn deletion(ctx: &Context, pool: &ZfsPool, uid: &str) -> Result<Seen, Error> {
     let empty = ZfsPoolStatus::default();
     let observed = pool.status.as_ref().unwrap_or(&empty);
@@ -349,7 +350,33 @@ pub async fn deletion(ctx: &Context, pool: &ZfsPool, uid: &str) -> Result<Seen, 
     delete::sort_owned(found, uid, &ctx.settings.installation, &mut seen);
     seen.released =
         released || (never_provisioned && seen.volumes.is_empty() && seen.unadopted.is_empty());
+    if node_gone {
+        seen.instances = instance_states(ctx, &seen.volumes).await?;
+    }
     Ok(seen)
+}
+
+/// EC2's state of each instance the volumes are attached to (DescribeInstances: an
+/// idempotent read, through the rate limiter like every describe); one EC2 does not know
+/// is [`InstanceState::Unknown`].
+pub async fn instance_states(
+    ctx: &Context,
+    volumes: &[Volume],
+) -> Result<BTreeMap<String, InstanceState>, Error> {
+    let mut states = BTreeMap::new();
+    for v in volumes.iter().filter(|v| !v.state.is_gone()) {
+        for a in &v.attachments {
+            if a.state == AttachmentState::Detached || states.contains_key(&a.instance_id) {
+                continue;
+            }
+            let state = match ctx.ec2.describe_instance(&a.instance_id).await? {
+                Some(i) => InstanceState::Is(i.state),
+                None => InstanceState::Unknown,
+            };
+            states.insert(a.instance_id.clone(), state);
+        }
+    }
+    Ok(states)
 }
 
 #[cfg(test)]

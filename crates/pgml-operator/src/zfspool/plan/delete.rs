@@ -1,7 +1,8 @@
 //! Deletion's decisions (pure): which of the volumes found are ours to touch, what to do
 //! next (wait for the agent, detach, delete, wait for an unadopted volume to be adopted),
-//! and whether a detach is forced (when the node is gone). [`crate::zfspool::cleanup`] carries them out.
+//! and whether a detach is forced. [`crate::zfspool::cleanup`] carries them out.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgml_api::zfspool::ReclaimPolicy;
@@ -9,6 +10,46 @@ use pgml_aws::{AttachmentState, Volume};
 
 use crate::runtime::ownership::{self, Ownership};
 use crate::zfspool::build;
+
+/// What EC2 says of an instance a volume of the pool is attached to (looked at only once
+/// the pool's Node object is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceState {
+    /// EC2's state: `pending`, `running`, `stopping`, `stopped`, `shutting-down`,
+    /// `terminated`.
+    Is(String),
+    /// EC2 does not know the instance (`InvalidInstanceID.NotFound`): terminated long
+    /// enough ago to be forgotten.
+    Unknown,
+}
+
+impl InstanceState {
+    /// Whether nothing on the instance can write to an attached volume any more: it is
+    /// `stopped` or `terminated`, or EC2 has forgotten it. Not `stopping` or
+    /// `shutting-down`: the OS may still be flushing and unmounting, and the next look
+    /// (seconds later) finds it stopped or terminated.
+    pub fn halted(&self) -> bool {
+        match self {
+            InstanceState::Unknown => true,
+            InstanceState::Is(s) => matches!(s.as_str(), "stopped" | "terminated"),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            InstanceState::Is(s) => s,
+            InstanceState::Unknown => "unknown to EC2",
+        }
+    }
+}
+
+/// Whether to force the detach from an instance. Only with the Node object gone (no agent
+/// will release the pool) and the instance halted: a force detach under a running
+/// instance's mounted filesystem can lose data, AWS warns. With the node there, the agent
+/// has released the pool and a plain detach suffices.
+pub fn force_detach(node_gone: bool, instance: Option<&InstanceState>) -> bool {
+    node_gone && instance.is_some_and(InstanceState::halted)
+}
 
 /// Everything deletion observed.
 #[derive(Debug, Default)]
@@ -23,9 +64,11 @@ pub struct Seen {
     pub released: bool,
     /// The pool's Node object is gone.
     pub node_gone: bool,
+    /// With the node gone: EC2's state of each instance a volume is attached to.
+    pub instances: BTreeMap<String, InstanceState>,
 }
 
-/// One DetachVolume; forced when the node is gone.
+/// One DetachVolume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detach {
     pub volume: String,
@@ -68,7 +111,7 @@ pub fn next_step(seen: &Seen, policy: ReclaimPolicy, waited: Duration, timeout: 
                 _ => detach.push(Detach {
                     volume: v.volume_id.clone(),
                     instance: a.instance_id.clone(),
-                    force: seen.node_gone,
+                    force: force_detach(seen.node_gone, seen.instances.get(&a.instance_id)),
                 }),
             }
         }
@@ -86,6 +129,33 @@ pub fn next_step(seen: &Seen, policy: ReclaimPolicy, waited: Duration, timeout: 
         _ if !seen.unadopted.is_empty() => Step::WaitForAdoption(seen.unadopted.clone()),
         _ => Step::Done,
     }
+}
+
+/// With the Node object gone: the instances EC2 says still run (any state but halted)
+/// with a volume of the pool on them, (instance, state, volumes). Their volumes get a
+/// plain detach, never a forced one.
+pub fn still_running(seen: &Seen) -> Vec<(String, String, Vec<String>)> {
+    if !seen.node_gone {
+        return vec![];
+    }
+    let mut on: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for v in seen.volumes.iter().filter(|v| !v.state.is_gone()) {
+        for a in v
+            .attachments
+            .iter()
+            .filter(|a| a.state != AttachmentState::Detached)
+        {
+            on.entry(&a.instance_id)
+                .or_default()
+                .push(v.volume_id.clone());
+        }
+    }
+    on.into_iter()
+        .filter_map(|(i, vols)| {
+            let state = seen.instances.get(i)?;
+            (!state.halted()).then(|| (i.to_string(), state.name().to_string(), vols))
+        })
+        .collect()
 }
 
 /// Sorts what the tag search and status found into the volumes that are ours, the IDs of
@@ -178,10 +248,55 @@ mod tests {
             s(true, false, 10),
             Step::Detach(vec![detach("vol-a", false)])
         );
-        assert_eq!(
-            s(false, true, 10),
-            Step::Detach(vec![detach("vol-a", true)])
-        );
+    }
+
+    #[test]
+    fn with_the_node_gone_only_a_halted_instance_gets_a_force_detach() {
+        let v = [vol("vol-a", "in-use", Some(AttachmentState::Attached))];
+        let is = |s: &str| Some(InstanceState::Is(s.into()));
+        // (node gone, what EC2 says of the instance, force)
+        let table = [
+            (true, is("running"), false),
+            (true, is("pending"), false),
+            (true, is("stopping"), false),
+            (true, is("shutting-down"), false),
+            (true, is("stopped"), true),
+            (true, is("terminated"), true),
+            (true, Some(InstanceState::Unknown), true),
+            // Not looked at: never forced.
+            (true, None, false),
+            // The node there (the agent released the pool): a plain detach, whatever EC2
+            // says.
+            (false, is("terminated"), false),
+            (false, Some(InstanceState::Unknown), false),
+        ];
+        for (gone, state, force) in table {
+            assert_eq!(
+                force_detach(gone, state.as_ref()),
+                force,
+                "{gone} {state:?}"
+            );
+            let mut s = seen(&v, !gone, gone);
+            s.instances
+                .extend(state.clone().map(|st| ("i-1".to_string(), st)));
+            assert_eq!(
+                next_step(&s, ReclaimPolicy::Delete, T, T),
+                Step::Detach(vec![detach("vol-a", force)]),
+                "{gone} {state:?}"
+            );
+            let running = still_running(&s);
+            match state.filter(|st| gone && !st.halted()) {
+                Some(st) => assert_eq!(
+                    running,
+                    [(
+                        "i-1".to_string(),
+                        st.name().to_string(),
+                        vec!["vol-a".to_string()]
+                    )]
+                ),
+                None => assert!(running.is_empty(), "{gone} {running:?}"),
+            }
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub mod reason {
     pub const SNAPSHOT_NOT_FOUND: &str = "SnapshotNotFound";
     pub const WAITING_FOR_RELEASE: &str = "WaitingForAgentRelease";
     pub const AGENT_NOT_RELEASING: &str = "AgentNotReleasing";
+    /// Deletion: the Node object is gone but EC2 says its instance still runs, so the
+    /// volumes get a plain detach, not a forced one.
+    pub const INSTANCE_STILL_RUNNING: &str = "InstanceStillRunning";
     /// A lost raidz1 member's replacement is being created, attached and handed to the agent.
     pub const MEMBER_REPLACING: &str = "MemberReplacing";
     /// The agent resilvers the replacement.
