@@ -61,31 +61,53 @@ pub fn ownership(
     }
 }
 
-/// The Warning for a resource the check left alone: (reason, note); `None` for ours.
-/// `kind` is `volume` or `snapshot`.
+/// The Warnings for the resources the check left alone, (reason, note), at most one per
+/// reason, each naming all of its resources: the Event recorder counts a repeat of a
+/// reason as the same Event, so a second note of the same reason would not be seen.
+/// Unadopted ones get the command that adopts them. `kind` is `volume` or `snapshot`;
+/// ours are skipped.
 pub fn left_alone(
     kind: &str,
-    id: &str,
-    o: &Ownership,
+    found: &[(String, Ownership)],
     installation: &str,
-) -> Option<(&'static str, String)> {
-    match o {
-        Ownership::Ours => None,
-        Ownership::Unadopted => Some((
+) -> Vec<(&'static str, String)> {
+    let unadopted: Vec<&str> = found
+        .iter()
+        .filter(|(_, o)| *o == Ownership::Unadopted)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let not_ours: Vec<String> = found
+        .iter()
+        .filter_map(|(id, o)| match o {
+            Ownership::NotOurs(why) => Some(format!("{id} ({why})")),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    if !unadopted.is_empty() {
+        out.push((
             reason::INSTALLATION_TAG_MISSING,
             format!(
-                "{kind} {id} has no {key} tag (made before the operator tagged its \
-                 installation): left alone, not detached or deleted. If it is this \
-                 installation's, adopt it: aws ec2 create-tags --resources {id} --tags \
+                "{kind}(s) {} without a {key} tag (made before the operator tagged its \
+                 installation): left alone, not detached or deleted. If they are this \
+                 installation's, adopt them: aws ec2 create-tags --resources {} --tags \
                  Key={key},Value={installation}",
+                unadopted.join(", "),
+                unadopted.join(" "),
                 key = keys::INSTALLATION
             ),
-        )),
-        Ownership::NotOurs(why) => Some((
-            reason::NOT_OURS,
-            format!("{kind} {id} is not ours to touch ({why}): left alone"),
-        )),
+        ));
     }
+    if !not_ours.is_empty() {
+        out.push((
+            reason::NOT_OURS,
+            format!(
+                "{kind}(s) left alone, not ours to touch: {}",
+                not_ours.join("; ")
+            ),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -144,23 +166,39 @@ mod tests {
     }
 
     #[test]
-    fn what_is_left_alone_is_named_and_an_unadopted_one_says_how_to_adopt_it() {
-        assert_eq!(
-            left_alone("volume", "vol-1", &Ownership::Ours, "prod-a"),
-            None
+    fn what_is_left_alone_is_named_once_per_reason_and_unadopted_ones_say_how_to_adopt() {
+        let found = [
+            ("vol-1".to_string(), Ownership::Ours),
+            ("vol-2".to_string(), Ownership::Unadopted),
+            (
+                "vol-3".to_string(),
+                Ownership::NotOurs("tagged pgml.io/installation=prod-b".into()),
+            ),
+            ("vol-4".to_string(), Ownership::Unadopted),
+            (
+                "vol-5".to_string(),
+                Ownership::NotOurs("it has no pgml.io/pool-uid tag".into()),
+            ),
+        ];
+        let w = left_alone("volume", &found, "prod-a");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w[0].0, reason::INSTALLATION_TAG_MISSING);
+        assert!(
+            w[0].1
+                .starts_with("volume(s) vol-2, vol-4 without a pgml.io/installation tag")
         );
-        let (r, note) = left_alone("snapshot", "snap-1", &Ownership::Unadopted, "prod-a").unwrap();
-        assert_eq!(r, reason::INSTALLATION_TAG_MISSING);
-        assert!(note.starts_with("snapshot snap-1 has no pgml.io/installation tag"));
-        assert!(note.ends_with(
-            "aws ec2 create-tags --resources snap-1 --tags Key=pgml.io/installation,Value=prod-a"
+        assert!(w[0].1.ends_with(
+            "aws ec2 create-tags --resources vol-2 vol-4 --tags Key=pgml.io/installation,Value=prod-a"
         ));
-        let o = Ownership::NotOurs("tagged pgml.io/installation=prod-b".into());
-        let (r, note) = left_alone("volume", "vol-1", &o, "prod-a").unwrap();
-        assert_eq!(r, reason::NOT_OURS);
         assert_eq!(
-            note,
-            "volume vol-1 is not ours to touch (tagged pgml.io/installation=prod-b): left alone"
+            w[1],
+            (
+                reason::NOT_OURS,
+                "volume(s) left alone, not ours to touch: vol-3 (tagged \
+                 pgml.io/installation=prod-b); vol-5 (it has no pgml.io/pool-uid tag)"
+                    .to_string()
+            )
         );
+        assert!(left_alone("snapshot", &found[..1], "prod-a").is_empty());
     }
 }

@@ -161,25 +161,19 @@ pub fn still_running(seen: &Seen) -> Vec<(String, String, Vec<String>)> {
 /// Sorts what the tag search and status found into the volumes that are ours, the IDs of
 /// the pool's unadopted ones, and a Warning for each left alone.
 pub fn sort_owned(found: Vec<Volume>, uid: &str, installation: &str, seen: &mut Seen) {
+    let mut left = Vec::new();
     for v in found {
         let o = build::ownership(&v, uid, installation);
         if o == Ownership::Ours {
             seen.volumes.push(v);
-            continue;
+        } else if !v.state.is_gone() {
+            if o == Ownership::Unadopted {
+                seen.unadopted.push(v.volume_id.clone());
+            }
+            left.push((v.volume_id, o));
         }
-        if v.state.is_gone() {
-            continue;
-        }
-        if o == Ownership::Unadopted {
-            seen.unadopted.push(v.volume_id.clone());
-        }
-        seen.left_alone.extend(ownership::left_alone(
-            "volume",
-            &v.volume_id,
-            &o,
-            installation,
-        ));
     }
+    seen.left_alone = ownership::left_alone("volume", &left, installation);
 }
 
 #[cfg(test)]
@@ -349,11 +343,15 @@ mod tests {
             reasons,
             [
                 ownership::reason::INSTALLATION_TAG_MISSING,
-                ownership::reason::NOT_OURS,
                 ownership::reason::NOT_OURS
             ]
         );
-        assert!(s.left_alone[1].1.contains("vol-theirs"));
+        assert!(s.left_alone[0].1.contains("vol-old"));
+        let theirs = &s.left_alone[1].1;
+        assert!(
+            theirs.contains("vol-theirs") && theirs.contains("vol-other-pool"),
+            "{theirs}"
+        );
         // Ours first; then the unadopted one holds the finalizer, whatever the policy.
         assert_eq!(
             next_step(&s, ReclaimPolicy::Delete, T, T),

@@ -180,9 +180,11 @@ pub fn retirements(
                 Some(o)
                     if o != Ownership::Ours && matches!(step, Retire::Detach | Retire::Delete) =>
                 {
-                    let (why, note) =
-                        ownership::left_alone("volume", &old, &o, installation).unwrap_or_default();
-                    if o == Ownership::Unadopted {
+                    let unadopted = o == Ownership::Unadopted;
+                    let warning =
+                        ownership::left_alone("volume", &[(old.clone(), o)], installation);
+                    let (why, note) = warning.into_iter().next().unwrap_or_default();
+                    if unadopted {
                         Retire::Unadopted(why, note)
                     } else {
                         Retire::NotOurs(why, note)
