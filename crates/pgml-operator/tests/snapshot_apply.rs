@@ -242,17 +242,53 @@ impl Harness {
         self.api.status_writes.lock().unwrap().len()
     }
 
-    /// A set of snapshots of the members that another call made, tagged as `uid`'s.
+    /// A set of snapshots of the members that another call of this operator made, tagged
+    /// as `uid`'s.
     async fn set_of(&self, uid: &str) -> Vec<String> {
+        self.set_tagged(uid, Some(Settings::default().installation.as_str()))
+            .await
+    }
+
+    /// A set of snapshots of the members tagged as `uid`'s by pgml-operator of
+    /// `installation` (`None`: made before the operator tagged its installation).
+    async fn set_tagged(&self, uid: &str, installation: Option<&str>) -> Vec<String> {
+        let mut tags = BTreeMap::from([
+            (keys::SNAPSHOT_UID.to_string(), uid.to_string()),
+            (
+                keys::MANAGED_BY.to_string(),
+                keys::MANAGED_BY_VALUE.to_string(),
+            ),
+        ]);
+        if let Some(i) = installation {
+            tags.insert(keys::INSTALLATION.to_string(), i.to_string());
+        }
         let req = CreateSnapshotSet {
             instance_id: INSTANCE.into(),
             exclude_volume_ids: vec![OTHER.into()],
             description: "made elsewhere".into(),
-            tags: BTreeMap::from([(keys::SNAPSHOT_UID.to_string(), uid.to_string())]),
+            tags,
         };
         let made = self.fake.create_snapshot_set(&req).await.unwrap();
         self.fake.forget_calls();
         made.into_iter().map(|s| s.snapshot_id).collect()
+    }
+
+    /// The notes of the Events of `reason`.
+    fn notes(&self, reason: &str) -> Vec<String> {
+        let events = self.api.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(_, r, _)| r == reason)
+            .map(|(_, _, n)| n.clone())
+            .collect()
+    }
+
+    /// Adds `id` to the snapshots status records, as a member of its own.
+    fn record(&self, id: &str) {
+        let mut snap = self.api.snap.lock().unwrap();
+        let members = snap["status"]["snapshots"].as_array_mut().unwrap();
+        let index = members.len();
+        members.push(json!({"memberIndex": index, "volumeId": OTHER, "snapshotId": id}));
     }
 }
 
@@ -673,16 +709,21 @@ async fn deletion_with_the_delete_policy_deletes_only_our_tagged_snapshots() {
     assert_eq!(left, theirs_sorted, "another object's snapshots stay");
     assert_eq!(h.fake.count("CreateSnapshots"), 0);
 
-    // Cleanup again (the finalizer removal failed, say): already gone is done.
+    // Cleanup again (the finalizer removal failed, say): the IDs in status are looked up
+    // (never deleted on the word of status alone), found gone, and that is done.
     h.fake.forget_calls();
     cleanup::cleanup(&h.snap(), &h.ctx()).await.unwrap();
+    assert!(h.deleted().is_empty(), "{:?}", h.deleted());
+    let looked_up: Vec<String> = h
+        .fake
+        .calls_of("DescribeSnapshots")
+        .iter()
+        .flat_map(|c| c.args_named("SnapshotId"))
+        .map(str::to_string)
+        .collect();
     let mut ours = ours;
     ours.sort();
-    assert_eq!(
-        h.deleted(),
-        ours,
-        "the IDs in status are deleted again, as gone"
-    );
+    assert_eq!(looked_up, ours);
     assert_eq!(h.in_ec2(), theirs_sorted);
 }
 
@@ -695,4 +736,96 @@ async fn deletion_with_the_retain_policy_keeps_the_set() {
     cleanup::cleanup(&h.snap(), &h.ctx()).await.unwrap();
     assert!(h.fake.calls().is_empty(), "{:?}", h.fake.actions());
     assert_eq!(h.in_ec2(), made);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_never_deletes_a_snapshot_of_another_installation_or_named_only_by_status() {
+    let h = Harness::new("standbySignal: Never");
+    h.reconcile(&h.ctx()).await.unwrap();
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert_eq!(h.phase(), Some(SnapshotPhase::Completed));
+    let mut ours = h.recorded();
+    // Another installation's set tagged with this object's UID, and another object's
+    // snapshot that status names (the agent writes this status too).
+    let theirs = h.set_tagged(UID, Some("other-cluster")).await;
+    let named = h.set_of("someone-else").await;
+    h.record(&named[0]);
+
+    cleanup::cleanup(&h.snap(), &h.ctx()).await.unwrap();
+    let mut deleted = h.deleted();
+    deleted.sort();
+    ours.sort();
+    assert_eq!(deleted, ours, "only ours are deleted");
+    for s in theirs.iter().chain(&named) {
+        assert!(h.fake.snapshot(s).is_some(), "{s} kept");
+    }
+    let notes = h.notes("NotOurs");
+    for s in theirs.iter().chain(&named[..1]) {
+        assert!(
+            notes.iter().any(|n| n.contains(s.as_str())),
+            "a Warning names {s}: {notes:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_waits_for_a_snapshot_without_the_installation_tag_until_it_is_adopted() {
+    let h = Harness::new("standbySignal: Never");
+    h.reconcile(&h.ctx()).await.unwrap();
+    h.reconcile(&h.ctx()).await.unwrap();
+    let ours = h.recorded();
+    let old = h.set_tagged(UID, None).await;
+
+    let waiting = cleanup::cleanup(&h.snap(), &h.ctx()).await;
+    let Err(Error::Waiting { what, .. }) = waiting else {
+        panic!("the finalizer stays while a snapshot waits for adoption: {waiting:?}")
+    };
+    assert!(old.iter().all(|s| what.contains(s.as_str())), "{what}");
+    for s in &ours {
+        assert!(h.fake.snapshot(s).is_none(), "{s} deleted");
+    }
+    for s in &old {
+        assert!(h.fake.snapshot(s).is_some(), "{s} kept");
+    }
+    let adopt = format!(
+        "Key=pgml.io/installation,Value={}",
+        Settings::default().installation
+    );
+    let notes = h.notes("InstallationTagMissing");
+    for s in &old {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(s.as_str()) && n.contains(&adopt)),
+            "a Warning names {s} and says how to adopt it: {notes:?}"
+        );
+    }
+
+    // An administrator adopts them: the next deletion deletes them and lets the object go.
+    let tag = BTreeMap::from([(
+        keys::INSTALLATION.to_string(),
+        Settings::default().installation,
+    )]);
+    h.fake.create_tags(&old, &tag).await.unwrap();
+    cleanup::cleanup(&h.snap(), &h.ctx()).await.unwrap();
+    for s in &old {
+        assert!(h.fake.snapshot(s).is_none(), "{s} deleted once adopted");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stray_of_another_installation_or_without_one_is_not_swept() {
+    let h = Harness::new("standbySignal: Never");
+    h.reconcile(&h.ctx()).await.unwrap();
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert_eq!(h.phase(), Some(SnapshotPhase::Completed));
+    let theirs = h.set_tagged(UID, Some("other-cluster")).await;
+    let old = h.set_tagged(UID, None).await;
+    h.reconcile(&h.ctx()).await.unwrap();
+    assert!(h.deleted().is_empty(), "{:?}", h.deleted());
+    for s in theirs.iter().chain(&old) {
+        assert!(h.fake.snapshot(s).is_some(), "{s} kept");
+    }
+    assert!(!h.notes("NotOurs").is_empty());
+    assert!(!h.notes("InstallationTagMissing").is_empty());
 }

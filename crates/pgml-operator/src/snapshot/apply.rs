@@ -19,7 +19,7 @@ use super::plan::{
 };
 use super::status::{self, commit, label_node, owned_view, secs, set_phase};
 use crate::runtime::conditions::{Stamp, now};
-use crate::runtime::{Context, Error};
+use crate::runtime::{Context, Error, events};
 
 /// One reconcile's view: the object, what it observed, what it has written so far.
 struct Run<'a> {
@@ -66,17 +66,24 @@ impl Run<'_> {
         self.commit(s).await?;
         if f.delete {
             let mut s = owned_view(&self.written);
-            delete_tagged(self.ctx, &self.id, &s.snapshots).await?;
-            plan::mark_deleted(&mut s.snapshots);
+            let deleted = delete_ours(self.ctx, self.snap, &self.id, &s.snapshots).await?;
+            plan::mark_deleted(&mut s.snapshots, &deleted.ids);
             self.commit(s).await?;
         }
         Ok(Action::requeue(self.ctx.settings.requeue.ready))
     }
 
     /// The snapshots tagged with the object's UID.
-    async fn find_ours(&self) -> Result<Vec<pgml_aws::Snapshot>, Error> {
+    async fn find(&self) -> Result<Vec<pgml_aws::Snapshot>, Error> {
         let filter = plan::uid_filter(&self.id.uid);
         Ok(self.ctx.ec2.find_snapshots(&filter).await?)
+    }
+
+    /// Those of `found` whose tags say they are ours; a Warning for each left alone.
+    async fn ours(&self, found: Vec<pgml_aws::Snapshot>) -> Vec<pgml_aws::Snapshot> {
+        let owned = plan::sort_owned(found, &self.id);
+        report_left_alone(self.ctx, self.snap, &owned.left_alone).await;
+        owned.ours
     }
 
     async fn delete(&self, ids: &[String]) -> Result<(), Error> {
@@ -87,19 +94,49 @@ impl Run<'_> {
     }
 }
 
-/// Deletes every snapshot tagged with the UID and every ID in `members`; returns them.
-pub(super) async fn delete_tagged(
+/// A Warning Event for each snapshot the ownership check left alone.
+async fn report_left_alone(
     ctx: &Context,
+    snap: &EbsSnapshot,
+    left_alone: &[(&'static str, String)],
+) {
+    for (why, note) in left_alone {
+        tracing::warn!(snapshot = ?snap.metadata.name, %note, "snapshot left alone");
+        events::publish(ctx, snap, true, why, note.clone()).await;
+    }
+}
+
+/// What [`delete_ours`] did.
+pub(super) struct Deleted {
+    pub ids: Vec<String>,
+    /// The object's snapshots without an installation tag, left alone until adopted.
+    pub unadopted: Vec<String>,
+}
+
+/// Deletes every snapshot of the object: those tagged with its UID and those status names
+/// (looked up by ID), each only when its own tags say it is ours.
+pub(super) async fn delete_ours(
+    ctx: &Context,
+    snap: &EbsSnapshot,
     id: &SnapRef,
     members: &[MemberSnapshot],
-) -> Result<Vec<String>, Error> {
-    let found = ctx.ec2.find_snapshots(&plan::uid_filter(&id.uid)).await?;
-    let ids = plan::to_delete(&found, members);
+) -> Result<Deleted, Error> {
+    let mut found = ctx.ec2.find_snapshots(&plan::uid_filter(&id.uid)).await?;
+    let unlisted = plan::unlisted(&found, members);
+    if !unlisted.is_empty() {
+        found.extend(ctx.ec2.describe_snapshots(&unlisted).await?);
+    }
+    let owned = plan::sort_owned(found, id);
+    report_left_alone(ctx, snap, &owned.left_alone).await;
+    let ids = plan::to_delete(&owned.ours);
     for s in &ids {
         ctx.ec2.delete_snapshot(s).await?;
         tracing::info!(snapshot = %id.name, aws = %s, "deleted EBS snapshot");
     }
-    Ok(ids)
+    Ok(Deleted {
+        ids,
+        unadopted: owned.unadopted,
+    })
 }
 
 pub async fn reconcile(snap: &EbsSnapshot, ctx: &Context) -> Result<Action, Error> {
@@ -180,7 +217,8 @@ async fn preparing(run: &mut Run<'_>) -> Result<Action, Error> {
 /// Restarted in Capturing: deletes what the plan says must go, then adopts the set found,
 /// calls again, or fails.
 async fn recapture(run: &mut Run<'_>) -> Result<Action, Error> {
-    let found = run.find_ours().await?;
+    let found = run.find().await?;
+    let found = run.ours(found).await;
     let r = plan::restart(
         &found,
         &run.observed.snapshots,
@@ -350,12 +388,18 @@ async fn changed_since_previous(
     Ok(Some((prev, total)))
 }
 
-/// Deletes the snapshots tagged with the UID that status does not name.
+/// Deletes the snapshots tagged with the UID that status does not name (and whose tags
+/// say they are ours).
 async fn sweep(run: &Run<'_>) -> Result<(), Error> {
-    let found = run.find_ours().await?;
-    for s in plan::strays(&found, &run.written.snapshots) {
-        tracing::warn!(snapshot = %run.id.name, aws = %s, "deleting a stray snapshot of this object");
-        run.ctx.ec2.delete_snapshot(&s).await?;
+    let found = run.find().await?;
+    let strays = plan::strays(&found, &run.written.snapshots);
+    let strays = found
+        .into_iter()
+        .filter(|s| strays.contains(&s.snapshot_id))
+        .collect();
+    for s in run.ours(strays).await {
+        tracing::warn!(snapshot = %run.id.name, aws = %s.snapshot_id, "deleting a stray snapshot of this object");
+        run.ctx.ec2.delete_snapshot(&s.snapshot_id).await?;
     }
     Ok(())
 }
@@ -383,13 +427,19 @@ async fn observe_generation(run: &mut Run<'_>) -> Result<(), Error> {
     }
 }
 
-/// Failed: a failed set has no snapshot worth keeping; late answers are deleted too.
+/// Failed: a failed set has no snapshot worth keeping; late answers are deleted too (each
+/// whose tags say it is ours).
 async fn failed(run: &mut Run<'_>) -> Result<Action, Error> {
     observe_generation(run).await?;
-    let found = run.find_ours().await?;
-    for s in plan::leftovers(&found) {
-        tracing::warn!(snapshot = %run.id.name, aws = %s, "deleting a snapshot of a failed set");
-        run.ctx.ec2.delete_snapshot(&s).await?;
+    let found = run.find().await?;
+    let leftovers = plan::leftovers(&found);
+    let leftovers = found
+        .into_iter()
+        .filter(|s| leftovers.contains(&s.snapshot_id))
+        .collect();
+    for s in run.ours(leftovers).await {
+        tracing::warn!(snapshot = %run.id.name, aws = %s.snapshot_id, "deleting a snapshot of a failed set");
+        run.ctx.ec2.delete_snapshot(&s.snapshot_id).await?;
     }
     Ok(settled_requeue(run))
 }

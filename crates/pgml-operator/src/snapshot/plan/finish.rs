@@ -1,6 +1,6 @@
 //! After the capture: how far the set has come in AWS (Finalizing), what is compared with the
 //! previous set, which snapshots tagged with the UID do not belong (strays, a failed set's
-//! leftovers), and what deletion removes.
+//! leftovers).
 
 use std::collections::BTreeSet;
 
@@ -137,22 +137,16 @@ pub fn leftovers(found: &[Snapshot]) -> Vec<String> {
         .collect()
 }
 
-/// Marks every member with a snapshot deleted (the IDs stay on record).
-pub fn mark_deleted(members: &mut [MemberSnapshot]) {
-    for m in members.iter_mut().filter(|m| m.snapshot_id.is_some()) {
+/// Marks the members whose snapshot was `deleted` (the IDs stay on record).
+pub fn mark_deleted(members: &mut [MemberSnapshot], deleted: &[String]) {
+    for m in members.iter_mut().filter(|m| {
+        m.snapshot_id
+            .as_ref()
+            .is_some_and(|id| deleted.contains(id))
+    }) {
         m.state = Some(state::DELETED.into());
         m.progress = None;
     }
-}
-
-/// Everything the object made, to delete: every snapshot tagged with its UID and every ID
-/// status records (found or not: a deletion of what is gone succeeds), each once, sorted.
-pub fn to_delete(found: &[Snapshot], members: &[MemberSnapshot]) -> Vec<String> {
-    let mut ids: Vec<String> = found.iter().map(|s| s.snapshot_id.clone()).collect();
-    ids.extend(snapshot_ids(members));
-    ids.sort();
-    ids.dedup();
-    ids
 }
 
 /// The Completed set of the same source captured last before `captured` (seconds), and the
@@ -324,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_set_deletes_what_is_left_and_deletion_everything_once() {
+    fn a_failed_set_deletes_what_is_left_and_only_what_was_deleted_is_marked() {
         let found = vec![
             snap("snap-1", "vol-1", "completed", 1),
             snap("snap-x", "vol-0", "deleted", 1),
@@ -334,15 +328,11 @@ mod tests {
         let mut m = captured(2);
         m[0].snapshot_id = Some("snap-0".into());
         assert_eq!(snapshot_ids(&m), ["snap-0", "snap-1"]);
-        assert_eq!(
-            to_delete(&found, &m),
-            ["snap-0", "snap-1", "snap-x", "snap-y"]
-        );
-        assert!(to_delete(&[], &members(2)).is_empty());
-        let mut m = captured(2);
+        let mut m = captured(3);
         m[0].progress = Some("100%".into());
-        m.push(members(3).remove(2));
-        mark_deleted(&mut m);
+        m.push(members(4).remove(3));
+        // snap-2 was left alone (its tags are not ours): its state stays.
+        mark_deleted(&mut m, &["snap-0".into(), "snap-1".into()]);
         let states: Vec<_> = m
             .iter()
             .map(|m| (m.state.as_deref(), m.progress.is_some()))
@@ -352,9 +342,14 @@ mod tests {
             [
                 (Some("deleted"), false),
                 (Some("deleted"), false),
+                (None, false),
                 (None, false)
             ]
         );
-        assert_eq!(snapshot_ids(&m), ["snap-0", "snap-1"], "the IDs stay");
+        assert_eq!(
+            snapshot_ids(&m),
+            ["snap-0", "snap-1", "snap-2"],
+            "the IDs stay"
+        );
     }
 }

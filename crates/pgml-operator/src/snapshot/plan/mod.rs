@@ -1,7 +1,8 @@
 //! Pure decisions of the EbsSnapshot controller, one module per stretch of the flow: before
 //! the capture (`prepare`: the source found, the agent's hold), the capture (`capture`: the
 //! request, its bound, what its answer means), a restart in Capturing (`restart`: adopt,
-//! discard, call again or give up), and after it (`finish`: progress, strays, deletion).
+//! discard, call again or give up), and after it (`finish`: progress, strays, leftovers;
+//! `owned`: which snapshots are the object's to delete, by their own tags).
 //! No client, no clock: time comes in as seconds (or milliseconds) since the epoch, EC2's
 //! answers as values. Each returns data — a phase to enter, a failure to record, snapshots
 //! to delete, a request to make — that `apply` carries out in order.
@@ -13,6 +14,7 @@
 
 mod capture;
 mod finish;
+mod owned;
 mod prepare;
 mod restart;
 
@@ -32,9 +34,9 @@ pub use capture::{
     judge_capture,
 };
 pub use finish::{
-    Follow, Progress, follow, leftovers, mark_deleted, previous_set, progress, snapshot_ids,
-    strays, to_delete,
+    Follow, Progress, follow, leftovers, mark_deleted, previous_set, progress, snapshot_ids, strays,
 };
+pub use owned::{Owned, sort_owned, to_delete, unlisted, waiting_for_adoption};
 pub use prepare::{
     HoldStep, MARGIN, Start, Unready, gave_up_on_source, held_message, hold_deadline, hold_planned,
     hold_step, record_source, start, unready,
