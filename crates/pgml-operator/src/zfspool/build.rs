@@ -81,10 +81,19 @@ pub fn volume_tags(pool: &PoolRef, index: usize) -> BTreeMap<String, String> {
 }
 
 /// The ClientToken of member `index`, generation `member_generation` (0 for the first
-/// volume of that index; a replacement gets the next): EC2 returns the same volume for a
-/// repeated create instead of making a second one.
-pub fn volume_token(uid: &str, index: usize, member_generation: u32) -> String {
-    pgml_aws::client_token(&[uid, &index.to_string(), &member_generation.to_string()])
+/// volume of that index; a replacement gets the next), made by `installation`: EC2 returns
+/// the same volume for a repeated create instead of making a second one. The installation
+/// is part of it because EC2 remembers tokens per account and region: another
+/// installation with a pool of the same UID (a cluster restored from this one's backup)
+/// would otherwise be answered with this one's volume, or refused
+/// (IdempotentParameterMismatch: the tags differ) instead of making its own.
+pub fn volume_token(uid: &str, installation: &str, index: usize, member_generation: u32) -> String {
+    pgml_aws::client_token(&[
+        uid,
+        installation,
+        &index.to_string(),
+        &member_generation.to_string(),
+    ])
 }
 
 fn aws_type(t: ApiVolumeType) -> VolumeType {
@@ -118,7 +127,7 @@ pub fn create_request(
         snapshot_id: None,
         volume_initialization_rate_mibps: None,
         tags: volume_tags(pool, index),
-        client_token: volume_token(pool.uid, index, member_generation),
+        client_token: volume_token(pool.uid, pool.installation, index, member_generation),
     }
 }
 
@@ -509,13 +518,15 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_per_uid_index_and_member_generation() {
-        let a = volume_token("uid-1", 0, 0);
-        assert_eq!(a, volume_token("uid-1", 0, 0));
-        assert_eq!(a, pgml_aws::client_token(&["uid-1", "0", "0"]));
-        assert_ne!(a, volume_token("uid-1", 1, 0));
-        assert_ne!(a, volume_token("uid-1", 0, 1));
-        assert_ne!(a, volume_token("uid-2", 0, 0));
+    fn tokens_are_per_uid_installation_index_and_member_generation() {
+        let a = volume_token("uid-1", "prod-a", 0, 0);
+        assert_eq!(a, volume_token("uid-1", "prod-a", 0, 0));
+        assert_eq!(a, pgml_aws::client_token(&["uid-1", "prod-a", "0", "0"]));
+        assert_ne!(a, volume_token("uid-1", "prod-a", 1, 0));
+        assert_ne!(a, volume_token("uid-1", "prod-a", 0, 1));
+        assert_ne!(a, volume_token("uid-2", "prod-a", 0, 0));
+        // Another installation's pool of the same UID makes its own volume.
+        assert_ne!(a, volume_token("uid-1", "prod-b", 0, 0));
     }
 
     #[test]
@@ -529,13 +540,13 @@ mod tests {
             (50, Some(6000), Some(250))
         );
         assert!(r.encrypted);
-        assert_eq!(r.client_token, volume_token("uid-1", 3, 0));
+        assert_eq!(r.client_token, volume_token("uid-1", "prod-a", 3, 0));
         assert_eq!(r.tags["pgml.io/member-index"], "3");
 
         let baseline = create_request(&pool_ref(&spec("sizeGiB: 10")), 0, 0, "z");
         // A replacement: the next generation's token, the same tags.
         let second = create_request(&pool_ref(&gp3), 3, 1, "us-east-1b");
-        assert_eq!(second.client_token, volume_token("uid-1", 3, 1));
+        assert_eq!(second.client_token, volume_token("uid-1", "prod-a", 3, 1));
         assert_eq!(second.tags, r.tags);
         assert_eq!((baseline.iops, baseline.throughput_mibps), (None, None));
 
@@ -787,7 +798,7 @@ status:
         assert_eq!(req.volume_initialization_rate_mibps, Some(200));
         assert_eq!(req.availability_zone, "us-east-1c");
         // Same token as any first volume of that member: a repeated create is the same one.
-        assert_eq!(req.client_token, volume_token("uid-1", 1, 0));
+        assert_eq!(req.client_token, volume_token("uid-1", "prod-a", 1, 0));
         assert_eq!(req.tags[keys::MEMBER_INDEX], "1");
     }
 }

@@ -162,7 +162,7 @@ mod tests {
         // The generation's token: a repeat after a crash returns the same volume.
         assert_eq!(
             c[1].request.client_token,
-            build::volume_token("uid-1", 3, 2)
+            build::volume_token("uid-1", "prod-a", 3, 2)
         );
         assert_eq!(c[1].request.tags[keys::MEMBER_INDEX], "3");
     }
