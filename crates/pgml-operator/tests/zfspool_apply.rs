@@ -252,6 +252,32 @@ impl Harness {
         id
     }
 
+    /// Member `index` of this pool as an operator of `installation` makes it (`None`: one
+    /// from before the operator tagged its installation), with the ClientToken that operator
+    /// gives it (the installation's, when it has one: the same scheme as ours), available.
+    async fn member_of_installation(&self, installation: Option<&str>, index: usize) -> String {
+        use pgml_aws::Ec2;
+        use pgml_operator::zfspool::build::{self, PoolRef};
+        let pool = self.pool();
+        let theirs = installation.unwrap_or("before-installation-tags");
+        let pref = PoolRef::of(&pool, theirs).unwrap();
+        let mut req = build::create_request(&pref, index, 0, ZONE);
+        if installation.is_none() {
+            req.tags.remove(keys::INSTALLATION);
+        }
+        let id = self.fake.create_volume(&req).await.unwrap().volume_id;
+        self.fake.settle();
+        id
+    }
+
+    /// Whether any call of `action` names `volume`.
+    fn touched(&self, action: &str, volume: &str) -> bool {
+        self.fake
+            .calls_of(action)
+            .iter()
+            .any(|c| c.arg("VolumeId") == Some(volume))
+    }
+
     /// The `Force` argument of every DetachVolume of `volume`.
     fn detach_forces(&self, volume: &str) -> Vec<String> {
         self.fake
@@ -591,6 +617,120 @@ async fn a_throttled_modify_keeps_what_started_and_the_next_reconcile_grows_the_
             assert_eq!(v.size_gib, 20, "{}", v.volume_id);
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_volume_of_another_installation_is_never_adopted_and_ours_are_made() {
+    let h = Harness::new();
+    // Another installation with a ZfsPool of the same UID (a cluster restored from this
+    // one's backup) made members 0 and 1, available in this zone.
+    let theirs = [
+        h.member_of_installation(Some("other-cluster"), 0).await,
+        h.member_of_installation(Some("other-cluster"), 1).await,
+    ];
+    h.fake.forget_calls();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    assert_eq!(
+        h.fake.count_ok("CreateVolume"),
+        4,
+        "every member made here, none taken from the other installation"
+    );
+    assert_all_attached(&h);
+    for v in &theirs {
+        assert!(
+            h.members()
+                .iter()
+                .all(|m| m.volume_id.as_deref() != Some(v)),
+            "{v} is no member: {:?}",
+            h.members()
+        );
+        assert!(!h.attached().contains(v), "{v} is not attached");
+        for action in [
+            "AttachVolume",
+            "ModifyVolume",
+            "DetachVolume",
+            "DeleteVolume",
+        ] {
+            assert!(!h.touched(action, v), "{action} of {v}");
+        }
+    }
+    for m in h.members() {
+        let v = h.fake.volume(m.volume_id.as_deref().unwrap()).unwrap();
+        assert_eq!(v.tags[keys::INSTALLATION], ctx.settings.installation);
+    }
+    let notes = h.notes("NotOurs");
+    assert!(
+        notes.iter().any(|n| theirs.iter().all(|v| n.contains(v))
+            && n.contains("pgml.io/installation=other-cluster")),
+        "a Warning names them: {notes:?}"
+    );
+
+    // Settled: the next look leaves them alone as well and changes nothing.
+    h.fake.forget_calls();
+    h.reconcile(&ctx).await.unwrap();
+    let mutating: Vec<&str> = h
+        .fake
+        .actions()
+        .into_iter()
+        .filter(|a| !a.starts_with("Describe"))
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_volume_without_the_installation_tag_is_awaited_not_duplicated_until_adopted() {
+    use pgml_aws::Ec2;
+    let h = Harness::new();
+    // Member 2, made for this pool by an operator that did not tag its installation yet.
+    let old = h.member_of_installation(None, 2).await;
+    h.fake.forget_calls();
+    let ctx = h.ctx();
+    h.reconcile(&ctx).await.unwrap();
+    for action in ["CreateVolume", "AttachVolume", "ModifyVolume"] {
+        assert_eq!(h.fake.count(action), 0, "{action}: the pool waits");
+    }
+    assert!(h.attached().is_empty());
+    assert!(
+        h.members().iter().all(|m| m.volume_id.is_none()),
+        "no member counted: {:?}",
+        h.members()
+    );
+    let adopt = format!(
+        "aws ec2 create-tags --resources {old} --tags Key=pgml.io/installation,Value={}",
+        ctx.settings.installation
+    );
+    let status = h.pool().status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InstallationTagMissing")
+    );
+    assert!(ready.message.contains(&adopt), "{}", ready.message);
+    let notes = h.notes("InstallationTagMissing");
+    assert!(
+        notes.iter().any(|n| n.contains(&old) && n.contains(&adopt)),
+        "a Warning names it and says how to adopt it: {notes:?}"
+    );
+
+    // An administrator adopts it: it is member 2, and only the other three are made.
+    let tag = [(
+        keys::INSTALLATION.to_string(),
+        ctx.settings.installation.clone(),
+    )]
+    .into();
+    h.fake
+        .create_tags(std::slice::from_ref(&old), &tag)
+        .await
+        .unwrap();
+    h.reconcile(&ctx).await.unwrap();
+    assert_eq!(h.fake.count_ok("CreateVolume"), 3);
+    assert_all_attached(&h);
+    assert_eq!(h.members()[2].volume_id.as_deref(), Some(old.as_str()));
 }
 
 #[tokio::test(start_paused = true)]

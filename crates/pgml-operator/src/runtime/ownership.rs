@@ -61,6 +61,16 @@ pub fn ownership(
     }
 }
 
+/// The administrator's command that adopts `ids` into `installation` (the operator's role
+/// may not add that key itself).
+pub fn adopt_command(ids: &[&str], installation: &str) -> String {
+    format!(
+        "aws ec2 create-tags --resources {} --tags Key={},Value={installation}",
+        ids.join(" "),
+        keys::INSTALLATION
+    )
+}
+
 /// The Warnings for the resources the check left alone, (reason, note), at most one per
 /// reason, each naming all of its resources: the Event recorder counts a repeat of a
 /// reason as the same Event, so a second note of the same reason would not be seen.
@@ -88,13 +98,12 @@ pub fn left_alone(
         out.push((
             reason::INSTALLATION_TAG_MISSING,
             format!(
-                "{kind}(s) {} without a {key} tag (made before the operator tagged its \
-                 installation): left alone, not detached or deleted. If they are this \
-                 installation's, adopt them: aws ec2 create-tags --resources {} --tags \
-                 Key={key},Value={installation}",
+                "{kind}(s) {} without a {} tag (made before the operator tagged its \
+                 installation): left alone, not adopted, detached or deleted. If they are \
+                 this installation's, adopt them: {}",
                 unadopted.join(", "),
-                unadopted.join(" "),
-                key = keys::INSTALLATION
+                keys::INSTALLATION,
+                adopt_command(&unadopted, installation)
             ),
         ));
     }

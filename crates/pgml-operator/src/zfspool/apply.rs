@@ -71,6 +71,13 @@ pub async fn reconcile(pool: &ZfsPool, ctx: &Context) -> Result<Action, Error> {
         .ok_or(Error::Incomplete("uid, namespace or name"))?;
     let count = pool.spec.template.volumes.count.max(0) as usize;
     let volumes = observe::volumes(ctx, pref.uid, count, &observed).await?;
+    for (why, note) in &volumes.left_alone {
+        tracing::warn!(pool_uid = %pref.uid, %note, "volume left alone");
+        events::publish(ctx, pool, true, why, note.clone()).await;
+    }
+    if let Some(h) = plan::adopt::await_adoption(&volumes.unadopted, pref.installation, requeue) {
+        return stop(h).await;
+    }
     let spec = &pool.spec.template.volumes;
     if let Some(h) = plan::no_room(spec, &target, &volumes.members, requeue) {
         return stop(h).await;

@@ -1,7 +1,8 @@
 //! Observe: what a pool points at and what EC2 has of it — its Node, the node's EC2
 //! instance (from `spec.providerID`) and the instance type's EBS limits (cached per type),
-//! the pool's volumes sorted into member slots — and [`facts`], all of it as the plan and
-//! the status read it; for deletion, [`deletion`].
+//! the pool's volumes sorted into member slots (those whose tags let them be members:
+//! [`adopt`]) — and [`facts`], all of it as the plan and the status read it; for
+//! deletion, [`deletion`].
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use pgml_api::{ZfsPool, condition as c};
 use pgml_aws::{AttachmentState, Instance, InstanceTypeLimits, Volume};
 
 use super::build::{self, Members};
+use super::plan::adopt;
 use super::plan::delete::{self, InstanceState, Seen};
 use super::status::{self, AgentView, Facts, RepairView, reason};
 use crate::runtime::Context;
@@ -89,20 +91,28 @@ pub async fn resolve(ctx: &Context, node_name: &str) -> Result<Result<Target, Un
 #[derive(Debug, Default, PartialEq)]
 pub struct Volumes {
     pub members: Members,
-    /// Members whose recorded volume EC2 no longer knows: member → volume ID.
+    /// Members whose recorded volume EC2 no longer knows, or whose tags say it is not
+    /// ours: member → volume ID.
     pub gone: BTreeMap<usize, String>,
+    /// Members whose slot holds a volume without the installation tag: (member, volume).
+    pub unadopted: Vec<(usize, String)>,
+    /// The Warnings (reason, note) for the volumes left alone ([`adopt`]).
+    pub left_alone: Vec<(&'static str, String)>,
 }
 
-/// Every volume tagged with the pool's UID, sorted into its `count` member slots; then
-/// the volumes status records that the tag search did not return, looked up by ID.
+/// Every volume tagged with the pool's UID, then the volumes status records that the tag
+/// search did not return, looked up by ID: those whose tags let them be members
+/// ([`adopt::sort`]) sorted into its `count` member slots.
 pub async fn volumes(
     ctx: &Context,
     uid: &str,
     count: usize,
     observed: &ZfsPoolStatus,
 ) -> Result<Volumes, Error> {
-    let found = ctx.ec2.find_volumes(&build::pool_filter(uid)).await?;
-    let mut members = build::sort_members(&found, count, &observed.volumes);
+    let installation = &ctx.settings.installation;
+    let tagged = ctx.ec2.find_volumes(&build::pool_filter(uid)).await?;
+    let mut found = adopt::sort(tagged, uid, installation, &observed.volumes);
+    let mut members = build::sort_members(&found.kept, count, &observed.volumes);
     if !members.extra.is_empty() {
         let ids: Vec<&str> = members.extra.iter().map(|v| v.volume_id.as_str()).collect();
         tracing::warn!(
@@ -111,15 +121,20 @@ pub async fn volumes(
         );
     }
     let unlisted = unlisted(observed, &members);
-    if unlisted.is_empty() {
-        return Ok(Volumes {
-            members,
-            gone: BTreeMap::new(),
-        });
+    let mut gone = BTreeMap::new();
+    if !unlisted.is_empty() {
+        let known = ctx.ec2.describe_volumes(&unlisted.ids()).await?;
+        let known = adopt::sort(known, uid, installation, &observed.volumes);
+        gone = settle_unlisted(unlisted, &known.kept, &mut members);
+        found.extend(known);
     }
-    let known = ctx.ec2.describe_volumes(&unlisted.ids()).await?;
-    let gone = settle_unlisted(unlisted, &known, &mut members);
-    Ok(Volumes { members, gone })
+    let owner = |v: &Volume| build::ownership(v, uid, installation);
+    Ok(Volumes {
+        unadopted: adopt::unadopted(&members, owner),
+        left_alone: adopt::warnings(&found, installation),
+        members,
+        gone,
+    })
 }
 
 /// Volumes status records that the tag search did not return: EC2 may not list a new

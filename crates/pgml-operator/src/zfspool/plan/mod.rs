@@ -5,6 +5,8 @@
 //! decision is tested here without a server. The pure builders of [`super::build`] and the
 //! repair decision of [`super::repair`] are its vocabulary.
 //!
+//! - [`adopt`]: which volumes found may be members (their tags, never the search that
+//!   found them), and when the pool waits for an administrator to adopt one;
 //! - [`replace`]: which lost member is replaced (recorded before anything is created),
 //!   where the repair stands, and what becomes of the volumes members replaced;
 //! - [`create`]: which members to create, with which request, and what an answer records;
@@ -17,6 +19,7 @@
 //! - here: why a reconcile stops before EC2 ([`Halt`]) and when to look again
 //!   ([`requeue`]).
 
+pub mod adopt;
 pub mod attach;
 pub mod create;
 pub mod delete;
