@@ -419,13 +419,24 @@ impl<'a> Builder<'a> {
         })
     }
 
-    /// The instance Pods' identity: they read their cluster and its Pods, and annotate
-    /// their own Pod.
-    pub fn rbac(&self) -> Vec<Value> {
+    /// The instance Pods' identity, as pgml-instance uses it: it gets and watches its
+    /// PgmlCluster (one `resourceName`), lists and watches the Pods by the cluster's label
+    /// (RBAC cannot narrow a list by label: every Pod of the namespace, read only), and
+    /// patches its own Pod's status annotation. `pods` are the names it may patch: the
+    /// cluster's instance Pods ([`super::plan::layout`] says which), never another's. With
+    /// none, no patch rule at all: an empty `resourceNames` would allow every Pod.
+    pub fn rbac(&self, pods: &[String]) -> Vec<Value> {
         let name = self.c.service_account();
         let mut sa_meta = self.meta(&name, self.c.labels());
         if let Some(a) = self.service_account_annotations() {
             sa_meta["annotations"] = a;
+        }
+        let mut rules = vec![
+            json!({"apiGroups": ["pgml.io"], "resources": ["pgmlclusters"], "resourceNames": [self.c.name], "verbs": ["get", "list", "watch"]}),
+            json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}),
+        ];
+        if !pods.is_empty() {
+            rules.push(json!({"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["patch"]}));
         }
         vec![
             json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": sa_meta}),
@@ -433,10 +444,7 @@ impl<'a> Builder<'a> {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
                 "metadata": self.meta(&name, self.c.labels()),
-                "rules": [
-                    {"apiGroups": ["pgml.io"], "resources": ["pgmlclusters"], "resourceNames": [self.c.name], "verbs": ["get", "list", "watch"]},
-                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
-                ],
+                "rules": rules,
             }),
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -712,7 +720,7 @@ mod tests {
 
     #[test]
     fn the_service_account_carries_the_irsa_role_only() {
-        let sa = |c: &PgmlCluster| Builder::new(c, "op").unwrap().rbac()[0].clone();
+        let sa = |c: &PgmlCluster| Builder::new(c, "op").unwrap().rbac(&[])[0].clone();
         let irsa = with_pgbackrest(
             "{mode: IRSA, serviceAccountRoleArn: 'arn:aws:iam::123456789012:role/pgbackrest'}",
         );
@@ -739,6 +747,34 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_role_patches_the_named_pods_only_and_reads_pods_as_a_list() {
+        let c = cluster(ZFS);
+        let b = Builder::new(&c, "op").unwrap();
+        let names: Vec<String> = (1..=3).map(|n| b.c.instance(n)).collect();
+        let rbac = b.rbac(&names);
+        let role = &rbac[1];
+        assert_eq!(role["kind"], "Role");
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": ["pgml.io"], "resources": ["pgmlclusters"], "resourceNames": ["main"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods"], "resourceNames": ["main-1", "main-2", "main-3"], "verbs": ["patch"]},
+            ])
+        );
+        // No Pod to name: no patch rule (an empty resourceNames would allow every Pod).
+        let none = b.rbac(&[]);
+        let rules = none[1]["rules"].as_array().unwrap();
+        assert!(
+            rules
+                .iter()
+                .all(|r| !r["verbs"].to_string().contains("patch")),
+            "{rules:?}"
+        );
+        assert_eq!(rbac[2]["subjects"][0]["name"], "main-instance");
+    }
+
+    #[test]
     fn an_unrenderable_pgbackrest_gives_no_config_map() {
         let c = cluster(&format!(
             "{ZFS}  backups: {{pgbackrest: {{s3: {{bucket: b-1, region: eu-west-1, endpoint: 'http://minio:9000'}}}}}}\n"
@@ -757,7 +793,7 @@ mod tests {
         let irsa = with_pgbackrest(
             "{mode: IRSA, serviceAccountRoleArn: 'arn:aws:iam::123456789012:role/pgbackrest'}",
         );
-        let role = Builder::new(&irsa, "op").unwrap().rbac()[0].clone();
+        let role = Builder::new(&irsa, "op").unwrap().rbac(&[])[0].clone();
         let stored = |manager: &str| {
             let mut sa = role.clone();
             sa["metadata"]["managedFields"] = json!([{
@@ -766,7 +802,7 @@ mod tests {
             }]);
             sa
         };
-        let plain = Builder::new(&cluster(ZFS), "op").unwrap().rbac()[0].clone();
+        let plain = Builder::new(&cluster(ZFS), "op").unwrap().rbac(&[])[0].clone();
         assert!(stale_irsa_annotation(
             &stored("pgml-operator"),
             &plain,

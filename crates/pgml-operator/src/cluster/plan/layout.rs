@@ -1,6 +1,8 @@
 //! The first half of the plan: the credentials Secrets, the objects every cluster shares,
 //! which instances there are and whose loss is timed.
 
+use std::collections::BTreeMap;
+
 use pgml_api::cluster::{PgmlClusterStatus, SeedFrom};
 
 use super::{Layout, Missing, Step, Watch, When, desired, instance, note};
@@ -16,10 +18,10 @@ use crate::runtime::FIELD_MANAGER;
 /// The first half of the plan.
 pub fn layout(b: &Builder, o: &Observed) -> Layout {
     let mut steps = secrets(b, o.status.current_primary.is_some());
-    let spec_errors = shared(b, &mut steps);
     let (recs, removed) = scale_down(b, o, desired(b.cluster));
-    steps.extend(removed.iter().map(|r| remove(b, r)));
     let (recs, unplaced) = place(b, o, recs, desired(b.cluster));
+    let spec_errors = shared(b, &instance_pods(b, o, &recs, &removed), &mut steps);
+    steps.extend(removed.iter().map(|r| remove(b, r)));
     let watch = watch(&o.status, &recs, &members(&recs, o));
     Layout {
         steps,
@@ -48,10 +50,26 @@ fn secrets(b: &Builder, bootstrapped: bool) -> Vec<Step> {
     SecretKind::ALL.into_iter().map(step).collect()
 }
 
-/// ConfigMap, Services and the instances' RBAC, each applied when it differs. A ConfigMap
-/// that cannot be rendered (pgBackRest's part) is left as it is: a spec error, never half
-/// applied. Returns the spec errors.
-fn shared(b: &Builder, steps: &mut Vec<Step>) -> Vec<String> {
+/// The Pods the instances' Role lets them patch (each patches its own status annotation),
+/// by instance number: every instance this plan has — kept, placed now (before its Pod is
+/// made, which comes after the Role), removed now — and every Pod of the cluster still
+/// there, one shutting down after an earlier scale-down included (it reports until it
+/// stops). The Role is applied every reconcile, so a name goes once its Pod is gone and
+/// the plan no longer has the instance.
+fn instance_pods(b: &Builder, o: &Observed, recs: &[Rec], removed: &[Rec]) -> Vec<String> {
+    let planned = recs.iter().chain(removed).map(|r| (r.n, r.name.clone()));
+    let present = o
+        .pods
+        .keys()
+        .filter_map(|name| Some((b.c.index_of(name)?, name.clone())));
+    let by_number: BTreeMap<u32, String> = planned.chain(present).collect();
+    by_number.into_values().collect()
+}
+
+/// ConfigMap, Services and the instances' RBAC (`pods`: the Pods they may patch), each
+/// applied when it differs. A ConfigMap that cannot be rendered (pgBackRest's part) is
+/// left as it is: a spec error, never half applied. Returns the spec errors.
+fn shared(b: &Builder, pods: &[String], steps: &mut Vec<Step>) -> Vec<String> {
     let mut errors = vec![];
     let mut bodies = vec![];
     match b.config_map() {
@@ -70,7 +88,7 @@ fn shared(b: &Builder, steps: &mut Vec<Step>) -> Vec<String> {
         }
     }
     bodies.extend(b.services());
-    bodies.extend(b.rbac());
+    bodies.extend(b.rbac(pods));
     for body in bodies {
         let when = if body["kind"] == "ServiceAccount" {
             When::ChangedOrStaleIrsa

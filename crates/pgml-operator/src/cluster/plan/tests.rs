@@ -437,6 +437,99 @@ fn scaling_down_removes_the_highest_numbers_first_never_the_primary_nor_the_targ
     );
 }
 
+/// The Pods the instances' Role lets them patch, checking that the Role lets them patch no
+/// other Pod and read Pods only as a list and a watch.
+fn patchable(l: &Layout) -> Vec<String> {
+    let role = body_of(&l.steps, "Role", "main-instance");
+    let pods: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == json!(["pods"]))
+        .collect();
+    let mut names = vec![];
+    for rule in pods {
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        match rule["resourceNames"].as_array() {
+            Some(n) => {
+                assert_eq!(verbs, ["patch"], "{rule}");
+                names.extend(n.iter().map(|v| v.as_str().unwrap().to_string()));
+            }
+            None => assert_eq!(verbs, ["list", "watch"], "{rule}"),
+        }
+    }
+    names
+}
+
+#[test]
+fn the_instances_may_patch_their_own_clusters_pods_only() {
+    let c = cluster(zfs(2));
+    let b = Builder::new(&c, "img").unwrap();
+    // A fresh cluster: the instances placed now, before their Pods exist.
+    assert_eq!(patchable(&layout(&b, &fresh())), ["main-1", "main-2"]);
+    // Nothing placed (no node): no patch rule at all, rather than one naming no Pod (an
+    // empty resourceNames allows every Pod).
+    let l = layout(&b, &Observed::default());
+    assert!(l.recs.is_empty() && l.unplaced.is_some());
+    assert_eq!(patchable(&l), Vec::<String>::new());
+    let role = body_of(&l.steps, "Role", "main-instance");
+    assert_eq!(role["rules"].as_array().unwrap().len(), 2, "{role}");
+
+    // Scaling up from one: the new instance's name comes with its placement.
+    let c = cluster(zfs(3));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(true);
+    o.pods.insert(
+        "main-1".into(),
+        stored_pod(&b, &r, PodRole::Primary, Some(primary_report())),
+    );
+    let l = layout(&b, &o);
+    assert_eq!(patchable(&l), ["main-1", "main-2", "main-3"]);
+}
+
+#[test]
+fn a_departing_pod_stays_patchable_until_it_is_gone() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let three = [
+        rec(1, "node-a", None),
+        rec(2, "node-b", Some("main-2-seed")),
+        rec(3, "node-c", Some("main-3-seed")),
+    ];
+    let mut o = fresh();
+    o.status = recorded_as(&three, "main-3");
+    for r in &three {
+        let pod = stored_pod(&b, r, PodRole::Replica, Some(replica_report(true)));
+        o.pods.insert(r.name.clone(), pod);
+    }
+    // The reconcile that removes main-1 and main-2: their Pods still run.
+    assert_eq!(patchable(&layout(&b, &o)), ["main-1", "main-2", "main-3"]);
+
+    // The next: no longer recorded, main-2's Pod still shutting down, main-1's gone.
+    o.status = recorded_as(&three[2..], "main-3");
+    o.pods.remove("main-1");
+    let going = o.pods.remove("main-2").unwrap();
+    o.pods.insert("main-2".into(), being_deleted(going));
+    let l = layout(&b, &o);
+    assert_eq!(l.recs, [three[2].clone()]);
+    assert_eq!(patchable(&l), ["main-2", "main-3"]);
+
+    // Gone: only the instance left.
+    o.pods.remove("main-2");
+    assert_eq!(patchable(&layout(&b, &o)), ["main-3"]);
+
+    // A Pod labelled with the cluster but not named as its instances are: not patchable.
+    let mut stray = o.pods["main-3"].clone();
+    stray.metadata.name = Some("main-x".into());
+    o.pods.insert("main-x".into(), stray);
+    assert_eq!(patchable(&layout(&b, &o)), ["main-3"]);
+}
+
 #[test]
 fn an_instance_with_no_node_that_fits_is_unplaced() {
     let c = cluster(ext4(2));
