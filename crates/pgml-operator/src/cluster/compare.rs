@@ -1,6 +1,16 @@
 //! "Would this apply change anything?": the desired body against the object as stored.
 //! The apiserver adds defaults (a Pod's `terminationMessagePath`, a Service's
 //! `clusterIP`), so the test is whether the stored object covers every field we set.
+//!
+//! Admission adds list items too: the ServiceAccount plugin a `kube-api-access-*` volume
+//! and its mounts, EKS's Pod Identity and IRSA webhooks a token volume and `AWS_*` env, a
+//! mesh a sidecar container. Lists of named items (volumes, volumeMounts, containers, env,
+//! ports) are maps keyed by name for server-side apply, and an apply of ours leaves items
+//! it does not name alone: so there, every item we name must be stored as we set it, and
+//! items someone else added do not count. Other lists (commands, rules) are compared
+//! element by element. (A named item we stopped setting is not seen this way; none of the
+//! Pod's can go away while the Pod lives: storage, identity and the image's paths are
+//! immutable.)
 
 use serde_json::Value;
 
@@ -21,19 +31,35 @@ pub fn unchanged(stored: Option<&Value>, desired: &Value) -> bool {
 }
 
 /// Whether `stored` has every field of `desired` with the same value (objects: the keys
-/// of `desired`; lists: the same length, element by element; numbers: by value).
+/// of `desired`; lists of named objects: each named item of `desired` covered by the stored
+/// item of that name, others ignored; other lists: the same length, element by element;
+/// numbers: by value).
 pub fn covers(stored: &Value, desired: &Value) -> bool {
     match (stored, desired) {
         (_, Value::Null) => true,
         (Value::Object(s), Value::Object(d)) => d
             .iter()
             .all(|(k, v)| v.is_null() || s.get(k).is_some_and(|sv| covers(sv, v))),
+        (Value::Array(s), Value::Array(d))
+            if !d.is_empty() && d.iter().all(|i| name_of(i).is_some()) =>
+        {
+            d.iter().all(|want| {
+                s.iter()
+                    .find(|have| name_of(have) == name_of(want))
+                    .is_some_and(|have| covers(have, want))
+            })
+        }
         (Value::Array(s), Value::Array(d)) => {
             s.len() == d.len() && s.iter().zip(d).all(|(a, b)| covers(a, b))
         }
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         (a, b) => a == b,
     }
+}
+
+/// The `name` of a list item that has one (volumes, mounts, containers, env, ports).
+fn name_of(v: &Value) -> Option<&str> {
+    v.get("name")?.as_str()
 }
 
 #[cfg(test)]
@@ -54,6 +80,54 @@ mod tests {
         assert!(!covers(&stored, &json!({"spec": {"missing": 1}})));
         assert!(covers(&json!({"n": 1.0}), &json!({"n": 1})));
         assert!(covers(&json!({}), &json!({"x": null})));
+    }
+
+    #[test]
+    fn items_admission_adds_to_named_lists_do_not_count() {
+        let desired = json!({"spec": {
+            "volumes": [{"name": "pgdata", "persistentVolumeClaim": {"claimName": "main-1"}}],
+            "containers": [{"name": "postgres", "image": "pg:1",
+                "env": [{"name": "PGDATA", "value": "/d"}],
+                "volumeMounts": [{"name": "pgdata", "mountPath": "/d"}]}],
+        }});
+        // As the ServiceAccount plugin and the Pod Identity webhook leave a Pod: a token
+        // volume, its mount and AWS_* env added, a sidecar too, items in another order.
+        let stored = json!({"spec": {
+            "volumes": [
+                {"name": "kube-api-access-x7k2p", "projected": {"sources": []}},
+                {"name": "pgdata", "persistentVolumeClaim": {"claimName": "main-1"}},
+            ],
+            "containers": [
+                {"name": "sidecar", "image": "mesh:1"},
+                {"name": "postgres", "image": "pg:1",
+                 "env": [{"name": "PGDATA", "value": "/d"},
+                         {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"}],
+                 "volumeMounts": [{"name": "pgdata", "mountPath": "/d"},
+                                  {"name": "kube-api-access-x7k2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]},
+            ],
+        }});
+        assert!(covers(&stored, &desired));
+        // What we set still counts: a changed image, env value, or mount; a missing item.
+        let mut changed = stored.clone();
+        changed["spec"]["containers"][1]["image"] = json!("pg:2");
+        assert!(!covers(&changed, &desired));
+        let mut changed = stored.clone();
+        changed["spec"]["containers"][1]["env"][0]["value"] = json!("/e");
+        assert!(!covers(&changed, &desired));
+        let mut changed = stored.clone();
+        changed["spec"]["volumes"].as_array_mut().unwrap().remove(1);
+        assert!(!covers(&changed, &desired));
+        // Lists of unnamed items stay element by element.
+        assert!(!covers(
+            &json!({"command": ["a", "b"]}),
+            &json!({"command": ["a"]})
+        ));
+        assert!(!covers(
+            &json!({"rules": [{"verbs": ["get"]}, {"verbs": ["list"]}]}),
+            &json!({"rules": [{"verbs": ["get"]}]})
+        ));
+        assert!(covers(&json!({"l": []}), &json!({"l": []})));
+        assert!(!covers(&json!({"l": [{"name": "a"}]}), &json!({"l": []})));
     }
 
     #[test]
