@@ -30,8 +30,9 @@ trap 'sandbox down >/dev/null 2>&1 || true' EXIT
 threads="${PGML_TEST_THREADS:-4}"
 # Every test binary runs even when one fails (--no-fail-fast): a failure never hides the rest.
 # Test binaries that mostly wait on the clock (schedule.rs watches five real minutes of
-# cron slots) run beside the others instead of after them.
-beside=(schedule)
+# cron slots; real_nodes.rs waits on containers, a slowed CreateSnapshots and restarts, on
+# the real nodes, which no other test uses) run beside the others instead of after them.
+beside=(schedule real_nodes)
 rc=0
 mkdir -p .sandbox/logs
 out=.sandbox/logs/test-output.log

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -209,6 +210,33 @@ async fn the_chart_runs_in_containers_and_builds_a_raidz1_pool_on_a_real_node() 
         operator_uid.trim(),
         "65532",
         "the operator runs as the image's nonroot user"
+    );
+    // Two replicas, one leader: the Lease names one of the two operator Pods.
+    let leases: Api<Lease> = ns.api();
+    let operators: Vec<String> = listed
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .filter(|n| n.starts_with(&release.fullname()) && !n.contains("-agent-"))
+        .collect();
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    let lease = wait_for(
+        &leases,
+        "pgml-operator",
+        "a leader",
+        TIMEOUT,
+        |l: &Lease| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_ref())
+                .is_some()
+        },
+    )
+    .await;
+    let holder = lease.spec.and_then(|s| s.holder_identity).unwrap();
+    assert!(
+        operators.contains(&holder),
+        "the Lease holder {holder} is one of {operators:?}"
     );
 
     // A raidz1 pool of three volumes on the first real node, built by the agent container.

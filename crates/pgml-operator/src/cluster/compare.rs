@@ -35,25 +35,46 @@ pub fn unchanged(stored: Option<&Value>, desired: &Value) -> bool {
 /// item of that name, others ignored; other lists: the same length, element by element;
 /// numbers: by value).
 pub fn covers(stored: &Value, desired: &Value) -> bool {
+    difference(stored, desired, "").is_none()
+}
+
+/// Where `stored` first fails to cover `desired` (as [`covers`] reads it): a path such as
+/// `.containers[postgres].image`, for the message that says a Pod is outdated.
+pub fn difference(stored: &Value, desired: &Value, at: &str) -> Option<String> {
     match (stored, desired) {
-        (_, Value::Null) => true,
-        (Value::Object(s), Value::Object(d)) => d
-            .iter()
-            .all(|(k, v)| v.is_null() || s.get(k).is_some_and(|sv| covers(sv, v))),
+        (_, Value::Null) => None,
+        (Value::Object(s), Value::Object(d)) => d.iter().find_map(|(k, v)| {
+            let here = format!("{at}.{k}");
+            match s.get(k) {
+                _ if v.is_null() => None,
+                Some(sv) => difference(sv, v, &here),
+                None => Some(here),
+            }
+        }),
         (Value::Array(s), Value::Array(d))
             if !d.is_empty() && d.iter().all(|i| name_of(i).is_some()) =>
         {
-            d.iter().all(|want| {
-                s.iter()
-                    .find(|have| name_of(have) == name_of(want))
-                    .is_some_and(|have| covers(have, want))
+            d.iter().find_map(|want| {
+                let name = name_of(want).unwrap_or_default();
+                let here = format!("{at}[{name}]");
+                match s.iter().find(|have| name_of(have) == Some(name)) {
+                    Some(have) => difference(have, want, &here),
+                    None => Some(here),
+                }
             })
         }
         (Value::Array(s), Value::Array(d)) => {
-            s.len() == d.len() && s.iter().zip(d).all(|(a, b)| covers(a, b))
+            if s.len() != d.len() {
+                return Some(format!("{at} ({} items, not {})", s.len(), d.len()));
+            }
+            s.iter()
+                .zip(d)
+                .enumerate()
+                .find_map(|(i, (a, b))| difference(a, b, &format!("{at}[{i}]")))
         }
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        (a, b) if a == b => None,
+        _ => Some(at.to_string()),
     }
 }
 
@@ -128,6 +149,25 @@ mod tests {
         ));
         assert!(covers(&json!({"l": []}), &json!({"l": []})));
         assert!(!covers(&json!({"l": [{"name": "a"}]}), &json!({"l": []})));
+    }
+
+    #[test]
+    fn the_difference_names_where() {
+        let desired = json!({"containers": [{"name": "postgres", "image": "pg:1"}], "tolerations": [{"key": "a"}]});
+        let stored = json!({"containers": [{"name": "postgres", "image": "pg:2"}], "tolerations": [{"key": "a"}]});
+        assert_eq!(
+            difference(&stored, &desired, "").as_deref(),
+            Some(".containers[postgres].image")
+        );
+        let stored = json!({"containers": [{"name": "postgres", "image": "pg:1"}], "tolerations": [{"key": "a"}, {"key": "b"}]});
+        assert_eq!(
+            difference(&stored, &desired, "").as_deref(),
+            Some(".tolerations (2 items, not 1)")
+        );
+        assert_eq!(
+            difference(&json!({}), &desired, "").as_deref(),
+            Some(".containers")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Layout, Plan, Step, When, instance, note, pod_role};
 use crate::cluster::build::{Builder, Instance};
-use crate::cluster::compare::{covers, to_value, unchanged};
+use crate::cluster::compare::{covers, difference, to_value, unchanged};
 use crate::cluster::identity;
 use crate::cluster::members::{Rec, donor, members, pgdata_mount};
 use crate::cluster::names::{self, MARKS_MANAGER, PG_BASEBACKUP, SEED_MANAGER};
@@ -238,9 +238,9 @@ impl Instances<'_> {
             self.wait(r, "its Pod is being deleted");
             return;
         }
-        if !covers(&to_value(&pod.spec), &self.b.pod(i)["spec"]) {
+        if let Some(at) = difference(&to_value(&pod.spec), &self.b.pod(i)["spec"], "spec") {
             let said = format!(
-                "Pod {} runs an older spec than the cluster's (image, resources, scheduling): delete it to have it made again (replicas first, then switch over)",
+                "Pod {} runs an older spec than the cluster's (image, resources, scheduling; first at {at}): delete it to have it made again (replicas first, then switch over)",
                 r.name
             );
             self.note(true, reason::POD_OUTDATED, said);
