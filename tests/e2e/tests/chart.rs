@@ -244,6 +244,23 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
         "ValidatingAdmissionPolicyBinding",
         pgml_api::policy::POLICY_NAME,
     );
+    // The bounds on the operator's own Pods and PersistentVolumes (on by default; its
+    // enforcement: tests/e2e/tests/admission_bounds.rs).
+    let bounds = find(
+        &objs,
+        "ValidatingAdmissionPolicy",
+        "pgml-operator-operator-bounds",
+    );
+    assert_eq!(
+        bounds["spec"]["matchConditions"][0]["expression"],
+        format!("request.userInfo.username == 'system:serviceaccount:{NS}:pgml-operator'").as_str()
+    );
+    let binding = find(
+        &objs,
+        "ValidatingAdmissionPolicyBinding",
+        "pgml-operator-operator-bounds",
+    );
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
     // No ServiceMonitor unless asked for.
     assert!(!objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
 
@@ -880,8 +897,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
     );
     let n = dry_run_apply("chart", &chart);
     assert_eq!(
-        n, 17,
-        "3 CRDs, the Retain-to-Delete ValidatingAdmissionPolicy and its binding, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
+        n, 19,
+        "3 CRDs, the Retain-to-Delete ValidatingAdmissionPolicy and its binding, the operator-bounds ValidatingAdmissionPolicy and its binding, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
     );
     let n = dry_run_apply(
         "chart-bundled",
@@ -898,8 +915,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         ),
     );
     assert_eq!(
-        n, 18,
-        "the 12 objects besides the CRDs and the admission policy, 2 Roles and RoleBindings in {WATCHED}, 2 NetworkPolicies"
+        n, 20,
+        "the 14 objects besides the CRDs and the Retain-to-Delete policy, 2 Roles and RoleBindings in {WATCHED}, 2 NetworkPolicies"
     );
     // The per-cluster PostgreSQL policy of docs/security.md, in the watched namespace.
     let out = run(
@@ -982,14 +999,14 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
             _ => assert!(!e.contains_key("PGML_WATCH_NAMESPACE")),
         }
         let expected = if dir == "deploy/overlays/single-namespace" {
-            22
+            24
         } else {
-            18
+            20
         };
         assert_eq!(
             dry_run_apply(dir, &yaml),
             expected,
-            "{dir}: the chart's 17 objects and the Namespace (single-namespace: and 2 Roles and RoleBindings in {WATCHED})"
+            "{dir}: the chart's 19 objects and the Namespace (single-namespace: and 2 Roles and RoleBindings in {WATCHED})"
         );
     }
 }
