@@ -33,6 +33,12 @@ pub const RBAC_KINDS: [&str; 5] = [
     "RoleBinding",
 ];
 
+/// The kinds of the chart's bounds on the operator (templates/admission-policy.yaml).
+pub const ADMISSION_POLICY_KINDS: [&str; 2] = [
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
 const FIELD_MANAGER: &str = "pgml-e2e-rbac";
 
 /// The helm binary: `$PGML_HELM`, else the one `tests/testbed/helm/build.sh` built.
@@ -273,6 +279,63 @@ impl ChartRbac {
     }
 }
 
+/// The chart's admission policy bounding the operator's Pods and PersistentVolumes
+/// (`F-operator-bounds` and its binding, templates/admission-policy.yaml), rendered with the
+/// release name of [`ChartRbac::release`] for the same namespace (so that it binds that
+/// release's operator ServiceAccount) and server-side applied with the admin client.
+/// The apiserver enforces a new policy some time after it is stored: wait for it yourself.
+pub struct ChartAdmissionPolicy {
+    client: Client,
+    /// The policy's (and the binding's) name.
+    pub name: String,
+    /// The objects as rendered.
+    pub objects: Vec<Value>,
+}
+
+impl ChartAdmissionPolicy {
+    /// Renders the chart into `namespace` with `set` (`key=value` each) and applies its
+    /// admission policy and binding.
+    pub async fn install(
+        client: &Client,
+        namespace: &str,
+        set: &[&str],
+    ) -> anyhow::Result<ChartAdmissionPolicy> {
+        let release = ChartRbac::release(namespace);
+        let objects: Vec<Value> = render(&release, namespace, set)?
+            .into_iter()
+            .filter(|o| ADMISSION_POLICY_KINDS.contains(&o["kind"].as_str().unwrap_or_default()))
+            .collect();
+        let name = objects
+            .iter()
+            .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
+            .map(name_of)
+            .context("the chart renders no ValidatingAdmissionPolicy (admissionPolicy.enabled?)")?;
+        // The policy before its binding (a binding of a missing policy is ignored, but the
+        // order keeps the log readable).
+        for kind in ADMISSION_POLICY_KINDS {
+            for o in objects.iter().filter(|o| o["kind"] == kind) {
+                apply(client, o).await?;
+            }
+        }
+        Ok(ChartAdmissionPolicy {
+            client: client.clone(),
+            name,
+            objects,
+        })
+    }
+
+    /// Deletes the binding and the policy (both cluster-scoped).
+    pub async fn cleanup(self) {
+        for kind in ADMISSION_POLICY_KINDS.iter().rev() {
+            for o in self.objects.iter().filter(|o| o["kind"] == *kind) {
+                let api: Api<DynamicObject> =
+                    Api::all_with(self.client.clone(), &rbac_resource(kind));
+                let _ = api.delete(&name_of(o), &DeleteParams::background()).await;
+            }
+        }
+    }
+}
+
 /// One permission each binding of ServiceAccount `sa` grants (the first of its role's
 /// rules), as SelfSubjectAccessReview resource attributes, in the binding's namespace.
 fn probes(objects: &[Value], sa: &str) -> Vec<Value> {
@@ -356,6 +419,8 @@ fn name_of(o: &Value) -> String {
 fn rbac_resource(kind: &str) -> ApiResource {
     let gvk = if kind == "ServiceAccount" {
         GroupVersionKind::gvk("", "v1", kind)
+    } else if ADMISSION_POLICY_KINDS.contains(&kind) {
+        GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind)
     } else {
         GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind)
     };
