@@ -417,11 +417,18 @@ def stop_node(info: dict) -> None:
     proc.terminate(info.get("ns_pid"), "unshare", 5, group=False)
     root = info.get("cgroup_root")
     if root:
-        _remove_cgroups(root)
+        # The namespace's last processes leave their cgroups a moment after it ends.
+        for _ in range(20):
+            if _remove_cgroups(root):
+                break
+            time.sleep(0.25)
 
 
-def _remove_cgroups(root: str) -> None:
+def _remove_cgroups(root: str) -> bool:
+    """Removes the node's cgroups under every hierarchy (v1 controllers and the unified
+    one the kubelet also uses); True when none is left."""
     base = pathlib.Path("/sys/fs/cgroup")
+    left = False
     for ctrl in base.iterdir():
         d = ctrl / root.lstrip("/")
         if not d.is_dir():
@@ -435,7 +442,8 @@ def _remove_cgroups(root: str) -> None:
         try:
             d.rmdir()
         except OSError:
-            pass
+            left = True
+    return not left
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -461,7 +469,7 @@ def start_shared(sandbox_dir: pathlib.Path, kube: dict, bin_dir: pathlib.Path, l
         # No sysctl writes for conntrack (the host's limits are what they are).
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }, indent=2))
-    state = {"pids": {}}
+    state = {"pids": {}, "proxy_bin": str(bin_dir / "kube-proxy")}
     state["pids"]["kube-proxy"] = proc.spawn(
         [str(bin_dir / "kube-proxy"), f"--config={proxy_conf}", "--v=1"], log_dir / "kube-proxy.log")
     state["pids"]["kube-scheduler"] = proc.spawn([
@@ -477,9 +485,14 @@ def start_shared(sandbox_dir: pathlib.Path, kube: dict, bin_dir: pathlib.Path, l
     return state
 
 
-def stop_shared(state: dict) -> None:
+def stop_shared(state: dict, bin_dir: pathlib.Path | None = None) -> None:
+    """Stops kube-scheduler and kube-proxy, then removes the iptables rules kube-proxy made
+    (`kube-proxy --cleanup`), so the host is left as it was."""
     for name in ("kube-scheduler", "kube-proxy"):
         proc.terminate(state.get("pids", {}).get(name), None, 10)
+    binary = state.get("proxy_bin") or (bin_dir and str(pathlib.Path(bin_dir) / "kube-proxy"))
+    if binary:
+        subprocess.run([binary, "--cleanup"], capture_output=True, timeout=60, check=False)
 
 
 def node_status(info: dict) -> dict:
