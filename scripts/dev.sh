@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# make dev: the sandbox, the operator on the host, one agent inside each simulated node's
-# mount namespace, the manifests in examples/ applied, and what `kubectl get` shows.
-# Stays up until Ctrl-C, then tears everything down.
+# make dev: the sandbox with two real nodes (kubelet, containerd, runc) beside the simulated
+# ones, and two installations of the operator:
+#   - the chart, installed with helm into pgml-system from the images scripts/images.sh
+#     builds (operator Deployment, agent DaemonSet, instance Pods: real containers on the
+#     real nodes), watching the namespace `databases`, where tests/testbed/dev/databases.yaml
+#     makes a 2-instance PgmlCluster;
+#   - the operator on the host and one agent inside each simulated node's mount namespace,
+#     watching `demo`, where the manifests in examples/ are applied (their node names are
+#     the simulated nodes').
+# Then what `kubectl get` shows. Stays up until Ctrl-C, then tears everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -21,18 +28,20 @@ teardown() {
 # From here on, the first Ctrl-C or TERM (even during start-up) tears the sandbox down and
 # ends the script.
 supervise_init dev teardown .sandbox/logs/dev-stop.log
-sandbox up --k8s-bin "$k8s_bin" --python "$py" >/dev/null
+echo "dev: building the images (scripts/images.sh: cached)"
+scripts/images.sh --bin-dir "$target/debug" >/dev/null
+sandbox up --k8s-bin "$k8s_bin" --python "$py" --real-nodes 2 >/dev/null
 
 # shellcheck disable=SC1091
 source .sandbox/env
 logs=.sandbox/logs
 # Metrics and probes: the operator on 127.0.0.1:8080, the agents (which share the host's
 # network: the nodes are mount namespaces) on 8081, 8082, ...
-PGML_METRICS_ADDR=127.0.0.1:8080 "$target/debug/pgml-operator" --log-format text >"$logs/pgml-operator.log" 2>&1 &
+PGML_WATCH_NAMESPACE=demo PGML_METRICS_ADDR=127.0.0.1:8080 "$target/debug/pgml-operator" --log-format text >"$logs/pgml-operator.log" 2>&1 &
 supervise_add $!
 port=8081
 while read -r name ns_pid dev_dir mnt_dir; do
-  nsenter -t "$ns_pid" -m -- env NODE_NAME="$name" PGML_DEV_DIR="$dev_dir" PGML_MOUNT_ROOT="$mnt_dir" \
+  nsenter -t "$ns_pid" -m -- env PGML_WATCH_NAMESPACE=demo NODE_NAME="$name" PGML_DEV_DIR="$dev_dir" PGML_MOUNT_ROOT="$mnt_dir" \
     PGML_METRICS_ADDR="127.0.0.1:$port" KUBECONFIG="$KUBECONFIG" \
     "$target/debug/pgml-agent" --log-format text >"$logs/pgml-agent-$name.log" 2>&1 &
   supervise_add $!
@@ -43,6 +52,39 @@ done < <("$py" -c 'import json,sys; [print(n["name"], n["ns_pid"], n["dev_dir"],
 # their container's `pgml-instance run` (and so PostgreSQL) on the simulated nodes.
 "$target/debug/pgml-kubelet" demo >"$logs/pgml-kubelet.log" 2>&1 &
 supervise_add $!
+
+# The chart on the real nodes: the values a platform team gives for dedicated database nodes,
+# plus the sandbox's images (no registry: pullPolicy Never), EC2 endpoint and moto's test
+# keys (no IMDS for Pods here), and the simulator's image store (where its device links point).
+helm=$(bash tests/testbed/helm/build.sh --print 2>/dev/null | tail -n1)
+store=$root/.sandbox/store
+cat >.sandbox/dev-values.yaml <<VALUES
+operator:
+  image: {repository: localhost/pgml-operator, tag: dev, pullPolicy: Never}
+  watchNamespace: databases
+  logFormat: text
+  nodeSelector: {pgml.io/database: "true"}
+  tolerations: [{key: pgml.io/database, operator: Exists}]
+  extraEnv:
+    - {name: AWS_ENDPOINT_URL, value: "$AWS_ENDPOINT_URL"}
+    - {name: AWS_ACCESS_KEY_ID, value: testing}
+    - {name: AWS_SECRET_ACCESS_KEY, value: testing}
+agent:
+  image: {repository: localhost/pgml-agent, tag: dev, pullPolicy: Never}
+  checkNvmeSerial: false
+  logFormat: text
+  nodeSelector: {pgml.io/database: "true"}
+  extraVolumes: [{name: ebs-store, hostPath: {path: "$store", type: Directory}}]
+  extraVolumeMounts: [{name: ebs-store, mountPath: "$store", readOnly: true}]
+aws:
+  region: $AWS_REGION
+VALUES
+kubectl create namespace databases --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+echo "dev: helm install pgml-operator charts/pgml-operator -n pgml-system (images localhost/*:dev)"
+"$helm" install pgml-operator charts/pgml-operator -n pgml-system --create-namespace \
+  --values .sandbox/dev-values.yaml --wait --timeout 180s >/dev/null \
+  || echo "dev: the chart is not ready yet; see kubectl get pods -n pgml-system"
+kubectl apply -n databases -f tests/testbed/dev/databases.yaml
 
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n demo -f examples/
@@ -73,9 +115,22 @@ fi
 echo "dev: waiting for pgmlcluster/sandbox to be Healthy"
 kubectl wait -n demo --for=jsonpath='{.status.phase}'=Healthy --timeout=180s pgmlcluster/sandbox \
   || echo "dev: not Healthy yet; see $logs/pgml-kubelet.log and $logs/tests/"
+echo "dev: waiting for pgmlcluster/pgml (databases, on the real nodes) to have 2 ready instances"
+kubectl wait -n databases --for=jsonpath='{.status.readyInstances}'=2 --timeout=300s pgmlcluster/pgml \
+  || echo "dev: not ready yet; see kubectl get pods -n databases"
 echo
-echo "\$ kubectl get nodes -L topology.kubernetes.io/zone"
-kubectl get nodes -L topology.kubernetes.io/zone
+echo "\$ kubectl get nodes -L topology.kubernetes.io/zone,pgml.io/database -o wide"
+kubectl get nodes -L topology.kubernetes.io/zone,pgml.io/database -o wide
+echo
+echo "\$ kubectl get pods -n pgml-system -o wide; kubectl get pods -n databases -o wide"
+kubectl get pods -n pgml-system -o wide
+kubectl get pods -n databases -o wide
+echo
+echo "\$ kubectl exec -n databases pgml-1 -c postgres -- ps -o user,pid,cmd -C postgres | head -3"
+kubectl exec -n databases pgml-1 -c postgres -- ps -o user,pid,cmd -C postgres 2>&1 | head -3 || true
+echo
+echo "\$ kubectl get pgmlclusters,zfspools -n databases"
+kubectl get pgmlclusters,zfspools -n databases 2>&1 || true
 echo
 for kind in zfspools ebssnapshots pgmlclusters; do
   echo "\$ kubectl get $kind -n demo -o wide"
@@ -91,6 +146,9 @@ echo
 cat <<MSG
 dev: running. In another terminal:
   source .sandbox/env          # KUBECONFIG, AWS_ENDPOINT_URL, kubectl on PATH
+  kubectl get pods -A -o wide  # the chart's operator and agents, the instances: containers on the real nodes
+  kubectl logs -n pgml-system deploy/pgml-operator
+  kubectl exec -it -n databases pgml-1 -c postgres -- runuser -u postgres -- psql -h /tmp
   kubectl get zfspools -n demo
   kubectl describe zfspool -n demo <name>
   kubectl describe ebssnapshot -n demo analytics-nightly
