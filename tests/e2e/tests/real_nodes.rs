@@ -402,37 +402,94 @@ fn psql(sb: &Sandbox, ns: &str, pod: &str, sql: &str) -> Result<String, String> 
     }
 }
 
+/// `kubectl exec` into an instance's postgres container.
+fn in_instance(sb: &Sandbox, ns: &str, pod: &str, argv: &[&str]) -> String {
+    let mut args = vec!["exec", "-n", ns, pod, "-c", "postgres", "--"];
+    args.extend_from_slice(argv);
+    kubectl(sb, &args)
+}
+
+/// psql as `postgres` over the instance's own socket (peer authentication).
+fn local_psql(sb: &Sandbox, ns: &str, pod: &str, sql: &str) -> String {
+    let argv = [
+        "runuser", "-u", "postgres", "--", "psql", "-h", "/tmp", "-Atc", sql,
+    ];
+    in_instance(sb, ns, pod, &argv).trim().to_string()
+}
+
+/// psql in the client Pod through the `-rw` Service, retried while the Service has no
+/// ready endpoint or the primary restarts.
+async fn client_psql(sb: &Sandbox, ns: &str, sql: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..60 {
+        match psql(sb, ns, "client", sql) {
+            Ok(out) => return out,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    panic!("{sql} through {CLUSTER}-rw: {last}");
+}
+
+/// Waits until `sql` on `pod` (as postgres, locally) answers `want`.
+async fn wait_answer(sb: &Sandbox, ns: &str, pod: &str, sql: &str, want: &str, what: &str) {
+    let mut seen = String::new();
+    for _ in 0..60 {
+        seen = local_psql(sb, ns, pod, sql);
+        if seen == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(seen, want, "{what}");
+}
+
+/// Waits until both instances are ready; returns (primary, replica).
+async fn wait_two_ready(
+    clusters: &Api<PgmlCluster>,
+    what: &str,
+    timeout: Duration,
+) -> (String, String) {
+    let ready = wait_for(clusters, CLUSTER, what, timeout, |c: &PgmlCluster| {
+        c.status.as_ref().and_then(|s| s.ready_instances) == Some(2)
+    })
+    .await;
+    let status = ready.status.unwrap();
+    let primary = status.current_primary.clone().expect("a primary");
+    let replica = status
+        .instances
+        .iter()
+        .find(|i| i.name != primary)
+        .map(|i| i.name.clone())
+        .expect("a replica");
+    (primary, replica)
+}
+
 async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInfo]) {
     let clusters: Api<PgmlCluster> = ns.api();
     let pods: Api<Pod> = ns.api();
+    let manifest = serde_json::from_value(cluster_manifest()).unwrap();
     clusters
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(cluster_manifest()).unwrap(),
-        )
+        .create(&PostParams::default(), &manifest)
         .await
         .unwrap();
     pods.create(&PostParams::default(), &client_pod())
         .await
         .unwrap();
-    let healthy = wait_for(
-        &clusters,
-        CLUSTER,
-        "2 instances ready",
-        Duration::from_secs(420),
-        |c: &PgmlCluster| c.status.as_ref().and_then(|s| s.ready_instances) == Some(2),
-    )
-    .await;
-    let status = healthy.status.clone().unwrap();
-    let primary = status.current_primary.clone().expect("a primary");
-    let nodes: Vec<String> = status
-        .instances
-        .iter()
-        .filter_map(|i| i.node.clone())
-        .collect();
-    let real_names: Vec<String> = real.iter().map(|n| n.name.clone()).collect();
-    for n in &nodes {
-        assert!(real_names.contains(n), "instance on {n}, not a real node");
+    let (primary, replica) =
+        wait_two_ready(&clusters, "2 instances ready", Duration::from_secs(420)).await;
+    for p in [&primary, &replica] {
+        let node = pods
+            .get(p)
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.node_name)
+            .unwrap_or_default();
+        assert!(
+            real.iter().any(|n| n.name == node),
+            "{p} on {node}, not a real node"
+        );
     }
     wait_for(&pods, "client", "client Running", TIMEOUT, |p: &Pod| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -440,41 +497,17 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
     .await;
 
     // PostgreSQL runs in the container as the image's postgres user, PGDATA on the pool.
-    let ps = kubectl(
+    let ps = in_instance(
         sb,
-        &[
-            "exec",
-            "-n",
-            ns.name(),
-            &primary,
-            "-c",
-            "postgres",
-            "--",
-            "ps",
-            "-o",
-            "user=,comm=",
-            "-C",
-            "postgres",
-        ],
+        ns.name(),
+        &primary,
+        &["ps", "-o", "user=,comm=", "-C", "postgres"],
     );
     assert!(
         ps.lines().count() > 1 && ps.lines().all(|l| l.starts_with("postgres ")),
         "{ps}"
     );
-    let mounts = kubectl(
-        sb,
-        &[
-            "exec",
-            "-n",
-            ns.name(),
-            &primary,
-            "-c",
-            "postgres",
-            "--",
-            "cat",
-            "/proc/self/mountinfo",
-        ],
-    );
+    let mounts = in_instance(sb, ns.name(), &primary, &["cat", "/proc/self/mountinfo"]);
     assert!(
         mounts
             .lines()
@@ -483,88 +516,33 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
     );
 
     // Rows through the -rw Service (by its DNS name), read back on the replica.
-    let sql = "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g";
-    let mut last = String::new();
-    for _ in 0..60 {
-        match psql(sb, ns.name(), "client", sql) {
-            Ok(_) => {
-                last.clear();
-                break;
-            }
-            Err(e) => {
-                last = e;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    }
-    assert!(last.is_empty(), "writing through {CLUSTER}-rw: {last}");
-    let replica = status
-        .instances
-        .iter()
-        .find(|i| i.name != primary)
-        .map(|i| i.name.clone())
-        .expect("a replica");
-    let mut seen = String::new();
-    for _ in 0..60 {
-        seen = kubectl(
-            sb,
-            &[
-                "exec",
-                "-n",
-                ns.name(),
-                &replica,
-                "-c",
-                "postgres",
-                "--",
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "psql",
-                "-h",
-                "/tmp",
-                "-Atc",
-                "SELECT count(*) FROM t",
-            ],
-        )
-        .trim()
-        .to_string();
-        if seen == "1000" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert_eq!(seen, "1000", "the replica streams the rows");
+    client_psql(sb, ns.name(), "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g").await;
+    wait_answer(
+        sb,
+        ns.name(),
+        &replica,
+        "SELECT count(*) FROM t",
+        "1000",
+        "the replica streams the rows",
+    )
+    .await;
 
     snapshot_with_the_agent_killed_in_the_hold(sb, ns, real).await;
     let acked = load_with_the_primary_killed(sb, ns, real, &primary).await;
 
     // Every acknowledged row is there, and the replica streams them all.
-    let healthy = wait_for(
+    let (primary, replica) = wait_two_ready(
         &clusters,
-        CLUSTER,
         "2 instances ready again",
         Duration::from_secs(300),
-        |c: &PgmlCluster| c.status.as_ref().and_then(|s| s.ready_instances) == Some(2),
     )
     .await;
-    let status = healthy.status.unwrap();
-    let primary = status.current_primary.clone().expect("a primary");
-    let mut have = String::new();
-    for _ in 0..60 {
-        match psql(
-            sb,
-            ns.name(),
-            "client",
-            "SELECT string_agg(id::text, ',' ORDER BY id) FROM load",
-        ) {
-            Ok(v) => {
-                have = v;
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-        }
-    }
+    let have = client_psql(
+        sb,
+        ns.name(),
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM load",
+    )
+    .await;
     let have: std::collections::BTreeSet<u32> =
         have.split(',').filter_map(|x| x.parse().ok()).collect();
     let lost: Vec<&u32> = acked.iter().filter(|i| !have.contains(i)).collect();
@@ -573,71 +551,19 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
         "acknowledged rows lost: {lost:?} (of {} acknowledged)",
         acked.len()
     );
-    let replica = status
-        .instances
-        .iter()
-        .find(|i| i.name != primary)
-        .map(|i| i.name.clone())
-        .expect("a replica");
     let want = have.len().to_string();
-    let mut seen = String::new();
-    for _ in 0..60 {
-        seen = kubectl(
-            sb,
-            &[
-                "exec",
-                "-n",
-                ns.name(),
-                &replica,
-                "-c",
-                "postgres",
-                "--",
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "psql",
-                "-h",
-                "/tmp",
-                "-Atc",
-                "SELECT count(*) FROM load",
-            ],
-        )
-        .trim()
-        .to_string();
-        if seen == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert_eq!(
-        seen, want,
-        "the replica streams every row after the primary's restart"
-    );
+    wait_answer(
+        sb,
+        ns.name(),
+        &replica,
+        "SELECT count(*) FROM load",
+        &want,
+        "the replica streams every row after the primary's restart",
+    )
+    .await;
     // The primary is no standby (a hold's standby.signal was taken away).
     assert_eq!(
-        kubectl(
-            sb,
-            &[
-                "exec",
-                "-n",
-                ns.name(),
-                &primary,
-                "-c",
-                "postgres",
-                "--",
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "psql",
-                "-h",
-                "/tmp",
-                "-Atc",
-                "SELECT pg_is_in_recovery()"
-            ]
-        )
-        .trim(),
+        local_psql(sb, ns.name(), &primary, "SELECT pg_is_in_recovery()"),
         "f"
     );
 
