@@ -7,6 +7,7 @@
 
 mod fake_api;
 
+use pgml_aws::Ec2;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -256,7 +257,6 @@ impl Harness {
     /// from before the operator tagged its installation), with the ClientToken that operator
     /// gives it (the installation's, when it has one: the same scheme as ours), available.
     async fn member_of_installation(&self, installation: Option<&str>, index: usize) -> String {
-        use pgml_aws::Ec2;
         use pgml_operator::zfspool::build::{self, PoolRef};
         let pool = self.pool();
         let theirs = installation.unwrap_or("before-installation-tags");
@@ -290,6 +290,21 @@ impl Harness {
 }
 
 /// Every member recorded, attached, and its volume one of the instance's.
+/// A Warning names the unadopted volume `id` and says how to adopt it (`adopt`).
+fn assert_adoption_warned(h: &Harness, adopt: &str, id: &str) {
+    let notes = h.notes("InstallationTagMissing");
+    assert!(
+        notes.iter().any(|n| n.contains(id) && n.contains(adopt)),
+        "a Warning names it and says how to adopt it: {notes:?}"
+    );
+}
+
+/// What an administrator does to adopt volume `id`: tag it with this installation.
+async fn adopt_volume(h: &Harness, installation: &str, id: &str) {
+    let tag = [(keys::INSTALLATION.to_string(), installation.to_string())].into();
+    h.fake.create_tags(&[id.to_string()], &tag).await.unwrap();
+}
+
 fn assert_all_attached(h: &Harness) {
     let members = h.members();
     assert_eq!(members.len(), 4);
@@ -680,7 +695,6 @@ async fn a_member_volume_of_another_installation_is_never_adopted_and_ours_are_m
 
 #[tokio::test(start_paused = true)]
 async fn a_member_volume_without_the_installation_tag_is_awaited_not_duplicated_until_adopted() {
-    use pgml_aws::Ec2;
     let h = Harness::new();
     // Member 2, made for this pool by an operator that did not tag its installation yet.
     let old = h.member_of_installation(None, 2).await;
@@ -711,22 +725,10 @@ async fn a_member_volume_without_the_installation_tag_is_awaited_not_duplicated_
         ("False", "InstallationTagMissing")
     );
     assert!(ready.message.contains(&adopt), "{}", ready.message);
-    let notes = h.notes("InstallationTagMissing");
-    assert!(
-        notes.iter().any(|n| n.contains(&old) && n.contains(&adopt)),
-        "a Warning names it and says how to adopt it: {notes:?}"
-    );
+    assert_adoption_warned(&h, &adopt, &old);
 
     // An administrator adopts it: it is member 2, and only the other three are made.
-    let tag = [(
-        keys::INSTALLATION.to_string(),
-        ctx.settings.installation.clone(),
-    )]
-    .into();
-    h.fake
-        .create_tags(std::slice::from_ref(&old), &tag)
-        .await
-        .unwrap();
+    adopt_volume(&h, &ctx.settings.installation, &old).await;
     h.reconcile(&ctx).await.unwrap();
     assert_eq!(h.fake.count_ok("CreateVolume"), 3);
     assert_all_attached(&h);
@@ -825,7 +827,6 @@ async fn deletion_never_touches_a_volume_of_this_pool_uid_tagged_for_another_ins
 
 #[tokio::test(start_paused = true)]
 async fn deletion_waits_for_a_volume_without_the_installation_tag_until_it_is_adopted() {
-    use pgml_aws::Ec2;
     let h = Harness::new();
     let ctx = h.ctx();
     h.reconcile(&ctx).await.unwrap();
@@ -857,26 +858,14 @@ async fn deletion_waits_for_a_volume_without_the_installation_tag_until_it_is_ad
         waits.last().is_some_and(|w| w.contains(&old)),
         "waits for it: {waits:?}"
     );
-    let notes = h.notes("InstallationTagMissing");
     let adopt = format!(
         "Key=pgml.io/installation,Value={}",
         ctx.settings.installation
     );
-    assert!(
-        notes.iter().any(|n| n.contains(&old) && n.contains(&adopt)),
-        "a Warning names it and says how to adopt it: {notes:?}"
-    );
+    assert_adoption_warned(&h, &adopt, &old);
 
     // An administrator adopts it: the next look deletes it and lets the pool go.
-    let tag = [(
-        keys::INSTALLATION.to_string(),
-        ctx.settings.installation.clone(),
-    )]
-    .into();
-    h.fake
-        .create_tags(std::slice::from_ref(&old), &tag)
-        .await
-        .unwrap();
+    adopt_volume(&h, &ctx.settings.installation, &old).await;
     let (done, waits) = h.delete_until_done(&ctx, true, 10).await;
     assert!(done, "deletion finished: {waits:?}");
     assert!(
