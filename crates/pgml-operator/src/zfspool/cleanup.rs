@@ -235,31 +235,9 @@ fn deleting_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zfspool::fixtures::vol_in as vol;
     use crate::zfspool::plan::delete::Detach;
-    use pgml_aws::{Attachment, AttachmentState};
-
-    fn vol(id: &str, state: &str, att: Option<AttachmentState>) -> Volume {
-        Volume {
-            volume_id: id.into(),
-            availability_zone: "z".into(),
-            state: state.into(),
-            volume_type: "gp3".into(),
-            size_gib: 10,
-            iops: None,
-            throughput_mibps: None,
-            encrypted: true,
-            snapshot_id: None,
-            attachments: att
-                .map(|s| Attachment {
-                    instance_id: "i-1".into(),
-                    device: "/dev/xvdba".into(),
-                    state: s,
-                })
-                .into_iter()
-                .collect(),
-            tags: Default::default(),
-        }
-    }
+    use pgml_aws::AttachmentState;
 
     fn pool(policy: &str) -> ZfsPool {
         serde_yaml::from_str(&format!(

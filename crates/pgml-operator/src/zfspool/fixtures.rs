@@ -47,6 +47,19 @@ pub fn on(mut v: Volume, instance: &str, device: &str, state: AttachmentState) -
     v
 }
 
+/// Volume `id` as deletion reads it: in `state`, attached to [`INSTANCE`] in `att` when
+/// given.
+pub fn vol_in(id: &str, state: &str, att: Option<AttachmentState>) -> Volume {
+    let v = vol(id, None, state);
+    match att {
+        Some(a) => Volume {
+            state: state.into(),
+            ..on(v, INSTANCE, "/dev/xvdba", a)
+        },
+        None => v,
+    }
+}
+
 /// The members as slots hold them (`None`: no volume).
 pub fn members(slots: Vec<Option<Volume>>) -> Members {
     Members {

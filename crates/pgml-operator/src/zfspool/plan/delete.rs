@@ -179,31 +179,8 @@ pub fn sort_owned(found: Vec<Volume>, uid: &str, installation: &str, seen: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zfspool::fixtures::vol_in as vol;
     use pgml_api::common::keys;
-    use pgml_aws::Attachment;
-
-    fn vol(id: &str, state: &str, att: Option<AttachmentState>) -> Volume {
-        Volume {
-            volume_id: id.into(),
-            availability_zone: "z".into(),
-            state: state.into(),
-            volume_type: "gp3".into(),
-            size_gib: 10,
-            iops: None,
-            throughput_mibps: None,
-            encrypted: true,
-            snapshot_id: None,
-            attachments: att
-                .map(|s| Attachment {
-                    instance_id: "i-1".into(),
-                    device: "/dev/xvdba".into(),
-                    state: s,
-                })
-                .into_iter()
-                .collect(),
-            tags: Default::default(),
-        }
-    }
 
     const T: Duration = Duration::from_secs(600);
 
