@@ -115,21 +115,25 @@ pub fn node_dialect(node: &NodeInfo) -> anyhow::Result<pgml_zfs::Dialect> {
     .dialect)
 }
 
-/// Destroys a pool inside the node. zfs-fuse answers "pool is busy" for a moment after a
-/// dataset was last used (its FUSE mount lets go late), so a busy pool is tried again for
-/// up to ten seconds before the error is returned.
-pub fn node_destroy_pool(node: &NodeInfo, pool: &pgml_zfs::PoolName) -> anyhow::Result<()> {
-    let destroy = pgml_zfs::command::destroy_pool(pool, false);
+/// Runs `f` again while zfs-fuse answers "pool is busy", for up to ten seconds: it does for
+/// a moment after a dataset was last used (its FUSE mount lets go late). Any other error,
+/// or a busy one past the deadline, is returned.
+pub fn retry_while_busy<T>(mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match node_zfs(node, &destroy) {
-            Ok(_) => return Ok(()),
+        match f() {
             Err(e) if format!("{e:#}").contains("busy") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(250));
             }
-            Err(e) => return Err(e),
+            other => return other,
         }
     }
+}
+
+/// Destroys a pool inside the node, [`retry_while_busy`].
+pub fn node_destroy_pool(node: &NodeInfo, pool: &pgml_zfs::PoolName) -> anyhow::Result<()> {
+    let destroy = pgml_zfs::command::destroy_pool(pool, false);
+    retry_while_busy(|| node_zfs(node, &destroy)).map(|_| ())
 }
 
 /// Whether `path` exists inside the node (`test -e`, so a FUSE or loop mount only the node

@@ -21,7 +21,7 @@ use pgml_aws::{
 };
 use pgml_testbed::aws::{Made, SimAdmin, ebs_link, sdk_config};
 use pgml_testbed::kube::TestNamespace;
-use pgml_testbed::nodes::{node_exec, node_exec_ok, node_write_random};
+use pgml_testbed::nodes::{node_exec, node_exec_ok, node_write_random, retry_while_busy};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_testbed::wait::{has_condition, try_wait_for};
 use pgml_testbed::{Sandbox, workspace_bin};
@@ -927,7 +927,7 @@ async fn grow_flow(
     // Done here by hand: the agent never exports a live pool to grow it.
     let n = node.dev_dir.to_string_lossy().into_owned();
     let root = node.mnt_dir.to_string_lossy().into_owned();
-    node_exec_ok(node, &["zpool", "export", &name])?;
+    retry_while_busy(|| node_exec_ok(node, &["zpool", "export", &name]))?;
     // The agent may import it first (it is importable under our name and GUID).
     let out = node_exec(node, &["zpool", "import", "-d", &n, "-R", &root, &name])?;
     ensure!(
