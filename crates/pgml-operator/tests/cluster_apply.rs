@@ -732,3 +732,63 @@ async fn a_throttled_write_fails_the_reconcile_transiently_and_the_next_one_comp
     );
     h.assert_no_ec2_call();
 }
+
+/// The controller's view of Secrets is their metadata only: every list and watch of
+/// Secrets it makes asks for `PartialObjectMetadata` (kube's metadata watcher), so no
+/// password is ever in the operator's memory or cache. A full watcher of Secrets (their
+/// data) fails this test.
+#[tokio::test]
+async fn secrets_are_watched_as_metadata_only() {
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let log = seen.clone();
+    let client = fake_api::client_seeing(move |parts, _| {
+        let uri = parts.uri.to_string();
+        let accept = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        log.lock().unwrap().push((uri.clone(), accept));
+        if parts.uri.query().is_some_and(|q| q.contains("watch=true")) {
+            return None;
+        }
+        // Every list is empty; nothing else is asked before the first object.
+        Some((
+            200,
+            json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}),
+        ))
+    });
+    let ctx = Context::new(client, Arc::new(FakeEc2::new()), Settings::default());
+    let stop = tokio::time::sleep(Duration::from_secs(30));
+    let run = tokio::spawn(pgml_operator::cluster::run_until(ctx, stop));
+    let secret_calls = || -> Vec<(String, String)> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(uri, _)| uri.contains("/secrets"))
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !secret_calls().iter().any(|(u, _)| u.contains("watch=true")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no watch of Secrets in 20 s: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.abort();
+    let calls = secret_calls();
+    assert!(
+        calls.iter().any(|(u, _)| !u.contains("watch=true")),
+        "a list of Secrets before the watch: {calls:?}"
+    );
+    for (uri, accept) in &calls {
+        assert!(
+            accept.contains("as=PartialObjectMetadata"),
+            "{uri} asked for whole Secrets (Accept: {accept:?})"
+        );
+    }
+}

@@ -25,15 +25,25 @@ pub fn client_with<F>(answer: F) -> kube::Client
 where
     F: Fn(&str, &str, &str, &[u8]) -> Option<(u16, Value)> + Send + Sync + 'static,
 {
+    client_seeing(move |parts, body| {
+        let query = parts.uri.query().unwrap_or_default();
+        answer(parts.method.as_str(), parts.uri.path(), query, body)
+    })
+}
+
+/// A Client whose requests `answer` answers from the whole request head (method, URI,
+/// headers) and body; `None` never answers (a watch left open).
+pub fn client_seeing<F>(answer: F) -> kube::Client
+where
+    F: Fn(&http::request::Parts, &[u8]) -> Option<(u16, Value)> + Send + Sync + 'static,
+{
     let answer = Arc::new(answer);
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let answer = answer.clone();
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect_bytes().await.unwrap_or_default();
-            let query = parts.uri.query().unwrap_or_default();
-            let Some((code, value)) = answer(parts.method.as_str(), parts.uri.path(), query, &body)
-            else {
+            let Some((code, value)) = answer(&parts, &body) else {
                 return std::future::pending().await;
             };
             let response = http::Response::builder()
