@@ -79,6 +79,25 @@ fn existing_is_this_installations(s: &Value) -> bool {
         .any(|k| equals(s, &format!("{k}/pgml.io/installation")) == Some(INSTALLATION))
 }
 
+/// The opt-in tag of volumes made by others (the EBS CSI driver) that this installation may
+/// snapshot.
+const OPT_IN: &str = "ec2:ResourceTag/pgml.io/snapshots-by";
+
+/// A statement on volumes that opted in to this installation's snapshots. It must allow
+/// CreateSnapshots on volumes and nothing else.
+fn opted_in_for_this_installation(s: &Value) -> bool {
+    if equals(s, OPT_IN) != Some(INSTALLATION) {
+        return false;
+    }
+    assert_eq!(
+        strings(&s["Action"]),
+        ["ec2:CreateSnapshots"],
+        "opted-in volumes may only be snapshotted: {s}"
+    );
+    assert_eq!(strings(&s["Resource"]), ["arn:aws:ec2:*:*:volume/*"], "{s}");
+    true
+}
+
 #[test]
 fn the_policy_allows_exactly_the_actions_the_code_calls() {
     let p = policy();
@@ -134,6 +153,9 @@ fn volumes_and_snapshots_are_this_installations_only() {
                     .any(|k| equals(s, &format!("{k}/pgml.io/managed-by")) == Some("pgml-operator")),
                 "{sid}: no pgml.io/managed-by condition"
             );
+            continue;
+        }
+        if opted_in_for_this_installation(s) {
             continue;
         }
         // The one exception: tags written by the create calls themselves (whose statements
@@ -241,4 +263,56 @@ fn every_policy_file_is_json() {
         }
     }
     assert!(n >= 5, "{n} policy files in {}", dir.display());
+}
+
+/// PVC sources: a volume the EBS CSI driver made may be snapshotted (only that) once tagged
+/// `pgml.io/snapshots-by=<installation>`, and docs/iam.md's StorageClass example sets that
+/// very tag through the driver's `tagSpecification_<n>` parameter.
+#[test]
+fn csi_volumes_opt_in_to_snapshots_through_their_storage_class() {
+    let p = policy();
+    let opted: Vec<&Value> = statements(&p)
+        .iter()
+        .filter(|s| opted_in_for_this_installation(s))
+        .collect();
+    assert_eq!(opted.len(), 1, "one statement for opted-in volumes");
+    assert!(equals(opted[0], "aws:RequestedRegion").is_some());
+    // No other statement names the opt-in tag: it opens nothing else.
+    for s in statements(&p) {
+        let text = s.to_string();
+        assert!(
+            std::ptr::eq(s, opted[0]) || !text.contains("pgml.io/snapshots-by"),
+            "{s}"
+        );
+    }
+    let doc = repo_file("docs/iam.md");
+    let class: Vec<&str> = doc
+        .split("```yaml")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("kind: StorageClass"))
+        .collect();
+    assert_eq!(class.len(), 1, "docs/iam.md shows one StorageClass");
+    let sc: serde_yaml::Value = serde_yaml::from_str(class[0]).expect("the example is YAML");
+    assert_eq!(sc["provisioner"], "ebs.csi.aws.com");
+    let params = sc["parameters"].as_mapping().expect("parameters");
+    let tags: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| {
+            k.as_str()
+                .is_some_and(|k| k.starts_with("tagSpecification_"))
+        })
+        .filter_map(|(_, v)| v.as_str())
+        .collect();
+    let key = OPT_IN.trim_start_matches("ec2:ResourceTag/");
+    assert!(
+        tags.iter().any(|t| t
+            .split_once('=')
+            .is_some_and(|(k, v)| k == key && !v.is_empty())),
+        "the StorageClass tags no {key}: {tags:?}"
+    );
+    assert_eq!(
+        params.get("encrypted").and_then(|v| v.as_str()),
+        Some("true")
+    );
 }
