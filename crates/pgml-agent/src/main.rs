@@ -86,6 +86,14 @@ struct Args {
     #[arg(long, env = "PGML_FSFREEZE", default_value = "fsfreeze")]
     fsfreeze: PathBuf,
 
+    /// The agent runs in a container that shares the node's PID namespace (the DaemonSet's
+    /// hostPID): PVC sources of snapshot holds are found in the node's mount table
+    /// (`/proc/1/mountinfo`) and reached through `/proc/1/root`, and the freeze guard moves
+    /// into PID 1's cgroups, out of the container's, so a killed agent container cannot take
+    /// it along while a file system is frozen.
+    #[arg(long, env = "PGML_HOST_PID1", default_value_t = false, action = clap::ArgAction::Set)]
+    host_pid1: bool,
+
     /// Log line format.
     #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -168,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     );
     pgml_runtime::http::serve(&args.metrics_addr, metrics::registry()).await?;
     let client = pgml_runtime::kube_client("pgml-agent", env!("CARGO_PKG_VERSION")).await?;
-    let hold = Arc::new(hold::HoldCtx::new(
+    let hold = hold::HoldCtx::new(
         client.clone(),
         hold::record::Store::open(&args.state_dir).context("--state-dir")?,
         hold::guard::Freezer::beside_agent(args.fsfreeze.clone())
@@ -176,7 +184,12 @@ async fn main() -> anyhow::Result<()> {
         args.dev_dir.clone(),
         args.sys_block.clone(),
         args.mount_root.clone(),
-    ));
+    );
+    let hold = Arc::new(if args.host_pid1 {
+        hold.through_pid1()
+    } else {
+        hold
+    });
     // Holds an earlier agent left end at their deadline even if the API server never
     // answers this one.
     let sweeper = hold::spawn_sweeper(hold.clone());

@@ -1,6 +1,7 @@
 //! What the operator and the node agent share at run time: structured logging,
 //! graceful shutdown on SIGTERM / SIGINT, and the metrics and health endpoint ([`http`]).
 
+pub mod cgroups;
 pub mod http;
 pub mod mountinfo;
 pub mod permissions;

@@ -37,6 +37,8 @@ pub struct MountEntry {
     pub mount_point: String,
     pub fstype: String,
     pub source: String,
+    /// The file system's own options (`rw,cpu,cpuacct` for a cgroup v1 hierarchy).
+    pub super_options: String,
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -68,7 +70,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let (left, right) = line.split_once(" - ")?;
             let f: Vec<&str> = left.split(' ').collect();
             let r: Vec<&str> = right.split(' ').collect();
-            if f.len() < 5 || r.len() < 2 {
+            if f.len() < 5 || r.len() < 3 {
                 return None;
             }
             Some(MountEntry {
@@ -78,6 +80,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 mount_point: unescape(f[4]),
                 fstype: r[0].to_string(),
                 source: unescape(r[1]),
+                super_options: unescape(r[2]),
             })
         })
         .collect()

@@ -4,8 +4,15 @@
 //! thaw happens at the deadline even if the agent dies or hangs meanwhile:
 //!
 //! ```text
-//! pgml-freeze-guard --id <snapshot uid> --deadline-unix-ms <ms> [--fsfreeze <program>] <mount>
+//! pgml-freeze-guard --id <snapshot uid> --deadline-unix-ms <ms> [--fsfreeze <program>]
+//!                   [--join-cgroups-of <pid>] <mount>
 //! ```
+//!
+//! `--join-cgroups-of 1` (the agent in a DaemonSet, with hostPID) first moves the guard into
+//! the node's cgroups (PID 1's, in PID 1's cgroup namespace), out of the agent container's:
+//! the container runtime kills every process left in a killed container's cgroup, and the
+//! guard must outlive the container to thaw at the deadline. When that move fails, nothing
+//! is frozen.
 //!
 //! It runs `fsfreeze -f <mount>`, prints `frozen`, then waits until the deadline or a
 //! SIGTERM/SIGINT/SIGHUP (the agent's "the capture is done"), runs `fsfreeze -u <mount>`,
@@ -21,12 +28,14 @@ struct Args {
     mount: String,
     deadline_unix_ms: u64,
     fsfreeze: String,
+    join_cgroups_of: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut mount = None;
     let mut deadline = None;
     let mut fsfreeze = "fsfreeze".to_string();
+    let mut join_cgroups_of = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -41,6 +50,13 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--fsfreeze" => fsfreeze = it.next().ok_or("--fsfreeze needs a value")?,
+            "--join-cgroups-of" => {
+                let v = it.next().ok_or("--join-cgroups-of needs a value")?;
+                join_cgroups_of = Some(
+                    v.parse::<u32>()
+                        .map_err(|e| format!("--join-cgroups-of {v}: {e}"))?,
+                );
+            }
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => {
                 if mount.replace(s.to_string()).is_some() {
@@ -53,7 +69,44 @@ fn parse_args() -> Result<Args, String> {
         mount: mount.ok_or("the mount point is missing")?,
         deadline_unix_ms: deadline.ok_or("--deadline-unix-ms is missing")?,
         fsfreeze,
+        join_cgroups_of,
     })
+}
+
+/// Moves this process into `pid`'s cgroups: first into `pid`'s cgroup namespace (a
+/// container's own namespace shows only the container's subtree), then, for each line of
+/// `/proc/<pid>/cgroup`, into that cgroup under `pid`'s mount of the hierarchy, reached
+/// through `/proc/<pid>/root`. Checked afterwards against `/proc/self/cgroup`.
+fn join_cgroups_of(pid: u32) -> Result<(), String> {
+    use pgml_runtime::cgroups::{parse_cgroup, procs_files, same_cgroups};
+    use std::os::fd::AsRawFd;
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let ns = std::fs::File::open(proc.join("ns/cgroup"))
+        .map_err(|e| format!("{}/ns/cgroup: {e}", proc.display()))?;
+    // SAFETY: setns(2) with a descriptor that stays open for the call.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(format!(
+            "setns into the cgroup namespace of PID {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // Read after the setns: paths are relative to the reader's cgroup namespace.
+    let want = parse_cgroup(&read(proc.join("cgroup"))?)?;
+    let mounts = pgml_runtime::mountinfo::parse_mountinfo(&read(proc.join("mountinfo"))?);
+    let me = std::process::id().to_string();
+    for file in procs_files(&want, &mounts, &proc.join("root"))? {
+        std::fs::write(&file, &me).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    let have = parse_cgroup(&read("/proc/self/cgroup".into())?)?;
+    if !same_cgroups(&have, &want) {
+        return Err(format!(
+            "still not in the cgroups of PID {pid} after the move: {have:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Prints one line on stdout; a reader that went away (the agent died) is no reason to stop.
@@ -163,6 +216,18 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     };
     let until = Instant::now() + Duration::from_millis(left);
+    if let Some(pid) = args.join_cgroups_of
+        && let Err(e) = join_cgroups_of(pid)
+    {
+        log(
+            "ERROR",
+            "not freezing: could not leave the agent's cgroups",
+            &args.mount,
+            &e,
+        );
+        say(&format!("error leaving the agent container's cgroups: {e}"));
+        return ExitCode::from(1);
+    }
     if let Err(e) = fsfreeze(&args.fsfreeze, "-f", &args.mount) {
         log("ERROR", "freeze failed", &args.mount, &e);
         say(&format!("error {e}"));

@@ -76,6 +76,8 @@ pub struct Freezer {
     pub guard: PathBuf,
     pub fsfreeze: PathBuf,
     pub proc_dir: PathBuf,
+    /// `--join-cgroups-of` for the guard: the PID whose cgroups it moves into first.
+    pub join_cgroups_of: Option<u32>,
 }
 
 impl Freezer {
@@ -85,6 +87,7 @@ impl Freezer {
             guard: std::env::current_exe()?.with_file_name(GUARD_BIN),
             fsfreeze,
             proc_dir: PathBuf::from("/proc"),
+            join_cgroups_of: None,
         })
     }
 
@@ -102,6 +105,12 @@ impl Freezer {
             .args(["--id", uid, "--deadline-unix-ms", &deadline_ms.to_string()])
             .arg("--fsfreeze")
             .arg(&self.fsfreeze)
+            .args(
+                self.join_cgroups_of
+                    .map(|pid| ["--join-cgroups-of".to_string(), pid.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg(mount)
             .stdin(Stdio::null())
             .stdout(out)
@@ -263,6 +272,7 @@ mod tests {
             guard: dir.join(GUARD_BIN),
             fsfreeze: PathBuf::from(fsfreeze),
             proc_dir: dir.join("proc"),
+            join_cgroups_of: None,
         }
     }
 

@@ -73,7 +73,11 @@ pub struct HoldCtx {
     pub dev_dir: PathBuf,
     pub sys_block: PathBuf,
     pub mount_root: PathBuf,
+    /// The mount table the sources are found in: the agent's own, or the node's
+    /// (`/proc/1/mountinfo`) when it runs in a container ([`HoldCtx::through_pid1`]).
     pub mountinfo: PathBuf,
+    /// How a mount point of that table is reached: `/`, or `/proc/1/root`.
+    pub mount_prefix: PathBuf,
     /// How to run `zpool`/`zfs` on this node, once ZFS is detected (the pool side sets
     /// it): a ZFS source's transaction group is committed before its capture.
     pub zfs: std::sync::OnceLock<(crate::exec::Runner, pgml_zfs::Dialect)>,
@@ -100,10 +104,22 @@ impl HoldCtx {
             sys_block,
             mount_root,
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            mount_prefix: PathBuf::from("/"),
             zfs: std::sync::OnceLock::new(),
             locks: Mutex::default(),
             finished: Mutex::default(),
         }
+    }
+
+    /// The agent in a DaemonSet container with hostPID: a PVC's mount is the kubelet's, in
+    /// the node's mount namespace, which the container does not see; it is found in PID 1's
+    /// mount table and reached through PID 1's root. The freeze guard joins PID 1's cgroups,
+    /// so that it outlives a killed agent container.
+    pub fn through_pid1(mut self) -> HoldCtx {
+        self.mountinfo = PathBuf::from("/proc/1/mountinfo");
+        self.mount_prefix = PathBuf::from("/proc/1/root");
+        self.freezer.join_cgroups_of = Some(1);
+        self
     }
 
     fn lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {

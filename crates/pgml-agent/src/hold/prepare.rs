@@ -153,7 +153,7 @@ async fn locate(obj: &EbsSnapshot, ctx: &HoldCtx) -> Result<Source, Error> {
             "volume {vol} ({dev:?}) is not mounted on this node"
         )));
     };
-    let at = PathBuf::from(&m.mount_point);
+    let at = ctx.mount_prefix.join(m.mount_point.trim_start_matches('/'));
     Ok(Source {
         mounts: vec![at.clone()],
         freezable: Some(at),
