@@ -457,9 +457,36 @@ pub async fn service_account_kubeconfig(
     service_account: &str,
     path: &Path,
 ) -> anyhow::Result<()> {
+    let spec = json!({"audiences": [], "expirationSeconds": 86400});
+    token_kubeconfig(sb, client, namespace, service_account, spec, path).await
+}
+
+/// [`service_account_kubeconfig`] with the token bound to Pod `pod_name` (UID `pod_uid`), as
+/// the kubelet's projected tokens are: the apiserver adds the Pod's node to the token's
+/// user (extra `authentication.kubernetes.io/node-name`), and the token dies with the Pod.
+pub async fn pod_bound_kubeconfig(
+    sb: &Sandbox,
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    (pod_name, pod_uid): (&str, &str),
+    path: &Path,
+) -> anyhow::Result<()> {
+    let spec = json!({"audiences": [], "expirationSeconds": 3600,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid}});
+    token_kubeconfig(sb, client, namespace, service_account, spec, path).await
+}
+
+async fn token_kubeconfig(
+    sb: &Sandbox,
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    spec: Value,
+    path: &Path,
+) -> anyhow::Result<()> {
     let req: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [], "expirationSeconds": 86400}
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec
     }))?;
     let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create_token_request(service_account, &PostParams::default(), &req)

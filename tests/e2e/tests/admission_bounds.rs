@@ -7,13 +7,16 @@
 //! makes (its instance Pod and local PV, rendered by `pgml_operator::cluster::build`)
 //! passes, and other users (the admin here) are not bound by it.
 //!
+//! And `F-agent-bounds`: an agent's ServiceAccount writes the status of its own node's
+//! ZfsPools and held EbsSnapshots only, as the node name in its Pod-bound token says.
+//!
 //! Every create is a dry run (`dryRun=All`): admission, and so the policy, runs, nothing is
 //! stored.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, ServiceAccount};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use pgml_api::PgmlCluster;
@@ -285,6 +288,169 @@ async fn the_operator_may_not_create_pods_or_volumes_that_reach_the_host() {
     if let Err(m) = create(&admin_pvs, &host_path_pv).await {
         panic!("the admin's hostPath PV was refused: {m}");
     }
+
+    policy.cleanup().await;
+    rbac.cleanup().await;
+    ns.cleanup().await;
+}
+
+/// A status write (dry run) of `name` by `api`'s user: Ok, or the apiserver's refusal.
+async fn write_status<K>(api: &Api<K>, name: &str, status: Value) -> Result<(), String>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match api
+        .patch_status(name, &dry_run, &Patch::Merge(json!({ "status": status })))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(s.message.clone()),
+        Err(e) => panic!("writing the status of {name}: {e}"),
+    }
+}
+
+/// The chart's `F-agent-bounds`: the agent's ServiceAccount, with a token bound to its Pod
+/// on one node (as the kubelet mounts it), writes the status of that node's ZfsPools and of
+/// the EbsSnapshots held there, and no other's; with a token bound to no Pod, none at all.
+/// Its RBAC alone (the chart's Role) would let it write them all.
+#[tokio::test]
+async fn an_agent_writes_status_only_for_its_own_node() {
+    use pgml_api::{EbsSnapshot, ZfsPool};
+    let sb = Sandbox::get();
+    let admin = client().await;
+    let ns = TestNamespace::new(&admin, "agentbounds").await;
+    let rbac = ChartRbac::install(sb, &admin, ns.name(), Watch::Namespace, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
+    let policy = ChartAdmissionPolicy::install(&admin, ns.name(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("applying the chart's admission policy: {e:#}"));
+    let bounds = format!("{}-agent-bounds", rbac.fullname);
+    let (here, there) = (sb.nodes[0].name.as_str(), sb.nodes[1].name.as_str());
+
+    // A pool on each node and a snapshot held on each (and one not held anywhere), made
+    // by the admin; no controller runs in this namespace.
+    let pools: Api<ZfsPool> = ns.api();
+    for (name, node) in [("p-here", here), ("p-there", there)] {
+        let p: ZfsPool = serde_yaml::from_str(&format!(
+            "apiVersion: pgml.io/v1alpha1\nkind: ZfsPool\nmetadata: {{name: {name}}}\nspec: {{nodeName: {node}, volumes: {{sizeGiB: 10}}}}\n"
+        ))
+        .unwrap();
+        pools.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let snaps: Api<EbsSnapshot> = ns.api();
+    for (name, node) in [
+        ("s-here", Some(here)),
+        ("s-there", Some(there)),
+        ("s-none", None),
+    ] {
+        let labels = node.map_or(json!({}), |n| json!({ pgml_api::common::keys::NODE: n }));
+        let s: EbsSnapshot = serde_json::from_value(json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"source": {"zfsPool": {"name": "p-here"}}},
+        }))
+        .unwrap();
+        snaps.create(&PostParams::default(), &s).await.unwrap();
+    }
+
+    // The agent's Pod on node `here` (kwok plays its kubelet) and a token bound to it.
+    let agent_sa = format!("{}-agent", rbac.fullname);
+    let agent_pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "agent-here"},
+        "spec": {
+            "serviceAccountName": agent_sa, "automountServiceAccountToken": false,
+            "nodeName": here, "containers": [{"name": "agent", "image": "busybox"}],
+        },
+    }))
+    .unwrap();
+    let agent_pod = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &agent_pod)
+        .await
+        .unwrap();
+    let bound_kc = sb
+        .dir
+        .join("rbac")
+        .join(ns.name())
+        .join("agent-bound.kubeconfig");
+    pgml_testbed::rbac::pod_bound_kubeconfig(
+        sb,
+        &admin,
+        ns.name(),
+        &agent_sa,
+        ("agent-here", agent_pod.metadata.uid.as_deref().unwrap()),
+        &bound_kc,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("a Pod-bound token: {e:#}"));
+    let bound = client_of(&bound_kc).await;
+    let unbound = client_of(&rbac.agent_kubeconfig).await;
+    let pool_status = json!({"instanceType": "m7i.large"});
+    let snap_status = json!({"lsn": "0/3000000"});
+
+    // Until the policy is enforced: the token bound to no Pod is refused by it. Without the
+    // policy, RBAC lets that write through and the test fails here.
+    let unbound_pools: Api<ZfsPool> = Api::namespaced(unbound.clone(), ns.name());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        match write_status(&unbound_pools, "p-here", pool_status.clone()).await {
+            Err(m) if m.contains(&bounds) => break m,
+            Err(m) => panic!("the unbound agent token was refused, not by {bounds}: {m}"),
+            Ok(()) if Instant::now() > deadline => panic!(
+                "an agent token bound to no Pod still writes pool status 30 s after {bounds} was applied"
+            ),
+            Ok(()) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    assert!(refusal.contains("no node name"), "{refusal}");
+    let unbound_snaps: Api<EbsSnapshot> = Api::namespaced(unbound, ns.name());
+    let m = write_status(&unbound_snaps, "s-here", snap_status.clone())
+        .await
+        .expect_err("an unbound token writes no snapshot status");
+    assert!(m.contains(&bounds) && m.contains("no node name"), "{m}");
+
+    // Bound to its Pod on `here`: its own node's objects, and only those.
+    let my_pools: Api<ZfsPool> = Api::namespaced(bound.clone(), ns.name());
+    let my_snaps: Api<EbsSnapshot> = Api::namespaced(bound, ns.name());
+    write_status(&my_pools, "p-here", pool_status.clone())
+        .await
+        .unwrap_or_else(|m| panic!("the agent of {here} may write its pool's status: {m}"));
+    write_status(&my_snaps, "s-here", snap_status.clone())
+        .await
+        .unwrap_or_else(|m| panic!("the agent of {here} may write its hold's status: {m}"));
+    let m = write_status(&my_pools, "p-there", pool_status.clone())
+        .await
+        .expect_err("another node's pool");
+    assert!(
+        m.contains(&bounds)
+            && m.contains(&format!("agent of node {here}"))
+            && m.contains(&format!("ZfsPool p-there has spec.nodeName {there}")),
+        "{m}"
+    );
+    let m = write_status(&my_snaps, "s-there", snap_status.clone())
+        .await
+        .expect_err("a snapshot held on another node");
+    assert!(
+        m.contains(&bounds)
+            && m.contains(&format!(
+                "EbsSnapshot s-there has label pgml.io/node {there}"
+            )),
+        "{m}"
+    );
+    let m = write_status(&my_snaps, "s-none", snap_status.clone())
+        .await
+        .expect_err("a snapshot held nowhere");
+    assert!(m.contains(&bounds) && m.contains("(none)"), "{m}");
+
+    // Other users are not bound by it.
+    write_status(&pools, "p-there", pool_status).await.unwrap();
+    write_status(&snaps, "s-none", snap_status).await.unwrap();
 
     policy.cleanup().await;
     rbac.cleanup().await;

@@ -448,10 +448,10 @@ fn rendered_chart_has_the_contracts_objects_settings_and_least_privilege() {
         ROLE_ARN
     );
     let ds = find(&objs, "DaemonSet", "prod-pgml-operator-agent");
-    assert!(
-        ds["spec"]["template"]["spec"]["hostPID"].is_null(),
-        "bundled tools need no hostPID"
-    );
+    // Bundled tools need no nsenter, but PVC holds still read the node's mount table and
+    // the freeze guard joins the node's cgroups: hostPID either way.
+    assert_eq!(ds["spec"]["template"]["spec"]["hostPID"], true);
+    assert_eq!(env(container(ds, "agent"))["PGML_HOST_PID1"], "true");
     assert_eq!(env(container(ds, "agent"))["PGML_ZPOOL"], "/usr/sbin/zpool");
     let sm = find(&objs, "ServiceMonitor", "prod-pgml-operator");
     assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
@@ -897,8 +897,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
     );
     let n = dry_run_apply("chart", &chart);
     assert_eq!(
-        n, 19,
-        "3 CRDs, the Retain-to-Delete ValidatingAdmissionPolicy and its binding, the operator-bounds ValidatingAdmissionPolicy and its binding, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
+        n, 21,
+        "3 CRDs, the Retain-to-Delete ValidatingAdmissionPolicy and its binding, the operator-bounds and agent-bounds ValidatingAdmissionPolicies and their bindings, 2 ServiceAccounts, 2 ClusterRoles and bindings, a Role and binding, PodDisruptionBudget, Service, Deployment, DaemonSet"
     );
     let n = dry_run_apply(
         "chart-bundled",
@@ -915,8 +915,8 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
         ),
     );
     assert_eq!(
-        n, 20,
-        "the 14 objects besides the CRDs and the Retain-to-Delete policy, 2 Roles and RoleBindings in {WATCHED}, 2 NetworkPolicies"
+        n, 22,
+        "the 16 objects besides the CRDs and the Retain-to-Delete policy, 2 Roles and RoleBindings in {WATCHED}, 2 NetworkPolicies"
     );
     // The per-cluster PostgreSQL policy of docs/security.md, in the watched namespace.
     let out = run(
@@ -999,14 +999,14 @@ fn the_apiserver_accepts_the_rendered_chart_and_the_kustomize_output() {
             _ => assert!(!e.contains_key("PGML_WATCH_NAMESPACE")),
         }
         let expected = if dir == "deploy/overlays/single-namespace" {
-            24
+            26
         } else {
-            20
+            22
         };
         assert_eq!(
             dry_run_apply(dir, &yaml),
             expected,
-            "{dir}: the chart's 19 objects and the Namespace (single-namespace: and 2 Roles and RoleBindings in {WATCHED})"
+            "{dir}: the chart's 21 objects and the Namespace (single-namespace: and 2 Roles and RoleBindings in {WATCHED})"
         );
     }
 }

@@ -9,6 +9,8 @@
 //! the API through the `kubernetes` Service (kube-proxy) with its ServiceAccount's projected
 //! token, and EC2 through the EBS simulator on the nodes' network.
 
+mod hold_common;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -110,6 +112,9 @@ fn values_yaml(sb: &Sandbox, release: &str, ns: &str) -> String {
 agent:
   image: {{repository: localhost/pgml-agent, tag: dev, pullPolicy: Never}}
   checkNvmeSerial: false
+  # Each release's agents keep their own hold records: an agent ends every hold it finds
+  # recorded there, and the releases of this file's tests run side by side.
+  stateDir: /var/lib/pgml-agent/{release}
   logFormat: text
   nodeSelector: {{pgml.io/database: "true"}}
   # The simulator's device links point into its image store: the agent resolves them.
@@ -818,4 +823,243 @@ async fn load_with_the_primary_killed(
         acked.len()
     );
     acked
+}
+
+/// An ext4 PVC made by the EBS CSI driver (a PV of driver ebs.csi.aws.com, its volume
+/// staged at `…/globalmount` by the kubelet, in the node's mount namespace), snapshotted
+/// with `consistency: Fsfreeze` by the chart's operator and agent. The agent container sees
+/// only its own mounts: it finds the volume's mount in the node's table (/proc/1/mountinfo,
+/// hostPID) and freezes it through /proc/1/root. The freeze guard it starts moves into the
+/// node's cgroups (PID 1's), so when the agent container is SIGKILLed mid-hold, and the
+/// runtime kills whatever is left in that container's cgroup, the guard lives on and keeps
+/// the file system frozen until the restarted agent tells it to thaw.
+#[tokio::test]
+async fn an_ext4_pvc_hold_outlives_a_killed_agent_container() {
+    use hold_common::{fake_pgdata, guards_of};
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use pgml_testbed::aws::{ebs_link, ec2_client};
+    use pgml_testbed::nodes::{NodeExt4, node_command, node_exec};
+
+    let sb = Sandbox::get();
+    let real = sb.real_nodes(2);
+    let node = &real[0];
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "helmfreeze").await;
+    let release = Release::install(sb, ns.name());
+    wait_rollout(&ns, &release, real.len()).await;
+
+    // The EBS CSI driver's part: a volume attached to the node, ext4, staged at globalmount.
+    let ec2 = ec2_client(sb).await;
+    let volume = ec2
+        .create_volume()
+        .availability_zone(&node.az)
+        .size(1)
+        .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(keys::NAMESPACE)
+                        .value(ns.name())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateVolume")
+        .volume_id
+        .expect("volume id");
+    let mut attached = Err(String::new());
+    for letter in 'p'..='z' {
+        let r = ec2
+            .attach_volume()
+            .volume_id(&volume)
+            .instance_id(&node.instance_id)
+            .device(format!("/dev/sd{letter}"))
+            .send()
+            .await;
+        attached = r.map(|_| ()).map_err(|e| format!("{e:?}"));
+        if attached.is_ok() {
+            break;
+        }
+    }
+    attached.expect("AttachVolume");
+    let image = std::fs::canonicalize(ebs_link(node, &volume))
+        .expect("the volume's by-id link on the node after AttachVolume");
+    let pv_name = format!("pv-{}", ns.name());
+    let mount = format!(
+        "{}/kubelet/plugins/kubernetes.io/csi/ebs.csi.aws.com/{pv_name}/globalmount",
+        node.root.display()
+    );
+    let fs = NodeExt4::create(node, &image, &mount).expect("ext4 on a loop device");
+    let pgdata = format!("{mount}/pgdata");
+    fake_pgdata(node, &pgdata);
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume, "fsType": "ext4"},
+            "claimRef": {"namespace": ns.name(), "name": "data"},
+        },
+    }))
+    .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    pvs.create(&PostParams::default(), &pv).await.unwrap();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }))
+    .unwrap();
+    ns.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+
+    // CreateSnapshots answers 15 s late: the file system stays frozen that long.
+    let _slow = SimAdmin::from_sandbox(sb)
+        .fault(
+            json!({"kind": "latency", "action": "CreateSnapshots", "match": ns.name(), "ms": 15000}),
+        )
+        .unwrap();
+    let snaps: Api<EbsSnapshot> = ns.api();
+    let snap: EbsSnapshot = serde_json::from_value(json!({
+        "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+        "metadata": {"name": "of-pvc"},
+        "spec": {"source": {"persistentVolumeClaim": {"name": "data"}}, "consistency": "Fsfreeze",
+                 "freezeTimeoutSeconds": 60, "deletionPolicy": "Delete"},
+    }))
+    .unwrap();
+    snaps.create(&PostParams::default(), &snap).await.unwrap();
+    let held = wait_for(
+        &snaps,
+        "of-pvc",
+        "the file system frozen by the agent in its container",
+        TIMEOUT,
+        |s: &EbsSnapshot| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.hold.as_ref())
+                .is_some_and(|h| h.state == HoldState::Held && h.frozen)
+                || s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Failed)
+        },
+    )
+    .await;
+    let st = held.status.clone().unwrap();
+    assert_ne!(st.phase, Some(SnapshotPhase::Failed), "{st:#?}");
+    assert_eq!(
+        st.hold.as_ref().and_then(|h| h.mount_path.clone()),
+        Some(format!("/proc/1/root{mount}")),
+        "the kubelet's mount, reached through the node's PID 1"
+    );
+    let uid = held.metadata.uid.clone().unwrap();
+    let guards = guards_of(&uid);
+    assert_eq!(guards.len(), 1, "one freeze guard");
+    let guard = guards[0];
+    let cgroups = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(
+        cgroups(guard),
+        cgroups(node.init_pid.expect("a real node's PID 1")),
+        "the guard is in the node's cgroups, not the agent container's"
+    );
+    let writes = std::cell::Cell::new(0);
+    let write = |secs: u32| {
+        writes.set(writes.get() + 1);
+        let file = format!("{mount}/write-{}", writes.get());
+        node_command(node, &["timeout", &secs.to_string(), "touch", &file])
+            .unwrap()
+            .spawn()
+            .unwrap()
+    };
+    let mut w = write(60);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(w.try_wait().unwrap().is_none(), "not frozen while Held");
+
+    // SIGKILL to the agent container: containerd kills all that is left in its cgroup.
+    let pods: Api<Pod> = ns.api();
+    let agents = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=agent"))
+        .await
+        .unwrap();
+    let agent = agents
+        .items
+        .iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name.as_str()))
+        .expect("the node's agent");
+    let agent_name = agent.metadata.name.clone().unwrap();
+    let before = restarts(agent, "agent");
+    kill_container(node, &pods, &agent_name, "agent").await;
+    wait_for(
+        &pods,
+        &agent_name,
+        "the agent container restarted",
+        TIMEOUT,
+        |p: &Pod| restarts(p, "agent") > before,
+    )
+    .await;
+    assert_eq!(
+        guards_of(&uid),
+        [guard],
+        "the guard outlived the killed agent container"
+    );
+    assert!(
+        w.try_wait().unwrap().is_none(),
+        "the file system stays frozen while the hold lasts"
+    );
+
+    // The capture answers; the restarted agent ends the hold through the guard.
+    let settled = snapshot_settled(&snaps, "of-pvc", TIMEOUT, String::new)
+        .await
+        .unwrap();
+    let st = settled.status.clone().unwrap();
+    assert_eq!(st.phase, Some(SnapshotPhase::Completed), "{st:#?}");
+    let frozen = st.frozen_millis.expect("frozenMillis");
+    assert!((10_000..60_000).contains(&frozen), "frozenMillis {frozen}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write still blocks after the snapshot completed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = node_exec(node, &["timeout", "5", "touch", &format!("{mount}/after")]).unwrap();
+    assert!(out.status.success(), "writable after the hold");
+    assert!(
+        guards_of(&uid).is_empty(),
+        "the guard exited after the thaw"
+    );
+    assert!(
+        !node_exec(node, &["test", "-e", &format!("{pgdata}/standby.signal")])
+            .unwrap()
+            .status
+            .success(),
+        "standby.signal removed"
+    );
+
+    snaps
+        .delete("of-pvc", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&snaps, "of-pvc", TIMEOUT).await;
+    release.uninstall(sb);
+    fs.remove()
+        .expect("unmounting and detaching the loop device");
+    let _ = ec2
+        .detach_volume()
+        .volume_id(&volume)
+        .instance_id(&node.instance_id)
+        .force(true)
+        .send()
+        .await;
+    let _ = ec2.delete_volume().volume_id(&volume).send().await;
+    let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;
+    ns.cleanup().await;
 }
