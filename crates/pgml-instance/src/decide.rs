@@ -149,6 +149,10 @@ pub enum StartAs {
     /// With `standby.signal`, `primary_conninfo` to this address (none known: empty, and
     /// set by a reload once a primary reports), the slot and `recovery_target_timeline`.
     Replica { primary: Option<String> },
+    /// The first instance of a cluster never bootstrapped, on PGDATA restored from a
+    /// snapshot (`standby.signal` stamped): a standby with no upstream and none of the
+    /// source's replication slots, promoted once it answers (a new timeline).
+    Restored,
 }
 
 /// The one next step.
@@ -283,6 +287,16 @@ fn start(view: &View, local: &Local) -> Action {
             return Action::Wait(format!(
                 "{other} still runs as primary: not starting as primary"
             ));
+        }
+        // Never bootstrapped, and PGDATA is a restored copy stamped as a standby: the
+        // database of `bootstrap.snapshot`. It replays what it has, then rule 4 promotes
+        // it; started as primary instead, it would carry on the source's timeline.
+        if view.system_identifier.is_none() && local.standby_signal && local.demoted_lsn.is_none() {
+            return Action::Start {
+                remove_stale_pid,
+                remove_standby_signal: false,
+                start_as: StartAs::Restored,
+            };
         }
         return Action::Start {
             remove_stale_pid,

@@ -120,20 +120,86 @@ fn basebackup_when_asked_for_and_a_primary_reports() {
 
 #[test]
 fn meant_primary_removes_a_stray_standby_signal_and_a_stale_pid() {
+    // A bootstrapped cluster: its primary's PGDATA, with a snapshot's stamp left behind.
     let local = Local {
         initialized: true,
         pid_file: true,
         standby_signal: true,
+        pgdata_system_identifier: Some("7318".into()),
         ..Default::default()
     };
+    let mut v = view("c-1", Some("c-1"), Some("c-1"));
+    v.system_identifier = Some("7318".into());
     assert_eq!(
-        decide(&view("c-1", Some("c-1"), Some("c-1")), &local),
+        decide(&v, &local),
         Action::Start {
             remove_stale_pid: true,
             remove_standby_signal: true,
             start_as: StartAs::Primary
         }
     );
+}
+
+/// `bootstrap.snapshot`: the first instance of a cluster never bootstrapped, on a restored
+/// copy stamped as a standby, starts as that standby (not as primary on the source's
+/// timeline), and is promoted once it answers; an empty PGDATA there still runs initdb,
+/// and a copy without the stamp starts as primary as before.
+#[test]
+fn a_restored_copy_starts_as_a_standby_and_is_promoted_once_it_answers() {
+    let v = view("c-1", Some("c-1"), None);
+    let restored = Local {
+        initialized: true,
+        standby_signal: true,
+        pgdata_system_identifier: Some("7318".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        decide(&v, &restored),
+        Action::Start {
+            remove_stale_pid: false,
+            remove_standby_signal: false,
+            start_as: StartAs::Restored
+        }
+    );
+    // Running and answering (consistent): promoted; nothing else acts as primary.
+    assert_eq!(decide(&v, &standby("0/3000000")), Action::Promote);
+    // Not while another instance acts as primary.
+    let busy = with_peer(
+        v.clone(),
+        "c-2",
+        false,
+        Some(InstanceReport {
+            role: Role::Primary,
+            running: true,
+            address: "10.0.0.2".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(matches!(decide(&busy, &restored), Action::Wait(_)));
+    // Without the stamp: as before, a primary.
+    let unstamped = Local {
+        standby_signal: false,
+        ..restored.clone()
+    };
+    assert!(matches!(
+        decide(&v, &unstamped),
+        Action::Start {
+            start_as: StartAs::Primary,
+            ..
+        }
+    ));
+    assert_eq!(decide(&v, &Local::default()), Action::Initdb);
+    // Bootstrapped since (the identifier recorded): a stray stamp, started as primary.
+    let mut done = v.clone();
+    done.system_identifier = Some("7318".into());
+    assert!(matches!(
+        decide(&done, &restored),
+        Action::Start {
+            start_as: StartAs::Primary,
+            remove_standby_signal: true,
+            ..
+        }
+    ));
 }
 
 #[test]

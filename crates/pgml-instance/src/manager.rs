@@ -324,6 +324,15 @@ impl Manager {
                 self.pg.write_standby_signal()?;
                 primary.clone()
             }
+            StartAs::Restored => {
+                self.pg.write_standby_signal()?;
+                let ours = format!("{}_", slot_name(&self.cluster));
+                let gone = self.pg.remove_copied_slots(&ours)?;
+                if !gone.is_empty() {
+                    tracing::info!(slots = ?gone, "removed the replication slots of the restored copy's source");
+                }
+                None
+            }
         };
         self.pg.write_conf(&managed_conf(
             &self.pg,
@@ -347,6 +356,9 @@ impl Manager {
             StartAs::Primary => "started as primary".into(),
             StartAs::Replica { primary: Some(p) } => format!("started as a replica of {p}"),
             StartAs::Replica { primary: None } => "started as a replica (no primary yet)".into(),
+            StartAs::Restored => {
+                "started the restored database as a standby, to promote once it answers".into()
+            }
         })
     }
 

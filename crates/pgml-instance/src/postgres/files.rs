@@ -209,6 +209,37 @@ impl Pg {
         self.remove("standby.signal")
     }
 
+    /// Removes the replication slots a restored copy brought along (`pg_replslot/*`, read
+    /// at start) that are not named `<ours>…`: they are the source cluster's, and would keep
+    /// WAL here for ever (this cluster's own are kept by the primary's slot sync). Returns
+    /// the slots removed.
+    pub fn remove_copied_slots(&self, ours: &str) -> anyhow::Result<Vec<String>> {
+        let dir = self.file("pg_replslot");
+        let mut gone = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(gone),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type()?.is_dir() && !name.starts_with(ours) {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                gone.push(name);
+            }
+        }
+        if !gone.is_empty() {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        gone.sort();
+        Ok(gone)
+    }
+
     pub fn write_standby_signal(&self) -> anyhow::Result<()> {
         if !self.has_standby_signal() {
             self.write_file("standby.signal", "")?;
@@ -315,6 +346,30 @@ mod tests {
             at <= now + 1 && now - at < 3600,
             "started at {at}, now {now}"
         );
+    }
+
+    #[test]
+    fn a_restored_copy_loses_the_sources_slots_and_keeps_ours() {
+        let d = std::env::temp_dir().join(format!("pgml-slots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for s in ["src_1", "src_2", "new_2"] {
+            std::fs::create_dir_all(d.join("pg_replslot").join(s)).unwrap();
+            std::fs::write(d.join("pg_replslot").join(s).join("state"), b"x").unwrap();
+        }
+        let copy = pg(&d.to_string_lossy());
+        assert_eq!(
+            copy.remove_copied_slots("new_").unwrap(),
+            ["src_1", "src_2"]
+        );
+        let left: Vec<_> = std::fs::read_dir(d.join("pg_replslot"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["new_2"]);
+        assert!(copy.remove_copied_slots("new_").unwrap().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+        let empty = pg(&d.join("none").to_string_lossy());
+        assert!(empty.remove_copied_slots("new_").unwrap().is_empty());
     }
 
     #[test]
