@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Time, is_empty_map};
+use crate::common::{Condition, Time, fixed, is_empty_map};
 pub use crate::schedule::SnapshotRetention;
 use crate::schedule::{CRON_MESSAGE, CRON_RULE, ScheduleStatus, SnapshotSchedule};
 use crate::zfspool::ZfsPoolTemplate;
@@ -387,6 +387,55 @@ pub struct Replicas {
     pub seed_from: SeedFrom,
 }
 
+/// How the cluster's database is made, once, when the cluster is created: at most one of
+/// `initdb` (the default) or `snapshot`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.initdb) && has(self.snapshot))")
+        .message("bootstrap sets one of initdb or snapshot, not both"),
+)]
+pub struct Bootstrap {
+    /// A new, empty database made by `initdb` on the first instance (what an unset
+    /// `bootstrap` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initdb: Option<InitdbBootstrap>,
+    /// The database of an EBS snapshot set: the first instance's pool is restored from a
+    /// Completed EbsSnapshot (of a PgmlCluster, or of a ZfsPool holding PGDATA under its
+    /// `pgdata` dataset) in this namespace, PostgreSQL starts on it as the standby the
+    /// snapshot was stamped to be, and the instance manager then promotes it (a new
+    /// timeline: this is a new cluster, whose WAL is never mixed with the source's). The
+    /// source cluster is not touched. The other instances are seeded from the new primary
+    /// as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotBootstrap>,
+}
+
+/// `bootstrap.initdb`: today, no options.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitdbBootstrap {}
+
+/// `bootstrap.snapshot`: the EbsSnapshot to restore.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotBootstrap {
+    /// The EbsSnapshot's name, in this cluster's namespace. It must be Completed; until it
+    /// is (or when it is missing or Failed) nothing is created and the cluster says why.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+impl PgmlClusterSpec {
+    /// The EbsSnapshot the cluster's database is restored from, if any.
+    pub fn bootstrap_snapshot(&self) -> Option<&str> {
+        self.bootstrap
+            .as_ref()
+            .and_then(|b| b.snapshot.as_ref())
+            .map(|s| s.name.as_str())
+    }
+}
+
 /// A PostgresML database: a primary and streaming replicas, each instance on its own node
 /// with its own ZFS pool of EBS volumes (or ext4 PVC), with pgBackRest archiving and EBS
 /// snapshot backups.
@@ -413,6 +462,10 @@ pub struct Replicas {
         .message("a PgmlCluster name must be a DNS label of at most 45 characters starting with a letter: its instances, services and ZFS pools are named after it"),
     validation = Rule::new("!has(self.spec.primary) || self.spec.primary.startsWith(self.metadata.name + '-')")
         .message("primary must name one of this cluster's instances, <cluster name>-<n>").field_path(".spec.primary"),
+    validation = Rule::new(fixed("spec.bootstrap"))
+        .message("bootstrap cannot be added, removed or changed once the cluster exists: it says how its database was made; restore into a new cluster instead").field_path(".spec.bootstrap"),
+    validation = Rule::new("!has(self.spec.bootstrap) || !has(self.spec.bootstrap.snapshot) || has(self.spec.storage.zfs)")
+        .message("bootstrap.snapshot restores the first instance's ZFS pool from an EBS snapshot set: it needs storage.zfs").field_path(".spec.bootstrap.snapshot"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PgmlClusterSpec {
@@ -452,6 +505,11 @@ pub struct PgmlClusterSpec {
     /// How replicas are seeded.
     #[serde(default)]
     pub replicas: Replicas,
+
+    /// How the database is made when the cluster is created: `initdb` (unset: the
+    /// default) or restored from an EBS `snapshot`. Fixed once the cluster exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
 
     /// Affinity for the instance pods, on top of the operator's anti-affinity that keeps
     /// instances on different nodes.

@@ -81,6 +81,7 @@ pub async fn run_until(
     )
     .with_config(kube_controller::Config::default().concurrency(CONCURRENCY));
     let store = clusters.store();
+    let bootstrapped = clusters.store();
     // A node going NotReady may start a failover: wake the clusters with an instance there.
     let on_node = move |node: Node| {
         let name = node.name_any();
@@ -106,18 +107,26 @@ pub async fn run_until(
         // A deleted Secret is reported at once (never made again once the cluster exists).
         .owns(api::<Secret>(&ctx), owned())
         // Seeds and backups alike: every EbsSnapshot wakes the cluster it names as source
-        // (status.lastSnapshot, LastSnapshotSucceeded, seeding).
+        // (status.lastSnapshot, LastSnapshotSucceeded, seeding), and the clusters of its
+        // namespace restored from it (`bootstrap.snapshot`).
         .watches(
             api::<EbsSnapshot>(&ctx),
             watcher::Config::default().any_semantic(),
-            |s: EbsSnapshot| {
-                let ns = s.namespace();
-                s.spec
-                    .source
-                    .cluster
-                    .as_ref()
-                    .zip(ns)
-                    .map(|(c, ns)| ObjectRef::<PgmlCluster>::new(&c.name).within(&ns))
+            move |s: EbsSnapshot| {
+                let Some(ns) = s.namespace() else {
+                    return Vec::new();
+                };
+                let name = s.name_any();
+                let source = s.spec.source.cluster.as_ref();
+                let source = source.map(|c| ObjectRef::<PgmlCluster>::new(&c.name).within(&ns));
+                let restored = bootstrapped.state().into_iter().filter(|c| {
+                    c.namespace().as_deref() == Some(ns.as_str())
+                        && c.spec.bootstrap_snapshot() == Some(name.as_str())
+                });
+                source
+                    .into_iter()
+                    .chain(restored.map(|c| ObjectRef::from_obj(&*c)))
+                    .collect::<Vec<_>>()
             },
         )
         .watches(

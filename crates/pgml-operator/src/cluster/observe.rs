@@ -65,14 +65,17 @@ impl Observed {
         let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
             .list(&lp)
             .await?;
-        // One list for both: the seeds (labelled) and every snapshot of the cluster.
+        // One list for all: the seeds (labelled) with `bootstrap.snapshot` (read by name,
+        // whatever it is of), and every snapshot of the cluster.
         let all_snapshots = Api::<EbsSnapshot>::namespaced(client.clone(), ns)
             .list(&ListParams::default())
             .await?;
-        let (seeds, others): (Vec<EbsSnapshot>, Vec<EbsSnapshot>) = all_snapshots
-            .items
-            .into_iter()
-            .partition(|s| labelled(s, &c.name));
+        let bootstrap = cluster.spec.bootstrap_snapshot();
+        let (seeds, others): (Vec<EbsSnapshot>, Vec<EbsSnapshot>) =
+            all_snapshots.items.into_iter().partition(|s| {
+                labelled(s, &c.name)
+                    || bootstrap.is_some_and(|b| s.metadata.name.as_deref() == Some(b))
+            });
         let of_cluster = |s: &EbsSnapshot| {
             let src = s.spec.source.cluster.as_ref();
             src.is_some_and(|src| src.name == c.name)

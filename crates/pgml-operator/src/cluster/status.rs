@@ -57,6 +57,9 @@ pub mod reason {
     pub const SEEDING: &str = "Seeding";
     pub const SEED_FAILED: &str = "SeedFailed";
     pub const SEED_DELETED: &str = "SeedDeleted";
+    /// `bootstrap.snapshot` names an EbsSnapshot that is missing, failed, not yet
+    /// Completed or not of a ZFS pool: nothing is created until it is usable.
+    pub const BOOTSTRAP_SNAPSHOT_NOT_READY: &str = "BootstrapSnapshotNotReady";
     pub const POD_CREATED: &str = "PodCreated";
     pub const POD_OUTDATED: &str = "PodOutdated";
     pub const FENCING: &str = "Fencing";

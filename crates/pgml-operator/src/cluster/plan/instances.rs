@@ -13,7 +13,7 @@ use crate::cluster::build::{Builder, Instance};
 use crate::cluster::compare::{covers, difference, to_value, unchanged};
 use crate::cluster::identity;
 use crate::cluster::members::{Rec, donor, members, pgdata_mount};
-use crate::cluster::names::{self, MARKS_MANAGER, PG_BASEBACKUP, SEED_MANAGER};
+use crate::cluster::names::{self, MARKS_MANAGER, SEED_MANAGER};
 use crate::cluster::observe::{Observed, deleting};
 use crate::cluster::roles::{self, Member, Roles};
 use crate::cluster::status::{Notice, reason};
@@ -186,8 +186,12 @@ impl Instances<'_> {
     }
 
     /// The seed snapshot of a new instance: made of a donor, awaited until Completed, made
-    /// again when it failed. True once the pool may be restored from it.
+    /// again when it failed. True once the pool may be restored from it. The user's
+    /// `bootstrap.snapshot` is only ever read.
     fn seed_ready(&mut self, r: &Rec, seed: &str) -> bool {
+        if seed != self.b.c.seed(r.n) {
+            return self.bootstrap_snapshot_ready(r, seed);
+        }
         let snapshot = self.o.snapshots.get(seed);
         match snapshot.map(|s| s.status.as_ref().and_then(|st| st.phase)) {
             Some(Some(SnapshotPhase::Completed)) => return true,
@@ -208,6 +212,44 @@ impl Instances<'_> {
             }
             None => self.take_seed(r, seed),
         }
+        false
+    }
+
+    /// `bootstrap.snapshot`: usable once Completed and of a ZFS pool (a set the pool can
+    /// be restored from); else the cluster waits and says why, creating nothing.
+    fn bootstrap_snapshot_ready(&mut self, r: &Rec, name: &str) -> bool {
+        let problem = match self.o.snapshots.get(name) {
+            None => format!(
+                "EbsSnapshot {name} (spec.bootstrap.snapshot) does not exist in this namespace"
+            ),
+            Some(s) if deleting(s) => {
+                format!("EbsSnapshot {name} (spec.bootstrap.snapshot) is being deleted")
+            }
+            Some(s) => {
+                let st = s.status.as_ref();
+                match st.and_then(|st| st.phase) {
+                    Some(SnapshotPhase::Completed)
+                        if st.is_some_and(|st| st.zfs_pool.is_some()) =>
+                    {
+                        return true;
+                    }
+                    Some(SnapshotPhase::Completed) => format!(
+                        "EbsSnapshot {name} (spec.bootstrap.snapshot) is not of a ZFS pool ({}): only a ZFS set restores into this cluster's pools",
+                        st.and_then(|st| st.source.clone())
+                            .unwrap_or_else(|| "source unknown".into())
+                    ),
+                    Some(SnapshotPhase::Failed) => format!(
+                        "EbsSnapshot {name} (spec.bootstrap.snapshot) failed: nothing can be restored from it; create the cluster again from another snapshot"
+                    ),
+                    phase => format!(
+                        "EbsSnapshot {name} (spec.bootstrap.snapshot) is {}, not Completed",
+                        phase.map_or("Pending".to_string(), |p| format!("{p:?}"))
+                    ),
+                }
+            }
+        };
+        self.note(true, reason::BOOTSTRAP_SNAPSHOT_NOT_READY, problem.clone());
+        self.wait(r, problem);
         false
     }
 
@@ -299,7 +341,9 @@ impl Instances<'_> {
 
     /// Deletes the seed snapshot once its instance streams from the primary.
     fn drop_seed(&mut self, r: &Rec) {
-        let Some(seed) = r.seeded_from.as_deref().filter(|s| *s != PG_BASEBACKUP) else {
+        // Only the operator's own seed: never `bootstrap.snapshot`, the user's.
+        let own = self.b.c.seed(r.n);
+        let Some(seed) = r.seeded_from.as_deref().filter(|s| *s == own) else {
             return;
         };
         if self.o.snapshots.get(seed).is_none_or(deleting) {

@@ -193,7 +193,8 @@ fn remove(b: &Builder, r: &Rec) -> Step {
 }
 
 /// Places new instances up to `desired`, numbered after any in use. The bootstrap
-/// instance (the first of a cluster that never had a primary) starts empty; the others are
+/// instance (the first of a cluster that never had a primary) starts empty, or restored
+/// from `spec.bootstrap.snapshot`; the others are
 /// seeded, from an EBS snapshot on ZFS when `spec.replicas.seedFrom` says so, else by
 /// pg_basebackup. Returns the instances and, when a node was missing, why.
 fn place(
@@ -206,10 +207,22 @@ fn place(
     let bootstrap = recs.is_empty() && o.status.current_primary.is_none();
     let mut next = highest_index(b, o, &recs);
     while recs.len() < desired {
-        let used: Vec<(String, Option<String>)> = recs
+        let mut used: Vec<(String, Option<String>)> = recs
             .iter()
             .map(|r| (r.node.clone(), r.zone.clone()))
             .collect();
+        // A pool restored from `bootstrap.snapshot` has the source pool's GUID, and ZFS
+        // imports no second pool of a GUID already imported: never on the node the
+        // snapshot was taken on.
+        if bootstrap
+            && recs.is_empty()
+            && let Some(node) = spec
+                .bootstrap_snapshot()
+                .and_then(|s| o.snapshots.get(s))
+                .and_then(|s| s.status.as_ref()?.node_name.clone())
+        {
+            used.push((node, None));
+        }
         let Some(node) = placement::choose(&o.nodes, &used, &spec.node_selector, &spec.tolerations)
         else {
             let why = format!(
@@ -220,8 +233,9 @@ fn place(
             return (recs, Some(why));
         };
         next += 1;
+        // The bootstrap instance starts empty (initdb) or from `bootstrap.snapshot`.
         let seeded_from = if bootstrap && recs.is_empty() {
-            None
+            spec.bootstrap_snapshot().map(str::to_string)
         } else if spec.storage.zfs.is_some() && spec.replicas.seed_from == SeedFrom::Snapshot {
             Some(b.c.seed(next))
         } else {

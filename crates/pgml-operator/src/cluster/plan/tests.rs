@@ -1034,3 +1034,107 @@ fn requeue_is_soon_while_the_primary_changes_then_at_the_progress_or_ready_pace(
     p.urgent = true;
     assert_eq!(requeue(&p, &s, &pace), CHANGING);
 }
+
+/// `bootstrap.snapshot`: the first instance's pool is restored from the user's EbsSnapshot
+/// once it is Completed and of a ZFS pool. Until then no pool is made and the cluster says
+/// why; the operator never takes, deletes or replaces that snapshot.
+#[test]
+fn a_bootstrap_snapshot_restores_the_first_pool_once_usable_and_is_never_touched() {
+    let mut spec = zfs(2);
+    spec["bootstrap"] = json!({"snapshot": {"name": "nightly"}});
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let l = layout(&b, &fresh());
+    let seeded: Vec<_> = l.recs.iter().map(|r| r.seeded_from.clone()).collect();
+    assert_eq!(seeded, [Some("nightly".into()), Some("main-2-seed".into())]);
+
+    let user = |status: Value| -> EbsSnapshot {
+        serde_json::from_value(json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+            "metadata": {"name": "nightly", "namespace": "db"},
+            "spec": {"source": {"cluster": {"name": "source"}}},
+            "status": status,
+        }))
+        .unwrap()
+    };
+    let first = |o: &Observed| {
+        let (p, steps) = instance_steps(&b, o, None);
+        let steps: Vec<String> = steps
+            .into_iter()
+            .filter(|s| {
+                s.contains("ZfsPool") || s.contains("EbsSnapshot") || s.contains("Bootstrap")
+            })
+            .collect();
+        let waits: Vec<String> = p
+            .building
+            .iter()
+            .filter(|w| w.starts_with("main-1:"))
+            .cloned()
+            .collect();
+        (steps, waits, p)
+    };
+    // Not on the node the snapshot was taken on (its pool's GUID is imported there).
+    let mut o = fresh();
+    o.snapshots.insert(
+        "nightly".into(),
+        user(json!({"phase": "Completed", "nodeName": "node-a", "zfsPool": "source-1"})),
+    );
+    let l = layout(&b, &o);
+    assert_eq!(l.recs[0].node, "node-b", "{:?}", l.recs);
+    let cases = [
+        (None, "does not exist in this namespace"),
+        (
+            Some(json!({"phase": "Capturing"})),
+            "is Capturing, not Completed",
+        ),
+        (
+            Some(json!({"phase": "Failed"})),
+            "failed: nothing can be restored from it",
+        ),
+        (
+            Some(json!({"phase": "Completed", "source": "PersistentVolumeClaim/data"})),
+            "is not of a ZFS pool (PersistentVolumeClaim/data)",
+        ),
+    ];
+    for (status, said) in cases {
+        o.snapshots.clear();
+        if let Some(st) = status {
+            o.snapshots.insert("nightly".into(), user(st));
+        }
+        let (steps, waits, _) = first(&o);
+        assert_eq!(steps, ["warn BootstrapSnapshotNotReady"], "{said}");
+        assert_eq!(waits.len(), 1, "{waits:?}");
+        assert!(
+            waits[0].contains("EbsSnapshot nightly (spec.bootstrap.snapshot)")
+                && waits[0].contains(said),
+            "{waits:?}"
+        );
+    }
+    o.snapshots.insert(
+        "nightly".into(),
+        user(json!({"phase": "Completed", "source": "PgmlCluster/source", "zfsPool": "source-1"})),
+    );
+    let (steps, waits, p) = first(&o);
+    assert_eq!(steps, ["apply ZfsPool main-1 then PoolCreated"]);
+    assert!(waits.iter().all(|w| !w.contains("nightly")), "{waits:?}");
+    let pool = body_of(&p.steps, "ZfsPool", "main-1");
+    assert_eq!(pool["spec"]["restoreFrom"]["ebsSnapshotName"], "nightly");
+
+    // The restored primary runs and main-1 is recorded as seeded from it: the snapshot stays.
+    let one = rec(1, "node-a", Some("nightly"));
+    o.status = recorded_as(std::slice::from_ref(&one), "main-1");
+    o.status.system_identifier = Some(ID.into());
+    o.pools.insert("main-1".into(), stored_pool(&b, &one, true));
+    o.pvcs.insert("main-1".into(), stored_pvc(&b, &one));
+    let pod = stored_pod(&b, &one, PodRole::Primary, Some(primary_report()));
+    o.pods.insert("main-1".into(), pod);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert!(
+        steps.iter().all(|s| !s.contains("EbsSnapshot nightly")),
+        "{steps:?}"
+    );
+    assert!(
+        body_of(&p.steps, "EbsSnapshot", "main-2-seed")["spec"]["source"]["cluster"]["instance"]
+            == "main-1"
+    );
+}
