@@ -28,6 +28,11 @@ Each must match the tables of pgml_operator::permissions and pgml-agent's permis
   - apiGroups: [""]
     resources: ["services", "configmaps"]
     verbs: ["get", "list", "watch", "create", "patch"]
+  # Each cluster's NetworkPolicy <cluster>-postgres (networkPolicy.enabled), applied
+  # server-side; it goes with its cluster.
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["networkpolicies"]
+    verbs: ["get", "create", "patch"]
   # Credentials are created once, never updated; only their metadata is read.
   - apiGroups: [""]
     resources: ["secrets"]

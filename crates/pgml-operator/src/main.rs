@@ -63,6 +63,12 @@ struct Args {
     #[arg(long, env = "PGML_FAILOVER_GRACE_SECONDS", default_value_t = 30)]
     failover_grace_seconds: u64,
 
+    /// Give each PgmlCluster a NetworkPolicy `<cluster>-postgres` (owned by it): PostgreSQL
+    /// reachable only from the cluster's own Pods and from Pods of its namespace labelled
+    /// `pgml.io/client-<cluster>: "true"`. The chart sets it with `networkPolicy.enabled`.
+    #[arg(long, env = "PGML_NETWORK_POLICIES", default_value_t = false, action = clap::ArgAction::Set)]
+    network_policies: bool,
+
     /// Where /metrics (Prometheus), /healthz (liveness) and /readyz (readiness) are served.
     /// Port 0 picks a free port; the bound address is logged as `metrics_addr`.
     #[arg(long, env = "PGML_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -213,6 +219,7 @@ fn settings(args: &Args) -> Settings {
                 .clone()
                 .unwrap_or_else(pgml_operator::runtime::default_instance_image),
             failover_grace: Duration::from_secs(args.failover_grace_seconds),
+            network_policies: args.network_policies,
         },
         ..Settings::default()
     }

@@ -63,6 +63,14 @@ pub fn needed() -> Vec<Permission> {
             &[GET, LIST, WATCH, CREATE, PATCH],
             Watched,
         ),
+        // Each cluster's NetworkPolicy (with --network-policies): applied server-side,
+        // read to compare; it goes with its cluster (owner reference).
+        rule(
+            "networking.k8s.io",
+            &["networkpolicies"],
+            &[GET, CREATE, PATCH],
+            Watched,
+        ),
         // Credentials: created once, only their metadata read afterwards.
         rule("", &["secrets"], &[GET, LIST, WATCH, CREATE], Watched),
         // The instances' identity (their Role's rules are ones the operator holds itself:

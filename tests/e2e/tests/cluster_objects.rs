@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
 };
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use pgml_api::common::keys;
@@ -159,6 +160,7 @@ async fn versions(f: &Fixture) -> BTreeMap<String, String> {
     each!(Service, f.ns.api::<Service>());
     each!(Secret, f.ns.api::<Secret>());
     each!(ConfigMap, f.ns.api::<ConfigMap>());
+    each!(NetworkPolicy, f.ns.api::<NetworkPolicy>());
     let pvs: Api<PersistentVolume> = Api::all(f.ns.client().clone());
     let lp_pv = ListParams::default().labels(&format!("{}={}", keys::NAMESPACE, f.ns.name()));
     for o in pvs.list(&lp_pv).await.unwrap().items {
@@ -187,7 +189,7 @@ async fn settled_versions(f: &Fixture) -> BTreeMap<String, String> {
 #[tokio::test]
 async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing() {
     let started = Instant::now();
-    let f = Fixture::start("clobj", &[]).await;
+    let f = Fixture::start("clobj", &[("PGML_NETWORK_POLICIES", "true")]).await;
     let m = manifest(3, json!({}));
     f.apply(&m).await;
 
@@ -309,6 +311,27 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         services,
         ["main-r", "main-ro", "main-rw"].map(String::from).into()
     );
+    // PGML_NETWORK_POLICIES: PostgreSQL reachable from the cluster's Pods and its labelled
+    // clients only, the policy owned by the cluster.
+    let np =
+        f.ns.api::<NetworkPolicy>()
+            .get("main-postgres")
+            .await
+            .unwrap();
+    assert_eq!(
+        np.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "PgmlCluster"
+    );
+    let np = serde_json::to_value(&np.spec).unwrap();
+    assert_eq!(
+        np["podSelector"]["matchLabels"],
+        json!({"pgml.io/cluster": "main"})
+    );
+    assert_eq!(
+        np["ingress"][0]["from"][1]["podSelector"]["matchLabels"],
+        json!({"pgml.io/client-main": "true"})
+    );
+    assert_eq!(np["ingress"].as_array().unwrap().len(), 1);
     let secrets =
         f.ns.api::<Secret>()
             .list(&ListParams::default().labels("pgml.io/cluster=main"))
@@ -851,6 +874,15 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
     assert_eq!(
         st.instances[1].seeded_from.as_deref(),
         Some("pg_basebackup")
+    );
+    let policies =
+        f.ns.api::<NetworkPolicy>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    assert!(
+        policies.items.is_empty(),
+        "no NetworkPolicy unless the operator is told to make them"
     );
     assert!(
         c.finalizers().is_empty(),

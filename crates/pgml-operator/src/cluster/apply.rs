@@ -38,7 +38,8 @@ struct Done {
 
 pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, Error> {
     let b = Builder::new(cluster, &ctx.settings.cluster.instance_image)
-        .ok_or(Error::Incomplete("namespace or name"))?;
+        .ok_or(Error::Incomplete("namespace or name"))?
+        .with_network_policy(ctx.settings.cluster.network_policies);
     let o = Observed::load(ctx, cluster, &b.c).await?;
     let mut done = Done::default();
     let layout = plan::layout(&b, &o);

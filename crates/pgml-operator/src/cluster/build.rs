@@ -38,6 +38,8 @@ pub struct Builder<'a> {
     /// pgBackRest's file and settings, rendered once (an error is the spec's: nothing of
     /// the ConfigMap is applied then).
     pub archiving: Result<Option<Archiving>, RenderError>,
+    /// Whether the cluster gets its NetworkPolicy (`--network-policies`).
+    pub network_policy: bool,
 }
 
 /// Whether the stored ServiceAccount `stored` carries IRSA's role annotation, applied by
@@ -95,7 +97,14 @@ impl<'a> Builder<'a> {
             cluster,
             instance_image,
             archiving,
+            network_policy: false,
         })
+    }
+
+    /// With the cluster's NetworkPolicy or without.
+    pub fn with_network_policy(mut self, on: bool) -> Builder<'a> {
+        self.network_policy = on;
+        self
     }
 
     fn owner(&self) -> Value {
@@ -362,6 +371,32 @@ impl<'a> Builder<'a> {
             })
         })
         .collect()
+    }
+
+    /// `C-postgres`, when asked for: PostgreSQL's port (the only one the instance Pods
+    /// serve) reachable only from the cluster's own Pods (replication) and from Pods of
+    /// its namespace labelled `pgml.io/client-C: "true"`; nothing else reaches them.
+    pub fn network_policy(&self) -> Option<Value> {
+        if !self.network_policy {
+            return None;
+        }
+        let client = format!("pgml.io/client-{}", self.c.name);
+        Some(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": self.meta(&format!("{}-postgres", self.c.name), self.c.labels()),
+            "spec": {
+                "podSelector": {"matchLabels": self.c.labels()},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [
+                        {"podSelector": {"matchLabels": self.c.labels()}},
+                        {"podSelector": {"matchLabels": {client: "true"}}},
+                    ],
+                    "ports": [{"port": PORT, "protocol": "TCP"}],
+                }],
+            },
+        }))
     }
 
     /// `C-config`: postgresql.conf and pg_hba.conf, and with pgBackRest its
@@ -820,5 +855,50 @@ mod tests {
             "pgml-operator"
         ));
         assert!(!stale_irsa_annotation(&plain, &plain, "pgml-operator"));
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_clusters_pods_and_its_labelled_clients_only() {
+        let c: PgmlCluster = serde_yaml::from_str(
+            "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {name: main, namespace: db, uid: u-1}\nspec:\n  storage: {persistentVolumeClaim: {size: 10Gi}}\n",
+        )
+        .unwrap();
+        assert!(
+            Builder::new(&c, "op").unwrap().network_policy().is_none(),
+            "off unless asked"
+        );
+        let b = Builder::new(&c, "op").unwrap().with_network_policy(true);
+        let np = b.network_policy().unwrap();
+        assert_eq!(np["metadata"]["name"], "main-postgres");
+        assert_eq!(np["metadata"]["ownerReferences"][0]["kind"], "PgmlCluster");
+        assert_eq!(
+            np["spec"]["podSelector"]["matchLabels"],
+            json!({"pgml.io/cluster": "main"})
+        );
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+        let rules = np["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 1, "one rule: nothing but PostgreSQL's port");
+        assert_eq!(
+            rules[0]["ports"],
+            json!([{"port": 5432, "protocol": "TCP"}])
+        );
+        assert_eq!(
+            rules[0]["from"],
+            json!([
+                {"podSelector": {"matchLabels": {"pgml.io/cluster": "main"}}},
+                {"podSelector": {"matchLabels": {"pgml.io/client-main": "true"}}},
+            ]),
+            "same-namespace Pods only (no namespaceSelector)"
+        );
+        // The instance Pods are what it selects.
+        let pod = b.pod(&Instance {
+            n: 1,
+            name: "main-1".into(),
+            node: "n".into(),
+            role: PodRole::Primary,
+            fenced: false,
+            restore_from: None,
+        });
+        assert_eq!(pod["metadata"]["labels"]["pgml.io/cluster"], "main");
     }
 }

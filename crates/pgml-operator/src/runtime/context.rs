@@ -118,6 +118,8 @@ pub struct ClusterSettings {
     /// How long the primary may be lost (Pod gone or down, node NotReady, PostgreSQL not
     /// running) before the operator fails over.
     pub failover_grace: Duration,
+    /// Each cluster gets a NetworkPolicy `<cluster>-postgres` (`--network-policies`).
+    pub network_policies: bool,
 }
 
 impl Default for ClusterSettings {
@@ -125,6 +127,7 @@ impl Default for ClusterSettings {
         ClusterSettings {
             instance_image: default_instance_image(),
             failover_grace: Duration::from_secs(30),
+            network_policies: false,
         }
     }
 }

@@ -88,6 +88,7 @@ fn shared(b: &Builder, pods: &[String], steps: &mut Vec<Step>) -> Vec<String> {
         }
     }
     bodies.extend(b.services());
+    bodies.extend(b.network_policy());
     bodies.extend(b.rbac(pods));
     for body in bodies {
         let when = if body["kind"] == "ServiceAccount" {
