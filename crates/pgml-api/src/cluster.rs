@@ -551,6 +551,9 @@ fn default_image() -> String {
 pub enum ClusterPhase {
     Pending,
     Creating,
+    /// Made from `bootstrap.snapshot`, not yet serving: the pool restored, PostgreSQL
+    /// replaying and promoted.
+    Restoring,
     Healthy,
     Degraded,
     Switchover,

@@ -29,6 +29,7 @@ pub const OWNED_CONDITIONS: [&str; 7] = [
 pub mod reason {
     pub const HEALTHY: &str = "Healthy";
     pub const CREATING: &str = "Creating";
+    pub const RESTORING: &str = "Restoring";
     pub const SCALING: &str = "Scaling";
     pub const SWITCHOVER: &str = "Switchover";
     pub const FAILOVER: &str = "Failover";
@@ -119,6 +120,8 @@ pub struct Summary {
     pub snapshots: LastSnapshot,
     /// `status.systemIdentifier` to hold ([`identity::to_record`]).
     pub system_identifier: Option<String>,
+    /// The EbsSnapshot the database is being restored from (`bootstrap.snapshot`).
+    pub restoring_from: Option<String>,
 }
 
 fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'static str, String) {
@@ -170,6 +173,9 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
                 reason::PRIMARY_NOT_READY,
                 detail(format!("the primary is not ready; {counts}")),
             )
+        } else if let Some(from) = &s.restoring_from {
+            let base = format!("restoring from EbsSnapshot {from}; {counts}");
+            (P::Restoring, reason::RESTORING, detail(base))
         } else {
             (P::Creating, reason::CREATING, detail(counts))
         };
@@ -210,6 +216,7 @@ pub fn compute(
     let progressing = matches!(
         phase,
         ClusterPhase::Creating
+            | ClusterPhase::Restoring
             | ClusterPhase::Scaling
             | ClusterPhase::Switchover
             | ClusterPhase::Failover
@@ -512,6 +519,34 @@ mod tests {
 
     fn cond<'a>(s: &'a PgmlClusterStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    /// `bootstrap.snapshot`: Restoring (Progressing, naming the snapshot) until the
+    /// restored primary is ready, then as any cluster.
+    #[test]
+    fn a_restore_is_restoring_until_its_primary_is_ready() {
+        let empty = PgmlClusterStatus::default();
+        let mut s = summary(&[false]);
+        s.restoring_from = Some("nightly".into());
+        let st = compute(&s, &empty, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Restoring));
+        let p = cond(&st, c::PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", reason::RESTORING)
+        );
+        assert!(
+            p.message.contains("restoring from EbsSnapshot nightly"),
+            "{}",
+            p.message
+        );
+        assert_eq!(cond(&st, c::READY).status, "False");
+        let mut done = summary(&[true]);
+        done.restoring_from = Some("nightly".into());
+        assert_eq!(
+            compute(&done, &st, Some(1), &now()).phase,
+            Some(ClusterPhase::Healthy)
+        );
     }
 
     #[test]

@@ -185,6 +185,13 @@ pub fn summary(
             current,
             &plan.members,
         ),
+        // Restoring until the database has served (its identifier recorded).
+        restoring_from: b
+            .cluster
+            .spec
+            .bootstrap_snapshot()
+            .filter(|_| o.status.system_identifier.is_none())
+            .map(str::to_string),
         pgbackrest: archiving::Seen {
             configured: b.cluster.spec.backups.pgbackrest.is_some(),
             primary: roles.current.clone(),
