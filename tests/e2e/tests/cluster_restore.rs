@@ -6,18 +6,22 @@
 //! started as primary on the source's), accepts writes of its own; the source keeps its rows
 //! and never sees the copy's; the snapshot is left as it was. A cluster naming a snapshot
 //! that does not exist makes nothing and says why; `bootstrap` cannot change afterwards.
+//! And ten restores with the operator SIGKILLed at a random moment of each all end Healthy
+//! with the captured rows.
 
 mod cluster_common;
 
 use std::time::Duration;
 
-use cluster_common::{ClusterFixture, zfs_cluster};
+use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pgml_api::cluster::ClusterPhase;
 use pgml_api::snapshot::SnapshotPhase;
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
-use serde_json::json;
+use pgml_testbed::pg::Postgres;
+use pgml_testbed::wait::wait_gone;
+use serde_json::{Value, json};
 
 const SOURCE: &str = "src";
 const COPY: &str = "copy";
@@ -33,26 +37,52 @@ fn healthy(c: &PgmlCluster) -> bool {
 }
 
 /// Rows and a checksum of the test table, as the server has them.
-fn rows_and_sum(pg: &pgml_testbed::pg::Postgres) -> String {
+fn rows_and_sum(pg: &Postgres) -> String {
     pg.sql("SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || payload, ',' ORDER BY id), '')) FROM written")
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() {
+/// The fixture of a restore test: the operator and an agent on each of the sandbox's two
+/// nodes in [`ZONE`], with the kubelet running the instance managers.
+async fn fixture(prefix: &str) -> ClusterFixture {
     let sb = pgml_testbed::Sandbox::get();
     let in_zone: Vec<usize> = (0..sb.nodes.len())
         .filter(|i| sb.nodes[*i].az == ZONE)
         .collect();
     assert_eq!(in_zone.len(), 2, "the sandbox's nodes in {ZONE}");
-    let f = ClusterFixture::start("pgml-restore", SOURCE, &in_zone, &[])
+    ClusterFixture::start(prefix, SOURCE, &in_zone, &[])
         .await
         .with_kubelet(&[], 25)
-        .polling(Duration::from_millis(250));
-    let volumes = json!({"count": 1, "type": "gp3", "sizeGiB": 1});
-    let pinned = json!({"nodeSelector": {"topology.kubernetes.io/zone": ZONE}});
-    f.apply(&zfs_cluster(SOURCE, 1, volumes.clone(), pinned.clone()))
-        .await;
+        .polling(Duration::from_millis(250))
+}
+
+fn volumes() -> Value {
+    json!({"count": 1, "type": "gp3", "sizeGiB": 1})
+}
+
+fn pinned() -> Value {
+    json!({"nodeSelector": {"topology.kubernetes.io/zone": ZONE}})
+}
+
+/// Cluster `name` restored from EbsSnapshot `from`, applied as kubectl would.
+async fn apply_restored(clusters: &Api<PgmlCluster>, name: &str, from: &str) {
+    let mut m = zfs_cluster(name, 1, volumes(), pinned());
+    m["spec"]["bootstrap"] = json!({"snapshot": {"name": from}});
+    clusters
+        .patch(
+            name,
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&m),
+        )
+        .await
+        .unwrap();
+}
+
+/// The source cluster, Healthy, with 100 rows; EbsSnapshot `at-t1` of it, Completed; then
+/// 100 rows more. Returns the rows and checksum at the capture, the source's server and its
+/// timeline.
+async fn source_and_snapshot(f: &ClusterFixture) -> (String, Postgres, u32) {
+    f.apply(&zfs_cluster(SOURCE, 1, volumes(), pinned())).await;
     f.wait_cluster("the source Healthy", healthy).await;
     let src = f.instance(&format!("{SOURCE}-1")).await.postgres();
     src.sql("CREATE TABLE written (id int PRIMARY KEY, payload text NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())")
@@ -62,11 +92,11 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
     )
     .unwrap();
     let at_t1 = rows_and_sum(&src);
-    let src_timeline = src
+    let timeline = src
         .sql("SELECT timeline_id FROM pg_control_checkpoint()")
+        .unwrap()
+        .parse()
         .unwrap();
-
-    // The snapshot of the source, then rows it does not hold.
     let snaps: Api<EbsSnapshot> = f.ns.api();
     let snap: EbsSnapshot = serde_json::from_value(json!({
         "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
@@ -88,21 +118,50 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
         "INSERT INTO written (id, payload) SELECT i, md5(i::text) FROM generate_series(101, 200) i",
     )
     .unwrap();
+    assert_ne!(rows_and_sum(&src), at_t1);
+    (at_t1, src, timeline)
+}
+
+/// Cluster `name`'s server holds exactly the captured rows and is a writable primary on a
+/// later timeline than the source's; returns it.
+async fn assert_restored(
+    f: &ClusterFixture,
+    name: &str,
+    at_t1: &str,
+    src_timeline: u32,
+) -> Postgres {
+    let cp = f.instance(&format!("{name}-1")).await.postgres();
+    assert_eq!(
+        rows_and_sum(&cp),
+        at_t1,
+        "{name} holds exactly the rows captured"
+    );
+    assert_eq!(cp.sql("SELECT pg_is_in_recovery()").unwrap(), "f", "{name}");
+    // The end-of-recovery checkpoint of a promotion comes later: one now, to read it.
+    cp.sql("CHECKPOINT").unwrap();
+    let timeline: u32 = cp
+        .sql("SELECT timeline_id FROM pg_control_checkpoint()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        timeline > src_timeline,
+        "{name} promoted onto a new timeline: {timeline}, the source's {src_timeline}"
+    );
+    cp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() {
+    let f = fixture("pgml-restore").await;
+    let (at_t1, src, src_timeline) = source_and_snapshot(&f).await;
     let src_after = rows_and_sum(&src);
-    assert_ne!(src_after, at_t1);
+    let snaps: Api<EbsSnapshot> = f.ns.api();
+    let clusters: Api<PgmlCluster> = f.ns.api();
+    let pools: Api<ZfsPool> = f.ns.api();
 
     // A cluster naming a snapshot that does not exist: nothing made, and it says why.
-    let clusters: Api<PgmlCluster> = f.ns.api();
-    let mut missing = zfs_cluster("nosnap", 1, volumes.clone(), pinned.clone());
-    missing["spec"]["bootstrap"] = json!({"snapshot": {"name": "no-such-snapshot"}});
-    clusters
-        .patch(
-            "nosnap",
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(&missing),
-        )
-        .await
-        .unwrap();
+    apply_restored(&clusters, "nosnap", "no-such-snapshot").await;
     f.wait_obj(
         &clusters,
         "nosnap",
@@ -118,23 +177,13 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
         },
     )
     .await;
-    let pools: Api<ZfsPool> = f.ns.api();
     assert!(
         pools.get_opt("nosnap-1").await.unwrap().is_none(),
         "no pool is made before the bootstrap snapshot is usable"
     );
 
     // The copy.
-    let mut copy = zfs_cluster(COPY, 1, volumes, pinned);
-    copy["spec"]["bootstrap"] = json!({"snapshot": {"name": "at-t1"}});
-    clusters
-        .patch(
-            COPY,
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(&copy),
-        )
-        .await
-        .unwrap();
+    apply_restored(&clusters, COPY, "at-t1").await;
     let c = f
         .wait_obj(&clusters, COPY, "the copy Healthy", healthy)
         .await;
@@ -157,22 +206,7 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
             .map(|r| r.ebs_snapshot_name.as_str()),
         Some("at-t1")
     );
-    let cp = f.instance(&format!("{COPY}-1")).await.postgres();
-    assert_eq!(
-        rows_and_sum(&cp),
-        at_t1,
-        "the copy holds exactly the rows captured"
-    );
-    assert_eq!(cp.sql("SELECT pg_is_in_recovery()").unwrap(), "f");
-    // The end-of-recovery checkpoint of a promotion comes later: one now, to read it.
-    cp.sql("CHECKPOINT").unwrap();
-    let copy_timeline = cp
-        .sql("SELECT timeline_id FROM pg_control_checkpoint()")
-        .unwrap();
-    assert!(
-        copy_timeline.parse::<u32>().unwrap() > src_timeline.parse::<u32>().unwrap(),
-        "promoted onto a new timeline: the copy's {copy_timeline}, the source's {src_timeline}"
-    );
+    let cp = assert_restored(&f, COPY, &at_t1, src_timeline).await;
     cp.sql("INSERT INTO written (id, payload) VALUES (1000, 'the copy''s own')")
         .unwrap();
     assert_eq!(
@@ -193,7 +227,7 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
     // bootstrap is fixed once the cluster exists: neither changed nor removed.
     for (what, bootstrap) in [
         ("changed", json!({"snapshot": {"name": "another"}})),
-        ("removed", serde_json::Value::Null),
+        ("removed", Value::Null),
     ] {
         let patch = json!({"spec": {"bootstrap": bootstrap}});
         let e = clusters
@@ -205,6 +239,48 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
                 .contains("bootstrap cannot be added, removed or changed"),
             "{what}: {e}"
         );
+    }
+    f.finish().await;
+}
+
+/// Issue 18's kill test of the snapshot path: ten restores from the same snapshot, the
+/// operator SIGKILLed at a random moment of each (0–4 s after the apply: placement, the
+/// pool's restore, the Pod, the promotion, the record of the identity) and started again
+/// after up to 1 s. Every restore ends Healthy with exactly the captured rows, a writable
+/// primary on a new timeline; each copy is then deleted with its pool. The delays come
+/// from a seed printed first (`PGML_RESTORE_SEED` replays them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_end_healthy_whatever_moment_the_operator_is_killed() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("PGML_RESTORE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("restore kill test: seed {seed} (PGML_RESTORE_SEED={seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = fixture("pgml-restorekill").await;
+    let (at_t1, _src, src_timeline) = source_and_snapshot(&f).await;
+    let clusters: Api<PgmlCluster> = f.ns.api();
+    let pools: Api<ZfsPool> = f.ns.api();
+    for i in 0..10 {
+        let name = format!("k{i}");
+        apply_restored(&clusters, &name, "at-t1").await;
+        let kill_after = Duration::from_millis(rng.random_range(0..4000));
+        let down_for = Duration::from_millis(rng.random_range(0..1000));
+        tokio::time::sleep(kill_after).await;
+        f.operator.kill();
+        tokio::time::sleep(down_for).await;
+        f.operator.start();
+        eprintln!("{name}: the operator killed {kill_after:?} after the apply, down {down_for:?}");
+        f.wait_obj(&clusters, &name, "Healthy after an operator kill", healthy)
+            .await;
+        assert_restored(&f, &name, &at_t1, src_timeline).await;
+        clusters
+            .delete(&name, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_gone(&clusters, &name, TIMEOUT).await;
+        wait_gone(&pools, &format!("{name}-1"), TIMEOUT).await;
     }
     f.finish().await;
 }
