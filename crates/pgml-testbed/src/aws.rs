@@ -53,6 +53,54 @@ pub async fn ec2_client_with(sb: &Sandbox, retry: RetryConfig) -> aws_sdk_ec2::C
     aws_sdk_ec2::Client::new(&sdk_config(sb, retry).await)
 }
 
+/// A 1 GiB gp3 volume made in `node`'s zone, tagged `pgml.io/namespace=<namespace>` (so a
+/// failed run's volume is found by its namespace), and attached to the node's instance at
+/// the first free device name from `/dev/sdp` (other tests attach to the same instances).
+/// Returns its ID; its by-id link is then on the node ([`ebs_link`]).
+pub async fn attached_volume(
+    ec2: &aws_sdk_ec2::Client,
+    node: &NodeInfo,
+    namespace: &str,
+) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeType};
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Volume)
+        .tags(
+            Tag::builder()
+                .key(pgml_api::common::keys::NAMESPACE)
+                .value(namespace)
+                .build(),
+        )
+        .build();
+    let volume = ec2
+        .create_volume()
+        .availability_zone(&node.az)
+        .size(1)
+        .volume_type(VolumeType::Gp3)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .expect("CreateVolume")
+        .volume_id
+        .expect("volume id");
+    let mut attached = Err(String::new());
+    for letter in 'p'..='z' {
+        let r = ec2
+            .attach_volume()
+            .volume_id(&volume)
+            .instance_id(&node.instance_id)
+            .device(format!("/dev/sd{letter}"))
+            .send()
+            .await;
+        attached = r.map(|_| ()).map_err(|e| format!("{e:?}"));
+        if attached.is_ok() {
+            break;
+        }
+    }
+    attached.expect("AttachVolume");
+    volume
+}
+
 /// An EBS direct API client through the simulator (forwarded to moto unchanged; moto knows
 /// only snapshots begun with StartSnapshot there).
 pub async fn ebs_client(sb: &Sandbox) -> aws_sdk_ebs::Client {

@@ -172,3 +172,44 @@ pub async fn ensure_crds(client: &Client, crds: Vec<CustomResourceDefinition>) {
         assert!(ok, "CRD {name} never became Established");
     }
 }
+
+/// What the EBS CSI driver leaves for a claim: PersistentVolume `pv` of driver
+/// `ebs.csi.aws.com` over EBS volume `volume` (ext4, 1 GiB, Retain), pre-bound to claim
+/// `claim` of `namespace`, and that claim. The PV is cluster-scoped: delete it yourself.
+pub async fn csi_volume_and_claim(
+    client: &Client,
+    namespace: &str,
+    pv: &str,
+    claim: &str,
+    volume: &str,
+) {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let body: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume, "fsType": "ext4"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }))
+    .expect("a PersistentVolume");
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &body)
+        .await
+        .unwrap_or_else(|e| panic!("creating PersistentVolume {pv}: {e}"));
+    let body: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }))
+    .expect("a PersistentVolumeClaim");
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &body)
+        .await
+        .unwrap_or_else(|e| panic!("creating PersistentVolumeClaim {claim}: {e}"));
+}

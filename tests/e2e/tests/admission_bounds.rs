@@ -90,17 +90,28 @@ fn local_pv(name: &str, path: &str) -> Value {
     })
 }
 
+/// A test namespace `prefix-…` with the chart's RBAC (watching it) and its admission
+/// policies applied.
+async fn chart_in_namespace(
+    sb: &'static Sandbox,
+    admin: &Client,
+    prefix: &str,
+) -> (TestNamespace, ChartRbac, ChartAdmissionPolicy) {
+    let ns = TestNamespace::new(admin, prefix).await;
+    let rbac = ChartRbac::install(sb, admin, ns.name(), Watch::Namespace, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
+    let policy = ChartAdmissionPolicy::install(admin, ns.name(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("applying the chart's admission policy: {e:#}"));
+    (ns, rbac, policy)
+}
+
 #[tokio::test]
 async fn the_operator_may_not_create_pods_or_volumes_that_reach_the_host() {
     let sb = Sandbox::get();
     let admin = client().await;
-    let ns = TestNamespace::new(&admin, "bounds").await;
-    let rbac = ChartRbac::install(sb, &admin, ns.name(), Watch::Namespace, |_| {})
-        .await
-        .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
-    let policy = ChartAdmissionPolicy::install(&admin, ns.name(), &[])
-        .await
-        .unwrap_or_else(|e| panic!("applying the chart's admission policy: {e:#}"));
+    let (ns, rbac, policy) = chart_in_namespace(sb, &admin, "bounds").await;
     assert_eq!(policy.name, format!("{}-operator-bounds", rbac.fullname));
 
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": POD_SA}})).unwrap();
@@ -322,13 +333,7 @@ async fn an_agent_writes_status_only_for_its_own_node() {
     use pgml_api::{EbsSnapshot, ZfsPool};
     let sb = Sandbox::get();
     let admin = client().await;
-    let ns = TestNamespace::new(&admin, "agentbounds").await;
-    let rbac = ChartRbac::install(sb, &admin, ns.name(), Watch::Namespace, |_| {})
-        .await
-        .unwrap_or_else(|e| panic!("installing the chart's RBAC: {e:#}"));
-    let policy = ChartAdmissionPolicy::install(&admin, ns.name(), &[])
-        .await
-        .unwrap_or_else(|e| panic!("applying the chart's admission policy: {e:#}"));
+    let (ns, rbac, policy) = chart_in_namespace(sb, &admin, "agentbounds").await;
     let bounds = format!("{}-agent-bounds", rbac.fullname);
     let (here, there) = (sb.nodes[0].name.as_str(), sb.nodes[1].name.as_str());
 

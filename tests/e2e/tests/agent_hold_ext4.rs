@@ -16,7 +16,7 @@ use kube::Api;
 use pgml_api::EbsSnapshot;
 use pgml_api::snapshot::HoldState;
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{ebs_link, ec2_client};
+use pgml_testbed::aws::{attached_volume, ebs_link, ec2_client};
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
 use pgml_testbed::nodes::{NodeExt4, node_command, node_exec, node_path_exists};
 use pgml_testbed::procs::{self, Proc};
@@ -44,47 +44,7 @@ impl Ext4Bed {
         let ns = TestNamespace::new(&client, prefix).await;
         let node = &sb.nodes[node];
         let ec2 = ec2_client(sb).await;
-        let volume = ec2
-            .create_volume()
-            .availability_zone(&node.az)
-            .size(1)
-            .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
-            // Found by its namespace if a failed run leaves it behind.
-            .tag_specifications(
-                aws_sdk_ec2::types::TagSpecification::builder()
-                    .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
-                    .tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key(pgml_api::common::keys::NAMESPACE)
-                            .value(ns.name())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("CreateVolume")
-            .volume_id
-            .expect("volume id");
-        // Other tests attach to the same instances: the first free device name.
-        let mut attached = Err(String::new());
-        for letter in 'p'..='z' {
-            let r = ec2
-                .attach_volume()
-                .volume_id(&volume)
-                .instance_id(&node.instance_id)
-                .device(format!("/dev/sd{letter}"))
-                .send()
-                .await;
-            match r {
-                Ok(_) => {
-                    attached = Ok(());
-                    break;
-                }
-                Err(e) => attached = Err(format!("{e:?}")),
-            }
-        }
-        attached.expect("AttachVolume");
+        let volume = attached_volume(&ec2, node, ns.name()).await;
         let image = std::fs::canonicalize(ebs_link(node, &volume))
             .expect("the volume's by-id link on the node after AttachVolume");
         let mount = format!(

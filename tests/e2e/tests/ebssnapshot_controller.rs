@@ -334,7 +334,7 @@ async fn missing_sources_are_awaited_then_fail_and_unready_ones_wait() {
 #[tokio::test]
 async fn a_pvc_on_an_ebs_csi_volume_is_captured() {
     use aws_config::retry::RetryConfig;
-    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::core::v1::PersistentVolume;
     use pgml_aws::Ec2;
 
     let f = Fixture::start("snappvc", &[]).await;
@@ -366,32 +366,15 @@ async fn a_pvc_on_an_ebs_csi_volume_is_captured() {
         .push((vol.volume_id.clone(), node.instance_id.clone()));
 
     let pv_name = format!("pv-{}", f.name());
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": pv_name},
-        "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": vol.volume_id, "fsType": "ext4"},
-            "claimRef": {"namespace": f.name(), "name": "data"},
-        },
-    }))
-    .unwrap();
+    pgml_testbed::kube::csi_volume_and_claim(
+        f.ns.client(),
+        f.name(),
+        &pv_name,
+        "data",
+        &vol.volume_id,
+    )
+    .await;
     let pvs: kube::Api<PersistentVolume> = kube::Api::all(f.ns.client().clone());
-    pvs.create(&PostParams::default(), &pv).await.unwrap();
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "data"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }))
-    .unwrap();
-    f.ns.api::<PersistentVolumeClaim>()
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
 
     let obj: EbsSnapshot = serde_yaml::from_str(
         "apiVersion: pgml.io/v1alpha1\nkind: EbsSnapshot\nmetadata: {name: of-pvc}\nspec:\n  source: {persistentVolumeClaim: {name: data}}\n  standbySignal: Never\n  consistency: None\n",

@@ -640,6 +640,37 @@ async fn kill_container(node: &NodeInfo, pods: &Api<Pod>, pod: &str, container: 
     .unwrap_or_else(|e| panic!("killing {pod}/{container}: {e}"));
 }
 
+/// SIGKILL to the agent container on `node` (see [`kill_container`]); returns once the
+/// kubelet has restarted it (and, with `ready`, once all its Pod's containers are ready).
+async fn kill_the_agent_on(node: &NodeInfo, pods: &Api<Pod>, ready: bool) {
+    let agents = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=agent"))
+        .await
+        .unwrap();
+    let agent = agents
+        .items
+        .iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name.as_str()))
+        .unwrap_or_else(|| panic!("no agent on {}", node.name));
+    let agent_name = agent.metadata.name.clone().unwrap();
+    let before = restarts(agent, "agent");
+    kill_container(node, pods, &agent_name, "agent").await;
+    let what = if ready {
+        "the agent container restarted and ready"
+    } else {
+        "the agent container restarted"
+    };
+    wait_for(pods, &agent_name, what, TIMEOUT, |p: &Pod| {
+        restarts(p, "agent") > before
+            && (!ready
+                || p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready)))
+    })
+    .await;
+}
+
 fn restarts(p: &Pod, container: &str) -> i32 {
     p.status
         .as_ref()
@@ -690,32 +721,7 @@ async fn snapshot_with_the_agent_killed_in_the_hold(
         .iter()
         .find(|n| n.name == node_name)
         .expect("the held node is a real node");
-    let agents = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=agent"))
-        .await
-        .unwrap();
-    let agent = agents
-        .items
-        .iter()
-        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()))
-        .expect("the held node's agent");
-    let agent_name = agent.metadata.name.clone().unwrap();
-    let before = restarts(agent, "agent");
-    kill_container(node, &pods, &agent_name, "agent").await;
-    wait_for(
-        &pods,
-        &agent_name,
-        "the agent container restarted and ready",
-        TIMEOUT,
-        |p: &Pod| {
-            restarts(p, "agent") > before
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
-        },
-    )
-    .await;
+    kill_the_agent_on(node, &pods, true).await;
     let settled = snapshot_settled(&snaps, "before-load", TIMEOUT, String::new)
         .await
         .unwrap();
@@ -836,8 +842,8 @@ async fn load_with_the_primary_killed(
 #[tokio::test]
 async fn an_ext4_pvc_hold_outlives_a_killed_agent_container() {
     use hold_common::{fake_pgdata, guards_of};
-    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-    use pgml_testbed::aws::{ebs_link, ec2_client};
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use pgml_testbed::aws::{attached_volume, ebs_link, ec2_client};
     use pgml_testbed::nodes::{NodeExt4, node_command, node_exec};
 
     let sb = Sandbox::get();
@@ -850,42 +856,7 @@ async fn an_ext4_pvc_hold_outlives_a_killed_agent_container() {
 
     // The EBS CSI driver's part: a volume attached to the node, ext4, staged at globalmount.
     let ec2 = ec2_client(sb).await;
-    let volume = ec2
-        .create_volume()
-        .availability_zone(&node.az)
-        .size(1)
-        .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(keys::NAMESPACE)
-                        .value(ns.name())
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateVolume")
-        .volume_id
-        .expect("volume id");
-    let mut attached = Err(String::new());
-    for letter in 'p'..='z' {
-        let r = ec2
-            .attach_volume()
-            .volume_id(&volume)
-            .instance_id(&node.instance_id)
-            .device(format!("/dev/sd{letter}"))
-            .send()
-            .await;
-        attached = r.map(|_| ()).map_err(|e| format!("{e:?}"));
-        if attached.is_ok() {
-            break;
-        }
-    }
-    attached.expect("AttachVolume");
+    let volume = attached_volume(&ec2, node, ns.name()).await;
     let image = std::fs::canonicalize(ebs_link(node, &volume))
         .expect("the volume's by-id link on the node after AttachVolume");
     let pv_name = format!("pv-{}", ns.name());
@@ -896,32 +867,8 @@ async fn an_ext4_pvc_hold_outlives_a_killed_agent_container() {
     let fs = NodeExt4::create(node, &image, &mount).expect("ext4 on a loop device");
     let pgdata = format!("{mount}/pgdata");
     fake_pgdata(node, &pgdata);
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": pv_name},
-        "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume, "fsType": "ext4"},
-            "claimRef": {"namespace": ns.name(), "name": "data"},
-        },
-    }))
-    .unwrap();
+    pgml_testbed::kube::csi_volume_and_claim(&client, ns.name(), &pv_name, "data", &volume).await;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    pvs.create(&PostParams::default(), &pv).await.unwrap();
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "data"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }))
-    .unwrap();
-    ns.api::<PersistentVolumeClaim>()
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
 
     // CreateSnapshots answers 15 s late: the file system stays frozen that long.
     let _slow = SimAdmin::from_sandbox(sb)
@@ -984,26 +931,7 @@ async fn an_ext4_pvc_hold_outlives_a_killed_agent_container() {
 
     // SIGKILL to the agent container: containerd kills all that is left in its cgroup.
     let pods: Api<Pod> = ns.api();
-    let agents = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=agent"))
-        .await
-        .unwrap();
-    let agent = agents
-        .items
-        .iter()
-        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name.as_str()))
-        .expect("the node's agent");
-    let agent_name = agent.metadata.name.clone().unwrap();
-    let before = restarts(agent, "agent");
-    kill_container(node, &pods, &agent_name, "agent").await;
-    wait_for(
-        &pods,
-        &agent_name,
-        "the agent container restarted",
-        TIMEOUT,
-        |p: &Pod| restarts(p, "agent") > before,
-    )
-    .await;
+    kill_the_agent_on(node, &pods, false).await;
     assert_eq!(
         guards_of(&uid),
         [guard],
