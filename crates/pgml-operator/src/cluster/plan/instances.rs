@@ -189,7 +189,7 @@ impl Instances<'_> {
     /// again when it failed. True once the pool may be restored from it. The user's
     /// `bootstrap.snapshot` is only ever read.
     fn seed_ready(&mut self, r: &Rec, seed: &str) -> bool {
-        if seed != self.b.c.seed(r.n) {
+        if self.is_bootstrap_snapshot(seed) {
             return self.bootstrap_snapshot_ready(r, seed);
         }
         let snapshot = self.o.snapshots.get(seed);
@@ -213,6 +213,12 @@ impl Instances<'_> {
             None => self.take_seed(r, seed),
         }
         false
+    }
+
+    /// Whether `name` is the user's `bootstrap.snapshot` (by the spec, not by its name's
+    /// shape: a user's snapshot may be called like one of the operator's seeds).
+    fn is_bootstrap_snapshot(&self, name: &str) -> bool {
+        self.b.cluster.spec.bootstrap_snapshot() == Some(name)
     }
 
     /// `bootstrap.snapshot`: usable once Completed and of a ZFS pool (a set the pool can
@@ -343,7 +349,11 @@ impl Instances<'_> {
     fn drop_seed(&mut self, r: &Rec) {
         // Only the operator's own seed: never `bootstrap.snapshot`, the user's.
         let own = self.b.c.seed(r.n);
-        let Some(seed) = r.seeded_from.as_deref().filter(|s| *s == own) else {
+        let Some(seed) = r
+            .seeded_from
+            .as_deref()
+            .filter(|s| *s == own && !self.is_bootstrap_snapshot(s))
+        else {
             return;
         };
         if self.o.snapshots.get(seed).is_none_or(deleting) {

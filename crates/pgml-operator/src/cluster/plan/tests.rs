@@ -1138,3 +1138,45 @@ fn a_bootstrap_snapshot_restores_the_first_pool_once_usable_and_is_never_touched
             == "main-1"
     );
 }
+
+/// A user's `bootstrap.snapshot` named like the operator's seed of the first instance
+/// (`main-1-seed`) is still the user's: a Failed one is reported, not deleted and taken
+/// again, and it is not deleted when that instance streams (a replica after a failover).
+#[test]
+fn a_bootstrap_snapshot_named_like_a_seed_is_still_never_deleted() {
+    let mut spec = zfs(2);
+    spec["bootstrap"] = json!({"snapshot": {"name": "main-1-seed"}});
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    o.snapshots
+        .insert("main-1-seed".into(), seed("main-1-seed", Some("Failed")));
+    let (_, steps) = instance_steps(&b, &o, None);
+    assert!(
+        steps.iter().all(|s| !s.contains("EbsSnapshot main-1-seed")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&"warn BootstrapSnapshotNotReady".to_string()),
+        "{steps:?}"
+    );
+
+    // main-1 restored from it, now a streaming replica of main-2.
+    let one = rec(1, "node-a", Some("main-1-seed"));
+    let two = rec(2, "node-b", Some("main-2-seed"));
+    o.snapshots
+        .insert("main-1-seed".into(), seed("main-1-seed", Some("Completed")));
+    o.status = recorded_as(&[one.clone(), two.clone()], "main-2");
+    o.status.system_identifier = Some(ID.into());
+    o.pools.insert("main-1".into(), stored_pool(&b, &one, true));
+    o.pvcs.insert("main-1".into(), stored_pvc(&b, &one));
+    let pod = stored_pod(&b, &one, PodRole::Replica, Some(replica_report(true)));
+    o.pods.insert("main-1".into(), pod);
+    let (_, steps) = instance_steps(&b, &o, None);
+    assert!(
+        steps
+            .iter()
+            .all(|s| !s.contains("delete EbsSnapshot main-1-seed")),
+        "{steps:?}"
+    );
+}
