@@ -16,12 +16,21 @@ pub async fn client() -> Client {
 }
 
 pub async fn client_for(sandbox: &Sandbox) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&sandbox.kube.kubeconfig)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", sandbox.kube.kubeconfig.display()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    client_of(&sandbox.kube.kubeconfig).await
+}
+
+/// A client with the identity of the kubeconfig at `path` (the admin's, or one a test made
+/// for a ServiceAccount).
+pub async fn client_of(path: &std::path::Path) -> Client {
+    try_client_of(path)
         .await
-        .expect("sandbox kubeconfig is usable");
-    Client::try_from(config).expect("kube client from sandbox kubeconfig")
+        .unwrap_or_else(|e| panic!("a client from {}: {e:#}", path.display()))
+}
+
+pub async fn try_client_of(path: &std::path::Path) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
 }
 
 /// A namespace that belongs to one test. Its name is the prefix plus a random suffix, so

@@ -378,13 +378,7 @@ fn probes(objects: &[Value], sa: &str) -> Vec<Value> {
 /// Asks, as the kubeconfig's identity, until the API server allows `attributes` (20 s).
 async fn wait_allowed(kubeconfig: &Path, attributes: &Value) -> anyhow::Result<()> {
     use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(kubeconfig)?,
-        &KubeConfigOptions::default(),
-    )
-    .await?;
-    let api: Api<SelfSubjectAccessReview> = Api::all(Client::try_from(config)?);
+    let api: Api<SelfSubjectAccessReview> = Api::all(crate::kube::try_client_of(kubeconfig).await?);
     let review: SelfSubjectAccessReview = serde_json::from_value(json!({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
         "spec": {"resourceAttributes": attributes},

@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, ServiceAccount};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use pgml_api::PgmlCluster;
 use pgml_operator::cluster::build::{Builder, Instance, PodRole};
 use pgml_testbed::Sandbox;
-use pgml_testbed::kube::{TestNamespace, client};
+use pgml_testbed::kube::{TestNamespace, client, client_of};
 use pgml_testbed::rbac::{ChartAdmissionPolicy, ChartRbac, Watch};
 use serde_json::{Value, json};
 
@@ -31,14 +30,6 @@ const MOUNT_ROOT: &str = "/var/lib/pgml";
 /// The ServiceAccount of the test's Pods (the instance Pod's: `<cluster>-instance`); made
 /// by the test, since the ServiceAccount admission plugin refuses Pods of a missing one.
 const POD_SA: &str = "main-instance";
-
-async fn client_of(path: &std::path::Path) -> Client {
-    let kc = Kubeconfig::read_from(path).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
 
 /// A dry-run create of `obj`: Ok, or the apiserver's refusal (its message).
 async fn create<K>(api: &Api<K>, obj: &Value) -> Result<(), String>

@@ -30,15 +30,14 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, ResourceExt};
 use pgml_api::ZfsPool;
 use pgml_api::common::keys;
 use pgml_api::snapshot::SnapshotPhase;
 use pgml_operator::permissions::{Permission, Scope, needed};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{snapshots_tagged, volumes_tagged};
-use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
+use pgml_testbed::kube::{TestNamespace, client, client_of, ensure_crds};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::rbac::{ChartRbac, Watch, rbac_only, remove_verb, render};
 use pgml_testbed::wait::{has_condition, wait_gone};
@@ -47,15 +46,6 @@ use snapshot_common::{Fixture, fake_pgdata, has_standby_signal, hold_over};
 
 /// How long a process that lacks a permission may take to say so and exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A client with the permissions of a kubeconfig the chart's RBAC made.
-async fn client_of(path: &std::path::Path) -> Client {
-    let kc = Kubeconfig::read_from(path).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
 
 /// Who the API server says a kubeconfig is.
 async fn username(path: &std::path::Path) -> String {
