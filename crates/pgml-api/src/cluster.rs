@@ -392,8 +392,10 @@ pub struct Replicas {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!(has(self.initdb) && has(self.snapshot))")
-        .message("bootstrap sets one of initdb or snapshot, not both"),
+    validation = Rule::new("!(has(self.initdb) && (has(self.snapshot) || has(self.pgbackrest)))")
+        .message("bootstrap.initdb makes a new, empty database: it cannot be combined with snapshot or pgbackrest"),
+    validation = Rule::new("!has(self.recoveryTarget) || has(self.pgbackrest)")
+        .message("recoveryTarget needs the WAL of a pgBackRest repository: set bootstrap.pgbackrest").field_path(".recoveryTarget"),
 )]
 pub struct Bootstrap {
     /// A new, empty database made by `initdb` on the first instance (what an unset
@@ -409,6 +411,98 @@ pub struct Bootstrap {
     /// as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotBootstrap>,
+    /// A pgBackRest repository of another cluster (its `backups.pgbackrest`, read only).
+    /// Alone: its base backup is restored into the first instance's data directory and its
+    /// WAL replayed. With `snapshot`: the snapshot is the base (restored in the time of an
+    /// EBS restore, whatever the size) and only the repository's WAL is replayed on it, up
+    /// to `recoveryTarget`. The repository is never written: this cluster archives to its
+    /// own (`backups.pgbackrest`), which must not already hold a stanza.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgbackrest: Option<PgBackRestSource>,
+    /// Where WAL replay stops (point-in-time recovery); unset: at the end of the archived
+    /// WAL. The first instance pauses there, and the instance manager then promotes it (a
+    /// new timeline). A target the WAL never reaches (after the last archived segment,
+    /// before the base) fails the restore, with nothing promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_target: Option<RecoveryTarget>,
+}
+
+/// `bootstrap.pgbackrest`: the repository to restore from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBackRestSource {
+    /// The stanza: the name of the cluster whose repository it is. Its default repository
+    /// path is `/pgbackrest/<this namespace>/<stanza>`; set `s3.path` for another.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub stanza: String,
+    /// The S3 repository, as in `backups.pgbackrest.s3`.
+    pub s3: S3Repository,
+    /// Where AWS credentials come from, as in `backups.pgbackrest.credentials`. Reading
+    /// needs `s3:GetObject` and `s3:ListBucket` on the path only.
+    #[serde(default)]
+    pub credentials: S3Credentials,
+    /// The backup set to restore (its label, e.g. `20261207-101500F`). Unset: with a
+    /// `time` target, the newest backup that ended before it; else the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$")
+    )]
+    pub backup_set: Option<String>,
+}
+
+/// `bootstrap.recoveryTarget`: exactly one of `time`, `lsn`, `name`, `xid` or
+/// `immediate`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.time) ? 1 : 0) + (has(self.lsn) ? 1 : 0) + (has(self.name) ? 1 : 0) + (has(self.xid) ? 1 : 0) + (has(self.immediate) && self.immediate ? 1 : 0) == 1")
+        .message("recoveryTarget sets exactly one of time, lsn, name, xid or immediate: true"),
+    validation = Rule::new("!has(self.exclusive) || !self.exclusive || !(has(self.name) || (has(self.immediate) && self.immediate))")
+        .message("exclusive applies to time, lsn and xid targets only").field_path(".exclusive"),
+)]
+pub struct RecoveryTarget {
+    /// Stop at this time (RFC 3339, e.g. `2026-12-07T10:15:00Z`): transactions committed
+    /// up to it are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 20, max = 35),
+        regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$"),
+        extend("format" = "date-time")
+    )]
+    pub time: Option<String>,
+    /// Stop at this WAL position (`pg_current_wal_lsn()`, e.g. `0/3000060`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 3, max = 17),
+        regex(pattern = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+    )]
+    pub lsn: Option<String>,
+    /// Stop at this restore point (`pg_create_restore_point(name)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
+    pub name: Option<String>,
+    /// Stop at this transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[0-9]+$"))]
+    pub xid: Option<String>,
+    /// Stop as soon as the base is consistent (the end of the base backup, or of the
+    /// snapshot's own WAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immediate: Option<bool>,
+    /// Stop just before the target instead of just after it (time, lsn, xid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<bool>,
+    /// The timeline to follow: `latest` (default), `current` or a timeline number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 10),
+        regex(pattern = r"^(latest|current|[1-9][0-9]{0,8})$")
+    )]
+    pub timeline: Option<String>,
 }
 
 /// `bootstrap.initdb`: today, no options.
@@ -428,6 +522,18 @@ pub struct SnapshotBootstrap {
 
 impl PgmlClusterSpec {
     /// The EbsSnapshot the cluster's database is restored from, if any.
+    /// `bootstrap.pgbackrest`, the repository the database is restored from, if any.
+    pub fn bootstrap_pgbackrest(&self) -> Option<&PgBackRestSource> {
+        self.bootstrap.as_ref().and_then(|b| b.pgbackrest.as_ref())
+    }
+
+    /// `bootstrap.recoveryTarget`, if any.
+    pub fn recovery_target(&self) -> Option<&RecoveryTarget> {
+        self.bootstrap
+            .as_ref()
+            .and_then(|b| b.recovery_target.as_ref())
+    }
+
     pub fn bootstrap_snapshot(&self) -> Option<&str> {
         self.bootstrap
             .as_ref()
@@ -464,6 +570,8 @@ impl PgmlClusterSpec {
         .message("primary must name one of this cluster's instances, <cluster name>-<n>").field_path(".spec.primary"),
     validation = Rule::new(fixed("spec.bootstrap"))
         .message("bootstrap cannot be added, removed or changed once the cluster exists: it says how its database was made; restore into a new cluster instead").field_path(".spec.bootstrap"),
+    validation = Rule::new("!has(self.spec.bootstrap) || !has(self.spec.bootstrap.pgbackrest) || !has(self.spec.backups) || !has(self.spec.backups.pgbackrest) || self.spec.bootstrap.pgbackrest.credentials.mode != 'IRSA' || self.spec.backups.pgbackrest.credentials.mode != 'IRSA' || !has(self.spec.bootstrap.pgbackrest.credentials.serviceAccountRoleArn) || !has(self.spec.backups.pgbackrest.credentials.serviceAccountRoleArn) || self.spec.bootstrap.pgbackrest.credentials.serviceAccountRoleArn == self.spec.backups.pgbackrest.credentials.serviceAccountRoleArn")
+        .message("the instance Pods have one IRSA role: bootstrap.pgbackrest and backups.pgbackrest on IRSA must name the same serviceAccountRoleArn").field_path(".spec.bootstrap.pgbackrest.credentials.serviceAccountRoleArn"),
     validation = Rule::new("!has(self.spec.bootstrap) || !has(self.spec.bootstrap.snapshot) || has(self.spec.storage.zfs)")
         .message("bootstrap.snapshot restores the first instance's ZFS pool from an EBS snapshot set: it needs storage.zfs").field_path(".spec.bootstrap.snapshot"),
 )]
@@ -551,8 +659,8 @@ fn default_image() -> String {
 pub enum ClusterPhase {
     Pending,
     Creating,
-    /// Made from `bootstrap.snapshot`, not yet serving: the pool restored, PostgreSQL
-    /// replaying and promoted.
+    /// Made from `bootstrap.snapshot` or `bootstrap.pgbackrest`, not yet serving: the base
+    /// restored, PostgreSQL replaying WAL, then promoted.
     Restoring,
     Healthy,
     Degraded,
@@ -628,9 +736,75 @@ pub struct PgmlClusterStatus {
     #[schemars(regex(pattern = r"^[0-9]{1,20}$"))]
     pub system_identifier: Option<String>,
 
+    /// The restore of the database (`bootstrap.snapshot` / `bootstrap.pgbackrest`), shown
+    /// until it first serves (its system identifier recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+
     /// The snapshot scheduler's last and next slot.
     #[serde(flatten)]
     pub schedule: ScheduleStatus,
+}
+
+/// A restore in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// What the database is restored from: `EbsSnapshot <name>`, `pgBackRest stanza
+    /// <stanza>` (with the backup set when one is named), or a snapshot with WAL from a
+    /// repository.
+    pub base: String,
+    /// `bootstrap.recoveryTarget`, e.g. `time 2026-12-07T10:15:00Z`; unset: the end of the
+    /// archived WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// How far WAL replay has come on the first instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_lsn: Option<String>,
+    /// Replay stopped at the target; promotion follows.
+    #[serde(default)]
+    pub target_reached: bool,
+    /// Why the restore failed, when it did (phase `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl RecoveryTarget {
+    /// `time 2026-12-07T10:15:00Z`, `lsn 0/3000060`, `name before-migration`, `xid 742`
+    /// or `immediate`, with ` (exclusive)` when set.
+    pub fn describe(&self) -> String {
+        let kind = if let Some(t) = &self.time {
+            format!("time {t}")
+        } else if let Some(l) = &self.lsn {
+            format!("lsn {l}")
+        } else if let Some(n) = &self.name {
+            format!("name {n}")
+        } else if let Some(x) = &self.xid {
+            format!("xid {x}")
+        } else {
+            "immediate".to_string()
+        };
+        if self.exclusive == Some(true) {
+            format!("{kind} (exclusive)")
+        } else {
+            kind
+        }
+    }
+}
+
+impl Bootstrap {
+    /// What the database is restored from, for the status; None for `initdb`.
+    pub fn base(&self) -> Option<String> {
+        let repo = self.pgbackrest.as_ref().map(|p| match &p.backup_set {
+            Some(set) => format!("pgBackRest stanza {} (backup set {set})", p.stanza),
+            None => format!("pgBackRest stanza {}", p.stanza),
+        });
+        match (&self.snapshot, repo) {
+            (Some(s), Some(r)) => Some(format!("EbsSnapshot {} with WAL of {r}", s.name)),
+            (Some(s), None) => Some(format!("EbsSnapshot {}", s.name)),
+            (None, r) => r,
+        }
+    }
 }
 
 /// One PostgreSQL instance.

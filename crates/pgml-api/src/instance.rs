@@ -74,6 +74,22 @@ pub struct InstanceReport {
     /// controller records the primary's in `PgmlCluster.status.systemIdentifier`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_identifier: Option<String>,
+    /// While the first instance restores the cluster's database from a pgBackRest
+    /// repository (`bootstrap.pgbackrest`, alone or on a snapshot), until it is promoted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreReport>,
+}
+
+/// How the restore of the cluster's database goes on its first instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RestoreReport {
+    /// WAL replay paused at `bootstrap.recoveryTarget`: the manager promotes next.
+    pub target_reached: bool,
+    /// Why the restore cannot complete (the target is never reached, the destination
+    /// archive already holds a stanza…): nothing was promoted, and nothing will be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// Whether `s` looks like a PostgreSQL system identifier: a 64-bit unsigned integer in

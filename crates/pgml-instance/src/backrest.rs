@@ -122,14 +122,15 @@ async fn pgbackrest(
     stanza: String,
     args: Vec<String>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let mut c = pg.as_postgres(Path::new(PROGRAM));
     c.envs(pg.pgbackrest_env())
-        .arg(format!("--config={}", config.display()))
-        .arg(format!("--stanza={stanza}"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg(format!("--config={}", config.display()));
+    // `info` of the whole repository names no stanza.
+    if !stanza.is_empty() {
+        c.arg(format!("--stanza={stanza}"));
+    }
+    c.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = tokio::time::timeout(timeout, c.output())
         .await
         .map_err(|_| {
@@ -141,7 +142,7 @@ async fn pgbackrest(
         .context("running pgbackrest")
         .map_err(|e| format!("{e:#}"))?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -153,7 +154,7 @@ async fn pgbackrest(
 struct Running {
     backup_type: BackupType,
     started: Timestamp,
-    job: JoinHandle<Result<(), String>>,
+    job: JoinHandle<Result<String, String>>,
 }
 
 /// pgBackRest's state in this manager (memory only: a new manager creates the stanza
@@ -165,7 +166,7 @@ pub struct Backrest {
     stanza_failures: u32,
     stanza_next: Option<Instant>,
     stanza_error: Option<String>,
-    stanza_job: Option<JoinHandle<Result<(), String>>>,
+    stanza_job: Option<JoinHandle<Result<String, String>>>,
     backup: Option<Running>,
     /// Slots up to this one are not run.
     since: Timestamp,
@@ -198,6 +199,21 @@ impl Backrest {
 
     pub fn configured(&self) -> bool {
         self.config.is_file()
+    }
+
+    /// Before this cluster's database is made: the stanzas its own repository path
+    /// already holds, any of them (`Ok(None)`: none, the repository is this cluster's to
+    /// fill). `Err`: the repository could not be read (retried at the next look).
+    pub async fn existing_stanzas(&self, pg: &Pg) -> Result<Option<String>, String> {
+        let out = pgbackrest(
+            pg.clone(),
+            self.config.clone(),
+            String::new(),
+            vec!["--output=json".into(), "info".into()],
+            STANZA_TIMEOUT,
+        )
+        .await?;
+        crate::restore::stanzas_in_repository(&out).map_err(|e| format!("{e:#}"))
     }
 
     /// One look. `primary`: PostgreSQL runs here as a primary. Never waits for a
@@ -246,7 +262,7 @@ impl Backrest {
             }
             let result = self.stanza_job.take().map(futures::FutureExt::now_or_never);
             match result.flatten() {
-                Some(Ok(Ok(()))) => {
+                Some(Ok(Ok(_))) => {
                     tracing::info!(stanza = %self.stanza, "pgBackRest stanza ready");
                     self.stanza_ready = true;
                     self.stanza_failures = 0;

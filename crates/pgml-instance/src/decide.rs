@@ -17,6 +17,11 @@ pub struct Local {
     /// `postmaster.pid` is there (whether or not its postmaster runs).
     pub pid_file: bool,
     pub standby_signal: bool,
+    /// `recovery.signal` is there: archive recovery (a restore's replay) is under way.
+    pub recovery_signal: bool,
+    /// Why the restore of the cluster's database failed here (this manager saw it:
+    /// a target never reached, a destination archive not empty); nothing more is tried.
+    pub restore_failed: Option<String>,
     /// What PostgreSQL answered, when it runs and answers.
     pub sql: Option<Sql>,
     /// The final LSN when this instance stopped cleanly as a primary (a demotion, or a
@@ -41,6 +46,8 @@ pub struct Sql {
     pub streaming: bool,
     /// `pg_control_system().system_identifier`.
     pub system_identifier: Option<String>,
+    /// WAL replay is paused (at a recovery target with `recovery_target_action = pause`).
+    pub replay_paused: bool,
 }
 
 /// Another instance of the cluster, as its Pod shows it.
@@ -82,8 +89,32 @@ pub struct View {
     pub system_identifier: Option<String>,
     /// `spec.backups.pgbackrest.schedule` (not a rule's input: the primary's backups).
     pub backup_schedule: pgml_api::cluster::BackupSchedule,
+    /// `bootstrap.pgbackrest` (and `recoveryTarget`): how the first instance restores the
+    /// cluster's database from a repository; None for `initdb` or a snapshot alone.
+    pub restore: Option<Restore>,
     /// Every other instance whose Pod exists, by name. An instance missing here is gone.
     pub peers: BTreeMap<String, Peer>,
+}
+
+/// A restore from a pgBackRest repository, as the spec asks it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Restore {
+    /// The source's stanza.
+    pub stanza: String,
+    /// `backupSet`: the set `pgbackrest restore --set` takes.
+    pub backup_set: Option<String>,
+    /// The base is `bootstrap.snapshot` (only WAL comes from the repository).
+    pub on_snapshot: bool,
+    pub target: Option<pgml_api::cluster::RecoveryTarget>,
+}
+
+impl View {
+    /// Never bootstrapped, and this instance is to make the database from a repository.
+    fn restores(&self) -> Option<&Restore> {
+        self.restore
+            .as_ref()
+            .filter(|_| self.system_identifier.is_none() && self.meant_primary())
+    }
 }
 
 impl View {
@@ -153,6 +184,13 @@ pub enum StartAs {
     /// snapshot (`standby.signal` stamped): a standby with no upstream and none of the
     /// source's replication slots, promoted once it answers (a new timeline).
     Restored,
+    /// The first instance of a cluster never bootstrapped, on a base restored from a
+    /// pgBackRest backup or a snapshot: archive recovery (`recovery.signal`, no
+    /// `standby.signal`, none of the source's slots) with the source repository's
+    /// `restore_command` and `bootstrap.recoveryTarget`, pausing there; promoted once
+    /// paused (or promoted by PostgreSQL itself at the end of the archive, without a
+    /// target).
+    Recovery,
 }
 
 /// The one next step.
@@ -161,6 +199,8 @@ pub enum Action {
     /// Fenced and running: `pg_ctl stop -m immediate`.
     StopImmediate,
     Initdb,
+    /// `pgbackrest restore` of `bootstrap.pgbackrest` into the empty PGDATA.
+    RestoreBackup,
     Basebackup {
         from: String,
     },
@@ -221,7 +261,18 @@ pub fn decide(view: &View, local: &Local) -> Action {
                     "PGDATA is empty but the cluster was bootstrapped (system identifier {id}): not running initdb; is the pool imported and mounted?"
                 ));
             }
-            return Action::Initdb;
+            if let Some(why) = &local.restore_failed {
+                return Action::Wait(why.clone());
+            }
+            return match view.restores() {
+                Some(r) if !r.on_snapshot => Action::RestoreBackup,
+                // The snapshot's pool is restored by the controller: PGDATA empty means it
+                // is not mounted yet, never a reason for initdb.
+                Some(_) => Action::Wait(
+                    "empty PGDATA: waiting for the pool restored from bootstrap.snapshot".into(),
+                ),
+                None => Action::Initdb,
+            };
         }
         if view.seed_from_basebackup {
             return match view.primary_address() {
@@ -260,8 +311,25 @@ pub fn decide(view: &View, local: &Local) -> Action {
             _ => Action::Primary,
         };
     }
-    // 4. Promote, once the old primary cannot write any more.
+    // 4. Promote, once the old primary cannot write any more; a restore once its replay
+    // reached the target (without one, PostgreSQL ends recovery itself).
     let primary = view.primary_address();
+    if local.recovery_signal && view.restores().is_some() {
+        let at = sql
+            .replay_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "nothing yet".into());
+        return match view.restores().and_then(|r| r.target.as_ref()) {
+            Some(_) if sql.replay_paused => Action::Promote,
+            Some(t) => Action::Wait(format!(
+                "replaying the archive's WAL up to the recovery target {} (replayed {at})",
+                t.describe()
+            )),
+            None => Action::Wait(format!(
+                "replaying the archive's WAL to its end (replayed {at})"
+            )),
+        };
+    }
     if view.is_target() {
         return match promotion_blocker(view, sql) {
             None => Action::Promote,
@@ -287,6 +355,24 @@ fn start(view: &View, local: &Local) -> Action {
             return Action::Wait(format!(
                 "{other} still runs as primary: not starting as primary"
             ));
+        }
+        if view.system_identifier.is_none()
+            && let Some(why) = &local.restore_failed
+        {
+            return Action::Wait(why.clone());
+        }
+        // Never bootstrapped, restoring from a repository, on the base it restored (or a
+        // snapshot's, stamped as a standby) or in the middle of its replay: archive
+        // recovery to the target.
+        if view.restores().is_some()
+            && (local.recovery_signal || local.standby_signal)
+            && local.demoted_lsn.is_none()
+        {
+            return Action::Start {
+                remove_stale_pid,
+                remove_standby_signal: false,
+                start_as: StartAs::Recovery,
+            };
         }
         // Never bootstrapped, and PGDATA is a restored copy stamped as a standby: the
         // database of `bootstrap.snapshot`. It replays what it has, then rule 4 promotes

@@ -698,3 +698,112 @@ fn nothing_starts_initialises_or_copies_on_storage_that_is_not_pgdatas_own() {
     let v = view("c-1", Some("c-1"), Some("c-1"));
     assert_eq!(decide(&v, &wrong(primary_running())), Action::Primary);
 }
+
+fn restoring(on_snapshot: bool, target: bool) -> View {
+    let mut v = view("c-1", Some("c-1"), Some("c-1"));
+    v.restore = Some(crate::decide::Restore {
+        stanza: "src".into(),
+        backup_set: None,
+        on_snapshot,
+        target: target.then(|| pgml_api::cluster::RecoveryTarget {
+            name: Some("before".into()),
+            ..Default::default()
+        }),
+    });
+    v
+}
+
+fn replaying(paused: bool) -> Local {
+    Local {
+        recovery_signal: true,
+        standby_signal: false,
+        sql: Some(Sql {
+            in_recovery: true,
+            replay_lsn: Lsn::parse("0/4000000"),
+            replay_paused: paused,
+            ..Default::default()
+        }),
+        ..standby("0/4000000")
+    }
+}
+
+#[test]
+fn a_repository_restore_replaces_initdb_and_is_never_promoted_before_its_target() {
+    // Empty PGDATA: pgbackrest restore, not initdb; with a snapshot base, wait for the pool.
+    assert_eq!(
+        decide(&restoring(false, true), &Local::default()),
+        Action::RestoreBackup
+    );
+    assert!(matches!(
+        decide(&restoring(true, true), &Local::default()),
+        Action::Wait(_)
+    ));
+    // Another instance, or a cluster already bootstrapped: no restore.
+    let mut other = restoring(false, true);
+    other.me = "c-2".into();
+    assert!(matches!(decide(&other, &Local::default()), Action::Wait(_)));
+    let mut done = restoring(false, true);
+    done.system_identifier = Some("7447123456789012345".into());
+    assert!(matches!(decide(&done, &Local::default()), Action::Wait(_)));
+    // The restored base (recovery.signal) or a snapshot's (standby.signal): archive
+    // recovery to the target.
+    for signals in [(true, false), (false, true)] {
+        let base = Local {
+            initialized: true,
+            recovery_signal: signals.0,
+            standby_signal: signals.1,
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&restoring(signals.1, true), &base),
+            Action::Start {
+                remove_stale_pid: false,
+                remove_standby_signal: false,
+                start_as: StartAs::Recovery
+            }
+        );
+    }
+    // Replaying: wait; paused at the target: promote.
+    let v = restoring(false, true);
+    match decide(&v, &replaying(false)) {
+        Action::Wait(why) => assert!(
+            why.contains("name before") && why.contains("0/4000000"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decide(&v, &replaying(true)), Action::Promote);
+    // No target: PostgreSQL ends the recovery itself; the manager never promotes early.
+    assert!(matches!(
+        decide(&restoring(false, false), &replaying(false)),
+        Action::Wait(_)
+    ));
+}
+
+#[test]
+fn a_failed_restore_is_never_started_nor_made_again() {
+    let why = "the restore cannot reach bootstrap.recoveryTarget".to_string();
+    let failed = Local {
+        initialized: true,
+        recovery_signal: true,
+        restore_failed: Some(why.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        decide(&restoring(false, true), &failed),
+        Action::Wait(why.clone())
+    );
+    let empty = Local {
+        restore_failed: Some(why.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        decide(&restoring(false, true), &empty),
+        Action::Wait(why.clone())
+    );
+    // A refused destination archive stops initdb the same way.
+    assert_eq!(
+        decide(&view("c-1", Some("c-1"), None), &empty),
+        Action::Wait(why)
+    );
+}

@@ -8,6 +8,7 @@ mod manager;
 mod mounts;
 mod postgres;
 mod report;
+mod restore;
 mod view;
 
 use std::path::PathBuf;

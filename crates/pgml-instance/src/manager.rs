@@ -3,6 +3,8 @@
 //! (restart back-off), and the final LSN of a demotion.
 
 use std::path::PathBuf;
+
+use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -50,6 +52,22 @@ pub struct Manager {
     archiver: Option<ArchiverStats>,
     /// The last `pg_controldata` error, so that a lasting one is logged once.
     control_data_error: Option<String>,
+    /// The ConfigMap's folder (`PGML_CONFIG_DIR`): `pgbackrest.conf`, and the source
+    /// repository's `pgbackrest-bootstrap.conf` of a restore.
+    config_dir: PathBuf,
+    /// Why the restore of the cluster's database failed here; kept (nothing more is
+    /// tried) until the process restarts, which tries once more and fails the same way.
+    restore_failed: Option<String>,
+    /// `pgbackrest restore` attempts that failed in a row, and when the last began (the
+    /// next waits as a restart does).
+    restore_attempts: u32,
+    last_restore: Option<Instant>,
+    /// This cluster's own repository was seen to hold no stanza (checked once per process,
+    /// before the database is made).
+    archive_checked: bool,
+    /// The server's log of a restore (started with `-l`), and how much of it was echoed
+    /// to this process's output.
+    recovery_log: Option<(PathBuf, u64)>,
     /// The ZFS dataset PGDATA must be on (`PGML_EXPECT_DATASET`); None: not checked
     /// (ext4 storage, or run by hand).
     pub expect_dataset: Option<String>,
@@ -81,6 +99,12 @@ impl Manager {
             .unwrap_or_else(|| PathBuf::from("/etc/pgml/config"));
         Manager {
             backrest: Backrest::new(&config_dir, &who.cluster),
+            config_dir,
+            restore_failed: None,
+            restore_attempts: 0,
+            last_restore: None,
+            archive_checked: false,
+            recovery_log: None,
             schedule: Schedule::default(),
             archiver: None,
             control_data_error: None,
@@ -129,6 +153,8 @@ impl Manager {
             running,
             pid_file: self.pg.has_pid_file(),
             standby_signal: self.pg.has_standby_signal(),
+            recovery_signal: self.pg.has_recovery_signal(),
+            restore_failed: self.restore_failed.clone(),
             sql,
             demoted_lsn: self.demoted_lsn,
             pgdata_system_identifier: None,
@@ -168,6 +194,11 @@ impl Manager {
     /// One look: observe, decide, act, report.
     pub async fn tick(&mut self) {
         let mut local = self.observe().await;
+        let promoted = local.sql.as_ref().is_some_and(|s| !s.in_recovery);
+        // Stopped by itself: the replay's last words say whether the target can be
+        // reached at all.
+        self.read_recovery_log(!local.running, promoted);
+        local.restore_failed = self.restore_failed.clone();
         local.pgdata_system_identifier = self.pgdata_identifier(&local).await;
         self.seen(local.running);
         let fetched = view::fetch(&self.clusters, &self.pods, &self.cluster, &self.me).await;
@@ -183,6 +214,9 @@ impl Manager {
         let after = self.observe().await;
         self.seen(after.running);
         self.stopping = false;
+        let restoring = fetched.as_ref().is_ok_and(|v| {
+            v.restore.is_some() && v.system_identifier.is_none() && v.meant_primary()
+        });
         if let Ok(v) = &fetched {
             self.schedule = Schedule::parse(&v.backup_schedule);
         }
@@ -195,7 +229,63 @@ impl Manager {
             None => message,
         };
         self.archiver = seen.archiver;
-        self.report(&after, fenced, message).await;
+        self.report(&after, fenced, message, restoring).await;
+    }
+
+    /// Echoes what the server wrote to its replay log since the last look. `ended`: the
+    /// server stopped, so the whole log is read for why (and forgotten). `promoted`: the
+    /// replay is over, the file is emptied (the server appends to it for its life: a
+    /// long-lived one must not fill the run folder); during the replay it is kept whole,
+    /// so that no line of its end is lost.
+    fn read_recovery_log(&mut self, ended: bool, promoted: bool) {
+        let Some((path, offset)) = self.recovery_log.as_mut() else {
+            return;
+        };
+        let text = std::fs::read(&*path).unwrap_or_default();
+        let start = (*offset as usize).min(text.len());
+        for line in String::from_utf8_lossy(&text[start..]).lines() {
+            tracing::info!(target: "postgres", "{line}");
+        }
+        *offset = text.len() as u64;
+        if ended {
+            if let Some(why) = crate::restore::target_failure(&String::from_utf8_lossy(&text)) {
+                tracing::error!(%why, "the restore failed");
+                self.restore_failed = Some(why);
+            }
+            self.recovery_log = None;
+        } else if promoted && *offset > 0 {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&*path)
+                .and_then(|f| f.set_len(0));
+            *offset = 0;
+        }
+    }
+
+    /// Before this cluster's database is made (initdb, a restore): its own pgBackRest
+    /// repository, when it has one, must hold no stanza yet. `Some`: why not to go on
+    /// (a refusal is also kept in [`Self::restore_failed`]).
+    async fn own_archive_refusal(&mut self) -> Option<String> {
+        if self.archive_checked || !self.backrest.configured() {
+            return None;
+        }
+        match self.backrest.existing_stanzas(&self.pg).await {
+            Ok(None) => {
+                self.archive_checked = true;
+                None
+            }
+            Ok(Some(held)) => {
+                let why = format!(
+                    "refusing to make this cluster's database: its own pgBackRest repository (backups.pgbackrest) is not empty: {held}. A new cluster never archives into another's WAL; give it a path of its own (backups.pgbackrest.s3.path)"
+                );
+                tracing::error!(%why, "destination archive not empty");
+                self.restore_failed = Some(why.clone());
+                Some(why)
+            }
+            Err(e) => Some(format!(
+                "checking that this cluster's pgBackRest repository holds no stanza yet: {e}"
+            )),
+        }
     }
 
     /// Counts a postmaster that went away without being stopped by this process (for the
@@ -224,6 +314,41 @@ impl Manager {
                     .await
                     .map(|_| "fenced: stopped".to_string())
             }
+            Action::Initdb | Action::RestoreBackup
+                if let Some(why) = self.own_archive_refusal().await =>
+            {
+                return why;
+            }
+            Action::RestoreBackup => {
+                let Some(r) = view.restore.clone() else {
+                    return "no bootstrap.pgbackrest".into();
+                };
+                tracing::info!(stanza = %r.stanza, set = ?r.backup_set, "empty PGDATA: pgbackrest restore of bootstrap.pgbackrest");
+                failpoint("instance.before-restore");
+                let dir = self.config_dir.clone();
+                let wait = backoff(self.restore_attempts);
+                if let Some(t) = self.last_restore
+                    && t.elapsed() < wait
+                {
+                    return format!(
+                        "pgbackrest restore failed {} times in a row; next attempt {wait:?} after the last",
+                        self.restore_attempts
+                    );
+                }
+                self.last_restore = Some(Instant::now());
+                let done = self
+                    .pg
+                    .restore_backup(|into| crate::restore::restore_args(&dir, &r, into))
+                    .await;
+                match &done {
+                    Ok(()) => self.restore_attempts = 0,
+                    Err(e) => {
+                        self.restore_attempts += 1;
+                        self.restore_failed = crate::restore::no_base(&format!("{e:#}"));
+                    }
+                }
+                done.map(|_| format!("restored a backup of stanza {}", r.stanza))
+            }
             Action::Initdb => {
                 tracing::info!("empty PGDATA and bootstrap primary: initdb");
                 failpoint("instance.before-initdb");
@@ -243,8 +368,13 @@ impl Manager {
                 start_as,
             } => {
                 let primary = matches!(start_as, StartAs::Primary);
+                if matches!(start_as, StartAs::Restored | StartAs::Recovery)
+                    && let Some(why) = self.own_archive_refusal().await
+                {
+                    return why;
+                }
                 match self
-                    .start(remove_stale_pid, remove_standby_signal, start_as)
+                    .start(remove_stale_pid, remove_standby_signal, start_as, view)
                     .await
                 {
                     // The Secrets' roles and passwords at once, as after a promotion.
@@ -296,6 +426,7 @@ impl Manager {
         remove_stale_pid: bool,
         remove_standby_signal: bool,
         start_as: StartAs,
+        view: &View,
     ) -> anyhow::Result<String> {
         let wait = backoff(self.crashes);
         if let Some(t) = self.last_start
@@ -324,8 +455,12 @@ impl Manager {
                 self.pg.write_standby_signal()?;
                 primary.clone()
             }
-            StartAs::Restored => {
-                self.pg.write_standby_signal()?;
+            StartAs::Restored | StartAs::Recovery => {
+                if start_as == StartAs::Restored {
+                    self.pg.write_standby_signal()?;
+                } else {
+                    self.pg.write_recovery_signal()?;
+                }
                 let ours = format!("{}_", slot_name(&self.cluster));
                 let gone = self.pg.remove_copied_slots(&ours)?;
                 if !gone.is_empty() {
@@ -334,18 +469,25 @@ impl Manager {
                 None
             }
         };
-        self.pg.write_conf(&managed_conf(
-            &self.pg,
-            &self.me,
-            primary.as_deref(),
-            creds.as_ref(),
-        )?)?;
+        let mut conf = managed_conf(&self.pg, &self.me, primary.as_deref(), creds.as_ref())?;
+        let log = if start_as == StartAs::Recovery {
+            let r = view.restore.as_ref().context("no bootstrap.pgbackrest")?;
+            conf += &crate::restore::recovery_conf(&self.config_dir, r)?;
+            // A fresh log per start: what is read back is this run's.
+            Some(self.pg.fresh_run_file("recovery.log")?)
+        } else {
+            None
+        };
+        self.pg.write_conf(&conf)?;
         failpoint("instance.before-start");
         tracing::info!(as_ = ?start_as, "starting PostgreSQL");
         self.last_start = Some(Instant::now());
+        if let Some(log) = &log {
+            self.recovery_log = Some((log.clone(), 0));
+        }
         // pg_ctl waits a little (and sees a postmaster that exits at once); a server still
         // recovering after that is left to the next looks.
-        let started = self.pg.start().await;
+        let started = self.pg.start(log.as_deref()).await;
         if !self.pg.postmaster_running() {
             self.crashes += 1;
             started?;
@@ -359,6 +501,15 @@ impl Manager {
             StartAs::Restored => {
                 "started the restored database as a standby, to promote once it answers".into()
             }
+            StartAs::Recovery => match view.restore.as_ref().and_then(|r| r.target.as_ref()) {
+                Some(t) => format!(
+                    "started the restored database replaying the archive's WAL to {}",
+                    t.describe()
+                ),
+                None => {
+                    "started the restored database replaying the archive's WAL to its end".into()
+                }
+            },
         })
     }
 
@@ -430,7 +581,7 @@ impl Manager {
         Ok(String::new())
     }
 
-    async fn report(&mut self, local: &Local, fenced: bool, message: String) {
+    async fn report(&mut self, local: &Local, fenced: bool, message: String, restoring: bool) {
         let mut r = report::build(
             local,
             &self.address,
@@ -440,6 +591,15 @@ impl Manager {
         );
         r.archiver = self.archiver.clone();
         r.last_backup = self.backrest.last_backup.clone();
+        if restoring || self.restore_failed.is_some() {
+            r.restore = Some(pgml_api::instance::RestoreReport {
+                target_reached: local
+                    .sql
+                    .as_ref()
+                    .is_some_and(|s| s.in_recovery && s.replay_paused),
+                failed: self.restore_failed.clone(),
+            });
+        }
         // A primary whose roles and passwords are not yet those of the Secrets would refuse
         // the clients and replicas that use them: not ready until they are.
         r.ready &= r.role != Role::Primary || self.replication_role_ready;
@@ -483,7 +643,7 @@ impl Manager {
         let fenced = self.last_report.as_ref().is_some_and(|(r, _)| r.fenced);
         self.last_report = None;
         self.archiver = None;
-        self.report(&local, fenced, "instance manager stopped".into())
+        self.report(&local, fenced, "instance manager stopped".into(), false)
             .await;
     }
 }

@@ -56,6 +56,7 @@ pub fn build(
         archiver: None,
         last_backup: None,
         system_identifier: sql.and_then(|s| s.system_identifier.clone()),
+        restore: None,
     }
 }
 

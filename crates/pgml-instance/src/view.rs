@@ -116,6 +116,15 @@ pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
             .as_ref()
             .map(|p| p.schedule.clone())
             .unwrap_or_default(),
+        restore: c
+            .spec
+            .bootstrap_pgbackrest()
+            .map(|p| crate::decide::Restore {
+                stanza: p.stanza.clone(),
+                backup_set: p.backup_set.clone(),
+                on_snapshot: c.spec.bootstrap_snapshot().is_some(),
+                target: c.spec.recovery_target().cloned(),
+            }),
         peers,
     })
 }

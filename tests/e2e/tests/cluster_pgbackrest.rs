@@ -37,21 +37,17 @@ use std::time::{Duration, Instant};
 use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::ResourceExt;
 use kube::api::DeleteParams;
 use pgml_api::PgmlCluster;
 use pgml_api::cluster::ClusterPhase;
 use pgml_api::common::{Condition, condition as c};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_create_bucket, s3_list_keys};
-use pgml_testbed::nodes::node_exec;
 use pgml_testbed::pg::Postgres;
 use pgml_testbed::sandbox::NodeInfo;
 use serde_json::{Value, json};
 
 const CLUSTER: &str = "arch";
-/// Where the Pod mounts the ConfigMap (and `archive_command` reads pgbackrest.conf).
-const POD_CONFIG_DIR: &str = "/etc/pgml/config";
 
 fn manifest(node: &NodeInfo, bucket: &str, endpoint: &str, region: &str) -> Value {
     let volumes = json!({"count": 2, "type": "gp3", "sizeGiB": 1});
@@ -107,28 +103,6 @@ async fn wait_archiving(f: &ClusterFixture, status: &str, each_pass: impl Fn()) 
     }
 }
 
-/// The node's mount namespace binds `dir` at the Pod's config folder.
-fn bind_config(node: &NodeInfo, dir: &str) {
-    std::fs::create_dir_all(POD_CONFIG_DIR).expect("creating the mount point");
-    let out = node_exec(node, &["mount", "--bind", dir, POD_CONFIG_DIR]).expect("nsenter mount");
-    assert!(
-        out.status.success(),
-        "mount {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Undoes the bind when dropped (a failing test included).
-struct Unbind<'a>(&'a NodeInfo);
-
-impl Drop for Unbind<'_> {
-    fn drop(&mut self) {
-        let _ = node_exec(self.0, &["umount", POD_CONFIG_DIR]);
-        let _ = std::fs::remove_dir(POD_CONFIG_DIR);
-        let _ = std::fs::remove_dir("/etc/pgml");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     let started = Instant::now();
@@ -159,29 +133,8 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
 
     // The Pod's config folder at /etc/pgml/config in the node, once the kubelet wrote it.
     let inst = f.instance(&pod_name).await;
-    // The kubelet's folder of this Pod: `<node>/pods/<namespace>/<pod>-<uid prefix>`.
-    let uid = f.pods().get(&pod_name).await.unwrap().uid().unwrap();
-    let pods_dir = node.root.join("pods").join(ns.name());
-    let pod_dir = std::fs::read_dir(&pods_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(&format!("{pod_name}-")))
-                .is_some_and(|u| uid.starts_with(u))
-        })
-        .unwrap_or_else(|| panic!("no folder of {pod_name} in {}", pods_dir.display()));
-    let config_dir = format!("{}{POD_CONFIG_DIR}", pod_dir.display());
-    assert!(
-        std::path::Path::new(&config_dir)
-            .join("pgbackrest.conf")
-            .is_file(),
-        "the kubelet did not write pgbackrest.conf in {config_dir}"
-    );
-    bind_config(node, &config_dir);
-    let _unbind = Unbind(node);
+    let bound = f.bind_pod_config(node, &pod_name).await;
+    let config_dir = bound.dir.clone();
 
     let cm: Api<ConfigMap> = ns.api();
     let data = cm
@@ -352,7 +305,7 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
 
     // Clean up: the manager stopped, the bind undone, the cluster and its pool deleted.
     f.shutdown_kubelet();
-    drop(_unbind);
+    drop(bound);
     f.delete_cluster(&DeleteParams::default()).await;
     f.wait_pools_gone(&[&pod_name]).await;
     f.finish().await;

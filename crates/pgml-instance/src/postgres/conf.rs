@@ -20,6 +20,16 @@ pub(super) const MANAGED_KEYS: &[&str] = &[
     "primary_conninfo",
     "primary_slot_name",
     "recovery_target_timeline",
+    // A restore's replay: the manager writes them while it restores (crate::restore),
+    // and `pgbackrest restore` writes its own in postgresql.auto.conf, which would win.
+    "restore_command",
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_inclusive",
+    "recovery_target_action",
 ];
 
 /// Replication credentials (`username`, `password` files of the replication Secret).

@@ -24,6 +24,10 @@ impl Pg {
         self.file("standby.signal").exists()
     }
 
+    pub fn has_recovery_signal(&self) -> bool {
+        self.file("recovery.signal").exists()
+    }
+
     /// Whether a postmaster of THIS data directory runs: the PID in `postmaster.pid` is
     /// alive and its working directory (a postmaster works in its PGDATA) is this very
     /// directory, by device and inode. `pg_ctl status` checks the PID only, which a copy
@@ -148,6 +152,15 @@ impl Pg {
         Ok(path)
     }
 
+    /// A new, empty file `name` in the run folder (out of PGDATA), given to postgres: the
+    /// server's log of a restore's replay.
+    pub fn fresh_run_file(&self, name: &str) -> anyhow::Result<std::path::PathBuf> {
+        let path = self.run_dir.join(name);
+        std::fs::write(&path, "").with_context(|| format!("creating {}", path.display()))?;
+        self.give(&path)?;
+        Ok(path)
+    }
+
     pub(super) fn give(&self, path: &Path) -> anyhow::Result<()> {
         if let Some((uid, gid)) = self.drop_to {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
@@ -238,6 +251,16 @@ impl Pg {
         }
         gone.sort();
         Ok(gone)
+    }
+
+    /// Archive recovery (a restore's replay) instead of a standby: `recovery.signal`,
+    /// and no `standby.signal` (which would win over it).
+    pub fn write_recovery_signal(&self) -> anyhow::Result<()> {
+        self.remove("standby.signal")?;
+        if !self.has_recovery_signal() {
+            self.write_file("recovery.signal", "")?;
+        }
+        Ok(())
     }
 
     pub fn write_standby_signal(&self) -> anyhow::Result<()> {

@@ -195,7 +195,8 @@ impl Pg {
                                  (SELECT timeline_id FROM pg_control_checkpoint())::text) \
                    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END, \
                  coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
-                 (SELECT system_identifier FROM pg_control_system())::text",
+                 (SELECT system_identifier FROM pg_control_system())::text, \
+                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused()::text ELSE 'false' END",
             )
             .await?;
         let row = rows.first().context("no row")?;
@@ -210,6 +211,7 @@ impl Pg {
             system_identifier: Some(f(6))
                 .filter(|s| pgml_api::instance::is_system_identifier(s))
                 .map(str::to_string),
+            replay_paused: f(7) == "t" || f(7) == "true",
         })
     }
 
@@ -239,6 +241,43 @@ impl Pg {
             self.host_auth
         );
         self.append(&self.file("pg_hba.conf"), &hba)
+    }
+
+    /// Restores a pgBackRest backup into the empty PGDATA: `pgbackrest <args>` (made by
+    /// [`crate::restore::restore_args`] for the folder given) into a folder beside PGDATA,
+    /// renamed onto it once complete, as a base backup is: a restore cut short never looks
+    /// like a data directory.
+    pub async fn restore_backup(
+        &self,
+        args: impl FnOnce(&std::path::Path) -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<()> {
+        self.prepare_dir()?;
+        if self.is_mount_point() {
+            bail!(
+                "PGDATA {} is a mount point: a restore is made in a folder beside it and renamed, which a mount point cannot be",
+                self.data.display()
+            );
+        }
+        let dir = self.staging_dir().context("PGDATA has no parent folder")?;
+        self.remove_staging()?;
+        self.prepare(&dir)?;
+        let args = args(&dir)?;
+        let mut c = self.as_postgres(std::path::Path::new("pgbackrest"));
+        c.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = c.output().await.context("running pgbackrest restore")?;
+        if !out.status.success() {
+            let _ = self.remove_staging();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            bail!(
+                "pgbackrest restore: {}",
+                crate::backrest::first_error_line(&stderr, &stdout)
+                    .unwrap_or_else(|| format!("exited {}", out.status))
+            );
+        }
+        std::fs::rename(&dir, &self.data)
+            .with_context(|| format!("renaming {} to PGDATA", dir.display()))?;
+        self.sync_parent()
     }
 
     /// Copies the primary at `from` (`host:port`) into an empty PGDATA.
@@ -308,14 +347,17 @@ impl Pg {
     /// by then: the caller checks whether the postmaster runs instead). The server's
     /// output goes to this process's own (the container log); its environment is this
     /// process's (the Pod's: pgBackRest's credentials variables) plus where pgBackRest
-    /// finds it.
-    pub async fn start(&self) -> anyhow::Result<()> {
+    /// finds it. With `log`, the output goes to that file instead (a restore's replay:
+    /// read back when it stops by itself, and echoed by the caller).
+    pub async fn start(&self, log: Option<&std::path::Path>) -> anyhow::Result<()> {
         let data = self.data.to_string_lossy().into_owned();
         let mut c = self.command("pg_ctl");
         c.envs(self.pgbackrest_env())
-            .args(["-D", &data, "-w", "-t", "5", "start"])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            .args(["-D", &data, "-w", "-t", "5", "start"]);
+        if let Some(log) = log {
+            c.arg("-l").arg(log);
+        }
+        c.stdout(Stdio::inherit()).stderr(Stdio::inherit());
         let st = c.status().await.context("running pg_ctl start")?;
         if !st.success() {
             bail!("pg_ctl start exited {st}");

@@ -38,6 +38,8 @@ pub struct Builder<'a> {
     /// pgBackRest's file and settings, rendered once (an error is the spec's: nothing of
     /// the ConfigMap is applied then).
     pub archiving: Result<Option<Archiving>, RenderError>,
+    /// The source repository's file of `bootstrap.pgbackrest`, rendered once.
+    pub bootstrap_source: Result<Option<String>, RenderError>,
     /// Whether the cluster gets its NetworkPolicy (`--network-policies`).
     pub network_policy: bool,
 }
@@ -92,10 +94,12 @@ impl<'a> Builder<'a> {
             name: cluster.metadata.name.clone()?,
         };
         let archiving = config::archiving(&c.namespace, &c.name, &cluster.spec);
+        let bootstrap_source = config::bootstrap_source(&c.namespace, &cluster.spec);
         Some(Builder {
             c,
             cluster,
             instance_image,
+            bootstrap_source,
             archiving,
             network_policy: false,
         })
@@ -404,12 +408,16 @@ impl<'a> Builder<'a> {
     /// error when pgBackRest's part cannot be rendered: then none of it is.
     pub fn config_map(&self) -> Result<Value, RenderError> {
         let archiving = self.archiving.clone()?;
+        let source = self.bootstrap_source.clone()?;
         let mut data = json!({
             "postgresql.conf": config::postgresql_conf(&self.cluster.spec, archiving.as_ref()),
             "pg_hba.conf": config::pg_hba(&self.cluster.spec),
         });
         if let Some(a) = archiving {
             data[pgbackrest::CONFIG_KEY] = json!(a.file);
+        }
+        if let Some(file) = source {
+            data[config::BOOTSTRAP_CONFIG_KEY] = json!(file);
         }
         Ok(json!({
             "apiVersion": "v1",
@@ -423,14 +431,16 @@ impl<'a> Builder<'a> {
     /// webhook. Pod Identity is an EKS association (nothing here); the instance role is
     /// the node's.
     fn service_account_annotations(&self) -> Option<Value> {
-        let pgbr = self.cluster.spec.backups.pgbackrest.as_ref()?;
-        match pgbr.credentials.mode {
-            CredentialsMode::Irsa => {
-                let arn = pgbr.credentials.service_account_role_arn.as_ref()?;
-                Some(json!({IRSA_ROLE_ARN: arn}))
-            }
-            CredentialsMode::InstanceRole | CredentialsMode::PodIdentity => None,
-        }
+        // The cluster's own repository's role, else (a restore into a cluster without
+        // one) the source's: one role per ServiceAccount, which the CRD keeps unambiguous.
+        let spec = &self.cluster.spec;
+        let own = spec.backups.pgbackrest.as_ref().map(|p| &p.credentials);
+        let source = spec.bootstrap_pgbackrest().map(|p| &p.credentials);
+        own.into_iter()
+            .chain(source)
+            .filter(|c| c.mode == CredentialsMode::Irsa)
+            .find_map(|c| c.service_account_role_arn.as_ref())
+            .map(|arn| json!({IRSA_ROLE_ARN: arn}))
     }
 
     /// A credentials Secret, made once. `password` comes from [`super::secrets`].
@@ -723,6 +733,32 @@ mod tests {
         cluster(&format!(
             "{ZFS}  backups: {{pgbackrest: {{s3: {{bucket: pgml-backups, region: eu-west-1}}, credentials: {credentials}}}}}\n"
         ))
+    }
+
+    /// `bootstrap.pgbackrest`: the source repository's own file beside the cluster's, its
+    /// stanza and default path the source's; the IRSA role of a source on IRSA goes on the
+    /// ServiceAccount when the cluster has no repository of its own.
+    #[test]
+    fn the_source_repository_of_a_restore_is_in_the_config_map() {
+        let c = cluster(&format!(
+            "{ZFS}  bootstrap: {{pgbackrest: {{stanza: prod, s3: {{bucket: old-backups, region: eu-west-1}}, credentials: {{mode: IRSA, serviceAccountRoleArn: 'arn:aws:iam::123456789012:role/reader'}}}}, recoveryTarget: {{name: before}}}}\n"
+        ));
+        let b = Builder::new(&c, "op").unwrap();
+        let cm = b.config_map().unwrap();
+        let file = cm["data"][config::BOOTSTRAP_CONFIG_KEY].as_str().unwrap();
+        assert!(file.contains("repo1-s3-bucket=old-backups\n"), "{file}");
+        assert!(file.contains("repo1-path=/pgbackrest/db/prod\n"), "{file}");
+        assert!(file.contains("repo1-s3-key-type=web-id\n"), "{file}");
+        assert!(file.contains("\n[prod]\npg1-path="), "{file}");
+        assert!(cm["data"].get("pgbackrest.conf").is_none());
+        assert_eq!(
+            b.service_account_annotations(),
+            Some(json!({IRSA_ROLE_ARN: "arn:aws:iam::123456789012:role/reader"}))
+        );
+        // Without it, no such file.
+        let plain = with_pgbackrest("{}");
+        let cm = Builder::new(&plain, "op").unwrap().config_map().unwrap();
+        assert!(cm["data"].get(config::BOOTSTRAP_CONFIG_KEY).is_none());
     }
 
     #[test]

@@ -127,6 +127,30 @@ pub fn archiving(
     Ok(Some(Archiving { file, parameters }))
 }
 
+/// The ConfigMap key of the repository a restore reads (`bootstrap.pgbackrest`): the
+/// instance manager's `pgbackrest-bootstrap.conf`.
+pub const BOOTSTRAP_CONFIG_KEY: &str = "pgbackrest-bootstrap.conf";
+
+/// The source repository's `pgbackrest.conf` for `bootstrap.pgbackrest` (its stanza, its
+/// path: `s3.path`, else `/pgbackrest/<namespace>/<stanza>`), rendered as the cluster's
+/// own is, no key in it; `None` without one. Kept for the cluster's life: it is only
+/// read while the database is restored, and says where it came from afterwards.
+pub fn bootstrap_source(
+    namespace: &str,
+    spec: &PgmlClusterSpec,
+) -> Result<Option<String>, RenderError> {
+    let Some(src) = spec.bootstrap_pgbackrest() else {
+        return Ok(None);
+    };
+    let repo = pgml_api::cluster::PgBackRest {
+        s3: src.s3.clone(),
+        credentials: src.credentials.clone(),
+        schedule: Default::default(),
+        retention: Default::default(),
+    };
+    pgbackrest::render_config(namespace, &src.stanza, &repo, &pod_target()).map(Some)
+}
+
 /// pg_hba.conf: local connections (the instance manager), replication by its role, the
 /// user's lines, then password access for everyone else.
 pub fn pg_hba(spec: &PgmlClusterSpec) -> String {

@@ -5,7 +5,7 @@
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use pgml_api::PgmlCluster;
-use pgml_api::cluster::{ClusterPhase, InstanceStatus, PgmlClusterStatus};
+use pgml_api::cluster::{ClusterPhase, InstanceStatus, PgmlClusterStatus, RestoreStatus};
 use pgml_api::common::{Condition, Time, condition as c};
 
 use super::archiving;
@@ -30,6 +30,8 @@ pub mod reason {
     pub const HEALTHY: &str = "Healthy";
     pub const CREATING: &str = "Creating";
     pub const RESTORING: &str = "Restoring";
+    /// The restore cannot complete (target never reached, destination archive not empty).
+    pub const RESTORE_FAILED: &str = "RestoreFailed";
     pub const SCALING: &str = "Scaling";
     pub const SWITCHOVER: &str = "Switchover";
     pub const FAILOVER: &str = "Failover";
@@ -96,6 +98,7 @@ pub fn owned_view(s: &PgmlClusterStatus) -> PgmlClusterStatus {
         last_backup: s.last_backup.clone(),
         last_snapshot: s.last_snapshot.clone(),
         system_identifier: s.system_identifier.clone(),
+        restore: s.restore.clone(),
         ..Default::default()
     }
 }
@@ -120,8 +123,9 @@ pub struct Summary {
     pub snapshots: LastSnapshot,
     /// `status.systemIdentifier` to hold ([`identity::to_record`]).
     pub system_identifier: Option<String>,
-    /// The EbsSnapshot the database is being restored from (`bootstrap.snapshot`).
-    pub restoring_from: Option<String>,
+    /// The restore of the database (`bootstrap.snapshot` / `bootstrap.pgbackrest`), until
+    /// it first serves.
+    pub restore: Option<RestoreStatus>,
 }
 
 fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'static str, String) {
@@ -166,6 +170,9 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
     };
     let counts = format!("{ready} of {} instances ready", s.desired);
     let ever_served = identity::ever_served(observed);
+    if let Some(why) = s.restore.as_ref().and_then(|r| r.failure.clone()) {
+        return (P::Failed, reason::RESTORE_FAILED, why);
+    }
     if !primary_ready {
         return if ever_served {
             (
@@ -173,9 +180,22 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
                 reason::PRIMARY_NOT_READY,
                 detail(format!("the primary is not ready; {counts}")),
             )
-        } else if let Some(from) = &s.restoring_from {
-            let base = format!("restoring from EbsSnapshot {from}; {counts}");
-            (P::Restoring, reason::RESTORING, detail(base))
+        } else if let Some(r) = &s.restore {
+            let mut base = format!("restoring from {}", r.base);
+            if let Some(t) = &r.target {
+                base += &format!(" to {t}");
+            }
+            if let Some(lsn) = &r.replayed_lsn {
+                base += &format!(", WAL replayed to {lsn}");
+            }
+            if r.target_reached {
+                base += ", target reached: promoting";
+            }
+            (
+                P::Restoring,
+                reason::RESTORING,
+                detail(format!("{base}; {counts}")),
+            )
         } else {
             (P::Creating, reason::CREATING, detail(counts))
         };
@@ -266,6 +286,7 @@ fn fields(
             .system_identifier
             .clone()
             .or_else(|| s.system_identifier.clone()),
+        restore: s.restore.clone(),
         ..Default::default()
     }
 }
@@ -527,7 +548,10 @@ mod tests {
     fn a_restore_is_restoring_until_its_primary_is_ready() {
         let empty = PgmlClusterStatus::default();
         let mut s = summary(&[false]);
-        s.restoring_from = Some("nightly".into());
+        s.restore = Some(RestoreStatus {
+            base: "EbsSnapshot nightly".into(),
+            ..Default::default()
+        });
         let st = compute(&s, &empty, Some(1), &now());
         assert_eq!(st.phase, Some(ClusterPhase::Restoring));
         let p = cond(&st, c::PROGRESSING);
@@ -542,10 +566,51 @@ mod tests {
         );
         assert_eq!(cond(&st, c::READY).status, "False");
         let mut done = summary(&[true]);
-        done.restoring_from = Some("nightly".into());
+        done.restore = s.restore.clone();
         assert_eq!(
             compute(&done, &st, Some(1), &now()).phase,
             Some(ClusterPhase::Healthy)
+        );
+    }
+
+    /// `bootstrap.pgbackrest` to a target: the replay's progress in the message and in
+    /// `status.restore`; a failure the manager reports is phase Failed (a Warning Event),
+    /// never Healthy, even with a primary that answers.
+    #[test]
+    fn a_point_in_time_restore_shows_its_replay_and_fails_with_the_reason() {
+        let empty = PgmlClusterStatus::default();
+        let mut s = summary(&[false]);
+        s.restore = Some(RestoreStatus {
+            base: "pgBackRest stanza src".into(),
+            target: Some("time 2026-12-07T10:15:00Z".into()),
+            replayed_lsn: Some("0/5000060".into()),
+            ..Default::default()
+        });
+        let st = compute(&s, &empty, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Restoring));
+        let m = &cond(&st, c::PROGRESSING).message;
+        assert!(
+            m.contains("restoring from pgBackRest stanza src to time 2026-12-07T10:15:00Z, WAL replayed to 0/5000060"),
+            "{m}"
+        );
+        assert_eq!(st.restore, s.restore);
+        let mut failed = s.clone();
+        if let Some(r) = failed.restore.as_mut() {
+            r.failure = Some("the restore cannot reach bootstrap.recoveryTarget".into());
+        }
+        let f = compute(&failed, &st, Some(1), &now());
+        assert_eq!(f.phase, Some(ClusterPhase::Failed));
+        let ready = cond(&f, c::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::RESTORE_FAILED)
+        );
+        let events = notices(&st, &f);
+        assert!(
+            events.iter().any(|(warn, why, note)| *warn
+                && why == "Failed"
+                && note.contains("recoveryTarget")),
+            "{events:?}"
         );
     }
 

@@ -314,3 +314,59 @@ pub fn instance_pod(cluster: &str, name: &str, node: &NodeInfo) -> Pod {
     }))
     .unwrap()
 }
+
+impl ClusterFixture {
+    /// Binds Pod `pod`'s config folder (the kubelet's copy of the ConfigMap, on `node`) at
+    /// `/etc/pgml/config` in the node's mount namespace, where the rendered
+    /// `archive_command` reads `pgbackrest.conf`, as the container's mount would; undone
+    /// when the guard is dropped. One such bind per node at a time.
+    pub async fn bind_pod_config<'a>(&self, node: &'a NodeInfo, pod: &str) -> Unbind<'a> {
+        let uid = self.pods().get(pod).await.unwrap().uid().unwrap();
+        // The kubelet's folder of this Pod: `<node>/pods/<namespace>/<pod>-<uid prefix>`.
+        let pods_dir = node.root.join("pods").join(self.ns.name());
+        let pod_dir = std::fs::read_dir(&pods_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(&format!("{pod}-")))
+                    .is_some_and(|u| uid.starts_with(u))
+            })
+            .unwrap_or_else(|| panic!("no folder of {pod} in {}", pods_dir.display()));
+        let dir = format!("{}{POD_CONFIG_DIR}", pod_dir.display());
+        assert!(
+            std::path::Path::new(&dir).join("pgbackrest.conf").is_file(),
+            "the kubelet did not write pgbackrest.conf in {dir}"
+        );
+        std::fs::create_dir_all(POD_CONFIG_DIR).expect("creating the mount point");
+        let out = pgml_testbed::nodes::node_exec(node, &["mount", "--bind", &dir, POD_CONFIG_DIR])
+            .expect("nsenter mount");
+        assert!(
+            out.status.success(),
+            "mount {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Unbind { node, dir }
+    }
+}
+
+/// Where an instance Pod mounts the ConfigMap (and `archive_command` reads
+/// pgbackrest.conf).
+pub const POD_CONFIG_DIR: &str = "/etc/pgml/config";
+
+/// Undoes [`ClusterFixture::bind_pod_config`] when dropped (a failing test included).
+pub struct Unbind<'a> {
+    node: &'a NodeInfo,
+    /// The Pod's config folder, as the host sees it.
+    pub dir: String,
+}
+
+impl Drop for Unbind<'_> {
+    fn drop(&mut self) {
+        let _ = pgml_testbed::nodes::node_exec(self.node, &["umount", POD_CONFIG_DIR]);
+        let _ = std::fs::remove_dir(POD_CONFIG_DIR);
+        let _ = std::fs::remove_dir("/etc/pgml");
+    }
+}

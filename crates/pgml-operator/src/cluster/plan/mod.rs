@@ -186,18 +186,35 @@ pub fn summary(
             &plan.members,
         ),
         // Restoring until the database has served (its identifier recorded).
-        restoring_from: b
-            .cluster
-            .spec
-            .bootstrap_snapshot()
-            .filter(|_| o.status.system_identifier.is_none())
-            .map(str::to_string),
+        restore: restore_status(b, o, primary),
         pgbackrest: archiving::Seen {
             configured: b.cluster.spec.backups.pgbackrest.is_some(),
             primary: roles.current.clone(),
             report: primary.and_then(|m| m.reported.clone()),
         },
     }
+}
+
+/// `status.restore` until the database first serves (its identifier recorded): the base,
+/// the target, and the first instance's replay as its manager reports it.
+fn restore_status(
+    b: &Builder,
+    o: &Observed,
+    primary: Option<&Member>,
+) -> Option<pgml_api::cluster::RestoreStatus> {
+    let bootstrap = b.cluster.spec.bootstrap.as_ref()?;
+    let base = bootstrap
+        .base()
+        .filter(|_| o.status.system_identifier.is_none())?;
+    let report = primary.and_then(|m| m.reported.as_ref());
+    let progress = report.and_then(|r| r.restore.clone()).unwrap_or_default();
+    Some(pgml_api::cluster::RestoreStatus {
+        base,
+        target: bootstrap.recovery_target.as_ref().map(|t| t.describe()),
+        replayed_lsn: report.and_then(|r| r.replay_lsn.clone()),
+        target_reached: progress.target_reached,
+        failure: progress.failed,
+    })
 }
 
 /// When to look again: soon while the primary is lost or changing, at the progress pace
