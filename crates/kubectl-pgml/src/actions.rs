@@ -295,6 +295,108 @@ pub fn switchover_outcome(cluster: &PgmlCluster, target: &str) -> Outcome {
     ))
 }
 
+/// What a cluster restore starts from: a Completed EbsSnapshot set, the source's pgBackRest
+/// repository, or both (the snapshot as the base, the repository's WAL replayed on it).
+pub struct ClusterRestore<'a> {
+    pub snapshot: Option<&'a EbsSnapshot>,
+    /// Replay the source repository's WAL (implied without a snapshot, or with a target).
+    pub wal: bool,
+    pub target: Option<pgml_api::cluster::RecoveryTarget>,
+}
+
+/// PgmlCluster `name`, made from `source`'s backups: the source's spec (instances, image,
+/// storage, PostgreSQL settings, backups) with `bootstrap` set to the snapshot and/or the
+/// source's repository, `spec.primary` dropped, and its own repository at its default path
+/// (`/pgbackrest/<namespace>/<name>`): a restored cluster never archives into its
+/// source's. Refused when what is asked cannot be had (a snapshot not Completed or not of
+/// ZFS storage, WAL or a target without a repository on the source).
+pub fn restore_cluster(
+    source: &PgmlCluster,
+    name: &str,
+    namespace: &str,
+    from: &ClusterRestore,
+) -> Result<PgmlCluster, String> {
+    use pgml_api::cluster::{Bootstrap, PgBackRestSource, SnapshotBootstrap};
+    let src = source.metadata.name.clone().unwrap_or_default();
+    if name == src {
+        return Err(format!(
+            "the restored cluster needs a name of its own: {name} is the source's"
+        ));
+    }
+    let mut spec = source.spec.clone();
+    spec.primary = None;
+    let snapshot = match from.snapshot {
+        Some(s) => {
+            let sname = s.metadata.name.clone().unwrap_or_default();
+            let st = s.status.clone().unwrap_or_default();
+            if st.phase != Some(SnapshotPhase::Completed) {
+                return Err(format!(
+                    "EbsSnapshot {sname} is {}: only a Completed snapshot can be restored",
+                    st.phase.map_or("not started".into(), |p| format!("{p:?}"))
+                ));
+            }
+            if st.zfs_pool.is_none() || spec.storage.zfs.is_none() {
+                return Err(format!(
+                    "EbsSnapshot {sname} restores into ZFS storage only (a set of a ZfsPool, into a cluster on storage.zfs)"
+                ));
+            }
+            Some(SnapshotBootstrap { name: sname })
+        }
+        None => None,
+    };
+    let wal = from.wal || from.snapshot.is_none() || from.target.is_some();
+    let pgbackrest = if wal {
+        let Some(repo) = &source.spec.backups.pgbackrest else {
+            return Err(format!(
+                "PgmlCluster {src} has no pgBackRest repository (spec.backups.pgbackrest): nothing to restore WAL or a backup from; restore from an EbsSnapshot without a target"
+            ));
+        };
+        let mut s3 = repo.s3.clone();
+        // Its default path is named after it: say it, the restored cluster's differs.
+        s3.path = Some(
+            s3.path
+                .unwrap_or_else(|| format!("/pgbackrest/{namespace}/{src}")),
+        );
+        Some(PgBackRestSource {
+            stanza: src.clone(),
+            s3,
+            credentials: repo.credentials.clone(),
+            backup_set: None,
+        })
+    } else {
+        None
+    };
+    if let Some(own) = spec.backups.pgbackrest.as_mut() {
+        own.s3.path = None;
+    }
+    spec.bootstrap = Some(Bootstrap {
+        initdb: None,
+        snapshot,
+        pgbackrest,
+        recovery_target: from.target.clone(),
+    });
+    let mut c = PgmlCluster::new(name, spec);
+    c.metadata.namespace = Some(namespace.into());
+    Ok(c)
+}
+
+/// Where a restored cluster is: Healthy (done), Failed (with why), else its phase.
+pub fn cluster_outcome(c: &PgmlCluster) -> Outcome {
+    let st = c.status.clone().unwrap_or_default();
+    let name = c.metadata.name.clone().unwrap_or_default();
+    match st.phase {
+        Some(pgml_api::cluster::ClusterPhase::Healthy) => {
+            Outcome::Done(format!("PgmlCluster {name} Healthy"))
+        }
+        Some(pgml_api::cluster::ClusterPhase::Failed) => Outcome::Failed(format!(
+            "PgmlCluster {name} failed: {}",
+            ready_message(&st.conditions).unwrap_or_else(|| "no reason given".into())
+        )),
+        Some(p) => Outcome::Pending(format!("{p:?}")),
+        None => Outcome::Pending("Pending".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,5 +599,77 @@ mod tests {
             Outcome::Pending(_)
         ));
         assert!(matches!(switchover_outcome(&c, "main-1"), Outcome::Done(_)));
+    }
+
+    fn source_cluster(pgbackrest: bool) -> PgmlCluster {
+        let backups = if pgbackrest {
+            "  backups: {pgbackrest: {s3: {bucket: b, region: us-east-1, path: /keep/here}, schedule: {full: '@daily'}}}\n"
+        } else {
+            ""
+        };
+        serde_yaml::from_str(&format!(
+            "apiVersion: pgml.io/v1alpha1\nkind: PgmlCluster\nmetadata: {{name: main, namespace: db}}\nspec:\n  instances: 3\n  primary: main-2\n  storage: {{zfs: {{template: {{volumes: {{count: 2, sizeGiB: 10}}}}}}}}\n{backups}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cluster_restore_takes_the_sources_shape_and_a_repository_of_its_own() {
+        let target = pgml_api::cluster::RecoveryTarget {
+            time: Some("2026-12-07T10:15:00Z".into()),
+            ..Default::default()
+        };
+        let from = ClusterRestore {
+            snapshot: None,
+            wal: false,
+            target: Some(target.clone()),
+        };
+        let c = restore_cluster(&source_cluster(true), "copy", "db", &from).unwrap();
+        assert_eq!(c.spec.instances, 3);
+        assert_eq!(
+            c.spec.primary, None,
+            "the source's spec.primary names its instances"
+        );
+        let b = c.spec.bootstrap.clone().unwrap();
+        let repo = b.pgbackrest.unwrap();
+        assert_eq!(repo.stanza, "main");
+        assert_eq!(repo.s3.path.as_deref(), Some("/keep/here"));
+        assert_eq!(b.recovery_target, Some(target));
+        assert!(b.snapshot.is_none());
+        let own = c.spec.backups.pgbackrest.unwrap();
+        assert_eq!(
+            own.s3.path, None,
+            "its own default path, never the source's"
+        );
+        // A source without a repository: only a snapshot, without a target.
+        let none = source_cluster(false);
+        assert!(
+            restore_cluster(&none, "copy", "db", &from)
+                .unwrap_err()
+                .contains("no pgBackRest repository")
+        );
+        let s = snap("Completed", Some("raid0"), &[10, 10]);
+        let only = ClusterRestore {
+            snapshot: Some(&s),
+            wal: false,
+            target: None,
+        };
+        let c = restore_cluster(&none, "copy", "db", &only).unwrap();
+        let b = c.spec.bootstrap.unwrap();
+        assert_eq!(b.snapshot.unwrap().name, "s1");
+        assert!(b.pgbackrest.is_none());
+        // Refusals: the same name, a snapshot not Completed.
+        assert!(restore_cluster(&none, "main", "db", &only).is_err());
+        let pending = snap("Pending", None, &[]);
+        let p = ClusterRestore {
+            snapshot: Some(&pending),
+            wal: false,
+            target: None,
+        };
+        assert!(
+            restore_cluster(&none, "copy", "db", &p)
+                .unwrap_err()
+                .contains("Completed")
+        );
     }
 }

@@ -96,26 +96,66 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = units::parse_duration)]
         timeout: Duration,
     },
-    /// Restore an EbsSnapshot into a new ZfsPool on a node (spec.restoreFrom). The pool's
-    /// layout and volume count come from the snapshot, its other settings from the pool
-    /// that was captured when it still exists; datasets mount at /<pool>/<dataset>.
+    /// Restore into a new PgmlCluster (--cluster) or a new ZfsPool (--pool, --node).
     ///
-    /// There is no cluster-level restore in the API: this makes a pool only. A PgmlCluster
-    /// seeds its own replicas from snapshots (spec.replicas.seedFrom: Snapshot); use a
-    /// restored pool to inspect or recover data by hand.
+    /// --cluster NEW --from SOURCE: a PgmlCluster with SOURCE's spec, bootstrapped from the
+    /// EbsSnapshot given (the snapshot set is the base), from SOURCE's pgBackRest repository
+    /// (without a snapshot: its backup and WAL), or both (--wal or a --target-*: the
+    /// snapshot plus the repository's WAL), to a point in time with --target-time,
+    /// --target-lsn, --target-name, --target-xid or --target-immediate. It archives to its
+    /// own repository path, never SOURCE's. --dry-run prints the manifest (to apply through
+    /// Git instead).
+    ///
+    /// --pool NAME --node NODE: the EbsSnapshot into a new ZfsPool on a node
+    /// (spec.restoreFrom), its layout and volume count from the snapshot, its other settings
+    /// from the pool that was captured when it still exists; datasets mount at
+    /// /<pool>/<dataset>. To inspect or recover data by hand.
+    #[command(group = clap::ArgGroup::new("into").required(true).args(["pool", "cluster"]))]
+    #[command(group = clap::ArgGroup::new("target").multiple(false).args(["target_time", "target_lsn", "target_name", "target_xid", "target_immediate"]))]
     Restore {
-        /// EbsSnapshot name (Completed, of a ZfsPool or a cluster on ZFS).
-        ebssnapshot: String,
+        /// EbsSnapshot name (Completed, of a ZfsPool or a cluster on ZFS); optional with
+        /// --cluster (then the repository's backup is the base).
+        ebssnapshot: Option<String>,
         /// Name of the new ZfsPool (also its ZFS pool name on the node).
-        #[arg(long)]
-        pool: String,
+        #[arg(long, requires = "node")]
+        pool: Option<String>,
         /// Node to create the pool on.
-        #[arg(long)]
-        node: String,
+        #[arg(long, requires = "pool")]
+        node: Option<String>,
         /// What happens to the restored volumes when the ZfsPool is deleted.
         #[arg(long, value_enum, default_value = "retain")]
         reclaim_policy: Reclaim,
-        /// Wait until the pool is Online (exit 0) or fails (exit 1).
+        /// Name of the new PgmlCluster.
+        #[arg(long, requires = "from")]
+        cluster: Option<String>,
+        /// The PgmlCluster whose spec and backups the new one is made from.
+        #[arg(long, requires = "cluster")]
+        from: Option<String>,
+        /// Replay the source repository's WAL on the snapshot to the archive's end.
+        #[arg(long, requires = "cluster")]
+        wal: bool,
+        /// Stop at this time (RFC 3339, e.g. 2026-12-07T10:15:00Z).
+        #[arg(long, requires = "cluster")]
+        target_time: Option<String>,
+        /// Stop at this WAL position (e.g. 0/3000060).
+        #[arg(long, requires = "cluster")]
+        target_lsn: Option<String>,
+        /// Stop at this restore point (pg_create_restore_point).
+        #[arg(long, requires = "cluster")]
+        target_name: Option<String>,
+        /// Stop at this transaction id.
+        #[arg(long, requires = "cluster")]
+        target_xid: Option<String>,
+        /// Stop as soon as the base is consistent.
+        #[arg(long, requires = "cluster")]
+        target_immediate: bool,
+        /// Stop just before the target (time, lsn, xid) instead of just after it.
+        #[arg(long, requires = "target")]
+        exclusive: bool,
+        /// Print the PgmlCluster's manifest (YAML) instead of creating it.
+        #[arg(long, requires = "cluster")]
+        dry_run: bool,
+        /// Wait until the pool is Online / the cluster Healthy (exit 0) or it fails (exit 1).
         #[arg(long)]
         wait: bool,
         /// How long --wait waits (e.g. 90s, 10m, 1h).
@@ -315,9 +355,47 @@ async fn run(cli: Cli) -> Result<()> {
             pool,
             node,
             reclaim_policy,
+            cluster,
+            from,
+            wal,
+            target_time,
+            target_lsn,
+            target_name,
+            target_xid,
+            target_immediate,
+            exclusive,
+            dry_run,
             wait,
             timeout,
         } => {
+            if let (Some(cluster), Some(from)) = (cluster, from) {
+                let any = target_time.is_some()
+                    || target_lsn.is_some()
+                    || target_name.is_some()
+                    || target_xid.is_some()
+                    || target_immediate;
+                let target = any.then(|| pgml_api::cluster::RecoveryTarget {
+                    time: target_time,
+                    lsn: target_lsn,
+                    name: target_name,
+                    xid: target_xid,
+                    immediate: target_immediate.then_some(true),
+                    exclusive: exclusive.then_some(true),
+                    timeline: None,
+                });
+                let ask = ClusterAsk {
+                    name: cluster,
+                    from,
+                    snapshot: ebssnapshot,
+                    wal,
+                    target,
+                    dry_run,
+                };
+                return restore_cluster(&k, &ask, wait.then_some(timeout)).await;
+            }
+            let (Some(ebssnapshot), Some(pool), Some(node)) = (ebssnapshot, pool, node) else {
+                return fail("a pool restore needs an EbsSnapshot, --pool and --node");
+            };
             let target = RestoreTarget {
                 pool,
                 node,
@@ -486,6 +564,65 @@ async fn restore(
     wait_and_say(&k.pools, "ZfsPool", pool, ns, wait, actions::pool_outcome).await
 }
 
+/// A cluster restore, as asked on the command line.
+struct ClusterAsk {
+    name: String,
+    from: String,
+    snapshot: Option<String>,
+    wal: bool,
+    target: Option<pgml_api::cluster::RecoveryTarget>,
+    dry_run: bool,
+}
+
+/// `restore --cluster`: a new PgmlCluster from a source's snapshot and/or repository.
+async fn restore_cluster(k: &Session, ask: &ClusterAsk, wait: Option<Duration>) -> Result<()> {
+    let ns = &k.ns;
+    let source = get(&k.clusters, "PgmlCluster", &ask.from, ns).await?;
+    let snap = match &ask.snapshot {
+        Some(s) => Some(get(&k.snapshots, "EbsSnapshot", s, ns).await?),
+        None => None,
+    };
+    let from = actions::ClusterRestore {
+        snapshot: snap.as_ref(),
+        wal: ask.wal,
+        target: ask.target.clone(),
+    };
+    let obj = actions::restore_cluster(&source, &ask.name, ns, &from).map_err(Failure)?;
+    if ask.dry_run {
+        let yaml = serde_yaml::to_string(&obj)
+            .map_err(|e| Failure(format!("printing the manifest: {e}")))?;
+        print!("{yaml}");
+        return Ok(());
+    }
+    k.clusters
+        .create(&post_params(), &obj)
+        .await
+        .map_err(|e| api_error(&format!("creating PgmlCluster {} in {ns}", ask.name), e))?;
+    let base = obj
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.base())
+        .unwrap_or_default();
+    let target = ask
+        .target
+        .as_ref()
+        .map_or("the end of the archive".to_string(), |t| t.describe());
+    println!(
+        "pgmlcluster.pgml.io/{} created from {base}, to {target}",
+        ask.name
+    );
+    wait_and_say(
+        &k.clusters,
+        "PgmlCluster",
+        &ask.name,
+        ns,
+        wait,
+        actions::cluster_outcome,
+    )
+    .await
+}
+
 /// The node a pool is restored on exists, as far as this user may read nodes.
 async fn check_node(k: &Session, node: &str) -> Result<()> {
     let nodes: Api<Node> = Api::all(k.client.clone());
@@ -564,6 +701,69 @@ mod tests {
         ));
         let e = Cli::try_parse_from(["kubectl-pgml", "restore", "s1"]).unwrap_err();
         assert!(e.use_stderr(), "missing --pool/--node is a usage error");
+        // A cluster restore: --cluster needs --from, one target at most, --pool excludes it.
+        for bad in [
+            &["restore", "--cluster", "copy"][..],
+            &[
+                "restore",
+                "--cluster",
+                "copy",
+                "--from",
+                "main",
+                "--target-time",
+                "2026-12-07T10:00:00Z",
+                "--target-immediate",
+            ],
+            &[
+                "restore",
+                "s1",
+                "--pool",
+                "p",
+                "--node",
+                "n",
+                "--cluster",
+                "copy",
+                "--from",
+                "main",
+            ],
+            &[
+                "restore",
+                "s1",
+                "--pool",
+                "p",
+                "--node",
+                "n",
+                "--target-immediate",
+            ],
+            &[
+                "restore",
+                "--cluster",
+                "copy",
+                "--from",
+                "main",
+                "--exclusive",
+            ],
+        ] {
+            let args: Vec<&str> = ["kubectl-pgml"].iter().chain(bad).copied().collect();
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "kubectl-pgml",
+            "restore",
+            "--cluster",
+            "copy",
+            "--from",
+            "main",
+            "--target-lsn",
+            "0/3000060",
+            "--exclusive",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Restore { cluster: Some(ref c), target_lsn: Some(ref l), exclusive: true, dry_run: true, ebssnapshot: None, .. } if c == "copy" && l == "0/3000060"
+        ));
         let cli = Cli::try_parse_from([
             "kubectl-pgml",
             "snapshot",

@@ -44,6 +44,9 @@ pub struct Summary {
     pub snapshots: Snapshots,
     /// Recent Warning events of the cluster, newest first.
     pub warnings: Vec<EventLine>,
+    /// The restore of the database (`spec.bootstrap`), until it first serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<pgml_api::cluster::RestoreStatus>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -250,6 +253,7 @@ pub fn summarize(
         archiving,
         snapshots,
         warnings,
+        restore: st.restore.clone(),
     }
 }
 
@@ -575,6 +579,24 @@ fn overview(s: &Summary, p: &Paint) -> String {
     out += &kv("Storage", format!("{} — {}", s.storage_mode, s.storage));
     out += &kv("Image", s.image.clone());
     out += &kv("Generation", generation_words(s, p));
+    if let Some(r) = &s.restore {
+        out += &kv("Restoring from", r.base.clone());
+        out += &kv(
+            "Target",
+            r.target
+                .clone()
+                .unwrap_or_else(|| "the end of the archived WAL".into()),
+        );
+        let replay = match (&r.replayed_lsn, r.target_reached) {
+            (Some(l), true) => format!("replayed to {l}, target reached: promoting"),
+            (Some(l), false) => format!("replayed to {l}"),
+            (None, _) => "not started".into(),
+        };
+        out += &kv("WAL", replay);
+        if let Some(f) = &r.failure {
+            out += &kv("Failed", p.code(RED, f));
+        }
+    }
     out
 }
 

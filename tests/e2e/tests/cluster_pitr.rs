@@ -10,7 +10,8 @@
 //!   writes accepted and archived in its own stanza, never in the source's;
 //! - from an EBS snapshot set taken before batch 1, with the repository's WAL to t2:
 //!   exactly batches 0–2 (the snapshot is the base, only WAL is read);
-//! - to the restore point: exactly batches 0–1;
+//! - to the restore point, made by `kubectl pgml restore --cluster` (its `--dry-run`
+//!   manifest checked first): exactly batches 0–1;
 //! - `immediate`: exactly batch 0, the rows of the backup;
 //! - to a time after the archive's end: Failed (`RestoreFailed`, PostgreSQL's reason),
 //!   never promoted, no database identity recorded;
@@ -25,7 +26,7 @@ mod cluster_common;
 
 use std::time::{Duration, Instant};
 
-use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
+use cluster_common::{ClusterFixture, TIMEOUT, kubectl_pgml, zfs_cluster};
 use kube::api::PostParams;
 use kube::api::{Patch, PatchParams};
 use pgml_api::cluster::ClusterPhase;
@@ -225,7 +226,54 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
         ("too-early", json!({"time": "2000-01-01T00:00:00Z"}), None),
         ("clash", json!({"immediate": true}), Some(src_path.as_str())),
     ];
+    // The restore point one through the plugin: its dry run prints the manifest (the
+    // source's spec, the source's repository as the bootstrap, its own default path), then
+    // it creates it.
+    let plugin = |args: &[&str]| {
+        let out = kubectl_pgml(&ns, args).output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "kubectl pgml {args:?}: {stderr}");
+        stdout
+    };
+    let ask = [
+        "restore",
+        "--cluster",
+        "at-name",
+        "--from",
+        SOURCE,
+        "--target-name",
+        "after-batch-1",
+    ];
+    let dry = plugin(&[&ask[..], &["--dry-run"]].concat());
+    let printed: PgmlCluster = serde_yaml::from_str(&dry).unwrap();
+    let b = printed.spec.bootstrap.clone().unwrap();
+    let src_repo = b.pgbackrest.unwrap();
+    assert_eq!(
+        (src_repo.stanza.as_str(), src_repo.s3.path.as_deref()),
+        (SOURCE, Some(src_path.as_str()))
+    );
+    assert_eq!(
+        b.recovery_target.unwrap().name.as_deref(),
+        Some("after-batch-1")
+    );
+    assert_eq!(printed.spec.backups.pgbackrest.unwrap().s3.path, None);
+    assert!(
+        clusters.get_opt("at-name").await.unwrap().is_none(),
+        "a dry run creates nothing"
+    );
+    let said = plugin(&ask);
+    assert!(
+        said.contains("pgmlcluster.pgml.io/at-name created from pgBackRest stanza src"),
+        "{said}"
+    );
+
     for (name, target, own) in &copies {
+        if *name == "at-name" {
+            continue;
+        }
         let node = if own.is_some() || *name == "snap-t2" {
             nb
         } else {
@@ -349,6 +397,12 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
 
     // A target after the archive's end: Failed with PostgreSQL's reason, never promoted.
     let cl = wait("never", "Failed", failed).await;
+    let screen = plugin(&["status", "never"]);
+    assert!(
+        screen.contains("Restoring from: pgBackRest stanza src")
+            && screen.contains("recovery ended before configured recovery target was reached"),
+        "{screen}"
+    );
     let st = cl.status.clone().unwrap();
     let ready = st.conditions.iter().find(|x| x.type_ == c::READY).unwrap();
     assert_eq!(ready.reason, "RestoreFailed", "{ready:?}");

@@ -11,37 +11,16 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Instant;
 
-use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
+use cluster_common::{ClusterFixture, TIMEOUT, kubectl_pgml, zfs_cluster};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgml_api::snapshot::SnapshotPhase;
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
-use pgml_testbed::Sandbox;
 use pgml_testbed::aws::SimAdmin;
 use pgml_testbed::wait::{has_condition, wait_gone};
 use serde_json::{Value, json};
 
 const CLUSTER: &str = "main";
-
-/// `kubectl pgml <args> -n <ns> --kubeconfig <sandbox>`, with the plugin's folder first on
-/// PATH: kubectl finds `kubectl-pgml` there, as it would after an install.
-fn kubectl_pgml(ns: &str, args: &[&str]) -> std::process::Command {
-    let sb = Sandbox::get();
-    let bin = pgml_testbed::sandbox::workspace_bin("kubectl-pgml");
-    let dir = bin.parent().expect("the plugin's folder").to_path_buf();
-    let mut path = vec![dir];
-    path.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    let mut cmd = std::process::Command::new(sb.kubectl());
-    cmd.arg("pgml")
-        .args(args)
-        .args(["-n", ns, "--kubeconfig"])
-        .arg(&sb.kube.kubeconfig)
-        .env("PATH", std::env::join_paths(path).unwrap())
-        .env_remove("KUBECONFIG");
-    cmd
-}
 
 struct Run {
     code: Option<i32>,

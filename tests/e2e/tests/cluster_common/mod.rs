@@ -370,3 +370,23 @@ impl Drop for Unbind<'_> {
         let _ = std::fs::remove_dir("/etc/pgml");
     }
 }
+
+/// `kubectl pgml <args> -n <ns> --kubeconfig <sandbox>`, with the plugin's folder first on
+/// PATH: kubectl finds `kubectl-pgml` there, as it would after an install.
+pub fn kubectl_pgml(ns: &str, args: &[&str]) -> std::process::Command {
+    let sb = Sandbox::get();
+    let bin = pgml_testbed::sandbox::workspace_bin("kubectl-pgml");
+    let dir = bin.parent().expect("the plugin's folder").to_path_buf();
+    let mut path = vec![dir];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let mut cmd = std::process::Command::new(sb.kubectl());
+    cmd.arg("pgml")
+        .args(args)
+        .args(["-n", ns, "--kubeconfig"])
+        .arg(&sb.kube.kubeconfig)
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .env_remove("KUBECONFIG");
+    cmd
+}
