@@ -201,6 +201,19 @@ impl Backrest {
         self.config.is_file()
     }
 
+    /// `pgbackrest info --output=json` of a stanza through another configuration file (the
+    /// source repository of a restore).
+    pub async fn info_of(pg: &Pg, config: &Path, stanza: &str) -> Result<String, String> {
+        pgbackrest(
+            pg.clone(),
+            config.to_path_buf(),
+            stanza.to_string(),
+            vec!["--output=json".into(), "info".into()],
+            STANZA_TIMEOUT,
+        )
+        .await
+    }
+
     /// Before this cluster's database is made: the stanzas its own repository path
     /// already holds, any of them (`Ok(None)`: none, the repository is this cluster's to
     /// fill). `Err`: the repository could not be read (retried at the next look).

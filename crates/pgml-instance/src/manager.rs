@@ -336,6 +336,25 @@ impl Manager {
                     );
                 }
                 self.last_restore = Some(Instant::now());
+                let mut r = r;
+                if r.backup_set.is_none() {
+                    let config = dir.join(crate::restore::SOURCE_CONFIG_FILE);
+                    let info = match Backrest::info_of(&self.pg, &config, &r.stanza).await {
+                        Ok(i) => i,
+                        Err(e) => {
+                            self.restore_attempts += 1;
+                            return format!("reading the backups of stanza {}: {e}", r.stanza);
+                        }
+                    };
+                    match crate::restore::pick_set(&info, &r.stanza, r.target.as_ref()) {
+                        Ok(set) => r.backup_set = set,
+                        Err(e) => {
+                            let why = format!("{e:#}; nothing was restored");
+                            self.restore_failed = Some(why.clone());
+                            return why;
+                        }
+                    }
+                }
                 let done = self
                     .pg
                     .restore_backup(|into| crate::restore::restore_args(&dir, &r, into))

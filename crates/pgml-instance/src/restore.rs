@@ -197,6 +197,51 @@ pub fn stanzas_in_repository(json: &str) -> anyhow::Result<Option<String>> {
     Ok((!held.is_empty()).then(|| format!("it already holds {}", held.join(", "))))
 }
 
+/// The backup set to restore when the spec names none and pgBackRest would not pick the
+/// right one itself (it picks by time for `time` targets, else takes the newest, which may
+/// begin after the target): for an `lsn` target the newest backup that ended at or before
+/// it; for a `name` or `xid` target (whose position no backup records) the oldest kept, from
+/// which every later point can be replayed. `Ok(None)`: leave it to pgBackRest. `Err`: no
+/// backup can be the base (the restore fails for good), or `info` is not what it should be.
+pub fn pick_set(
+    info_json: &str,
+    stanza: &str,
+    target: Option<&RecoveryTarget>,
+) -> anyhow::Result<Option<String>> {
+    let Some(t) = target.filter(|t| t.lsn.is_some() || t.name.is_some() || t.xid.is_some()) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(info_json).context("pgbackrest info printed no JSON")?;
+    let entry = v
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == stanza))
+        .with_context(|| format!("pgbackrest info does not list stanza {stanza}"))?;
+    let backups: Vec<&serde_json::Value> =
+        entry["backup"].as_array().into_iter().flatten().collect();
+    let label = |b: &serde_json::Value| b["label"].as_str().map(str::to_string);
+    if let Some(lsn) = &t.lsn {
+        let want = crate::report::Lsn::parse(lsn)
+            .with_context(|| format!("recoveryTarget.lsn {lsn:?} is not an LSN"))?;
+        let fits = backups.iter().rev().find(|b| {
+            b["lsn"]["stop"]
+                .as_str()
+                .and_then(crate::report::Lsn::parse)
+                .is_some_and(|stop| stop <= want)
+        });
+        return match fits {
+            Some(b) => Ok(label(b)),
+            None => bail!(
+                "no backup of stanza {stanza} ends at or before lsn {lsn}: a target before the first backup cannot be reached"
+            ),
+        };
+    }
+    match backups.first() {
+        Some(b) => Ok(label(b)),
+        None => bail!("stanza {stanza} has no backup to restore"),
+    }
+}
+
 /// Why a failed `pgbackrest restore` can never succeed, if it cannot: no backup set can be
 /// the base (error 075: none in the repository, none that ended before a time target, the
 /// named set missing). Anything else (the repository unreachable…) is tried again.
@@ -343,6 +388,51 @@ mod tests {
         );
         assert!(stanzas_in_repository("oops").is_err());
         assert!(stanzas_in_repository("{}").is_err());
+    }
+
+    #[test]
+    fn the_set_of_a_target_pgbackrest_would_not_pick_itself() {
+        let info = r#"[{"name":"src","status":{"code":0,"message":"ok"},"backup":[
+            {"label":"20261207-100000F","type":"full","lsn":{"start":"0/2000028","stop":"0/2000138"}},
+            {"label":"20261207-110000F","type":"full","lsn":{"start":"0/5000028","stop":"0/5000100"}},
+            {"label":"20261207-120000F","type":"full","lsn":{"start":"0/9000028","stop":"0/9000100"}}]}]"#;
+        let t = |f: fn(&mut RecoveryTarget)| {
+            let mut t = RecoveryTarget::default();
+            f(&mut t);
+            t
+        };
+        let lsn = t(|t| t.lsn = Some("0/6000000".into()));
+        assert_eq!(
+            pick_set(info, "src", Some(&lsn)).unwrap().as_deref(),
+            Some("20261207-110000F")
+        );
+        let exact = t(|t| t.lsn = Some("0/9000100".into()));
+        assert_eq!(
+            pick_set(info, "src", Some(&exact)).unwrap().as_deref(),
+            Some("20261207-120000F")
+        );
+        let early = t(|t| t.lsn = Some("0/1000000".into()));
+        assert!(
+            pick_set(info, "src", Some(&early))
+                .unwrap_err()
+                .to_string()
+                .contains("before the first backup")
+        );
+        let name = t(|t| t.name = Some("before".into()));
+        assert_eq!(
+            pick_set(info, "src", Some(&name)).unwrap().as_deref(),
+            Some("20261207-100000F")
+        );
+        let xid = t(|t| t.xid = Some("742".into()));
+        assert_eq!(
+            pick_set(info, "src", Some(&xid)).unwrap().as_deref(),
+            Some("20261207-100000F")
+        );
+        // pgBackRest's own choice: time, immediate, none.
+        let time = t(|t| t.time = Some("2026-12-07T11:30:00Z".into()));
+        assert_eq!(pick_set(info, "src", Some(&time)).unwrap(), None);
+        assert_eq!(pick_set(info, "src", None).unwrap(), None);
+        assert!(pick_set(r#"[{"name":"src","backup":[]}]"#, "src", Some(&name)).is_err());
     }
 
     #[test]

@@ -312,6 +312,27 @@ impl Kubelet {
             .join("\n")
     }
 
+    /// A crashed container: its manager and its postmaster SIGKILLed (everything in the
+    /// container dies with it), the manager started again after the back-off, as
+    /// `restartPolicy: Always` does. False when the kubelet does not run `pod` (yet).
+    pub fn crash(&self, pod: &str) -> bool {
+        let (node, pgdata, port) = {
+            let mut runs = self.inner.runs.lock().unwrap();
+            let Some(r) = runs.get_mut(pod).filter(|r| !r.lost) else {
+                return false;
+            };
+            // The manager and what it runs (a `pgbackrest restore`, `pg_basebackup`).
+            r.proc.kill_tree();
+            (r.node.clone(), r.pgdata.clone(), r.port)
+        };
+        if let Some(pid) = Postgres::attach(&node, &pgdata, port, "").postmaster_pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        true
+    }
+
     /// A lost instance: its manager and its postmaster SIGKILLed, not restarted, and its
     /// Pod's status saying the container terminated (exit 137) and the Pod is not Ready.
     pub async fn kill(&self, pod: &str) {

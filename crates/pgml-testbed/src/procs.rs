@@ -94,6 +94,47 @@ impl Proc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// SIGKILL to the process and every process below it (its children, theirs…), found
+    /// first so that none is reparented away: what killing a container does to the
+    /// processes in it. A daemon that left the tree (a postmaster started by `pg_ctl`) is
+    /// the caller's to kill.
+    pub fn kill_tree(&mut self) {
+        let Some(root) = self.pid() else {
+            return;
+        };
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // `pid (comm) state ppid …`: comm may hold spaces, so read after the last ')'.
+                let ppid = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let p = tree[i];
+            tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            i += 1;
+        }
+        for pid in tree.iter().skip(1) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        self.kill();
+    }
+
     pub fn log_path(&self) -> &PathBuf {
         &self.log
     }

@@ -20,20 +20,21 @@
 //! - into a repository path that already holds the source's stanza: Failed, refused
 //!   before anything was restored, nothing written there.
 //!
-//! The source keeps its rows and its archive holds nothing of another timeline.
+//! The source keeps its rows and its archive holds nothing of another timeline. Then ten
+//! more restores, each with the operator or the first instance's container killed at a
+//! random moment (see [`kills`]).
 
 mod cluster_common;
 
 use std::time::{Duration, Instant};
 
-use cluster_common::{ClusterFixture, TIMEOUT, kubectl_pgml, zfs_cluster};
-use kube::api::PostParams;
-use kube::api::{Patch, PatchParams};
+use cluster_common::{
+    ClusterFixture, TIMEOUT, apply_cluster, kubectl_pgml, rows_and_sum, zfs_cluster,
+};
+use pgml_api::PgmlCluster;
 use pgml_api::cluster::ClusterPhase;
 use pgml_api::common::condition as c;
 use pgml_api::instance::{InstanceReport, Role, STATUS_ANNOTATION};
-use pgml_api::snapshot::SnapshotPhase;
-use pgml_api::{EbsSnapshot, PgmlCluster};
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_create_bucket, s3_list_keys};
 use pgml_testbed::pg::Postgres;
@@ -48,12 +49,6 @@ fn volumes() -> Value {
 
 fn phase(cl: &PgmlCluster) -> Option<ClusterPhase> {
     cl.status.as_ref().and_then(|s| s.phase)
-}
-
-/// Rows and a checksum of the test table, as the server has them.
-fn rows_and_sum(pg: &Postgres) -> String {
-    pg.sql("SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || payload, ',' ORDER BY id), '')) FROM written")
-        .unwrap()
 }
 
 fn batch(pg: &Postgres, from: u32, to: u32) -> String {
@@ -126,7 +121,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
         region: sb.region.clone(),
     };
     let ca = s3.ca_file.to_string_lossy().into_owned();
-    let f = ClusterFixture::start("pitr", SOURCE, &[0, 1, 2], &[])
+    let mut f = ClusterFixture::start("pitr", SOURCE, &[0, 1, 2], &[])
         .await
         .with_kubelet(
             &[
@@ -171,18 +166,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     })
     .await;
     // An EBS snapshot set of the source before batch 1: the base of a fast point in time.
-    let snaps: kube::Api<EbsSnapshot> = f.ns.api();
-    let snap: EbsSnapshot = serde_json::from_value(json!({
-        "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
-        "metadata": {"name": "base"},
-        "spec": {"source": {"cluster": {"name": SOURCE}}, "deletionPolicy": "Delete"},
-    }))
-    .unwrap();
-    snaps.create(&PostParams::default(), &snap).await.unwrap();
-    f.wait_obj(&snaps, "base", "the snapshot Completed", |s| {
-        s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed)
-    })
-    .await;
+    f.snapshot_completed("base", SOURCE).await;
     let sum1 = batch(&src, 51, 100);
     src.sql("SELECT pg_create_restore_point('after-batch-1')")
         .unwrap();
@@ -283,42 +267,15 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
         if *name == "snap-t2" {
             m["spec"]["bootstrap"]["snapshot"] = json!({"name": "base"});
         }
-        clusters
-            .patch(
-                name,
-                &PatchParams::apply("kubectl").force(),
-                &Patch::Apply(&m),
-            )
-            .await
-            .unwrap();
+        apply_cluster(&clusters, &m).await;
     }
-    let wait = |name: &'static str, what: &'static str, ok: fn(&PgmlCluster) -> bool| {
-        let clusters = clusters.clone();
-        let f = &f;
-        async move {
-            let deadline = Instant::now() + TIMEOUT;
-            loop {
-                let cl = clusters.get(name).await.unwrap();
-                if ok(&cl) {
-                    return cl;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} never {what}: {:?}\n{}",
-                    cl.status,
-                    f.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
     let healthy = |cl: &PgmlCluster| phase(cl) == Some(ClusterPhase::Healthy);
     let failed = |cl: &PgmlCluster| phase(cl) == Some(ClusterPhase::Failed);
 
     // To t2: exactly batches 0–2, promoted on a new timeline, its own archive.
     let at_t2 = f.instance("at-t2-1").await;
     let _unbind_b = f.bind_pod_config(nb, "at-t2-1").await;
-    wait("at-t2", "Healthy", healthy).await;
+    f.wait_obj(&clusters, "at-t2", "Healthy", healthy).await;
     let cp = at_t2.postgres();
     assert_eq!(
         rows_and_sum(&cp),
@@ -366,7 +323,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     .await;
 
     // The snapshot (taken before batch 1) as the base, the repository's WAL to t2.
-    let cl = wait("snap-t2", "Healthy", healthy).await;
+    let cl = f.wait_obj(&clusters, "snap-t2", "Healthy", healthy).await;
     let fast = f.instance("snap-t2-1").await.postgres();
     assert_eq!(
         rows_and_sum(&fast),
@@ -380,14 +337,14 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     assert_eq!(fast.sql("SELECT pg_is_in_recovery()").unwrap(), "f");
 
     // To the restore point, and to the end of the backup.
-    wait("at-name", "Healthy", healthy).await;
+    f.wait_obj(&clusters, "at-name", "Healthy", healthy).await;
     let named = f.instance("at-name-1").await.postgres();
     assert_eq!(
         rows_and_sum(&named),
         sum1,
         "restored to after-batch-1: batches 0-1"
     );
-    wait("at-start", "Healthy", healthy).await;
+    f.wait_obj(&clusters, "at-start", "Healthy", healthy).await;
     let first = f.instance("at-start-1").await.postgres();
     assert_eq!(
         rows_and_sum(&first),
@@ -396,7 +353,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     );
 
     // A target after the archive's end: Failed with PostgreSQL's reason, never promoted.
-    let cl = wait("never", "Failed", failed).await;
+    let cl = f.wait_obj(&clusters, "never", "Failed", failed).await;
     let screen = plugin(&["status", "never"]);
     assert!(
         screen.contains("Restoring from: pgBackRest stanza src")
@@ -426,7 +383,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     );
 
     // Before the first backup: no base, Failed at once, nothing restored.
-    let cl = wait("too-early", "Failed", failed).await;
+    let cl = f.wait_obj(&clusters, "too-early", "Failed", failed).await;
     let st = cl.status.clone().unwrap();
     let ready = st.conditions.iter().find(|x| x.type_ == c::READY).unwrap();
     assert!(
@@ -442,7 +399,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     let src_keys = |what: &str| {
         s3_list_keys(sb, &bucket, &format!("pgbackrest/{ns}/{SOURCE}/{what}/")).unwrap()
     };
-    let cl = wait("clash", "Failed", failed).await;
+    let cl = f.wait_obj(&clusters, "clash", "Failed", failed).await;
     let st = cl.status.clone().unwrap();
     let ready = st.conditions.iter().find(|x| x.type_ == c::READY).unwrap();
     assert!(
@@ -484,4 +441,86 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
     }
     clusters.delete(SOURCE, &Default::default()).await.unwrap();
     f.wait_pools_gone(&pools).await;
+
+    // The source is gone; its repository stays, and is restored from ten times more.
+    kills(&mut f, &repo, nc, &sum1).await;
+    println!("ten restores with kills checked at {:?}", started.elapsed());
+}
+
+/// The kill test of the repository path: ten restores to the restore point, each with the
+/// operator SIGKILLed (started again after up to 1 s) or the first instance's container
+/// crashed (manager and postmaster SIGKILLed, restarted after the kubelet's back-off) at a
+/// seeded random moment: during the placement, the `pgbackrest restore`, the replay, the
+/// pause or the promotion. Every one ends Healthy with exactly the rows to the restore
+/// point on a new timeline (never promoted before the target, never started on a half
+/// restored PGDATA), and is deleted with its pool. `PGML_PITR_SEED` replays the moments.
+async fn kills(f: &mut ClusterFixture, repo: &Repo, node: &NodeInfo, want: &str) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("PGML_PITR_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("pgBackRest restore kill test: seed {seed} (PGML_PITR_SEED={seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let clusters: kube::Api<PgmlCluster> = f.ns.api();
+    for i in 0..10 {
+        let name = format!("kill{i}");
+        let pod = format!("{name}-1");
+        let m = restored(&name, node, repo, json!({"name": "after-batch-1"}), None);
+        apply_cluster(&clusters, &m).await;
+        // The operator's part is in the first seconds; the manager's restore, replay and
+        // promotion take up to ~25 s here.
+        let after =
+            Duration::from_millis(rng.random_range(0..if i % 2 == 0 { 5000 } else { 25000 }));
+        if i % 2 == 0 {
+            let down = Duration::from_millis(rng.random_range(0..1000));
+            tokio::time::sleep(after).await;
+            f.operator.kill();
+            tokio::time::sleep(down).await;
+            f.operator.start();
+            eprintln!("{name}: the operator killed {after:?} after the apply, down {down:?}");
+        } else {
+            // From the moment its manager runs: the restore, the replay, the promotion.
+            f.instance(&pod).await;
+            tokio::time::sleep(after).await;
+            let crashed = f.kubelet.as_ref().unwrap().crash(&pod);
+            eprintln!(
+                "{name}: its container crashed ({crashed}) {after:?} after the manager started"
+            );
+        }
+        let cl = f
+            .wait_obj(&clusters, &name, "Healthy after a kill", |c| {
+                phase(c) == Some(ClusterPhase::Healthy)
+            })
+            .await;
+        assert!(cl.status.unwrap().system_identifier.is_some());
+        // A crash after the promotion leaves the status Healthy until the next report: the
+        // server answers again once the kubelet restarted the container.
+        let pg = f.instance(&pod).await.postgres();
+        let deadline = Instant::now() + TIMEOUT;
+        while pg.sql("SELECT 1").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never answered again\n{}",
+                f.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(
+            rows_and_sum(&pg),
+            want,
+            "{name}: exactly the rows to the restore point"
+        );
+        assert_eq!(pg.sql("SELECT pg_is_in_recovery()").unwrap(), "f");
+        pg.sql("CHECKPOINT").unwrap();
+        let tl: u32 = pg
+            .sql("SELECT timeline_id FROM pg_control_checkpoint()")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(tl >= 2, "{name}: promoted onto a new timeline: {tl}");
+        drop(pg);
+        clusters.delete(&name, &Default::default()).await.unwrap();
+        f.wait_pools_gone(&[pod]).await;
+    }
 }

@@ -13,11 +13,10 @@ mod cluster_common;
 
 use std::time::Duration;
 
-use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
+use cluster_common::{ClusterFixture, TIMEOUT, apply_cluster, rows_and_sum, zfs_cluster};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use pgml_api::cluster::ClusterPhase;
-use pgml_api::snapshot::SnapshotPhase;
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
 use pgml_testbed::pg::Postgres;
 use pgml_testbed::wait::wait_gone;
@@ -34,12 +33,6 @@ fn healthy(c: &PgmlCluster) -> bool {
     c.status
         .as_ref()
         .is_some_and(|s| s.phase == Some(ClusterPhase::Healthy) && s.ready_instances == Some(1))
-}
-
-/// Rows and a checksum of the test table, as the server has them.
-fn rows_and_sum(pg: &Postgres) -> String {
-    pg.sql("SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || payload, ',' ORDER BY id), '')) FROM written")
-        .unwrap()
 }
 
 /// The fixture of a restore test: the operator and an agent on each of the sandbox's two
@@ -68,14 +61,7 @@ fn pinned() -> Value {
 async fn apply_restored(clusters: &Api<PgmlCluster>, name: &str, from: &str) {
     let mut m = zfs_cluster(name, 1, volumes(), pinned());
     m["spec"]["bootstrap"] = json!({"snapshot": {"name": from}});
-    clusters
-        .patch(
-            name,
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(&m),
-        )
-        .await
-        .unwrap();
+    apply_cluster(clusters, &m).await;
 }
 
 /// The source cluster, Healthy, with 100 rows; EbsSnapshot `at-t1` of it, Completed; then
@@ -97,19 +83,7 @@ async fn source_and_snapshot(f: &ClusterFixture) -> (String, Postgres, u32) {
         .unwrap()
         .parse()
         .unwrap();
-    let snaps: Api<EbsSnapshot> = f.ns.api();
-    let snap: EbsSnapshot = serde_json::from_value(json!({
-        "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
-        "metadata": {"name": "at-t1"},
-        "spec": {"source": {"cluster": {"name": SOURCE}}, "deletionPolicy": "Delete"},
-    }))
-    .unwrap();
-    snaps.create(&PostParams::default(), &snap).await.unwrap();
-    let done = f
-        .wait_obj(&snaps, "at-t1", "the snapshot Completed", |s| {
-            s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Completed)
-        })
-        .await;
+    let done = f.snapshot_completed("at-t1", SOURCE).await;
     assert!(
         done.status.as_ref().unwrap().zfs_pool.is_some(),
         "a set of a ZFS pool"

@@ -390,3 +390,45 @@ pub fn kubectl_pgml(ns: &str, args: &[&str]) -> std::process::Command {
         .env_remove("KUBECONFIG");
     cmd
 }
+
+/// Rows and a checksum of the restore tests' table `written`, as the server has them.
+pub fn rows_and_sum(pg: &pgml_testbed::pg::Postgres) -> String {
+    pg.sql("SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || payload, ',' ORDER BY id), '')) FROM written")
+        .unwrap()
+}
+
+/// Applies a PgmlCluster manifest (named in it) as `kubectl apply --server-side` would.
+pub async fn apply_cluster(clusters: &Api<PgmlCluster>, m: &Value) {
+    let name = m["metadata"]["name"].as_str().expect("the manifest's name");
+    clusters
+        .patch(
+            name,
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(m),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying PgmlCluster {name}: {e}"));
+}
+
+impl ClusterFixture {
+    /// EbsSnapshot `name` of cluster `cluster` (deleted with its AWS snapshots), once
+    /// Completed.
+    pub async fn snapshot_completed(&self, name: &str, cluster: &str) -> pgml_api::EbsSnapshot {
+        let snaps: Api<pgml_api::EbsSnapshot> = self.ns.api();
+        let snap: pgml_api::EbsSnapshot = serde_json::from_value(json!({
+            "apiVersion": "pgml.io/v1alpha1", "kind": "EbsSnapshot",
+            "metadata": {"name": name},
+            "spec": {"source": {"cluster": {"name": cluster}}, "deletionPolicy": "Delete"},
+        }))
+        .unwrap();
+        snaps
+            .create(&kube::api::PostParams::default(), &snap)
+            .await
+            .unwrap();
+        self.wait_obj(&snaps, name, "the snapshot Completed", |s| {
+            s.status.as_ref().and_then(|st| st.phase)
+                == Some(pgml_api::snapshot::SnapshotPhase::Completed)
+        })
+        .await
+    }
+}
