@@ -42,7 +42,7 @@ use pgml_api::PgmlCluster;
 use pgml_api::cluster::ClusterPhase;
 use pgml_api::common::{Condition, condition as c};
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_create_bucket, s3_list_keys};
+use pgml_testbed::aws::{TEST_SECRET_KEY, s3_create_bucket, s3_list_keys};
 use pgml_testbed::pg::Postgres;
 use pgml_testbed::sandbox::NodeInfo;
 use serde_json::{Value, json};
@@ -114,18 +114,9 @@ async fn continuous_archiving_true_then_false_on_a_refused_bucket() {
     let refused = format!("pgml-arch-refused-{run}");
     s3_create_bucket(sb, &bucket).unwrap();
 
-    let ca = s3.ca_file.to_string_lossy().into_owned();
     let mut f = ClusterFixture::start("pgbr-arch", CLUSTER, &[2], &[])
         .await
-        .with_kubelet(
-            &[
-                ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
-                ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
-                ("PGBACKREST_REPO1_S3_KEY", TEST_ACCESS_KEY),
-                ("PGBACKREST_REPO1_S3_KEY_SECRET", TEST_SECRET_KEY),
-            ],
-            30,
-        );
+        .with_s3_kubelet(30);
     let ns = &f.ns;
     f.apply(&manifest(node, &bucket, &s3.endpoint, &sb.region))
         .await;

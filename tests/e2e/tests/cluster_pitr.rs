@@ -36,7 +36,7 @@ use pgml_api::cluster::ClusterPhase;
 use pgml_api::common::condition as c;
 use pgml_api::instance::{InstanceReport, Role, STATUS_ANNOTATION};
 use pgml_testbed::Sandbox;
-use pgml_testbed::aws::{TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_create_bucket, s3_list_keys};
+use pgml_testbed::aws::{s3_create_bucket, s3_list_keys};
 use pgml_testbed::pg::Postgres;
 use pgml_testbed::sandbox::NodeInfo;
 use serde_json::{Value, json};
@@ -120,18 +120,9 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
         endpoint: s3.endpoint.clone(),
         region: sb.region.clone(),
     };
-    let ca = s3.ca_file.to_string_lossy().into_owned();
     let mut f = ClusterFixture::start("pitr", SOURCE, &[0, 1, 2], &[])
         .await
-        .with_kubelet(
-            &[
-                ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
-                ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
-                ("PGBACKREST_REPO1_S3_KEY", TEST_ACCESS_KEY),
-                ("PGBACKREST_REPO1_S3_KEY_SECRET", TEST_SECRET_KEY),
-            ],
-            40,
-        );
+        .with_s3_kubelet(40);
     let ns = f.ns.name().to_string();
 
     // The source: archiving, a full backup every minute.

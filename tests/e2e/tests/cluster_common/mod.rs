@@ -432,3 +432,27 @@ impl ClusterFixture {
         .await
     }
 }
+
+impl ClusterFixture {
+    /// [`Self::with_kubelet`] for instance managers that reach the sandbox's S3 with
+    /// pgBackRest: moto's test keys through their environment (never in a file or object)
+    /// and the sandbox's CA, which pgBackRest needs for its HTTPS front.
+    pub fn with_s3_kubelet(self, log_lines: usize) -> Self {
+        let ca = self.sb.s3_tls().ca_file.to_string_lossy().into_owned();
+        self.with_kubelet(
+            &[
+                ("PGBACKREST_REPO1_STORAGE_CA_FILE", &ca),
+                ("PGBACKREST_REPO1_S3_KEY_TYPE", "shared"),
+                (
+                    "PGBACKREST_REPO1_S3_KEY",
+                    pgml_testbed::aws::TEST_ACCESS_KEY,
+                ),
+                (
+                    "PGBACKREST_REPO1_S3_KEY_SECRET",
+                    pgml_testbed::aws::TEST_SECRET_KEY,
+                ),
+            ],
+            log_lines,
+        )
+    }
+}
