@@ -282,9 +282,14 @@ impl Manager {
                 self.restore_failed = Some(why.clone());
                 Some(why)
             }
-            Err(e) => Some(format!(
-                "checking that this cluster's pgBackRest repository holds no stanza yet: {e}"
-            )),
+            // Unreadable (S3 down, a bucket not there yet): the database is made anyway, as
+            // a failing repository blocks nothing else; pgBackRest itself then refuses to
+            // archive into a stanza of another database (its system identifier is checked).
+            Err(e) => {
+                tracing::warn!(error = %e, "this cluster's pgBackRest repository could not be read before making the database; going on");
+                self.archive_checked = true;
+                None
+            }
         }
     }
 

@@ -171,8 +171,13 @@ pub fn stanzas_in_repository(json: &str) -> anyhow::Result<Option<String>> {
         .context("pgbackrest info printed no list of stanzas")?;
     let held: Vec<String> = list
         .iter()
-        // A stanza named in the file but absent from the repository.
-        .filter(|e| e["status"]["code"].as_i64() != Some(1))
+        // A stanza named in the file but absent from the repository (code 1), or the
+        // repository unreadable (`[invalid]`, code 99: a missing bucket, no access): no
+        // stanza seen there.
+        .filter(|e| {
+            let code = e["status"]["code"].as_i64();
+            code != Some(1) && code != Some(99) && e["name"] != "[invalid]"
+        })
         .map(|e| {
             let name = e["name"].as_str().unwrap_or("?");
             let ids: Vec<String> = e["db"]
@@ -388,6 +393,9 @@ mod tests {
         );
         assert!(stanzas_in_repository("oops").is_err());
         assert!(stanzas_in_repository("{}").is_err());
+        // What pgBackRest 2.45 prints for a bucket that does not exist: nothing seen.
+        let unreadable = r#"[{"backup":[],"db":[],"name":"[invalid]","repo":[{"cipher":"none","key":1,"status":{"code":99,"message":"[103]: unable to find a valid repository"}}],"status":{"code":99,"message":"other"}}]"#;
+        assert_eq!(stanzas_in_repository(unreadable).unwrap(), None);
     }
 
     #[test]
