@@ -110,7 +110,7 @@ pub struct Restore {
 
 impl View {
     /// Never bootstrapped, and this instance is to make the database from a repository.
-    fn restores(&self) -> Option<&Restore> {
+    pub fn restores(&self) -> Option<&Restore> {
         self.restore
             .as_ref()
             .filter(|_| self.system_identifier.is_none() && self.meant_primary())

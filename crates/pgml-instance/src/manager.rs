@@ -214,9 +214,7 @@ impl Manager {
         let after = self.observe().await;
         self.seen(after.running);
         self.stopping = false;
-        let restoring = fetched.as_ref().is_ok_and(|v| {
-            v.restore.is_some() && v.system_identifier.is_none() && v.meant_primary()
-        });
+        let restoring = fetched.as_ref().is_ok_and(|v| v.restores().is_some());
         if let Ok(v) = &fetched {
             self.schedule = Schedule::parse(&v.backup_schedule);
         }

@@ -35,6 +35,14 @@ fn checked<'a>(what: &str, v: &'a str, ok: impl Fn(char) -> bool) -> anyhow::Res
     Ok(v)
 }
 
+/// The source's stanza, checked to be a cluster's name (it goes on a command line and into
+/// the include file).
+fn stanza_of(r: &Restore) -> anyhow::Result<&str> {
+    checked("stanza", &r.stanza, |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+    })
+}
+
 /// The time as PostgreSQL and pgBackRest both read it: `YYYY-MM-DD HH:MM:SS[.ffffff]+00`
 /// (pgBackRest picks the backup set by it, and does not read RFC 3339's `T` and `Z`).
 pub fn target_time(rfc3339: &str) -> anyhow::Result<String> {
@@ -89,9 +97,7 @@ fn timeline(t: Option<&RecoveryTarget>) -> anyhow::Result<Option<&str>> {
 /// newest that ended before a time target). The recovery settings it writes are replaced
 /// by the manager's ([`recovery_conf`]) before the first start.
 pub fn restore_args(config_dir: &Path, r: &Restore, into: &Path) -> anyhow::Result<Vec<String>> {
-    let stanza = checked("stanza", &r.stanza, |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-    })?;
+    let stanza = stanza_of(r)?;
     let mut args = vec![
         format!("--config={}", config_dir.join(SOURCE_CONFIG_FILE).display()),
         format!("--stanza={stanza}"),
@@ -127,9 +133,7 @@ pub fn restore_args(config_dir: &Path, r: &Restore, into: &Path) -> anyhow::Resu
 /// a pause there. Written only before a start in recovery; the next start of this
 /// instance (as a primary, or after a demotion) writes the include without them.
 pub fn recovery_conf(config_dir: &Path, r: &Restore) -> anyhow::Result<String> {
-    let stanza = checked("stanza", &r.stanza, |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-    })?;
+    let stanza = stanza_of(r)?;
     let config = config_dir.join(SOURCE_CONFIG_FILE);
     let config = checked("configuration path", &config.to_string_lossy(), |c| {
         c.is_ascii_alphanumeric() || "/._-".contains(c)
