@@ -83,7 +83,8 @@ struct Args {
     )]
     replication_secret_dir: PathBuf,
     /// The cluster's ConfigMap: its `postgresql.conf` is included before this process's own
-    /// settings, its `pg_hba.conf` is the `hba_file`. Files absent: initdb's own are used.
+    /// settings, its `pg_hba.conf` is the `hba_file`, its `pg_ident.conf` the `ident_file`.
+    /// Files absent: initdb's own are used.
     #[arg(long, env = "PGML_CONFIG_DIR", default_value = "/etc/pgml/config")]
     config_dir: PathBuf,
     /// The Secrets, mounted: `superuser/{username,password}` sets the superuser's password.
@@ -173,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         config_dir: Some(args.config_dir.clone()),
         drop_to: drop_to_postgres()?,
         run_dir: run_dir(args.run_dir.clone())?,
+        db: Default::default(),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -122,6 +122,20 @@ pub fn parse_control_data(out: &str) -> ControlData {
 }
 
 /// The managed settings: where to listen, and how to follow a primary when in recovery.
+/// pg_hba.conf with `map=<map>` added to its `local … peer` lines (those without options).
+pub fn peer_mapped(hba: &str, map: &str) -> String {
+    hba.lines()
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            if fields.first() == Some(&"local") && fields.last() == Some(&"peer") {
+                format!("{l} map={map}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
 pub fn managed_conf(
     pg: &Pg,
     instance: &str,
@@ -162,6 +176,7 @@ pub fn managed_conf(
         for (file, line) in [
             ("postgresql.conf", "include_if_exists"),
             ("pg_hba.conf", "hba_file"),
+            ("pg_ident.conf", "ident_file"),
         ] {
             let path = dir.join(file);
             if path.exists() {
@@ -193,6 +208,17 @@ pub fn managed_conf(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_peer_lines_get_the_map() {
+        let hba = "# local all all peer\nlocal   all   all   peer\nlocal replication all peer\n\
+                   host all all 127.0.0.1/32 peer\nlocal all all trust\n";
+        assert_eq!(
+            peer_mapped(hba, "m"),
+            "# local all all peer\nlocal   all   all   peer map=m\nlocal replication all peer map=m\n\
+             host all all 127.0.0.1/32 peer\nlocal all all trust\n"
+        );
+    }
 
     #[test]
     fn control_data_fields() {
@@ -247,6 +273,7 @@ mod tests {
             config_dir: None,
             drop_to: None,
             run_dir: "/controller".into(),
+            db: Default::default(),
         };
         let creds = Credentials {
             username: "streaming_replica".into(),
@@ -285,6 +312,7 @@ mod tests {
             config_dir: Some(dir.clone()),
             drop_to: None,
             run_dir: "/controller".into(),
+            db: Default::default(),
         };
         let t = managed_conf(&pg, "main-1", None, None).unwrap();
         let include = t

@@ -181,7 +181,7 @@ impl Pg {
 
     /// Writes a file of PGDATA atomically (temporary file, fsync, rename, fsync of the
     /// folder), owned by postgres, mode 0600.
-    fn write_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
+    pub(super) fn write_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
         let path = self.file(name);
         let tmp = self.file(&format!(".{name}.tmp"));
         let mut f = std::fs::OpenOptions::new()
@@ -343,6 +343,7 @@ mod tests {
             config_dir: None,
             drop_to: None,
             run_dir: "/run/pgml".into(),
+            db: Default::default(),
         }
     }
 

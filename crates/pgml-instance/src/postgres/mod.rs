@@ -1,6 +1,7 @@
 //! This instance's PostgreSQL: its files in PGDATA, the programs that drive it (`initdb`,
-//! `pg_ctl`, `pg_basebackup`, `pg_controldata`, `psql`), each an argument vector, run as the
-//! `postgres` user (through `runuser` when this process is root, as in the test bed).
+//! `pg_ctl`, `pg_basebackup`, `pg_controldata`, `pgbackrest`), each an argument vector, run
+//! as the `postgres` user (through `runuser` when this process is root, as in the test bed),
+//! and its SQL through one kept connection of the tokio-postgres driver ([`db`]).
 
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -8,10 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 mod conf;
+mod db;
 mod files;
 
 pub use conf::{ControlData, Credentials, managed_conf, parse_control_data, split_address};
@@ -38,7 +39,12 @@ pub struct Pg {
     /// Where runtime files that must not be in PGDATA go (so not in snapshots or backups):
     /// the replication passfile. In the Pod, the instance manager's own emptyDir.
     pub run_dir: PathBuf,
+    /// The kept connection (shared by clones).
+    pub db: db::Db,
 }
+
+/// The pg_ident.conf map of socket connections (the operator's pg_hba.conf uses the same).
+const LOCAL_MAP: &str = "pgml-local";
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -113,105 +119,75 @@ impl Pg {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Runs SQL (`-c`) through psql on the Unix socket; rows of fields.
-    pub async fn query(&self, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
-        let port = self.port.to_string();
-        let mut c = self.command("psql");
-        c.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-F",
-            "\u{1f}",
-            "-v",
-            "ON_ERROR_STOP=1",
-        ])
-        .arg("-h")
-        .arg(&self.socket_dir)
-        .args([
-            "-p",
-            &port,
-            "-U",
-            &self.superuser,
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let out = tokio::time::timeout(Duration::from_secs(30), c.output())
-            .await
-            .context("psql did not answer in 30 s")?
-            .context("running psql")?;
-        if !out.status.success() {
-            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+    fn target(&self) -> db::Target<'_> {
+        db::Target {
+            socket_dir: &self.socket_dir,
+            port: self.port,
+            user: &self.superuser,
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split('\u{1f}').map(str::to_string).collect())
-            .collect())
     }
 
-    /// Runs a script given on stdin (so that nothing in it shows in a process list).
-    async fn script(&self, sql: &str) -> anyhow::Result<()> {
-        let port = self.port.to_string();
-        let mut c = self.command("psql");
-        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args(["-p", &port, "-U", &self.superuser, "-d", "postgres"])
-            .env("PGCONNECT_TIMEOUT", "5")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().context("running psql")?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(sql.as_bytes()).await?;
-        drop(stdin);
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+    /// Runs SQL (one statement or several, the simple protocol) on the kept connection;
+    /// the rows as text fields, NULL as "".
+    pub async fn query(&self, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+        self.db
+            .run(&self.target(), async |c| c.simple_query(sql).await)
             .await
-            .context("psql did not finish in 30 s")??;
-        if !out.status.success() {
-            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+            .map(db::text_rows)
+    }
+
+    /// Runs `f` on the kept connection (typed statements with parameters).
+    pub async fn with_client<T>(
+        &self,
+        f: impl AsyncFn(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> anyhow::Result<T> {
+        self.db.run(&self.target(), f).await
+    }
+
+    /// Forgets the kept connection (the server is being stopped).
+    pub async fn disconnect(&self) {
+        self.db.close().await;
     }
 
     /// Role, WAL positions, timeline, receiver state and the system identifier, in one
     /// query.
     pub async fn sql_state(&self) -> anyhow::Result<Sql> {
-        let rows = self
-            .query(
-                "SELECT pg_is_in_recovery(), \
-                 CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END, \
-                 coalesce(pg_last_wal_receive_lsn()::text, ''), \
-                 coalesce(pg_last_wal_replay_lsn()::text, ''), \
-                 CASE WHEN pg_is_in_recovery() \
-                   THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver)::text, \
-                                 (SELECT timeline_id FROM pg_control_checkpoint())::text) \
-                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END, \
-                 coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
-                 (SELECT system_identifier FROM pg_control_system())::text, \
-                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused()::text ELSE 'false' END",
-            )
+        let row = self
+            .with_client(async |c| {
+                c.query_one(
+                    "SELECT pg_is_in_recovery(), \
+                     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+                     pg_last_wal_receive_lsn()::text, \
+                     pg_last_wal_replay_lsn()::text, \
+                     CASE WHEN pg_is_in_recovery() \
+                       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                                     (SELECT timeline_id FROM pg_control_checkpoint())) \
+                       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+                     (SELECT status FROM pg_stat_wal_receiver), \
+                     (SELECT system_identifier FROM pg_control_system())::text, \
+                     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END",
+                    &[],
+                )
+                .await
+            })
             .await?;
-        let row = rows.first().context("no row")?;
-        let f = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
+        let lsn = |i: usize| -> Result<Option<Lsn>, tokio_postgres::Error> {
+            Ok(row.try_get::<_, Option<&str>>(i)?.and_then(Lsn::parse))
+        };
         Ok(Sql {
-            in_recovery: f(0) == "t",
-            current_lsn: Lsn::parse(f(1)),
-            receive_lsn: Lsn::parse(f(2)),
-            replay_lsn: Lsn::parse(f(3)),
-            timeline: f(4).parse().ok(),
-            streaming: f(5) == "streaming",
-            system_identifier: Some(f(6))
+            in_recovery: row.try_get(0)?,
+            current_lsn: lsn(1)?,
+            receive_lsn: lsn(2)?,
+            replay_lsn: lsn(3)?,
+            timeline: row
+                .try_get::<_, Option<i32>>(4)?
+                .and_then(|t| u32::try_from(t).ok()),
+            streaming: row.try_get::<_, Option<&str>>(5)? == Some("streaming"),
+            system_identifier: row
+                .try_get::<_, Option<&str>>(6)?
                 .filter(|s| pgml_api::instance::is_system_identifier(s))
                 .map(str::to_string),
-            replay_paused: f(7) == "t" || f(7) == "true",
+            replay_paused: row.try_get(7)?,
         })
     }
 
@@ -240,7 +216,22 @@ impl Pg {
             "\n# pgml-instance: replication and clients from other hosts\nhost replication all all {0}\nhost all all all {0}\n",
             self.host_auth
         );
-        self.append(&self.file("pg_hba.conf"), &hba)
+        self.append(&self.file("pg_hba.conf"), &hba)?;
+        if self.drop_to.is_some() && self.local_auth == "peer" {
+            // This process connects on the socket as root: initdb's peer lines get the map
+            // the operator's pg_hba.conf has (used when there is no ConfigMap).
+            let path = self.file("pg_hba.conf");
+            let text = std::fs::read_to_string(&path)?;
+            self.write_file("pg_hba.conf", &conf::peer_mapped(&text, LOCAL_MAP))?;
+            self.append(
+                &self.file("pg_ident.conf"),
+                &format!(
+                    "{LOCAL_MAP} /^(.*)$ \\1\n{LOCAL_MAP} root {}\n",
+                    self.superuser
+                ),
+            )?;
+        }
+        Ok(())
     }
 
     /// Restores a pgBackRest backup into the empty PGDATA: `pgbackrest <args>` (made by
@@ -366,6 +357,7 @@ impl Pg {
     }
 
     pub async fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        self.disconnect().await;
         let data = self.data.to_string_lossy().into_owned();
         self.run(
             "pg_ctl",
@@ -388,21 +380,18 @@ impl Pg {
 
     /// Whether a standby named `application_name` streams from this server right now.
     pub async fn streams_to(&self, application_name: &str) -> anyhow::Result<bool> {
-        if !application_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!("{application_name:?} is not an instance name");
-        }
-        let rows = self
-            .query(&format!(
-                "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{application_name}' AND state = 'streaming'"
-            ))
+        let n: i64 = self
+            .with_client(async |c| {
+                c.query_one(
+                    "SELECT count(*) FROM pg_stat_replication \
+                     WHERE application_name = $1 AND state = 'streaming'",
+                    &[&application_name],
+                )
+                .await?
+                .try_get(0)
+            })
             .await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.first())
-            .is_some_and(|n| n != "0"))
+        Ok(n > 0)
     }
 
     pub async fn checkpoint(&self) -> anyhow::Result<()> {
@@ -422,34 +411,42 @@ impl Pg {
     /// Keeps exactly the physical slots `wanted` among those named `<prefix>…` (this
     /// cluster's); others are left alone. A slot in use is never dropped.
     pub async fn sync_slots(&self, prefix: &str, wanted: &[String]) -> anyhow::Result<()> {
-        let rows = self
-            .query(
-                "SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'",
-            )
+        let slots: Vec<(String, bool)> = self
+            .with_client(async |c| {
+                c.query(
+                    "SELECT slot_name::text, active FROM pg_replication_slots \
+                     WHERE slot_type = 'physical'",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+            })
             .await?;
         for name in wanted {
             if !valid_slot(name) {
                 bail!("{name:?} is not a valid slot name");
             }
-            if !rows.iter().any(|r| r.first() == Some(name)) {
-                self.query(&format!(
-                    "SELECT pg_create_physical_replication_slot('{name}', true)"
-                ))
+            if !slots.iter().any(|(n, _)| n == name) {
+                self.with_client(async |c| {
+                    c.execute(
+                        "SELECT pg_create_physical_replication_slot($1, true)",
+                        &[name],
+                    )
+                    .await
+                })
                 .await?;
                 tracing::info!(slot = %name, "replication slot created");
             }
         }
-        for r in &rows {
-            let (Some(name), Some(active)) = (r.first(), r.get(1)) else {
-                continue;
-            };
-            if name.starts_with(prefix)
-                && !wanted.contains(name)
-                && active == "f"
-                && valid_slot(name)
-            {
-                self.query(&format!("SELECT pg_drop_replication_slot('{name}')"))
-                    .await?;
+        for (name, active) in &slots {
+            if name.starts_with(prefix) && !wanted.contains(name) && !active {
+                self.with_client(async |c| {
+                    c.execute("SELECT pg_drop_replication_slot($1)", &[name])
+                        .await
+                })
+                .await?;
                 tracing::info!(slot = %name, "replication slot dropped");
             }
         }
@@ -466,21 +463,36 @@ impl Pg {
                 self.superuser
             );
         }
-        self.script(&format!(
-            "ALTER ROLE \"{}\" WITH PASSWORD '{}';\n",
-            self.superuser,
-            scram_verifier(&creds.password)
-        ))
-        .await
+        let sql = format!(
+            "ALTER ROLE {} WITH PASSWORD {}",
+            quote_ident(&self.superuser),
+            quote_literal(&scram_verifier(&creds.password))
+        );
+        self.with_client(async |c| c.batch_execute(&sql).await)
+            .await
     }
 
     /// Creates the replication role (or sets its password), from the replication Secret.
     pub async fn ensure_replication_role(&self, creds: &Credentials) -> anyhow::Result<()> {
-        let u = &creds.username;
-        self.script(&format!(
-            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{u}') THEN CREATE ROLE \"{u}\" WITH REPLICATION LOGIN; END IF; END$$;\nALTER ROLE \"{u}\" WITH REPLICATION LOGIN PASSWORD '{}';\n",
-            scram_verifier(&creds.password)
-        ))
+        let user = quote_ident(&creds.username);
+        let alter = format!(
+            "ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {}",
+            quote_literal(&scram_verifier(&creds.password))
+        );
+        self.with_client(async |c| {
+            let exists = c
+                .query_opt(
+                    "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                    &[&creds.username],
+                )
+                .await?
+                .is_some();
+            if !exists {
+                c.batch_execute(&format!("CREATE ROLE {user} WITH REPLICATION LOGIN"))
+                    .await?;
+            }
+            c.batch_execute(&alter).await
+        })
         .await
     }
 }
@@ -490,6 +502,21 @@ impl Pg {
 /// server, its statement log or `pg_stat_statements`.
 pub fn scram_verifier(password: &str) -> String {
     postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// `name` as an SQL identifier: double-quoted, inner quotes doubled (any text is safe).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as an SQL string literal: quotes doubled, and as an escape string (`E'…'`, its
+/// backslashes doubled) when it has any, so `standard_conforming_strings` does not matter.
+pub fn quote_literal(text: &str) -> String {
+    if text.contains('\\') {
+        format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", text.replace('\'', "''"))
+    }
 }
 
 fn valid_slot(name: &str) -> bool {
@@ -509,12 +536,20 @@ mod tests {
         let v = scram_verifier("s3cr3t-_");
         assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
         assert!(!v.contains("s3cr3t"), "{v}");
-        // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, none quoted in SQL.
+        // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, nothing to escape.
         let (head, keys) = v.split_once('$').unwrap().1.split_once('$').unwrap();
         assert_eq!(head.split(':').count(), 2);
         assert_eq!(keys.split(':').count(), 2);
         assert!(!v.contains(['\'', '\\']));
         // A fresh salt every time: the same password does not give the same verifier.
         assert_ne!(v, scram_verifier("s3cr3t-_"));
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted_whatever_they_hold() {
+        assert_eq!(quote_ident("app"), "\"app\"");
+        assert_eq!(quote_ident("a\"b; DROP"), "\"a\"\"b; DROP\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
     }
 }

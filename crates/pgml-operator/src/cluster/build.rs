@@ -403,7 +403,7 @@ impl<'a> Builder<'a> {
         }))
     }
 
-    /// `C-config`: postgresql.conf and pg_hba.conf, and with pgBackRest its
+    /// `C-config`: postgresql.conf, pg_hba.conf and pg_ident.conf, and with pgBackRest its
     /// `pgbackrest.conf` (the instance manager finds it there, see the design doc). An
     /// error when pgBackRest's part cannot be rendered: then none of it is.
     pub fn config_map(&self) -> Result<Value, RenderError> {
@@ -412,6 +412,7 @@ impl<'a> Builder<'a> {
         let mut data = json!({
             "postgresql.conf": config::postgresql_conf(&self.cluster.spec, archiving.as_ref()),
             "pg_hba.conf": config::pg_hba(&self.cluster.spec),
+            "pg_ident.conf": config::pg_ident(),
         });
         if let Some(a) = archiving {
             data[pgbackrest::CONFIG_KEY] = json!(a.file);

@@ -151,13 +151,29 @@ pub fn bootstrap_source(
     pgbackrest::render_config(namespace, &src.stanza, &repo, &pod_target()).map(Some)
 }
 
-/// pg_hba.conf: local connections (the instance manager), replication by its role, the
-/// user's lines, then password access for everyone else.
+/// The pg_ident.conf map of local (socket) connections: each system user as the database
+/// user of the same name, and `root` as the superuser: the instance manager connects with
+/// its driver from its own process, which runs as root where the image's user is root
+/// (`root` in the container can become `postgres` anyway; no other user gains anything).
+pub const LOCAL_MAP: &str = "pgml-local";
+
+/// pg_ident.conf: [`LOCAL_MAP`].
+pub fn pg_ident() -> String {
+    let su = SecretKind::Superuser.username();
+    format!(
+        "# Written by pgml-operator: who may connect on the socket as whom.\n\
+         {LOCAL_MAP} /^(.*)$ \\1\n\
+         {LOCAL_MAP} root {su}\n"
+    )
+}
+
+/// pg_hba.conf: local connections (the instance manager, through [`pg_ident`]), replication
+/// by its role, the user's lines, then password access for everyone else.
 pub fn pg_hba(spec: &PgmlClusterSpec) -> String {
     let repl = SecretKind::Replication.username();
     let mut out =
         String::from("# Written by pgml-operator; add lines with spec.postgresql.pgHba.\n");
-    out.push_str("local all all peer\n");
+    out.push_str(&format!("local all all peer map={LOCAL_MAP}\n"));
     out.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
     out.push_str("host all all ::1/128 scram-sha-256\n");
     out.push_str(&format!("host replication {repl} all scram-sha-256\n"));
