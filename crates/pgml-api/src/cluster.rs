@@ -385,6 +385,13 @@ pub struct Replicas {
     /// `Snapshot` (default) or `PgBasebackup`.
     #[serde(default)]
     pub seed_from: SeedFrom,
+    /// A replica is Ready (so served by the `-ro` Service) only while it streams from the
+    /// primary with at most this many bytes of WAL received or known to the primary that
+    /// it has not replayed yet. Unset: a replica that accepts connections is Ready, however
+    /// far behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub maximum_lag_bytes: Option<i64>,
 }
 
 /// How the cluster's database is made, once, when the cluster is created: at most one of

@@ -83,6 +83,8 @@ pub struct View {
     pub instances: Vec<String>,
     /// `spec.replicas.seedFrom: PgBasebackup`.
     pub seed_from_basebackup: bool,
+    /// `spec.replicas.maximumLagBytes` (not a rule's input: the readiness of a replica).
+    pub maximum_lag_bytes: Option<u64>,
     /// `status.systemIdentifier`: the database this cluster holds, recorded by the
     /// controller once its primary ran. None: never bootstrapped (the only case where
     /// `initdb` is allowed).
@@ -146,6 +148,15 @@ impl View {
             .iter()
             .find(|(_, p)| p.acting_primary())
             .map(|(n, _)| n.as_str())
+    }
+
+    /// The WAL position an acting primary last reported (what a replica is behind of).
+    pub fn primary_lsn(&self) -> Option<crate::report::Lsn> {
+        self.other_acting_primary()
+            .and_then(|n| self.peers.get(n))
+            .and_then(|p| p.report.as_ref())
+            .and_then(|r| r.lsn.as_deref())
+            .and_then(crate::report::Lsn::parse)
     }
 
     /// The address to stream from: an acting primary's, the target first, then the

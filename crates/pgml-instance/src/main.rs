@@ -4,7 +4,9 @@
 
 mod backrest;
 mod decide;
+mod health;
 mod manager;
+mod metrics;
 mod mounts;
 mod postgres;
 mod report;
@@ -102,6 +104,10 @@ struct Args {
     /// the next one forward.
     #[arg(long, env = "PGML_INTERVAL_SECONDS", default_value_t = 2)]
     interval_seconds: u64,
+    /// Where `/metrics` (PostgreSQL's figures) and the probes' `/healthz`, `/readyz` and
+    /// `/startupz` are served.
+    #[arg(long, env = "PGML_STATUS_ADDRESS", default_value = "0.0.0.0:9187")]
+    status_address: String,
     #[arg(long, env = "PGML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     #[arg(long, env = "PGML_LOG_LEVEL", default_value = "info")]
@@ -200,6 +206,19 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     m.expect_dataset = args.expect_dataset.clone();
+    let (metrics, registry) = metrics::Metrics::new();
+    m.metrics = metrics;
+    let last = m.probes.clone();
+    pgml_runtime::http::serve_with(
+        &args.status_address,
+        registry,
+        std::sync::Arc::new(move |p| {
+            let last = last.lock().expect("probes lock");
+            health::judge(p, last.as_ref(), std::time::Instant::now())
+        }),
+    )
+    .await
+    .with_context(|| format!("serving the probes and metrics on {}", args.status_address))?;
     m.recover_demotion().await;
     let every = Duration::from_secs(args.interval_seconds.max(1));
     loop {

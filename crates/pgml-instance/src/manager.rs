@@ -3,6 +3,7 @@
 //! (restart back-off), and the final LSN of a demotion.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use pgml_api::instance::ArchiverStats;
 
 use crate::backrest::{Backrest, Schedule};
 use crate::decide::{Action, Local, StartAs, View, decide};
+use crate::health::{self, Look};
+use crate::metrics::{self, Metrics};
 use crate::postgres::{Credentials, Pg, managed_conf};
 use crate::report::{self, InstanceReport, Lsn, Role, STATUS_ANNOTATION, slot_name};
 use crate::view;
@@ -71,6 +74,11 @@ pub struct Manager {
     /// The ZFS dataset PGDATA must be on (`PGML_EXPECT_DATASET`); None: not checked
     /// (ext4 storage, or run by hand).
     pub expect_dataset: Option<String>,
+    /// The last look, as the probes judge it (shared with the HTTP endpoint).
+    pub probes: Arc<Mutex<Option<Look>>>,
+    pub metrics: Metrics,
+    /// When the catalogue figures were last read.
+    catalogue_at: Option<Instant>,
 }
 
 /// Who this instance is, and where its secrets are.
@@ -109,6 +117,9 @@ impl Manager {
             archiver: None,
             control_data_error: None,
             expect_dataset: None,
+            probes: Arc::default(),
+            metrics: Metrics::default(),
+            catalogue_at: None,
             pg,
             pods: Api::namespaced(client.clone(), namespace),
             clusters: Api::namespaced(client, namespace),
@@ -204,6 +215,20 @@ impl Manager {
         let fetched = view::fetch(&self.clusters, &self.pods, &self.cluster, &self.me).await;
         let (fenced, message) = match &fetched {
             Ok(v) => {
+                {
+                    let mut probes = self.probes.lock().expect("probes lock");
+                    if probes.is_none() {
+                        // The first view read: the start-up probe passes from here on,
+                        // even when this look's action (a restore, a base backup) takes
+                        // hours.
+                        *probes = Some(Self::look_of(
+                            &local,
+                            Some(v),
+                            v.fenced,
+                            v.restores().is_some(),
+                        ));
+                    }
+                }
                 let action = decide(v, &local);
                 tracing::debug!(?action, "decided");
                 (v.fenced, self.act(action, v).await)
@@ -228,6 +253,49 @@ impl Manager {
         };
         self.archiver = seen.archiver;
         self.report(&after, fenced, message, restoring).await;
+        self.judged(&after, fetched.as_ref().ok(), fenced, restoring)
+            .await;
+    }
+
+    /// What the probes see of a look.
+    fn look_of(local: &Local, view: Option<&View>, fenced: bool, restoring: bool) -> Look {
+        let sql = local.sql.as_ref();
+        let primary_lsn = view.and_then(View::primary_lsn);
+        Look {
+            at: Instant::now(),
+            answered: sql.is_some(),
+            primary: sql.is_some_and(|s| !s.in_recovery),
+            streaming: sql.is_some_and(|s| s.streaming),
+            lag_bytes: sql
+                .filter(|s| s.in_recovery)
+                .and_then(|s| health::replica_lag(primary_lsn, s.receive_lsn, s.replay_lsn)),
+            restoring,
+            fenced,
+            maximum_lag_bytes: view.and_then(|v| v.maximum_lag_bytes),
+        }
+    }
+
+    /// What the probes and the metrics see of this look.
+    async fn judged(&mut self, after: &Local, view: Option<&View>, fenced: bool, restoring: bool) {
+        let sql = after.sql.as_ref();
+        let look = Self::look_of(after, view, fenced, restoring);
+        let (now, lag) = (look.at, look.lag_bytes);
+        let ready = health::judge(pgml_runtime::http::Probe::Ready, Some(&look), now).is_ok();
+        *self.probes.lock().expect("probes lock") = Some(look);
+        self.metrics.look(sql, lag, ready);
+        if sql.is_some() && metrics::due(self.catalogue_at, now) {
+            self.catalogue_at = Some(now);
+            match metrics::read(&self.pg).await {
+                Ok(c) => {
+                    self.metrics.catalogue(&c);
+                    self.metrics.scrape_failed(false);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading PostgreSQL's statistics");
+                    self.metrics.scrape_failed(true);
+                }
+            }
+        }
     }
 
     /// Echoes what the server wrote to its replay log since the last look. `ended`: the

@@ -108,6 +108,11 @@ pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
         current_primary: status.current_primary,
         instances: status.instances.into_iter().map(|i| i.name).collect(),
         seed_from_basebackup: c.spec.replicas.seed_from == SeedFrom::PgBasebackup,
+        maximum_lag_bytes: c
+            .spec
+            .replicas
+            .maximum_lag_bytes
+            .and_then(|b| u64::try_from(b).ok()),
         system_identifier: status.system_identifier,
         backup_schedule: c
             .spec

@@ -142,6 +142,8 @@ struct Run {
     uid: String,
     node: NodeInfo,
     port: u16,
+    /// The manager's `/metrics` and probes (`PGML_STATUS_ADDRESS`, on 127.0.0.1).
+    status_port: u16,
     pgdata: String,
     root: PathBuf,
     /// ConfigMap name → the folder its files go to.
@@ -183,6 +185,8 @@ pub struct Instance {
     pub pod: String,
     pub node: NodeInfo,
     pub port: u16,
+    /// The manager's `/metrics`, `/readyz`, … on 127.0.0.1.
+    pub status_port: u16,
     /// PGDATA as the node sees it.
     pub pgdata: String,
     pub superuser_password: String,
@@ -255,6 +259,7 @@ impl Kubelet {
             pod: pod.into(),
             node: r.node.clone(),
             port: r.port,
+            status_port: r.status_port,
             pgdata: r.pgdata.clone(),
             superuser_password: r.superuser_password.clone(),
             log: r.proc.log_path().clone(),
@@ -733,6 +738,7 @@ impl Inner {
         let run_dir = root.join("run");
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
         let port = free_port();
+        let status_port = free_port();
         let mut env = self.container_env(pod, c, &mounts).await?;
         let pgdata = env
             .iter()
@@ -742,6 +748,7 @@ impl Inner {
         let overrides = [
             ("KUBECONFIG", kubeconfig.display().to_string()),
             ("PGPORT", port.to_string()),
+            ("PGML_STATUS_ADDRESS", format!("127.0.0.1:{status_port}")),
             ("PGML_ADVERTISE_HOST", "127.0.0.1".into()),
             ("PGML_LISTEN_ADDRESSES", "127.0.0.1".into()),
             ("PGML_SOCKET_DIR", SOCKET_DIR.into()),
@@ -782,6 +789,7 @@ impl Inner {
             uid,
             node: node.clone(),
             port,
+            status_port,
             pgdata,
             root,
             config_maps,

@@ -395,6 +395,10 @@ pub fn instance(
         ("CLUSTER_NAME".into(), cluster.into()),
         ("PGDATA".into(), pgdata.into()),
         ("PGPORT".into(), port.to_string()),
+        (
+            "PGML_STATUS_ADDRESS".into(),
+            format!("127.0.0.1:{}", crate::pg::free_port()),
+        ),
         ("PGML_ADVERTISE_HOST".into(), "127.0.0.1".into()),
         ("PGML_LISTEN_ADDRESSES".into(), "127.0.0.1".into()),
         ("PGML_SOCKET_DIR".into(), crate::pg::SOCKET_DIR.into()),

@@ -26,6 +26,8 @@ pub const SOCKET_DIR: &str = "/tmp";
 pub const IRSA_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 pub const SECRETS_DIR: &str = "/etc/pgml/secrets";
 pub const PORT: i32 = 5432;
+/// The instance manager's `/metrics` and probes (`PGML_STATUS_ADDRESS`).
+pub const STATUS_PORT: i32 = 9187;
 /// Where the operator's image keeps the instance manager.
 pub const INSTANCE_BINARY: &str = "/usr/local/bin/pgml-instance";
 
@@ -260,6 +262,7 @@ impl<'a> Builder<'a> {
             ("CLUSTER_NAME", self.c.name.clone()),
             ("PGDATA", PGDATA.into()),
             ("PGPORT", PORT.to_string()),
+            ("PGML_STATUS_ADDRESS", format!("0.0.0.0:{STATUS_PORT}")),
             ("PGML_CONFIG_DIR", CONFIG_DIR.into()),
             ("PGML_SECRETS_DIR", SECRETS_DIR.into()),
             (
@@ -281,7 +284,16 @@ impl<'a> Builder<'a> {
             "image": spec.image,
             "command": [format!("{CONTROLLER_DIR}/pgml-instance"), "run"],
             "env": env,
-            "ports": [{"name": "postgres", "containerPort": PORT, "protocol": "TCP"}],
+            "ports": [
+                {"name": "postgres", "containerPort": PORT, "protocol": "TCP"},
+                {"name": "metrics", "containerPort": STATUS_PORT, "protocol": "TCP"},
+            ],
+            // The instance manager answers them (docs/design/pgmlcluster.md, "Probes"):
+            // start-up once it read its cluster, liveness while it answers, readiness while
+            // PostgreSQL accepts connections (a replica within maximumLagBytes).
+            "startupProbe": probe("/startupz", 5, 60),
+            "livenessProbe": probe("/healthz", 10, 3),
+            "readinessProbe": probe("/readyz", 5, 2),
             "volumeMounts": [
                 {"name": "pgdata", "mountPath": DATA_MOUNT},
                 {"name": "controller", "mountPath": CONTROLLER_DIR},
@@ -511,6 +523,16 @@ impl<'a> Builder<'a> {
             "spec": {"source": {"cluster": {"name": self.c.name, "instance": donor}}},
         })
     }
+}
+
+/// An HTTP probe of the instance manager's status port.
+fn probe(path: &str, period: u32, failures: u32) -> Value {
+    json!({
+        "httpGet": {"path": path, "port": "metrics", "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    })
 }
 
 #[cfg(test)]
