@@ -17,8 +17,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pgml_api::common::keys;
 use pgml_api::snapshot::{HoldState, SnapshotPhase};
 use pgml_api::{EbsSnapshot, PgmlCluster, ZfsPool};
@@ -532,6 +533,8 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
     )
     .await;
 
+    readiness_follows_the_replicas_lag(sb, ns, &replica).await;
+
     snapshot_with_the_agent_killed_in_the_hold(sb, ns, real).await;
     let acked = load_with_the_primary_killed(sb, ns, real, &primary).await;
 
@@ -597,6 +600,104 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The Pod's Ready condition, as the kubelet sets it from the readiness probe.
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the `-ro` Service's EndpointSlices have `pod` as a ready endpoint.
+async fn ro_serves(ns: &TestNamespace, pod: &str) -> bool {
+    let slices: Api<EndpointSlice> = ns.api();
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={CLUSTER}-ro"));
+    slices
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .any(|e| {
+            e.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some(pod)
+                && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+        })
+}
+
+/// `spec.replicas.maximumLagBytes` set to 1 MiB; the replica's replay paused while 8 MiB
+/// are written: the kubelet's readiness probe (the manager's `/readyz`) turns the replica
+/// not Ready and the `-ro` Service drops it; replay resumed, it is Ready and served again.
+/// The bound is taken away after (the kills that follow make lag on purpose).
+async fn readiness_follows_the_replicas_lag(sb: &Sandbox, ns: &TestNamespace, replica: &str) {
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let bound = |b: serde_json::Value| {
+        json!({"apiVersion": "pgml.io/v1alpha1", "kind": "PgmlCluster",
+               "spec": {"replicas": {"seedFrom": "Snapshot", "maximumLagBytes": b}}})
+    };
+    let merge = |v| Patch::Merge(v);
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &merge(bound(json!(1024 * 1024))),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !ro_serves(ns, replica).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{replica} never in {CLUSTER}-ro"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    local_psql(sb, ns.name(), replica, "SELECT pg_wal_replay_pause()");
+    client_psql(sb, ns.name(), "CREATE TABLE lagging AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g").await;
+    wait_for(
+        &pods,
+        replica,
+        "the lagging replica not Ready",
+        TIMEOUT,
+        |p: &Pod| !pod_ready(p),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while ro_serves(ns, replica).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{CLUSTER}-ro still serves {replica}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    local_psql(sb, ns.name(), replica, "SELECT pg_wal_replay_resume()");
+    wait_for(
+        &pods,
+        replica,
+        "the replica Ready again",
+        TIMEOUT,
+        pod_ready,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !ro_serves(ns, replica).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{replica} not back in {CLUSTER}-ro"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &merge(bound(serde_json::Value::Null)),
+        )
+        .await
+        .unwrap();
 }
 
 /// containerd's ID of a Pod's container (`containerd://<id>` in its status).
