@@ -222,3 +222,26 @@ pub async fn csi_volume_and_claim(
         .await
         .unwrap_or_else(|e| panic!("creating PersistentVolumeClaim {claim}: {e}"));
 }
+
+/// The ready endpoints of Service `service` (its EndpointSlices in `slices`' namespace): the
+/// Pod each one targets (empty when none) and its addresses.
+pub async fn ready_endpoints(
+    slices: &Api<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    service: &str,
+) -> Vec<(String, Vec<String>)> {
+    let lp =
+        kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    slices
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .flat_map(|s| s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .map(|e| {
+            let pod = e.target_ref.and_then(|t| t.name).unwrap_or_default();
+            (pod, e.addresses)
+        })
+        .collect()
+}

@@ -17,7 +17,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pgml_api::common::keys;
@@ -610,21 +609,21 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Whether the `-ro` Service's EndpointSlices have `pod` as a ready endpoint.
-async fn ro_serves(ns: &TestNamespace, pod: &str) -> bool {
-    let slices: Api<EndpointSlice> = ns.api();
-    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={CLUSTER}-ro"));
-    slices
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .any(|e| {
-            e.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some(pod)
-                && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
-        })
+/// Waits until the `-ro` Service has `pod` as a ready endpoint (`served`), or has not.
+async fn wait_ro(ns: &TestNamespace, pod: &str, served: bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let service = format!("{CLUSTER}-ro");
+    loop {
+        let ready = pgml_testbed::kube::ready_endpoints(&ns.api(), &service).await;
+        if ready.iter().any(|(p, _)| p == pod) == served {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} ready endpoints {ready:?}: {pod} should be served: {served}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `spec.replicas.maximumLagBytes` set to 1 MiB; the replica's replay paused while 8 MiB
@@ -647,14 +646,7 @@ async fn readiness_follows_the_replicas_lag(sb: &Sandbox, ns: &TestNamespace, re
         )
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !ro_serves(ns, replica).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{replica} never in {CLUSTER}-ro"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_ro(ns, replica, true).await;
     local_psql(sb, ns.name(), replica, "SELECT pg_wal_replay_pause()");
     client_psql(sb, ns.name(), "CREATE TABLE lagging AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g").await;
     wait_for(
@@ -665,14 +657,7 @@ async fn readiness_follows_the_replicas_lag(sb: &Sandbox, ns: &TestNamespace, re
         |p: &Pod| !pod_ready(p),
     )
     .await;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while ro_serves(ns, replica).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{CLUSTER}-ro still serves {replica}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_ro(ns, replica, false).await;
     local_psql(sb, ns.name(), replica, "SELECT pg_wal_replay_resume()");
     wait_for(
         &pods,
@@ -682,14 +667,7 @@ async fn readiness_follows_the_replicas_lag(sb: &Sandbox, ns: &TestNamespace, re
         pod_ready,
     )
     .await;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !ro_serves(ns, replica).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{replica} not back in {CLUSTER}-ro"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_ro(ns, replica, true).await;
     clusters
         .patch(
             CLUSTER,

@@ -8,9 +8,8 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use pgml_api::{PgmlCluster, ZfsPool};
 use pgml_testbed::Sandbox;
@@ -199,18 +198,11 @@ impl ClusterFixture {
 
     /// The ready addresses behind the cluster's `-rw` Service.
     pub async fn rw_addresses(&self) -> Vec<String> {
-        let slices: Api<EndpointSlice> = self.ns.api();
-        let lp = ListParams::default()
-            .labels(&format!("kubernetes.io/service-name={}-rw", self.cluster));
-        slices
-            .list(&lp)
+        let service = format!("{}-rw", self.cluster);
+        pgml_testbed::kube::ready_endpoints(&self.ns.api(), &service)
             .await
-            .unwrap()
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-            .flat_map(|e| e.addresses.clone())
+            .into_iter()
+            .flat_map(|(_, a)| a)
             .collect()
     }
 
