@@ -198,7 +198,7 @@ script_key="$(files_key scripts/images.sh)"
 declare -A key
 key[pgml-operator]="$( { echo "$script_key $base_key $format"; files_key docker/operator.Dockerfile .dockerignore; bins_key pgml-operator pgml-instance; } | sha)"
 key[pgml-agent]="$( { echo "$script_key $base_key $format ${zfs_arg[*]}"; files_key docker/agent.Dockerfile .dockerignore docker/agent/host-zpool docker/agent/host-zfs; bins_key pgml-agent pgml-freeze-guard; } | sha)"
-key[pgml-postgres]="$( { echo "$script_key $base_key $format"; files_key tests/testbed/images/postgres.Dockerfile tests/testbed/images/pgml-standin/pgml.c; } | sha)"
+key[pgml-postgres]="$( { echo "$script_key $base_key $format"; files_key tests/testbed/images/postgres.Dockerfile tests/testbed/images/pgml-standin/pgml.c tests/testbed/images/pgml-standin/pgml.control tests/testbed/images/pgml-standin/pgml--standin.sql; } | sha)"
 key[pause]="$( { echo "$script_key $format"; files_key tests/testbed/images/pause.Dockerfile tests/testbed/images/pause.c; } | sha)"
 
 stale() { # the names of the images whose archive or stamp is not this build's

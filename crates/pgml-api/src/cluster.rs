@@ -512,10 +512,32 @@ pub struct RecoveryTarget {
     pub timeline: Option<String>,
 }
 
-/// `bootstrap.initdb`: today, no options.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// The application database and its owner when `bootstrap.initdb` does not name them.
+pub const DEFAULT_APP: &str = "app";
+
+/// `bootstrap.initdb`: the application database and its owner, made on the primary once
+/// the database exists (also after a restore, when the source has neither), named in the
+/// `<cluster>-app` Secret (`username`, `dbname`, `uri`), with the `pgml` extension created
+/// in it when the image has it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct InitdbBootstrap {}
+#[x_kube(
+    validation = Rule::new("!has(self.database) || !(self.database in ['postgres', 'template0', 'template1'])")
+        .message("bootstrap.initdb.database cannot be one of PostgreSQL's own databases (postgres, template0, template1)").field_path(".database"),
+    validation = Rule::new("!has(self.owner) || !(self.owner in ['postgres', 'streaming_replica'])")
+        .message("bootstrap.initdb.owner cannot be the superuser (postgres) or the replication role (streaming_replica)").field_path(".owner"),
+)]
+pub struct InitdbBootstrap {
+    /// The application database (default `app`): lowercase letters, digits and `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub database: Option<String>,
+    /// The role that owns it and that the `<cluster>-app` Secret logs in as (default
+    /// `app`): lowercase letters, digits and `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub owner: Option<String>,
+}
 
 /// `bootstrap.snapshot`: the EbsSnapshot to restore.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -528,6 +550,16 @@ pub struct SnapshotBootstrap {
 }
 
 impl PgmlClusterSpec {
+    /// The application database and its owner (`bootstrap.initdb`, else `app`/`app`).
+    pub fn app(&self) -> (String, String) {
+        let i = self.bootstrap.as_ref().and_then(|b| b.initdb.as_ref());
+        let pick = |v: Option<&String>| v.cloned().unwrap_or_else(|| DEFAULT_APP.to_string());
+        (
+            pick(i.and_then(|i| i.database.as_ref())),
+            pick(i.and_then(|i| i.owner.as_ref())),
+        )
+    }
+
     /// The EbsSnapshot the cluster's database is restored from, if any.
     /// `bootstrap.pgbackrest`, the repository the database is restored from, if any.
     pub fn bootstrap_pgbackrest(&self) -> Option<&PgBackRestSource> {
@@ -747,6 +779,10 @@ pub struct PgmlClusterStatus {
     /// until it first serves (its system identifier recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreStatus>,
+    /// The `pgml` extension's version in the application database, as the primary last
+    /// reported it (condition `PgmlExtension`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgml_version: Option<String>,
 
     /// The snapshot scheduler's last and next slot.
     #[serde(flatten)]

@@ -29,6 +29,8 @@ pub mod condition {
     pub const LAST_SNAPSHOT_SUCCEEDED: &str = "LastSnapshotSucceeded";
     /// The spec is valid against checks the schema cannot express (see `crate::validate`).
     pub const SPEC_VALID: &str = "SpecValid";
+    /// PgmlCluster: the `pgml` extension is created in the application database.
+    pub const PGML_EXTENSION: &str = "PgmlExtension";
     /// ZfsPool: the volumes buy more IOPS or throughput than the instance type can use.
     pub const PERFORMANCE_LIMITED: &str = "PerformanceLimited";
     /// ZfsPool (agent): the pool is imported on the node.

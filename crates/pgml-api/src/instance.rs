@@ -78,6 +78,23 @@ pub struct InstanceReport {
     /// repository (`bootstrap.pgbackrest`, alone or on a snapshot), until it is promoted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreReport>,
+    /// A primary: its application database, once the manager made (or found) it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppReport>,
+}
+
+/// The application database on the primary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AppReport {
+    pub database: String,
+    /// The `pgml` version installed in it; None when the image does not offer the
+    /// extension (`pg_available_extensions`) or it could not be created (`error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgml: Option<String>,
+    /// Why the database, its owner or the extension could not be made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// How the restore of the cluster's database goes on its first instance.

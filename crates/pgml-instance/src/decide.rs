@@ -83,6 +83,9 @@ pub struct View {
     pub instances: Vec<String>,
     /// `spec.replicas.seedFrom: PgBasebackup`.
     pub seed_from_basebackup: bool,
+    /// The application database (`bootstrap.initdb.database`, default `app`; not a rule's
+    /// input: the primary makes it).
+    pub app_database: String,
     /// `spec.replicas.maximumLagBytes` (not a rule's input: the readiness of a replica).
     pub maximum_lag_bytes: Option<u64>,
     /// `status.systemIdentifier`: the database this cluster holds, recorded by the

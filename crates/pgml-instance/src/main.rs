@@ -89,7 +89,8 @@ struct Args {
     /// Files absent: initdb's own are used.
     #[arg(long, env = "PGML_CONFIG_DIR", default_value = "/etc/pgml/config")]
     config_dir: PathBuf,
-    /// The Secrets, mounted: `superuser/{username,password}` sets the superuser's password.
+    /// The Secrets, mounted: `superuser/{username,password}` sets the superuser's password;
+    /// `app/{username,password}` is the application database's owner.
     #[arg(long, env = "PGML_SECRETS_DIR", default_value = "/etc/pgml/secrets")]
     secrets_dir: PathBuf,
     /// The ZFS dataset PGDATA must be on (`<pool>/pgdata`); nothing starts, initialises or
@@ -203,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
             address: format!("{host}:{}", args.pgport),
             replication_secret: args.replication_secret_dir.clone(),
             superuser_secret: args.secrets_dir.join("superuser"),
+            app_secret: args.secrets_dir.join("app"),
         },
     );
     m.expect_dataset = args.expect_dataset.clone();

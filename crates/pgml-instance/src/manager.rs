@@ -28,6 +28,8 @@ use crate::view;
 /// A report is written when it changes; WAL positions and archiver counters that moved go
 /// out at most this often; an unchanged report is not written again.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// A failed attempt at the application database is tried again after this long.
+const APP_RETRY: Duration = Duration::from_secs(30);
 /// A server that ran this long before it exited starts again without delay.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
@@ -40,6 +42,11 @@ pub struct Manager {
     pub address: String,
     pub secret_dir: PathBuf,
     pub superuser_secret_dir: PathBuf,
+    pub app_secret_dir: PathBuf,
+    /// The application database as last made (None: not yet, on this primary), and when
+    /// a failed attempt is tried again.
+    app: Option<pgml_api::instance::AppReport>,
+    app_retry: Option<Instant>,
     demoted_lsn: Option<Lsn>,
     last_start: Option<Instant>,
     crashes: u32,
@@ -89,6 +96,7 @@ pub struct Identity {
     pub address: String,
     pub replication_secret: PathBuf,
     pub superuser_secret: PathBuf,
+    pub app_secret: PathBuf,
 }
 
 /// Delay before the n-th consecutive restart of a server that keeps exiting.
@@ -128,6 +136,9 @@ impl Manager {
             address: who.address,
             secret_dir: who.replication_secret,
             superuser_secret_dir: who.superuser_secret,
+            app_secret_dir: who.app_secret,
+            app: None,
+            app_retry: None,
             demoted_lsn: None,
             last_start: None,
             crashes: 0,
@@ -664,11 +675,51 @@ impl Manager {
             }
             self.replication_role_ready = true;
         }
+        self.ensure_app(view).await;
         let wanted: Vec<String> = view.slot_holders().iter().map(|i| slot_name(i)).collect();
         self.pg
             .sync_slots(&format!("{}_", slot_name(&self.cluster)), &wanted)
             .await?;
         Ok(String::new())
+    }
+
+    /// The application database, its owner and `pgml` (once per primary; a failure is
+    /// reported and tried again after [`APP_RETRY`]).
+    async fn ensure_app(&mut self, view: &View) {
+        let done = self.app.as_ref().is_some_and(|a| a.error.is_none());
+        if done || self.app_retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let database = view.app_database.clone();
+        let outcome = match Credentials::read(&self.app_secret_dir) {
+            Ok(Some(owner)) => self.pg.ensure_app(&owner, &database).await,
+            Ok(None) => Err(anyhow::anyhow!(
+                "the application Secret is not mounted at {}",
+                self.app_secret_dir.display()
+            )),
+            Err(e) => Err(e),
+        };
+        let report = match outcome {
+            Ok(pgml) => {
+                tracing::info!(%database, pgml = pgml.as_deref().unwrap_or("not offered by the image"), "application database ready");
+                pgml_api::instance::AppReport {
+                    database,
+                    pgml,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::warn!(%database, %error, "application database");
+                self.app_retry = Some(Instant::now() + APP_RETRY);
+                pgml_api::instance::AppReport {
+                    database,
+                    pgml: None,
+                    error: Some(error),
+                }
+            }
+        };
+        self.app = Some(report);
     }
 
     async fn report(&mut self, local: &Local, fenced: bool, message: String, restoring: bool) {
@@ -680,6 +731,7 @@ impl Manager {
             Timestamp::now().to_string(),
         );
         r.archiver = self.archiver.clone();
+        r.app = self.app.clone().filter(|_| r.role == Role::Primary);
         r.last_backup = self.backrest.last_backup.clone();
         if restoring || self.restore_failed.is_some() {
             r.restore = Some(pgml_api::instance::RestoreReport {

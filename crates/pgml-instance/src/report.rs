@@ -57,6 +57,7 @@ pub fn build(
         last_backup: None,
         system_identifier: sql.and_then(|s| s.system_identifier.clone()),
         restore: None,
+        app: None,
     }
 }
 

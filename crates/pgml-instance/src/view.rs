@@ -108,6 +108,7 @@ pub fn build(c: &PgmlCluster, pods: &[Pod], me: &str) -> anyhow::Result<View> {
         current_primary: status.current_primary,
         instances: status.instances.into_iter().map(|i| i.name).collect(),
         seed_from_basebackup: c.spec.replicas.seed_from == SeedFrom::PgBasebackup,
+        app_database: c.spec.app().0,
         maximum_lag_bytes: c
             .spec
             .replicas

@@ -8,7 +8,11 @@
 //!   (its own `replica_lag_bytes`, the primary's `replication_lag_bytes` for it) grows past
 //!   `spec.replicas.maximumLagBytes` and its `/readyz` fails saying how far behind it is;
 //!   replay resumed, the lag shrinks back and `/readyz` passes again;
-//! - `/healthz` passes throughout (liveness never follows PostgreSQL).
+//! - `/healthz` passes throughout (liveness never follows PostgreSQL);
+//! - the application database named in `bootstrap.initdb` (`shop`, owned by `shopper`) is
+//!   made by the primary's manager, and the `-app` Secret's URI logs in to it over TCP with
+//!   its password; the test bed's PostgreSQL offers no `pgml` extension, which the
+//!   `PgmlExtension` condition says (`NotAvailable`).
 
 mod cluster_common;
 
@@ -16,10 +20,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cluster_common::{ClusterFixture, TIMEOUT, zfs_cluster};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
 use pgml_api::cluster::ClusterPhase;
 use pgml_testbed::kubelet::Instance;
 use pgml_testbed::procs::http_get;
+use pgml_testbed::wait::condition;
 use serde_json::json;
 
 const CLUSTER: &str = "mtr";
@@ -91,7 +97,10 @@ async fn metrics_and_readiness_follow_replication_lag() {
         .await
         .with_kubelet(&[], 30);
     let volumes = json!({"count": 1, "type": "gp3", "sizeGiB": 1});
-    let extra = json!({"replicas": {"maximumLagBytes": MAX_LAG as i64}});
+    let extra = json!({
+        "replicas": {"maximumLagBytes": MAX_LAG as i64},
+        "bootstrap": {"initdb": {"database": "shop", "owner": "shopper"}},
+    });
     f.apply(&zfs_cluster(CLUSTER, 2, volumes, extra)).await;
     let (p, r) = (format!("{CLUSTER}-1"), format!("{CLUSTER}-2"));
     f.wait_cluster("Healthy with a streaming replica", |c| {
@@ -102,6 +111,54 @@ async fn metrics_and_readiness_follow_replication_lag() {
     .await;
     f.wait_roles(&[(&p, "primary"), (&r, "replica")]).await;
     let (primary, replica) = (f.instance(&p).await, f.instance(&r).await);
+
+    // The application database, through the Secret's URI (TCP, scram-sha-256).
+    let secrets: kube::Api<Secret> = f.ns.api();
+    let app = secrets.get(&format!("{CLUSTER}-app")).await.unwrap();
+    let field = |k: &str| String::from_utf8(app.data.as_ref().unwrap()[k].0.clone()).unwrap();
+    assert_eq!(
+        (field("username"), field("dbname")),
+        ("shopper".into(), "shop".into())
+    );
+    let uri = field("uri");
+    assert!(uri.ends_with("/shop"), "{uri}");
+    let local = format!(
+        "postgresql://shopper:{}@127.0.0.1:{}/shop",
+        field("password"),
+        primary.port
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    let who = loop {
+        let out = std::process::Command::new(format!("{}/psql", pgml_testbed::pg::PG_BIN))
+            .args([
+                "-X",
+                "-At",
+                "-c",
+                "SELECT current_user || '@' || current_database()",
+                &local,
+            ])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .unwrap();
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got == "shopper@shop" || Instant::now() > deadline {
+            break format!("{got}{}", String::from_utf8_lossy(&out.stderr));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(who, "shopper@shop");
+    let c = f
+        .wait_cluster("PgmlExtension says the image has no pgml", |c| {
+            condition(c, "PgmlExtension")
+                .is_some_and(|x| x["status"] == "False" && x["reason"] == "NotAvailable")
+        })
+        .await;
+    let cond = condition(&c, "PgmlExtension").unwrap();
+    assert!(
+        cond["message"].as_str().unwrap().contains("database shop"),
+        "{cond}"
+    );
+    assert_eq!(c.status.unwrap().pgml_version, None);
 
     // Role, timeline, positions and the databases, from the driver's reads.
     let m = wait_metrics(&primary, "the primary's figures", |m| {

@@ -520,6 +520,34 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
         "PGDATA on the pool's dataset:\n{mounts}"
     );
 
+    // The application database, with pgml created in it (the stand-in image's extension).
+    let c = wait_for(
+        &clusters,
+        CLUSTER,
+        "pgml created in the application database",
+        TIMEOUT,
+        |c: &PgmlCluster| {
+            c.status.as_ref().and_then(|s| s.pgml_version.as_deref()) == Some("standin")
+        },
+    )
+    .await;
+    assert!(has_condition(&c, "PgmlExtension", "True"), "{:?}", c.status);
+    let argv = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-h",
+        "/tmp",
+        "-d",
+        "app",
+        "-Atc",
+        "SELECT pgml.standin()",
+    ];
+    let standin = in_instance(sb, ns.name(), &primary, &argv);
+    assert!(standin.contains("not PostgresML"), "{standin}");
+
     // Rows through the -rw Service (by its DNS name), read back on the replica.
     client_psql(sb, ns.name(), "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g").await;
     wait_answer(

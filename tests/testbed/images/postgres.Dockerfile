@@ -52,6 +52,9 @@ RUN set -eux; \
     command -v pgbackrest runuser cp; \
     test "$(id -u postgres):$(id -g postgres)" = 999:999
 COPY --from=pgml-standin /src/pgml.so /usr/lib/postgresql/15/lib/pgml.so
+# And a stand-in `pgml` extension (pgml-standin/pgml.control: NOT PostgresML; it defines only
+# pgml.standin()), so that the operator's CREATE EXTENSION pgml runs in the stand-in image.
+COPY tests/testbed/images/pgml-standin/pgml.control tests/testbed/images/pgml-standin/pgml--standin.sql /usr/share/postgresql/15/extension/
 ENV TZ=UTC
 EXPOSE 5432
 LABEL org.opencontainers.image.title="pgml-postgres" \

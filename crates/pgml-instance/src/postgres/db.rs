@@ -33,6 +33,48 @@ pub struct Target<'a> {
     pub socket_dir: &'a Path,
     pub port: u16,
     pub user: &'a str,
+    pub dbname: &'a str,
+}
+
+impl Target<'_> {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.socket_dir)
+            .port(self.port)
+            .user(self.user)
+            .dbname(self.dbname)
+            .application_name("pgml-instance")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+            .await
+            .context("PostgreSQL did not accept a connection in 5 s")?
+            .with_context(|| {
+                format!(
+                    "connecting to PostgreSQL's database {} on its socket",
+                    self.dbname
+                )
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to PostgreSQL ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Runs `f` on a connection of its own (another database than the kept one's), within
+    /// [`QUERY_TIMEOUT`]; the connection is closed after.
+    pub async fn once<T>(
+        &self,
+        f: impl AsyncFn(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> anyhow::Result<T> {
+        let client = self.connect().await?;
+        tokio::time::timeout(QUERY_TIMEOUT, f(&client))
+            .await
+            .with_context(|| format!("PostgreSQL did not answer in {QUERY_TIMEOUT:?}"))?
+            .map_err(anyhow::Error::new)
+    }
 }
 
 impl Db {
@@ -41,23 +83,7 @@ impl Db {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
             *slot = None;
-            let mut config = tokio_postgres::Config::new();
-            config
-                .host_path(to.socket_dir)
-                .port(to.port)
-                .user(to.user)
-                .dbname("postgres")
-                .application_name("pgml-instance")
-                .connect_timeout(CONNECT_TIMEOUT);
-            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
-                .await
-                .context("PostgreSQL did not accept a connection in 5 s")?
-                .context("connecting to PostgreSQL on its socket")?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "connection to PostgreSQL ended");
-                }
-            });
+            let client = to.connect().await?;
             *slot = Some(client);
         }
         Ok(slot)

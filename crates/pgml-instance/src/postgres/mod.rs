@@ -120,10 +120,15 @@ impl Pg {
     }
 
     fn target(&self) -> db::Target<'_> {
+        self.target_in("postgres")
+    }
+
+    fn target_in<'a>(&'a self, dbname: &'a str) -> db::Target<'a> {
         db::Target {
             socket_dir: &self.socket_dir,
             port: self.port,
             user: &self.superuser,
+            dbname,
         }
     }
 
@@ -469,6 +474,66 @@ impl Pg {
             quote_literal(&scram_verifier(&creds.password))
         );
         self.with_client(async |c| c.batch_execute(&sql).await)
+            .await
+    }
+
+    /// The application database `db` owned by the Secret's user (the role made when
+    /// missing, its password set from the Secret, the database made when missing), and the
+    /// `pgml` extension in it when the image offers it. Returns pgml's installed version,
+    /// None when the image has no `pgml`.
+    pub async fn ensure_app(
+        &self,
+        owner: &Credentials,
+        db: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let role = quote_ident(&owner.username);
+        let alter = format!(
+            "ALTER ROLE {role} WITH LOGIN PASSWORD {}",
+            quote_literal(&scram_verifier(&owner.password))
+        );
+        let create_db = format!("CREATE DATABASE {} OWNER {role}", quote_ident(db));
+        self.with_client(async |c| {
+            let exists = c
+                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&owner.username])
+                .await?
+                .is_some();
+            if !exists {
+                c.batch_execute(&format!("CREATE ROLE {role} WITH LOGIN")).await?;
+            }
+            c.batch_execute(&alter).await?;
+            let made = c
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+                .await?
+                .is_some();
+            if !made {
+                // One statement, outside any transaction block, as CREATE DATABASE must be.
+                c.batch_execute(&create_db).await?;
+                tracing::info!(database = %db, owner = %owner.username, "application database created");
+            }
+            Ok(())
+        })
+        .await?;
+        self.target_in(db)
+            .once(async |c| {
+                let offered = c
+                    .query_opt(
+                        "SELECT 1 FROM pg_available_extensions WHERE name = 'pgml'",
+                        &[],
+                    )
+                    .await?;
+                if offered.is_none() {
+                    return Ok(None);
+                }
+                c.batch_execute("CREATE EXTENSION IF NOT EXISTS pgml")
+                    .await?;
+                c.query_opt(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'pgml'",
+                    &[],
+                )
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()
+            })
             .await
     }
 

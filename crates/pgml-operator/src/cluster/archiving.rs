@@ -42,6 +42,8 @@ pub struct Seen {
     pub primary: Option<String>,
     /// Its report, when it reports.
     pub report: Option<Reported>,
+    /// `spec.image` (what the `PgmlExtension` condition names).
+    pub image: String,
 }
 
 /// Sets a condition of any status, keeping `lastTransitionTime` while the status stays.
@@ -227,6 +229,7 @@ mod tests {
                 last_backup,
                 ..Default::default()
             }),
+            image: String::new(),
         }
     }
 

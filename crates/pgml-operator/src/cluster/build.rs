@@ -300,6 +300,7 @@ impl<'a> Builder<'a> {
                 {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
                 {"name": "superuser", "mountPath": format!("{SECRETS_DIR}/superuser"), "readOnly": true},
                 {"name": "replication", "mountPath": format!("{SECRETS_DIR}/replication"), "readOnly": true},
+                {"name": "app", "mountPath": format!("{SECRETS_DIR}/app"), "readOnly": true},
             ],
         });
         if let Some(r) = &spec.resources {
@@ -325,6 +326,7 @@ impl<'a> Builder<'a> {
                 {"name": "config", "configMap": {"name": self.c.config()}},
                 {"name": "superuser", "secret": {"secretName": self.c.secret(SecretKind::Superuser)}},
                 {"name": "replication", "secret": {"secretName": self.c.secret(SecretKind::Replication)}},
+                {"name": "app", "secret": {"secretName": self.c.secret(SecretKind::App)}},
             ],
             "affinity": self.affinity(),
         });
@@ -458,12 +460,16 @@ impl<'a> Builder<'a> {
 
     /// A credentials Secret, made once. `password` comes from [`super::secrets`].
     pub fn secret(&self, kind: SecretKind, password: &str) -> Value {
-        let user = kind.username();
+        let (database, owner) = self.cluster.spec.app();
+        let user = match kind {
+            SecretKind::App => owner.as_str(),
+            _ => kind.username(),
+        };
         let mut data = json!({"username": user, "password": password});
         if kind == SecretKind::App {
-            data["dbname"] = json!("app");
+            data["dbname"] = json!(database);
             data["uri"] = json!(format!(
-                "postgresql://{user}:{password}@{}.{}.svc:{PORT}/app",
+                "postgresql://{user}:{password}@{}.{}.svc:{PORT}/{database}",
                 self.c.service_rw(),
                 self.c.namespace
             ));

@@ -8,6 +8,7 @@
 //! The instance manager in each Pod runs PostgreSQL and reports in the Pod's
 //! `pgml.io/instance-status` annotation; the node agent builds the pools.
 
+pub mod app;
 pub mod apply;
 pub mod archiving;
 pub mod build;

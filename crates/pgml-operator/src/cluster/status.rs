@@ -15,11 +15,12 @@ use crate::runtime::conditions::{Stamp, set_condition};
 use crate::runtime::{Context, Error, FIELD_MANAGER, events};
 
 /// Condition types the cluster controller writes.
-pub const OWNED_CONDITIONS: [&str; 7] = [
+pub const OWNED_CONDITIONS: [&str; 8] = [
     c::CONTINUOUS_ARCHIVING,
     c::DEGRADED,
     c::LAST_BACKUP_SUCCEEDED,
     c::LAST_SNAPSHOT_SUCCEEDED,
+    c::PGML_EXTENSION,
     c::PROGRESSING,
     c::READY,
     c::SPEC_VALID,
@@ -99,6 +100,7 @@ pub fn owned_view(s: &PgmlClusterStatus) -> PgmlClusterStatus {
         last_snapshot: s.last_snapshot.clone(),
         system_identifier: s.system_identifier.clone(),
         restore: s.restore.clone(),
+        pgml_version: s.pgml_version.clone(),
         ..Default::default()
     }
 }
@@ -257,6 +259,7 @@ pub fn compute(
     let verrors = s.spec_errors.join("; ");
     set_condition(conds, &old, c::SPEC_VALID, valid, vwhy, verrors, stamp);
     archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
+    super::app::fill(&s.pgbackrest, observed, &mut out, stamp);
     out.last_snapshot = s.snapshots.completed.clone();
     if let Some(cond) = &s.snapshots.condition {
         let conds = &mut out.conditions;

@@ -191,6 +191,7 @@ pub fn summary(
             configured: b.cluster.spec.backups.pgbackrest.is_some(),
             primary: roles.current.clone(),
             report: primary.and_then(|m| m.reported.clone()),
+            image: b.cluster.spec.image.clone(),
         },
     }
 }
