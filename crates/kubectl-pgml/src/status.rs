@@ -47,6 +47,9 @@ pub struct Summary {
     /// The restore of the database (`spec.bootstrap`), until it first serves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<pgml_api::cluster::RestoreStatus>,
+    /// `status.pgmlVersion`: the `pgml` extension in the application database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgml_version: Option<String>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -254,6 +257,7 @@ pub fn summarize(
         snapshots,
         warnings,
         restore: st.restore.clone(),
+        pgml_version: st.pgml_version.clone(),
     }
 }
 
@@ -578,6 +582,9 @@ fn overview(s: &Summary, p: &Paint) -> String {
     out += &kv("Instances", readiness_words(s, p));
     out += &kv("Storage", format!("{} — {}", s.storage_mode, s.storage));
     out += &kv("Image", s.image.clone());
+    if let Some(v) = &s.pgml_version {
+        out += &kv("pgml", v.clone());
+    }
     out += &kv("Generation", generation_words(s, p));
     if let Some(r) = &s.restore {
         out += &kv("Restoring from", r.base.clone());
@@ -978,6 +985,7 @@ mod tests {
                 "lastBackup": {"label": "20261127-020000F", "type": "full",
                                "completionTime": "2026-11-27T02:10:00Z", "succeeded": true},
                 "lastSnapshot": {"name": "main-202611271200"},
+                "pgmlVersion": "2.10.0",
                 "nextScheduleTime": "2026-11-27T18:00:00Z"
             }
         }))
@@ -1160,6 +1168,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(line("Phase:"), ["Phase:", "Degraded"]);
+        assert_eq!(line("pgml:"), ["pgml:", "2.10.0"]);
         assert!(line("Instances:").contains(&"1/2"));
         assert!(line("Generation:").contains(&"4"));
         assert!(
