@@ -9,6 +9,7 @@ mod manager;
 mod metrics;
 mod mounts;
 mod postgres;
+mod programs;
 mod report;
 mod restore;
 mod view;
@@ -183,6 +184,23 @@ async fn main() -> anyhow::Result<()> {
         run_dir: run_dir(args.run_dir.clone())?,
         db: Default::default(),
     };
+    // Every program this process will run, there before anything is started.
+    let uses_pgbackrest = ["pgbackrest.conf", "pgbackrest-bootstrap.conf"]
+        .iter()
+        .any(|f| args.config_dir.join(f).exists());
+    let missing = programs::missing(
+        &pg.bin,
+        &std::env::var_os("PATH").unwrap_or_default(),
+        pg.drop_to.is_some(),
+        uses_pgbackrest,
+    );
+    if !missing.is_empty() {
+        bail!(
+            "the image lacks programs the instance manager runs: {} (PGML_PG_BIN is {})",
+            missing.join(", "),
+            pg.bin.display()
+        );
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         instance = %args.pod_name,
