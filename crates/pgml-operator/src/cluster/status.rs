@@ -243,11 +243,7 @@ pub fn compute(
             | ClusterPhase::Switchover
             | ClusterPhase::Failover
     );
-    let (pwhy, pmsg) = if progressing {
-        (why, message.as_str())
-    } else {
-        (reason::STABLE, "")
-    };
+    let (pwhy, pmsg) = progressing_reason(phase, why, &message);
     set_condition(conds, &old, c::PROGRESSING, progressing, pwhy, pmsg, stamp);
     set_condition(conds, &old, c::DEGRADED, degraded, dwhy, dmsg, stamp);
     let valid = s.spec_errors.is_empty();
@@ -256,8 +252,12 @@ pub fn compute(
     } else {
         reason::SPEC_INVALID
     };
-    let verrors = s.spec_errors.join("; ");
-    set_condition(conds, &old, c::SPEC_VALID, valid, vwhy, verrors, stamp);
+    let vmsg = if valid {
+        "the spec passed the operator's checks".to_string()
+    } else {
+        s.spec_errors.join("; ")
+    };
+    set_condition(conds, &old, c::SPEC_VALID, valid, vwhy, vmsg, stamp);
     archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
     super::app::fill(&s.pgbackrest, observed, &mut out, stamp);
     out.last_snapshot = s.snapshots.completed.clone();
@@ -266,6 +266,32 @@ pub fn compute(
         archiving::set(conds, &old, c::LAST_SNAPSHOT_SUCCEEDED, cond.clone(), stamp);
     }
     out
+}
+
+/// `Progressing`'s reason and message when the phase is not one of change (for those it
+/// is the phase's own). A cluster waiting for a node says so rather than `Stable`.
+fn progressing_reason(
+    phase: ClusterPhase,
+    why: &'static str,
+    message: &str,
+) -> (&'static str, String) {
+    match phase {
+        ClusterPhase::Creating
+        | ClusterPhase::Restoring
+        | ClusterPhase::Scaling
+        | ClusterPhase::Switchover
+        | ClusterPhase::Failover => (why, message.to_string()),
+        ClusterPhase::Pending => (
+            why,
+            format!("waiting for a node to place an instance on: {message}"),
+        ),
+        ClusterPhase::Failed => (why, format!("stopped: {message}")),
+        ClusterPhase::Healthy => (reason::STABLE, format!("nothing to change: {message}")),
+        ClusterPhase::Degraded => (
+            reason::STABLE,
+            format!("no change under way (see Degraded): {message}"),
+        ),
+    }
 }
 
 /// The status' fields but the conditions and pgBackRest's.
@@ -329,7 +355,8 @@ fn degraded(
         );
         (true, reason::FENCED, message)
     } else {
-        (false, reason::HEALTHY, String::new())
+        let message = "every instance's ZFS pool ONLINE (as far as reported), none fenced";
+        (false, reason::HEALTHY, message.to_string())
     }
 }
 
@@ -636,6 +663,54 @@ mod tests {
         assert_eq!(
             cond(&primary_down, c::READY).reason,
             reason::PRIMARY_NOT_READY
+        );
+    }
+
+    /// `kubectl describe` shows a message under every condition, whatever the phase.
+    #[test]
+    fn every_condition_has_a_message() {
+        let empty = PgmlClusterStatus::default();
+        let mut pending = Summary {
+            desired: 2,
+            unplaced: Some("no Ready node in a zone of us-east-1".into()),
+            ..Summary::default()
+        };
+        let mut invalid = summary(&[true, true]);
+        invalid.spec_errors = vec!["storage.zfs.volumes.count: 0".into()];
+        for s in [
+            summary(&[true, true]),
+            summary(&[true, false]),
+            summary(&[false, false]),
+            pending.clone(),
+            invalid,
+        ] {
+            let st = compute(&s, &empty, Some(1), &now());
+            for t in [c::READY, c::PROGRESSING, c::DEGRADED, c::SPEC_VALID] {
+                let cd = cond(&st, t);
+                assert!(!cd.message.is_empty(), "{:?}: {t} {cd:?}", st.phase);
+            }
+        }
+        let healthy = compute(&summary(&[true, true]), &empty, Some(1), &now());
+        assert_eq!(
+            cond(&healthy, c::PROGRESSING).message,
+            "nothing to change: 2 of 2 instances ready"
+        );
+        assert_eq!(
+            cond(&healthy, c::SPEC_VALID).message,
+            "the spec passed the operator's checks"
+        );
+        // Pending for want of a node: Progressing says it waits, and why.
+        pending.unplaced = Some("no Ready node in a zone of us-east-1".into());
+        let st = compute(&pending, &empty, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Pending));
+        let p = cond(&st, c::PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", reason::NO_NODE)
+        );
+        assert_eq!(
+            p.message,
+            "waiting for a node to place an instance on: no Ready node in a zone of us-east-1"
         );
     }
 
