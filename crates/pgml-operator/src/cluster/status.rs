@@ -2,6 +2,7 @@
 //! what the reconcile saw; written by server-side apply only when it changed; the Events
 //! its change deserves.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use pgml_api::PgmlCluster;
@@ -366,8 +367,29 @@ pub type Notice = (bool, String, String);
 /// Events a status change deserves: the phase, the primary, instances placed, removed
 /// and fenced.
 pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
-    let mut out = instance_notices(old, new);
-    out.extend(primary_notices(old, new));
+    notices_about(old, new)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// [`notices`], each with the instance it is about, if one: its Pod (named after the
+/// instance) is the Event's related object, so that `InstancePlaced` for three instances
+/// are three Events, not one folded by the recorder.
+pub fn notices_about(
+    old: &PgmlClusterStatus,
+    new: &PgmlClusterStatus,
+) -> Vec<(Notice, Option<String>)> {
+    let mut out: Vec<(Notice, Option<String>)> = instance_notices(old, new)
+        .into_iter()
+        .map(|(n, i)| (n, Some(i)))
+        .collect();
+    out.extend(cluster_notices(old, new).into_iter().map(|n| (n, None)));
+    out
+}
+
+fn cluster_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+    let mut out = primary_notices(old, new);
     if new.phase != old.phase
         && let Some(p) = new.phase
     {
@@ -394,12 +416,13 @@ fn find(s: &PgmlClusterStatus, name: &str) -> Option<InstanceStatus> {
     s.instances.iter().find(|i| i.name == name).cloned()
 }
 
-/// Instances placed, fenced, removed.
-fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+/// Instances placed, fenced, removed, each with the instance's name.
+fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<(Notice, String)> {
     let mut out = vec![];
     for i in &new.instances {
+        let about = |n: Notice| (n, i.name.clone());
         match find(old, &i.name) {
-            None => out.push((
+            None => out.push(about((
                 false,
                 reason::INSTANCE_PLACED.into(),
                 format!(
@@ -412,22 +435,23 @@ fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Not
                         .map(|s| format!(", seeded from {s}"))
                         .unwrap_or_default()
                 ),
-            )),
-            Some(o) if i.fenced && !o.fenced => out.push((
+            ))),
+            Some(o) if i.fenced && !o.fenced => out.push(about((
                 true,
                 reason::FENCED_EVENT.into(),
                 format!("{} fenced: its PostgreSQL must stay stopped so it cannot come back as a second primary", i.name),
-            )),
+            ))),
             _ => {}
         }
     }
     for o in &old.instances {
         if find(new, &o.name).is_none() {
-            out.push((
+            let removed = (
                 false,
                 reason::INSTANCE_REMOVED.into(),
                 format!("{} removed", o.name),
-            ));
+            );
+            out.push((removed, o.name.clone()));
         }
     }
     out
@@ -523,10 +547,23 @@ pub async fn commit(
         &Patch::Apply(&body),
     )
     .await?;
-    for (warning, why, note) in notices(observed, &new) {
-        events::publish(ctx, cluster, warning, &why, note).await;
+    let ns = cluster.metadata.namespace.as_deref();
+    for ((warning, why, note), instance) in notices_about(observed, &new) {
+        let pod = instance.map(|i| pod_ref(ns, &i));
+        events::publish_related(ctx, cluster, pod, warning, &why, note).await;
     }
     Ok(true)
+}
+
+/// The Pod of an instance (named after it), as an Event's related object.
+fn pod_ref(namespace: Option<&str>, instance: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(instance.into()),
+        namespace: namespace.map(str::to_string),
+        ..ObjectReference::default()
+    }
 }
 
 #[cfg(test)]
@@ -663,6 +700,36 @@ mod tests {
         assert_eq!(
             cond(&primary_down, c::READY).reason,
             reason::PRIMARY_NOT_READY
+        );
+    }
+
+    /// Each instance placed is its own Event (its Pod the related object), not folded
+    /// into one by the recorder.
+    #[test]
+    fn instance_events_name_their_instance() {
+        let first = compute(
+            &summary(&[true, true]),
+            &PgmlClusterStatus::default(),
+            Some(1),
+            &now(),
+        );
+        let about: Vec<(String, Option<String>)> =
+            notices_about(&PgmlClusterStatus::default(), &first)
+                .into_iter()
+                .map(|((_, r, _), i)| (r, i))
+                .collect();
+        assert_eq!(
+            about[..2],
+            [
+                (reason::INSTANCE_PLACED.to_string(), Some("c-1".to_string())),
+                (reason::INSTANCE_PLACED.to_string(), Some("c-2".to_string())),
+            ]
+        );
+        assert!(about[2..].iter().all(|(_, i)| i.is_none()), "{about:?}");
+        let pod = pod_ref(Some("db"), "c-1");
+        assert_eq!(
+            (pod.kind.as_deref(), pod.name.as_deref()),
+            (Some("Pod"), Some("c-1"))
         );
     }
 
