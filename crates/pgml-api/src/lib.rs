@@ -15,6 +15,7 @@ pub mod cron;
 pub mod ebs;
 pub mod instance;
 pub mod policy;
+pub mod prose;
 pub mod reference;
 pub mod schedule;
 pub mod snapshot;
@@ -36,6 +37,19 @@ pub const VERSION: &str = "v1alpha1";
 /// Every CRD of the API, in a stable order (the file names `crdgen` writes follow it).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![PgmlCluster::crd(), ZfsPool::crd(), EbsSnapshot::crd()]
+        .into_iter()
+        .map(unwrap_descriptions)
+        .collect()
+}
+
+/// The CRD with its schema's descriptions in paragraphs ([`prose::unwrap`]), so that
+/// `kubectl explain` wraps them at the terminal's width, not at the source's.
+fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut v = serde_json::to_value(&crd).expect("a CRD serializes");
+    for version in v["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        prose::unwrap_descriptions(&mut version["schema"]);
+    }
+    serde_json::from_value(v).expect("unwrapping descriptions keeps a CRD")
 }
 
 /// A CRD as YAML, the way `crds/` stores it.
@@ -86,6 +100,21 @@ pub fn quote_yaml11_booleans(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kubectl explain` shows paragraphs, not the doc comments' source lines.
+    #[test]
+    fn crd_descriptions_are_paragraphs() {
+        let crd = crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "ZfsPool")
+            .unwrap();
+        let v = serde_json::to_value(&crd).unwrap();
+        let datasets = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["datasets"]["description"];
+        let text = datasets.as_str().unwrap();
+        assert!(text.starts_with("Datasets created in the pool."), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
 
     #[test]
     fn yaml11_booleans_are_quoted_outside_block_scalars() {

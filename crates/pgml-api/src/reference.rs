@@ -68,6 +68,15 @@ fn kind_section(crd: &CustomResourceDefinition) -> String {
             }
             out.push('\n');
         }
+        let mut whole = Vec::new();
+        push_rules("(object)", schema, &mut whole);
+        if !whole.is_empty() {
+            out.push_str("Admission rules on the whole object (CEL):\n\n| On | Rule | Message |\n|---|---|---|\n");
+            for r in whole {
+                out.push_str(&r);
+            }
+            out.push('\n');
+        }
         let props = schema.properties.clone().unwrap_or_default();
         for part in ["spec", "status"] {
             if let Some(p) = props.get(part) {
@@ -95,15 +104,29 @@ fn kind_section(crd: &CustomResourceDefinition) -> String {
     out
 }
 
-/// Adds a row for `path` and its children, and its CEL rules.
-fn walk(path: &str, s: &JSONSchemaProps, rows: &mut Vec<String>, rules: &mut Vec<String>) {
+/// The CEL rules of one schema node, as rows of the rules table.
+fn push_rules(path: &str, s: &JSONSchemaProps, rules: &mut Vec<String>) {
     for v in s.x_kubernetes_validations.iter().flatten() {
+        let message = match (&v.message, &v.message_expression) {
+            (Some(m), _) => m.clone(),
+            (None, Some(e)) => format!("(computed) `{e}`"),
+            (None, None) => String::new(),
+        };
+        let on = match &v.field_path {
+            Some(f) => format!("`{path}` (reported at `{f}`)"),
+            None => format!("`{path}`"),
+        };
         rules.push(format!(
-            "| `{path}` | `{}` | {} |\n",
+            "| {on} | `{}` | {} |\n",
             v.rule.replace('|', "\\|"),
-            cell(v.message.as_deref().unwrap_or(""))
+            cell(&message)
         ));
     }
+}
+
+/// Adds a row for `path` and its children, and its CEL rules.
+fn walk(path: &str, s: &JSONSchemaProps, rows: &mut Vec<String>, rules: &mut Vec<String>) {
+    push_rules(path, s, rules);
     let req: Vec<String> = s.required.clone().unwrap_or_default();
     for (name, child) in s.properties.iter().flatten() {
         let p = format!("{path}.{name}");
@@ -119,7 +142,7 @@ fn walk(path: &str, s: &JSONSchemaProps, rows: &mut Vec<String>, rules: &mut Vec
         walk(&format!("{path}[]"), item, rows, rules);
     }
     if let Some(JSONSchemaPropsOrBool::Schema(v)) = &s.additional_properties
-        && v.properties.is_some()
+        && (v.properties.is_some() || v.x_kubernetes_validations.is_some())
     {
         walk(&format!("{path}.<key>"), v, rows, rules);
     }
@@ -174,7 +197,46 @@ fn type_of(path: &str, s: &JSONSchemaProps) -> String {
     }
 }
 
+/// Everything the schema enforces on a field: its own bounds, how a list is merged, and
+/// the bounds on each item of a list or value of a map (their rules are listed with the
+/// CEL rules).
 fn constraints(s: &JSONSchemaProps) -> Vec<String> {
+    let mut c = own_constraints(s);
+    match s.x_kubernetes_list_type.as_deref() {
+        Some("map") => {
+            let keys = s.x_kubernetes_list_map_keys.clone().unwrap_or_default();
+            c.push(format!("list-map keyed by {}", code_list(&keys)));
+        }
+        Some("set") => c.push("set (items unique)".into()),
+        _ => {}
+    }
+    if let Some(m) = s.min_properties {
+        c.push(format!("keys ≥ {m}"));
+    }
+    if let Some(m) = s.max_properties {
+        c.push(format!("keys ≤ {m}"));
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(item)) = &s.items
+        && item.properties.is_none()
+    {
+        let each = own_constraints(item);
+        if !each.is_empty() {
+            c.push(format!("each item: {}", each.join(", ")));
+        }
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(v)) = &s.additional_properties
+        && v.properties.is_none()
+    {
+        let each = own_constraints(v);
+        if !each.is_empty() {
+            c.push(format!("each value: {}", each.join(", ")));
+        }
+    }
+    c
+}
+
+/// The bounds a schema node puts on its own value.
+fn own_constraints(s: &JSONSchemaProps) -> Vec<String> {
     let mut c = Vec::new();
     if let Some(e) = &s.enum_ {
         let vals: Vec<String> = e.iter().map(|v| v.0.to_string()).collect();
@@ -185,6 +247,9 @@ fn constraints(s: &JSONSchemaProps) -> Vec<String> {
     }
     if let Some(m) = s.maximum {
         c.push(format!("≤ {m}"));
+    }
+    if let Some(m) = s.multiple_of {
+        c.push(format!("multiple of {m}"));
     }
     if let Some(m) = s.min_length {
         c.push(format!("length ≥ {m}"));
@@ -197,6 +262,9 @@ fn constraints(s: &JSONSchemaProps) -> Vec<String> {
     }
     if let Some(m) = s.max_items {
         c.push(format!("items ≤ {m}"));
+    }
+    if s.unique_items == Some(true) {
+        c.push("items unique".into());
     }
     if let Some(p) = &s.pattern {
         c.push(format!("pattern `{p}`"));
@@ -230,6 +298,33 @@ fn cell(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Map value bounds, key counts and list-map keys are in the table, not only in the
+    /// CRD.
+    #[test]
+    fn map_values_key_counts_and_list_map_keys_are_listed() {
+        let md = markdown(&crate::crds());
+        let tags = md
+            .lines()
+            .find(|l| l.starts_with("| `spec.tags` |") && l.contains("AWS tags on each snapshot"))
+            .expect("EbsSnapshot spec.tags row");
+        assert!(tags.contains("keys ≤ 40"), "{tags}");
+        assert!(tags.contains("each value: length ≤ 256"), "{tags}");
+        let conditions = md
+            .lines()
+            .find(|l| l.starts_with("| `status.conditions` |"))
+            .expect("a status.conditions row");
+        assert!(
+            conditions.contains("list-map keyed by `type`"),
+            "{conditions}"
+        );
+        // Rules on the whole object (the name's, fields fixed once created) are listed too.
+        assert!(md.contains("Admission rules on the whole object (CEL)"));
+        assert!(
+            md.contains("a PgmlCluster name must be a DNS label"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn every_kind_has_spec_and_status_tables_with_defaults_and_rules() {

@@ -58,6 +58,23 @@ pub struct SnapshotSource {
 }
 
 /// Whether to create `standby.signal` in the data directory before the capture.
+impl SnapshotSource {
+    /// The source as the spec names it, e.g. `PgmlCluster/main (main-2)`, `ZfsPool/tank`
+    /// or `PersistentVolumeClaim/data`: what `status.source` shows before the operator
+    /// has resolved it.
+    pub fn describe(&self) -> String {
+        match (&self.cluster, &self.zfs_pool, &self.persistent_volume_claim) {
+            (Some(c), _, _) => match &c.instance {
+                Some(i) => format!("PgmlCluster/{} ({i})", c.name),
+                None => format!("PgmlCluster/{}", c.name),
+            },
+            (None, Some(p), _) => format!("ZfsPool/{}", p.name),
+            (None, None, Some(p)) => format!("PersistentVolumeClaim/{}", p.name),
+            (None, None, None) => "none".into(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum StandbySignal {
     /// Yes for cluster sources, and for pools or PVCs that hold a PostgreSQL data
@@ -116,7 +133,7 @@ pub enum DeletionPolicy {
         name = "Source",
         type_ = "string",
         json_path = ".status.source",
-        description = "What was snapshotted: Kind/name (instance)"
+        description = "What is snapshotted: Kind/name (instance), from the spec until the source is resolved"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -132,7 +149,7 @@ pub enum DeletionPolicy {
         priority = 1
     ),
     printcolumn(
-        name = "Size",
+        name = "Size(GiB)",
         type_ = "integer",
         json_path = ".status.sizeGiB",
         description = "Total GiB of the captured volumes",

@@ -324,3 +324,56 @@ fn retain_to_delete_goes_through_when_confirmed() {
         .is_err()
     );
 }
+
+/// The examples read as one installation: an EbsSnapshot's source is an object another
+/// example makes (a PgmlCluster, a ZfsPool, or the claim `<cluster>-<n>` the operator
+/// makes for instance n of a cluster on PVCs), and a dataset's `mountPoint` is a path
+/// below the agent's mount root inside the pool's own directory, not a host path.
+#[test]
+fn examples_name_only_objects_the_examples_make() {
+    let all: Vec<Value> = yaml_files("examples").iter().map(|p| load(p)).collect();
+    let of = |kind: &'static str| all.iter().filter(move |o| o["kind"] == kind);
+    let name = |o: &Value| o["metadata"]["name"].as_str().unwrap().to_string();
+    let clusters: Vec<String> = of("PgmlCluster").map(name).collect();
+    let pools: Vec<String> = of("ZfsPool").map(name).collect();
+    let claims: Vec<String> = of("PgmlCluster")
+        .filter(|c| c["spec"]["storage"]["persistentVolumeClaim"].is_object())
+        .flat_map(|c| {
+            let n = c["spec"]["instances"].as_u64().unwrap_or(1);
+            let cluster = name(c);
+            (1..=n).map(move |i| format!("{cluster}-{i}"))
+        })
+        .collect();
+    for snap in of("EbsSnapshot") {
+        let src = &snap["spec"]["source"];
+        let (known, wanted) = if let Some(c) = src["cluster"]["name"].as_str() {
+            (&clusters, c)
+        } else if let Some(p) = src["zfsPool"]["name"].as_str() {
+            (&pools, p)
+        } else {
+            (
+                &claims,
+                src["persistentVolumeClaim"]["name"].as_str().unwrap(),
+            )
+        };
+        assert!(
+            known.iter().any(|k| k == wanted),
+            "EbsSnapshot {} names {wanted}, which no example makes (known: {known:?})",
+            name(snap)
+        );
+    }
+    for pool in of("ZfsPool") {
+        let pool_name = pool["spec"]["poolName"]
+            .as_str()
+            .map_or_else(|| name(pool), str::to_string);
+        for d in pool["spec"]["datasets"].as_array().into_iter().flatten() {
+            if let Some(mp) = d["mountPoint"].as_str() {
+                assert!(
+                    mp.starts_with(&format!("/{pool_name}/")),
+                    "ZfsPool {}: mountPoint {mp} is not below /{pool_name}/",
+                    name(pool)
+                );
+            }
+        }
+    }
+}

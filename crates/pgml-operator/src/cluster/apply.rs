@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, Secret};
 use kube::ResourceExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -30,8 +30,9 @@ use crate::runtime::{Context, Error, FIELD_MANAGER, events, object_key};
 /// What the apply found along the way.
 #[derive(Default)]
 struct Done {
-    /// The Events to publish once the status is written, in the order they came.
-    notes: Vec<Notice>,
+    /// The Events to publish once the status is written, in the order they came, each
+    /// with the object it is about when there is one (see [`events::publish_related`]).
+    notes: Vec<(Notice, Option<ObjectReference>)>,
     /// Why the cluster is not complete, as only a read could tell (a missing Secret).
     building: Vec<String>,
 }
@@ -53,8 +54,8 @@ pub async fn reconcile(cluster: &PgmlCluster, ctx: &Context) -> Result<Action, E
     let summary = plan::summary(&b, &o, &layout, &plan, done.building);
     let new = status::compute(&summary, &o.status, cluster.metadata.generation, &now());
     status::commit(ctx, cluster, &o.status, &new).await?;
-    for (warning, why, note) in done.notes {
-        events::publish(ctx, cluster, warning, &why, note).await;
+    for ((warning, why, note), related) in done.notes {
+        events::publish_related(ctx, cluster, related, warning, &why, note).await;
     }
     let after = plan::requeue(&plan, &summary, &ctx.settings.requeue);
     Ok(Action::requeue(after))
@@ -92,12 +93,14 @@ async fn run(ctx: &Context, b: &Builder<'_>, steps: &[Step], done: &mut Done) ->
                 then,
             } => {
                 if write(ctx, b, body, manager, *when).await? {
-                    done.notes.extend(then.clone());
+                    let about = events::reference_to(body);
+                    done.notes.extend(then.clone().map(|n| (n, about)));
                 }
             }
             Step::Delete { body, then } => {
                 if delete(ctx, body).await? {
-                    done.notes.extend(then.clone());
+                    let about = events::reference_to(body);
+                    done.notes.extend(then.clone().map(|n| (n, about)));
                 }
             }
             Step::Remove { instance, bodies } => {
@@ -106,7 +109,10 @@ async fn run(ctx: &Context, b: &Builder<'_>, steps: &[Step], done: &mut Done) ->
                 }
                 tracing::info!(cluster = %b.c.name, %instance, "instance removed (scale down)");
             }
-            Step::Note(n) => done.notes.push(n.clone()),
+            Step::Note(n, about) => {
+                let about = about.as_ref().and_then(events::reference_to);
+                done.notes.push((n.clone(), about));
+            }
         }
     }
     Ok(())
@@ -179,7 +185,7 @@ async fn secret(
     let created = match missing {
         Missing::Report(why) => {
             let warning = (true, reason::SECRET_MISSING.into(), why.clone());
-            done.notes.push(warning);
+            done.notes.push((warning, Some(secret_ref(b, &name))));
             done.building.push(why.clone());
             return Ok(());
         }
@@ -194,11 +200,23 @@ async fn secret(
         ..PostParams::default()
     };
     match api.create(&pp, &secret).await {
-        Ok(_) => done.notes.push(created.clone()),
+        Ok(_) => done
+            .notes
+            .push((created.clone(), Some(secret_ref(b, &name)))),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+fn secret_ref(b: &Builder<'_>, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: Some(name.into()),
+        namespace: Some(b.c.namespace.clone()),
+        ..ObjectReference::default()
+    }
 }
 
 /// The PersistentVolumes of a cluster (cluster-scoped, so outside the garbage collector's

@@ -2,6 +2,7 @@
 //! what the reconcile saw; written by server-side apply only when it changed; the Events
 //! its change deserves.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use pgml_api::PgmlCluster;
@@ -243,11 +244,7 @@ pub fn compute(
             | ClusterPhase::Switchover
             | ClusterPhase::Failover
     );
-    let (pwhy, pmsg) = if progressing {
-        (why, message.as_str())
-    } else {
-        (reason::STABLE, "")
-    };
+    let (pwhy, pmsg) = progressing_reason(phase, why, &message);
     set_condition(conds, &old, c::PROGRESSING, progressing, pwhy, pmsg, stamp);
     set_condition(conds, &old, c::DEGRADED, degraded, dwhy, dmsg, stamp);
     let valid = s.spec_errors.is_empty();
@@ -256,8 +253,12 @@ pub fn compute(
     } else {
         reason::SPEC_INVALID
     };
-    let verrors = s.spec_errors.join("; ");
-    set_condition(conds, &old, c::SPEC_VALID, valid, vwhy, verrors, stamp);
+    let vmsg = if valid {
+        "the spec passed the operator's checks".to_string()
+    } else {
+        s.spec_errors.join("; ")
+    };
+    set_condition(conds, &old, c::SPEC_VALID, valid, vwhy, vmsg, stamp);
     archiving::fill(&s.pgbackrest, observed, &mut out, stamp);
     super::app::fill(&s.pgbackrest, observed, &mut out, stamp);
     out.last_snapshot = s.snapshots.completed.clone();
@@ -266,6 +267,32 @@ pub fn compute(
         archiving::set(conds, &old, c::LAST_SNAPSHOT_SUCCEEDED, cond.clone(), stamp);
     }
     out
+}
+
+/// `Progressing`'s reason and message when the phase is not one of change (for those it
+/// is the phase's own). A cluster waiting for a node says so rather than `Stable`.
+fn progressing_reason(
+    phase: ClusterPhase,
+    why: &'static str,
+    message: &str,
+) -> (&'static str, String) {
+    match phase {
+        ClusterPhase::Creating
+        | ClusterPhase::Restoring
+        | ClusterPhase::Scaling
+        | ClusterPhase::Switchover
+        | ClusterPhase::Failover => (why, message.to_string()),
+        ClusterPhase::Pending => (
+            why,
+            format!("waiting for a node to place an instance on: {message}"),
+        ),
+        ClusterPhase::Failed => (why, format!("stopped: {message}")),
+        ClusterPhase::Healthy => (reason::STABLE, format!("nothing to change: {message}")),
+        ClusterPhase::Degraded => (
+            reason::STABLE,
+            format!("no change under way (see Degraded): {message}"),
+        ),
+    }
 }
 
 /// The status' fields but the conditions and pgBackRest's.
@@ -329,7 +356,8 @@ fn degraded(
         );
         (true, reason::FENCED, message)
     } else {
-        (false, reason::HEALTHY, String::new())
+        let message = "every instance's ZFS pool ONLINE (as far as reported), none fenced";
+        (false, reason::HEALTHY, message.to_string())
     }
 }
 
@@ -339,8 +367,29 @@ pub type Notice = (bool, String, String);
 /// Events a status change deserves: the phase, the primary, instances placed, removed
 /// and fenced.
 pub fn notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
-    let mut out = instance_notices(old, new);
-    out.extend(primary_notices(old, new));
+    notices_about(old, new)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// [`notices`], each with the instance it is about, if one: its Pod (named after the
+/// instance) is the Event's related object, so that `InstancePlaced` for three instances
+/// are three Events, not one folded by the recorder.
+pub fn notices_about(
+    old: &PgmlClusterStatus,
+    new: &PgmlClusterStatus,
+) -> Vec<(Notice, Option<String>)> {
+    let mut out: Vec<(Notice, Option<String>)> = instance_notices(old, new)
+        .into_iter()
+        .map(|(n, i)| (n, Some(i)))
+        .collect();
+    out.extend(cluster_notices(old, new).into_iter().map(|n| (n, None)));
+    out
+}
+
+fn cluster_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+    let mut out = primary_notices(old, new);
     if new.phase != old.phase
         && let Some(p) = new.phase
     {
@@ -367,12 +416,13 @@ fn find(s: &PgmlClusterStatus, name: &str) -> Option<InstanceStatus> {
     s.instances.iter().find(|i| i.name == name).cloned()
 }
 
-/// Instances placed, fenced, removed.
-fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Notice> {
+/// Instances placed, fenced, removed, each with the instance's name.
+fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<(Notice, String)> {
     let mut out = vec![];
     for i in &new.instances {
+        let about = |n: Notice| (n, i.name.clone());
         match find(old, &i.name) {
-            None => out.push((
+            None => out.push(about((
                 false,
                 reason::INSTANCE_PLACED.into(),
                 format!(
@@ -385,22 +435,23 @@ fn instance_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Not
                         .map(|s| format!(", seeded from {s}"))
                         .unwrap_or_default()
                 ),
-            )),
-            Some(o) if i.fenced && !o.fenced => out.push((
+            ))),
+            Some(o) if i.fenced && !o.fenced => out.push(about((
                 true,
                 reason::FENCED_EVENT.into(),
                 format!("{} fenced: its PostgreSQL must stay stopped so it cannot come back as a second primary", i.name),
-            )),
+            ))),
             _ => {}
         }
     }
     for o in &old.instances {
         if find(new, &o.name).is_none() {
-            out.push((
+            let removed = (
                 false,
                 reason::INSTANCE_REMOVED.into(),
                 format!("{} removed", o.name),
-            ));
+            );
+            out.push((removed, o.name.clone()));
         }
     }
     out
@@ -496,10 +547,23 @@ pub async fn commit(
         &Patch::Apply(&body),
     )
     .await?;
-    for (warning, why, note) in notices(observed, &new) {
-        events::publish(ctx, cluster, warning, &why, note).await;
+    let ns = cluster.metadata.namespace.as_deref();
+    for ((warning, why, note), instance) in notices_about(observed, &new) {
+        let pod = instance.map(|i| pod_ref(ns, &i));
+        events::publish_related(ctx, cluster, pod, warning, &why, note).await;
     }
     Ok(true)
+}
+
+/// The Pod of an instance (named after it), as an Event's related object.
+fn pod_ref(namespace: Option<&str>, instance: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(instance.into()),
+        namespace: namespace.map(str::to_string),
+        ..ObjectReference::default()
+    }
 }
 
 #[cfg(test)]
@@ -636,6 +700,84 @@ mod tests {
         assert_eq!(
             cond(&primary_down, c::READY).reason,
             reason::PRIMARY_NOT_READY
+        );
+    }
+
+    /// Each instance placed is its own Event (its Pod the related object), not folded
+    /// into one by the recorder.
+    #[test]
+    fn instance_events_name_their_instance() {
+        let first = compute(
+            &summary(&[true, true]),
+            &PgmlClusterStatus::default(),
+            Some(1),
+            &now(),
+        );
+        let about: Vec<(String, Option<String>)> =
+            notices_about(&PgmlClusterStatus::default(), &first)
+                .into_iter()
+                .map(|((_, r, _), i)| (r, i))
+                .collect();
+        assert_eq!(
+            about[..2],
+            [
+                (reason::INSTANCE_PLACED.to_string(), Some("c-1".to_string())),
+                (reason::INSTANCE_PLACED.to_string(), Some("c-2".to_string())),
+            ]
+        );
+        assert!(about[2..].iter().all(|(_, i)| i.is_none()), "{about:?}");
+        let pod = pod_ref(Some("db"), "c-1");
+        assert_eq!(
+            (pod.kind.as_deref(), pod.name.as_deref()),
+            (Some("Pod"), Some("c-1"))
+        );
+    }
+
+    /// `kubectl describe` shows a message under every condition, whatever the phase.
+    #[test]
+    fn every_condition_has_a_message() {
+        let empty = PgmlClusterStatus::default();
+        let mut pending = Summary {
+            desired: 2,
+            unplaced: Some("no Ready node in a zone of us-east-1".into()),
+            ..Summary::default()
+        };
+        let mut invalid = summary(&[true, true]);
+        invalid.spec_errors = vec!["storage.zfs.volumes.count: 0".into()];
+        for s in [
+            summary(&[true, true]),
+            summary(&[true, false]),
+            summary(&[false, false]),
+            pending.clone(),
+            invalid,
+        ] {
+            let st = compute(&s, &empty, Some(1), &now());
+            for t in [c::READY, c::PROGRESSING, c::DEGRADED, c::SPEC_VALID] {
+                let cd = cond(&st, t);
+                assert!(!cd.message.is_empty(), "{:?}: {t} {cd:?}", st.phase);
+            }
+        }
+        let healthy = compute(&summary(&[true, true]), &empty, Some(1), &now());
+        assert_eq!(
+            cond(&healthy, c::PROGRESSING).message,
+            "nothing to change: 2 of 2 instances ready"
+        );
+        assert_eq!(
+            cond(&healthy, c::SPEC_VALID).message,
+            "the spec passed the operator's checks"
+        );
+        // Pending for want of a node: Progressing says it waits, and why.
+        pending.unplaced = Some("no Ready node in a zone of us-east-1".into());
+        let st = compute(&pending, &empty, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Pending));
+        let p = cond(&st, c::PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", reason::NO_NODE)
+        );
+        assert_eq!(
+            p.message,
+            "waiting for a node to place an instance on: no Ready node in a zone of us-east-1"
         );
     }
 

@@ -1,6 +1,7 @@
 //! The one place Events are published: Normal ones for milestones, Warning ones for
 //! failures and for conditions a user must see.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
@@ -13,7 +14,31 @@ pub async fn publish<K>(ctx: &Context, obj: &K, warning: bool, reason: &str, not
 where
     K: Resource<DynamicType = ()>,
 {
-    let ev = Event {
+    publish_related(ctx, obj, None, warning, reason, note).await;
+}
+
+/// Publishes one Event about `obj` concerning `related` (the child object created or
+/// changed). The recorder folds Events by regarding object, reason and related object,
+/// not by note: without `related`, `SecretCreated` for three Secrets shows as one Event
+/// (the first one's note, counted three times).
+pub async fn publish_related<K>(
+    ctx: &Context,
+    obj: &K,
+    related: Option<ObjectReference>,
+    warning: bool,
+    reason: &str,
+    note: String,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    let ev = event(warning, reason, note, related);
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish an event");
+    }
+}
+
+fn event(warning: bool, reason: &str, note: String, related: Option<ObjectReference>) -> Event {
+    Event {
         type_: if warning {
             EventType::Warning
         } else {
@@ -22,11 +47,21 @@ where
         reason: reason.to_string(),
         note: Some(truncate(note)),
         action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not publish an event");
+        secondary: related,
     }
+}
+
+/// A reference to the object a manifest (`apiVersion`, `kind`, `metadata.name`, optional
+/// `metadata.namespace`) describes, for [`publish_related`].
+pub fn reference_to(body: &serde_json::Value) -> Option<ObjectReference> {
+    let meta = &body["metadata"];
+    Some(ObjectReference {
+        api_version: Some(body["apiVersion"].as_str()?.to_string()),
+        kind: Some(body["kind"].as_str()?.to_string()),
+        name: Some(meta["name"].as_str()?.to_string()),
+        namespace: meta["namespace"].as_str().map(str::to_string),
+        ..ObjectReference::default()
+    })
 }
 
 /// Every reconcile error becomes a Warning Event whose reason is the error's class
@@ -52,4 +87,39 @@ fn truncate(mut s: String) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Two Secrets created under one reason are two Events: each names its Secret as the
+    /// related object, which the recorder's folding key includes.
+    #[test]
+    fn events_about_different_objects_are_told_apart() {
+        let secret = |name: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": name, "namespace": "db"}})
+        };
+        let a = event(
+            false,
+            "SecretCreated",
+            "a".into(),
+            reference_to(&secret("main-app")),
+        );
+        let b = event(
+            false,
+            "SecretCreated",
+            "b".into(),
+            reference_to(&secret("main-superuser")),
+        );
+        assert_ne!(a.secondary, b.secondary);
+        let r = a.secondary.unwrap();
+        assert_eq!(
+            (r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()),
+            (Some("Secret"), Some("main-app"), Some("db"))
+        );
+        assert_eq!(reference_to(&json!({"kind": "Secret"})), None);
+    }
 }

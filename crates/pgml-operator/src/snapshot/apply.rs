@@ -170,7 +170,9 @@ async fn pending(run: &mut Run<'_>) -> Result<Action, Error> {
             return match plan::unready(&u, created, secs(&run.now), timeout) {
                 Unready::Fail(f) => run.fail(f).await,
                 Unready::Wait(e) => {
-                    run.commit(run.enter(&e)).await?;
+                    let mut s = run.enter(&e);
+                    plan::pending_source(&mut s, &run.snap.spec);
+                    run.commit(s).await?;
                     Ok(Action::requeue(run.ctx.settings.requeue.progress * 2))
                 }
             };

@@ -108,8 +108,9 @@ impl Instances<'_> {
         self.building.push(format!("{}: {why}", r.name));
     }
 
-    fn note(&mut self, warning: bool, reason: &str, message: String) {
-        self.steps.push(Step::Note(note(warning, reason, message)));
+    fn note(&mut self, warning: bool, reason: &str, message: String, about: Option<Value>) {
+        self.steps
+            .push(Step::Note(note(warning, reason, message), about));
     }
 
     /// Applies `body` as the operator unless `stored` (observed) has every field of it.
@@ -197,12 +198,15 @@ impl Instances<'_> {
             Some(Some(SnapshotPhase::Completed)) => return true,
             Some(Some(SnapshotPhase::Failed)) => {
                 let body = self.b.seed_snapshot(r.n, "");
-                self.steps.push(Step::Delete { body, then: None });
+                self.steps.push(Step::Delete {
+                    body: body.clone(),
+                    then: None,
+                });
                 let said = format!(
                     "EbsSnapshot {seed} to seed {} failed; it is deleted and a new one will be taken",
                     r.name
                 );
-                self.note(true, reason::SEED_FAILED, said);
+                self.note(true, reason::SEED_FAILED, said, Some(body));
                 self.wait(r, "its seed snapshot failed, taking another");
             }
             Some(phase) => {
@@ -254,7 +258,12 @@ impl Instances<'_> {
                 }
             }
         };
-        self.note(true, reason::BOOTSTRAP_SNAPSHOT_NOT_READY, problem.clone());
+        self.note(
+            true,
+            reason::BOOTSTRAP_SNAPSHOT_NOT_READY,
+            problem.clone(),
+            None,
+        );
         self.wait(r, problem);
         false
     }
@@ -286,12 +295,13 @@ impl Instances<'_> {
             self.wait(r, "its Pod is being deleted");
             return;
         }
-        if let Some(at) = difference(&to_value(&pod.spec), &self.b.pod(i)["spec"], "spec") {
+        let desired = self.b.pod(i);
+        if let Some(at) = difference(&to_value(&pod.spec), &desired["spec"], "spec") {
             let said = format!(
                 "Pod {} runs an older spec than the cluster's (image, resources, scheduling; first at {at}): delete it to have it made again (replicas first, then switch over)",
                 r.name
             );
-            self.note(true, reason::POD_OUTDATED, said);
+            self.note(true, reason::POD_OUTDATED, said, Some(desired));
         }
         self.mark(r, i, pod);
     }

@@ -79,11 +79,10 @@ fn shared(b: &Builder, pods: &[String], steps: &mut Vec<Step>) -> Vec<String> {
                 "spec.backups.pgbackrest: {e}; ConfigMap {} is left as it was",
                 b.c.config()
             );
-            steps.push(Step::Note(note(
-                true,
-                reason::PGBACKREST_INVALID,
-                why.clone(),
-            )));
+            steps.push(Step::Note(
+                note(true, reason::PGBACKREST_INVALID, why.clone()),
+                None,
+            ));
             errors.push(why);
         }
     }

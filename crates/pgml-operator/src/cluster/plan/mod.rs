@@ -80,8 +80,9 @@ pub enum Step {
         instance: String,
         bodies: Vec<Value>,
     },
-    /// Said whatever the writes answer.
-    Note(Notice),
+    /// Said whatever the writes answer; about the object the body (a manifest) names, if
+    /// one, so that the same reason for two objects is two Events.
+    Note(Notice, Option<Value>),
 }
 
 /// The failover timer's input: the instance whose loss is timed (the primary, or the one

@@ -206,7 +206,7 @@ fn describe(steps: &[Step]) -> Vec<String> {
                 let kinds: Vec<String> = bodies.iter().map(object).collect();
                 format!("remove {instance}: {}", kinds.join(", "))
             }
-            Step::Note((warning, r, _)) => {
+            Step::Note((warning, r, _), _) => {
                 format!("{} {r}", if *warning { "warn" } else { "note" })
             }
         })

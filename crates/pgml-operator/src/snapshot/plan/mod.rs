@@ -39,7 +39,7 @@ pub use finish::{
 pub use owned::{Owned, sort_owned, to_delete, unlisted, waiting_for_adoption};
 pub use prepare::{
     HoldStep, MARGIN, Start, Unready, gave_up_on_source, held_message, hold_deadline, hold_planned,
-    hold_step, record_source, start, unready,
+    hold_step, pending_source, record_source, start, unready,
 };
 pub use restart::{Adoption, Restart, Resume, adopt, captured_at, restart};
 

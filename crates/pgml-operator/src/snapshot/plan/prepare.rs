@@ -70,6 +70,14 @@ pub fn start(spec: &EbsSnapshotSpec, src: &Source) -> Start {
     Start { hold, enter }
 }
 
+/// While Pending, `status.source` (the Source column) shows the source as the spec names
+/// it, until [`record_source`] replaces it with the resolved one.
+pub fn pending_source(s: &mut EbsSnapshotStatus, spec: &EbsSnapshotSpec) {
+    if s.source.is_none() {
+        s.source = Some(spec.source.describe());
+    }
+}
+
 /// Records the plan in status: the source, its node, instance and zone, its members (no
 /// snapshot yet) and the consistency method.
 pub fn record_source(s: &mut EbsSnapshotStatus, spec: &EbsSnapshotSpec, src: &Source) {
@@ -218,6 +226,31 @@ mod tests {
             "ZfsPool tank does not exist (waited 300s after the snapshot's creation); no snapshot was taken"
         );
         assert!(matches!(unready(&u, None, 0, 300), Unready::Fail(_)));
+    }
+
+    /// The Source column is not blank while the snapshot waits for its source.
+    #[test]
+    fn a_pending_snapshot_shows_its_source_from_the_spec() {
+        let mut s = EbsSnapshotStatus::default();
+        pending_source(&mut s, &spec("source: {cluster: {name: main}}"));
+        assert_eq!(s.source.as_deref(), Some("PgmlCluster/main"));
+        let mut s = EbsSnapshotStatus::default();
+        let named = spec("source: {cluster: {name: main, instance: main-2}}");
+        pending_source(&mut s, &named);
+        assert_eq!(s.source.as_deref(), Some("PgmlCluster/main (main-2)"));
+        let mut s = EbsSnapshotStatus::default();
+        pending_source(
+            &mut s,
+            &spec("source: {persistentVolumeClaim: {name: data}}"),
+        );
+        assert_eq!(s.source.as_deref(), Some("PersistentVolumeClaim/data"));
+        // A resolved source is kept.
+        let mut s = EbsSnapshotStatus {
+            source: Some("ZfsPool/main-1".into()),
+            ..Default::default()
+        };
+        pending_source(&mut s, &spec("source: {zfsPool: {name: tank}}"));
+        assert_eq!(s.source.as_deref(), Some("ZfsPool/main-1"));
     }
 
     #[test]
