@@ -486,21 +486,13 @@ impl Pg {
         owner: &Credentials,
         db: &str,
     ) -> anyhow::Result<Option<String>> {
-        let role = quote_ident(&owner.username);
-        let alter = format!(
-            "ALTER ROLE {role} WITH LOGIN PASSWORD {}",
-            quote_literal(&scram_verifier(&owner.password))
+        self.ensure_login_role(owner, "LOGIN").await?;
+        let create_db = format!(
+            "CREATE DATABASE {} OWNER {}",
+            quote_ident(db),
+            quote_ident(&owner.username)
         );
-        let create_db = format!("CREATE DATABASE {} OWNER {role}", quote_ident(db));
         self.with_client(async |c| {
-            let exists = c
-                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&owner.username])
-                .await?
-                .is_some();
-            if !exists {
-                c.batch_execute(&format!("CREATE ROLE {role} WITH LOGIN")).await?;
-            }
-            c.batch_execute(&alter).await?;
             let made = c
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
                 .await?
@@ -539,9 +531,15 @@ impl Pg {
 
     /// Creates the replication role (or sets its password), from the replication Secret.
     pub async fn ensure_replication_role(&self, creds: &Credentials) -> anyhow::Result<()> {
-        let user = quote_ident(&creds.username);
+        self.ensure_login_role(creds, "REPLICATION LOGIN").await
+    }
+
+    /// The role `creds.username` with these `attributes` (made when missing), its password
+    /// set from `creds` as a SCRAM verifier.
+    async fn ensure_login_role(&self, creds: &Credentials, attributes: &str) -> anyhow::Result<()> {
+        let role = quote_ident(&creds.username);
         let alter = format!(
-            "ALTER ROLE {user} WITH REPLICATION LOGIN PASSWORD {}",
+            "ALTER ROLE {role} WITH {attributes} PASSWORD {}",
             quote_literal(&scram_verifier(&creds.password))
         );
         self.with_client(async |c| {
@@ -553,7 +551,7 @@ impl Pg {
                 .await?
                 .is_some();
             if !exists {
-                c.batch_execute(&format!("CREATE ROLE {user} WITH REPLICATION LOGIN"))
+                c.batch_execute(&format!("CREATE ROLE {role} WITH {attributes}"))
                     .await?;
             }
             c.batch_execute(&alter).await
