@@ -33,6 +33,11 @@ Each must match the tables of pgml_operator::permissions and pgml-agent's permis
   - apiGroups: ["networking.k8s.io"]
     resources: ["networkpolicies"]
     verbs: ["get", "create", "patch"]
+  # Each cluster's PodDisruptionBudgets <cluster>-primary and <cluster>-replicas (owned,
+  # watched by label), applied server-side; they go with their cluster.
+  - apiGroups: ["policy"]
+    resources: ["poddisruptionbudgets"]
+    verbs: ["get", "list", "watch", "create", "patch"]
   # Credentials are created once, never updated; only their metadata is read.
   - apiGroups: [""]
     resources: ["secrets"]

@@ -248,6 +248,11 @@ pub fn check_switchover(cluster: &PgmlCluster, target: &str) -> Result<(), Strin
             "{target} is fenced (a former primary): rebuild it before promoting it"
         ));
     }
+    if let Some(why) = &i.node_leaving {
+        return Err(format!(
+            "{target} is on a node that is going away ({why}): switch over to a replica on another node"
+        ));
+    }
     if i.role != Some(InstanceRole::Replica) {
         return Err(format!(
             "{target} has not reported itself as a replica yet: a switchover needs a ready replica"
@@ -583,6 +588,11 @@ mod tests {
                 .unwrap_err()
                 .contains("fenced")
         );
+        let mut leaving = c.clone();
+        leaving.status.as_mut().unwrap().instances[1].node_leaving =
+            Some("node n-2 is cordoned".into());
+        let e = check_switchover(&leaving, "main-2").unwrap_err();
+        assert!(e.contains("node n-2 is cordoned"), "{e}");
         let mut busy = c.clone();
         busy.status.as_mut().unwrap().target_primary = Some("main-3".into());
         assert!(

@@ -72,6 +72,8 @@ pub struct InstanceLine {
     pub role: Option<String>,
     pub ready: bool,
     pub fenced: bool,
+    /// Why its node is going away (cordoned, tainted for disruption), if it is.
+    pub node_leaving: Option<String>,
     pub node: Option<String>,
     pub zone: Option<String>,
     pub lsn: Option<String>,
@@ -339,6 +341,7 @@ fn instance_lines(instances: &[InstanceStatus], pools: &[ZfsPool]) -> Vec<Instan
                 }),
                 ready: i.ready,
                 fenced: i.fenced,
+                node_leaving: i.node_leaving.clone(),
                 node: i.node.clone(),
                 zone: i.availability_zone.clone(),
                 lsn: i.lsn.clone(),
@@ -724,6 +727,8 @@ fn instance_row(i: &InstanceLine) -> Vec<Cell> {
     };
     let (status, sc) = if i.fenced {
         ("Fenced", RED)
+    } else if i.node_leaving.is_some() {
+        ("NodeLeaving", YELLOW)
     } else if i.ready {
         ("Ready", GREEN)
     } else {
@@ -978,7 +983,8 @@ mod tests {
                      "poolHealth": "ONLINE"},
                     {"name": "main-2", "node": "n2", "availabilityZone": "us-east-1b",
                      "pool": "main-2", "role": "Replica", "ready": false, "lsn": "0/3000000",
-                     "lagBytes": 96, "seededFrom": "main-2-seed", "poolHealth": "DEGRADED"}
+                     "lagBytes": 96, "seededFrom": "main-2-seed", "poolHealth": "DEGRADED",
+                     "nodeLeaving": "node n2 is cordoned"}
                 ],
                 "archiving": {"lastArchivedWal": "000000010000000000000003",
                               "lastArchivedTime": "2026-11-27T11:59:00Z"},
@@ -1121,6 +1127,12 @@ mod tests {
         assert!(!s.conditions[0].stale);
         assert_eq!(s.instances.len(), 2);
         assert_eq!(s.instances[1].pool_health.as_deref(), Some("DEGRADED"));
+        assert_eq!(
+            s.instances[1].node_leaving.as_deref(),
+            Some("node n2 is cordoned")
+        );
+        assert_eq!(instance_row(&s.instances[1])[2].0, "NodeLeaving");
+        assert_eq!(instance_row(&s.instances[0])[2].0, "Ready");
         assert_eq!(s.instances[0].pool_size_bytes, Some(200 << 30));
         let names: Vec<_> = s.snapshots.recent.iter().map(|x| x.name.as_str()).collect();
         assert_eq!(names, ["main-2-seed", "by-hand", "main-202611271200"]);
@@ -1184,7 +1196,7 @@ mod tests {
         assert!(m1.contains(&"(25%)"), "{m1:?}");
         let m2 = line("main-2  Replica");
         assert!(
-            m2.contains(&"NotReady") && m2.contains(&"DEGRADED"),
+            m2.contains(&"NodeLeaving") && m2.contains(&"DEGRADED"),
             "{m2:?}"
         );
         assert!(m2.contains(&"96") && m2.contains(&"B"), "lag: {m2:?}");

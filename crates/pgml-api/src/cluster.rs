@@ -676,13 +676,28 @@ pub struct PgmlClusterSpec {
     /// Switchover: name the instance that should be primary (e.g. `main-2`). The operator
     /// stops writes on the current primary, waits for the target to catch up, promotes it
     /// and makes the old primary follow. Unset: the operator picks (and fails over on its
-    /// own when the primary is lost).
+    /// own when the primary is lost). An instance whose node is leaving (cordoned, or
+    /// tainted by Karpenter, the cluster autoscaler or the AWS Node Termination Handler)
+    /// is not switched to until its node is back; a primary on such a node is switched
+    /// away from on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub primary: Option<String>,
+
+    /// PodDisruptionBudgets for the instance Pods (default true): `<cluster>-primary`
+    /// keeps the primary from being evicted (a node drain waits while the operator switches
+    /// over to a replica on another node, then goes on), and `<cluster>-replicas` lets at
+    /// most one replica be evicted at a time. False: both budgets allow every eviction
+    /// (a drain of the primary's node then stops the primary with no switchover first).
+    #[serde(rename = "enablePDB", default = "default_true")]
+    pub enable_pdb: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_instances() -> i32 {
@@ -890,6 +905,11 @@ pub struct InstanceStatus {
     /// second primary. Rebuild it (scale down and up) to get a replica again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fenced: bool,
+    /// Why the instance's node is going away (cordoned; tainted by Karpenter, the cluster
+    /// autoscaler or the AWS Node Termination Handler): a primary there is switched away
+    /// from, and the instance's Pod is not made again there until the node is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_leaving: Option<String>,
 }
 
 /// A reference to an EbsSnapshot.

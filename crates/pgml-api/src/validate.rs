@@ -727,6 +727,7 @@ mod tests {
                     seeded_from: None,
                     fenced: false,
                     pool_health: None,
+                    node_leaving: None,
                 })
                 .collect(),
             ..Default::default()

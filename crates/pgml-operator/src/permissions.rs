@@ -71,6 +71,14 @@ pub fn needed() -> Vec<Permission> {
             &[GET, CREATE, PATCH],
             Watched,
         ),
+        // Each cluster's PodDisruptionBudgets: owned (watched), applied server-side, read
+        // to compare; they go with their cluster.
+        rule(
+            "policy",
+            &["poddisruptionbudgets"],
+            &[GET, LIST, WATCH, CREATE, PATCH],
+            Watched,
+        ),
         // Credentials: created once, only their metadata read afterwards.
         rule("", &["secrets"], &[GET, LIST, WATCH, CREATE], Watched),
         // The instances' identity (their Role's rules are ones the operator holds itself:

@@ -261,6 +261,7 @@ async fn the_operator_may_not_create_pods_or_volumes_that_reach_the_host() {
         role: PodRole::Primary,
         fenced: false,
         restore_from: None,
+        protect: false,
     };
     let mut instance_pod = b.pod(&inst);
     instance_pod["metadata"]

@@ -483,9 +483,10 @@ fn grants(objs: &[Value], kind: &str) -> Vec<(String, String, String, String)> {
 
 /// Namespaced resources the operator or the agent use: none of them may be granted by a
 /// ClusterRole once the chart watches one namespace.
-const NAMESPACED: [&str; 15] = [
+const NAMESPACED: [&str; 16] = [
     "pods",
     "networkpolicies",
+    "poddisruptionbudgets",
     "secrets",
     "services",
     "configmaps",

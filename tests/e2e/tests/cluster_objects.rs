@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use pgml_api::common::keys;
@@ -161,6 +162,7 @@ async fn versions(f: &Fixture) -> BTreeMap<String, String> {
     each!(Secret, f.ns.api::<Secret>());
     each!(ConfigMap, f.ns.api::<ConfigMap>());
     each!(NetworkPolicy, f.ns.api::<NetworkPolicy>());
+    each!(PodDisruptionBudget, f.ns.api::<PodDisruptionBudget>());
     let pvs: Api<PersistentVolume> = Api::all(f.ns.client().clone());
     let lp_pv = ListParams::default().labels(&format!("{}={}", keys::NAMESPACE, f.ns.name()));
     for o in pvs.list(&lp_pv).await.unwrap().items {
@@ -311,6 +313,24 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         services,
         ["main-r", "main-ro", "main-rw"].map(String::from).into()
     );
+    // The disruption budgets: the primary held, of the two replicas one at a time.
+    for (name, role, min) in [
+        ("main-primary", "primary", 1),
+        ("main-replicas", "replica", 1),
+    ] {
+        let pdb = f.ns.api::<PodDisruptionBudget>().get(name).await.unwrap();
+        assert_eq!(
+            pdb.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "PgmlCluster"
+        );
+        let spec = serde_json::to_value(&pdb.spec).unwrap();
+        assert_eq!(spec["minAvailable"], min, "{name}");
+        assert_eq!(
+            spec["selector"]["matchLabels"],
+            json!({"pgml.io/cluster": "main", "pgml.io/role": role}),
+            "{name}"
+        );
+    }
     // PGML_NETWORK_POLICIES: PostgreSQL reachable from the cluster's Pods and its labelled
     // clients only, the policy owned by the cluster.
     let np =

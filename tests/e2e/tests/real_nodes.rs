@@ -572,21 +572,7 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
         Duration::from_secs(300),
     )
     .await;
-    let have = client_psql(
-        sb,
-        ns.name(),
-        "SELECT string_agg(id::text, ',' ORDER BY id) FROM load",
-    )
-    .await;
-    let have: std::collections::BTreeSet<u32> =
-        have.split(',').filter_map(|x| x.parse().ok()).collect();
-    let lost: Vec<&u32> = acked.iter().filter(|i| !have.contains(i)).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged rows lost: {lost:?} (of {} acknowledged)",
-        acked.len()
-    );
-    let want = have.len().to_string();
+    let want = none_lost(sb, ns.name(), "load", &acked).await.to_string();
     wait_answer(
         sb,
         ns.name(),
@@ -601,6 +587,8 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
         local_psql(sb, ns.name(), &primary, "SELECT pg_is_in_recovery()"),
         "f"
     );
+
+    drain_the_primarys_node(sb, ns).await;
 
     // Deleting the cluster and the snapshot leaves no volume and no snapshot of the test's.
     clusters
@@ -839,9 +827,116 @@ async fn snapshot_with_the_agent_killed_in_the_hold(
     );
 }
 
-/// Rows inserted one transaction each by psql in the client Pod (RETURNING: psql prints an
-/// ID only once its commit is acknowledged) while the primary's container is SIGKILLed.
-/// Returns the acknowledged IDs.
+/// Rows inserted one transaction each by psql in the client Pod through the `-rw`
+/// Service (RETURNING: psql prints an ID only once its commit is acknowledged), until the
+/// connection is lost or the 20,000 rows are in.
+struct Load {
+    child: tokio::process::Child,
+    writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<String>,
+}
+
+impl Load {
+    /// Creates `table` and starts inserting into it; returns once 200 rows are in.
+    async fn start(sb: &Sandbox, ns: &TestNamespace, table: &str) -> Load {
+        psql(
+            sb,
+            ns.name(),
+            "client",
+            &format!("CREATE TABLE {table} (id int primary key, at timestamptz default now())"),
+        )
+        .unwrap();
+        let script: String = (1..=20000)
+            .map(|i| format!("INSERT INTO {table} (id) VALUES ({i}) RETURNING id;\n"))
+            .collect();
+        let mut child = tokio::process::Command::new(sb.kubectl())
+            .arg(format!("--kubeconfig={}", sb.kube.kubeconfig.display()))
+            .args([
+                "exec",
+                "-i",
+                "-n",
+                ns.name(),
+                "client",
+                "--",
+                "psql",
+                "-At",
+                "-f",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl exec psql");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(script.as_bytes()).await;
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out).await;
+            out
+        });
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let count = format!("SELECT count(*) FROM {table}");
+        loop {
+            let n = psql(sb, ns.name(), "client", &count).unwrap_or_default();
+            if n.parse::<u32>().unwrap_or(0) >= 200 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never got going"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Load {
+            child,
+            writer,
+            reader,
+        }
+    }
+
+    /// The IDs whose commits were acknowledged. psql ends at a lost connection; kubectl
+    /// exec may wait on its stdin: it is closed, and kubectl ended if it still waits.
+    async fn acknowledged(mut self) -> Vec<u32> {
+        self.writer.abort();
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let out = self.reader.await.unwrap();
+        let acked: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert!(acked.len() >= 200, "rows acknowledged: {}", acked.len());
+        acked
+    }
+}
+
+/// The IDs of `table` through the `-rw` Service.
+async fn ids_in(sb: &Sandbox, ns: &str, table: &str) -> std::collections::BTreeSet<u32> {
+    let sql = format!("SELECT string_agg(id::text, ',' ORDER BY id) FROM {table}");
+    let have = client_psql(sb, ns, &sql).await;
+    have.split(',').filter_map(|x| x.parse().ok()).collect()
+}
+
+/// Asserts that every acknowledged ID is in `table`.
+async fn none_lost(sb: &Sandbox, ns: &str, table: &str, acked: &[u32]) -> usize {
+    let have = ids_in(sb, ns, table).await;
+    let lost: Vec<&u32> = acked.iter().filter(|i| !have.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows of {table} lost: {lost:?} (of {} acknowledged)",
+        acked.len()
+    );
+    have.len()
+}
+
+/// A load runs while the primary's container is SIGKILLed. Returns the acknowledged IDs.
 async fn load_with_the_primary_killed(
     sb: &Sandbox,
     ns: &TestNamespace,
@@ -849,60 +944,7 @@ async fn load_with_the_primary_killed(
     primary: &str,
 ) -> Vec<u32> {
     let pods: Api<Pod> = ns.api();
-    psql(
-        sb,
-        ns.name(),
-        "client",
-        "CREATE TABLE load (id int primary key, at timestamptz default now())",
-    )
-    .unwrap();
-    let script: String = (1..=20000)
-        .map(|i| format!("INSERT INTO load (id) VALUES ({i}) RETURNING id;\n"))
-        .collect();
-    let mut child = tokio::process::Command::new(sb.kubectl())
-        .arg(format!("--kubeconfig={}", sb.kube.kubeconfig.display()))
-        .args([
-            "exec",
-            "-i",
-            "-n",
-            ns.name(),
-            "client",
-            "--",
-            "psql",
-            "-At",
-            "-f",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl exec psql");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let _ = stdin.write_all(script.as_bytes()).await;
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out).await;
-        out
-    });
-    // Some rows in, then the kill.
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let n = psql(sb, ns.name(), "client", "SELECT count(*) FROM load").unwrap_or_default();
-        if n.parse::<u32>().unwrap_or(0) >= 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the load never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let load = Load::start(sb, ns, "load").await;
     let pod = pods.get(primary).await.unwrap();
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
     let node = real
@@ -911,16 +953,7 @@ async fn load_with_the_primary_killed(
         .expect("the primary is on a real node");
     let before = restarts(&pod, "postgres");
     kill_container(node, &pods, primary, "postgres").await;
-    // psql ends at the lost connection; kubectl exec may wait on its stdin: close it, and
-    // end kubectl if it still waits.
-    writer.abort();
-    if tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
-    let out = reader.await.unwrap();
+    let acked = load.acknowledged().await;
     wait_for(
         &pods,
         primary,
@@ -929,13 +962,143 @@ async fn load_with_the_primary_killed(
         |p: &Pod| restarts(p, "postgres") > before,
     )
     .await;
-    let acked: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert!(
-        acked.len() >= 200,
-        "rows acknowledged before the kill: {}",
-        acked.len()
-    );
     acked
+}
+
+/// How many `reason` Events the namespace has (a series counts once per occurrence).
+async fn events_of(ns: &TestNamespace, reason: &str) -> i32 {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum()
+}
+
+/// `kubectl drain` of the primary's node under a write load: the primary's
+/// PodDisruptionBudget holds its eviction while the operator switches over (once) to the
+/// replica on the other node; then the old primary, a replica by now, is evicted and not
+/// made again on the cordoned node; every acknowledged commit is on the new primary. After
+/// `kubectl uncordon` the old primary comes back as a replica with every row.
+async fn drain_the_primarys_node(sb: &Sandbox, ns: &TestNamespace) {
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (primary, replica) = wait_two_ready(&clusters, "2 instances ready to drain", TIMEOUT).await;
+    let node = pods
+        .get(&primary)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .unwrap();
+    let switchovers = events_of(ns, "SwitchingOver").await;
+    let load = Load::start(sb, ns, "drained").await;
+
+    let selector = format!("pgml.io/cluster={CLUSTER}");
+    let drain = tokio::process::Command::new(sb.kubectl())
+        .arg(format!("--kubeconfig={}", sb.kube.kubeconfig.display()))
+        .args(["drain", &node, "--pod-selector", &selector])
+        .args([
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=300s",
+        ])
+        .output();
+    let drain = tokio::spawn(drain);
+    // The old primary's Pod is deleted only once the replica is the primary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let gone = match pods.get_opt(&primary).await.unwrap() {
+            None => true,
+            Some(p) => p.metadata.deletion_timestamp.is_some(),
+        };
+        if gone {
+            let c = clusters.get(CLUSTER).await.unwrap();
+            let current = c.status.and_then(|s| s.current_primary);
+            assert_eq!(
+                current.as_deref(),
+                Some(replica.as_str()),
+                "{primary} was evicted before the switchover to {replica}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{primary} never evicted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = drain.await.unwrap().expect("running kubectl drain");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl drain: {said}");
+    assert!(
+        said.contains("disruption budget"),
+        "the budget held the primary's eviction: {said}"
+    );
+    let acked = load.acknowledged().await;
+    assert_eq!(
+        events_of(ns, "SwitchingOver").await,
+        switchovers + 1,
+        "one switchover"
+    );
+
+    // Not made again on the cordoned node; the status says why.
+    let c = wait_for(
+        &clusters,
+        CLUSTER,
+        "the drained instance's node leaving",
+        TIMEOUT,
+        |c: &PgmlCluster| {
+            c.status.as_ref().is_some_and(|s| {
+                s.instances
+                    .iter()
+                    .any(|i| i.name == primary && i.node_leaving.is_some())
+            })
+        },
+    )
+    .await;
+    let why = c
+        .status
+        .unwrap()
+        .instances
+        .into_iter()
+        .find(|i| i.name == primary);
+    let why = why.and_then(|i| i.node_leaving).unwrap();
+    assert_eq!(why, format!("node {node} is cordoned"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        pods.get_opt(&primary).await.unwrap().is_none(),
+        "{primary}'s Pod made again on the cordoned node {node}"
+    );
+    none_lost(sb, ns.name(), "drained", &acked).await;
+
+    kubectl(sb, &["uncordon", &node]);
+    let (now_primary, back) = wait_two_ready(
+        &clusters,
+        "the drained instance back as a replica",
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_eq!(
+        (now_primary.as_str(), back.as_str()),
+        (replica.as_str(), primary.as_str())
+    );
+    let n = none_lost(sb, ns.name(), "drained", &acked).await;
+    wait_answer(
+        sb,
+        ns.name(),
+        &primary,
+        "SELECT count(*) FROM drained",
+        &n.to_string(),
+        "the old primary streams every row after the drain",
+    )
+    .await;
 }
 
 /// An ext4 PVC made by the EBS CSI driver (a PV of driver ebs.csi.aws.com, its volume

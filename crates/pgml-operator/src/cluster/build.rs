@@ -87,6 +87,9 @@ pub struct Instance {
     pub fenced: bool,
     /// The EbsSnapshot its pool is restored from.
     pub restore_from: Option<String>,
+    /// Kept from Karpenter's voluntary disruption (`karpenter.sh/do-not-disrupt`): the
+    /// instances a change of primary is between, while it is under way.
+    pub protect: bool,
 }
 
 impl<'a> Builder<'a> {
@@ -220,7 +223,8 @@ impl<'a> Builder<'a> {
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec})
     }
 
-    /// The metadata the controller changes on a live Pod: the role label and the fence.
+    /// The metadata the controller changes on a live Pod: the role label, the fence, and
+    /// Karpenter's do-not-disrupt while a change of primary is under way.
     pub fn pod_marks(&self, i: &Instance) -> Value {
         let mut labels = self.c.instance_labels(i.n);
         let role = match i.role {
@@ -232,8 +236,15 @@ impl<'a> Builder<'a> {
             labels.insert(names::ROLE.into(), role.into());
         }
         let mut meta = json!({"name": i.name, "namespace": self.c.namespace, "labels": labels});
+        let mut annotations = serde_json::Map::new();
         if i.fenced {
-            meta["annotations"] = json!({names::FENCED: "true"});
+            annotations.insert(names::FENCED.into(), json!("true"));
+        }
+        if i.protect {
+            annotations.insert(names::DO_NOT_DISRUPT.into(), json!("true"));
+        }
+        if !annotations.is_empty() {
+            meta["annotations"] = Value::Object(annotations);
         }
         meta
     }
@@ -389,6 +400,37 @@ impl<'a> Builder<'a> {
             })
         })
         .collect()
+    }
+
+    /// `C-primary` and `C-replicas`: the primary is never evicted (a drain of its node
+    /// waits until the operator switched over and its Pod is a replica's), and of the
+    /// replicas at most one is evicted at a time. Only `minAvailable` counts work for Pods
+    /// whose owner has no scale subresource. `enablePDB: false`: both allow every
+    /// eviction (kept rather than deleted, so that turning them back on is one write).
+    pub fn disruption_budgets(&self) -> Vec<Value> {
+        let on = self.cluster.spec.enable_pdb;
+        let replicas = self.cluster.spec.instances.max(1) - 1;
+        let budget = |name: String, role: &str, min: i32| {
+            let mut selector = self.c.labels();
+            selector.insert(names::ROLE.into(), role.into());
+            json!({
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": self.meta(&name, self.c.labels()),
+                "spec": {
+                    "minAvailable": if on { min } else { 0 },
+                    "selector": {"matchLabels": selector},
+                },
+            })
+        };
+        vec![
+            budget(self.c.pdb_primary(), names::ROLE_PRIMARY, 1),
+            budget(
+                self.c.pdb_replicas(),
+                names::ROLE_REPLICA,
+                (replicas - 1).max(0),
+            ),
+        ]
     }
 
     /// `C-postgres`, when asked for: PostgreSQL's port (the only one the instance Pods
@@ -566,6 +608,7 @@ mod tests {
             },
             fenced: false,
             restore_from: None,
+            protect: false,
         }
     }
 
@@ -963,6 +1006,7 @@ mod tests {
             role: PodRole::Primary,
             fenced: false,
             restore_from: None,
+            protect: false,
         });
         assert_eq!(pod["metadata"]["labels"]["pgml.io/cluster"], "main");
     }

@@ -86,6 +86,7 @@ mod tests {
                 ..Reported::default()
             }),
             fenced: false,
+            leaving: None,
         }
     }
 

@@ -75,6 +75,7 @@ pub fn members(recs: &[Rec], w: &Observed) -> Vec<Member> {
                     Some(n) => n.ready,
                     None => Some(false),
                 },
+                leaving: w.node(&r.node).and_then(|n| n.leaving()),
                 reported: pod.and_then(|p| {
                     Reported::parse(
                         p.annotations()
@@ -174,6 +175,7 @@ pub fn instance_statuses(
                 lag_bytes: lag,
                 seeded_from: r.seeded_from.clone(),
                 fenced: r.fenced,
+                node_leaving: m.leaving.clone(),
                 pool_health: pools
                     .get(&r.name)
                     .and_then(|p| p.status.as_ref())
@@ -212,6 +214,7 @@ mod tests {
                 ..Reported::default()
             }),
             fenced: false,
+            leaving: None,
         }
     }
 

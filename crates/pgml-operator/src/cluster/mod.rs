@@ -30,6 +30,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -83,7 +84,8 @@ pub async fn run_until(
     .with_config(kube_controller::Config::default().concurrency(CONCURRENCY));
     let store = clusters.store();
     let bootstrapped = clusters.store();
-    // A node going NotReady may start a failover: wake the clusters with an instance there.
+    // A node going NotReady may start a failover, one cordoned or tainted for disruption a
+    // switchover: wake the clusters with an instance there.
     let on_node = move |node: Node| {
         let name = node.name_any();
         store
@@ -105,6 +107,7 @@ pub async fn run_until(
         .owns(api::<PersistentVolumeClaim>(&ctx), owned())
         .owns(api::<Service>(&ctx), owned())
         .owns(api::<ConfigMap>(&ctx), owned())
+        .owns(api::<PodDisruptionBudget>(&ctx), owned())
         // A deleted Secret is reported at once (never made again once the cluster exists).
         .owns(api::<Secret>(&ctx), owned())
         // Seeds and backups alike: every EbsSnapshot wakes the cluster it names as source

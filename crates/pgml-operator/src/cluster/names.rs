@@ -11,6 +11,8 @@ pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_REPLICA: &str = "replica";
 /// Annotation on a Pod: its instance manager must stop PostgreSQL and never start it.
 pub const FENCED: &str = pgml_api::instance::FENCED_ANNOTATION;
+/// Annotation on a Pod: Karpenter does not consolidate or drift its node voluntarily.
+pub const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";
 /// Annotation on a Pod, written by its instance manager (JSON, `pgml_api::instance`).
 pub const INSTANCE_STATUS: &str = pgml_api::instance::STATUS_ANNOTATION;
 /// StorageClass name of the local PersistentVolumes over ZFS datasets.
@@ -82,6 +84,14 @@ impl ClusterRef {
     }
     pub fn service_r(&self) -> String {
         format!("{}-r", self.name)
+    }
+    /// The PodDisruptionBudget of the primary's Pod.
+    pub fn pdb_primary(&self) -> String {
+        format!("{}-primary", self.name)
+    }
+    /// The PodDisruptionBudget of the replicas' Pods.
+    pub fn pdb_replicas(&self) -> String {
+        format!("{}-replicas", self.name)
     }
     pub fn config(&self) -> String {
         format!("{}-config", self.name)

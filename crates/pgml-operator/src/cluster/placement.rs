@@ -50,6 +50,44 @@ impl NodeFacts {
     }
 }
 
+/// Taints that say a node is going away, by who puts them there: Karpenter v1
+/// (`disrupted`) and before (`disruption=disrupting`), the cluster autoscaler, the AWS Node
+/// Termination Handler (spot interruption, scheduled maintenance, an Auto Scaling group's
+/// scale-in, a rebalance recommendation when it drains on one), and Kubernetes' own
+/// out-of-service taint (a node shut down).
+pub const LEAVING_TAINTS: [&str; 8] = [
+    "karpenter.sh/disrupted",
+    "karpenter.sh/disruption",
+    "ToBeDeletedByClusterAutoscaler",
+    "aws-node-termination-handler/spot-itn",
+    "aws-node-termination-handler/scheduled-maintenance",
+    "aws-node-termination-handler/asg-lifecycle-termination",
+    "aws-node-termination-handler/rebalance-recommendation",
+    "node.kubernetes.io/out-of-service",
+];
+
+impl NodeFacts {
+    /// Why the node is going away, if it is: one of [`LEAVING_TAINTS`] with an effect
+    /// that keeps Pods off (a `PreferNoSchedule` one is only a hint: the Node Termination
+    /// Handler's rebalance recommendation when it does not drain), or cordoned (a drain,
+    /// a managed node group's update). The instance there is a primary to switch away
+    /// from before its Pod is evicted, and a Pod not to make again there.
+    pub fn leaving(&self) -> Option<String> {
+        let taint = self
+            .taints
+            .iter()
+            .find(|t| t.effect != "PreferNoSchedule" && LEAVING_TAINTS.contains(&t.key.as_str()));
+        if let Some(t) = taint {
+            return Some(format!(
+                "node {} is tainted {}:{}",
+                self.name, t.key, t.effect
+            ));
+        }
+        self.unschedulable
+            .then(|| format!("node {} is cordoned", self.name))
+    }
+}
+
 /// Whether `tolerations` tolerate `taint` (Kubernetes' matching rules).
 pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
@@ -73,6 +111,7 @@ pub fn fits(
     tolerations: &[Toleration],
 ) -> bool {
     node.usable()
+        && node.leaving().is_none()
         && selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
         && node
             .taints
@@ -153,6 +192,29 @@ mod tests {
         ];
         assert_eq!(place_all(&nodes, 3), ["a-1", "b-1", "c-1"]);
         assert_eq!(place_all(&nodes, 5), ["a-1", "b-1", "c-1", "a-2"]);
+    }
+
+    #[test]
+    fn a_node_leaves_when_cordoned_or_tainted_for_disruption() {
+        let mut n = node("a-1", "1a");
+        assert_eq!(n.leaving(), None);
+        n.taints = vec![taint("dedicated", Some("db"), "NoSchedule")];
+        assert_eq!(n.leaving(), None, "an ordinary taint");
+        n.taints
+            .push(taint("karpenter.sh/disrupted", None, "NoSchedule"));
+        assert_eq!(
+            n.leaving().as_deref(),
+            Some("node a-1 is tainted karpenter.sh/disrupted:NoSchedule")
+        );
+        for key in LEAVING_TAINTS {
+            n.taints = vec![taint(key, Some("x"), "NoExecute")];
+            assert!(n.leaving().is_some(), "{key}");
+            n.taints = vec![taint(key, Some("x"), "PreferNoSchedule")];
+            assert_eq!(n.leaving(), None, "{key} as a hint only");
+        }
+        n.taints = vec![];
+        n.unschedulable = true;
+        assert_eq!(n.leaving().as_deref(), Some("node a-1 is cordoned"));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Member {
     pub reported: Option<Reported>,
     /// Fenced by the controller (recorded in status).
     pub fenced: bool,
+    /// Why its node is going away (`NodeFacts::leaving`), if it is.
+    pub leaving: Option<String>,
 }
 
 impl Member {
@@ -47,6 +49,11 @@ impl Member {
     /// A replica that could be promoted.
     pub fn promotable(&self) -> bool {
         self.ready() && self.reported.as_ref().is_some_and(|r| !r.is_primary())
+    }
+
+    /// A replica a planned switchover may go to: promotable, on a node that stays.
+    pub fn switchover_target(&self) -> bool {
+        self.promotable() && self.leaving.is_none()
     }
 
     /// A replica that can take over from a lost primary: running in recovery, its Pod and
@@ -88,9 +95,19 @@ pub fn lost(m: &Member) -> bool {
 /// The replica a failover promotes: of those that can take over, the one with the highest
 /// replay LSN (ties: the lowest instance name, for a stable choice).
 pub fn failover_candidate<'a>(members: &'a [Member], current: &str) -> Option<&'a Member> {
+    most_advanced(members, current, Member::can_take_over)
+}
+
+/// Of the instances but `current` that `fits`, the one with the highest replay LSN (ties:
+/// the lowest name, for a stable choice).
+fn most_advanced<'a>(
+    members: &'a [Member],
+    current: &str,
+    fits: impl Fn(&Member) -> bool,
+) -> Option<&'a Member> {
     members
         .iter()
-        .filter(|m| m.name != current && m.can_take_over())
+        .filter(|m| m.name != current && fits(m))
         .max_by(|a, b| {
             a.replay()
                 .cmp(&b.replay())
@@ -169,11 +186,39 @@ pub fn decide(i: &Input) -> Roles {
         (Some(c), Some(t)) if t != c => changing(i, c, t, &mut r),
         (Some(c), _) => match (i.lost_for, i.wanted.filter(|w| *w != c)) {
             (Some(lost_for), _) => failover(i, c, lost_for, &mut r),
-            (None, Some(wanted)) => switchover(i, c, wanted, &mut r),
-            (None, None) => {}
+            (None, wanted) => match i.member(c).and_then(|m| m.leaving.as_deref()) {
+                Some(why) => leave(i, c, why, wanted, &mut r),
+                None => {
+                    if let Some(wanted) = wanted {
+                        switchover(i, c, wanted, &mut r);
+                    }
+                }
+            },
         },
     }
     r
+}
+
+/// The primary's node is going away (a drain, a disruption taint): switched over, before
+/// its Pod is evicted (its PodDisruptionBudget holds the eviction meanwhile), to the
+/// instance `spec.primary` names when that one can take it, else to the most advanced
+/// ready replica on a node that stays.
+fn leave(i: &Input, current: &str, why: &str, wanted: Option<&str>, r: &mut Roles) {
+    let wanted = wanted
+        .and_then(|w| i.member(w))
+        .filter(|m| m.switchover_target());
+    let best = || most_advanced(i.members, current, Member::switchover_target);
+    match wanted.or_else(best) {
+        Some(to) => {
+            r.target = Some(to.name.clone());
+            r.started = Some((Transition::Switchover, current.into(), to.name.clone()));
+        }
+        None => {
+            r.waiting = Some(format!(
+                "{why}: primary {current} stays until a ready replica on another node can take over (its PodDisruptionBudget holds the eviction)"
+            ))
+        }
+    }
 }
 
 /// A change under way from `current` to `target`: complete once the target serves as
@@ -236,7 +281,9 @@ fn failover(i: &Input, current: &str, lost_for: Duration, r: &mut Roles) {
         ));
         return;
     };
-    if lost_for < i.grace {
+    // A Pod gone from a leaving node is not made again there: nothing to wait for.
+    let leaving = i.member(current).is_some_and(|m| m.leaving.is_some());
+    if lost_for < i.grace && !leaving {
         r.waiting = Some(format!(
             "primary {current} is lost; failing over to {} after {}s unless it comes back",
             cand.name,
@@ -249,9 +296,17 @@ fn failover(i: &Input, current: &str, lost_for: Duration, r: &mut Roles) {
     r.started = Some((Transition::Failover, current.into(), cand.name.clone()));
 }
 
-/// `spec.primary` names another instance: switched to once it is a ready replica.
+/// `spec.primary` names another instance: switched to once it is a ready replica on a
+/// node that stays.
 fn switchover(i: &Input, current: &str, wanted: &str, r: &mut Roles) {
     match i.member(wanted) {
+        Some(Member {
+            leaving: Some(why), ..
+        }) => {
+            r.waiting = Some(format!(
+                "switchover to {wanted} waits: {why} (it is switched to once its node is back)"
+            ))
+        }
         Some(m) if m.promotable() => {
             r.target = Some(wanted.into());
             r.started = Some((Transition::Switchover, current.into(), wanted.into()));
@@ -291,6 +346,7 @@ mod tests {
             node_ready: Some(true),
             reported,
             fenced: false,
+            leaving: None,
         }
     }
 
@@ -366,6 +422,80 @@ mod tests {
         let r = decide(&i);
         assert_eq!(r.target.as_deref(), Some("c-1"));
         assert!(r.waiting.unwrap().contains("c-3"));
+    }
+
+    #[test]
+    fn a_primary_on_a_leaving_node_is_switched_away_from_to_a_replica_that_stays() {
+        let mut ms = three();
+        ms[0].leaving = Some("node n-1 is cordoned".into());
+        // The most advanced replica (c-3) on a node that stays.
+        let r = decide(&input(&ms, Some("c-1"), Some("c-1")));
+        assert_eq!(
+            r.started,
+            Some((Transition::Switchover, "c-1".into(), "c-3".into()))
+        );
+        assert_eq!(r.target.as_deref(), Some("c-3"));
+        // spec.primary naming a replica that can take it wins over the most advanced; one
+        // naming the leaving primary itself does not hold it there.
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.wanted = Some("c-2");
+        assert_eq!(decide(&i).target.as_deref(), Some("c-2"));
+        i.wanted = Some("c-1");
+        assert_eq!(decide(&i).target.as_deref(), Some("c-3"));
+        // Not to a replica leaving too, nor one not ready.
+        ms[2].leaving = Some("node n-3 is tainted karpenter.sh/disrupted:NoSchedule".into());
+        ms[1].reported.as_mut().unwrap().ready = false;
+        let r = decide(&input(&ms, Some("c-1"), Some("c-1")));
+        assert_eq!((r.target.as_deref(), r.started), (Some("c-1"), None));
+        let why = r.waiting.unwrap();
+        assert!(
+            why.contains("node n-1 is cordoned") && why.contains("PodDisruptionBudget"),
+            "{why}"
+        );
+        // Once c-2 is ready it takes over.
+        ms[1].reported.as_mut().unwrap().ready = true;
+        let r = decide(&input(&ms, Some("c-1"), Some("c-1")));
+        assert_eq!(r.target.as_deref(), Some("c-2"));
+    }
+
+    #[test]
+    fn spec_primary_naming_an_instance_on_a_leaving_node_waits_for_the_node() {
+        let mut ms = three();
+        ms[1].leaving = Some("node n-2 is cordoned".into());
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        i.wanted = Some("c-2");
+        let r = decide(&i);
+        assert_eq!((r.target.as_deref(), r.started), (Some("c-1"), None));
+        assert!(r.waiting.unwrap().contains("node n-2 is cordoned"));
+        // After a drain moved the primary away, spec.primary does not pull it back to the
+        // leaving node; it does once the node is back.
+        let r = decide(&Input {
+            wanted: Some("c-2"),
+            ..input(&ms, Some("c-3"), Some("c-3"))
+        });
+        assert_eq!(r.target.as_deref(), Some("c-3"));
+        ms[1].leaving = None;
+        let r = decide(&Input {
+            wanted: Some("c-2"),
+            ..input(&ms, Some("c-3"), Some("c-3"))
+        });
+        assert_eq!(r.target.as_deref(), Some("c-2"));
+    }
+
+    #[test]
+    fn a_lost_primary_on_a_leaving_node_fails_over_without_the_grace() {
+        let mut ms = three();
+        ms[0].leaving = Some("node n-1 is cordoned".into());
+        ms[0].pod = PodState::Absent;
+        let mut i = input(&ms, Some("c-1"), Some("c-1"));
+        // No grace: its Pod is not made again on a leaving node (evicted with no budget).
+        i.lost_for = Some(Duration::from_secs(0));
+        let r = decide(&i);
+        assert_eq!(r.fence, ["c-1"]);
+        assert_eq!(
+            r.started,
+            Some((Transition::Failover, "c-1".into(), "c-3".into()))
+        );
     }
 
     #[test]

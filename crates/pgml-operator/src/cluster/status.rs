@@ -149,10 +149,13 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
                 format!("failing over from {cur} to {tgt}"),
             )
         } else {
+            let why = s.instances.iter().find(|i| &i.name == cur);
+            let why = why.and_then(|i| i.node_leaving.as_deref());
+            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
             (
                 P::Switchover,
                 reason::SWITCHOVER,
-                format!("switching over from {cur} to {tgt}"),
+                format!("switching over from {cur} to {tgt}{why}"),
             )
         };
     }
@@ -473,7 +476,9 @@ fn primary_notices(old: &PgmlClusterStatus, new: &PgmlClusterStatus) -> Vec<Noti
                 format!("primary {cur} is lost: fenced it and promoting {tgt}, the most advanced ready replica"),
             )
         } else {
-            (false, reason::SWITCHING_OVER.into(), format!("switching over from {cur} to {tgt}"))
+            let why = find(new, cur).and_then(|i| i.node_leaving);
+            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+            (false, reason::SWITCHING_OVER.into(), format!("switching over from {cur} to {tgt}{why}"))
         });
     }
     if new.current_primary != old.current_primary
@@ -584,6 +589,7 @@ mod tests {
             seeded_from: None,
             fenced: false,
             pool_health: None,
+            node_leaving: None,
         }
     }
 

@@ -130,7 +130,12 @@ impl Instances<'_> {
     /// is usable; then its seed goes once it streams.
     fn instance(&mut self, r: &Rec) {
         let current = self.roles.current.as_deref();
-        let i = instance(r, pod_role(current == Some(&r.name), self.routable));
+        let mut i = instance(r, pod_role(current == Some(&r.name), self.routable));
+        let changing = self.roles.current != self.roles.target;
+        let between = [&self.roles.current, &self.roles.target]
+            .into_iter()
+            .any(|n| n.as_deref() == Some(r.name.as_str()));
+        i.protect = changing && between;
         if let Some(pool) = self.b.pool(&i)
             && !self.storage(r, &i, pool)
         {
@@ -306,9 +311,18 @@ impl Instances<'_> {
         self.mark(r, i, pod);
     }
 
-    /// The primary's Pod is gone: recreating it now would hide the loss. When a replica
-    /// can take over, the failover grace decides first.
+    /// No Pod is made on a leaving node (a drain would only evict it again; Karpenter
+    /// would never see the node empty). The primary's Pod is gone: recreating it now would
+    /// hide the loss. When a replica can take over, the failover grace decides first.
     fn create_pod(&mut self, r: &Rec, i: &Instance) {
+        let member = self.members.iter().find(|m| m.name == r.name);
+        if let Some(why) = member.and_then(|m| m.leaving.as_deref()) {
+            self.wait(
+                r,
+                format!("{why}: its Pod is made again there once the node is back"),
+            );
+            return;
+        }
         let current = self.roles.current.as_deref() == Some(r.name.as_str());
         let settled = self.roles.current == self.roles.target;
         if current

@@ -66,7 +66,7 @@ fn instance_pods(b: &Builder, o: &Observed, recs: &[Rec], removed: &[Rec]) -> Ve
     by_number.into_values().collect()
 }
 
-/// ConfigMap, Services and the instances' RBAC (`pods`: the Pods they may patch), each
+/// ConfigMap, Services, PodDisruptionBudgets and the instances' RBAC (`pods`: the Pods they may patch), each
 /// applied when it differs. A ConfigMap that cannot be rendered (pgBackRest's part) is
 /// left as it is: a spec error, never half applied. Returns the spec errors.
 fn shared(b: &Builder, pods: &[String], steps: &mut Vec<Step>) -> Vec<String> {
@@ -88,6 +88,7 @@ fn shared(b: &Builder, pods: &[String], steps: &mut Vec<Step>) -> Vec<String> {
     }
     bodies.extend(b.services());
     bodies.extend(b.network_policy());
+    bodies.extend(b.disruption_budgets());
     bodies.extend(b.rbac(pods));
     for body in bodies {
         let when = if body["kind"] == "ServiceAccount" {

@@ -149,6 +149,7 @@ fn instance(r: &Rec, role: PodRole) -> Instance {
         role,
         fenced: r.fenced,
         restore_from: r.seeded_from.clone().filter(|s| s != PG_BASEBACKUP),
+        protect: false,
     }
 }
 

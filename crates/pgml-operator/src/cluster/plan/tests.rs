@@ -68,6 +68,7 @@ fn recorded_as(recs: &[Rec], primary: &str) -> PgmlClusterStatus {
         seeded_from: r.seeded_from.clone(),
         fenced: r.fenced,
         pool_health: None,
+        node_leaving: None,
     };
     PgmlClusterStatus {
         instances: recs.iter().map(entry).collect(),
@@ -252,6 +253,8 @@ fn a_fresh_cluster_gets_its_secrets_its_shared_objects_and_instances_in_two_zone
             "apply Service main-rw if changed",
             "apply Service main-ro if changed",
             "apply Service main-r if changed",
+            "apply PodDisruptionBudget main-primary if changed",
+            "apply PodDisruptionBudget main-replicas if changed",
             "apply ServiceAccount main-instance if changed or IRSA stale",
             "apply Role main-instance if changed",
             "apply RoleBinding main-instance if changed",
@@ -317,7 +320,11 @@ fn an_unrenderable_pgbackrest_config_is_a_spec_error_and_its_config_map_is_left(
     let steps = describe(&l.steps);
     assert_eq!(steps[3], "warn PgBackRestConfigInvalid");
     assert!(steps.iter().all(|s| !s.contains("ConfigMap")), "{steps:?}");
-    assert_eq!(steps.len(), 3 + 1 + 6, "the Services and RBAC still are");
+    assert_eq!(
+        steps.len(),
+        3 + 1 + 8,
+        "the Services, budgets and RBAC still are"
+    );
     assert_eq!(l.spec_errors.len(), 1);
     assert!(
         l.spec_errors[0].starts_with("spec.backups.pgbackrest: ")
@@ -404,7 +411,7 @@ fn scaling_down_removes_the_highest_numbers_first_never_the_primary_nor_the_targ
     let mut o = fresh();
     o.status = recorded_as(&three, "main-3");
     let l = layout(&b, &o);
-    let removals: Vec<String> = describe(&l.steps).into_iter().skip(10).collect();
+    let removals: Vec<String> = describe(&l.steps).into_iter().skip(12).collect();
     let pv = |n: u32| format!("PersistentVolume {}", b.c.pv_name(n));
     assert_eq!(
         removals,
@@ -432,7 +439,7 @@ fn scaling_down_removes_the_highest_numbers_first_never_the_primary_nor_the_targ
     let b = Builder::new(&c, "img").unwrap();
     let l = layout(&b, &o);
     assert_eq!(
-        describe(&l.steps)[10..],
+        describe(&l.steps)[12..],
         ["remove main-2: Pod main-2, PersistentVolumeClaim main-2"]
     );
 }
@@ -878,7 +885,19 @@ fn past_the_grace_the_lost_primary_is_fenced_and_its_pod_made_fenced() {
     let started = Some((Transition::Failover, "main-1".into(), "main-2".into()));
     assert_eq!(p.roles.started, started);
     assert!(p.recs[0].fenced && p.members[0].fenced);
-    assert_eq!(steps, ["apply Pod main-1 then PodCreated"]);
+    // The replica being promoted is kept from Karpenter's consolidation meanwhile.
+    assert_eq!(
+        steps,
+        [
+            "apply Pod main-1 then PodCreated".to_string(),
+            format!("apply Pod main-2 as {MARKS_MANAGER}")
+        ]
+    );
+    let marks = body_of(&p.steps, "Pod", "main-2");
+    assert_eq!(
+        marks["metadata"]["annotations"][names::DO_NOT_DISRUPT],
+        "true"
+    );
     let pod = body_of(&p.steps, "Pod", "main-1");
     assert_eq!(pod["metadata"]["annotations"][names::FENCED], "true");
     let Step::Apply {
@@ -906,7 +925,10 @@ fn a_live_pod_fenced_is_annotated_by_the_marks_manager() {
     assert_eq!(p.roles.fence, ["main-1"]);
     assert_eq!(
         steps,
-        [format!("apply Pod main-1 as {MARKS_MANAGER} then Fencing")]
+        [
+            format!("apply Pod main-1 as {MARKS_MANAGER} then Fencing"),
+            format!("apply Pod main-2 as {MARKS_MANAGER}")
+        ]
     );
     let marks = body_of(&p.steps, "Pod", "main-1");
     assert!(marks.get("spec").is_none(), "the marks only");
@@ -1179,4 +1201,114 @@ fn a_bootstrap_snapshot_named_like_a_seed_is_still_never_deleted() {
             .all(|s| !s.contains("delete EbsSnapshot main-1-seed")),
         "{steps:?}"
     );
+}
+
+// Node life.
+
+/// The ext4 pair serving: main-1 the primary on node-a, main-2 streaming on node-b.
+fn serving_pair(b: &Builder) -> (Observed, [Rec; 2]) {
+    let (mut o, recs) = pair(b);
+    o.status.system_identifier = Some(ID.into());
+    let primary = stored_pod(b, &recs[0], PodRole::Primary, Some(primary_report()));
+    let replica = stored_pod(b, &recs[1], PodRole::Replica, Some(replica_report(true)));
+    o.pods.insert("main-1".into(), primary);
+    o.pods.insert("main-2".into(), replica);
+    (o, recs)
+}
+
+#[test]
+fn a_drained_primary_is_switched_away_from_and_no_pod_is_made_on_its_node_until_it_is_back() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, recs) = serving_pair(&b);
+    o.nodes[0].unschedulable = true;
+
+    // A switchover to main-2 starts; both Pods it is between are kept from Karpenter's
+    // consolidation meanwhile.
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(
+        p.roles.started,
+        Some((Transition::Switchover, "main-1".into(), "main-2".into()))
+    );
+    assert!(p.urgent);
+    for pod in ["main-1", "main-2"] {
+        let marks = body_of(&p.steps, "Pod", pod);
+        assert_eq!(
+            marks["metadata"]["annotations"][names::DO_NOT_DISRUPT],
+            "true",
+            "{pod}: {steps:?}"
+        );
+    }
+    assert_eq!(
+        p.members[0].leaving.as_deref(),
+        Some("node node-a is cordoned")
+    );
+
+    // Done: main-2 the primary, main-1's Pod evicted. It is not made again on the cordoned
+    // node (a drain would evict it again), and no Pod is protected any more.
+    o.status.current_primary = Some("main-2".into());
+    o.status.target_primary = Some("main-2".into());
+    o.pods.remove("main-1");
+    let promoted = stored_pod(&b, &recs[1], PodRole::Replica, Some(primary_report()));
+    o.pods.insert("main-2".into(), promoted);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert!(
+        !steps.iter().any(|s| s.starts_with("apply Pod main-1")),
+        "{steps:?}"
+    );
+    let waits = p.building.join("; ");
+    assert!(waits.contains("main-1: node node-a is cordoned"), "{waits}");
+    let marks = body_of(&p.steps, "Pod", "main-2");
+    assert!(marks["metadata"].get("annotations").is_none(), "{marks}");
+
+    // Uncordoned: made again.
+    o.nodes[0].unschedulable = false;
+    let (_, steps) = instance_steps(&b, &o, None);
+    assert!(
+        steps.contains(&"apply Pod main-1 then PodCreated".to_string()),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn a_new_instance_is_not_placed_on_a_node_tainted_for_disruption_even_when_tolerated() {
+    let mut spec = zfs(1);
+    spec["tolerations"] = json!([{"operator": "Exists"}]);
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = fresh();
+    o.nodes[0].taints = vec![k8s_openapi::api::core::v1::Taint {
+        key: "karpenter.sh/disrupted".into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }];
+    let l = layout(&b, &o);
+    assert_eq!(l.recs[0].node, "node-b");
+}
+
+#[test]
+fn the_budgets_hold_the_primary_and_let_one_replica_go_at_a_time() {
+    let budgets = |spec: Value| {
+        let c = cluster(spec);
+        let b = Builder::new(&c, "img").unwrap();
+        let l = layout(&b, &fresh());
+        ["main-primary", "main-replicas"].map(|n| {
+            let body = body_of(&l.steps, "PodDisruptionBudget", n);
+            let sel = &body["spec"]["selector"]["matchLabels"];
+            assert_eq!(sel["pgml.io/cluster"], "main");
+            (
+                sel["pgml.io/role"].as_str().unwrap().to_string(),
+                body["spec"]["minAvailable"].as_i64().unwrap(),
+            )
+        })
+    };
+    let p = || ("primary".to_string(), 1);
+    let r = |n| ("replica".to_string(), n);
+    assert_eq!(budgets(zfs(3)), [p(), r(1)]);
+    assert_eq!(budgets(zfs(2)), [p(), r(0)]);
+    assert_eq!(budgets(zfs(1)), [p(), r(0)]);
+    assert_eq!(budgets(zfs(5)), [p(), r(3)]);
+    let mut off = zfs(3);
+    off["enablePDB"] = json!(false);
+    assert_eq!(budgets(off), [("primary".to_string(), 0), r(0)]);
 }
