@@ -694,6 +694,22 @@ pub struct PgmlClusterSpec {
     /// (a drain of the primary's node then stops the primary with no switchover first).
     #[serde(rename = "enablePDB", default = "default_true")]
     pub enable_pdb: bool,
+
+    /// How the primary gets a new Pod spec (`image`, `resources`, scheduling) once every
+    /// replica has it, the replicas being updated one at a time first: `Unsupervised`
+    /// (default) switches over to the most advanced updated replica, then updates the old
+    /// primary as a replica; `Supervised` waits for a human to switch over (`kubectl pgml
+    /// promote`, or `spec.primary`). A single instance is restarted in place either way.
+    #[serde(default)]
+    pub primary_update_strategy: PrimaryUpdateStrategy,
+}
+
+/// See `spec.primaryUpdateStrategy`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PrimaryUpdateStrategy {
+    #[default]
+    Unsupervised,
+    Supervised,
 }
 
 fn default_true() -> bool {
@@ -721,6 +737,8 @@ pub enum ClusterPhase {
     Switchover,
     Failover,
     Scaling,
+    /// A new Pod spec is rolled out, one instance at a time.
+    Upgrading,
     Failed,
 }
 
@@ -739,7 +757,8 @@ pub struct PgmlClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pending, Creating, Healthy, Degraded, Switchover, Failover, Scaling or Failed.
+    /// Pending, Creating, Restoring, Healthy, Degraded, Switchover, Failover, Scaling,
+    /// Upgrading or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ClusterPhase>,
 

@@ -470,8 +470,8 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
         !events
             .items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("PodOutdated")),
-        "an unchanged Pod was reported outdated"
+            .any(|e| e.reason.as_deref() == Some("RollingUpdate")),
+        "an unchanged Pod was rolled"
     );
 
     // Deletion: the pools go (their volumes deleted, reclaimPolicy Delete), the PVs too.
@@ -946,18 +946,27 @@ async fn ext4_storage_uses_claims_of_the_class_and_no_pools() {
         "a new password was made"
     );
 
-    // A new image is not pushed into running Pods: said in a Warning, nothing else.
-    let pod_rv = f.pods().get("main-1").await.unwrap().resource_version();
+    // A new image is rolled out only to instances that are back and ready, one at a time:
+    // nothing reports here, so once the operator has seen the change no Pod is deleted.
+    let uids: Vec<Option<String>> = [f.pods().get("main-1").await, f.pods().get("main-2").await]
+        .into_iter()
+        .map(|p| p.unwrap().metadata.uid)
+        .collect();
     m["spec"]["image"] = json!("ghcr.io/postgresml/postgresml:2.10.1");
     f.apply(&m).await;
-    f.wait_event("PodOutdated", |e| {
-        e.reason.as_deref() == Some("PodOutdated")
+    f.wait_cluster("the new image observed", |c| {
+        let st = c.status.as_ref();
+        st.and_then(|s| s.observed_generation) == c.metadata.generation
     })
     .await;
-    assert_eq!(
-        f.pods().get("main-1").await.unwrap().resource_version(),
-        pod_rv
-    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, uid) in ["main-1", "main-2"].iter().zip(&uids) {
+        assert_eq!(
+            &f.pods().get(name).await.unwrap().metadata.uid,
+            uid,
+            "{name}"
+        );
+    }
     f.delete_cluster(&DeleteParams::background()).await;
     for i in &st.instances {
         wait_gone(&claims, &i.name, TIMEOUT).await;

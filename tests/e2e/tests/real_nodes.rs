@@ -589,6 +589,7 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
     );
 
     drain_the_primarys_node(sb, ns).await;
+    roll_a_new_pod_spec(sb, ns).await;
 
     // Deleting the cluster and the snapshot leaves no volume and no snapshot of the test's.
     clusters
@@ -1097,6 +1098,101 @@ async fn drain_the_primarys_node(sb: &Sandbox, ns: &TestNamespace) {
         "SELECT count(*) FROM drained",
         &n.to_string(),
         "the old primary streams every row after the drain",
+    )
+    .await;
+}
+
+/// A new Pod spec (the container's resources) rolled out under a write load: the replica
+/// first, then one switchover to it, then the old primary as a replica; phase Upgrading
+/// meanwhile, never both instances down, and every acknowledged commit kept.
+async fn roll_a_new_pod_spec(sb: &Sandbox, ns: &TestNamespace) {
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (primary, replica) = wait_two_ready(&clusters, "2 instances ready to roll", TIMEOUT).await;
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    let before = [
+        uid(&pods.get(&primary).await.unwrap()),
+        uid(&pods.get(&replica).await.unwrap()),
+    ];
+    let switchovers = events_of(ns, "SwitchingOver").await;
+    let load = Load::start(sb, ns, "rolled").await;
+    let resources = json!({"requests": {"memory": "64Mi", "cpu": "50m"}});
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resources": resources}})),
+        )
+        .await
+        .unwrap();
+    let has_new_spec = |p: &Pod| {
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let r = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        r.and_then(|r| r.get("memory")).map(|q| q.0.as_str()) == Some("64Mi")
+    };
+    // Sampled until both run the new spec and the cluster is Healthy again.
+    let (mut min_ready, mut upgrading) = (2, false);
+    let mut replaced: Vec<String> = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(420);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("pgml.io/cluster={CLUSTER}")))
+            .await
+            .unwrap();
+        let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+        min_ready = min_ready.min(ready);
+        for p in &list.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            if !before.contains(&uid(p)) && !replaced.contains(&name) {
+                replaced.push(name);
+            }
+        }
+        let c = clusters.get(CLUSTER).await.unwrap();
+        let st = c.status.unwrap_or_default();
+        upgrading |= st.phase == Some(pgml_api::cluster::ClusterPhase::Upgrading);
+        let updated = list.items.len() == 2 && list.items.iter().all(has_new_spec);
+        if updated
+            && st.ready_instances == Some(2)
+            && st.phase == Some(pgml_api::cluster::ClusterPhase::Healthy)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the roll never finished: {:?} {:?}",
+            st.phase,
+            st.conditions
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(upgrading, "phase Upgrading during the roll");
+    assert!(
+        min_ready >= 1,
+        "both instances down at once during the roll"
+    );
+    assert_eq!(
+        replaced,
+        [replica.clone(), primary.clone()],
+        "replica first"
+    );
+    let acked = load.acknowledged().await;
+    assert_eq!(
+        events_of(ns, "SwitchingOver").await,
+        switchovers + 1,
+        "exactly one switchover"
+    );
+    assert!(events_of(ns, "RollingUpdate").await >= 2);
+    let (now_primary, _) =
+        wait_two_ready(&clusters, "2 instances ready after the roll", TIMEOUT).await;
+    assert_eq!(now_primary, replica);
+    let n = none_lost(sb, ns.name(), "rolled", &acked).await;
+    wait_answer(
+        sb,
+        ns.name(),
+        &primary,
+        "SELECT count(*) FROM rolled",
+        &n.to_string(),
+        "the old primary streams every row after the roll",
     )
     .await;
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, Secret};
 use kube::ResourceExt;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    PostParams, Preconditions,
 };
 use kube::runtime::controller::Action;
 use pgml_api::PgmlCluster;
@@ -159,11 +160,20 @@ async fn write(
 }
 
 /// Deletes an object; already gone is fine. Returns whether it deleted.
+/// Deletes the object `body` names; with a `metadata.uid`, only that very object (one
+/// made again since is not ours to delete: a conflict, taken as already gone).
 async fn delete(ctx: &Context, body: &Value) -> Result<bool, Error> {
     let (api, name) = api_for(ctx, body).ok_or(Error::Incomplete("kind or name"))?;
-    match api.delete(&name, &DeleteParams::background()).await {
+    let mut params = DeleteParams::background();
+    if let Some(uid) = body["metadata"]["uid"].as_str() {
+        params.preconditions = Some(Preconditions {
+            uid: Some(uid.into()),
+            resource_version: None,
+        });
+    }
+    match api.delete(&name, &params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

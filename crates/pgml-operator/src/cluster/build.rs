@@ -347,6 +347,15 @@ impl<'a> Builder<'a> {
         if !spec.tolerations.is_empty() {
             pod_spec["tolerations"] = json!(spec.tolerations);
         }
+        // What the Pod was made from, compared later rather than the stored spec: the
+        // apiserver rewrites quantities (`0.5` → `500m`) and admission webhooks may rewrite
+        // images, neither of which is a change of ours to roll out.
+        let annotations = meta
+            .as_object_mut()
+            .expect("an object")
+            .entry("annotations")
+            .or_insert_with(|| json!({}));
+        annotations[names::POD_SPEC] = json!(spec_digest(&pod_spec));
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec})
     }
 
@@ -574,6 +583,14 @@ impl<'a> Builder<'a> {
 }
 
 /// An HTTP probe of the instance manager's status port.
+/// The digest of a Pod spec as the builder makes it (`names::POD_SPEC`): 16 hex digits of
+/// its JSON's SHA-256.
+pub fn spec_digest(spec: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(spec.to_string().as_bytes());
+    hex::encode(h)[..16].to_string()
+}
+
 fn probe(path: &str, period: u32, failures: u32) -> Value {
     json!({
         "httpGet": {"path": path, "port": "metrics", "scheme": "HTTP"},
@@ -744,10 +761,16 @@ mod tests {
             anti[1]["labelSelector"]["matchLabels"]["pgml.io/cluster"],
             "main"
         );
-        assert!(
-            b.pod(&inst(1, true))["metadata"]
-                .get("annotations")
-                .is_none()
+        // Annotated with the digest of its spec only: the same spec, the same digest.
+        let pod = b.pod(&inst(1, true));
+        assert_eq!(
+            pod["metadata"]["annotations"],
+            json!({"pgml.io/pod-spec": spec_digest(&pod["spec"])})
+        );
+        assert_eq!(
+            b.pod(&inst(1, false))["metadata"]["annotations"],
+            pod["metadata"]["annotations"],
+            "the role is no part of the spec"
         );
         assert_eq!(
             b.pod(&inst(1, true))["metadata"]["labels"]["pgml.io/role"],

@@ -60,7 +60,7 @@ pub fn ever_served(phase: Option<ClusterPhase>) -> bool {
     use ClusterPhase as P;
     matches!(
         phase,
-        Some(P::Healthy | P::Degraded | P::Scaling | P::Switchover | P::Failover)
+        Some(P::Healthy | P::Degraded | P::Scaling | P::Switchover | P::Failover | P::Upgrading)
     )
 }
 

@@ -201,21 +201,7 @@ mod tests {
     }
 
     fn member(name: &str, role: &str, ready: bool, lsn: &str) -> Member {
-        Member {
-            name: name.into(),
-            pod: PodState::Running,
-            node_ready: Some(true),
-            reported: Some(Reported {
-                role: serde_json::from_value(serde_json::json!(role)).unwrap(),
-                running: true,
-                ready,
-                lsn: Some(lsn.into()),
-                replay_lsn: (role == "replica").then(|| lsn.into()),
-                ..Reported::default()
-            }),
-            fenced: false,
-            leaving: None,
-        }
+        crate::cluster::roles::test_member(name, role, ready, lsn)
     }
 
     #[test]

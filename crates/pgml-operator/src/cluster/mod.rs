@@ -22,6 +22,7 @@ pub mod placement;
 pub mod plan;
 pub mod reported;
 pub mod roles;
+pub mod rollout;
 pub mod secrets;
 pub mod snapshots;
 pub mod status;

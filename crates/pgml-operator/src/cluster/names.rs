@@ -11,6 +11,8 @@ pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_REPLICA: &str = "replica";
 /// Annotation on a Pod: its instance manager must stop PostgreSQL and never start it.
 pub const FENCED: &str = pgml_api::instance::FENCED_ANNOTATION;
+/// Annotation on a Pod: the digest of the spec the operator made it with.
+pub const POD_SPEC: &str = "pgml.io/pod-spec";
 /// Annotation on a Pod: Karpenter does not consolidate or drift its node voluntarily.
 pub const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";
 /// Annotation on a Pod, written by its instance manager (JSON, `pgml_api::instance`).

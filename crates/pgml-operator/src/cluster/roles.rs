@@ -69,7 +69,7 @@ impl Member {
                 .is_some_and(|r| r.running && !r.fenced && r.role == Role::Replica)
     }
 
-    fn replay(&self) -> u64 {
+    pub fn replay(&self) -> u64 {
         self.reported
             .as_ref()
             .and_then(|r| r.position())
@@ -321,6 +321,26 @@ fn switchover(i: &Input, current: &str, wanted: &str, r: &mut Roles) {
                 "spec.primary names {wanted}, which is not an instance of this cluster"
             ))
         }
+    }
+}
+
+/// A member running on a Ready node, its manager reporting `role` at `lsn` (tests).
+#[cfg(test)]
+pub fn test_member(name: &str, role: &str, ready: bool, lsn: &str) -> Member {
+    Member {
+        name: name.into(),
+        pod: PodState::Running,
+        node_ready: Some(true),
+        reported: Some(Reported {
+            role: serde_json::from_value(serde_json::json!(role)).unwrap(),
+            running: true,
+            ready,
+            lsn: Some(lsn.into()),
+            replay_lsn: (role == "replica").then(|| lsn.into()),
+            ..Reported::default()
+        }),
+        fenced: false,
+        leaving: None,
     }
 }
 

@@ -66,7 +66,7 @@ pub mod reason {
     /// Completed or not of a ZFS pool: nothing is created until it is usable.
     pub const BOOTSTRAP_SNAPSHOT_NOT_READY: &str = "BootstrapSnapshotNotReady";
     pub const POD_CREATED: &str = "PodCreated";
-    pub const POD_OUTDATED: &str = "PodOutdated";
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
     pub const FENCING: &str = "Fencing";
     /// Deletion: the cluster's PersistentVolumes are deleted.
     pub const VOLUMES_DELETED: &str = "VolumesDeleted";
@@ -117,6 +117,8 @@ pub struct Summary {
     pub building: Vec<String>,
     /// Why a needed change of primary waits.
     pub roles_waiting: Option<String>,
+    /// A new Pod spec being rolled out (`Plan::rollout`).
+    pub rollout: Option<String>,
     /// Why an instance could not be placed.
     pub unplaced: Option<String>,
     pub spec_errors: Vec<String>,
@@ -206,6 +208,15 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
             (P::Creating, reason::CREATING, detail(counts))
         };
     }
+    if let Some(progress) = &s.rollout {
+        return (
+            P::Upgrading,
+            reason::ROLLING_UPDATE,
+            detail(format!(
+                "rolling out the new Pod spec: {progress}; {counts}"
+            )),
+        );
+    }
     if ready == s.desired && s.instances.len() as i32 == s.desired {
         return (P::Healthy, reason::HEALTHY, counts);
     }
@@ -246,6 +257,7 @@ pub fn compute(
             | ClusterPhase::Scaling
             | ClusterPhase::Switchover
             | ClusterPhase::Failover
+            | ClusterPhase::Upgrading
     );
     let (pwhy, pmsg) = progressing_reason(phase, why, &message);
     set_condition(conds, &old, c::PROGRESSING, progressing, pwhy, pmsg, stamp);
@@ -284,7 +296,8 @@ fn progressing_reason(
         | ClusterPhase::Restoring
         | ClusterPhase::Scaling
         | ClusterPhase::Switchover
-        | ClusterPhase::Failover => (why, message.to_string()),
+        | ClusterPhase::Failover
+        | ClusterPhase::Upgrading => (why, message.to_string()),
         ClusterPhase::Pending => (
             why,
             format!("waiting for a node to place an instance on: {message}"),
@@ -685,6 +698,34 @@ mod tests {
                 && note.contains("recoveryTarget")),
             "{events:?}"
         );
+    }
+
+    /// A planned roll is Progressing, not Degraded, while the instance it restarts is down;
+    /// a not-ready primary is still Degraded.
+    #[test]
+    fn a_roll_is_upgrading_and_not_degraded() {
+        let empty = PgmlClusterStatus::default();
+        let mut s = summary(&[true, false, true]);
+        s.rollout = Some("1 of 3 instances updated; restarting c-2".into());
+        let st = compute(&s, &empty, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Upgrading));
+        let p = cond(&st, c::PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "RollingUpdate")
+        );
+        assert!(
+            p.message.contains("restarting c-2") && p.message.contains("2 of 3"),
+            "{}",
+            p.message
+        );
+        assert_eq!(cond(&st, c::DEGRADED).status, "False");
+        assert_eq!(cond(&st, c::READY).status, "False");
+
+        let mut s = summary(&[false, true, true]);
+        s.rollout = Some("0 of 3 instances updated; waiting for c-1 to be ready".into());
+        let st = compute(&s, &st, Some(1), &now());
+        assert_eq!(st.phase, Some(ClusterPhase::Degraded), "served before");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::cluster::members::{Rec, donor, members, pgdata_mount};
 use crate::cluster::names::{self, MARKS_MANAGER, SEED_MANAGER};
 use crate::cluster::observe::{Observed, deleting};
 use crate::cluster::roles::{self, Member, Roles};
+use crate::cluster::rollout::{self, Step as RollStep};
 use crate::cluster::status::{Notice, reason};
 use crate::runtime::FIELD_MANAGER;
 
@@ -30,7 +31,21 @@ pub fn plan(
 ) -> Plan {
     let mut recs = layout.recs.clone();
     let mut ms = members(&recs, o);
-    let roles = primary(b, o, &recs, &ms, lost_for, grace);
+    let outdated = outdated(b, o, &recs);
+    let roll = rollout::decide(&rollout::Input {
+        members: &ms,
+        outdated: &outdated,
+        current: o.status.current_primary.as_deref(),
+        target: o.status.target_primary.as_deref(),
+        wanted: b.cluster.spec.primary.as_deref(),
+        strategy: b.cluster.spec.primary_update_strategy,
+    });
+    // The roll's switchover is asked for as `spec.primary` would (which, set, wins).
+    let switch_to = match &roll.step {
+        RollStep::Switchover(t) => Some(t.as_str()),
+        _ => None,
+    };
+    let roles = primary(b, o, &recs, &ms, lost_for, grace, switch_to);
     for f in &roles.fence {
         recs.iter_mut()
             .filter(|r| &r.name == f)
@@ -39,20 +54,41 @@ pub fn plan(
             .filter(|m| &m.name == f)
             .for_each(|m| m.fenced = true);
     }
+    // A Pod is deleted for the roll only while the primary stays as it is.
+    let settled = roles.started.is_none() && roles.current == roles.target;
+    let restart = match &roll.step {
+        RollStep::Restart { instance, why } if settled => Some((instance.clone(), why.clone())),
+        _ => None,
+    };
     let mut p = Instances {
         b,
         o,
         roles: &roles,
         members: &ms,
         routable: identity::routable(&o.status),
+        restart,
         steps: vec![],
         building: vec![],
     };
     for r in &recs {
         p.instance(r);
     }
+    if let (RollStep::Switchover(to), Some((_, from, started_to))) = (&roll.step, &roles.started)
+        && to == started_to
+    {
+        let said = format!(
+            "every replica runs the new Pod spec: switching over from {from} to {to}; {from} is updated last, as a replica"
+        );
+        p.note(false, reason::ROLLING_UPDATE, said, None);
+    }
     let (steps, building) = (p.steps, p.building);
     let urgent = lost_for.is_some() || roles.target != roles.current;
+    let rollout = roll.progress.map(|progress| match &roll.step {
+        RollStep::Restart { instance, .. } => format!("{progress}; restarting {instance}"),
+        RollStep::Switchover(to) => format!("{progress}; switching over to {to}"),
+        RollStep::Wait(why) => format!("{progress}; {why}"),
+        RollStep::Done => progress,
+    });
     Plan {
         roles,
         recs,
@@ -60,7 +96,32 @@ pub fn plan(
         steps,
         building,
         urgent,
+        rollout,
     }
+}
+
+/// The instances whose live Pod (not being deleted) was made from another spec than the
+/// one the cluster's spec makes now, with the first field that differs. Told by the
+/// digest the Pod was annotated with when made; a Pod without one (made by an operator
+/// before it) by comparing its stored spec.
+fn outdated(b: &Builder, o: &Observed, recs: &[Rec]) -> Vec<(String, String)> {
+    recs.iter()
+        .filter_map(|r| {
+            let pod = o.pods.get(&r.name).filter(|p| !deleting(*p))?;
+            let desired = b.pod(&instance(r, pod_role(false, false)));
+            let stored = to_value(&pod.spec);
+            let at = || difference(&stored, &desired["spec"], "spec");
+            let made_from = pod.annotations().get(names::POD_SPEC);
+            let at = match made_from {
+                Some(d) if desired["metadata"]["annotations"][names::POD_SPEC] == d.as_str() => {
+                    return None;
+                }
+                Some(_) => at().unwrap_or_else(|| "spec (its digest)".into()),
+                None => at()?,
+            };
+            Some((r.name.clone(), at))
+        })
+        .collect()
 }
 
 /// Who is primary. Nothing placed yet (no node fits): no primary to name either, so that
@@ -72,6 +133,7 @@ fn primary(
     members: &[Member],
     lost_for: Option<Duration>,
     grace: Duration,
+    switch_to: Option<&str>,
 ) -> Roles {
     let s = &o.status;
     let Some(first) = recs.first() else {
@@ -85,7 +147,7 @@ fn primary(
         first: &first.name,
         current: s.current_primary.as_deref(),
         target: s.target_primary.as_deref(),
-        wanted: b.cluster.spec.primary.as_deref(),
+        wanted: b.cluster.spec.primary.as_deref().or(switch_to),
         members,
         lost_for,
         grace,
@@ -99,6 +161,8 @@ struct Instances<'a> {
     roles: &'a Roles,
     members: &'a [Member],
     routable: bool,
+    /// The instance whose Pod the roll deletes now, with what differs.
+    restart: Option<(String, String)>,
     steps: Vec<Step>,
     building: Vec<String>,
 }
@@ -288,9 +352,9 @@ impl Instances<'_> {
         self.wait(r, format!("seed snapshot {seed} of {d} requested"));
     }
 
-    /// The Pod: made when absent, else its marks (role label, fence) kept as decided. A
-    /// Pod's spec cannot change in place: a new image or resources reach it only when it
-    /// is made again, which is said, not done (restarting instances is the user's call).
+    /// The Pod: made when absent, else its marks (role label, fence) kept as decided, or
+    /// deleted when the roll restarts it now (a Pod's spec cannot change in place: a new
+    /// image or resources reach it when it is made again).
     fn pod(&mut self, r: &Rec, i: &Instance) {
         let Some(pod) = self.o.pods.get(&r.name) else {
             self.create_pod(r, i);
@@ -300,13 +364,20 @@ impl Instances<'_> {
             self.wait(r, "its Pod is being deleted");
             return;
         }
-        let desired = self.b.pod(i);
-        if let Some(at) = difference(&to_value(&pod.spec), &desired["spec"], "spec") {
+        if let Some((_, at)) = self.restart.as_ref().filter(|(n, _)| *n == r.name) {
             let said = format!(
-                "Pod {} runs an older spec than the cluster's (image, resources, scheduling; first at {at}): delete it to have it made again (replicas first, then switch over)",
-                r.name
+                "deleted Pod {} to roll out the cluster's new Pod spec (first difference at {at}); it is made again on {}",
+                r.name, r.node
             );
-            self.note(true, reason::POD_OUTDATED, said, Some(desired));
+            let mut body = self.b.pod_marks(i);
+            body["uid"] = json!(pod.uid());
+            let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": body});
+            self.steps.push(Step::Delete {
+                body,
+                then: Some(note(false, reason::ROLLING_UPDATE, said)),
+            });
+            self.wait(r, "restarting with the new Pod spec");
+            return;
         }
         self.mark(r, i, pod);
     }

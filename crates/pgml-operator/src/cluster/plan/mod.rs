@@ -120,6 +120,8 @@ pub struct Plan {
     pub building: Vec<String>,
     /// Look again soon ([`CHANGING`]): the watched instance is lost, or the primary changes.
     pub urgent: bool,
+    /// A new Pod spec being rolled out: how far, and the next step or why it waits.
+    pub rollout: Option<String>,
 }
 
 /// `spec.instances`, at least one.
@@ -173,6 +175,7 @@ pub fn summary(
         target: roles.target.clone(),
         building: found.into_iter().chain(plan.building.clone()).collect(),
         roles_waiting: roles.waiting.clone(),
+        rollout: plan.rollout.clone(),
         unplaced: layout.unplaced.clone(),
         spec_errors: checked
             .iter()

@@ -952,16 +952,141 @@ fn a_pod_being_deleted_is_waited_for() {
 }
 
 #[test]
-fn an_outdated_pod_is_said_and_left_running() {
+fn a_single_outdated_instance_is_restarted_in_place() {
     let c = cluster(ext4(1));
     let b = Builder::new(&c, "img").unwrap();
     let (mut o, r) = single(true);
     o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
     let mut pod = stored_pod(&b, &r, PodRole::Primary, Some(primary_report()));
     pod.spec.as_mut().unwrap().containers[0].image = Some("postgres:old".into());
+    pod.metadata.uid = Some("uid-1".into());
     o.pods.insert("main-1".into(), pod);
-    let (_, steps) = instance_steps(&b, &o, None);
-    assert_eq!(steps, ["warn PodOutdated"]);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(steps, ["delete Pod main-1 then RollingUpdate"]);
+    // Only that very Pod (a precondition on its uid).
+    let Step::Delete { body, .. } = &p.steps[0] else {
+        panic!()
+    };
+    assert_eq!(body["metadata"]["uid"], "uid-1");
+    assert_eq!(
+        p.rollout.as_deref(),
+        Some("0 of 1 instances updated; restarting main-1")
+    );
+}
+
+#[test]
+fn a_pod_is_outdated_by_the_digest_it_was_made_with_not_by_how_the_apiserver_stores_it() {
+    let mut spec = ext4(1);
+    spec["resources"] = json!({"requests": {"cpu": "0.5"}});
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(true);
+    o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
+    // As stored: the quantity rewritten by the apiserver, the digest annotation kept.
+    let mut v = b.pod(&as_instance(&r, PodRole::Primary));
+    v["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("500m");
+    v["metadata"]["annotations"][names::INSTANCE_STATUS] = json!(primary_report().to_string());
+    v["status"] = json!({"phase": "Running"});
+    o.pods
+        .insert("main-1".into(), serde_json::from_value(v.clone()).unwrap());
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(p.rollout, None);
+
+    // The cluster's spec changed since: outdated, the first difference named.
+    v["metadata"]["annotations"][names::POD_SPEC] = json!("0123456789abcdef");
+    v["spec"]["containers"][0]["image"] = json!("old");
+    o.pods
+        .insert("main-1".into(), serde_json::from_value(v).unwrap());
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(steps, ["delete Pod main-1 then RollingUpdate"]);
+    let Step::Delete {
+        then: Some((_, _, said)),
+        ..
+    } = &p.steps[0]
+    else {
+        panic!()
+    };
+    assert!(said.contains("spec.containers[postgres].image"), "{said}");
+}
+
+/// The pair serving, `outdated` running an older image.
+fn pair_with_old_image(b: &Builder, outdated: &[&str]) -> Observed {
+    let (mut o, _) = serving_pair(b);
+    for name in outdated {
+        let pod = o.pods.get_mut(*name).unwrap();
+        pod.spec.as_mut().unwrap().containers[0].image = Some("postgres:old".into());
+    }
+    o
+}
+
+#[test]
+fn a_new_image_rolls_the_replica_first_then_switches_over_then_the_old_primary() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let o = pair_with_old_image(&b, &["main-1", "main-2"]);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(steps, ["delete Pod main-2 then RollingUpdate"]);
+    assert_eq!(p.roles.started, None);
+
+    // The replica updated: a switchover to it, said as the roll's.
+    let mut o = pair_with_old_image(&b, &["main-1"]);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(
+        p.roles.started,
+        Some((Transition::Switchover, "main-1".into(), "main-2".into()))
+    );
+    assert!(
+        steps.contains(&"note RollingUpdate".to_string()),
+        "{steps:?}"
+    );
+    assert!(!steps.iter().any(|s| s.starts_with("delete")), "{steps:?}");
+    assert_eq!(
+        p.rollout.as_deref(),
+        Some("1 of 2 instances updated; switching over to main-2")
+    );
+
+    // Done: the old primary, a replica now, is restarted.
+    o.status.current_primary = Some("main-2".into());
+    o.status.target_primary = Some("main-2".into());
+    let recs = [
+        rec(1, "node-a", None),
+        rec(2, "node-b", Some(PG_BASEBACKUP)),
+    ];
+    let mut demoted = stored_pod(&b, &recs[0], PodRole::Primary, Some(replica_report(true)));
+    demoted.spec.as_mut().unwrap().containers[0].image = Some("postgres:old".into());
+    o.pods.insert("main-1".into(), demoted);
+    let promoted = stored_pod(&b, &recs[1], PodRole::Primary, Some(primary_report()));
+    o.pods.insert("main-2".into(), promoted);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(p.roles.started, None);
+    assert!(
+        steps.contains(&"delete Pod main-1 then RollingUpdate".to_string()),
+        "{steps:?}"
+    );
+
+    // spec.primary pinning the old primary holds the roll, and says so.
+    let mut spec = ext4(2);
+    spec["primary"] = json!("main-1");
+    let c = cluster(spec);
+    let b = Builder::new(&c, "img").unwrap();
+    let o = pair_with_old_image(&b, &["main-1"]);
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(p.roles.started, None);
+    assert!(!steps.iter().any(|s| s.starts_with("delete")), "{steps:?}");
+    assert!(p.rollout.unwrap().contains("spec.primary keeps main-1"));
+}
+
+#[test]
+fn no_pod_is_restarted_while_the_primary_changes() {
+    let c = cluster(ext4(2));
+    let b = Builder::new(&c, "img").unwrap();
+    let mut o = pair_with_old_image(&b, &["main-1", "main-2"]);
+    // A drain moves the primary: the roll waits for it.
+    o.nodes[0].unschedulable = true;
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert!(p.roles.started.is_some());
+    assert!(!steps.iter().any(|s| s.starts_with("delete")), "{steps:?}");
 }
 
 #[test]
