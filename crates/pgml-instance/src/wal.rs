@@ -168,7 +168,7 @@ pub fn next(wal_dir: Option<&Path>, s: &Seen) -> Next {
             // WAL directory. Without a segment there, the WAL is not here.
             if !s.wal_dir_segments {
                 let there = if *exists {
-                    "it exists here, but is not on this instance's pgwal dataset"
+                    "it exists here, but is not this instance's WAL directory"
                 } else {
                     "it does not exist here"
                 };
