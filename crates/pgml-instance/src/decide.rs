@@ -30,9 +30,26 @@ pub struct Local {
     /// PGDATA's own system identifier (`pg_controldata`), read while it is initialized and
     /// no postmaster runs; None when not read or unreadable.
     pub pgdata_system_identifier: Option<String>,
-    /// Why PGDATA is not on the storage it should be on (the pool's dataset not mounted
-    /// there, say after a reboot); None when it is, or when nothing is expected.
+    /// Why PGDATA (or the WAL directory) is not on the storage it should be on (the pool's
+    /// dataset not mounted there, say after a reboot); None when it is, or when nothing is
+    /// expected.
     pub storage_problem: Option<String>,
+    /// `PGDATA/pg_wal` as a start needs it (looked at while PGDATA is initialized and no
+    /// postmaster runs).
+    pub wal: WalState,
+}
+
+/// Where PGDATA's WAL is, against where it should be ([`crate::wal`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WalState {
+    /// `pg_wal` is the link to this instance's WAL directory, or (without one) in PGDATA.
+    #[default]
+    Ready,
+    /// `pg_wal` is to be made the link to the WAL directory (WAL moved there, a copy's
+    /// link pointed here) before a start; what the next step is.
+    Misplaced(String),
+    /// PostgreSQL must not start on it: why (a link to WAL that is not on this instance).
+    Problem(String),
 }
 
 /// What the running server answered.
@@ -218,6 +235,9 @@ pub enum Action {
     Basebackup {
         from: String,
     },
+    /// Make `PGDATA/pg_wal` the link to this instance's WAL directory (stopped, before a
+    /// start).
+    PlaceWal,
     Start {
         /// `postmaster.pid` is there but no postmaster of this PGDATA runs.
         remove_stale_pid: bool,
@@ -362,6 +382,13 @@ pub fn decide(view: &View, local: &Local) -> Action {
 fn start(view: &View, local: &Local) -> Action {
     if let Some(why) = foreign_pgdata(view, local) {
         return Action::Wait(why);
+    }
+    // WAL where the pool puts it before PostgreSQL writes any more of it; never a start
+    // on a data directory whose WAL is not here.
+    match &local.wal {
+        WalState::Ready => {}
+        WalState::Misplaced(_) => return Action::PlaceWal,
+        WalState::Problem(why) => return Action::Wait(why.clone()),
     }
     let remove_stale_pid = local.pid_file;
     if view.meant_primary() {

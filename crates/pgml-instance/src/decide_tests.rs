@@ -807,3 +807,70 @@ fn a_failed_restore_is_never_started_nor_made_again() {
         Action::Wait(why)
     );
 }
+
+#[test]
+fn wal_is_placed_before_any_start_and_a_wal_problem_stops_it() {
+    let misplaced = |l: Local| Local {
+        wal: WalState::Misplaced("MoveFile".into()),
+        ..l
+    };
+    let problem = |l: Local| Local {
+        wal: WalState::Problem("PGDATA/pg_wal links to /elsewhere (it does not exist here)".into()),
+        ..l
+    };
+    let primary = bootstrapped(view("c-1", Some("c-1"), Some("c-1")));
+    let replica = with_peer(
+        bootstrapped(view("c-2", Some("c-1"), Some("c-1"))),
+        "c-1",
+        false,
+        Some(report(Role::Primary, true, "10.0.0.1:5432")),
+    );
+    // A restored copy (standby.signal, never bootstrapped), a replica, the primary: each
+    // would start; first its WAL goes where the pool keeps it.
+    let restored = Local {
+        standby_signal: true,
+        ..initialized()
+    };
+    for (v, l) in [
+        (primary.clone(), initialized_with(Some(ID))),
+        (replica.clone(), initialized_with(Some(ID))),
+        (view("c-1", Some("c-1"), None), restored),
+    ] {
+        assert!(
+            matches!(decide(&v, &l), Action::Start { .. }),
+            "{v:?} {l:?}"
+        );
+        assert_eq!(decide(&v, &misplaced(l.clone())), Action::PlaceWal);
+        match decide(&v, &problem(l.clone())) {
+            Action::Wait(why) => assert!(why.contains("/elsewhere"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Never on a running server, a fenced one, storage that is not its own, or a data
+    // directory of another database.
+    assert_eq!(
+        decide(&primary, &misplaced(primary_running())),
+        Action::Primary
+    );
+    let mut fenced = primary.clone();
+    fenced.fenced = true;
+    assert!(matches!(
+        decide(&fenced, &misplaced(initialized_with(Some(ID)))),
+        Action::Wait(_)
+    ));
+    let not_ours = Local {
+        storage_problem: Some("the WAL directory is on overlay".into()),
+        ..misplaced(initialized_with(Some(ID)))
+    };
+    assert_eq!(
+        decide(&primary, &not_ours),
+        Action::Wait("the WAL directory is on overlay".into())
+    );
+    match decide(
+        &primary,
+        &misplaced(initialized_with(Some("7318791534227411999"))),
+    ) {
+        Action::Wait(why) => assert!(why.contains("another database"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

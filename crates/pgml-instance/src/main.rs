@@ -13,6 +13,7 @@ mod programs;
 mod report;
 mod restore;
 mod view;
+mod wal;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -98,6 +99,16 @@ struct Args {
     /// copies a database while it is not (the operator sets it for ZFS storage).
     #[arg(long, env = "PGML_EXPECT_DATASET")]
     expect_dataset: Option<String>,
+    /// Where WAL lives, outside PGDATA: a folder on the pool's `pgwal` dataset (the
+    /// operator sets it when the pool's template has one). `initdb --waldir` there, and
+    /// `PGDATA/pg_wal` made a link to it before any start (a restored or copied PGDATA).
+    /// Unset: WAL stays in PGDATA.
+    #[arg(long, env = "PGML_WAL_DIR")]
+    wal_dir: Option<PathBuf>,
+    /// The ZFS dataset the WAL directory must be on (`<pool>/pgwal`); nothing starts,
+    /// initialises or moves WAL while it is not.
+    #[arg(long, env = "PGML_EXPECT_WAL_DATASET")]
+    expect_wal_dataset: Option<String>,
     /// Where runtime files that must stay out of PGDATA go (the replication passfile);
     /// default: this program's own folder (the Pod's emptyDir it was copied into).
     #[arg(long, env = "PGML_RUN_DIR")]
@@ -168,11 +179,21 @@ async fn main() -> anyhow::Result<()> {
     simple(&args.superuser, "PGML_SUPERUSER", "_")?;
     simple(&args.local_auth, "PGML_LOCAL_AUTH", "-")?;
     simple(&args.host_auth, "PGML_HOST_AUTH", "-")?;
+    if let Some(w) = &args.wal_dir
+        && (!w.is_absolute() || w.starts_with(&args.pgdata) || args.pgdata.starts_with(w))
+    {
+        bail!(
+            "PGML_WAL_DIR {} must be an absolute path outside PGDATA {} (and not above it)",
+            w.display(),
+            args.pgdata.display()
+        );
+    }
     let socket = args.socket_dir.to_string_lossy();
     simple(&socket, "PGML_SOCKET_DIR", "/._-")?;
     let pg = Pg {
         bin: pg_bin(args.pg_bin.clone()),
         data: args.pgdata.clone(),
+        wal_dir: args.wal_dir.clone(),
         port: args.pgport,
         socket_dir: args.socket_dir.clone(),
         listen_addresses: args.listen_addresses.clone(),
@@ -206,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
         instance = %args.pod_name,
         cluster = %args.cluster_name,
         pgdata = %pg.data.display(),
+        wal_dir = ?pg.wal_dir.as_ref().map(|w| w.display().to_string()),
         port = pg.port,
         pg_bin = %pg.bin.display(),
         "starting pgml-instance"
@@ -226,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     m.expect_dataset = args.expect_dataset.clone();
+    m.expect_wal_dataset = args.expect_wal_dataset.clone();
     let (metrics, registry) = metrics::Metrics::new();
     m.metrics = metrics;
     let last = m.probes.clone();

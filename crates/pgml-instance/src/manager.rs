@@ -18,7 +18,7 @@ use pgml_runtime::failpoint;
 use pgml_api::instance::ArchiverStats;
 
 use crate::backrest::{Backrest, Schedule};
-use crate::decide::{Action, Local, StartAs, View, decide};
+use crate::decide::{Action, Local, StartAs, View, WalState, decide};
 use crate::health::{self, Look};
 use crate::metrics::{self, Metrics};
 use crate::postgres::{Credentials, Pg, managed_conf};
@@ -81,6 +81,9 @@ pub struct Manager {
     /// The ZFS dataset PGDATA must be on (`PGML_EXPECT_DATASET`); None: not checked
     /// (ext4 storage, or run by hand).
     pub expect_dataset: Option<String>,
+    /// The ZFS dataset the WAL directory must be on (`PGML_EXPECT_WAL_DATASET`); None:
+    /// not checked.
+    pub expect_wal_dataset: Option<String>,
     /// The last look, as the probes judge it (shared with the HTTP endpoint).
     pub probes: Arc<Mutex<Option<Look>>>,
     pub metrics: Metrics,
@@ -125,6 +128,7 @@ impl Manager {
             archiver: None,
             control_data_error: None,
             expect_dataset: None,
+            expect_wal_dataset: None,
             probes: Arc::default(),
             metrics: Metrics::default(),
             catalogue_at: None,
@@ -170,8 +174,9 @@ impl Manager {
         } else {
             None
         };
+        let initialized = self.pg.initialized();
         Local {
-            initialized: self.pg.initialized(),
+            initialized,
             running,
             pid_file: self.pg.has_pid_file(),
             standby_signal: self.pg.has_standby_signal(),
@@ -182,12 +187,33 @@ impl Manager {
             pgdata_system_identifier: None,
             // Only what a start would use is checked (decide leaves a running server alone):
             // no read of the mount table on every look at a running one.
-            storage_problem: self
-                .expect_dataset
-                .as_deref()
-                .filter(|_| !running)
-                .and_then(|d| crate::mounts::check_dataset(&self.pg.data, d)),
+            storage_problem: self.storage_problem(running),
+            // Only before a start, like the storage: pg_wal is PostgreSQL's while it runs.
+            wal: if initialized && !running {
+                match crate::wal::check(&self.pg.data, self.pg.wal_dir.as_deref()) {
+                    crate::wal::Next::Done => WalState::Ready,
+                    crate::wal::Next::Step(s) => WalState::Misplaced(format!("{s:?}")),
+                    crate::wal::Next::Problem(why) => WalState::Problem(why),
+                }
+            } else {
+                WalState::Ready
+            },
         }
+    }
+
+    /// Why PGDATA or the WAL directory is not on its dataset, when nothing runs.
+    fn storage_problem(&self, running: bool) -> Option<String> {
+        if running {
+            return None;
+        }
+        let pgdata = self
+            .expect_dataset
+            .as_deref()
+            .and_then(|d| crate::mounts::check_dataset(&self.pg.data, d));
+        pgdata.or_else(|| match (&self.pg.wal_dir, &self.expect_wal_dataset) {
+            (Some(w), Some(d)) => crate::mounts::check_folder("the WAL directory", w, d),
+            _ => None,
+        })
     }
 
     /// PGDATA's own system identifier, when it is initialized and nothing runs on it (what
@@ -455,6 +481,7 @@ impl Manager {
                 failpoint("instance.before-initdb");
                 self.pg.initdb().await.map(|_| "initialized".to_string())
             }
+            Action::PlaceWal => self.place_wal().await,
             Action::Basebackup { from } => {
                 tracing::info!(%from, "empty PGDATA: pg_basebackup");
                 let creds = self.credentials();
@@ -507,6 +534,36 @@ impl Manager {
             tracing::warn!(error = %format!("{e:#}"), "action failed");
             format!("{e:#}")
         })
+    }
+
+    /// `PGDATA/pg_wal` made the link to the WAL directory, its files moved there
+    /// ([`crate::wal::converge`]; crash-safe: the next run carries on).
+    async fn place_wal(&mut self) -> anyhow::Result<String> {
+        let wal_dir = self
+            .pg
+            .wal_dir
+            .clone()
+            .context("no WAL directory (PGML_WAL_DIR) to place pg_wal on")?;
+        let (pgdata, owner) = (self.pg.data.clone(), self.pg.drop_to);
+        tracing::info!(wal_dir = %wal_dir.display(), "making PGDATA/pg_wal a link to the WAL directory (its files moved there)");
+        let steps = tokio::task::spawn_blocking(move || {
+            let place = crate::wal::Place {
+                pgdata: &pgdata,
+                wal_dir: &wal_dir,
+                owner,
+                exchange: true,
+            };
+            crate::wal::converge(&place, usize::MAX)
+        })
+        .await
+        .context("the pg_wal move stopped")??;
+        let wal_dir = self
+            .pg
+            .wal_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        tracing::info!(steps, wal_dir = %wal_dir.display(), "PGDATA/pg_wal links to the WAL directory");
+        Ok(format!("PGDATA/pg_wal now links to {}", wal_dir.display()))
     }
 
     /// The replication credentials, with their passfile (which `primary_conninfo` names)

@@ -3,6 +3,8 @@
 //! PersistentVolume's path is an empty folder on the root disk, bind-mounted like any other;
 //! only the mount table tells the two apart (a bind mount keeps the source and type of
 //! what it binds: `zfs` with the dataset's name as source, `fuse.zfs` under zfs-fuse).
+//! The WAL directory is checked the same way against the pool's `pgwal` dataset
+//! (`PGML_EXPECT_WAL_DATASET`): WAL moved to the root disk would be lost with the node.
 
 use std::path::Path;
 
@@ -17,13 +19,13 @@ pub fn mount_of<'a>(path: &Path, mounts: &'a [Mount]) -> Option<&'a Mount> {
         .max_by_key(|m| Path::new(&m.mount_point).components().count())
 }
 
-/// Why PGDATA (`pgdata`, absolute, symlinks resolved) is not on ZFS dataset `dataset`;
-/// None when it is.
-pub fn dataset_problem(pgdata: &Path, dataset: &str, mounts: &[Mount]) -> Option<String> {
-    let Some(m) = mount_of(pgdata, mounts) else {
+/// Why `what` (PGDATA, the WAL directory: `path`, absolute, symlinks resolved) is not on
+/// ZFS dataset `dataset`; None when it is.
+pub fn folder_problem(what: &str, path: &Path, dataset: &str, mounts: &[Mount]) -> Option<String> {
+    let Some(m) = mount_of(path, mounts) else {
         return Some(format!(
-            "PGDATA {} is on no mount in the mount table; expected ZFS dataset {dataset}",
-            pgdata.display()
+            "{what} {} is on no mount in the mount table; expected ZFS dataset {dataset}",
+            path.display()
         ));
     };
     let zfs = matches!(m.fstype.as_str(), "zfs" | "fuse.zfs" | "fuse.zfs-fuse");
@@ -31,28 +33,33 @@ pub fn dataset_problem(pgdata: &Path, dataset: &str, mounts: &[Mount]) -> Option
         return None;
     }
     Some(format!(
-        "PGDATA {} is on {} ({} mounted at {}), not on ZFS dataset {dataset}: not starting; is the pool imported and its datasets mounted?",
-        pgdata.display(),
+        "{what} {} is on {} ({} mounted at {}), not on ZFS dataset {dataset}: not starting; is the pool imported and its datasets mounted?",
+        path.display(),
         m.source,
         m.fstype,
         m.mount_point
     ))
 }
 
-/// [`dataset_problem`] for this process: PGDATA resolved through its nearest existing
+/// [`folder_problem`] of PGDATA for this process: resolved through its nearest existing
 /// ancestor (an empty PGDATA may not exist yet), the mount table read now.
 pub fn check_dataset(pgdata: &Path, dataset: &str) -> Option<String> {
-    let mut p = pgdata.to_path_buf();
+    check_folder("PGDATA", pgdata, dataset)
+}
+
+/// [`check_dataset`] for any folder, named `what`.
+pub fn check_folder(what: &str, path: &Path, dataset: &str) -> Option<String> {
+    let mut p = path.to_path_buf();
     let resolved = loop {
         if let Ok(r) = p.canonicalize() {
-            break r.join(pgdata.strip_prefix(&p).unwrap_or(Path::new("")));
+            break r.join(path.strip_prefix(&p).unwrap_or(Path::new("")));
         }
         if !p.pop() {
-            break pgdata.to_path_buf();
+            break path.to_path_buf();
         }
     };
     match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(text) => dataset_problem(&resolved, dataset, &parse_mountinfo(&text)),
+        Ok(text) => folder_problem(what, &resolved, dataset, &parse_mountinfo(&text)),
         Err(e) => Some(format!("reading /proc/self/mountinfo: {e}")),
     }
 }
@@ -91,10 +98,13 @@ mod tests {
     fn pgdata_on_its_dataset_passes() {
         let m = parse_mountinfo(POD);
         let pgdata = Path::new("/var/lib/postgresql/data/pgdata");
-        assert_eq!(dataset_problem(pgdata, "pgml-db-1/pgdata", &m), None);
+        assert_eq!(
+            folder_problem("PGDATA", pgdata, "pgml-db-1/pgdata", &m),
+            None
+        );
         // zfs-fuse (the test bed) says fuse.zfs.
         assert_eq!(
-            dataset_problem(Path::new("/mnt/with space/x"), "tank/a b", &m),
+            folder_problem("PGDATA", Path::new("/mnt/with space/x"), "tank/a b", &m),
             None
         );
     }
@@ -103,16 +113,49 @@ mod tests {
     fn pgdata_on_another_dataset_or_the_root_disk_is_refused() {
         let m = parse_mountinfo(POD);
         let pgdata = Path::new("/var/lib/postgresql/data/pgdata");
-        let why = dataset_problem(pgdata, "pgml-db-2/pgdata", &m).unwrap();
+        let why = folder_problem("PGDATA", pgdata, "pgml-db-2/pgdata", &m).unwrap();
         assert!(why.contains("pgml-db-1/pgdata"), "{why}");
-        let why = dataset_problem(Path::new("/tmp/pgdata"), "pgml-db-1/pgdata", &m).unwrap();
+        let why =
+            folder_problem("PGDATA", Path::new("/tmp/pgdata"), "pgml-db-1/pgdata", &m).unwrap();
         assert!(why.contains("overlay"), "{why}");
         let rebooted = parse_mountinfo(REBOOTED);
-        let why = dataset_problem(pgdata, "pgml-db-1/pgdata", &rebooted).unwrap();
+        let why = folder_problem("PGDATA", pgdata, "pgml-db-1/pgdata", &rebooted).unwrap();
         assert!(why.contains("/dev/nvme0n1p1 (xfs"), "{why}");
         assert!(why.contains("is the pool imported"), "{why}");
-        assert!(dataset_problem(pgdata, "pgml-db-1/pgdata", &[]).is_some());
+        assert!(folder_problem("PGDATA", pgdata, "pgml-db-1/pgdata", &[]).is_some());
     }
+
+    #[test]
+    fn the_wal_directory_is_checked_against_its_own_dataset() {
+        let m = parse_mountinfo(WAL);
+        let wal = Path::new("/var/lib/postgresql/wal/pg_wal");
+        assert_eq!(
+            folder_problem("the WAL directory", wal, "p/pgwal", &m),
+            None
+        );
+        // Not imported: the claim's folder on the root disk, never a place for WAL.
+        let why = folder_problem(
+            "the WAL directory",
+            wal,
+            "p/pgwal",
+            &parse_mountinfo(REBOOTED),
+        )
+        .unwrap();
+        assert!(
+            why.starts_with("the WAL directory /var/lib/postgresql/wal/pg_wal is on overlay"),
+            "{why}"
+        );
+        // pgdata's dataset is not pgwal's.
+        let why = folder_problem("the WAL directory", wal, "p/pgdata", &m).unwrap();
+        assert!(why.contains("p/pgwal"), "{why}");
+    }
+
+    /// PGDATA and the WAL on their datasets, each bind-mounted into the Pod.
+    const WAL: &str = "\
+1000 900 0:120 / / rw,relatime - overlay overlay rw
+1001 1000 0:52 / /var/lib/postgresql/data rw - zfs p/pgdata rw
+1002 1000 0:53 / /var/lib/postgresql/wal rw - zfs p/pgwal rw
+";
 
     #[test]
     fn the_deepest_mount_holds_the_path() {

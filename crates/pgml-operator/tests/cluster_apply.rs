@@ -346,7 +346,8 @@ impl Harness {
         self.edit(&format!("{POOLS}/{pool}"), |p| {
             let pool_name = p["spec"]["poolName"].as_str().unwrap().to_string();
             p["status"] = json!({"health": "ONLINE", "datasets": [
-                {"name": "pgdata", "mountPath": format!("/var/lib/pgml/{pool_name}/pgdata"), "mounted": true}
+                {"name": "pgdata", "mountPath": format!("/var/lib/pgml/{pool_name}/pgdata"), "mounted": true},
+                {"name": "pgwal", "mountPath": format!("/var/lib/pgml/{pool_name}/pgwal"), "mounted": true}
             ]});
         });
     }
@@ -497,6 +498,8 @@ async fn a_fresh_two_instance_zfs_cluster_gets_its_objects() {
             "PATCH /api/v1/namespaces/db/services/main-rw",
             "PATCH /api/v1/namespaces/db/services/main-ro",
             "PATCH /api/v1/namespaces/db/services/main-r",
+            "PATCH /apis/policy/v1/namespaces/db/poddisruptionbudgets/main-primary",
+            "PATCH /apis/policy/v1/namespaces/db/poddisruptionbudgets/main-replicas",
             "PATCH /api/v1/namespaces/db/serviceaccounts/main-instance",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/db/roles/main-instance",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/db/rolebindings/main-instance",
@@ -568,11 +571,16 @@ async fn a_fresh_two_instance_zfs_cluster_gets_its_objects() {
     // The agent mounts the pool: its volume, claim and Pod follow.
     h.mount("main-1");
     h.reconcile(&ctx).await.unwrap();
-    let pv_name = h.names(PVS).pop().unwrap();
+    let pvs = h.names(PVS);
+    let [pv_name, wal_pv_name] = &pvs[..] else {
+        panic!("{pvs:?}")
+    };
+    let pv_name = pv_name.clone();
     assert!(
         pv_name.starts_with("pgml-") && pv_name.ends_with("-main-1"),
         "{pv_name}"
     );
+    assert_eq!(wal_pv_name, &format!("{pv_name}-wal"));
     let pv = h.get(&format!("{PVS}/{pv_name}")).unwrap();
     let pool_name = pool["spec"]["poolName"].as_str().unwrap();
     assert_eq!(
@@ -588,6 +596,19 @@ async fn a_fresh_two_instance_zfs_cluster_gets_its_objects() {
         pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
         "main-1"
     );
+    // WAL on its own volume, the pool's pgwal dataset.
+    let wal_pv = h.get(&format!("{PVS}/{wal_pv_name}")).unwrap();
+    assert_eq!(
+        wal_pv["spec"]["local"]["path"],
+        format!("/var/lib/pgml/{pool_name}/pgwal")
+    );
+    assert_eq!(wal_pv["spec"]["claimRef"]["name"], "main-1-wal");
+    let wal_pvc = h.get(&format!("{PVCS}/main-1-wal")).unwrap();
+    assert_eq!(wal_pvc["spec"]["volumeName"], wal_pv_name.as_str());
+    assert_eq!(
+        pod["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"],
+        "main-1-wal"
+    );
 
     // Everything else as the others act: the second instance's seed, pool, volume, Pod.
     let (failed, action) = converge(&h).await;
@@ -600,8 +621,11 @@ async fn a_fresh_two_instance_zfs_cluster_gets_its_objects() {
         pool2["spec"]["restoreFrom"]["ebsSnapshotName"],
         "main-2-seed"
     );
-    assert_eq!(h.names(PVCS), ["main-1", "main-2"]);
-    assert_eq!(h.names(PVS).len(), 2);
+    assert_eq!(
+        h.names(PVCS),
+        ["main-1", "main-1-wal", "main-2", "main-2-wal"]
+    );
+    assert_eq!(h.names(PVS).len(), 4);
     assert!(
         h.names(SNAPSHOTS).is_empty(),
         "the seed goes once main-2 streams"

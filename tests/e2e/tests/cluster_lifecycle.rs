@@ -170,6 +170,8 @@ async fn primary_scale_to_three_switchover_failover() {
         "the ConfigMap's postgresql.conf is used (pgml dropped for the test bed)"
     );
     assert_eq!(pg1.sql("SHOW full_page_writes").unwrap(), "off");
+    // initdb --waldir: WAL on the pool's pgwal dataset from the start.
+    parts.assert_wal_on_pgwal(&n1).await;
     pg1.sql("CREATE TABLE items (id bigserial PRIMARY KEY, note text NOT NULL)")
         .unwrap();
     pg1.sql("INSERT INTO items (note) SELECT 'row ' || g FROM generate_series(1, 1000) g")
@@ -242,6 +244,11 @@ async fn primary_scale_to_three_switchover_failover() {
             "the replication password in {file}"
         );
     }
+    // Seeded from a snapshot of another pool: the copy's pg_wal linked to the donor's
+    // path, made a link to this instance's own pgwal dataset before its first start.
+    let t2 = parts.assert_wal_on_pgwal(&n2).await;
+    let t3 = parts.assert_wal_on_pgwal(&n3).await;
+    assert_ne!(t2, t3, "each replica's WAL on its own pool");
     for seed in [format!("{n2}-seed"), format!("{n3}-seed")] {
         assert!(
             seeds_seen.contains(&seed),

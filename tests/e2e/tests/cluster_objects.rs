@@ -263,7 +263,8 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
             .unwrap()
             .items
             .into_iter()
-            .find(|p| p.labels().get(keys::NAMESPACE).map(String::as_str) == Some(f.ns.name()))
+            .filter(|p| p.labels().get(keys::NAMESPACE).map(String::as_str) == Some(f.ns.name()))
+            .find(|p| !p.name_any().ends_with("-wal"))
             .expect("PV of the instance");
         let spec = pv.spec.clone().unwrap();
         assert_eq!(spec.local.unwrap().path, mount);
@@ -282,6 +283,30 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
                 .await
                 .unwrap();
         assert_eq!(pvc.spec.unwrap().volume_name, Some(pv.name_any()));
+        // The WAL's volume: the pool's pgwal mount, pre-bound to the `-wal` claim.
+        let wal_mount = pool
+            .status
+            .as_ref()
+            .unwrap()
+            .datasets
+            .iter()
+            .find(|d| d.name == "pgwal")
+            .and_then(|d| d.mount_path.clone())
+            .expect("the pgwal dataset mounted");
+        let wal_pv = pvs.get(&format!("{}-wal", pv.name_any())).await.unwrap();
+        let wal_spec = wal_pv.spec.clone().unwrap();
+        assert_eq!(wal_spec.local.unwrap().path, wal_mount);
+        let wal_claim = format!("{}-wal", i.name);
+        assert_eq!(
+            wal_spec.claim_ref.unwrap().name.as_deref(),
+            Some(wal_claim.as_str())
+        );
+        let wal_pvc =
+            f.ns.api::<PersistentVolumeClaim>()
+                .get(&wal_claim)
+                .await
+                .unwrap();
+        assert_eq!(wal_pvc.spec.unwrap().volume_name, Some(wal_pv.name_any()));
 
         let pod = f.pods().get(&i.name).await.unwrap();
         let ps = pod.spec.clone().unwrap();
@@ -409,7 +434,10 @@ async fn three_instances_make_their_objects_and_a_second_apply_changes_nothing()
     // pre-bound claims on its next pass, up to 15 s later, and kwok writes the Pods'
     // status.)
     let claims: Api<PersistentVolumeClaim> = f.ns.api();
-    for name in instance_names() {
+    for name in instance_names()
+        .into_iter()
+        .flat_map(|n| [format!("{n}-wal"), n])
+    {
         f.wait_obj(&claims, &name, "Bound", |c: &PersistentVolumeClaim| {
             c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
         })

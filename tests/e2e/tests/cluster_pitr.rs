@@ -284,6 +284,8 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
         tl >= 2,
         "promoted onto a new timeline, not the source's: {tl}"
     );
+    // pgBackRest restores pg_wal as a directory: made a link to the pgwal dataset.
+    f.assert_wal_on_pgwal("at-t2-1").await;
     batch(&cp, 1000, 1010);
     let seg = cp
         .sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
@@ -326,6 +328,7 @@ async fn point_in_time_restores_from_pgbackrest_and_their_refusals() {
         "restore status gone once serving"
     );
     assert_eq!(fast.sql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    f.assert_wal_on_pgwal("snap-t2-1").await;
 
     // To the restore point, and to the end of the backup.
     f.wait_obj(&clusters, "at-name", "Healthy", healthy).await;

@@ -167,6 +167,8 @@ async fn a_cluster_bootstrapped_from_a_snapshot_has_exactly_the_captured_rows() 
         Some("at-t1"),
         "{st:?}"
     );
+    // The source's pg_wal link named the source's WAL path: made this pool's own.
+    f.assert_wal_on_pgwal(&format!("{COPY}-1")).await;
     let pool = pools.get(&format!("{COPY}-1")).await.unwrap();
     let src_pool = pools.get(&format!("{SOURCE}-1")).await.unwrap();
     assert_ne!(

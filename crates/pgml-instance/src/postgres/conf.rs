@@ -264,6 +264,7 @@ mod tests {
         let pg = Pg {
             bin: "/b".into(),
             data: "/d".into(),
+            wal_dir: None,
             port: 5433,
             socket_dir: "/tmp".into(),
             listen_addresses: "*".into(),
@@ -303,6 +304,7 @@ mod tests {
         let pg = Pg {
             bin: "/b".into(),
             data: "/d".into(),
+            wal_dir: None,
             port: 5432,
             socket_dir: "/tmp".into(),
             listen_addresses: "*".into(),

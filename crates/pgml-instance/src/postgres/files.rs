@@ -334,6 +334,7 @@ mod tests {
         Pg {
             bin: "/b".into(),
             data: data.into(),
+            wal_dir: None,
             port: 5432,
             socket_dir: "/tmp".into(),
             listen_addresses: "*".into(),

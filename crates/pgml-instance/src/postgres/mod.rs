@@ -25,6 +25,10 @@ use crate::report::Lsn;
 pub struct Pg {
     pub bin: PathBuf,
     pub data: PathBuf,
+    /// Where WAL lives, outside PGDATA (a folder on the pool's `pgwal` dataset):
+    /// `initdb --waldir`, and `PGDATA/pg_wal` a link to it ([`crate::wal`]). None: WAL
+    /// stays in PGDATA.
+    pub wal_dir: Option<PathBuf>,
     pub port: u16,
     pub socket_dir: PathBuf,
     pub listen_addresses: String,
@@ -196,27 +200,37 @@ impl Pg {
         })
     }
 
-    /// Creates PGDATA (given to postgres when root) and a new cluster in it.
+    /// Creates PGDATA (given to postgres when root) and a new cluster in it; with a WAL
+    /// directory, its WAL there (`--waldir`, which must be empty: a folder of the pgwal
+    /// dataset, as PGDATA is one of pgdata, never the mount point itself).
     pub async fn initdb(&self) -> anyhow::Result<()> {
         self.prepare_dir()?;
         let data = self.data.to_string_lossy().into_owned();
         let local = format!("--auth-local={}", self.local_auth);
         let host = format!("--auth-host={}", self.host_auth);
-        self.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-U",
-                &self.superuser,
-                &local,
-                &host,
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ],
-        )
-        .await?;
+        let mut args = vec![
+            "-D".to_string(),
+            data,
+            "-U".into(),
+            self.superuser.clone(),
+            local,
+            host,
+            "-E".into(),
+            "UTF8".into(),
+            "--no-instructions".into(),
+        ];
+        if let Some(wal) = &self.wal_dir {
+            self.prepare(wal)?;
+            if std::fs::read_dir(wal)?.next().is_some() {
+                bail!(
+                    "the WAL directory {} is not empty while PGDATA is: not running initdb over WAL of another database (an interrupted initdb leaves it so; remove what is there by hand once sure)",
+                    wal.display()
+                );
+            }
+            args.push(format!("--waldir={}", wal.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run("initdb", &args).await?;
         let hba = format!(
             "\n# pgml-instance: replication and clients from other hosts\nhost replication all all {0}\nhost all all all {0}\n",
             self.host_auth

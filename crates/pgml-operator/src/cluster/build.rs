@@ -16,6 +16,11 @@ use crate::pgbackrest::{self, RenderError};
 pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
 /// PGDATA: a folder below the mount (an ext4 volume's root holds lost+found).
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// Where the instance's `pgwal` volume is mounted in its Pod, when its pool has one.
+pub const WAL_MOUNT: &str = "/var/lib/postgresql/wal";
+/// The WAL directory (`PGML_WAL_DIR`): a folder below that mount, as PGDATA is below its
+/// own; `PGDATA/pg_wal` links to it.
+pub const WAL_DIR: &str = "/var/lib/postgresql/wal/pg_wal";
 pub const CONTROLLER_DIR: &str = "/controller";
 pub const CONFIG_DIR: &str = "/etc/pgml/config";
 /// The folder of PostgreSQL's Unix socket in the Pod (the instance manager's
@@ -176,15 +181,36 @@ impl<'a> Builder<'a> {
             .unwrap_or_default()
     }
 
+    /// Whether the instances' pools have a `pgwal` dataset (ZFS storage whose template
+    /// lists it, as the default does): WAL goes there, on a volume of its own.
+    pub fn has_wal(&self) -> bool {
+        self.cluster.spec.storage.zfs.as_ref().is_some_and(|z| {
+            z.template
+                .datasets
+                .iter()
+                .any(|d| d.name == names::WAL_DATASET)
+        })
+    }
+
     /// The local PersistentVolume over the pool's `pgdata` dataset, pre-bound to the PVC.
     /// Cluster-scoped: no owner reference (the finalizer deletes it).
     pub fn pv(&self, i: &Instance, path: &str) -> Value {
+        self.local_pv(i, path, self.c.pv_name(i.n), &i.name)
+    }
+
+    /// The local PersistentVolume over the pool's `pgwal` dataset, pre-bound to the WAL
+    /// claim ([`Self::has_wal`]).
+    pub fn wal_pv(&self, i: &Instance, path: &str) -> Value {
+        self.local_pv(i, path, self.c.wal_pv_name(i.n), &self.c.wal_claim(i.n))
+    }
+
+    fn local_pv(&self, i: &Instance, path: &str, name: String, claim: &str) -> Value {
         let mut labels = self.c.instance_labels(i.n);
         labels.insert(keys::NAMESPACE.into(), self.c.namespace.clone());
         json!({
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": self.c.pv_name(i.n), "labels": labels},
+            "metadata": {"name": name, "labels": labels},
             "spec": {
                 "capacity": {"storage": self.capacity()},
                 "accessModes": ["ReadWriteOnce"],
@@ -192,7 +218,7 @@ impl<'a> Builder<'a> {
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": names::STORAGE_CLASS,
                 "local": {"path": path},
-                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": self.c.namespace, "name": i.name},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": self.c.namespace, "name": claim},
                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [i.node]}
                 ]}]}},
@@ -220,6 +246,18 @@ impl<'a> Builder<'a> {
                 spec["volumeName"] = json!(self.c.pv_name(i.n));
             }
         }
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec})
+    }
+
+    /// The claim of the instance's `pgwal` volume, bound to its PV ([`Self::has_wal`]).
+    pub fn wal_pvc(&self, i: &Instance) -> Value {
+        let meta = self.meta(&self.c.wal_claim(i.n), self.c.instance_labels(i.n));
+        let spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": self.capacity()}},
+            "storageClassName": names::STORAGE_CLASS,
+            "volumeName": self.c.wal_pv_name(i.n),
+        });
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec})
     }
 
@@ -290,6 +328,12 @@ impl<'a> Builder<'a> {
             let dataset = format!("{}/{}", self.c.pool_name(i.n), names::PGDATA_DATASET);
             env.push(json!({"name": "PGML_EXPECT_DATASET", "value": dataset}));
         }
+        // WAL on the pool's pgwal dataset, checked the same way.
+        if self.has_wal() {
+            let dataset = format!("{}/{}", self.c.pool_name(i.n), names::WAL_DATASET);
+            env.push(json!({"name": "PGML_WAL_DIR", "value": WAL_DIR}));
+            env.push(json!({"name": "PGML_EXPECT_WAL_DATASET", "value": dataset}));
+        }
         let mut main = json!({
             "name": "postgres",
             "image": spec.image,
@@ -317,6 +361,11 @@ impl<'a> Builder<'a> {
         if let Some(r) = &spec.resources {
             main["resources"] = json!(r);
         }
+        if self.has_wal()
+            && let Some(mounts) = main["volumeMounts"].as_array_mut()
+        {
+            mounts.insert(1, json!({"name": "pgwal", "mountPath": WAL_MOUNT}));
+        }
         let mut pod_spec = json!({
             "nodeName": i.node,
             "serviceAccountName": self.c.service_account(),
@@ -341,6 +390,15 @@ impl<'a> Builder<'a> {
             ],
             "affinity": self.affinity(),
         });
+        if self.has_wal()
+            && let Some(volumes) = pod_spec["volumes"].as_array_mut()
+        {
+            let claim = self.c.wal_claim(i.n);
+            volumes.insert(
+                1,
+                json!({"name": "pgwal", "persistentVolumeClaim": {"claimName": claim}}),
+            );
+        }
         if !spec.node_selector.is_empty() {
             pod_spec["nodeSelector"] = json!(spec.node_selector);
         }
@@ -675,18 +733,36 @@ mod tests {
         let pvc = b.pvc(&inst(1, true));
         assert_eq!(pvc["spec"]["volumeName"], b.c.pv_name(1));
         assert_eq!(pvc["spec"]["storageClassName"], "pgml-zfs");
+        // The pgwal dataset's volume and claim, bound to each other the same way.
+        assert!(b.has_wal());
+        let pv = b.wal_pv(&inst(1, true), "/var/lib/pgml/main-1-abc/pgwal");
+        assert_eq!(pv["metadata"]["name"], b.c.wal_pv_name(1));
+        assert_eq!(
+            pv["spec"]["local"]["path"],
+            "/var/lib/pgml/main-1-abc/pgwal"
+        );
+        assert_eq!(pv["spec"]["claimRef"]["name"], "main-1-wal");
+        assert_eq!(pv["metadata"]["labels"]["pgml.io/cluster"], "main");
+        let pvc = b.wal_pvc(&inst(1, true));
+        assert_eq!(pvc["metadata"]["name"], "main-1-wal");
+        assert_eq!(pvc["spec"]["volumeName"], b.c.wal_pv_name(1));
+        assert_eq!(pvc["spec"]["storageClassName"], "pgml-zfs");
 
         let ext4 =
             cluster("  storage: {persistentVolumeClaim: {storageClassName: gp3, size: 50Gi}}\n");
         let b = Builder::new(&ext4, "op:1").unwrap();
         let env = b.pod(&inst(1, false))["spec"]["containers"][0]["env"].clone();
-        assert!(
-            !env.as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "PGML_EXPECT_DATASET"),
-            "ext4: no dataset to expect"
-        );
+        for name in [
+            "PGML_EXPECT_DATASET",
+            "PGML_WAL_DIR",
+            "PGML_EXPECT_WAL_DATASET",
+        ] {
+            assert!(
+                !env.as_array().unwrap().iter().any(|e| e["name"] == name),
+                "ext4: no dataset to expect, WAL in PGDATA: {name}"
+            );
+        }
+        assert!(!b.has_wal());
         assert!(b.pool(&inst(1, true)).is_none());
         let pvc = b.pvc(&inst(1, true));
         assert_eq!(pvc["spec"]["storageClassName"], "gp3");
@@ -749,6 +825,22 @@ mod tests {
         assert_eq!(
             s["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "main-2"
+        );
+        // The template's pgwal dataset (a default one): WAL on its own claim, below its
+        // mount as PGDATA is below its own, on the pgwal dataset.
+        assert_eq!(
+            s["volumes"][1],
+            json!({"name": "pgwal", "persistentVolumeClaim": {"claimName": "main-2-wal"}})
+        );
+        assert_eq!(
+            main["volumeMounts"][1],
+            json!({"name": "pgwal", "mountPath": WAL_MOUNT})
+        );
+        assert_eq!(get("PGML_WAL_DIR")["value"], WAL_DIR);
+        assert!(WAL_DIR.starts_with(&format!("{WAL_MOUNT}/")));
+        assert_eq!(
+            get("PGML_EXPECT_WAL_DATASET")["value"],
+            format!("{}/pgwal", b.c.pool_name(2))
         );
         assert_eq!(s["nodeSelector"]["pool"], "db");
         assert_eq!(s["tolerations"][0]["key"], "dedicated");

@@ -96,22 +96,22 @@ pub fn members(recs: &[Rec], w: &Observed) -> Vec<Member> {
 /// ending with the dataset's mount point from the pool's spec (`/<pool>/pgdata` unless
 /// set), below the agent's mount root — never `/`, `/etc` or another pool's folder.
 pub fn pgdata_mount(pool: &pgml_api::ZfsPool) -> Option<String> {
+    dataset_mount(pool, super::names::PGDATA_DATASET)
+}
+
+/// [`pgdata_mount`] for the dataset `name` (`pgwal`).
+pub fn dataset_mount(pool: &pgml_api::ZfsPool, name: &str) -> Option<String> {
     let path = pool
         .status
         .as_ref()?
         .datasets
         .iter()
-        .find(|d| d.name == super::names::PGDATA_DATASET && d.mounted)
+        .find(|d| d.name == name && d.mounted)
         .and_then(|d| d.mount_path.clone())?;
-    let spec = pool
-        .spec
-        .template
-        .datasets
-        .iter()
-        .find(|d| d.name == super::names::PGDATA_DATASET);
+    let spec = pool.spec.template.datasets.iter().find(|d| d.name == name);
     let want = match spec {
         Some(d) => pool.mount_point(d),
-        None => format!("/{}/{}", pool.pool_name(), super::names::PGDATA_DATASET),
+        None => format!("/{}/{name}", pool.pool_name()),
     };
     plain_path_ending(&path, &want).then_some(path)
 }
@@ -224,6 +224,15 @@ mod tests {
             {"name": "pgdata", "mountPath": "/mnt/c-2/pgdata", "mounted": true}
         ]));
         assert_eq!(pgdata_mount(&p).as_deref(), Some("/mnt/c-2/pgdata"));
+        assert_eq!(
+            dataset_mount(&p, "pgwal").as_deref(),
+            Some("/mnt/c-2/pgwal")
+        );
+        // pgwal's place is its own: pgdata's path reported for it is not taken.
+        let p = pool(serde_json::json!([
+            {"name": "pgwal", "mountPath": "/mnt/c-2/pgdata", "mounted": true}
+        ]));
+        assert_eq!(dataset_mount(&p, "pgwal"), None);
         assert_eq!(pgdata_mount(&pool(serde_json::json!([]))), None);
         // A path the agent reports is used only when it is that dataset's own place.
         for bad in [

@@ -31,6 +31,8 @@ pub const MARKS_MANAGER: &str = "pgml-operator-marks";
 pub const SEED_MANAGER: &str = "pgml-operator-cluster";
 /// The dataset that holds PostgreSQL's data directory.
 pub const PGDATA_DATASET: &str = "pgdata";
+/// The dataset that holds PostgreSQL's WAL, when the pool's template has it.
+pub const WAL_DATASET: &str = "pgwal";
 
 /// The cluster and its namespace: everything is named from these two.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +73,18 @@ impl ClusterRef {
     /// The PersistentVolume of an instance: `pgml-<8 hex of sha256(N/C)>-C-n`.
     pub fn pv_name(&self, n: u32) -> String {
         format!("pgml-{}-{}", &self.digest()[..8], self.instance(n))
+    }
+
+    /// The PersistentVolume over an instance's `pgwal` dataset: [`Self::pv_name`] and
+    /// `-wal`.
+    pub fn wal_pv_name(&self, n: u32) -> String {
+        format!("{}-wal", self.pv_name(n))
+    }
+
+    /// The claim of an instance's `pgwal` volume: `C-n-wal` (never an instance's name:
+    /// those end with their number).
+    pub fn wal_claim(&self, n: u32) -> String {
+        format!("{}-wal", self.instance(n))
     }
 
     /// The EbsSnapshot a new instance is seeded from.

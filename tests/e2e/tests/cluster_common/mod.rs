@@ -233,6 +233,42 @@ impl ClusterFixture {
             .await
     }
 
+    /// The instance's WAL is on its pool's `pgwal` dataset: `PGDATA/pg_wal` (as its node
+    /// sees it) is a symlink to the `pg_wal` folder of the dataset's mount (the ZfsPool's
+    /// status), WAL segments are there, and PostgreSQL reads them through the link
+    /// (`pg_ls_waldir`). Returns the link's target.
+    pub async fn assert_wal_on_pgwal(&self, pod: &str) -> String {
+        let pool = self.ns.api::<ZfsPool>().get(pod).await.unwrap();
+        let mount = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.datasets.iter().find(|d| d.name == "pgwal"))
+            .and_then(|d| d.mount_path.clone())
+            .unwrap_or_else(|| panic!("{pod}: the pool reports no pgwal mount: {pool:?}"));
+        let want = format!("{mount}/pg_wal");
+        let i = self.instance(pod).await;
+        let link = format!("{}/pg_wal", i.pgdata);
+        let target = pgml_testbed::nodes::node_exec_ok(&i.node, &["readlink", &link])
+            .unwrap_or_else(|e| panic!("{pod}: {link} is not a symlink: {e:#}"));
+        assert_eq!(target.trim(), want, "{pod}: where PGDATA/pg_wal links");
+        let listed = pgml_testbed::nodes::node_exec_ok(&i.node, &["ls", "-1", &want])
+            .unwrap_or_else(|e| panic!("{pod}: listing {want}: {e:#}"));
+        let segments: Vec<&str> = listed
+            .lines()
+            .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        assert!(
+            !segments.is_empty(),
+            "{pod}: no WAL segment in {want}: {listed:?}"
+        );
+        let seen = i
+            .postgres()
+            .sql("SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'")
+            .unwrap();
+        assert_ne!(seen, "0", "{pod}: PostgreSQL sees no WAL segment in pg_wal");
+        target.trim().to_string()
+    }
+
     /// Stops every instance manager (SIGTERM, waiting for each), if a kubelet runs them.
     pub fn shutdown_kubelet(&mut self) {
         if let Some(k) = &mut self.kubelet {

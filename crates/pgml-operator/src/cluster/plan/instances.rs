@@ -12,7 +12,7 @@ use super::{Layout, Plan, Step, When, instance, note, pod_role};
 use crate::cluster::build::{Builder, Instance};
 use crate::cluster::compare::{covers, difference, to_value, unchanged};
 use crate::cluster::identity;
-use crate::cluster::members::{Rec, donor, members, pgdata_mount};
+use crate::cluster::members::{Rec, dataset_mount, donor, members, pgdata_mount};
 use crate::cluster::names::{self, MARKS_MANAGER, SEED_MANAGER};
 use crate::cluster::observe::{Observed, deleting};
 use crate::cluster::roles::{self, Member, Roles};
@@ -207,12 +207,17 @@ impl Instances<'_> {
         }
         let pvc = self.o.pvcs.get(&r.name).map(to_value);
         self.apply(self.b.pvc(&i), pvc, None);
+        if self.b.has_wal() {
+            let pvc = self.o.pvcs.get(&self.b.c.wal_claim(r.n)).map(to_value);
+            self.apply(self.b.wal_pvc(&i), pvc, None);
+        }
         self.pod(r, &i);
         self.drop_seed(r);
     }
 
     /// ZFS: the pool (restored from its seed once that is complete), then its volume once
-    /// the pool has mounted pgdata. Whether the claim may follow.
+    /// the pool has mounted pgdata (and, when the template has it, the WAL's volume once
+    /// pgwal is mounted). Whether the claims may follow.
     fn storage(&mut self, r: &Rec, i: &Instance, body: Value) -> bool {
         let pool = self.o.pools.get(&r.name);
         if pool.is_some_and(deleting) {
@@ -246,12 +251,35 @@ impl Instances<'_> {
             "PersistentVolume {pv} at {path} on {} for {}",
             r.node, r.name
         );
+        let wal = match self.b.has_wal() {
+            false => None,
+            true => match pool.and_then(|p| dataset_mount(p, names::WAL_DATASET)) {
+                Some(wal) => Some(wal),
+                None => {
+                    self.wait(r, format!("waiting for ZfsPool {} to mount pgwal", r.name));
+                    return false;
+                }
+            },
+        };
         self.steps.push(Step::Apply {
             body: self.b.pv(i, &path),
             manager: FIELD_MANAGER,
             when: When::Changed,
             then: Some(note(false, reason::VOLUME_BOUND, said)),
         });
+        if let Some(wal) = wal {
+            let pv = self.b.c.wal_pv_name(r.n);
+            let said = format!(
+                "PersistentVolume {pv} at {wal} on {} for {}'s WAL",
+                r.node, r.name
+            );
+            self.steps.push(Step::Apply {
+                body: self.b.wal_pv(i, &wal),
+                manager: FIELD_MANAGER,
+                when: When::Changed,
+                then: Some(note(false, reason::VOLUME_BOUND, said)),
+            });
+        }
         true
     }
 

@@ -182,9 +182,15 @@ fn scale_down(b: &Builder, o: &Observed, desired: usize) -> (Vec<Rec>, Vec<Rec>)
 fn remove(b: &Builder, r: &Rec) -> Step {
     let i = instance(r, PodRole::Replica);
     let mut bodies = vec![b.pod(&i), b.pvc(&i)];
+    if b.has_wal() {
+        bodies.push(b.wal_pvc(&i));
+    }
     bodies.extend(b.pool(&i));
     if b.cluster.spec.storage.zfs.is_some() {
         bodies.push(b.pv(&i, ""));
+        if b.has_wal() {
+            bodies.push(b.wal_pv(&i, ""));
+        }
         bodies.push(b.seed_snapshot(r.n, ""));
     }
     Step::Remove {

@@ -82,16 +82,27 @@ fn as_instance(r: &Rec, role: PodRole) -> Instance {
     instance(r, role)
 }
 
-/// The pool as the builder makes it, its `pgdata` mounted or not.
+/// The pool as the builder makes it, its `pgdata` and `pgwal` mounted or not.
 fn stored_pool(b: &Builder, r: &Rec, mounted: bool) -> ZfsPool {
+    stored_pool_with(b, r, mounted, mounted)
+}
+
+fn stored_pool_with(b: &Builder, r: &Rec, pgdata: bool, pgwal: bool) -> ZfsPool {
     let mut v = b.pool(&as_instance(r, PodRole::Replica)).unwrap();
-    v["status"] = json!({"datasets": [{"name": "pgdata",
-        "mountPath": format!("/mnt/{}/pgdata", b.c.pool_name(r.n)), "mounted": mounted}]});
+    let pool = b.c.pool_name(r.n);
+    v["status"] = json!({"datasets": [
+        {"name": "pgdata", "mountPath": format!("/mnt/{pool}/pgdata"), "mounted": pgdata},
+        {"name": "pgwal", "mountPath": format!("/mnt/{pool}/pgwal"), "mounted": pgwal},
+    ]});
     serde_json::from_value(v).unwrap()
 }
 
 fn stored_pvc(b: &Builder, r: &Rec) -> PersistentVolumeClaim {
     serde_json::from_value(b.pvc(&as_instance(r, PodRole::Replica))).unwrap()
+}
+
+fn stored_wal_pvc(b: &Builder, r: &Rec) -> PersistentVolumeClaim {
+    serde_json::from_value(b.wal_pvc(&as_instance(r, PodRole::Replica))).unwrap()
 }
 
 /// The Pod as the builder makes it with `role`, running, its manager reporting `report`.
@@ -413,16 +424,19 @@ fn scaling_down_removes_the_highest_numbers_first_never_the_primary_nor_the_targ
     let l = layout(&b, &o);
     let removals: Vec<String> = describe(&l.steps).into_iter().skip(12).collect();
     let pv = |n: u32| format!("PersistentVolume {}", b.c.pv_name(n));
+    let wal_pv = |n: u32| format!("PersistentVolume {}", b.c.wal_pv_name(n));
     assert_eq!(
         removals,
         [
             format!(
-                "remove main-2: Pod main-2, PersistentVolumeClaim main-2, ZfsPool main-2, {}, EbsSnapshot main-2-seed",
-                pv(2)
+                "remove main-2: Pod main-2, PersistentVolumeClaim main-2, PersistentVolumeClaim main-2-wal, ZfsPool main-2, {}, {}, EbsSnapshot main-2-seed",
+                pv(2),
+                wal_pv(2)
             ),
             format!(
-                "remove main-1: Pod main-1, PersistentVolumeClaim main-1, ZfsPool main-1, {}, EbsSnapshot main-1-seed",
-                pv(1)
+                "remove main-1: Pod main-1, PersistentVolumeClaim main-1, PersistentVolumeClaim main-1-wal, ZfsPool main-1, {}, {}, EbsSnapshot main-1-seed",
+                pv(1),
+                wal_pv(1)
             ),
         ]
     );
@@ -625,15 +639,23 @@ fn a_mounted_pool_gets_its_volume_then_the_claim_and_the_pod() {
     let (mut o, r) = single(false);
     o.pools.insert("main-1".into(), stored_pool(&b, &r, true));
     let (p, steps) = instance_steps(&b, &o, None);
-    let pv = b.c.pv_name(1);
+    let (pv, wal_pv) = (b.c.pv_name(1), b.c.wal_pv_name(1));
     assert_eq!(
         steps,
         [
             format!("apply PersistentVolume {pv} if changed then VolumeBound"),
+            format!("apply PersistentVolume {wal_pv} if changed then VolumeBound"),
             "apply PersistentVolumeClaim main-1".into(),
+            "apply PersistentVolumeClaim main-1-wal".into(),
             "apply Pod main-1 then PodCreated".into(),
         ]
     );
+    let wal = body_of(&p.steps, "PersistentVolume", &wal_pv);
+    let wal_path = format!("/mnt/{}/pgwal", b.c.pool_name(1));
+    assert_eq!(wal["spec"]["local"]["path"], wal_path.as_str());
+    assert_eq!(wal["spec"]["claimRef"]["name"], "main-1-wal");
+    let claim = body_of(&p.steps, "PersistentVolumeClaim", "main-1-wal");
+    assert_eq!(claim["spec"]["volumeName"], wal_pv.as_str());
     let Step::Apply {
         body,
         then: Some((_, _, said)),
@@ -665,15 +687,17 @@ fn objects_as_decided_are_not_applied_again_and_a_changed_pool_is_without_a_note
     let (mut o, r) = single(true);
     o.pools.insert("main-1".into(), stored_pool(&b, &r, true));
     o.pvcs.insert("main-1".into(), stored_pvc(&b, &r));
+    o.pvcs.insert("main-1-wal".into(), stored_wal_pvc(&b, &r));
     let pod = stored_pod(&b, &r, PodRole::Primary, Some(primary_report()));
     o.pods.insert("main-1".into(), pod);
     let (p, steps) = instance_steps(&b, &o, None);
-    let pv = b.c.pv_name(1);
+    let (pv, wal_pv) = (b.c.pv_name(1), b.c.wal_pv_name(1));
     assert_eq!(
         steps,
-        [format!(
-            "apply PersistentVolume {pv} if changed then VolumeBound"
-        )]
+        [
+            format!("apply PersistentVolume {pv} if changed then VolumeBound"),
+            format!("apply PersistentVolume {wal_pv} if changed then VolumeBound"),
+        ]
     );
     assert!(p.building.is_empty());
 
@@ -685,6 +709,45 @@ fn objects_as_decided_are_not_applied_again_and_a_changed_pool_is_without_a_note
         steps[0], "apply ZfsPool main-1",
         "applied again, nothing said"
     );
+}
+
+#[test]
+fn the_wal_volume_waits_for_pgwal_mounted_and_only_when_the_template_has_it() {
+    let c = cluster(zfs(1));
+    let b = Builder::new(&c, "img").unwrap();
+    let (mut o, r) = single(false);
+    o.pools
+        .insert("main-1".into(), stored_pool_with(&b, &r, true, false));
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(
+        p.building,
+        ["main-1: waiting for ZfsPool main-1 to mount pgwal"]
+    );
+    // A template with pgdata alone: WAL stays in PGDATA, nothing of pgwal is made.
+    let c = cluster(json!({"instances": 1, "storage": {"zfs": {"template": {
+        "volumes": {"count": 2, "sizeGiB": 10},
+        "datasets": [{"name": "pgdata"}],
+    }}}}));
+    let b = Builder::new(&c, "img").unwrap();
+    assert!(!b.has_wal());
+    o.pools
+        .insert("main-1".into(), stored_pool_with(&b, &r, true, false));
+    let (p, steps) = instance_steps(&b, &o, None);
+    assert_eq!(
+        steps,
+        [
+            format!(
+                "apply PersistentVolume {} if changed then VolumeBound",
+                b.c.pv_name(1)
+            ),
+            "apply PersistentVolumeClaim main-1".into(),
+            "apply Pod main-1 then PodCreated".into(),
+        ]
+    );
+    let pod = body_of(&p.steps, "Pod", "main-1");
+    assert!(!pod.to_string().contains("pgwal"), "{pod}");
+    assert!(!pod.to_string().contains("PGML_WAL_DIR"), "{pod}");
 }
 
 #[test]
@@ -708,15 +771,17 @@ fn seeding(b: &Builder) -> Observed {
     o.status.system_identifier = Some(ID.into());
     o.pools.insert("main-1".into(), stored_pool(b, &one, true));
     o.pvcs.insert("main-1".into(), stored_pvc(b, &one));
+    o.pvcs.insert("main-1-wal".into(), stored_wal_pvc(b, &one));
     let pod = stored_pod(b, &one, PodRole::Primary, Some(primary_report()));
     o.pods.insert("main-1".into(), pod);
     o
 }
 
-/// The steps and wait of main-2 alone (main-1's volume check aside).
+/// The steps and wait of main-2 alone (main-1's volume checks aside: pgdata's and
+/// pgwal's).
 fn second(b: &Builder, o: &Observed) -> (Vec<String>, Vec<String>, Plan) {
     let (p, steps) = instance_steps(b, o, None);
-    let steps = steps.into_iter().skip(1).collect();
+    let steps = steps.into_iter().skip(2).collect();
     (steps, p.building.clone(), p)
 }
 
@@ -820,6 +885,7 @@ fn the_seed_goes_once_its_instance_streams() {
         .insert("main-2-seed".into(), seed("main-2-seed", Some("Completed")));
     o.pools.insert("main-2".into(), stored_pool(&b, &two, true));
     o.pvcs.insert("main-2".into(), stored_pvc(&b, &two));
+    o.pvcs.insert("main-2-wal".into(), stored_wal_pvc(&b, &two));
     let at = |o: &mut Observed, streaming: bool| {
         let report = Some(replica_report(streaming));
         let pod = stored_pod(&b, &two, PodRole::Replica, report);
