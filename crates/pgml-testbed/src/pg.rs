@@ -30,12 +30,35 @@ pub fn pg_bin(name: &str) -> PathBuf {
     p
 }
 
-/// A TCP port nobody listens on right now (for a second instance beside the first).
+/// A TCP port nobody listens on right now (for a second instance beside the first), and
+/// never one this process handed out before: the kernel may give the port of a socket just
+/// closed to the next `bind(0)`, so two calls in a row (PostgreSQL's port and its
+/// manager's status port) could otherwise name the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free local port");
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..3000 {
+            let p = super::free_port();
+            assert!(seen.insert(p), "port {p} handed out twice");
+        }
+    }
 }
 
 /// One PostgreSQL instance whose data directory is inside a node.
