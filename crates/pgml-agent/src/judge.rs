@@ -465,6 +465,7 @@ mod tests {
                         attached: true,
                         device: Some(format!("/d/vol0{i}")),
                         signature: None,
+                        ..Default::default()
                     })
                     .collect(),
                 recorded_guid: None,
