@@ -141,23 +141,32 @@ pub fn released_condition(pool: &ZfsPool) -> Option<&Condition> {
     })
 }
 
-/// Each member's device and state in the pool; no devices while the controller is still
-/// attaching (see [`Outcome::awaits_controller`]).
+/// Each member's device, and its state in the pool beside the volume that state is about:
+/// the member's volume when it is in the pool, else (a replacement under way, the new
+/// volume not in the pool yet) the volume it replaces. No devices while the controller is
+/// still attaching (see [`Outcome::awaits_controller`]).
 fn reported_volumes(facts: &Facts, outcome: &Outcome) -> Vec<AgentVolume> {
     let imported = facts.observed.imported.as_ref();
+    let leaf = |vol: &Option<String>| {
+        let vol = vol.as_deref()?;
+        imported?
+            .members
+            .iter()
+            .find(|p| p.volume_id.as_deref() == Some(vol))
+            .map(|p| (vol.to_string(), p.state.clone()))
+    };
     facts
         .observed
         .members
         .iter()
-        .map(|m| AgentVolume {
-            index: m.index,
-            device: m.device.clone().filter(|_| !outcome.awaits_controller()),
-            member_state: imported.and_then(|i| {
-                i.members
-                    .iter()
-                    .find(|p| p.volume_id.is_some() && p.volume_id == m.volume_id)
-                    .map(|p| p.state.clone())
-            }),
+        .map(|m| {
+            let state = leaf(&m.volume_id).or_else(|| leaf(&m.replaced_volume_id));
+            AgentVolume {
+                index: m.index,
+                device: m.device.clone().filter(|_| !outcome.awaits_controller()),
+                member_volume_id: state.as_ref().map(|(v, _)| v.clone()),
+                member_state: state.map(|(_, s)| s),
+            }
         })
         .collect()
 }
@@ -546,6 +555,61 @@ mod tests {
         assert_eq!(devices.status, "False");
         assert!(devices.message.contains("vol-01 (member 1)"));
         assert_eq!(find(&v, cond::POOL_IMPORTED).status, "True");
+    }
+
+    #[test]
+    fn each_state_is_reported_beside_the_volume_it_is_about() {
+        let leaf = |v: &str, state: &str| PoolMember {
+            volume_id: Some(v.into()),
+            handle: format!("/d/{v}"),
+            state: state.into(),
+        };
+        let mut f = facts(Some(Imported {
+            guid: Some(1),
+            health: "DEGRADED".into(),
+            members: vec![leaf("vol-00", "ONLINE"), leaf("vol-01", "UNAVAIL")],
+            resilvering: false,
+        }));
+        let vols = reported_volumes(&f, &Outcome::default());
+        let pairs = |vols: &[AgentVolume]| -> Vec<(Option<String>, Option<String>)> {
+            vols.iter()
+                .map(|v| (v.member_volume_id.clone(), v.member_state.clone()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(&vols),
+            [
+                (Some("vol-00".into()), Some("ONLINE".into())),
+                (Some("vol-01".into()), Some("UNAVAIL".into()))
+            ]
+        );
+        // The controller recorded vol-09 replacing vol-01, not in the pool yet: the state
+        // reported is the old volume's, and says so.
+        f.observed.members[1].volume_id = Some("vol-09".into());
+        f.observed.members[1].replaced_volume_id = Some("vol-01".into());
+        f.observed.members[1].device = Some("/d/vol09".into());
+        let vols = reported_volumes(&f, &Outcome::default());
+        assert_eq!(
+            pairs(&vols)[1],
+            (Some("vol-01".into()), Some("UNAVAIL".into()))
+        );
+        assert_eq!(vols[1].device.as_deref(), Some("/d/vol09"));
+        // Once the new volume is in the pool, its own state.
+        if let Some(i) = f.observed.imported.as_mut() {
+            i.members.push(leaf("vol-09", "ONLINE"));
+        }
+        let vols = reported_volumes(&f, &Outcome::default());
+        assert_eq!(
+            pairs(&vols)[1],
+            (Some("vol-09".into()), Some("ONLINE".into()))
+        );
+        // Not imported: nothing to say of any member.
+        f.observed.imported = None;
+        assert!(
+            reported_volumes(&f, &Outcome::default())
+                .iter()
+                .all(|v| v.member_volume_id.is_none() && v.member_state.is_none())
+        );
     }
 
     #[test]
