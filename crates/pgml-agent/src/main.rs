@@ -263,6 +263,11 @@ async fn run_pools(
     tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
     let controller = Controller::new(pools, watcher::Config::default().fields(&selector));
     let ctx = Arc::new(Ctx {
+        recorder: pgml_runtime::events::recorder(
+            client.clone(),
+            "pgml-agent",
+            Some(args.node_name.clone()),
+        ),
         client: client.clone(),
         store: controller.store(),
         runner,
