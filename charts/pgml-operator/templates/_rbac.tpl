@@ -76,6 +76,10 @@ Each must match the tables of pgml_operator::permissions and pgml-agent's permis
   - apiGroups: ["pgml.io"]
     resources: ["zfspools/status", "ebssnapshots/status"]
     verbs: ["patch"]
+  # Events about its ZfsPools (kube's Recorder: created, then patched as a series).
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
 {{- end }}
 {{- define "pgml-operator.agentClusterRules" }}
   # Its own Node, checked at start-up.

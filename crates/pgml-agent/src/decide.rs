@@ -9,6 +9,9 @@ pub struct Member {
     pub index: i32,
     /// `status.volumes[i].volumeId` (the controller's).
     pub volume_id: Option<String>,
+    /// `status.volumes[i].replacedVolumeId`: the volume this member's replaces, while the
+    /// replacement is under way (the controller's).
+    pub replaced_volume_id: Option<String>,
     /// `status.volumes[i].attachmentState == attached` (the controller's).
     pub attached: bool,
     /// The by-id device, when present (and its serial, where checkable, confirmed).
@@ -223,8 +226,6 @@ fn build(o: &Observed) -> Action {
         let Some(shared) = p.volume_ids.iter().find(|v| ours.contains(&v.as_str())) else {
             continue;
         };
-        let same_set = p.volume_ids.len() == ours.len()
-            && p.volume_ids.iter().all(|v| ours.contains(&v.as_str()));
         // Ours: the GUID we recorded; or, before any was recorded, our name (a restart
         // between `zpool create` and the first status write); or any pool on exactly our
         // volumes when restoring (a copy keeps its source's name and GUID).
@@ -232,11 +233,30 @@ fn build(o: &Observed) -> Action {
             Some(g) => p.guid == Some(g),
             None => o.restore || p.name == o.pool_name,
         };
-        if let (true, true, Some(guid)) = (same_set, ours_by_identity, p.guid) {
-            return Action::Import {
-                guid,
-                force: o.restore,
-            };
+        let members = match (ours_by_identity, o.recorded_guid) {
+            // Only a pool the status recorded can be in the middle of a replacement.
+            (true, Some(_)) => compare_members(o, &p.volume_ids),
+            (true, None) => exactly(&ours, &p.volume_ids),
+            (false, _) => Err(String::new()),
+        };
+        match (members, p.guid) {
+            (Ok(()), Some(guid)) => {
+                return Action::Import {
+                    guid,
+                    force: o.restore,
+                };
+            }
+            (Err(why), _) if ours_by_identity && !why.is_empty() => {
+                return Action::Refuse {
+                    device: device_of(shared),
+                    reason: format!(
+                        "belongs to this pool ({}, GUID {}) but {why}",
+                        p.name,
+                        p.guid.map_or("unknown".into(), |g| g.to_string())
+                    ),
+                };
+            }
+            _ => {}
         }
         return Action::Refuse {
             device: device_of(shared),
@@ -258,6 +278,76 @@ fn build(o: &Observed) -> Action {
         return Action::Refuse { device, reason };
     }
     Action::Create
+}
+
+/// The volumes on disk are exactly `ours`.
+fn exactly(ours: &[&str], on_disk: &[String]) -> Result<(), String> {
+    let same = on_disk.len() == ours.len() && on_disk.iter().all(|v| ours.contains(&v.as_str()));
+    if same { Ok(()) } else { Err(String::new()) }
+}
+
+/// Whether the pool's members on disk (`on_disk`, volume IDs) are the status's members,
+/// allowing for one replacement under way: a member whose status records a
+/// `replacedVolumeId` may show on disk as its old volume, its new one or both (the node
+/// restarted before or during `zpool replace`; the agent then resumes it). Any other
+/// difference, or more than one member differing, is an error that says which volumes
+/// differ. The pool is known to be ours (its GUID is the recorded one).
+fn compare_members(o: &Observed, on_disk: &[String]) -> Result<(), String> {
+    let on = |v: &Option<String>| v.as_deref().is_some_and(|v| on_disk.iter().any(|d| d == v));
+    let known: Vec<&str> = o
+        .members
+        .iter()
+        .flat_map(|m| [m.volume_id.as_deref(), m.replaced_volume_id.as_deref()])
+        .flatten()
+        .collect();
+    let strangers: Vec<&str> = on_disk
+        .iter()
+        .map(String::as_str)
+        .filter(|v| !known.contains(v))
+        .collect();
+    if !strangers.is_empty() {
+        return Err(format!(
+            "its members on the devices include {}, which the status does not record",
+            strangers.join(", ")
+        ));
+    }
+    // Members not on disk exactly as the status says: (member, some volume of it is there).
+    let differing: Vec<(&Member, bool)> = o
+        .members
+        .iter()
+        .filter_map(|m| {
+            let (new_on, old_on) = (on(&m.volume_id), on(&m.replaced_volume_id));
+            (!new_on || old_on).then_some((m, new_on || old_on))
+        })
+        .collect();
+    let describe = |m: &Member| {
+        format!(
+            "member {} ({})",
+            m.index,
+            m.volume_id.as_deref().unwrap_or("no volume")
+        )
+    };
+    match differing.as_slice() {
+        [] => Ok(()),
+        [(m, true)] if m.replaced_volume_id.is_some() => Ok(()),
+        [(m, _)] if m.replaced_volume_id.is_none() => Err(format!(
+            "{} is not among its members on the devices, and no replacement of it is recorded",
+            describe(m)
+        )),
+        [(m, _)] => Err(format!(
+            "neither {} nor the volume it replaces ({}) is among its members on the devices",
+            describe(m),
+            m.replaced_volume_id.as_deref().unwrap_or_default()
+        )),
+        many => Err(format!(
+            "its members on the devices differ from the status in {} members ({}); only the one member under replacement may differ",
+            many.len(),
+            many.iter()
+                .map(|(m, _)| describe(m))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// A raidz1 member whose volume the controller replaced: the old leaf (gone) and the new
@@ -306,6 +396,7 @@ mod tests {
                 "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0{i}"
             )),
             signature: None,
+            ..Default::default()
         }
     }
 
@@ -413,6 +504,94 @@ mod tests {
                 force: false
             }
         );
+    }
+
+    /// A node that restarts during a replacement: the status records vol-09 for member 1,
+    /// replacing vol-01; on disk the pool has the old volume (`zpool replace` not run yet),
+    /// both (resilvering) or the new one (resilvered). Each imports, and the replacement
+    /// then resumes; any other difference refuses, saying which.
+    #[test]
+    fn imports_its_pool_in_the_middle_of_a_replacement_and_resumes_it() {
+        let mut o = base(Layout::Raidz1, 3);
+        o.recorded_guid = Some(9);
+        o.members[1].volume_id = Some("vol-09".into());
+        o.members[1].replaced_volume_id = Some("vol-01".into());
+        o.members[1].device = Some("/d/nvme-Amazon_Elastic_Block_Store_vol09".into());
+        let import = Action::Import {
+            guid: 9,
+            force: false,
+        };
+        for disk in [
+            &["vol-00", "vol-01", "vol-02"][..],
+            &["vol-00", "vol-01", "vol-09", "vol-02"],
+            &["vol-00", "vol-09", "vol-02"],
+        ] {
+            o.importable = vec![seen("tank", 9, disk)];
+            assert_eq!(decide(&o), import, "{disk:?}");
+        }
+        // Imported with the old member UNAVAIL: the replacement resumes.
+        let mut after = o.clone();
+        after.importable.clear();
+        let mut imp = imported(3);
+        imp.guid = Some(9);
+        imp.health = "DEGRADED".into();
+        imp.members[1].state = "UNAVAIL".into();
+        imp.members[1].handle = "1234".into();
+        after.imported = Some(imp);
+        assert_eq!(
+            decide(&after),
+            Action::Replace {
+                index: 1,
+                old: "1234".into(),
+                new: "/d/nvme-Amazon_Elastic_Block_Store_vol09".into()
+            }
+        );
+
+        let refusal = |o: &Observed| match decide(o) {
+            Action::Refuse { reason, .. } => reason,
+            a => panic!("{a:?}"),
+        };
+        // Another member differs as well.
+        o.importable = vec![seen("tank", 9, &["vol-00", "vol-01", "vol-07"])];
+        let why = refusal(&o);
+        assert!(
+            why.contains("vol-07") && why.contains("not record"),
+            "{why}"
+        );
+        o.importable = vec![seen("tank", 9, &["vol-00", "vol-09"])];
+        let why = refusal(&o);
+        assert!(
+            why.contains("member 2 (vol-02)") && why.contains("no replacement"),
+            "{why}"
+        );
+        o.importable = vec![seen("tank", 9, &["vol-00", "vol-01"])];
+        let why = refusal(&o);
+        assert!(
+            why.contains("2 members") && why.contains("member 2 (vol-02)"),
+            "{why}"
+        );
+        // Neither the new volume nor the old one.
+        o.importable = vec![seen("tank", 9, &["vol-00", "vol-02"])];
+        let why = refusal(&o);
+        assert!(why.contains("neither member 1 (vol-09)"), "{why}");
+        assert!(why.contains("vol-01"), "{why}");
+        // Two members differ: one under replacement is all that may.
+        let mut two = o.clone();
+        two.members[2].volume_id = Some("vol-08".into());
+        two.members[2].replaced_volume_id = Some("vol-02".into());
+        two.importable = vec![seen("tank", 9, &["vol-00", "vol-01", "vol-02"])];
+        let why = refusal(&two);
+        assert!(why.contains("2 members"), "{why}");
+        // The old volume without a replacement recorded is not ours.
+        let mut plain = base(Layout::Raidz1, 3);
+        plain.recorded_guid = Some(9);
+        plain.members[1].volume_id = Some("vol-09".into());
+        plain.importable = vec![seen("tank", 9, &["vol-00", "vol-01", "vol-02"])];
+        let why = refusal(&plain);
+        assert!(why.contains("vol-01"), "{why}");
+        // A pool of another GUID on these volumes stays someone else's.
+        o.importable = vec![seen("tank", 4, &["vol-00", "vol-01", "vol-02"])];
+        assert!(refusal(&o).contains("not this pool's"));
     }
 
     #[test]

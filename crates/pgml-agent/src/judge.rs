@@ -18,6 +18,8 @@ pub struct Outcome {
     pub failed: Option<String>,
     pub released: Option<&'static str>,
     pub wait: Option<Wait>,
+    /// `zpool replace` was run: (member index, old leaf, new device).
+    pub replaced: Option<(i32, String, String)>,
 }
 
 impl Outcome {
@@ -87,6 +89,117 @@ pub fn agent_status(pool: &ZfsPool, ctx: &Ctx, facts: &Facts, outcome: &Outcome)
     .normalized()
 }
 
+/// An Event to publish: Warning or Normal, its reason and its note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// The Events a change of the agent's report from `before` (what the object held) to
+/// `after` (what was just written) calls for, about the pool named `pool`: its health
+/// turning bad (`PoolDegraded`, `PoolFaulted`…) or good again (`PoolHealthy`), a member
+/// leaving ONLINE (`MemberUnavail`, `MemberFaulted`, `MemberRemoved`…) or coming back
+/// (`MemberOnline`), and a `zpool replace` run in this pass (`MemberReplaceStarted`).
+/// Told once: the stored report is the agent's memory across restarts, so a restarted agent
+/// that finds the same health says nothing again.
+pub fn notices(
+    pool: &str,
+    before: &AgentStatus,
+    after: &AgentStatus,
+    outcome: &Outcome,
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let notice = |warning: bool, reason: String, note: String| Notice {
+        warning,
+        reason,
+        note,
+    };
+    match (before.health.as_deref(), after.health.as_deref()) {
+        (b, Some(a)) if b != Some(a) => {
+            let was = b.map_or(String::new(), |b| format!(" (was {b})"));
+            if a == "ONLINE" {
+                // A pool imported ONLINE for the first time is a milestone of PoolImported.
+                if b.is_some() {
+                    out.push(notice(
+                        false,
+                        "PoolHealthy".into(),
+                        format!("pool {pool} is ONLINE again{was}"),
+                    ));
+                }
+            } else {
+                let members = bad_members(after);
+                out.push(notice(
+                    true,
+                    format!("Pool{}", capitalized(a)),
+                    format!("pool {pool} is {a}{was}{members}"),
+                ));
+            }
+        }
+        _ => {}
+    }
+    for v in &after.volumes {
+        let (Some(vol), Some(state)) = (v.member_volume_id.as_deref(), v.member_state.as_deref())
+        else {
+            continue;
+        };
+        let prev = before
+            .volumes
+            .iter()
+            .find(|p| p.index == v.index && p.member_volume_id.as_deref() == Some(vol))
+            .and_then(|p| p.member_state.as_deref());
+        if prev == Some(state) {
+            continue;
+        }
+        let was = prev.map_or(String::new(), |p| format!(" (was {p})"));
+        if state != "ONLINE" {
+            out.push(notice(
+                true,
+                format!("Member{}", capitalized(state)),
+                format!("member {} ({vol}) of pool {pool} is {state}{was}", v.index),
+            ));
+        } else if prev.is_some() {
+            out.push(notice(
+                false,
+                "MemberOnline".into(),
+                format!("member {} ({vol}) of pool {pool} is ONLINE{was}", v.index),
+            ));
+        }
+    }
+    if let Some((index, old, new)) = &outcome.replaced {
+        out.push(notice(
+            false,
+            "MemberReplaceStarted".into(),
+            format!(
+                "zpool replace {pool} {old} {new}: member {index} resilvers onto the new volume"
+            ),
+        ));
+    }
+    out
+}
+
+/// `; members: vol-01 UNAVAIL, …` of a report, or nothing when all are ONLINE.
+fn bad_members(s: &AgentStatus) -> String {
+    let bad: Vec<String> = s
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            let state = v.member_state.as_deref().filter(|s| *s != "ONLINE")?;
+            Some(format!(
+                "member {} ({}) {state}",
+                v.index,
+                v.member_volume_id.as_deref().unwrap_or("unknown volume")
+            ))
+        })
+        .collect();
+    if bad.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", bad.join(", "))
+    }
+}
+
 /// `status.resilver` from the pool's scans. A scan line not read in full counts as a
 /// resilver in progress (of unknown progress): it is never reported as finished.
 fn resilver_status(
@@ -141,23 +254,32 @@ pub fn released_condition(pool: &ZfsPool) -> Option<&Condition> {
     })
 }
 
-/// Each member's device and state in the pool; no devices while the controller is still
-/// attaching (see [`Outcome::awaits_controller`]).
+/// Each member's device, and its state in the pool beside the volume that state is about:
+/// the member's volume when it is in the pool, else (a replacement under way, the new
+/// volume not in the pool yet) the volume it replaces. No devices while the controller is
+/// still attaching (see [`Outcome::awaits_controller`]).
 fn reported_volumes(facts: &Facts, outcome: &Outcome) -> Vec<AgentVolume> {
     let imported = facts.observed.imported.as_ref();
+    let leaf = |vol: &Option<String>| {
+        let vol = vol.as_deref()?;
+        imported?
+            .members
+            .iter()
+            .find(|p| p.volume_id.as_deref() == Some(vol))
+            .map(|p| (vol.to_string(), p.state.clone()))
+    };
     facts
         .observed
         .members
         .iter()
-        .map(|m| AgentVolume {
-            index: m.index,
-            device: m.device.clone().filter(|_| !outcome.awaits_controller()),
-            member_state: imported.and_then(|i| {
-                i.members
-                    .iter()
-                    .find(|p| p.volume_id.is_some() && p.volume_id == m.volume_id)
-                    .map(|p| p.state.clone())
-            }),
+        .map(|m| {
+            let state = leaf(&m.volume_id).or_else(|| leaf(&m.replaced_volume_id));
+            AgentVolume {
+                index: m.index,
+                device: m.device.clone().filter(|_| !outcome.awaits_controller()),
+                member_volume_id: state.as_ref().map(|(v, _)| v.clone()),
+                member_state: state.map(|(_, s)| s),
+            }
         })
         .collect()
 }
@@ -465,6 +587,7 @@ mod tests {
                         attached: true,
                         device: Some(format!("/d/vol0{i}")),
                         signature: None,
+                        ..Default::default()
                     })
                     .collect(),
                 recorded_guid: None,
@@ -545,6 +668,142 @@ mod tests {
         assert_eq!(devices.status, "False");
         assert!(devices.message.contains("vol-01 (member 1)"));
         assert_eq!(find(&v, cond::POOL_IMPORTED).status, "True");
+    }
+
+    #[test]
+    fn each_state_is_reported_beside_the_volume_it_is_about() {
+        let leaf = |v: &str, state: &str| PoolMember {
+            volume_id: Some(v.into()),
+            handle: format!("/d/{v}"),
+            state: state.into(),
+        };
+        let mut f = facts(Some(Imported {
+            guid: Some(1),
+            health: "DEGRADED".into(),
+            members: vec![leaf("vol-00", "ONLINE"), leaf("vol-01", "UNAVAIL")],
+            resilvering: false,
+        }));
+        let vols = reported_volumes(&f, &Outcome::default());
+        let pairs = |vols: &[AgentVolume]| -> Vec<(Option<String>, Option<String>)> {
+            vols.iter()
+                .map(|v| (v.member_volume_id.clone(), v.member_state.clone()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(&vols),
+            [
+                (Some("vol-00".into()), Some("ONLINE".into())),
+                (Some("vol-01".into()), Some("UNAVAIL".into()))
+            ]
+        );
+        // The controller recorded vol-09 replacing vol-01, not in the pool yet: the state
+        // reported is the old volume's, and says so.
+        f.observed.members[1].volume_id = Some("vol-09".into());
+        f.observed.members[1].replaced_volume_id = Some("vol-01".into());
+        f.observed.members[1].device = Some("/d/vol09".into());
+        let vols = reported_volumes(&f, &Outcome::default());
+        assert_eq!(
+            pairs(&vols)[1],
+            (Some("vol-01".into()), Some("UNAVAIL".into()))
+        );
+        assert_eq!(vols[1].device.as_deref(), Some("/d/vol09"));
+        // Once the new volume is in the pool, its own state.
+        if let Some(i) = f.observed.imported.as_mut() {
+            i.members.push(leaf("vol-09", "ONLINE"));
+        }
+        let vols = reported_volumes(&f, &Outcome::default());
+        assert_eq!(
+            pairs(&vols)[1],
+            (Some("vol-09".into()), Some("ONLINE".into()))
+        );
+        // Not imported: nothing to say of any member.
+        f.observed.imported = None;
+        assert!(
+            reported_volumes(&f, &Outcome::default())
+                .iter()
+                .all(|v| v.member_volume_id.is_none() && v.member_state.is_none())
+        );
+    }
+
+    #[test]
+    fn health_changes_are_told_once_as_events() {
+        let report = |health: &str, states: &[(&str, &str)]| AgentStatus {
+            health: Some(health.into()),
+            volumes: states
+                .iter()
+                .enumerate()
+                .map(|(i, (vol, st))| AgentVolume {
+                    index: i as i32,
+                    member_volume_id: Some(vol.to_string()),
+                    member_state: Some(st.to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let reasons = |n: &[Notice]| -> Vec<(bool, String)> {
+            n.iter().map(|n| (n.warning, n.reason.clone())).collect()
+        };
+        let none = Outcome::default();
+        let online = report("ONLINE", &[("vol-00", "ONLINE"), ("vol-01", "ONLINE")]);
+        let lost = report("DEGRADED", &[("vol-00", "ONLINE"), ("vol-01", "UNAVAIL")]);
+        // Nothing changed: nothing to tell (a restarted agent reads its last report back).
+        assert_eq!(notices("tank", &online, &online, &none), vec![]);
+        assert_eq!(notices("tank", &lost, &lost, &none), vec![]);
+        // A member lost: the pool degraded and the member, both Warnings, naming the volume.
+        let n = notices("tank", &online, &lost, &none);
+        assert_eq!(
+            reasons(&n),
+            [
+                (true, "PoolDegraded".into()),
+                (true, "MemberUnavail".into())
+            ]
+        );
+        assert!(
+            n[0].note.contains("member 1 (vol-01) UNAVAIL"),
+            "{}",
+            n[0].note
+        );
+        assert!(n[1].note.contains("vol-01") && n[1].note.contains("was ONLINE"));
+        // Faulted further: the pool's new health.
+        let faulted = report("FAULTED", &[("vol-00", "FAULTED"), ("vol-01", "UNAVAIL")]);
+        assert_eq!(
+            reasons(&notices("tank", &lost, &faulted, &none)),
+            [(true, "PoolFaulted".into()), (true, "MemberFaulted".into())]
+        );
+        // The replacement started: a Normal Event saying which devices.
+        let replacing = Outcome {
+            replaced: Some((1, "1234".into(), "/d/vol09".into())),
+            ..Default::default()
+        };
+        let n = notices("tank", &lost, &lost, &replacing);
+        assert_eq!(reasons(&n), [(false, "MemberReplaceStarted".into())]);
+        assert!(n[0].note.contains("1234") && n[0].note.contains("/d/vol09"));
+        // The new volume in the pool, resilvered: healthy again. Its first sighting ONLINE
+        // is not news; a member back ONLINE is.
+        let replaced = report("ONLINE", &[("vol-00", "ONLINE"), ("vol-09", "ONLINE")]);
+        assert_eq!(
+            reasons(&notices("tank", &lost, &replaced, &none)),
+            [(false, "PoolHealthy".into())]
+        );
+        let back = report("ONLINE", &[("vol-00", "ONLINE"), ("vol-01", "ONLINE")]);
+        assert_eq!(
+            reasons(&notices("tank", &lost, &back, &none)),
+            [
+                (false, "PoolHealthy".into()),
+                (false, "MemberOnline".into())
+            ]
+        );
+        // First import: ONLINE is PoolImported's news; anything else is a Warning.
+        let fresh = AgentStatus::default();
+        assert_eq!(notices("tank", &fresh, &online, &none), vec![]);
+        assert_eq!(
+            reasons(&notices("tank", &fresh, &lost, &none)),
+            [
+                (true, "PoolDegraded".into()),
+                (true, "MemberUnavail".into())
+            ]
+        );
     }
 
     #[test]

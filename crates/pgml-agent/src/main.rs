@@ -10,6 +10,7 @@ mod permissions;
 mod reconcile;
 mod report;
 mod stop;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,6 +73,13 @@ struct Args {
     /// Seconds between two health checks of a pool (also done on every change).
     #[arg(long, env = "PGML_RESYNC_SECONDS", default_value_t = 15)]
     resync_seconds: u64,
+
+    /// Seconds between two looks at the health of the node's pools (`zpool status`, the
+    /// members' device links; no API traffic). A pool whose health changed is reconciled at
+    /// once, so a lost member shows in its status within seconds. On OpenZFS,
+    /// `zpool events -f` wakes the look early as well.
+    #[arg(long, env = "PGML_HEALTH_POLL_SECONDS", default_value_t = 2)]
+    health_poll_seconds: u64,
 
     /// Seconds any zpool/zfs/blkid command may take before it is killed.
     #[arg(long, env = "PGML_COMMAND_TIMEOUT_SECONDS", default_value_t = 120)]
@@ -263,6 +271,11 @@ async fn run_pools(
     tracing::info!(selector, namespace = ?args.namespace, "watching ZfsPools");
     let controller = Controller::new(pools, watcher::Config::default().fields(&selector));
     let ctx = Arc::new(Ctx {
+        recorder: pgml_runtime::events::recorder(
+            client.clone(),
+            "pgml-agent",
+            Some(args.node_name.clone()),
+        ),
         client: client.clone(),
         store: controller.store(),
         runner,
@@ -281,7 +294,24 @@ async fn run_pools(
         written: Mutex::new(HashMap::new()),
     });
     let stop = stop::trigger(shutdown.clone(), controller.store());
+    // Prompt notice of pool health: a look every few seconds (woken early by ZFS events
+    // where OpenZFS has them) triggers the reconcile of a pool whose health changed.
+    let (trigger, triggered) = futures::channel::mpsc::unbounded();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let poll = tokio::spawn(watch::poll(
+        ctx.clone(),
+        ctx.store.clone(),
+        Duration::from_secs(args.health_poll_seconds.max(1)),
+        wake.clone(),
+        trigger,
+    ));
+    let follow = tokio::spawn(watch::follow_events(
+        args.zpool.clone(),
+        detected.dialect,
+        wake,
+    ));
     let running = controller
+        .reconcile_on(triggered)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -290,6 +320,8 @@ async fn run_pools(
             }
         });
     stop::run_until_stopped(running, shutdown, "ZfsPools").await;
+    poll.abort();
+    follow.abort();
     Ok(())
 }
 

@@ -107,6 +107,7 @@ fn expected_members(status: &ZfsPoolStatus, count: usize, discovery: &Discovery)
         sizes.push((i, v.and_then(|v| v.size_gib)));
         members.push(Member {
             index: i,
+            replaced_volume_id: v.and_then(|v| v.replaced_volume_id.clone()),
             attached: v.and_then(|v| v.attachment_state.as_deref()) == Some("attached"),
             volume_id,
             device,
@@ -442,6 +443,64 @@ mod tests {
         let seen = importable_from(Dialect::OpenZfs, &output(0, listing, "")).unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].volume_ids.len(), 5);
+    }
+
+    /// zfs-fuse's own listing of a raidz1 pool whose member 2 is gone (recorded live): a
+    /// node that restarts after the controller recorded that member's replacement, before
+    /// `zpool replace`, imports it (and resumes the replacement) rather than refusing.
+    #[test]
+    fn a_pool_listed_with_the_member_being_replaced_is_imported() {
+        use crate::decide::{Action, decide};
+        use pgml_api::zfspool::{Layout, MemberReplacement, ReclaimPolicy};
+        let listing = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../pgml-zfs/tests/fixtures/zfs-fuse/import-list-degraded.txt"
+        ));
+        let seen = importable_from(Dialect::ZfsFuse, &output(0, listing, "")).unwrap();
+        let vol = |i: i32| format!("vol-0abc0000000000{i:03}");
+        let member = |i: i32, v: i32| Member {
+            index: i,
+            volume_id: Some(vol(v)),
+            attached: true,
+            device: Some(format!("/dev/disk/by-id/x{v}")),
+            ..Default::default()
+        };
+        let mut o = Observed {
+            pool_name: "tank".into(),
+            layout: Layout::Raidz1,
+            deleting: false,
+            reclaim: ReclaimPolicy::Retain,
+            replacement: MemberReplacement::Automatic,
+            restore: false,
+            count: 5,
+            members: vec![
+                member(0, 0),
+                member(1, 1),
+                member(2, 5),
+                member(3, 3),
+                member(4, 4),
+            ],
+            recorded_guid: seen[0].guid,
+            imported: None,
+            importable: seen,
+            missing_datasets: vec![],
+            misplaced_datasets: vec![],
+            grown: false,
+        };
+        // Before: the status differs from the disks at member 2 and nothing says why.
+        assert!(
+            matches!(decide(&o), Action::Refuse { .. }),
+            "{:?}",
+            decide(&o)
+        );
+        o.members[2].replaced_volume_id = Some(vol(2));
+        assert_eq!(
+            decide(&o),
+            Action::Import {
+                guid: 14370293499042966157,
+                force: false
+            }
+        );
     }
 
     #[test]

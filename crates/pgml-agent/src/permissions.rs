@@ -28,6 +28,9 @@ pub fn needed() -> Vec<Permission> {
             &["patch"],
             Watched,
         ),
+        // kube's Recorder: Events about its ZfsPools (health changes, replacements),
+        // created, then patched as a series when they repeat.
+        rule("events.k8s.io", &["events"], &["create", "patch"], Watched),
     ]
     .concat()
 }
@@ -53,13 +56,16 @@ pub async fn check(client: &Client, watched: Option<&str>, holds: &HoldCtx) -> a
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_agent_writes_only_status() {
+    fn the_agent_writes_only_status_and_events() {
         let t = super::needed();
         assert!(
             t.iter()
                 .filter(|p| p.verb != "get" && p.verb != "list" && p.verb != "watch")
-                .all(|p| p.subresource == Some("status") && p.verb == "patch")
+                .all(|p| (p.subresource == Some("status") && p.verb == "patch")
+                    || (p.group == "events.k8s.io"
+                        && p.resource == "events"
+                        && (p.verb == "create" || p.verb == "patch")))
         );
-        assert_eq!(t.len(), 9);
+        assert_eq!(t.len(), 11);
     }
 }

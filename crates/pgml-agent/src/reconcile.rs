@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use pgml_api::common::condition as c;
 use pgml_api::zfspool::{Dataset, Layout, ZfsPool};
 use pgml_zfs::command::{self, DeviceRef, ImportSpec, ImportTarget, Mount, PoolSpec};
@@ -21,7 +21,7 @@ use pgml_zfs::{
 use crate::decide::{Action, Placement, Wait, decide};
 use crate::devices::Discovery;
 use crate::exec::{ExecError, Runner};
-use crate::judge::{Outcome, agent_status, released_condition};
+use crate::judge::{Outcome, agent_status, notices, released_condition};
 use crate::observe::{Facts, dialect_name, observe};
 use crate::report::{AgentStatus, FIELD_MANAGER, Verdict, cond, conditions};
 
@@ -57,6 +57,8 @@ pub struct Ctx {
     /// and what it wrote. Until the cache shows a newer version of the object, that write
     /// is what the agent's fields hold.
     pub written: Mutex<HashMap<String, (String, AgentStatus)>>,
+    /// Publishes the agent's Events (about the ZfsPool).
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 impl Ctx {
@@ -101,7 +103,7 @@ pub async fn reconcile(pool: Arc<ZfsPool>, ctx: Arc<Ctx>) -> Result<Requeue, Err
         Err(e) => {
             // The schema admits a few names ZFS refuses (`c0…`): say so, wait for a change.
             let desired = invalid_name_status(&pool, ctx.dialect, e.to_string());
-            apply_if_changed(&pool, &ctx, desired).await?;
+            apply_if_changed(&pool, &ctx, &desired).await?;
             return Ok(Requeue::await_change());
         }
     };
@@ -208,6 +210,9 @@ async fn take_step(
         }
         step => match act(pool, ctx, name, facts, step).await {
             Ok(()) => {
+                if let Action::Replace { index, old, new } = step {
+                    outcome.replaced = Some((*index, old.clone(), new.clone()));
+                }
                 if matches!(step, Action::Export) {
                     outcome.released = Some("Exported");
                 } else if matches!(step, Action::Destroy) {
@@ -435,13 +440,34 @@ async fn create_dataset(
     Ok(())
 }
 
+/// Writes the agent's status when it changed, then publishes the Events the change calls
+/// for (after the write: an agent that dies in between says nothing rather than twice).
 async fn write_status(
     pool: &ZfsPool,
     ctx: &Ctx,
     facts: &Facts,
     outcome: &Outcome,
 ) -> Result<(), Error> {
-    apply_if_changed(pool, ctx, agent_status(pool, ctx, facts, outcome)).await
+    let desired = agent_status(pool, ctx, facts, outcome);
+    let before = apply_if_changed(pool, ctx, &desired).await?;
+    let notices = match &before {
+        Some(before) => notices(&facts.observed.pool_name, before, &desired, outcome),
+        None => notices(&facts.observed.pool_name, &desired, &desired, outcome),
+    };
+    let regarding = pool.object_ref(&());
+    for n in notices {
+        tracing::info!(pool = %pool.name_any(), reason = n.reason, note = n.note, "event");
+        pgml_runtime::events::publish(
+            &ctx.recorder,
+            &regarding,
+            None,
+            n.warning,
+            &n.reason,
+            n.note,
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// The status fields (conditions by type) that differ, for the log.
@@ -471,7 +497,12 @@ fn changed_fields(a: &AgentStatus, b: &AgentStatus) -> Vec<String> {
 }
 
 /// Server-side apply of the agent's fields, skipped when they are what is stored already.
-async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Result<(), Error> {
+/// What they held before, when they were written.
+async fn apply_if_changed(
+    pool: &ZfsPool,
+    ctx: &Ctx,
+    desired: &AgentStatus,
+) -> Result<Option<AgentStatus>, Error> {
     let uid = pool.uid().unwrap_or_default();
     let version = pool.resource_version().unwrap_or_default();
     let remembered = ctx
@@ -485,8 +516,8 @@ async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Re
     let current = remembered.unwrap_or_else(|| {
         AgentStatus::extract(&pool.status.clone().unwrap_or_default()).normalized()
     });
-    if desired == current {
-        return Ok(());
+    if *desired == current {
+        return Ok(None);
     }
     let api: Api<ZfsPool> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
@@ -500,10 +531,10 @@ async fn apply_if_changed(pool: &ZfsPool, ctx: &Ctx, desired: AgentStatus) -> Re
     tracing::info!(
         pool = %pool.name_any(),
         health = ?desired.health,
-        changed = ?changed_fields(&current, &desired),
+        changed = ?changed_fields(&current, desired),
         "status written"
     );
-    Ok(())
+    Ok(Some(current))
 }
 
 #[cfg(test)]

@@ -27,6 +27,16 @@ pub struct AgentVolume {
     pub device: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member_state: Option<String>,
+    /// The volume `member_state` is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_volume_id: Option<String>,
+}
+
+impl AgentVolume {
+    /// Carries any agent field (an entry with only its index is not written).
+    fn has_fields(&self) -> bool {
+        self.device.is_some() || self.member_state.is_some() || self.member_volume_id.is_some()
+    }
 }
 
 /// Every status field the agent owns; serialized, it is the whole apply body's `status`.
@@ -78,12 +88,13 @@ impl AgentStatus {
             volumes: s
                 .volumes
                 .iter()
-                .filter(|v| v.device.is_some() || v.member_state.is_some())
                 .map(|v| AgentVolume {
                     index: v.index,
                     device: v.device.clone(),
                     member_state: v.member_state.clone(),
+                    member_volume_id: v.member_volume_id.clone(),
                 })
+                .filter(AgentVolume::has_fields)
                 .collect(),
             resilver: s.resilver.clone(),
             datasets: s.datasets.clone(),
@@ -93,8 +104,7 @@ impl AgentStatus {
 
     /// Canonical order, empty volume entries dropped: what [`Self::extract`] would read back.
     pub fn normalized(mut self) -> AgentStatus {
-        self.volumes
-            .retain(|v| v.device.is_some() || v.member_state.is_some());
+        self.volumes.retain(AgentVolume::has_fields);
         self.volumes.sort_by_key(|v| v.index);
         self.datasets.sort_by(|a, b| a.name.cmp(&b.name));
         self.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));

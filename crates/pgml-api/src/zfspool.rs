@@ -564,9 +564,16 @@ pub struct VolumeStatus {
     pub attachment_state: Option<String>,
 
     /// State of this member in the pool as `zpool status` reports it (ONLINE, DEGRADED,
-    /// FAULTED, UNAVAIL, REMOVED…).
+    /// FAULTED, UNAVAIL, REMOVED…). Written by the node agent with `memberVolumeId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_state: Option<String>,
+
+    /// The EBS volume `memberState` is about, as the node agent found it in the pool (from
+    /// the member's by-id path, or the path ZFS last knew for a member that is gone). It
+    /// differs from `volumeId` while a replacement is under way: then it names the volume
+    /// being replaced (`replacedVolumeId`) until the new one is in the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_volume_id: Option<String>,
 
     /// EBS volume type as AWS reports it.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]

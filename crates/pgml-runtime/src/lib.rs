@@ -2,6 +2,7 @@
 //! graceful shutdown on SIGTERM / SIGINT, and the metrics and health endpoint ([`http`]).
 
 pub mod cgroups;
+pub mod events;
 pub mod http;
 pub mod mountinfo;
 pub mod permissions;

@@ -17,7 +17,9 @@ use pgml_api::common::keys;
 use pgml_testbed::Sandbox;
 use pgml_testbed::aws::{FaultGuard, SimAdmin, volume_ids, volumes_tagged};
 use pgml_testbed::kube::{TestNamespace, client, ensure_crds};
-use pgml_testbed::nodes::{node_dialect, node_exec_ok, node_write_random, node_zfs};
+use pgml_testbed::nodes::{
+    node_dialect, node_exec_ok, node_write_random, node_zfs, retry_while_busy,
+};
 use pgml_testbed::procs::{self, Proc};
 use pgml_testbed::sandbox::NodeInfo;
 use pgml_testbed::wait::{condition, has_condition, wait_for, wait_gone};
@@ -310,6 +312,145 @@ async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
     }
 
     // Delete: zero volumes.
+    delete_leaves_nothing(sb, &api, name, ns.name()).await;
+    drop((operator, agent));
+    ns.cleanup().await;
+}
+
+/// Prompt notice and a node that restarts during a replacement. With the operator stopped
+/// (so nothing but the agent's own look wakes it) and a resync of 60 s, a member whose
+/// volume fails shows in the agent's status within 5 s (DevicesFound False, the member's
+/// state beside its volume ID). Then the agent is stopped, the operator records and
+/// attaches the replacement, and the pool is exported (what a node restart leaves: nothing
+/// imported, the old member gone, the new volume blank). The restarted agent imports the
+/// pool although its members on disk differ from status at the member being replaced,
+/// runs `zpool replace`, and the pool is repaired with its data; Events tell the story.
+#[tokio::test]
+async fn a_lost_member_is_noticed_promptly_and_a_node_restarted_mid_replacement_resumes_it() {
+    let sb = Sandbox::get();
+    let client = client().await;
+    ensure_crds(&client, pgml_api::crds()).await;
+    let ns = TestNamespace::new(&client, "resume").await;
+    let node = &sb.nodes[0];
+    let mut operator = procs::operator(sb, ns.name());
+    let slow_resync = [("PGML_RESYNC_SECONDS", "60")];
+    let mut agent = procs::agent_with_env(sb, node, ns.name(), &slow_resync);
+    let api: Api<ZfsPool> = ns.api();
+    let name = &unique("resume", ns.name());
+    api.create(&PostParams::default(), &manifest(name, node, "raidz1", 3))
+        .await
+        .unwrap();
+    let p = wait_ready(&api, name).await;
+    let before = member_ids(&p);
+    assert_eq!(before.len(), 3);
+    // Each member's state is reported beside its volume ID.
+    let s = p.status.clone().unwrap_or_default();
+    for v in &s.volumes {
+        assert_eq!(v.member_volume_id, v.volume_id, "{v:?}");
+        assert_eq!(v.member_state.as_deref(), Some("ONLINE"), "{v:?}");
+    }
+    let file = node
+        .mnt_dir
+        .join(name)
+        .join("pgdata")
+        .join("table")
+        .to_string_lossy()
+        .into_owned();
+    node_write_random(node, &file, 8).unwrap();
+    let sum = sha256(node, &file).unwrap();
+
+    // Only the agent watches: its look notices the lost device, not a resync.
+    assert!(operator.stop(Duration::from_secs(20)), "operator stopped");
+    let lost = before[2].clone();
+    let _fault = fail_volume(sb, &lost);
+    let start = Instant::now();
+    let p = wait_for(
+        &api,
+        name,
+        "DevicesFound False",
+        READY_TIMEOUT,
+        |o: &ZfsPool| has_condition(o, "DevicesFound", "False"),
+    )
+    .await;
+    let noticed = start.elapsed();
+    eprintln!("lost device noticed in {noticed:?}");
+    assert!(
+        noticed <= Duration::from_secs(5),
+        "noticed after {noticed:?} (resync 60 s)\n{}",
+        logs(&[&agent])
+    );
+    let msg = condition(&p, "DevicesFound").unwrap()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains(&lost), "{msg}");
+
+    // The node "restarts" before the agent runs `zpool replace`: the agent is stopped, the
+    // operator records the replacement and attaches the new volume, the pool is exported.
+    assert!(agent.stop(Duration::from_secs(20)), "agent stopped");
+    let operator = procs::operator(sb, ns.name());
+    let p = wait_for(
+        &api,
+        name,
+        "replacement attached",
+        READY_TIMEOUT,
+        |o: &ZfsPool| {
+            o.status.iter().flat_map(|s| &s.volumes).any(|v| {
+                v.index == 2
+                    && v.replaced_volume_id.as_deref() == Some(lost.as_str())
+                    && v.volume_id.is_some()
+                    && v.is_attached()
+            })
+        },
+    )
+    .await;
+    let new = member_ids(&p)[2].clone();
+    assert_ne!(new, lost);
+    let pn = PoolName::new(name).unwrap();
+    retry_while_busy(|| node_zfs(node, &pgml_zfs::command::export_pool(&pn, false))).unwrap();
+
+    // The restarted agent imports the pool and resumes the replacement.
+    let agent = procs::agent_with_env(sb, node, ns.name(), &slow_resync);
+    let start = Instant::now();
+    let done = loop {
+        let p = api.get(name).await.unwrap();
+        if repaired_without(&p, &lost) {
+            break p;
+        }
+        let imported = condition(&p, "PoolImported");
+        assert!(
+            imported
+                .as_ref()
+                .is_none_or(|c| c["reason"] != "DeviceInUse"),
+            "the restarted agent refused its own pool: {imported:?}\n{}",
+            logs(&[&operator, &agent])
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "not repaired in 300s: {:#}\n{}",
+            serde_json::to_value(&p.status).unwrap(),
+            logs(&[&operator, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(member_ids(&done)[2], new);
+    let s = done.status.clone().unwrap_or_default();
+    let m2 = s.volumes.iter().find(|v| v.index == 2).unwrap();
+    assert_eq!(
+        (m2.member_volume_id.as_deref(), m2.member_state.as_deref()),
+        (Some(new.as_str()), Some("ONLINE"))
+    );
+    assert_eq!(
+        sha256(node, &file).unwrap(),
+        sum,
+        "checksum after the repair"
+    );
+    let text = describe(sb, ns.name(), name);
+    assert!(
+        text.contains("MemberReplaceStarted"),
+        "kubectl describe lacks the agent's MemberReplaceStarted:\n{text}"
+    );
+
     delete_leaves_nothing(sb, &api, name, ns.name()).await;
     drop((operator, agent));
     ns.cleanup().await;

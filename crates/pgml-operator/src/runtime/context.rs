@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use pgml_aws::{Ec2, InstanceTypeLimits};
 use tokio::sync::Mutex;
 
@@ -166,12 +166,12 @@ const DEVICE_RESERVATION: Duration = Duration::from_secs(20);
 
 impl Context {
     pub fn new(client: Client, ec2: Arc<dyn Ec2>, settings: Settings) -> Arc<Context> {
-        let reporter = Reporter {
-            controller: "pgml-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: pgml_runtime::events::recorder(
+                client.clone(),
+                "pgml-operator",
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             ec2,
             settings,

@@ -1,9 +1,9 @@
-//! The one place Events are published: Normal ones for milestones, Warning ones for
-//! failures and for conditions a user must see.
+//! The one place the operator publishes Events: Normal ones for milestones, Warning ones
+//! for failures and for conditions a user must see. Their shape and the publishing itself
+//! are [`pgml_runtime::events`], which the node agent shares.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType};
 
 use super::context::Context;
 use super::error::Error;
@@ -31,24 +31,15 @@ pub async fn publish_related<K>(
 ) where
     K: Resource<DynamicType = ()>,
 {
-    let ev = event(warning, reason, note, related);
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not publish an event");
-    }
-}
-
-fn event(warning: bool, reason: &str, note: String, related: Option<ObjectReference>) -> Event {
-    Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(truncate(note)),
-        action: "Reconcile".into(),
-        secondary: related,
-    }
+    pgml_runtime::events::publish(
+        &ctx.recorder,
+        &obj.object_ref(&()),
+        related,
+        warning,
+        reason,
+        note,
+    )
+    .await;
 }
 
 /// A reference to the object a manifest (`apiVersion`, `kind`, `metadata.name`, optional
@@ -77,21 +68,10 @@ where
     publish(ctx, obj, true, class.as_str(), e.to_string()).await;
 }
 
-/// Event notes are limited to 1 KiB.
-fn truncate(mut s: String) -> String {
-    if s.len() > 1000 {
-        let mut cut = 1000;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgml_runtime::events::event;
     use serde_json::json;
 
     /// Two Secrets created under one reason are two Events: each names its Secret as the

@@ -404,6 +404,7 @@ pub fn volume_status(
         modification,
         device: None,
         member_state: None,
+        member_volume_id: None,
         generation: 0,
         replaced_volume_id: None,
     }

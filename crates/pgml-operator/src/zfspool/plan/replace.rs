@@ -228,7 +228,8 @@ mod tests {
     use pgml_aws::AttachmentState as Ec2;
     use pgml_aws::VolumeState;
 
-    /// The agent's report of member `index`: the by-id device of `volume` and its state.
+    /// The agent's report of member `index`: the by-id device of `volume` and its state (as
+    /// an agent older than `memberVolumeId` wrote it: the device tells what it is about).
     fn reported(index: i32, volume: Option<&str>, state: &str) -> ReportedMember {
         ReportedMember {
             index,
@@ -239,6 +240,7 @@ mod tests {
                 )
             }),
             state: Some(state.into()),
+            volume_id: None,
         }
     }
 

@@ -15,12 +15,15 @@ pub struct SickMember {
     pub state: String,
 }
 
-/// A member as the agent reported it: the device it found and the member's state.
+/// A member as the agent reported it: the device it found, the member's state and the
+/// volume that state is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportedMember {
     pub index: i32,
     pub device: Option<String>,
     pub state: Option<String>,
+    /// `memberVolumeId` (not written by agents older than the field).
+    pub volume_id: Option<String>,
 }
 
 /// What the node agent reports, read from the object.
@@ -51,7 +54,7 @@ impl AgentView {
                     let st = v.member_state.as_deref()?;
                     (st != "ONLINE").then(|| SickMember {
                         index: v.index,
-                        volume_id: v.volume_id.clone(),
+                        volume_id: v.member_volume_id.clone().or_else(|| v.volume_id.clone()),
                         state: st.to_string(),
                     })
                 })
@@ -63,6 +66,7 @@ impl AgentView {
                     index: v.index,
                     device: v.device.clone(),
                     state: v.member_state.clone(),
+                    volume_id: v.member_volume_id.clone(),
                 })
                 .collect(),
             resilvering: s.resilver.as_ref().is_some_and(|r| r.in_progress),
@@ -74,12 +78,16 @@ impl AgentView {
         self.members.iter().find(|m| m.index == index)
     }
 
-    /// The agent's state of member `index`, when its report is about `volume_id`: the agent
-    /// writes a member's device (the volume's by-id link) and its state from the same pass,
-    /// so a device naming another volume means the state describes that other volume (the
-    /// report predates a replacement).
+    /// The agent's state of member `index`, when its report is about `volume_id`: the
+    /// agent names that volume beside the state (`memberVolumeId`). An agent older than that
+    /// field writes a member's device (the volume's by-id link) and its state from the same
+    /// pass, so there a device naming another volume means the state describes that other
+    /// volume (the report predates a replacement).
     pub fn member_state(&self, index: i32, volume_id: &str) -> Option<&str> {
         let m = self.reported(index)?;
+        if let Some(about) = m.volume_id.as_deref() {
+            return (about == volume_id).then_some(m.state.as_deref()).flatten();
+        }
         let link = format!(
             "nvme-Amazon_Elastic_Block_Store_vol{}",
             volume_id.strip_prefix("vol-").unwrap_or(volume_id)

@@ -138,8 +138,8 @@ pub fn owned_view(s: &ZfsPoolStatus) -> ZfsPoolStatus {
     }
 }
 
-/// The controller's fields of one volume entry (the agent writes `device` and
-/// `memberState`).
+/// The controller's fields of one volume entry (the agent writes `device`, `memberState`
+/// and `memberVolumeId`).
 fn owned_volume(v: &VolumeStatus) -> VolumeStatus {
     let VolumeStatus {
         index,
@@ -157,6 +157,7 @@ fn owned_volume(v: &VolumeStatus) -> VolumeStatus {
         // The node agent's.
         device: _,
         member_state: _,
+        member_volume_id: _,
     } = v;
     VolumeStatus {
         index: *index,
@@ -173,6 +174,7 @@ fn owned_volume(v: &VolumeStatus) -> VolumeStatus {
         modification: modification.clone(),
         device: None,
         member_state: None,
+        member_volume_id: None,
     }
 }
 

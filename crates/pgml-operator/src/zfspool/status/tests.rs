@@ -305,6 +305,37 @@ fn member_states_count_only_when_the_report_is_about_the_volume() {
 }
 
 #[test]
+fn member_states_follow_the_volume_the_agent_names_beside_them() {
+    let s = ZfsPoolStatus {
+        volumes: vec![
+            // Mid-replacement: the state is the old volume's, whatever the device.
+            VolumeStatus {
+                index: 0,
+                volume_id: Some("vol-0new".into()),
+                device: Some("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0new".into()),
+                member_state: Some("UNAVAIL".into()),
+                member_volume_id: Some("vol-0old".into()),
+                ..Default::default()
+            },
+            // A lost device has no link: the state is still the named volume's.
+            VolumeStatus {
+                index: 1,
+                volume_id: Some("vol-0b".into()),
+                member_state: Some("FAULTED".into()),
+                member_volume_id: Some("vol-0b".into()),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let a = AgentView::read(&s);
+    assert_eq!(a.member_state(0, "vol-0new"), None);
+    assert_eq!(a.member_state(0, "vol-0old"), Some("UNAVAIL"));
+    assert_eq!(a.member_state(1, "vol-0b"), Some("FAULTED"));
+    assert_eq!(a.sick_members[0].volume_id.as_deref(), Some("vol-0old"));
+}
+
+#[test]
 fn attach_problems_stop_progress_with_their_reason() {
     let mut f = facts(&["attached", "detached", "attached"]);
     f.attach_problem = Some(AttachProblem {
