@@ -49,17 +49,6 @@ pub fn free_port() -> u16 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn free_ports_are_never_handed_out_twice() {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..3000 {
-            let p = super::free_port();
-            assert!(seen.insert(p), "port {p} handed out twice");
-        }
-    }
-}
 
 /// One PostgreSQL instance whose data directory is inside a node.
 pub struct Postgres {
@@ -435,6 +424,18 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if self.owned && self.running() {
             let _ = self.stop("immediate");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..3000 {
+            let p = super::free_port();
+            assert!(seen.insert(p), "port {p} handed out twice");
         }
     }
 }
