@@ -49,7 +49,6 @@ pub fn free_port() -> u16 {
     }
 }
 
-
 /// One PostgreSQL instance whose data directory is inside a node.
 pub struct Postgres {
     node: NodeInfo,

@@ -1007,6 +1007,7 @@ async fn drain_the_primarys_node(sb: &Sandbox, ns: &TestNamespace) {
             "--timeout=300s",
         ])
         .output();
+    let started = std::time::Instant::now();
     let drain = tokio::spawn(drain);
     // The old primary's Pod is deleted only once the replica is the primary.
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -1031,7 +1032,12 @@ async fn drain_the_primarys_node(sb: &Sandbox, ns: &TestNamespace) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let evicted_after = started.elapsed();
     let out = drain.await.unwrap().expect("running kubectl drain");
+    eprintln!(
+        "drain: {primary} evicted {evicted_after:?} after kubectl drain began, once {replica} was the primary; drain done in {:?}",
+        started.elapsed()
+    );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1130,6 +1136,7 @@ async fn roll_a_new_pod_spec(sb: &Sandbox, ns: &TestNamespace) {
         let r = c.resources.as_ref().and_then(|r| r.requests.as_ref());
         r.and_then(|r| r.get("memory")).map(|q| q.0.as_str()) == Some("64Mi")
     };
+    let rolled = std::time::Instant::now();
     // Sampled until both run the new spec and the cluster is Healthy again.
     let (mut min_ready, mut upgrading) = (2, false);
     let mut replaced: Vec<String> = vec![];
@@ -1165,6 +1172,10 @@ async fn roll_a_new_pod_spec(sb: &Sandbox, ns: &TestNamespace) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "roll: {replaced:?} restarted in that order, done in {:?} (never fewer than {min_ready} ready)",
+        rolled.elapsed()
+    );
     assert!(upgrading, "phase Upgrading during the roll");
     assert!(
         min_ready >= 1,
