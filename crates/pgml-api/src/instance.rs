@@ -81,6 +81,11 @@ pub struct InstanceReport {
     /// A primary: its application database, once the manager made (or found) it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<AppReport>,
+    /// PostgreSQL parameters set in the cluster's configuration that take effect only
+    /// after a restart (`pg_settings.pending_restart`): the operator restarts the
+    /// instance in a rolling update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
 }
 
 /// The application database on the primary.

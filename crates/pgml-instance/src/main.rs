@@ -12,6 +12,7 @@ mod postgres;
 mod programs;
 mod report;
 mod restore;
+mod settings;
 mod view;
 mod wal;
 

@@ -89,6 +89,9 @@ pub struct Manager {
     pub metrics: Metrics,
     /// When the catalogue figures were last read.
     catalogue_at: Option<Instant>,
+    /// The cluster's configuration as the running server loaded it, and what of it waits
+    /// for a restart.
+    settings: crate::settings::Follow,
 }
 
 /// Who this instance is, and where its secrets are.
@@ -132,6 +135,7 @@ impl Manager {
             probes: Arc::default(),
             metrics: Metrics::default(),
             catalogue_at: None,
+            settings: Default::default(),
             pg,
             pods: Api::namespaced(client.clone(), namespace),
             clusters: Api::namespaced(client, namespace),
@@ -276,6 +280,13 @@ impl Manager {
         let after = self.observe().await;
         self.seen(after.running);
         self.stopping = false;
+        if after.sql.is_some() {
+            if let Err(e) = self.settings.look(&self.pg, &self.config_dir).await {
+                tracing::warn!(error = %format!("{e:#}"), "following the configuration");
+            }
+        } else if !after.running {
+            self.settings.stopped();
+        }
         let restoring = fetched.as_ref().is_ok_and(|v| v.restores().is_some());
         if let Ok(v) = &fetched {
             self.schedule = Schedule::parse(&v.backup_schedule);
@@ -790,6 +801,7 @@ impl Manager {
         r.archiver = self.archiver.clone();
         r.app = self.app.clone().filter(|_| r.role == Role::Primary);
         r.last_backup = self.backrest.last_backup.clone();
+        r.pending_restart = self.settings.pending_restart.clone();
         if restoring || self.restore_failed.is_some() {
             r.restore = Some(pgml_api::instance::RestoreReport {
                 target_reached: local

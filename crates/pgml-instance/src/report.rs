@@ -58,6 +58,7 @@ pub fn build(
         system_identifier: sql.and_then(|s| s.system_identifier.clone()),
         restore: None,
         app: None,
+        pending_restart: Vec::new(),
     }
 }
 

@@ -590,6 +590,7 @@ async fn cluster_in_containers(sb: &Sandbox, ns: &TestNamespace, real: &[NodeInf
 
     drain_the_primarys_node(sb, ns).await;
     roll_a_new_pod_spec(sb, ns).await;
+    parameters_reload_or_roll(sb, ns).await;
 
     // Deleting the cluster and the snapshot leaves no volume and no snapshot of the test's.
     clusters
@@ -1206,6 +1207,110 @@ async fn roll_a_new_pod_spec(sb: &Sandbox, ns: &TestNamespace) {
         "the old primary streams every row after the roll",
     )
     .await;
+}
+
+/// Waits until `SHOW parameter` answers `want` on both instances (the kubelet brings a
+/// changed ConfigMap to the Pods' files within its sync period).
+async fn wait_setting(sb: &Sandbox, ns: &str, pods: [&str; 2], parameter: &str, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    for pod in pods {
+        loop {
+            let seen = local_psql(sb, ns, pod, &format!("SHOW {parameter}"));
+            if seen == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{parameter} on {pod} is {seen}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// PostgreSQL parameters: a reload-only one reaches both instances with a reload (no Pod
+/// made again, no container restarted); one that needs a restart is rolled like a new Pod
+/// spec, with one switchover.
+async fn parameters_reload_or_roll(sb: &Sandbox, ns: &TestNamespace) {
+    let clusters: Api<PgmlCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (primary, replica) = wait_two_ready(&clusters, "2 instances ready", TIMEOUT).await;
+    let ids = |p: &Pod| (p.metadata.uid.clone(), restarts(p, "postgres"));
+    let before = [
+        ids(&pods.get(&primary).await.unwrap()),
+        ids(&pods.get(&replica).await.unwrap()),
+    ];
+    let switchovers = events_of(ns, "SwitchingOver").await;
+    let set = |params: serde_json::Value| {
+        let clusters = clusters.clone();
+        async move {
+            let patch = json!({"spec": {"postgresql": {"parameters": params}}});
+            clusters
+                .patch(CLUSTER, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap();
+        }
+    };
+    let started = std::time::Instant::now();
+    set(json!({"work_mem": "7MB"})).await;
+    wait_setting(sb, ns.name(), [&primary, &replica], "work_mem", "7MB").await;
+    eprintln!("work_mem reloaded on both in {:?}", started.elapsed());
+    let after = [
+        ids(&pods.get(&primary).await.unwrap()),
+        ids(&pods.get(&replica).await.unwrap()),
+    ];
+    assert_eq!(
+        after, before,
+        "a reload-only parameter restarted an instance"
+    );
+
+    let started = std::time::Instant::now();
+    set(json!({"shared_buffers": "48MB"})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(480);
+    loop {
+        let c = clusters.get(CLUSTER).await.unwrap();
+        let st = c.status.unwrap_or_default();
+        let now = [
+            pods.get_opt(&primary)
+                .await
+                .unwrap()
+                .and_then(|p| ids(&p).0),
+            pods.get_opt(&replica)
+                .await
+                .unwrap()
+                .and_then(|p| ids(&p).0),
+        ];
+        let both_new =
+            now[0].is_some() && now[1].is_some() && now[0] != before[0].0 && now[1] != before[1].0;
+        if both_new
+            && st.ready_instances == Some(2)
+            && st.phase == Some(pgml_api::cluster::ClusterPhase::Healthy)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restart never rolled: {:?} {:?}",
+            st.phase,
+            st.conditions
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("shared_buffers rolled out in {:?}", started.elapsed());
+    wait_setting(
+        sb,
+        ns.name(),
+        [&primary, &replica],
+        "shared_buffers",
+        "48MB",
+    )
+    .await;
+    wait_setting(sb, ns.name(), [&primary, &replica], "work_mem", "7MB").await;
+    assert_eq!(
+        events_of(ns, "SwitchingOver").await,
+        switchovers + 1,
+        "exactly one switchover"
+    );
 }
 
 /// An ext4 PVC made by the EBS CSI driver (a PV of driver ebs.csi.aws.com, its volume

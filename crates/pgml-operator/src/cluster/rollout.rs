@@ -1,10 +1,12 @@
-//! Rolling a new Pod spec (image, resources, scheduling) out to the instances: one
-//! instance at a time, replicas first, each back and ready before the next; then a
+//! Rolling updates: a new Pod spec (image, resources, scheduling), or PostgreSQL
+//! parameters that wait for a restart, reach the instances one at a time, replicas
+//! first, each back and ready before the next; then a
 //! switchover to an updated replica (or, `primaryUpdateStrategy: Supervised`, a wait for a
 //! human to do it), and the old primary, a replica by then, last. Pure.
 //!
 //! A Pod's spec cannot change in place: an instance is updated by deleting its Pod, which
-//! the plan makes again with the cluster's spec on the same node, over the same data.
+//! the plan makes again with the cluster's spec on the same node, over the same data (and
+//! its PostgreSQL starts with the parameters as they are now).
 
 use pgml_api::cluster::PrimaryUpdateStrategy;
 

@@ -117,7 +117,7 @@ pub struct Summary {
     pub building: Vec<String>,
     /// Why a needed change of primary waits.
     pub roles_waiting: Option<String>,
-    /// A new Pod spec being rolled out (`Plan::rollout`).
+    /// A rolling update under way (`Plan::rollout`).
     pub rollout: Option<String>,
     /// Why an instance could not be placed.
     pub unplaced: Option<String>,
@@ -212,9 +212,7 @@ fn phase_of(s: &Summary, observed: Option<ClusterPhase>) -> (ClusterPhase, &'sta
         return (
             P::Upgrading,
             reason::ROLLING_UPDATE,
-            detail(format!(
-                "rolling out the new Pod spec: {progress}; {counts}"
-            )),
+            detail(format!("rolling update: {progress}; {counts}")),
         );
     }
     if ready == s.desired && s.instances.len() as i32 == s.desired {

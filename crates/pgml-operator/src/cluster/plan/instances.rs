@@ -31,7 +31,7 @@ pub fn plan(
 ) -> Plan {
     let mut recs = layout.recs.clone();
     let mut ms = members(&recs, o);
-    let outdated = outdated(b, o, &recs);
+    let outdated = outdated(b, o, &recs, &ms);
     let roll = rollout::decide(&rollout::Input {
         members: &ms,
         outdated: &outdated,
@@ -77,7 +77,7 @@ pub fn plan(
         && to == started_to
     {
         let said = format!(
-            "every replica runs the new Pod spec: switching over from {from} to {to}; {from} is updated last, as a replica"
+            "rolling update: every replica is updated; switching over from {from} to {to}, which is updated last, as a replica"
         );
         p.note(false, reason::ROLLING_UPDATE, said, None);
     }
@@ -101,25 +101,34 @@ pub fn plan(
 }
 
 /// The instances whose live Pod (not being deleted) was made from another spec than the
-/// one the cluster's spec makes now, with the first field that differs. Told by the
-/// digest the Pod was annotated with when made; a Pod without one (made by an operator
-/// before it) by comparing its stored spec.
-fn outdated(b: &Builder, o: &Observed, recs: &[Rec]) -> Vec<(String, String)> {
+/// one the cluster's spec makes now, with the first field that differs, or whose
+/// PostgreSQL reports parameters waiting for a restart. A spec is told by the digest the
+/// Pod was annotated with when made; a Pod without one (made by an operator before it) by
+/// comparing its stored spec.
+fn outdated(b: &Builder, o: &Observed, recs: &[Rec], ms: &[Member]) -> Vec<(String, String)> {
     recs.iter()
-        .filter_map(|r| {
+        .zip(ms)
+        .filter_map(|(r, m)| {
             let pod = o.pods.get(&r.name).filter(|p| !deleting(*p))?;
+            let pending = m.reported.as_ref().map(|rep| &rep.pending_restart);
+            let pending = pending.filter(|p| !p.is_empty()).map(|p| {
+                format!(
+                    "PostgreSQL parameters waiting for a restart: {}",
+                    p.join(", ")
+                )
+            });
             let desired = b.pod(&instance(r, pod_role(false, false)));
             let stored = to_value(&pod.spec);
             let at = || difference(&stored, &desired["spec"], "spec");
             let made_from = pod.annotations().get(names::POD_SPEC);
             let at = match made_from {
                 Some(d) if desired["metadata"]["annotations"][names::POD_SPEC] == d.as_str() => {
-                    return None;
+                    None
                 }
-                Some(_) => at().unwrap_or_else(|| "spec (its digest)".into()),
-                None => at()?,
+                Some(_) => Some(at().unwrap_or_else(|| "spec (its digest)".into())),
+                None => at(),
             };
-            Some((r.name.clone(), at))
+            Some((r.name.clone(), at.or(pending)?))
         })
         .collect()
 }
@@ -394,7 +403,7 @@ impl Instances<'_> {
         }
         if let Some((_, at)) = self.restart.as_ref().filter(|(n, _)| *n == r.name) {
             let said = format!(
-                "deleted Pod {} to roll out the cluster's new Pod spec (first difference at {at}); it is made again on {}",
+                "deleted Pod {} to roll out the cluster's changes ({at}); it is made again on {}",
                 r.name, r.node
             );
             let mut body = self.b.pod_marks(i);
@@ -404,7 +413,7 @@ impl Instances<'_> {
                 body,
                 then: Some(note(false, reason::ROLLING_UPDATE, said)),
             });
-            self.wait(r, "restarting with the new Pod spec");
+            self.wait(r, "restarting for the rolling update");
             return;
         }
         self.mark(r, i, pod);

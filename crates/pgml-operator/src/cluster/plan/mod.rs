@@ -120,7 +120,8 @@ pub struct Plan {
     pub building: Vec<String>,
     /// Look again soon ([`CHANGING`]): the watched instance is lost, or the primary changes.
     pub urgent: bool,
-    /// A new Pod spec being rolled out: how far, and the next step or why it waits.
+    /// A rolling update (a new Pod spec, parameters waiting for a restart): how far, and
+    /// the next step or why it waits.
     pub rollout: Option<String>,
 }
 
