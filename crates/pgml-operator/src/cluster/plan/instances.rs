@@ -31,7 +31,7 @@ pub fn plan(
 ) -> Plan {
     let mut recs = layout.recs.clone();
     let mut ms = members(&recs, o);
-    let outdated = outdated(b, o, &recs, &ms);
+    let outdated = outdated(b, o, &recs);
     let roll = rollout::decide(&rollout::Input {
         members: &ms,
         outdated: &outdated,
@@ -101,34 +101,30 @@ pub fn plan(
 }
 
 /// The instances whose live Pod (not being deleted) was made from another spec than the
-/// one the cluster's spec makes now, with the first field that differs, or whose
-/// PostgreSQL reports parameters waiting for a restart. A spec is told by the digest the
-/// Pod was annotated with when made; a Pod without one (made by an operator before it) by
-/// comparing its stored spec.
-fn outdated(b: &Builder, o: &Observed, recs: &[Rec], ms: &[Member]) -> Vec<(String, String)> {
+/// one the cluster's spec makes now, with the first field that differs. Told by the
+/// digest the Pod was annotated with when made; a Pod without one (made by an operator
+/// before it) by comparing its stored spec.
+///
+/// Parameters waiting for a restart (`pendingRestart` in the reports) are not rolled yet:
+/// each instance reports them only once the kubelet brought it the new configuration, so
+/// a primary may report before its replicas, and a switchover restarts the old primary
+/// (a demotion) but not the new one, which would be switched away from again.
+fn outdated(b: &Builder, o: &Observed, recs: &[Rec]) -> Vec<(String, String)> {
     recs.iter()
-        .zip(ms)
-        .filter_map(|(r, m)| {
+        .filter_map(|r| {
             let pod = o.pods.get(&r.name).filter(|p| !deleting(*p))?;
-            let pending = m.reported.as_ref().map(|rep| &rep.pending_restart);
-            let pending = pending.filter(|p| !p.is_empty()).map(|p| {
-                format!(
-                    "PostgreSQL parameters waiting for a restart: {}",
-                    p.join(", ")
-                )
-            });
             let desired = b.pod(&instance(r, pod_role(false, false)));
             let stored = to_value(&pod.spec);
             let at = || difference(&stored, &desired["spec"], "spec");
             let made_from = pod.annotations().get(names::POD_SPEC);
             let at = match made_from {
                 Some(d) if desired["metadata"]["annotations"][names::POD_SPEC] == d.as_str() => {
-                    None
+                    return None;
                 }
-                Some(_) => Some(at().unwrap_or_else(|| "spec (its digest)".into())),
-                None => at(),
+                Some(_) => at().unwrap_or_else(|| "spec (its digest)".into()),
+                None => at()?,
             };
-            Some((r.name.clone(), at.or(pending)?))
+            Some((r.name.clone(), at))
         })
         .collect()
 }
