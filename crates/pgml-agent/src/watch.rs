@@ -85,14 +85,29 @@ fn every_pool(out: &str) -> Result<Vec<PoolStatus>, pgml_zfs::ZfsError> {
     }
 }
 
-/// One look: `zpool status` of all pools (none when the node holds no ZfsPool), the device
-/// links of each ZfsPool's members.
-async fn look(ctx: &Ctx, pools: &[Arc<ZfsPool>]) -> anyhow::Result<Look> {
-    if pools.is_empty() {
-        return Ok(Look::new());
+/// `zpool status` of the pool named `name` alone: another pool on the node (not ours, or
+/// in a state the parser does not know) never spoils the look at ours. One not imported
+/// (or that cannot be read now) is absent from the answer.
+async fn status_of(ctx: &Ctx, name: &str) -> Vec<PoolStatus> {
+    let Ok(pool) = pgml_zfs::PoolName::new(name) else {
+        return vec![];
+    };
+    match ctx
+        .runner
+        .ok(&command::status(ctx.dialect, Some(&pool)))
+        .await
+    {
+        Ok(out) => every_pool(&out).unwrap_or_default(),
+        Err(_) => vec![],
     }
-    let out = ctx.runner.ok(&command::status(ctx.dialect, None)).await?;
-    let statuses = every_pool(&out)?;
+}
+
+/// One look: `zpool status` of each ZfsPool's pool, the device links of its members.
+async fn look(ctx: &Ctx, pools: &[Arc<ZfsPool>]) -> anyhow::Result<Look> {
+    let mut statuses = vec![];
+    for p in pools {
+        statuses.extend(status_of(ctx, &p.pool_name()).await);
+    }
     Ok(pools
         .iter()
         .map(|p| {
