@@ -59,6 +59,21 @@ fn member_ids(p: &ZfsPool) -> Vec<String> {
     v.into_iter().map(|(_, id)| id).collect()
 }
 
+/// Writes `mib` MiB of random data (fsync'ed) to `pgdata/table` on the pool `name`;
+/// returns the file and its checksum.
+fn write_table(node: &NodeInfo, name: &str, mib: u32) -> (String, String) {
+    let file = node
+        .mnt_dir
+        .join(name)
+        .join("pgdata")
+        .join("table")
+        .to_string_lossy()
+        .into_owned();
+    node_write_random(node, &file, mib).unwrap();
+    let sum = sha256(node, &file).unwrap();
+    (file, sum)
+}
+
 fn sha256(node: &NodeInfo, file: &str) -> anyhow::Result<String> {
     let out = node_exec_ok(node, &["sha256sum", file])?;
     Ok(out
@@ -184,15 +199,7 @@ async fn lost_raidz1_member_is_replaced_while_reads_go_on() {
     assert_eq!(before.len(), 5);
 
     // Data written (fsync'ed) before the failure, and its checksum.
-    let file = node
-        .mnt_dir
-        .join(name)
-        .join("pgdata")
-        .join("table")
-        .to_string_lossy()
-        .into_owned();
-    node_write_random(node, &file, 16).unwrap();
-    let sum = sha256(node, &file).unwrap();
+    let (file, sum) = write_table(node, name, 16);
 
     // Member 2's volume fails: its image is gone, EC2 says `error`.
     let lost = before[2].clone();
@@ -349,15 +356,7 @@ async fn a_lost_member_is_noticed_promptly_and_a_node_restarted_mid_replacement_
         assert_eq!(v.member_volume_id, v.volume_id, "{v:?}");
         assert_eq!(v.member_state.as_deref(), Some("ONLINE"), "{v:?}");
     }
-    let file = node
-        .mnt_dir
-        .join(name)
-        .join("pgdata")
-        .join("table")
-        .to_string_lossy()
-        .into_owned();
-    node_write_random(node, &file, 8).unwrap();
-    let sum = sha256(node, &file).unwrap();
+    let (file, sum) = write_table(node, name, 8);
 
     // Only the agent watches: its look notices the lost device, not a resync.
     assert!(operator.stop(Duration::from_secs(20)), "operator stopped");
